@@ -1,0 +1,131 @@
+"""The ``pgsessions`` command: ``serve`` (Slack), plus the commands later features add."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+from bot.config import ConfigError, load_config
+
+log = logging.getLogger("pgsessions")
+
+MISSING_TOKENS = """\
+pgsessions needs Slack credentials to serve Slack. Set:
+  SLACK_BOT_TOKEN=xoxb-...        the app's Bot User OAuth Token (OAuth & Permissions page)
+and either
+  SLACK_APP_TOKEN=xapp-...        an app-level token with connections:write, for Socket Mode
+or
+  SLACK_SIGNING_SECRET=...        the app's Signing Secret (Basic Information page), for HTTP mode
+Create the app from manifest.yml first (see README.md, "Create the Slack app")."""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default=os.environ.get("PGSESSIONS_CONFIG", "pgsessions.yml"),
+                   help="YAML config file (default: $PGSESSIONS_CONFIG or ./pgsessions.yml)")
+    p.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("LOG_FORMAT", "text"))
+    p.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgsessions", description="Slack chat-ops for PostgreSQL sessions.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    serve = sub.add_parser("serve", help="serve Slack (Socket Mode with SLACK_APP_TOKEN, else HTTP)")
+    _common(serve)
+    serve.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
+    for extra in _extra_commands():
+        extra(sub, _common)
+    return parser
+
+
+def _extra_commands():
+    import importlib
+
+    out = []
+    for name in ("bot.shell.cli", "bot.check"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        out.append(module.add_parser)
+    return out
+
+
+def load_or_exit(path: str):
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"pgsessions: configuration error in {path}:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def serve(args) -> int:
+    from slack_bolt.error import BoltError
+    from slack_sdk.errors import SlackApiError
+
+    from bot.runtime import Runtime, SlackSettings
+    from bot.slack.app import build_app
+    from bot.slack.server import HttpServer
+
+    config = load_or_exit(args.config)
+    settings = SlackSettings.from_env()
+    if not settings.bot_token or not (settings.app_token or settings.signing_secret):
+        print(MISSING_TOKENS, file=sys.stderr)
+        return 2
+    rt = Runtime(config, settings)
+    try:
+        app = build_app(rt)
+    except (BoltError, SlackApiError) as exc:
+        detail = getattr(getattr(exc, "response", None), "get", lambda *_: None)("error") or str(exc)
+        print(f"pgsessions: Slack did not accept SLACK_BOT_TOKEN ({detail}) at {settings.api_url}", file=sys.stderr)
+        rt.close()
+        return 2
+    http = HttpServer(rt, app if not settings.socket_mode else None, host=args.host, port=args.port)
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("received signal %s, shutting down", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    http.start()
+    socket_handler = None
+    if settings.socket_mode:
+        from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+        socket_handler = SocketModeHandler(app, settings.app_token)
+        socket_handler.connect()
+        log.info("connected to Slack in Socket Mode; health and metrics on port %s", http.port)
+    else:
+        log.info("serving Slack over HTTP on %s:%s%s", args.host, http.port, "/slack/events")
+    rt.start_background()
+    rt.ready.set()
+    stop.wait()
+    rt.ready.clear()
+    if socket_handler is not None:
+        socket_handler.close()
+    http.stop()
+    rt.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bot.logs import setup_logging
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_format, args.log_level)
+    if args.cmd == "serve":
+        return serve(args)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Reading pg_stat_activity: the sessions that need attention, as typed rows, worst first."""
+
+from __future__ import annotations
+
+from psycopg.rows import dict_row
+
+from bot.config import Environment
+from bot.postgres.models import Category, Filters, Listing, ServerInfo, Session
+from bot.postgres.pools import Databases
+from bot.postgres.sql import query
+
+
+def server_info(conn) -> ServerInfo:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query("server_info"))
+        row = cur.fetchone()
+    return ServerInfo(**row)
+
+
+def _session(row: dict) -> Session:
+    cats = []
+    if row["blocking_count"] > 0:
+        cats.append(Category.BLOCKING)
+    if row["is_idle_tx"]:
+        cats.append(Category.IDLE_TX)
+    if row["is_long_running"]:
+        cats.append(Category.LONG_RUNNING)
+    if row["is_blocked"]:
+        cats.append(Category.BLOCKED)
+    if row["is_idle"]:
+        cats.append(Category.IDLE)
+    if not cats:  # shown only as the blocker of a filtered waiter
+        cats.append(Category.BLOCKED if row["blocked_by"] else Category.BLOCKING)
+    return Session(
+        pid=row["pid"],
+        backend_start=row["backend_start"],
+        user=row["usename"],
+        database=row["datname"],
+        application=row["application_name"] or "",
+        client_addr=row["client_addr"],
+        state=row["state"],
+        wait_event_type=row["wait_event_type"],
+        wait_event=row["wait_event"],
+        query=row["query"] or "",
+        blocked_by=tuple(row["blocked_by"] or ()),
+        blocking_count=row["blocking_count"],
+        categories=tuple(cats),
+        query_secs=row["query_secs"],
+        xact_secs=row["xact_secs"],
+        state_secs=row["state_secs"],
+        is_superuser=row["is_superuser"],
+        cannot_signal=row["cannot_signal"],
+        backend_xmin=row["backend_xmin"],
+    )
+
+
+def thresholds_for(environment: Environment, filters: Filters) -> dict[str, float]:
+    t = environment.thresholds
+    m = filters.min_seconds
+    return {
+        "long_running": t.long_running if m is None else m,
+        "idle_in_transaction": t.idle_in_transaction if m is None else m,
+        "idle": t.idle if m is None else m,
+        "blocked_min": 0.0 if m is None else m,
+    }
+
+
+def list_sessions(dbs: Databases, env: str, host: str = "primary", filters: Filters | None = None) -> Listing:
+    filters = filters or Filters()
+    environment = dbs.config.environments[env]
+    thresholds = thresholds_for(environment, filters)
+    params = {
+        **thresholds,
+        "want_long_running": filters.wants("active"),
+        "want_idle_tx": filters.wants("idle-tx"),
+        "want_idle": filters.wants("idle"),
+        "want_blocked": filters.wants("blocked"),
+        "app": filters.app,
+        "usr": filters.user,
+        "db": filters.database,
+        "query_chars": max(environment.listing.query_chars * 2, 600),
+    }
+    with dbs.connection(env, host) as conn:
+        info = server_info(conn)
+        with conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(query("sessions"), params)
+            rows = cur.fetchall()
+    sessions = sorted((_session(r) for r in rows), key=lambda s: s.sort_key)
+    return Listing(env=env, host=host, server=info, sessions=tuple(sessions), filters=filters, thresholds=thresholds)

@@ -1,0 +1,133 @@
+"""Small, typed, frozen rows read from PostgreSQL. Rendering and the workflow build on these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class Category(StrEnum):
+    """Why a session needs attention, most urgent first (the order is the listing's rank)."""
+
+    BLOCKING = "blocking"
+    IDLE_TX = "idle-tx"
+    LONG_RUNNING = "long-running"
+    BLOCKED = "blocked"
+    IDLE = "idle"
+
+    @property
+    def rank(self) -> int:
+        return list(Category).index(self)
+
+    @property
+    def label(self) -> str:
+        return {
+            Category.BLOCKING: "blocking others",
+            Category.IDLE_TX: "idle in transaction",
+            Category.LONG_RUNNING: "long-running",
+            Category.BLOCKED: "waiting on a lock",
+            Category.IDLE: "idle",
+        }[self]
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    pid: int
+    backend_start: datetime
+    user: str | None
+    database: str | None
+    application: str
+    client_addr: str | None
+    state: str | None
+    wait_event_type: str | None
+    wait_event: str | None
+    query: str
+    blocked_by: tuple[int, ...]
+    blocking_count: int
+    categories: tuple[Category, ...]
+    query_secs: float | None
+    xact_secs: float | None
+    state_secs: float | None
+    is_superuser: bool = False
+    cannot_signal: str | None = None
+    backend_xmin: str | None = None
+
+    @property
+    def category(self) -> Category:
+        return self.categories[0]
+
+    @property
+    def is_idle_in_transaction(self) -> bool:
+        return bool(self.state and self.state.startswith("idle in transaction"))
+
+    @property
+    def duration(self) -> tuple[str, float | None]:
+        """(what, seconds) that matters for this state: query time, idle-in-transaction time or idle time."""
+        if self.state == "active":
+            return "query", self.query_secs
+        if self.is_idle_in_transaction:
+            return "idle in transaction", self.state_secs
+        if self.state == "idle":
+            return "idle", self.state_secs
+        return "state", self.state_secs
+
+    @property
+    def sort_key(self) -> tuple[int, int, float]:
+        return (self.category.rank, -self.blocking_count, -(self.duration[1] or 0.0))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    server_version_num: int
+    server_version: str
+    max_connections: int
+    client_connections: int
+    in_recovery: bool
+    bot_pid: int
+    bot_user: str
+    bot_is_superuser: bool
+    bot_can_signal: bool
+    bot_can_monitor: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """What the user asked to see. Empty ``categories`` means every category."""
+
+    categories: frozenset[str] = frozenset()
+    min_seconds: float | None = None
+    app: str | None = None
+    user: str | None = None
+    database: str | None = None
+
+    def wants(self, name: str) -> bool:
+        return not self.categories or name in self.categories
+
+    def describe(self) -> str:
+        parts = sorted(self.categories)
+        if self.min_seconds is not None:
+            from bot.durations import format_duration
+
+            parts.append(f"--min {format_duration(self.min_seconds)}")
+        for flag, value in (("--app", self.app), ("--user", self.user), ("--db", self.database)):
+            if value is not None:
+                parts.append(f"{flag} {value}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    env: str
+    host: str
+    server: ServerInfo
+    sessions: tuple[Session, ...]
+    filters: Filters = field(default_factory=Filters)
+    thresholds: dict[str, float] = field(default_factory=dict)
+
+    def counts(self) -> dict[Category, int]:
+        out = {c: 0 for c in Category}
+        for s in self.sessions:
+            for c in s.categories:
+                out[c] += 1
+        return out

@@ -1,0 +1,12 @@
+-- Facts about the server and the bot's own role, read with every listing.
+SELECT current_setting('server_version_num')::int                AS server_version_num,
+       current_setting('server_version')                         AS server_version,
+       current_setting('max_connections')::int                   AS max_connections,
+       (SELECT count(*) FROM pg_stat_activity
+         WHERE backend_type = 'client backend')::int             AS client_connections,
+       pg_is_in_recovery()                                       AS in_recovery,
+       pg_backend_pid()                                          AS bot_pid,
+       current_user                                              AS bot_user,
+       (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS bot_is_superuser,
+       pg_has_role(current_user, 'pg_signal_backend', 'MEMBER')  AS bot_can_signal,
+       pg_has_role(current_user, 'pg_monitor', 'MEMBER')         AS bot_can_monitor

@@ -1,0 +1,62 @@
+-- Client sessions that need attention (long-running, idle in transaction, idle, blocked, blocking).
+-- pg_blocking_pids() is called only for sessions waiting on a lock: on every row it stalls for
+-- seconds under a lock pile-up (the deadlock detector holds the lock-table locks).
+-- The bot's own connections (its role with application_name 'pgsessions...') never appear.
+--
+-- Parameters: long_running, idle_in_transaction, idle (seconds), want_long_running, want_idle_tx,
+-- want_idle, want_blocked (booleans), blocked_min (seconds a lock waiter has waited), app, usr, db (text or NULL), query_chars (int).
+WITH me AS (
+    SELECT pg_backend_pid() AS pid,
+           coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false) AS is_super,
+           pg_has_role(current_user, 'pg_signal_backend', 'MEMBER') AS can_signal
+),
+act AS (
+    SELECT a.pid, a.backend_start, a.usename, a.usesysid, a.datname, a.application_name,
+           host(a.client_addr) AS client_addr, a.client_port, a.state, a.wait_event_type, a.wait_event,
+           a.backend_xmin::text AS backend_xmin,
+           left(a.query, %(query_chars)s) AS query,
+           CASE WHEN a.wait_event_type = 'Lock' THEN pg_blocking_pids(a.pid) ELSE '{}'::int[] END AS blocked_by,
+           extract(epoch FROM now() - a.query_start)::float8  AS query_secs,
+           extract(epoch FROM now() - a.xact_start)::float8   AS xact_secs,
+           extract(epoch FROM now() - a.state_change)::float8 AS state_secs
+      FROM pg_stat_activity a
+     WHERE a.backend_type = 'client backend'
+       AND a.pid <> pg_backend_pid()
+       AND NOT (a.usename = current_user AND a.application_name LIKE 'pgsessions%%')
+       AND (%(app)s::text IS NULL OR a.application_name = %(app)s::text)
+       AND (%(usr)s::text IS NULL OR a.usename = %(usr)s::text)
+       AND (%(db)s::text IS NULL OR a.datname = %(db)s::text)
+),
+blocks AS (
+    SELECT b.pid, count(*)::int AS n
+      FROM act, unnest(act.blocked_by) AS b(pid)
+     GROUP BY b.pid
+),
+flagged AS (
+    SELECT act.*,
+           coalesce(blocks.n, 0) AS blocking_count,
+           cardinality(act.blocked_by) > 0 AND coalesce(act.query_secs, 0) >= %(blocked_min)s AS is_blocked,
+           act.state = 'active' AND act.query_secs >= %(long_running)s AS is_long_running,
+           act.state LIKE 'idle in transaction%%' AND act.state_secs >= %(idle_in_transaction)s AS is_idle_tx,
+           act.state = 'idle' AND act.state_secs >= %(idle)s AS is_idle
+      FROM act LEFT JOIN blocks ON blocks.pid = act.pid
+)
+SELECT f.pid, f.usesysid, f.backend_start, f.usename, f.datname, f.application_name, f.client_addr, f.client_port,
+       f.state, f.wait_event_type, f.wait_event, f.query, f.blocked_by, f.blocking_count,
+       f.is_blocked, f.is_long_running, f.is_idle_tx, f.is_idle,
+       f.query_secs, f.xact_secs, f.state_secs, f.backend_xmin,
+       coalesce(r.rolsuper, false) AS is_superuser,
+       CASE
+           WHEN coalesce(r.rolsuper, false) AND NOT me.is_super
+               THEN 'superuser session (the bot''s role is not a superuser)'
+           WHEN NOT me.is_super AND NOT me.can_signal
+                AND NOT pg_has_role(current_user, f.usesysid, 'MEMBER')
+               THEN 'the bot''s role is not a member of pg_signal_backend'
+       END AS cannot_signal
+  FROM flagged f
+  CROSS JOIN me
+  LEFT JOIN pg_roles r ON r.oid = f.usesysid
+ WHERE (%(want_blocked)s AND (f.is_blocked OR f.blocking_count > 0))
+    OR (%(want_long_running)s AND f.is_long_running)
+    OR (%(want_idle_tx)s AND f.is_idle_tx)
+    OR (%(want_idle)s AND f.is_idle)

@@ -1,0 +1,40 @@
+"""Where the Cancel / Terminate buttons of a session are drawn (listings and lag alerts alike).
+
+A button carries only an opaque token that the bot issued and stored with the listing: what a
+button may act on is decided on the server, never read from the payload.
+"""
+
+from __future__ import annotations
+
+from bot.postgres.models import Session
+from bot.render.common import actions, button, context, esc
+
+CANCEL = "cancel"
+TERMINATE = "terminate"
+ACTION_PREFIX = "pgs_kill"
+
+IDLE_TX_NOTE = (
+    "Cancel is not offered: for a session idle in transaction PostgreSQL reports success but the "
+    "transaction stays open; only Terminate ends it."
+)
+
+
+def kill_action_id(action: str, token: str) -> str:
+    return f"{ACTION_PREFIX}:{action}:{token}"
+
+
+def session_buttons(session: Session, token: str | None, disabled_reason: str | None = None) -> list[dict]:
+    """The blocks under a session: its buttons, or a line saying why it cannot be signalled."""
+    reason = disabled_reason or session.cannot_signal
+    if reason:
+        return [context(f":no_entry_sign: pid {session.pid} cannot be signalled from chat: {esc(reason)}")]
+    if token is None:
+        return []
+    elements = []
+    if not session.is_idle_in_transaction:
+        elements.append(button(f"Cancel {session.pid}", kill_action_id(CANCEL, token), token))
+    elements.append(button(f"Terminate {session.pid}", kill_action_id(TERMINATE, token), token, style="danger"))
+    blocks = [actions(f"kill:{token}", *elements)]
+    if session.is_idle_in_transaction:
+        blocks.append(context(IDLE_TX_NOTE))
+    return blocks

@@ -1,0 +1,118 @@
+"""Rendering a session listing to a Block Kit message."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from bot.durations import format_duration
+from bot.postgres.models import Category, Listing, Session
+from bot.render.buttons import session_buttons
+from bot.render.common import MAX_BLOCKS, code, context, esc, fold_query, header, message, section
+
+EMOJI = {
+    Category.BLOCKING: ":no_entry:",
+    Category.IDLE_TX: ":hourglass_flowing_sand:",
+    Category.LONG_RUNNING: ":turtle:",
+    Category.BLOCKED: ":lock:",
+    Category.IDLE: ":zzz:",
+}
+
+
+def where(listing: Listing) -> str:
+    return listing.env if listing.host == "primary" else f"{listing.env} / {listing.host} (standby)"
+
+
+def session_text(s: Session, query_chars: int = 300) -> str:
+    what, secs = s.duration
+    tags = " ".join(f"`{c.value}`" for c in s.categories)
+    lines = [f"{EMOJI[s.category]} *pid {s.pid}* {tags} · {what} *{format_duration(secs)}*"]
+    if s.is_idle_in_transaction and s.xact_secs is not None:
+        lines[0] += f" (transaction open {format_duration(s.xact_secs)})"
+    who = [
+        f"user {code(s.user or '?')}",
+        f"db {code(s.database or '?')}",
+        f"app {code(s.application) if s.application else '–'}",
+        f"client {code(s.client_addr) if s.client_addr else 'local socket'}",
+    ]
+    lines.append(" · ".join(who))
+    state = [f"state {esc(s.state or '?')}"]
+    if s.wait_event_type:
+        state.append(f"waits on {esc(s.wait_event_type)}/{esc(s.wait_event or '?')}")
+    if s.blocked_by:
+        state.append("*blocked by* " + ", ".join(f"pid {p}" for p in s.blocked_by))
+    if s.blocking_count:
+        state.append(f"*blocks {s.blocking_count} session{'s' if s.blocking_count != 1 else ''}*")
+    lines.append(" · ".join(state))
+    if s.query:
+        lines.append(f"`{esc(fold_query(s.query, query_chars))}`")
+    return "\n".join(lines)
+
+
+def summary(listing: Listing) -> str:
+    counts = listing.counts()
+    parts = [f"{EMOJI[c]} {n} {c.label}" for c, n in counts.items() if n]
+    found = " · ".join(parts) if parts else "nothing needs attention"
+    srv = listing.server
+    conns = f"{srv.client_connections} of {srv.max_connections} connections in use"
+    return f"{found}\n{conns} · PostgreSQL {esc(srv.server_version.split()[0])}"
+
+
+def thresholds_line(listing: Listing) -> str:
+    t = listing.thresholds
+    parts = [
+        f"long-running ≥ {format_duration(t.get('long_running'))}",
+        f"idle in transaction ≥ {format_duration(t.get('idle_in_transaction'))}",
+        f"idle ≥ {format_duration(t.get('idle'))}",
+    ]
+    f = listing.filters.describe()
+    return ("filters: " + esc(f) + " · " if f else "") + "thresholds: " + ", ".join(parts)
+
+
+def render_listing(
+    listing: Listing,
+    *,
+    max_sessions: int = 20,
+    query_chars: int = 300,
+    tokens: Mapping[int, str] | None = None,
+    kill_disabled: str | None = None,
+    extra_blocks: list[dict] | None = None,
+) -> dict:
+    """The whole message. ``tokens`` maps pid to the button token issued for it (no buttons without)."""
+    tokens = tokens or {}
+    extra_blocks = extra_blocks or []
+    blocks: list[dict] = [
+        header(f"Sessions on {where(listing)}"),
+        section(summary(listing)),
+        context(thresholds_line(listing)),
+    ]
+    total = len(listing.sessions)
+    # room: header, summary, thresholds, the "more" note and the extra blocks; each session up to 3
+    budget = MAX_BLOCKS - len(blocks) - 1 - len(extra_blocks)
+    shown = 0
+    for s in listing.sessions[:max_sessions]:
+        session_blocks = [section(session_text(s, query_chars))]
+        session_blocks += session_buttons(s, tokens.get(s.pid), kill_disabled)
+        if len(session_blocks) > budget:
+            break
+        blocks += session_blocks
+        budget -= len(session_blocks)
+        shown += 1
+    if total == 0:
+        blocks.append(section(":white_check_mark: No session needs attention right now."))
+    elif shown < total:
+        blocks.append(
+            context(
+                f"Showing the worst {shown} of {total} sessions. {total - shown} more not shown: narrow the list "
+                "with `active`, `idle-tx`, `blocked`, `--min 10m`, `--app NAME`, `--user NAME` or `--db NAME`."
+            )
+        )
+    blocks += extra_blocks
+    counts = listing.counts()
+    text = f"Sessions on {where(listing)}: {total} need attention (" + ", ".join(
+        f"{n} {c.label}" for c, n in counts.items() if n
+    ) + ")" if total else f"Sessions on {where(listing)}: nothing needs attention"
+    return message(text, blocks)
+
+
+def render_error(text: str) -> dict:
+    return message(text, [section(f":warning: {text}")])

@@ -1,0 +1,84 @@
+"""The composition root: config, database pools, state store, Slack client and scheduler in one place.
+
+Handlers receive a :class:`Runtime` and call the domain modules with its parts; nothing else holds
+global state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+
+from apscheduler.executors.pool import ThreadPoolExecutor as APSThreadPool
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from bot.config import Config
+from bot.postgres.pools import Databases
+from bot.secrets import SECRETS
+from bot.slack.directory import Directory
+from bot.slack.web import make_web_client, normalize_api_url
+from bot.state.store import StateStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SlackSettings:
+    bot_token: str | None
+    signing_secret: str | None
+    app_token: str | None
+    api_url: str
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> SlackSettings:
+        env = os.environ if environ is None else environ
+        s = cls(
+            bot_token=env.get("SLACK_BOT_TOKEN") or None,
+            signing_secret=env.get("SLACK_SIGNING_SECRET") or None,
+            app_token=env.get("SLACK_APP_TOKEN") or None,
+            api_url=normalize_api_url(env.get("SLACK_API_URL")),
+        )
+        for secret in (s.bot_token, s.signing_secret, s.app_token):
+            SECRETS.add(secret)
+        return s
+
+    @property
+    def socket_mode(self) -> bool:
+        return bool(self.app_token)
+
+
+@dataclass
+class Runtime:
+    config: Config
+    slack: SlackSettings
+    dbs: Databases = field(init=False)
+    store: StateStore = field(init=False)
+    scheduler: BackgroundScheduler = field(init=False)
+    ready: threading.Event = field(default_factory=threading.Event)
+    instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{id(object())}")
+
+    def __post_init__(self) -> None:
+        self.dbs = Databases(self.config)
+        self.store = StateStore(self.config.state)
+        self.client = make_web_client(self.slack.bot_token, self.slack.api_url)
+        self.directory = Directory(self.client)
+        n_hosts = sum(len(e.hosts()) for e in self.config.environments.values())
+        self.scheduler = BackgroundScheduler(
+            executors={"default": APSThreadPool(max_workers=max(8, n_hosts + 4))},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
+            timezone="UTC",
+        )
+        self.extensions: dict[str, object] = {}
+
+    def start_background(self) -> None:
+        if not self.scheduler.running:
+            self.scheduler.start()
+
+    def close(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        self.dbs.close()
+        self.store.close()
