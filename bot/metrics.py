@@ -1,0 +1,46 @@
+"""Prometheus metrics (prometheus_client), served on ``GET /metrics``. Defined once, here."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+COMMANDS = Counter(
+    "pgsessions_commands_total", "Slash commands by command name and outcome", ["command", "outcome"], registry=REGISTRY
+)
+ACK_SECONDS = Histogram(
+    "pgsessions_ack_seconds",
+    "Time from receiving a Slack request to answering it",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 3, 5),
+    registry=REGISTRY,
+)
+DB_QUERY_SECONDS = Histogram(
+    "pgsessions_db_query_seconds",
+    "Latency of the bot's database work by environment, host and operation",
+    ["env", "host", "op"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+KILL_REQUESTS = Counter(
+    "pgsessions_kill_requests_total",
+    "Kill requests by action, final state and outcome",
+    ["env", "action", "state", "outcome"],
+    registry=REGISTRY,
+)
+REPLAY_LAG_SECONDS = Gauge(
+    "pgsessions_replay_lag_seconds", "Replay lag of a standby in seconds (0 when caught up)", ["env", "standby"],
+    registry=REGISTRY,
+)
+REPLAY_LAG_BYTES = Gauge(
+    "pgsessions_replay_lag_bytes", "Received but not yet replayed WAL in bytes", ["env", "standby"], registry=REGISTRY
+)
+CHECK_FAILURES = Counter(
+    "pgsessions_check_failures_total", "Failed scheduled checks per host", ["env", "host"], registry=REGISTRY
+)
+OPEN_INCIDENTS = Gauge("pgsessions_open_incidents", "Open lag incidents", registry=REGISTRY)
+
+
+def wsgi_app():
+    return make_wsgi_app(REGISTRY)

@@ -1,0 +1,109 @@
+"""The real bot, in-process, served over real HTTP, talking to the fake Slack Web API.
+
+Tests drive it exactly as Slack would: signed form posts to ``/slack/events``.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bot.config import parse_config
+from bot.runtime import Runtime, SlackSettings
+from bot.slack.app import build_app
+from bot.slack.server import HttpServer
+from tests.harness.slack_requests import SlackSender
+
+SIGNING_SECRET = "test-signing-secret-0123456789"
+BOT_TOKEN = "xoxb-test"
+
+
+def env_config(pair, user: str = "pgsessions_bot", **overrides: Any) -> dict:
+    """One environment on the test pair (with its standby, when it has one)."""
+    env: dict[str, Any] = {
+        "dsn": pair.primary.dsn(user=user),
+        "thresholds": {"long_running": "2s", "idle_in_transaction": "2s", "idle": "2s"},
+        "access": {"requesters": ["*"], "approvers": ["U2", "S0DBAS"]},
+        "timeouts": {"connect": "3s", "statement": "5s"},
+    }
+    if getattr(pair, "standby", None) is not None:
+        env["standbys"] = {"replica1": pair.standby.dsn(user=user)}
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(env.get(key), dict):
+            env[key] = {**env[key], **value}
+        else:
+            env[key] = value
+    return env
+
+
+class BotUnderTest:
+    def __init__(self, config: dict, fake_slack, *, state: str | None = None, scheduler: bool = False):
+        self.config_dict = copy.deepcopy(config)
+        self.fake = fake_slack
+        self._tmp = tempfile.TemporaryDirectory(prefix="pgs-bot-")
+        if state is None and "state" not in self.config_dict:
+            state = f"sqlite:///{Path(self._tmp.name) / 'state.db'}"
+        if state is not None:
+            self.config_dict["state"] = state
+        self.scheduler = scheduler
+        self.rt: Runtime | None = None
+        self.http: HttpServer | None = None
+
+    def start(self) -> BotUnderTest:
+        config = parse_config(self.config_dict, environ={})
+        settings = SlackSettings(
+            bot_token=BOT_TOKEN, signing_secret=SIGNING_SECRET, app_token=None, api_url=self.fake.api_url
+        )
+        self.rt = Runtime(config, settings)
+        self.app = build_app(self.rt)
+        self.http = HttpServer(self.rt, self.app, host="127.0.0.1", port=0, threads=16).start()
+        if self.scheduler:
+            self.rt.start_background()
+        self.rt.ready.set()
+        self.url = f"http://127.0.0.1:{self.http.port}"
+        self.slack = SlackSender(self.url, SIGNING_SECRET)
+        return self
+
+    def stop(self) -> None:
+        if self.http is not None:
+            self.http.stop()
+        if self.rt is not None:
+            self.rt.close()
+        self.http = self.rt = None
+
+    def restart(self) -> BotUnderTest:
+        """Stop and start again on the same state store (a bot restart)."""
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        self.stop()
+        self._tmp.cleanup()
+
+    def __enter__(self) -> BotUnderTest:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- conveniences -------------------------------------------------------------------------------
+
+    def command(self, text: str, **kwargs) -> tuple[int, dict, str]:
+        kwargs.setdefault("response_url", self.fake.response_url("cmd"))
+        return self.slack.slash(text, **kwargs)
+
+    def listing(self, text: str, channel: str = "C1", user: str = "U1", timeout: float = 15) -> dict:
+        """Run a command that posts a message and return the posted chat.postMessage params."""
+        before = len(self.fake.calls_for("chat.postMessage"))
+        status, _headers, body = self.command(text, channel_id=channel, user_id=user)
+        assert status == 200, (status, body)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            calls = self.fake.calls_for("chat.postMessage")
+            if len(calls) > before:
+                return calls[before].params
+            time.sleep(0.02)
+        raise AssertionError(f"no message posted for {text!r}; responses: {self.fake.responses[-3:]}")
