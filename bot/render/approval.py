@@ -1,0 +1,193 @@
+"""Approval requests as Block Kit: the request modal, the approval message in its every state."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from bot.durations import format_duration
+from bot.render.common import (
+    actions,
+    button,
+    context,
+    cut,
+    esc,
+    fold_query,
+    header,
+    message,
+    plain,
+    section,
+    slack_time,
+)
+
+REQUEST_CALLBACK = "pgs_kill_request"
+DECIDE_PREFIX = "pgs_req"
+
+VERBS = {
+    "cancel": ("Cancel", "cancel the query of"),
+    "terminate": ("Terminate", "terminate"),
+}
+
+STATE_LINE = {
+    "pending": ":hourglass: *Waiting for approval*",
+    "executing": ":gear: *Approved: acting now…*",
+    "done": ":white_check_mark: *Done*",
+    "failed": ":x: *Not done*",
+    "denied": ":no_entry: *Denied*",
+    "withdrawn": ":leftwards_arrow_with_hook: *Withdrawn by the requester*",
+    "expired": ":alarm_clock: *Expired*: nobody approved in time; the buttons no longer work",
+}
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return datetime.fromtimestamp(ts, UTC) if ts else None
+
+
+def mention(principal: str) -> str:
+    if principal == "*":
+        return "anyone"
+    if principal.startswith("S"):
+        return f"<!subteam^{principal}>"
+    return f"<@{principal}>"
+
+
+def where(env: str, host: str) -> str:
+    return f"`{esc(env)}`" + ("" if host == "primary" else f" standby `{esc(host)}`")
+
+
+def target_lines(t: dict, query_chars: int = 500) -> str:
+    lines = [
+        f"*pid* {t.get('pid')} · *user* `{esc(t.get('user') or '?')}` · *db* `{esc(t.get('database') or '?')}` · "
+        f"*app* `{esc(t.get('application') or '–')}` · *client* {esc(t.get('client_addr') or 'local socket')}",
+        f"*state* {esc(t.get('state') or '?')} · {esc(t.get('duration_what') or 'for')} "
+        f"{format_duration(t.get('duration_secs'))} (when listed) · *backend started* {esc(t.get('backend_start'))}",
+    ]
+    if t.get("query"):
+        lines.append(f"`{esc(fold_query(t['query'], query_chars))}`")
+    return "\n".join(lines)
+
+
+def request_modal(target: dict, action: str, token: str, channel: str | None, require_reason: bool) -> dict:
+    """The modal a Cancel/Terminate click opens. Its submit button says *Request*."""
+    label, verb = VERBS[action]
+    t = target["payload"]
+    meta = json.dumps({"token": token, "action": action, "channel": channel})
+    reason_block = {
+        "type": "input",
+        "block_id": "reason",
+        "optional": not require_reason,
+        "label": plain("Reason" + ("" if require_reason else " (optional)"), 2000),
+        "element": {
+            "type": "plain_text_input",
+            "action_id": "reason",
+            "multiline": True,
+            "max_length": 500,
+            "placeholder": plain("Why should this session be stopped? Incident link, ticket…", 150),
+        },
+    }
+    return {
+        "type": "modal",
+        "callback_id": REQUEST_CALLBACK,
+        "private_metadata": meta,
+        "title": plain(f"{label} session", 24),
+        "submit": plain("Request", 24),
+        "close": plain("Close", 24),
+        "blocks": [
+            section(f"Ask an approver to *{verb}* this session on {where(target['env'], target['host'])}:"),
+            section(target_lines(t)),
+            reason_block,
+            context("Nothing is signalled until a second, authorized person approves."),
+        ],
+    }
+
+
+def request_message(req: dict, approvers: list[str], approvals: list[str], required: int, cfg_approvers: list[str]) -> dict:
+    label, verb = VERBS.get(req["action"], (req["action"].title(), req["action"]))
+    t = req["target"]
+    state = req["state"]
+    blocks = [
+        header(f"{label} request: pid {t.get('pid')} on {req['env']}"),
+        section(
+            f"<@{req['requester']}> asks to *{verb}* pid {t.get('pid')} on {where(req['env'], req['host'])}.\n"
+            f"*Reason:* {esc(req.get('reason') or '(none given)')}"
+        ),
+        section(target_lines(t)),
+    ]
+    status = STATE_LINE.get(state, state)
+    details = [status]
+    if approvals:
+        details.append("Approved by " + ", ".join(f"<@{a}>" for a in approvals))
+    if state == "denied" and req.get("decided_by"):
+        details.append(f"Denied by <@{req['decided_by']}>")
+    outcome = req.get("outcome")
+    if outcome:
+        details.append(f"*Outcome:* {esc(outcome.get('detail', ''))}")
+    blocks.append(section("\n".join(details)))
+    times = f"Requested {slack_time(_dt(req['created_at']))}"
+    if state == "pending":
+        who = ", ".join(mention(p) for p in cfg_approvers) or "nobody (no approvers configured)"
+        need = f"{required - len(approvals)} more approval" + ("s" if required - len(approvals) != 1 else "")
+        times += f" · expires {slack_time(_dt(req['expires_at']))} · needs {need} from {who}"
+        blocks.append(context(cut(times, 1900)))
+        rid = req["id"]
+        blocks.append(
+            actions(
+                f"req:{rid}",
+                button("Approve", f"{DECIDE_PREFIX}:approve:{rid}", rid, style="primary"),
+                button("Deny", f"{DECIDE_PREFIX}:deny:{rid}", rid, style="danger"),
+                button("Withdraw", f"{DECIDE_PREFIX}:withdraw:{rid}", rid),
+            )
+        )
+    else:
+        if req.get("decided_at"):
+            times += f" · decided {slack_time(_dt(req['decided_at']))}"
+        if req.get("updated_at") and state in ("done", "failed"):
+            times += f" · finished {slack_time(_dt(req['updated_at']))}"
+        blocks.append(context(times))
+    text = f"{label} request for pid {t.get('pid')} on {req['env']} by <@{req['requester']}>: {state}"
+    return message(text, blocks)
+
+
+def pending_list(reqs: list[dict], now: float) -> dict:
+    if not reqs:
+        return message("No open requests.", [section(":white_check_mark: No open kill requests.")])
+    blocks = [header(f"Open requests ({len(reqs)})")]
+    for r in reqs[:45]:
+        t = r["target"]
+        age = format_duration(now - r["created_at"])
+        left = format_duration(max(0.0, r["expires_at"] - now))
+        blocks.append(
+            section(
+                f"*{esc(r['action'])}* pid {t.get('pid', '–')} on {where(r['env'], r['host'])} · by <@{r['requester']}> · "
+                f"{age} old · expires in {left}\n*Reason:* {esc(r.get('reason') or '–')}"
+            )
+        )
+    if len(reqs) > 45:
+        blocks.append(context(f"{len(reqs) - 45} more not shown."))
+    return message(f"{len(reqs)} open requests", blocks)
+
+
+def audit_list(entries: list[dict], env: str | None) -> dict:
+    title = f"Audit log{' for ' + env if env else ''}"
+    if not entries:
+        return message(f"{title}: empty", [section(f"{title}: no entries yet.")])
+    lines = []
+    for e in entries:
+        actor = f"<@{e['actor']}>" if e.get("actor") else "bot"
+        pid = f" pid {e['pid']}" if e.get("pid") else ""
+        result = f" → {esc(cut(e['result'], 160))}" if e.get("result") else ""
+        lines.append(
+            f"{slack_time(_dt(e['at']))} `{esc(e['env'] or '')}` {esc(e['event'])}{pid} {actor}{result}"
+        )
+    blocks = [header(title)]
+    chunk: list[str] = []
+    size = 0
+    for line in lines:
+        if size + len(line) > 2800:
+            blocks.append(section("\n".join(chunk)))
+            chunk, size = [], 0
+        chunk.append(line)
+        size += len(line) + 1
+    if chunk:
+        blocks.append(section("\n".join(chunk)))
+    return message(f"{title}: {len(entries)} latest entries", blocks[:50])
