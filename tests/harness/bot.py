@@ -64,7 +64,7 @@ class BotUnderTest:
             self.rt.start_background()
         self.rt.ready.set()
         self.url = f"http://127.0.0.1:{self.http.port}"
-        self.slack = SlackSender(self.url, SIGNING_SECRET)
+        self.slack = SlackSender(self.url, SIGNING_SECRET, fake=self.fake)
         return self
 
     def stop(self) -> None:
@@ -91,15 +91,15 @@ class BotUnderTest:
 
     # --- conveniences -------------------------------------------------------------------------------
 
-    def command(self, text: str, **kwargs) -> tuple[int, dict, str]:
-        kwargs.setdefault("response_url", self.fake.response_url("cmd"))
+    def command(self, text: str, **kwargs):
+        """A signed slash command; returns the SlackReply (status, headers, body, response_name)."""
         return self.slack.slash(text, **kwargs)
 
     def listing(self, text: str, channel: str = "C1", user: str = "U1", timeout: float = 15) -> dict:
         """Run a command that posts a message and return the posted chat.postMessage params."""
         before = len(self.fake.calls_for("chat.postMessage"))
-        status, _headers, body = self.command(text, channel_id=channel, user_id=user)
-        assert status == 200, (status, body)
+        reply = self.command(text, channel_id=channel, user_id=user)
+        assert reply.status == 200, (reply.status, reply.body)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             calls = self.fake.calls_for("chat.postMessage")

@@ -28,8 +28,10 @@ act AS (
        AND (%(db)s::text IS NULL OR a.datname = %(db)s::text)
 ),
 blocks AS (
+    -- a blocker counts the waiters that have waited at least blocked_min
     SELECT b.pid, count(*)::int AS n
       FROM act, unnest(act.blocked_by) AS b(pid)
+     WHERE coalesce(act.query_secs, 0) >= %(blocked_min)s
      GROUP BY b.pid
 ),
 flagged AS (
