@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -40,6 +40,31 @@ CHECK_FAILURES = Counter(
     "pgsessions_check_failures_total", "Failed scheduled checks per host", ["env", "host"], registry=REGISTRY
 )
 OPEN_INCIDENTS = Gauge("pgsessions_open_incidents", "Open lag incidents", registry=REGISTRY)
+DB_UNAVAILABLE = Counter(
+    "pgsessions_db_unavailable_total",
+    "Times the bot could not reach a monitored server or its query failed (connect/statement timeout, refused, auth)",
+    ["env", "host"],
+    registry=REGISTRY,
+)
+SLACK_REQUESTS = Counter(
+    "pgsessions_slack_requests_total",
+    "Slack requests received over HTTP or Socket Mode by kind and HTTP status answered",
+    ["kind", "status"],
+    registry=REGISTRY,
+)
+BUILD_INFO = Info("pgsessions_build", "Version of the running bot", registry=REGISTRY)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("pgsessions")
+    except Exception:  # pragma: no cover - not installed as a distribution
+        return "unknown"
+
+
+BUILD_INFO.info({"version": _version()})
 
 
 def wsgi_app():

@@ -8,6 +8,7 @@ and no secret in it.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import threading
@@ -21,6 +22,7 @@ from psycopg import errors as pgerrors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from bot.config import Config, Environment
+from bot.metrics import DB_QUERY_SECONDS, DB_UNAVAILABLE
 from bot.secrets import scrub
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,22 @@ class DatabaseUnavailable(Exception):
     def __init__(self, env: str, host: str, reason: str):
         self.env, self.host, self.reason = env, host, reason
         super().__init__(f"{describe_target(env, host)} is unavailable: {reason}")
+
+
+_UNAVAILABLE_SEEN: contextvars.ContextVar[list[DatabaseUnavailable] | None] = contextvars.ContextVar(
+    "pgsessions_unavailable_seen", default=None
+)
+
+
+@contextmanager
+def watch_unavailable() -> Iterator[list[DatabaseUnavailable]]:
+    """Collect the DatabaseUnavailable errors raised in this context, even those a handler caught."""
+    seen: list[DatabaseUnavailable] = []
+    token = _UNAVAILABLE_SEEN.set(seen)
+    try:
+        yield seen
+    finally:
+        _UNAVAILABLE_SEEN.reset(token)
 
 
 def describe_target(env: str, host: str) -> str:
@@ -164,8 +182,27 @@ class Databases:
             return entry
 
     @contextmanager
-    def connection(self, env: str, host: str = "primary") -> Iterator[psycopg.Connection]:
-        """A pooled autocommit connection; raises DatabaseUnavailable with a clear reason."""
+    def connection(self, env: str, host: str = "primary", op: str = "query") -> Iterator[psycopg.Connection]:
+        """A pooled autocommit connection; raises DatabaseUnavailable with a clear reason.
+
+        The time from asking for the connection to handing it back is observed in
+        ``pgsessions_db_query_seconds{env,host,op}``; failures count in ``pgsessions_db_unavailable_total``.
+        """
+        started = time.monotonic()
+        try:
+            with self._connection(env, host) as conn:
+                yield conn
+        except DatabaseUnavailable as exc:
+            DB_UNAVAILABLE.labels(env, host).inc()
+            seen = _UNAVAILABLE_SEEN.get()
+            if seen is not None:
+                seen.append(exc)
+            raise
+        finally:
+            DB_QUERY_SECONDS.labels(env, host, op).observe(time.monotonic() - started)
+
+    @contextmanager
+    def _connection(self, env: str, host: str) -> Iterator[psycopg.Connection]:
         entry = self._pool(env, host)
         timeouts = (entry.connect_timeout, entry.statement_timeout)
         started = time.monotonic()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,8 @@ from slack_bolt.error import BoltError
 from slack_sdk.errors import SlackApiError
 
 from bot.commands import USAGE, Command, CommandError, Help, known_envs, parse
+from bot.metrics import COMMANDS
+from bot.postgres.pools import DatabaseUnavailable, watch_unavailable
 from bot.runtime import Runtime
 from bot.slack import listing_handlers
 
@@ -91,6 +94,11 @@ def channel_refusal(rt: Runtime, env: str | None, channel_id: str | None) -> str
     return None
 
 
+def command_name(cmd: Command) -> str:
+    """``ListSessions`` -> ``list_sessions``: the metric label for a parsed command."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(cmd).__name__).lower()
+
+
 def help_text(rt: Runtime) -> str:
     return f"{USAGE}\n\n*Environments:* {known_envs(rt.config)}"
 
@@ -122,17 +130,22 @@ def build_app(rt: Runtime, router: Router | None = None) -> App:
             cmd = parse(text, rt.config)
         except CommandError as exc:
             ack(response_type="ephemeral", text=exc.answer())
+            COMMANDS.labels("invalid", "bad_input").inc()
             return
+        name = command_name(cmd)
         if isinstance(cmd, Help):
             ack(response_type="ephemeral", text=help_text(rt))
+            COMMANDS.labels(name, "ok").inc()
             return
         refusal = channel_refusal(rt, env_of(cmd), command.get("channel_id"))
         if refusal:
             ack(response_type="ephemeral", text=refusal)
+            COMMANDS.labels(name, "refused").inc()
             return
         handler = router.handlers.get(type(cmd))
         if handler is None:
             ack(response_type="ephemeral", text=f"`{text}` is not available in this version of the bot.")
+            COMMANDS.labels(name, "refused").inc()
             return
         progress = router.progress.get(type(cmd))
         note = progress(cmd) if progress else None
@@ -140,7 +153,19 @@ def build_app(rt: Runtime, router: Router | None = None) -> App:
             ack(response_type="ephemeral", text=note)
         else:
             ack()
-        guarded(f"running `/pgsessions {text}`")(handler)(rt, cmd, body, respond=respond)
+        failed = []
+
+        def run(*args, **kwargs):
+            try:
+                return handler(*args, **kwargs)
+            except Exception as exc:
+                if not isinstance(exc, DatabaseUnavailable):
+                    failed.append(True)
+                raise
+
+        with watch_unavailable() as unavailable:
+            guarded(f"running `/pgsessions {text}`")(run)(rt, cmd, body, respond=respond)
+        COMMANDS.labels(name, "error" if failed else "unavailable" if unavailable else "ok").inc()
 
     @app.error
     def on_error(error, body, logger):  # pragma: no cover - last resort, after ack

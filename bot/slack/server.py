@@ -5,13 +5,19 @@ Served by waitress (a production WSGI server, multi-threaded) rather than Bolt's
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import threading
+import time
+from urllib.parse import parse_qs
 
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from waitress.server import create_server
 
+from bot.logs import instrument_bolt, new_request_id, request_context
+from bot.metrics import ACK_SECONDS, SLACK_REQUESTS, wsgi_app
 from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -19,9 +25,76 @@ log = logging.getLogger(__name__)
 EVENTS_PATH = "/slack/events"
 
 
+MAX_SLACK_BODY = 1024 * 1024  # Slack's payloads are far smaller; refuse anything bigger
+
+
+def _kind(body: bytes) -> str:
+    """command / action / view / event / other, from a raw Slack request body."""
+    try:
+        if body[:1] == b"{":
+            kind = json.loads(body).get("type")
+        else:
+            form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=64)
+            if "command" in form:
+                return "command"
+            kind = json.loads(form["payload"][0]).get("type") if "payload" in form else None
+    except (ValueError, AttributeError, KeyError, IndexError):
+        return "other"
+    if kind in ("block_actions", "interactive_message", "block_suggestion", "shortcut", "message_action"):
+        return "action"
+    if kind in ("view_submission", "view_closed"):
+        return "view"
+    if kind in ("event_callback", "url_verification"):
+        return "event"
+    return "other"
+
+
+def _instrumented(slack):
+    """Around Bolt's WSGI handler: a request id for the logs, the ack latency and count for /metrics."""
+
+    def handle(environ, start_response):
+        started = time.monotonic()
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length > MAX_SLACK_BODY:
+            start_response("413 Payload Too Large", [("Content-Type", "text/plain")])
+            return [b"too large\n"]
+        body = environ["wsgi.input"].read(length) if length > 0 else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        kind = _kind(body)
+        status_seen = ["000"]
+        rid = new_request_id(environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP"))
+
+        def start(status, headers, exc_info=None):
+            status_seen[0] = status.split(" ", 1)[0]
+            return start_response(status, [*headers, ("X-Request-Id", rid)], exc_info)
+
+        with request_context(rid):
+            try:
+                result = slack(environ, start)
+            finally:
+                elapsed = time.monotonic() - started
+                ACK_SECONDS.labels(kind).observe(elapsed)
+                SLACK_REQUESTS.labels(kind, status_seen[0]).inc()
+                retry = environ.get("HTTP_X_SLACK_RETRY_NUM")
+                log.info(
+                    "slack %s answered %s in %.0f ms%s", kind, status_seen[0], elapsed * 1000,
+                    f" (Slack retry {retry}: {environ.get('HTTP_X_SLACK_RETRY_REASON', '?')})" if retry else "",
+                    extra={"event": "slack_request", "kind": kind, "status": status_seen[0],
+                           "duration_ms": round(elapsed * 1000, 1)},
+                )
+        return result
+
+    return handle
+
+
 def make_wsgi(rt: Runtime, app: App | None):
-    slack = SlackRequestHandler(app, path=EVENTS_PATH) if app is not None else None
-    metrics_app = rt.extensions.get("metrics_wsgi")
+    if app is not None:
+        instrument_bolt(app)
+    slack = _instrumented(SlackRequestHandler(app, path=EVENTS_PATH)) if app is not None else None
+    metrics_app = rt.extensions.setdefault("metrics_wsgi", wsgi_app())
 
     def wsgi(environ, start_response):
         path = environ.get("PATH_INFO", "")
