@@ -7,6 +7,7 @@ from psycopg.rows import dict_row
 from bot.config import Environment
 from bot.postgres.models import Category, Filters, Listing, ServerInfo, Session
 from bot.postgres.pools import Databases
+from bot.postgres.redact import redact
 from bot.postgres.sql import query
 
 
@@ -17,7 +18,7 @@ def server_info(conn) -> ServerInfo:
     return ServerInfo(**row)
 
 
-def _session(row: dict) -> Session:
+def _session(row: dict, redact_queries: bool = False) -> Session:
     cats = []
     if row["blocking_count"] > 0:
         cats.append(Category.BLOCKING)
@@ -41,7 +42,7 @@ def _session(row: dict) -> Session:
         state=row["state"],
         wait_event_type=row["wait_event_type"],
         wait_event=row["wait_event"],
-        query=row["query"] or "",
+        query=redact(row["query"] or "") if redact_queries else (row["query"] or ""),
         blocked_by=tuple(row["blocked_by"] or ()),
         blocking_count=row["blocking_count"],
         categories=tuple(cats),
@@ -80,10 +81,10 @@ def list_sessions(dbs: Databases, env: str, host: str = "primary", filters: Filt
         "db": filters.database,
         "query_chars": max(environment.listing.query_chars * 2, 600),
     }
-    with dbs.connection(env, host) as conn:
+    with dbs.connection(env, host, op="list_sessions") as conn:
         info = server_info(conn)
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute(query("sessions"), params)
             rows = cur.fetchall()
-    sessions = sorted((_session(r) for r in rows), key=lambda s: s.sort_key)
+    sessions = sorted((_session(r, environment.redact_queries) for r in rows), key=lambda s: s.sort_key)
     return Listing(env=env, host=host, server=info, sessions=tuple(sessions), filters=filters, thresholds=thresholds)
