@@ -120,7 +120,8 @@ def make_wsgi(rt: Runtime, app: App | None):
 class HttpServer:
     def __init__(self, rt: Runtime, app: App | None, host: str = "0.0.0.0", port: int = 3000, threads: int = 16):
         self.server = create_server(
-            make_wsgi(rt, app), host=host, port=port, threads=threads, ident="pgsessions", clear_untrusted_proxy_headers=True
+            make_wsgi(rt, app), host=host, port=port, threads=threads, ident="pgsessions", clear_untrusted_proxy_headers=True,
+            asyncore_use_poll=True,  # select() fails on file descriptors above 1024
         )
         self._thread: threading.Thread | None = None
 
