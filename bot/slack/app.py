@@ -108,7 +108,6 @@ def build_app(rt: Runtime, router: Router | None = None) -> App:
     if not s.bot_token:
         raise BoltError("SLACK_BOT_TOKEN is not set")
     app = App(
-        token=s.bot_token,
         signing_secret=s.signing_secret or "",
         client=rt.client,
         request_verification_enabled=True,
