@@ -1,0 +1,541 @@
+"""``pgsessions check``: is this deployment ready? One answer per environment and standby.
+
+Checks, all hosts concurrently and each bounded by its environment's connect and statement timeouts:
+
+* the config file is valid (a config error prints the key-naming message and exits 2);
+* every primary and standby is reachable (and how long connecting took), its server version;
+* the role is a superuser or a member of ``pg_monitor`` and ``pg_signal_backend`` (and what does not
+  work without them);
+* every standby is really in recovery and every primary is not, and a standby is a copy of its
+  primary (same system identifier, when the role may read it);
+* the state store is reachable and writable;
+* when ``SLACK_BOT_TOKEN`` is set: ``auth.test`` passes and the token has the bot's scopes (from the
+  ``x-oauth-scopes`` response header); with ``SLACK_APP_TOKEN`` the app-level token opens a
+  Socket Mode connection URL.
+
+Exit status: 0 when everything needed is there (warnings allowed unless ``--strict``), 1 when
+something is missing, 2 for a configuration error. Nothing printed ever contains a secret: targets
+are shown as ``host:port/db as user`` and every line goes through :func:`bot.secrets.scrub`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bot.config import Config, ConfigError, Environment, load_config
+from bot.secrets import safe_dsn, scrub
+
+REQUIRED_SCOPES = ("commands", "chat:write", "chat:write.public", "users:read", "usergroups:read")
+MIN_SERVER_VERSION = 140000  # pg_terminate_backend(pid, timeout)
+CHECK_APPLICATION_NAME = "pgsessions-check"
+
+OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
+_RANK = {SKIP: 0, OK: 1, WARN: 2, FAIL: 3}
+
+
+@dataclass
+class Finding:
+    level: str
+    check: str
+    message: str
+
+
+@dataclass
+class Part:
+    """Findings about one thing (a host, the state store, Slack)."""
+
+    findings: list[Finding] = field(default_factory=list)
+
+    def add(self, level: str, check: str, message: str) -> None:
+        self.findings.append(Finding(level, check, scrub(message)))
+
+    @property
+    def status(self) -> str:
+        return max((f.level for f in self.findings), key=_RANK.__getitem__, default=SKIP)
+
+
+@dataclass
+class HostReport(Part):
+    env: str = ""
+    host: str = ""
+    role: str = "primary"  # primary | standby
+    target: str = ""
+    connect_ms: float | None = None
+    server_version: str | None = None
+    server_version_num: int | None = None
+    in_recovery: bool | None = None
+    user: str | None = None
+    superuser: bool | None = None
+    pg_monitor: bool | None = None
+    pg_signal_backend: bool | None = None
+    platform: str | None = None
+    system_identifier: str | None = None
+    wal_receiver_status: str | None = None
+    track_activity_query_size: int | None = None
+
+
+@dataclass
+class StateReport(Part):
+    target: str = ""
+    ms: float | None = None
+
+
+@dataclass
+class SlackReport(Part):
+    api_url: str = ""
+    mode: str | None = None
+    team: str | None = None
+    bot_user: str | None = None
+    scopes: list[str] | None = None
+
+
+# --- hosts ----------------------------------------------------------------------------------------
+
+
+def _platform(extra: dict) -> str:
+    if extra.get("has_rds_roles"):
+        return "RDS/Aurora"
+    if extra.get("has_cloudsql_roles"):
+        return "Cloud SQL"
+    if extra.get("has_azure_roles"):
+        return "Azure"
+    return "self-hosted"
+
+
+def _grant_hint(report: HostReport, role: str) -> str:
+    who = report.user or "the bot's role"
+    by = {
+        "RDS/Aurora": " (as the master user, a member of rds_superuser)",
+        "Cloud SQL": " (as a member of cloudsqlsuperuser, e.g. the postgres user)",
+        "Azure": " (as a member of azure_pg_admin)",
+    }.get(report.platform or "", " (as a superuser)")
+    return f"GRANT {role} TO {who};{by}"
+
+
+def check_host(env: str, host: str, dsn: str, environment: Environment, kill_allowed: bool) -> HostReport:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from bot.postgres.activity import server_info
+    from bot.postgres.pools import explain
+    from bot.postgres.sql import query
+
+    report = HostReport(env=env, host=host, role="primary" if host == "primary" else "standby", target=safe_dsn(dsn))
+    ct, st = environment.timeouts.connect, environment.timeouts.statement
+    started = time.monotonic()
+    try:
+        conn = psycopg.connect(
+            dsn, connect_timeout=max(2, math.ceil(ct)), application_name=CHECK_APPLICATION_NAME, autocommit=True
+        )
+    except Exception as exc:
+        report.add(FAIL, "reachable", f"unreachable: {explain(exc, (ct, st))}")
+        return report
+    report.connect_ms = round((time.monotonic() - started) * 1000, 1)
+    try:
+        with conn:
+            conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{int(st * 1000)}ms",))
+            info = server_info(conn)
+            with conn.cursor(row_factory=dict_row) as cur:
+                cur.execute(query("check_host"))
+                extra = cur.fetchone() or {}
+            try:
+                row = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
+                report.system_identifier = row[0] if row else None
+            except psycopg.Error:
+                report.system_identifier = None  # not readable for this role: the comparison is skipped
+    except Exception as exc:
+        report.add(FAIL, "reachable", f"connected, but the checks failed: {explain(exc, (ct, st))}")
+        return report
+
+    report.add(OK, "reachable", f"connected in {report.connect_ms:.0f} ms")
+    report.server_version = info.server_version.split(" ")[0]
+    report.server_version_num = info.server_version_num
+    report.in_recovery = info.in_recovery
+    report.user = info.bot_user
+    report.superuser = info.bot_is_superuser
+    report.pg_monitor = info.bot_can_monitor
+    report.pg_signal_backend = info.bot_can_signal
+    report.platform = _platform(extra)
+    report.wal_receiver_status = extra.get("wal_receiver_status")
+    report.track_activity_query_size = extra.get("track_activity_query_size")
+
+    if info.server_version_num < MIN_SERVER_VERSION:
+        report.add(FAIL, "version", f"PostgreSQL {report.server_version} is too old: the bot needs 14 or newer "
+                   "(terminate waits for the backend to exit with pg_terminate_backend(pid, timeout))")
+    else:
+        report.add(OK, "version", f"PostgreSQL {report.server_version}")
+
+    if report.role == "standby":
+        if not info.in_recovery:
+            report.add(FAIL, "recovery", f"standby '{host}' is not in recovery: its DSN points at a primary "
+                       "(or a promoted standby); fix environments." + env + ".standbys." + host)
+        else:
+            report.add(OK, "recovery", "in recovery (a standby)")
+            if report.wal_receiver_status not in (None, "streaming"):
+                report.add(WARN, "streaming", f"the WAL receiver is '{report.wal_receiver_status}', not streaming: "
+                           "replay may be fed from an archive or stalled")
+            elif report.wal_receiver_status is None:
+                report.add(WARN, "streaming", "no WAL receiver: the standby is not streaming from a primary")
+    else:
+        if info.in_recovery:
+            report.add(FAIL, "recovery", f"the primary of '{env}' is in recovery: its DSN points at a standby; "
+                       f"fix environments.{env}.dsn")
+        else:
+            report.add(OK, "recovery", "not in recovery (a primary)")
+
+    if info.bot_is_superuser:
+        report.add(WARN, "privileges", f"role {info.bot_user} is a superuser: everything works, but a role with "
+                   "only pg_monitor and pg_signal_backend is enough and safer")
+    else:
+        if info.bot_can_monitor:
+            report.add(OK, "pg_monitor", f"{info.bot_user} is a member of pg_monitor")
+        else:
+            report.add(FAIL, "pg_monitor", f"{info.bot_user} is not a member of pg_monitor: other users' queries "
+                       "show as <insufficient privilege> and their sessions get no buttons. "
+                       + _grant_hint(report, "pg_monitor"))
+        if info.bot_can_signal:
+            report.add(OK, "pg_signal_backend", f"{info.bot_user} is a member of pg_signal_backend")
+        elif kill_allowed:
+            report.add(FAIL, "pg_signal_backend", f"{info.bot_user} is not a member of pg_signal_backend: only the "
+                       "role's own sessions can be signalled (cancel/terminate of anyone else fails). "
+                       + _grant_hint(report, "pg_signal_backend"))
+        else:
+            report.add(OK, "pg_signal_backend", "not a member, and not needed: access.allow_kill is false")
+    return report
+
+
+def _compare_identifiers(reports: list[HostReport]) -> None:
+    by_env: dict[str, list[HostReport]] = {}
+    for r in reports:
+        by_env.setdefault(r.env, []).append(r)
+    for rs in by_env.values():
+        primary = next((r for r in rs if r.role == "primary"), None)
+        if primary is None or not primary.system_identifier:
+            continue
+        for r in rs:
+            if r.role == "standby" and r.system_identifier and r.system_identifier != primary.system_identifier:
+                r.add(FAIL, "same cluster", f"standby '{r.host}' is a copy of another cluster than the primary of "
+                      f"'{r.env}' (system identifier {r.system_identifier} vs {primary.system_identifier})")
+
+
+# --- state store and Slack ------------------------------------------------------------------------
+
+
+def _describe_state(url: str) -> str:
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[1] if ":///" in url else ""
+        return f"sqlite {os.path.abspath(path)}" if path else "sqlite (in memory: nothing survives a restart)"
+    return f"postgresql {safe_dsn(url)}"
+
+
+def check_state(url: str) -> StateReport:
+    from bot.state.store import StateStore
+
+    report = StateReport(target=_describe_state(url))
+    started = time.monotonic()
+    store = None
+    try:
+        store = StateStore(url)
+        store.check_writable()
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        report.add(FAIL, "writable", f"the state store is not usable: {scrub(first)[:300]}")
+        return report
+    finally:
+        if store is not None:
+            try:
+                store.close()
+            except Exception:  # noqa: S110 - closing after a failed check
+                pass
+    report.ms = round((time.monotonic() - started) * 1000, 1)
+    report.add(OK, "writable", f"reachable and writable ({report.ms:.0f} ms)")
+    if url == "sqlite://" or url.endswith(":memory:"):
+        report.add(WARN, "durable", "an in-memory state store loses requests and approvals on every restart")
+    elif url.startswith("sqlite"):
+        report.add(OK, "replicas", "SQLite: run exactly one bot process (use state: postgresql://... for several)")
+    return report
+
+
+def _header(headers: Any, name: str) -> str | None:
+    for k, v in dict(headers or {}).items():
+        if str(k).lower() == name:
+            return v[0] if isinstance(v, list | tuple) else v
+    return None
+
+
+def check_slack(environ: dict[str, str]) -> SlackReport:
+    from slack_sdk import WebClient
+    from slack_sdk.errors import SlackApiError
+
+    from bot.runtime import SlackSettings
+
+    settings = SlackSettings.from_env(environ)
+    report = SlackReport(api_url=settings.api_url)
+    if not settings.bot_token:
+        report.add(SKIP, "auth.test", "SLACK_BOT_TOKEN is not set: Slack not checked (serve needs it)")
+        return report
+    report.mode = "socket" if settings.app_token else "http" if settings.signing_secret else None
+    if report.mode is None:
+        report.add(FAIL, "mode", "neither SLACK_APP_TOKEN (Socket Mode) nor SLACK_SIGNING_SECRET (HTTP) is set: "
+                   "serve needs one of them")
+    elif report.mode == "http":
+        report.add(OK, "mode", "HTTP mode (SLACK_SIGNING_SECRET is set; Slack proves it on every request)")
+    if not settings.bot_token.startswith("xoxb-"):
+        report.add(WARN, "token type", "SLACK_BOT_TOKEN does not look like a bot token (xoxb-...)")
+    client = WebClient(token=settings.bot_token, base_url=settings.api_url, timeout=10)
+    try:
+        resp = client.auth_test()
+    except SlackApiError as exc:
+        error = exc.response.get("error") if exc.response is not None else None
+        report.add(FAIL, "auth.test", f"Slack refused SLACK_BOT_TOKEN: {error or 'error'} (at {settings.api_url})")
+        return report
+    except Exception as exc:
+        report.add(FAIL, "auth.test", f"could not reach Slack at {settings.api_url}: {type(exc).__name__}: "
+                   f"{scrub(str(exc))[:200]}")
+        return report
+    report.team = f"{resp.get('team') or '?'} ({resp.get('team_id') or '?'})"
+    report.bot_user = f"{resp.get('user') or '?'} ({resp.get('user_id') or '?'})"
+    report.add(OK, "auth.test", f"token accepted: bot {report.bot_user} in team {report.team}")
+    raw = _header(resp.headers, "x-oauth-scopes")
+    if raw is None:
+        report.add(WARN, "scopes", "Slack did not report the token's scopes (no x-oauth-scopes header)")
+    else:
+        report.scopes = sorted(s.strip() for s in raw.split(",") if s.strip())
+        missing = [s for s in REQUIRED_SCOPES if s not in report.scopes]
+        if missing:
+            report.add(FAIL, "scopes", f"the token lacks {', '.join(missing)}: add them under OAuth & Permissions "
+                       "(or re-create the app from manifest.yml) and reinstall the app")
+        else:
+            report.add(OK, "scopes", "has " + ", ".join(REQUIRED_SCOPES))
+    if settings.app_token:
+        try:
+            WebClient(token=settings.app_token, base_url=settings.api_url, timeout=10).apps_connections_open(
+                app_token=settings.app_token
+            )
+            report.add(OK, "socket mode", "SLACK_APP_TOKEN opens a Socket Mode connection")
+        except SlackApiError as exc:
+            error = exc.response.get("error") if exc.response is not None else None
+            report.add(FAIL, "socket mode", f"Slack refused SLACK_APP_TOKEN: {error or 'error'} "
+                       "(it needs to be an app-level token with connections:write)")
+        except Exception as exc:
+            report.add(FAIL, "socket mode", f"could not reach Slack: {type(exc).__name__}")
+    return report
+
+
+# --- running everything concurrently -------------------------------------------------------------
+
+
+def _run_all(tasks: list[tuple[Callable[[], Part], float, Callable[[str], Part]]]) -> list[Part]:
+    """Run every task in its own daemon thread; a task past its deadline becomes its timeout report."""
+    results: list[Part | None] = [None] * len(tasks)
+    threads = []
+
+    def runner(i: int, fn: Callable[[], Part], on_timeout: Callable[[str], Part]) -> None:
+        try:
+            results[i] = fn()
+        except Exception as exc:  # a bug in a check must not hide the others
+            results[i] = on_timeout(f"the check itself failed: {type(exc).__name__}: {scrub(str(exc))[:200]}")
+
+    for i, (fn, _deadline, on_timeout) in enumerate(tasks):
+        t = threading.Thread(target=runner, args=(i, fn, on_timeout), name=f"pgs-check-{i}", daemon=True)
+        t.start()
+        threads.append(t)
+    started = time.monotonic()
+    for i, (t, (_fn, deadline, on_timeout)) in enumerate(zip(threads, tasks, strict=True)):
+        t.join(max(0.0, started + deadline - time.monotonic()))
+        if results[i] is None:
+            results[i] = on_timeout(f"no answer within {deadline:g}s")
+    return [r for r in results if r is not None]
+
+
+def _failed(report_cls, check: str, **kw):
+    def make(message: str) -> Part:
+        r = report_cls(**kw)
+        r.add(FAIL, check, message)
+        return r
+
+    return make
+
+
+def run_checks(config: Config, environ: dict[str, str], envs: list[str] | None = None,
+               slack: bool = True) -> tuple[list[HostReport], StateReport, SlackReport]:
+    tasks: list[tuple[Callable[[], Part], float, Callable[[str], Part]]] = []
+    for env_name, environment in config.environments.items():
+        if envs and env_name not in envs:
+            continue
+        kill_allowed = environment.access.allow_kill
+        deadline = environment.timeouts.connect + 2 * environment.timeouts.statement + 5
+        for host, dsn in environment.hosts().items():
+            tasks.append((
+                lambda e=env_name, h=host, d=dsn, env=environment, k=kill_allowed: check_host(e, h, d, env, k),
+                deadline,
+                _failed(HostReport, "reachable", env=env_name, host=host,
+                        role="primary" if host == "primary" else "standby", target=safe_dsn(dsn)),
+            ))
+    n_hosts = len(tasks)
+    tasks.append((lambda: check_state(config.state), 30.0,
+                  _failed(StateReport, "writable", target=_describe_state(config.state))))
+    if slack:
+        tasks.append((lambda: check_slack(environ), 30.0, _failed(SlackReport, "auth.test")))
+    results = _run_all(tasks)
+    hosts = [r for r in results[:n_hosts] if isinstance(r, HostReport)]
+    _compare_identifiers(hosts)
+    state = results[n_hosts]
+    if slack:
+        slack_report = results[n_hosts + 1]
+    else:
+        slack_report = SlackReport()
+        slack_report.add(SKIP, "auth.test", "skipped (--no-slack)")
+    assert isinstance(state, StateReport) and isinstance(slack_report, SlackReport)
+    return hosts, state, slack_report
+
+
+def config_warnings(config: Config, envs: list[str] | None) -> list[Finding]:
+    out = []
+    for name, environment in config.environments.items():
+        if envs and name not in envs:
+            continue
+        access = environment.access
+        if access.allow_kill and not access.approvers and not access.self_approval:
+            out.append(Finding(WARN, "approvers", f"environments.{name}.access.approvers is empty: nobody can "
+                               "approve a cancel/terminate request there"))
+    return out
+
+
+# --- output ---------------------------------------------------------------------------------------
+
+
+def _privileges(r: HostReport) -> str:
+    if r.superuser:
+        return "superuser"
+    if r.pg_monitor is None:
+        return "-"
+    have = [n for n, v in (("pg_monitor", r.pg_monitor), ("pg_signal_backend", r.pg_signal_backend)) if v]
+    lacking = [n for n, v in (("pg_monitor", r.pg_monitor), ("pg_signal_backend", r.pg_signal_backend)) if not v]
+    return ", ".join(have + [f"no {n}" for n in lacking])
+
+
+def _recovery(r: HostReport) -> str:
+    if r.in_recovery is None:
+        return "-"
+    if r.role == "standby":
+        return "in recovery" if r.in_recovery else "NOT in recovery"
+    return "not in recovery" if not r.in_recovery else "IN RECOVERY"
+
+
+def _label(status: str) -> str:
+    return {OK: "ok", WARN: "WARN", FAIL: "FAIL", SKIP: "skip"}[status]
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+
+
+def render_text(path: str, hosts: list[HostReport], state: StateReport, slack: SlackReport,
+                extra: list[Finding], strict: bool) -> str:
+    lines = [f"pgsessions check: {path}", ""]
+    rows = [["ENVIRONMENT", "HOST", "RESULT", "CONNECT", "SERVER", "RECOVERY", "ROLE", "PRIVILEGES", "TARGET"]]
+    for r in hosts:
+        rows.append([
+            r.env, r.host, _label(r.status),
+            f"{r.connect_ms:.0f} ms" if r.connect_ms is not None else "-",
+            r.server_version or "-", _recovery(r), r.user or "-", _privileges(r), r.target,
+        ])
+    lines += _table(rows)
+    lines.append("")
+    lines += _table([
+        ["STATE STORE", _label(state.status), state.target],
+        ["SLACK", _label(slack.status),
+         (f"{slack.bot_user} in {slack.team}" if slack.bot_user else slack.findings[0].message if slack.findings else "")
+         + (f", {slack.mode} mode" if slack.mode else "")],
+    ])
+    problems: list[tuple[str, str, Finding]] = []
+    for r in hosts:
+        problems += [(r.env, r.host, f) for f in r.findings if f.level in (WARN, FAIL)]
+    problems += [("state", "-", f) for f in state.findings if f.level in (WARN, FAIL)]
+    problems += [("slack", "-", f) for f in slack.findings if f.level in (WARN, FAIL)]
+    problems += [("config", "-", f) for f in extra]
+    problems.sort(key=lambda p: -_RANK[p[2].level])
+    if problems:
+        lines += ["", "Problems:"]
+        for env, host, f in problems:
+            where = f"{env}/{host}" if host != "-" else env
+            lines.append(f"  {_label(f.level):4}  {where}: {f.check}: {f.message}")
+    fails = sum(1 for p in problems if p[2].level == FAIL)
+    warns = sum(1 for p in problems if p[2].level == WARN)
+    ready = fails == 0 and not (strict and warns)
+    lines += ["", f"{fails} problem(s), {warns} warning(s): " + ("ready." if ready else "NOT ready.")]
+    return scrub("\n".join(lines))
+
+
+def render_json(path: str, hosts: list[HostReport], state: StateReport, slack: SlackReport,
+                extra: list[Finding], ok: bool) -> str:
+    def part(p: Part) -> dict:
+        d = asdict(p)
+        d["status"] = p.status
+        return d
+
+    out = {
+        "ok": ok,
+        "config": {"path": path, "ok": True, "warnings": [asdict(f) for f in extra]},
+        "hosts": [part(r) for r in hosts],
+        "state": part(state),
+        "slack": part(slack),
+    }
+    return scrub(json.dumps(out, indent=2, default=str))
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    path = args.config
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"pgsessions: configuration error in {path}:\n{exc}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"ok": False, "config": {"path": path, "ok": False, "error": scrub(str(exc))}}, indent=2))
+        return 2
+    envs = args.env or None
+    if envs:
+        unknown = [e for e in envs if e not in config.environments]
+        if unknown:
+            print(f"pgsessions: no environment called {', '.join(unknown)} in {path} "
+                  f"(known: {', '.join(config.environments)})", file=sys.stderr)
+            return 2
+    hosts, state, slack = run_checks(config, dict(os.environ), envs, slack=not args.no_slack)
+    extra = config_warnings(config, envs)
+    statuses = [r.status for r in hosts] + [state.status, slack.status] + [f.level for f in extra]
+    ok = FAIL not in statuses and not (args.strict and WARN in statuses)
+    if args.json:
+        print(render_json(path, hosts, state, slack, extra, ok))
+    else:
+        print(render_text(path, hosts, state, slack, extra, args.strict))
+    return 0 if ok else 1
+
+
+def add_parser(subparsers, common) -> None:
+    p = subparsers.add_parser(
+        "check",
+        help="check the config, every database, the state store and the Slack token; exit 1 if not ready",
+        description="Check that this deployment is ready: config, database reachability, server versions, the "
+        "role's privileges, standby/primary roles, the state store and the Slack token and scopes. "
+        "Exit 0 ready, 1 something missing, 2 configuration error.",
+    )
+    common(p)
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    p.add_argument("--env", action="append", metavar="NAME", help="check only this environment (repeatable)")
+    p.add_argument("--no-slack", action="store_true", help="do not call Slack even when SLACK_BOT_TOKEN is set")
+    p.add_argument("--strict", action="store_true", help="warnings also make the exit status 1")
+    p.set_defaults(func=run)
