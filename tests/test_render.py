@@ -1,0 +1,77 @@
+"""Rendering is pure: models in, Block Kit dicts out, within Slack's limits whatever the data."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from bot.postgres.models import Category, Filters, Listing, ServerInfo, Session
+from bot.render.approval import request_message, request_modal
+from bot.render.listing import render_listing
+from tests.harness.fake_slack import validate_message_blocks, validate_view
+
+SERVER = ServerInfo(150020, "15.20 (Debian)", 1200, 1006, False, 1, "pgsessions_bot", False, True, True)
+
+
+def session(pid: int, **kw) -> Session:
+    base = dict(
+        pid=pid, backend_start=datetime(2026, 11, 25, 10, 0, 0, 123456, tzinfo=UTC), user="app", database="appdb",
+        application="web", client_addr="10.0.0.5", state="idle", wait_event_type="Client", wait_event="ClientRead",
+        query="SELECT 1", blocked_by=(), blocking_count=0, categories=(Category.IDLE,), query_secs=4000.0,
+        xact_secs=None, state_secs=3700.0,
+    )
+    base.update(kw)
+    return Session(**base)
+
+
+def test_a_thousand_sessions_with_huge_queries_stay_within_limits():
+    huge = "SELECT '<b>&</b>', `tick` FROM t WHERE x = '" + "x" * 5000 + "'"
+    sessions = tuple(session(10000 + i, query=huge, application="a" * 300) for i in range(1000))
+    listing = Listing("prod", "primary", SERVER, sessions, Filters(), {"long_running": 300, "idle_in_transaction": 60, "idle": 3600})
+    tokens = {s.pid: f"tok{s.pid}" for s in sessions}
+    msg = render_listing(listing, tokens=tokens)
+    assert validate_message_blocks(msg["blocks"]) == []
+    assert len(msg["blocks"]) <= 50 and msg["text"]
+    body = json.dumps(msg)
+    assert "Showing the worst" in body and "1000 sessions" in body
+    assert "<b>" not in body and "&lt;b&gt;" in body  # mrkdwn escaped
+    assert "`tick`" not in body  # backticks in a query cannot break the code span
+
+
+def test_buttons_and_reasons():
+    ok = session(1)
+    idle_tx = session(2, state="idle in transaction", categories=(Category.IDLE_TX,))
+    su = session(3, cannot_signal="superuser session (the bot's role is not a superuser)")
+    listing = Listing("prod", "primary", SERVER, (idle_tx, ok, su), Filters(), {})
+    msg = render_listing(listing, tokens={1: "t1", 2: "t2"})
+    labels = [e["text"]["text"] for b in msg["blocks"] if b["type"] == "actions" for e in b["elements"]]
+    assert labels == ["Terminate 2", "Cancel 1", "Terminate 1"]
+    body = json.dumps(msg)
+    assert "pid 3 cannot be signalled from chat: superuser session" in body
+    assert "transaction stays open" in body
+    assert validate_message_blocks(msg["blocks"]) == []
+
+
+def test_no_buttons_when_kill_is_off():
+    listing = Listing("prod", "primary", SERVER, (session(1),), Filters(), {})
+    msg = render_listing(listing, tokens={}, kill_disabled="signalling is turned off for `prod`")
+    assert not [b for b in msg["blocks"] if b["type"] == "actions"]
+    assert "signalling is turned off" in json.dumps(msg)
+
+
+def test_request_modal_and_message_within_limits():
+    target = {"env": "prod", "host": "replica1", "payload": {
+        "pid": 7, "backend_start": "2026-11-25T10:00:00.123456+00:00", "user": "u" * 100, "database": "d",
+        "application": "a" * 500, "state": "active", "query": "q" * 4000, "duration_secs": 99, "duration_what": "query"}}
+    view = request_modal(target, "terminate", "tok", "C1", True)
+    assert validate_view(view) == []
+    assert view["submit"]["text"] == "Request" and not view["blocks"][2]["optional"]
+    req = {"id": "r1", "env": "prod", "host": "replica1", "action": "cancel", "target": target["payload"],
+           "requester": "U1", "reason": "<script>" * 200, "state": "pending", "created_at": 1.7e9,
+           "expires_at": 1.7e9 + 900, "decided_at": None, "outcome": None, "updated_at": 1.7e9}
+    msg = request_message(req, ["U2"], [], 1, ["U2", "S0DBAS"])
+    assert validate_message_blocks(msg["blocks"]) == []
+    body = json.dumps(msg)
+    assert "pgs_req:approve:r1" in body and "<!subteam^S0DBAS>" in body and "<script>" not in body
+    done = request_message({**req, "state": "done", "outcome": {"detail": "query of 7 cancelled"}}, ["U2"], ["U2"], 1, ["U2"])
+    assert "pgs_req:" not in json.dumps(done) and "Approved by <@U2>" in json.dumps(done)
