@@ -143,3 +143,40 @@ def test_string_contents_never_survive(content, style):
     out = redact(sql)
     assert marker not in out
     assert out.endswith("AS v FROM t WHERE k = ?")
+
+
+# --- end to end: nothing downstream of the read sees a literal ----------------------------------------
+
+
+def test_listing_with_redact_queries_never_shows_literals(pg, fake_slack):
+    import json
+    import uuid
+
+    from sqlalchemy import select
+
+    from bot.state.store import targets
+    from tests.harness.bot import BotUnderTest, env_config
+
+    app = "redact-" + uuid.uuid4().hex[:6]
+    secret = "Zq9-" + uuid.uuid4().hex[:8]
+    conn = pg.primary.connect(user="app_user", dbname="appdb", application_name=app)
+    conn.execute(f"SELECT '{secret}' AS \"KeptName\", 4242 /* {secret} */")  # noqa: S608 - test literal
+    config = {"environments": {
+        "red": env_config(pg, redact_queries=True),
+        "plain": env_config(pg),
+    }}
+    try:
+        with BotUnderTest(config, fake_slack) as bot:
+            shown = bot.listing(f"red --app {app} --min 0s")
+            text = json.dumps(shown)
+            assert secret not in text and "4242" not in text
+            assert 'SELECT ? AS \\"KeptName\\", ? /* ? */' in text or "SELECT ? AS" in text
+            with bot.rt.store.engine.connect() as c:
+                payloads = [r[0] for r in c.execute(select(targets.c.payload).where(targets.c.env == "red"))]
+            assert payloads and all(secret not in p for p in payloads)
+            assert any("SELECT ? AS" in p for p in payloads)
+            # control: without redact_queries the same session shows its literal
+            plain = bot.listing(f"plain --app {app} --min 0s")
+            assert secret in json.dumps(plain)
+    finally:
+        conn.close()
