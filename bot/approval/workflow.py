@@ -20,6 +20,7 @@ bulk actions by the bulk feature.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,8 +73,9 @@ class Workflow:
         self.directory = directory
         self.rt = rt
         # An execution (connect + statement timeouts, a terminate's wait) takes far less than this; a
-        # bulk executor refreshes updated_at as it goes.
-        self.interrupted_after = 120.0
+        # bulk executor refreshes updated_at as it goes. PGSESSIONS_INTERRUPTED_AFTER (seconds) overrides
+        # it, for tests that restart a killed bot and must not wait two minutes.
+        self.interrupted_after = float(os.environ.get("PGSESSIONS_INTERRUPTED_AFTER") or 120.0)
 
     # --- requesting ---------------------------------------------------------------------------------
 
@@ -108,6 +110,9 @@ class Workflow:
                     "cancel does nothing to a session idle in transaction (PostgreSQL reports success but "
                     "the transaction stays open): use Terminate"
                 )
+        elif action in SESSION_ACTIONS or action not in (target["payload"].get("actions") or ()):
+            # bulk and database targets name the actions their token was issued for
+            return None, f"`{action}` is not what this button was issued for"
         refusal = self.may_request(target["env"], user, channel)
         if refusal:
             return None, refusal
