@@ -155,7 +155,68 @@ def test_metrics_served_without_a_slack_app(pg):
         rt.close()
 
 
+def _button(msg, label: str):
+    for block in msg.blocks or []:
+        for el in block.get("elements", []) if block.get("type") == "actions" else []:
+            if el.get("type") == "button" and el["text"]["text"] == label:
+                return el
+    return None
+
+
+def _posted_after(fake, n: int, timeout: float = 10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        calls = fake.calls_for("chat.postMessage", ok=True)
+        if len(calls) > n:
+            return fake.messages[(calls[n].response["channel"], calls[n].response["ts"])]
+        time.sleep(0.02)
+    raise AssertionError("nothing posted:\n" + fake.summary())
+
+
 @pytest.mark.skipif(importlib.util.find_spec("bot.slack.kill_handlers") is None,
                     reason="the approval workflow (bot/slack/kill_handlers.py) is not there yet")
-def test_kill_requests_are_counted(bot):  # pragma: no cover - enabled once the workflow exists
-    pytest.skip("to be written against the approval workflow's buttons")
+def test_kill_requests_are_counted(bot, pg):
+    import json
+    import uuid
+
+    app = "metrics-victim-" + uuid.uuid4().hex[:6]
+    victim = pg.primary.connect(user="app_user", dbname="appdb", application_name=app)
+    victim.execute("SELECT 1")
+    pid = victim.info.backend_pid
+    fake = bot.fake
+    try:
+        _, before = scrape(bot.url)
+        n = len(fake.calls_for("chat.postMessage", ok=True))
+        bot.command(f"mprod --app {app} --min 0s", channel_id="C1", user_id="U1")
+        listing = _posted_after(fake, n)
+        button = _button(listing, f"Terminate {pid}")
+        assert button is not None
+        n_views = len(fake.calls_for("views.open", ok=True))
+        assert bot.slack.block_action(button["action_id"], button["value"], user_id="U1", message=listing).status == 200
+        fake.wait_for("views.open", ok=True, predicate=lambda c: len(fake.calls_for("views.open", ok=True)) > n_views)
+        view = fake.calls_for("views.open", ok=True)[-1].params["view"]
+        view = json.loads(view) if isinstance(view, str) else view
+        n = len(fake.calls_for("chat.postMessage", ok=True))
+        reply = bot.slack.view_submission(view["callback_id"], private_metadata=view["private_metadata"],
+                                          state_values={"reason": {"reason": "metrics"}}, user_id="U1")
+        assert reply.status == 200
+        request = _posted_after(fake, n)
+        requested = {"env": "mprod", "action": "terminate", "state": "pending", "outcome": "requested"}
+        assert wait_value(bot.url, "pgsessions_kill_requests_total",
+                          value(before, "pgsessions_kill_requests_total", **requested) + 1, **requested) == value(
+            before, "pgsessions_kill_requests_total", **requested) + 1
+        approve = _button(request, "Approve")
+        assert bot.slack.block_action(approve["action_id"], approve["value"], user_id="U2", message=request).status == 200
+        done = {"env": "mprod", "action": "terminate", "state": "done", "outcome": "done"}
+        assert wait_value(bot.url, "pgsessions_kill_requests_total",
+                          value(before, "pgsessions_kill_requests_total", **done) + 1, **done) == value(
+            before, "pgsessions_kill_requests_total", **done) + 1
+        _, after = scrape(bot.url)
+        # the click and the approval were acknowledged and timed as actions, the modal as a view
+        assert value(after, "pgsessions_ack_seconds_count", kind="action") >= value(
+            before, "pgsessions_ack_seconds_count", kind="action") + 2
+        assert value(after, "pgsessions_ack_seconds_count", kind="view") == value(
+            before, "pgsessions_ack_seconds_count", kind="view") + 1
+        assert not pg.primary.sql("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,))
+    finally:
+        victim.close()
