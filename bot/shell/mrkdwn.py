@@ -1,0 +1,117 @@
+"""Slack mrkdwn as plain terminal text.
+
+What Slack would draw, without colour: ``<@U1>`` becomes ``@name``, ``<!subteam^S1>`` ``@group``,
+``<#C1>`` ``#channel``, ``<!date^…|fallback>`` its fallback, ``<url|label>`` ``label (url)``;
+``*bold*``, ``_italic_`` and ``~strike~`` lose their markers; inline code and code blocks keep their
+backticks and are otherwise left alone; ``&lt;`` ``&gt;`` ``&amp;`` are unescaped; emoji codes such
+as ``:warning:`` stay as they are.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_CODE = re.compile(r"```.*?```|`[^`\n]*`", re.DOTALL)
+_TOKEN = re.compile(r"<([^<>\n]+)>")
+_BOLD = re.compile(r"(?<![\w*])\*(?!\s)([^*\n]+?)(?<!\s)\*(?![\w*])")
+_ITALIC = re.compile(r"(?<![\w_])_(?!\s)([^_\n]+?)(?<!\s)_(?![\w_])")
+_STRIKE = re.compile(r"(?<![\w~])~(?!\s)([^~\n]+?)(?<!\s)~(?![\w~])")
+
+
+@dataclass
+class Names:
+    """How ids are shown: user, user-group and channel ids to names (without @ or #)."""
+
+    users: dict[str, str] = field(default_factory=dict)
+    groups: dict[str, str] = field(default_factory=dict)
+    channels: dict[str, str] = field(default_factory=dict)
+
+    def user(self, uid: str, label: str | None = None) -> str:
+        return "@" + (self.users.get(uid) or (label.lstrip("@") if label else uid))
+
+    def group(self, gid: str, label: str | None = None) -> str:
+        return "@" + (self.groups.get(gid) or (label.lstrip("@") if label else gid))
+
+    def channel(self, cid: str, label: str | None = None) -> str:
+        return "#" + (self.channels.get(cid) or (label.lstrip("#") if label else cid))
+
+
+def unescape(text: str) -> str:
+    """Slack escapes exactly these three characters."""
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def _token(inner: str, names: Names) -> str:
+    target, _, label = inner.partition("|")
+    label = label or None
+    if target.startswith("@"):
+        return names.user(target[1:], label)
+    if target.startswith("#"):
+        return names.channel(target[1:], label)
+    if target.startswith("!subteam^"):
+        return names.group(target[len("!subteam^") :], label)
+    if target.startswith("!date^"):
+        if label:
+            return unescape(label)
+        parts = target.split("^")
+        try:
+            from datetime import UTC, datetime
+
+            return datetime.fromtimestamp(int(parts[1]), UTC).strftime("%Y-%m-%d %H:%M UTC")
+        except (IndexError, ValueError, OverflowError):
+            return target
+    if target.startswith("!"):
+        word = target[1:]
+        return label or f"@{word}"
+    # a link: <https://x|label> or <https://x>, <mailto:a@b|label>
+    url = unescape(target)
+    if label:
+        label = unescape(label)
+        return label if label == url else f"{label} ({url})"
+    return url
+
+
+def _plain(segment: str, names: Names) -> str:
+    # tokens first (their labels are still escaped) behind placeholders, then emphasis, then entities
+    tokens: list[str] = []
+
+    def hold(m: re.Match[str]) -> str:
+        tokens.append(_token(m.group(1), names))
+        return f"\ue000{len(tokens) - 1}\ue001"
+
+    text = unescape(_emphasis(_TOKEN.sub(hold, segment)))
+    return re.sub("\ue000(\\d+)\ue001", lambda m: tokens[int(m.group(1))], text)
+
+
+def _emphasis(text: str) -> str:
+    text = _BOLD.sub(r"\1", text)
+    text = _ITALIC.sub(r"\1", text)
+    return _STRIKE.sub(r"\1", text)
+
+
+def to_text(text: str | None, names: Names | None = None) -> str:
+    """mrkdwn → plain text for a terminal."""
+    if not text:
+        return ""
+    names = names or Names()
+    out: list[str] = []
+    pos = 0
+    for m in _CODE.finditer(text):
+        out.append(_plain(text[pos : m.start()], names))
+        out.append(unescape(m.group(0)))
+        pos = m.end()
+    out.append(_plain(text[pos:], names))
+    return "".join(out)
+
+
+def plain_text(obj: dict | str | None, names: Names | None = None) -> str:
+    """A Block Kit text object (plain_text or mrkdwn) as plain text."""
+    if obj is None:
+        return ""
+    if isinstance(obj, str):
+        return obj
+    text = str(obj.get("text") or "")
+    if obj.get("type") == "mrkdwn":
+        return to_text(text, names)
+    return text

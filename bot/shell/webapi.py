@@ -1,0 +1,740 @@
+"""A local Slack Web API for the terminal chat: what the bot sends is kept here and shown in the terminal.
+
+It serves, on 127.0.0.1, the methods the bot calls (auth.test, chat.postMessage, chat.update,
+chat.postEphemeral, chat.delete, chat.getPermalink, views.open / push / update, usergroups.users.list,
+users.info, conversations.info) and the response_url endpoints it hands out, with Slack's semantics
+where they matter to the bot: Bearer token, Block Kit limits (a call Slack would reject is rejected
+and the reason shown), trigger ids that expire after 3 s and work once, response_urls good for 5
+uses, replace_original / delete_original.  Every change is reported to a :class:`Listener`.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from bot.shell.activity import Activity
+
+TEAM_ID = "T0LOCAL"
+BOT_USER_ID = "U0PGSBOT"
+BOT_ID = "B0PGSBOT"
+APP_ID = "A0PGSESS"
+TRIGGER_TTL = 3.0
+RESPONSE_URL_USES = 5
+RESPONSE_URL_TTL = 1800.0
+_JSON_FIELDS = ("blocks", "attachments", "view", "metadata")
+
+
+@dataclass
+class Message:
+    """A message as it stands now; ``no`` is the number the terminal shows (``#3``)."""
+
+    no: int
+    channel: str
+    ts: str
+    text: str
+    blocks: list[dict] | None
+    attachments: list[dict] | None = None
+    thread_ts: str | None = None
+    ephemeral_to: str | None = None  # the one user who sees it
+    source: str = "chat.postMessage"
+    deleted: bool = False
+    version: int = 1
+
+    def payload(self) -> dict[str, Any]:
+        """The message as Slack puts it in a block_actions payload."""
+        d: dict[str, Any] = {
+            "type": "message", "user": BOT_USER_ID, "bot_id": BOT_ID, "text": self.text, "ts": self.ts,
+            "team": TEAM_ID,
+        }
+        if self.blocks is not None:
+            d["blocks"] = copy.deepcopy(self.blocks)
+        if self.attachments is not None:
+            d["attachments"] = copy.deepcopy(self.attachments)
+        if self.thread_ts:
+            d["thread_ts"] = self.thread_ts
+        return d
+
+    def content(self) -> tuple:
+        return (self.text, json.dumps(self.blocks, sort_keys=True), json.dumps(self.attachments, sort_keys=True))
+
+
+@dataclass
+class View:
+    id: str
+    view: dict[str, Any]  # as Slack returns it (id, hash, state, ...)
+    user: str
+    root_id: str
+    previous_id: str | None = None
+    closed: bool = False
+
+
+@dataclass
+class ResponseUrl:
+    token: str
+    channel: str | None
+    user: str
+    message_no: int | None  # the message replace_original / delete_original act on
+    created: float = field(default_factory=time.time)
+    uses: int = 0
+
+
+class Listener(Protocol):
+    def posted(self, msg: Message) -> None: ...
+    def edited(self, msg: Message) -> None: ...
+    def deleted(self, msg: Message) -> None: ...
+    def view_opened(self, view: View) -> None: ...
+    def view_updated(self, view: View) -> None: ...
+    def notice(self, text: str) -> None: ...
+
+
+class _Silent:
+    def posted(self, msg: Message) -> None:
+        pass
+
+    def edited(self, msg: Message) -> None:
+        pass
+
+    def deleted(self, msg: Message) -> None:
+        pass
+
+    def view_opened(self, view: View) -> None:
+        pass
+
+    def view_updated(self, view: View) -> None:
+        pass
+
+    def notice(self, text: str) -> None:
+        pass
+
+
+class ApiError(Exception):
+    def __init__(self, error: str, **extra: Any):
+        super().__init__(error)
+        self.body = {"ok": False, "error": error, **extra}
+
+
+# --- Block Kit limits (the ones a bot hits in practice; Slack answers invalid_blocks) ----------------
+
+_BLOCK_TYPES = {"section", "header", "divider", "actions", "context", "input", "image", "rich_text", "file", "video"}
+
+
+def block_problems(blocks: Any, surface: str = "message") -> list[str]:
+    """Why Slack would reject these blocks ([] when it would not)."""
+    if blocks is None:
+        return []
+    if not isinstance(blocks, list):
+        return ["blocks must be an array"]
+    errs: list[str] = []
+    limit = 100 if surface == "modal" else 50
+    if len(blocks) > limit:
+        errs.append(f"{len(blocks)} blocks: no more than {limit} allowed in a {surface}")
+    action_ids: set[str] = set()
+    block_ids: set[str] = set()
+
+    def text(obj: Any, where: str, max_len: int, plain_only: bool = False) -> None:
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+            errs.append(f"{where}: must be a text object")
+            return
+        if obj.get("type") not in ("plain_text", "mrkdwn") or (plain_only and obj.get("type") != "plain_text"):
+            errs.append(f"{where}: must be {'plain_text' if plain_only else 'plain_text or mrkdwn'}")
+        if not obj["text"]:
+            errs.append(f"{where}: must be more than 0 characters")
+        if len(obj["text"]) > max_len:
+            errs.append(f"{where}: {len(obj['text'])} characters, must be at most {max_len}")
+
+    def element(el: Any, where: str) -> None:
+        if not isinstance(el, dict):
+            errs.append(f"{where}: must be an object")
+            return
+        aid = el.get("action_id")
+        if aid is not None:
+            if not isinstance(aid, str) or not aid or len(aid) > 255:
+                errs.append(f"{where}/action_id: must be 1-255 characters")
+            elif aid in action_ids:
+                errs.append(f"{where}/action_id: duplicate action_id {aid!r}")
+            else:
+                action_ids.add(aid)
+        if el.get("type") == "button":
+            text(el.get("text"), where + "/text", 75, plain_only=True)
+            if isinstance(el.get("value"), str) and len(el["value"]) > 2000:
+                errs.append(f"{where}/value: more than 2000 characters")
+            if el.get("style") not in (None, "primary", "danger"):
+                errs.append(f"{where}/style: must be primary or danger")
+
+    for i, b in enumerate(blocks):
+        where = f"/blocks/{i}"
+        if not isinstance(b, dict) or b.get("type") not in _BLOCK_TYPES:
+            errs.append(f"{where}: unsupported block {b.get('type') if isinstance(b, dict) else b!r}")
+            continue
+        bid = b.get("block_id")
+        if bid is not None:
+            if not isinstance(bid, str) or not bid or len(bid) > 255:
+                errs.append(f"{where}/block_id: must be 1-255 characters")
+            elif bid in block_ids:
+                errs.append(f"{where}/block_id: duplicate block_id {bid!r}")
+            else:
+                block_ids.add(bid)
+        kind = b["type"]
+        if kind == "header":
+            text(b.get("text"), where + "/text", 150, plain_only=True)
+        elif kind == "section":
+            if b.get("text") is None and not b.get("fields"):
+                errs.append(f"{where}: must provide either text or fields")
+            if b.get("text") is not None:
+                text(b["text"], where + "/text", 3000)
+            fields = b.get("fields") or []
+            if len(fields) > 10:
+                errs.append(f"{where}/fields: no more than 10 items allowed")
+            for j, f in enumerate(fields):
+                text(f, f"{where}/fields/{j}", 2000)
+            if b.get("accessory") is not None:
+                element(b["accessory"], where + "/accessory")
+        elif kind in ("actions", "context"):
+            els = b.get("elements")
+            most = 25 if kind == "actions" else 10
+            if not isinstance(els, list) or not els:
+                errs.append(f"{where}/elements: must provide at least 1 item")
+                continue
+            if len(els) > most:
+                errs.append(f"{where}/elements: no more than {most} items allowed")
+            for j, el in enumerate(els):
+                if kind == "context" and isinstance(el, dict) and el.get("type") in ("plain_text", "mrkdwn"):
+                    text(el, f"{where}/elements/{j}", 3000)
+                else:
+                    element(el, f"{where}/elements/{j}")
+        elif kind == "input":
+            text(b.get("label"), where + "/label", 2000, plain_only=True)
+            if not isinstance(b.get("element"), dict):
+                errs.append(f"{where}/element: must provide an object")
+            else:
+                element(b["element"], where + "/element")
+    return errs
+
+
+def view_problems(view: Any) -> list[str]:
+    if not isinstance(view, dict):
+        return ["view must be an object"]
+    errs: list[str] = []
+    if view.get("type") != "modal":
+        errs.append("/view/type: must be modal")
+    for key, limit in (("title", 24), ("submit", 24), ("close", 24)):
+        obj = view.get(key)
+        if obj is None:
+            if key == "title":
+                errs.append("/view/title: required")
+            continue
+        if not isinstance(obj, dict) or obj.get("type") != "plain_text" or not obj.get("text"):
+            errs.append(f"/view/{key}: must be plain_text")
+        elif len(obj["text"]) > limit:
+            errs.append(f"/view/{key}: {len(obj['text'])} characters, must be at most {limit}")
+    if len(str(view.get("private_metadata") or "")) > 3000:
+        errs.append("/view/private_metadata: more than 3000 characters")
+    blocks = view.get("blocks")
+    if not isinstance(blocks, list):
+        errs.append("/view/blocks: must provide an array")
+    else:
+        errs += ["/view" + e for e in block_problems(blocks, "modal")]
+        if view.get("submit") is None and any(isinstance(b, dict) and b.get("type") == "input" for b in blocks):
+            errs.append("/view/submit: must provide submit when using input blocks")
+    return errs
+
+
+# --- the workspace ------------------------------------------------------------------------------------
+
+
+class Workspace:
+    """The local Slack: its messages, forms, response_urls and trigger ids, served over HTTP."""
+
+    def __init__(
+        self,
+        token: str,
+        *,
+        users: dict[str, str] | None = None,
+        groups: dict[str, list[str]] | None = None,
+        channels: dict[str, str] | None = None,
+        listener: Listener | None = None,
+        activity: Activity | None = None,
+    ) -> None:
+        self.token = token
+        self.users = dict(users or {})  # id -> name
+        self.groups = {k: list(v) for k, v in (groups or {}).items()}
+        self.channels = dict(channels or {})  # id -> name
+        self.listener: Listener = listener or _Silent()
+        self.activity = activity or Activity()
+        self._lock = threading.RLock()
+        self._numbers = itertools.count(1)
+        self._ids = itertools.count(1)
+        self._ts_us = 0
+        self.messages: dict[int, Message] = {}
+        self._by_ts: dict[tuple[str, str], int] = {}
+        self.views: dict[str, View] = {}
+        self._response_urls: dict[str, ResponseUrl] = {}
+        self._triggers: dict[str, tuple[float, str]] = {}  # id -> (issued, user)
+        self.calls: list[tuple[str, dict, dict]] = []  # (method, params, answer): the last few hundred
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+
+    def start(self) -> Workspace:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        server.daemon_threads = True
+        server.workspace = self  # type: ignore[attr-defined]
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="pgs-shell-slack", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "Workspace.start() first"
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def api_url(self) -> str:
+        return self.url + "/api/"
+
+    # --- what the console hands out -----------------------------------------------------------------
+
+    def trigger_id(self, user: str) -> str:
+        tid = f"{int(time.time() * 1000)}.{next(self._ids)}.{secrets.token_hex(8)}"
+        with self._lock:
+            self._triggers[tid] = (time.monotonic(), user)
+        return tid
+
+    def response_url(self, channel: str | None, user: str, message_no: int | None = None) -> str:
+        token = secrets.token_urlsafe(12)
+        with self._lock:
+            self._response_urls[token] = ResponseUrl(token, channel, user, message_no)
+        return f"{self.url}/response/{token}"
+
+    def add_message(
+        self, channel: str, text: str, blocks: list | None, *, ephemeral_to: str | None = None, source: str = "ack",
+        attachments: list | None = None,
+    ) -> Message:
+        """A message that did not come through the Web API (e.g. an ack body Slack shows)."""
+        with self._lock:
+            msg = self._new_message(channel, text, blocks, attachments, None, ephemeral_to, source)
+        self.listener.posted(msg)
+        return msg
+
+    def message(self, no: int) -> Message | None:
+        with self._lock:
+            return self.messages.get(no)
+
+    def view(self, view_id: str) -> View | None:
+        with self._lock:
+            return self.views.get(view_id)
+
+    def close_view(self, view_id: str) -> None:
+        with self._lock:
+            v = self.views.get(view_id)
+            if v is not None:
+                v.closed = True
+
+    def replace_view(self, view_id: str, new: dict, push: bool = False) -> View:
+        """A view_submission answered with response_action update / push."""
+        with self._lock:
+            old = self.views[view_id]
+            if push:
+                vid = self._view_id()
+                v = View(vid, self._full_view(new, vid, old.root_id, old.id), old.user, old.root_id, old.id)
+                self.views[vid] = v
+                return v
+            old.view = self._full_view(new, old.id, old.root_id, old.previous_id)
+            return old
+
+    # --- internals ----------------------------------------------------------------------------------
+
+    def _next_ts(self) -> str:
+        now = int(time.time() * 1_000_000)
+        self._ts_us = max(now, self._ts_us + 100)
+        return f"{self._ts_us // 1_000_000}.{self._ts_us % 1_000_000:06d}"
+
+    def _view_id(self) -> str:
+        return f"V{next(self._ids):09d}"
+
+    def _new_message(
+        self, channel: str, text: str, blocks: list | None, attachments: list | None, thread_ts: str | None,
+        ephemeral_to: str | None, source: str,
+    ) -> Message:
+        msg = Message(
+            no=next(self._numbers), channel=channel, ts=self._next_ts(), text=text, blocks=blocks or None,
+            attachments=attachments or None, thread_ts=thread_ts, ephemeral_to=ephemeral_to, source=source,
+        )
+        self.messages[msg.no] = msg
+        if ephemeral_to is None:
+            self._by_ts[(channel, msg.ts)] = msg.no
+        return msg
+
+    def _full_view(self, view: dict, vid: str, root: str, previous: str | None) -> dict:
+        full = copy.deepcopy(view)
+        full.update(
+            id=vid, team_id=TEAM_ID, state={"values": {}}, hash=f"{time.time():.6f}.{secrets.token_hex(4)}",
+            previous_view_id=previous, root_view_id=root, app_id=APP_ID, bot_id=BOT_ID,
+            app_installed_team_id=TEAM_ID,
+        )
+        for key, default in (("private_metadata", ""), ("callback_id", ""), ("external_id", "")):
+            full.setdefault(key, default)
+        full.setdefault("clear_on_close", False)
+        full.setdefault("notify_on_close", False)
+        return full
+
+    def _channel(self, value: Any) -> str:
+        channel = str(value or "")
+        if not channel:
+            raise ApiError("channel_not_found")
+        if channel[0] in "UW":  # a user id: Slack posts into the direct message with that user
+            return "D" + channel[1:]
+        return channel
+
+    def _check_message(self, method: str, params: dict, require_content: bool = True) -> None:
+        text, blocks, attachments = params.get("text"), params.get("blocks"), params.get("attachments")
+        if require_content and not text and not blocks and not attachments:
+            raise ApiError("no_text")
+        errs = block_problems(blocks) if blocks else []
+        if errs:
+            self.listener.notice(f"Slack would reject this {method} (invalid_blocks): " + "; ".join(errs[:5]))
+            raise ApiError("invalid_blocks", errors=errs)
+        if blocks and not (isinstance(text, str) and text.strip()):
+            self.listener.notice(f"{method} sent blocks without a plain text fallback (Slack warns about this)")
+
+    # --- HTTP ---------------------------------------------------------------------------------------
+
+    def handle(self, verb: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, str, bytes]:
+        parts = urlsplit(path)
+        self.activity.begin()
+        try:
+            if parts.path.startswith("/api/"):
+                method = unquote(parts.path[5:])
+                status, body = self._api(method, parts.query, headers, raw)
+                return status, "application/json; charset=utf-8", json.dumps(body).encode()
+            if parts.path.startswith("/response/") and verb == "POST":
+                status, text = self._response(unquote(parts.path[len("/response/") :]), raw)
+                return status, "text/plain", text.encode()
+            return 404, "text/plain", b"not found"
+        except Exception as exc:  # noqa: BLE001 - a bug here must show, not hang the bot
+            self.listener.notice(f"the terminal's Slack stand-in failed on {parts.path}: {exc!r}")
+            return 500, "text/plain", f"error: {exc!r}".encode()
+        finally:
+            self.activity.end()
+
+    def _parse(self, query: str, headers: dict[str, str], raw: bytes) -> tuple[dict[str, Any], bool]:
+        params: dict[str, Any] = dict(parse_qsl(query, keep_blank_values=True))
+        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+        is_json = False
+        if raw:
+            if ctype == "application/json":
+                is_json = True
+                try:
+                    body = json.loads(raw.decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    raise ApiError("invalid_json") from None
+                if not isinstance(body, dict):
+                    raise ApiError("invalid_json")
+                params.update(body)
+            else:
+                params.update(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
+        for key in _JSON_FIELDS:
+            if isinstance(params.get(key), str) and params[key]:
+                try:
+                    params[key] = json.loads(params[key])
+                except json.JSONDecodeError:
+                    raise ApiError("invalid_blocks_format" if key == "blocks" else "invalid_arguments") from None
+        return params, is_json
+
+    def _api(self, method: str, query: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict]:
+        params: dict[str, Any] = {}
+        try:
+            params, is_json = self._parse(query, headers, raw)
+            auth = headers.get("authorization", "")
+            token = auth[7:].strip() if auth.lower().startswith("bearer ") else (
+                None if is_json else params.get("token")
+            )
+            handler = getattr(self, "_m_" + method.replace(".", "_"), None)
+            if handler is None:
+                self.listener.notice(f"the bot called {method}, which the terminal chat does not provide")
+                raise ApiError("unknown_method")
+            if not token:
+                raise ApiError("not_authed")
+            if token != self.token:
+                raise ApiError("invalid_auth")
+            answer: dict = {"ok": True, **handler(params)}
+        except ApiError as exc:
+            answer = exc.body
+        with self._lock:
+            self.calls.append((method, {k: v for k, v in params.items() if k != "token"}, answer))
+            del self.calls[:-500]
+        return 200, answer
+
+    # --- methods ------------------------------------------------------------------------------------
+
+    def _m_api_test(self, params: dict) -> dict:
+        return {}
+
+    def _m_auth_test(self, params: dict) -> dict:
+        return {
+            "url": "http://127.0.0.1/", "team": "terminal", "user": "pgsessions", "team_id": TEAM_ID,
+            "user_id": BOT_USER_ID, "bot_id": BOT_ID, "is_enterprise_install": False,
+        }
+
+    def _m_chat_postMessage(self, params: dict) -> dict:  # noqa: N802
+        channel = self._channel(params.get("channel"))
+        self._check_message("chat.postMessage", params)
+        with self._lock:
+            msg = self._new_message(
+                channel, str(params.get("text") or ""), params.get("blocks"), params.get("attachments"),
+                params.get("thread_ts") or None, None, "chat.postMessage",
+            )
+        self.listener.posted(msg)
+        self.activity.event()
+        return {"channel": channel, "ts": msg.ts, "message": msg.payload()}
+
+    def _m_chat_update(self, params: dict) -> dict:
+        channel = self._channel(params.get("channel"))
+        ts = str(params.get("ts") or "")
+        with self._lock:
+            no = self._by_ts.get((channel, ts))
+            msg = self.messages.get(no) if no is not None else None
+            if msg is None or msg.deleted:
+                raise ApiError("message_not_found")
+        self._check_message("chat.update", params, require_content=False)
+        with self._lock:
+            before = msg.content()
+            if params.get("text") is not None:
+                msg.text = str(params["text"])
+            if "blocks" in params:
+                msg.blocks = params.get("blocks") or None
+            if "attachments" in params:
+                msg.attachments = params.get("attachments") or None
+            changed = msg.content() != before
+            if changed:
+                msg.version += 1
+        if changed:
+            self.listener.edited(msg)
+            self.activity.event()
+        return {"channel": channel, "ts": ts, "text": msg.text, "message": msg.payload()}
+
+    def _m_chat_postEphemeral(self, params: dict) -> dict:  # noqa: N802
+        channel = self._channel(params.get("channel"))
+        user = str(params.get("user") or "")
+        if not user:
+            raise ApiError("user_not_found")
+        self._check_message("chat.postEphemeral", params)
+        with self._lock:
+            msg = self._new_message(
+                channel, str(params.get("text") or ""), params.get("blocks"), params.get("attachments"),
+                params.get("thread_ts") or None, user, "chat.postEphemeral",
+            )
+        self.listener.posted(msg)
+        self.activity.event()
+        return {"message_ts": msg.ts}
+
+    def _m_chat_delete(self, params: dict) -> dict:
+        channel = self._channel(params.get("channel"))
+        ts = str(params.get("ts") or "")
+        with self._lock:
+            no = self._by_ts.get((channel, ts))
+            msg = self.messages.get(no) if no is not None else None
+            if msg is None or msg.deleted:
+                raise ApiError("message_not_found")
+            msg.deleted = True
+        self.listener.deleted(msg)
+        self.activity.event()
+        return {"channel": channel, "ts": ts}
+
+    def _m_chat_getPermalink(self, params: dict) -> dict:  # noqa: N802
+        channel, ts = str(params.get("channel") or ""), str(params.get("message_ts") or "")
+        with self._lock:
+            no = self._by_ts.get((channel, ts))
+        if no is None:
+            raise ApiError("message_not_found")
+        return {"channel": channel, "permalink": f"{self.url}/archives/{channel}/p{ts.replace('.', '')}"}
+
+    def _open(self, params: dict, method: str) -> dict:
+        tid = str(params.get("trigger_id") or "")
+        view = params.get("view")
+        with self._lock:
+            issued = self._triggers.get(tid)
+            if issued is None:
+                raise ApiError("invalid_trigger_id")
+            if time.monotonic() - issued[0] > TRIGGER_TTL:
+                self.listener.notice(f"{method} came {time.monotonic() - issued[0]:.1f}s after the click: "
+                                     f"Slack allows {TRIGGER_TTL:g}s (expired_trigger_id)")
+                raise ApiError("expired_trigger_id")
+            errs = view_problems(view)
+            if errs:
+                self.listener.notice(f"Slack would reject this {method}: " + "; ".join(errs[:5]))
+                raise ApiError("invalid_arguments", errors=errs)
+            del self._triggers[tid]  # a trigger_id works once
+            vid = self._view_id()
+            v = View(vid, self._full_view(view, vid, vid, None), issued[1], vid)  # type: ignore[arg-type]
+            self.views[vid] = v
+        self.listener.view_opened(v)
+        self.activity.event()
+        return {"view": copy.deepcopy(v.view)}
+
+    def _m_views_open(self, params: dict) -> dict:
+        return self._open(params, "views.open")
+
+    def _m_views_push(self, params: dict) -> dict:
+        return self._open(params, "views.push")
+
+    def _m_views_update(self, params: dict) -> dict:
+        view_id, external_id = params.get("view_id"), params.get("external_id")
+        with self._lock:
+            v = self.views.get(str(view_id)) if view_id else None
+            if v is None and external_id:
+                v = next((x for x in self.views.values() if x.view.get("external_id") == external_id), None)
+            if v is None or v.closed:
+                raise ApiError("not_found")
+            if params.get("hash") and params["hash"] != v.view.get("hash"):
+                raise ApiError("hash_conflict")
+            errs = view_problems(params.get("view"))
+            if errs:
+                self.listener.notice("Slack would reject this views.update: " + "; ".join(errs[:5]))
+                raise ApiError("invalid_arguments", errors=errs)
+            v.view = self._full_view(params["view"], v.id, v.root_id, v.previous_id)
+        self.listener.view_updated(v)
+        self.activity.event()
+        return {"view": copy.deepcopy(v.view)}
+
+    def _m_usergroups_users_list(self, params: dict) -> dict:
+        group = str(params.get("usergroup") or "")
+        with self._lock:
+            if group not in self.groups:
+                raise ApiError("no_such_subteam")
+            return {"users": list(self.groups[group])}
+
+    def _m_users_info(self, params: dict) -> dict:
+        uid = str(params.get("user") or "")
+        if not uid:
+            raise ApiError("user_not_found")
+        name = self.users.get(uid, uid.lower())
+        return {
+            "user": {
+                "id": uid, "team_id": TEAM_ID, "name": name, "real_name": name, "deleted": False,
+                "tz": "Etc/UTC", "is_bot": uid == BOT_USER_ID,
+                "profile": {"real_name": name, "display_name": name, "team": TEAM_ID},
+            }
+        }
+
+    def _m_conversations_info(self, params: dict) -> dict:
+        cid = str(params.get("channel") or "")
+        if not cid:
+            raise ApiError("channel_not_found")
+        return {
+            "channel": {
+                "id": cid, "name": self.channels.get(cid, cid.lower()), "is_channel": cid.startswith("C"),
+                "is_im": cid.startswith("D"), "is_private": False, "is_archived": False, "is_member": True,
+            }
+        }
+
+    # --- response_url -------------------------------------------------------------------------------
+
+    def _response(self, token: str, raw: bytes) -> tuple[int, str]:
+        try:
+            body = json.loads(raw.decode("utf-8")) if raw else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            body = None
+        if not isinstance(body, dict):
+            return 400, "invalid_payload"
+        with self._lock:
+            ru = self._response_urls.get(token)
+            if ru is None:
+                return 404, "no_such_url"
+            if ru.uses >= RESPONSE_URL_USES or time.time() - ru.created > RESPONSE_URL_TTL:
+                self.listener.notice(f"the bot used a response_url more than {RESPONSE_URL_USES} times "
+                                     "or after 30 minutes: Slack refuses that (expired_url)")
+                return 404, "expired_url"
+        delete = _truthy(body.get("delete_original"))
+        replace = _truthy(body.get("replace_original"))
+        text, blocks, attachments = body.get("text"), body.get("blocks"), body.get("attachments")
+        if not delete:
+            if not text and not blocks and not attachments:
+                return 400, "no_text"
+            errs = block_problems(blocks) if blocks else []
+            if errs:
+                self.listener.notice("Slack would reject this response_url message (invalid_blocks): "
+                                     + "; ".join(errs[:5]))
+                return 400, "invalid_blocks"
+        with self._lock:
+            ru.uses += 1
+            original = self.messages.get(ru.message_no) if ru.message_no is not None else None
+            event: tuple[str, Message] | None = None
+            if delete:
+                if original is not None and not original.deleted:
+                    original.deleted = True
+                    event = ("deleted", original)
+            elif replace and original is not None and not original.deleted:
+                original.text = str(text or "")
+                original.blocks = blocks or None
+                original.attachments = attachments or None
+                original.version += 1
+                event = ("edited", original)
+            elif replace:
+                pass  # nothing to replace
+            else:
+                in_channel = body.get("response_type") == "in_channel"
+                msg = self._new_message(
+                    ru.channel or "", str(text or ""), blocks, attachments, body.get("thread_ts"),
+                    None if in_channel else ru.user, "response_url",
+                )
+                if ru.message_no is None:  # a slash command's URL binds to the first message it makes
+                    ru.message_no = msg.no
+                event = ("posted", msg)
+        if event is not None:
+            getattr(self.listener, event[0])(event[1])
+            self.activity.event()
+        return 200, "ok"
+
+
+def _truthy(v: Any) -> bool:
+    if isinstance(v, str):
+        return v.lower() in ("1", "true", "yes", "on")
+    return bool(v)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "pgsessions-shell/1.0"
+    protocol_version = "HTTP/1.1"
+
+    def _serve(self, verb: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length > 0 else b""
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        status, ctype, payload = self.server.workspace.handle(verb, self.path, headers, raw)  # type: ignore[attr-defined]
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._serve("POST")
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._serve("GET")
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
