@@ -444,7 +444,7 @@ def _table(rows: list[list[str]]) -> list[str]:
 def render_text(path: str, hosts: list[HostReport], state: StateReport, slack: SlackReport,
                 extra: list[Finding], strict: bool) -> str:
     lines = [f"pgsessions check: {path}", ""]
-    rows = [["ENVIRONMENT", "HOST", "RESULT", "CONNECT", "SERVER", "RECOVERY", "ROLE", "PRIVILEGES", "TARGET"]]
+    rows = [["ENVIRONMENT", "HOST", "RESULT", "CONNECT", "SERVER", "RECOVERY", "USER", "PRIVILEGES", "TARGET"]]
     for r in hosts:
         rows.append([
             r.env, r.host, _label(r.status),
