@@ -1,0 +1,84 @@
+"""The database side of the lag watcher: the queries in ``queries/lag_*.sql``, run and read into rows.
+
+Nothing here decides anything: :mod:`bot.lagwatch.detect` interprets what these functions return.
+"""
+
+from __future__ import annotations
+
+from psycopg.rows import dict_row
+
+from bot.postgres.models import Category, Session
+from bot.postgres.sql import query
+
+REDACT_FALLBACK = "<query text hidden: redaction is not available>"
+
+
+def read_standby(conn) -> dict:
+    """One row from ``lag_standby.sql``: replay position, receiver and startup-process state."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query("lag_standby"))
+        row = cur.fetchone()
+    assert row is not None
+    return row
+
+
+def read_culprit_rows(conn, startup_pid: int | None, suspect_secs: float, query_chars: int) -> list[dict]:
+    """Sessions that may hold replay back, from ``lag_culprits.sql`` (flags: holds_lock, old_snapshot, is_suspect)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            query("lag_culprits"),
+            {"startup_pid": startup_pid, "suspect_secs": float(suspect_secs), "query_chars": int(query_chars)},
+        )
+        return cur.fetchall()
+
+
+def read_replication(conn) -> list[dict]:
+    """The primary's ``pg_stat_replication`` rows with their slots, from ``lag_replication.sql``."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query("lag_replication"))
+        return cur.fetchall()
+
+
+def _query_text(text: str, redact_queries: bool) -> str:
+    if not redact_queries or not text:
+        return text
+    try:
+        from bot.postgres.redact import redact
+    except ImportError:  # pragma: no cover - the redaction module ships with the bot
+        return REDACT_FALLBACK
+    return redact(text)
+
+
+def culprit_session(row: dict, *, holding_back: bool, redact_queries: bool = False) -> Session:
+    """A culprit/suspect row as a :class:`Session` (what the buttons and their tokens are made from)."""
+    idle_tx = bool(row["state"] and str(row["state"]).startswith("idle in transaction"))
+    cats: list[Category] = []
+    if holding_back:
+        cats.append(Category.BLOCKING)
+    if idle_tx:
+        cats.append(Category.IDLE_TX)
+    if row["state"] == "active" and not holding_back:
+        cats.append(Category.LONG_RUNNING)
+    if not cats:
+        cats.append(Category.IDLE if row["state"] == "idle" else Category.LONG_RUNNING)
+    return Session(
+        pid=row["pid"],
+        backend_start=row["backend_start"],
+        user=row["usename"],
+        database=row["datname"],
+        application=row["application_name"] or "",
+        client_addr=row["client_addr"],
+        state=row["state"],
+        wait_event_type=row["wait_event_type"],
+        wait_event=row["wait_event"],
+        query=_query_text(row["query"] or "", redact_queries),
+        blocked_by=(),
+        blocking_count=1 if holding_back else 0,
+        categories=tuple(cats),
+        query_secs=row["query_secs"],
+        xact_secs=row["xact_secs"],
+        state_secs=row["state_secs"],
+        is_superuser=bool(row["is_superuser"]),
+        cannot_signal=row["cannot_signal"],
+        backend_xmin=row["backend_xmin"],
+    )
