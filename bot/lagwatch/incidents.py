@@ -1,0 +1,151 @@
+"""Lag-watch incidents in the state store (table ``pgs_incidents``), fenced by the leader lease.
+
+An incident is one Slack message: it is opened once, edited while it lasts and resolved once. At most
+one incident per (environment, standby, kind) is open. Every write checks, in the same transaction,
+that this bot still holds the leader lease (``FOR UPDATE`` on the lease row on PostgreSQL, which
+serialises with :meth:`StateStore.acquire_lease`; SQLite write transactions are exclusive anyway),
+so a replica that lost the lease while a check was in flight cannot open a duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import Connection
+
+from bot.state.store import StateStore, incidents, leases, new_id
+
+LAG = "lag"
+UNREACHABLE = "unreachable"
+
+
+@dataclass
+class Incident:
+    id: str
+    env: str
+    host: str
+    kind: str
+    open: bool
+    opened_at: float
+    resolved_at: float | None
+    channel: str | None
+    message_ts: str | None
+    last_update_at: float | None
+    last_reminder_at: float | None
+    payload: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row) -> Incident:
+        data = dict(row)
+        data["payload"] = json.loads(data.get("payload") or "{}")
+        data["open"] = bool(data["open"])
+        return cls(**data)
+
+
+class Incidents:
+    def __init__(self, store: StateStore, lease_name: str, holder: str):
+        self.store = store
+        self.lease_name = lease_name
+        self.holder = holder
+
+    # --- fencing ------------------------------------------------------------------------------------
+
+    def _holds_lease(self, c: Connection) -> bool:
+        stmt = select(leases).where(leases.c.name == self.lease_name)
+        if not self.store.is_sqlite:
+            stmt = stmt.with_for_update()
+        row = c.execute(stmt).mappings().first()
+        return row is not None and row["holder"] == self.holder and row["expires_at"] >= time.time()
+
+    def holds_lease(self) -> bool:
+        with self.store.tx() as c:
+            return self._holds_lease(c)
+
+    # --- reads --------------------------------------------------------------------------------------
+
+    def open_for(self, env: str, host: str) -> dict[str, Incident]:
+        """The open incidents of one standby by kind."""
+        stmt = select(incidents).where(incidents.c.env == env, incidents.c.host == host, incidents.c.open.is_(True))
+        with self.store.engine.connect() as c:
+            rows = c.execute(stmt.order_by(incidents.c.opened_at)).mappings().all()
+        out: dict[str, Incident] = {}
+        for r in rows:
+            out.setdefault(r["kind"], Incident.from_row(r))
+        return out
+
+    def all_open(self) -> list[Incident]:
+        with self.store.engine.connect() as c:
+            rows = c.execute(select(incidents).where(incidents.c.open.is_(True))).mappings().all()
+        return [Incident.from_row(r) for r in rows]
+
+    def get(self, incident_id: str) -> Incident | None:
+        with self.store.engine.connect() as c:
+            row = c.execute(select(incidents).where(incidents.c.id == incident_id)).mappings().first()
+        return Incident.from_row(row) if row is not None else None
+
+    def count_open(self) -> int:
+        with self.store.engine.connect() as c:
+            return int(
+                c.execute(select(func.count()).select_from(incidents).where(incidents.c.open.is_(True))).scalar_one()
+            )
+
+    # --- writes (fenced) ----------------------------------------------------------------------------
+
+    def create(self, env: str, host: str, kind: str, channel: str, payload: dict) -> Incident | None:
+        """Open an incident; None when this bot is not the leader or one is already open."""
+        now = time.time()
+        row = {
+            "id": new_id(12),
+            "env": env,
+            "host": host,
+            "kind": kind,
+            "open": True,
+            "opened_at": now,
+            "resolved_at": None,
+            "channel": channel,
+            "message_ts": None,
+            "last_update_at": None,
+            "last_reminder_at": None,
+            "payload": json.dumps(payload, default=str),
+        }
+        with self.store.tx() as c:
+            if not self._holds_lease(c):
+                return None
+            exists = c.execute(
+                select(incidents.c.id).where(
+                    incidents.c.env == env,
+                    incidents.c.host == host,
+                    incidents.c.kind == kind,
+                    incidents.c.open.is_(True),
+                )
+            ).first()
+            if exists:
+                return None
+            c.execute(insert(incidents).values(**row))
+        return Incident.from_row({**row, "payload": row["payload"]})
+
+    def save(self, inc: Incident, **values) -> bool:
+        """Update an open incident's columns (``payload`` as a dict); False if not leader or closed."""
+        if "payload" in values:
+            values["payload"] = json.dumps(values["payload"], default=str)
+        with self.store.tx() as c:
+            if not self._holds_lease(c):
+                return False
+            res = c.execute(
+                update(incidents).where(incidents.c.id == inc.id, incidents.c.open.is_(True)).values(**values)
+            )
+            ok = res.rowcount == 1
+        if ok:
+            for k, v in values.items():
+                setattr(inc, k, json.loads(v) if k == "payload" else v)
+        return ok
+
+    def resolve(self, inc: Incident, payload: dict | None = None) -> bool:
+        """Close an incident exactly once; False if another check (or replica) already did."""
+        values: dict = {"open": False, "resolved_at": time.time()}
+        if payload is not None:
+            values["payload"] = payload
+        return self.save(inc, **values)

@@ -1,0 +1,62 @@
+"""`/pgsessions <env> lag`, and the scheduled lag watcher's jobs.
+
+``register`` serves the command and installs the watcher's jobs on ``rt.scheduler`` (they run once
+the scheduler is started by ``serve`` or ``rt.start_background()``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from bot.approval.targets import issue_session_tokens
+from bot.commands import ShowLag
+from bot.lagwatch import install, measure_env
+from bot.lagwatch.model import StandbyLag, Unreachable
+from bot.lagwatch.watcher import kill_disabled_reason
+from bot.render.lag import MAX_CULPRITS_SHOWN, render_lag_listing
+
+log = logging.getLogger(__name__)
+
+
+def handle_lag(rt, cmd: ShowLag, body: dict, respond) -> None:
+    from bot.slack.app import post_message
+
+    environment = rt.config.environments[cmd.env]
+    if not environment.standbys:
+        respond(
+            response_type="ephemeral",
+            text=f"`{cmd.env}` has no standbys configured: add them under `environments.{cmd.env}.standbys` "
+            "in the bot's configuration.",
+        )
+        return
+    channel = body.get("channel_id")
+    user = body.get("user_id")
+    results, primary_error = measure_env(rt.dbs, cmd.env)
+    if results and all(isinstance(r, Unreachable) for r in results):
+        reasons = "\n".join(f"• `{r.host}`: {r.reason}" for r in results)
+        log.warning("lag of %s: no standby answered", cmd.env)
+        respond(response_type="ephemeral", text=f":warning: Could not read the lag of any standby of `{cmd.env}`:\n{reasons}")
+        return
+    disabled = kill_disabled_reason(environment, cmd.env)
+    tokens: dict[tuple[str, int], str] = {}
+    if disabled is None:
+        for r in results:
+            if isinstance(r, StandbyLag) and r.behind and r.holding_back:
+                sessions = [c.session for c in r.holding_back[:MAX_CULPRITS_SHOWN]]
+                for pid, tok in issue_session_tokens(rt.store, cmd.env, r.host, sessions, channel, user).items():
+                    tokens[(r.host, pid)] = tok
+    msg = render_lag_listing(
+        cmd.env,
+        results,
+        alert=environment.lag_alert,
+        tokens=tokens,
+        kill_disabled=disabled,
+        query_chars=environment.listing.query_chars,
+        primary_error=primary_error,
+    )
+    post_message(rt, channel, msg, respond)
+
+
+def register(app, rt, router) -> None:
+    router.on(ShowLag)(handle_lag)
+    install(rt)
