@@ -133,7 +133,7 @@ def click(bot, msg, label: str, user: str):
     return bot.slack.block_action(button["action_id"], button["value"], user_id=user, message=msg)
 
 
-def wait_state(bot, msg, needle: str, timeout=10):
+def wait_state(bot, msg, needle: str, timeout=25):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         current = bot.fake.messages[(msg.channel, msg.ts)]
@@ -143,7 +143,7 @@ def wait_state(bot, msg, needle: str, timeout=10):
     raise AssertionError(f"{needle!r} never appeared; message now: {json.dumps(bot.fake.messages[(msg.channel, msg.ts)].blocks)[:1500]}")
 
 
-def ephemeral_to(bot, user: str, needle: str, timeout=10):
+def ephemeral_to(bot, user: str, needle: str, timeout=25):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for r in bot.fake.responses:
