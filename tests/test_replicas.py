@@ -251,13 +251,60 @@ def test_two_processes_share_one_state_store(replicas, pg):
             assert "TOKENSECRET" not in proc.output()
 
 
-def test_sigterm_stops_a_replica_cleanly(pg, tmp_path):
+# --- the image: what the Dockerfile promises, checked without a docker engine ----------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = (ROOT / "Dockerfile").read_text()
+    joined = re.sub(r"\\\n", " ", text)
+    out = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def healthcheck_command() -> list[str]:
+    (rest,) = [r for w, r in dockerfile_instructions() if w == "HEALTHCHECK"]
+    return json.loads(rest[rest.index("CMD ") + 4:])
+
+
+def test_dockerfile_shape():
+    ins = dockerfile_instructions()
+    froms = [r for w, r in ins if w == "FROM"]
+    assert len(froms) >= 2 and all("python:${PYTHON_VERSION}-slim" in f for f in froms)
+    assert ("ARG", "PYTHON_VERSION=3.11") in ins
+    runtime = ins[max(i for i, (w, _) in enumerate(ins) if w == "FROM"):]
+    users = [r for w, r in runtime if w == "USER"]
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+    assert ("EXPOSE", "3000") in runtime
+    assert json.loads(next(r for w, r in runtime if w == "CMD")) == ["pgsessions", "serve"]
+    env = " ".join(r for w, r in runtime if w == "ENV")
+    assert "PGSESSIONS_CONFIG=/config/pgsessions.yml" in env
+    assert not any("curl" in r or "wget" in r for _, r in runtime)
+    cmd = healthcheck_command()
+    assert cmd[0] == "python" and "/healthz" in cmd[-1]
+    ignore = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
+              if ln.strip() and not ln.startswith("#")]
+    assert ignore[0] == "*", "the build context is an allow-list: local configs and .env files stay out"
+    assert {"!pyproject.toml", "!README.md", "!bot"} <= set(ignore)
+
+
+def test_sigterm_stops_a_replica_cleanly_and_the_image_healthcheck_follows(pg, tmp_path):
     state_url, _ = state_database(pg, "pgs_replicas")
     path = tmp_path / "pgsessions.yml"
     path.write_text(yaml.safe_dump({"state": state_url, "environments": {"rprod": env_config(pg)}}))
+    cmd = [sys.executable if part == "python" else part for part in healthcheck_command()]
     with FakeSlack(token=BOT_TOKEN) as fake:
         p = ServeProcess(path, fake, name="solo").start()
+        env = {**os.environ, "PORT": str(p.port)}
+        assert subprocess.run(cmd, env=env, capture_output=True, timeout=10).returncode == 0
         started = time.monotonic()
         assert p.stop() == 0
         assert time.monotonic() - started < 10
         assert any("shutting down" in line for line in p.lines), p.output()
+        assert subprocess.run(cmd, env=env, capture_output=True, timeout=10).returncode != 0
