@@ -17,7 +17,7 @@ from bot.lagwatch.model import Culprit, PrimaryView, Reason, StandbyLag, Unreach
 from bot.postgres.lag import culprit_session, read_culprit_rows, read_replication, read_standby
 from bot.postgres.pools import Databases, DatabaseUnavailable
 
-MAX_CULPRITS = 20
+MAX_CULPRITS = 50  # lag_culprits.sql returns at most 50 rows
 
 
 def classify(wait_event_type: str | None, wait_event: str | None, paused: bool, behind: bool) -> Reason:
@@ -96,7 +96,13 @@ def pick_culprits(
     if reason in (Reason.NONE, Reason.PAUSED, Reason.APPLY_DELAY):
         return (), ()
     suspects = sorted(
-        rows, key=lambda r: (not r["holds_lock"], not r["old_snapshot"], -(r.get("xact_secs") or r.get("query_secs") or 0))
+        rows,
+        key=lambda r: (
+            not r["holds_lock"],
+            not r["old_snapshot"],
+            -(r.get("xmin_age") or 0),
+            -(r.get("xact_secs") or r.get("query_secs") or 0),
+        ),
     )
     return (), tuple(
         Culprit(
