@@ -26,6 +26,10 @@ DECIDE_PREFIX = "pgs_req"
 VERBS = {
     "cancel": ("Cancel", "cancel the query of"),
     "terminate": ("Terminate", "terminate"),
+    "terminate_bulk": ("Terminate sessions", "terminate these sessions"),
+    "clear_db": ("Clear database", "terminate every session of"),
+    "clear_db_block": ("Block + clear db", "block new connections to and terminate every session of"),
+    "allow_connections": ("Allow connections", "allow new connections to"),
 }
 
 STATE_LINE = {

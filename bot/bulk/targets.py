@@ -1,0 +1,275 @@
+"""What a bulk button may act on: refusals, snapshots and their tokens.
+
+A bulk target stores, with the button's random token, the list of actions the token was issued for
+(``payload["actions"]``, checked by :meth:`Workflow.target_for`) and the exact sessions shown
+(``payload["sessions"]``, whose length ``access.max_bulk`` caps in :meth:`Workflow.submit`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from bot.config import Config
+from bot.postgres.bulk import Connected, DatabaseInfo, state_changes
+from bot.postgres.models import Filters, Listing, Session
+from bot.postgres.pools import Databases
+from bot.state.store import StateStore
+
+log = logging.getLogger(__name__)
+
+TERMINATE_BULK = "terminate_bulk"
+CLEAR_DB = "clear_db"
+CLEAR_DB_BLOCK = "clear_db_block"
+ALLOW_CONNECTIONS = "allow_connections"
+BULK_ACTIONS = (TERMINATE_BULK, CLEAR_DB, CLEAR_DB_BLOCK, ALLOW_CONNECTIONS)
+
+# The listing categories a "Terminate these N" is offered for, and the state a session must still be in.
+STATE_LIKE = {"idle": "idle", "idle-tx": "idle in transaction%"}
+STATE_WORDS = {"idle": "idle", "idle-tx": "idle in transaction"}
+
+
+def iso(when: datetime | None) -> str | None:
+    """Full microsecond precision: a millisecond-rounded backend_start never matches."""
+    return when.isoformat(timespec="microseconds") if when is not None else None
+
+
+def as_datetime(value: str | datetime | None) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value)
+
+
+# --- refusals -------------------------------------------------------------------------------------
+
+
+def state_identity(store: StateStore) -> tuple[str, str, str] | None:
+    """(postmaster start, port, database) of the bot's state database, or None for SQLite.
+
+    Raises if the state database cannot be asked (then nothing should be offered: the bot cannot tell
+    whether the target is its own state)."""
+    if store.is_sqlite:
+        return None
+    with store.engine.connect() as c:
+        row = c.exec_driver_sql(
+            "SELECT extract(epoch FROM pg_postmaster_start_time())::text, current_setting('port'), "
+            "current_database()"
+        ).first()
+    return (str(row[0]), str(row[1]), str(row[2])) if row else None
+
+
+def is_state_database(info: DatabaseInfo, state_id: tuple[str, str, str] | None) -> bool:
+    return state_id is not None and (info.postmaster_start, info.port, info.name) == state_id
+
+
+def database_refusal(config: Config, env: str, info: DatabaseInfo, state_id: tuple[str, str, str] | None) -> str | None:
+    """Why clear-db must not act on this database at all, or None."""
+    allow = config.environments[env].clear_db.allow
+    name = info.name
+    if info.in_recovery:
+        return f"the `{env}` DSN points at a server in recovery (a standby): clear-db acts on the primary only"
+    if is_state_database(info, state_id):
+        return (
+            f"`{name}` is the bot's own state database (config `state:`): terminating its connections would "
+            "cut the bot off from its requests and audit log in the middle of acting, so clear-db never acts on it"
+        )
+    if info.is_template and name not in allow:
+        return (
+            f"`{name}` is a template database: clear-db refuses it unless it is listed in "
+            f"`environments.{env}.clear_db.allow`"
+        )
+    if name == "postgres" and name not in allow:
+        return (
+            "`postgres` is the maintenance database that tools, monitoring and often the bot itself connect to: "
+            f"clear-db refuses it unless it is listed in `environments.{env}.clear_db.allow`"
+        )
+    return None
+
+
+def block_refusal(info: DatabaseInfo) -> str | None:
+    """Why *Block new connections* cannot work for this database, or None."""
+    if info.name == info.bot_database:
+        return (
+            f"the bot itself connects to `{info.name}` (its DSN): once closed, the bot could not open a new "
+            "connection to allow connections again"
+        )
+    if not info.bot_can_alter:
+        return (
+            f"the bot's role `{info.bot_user}` does not own `{info.name}` (owner `{info.owner}`) and is not a "
+            "superuser, so PostgreSQL would refuse `ALTER DATABASE … WITH ALLOW_CONNECTIONS false`; make the "
+            f"bot's role the owner of `{info.name}` (or a member of `{info.owner}`) to offer it"
+        )
+    return None
+
+
+def unknown_database(name: str, names: Iterable[str]) -> str:
+    names = list(names)
+    guess = difflib.get_close_matches(name, names, n=3)
+    hint = (" Did you mean " + " or ".join(f"`{g}`" for g in guess) + "?") if guess else ""
+    return f"There is no database `{name}` on this server.{hint}"
+
+
+# --- snapshots ------------------------------------------------------------------------------------
+
+
+def connected_snapshot(c: Connected) -> dict:
+    return {
+        "pid": c.pid,
+        "backend_start": iso(c.backend_start),
+        "user": c.user,
+        "application": c.application,
+        "client_addr": c.client_addr,
+        "state": c.state,
+        "in_transaction": c.in_transaction,
+        "cannot_signal": c.cannot_signal,
+    }
+
+
+def terminable(connected: Iterable[Connected]) -> list[Connected]:
+    """The client sessions a clear-db covers: every client backend but the bot's own connections.
+
+    Those the bot's role cannot signal stay in (they are reported as such: the database is not empty)."""
+    return [c for c in connected if c.is_client and not c.is_bot]
+
+
+def issue_database_tokens(
+    store: StateStore,
+    env: str,
+    host: str,
+    channel: str | None,
+    user: str | None,
+    info: DatabaseInfo,
+    sessions: list[Connected],
+    offer_terminate: bool,
+    offer_block: bool,
+    offer_allow: bool,
+) -> dict[str, str]:
+    """``{action: token}`` for the buttons of a clear-db message (one token may serve two actions)."""
+    out: dict[str, str] = {}
+    common = {"database": info.name, "oid": info.oid, "owner": info.owner, "listed_at": time.time()}
+    acts = ([CLEAR_DB] if offer_terminate else []) + ([CLEAR_DB_BLOCK] if offer_block else [])
+    if acts:
+        payload = {**common, "actions": acts, "sessions": [connected_snapshot(c) for c in sessions]}
+        (token,) = store.put_targets("database", env, host, channel, user, [payload])
+        for a in acts:
+            out[a] = token
+    if offer_allow:
+        (token,) = store.put_targets(
+            "database", env, host, channel, user, [{**common, "actions": [ALLOW_CONNECTIONS], "sessions": []}]
+        )
+        out[ALLOW_CONNECTIONS] = token
+    return out
+
+
+def issue_allow_token(store: StateStore, req: dict, oid: int | None) -> str:
+    """The *Allow connections again* button drawn under a request that closed a database."""
+    t = req["target"]
+    payload = {
+        "actions": [ALLOW_CONNECTIONS],
+        "database": t["database"],
+        "oid": oid,
+        "owner": t.get("owner"),
+        "listed_at": time.time(),
+        "sessions": [],
+        "source_request": req["id"],
+    }
+    (token,) = store.put_targets("database", req["env"], req["host"], req.get("channel"), None, [payload])
+    return token
+
+
+def bulk_category(filters: Filters) -> str | None:
+    """``idle`` / ``idle-tx`` when the listing's filter is exactly that category with ``--app``, else None."""
+    if filters.app is None or len(filters.categories) != 1:
+        return None
+    (cat,) = tuple(filters.categories)
+    return cat if cat in STATE_LIKE else None
+
+
+@dataclass(frozen=True)
+class BulkOffer:
+    category: str
+    token: str | None
+    sessions: tuple[dict, ...]
+    refusal: str | None = None
+    unsignalable: int = 0
+
+
+def offer_for_listing(
+    dbs: Databases,
+    store: StateStore,
+    config: Config,
+    listing: Listing,
+    filters: Filters,
+    channel: str | None,
+    user: str | None,
+) -> BulkOffer | None:
+    """Snapshot what a ``idle|idle-tx --app NAME`` listing found and store it for *Terminate these N*.
+
+    The listing's sessions are read again by (pid, backend_start) for their exact ``state_change``: a
+    session that was used between the listing and this read (its state or idle time no longer matches)
+    is kept with no state_change of its own and so is skipped at execution. Returns None when the
+    listing's filter does not call for the offer.
+    """
+    category = bulk_category(filters)
+    if category is None:
+        return None
+    env, host = listing.env, listing.host
+    want = STATE_LIKE[category].rstrip("%")
+    chosen: list[Session] = [s for s in listing.sessions if s.state and s.state.startswith(want)]
+    if not chosen:
+        return BulkOffer(category, None, ())
+    max_bulk = config.environments[env].access.max_bulk
+    if len(chosen) > max_bulk:
+        return BulkOffer(
+            category,
+            None,
+            tuple({"pid": s.pid} for s in chosen),
+            refusal=(
+                f"{len(chosen)} sessions are more than `access.max_bulk` ({max_bulk}) allows in one request: "
+                "narrow the list with `--older`, `--user` or `--db`"
+            ),
+        )
+    with dbs.connection(env, host, op="bulk_snapshot") as conn:
+        exact = state_changes(conn, [(s.pid, s.backend_start) for s in chosen])
+    sessions = []
+    for s in chosen:
+        now = exact.get((s.pid, s.backend_start))
+        state_change = None
+        used = True
+        if now is not None:
+            state, changed, secs = now
+            # unchanged since the listing: same state, and idle at least as long as the listing saw
+            if state == s.state and (s.state_secs is None or secs + 0.001 >= s.state_secs):
+                state_change, used = changed, False
+        snap = {
+            "pid": s.pid,
+            "backend_start": iso(s.backend_start),
+            "state_change": iso(state_change),
+            "changed_after_listing": used,
+            "user": s.user,
+            "database": s.database,
+            "application": s.application,
+            "client_addr": s.client_addr,
+            "state": s.state,
+            "state_secs": s.state_secs,
+            "cannot_signal": s.cannot_signal,
+        }
+        sessions.append(snap)
+    payload = {
+        "actions": [TERMINATE_BULK],
+        "category": category,
+        "state_like": STATE_LIKE[category],
+        "filters": filters.describe(),
+        "app": filters.app,
+        "user": filters.user,
+        "database": filters.database,
+        "min_seconds": filters.min_seconds,
+        "listed_at": time.time(),
+        "sessions": sessions,
+    }
+    (token,) = store.put_targets("bulk", env, host, channel, user, [payload])
+    return BulkOffer(category, token, tuple(sessions), unsignalable=sum(1 for s in chosen if s.cannot_signal))

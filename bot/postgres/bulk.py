@@ -1,0 +1,167 @@
+"""Database work for bulk clean-ups: who is connected to a database, closing and reopening it, and
+terminating an approved snapshot of sessions in batches.
+
+Every session is named by ``(pid, backend_start)`` and re-checked in the same statement that signals
+it (``queries/bulk_terminate.sql``). The only SQL built in Python is ``ALTER DATABASE``, whose name is
+quoted with :class:`psycopg.sql.Identifier` (a database name is never formatted in as a value).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from bot.postgres.sql import query
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseInfo:
+    name: str
+    oid: int
+    is_template: bool
+    allow_connections: bool
+    conn_limit: int
+    owner: str
+    bot_user: str
+    bot_is_superuser: bool
+    bot_can_alter: bool
+    bot_database: str
+    bot_pid: int
+    postmaster_start: str
+    port: str
+    in_recovery: bool
+    prepared_xacts: int
+    logical_slots: int
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """One backend connected to a database."""
+
+    pid: int
+    backend_start: datetime
+    backend_type: str
+    user: str | None
+    application: str
+    client_addr: str | None
+    state: str | None
+    in_transaction: bool
+    conn_secs: float | None
+    state_secs: float | None
+    is_bot: bool
+    is_superuser: bool
+    cannot_signal: str | None
+
+    @property
+    def is_client(self) -> bool:
+        return self.backend_type == "client backend"
+
+
+def database_info(conn, database: str) -> DatabaseInfo | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query("clear_db_info"), {"database": database})
+        row = cur.fetchone()
+    return DatabaseInfo(**row) if row else None
+
+
+def database_names(conn) -> list[str]:
+    return [r[0] for r in conn.execute(query("clear_db_names")).fetchall()]
+
+
+def connected_to(conn, database: str) -> list[Connected]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query("clear_db_sessions"), {"database": database})
+        rows = cur.fetchall()
+    return [
+        Connected(
+            pid=r["pid"],
+            backend_start=r["backend_start"],
+            backend_type=r["backend_type"] or "",
+            user=r["usename"],
+            application=r["application_name"] or "",
+            client_addr=r["client_addr"],
+            state=r["state"],
+            in_transaction=bool(r["in_transaction"]),
+            conn_secs=r["conn_secs"],
+            state_secs=r["state_secs"],
+            is_bot=bool(r["is_bot"]),
+            is_superuser=bool(r["is_superuser"]),
+            cannot_signal=r["cannot_signal"],
+        )
+        for r in rows
+    ]
+
+
+def database_state(conn, database: str) -> tuple[bool, int] | None:
+    """``(allows connections, oid)`` of a database now, or None if it does not exist."""
+    row = conn.execute(query("clear_db_state"), {"database": database}).fetchone()
+    return (bool(row[0]), int(row[1])) if row else None
+
+
+def set_allow_connections(conn, database: str, allow: bool) -> None:
+    """``ALTER DATABASE <name> WITH ALLOW_CONNECTIONS true|false`` (the name quoted as an identifier)."""
+    stmt = sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(
+        sql.Identifier(database), sql.SQL("true" if allow else "false")
+    )
+    conn.execute(stmt)
+
+
+def state_changes(conn, pairs: list[tuple[int, datetime]]) -> dict[tuple[int, datetime], tuple[str | None, datetime, float]]:
+    """``{(pid, backend_start): (state, state_change, state_secs)}`` for those of ``pairs`` still connected."""
+    if not pairs:
+        return {}
+    rows = conn.execute(
+        query("bulk_snapshot"), {"pids": [p for p, _ in pairs], "starts": [s for _, s in pairs]}
+    ).fetchall()
+    return {(r[0], r[1]): (r[2], r[3], r[4]) for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    pid: int
+    backend_start: datetime
+    state: str | None
+    state_secs: float | None
+    verdict: str
+    signalled: bool | None
+
+
+def terminate_batch(
+    conn,
+    batch: list[tuple[int, datetime, datetime | None]],
+    database: str | None,
+    state_like: str | None,
+) -> list[BatchRow]:
+    """Re-check and signal ``[(pid, backend_start, state_change or None), ...]`` in one statement."""
+    rows = conn.execute(
+        query("bulk_terminate"),
+        {
+            "pids": [b[0] for b in batch],
+            "starts": [b[1] for b in batch],
+            "state_changes": [b[2] for b in batch],
+            "database": database,
+            "state_like": state_like,
+        },
+    ).fetchall()
+    return [BatchRow(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+
+def still_present(conn, pairs: list[tuple[int, datetime]]) -> set[int]:
+    if not pairs:
+        return set()
+    rows = conn.execute(
+        query("bulk_remaining"), {"pids": [p for p, _ in pairs], "starts": [s for _, s in pairs]}
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def arrivals(conn, database: str, pairs: list[tuple[int, datetime]]) -> int:
+    """Client sessions on ``database`` outside the snapshot ``pairs`` (not the bot's own)."""
+    row = conn.execute(
+        query("clear_db_arrivals"),
+        {"database": database, "pids": [p for p, _ in pairs], "starts": [s for _, s in pairs]},
+    ).fetchone()
+    return int(row[0]) if row else 0

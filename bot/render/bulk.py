@@ -1,0 +1,435 @@
+"""Bulk clean-ups as Block Kit: the clear-db overview, the *Terminate these N* offer under a listing,
+the request modal and the approval message in its every state (with progress and totals)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+
+from bot.bulk.targets import ALLOW_CONNECTIONS, CLEAR_DB, CLEAR_DB_BLOCK, STATE_WORDS, TERMINATE_BULK
+from bot.durations import format_duration
+from bot.postgres.bulk import Connected, DatabaseInfo
+from bot.render.approval import DECIDE_PREFIX, REQUEST_CALLBACK, STATE_LINE, mention, where
+from bot.render.common import (
+    MAX_BLOCKS,
+    actions,
+    button,
+    context,
+    cut,
+    esc,
+    header,
+    message,
+    plain,
+    section,
+    slack_time,
+)
+
+BULK_PREFIX = "pgs_bulk"
+MAX_GROUP_LINES = 25
+
+TITLES = {
+    TERMINATE_BULK: "Terminate sessions",
+    CLEAR_DB: "Terminate all",
+    CLEAR_DB_BLOCK: "Block + terminate all",
+    ALLOW_CONNECTIONS: "Allow connections",
+}
+
+
+def bulk_action_id(action: str, token: str) -> str:
+    return f"{BULK_PREFIX}:{action}:{token}"
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return datetime.fromtimestamp(ts, UTC) if ts else None
+
+
+def _plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+def state_counts(states: Iterable[str | None]) -> str:
+    counts = Counter((s or "unknown") for s in states)
+    order = ["active", "idle in transaction", "idle in transaction (aborted)", "idle"]
+    keys = sorted(counts, key=lambda k: (order.index(k) if k in order else len(order), k))
+    return ", ".join(f"{counts[k]} {k}" for k in keys)
+
+
+def group_lines(sessions: Iterable[Mapping], limit: int = MAX_GROUP_LINES) -> list[str]:
+    """One line per (user, application), biggest first: count, states, client addresses."""
+    groups: dict[tuple[str, str], list[Mapping]] = {}
+    for s in sessions:
+        groups.setdefault((s.get("user") or "?", s.get("application") or ""), []).append(s)
+    ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    lines = []
+    for (user, app), members in ordered[:limit]:
+        clients = sorted({m.get("client_addr") or "local socket" for m in members})
+        shown_clients = ", ".join(esc(c) for c in clients[:3]) + (f" and {len(clients) - 3} more" if len(clients) > 3 else "")
+        lines.append(
+            f"• user `{esc(user)}` · app {('`' + esc(app) + '`') if app else '–'} · *{len(members)}* "
+            f"({state_counts(m.get('state') for m in members)}) · from {shown_clients}"
+        )
+    if len(ordered) > limit:
+        rest = sum(len(m) for _, m in ordered[limit:])
+        lines.append(f"• … and {len(ordered) - limit} more user/application pairs ({rest} sessions)")
+    return lines
+
+
+def _connected_dict(c: Connected) -> dict:
+    return {"user": c.user, "application": c.application, "client_addr": c.client_addr, "state": c.state}
+
+
+def database_state_line(name: str, allow: bool | None) -> str:
+    if allow is None:
+        return f":grey_question: whether `{esc(name)}` allows new connections is not known"
+    if allow:
+        return f":large_green_circle: `{esc(name)}` allows new connections"
+    return (
+        f":no_entry: `{esc(name)}` does *not* allow new connections (`ALLOW_CONNECTIONS false`): clients that "
+        "try to connect are refused"
+    )
+
+
+# --- clear-db overview ----------------------------------------------------------------------------
+
+
+def clear_db_message(
+    env: str,
+    info: DatabaseInfo,
+    connected: list[Connected],
+    *,
+    tokens: Mapping[str, str],
+    block_why: str | None,
+    terminate_why: str | None,
+    allow_why: str | None = None,
+) -> dict:
+    """Who is connected to a database and the buttons that may empty it.
+
+    ``tokens`` maps each offered action to its token; ``*_why`` say why an action is not offered."""
+    clients = [c for c in connected if c.is_client and not c.is_bot]
+    own = [c for c in connected if c.is_bot]
+    others = [c for c in connected if not c.is_client and not c.is_bot]
+    n = len(clients)
+    blocks: list[dict] = [header(f"Connections to database {info.name} on {env}")]
+    if n:
+        users = len({c.user for c in clients})
+        apps = len({c.application for c in clients})
+        addrs = len({c.client_addr or "local" for c in clients})
+        oldest = max((c.conn_secs or 0.0) for c in clients)
+        first = (
+            f"*{_plural(n, 'session')}* connected ({state_counts(c.state for c in clients)}) · "
+            f"{_plural(users, 'user')}, {_plural(apps, 'application')}, {_plural(addrs, 'client address', 'client addresses')}"
+            f" · oldest connected {format_duration(oldest)} ago"
+        )
+    else:
+        first = "*No client session* is connected to this database."
+    facts = [first, database_state_line(info.name, info.allow_connections)]
+    limit = "no connection limit" if info.conn_limit < 0 else f"connection limit {info.conn_limit}"
+    facts.append(f"owner `{esc(info.owner)}` · {limit}" + (" · template database" if info.is_template else ""))
+    blocks.append(section("\n".join(facts)))
+    if clients:
+        blocks.append(section("*By user and application*\n" + "\n".join(group_lines(_connected_dict(c) for c in clients))))
+    notes = []
+    busy = [c for c in clients if c.state and c.state != "idle"]
+    if busy:
+        notes.append(
+            f":warning: {_plural(len(busy), 'session is', 'sessions are')} not idle ({state_counts(c.state for c in busy)}): "
+            "terminating rolls back their open transactions."
+        )
+    blocked_out = [c for c in clients if c.cannot_signal]
+    if blocked_out:
+        reasons = Counter(c.cannot_signal for c in blocked_out)
+        notes.append(
+            f":no_entry_sign: {_plural(len(blocked_out), 'session')} cannot be terminated by the bot: "
+            + "; ".join(f"{k} ({v})" for k, v in reasons.items())
+            + ". They will be reported, and the database will not be empty."
+        )
+    if others or info.prepared_xacts or info.logical_slots:
+        parts = [f"{v} {k}" for k, v in Counter(c.backend_type for c in others).items()]
+        if info.prepared_xacts:
+            parts.append(_plural(info.prepared_xacts, "prepared transaction"))
+        if info.logical_slots:
+            parts.append(_plural(info.logical_slots, "logical replication slot"))
+        notes.append("Not touched by the bot: " + ", ".join(esc(p) for p in parts) + ".")
+    if own:
+        notes.append(f"The bot's own connections here ({len(own)}) are never terminated.")
+    if notes:
+        blocks.append(context(*notes))
+    elements = []
+    if CLEAR_DB in tokens:
+        elements.append(button(f"Terminate all {n}", bulk_action_id(CLEAR_DB, tokens[CLEAR_DB]), tokens[CLEAR_DB],
+                               style="danger"))
+    if CLEAR_DB_BLOCK in tokens:
+        label = f"Block new connections and terminate all {n}" if n else "Block new connections"
+        elements.append(button(label, bulk_action_id(CLEAR_DB_BLOCK, tokens[CLEAR_DB_BLOCK]), tokens[CLEAR_DB_BLOCK],
+                               style="danger"))
+    if ALLOW_CONNECTIONS in tokens:
+        elements.append(button("Allow connections again", bulk_action_id(ALLOW_CONNECTIONS, tokens[ALLOW_CONNECTIONS]),
+                               tokens[ALLOW_CONNECTIONS], style="primary"))
+    if elements:
+        blocks.append(actions(f"clear-db:{info.oid}", *elements))
+    explain = []
+    if CLEAR_DB in tokens or CLEAR_DB_BLOCK in tokens:
+        explain.append(
+            f"Each button asks an approver first. An approval covers exactly these {n} sessions (pid + start time): "
+            "sessions that connect later are not touched. *Block new connections* first runs "
+            f"`ALTER DATABASE {esc(info.name)} WITH ALLOW_CONNECTIONS false`, so that clients that reconnect at "
+            "once stay out until someone uses *Allow connections again*."
+        )
+    if terminate_why:
+        explain.append(f"*Terminate all* is not offered: {esc(terminate_why)}.")
+    if block_why:
+        explain.append(f"*Block new connections* is not offered: {esc(block_why)}.")
+    if allow_why and not info.allow_connections:
+        explain.append(f"*Allow connections again* is not offered: {esc(allow_why)}.")
+    if explain:
+        blocks.append(context(*explain))
+    text = f"{_plural(n, 'session')} connected to {info.name} on {env}" + (
+        "" if info.allow_connections else " (the database does not allow new connections)"
+    )
+    return message(text, blocks[:MAX_BLOCKS])
+
+
+def clear_db_refused(text: str) -> dict:
+    return message(text, [section(f":no_entry_sign: {text}")])
+
+
+# --- the offer under an idle / idle-tx listing ----------------------------------------------------
+
+
+def bulk_offer_blocks(
+    *, category: str, app: str, token: str | None, sessions: list[Mapping], drawn: int,
+    refusal: str | None = None, unsignalable: int = 0, filters: str = "",
+) -> list[dict]:
+    n = len(sessions)
+    what = STATE_WORDS.get(category, category)
+    if not n:
+        return []
+    if refusal or token is None:
+        return [context(f":no_entry_sign: *Terminate these {n}* is not offered: {esc(refusal or 'not available')}.")]
+    beyond = n - min(drawn, n)
+    scope = f"the {min(drawn, n)} drawn above" + (f" and {beyond} more found by the same filter" if beyond else "")
+    text = (
+        f":broom: *Terminate these {n}* sessions {esc(what)} of app `{esc(app)}` ({scope}; filter `{esc(filters)}`).\n"
+        + "\n".join(group_lines(sessions, limit=5))
+    )
+    notes = [
+        "An approval covers exactly these sessions (pid + start time): sessions that connect later are not "
+        f"touched, and a session used again before the approval (no longer {esc(what)}, or {esc(what)} since "
+        "later) is skipped and reported."
+    ]
+    if unsignalable:
+        notes.append(f"{_plural(unsignalable, 'of them', 'of them')} cannot be signalled by the bot's role and will be reported.")
+    return [
+        section(cut(text, 2900)),
+        actions(f"bulk:{token}", button(f"Terminate these {n}", bulk_action_id(TERMINATE_BULK, token), token, style="danger")),
+        context(*notes),
+    ]
+
+
+# --- modal ----------------------------------------------------------------------------------------
+
+
+def _scope_lines(action: str, env: str, host: str, t: Mapping) -> list[str]:
+    n = len(t.get("sessions") or [])
+    db = esc(t.get("database") or "?")
+    if action == TERMINATE_BULK:
+        what = STATE_WORDS.get(t.get("category", ""), "matching")
+        return [
+            f"*Terminate {_plural(n, 'session')}* {esc(what)} of app `{esc(t.get('app') or '?')}` on {where(env, host)} "
+            f"(filter `{esc(t.get('filters') or '')}`).",
+            "Only the sessions listed, by pid and start time; any used again before the approval is skipped.",
+        ]
+    if action in (CLEAR_DB, CLEAR_DB_BLOCK):
+        lines = []
+        if action == CLEAR_DB_BLOCK:
+            lines.append(
+                f"*First block new connections* to `{db}` on {where(env, host)} "
+                f"(`ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false`), then"
+            )
+        lines.append(
+            f"*terminate {_plural(n, 'session')}* connected to `{db}` when it was listed, by pid and start time "
+            "(sessions that connect later are not touched; the bot's own connections never)."
+        )
+        if action == CLEAR_DB_BLOCK:
+            lines.append("The database stays closed until someone uses *Allow connections again* (also approved).")
+        return lines
+    if action == ALLOW_CONNECTIONS:
+        return [f"*Allow new connections* to `{db}` on {where(env, host)} again "
+                f"(`ALTER DATABASE {db} WITH ALLOW_CONNECTIONS true`)."]
+    return [f"*{esc(action)}* on {where(env, host)}"]
+
+
+def bulk_modal(target: Mapping, action: str, token: str, channel: str | None, require_reason: bool) -> dict:
+    """The modal a bulk button opens; submitted through the same callback as a session's request."""
+    t = target["payload"]
+    meta = json.dumps({"token": token, "action": action, "channel": channel})
+    blocks = [section("Ask an approver to:\n" + "\n".join(_scope_lines(action, target["env"], target["host"], t)))]
+    sessions = t.get("sessions") or []
+    if sessions:
+        blocks.append(section("*By user and application*\n" + "\n".join(group_lines(sessions, limit=10))))
+    blocks.append(
+        {
+            "type": "input",
+            "block_id": "reason",
+            "optional": not require_reason,
+            "label": plain("Reason" + ("" if require_reason else " (optional)"), 2000),
+            "element": {
+                "type": "plain_text_input",
+                "action_id": "reason",
+                "multiline": True,
+                "max_length": 500,
+                "placeholder": plain("Maintenance window, incident link, ticket…", 150),
+            },
+        }
+    )
+    blocks.append(context("Nothing is done until a second, authorized person approves."))
+    return {
+        "type": "modal",
+        "callback_id": REQUEST_CALLBACK,
+        "private_metadata": meta,
+        "title": plain(TITLES.get(action, "Bulk request"), 24),
+        "submit": plain("Request", 24),
+        "close": plain("Close", 24),
+        "blocks": blocks,
+    }
+
+
+# --- the approval message -------------------------------------------------------------------------
+
+
+def _headline(req: Mapping) -> str:
+    t = req["target"]
+    n = len(t.get("sessions") or [])
+    action, env = req["action"], req["env"]
+    if action == TERMINATE_BULK:
+        return f"Terminate {_plural(n, 'session')} of app {t.get('app') or '?'} on {env}"
+    if action == CLEAR_DB:
+        return f"Terminate all {_plural(n, 'session')} of database {t.get('database')} on {env}"
+    if action == CLEAR_DB_BLOCK:
+        return f"Block new connections to {t.get('database')} and terminate all {n} on {env}"
+    if action == ALLOW_CONNECTIONS:
+        return f"Allow connections to {t.get('database')} again on {env}"
+    return f"{action} on {env}"
+
+
+def _counts_line(counts: Mapping[str, int]) -> str:
+    words = {
+        "ended": "ended",
+        "gone": "had already gone",
+        "skipped": "skipped",
+        "failed": "could not be signalled",
+        "not_done": "signalled but still connected",
+        "not_attempted": "not attempted",
+    }
+    return " · ".join(f"*{counts.get(k, 0)}* {w}" for k, w in words.items() if counts.get(k) or k in ("ended", "gone"))
+
+
+def _item_lines(items: list[Mapping], limit: int = 10) -> str:
+    return "\n".join(
+        f"• pid {i.get('pid')} (`{esc(i.get('user') or '?')}`, app `{esc(i.get('application') or '–')}`): {esc(i.get('result') or '')}"
+        for i in items[:limit]
+    )
+
+
+def bulk_request_message(
+    req: dict, approvers: list[str], approvals: list[str], required: int, cfg_approvers: list[str]
+) -> dict:
+    t = req["target"]
+    state = req["state"]
+    action = req["action"]
+    out = req.get("outcome") or {}
+    n = len(t.get("sessions") or [])
+    db = t.get("database")
+    blocks: list[dict] = [header(_headline(req))]
+    blocks.append(
+        section(
+            f"<@{req['requester']}> asks to:\n" + "\n".join(_scope_lines(action, req["env"], req["host"], t))
+            + f"\n*Reason:* {esc(req.get('reason') or '(none given)')}"
+        )
+    )
+    if n:
+        size = f"*Size:* {_plural(n, 'session')}"
+        if t.get("listed_at"):
+            size += f" (snapshot taken {slack_time(_dt(t['listed_at']))})"
+        blocks.append(section(size + "\n" + "\n".join(group_lines(t["sessions"], limit=12))))
+    details = []
+    if state == "done" and out.get("status") == "done":
+        details.append(STATE_LINE["done"])
+    elif state == "failed" and out.get("status") == "partial":
+        details.append(":warning: *Done, with problems*")
+    elif state == "executing" and out.get("progress"):
+        p = out["progress"]
+        details.append(f":gear: *Approved: acting now…* {p.get('handled', 0)} of {p.get('total', n)} handled")
+    else:
+        details.append(STATE_LINE.get(state, state))
+    if approvals:
+        details.append("Approved by " + ", ".join(f"<@{a}>" for a in approvals))
+    if state == "denied" and req.get("decided_by"):
+        details.append(f"Denied by <@{req['decided_by']}>")
+    counts = out.get("counts") or (out.get("progress") or {}).get("counts")
+    if counts and (n or sum(counts.values())):
+        details.append(_counts_line(counts))
+    if out.get("detail") and state in ("done", "failed"):
+        details.append(f"*Outcome:* {esc(out['detail'])}")
+    if out.get("arrived"):
+        details.append(
+            f"{_plural(out['arrived'], 'session')} connected after the listing and "
+            + ("is" if out["arrived"] == 1 else "are")
+            + " still there (not covered by this approval)."
+        )
+    blocks.append(section(cut("\n".join(details), 2900)))
+    if out.get("problems"):
+        blocks.append(section(cut("*Not ended*\n" + _item_lines(out["problems"]), 2900)))
+    if out.get("skipped"):
+        blocks.append(section(cut("*Skipped*\n" + _item_lines(out["skipped"]), 2900)))
+    # the database's state, and the way to open it again
+    if action in (CLEAR_DB, CLEAR_DB_BLOCK, ALLOW_CONNECTIONS) and db and state in ("executing", "done", "failed"):
+        reopened = out.get("reopened")
+        allow = out.get("allow_connections")
+        if out.get("blocked") and not reopened and allow is None:
+            allow = False
+        line = database_state_line(db, allow)
+        if out.get("blocked") and out.get("closed_at") and not reopened:
+            line += f" · closed by this request {slack_time(_dt(out['closed_at']))}"
+        if reopened:
+            line += f" · reopened {slack_time(_dt(reopened.get('at')))}"
+            if reopened.get("by"):
+                line += " (approved by " + ", ".join(f"<@{u}>" for u in str(reopened["by"]).split(",") if u) + ")"
+        blocks.append(section(line))
+        token = out.get("allow_token")
+        if token and out.get("blocked") and not reopened and state in ("done", "failed"):
+            blocks.append(
+                actions(
+                    f"allow:{req['id']}",
+                    button("Allow connections again", bulk_action_id(ALLOW_CONNECTIONS, token), token, style="primary"),
+                )
+            )
+    times = f"Requested {slack_time(_dt(req['created_at']))}"
+    if state == "pending":
+        who = ", ".join(mention(p) for p in cfg_approvers) or "nobody (no approvers configured)"
+        need = required - len(approvals)
+        times += f" · expires {slack_time(_dt(req['expires_at']))} · needs {_plural(need, 'more approval')} from {who}"
+        blocks.append(context(cut(times, 1900)))
+        rid = req["id"]
+        blocks.append(
+            actions(
+                f"req:{rid}",
+                button("Approve", f"{DECIDE_PREFIX}:approve:{rid}", rid, style="primary"),
+                button("Deny", f"{DECIDE_PREFIX}:deny:{rid}", rid, style="danger"),
+                button("Withdraw", f"{DECIDE_PREFIX}:withdraw:{rid}", rid),
+            )
+        )
+    else:
+        if req.get("decided_at"):
+            times += f" · decided {slack_time(_dt(req['decided_at']))}"
+        if out.get("finished_at") and state in ("done", "failed"):
+            times += f" · finished {slack_time(_dt(out['finished_at']))}"
+            if out.get("duration_s") is not None:
+                times += f" in {format_duration(out['duration_s'])}"
+        blocks.append(context(times))
+    text = f"{_headline(req)} (requested by <@{req['requester']}>): {state}"
+    if out.get("detail") and state in ("done", "failed"):
+        text += f" — {out['detail']}"
+    return message(text, blocks[:MAX_BLOCKS])
