@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from slack_bolt import App
-from slack_bolt.error import BoltError
+from slack_bolt.error import BoltError, BoltUnhandledRequestError
 from slack_sdk.errors import SlackApiError
 
 from bot.commands import USAGE, Command, CommandError, Help, known_envs, parse
@@ -112,7 +112,9 @@ def build_app(rt: Runtime, router: Router | None = None) -> App:
         client=rt.client,
         request_verification_enabled=True,
         process_before_response=False,
-        raise_error_for_unhandled_request=False,
+        # a signed request no listener handles (an unknown action id, a shortcut, a malformed payload) is
+        # answered 200 by on_error below: Slack shows the user an error for any other status
+        raise_error_for_unhandled_request=True,
         listener_executor=ThreadPoolExecutor(max_workers=32, thread_name_prefix="pgs-listener"),
         logger=logging.getLogger("pgsessions.bolt"),
     )
@@ -167,8 +169,13 @@ def build_app(rt: Runtime, router: Router | None = None) -> App:
         COMMANDS.labels(name, "error" if failed else "unavailable" if unavailable else "ok").inc()
 
     @app.error
-    def on_error(error, body, logger):  # pragma: no cover - last resort, after ack
-        logger.error("unhandled error in a listener: %s", type(error).__name__)
+    def on_error(error, body, logger, response):
+        if isinstance(error, BoltUnhandledRequestError):
+            logger.warning("no listener for a Slack request (type %r); answered 200", (body or {}).get("type"))
+            if response is not None:
+                response.status, response.body = 200, ""
+            return
+        logger.error("unhandled error in a listener: %s", type(error).__name__)  # pragma: no cover
 
     return app
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 import threading
 import time
 from urllib.parse import parse_qs
 
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_sdk.signature import SignatureVerifier
 from waitress.server import create_server
 
 from bot.logs import instrument_bolt, new_request_id, request_context
@@ -49,7 +51,7 @@ def _kind(body: bytes) -> str:
     return "other"
 
 
-def _instrumented(slack):
+def _instrumented(slack, verify=None):
     """Around Bolt's WSGI handler: a request id for the logs, the ack latency and count for /metrics."""
 
     def handle(environ, start_response):
@@ -62,6 +64,12 @@ def _instrumented(slack):
             start_response("413 Payload Too Large", [("Content-Type", "text/plain")])
             return [b"too large\n"]
         body = environ["wsgi.input"].read(length) if length > 0 else b""
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            # Slack only sends UTF-8; Bolt would fail with a 500 decoding this, so it cannot be verified
+            start_response("401 Unauthorized", [("Content-Type", "text/plain")])
+            return [b"invalid request\n"]
         environ["wsgi.input"] = io.BytesIO(body)
         kind = _kind(body)
         status_seen = ["000"]
@@ -74,6 +82,13 @@ def _instrumented(slack):
         with request_context(rid):
             try:
                 result = slack(environ, start)
+            except Exception:
+                # Bolt fails on some malformed payloads (e.g. "user": true) while building its context,
+                # before it checks the signature: answer as Slack expects, 200 if signed, else 401
+                signed = verify is not None and verify(body, environ)
+                log.warning("malformed Slack %s request (signed: %s); answered without Bolt", kind, signed)
+                start("200 OK" if signed else "401 Unauthorized", [("Content-Type", "text/plain")], sys.exc_info())
+                result = [b""]
             finally:
                 elapsed = time.monotonic() - started
                 ACK_SECONDS.labels(kind).observe(elapsed)
@@ -90,10 +105,21 @@ def _instrumented(slack):
     return handle
 
 
+def _verifier(rt: Runtime):
+    checker = SignatureVerifier(rt.slack.signing_secret or "")
+
+    def verify(body: bytes, environ) -> bool:
+        return bool(rt.slack.signing_secret) and checker.is_valid(
+            body, environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP", ""), environ.get("HTTP_X_SLACK_SIGNATURE", "")
+        )
+
+    return verify
+
+
 def make_wsgi(rt: Runtime, app: App | None):
     if app is not None:
         instrument_bolt(app)
-    slack = _instrumented(SlackRequestHandler(app, path=EVENTS_PATH)) if app is not None else None
+    slack = _instrumented(SlackRequestHandler(app, path=EVENTS_PATH), _verifier(rt)) if app is not None else None
     metrics_app = rt.extensions.setdefault("metrics_wsgi", wsgi_app())
 
     def wsgi(environ, start_response):
