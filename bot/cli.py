@@ -87,6 +87,9 @@ def serve(args) -> int:
         print(f"pgsessions: Slack did not accept SLACK_BOT_TOKEN ({detail}) at {settings.api_url}", file=sys.stderr)
         rt.close()
         return 2
+    from bot.logs import instrument_bolt
+
+    instrument_bolt(app)  # request ids and ack metrics in Socket Mode too (over HTTP make_wsgi does it as well)
     http = HttpServer(rt, app if not settings.socket_mode else None, host=args.host, port=args.port)
     stop = threading.Event()
 

@@ -139,7 +139,7 @@ def instrument_bolt(app) -> None:
     """Make Bolt's listener threads inherit the request id, and give Socket Mode requests one too.
 
     Idempotent. Over HTTP the WSGI layer (bot/slack/server.py) sets the id before Bolt sees the
-    request; in Socket Mode a global middleware does it.
+    request; in Socket Mode the wrapped ``app.dispatch`` does it (and times the acknowledgement).
     """
     if getattr(app, "_pgs_instrumented", False):
         return
@@ -150,20 +150,31 @@ def instrument_bolt(app) -> None:
     if lazy is not None and hasattr(lazy, "executor") and not isinstance(lazy.executor, ContextExecutor):
         lazy.executor = ContextExecutor(lazy.executor)
 
-    def request_id_middleware(req, resp, next):  # noqa: A002 - Bolt's argument name
-        if REQUEST_ID.get() is not None:
-            return next()
+    # Bolt runs global middleware *before* the listener and outside it, so a middleware cannot hold the
+    # context while the listener is started: wrap dispatch(), which Socket Mode calls for every request
+    dispatch = app.dispatch
+
+    def dispatch_with_request_id(req):
+        if REQUEST_ID.get() is not None:  # over HTTP the WSGI layer already did all of this
+            return dispatch(req)
         from bot.metrics import ACK_SECONDS, SLACK_REQUESTS
 
         kind = kind_of_body(req.body)
         started = time.monotonic()
         with request_context(new_request_id()):
-            result = next()
-            ACK_SECONDS.labels(kind).observe(time.monotonic() - started)
-            SLACK_REQUESTS.labels(kind, "socket").inc()
-            return result
+            try:
+                return dispatch(req)
+            finally:
+                elapsed = time.monotonic() - started
+                ACK_SECONDS.labels(kind).observe(elapsed)
+                SLACK_REQUESTS.labels(kind, "socket").inc()
+                logging.getLogger("bot.slack.socket").info(
+                    "slack %s acknowledged over Socket Mode in %.0f ms", kind, elapsed * 1000,
+                    extra={"event": "slack_request", "kind": kind, "status": "socket",
+                           "duration_ms": round(elapsed * 1000, 1)},
+                )
 
-    app.use(request_id_middleware)
+    app.dispatch = dispatch_with_request_id
     app._pgs_instrumented = True
 
 

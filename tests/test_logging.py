@@ -194,3 +194,36 @@ def test_serve_json_logs_have_no_secret_when_password_dsns_fail(pg, tmp_path):
     assert "password authentication failed" in reasons and "does not exist" in reasons and "refused" in reasons
     for r in records:
         assert {"ts", "level", "logger", "msg"} <= set(r)
+
+
+def test_socket_mode_requests_get_ids_metrics_and_an_access_line(pg, fake_slack, captured):
+    """Socket Mode hands requests to app.dispatch() without the WSGI layer: the Bolt middleware does it."""
+    from urllib.parse import urlencode
+
+    from slack_bolt.request import BoltRequest
+
+    from bot.metrics import ACK_SECONDS, SLACK_REQUESTS
+
+    config = {"environments": {"sock": {"dsn": pg.primary.dsn(user=PW_ROLE, password=WRONG_PASSWORD)}}}
+    with BotUnderTest(config, fake_slack) as bot:
+        before = SLACK_REQUESTS.labels("command", "socket")._value.get()
+        acks = ACK_SECONDS.labels("command")._sum.get()
+        fields = {"command": "/pgsessions", "text": "sock", "user_id": "U1", "channel_id": "C1",
+                  "team_id": "T1", "response_url": fake_slack.response_url("sock"), "trigger_id": "1.2.3"}
+        resp = bot.app.dispatch(BoltRequest(body=urlencode(fields), mode="socket_mode"))
+        assert resp.status == 200
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            records = parse_lines(captured.getvalue())
+            failed = [r for r in records if "listing" in r["msg"] and "failed" in r["msg"]]
+            if failed:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(captured.getvalue())
+        assert SLACK_REQUESTS.labels("command", "socket")._value.get() == before + 1
+        assert ACK_SECONDS.labels("command")._sum.get() > acks
+    access = [r for r in records if r.get("event") == "slack_request" and r.get("status") == "socket"]
+    assert len(access) == 1 and access[0]["request_id"]
+    assert failed[0]["request_id"] == access[0]["request_id"]
+    assert_no_secret(captured.getvalue(), WRONG_PASSWORD)
