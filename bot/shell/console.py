@@ -674,20 +674,32 @@ class Shell:
             self.say(f"`{word}` is not a number of seconds.")
             return None
 
+    def _on_screen(self) -> list[str]:
+        """Every message as it stands now, as text (for `wait N TEXT`)."""
+        r = BlockRenderer(self.names)
+        msgs = [m for m in list(self.ws.messages.values()) if not m.deleted]
+        return ["\n".join(r.message(m.text, m.blocks, m.attachments)) for m in msgs]
+
     def wait(self, rest: str) -> None:
+        """`wait N`: until the bot shows something new; `wait N TEXT`: until a message contains TEXT
+        (at once if one already does; TEXT in lower case matches any case)."""
         words = rest.split(maxsplit=1)
         seconds = self._seconds(words[0]) if words else 10.0
         if seconds is None:
             return
-        needle = words[1].strip().strip('"').lower() if len(words) > 1 else None
+        needle = words[1].strip().strip('"') if len(words) > 1 else None
         start = self.activity.events
 
+        def contains(text: str) -> bool:
+            assert needle is not None
+            return needle in text if needle != needle.lower() else needle in text.lower()
+
         def seen() -> bool:
-            with self._shown_lock:
-                new = [text for ev, text in self._shown if ev >= start]
             if needle is None:
                 return self.activity.events > start
-            return any(needle in text.lower() for text in new)
+            with self._shown_lock:
+                new = [text for ev, text in self._shown if ev >= start]
+            return any(contains(t) for t in new) or any(contains(t) for t in self._on_screen())
 
         if self.activity.wait_for(seen, seconds):
             self.settle()
@@ -831,7 +843,9 @@ class Shell:
                 return None
             key = "selected_options" if kind in ("checkboxes", "multi_static_select") else "selected_option"
             return {"type": kind, key: picked if key == "selected_options" else picked[0]}
-        hint = " (optional, Enter to leave empty)" if optional else ""
+        hint = ""
+        if optional:
+            hint = " (Enter to leave empty)" if "optional" in label.lower() else " (optional, Enter to leave empty)"
         if prev_value:
             hint += f" [Enter keeps: {prev_value}]"
         if el.get("multiline") and not previous:

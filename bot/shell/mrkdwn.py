@@ -95,14 +95,15 @@ def to_text(text: str | None, names: Names | None = None) -> str:
     if not text:
         return ""
     names = names or Names()
-    out: list[str] = []
-    pos = 0
-    for m in _CODE.finditer(text):
-        out.append(_plain(text[pos : m.start()], names))
-        out.append(unescape(m.group(0)))
-        pos = m.end()
-    out.append(_plain(text[pos:], names))
-    return "".join(out)
+    codes: list[str] = []
+
+    def hold(m: re.Match[str]) -> str:
+        codes.append(unescape(m.group(0)))
+        return f"\ue002{len(codes) - 1}\ue003"
+
+    # code is left alone, but emphasis may span it (*pid `4211` on `prod`*)
+    text = _plain(_CODE.sub(hold, text), names)
+    return re.sub("\ue002(\\d+)\ue003", lambda m: codes[int(m.group(1))], text)
 
 
 def plain_text(obj: dict | str | None, names: Names | None = None) -> str:

@@ -145,7 +145,7 @@ class BlockRenderer:
             return ["   ".join(self.element(e, bid) for e in b.get("elements") or [])]
         if kind == "input":
             label = self.text(b.get("label"))
-            if b.get("optional"):
+            if b.get("optional") and "optional" not in label.lower():
                 label += " (optional)"
             out = [f"{label}: {self.element(b.get('element') or {}, bid)}"]
             if b.get("hint"):
