@@ -76,6 +76,13 @@ def test_a_standby_that_is_not_in_recovery_is_never_behind():
     assert not measurement(in_recovery=False).behind
 
 
+def test_a_delayed_standby_alerts_only_beyond_its_configured_delay():
+    m = measurement(apply_delay_secs=100.0, reason=Reason.APPLY_DELAY, startup_wait="Timeout/RecoveryApplyDelay")
+    assert m.lag_secs == 120.0 and not m.above(ALERT)
+    assert replace(m, replay_age=131.0).above(ALERT)
+    assert "alerts count only the lag beyond it" in texts(render_lag_alert(m, ALERT, since=None))
+
+
 @pytest.mark.parametrize(
     ("wait_type", "wait", "paused", "expected"),
     [

@@ -198,6 +198,7 @@ def measure_standby(
         wal_receiver_name=row["wal_receiver_name"],
         max_standby_streaming_delay=row["max_standby_streaming_delay"],
         recovery_min_apply_delay=row["recovery_min_apply_delay"],
+        apply_delay_secs=float(row["apply_delay_secs"] or 0.0),
         startup_pid=row["startup_pid"],
         startup_wait=wait,
         reason=reason,

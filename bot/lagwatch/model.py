@@ -101,6 +101,7 @@ class StandbyLag:
     suspects: tuple[Culprit, ...] = ()
     primary: PrimaryView | None = None
     server_version: str | None = None
+    apply_delay_secs: float = 0.0  # recovery_min_apply_delay: lag the standby keeps on purpose
 
     @property
     def behind(self) -> bool:
@@ -131,13 +132,14 @@ class StandbyLag:
         return self.measured_at - timedelta(seconds=secs)
 
     def above(self, alert: LagAlert) -> bool:
-        """Over the alert's threshold in time and bytes."""
+        """Over the alert's threshold in time and bytes. A delayed standby (recovery_min_apply_delay)
+        is only over it by what it lags beyond its configured delay."""
         secs = self.lag_secs
         return (
             self.behind
             and self.lag_bytes >= alert.min_bytes
             and secs is not None
-            and secs >= alert.threshold
+            and secs - self.apply_delay_secs >= alert.threshold
         )
 
     @property

@@ -286,6 +286,8 @@ class LagWatcher:
                 self._open_lag(m, alert)
         elif above:
             self._continue_lag(inc, m, alert)
+        elif not m.in_recovery:
+            self._resolve_lag(inc, m, note="the standby is no longer in recovery: it was promoted or is not a standby")
         else:
             self._resolve_lag(inc, m)
 

@@ -69,7 +69,7 @@ def why_text(m: StandbyLag) -> str:
     elif m.reason == Reason.APPLY_DELAY:
         text = (
             f"{emoji} *Why: delayed on purpose:* `recovery_min_apply_delay = "
-            f"{esc(m.recovery_min_apply_delay or '?')}`."
+            f"{esc(m.recovery_min_apply_delay or '?')}`; alerts count only the lag beyond it."
         )
     elif m.reason == Reason.NONE:
         text = f"{emoji} Nothing is waiting to be replayed."

@@ -28,6 +28,7 @@ SELECT pg_is_in_recovery()                                            AS in_reco
                 nullif(current_setting('cluster_name'), ''))          AS wal_receiver_name,
        current_setting('max_standby_streaming_delay')                 AS max_standby_streaming_delay,
        current_setting('recovery_min_apply_delay')                    AS recovery_min_apply_delay,
+       (SELECT setting::float8 / 1000 FROM pg_settings WHERE name = 'recovery_min_apply_delay') AS apply_delay_secs,
        st.pid                                                         AS startup_pid,
        st.wait_event_type                                             AS startup_wait_event_type,
        st.wait_event                                                  AS startup_wait_event,
