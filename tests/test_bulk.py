@@ -410,7 +410,7 @@ def test_refused_targets(pg, fake_slack, dbs):
         answer = ephemeral_answer(bot, f"test clear-db {DB_STATE}")
         assert "bot's own state database" in answer, answer
         answer = ephemeral_answer(bot, "test clear-db template1")
-        assert "template database" in answer and "clear_db.allow" in answer
+        assert "template database" in answer and "never acts on templates" in answer
         answer = ephemeral_answer(bot, "test clear-db postgres")
         assert "maintenance database" in answer and "clear_db.allow" in answer
         answer = ephemeral_answer(bot, "test clear-db bulk_ownd")
@@ -420,9 +420,10 @@ def test_refused_targets(pg, fake_slack, dbs):
         assert not fake_slack.calls_for("chat.postMessage")
         assert bot.rt.store.audit_count() == 0
     # the state database is refused even when clear_db.allow lists it
-    cfg = bot_config(pg, clear_db={"allow": ["postgres", DB_STATE]})
+    cfg = bot_config(pg, clear_db={"allow": ["postgres", DB_STATE, "template1"]})
     with BotUnderTest(cfg, fake_slack, state=state_url) as bot:
         assert "bot's own state database" in ephemeral_answer(bot, f"test clear-db {DB_STATE}")
+        assert "never acts on templates" in ephemeral_answer(bot, "test clear-db template1")
         msg = post_and_get(bot, "test clear-db postgres")
         assert "Connections to database postgres" in text_of(msg)
         assert "the bot itself connects to `postgres`" in text_of(msg)
@@ -582,3 +583,53 @@ def test_progress_is_throttled_and_refreshes_updated_at(tmp_path):
             p.update({"ended": 9})
     finally:
         store.close()
+
+
+# ---- rendering within Slack's limits -------------------------------------------------------------
+
+
+def test_big_snapshots_render_within_slacks_limits():
+    from datetime import UTC, datetime
+
+    from bot.postgres.bulk import Connected, DatabaseInfo
+    from bot.render.bulk import bulk_modal, bulk_request_message, clear_db_message
+    from tests.harness.fake_slack import validate_message_blocks, validate_view
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    connected = [
+        Connected(pid=1000 + i, backend_start=start, backend_type="client backend", user=f"user_{i % 40}",
+                  application=f"service-with-a-long-name-{i % 300}" + "x" * 60, client_addr=f"10.0.{i % 250}.{i % 7}",
+                  state=("idle", "active", "idle in transaction")[i % 3], in_transaction=i % 3 != 0,
+                  conn_secs=100.0 + i, state_secs=5.0, is_bot=False, is_superuser=i % 97 == 0,
+                  cannot_signal="superuser session (the bot's role is not a superuser)" if i % 97 == 0 else None)
+        for i in range(600)
+    ]
+    info = DatabaseInfo(name="d" * 63, oid=1, is_template=False, allow_connections=False, conn_limit=-1, owner="o",
+                        bot_user="b", bot_is_superuser=False, bot_can_alter=True, bot_database="postgres", bot_pid=1,
+                        postmaster_start="0", port="5432", in_recovery=False, prepared_xacts=2, logical_slots=1)
+    msg = clear_db_message("prod", info, connected, tokens={"clear_db": "t1", "clear_db_block": "t1",
+                                                            "allow_connections": "t2"}, block_why=None,
+                           terminate_why=None)
+    assert validate_message_blocks(msg["blocks"]) == []
+    assert "… and" in json.dumps(msg["blocks"], ensure_ascii=False) and "2 prepared transactions" in json.dumps(msg["blocks"])
+    snapshot = [{"pid": c.pid, "backend_start": "2026-01-01T00:00:00.000000+00:00", "user": c.user,
+                 "application": c.application, "client_addr": c.client_addr, "state": c.state} for c in connected]
+    target = {"env": "prod", "host": "primary", "payload": {"database": info.name, "sessions": snapshot,
+                                                            "actions": ["clear_db_block"]}}
+    assert validate_view(bulk_modal(target, "clear_db_block", "t1", "C1", True)) == []
+    problems = [{"pid": s["pid"], "user": s["user"], "application": s["application"], "result": "x" * 300}
+                for s in snapshot[:15]]
+    for state, outcome in (
+        ("pending", None),
+        ("executing", {"status": "running", "progress": {"total": 600, "handled": 300, "counts": {"ended": 300}}}),
+        ("failed", {"status": "partial", "detail": "y" * 500, "counts": {"ended": 580, "failed": 20},
+                    "problems": problems, "skipped": problems, "blocked": True, "allow_token": "t3",
+                    "closed_at": 1.0, "finished_at": 2.0, "duration_s": 12.5, "arrived": 3}),
+    ):
+        req = {"id": "r1", "env": "prod", "host": "primary", "action": "clear_db_block", "target": target["payload"],
+               "requester": "U1", "reason": "z" * 500, "state": state, "created_at": 1.0, "expires_at": 2.0,
+               "decided_at": 1.5, "decided_by": "U2", "outcome": outcome, "updated_at": 2.0}
+        rendered = bulk_request_message(req, ["U2"], ["U2"] if state != "pending" else [], 1, ["U2"])
+        assert validate_message_blocks(rendered["blocks"]) == [], state
+        assert len(rendered["text"]) <= 3000
+    assert "Allow connections again" in json.dumps(rendered["blocks"])

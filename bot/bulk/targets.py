@@ -67,7 +67,10 @@ def is_state_database(info: DatabaseInfo, state_id: tuple[str, str, str] | None)
 
 
 def database_refusal(config: Config, env: str, info: DatabaseInfo, state_id: tuple[str, str, str] | None) -> str | None:
-    """Why clear-db must not act on this database at all, or None."""
+    """Why clear-db must not act on this database at all, or None.
+
+    The bot's state database and templates are always refused; ``postgres`` unless ``clear_db.allow``
+    lists it (see docs/operating.md)."""
     allow = config.environments[env].clear_db.allow
     name = info.name
     if info.in_recovery:
@@ -77,10 +80,10 @@ def database_refusal(config: Config, env: str, info: DatabaseInfo, state_id: tup
             f"`{name}` is the bot's own state database (config `state:`): terminating its connections would "
             "cut the bot off from its requests and audit log in the middle of acting, so clear-db never acts on it"
         )
-    if info.is_template and name not in allow:
+    if info.is_template:
         return (
-            f"`{name}` is a template database: clear-db refuses it unless it is listed in "
-            f"`environments.{env}.clear_db.allow`"
+            f"`{name}` is a template database (CREATE DATABASE copies it): clear-db never acts on templates, "
+            "whatever `clear_db.allow` says; use psql for the rare case that needs it"
         )
     if name == "postgres" and name not in allow:
         return (
@@ -181,6 +184,12 @@ def issue_allow_token(store: StateStore, req: dict, oid: int | None) -> str:
     return token
 
 
+def in_category(state: str | None, category: str) -> bool:
+    if category == "idle":
+        return state == "idle"
+    return bool(state and state.startswith("idle in transaction"))
+
+
 def bulk_category(filters: Filters) -> str | None:
     """``idle`` / ``idle-tx`` when the listing's filter is exactly that category with ``--app``, else None."""
     if filters.app is None or len(filters.categories) != 1:
@@ -218,8 +227,7 @@ def offer_for_listing(
     if category is None:
         return None
     env, host = listing.env, listing.host
-    want = STATE_LIKE[category].rstrip("%")
-    chosen: list[Session] = [s for s in listing.sessions if s.state and s.state.startswith(want)]
+    chosen: list[Session] = [s for s in listing.sessions if in_category(s.state, category)]
     if not chosen:
         return BulkOffer(category, None, ())
     max_bulk = config.environments[env].access.max_bulk

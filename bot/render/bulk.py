@@ -56,23 +56,30 @@ def state_counts(states: Iterable[str | None]) -> str:
     return ", ".join(f"{counts[k]} {k}" for k in keys)
 
 
-def group_lines(sessions: Iterable[Mapping], limit: int = MAX_GROUP_LINES) -> list[str]:
-    """One line per (user, application), biggest first: count, states, client addresses."""
+def group_lines(sessions: Iterable[Mapping], limit: int = MAX_GROUP_LINES, chars: int = 2600) -> list[str]:
+    """One line per (user, application), biggest first: count, states, client addresses.
+
+    At most ``limit`` lines and about ``chars`` characters (a section holds 3000), then a line saying
+    how many more groups there are."""
     groups: dict[tuple[str, str], list[Mapping]] = {}
     for s in sessions:
         groups.setdefault((s.get("user") or "?", s.get("application") or ""), []).append(s)
     ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
-    lines = []
+    lines: list[str] = []
+    size = 0
     for (user, app), members in ordered[:limit]:
+        if size > chars:
+            break
         clients = sorted({m.get("client_addr") or "local socket" for m in members})
         shown_clients = ", ".join(esc(c) for c in clients[:3]) + (f" and {len(clients) - 3} more" if len(clients) > 3 else "")
         lines.append(
             f"• user `{esc(user)}` · app {('`' + esc(app) + '`') if app else '–'} · *{len(members)}* "
             f"({state_counts(m.get('state') for m in members)}) · from {shown_clients}"
         )
-    if len(ordered) > limit:
-        rest = sum(len(m) for _, m in ordered[limit:])
-        lines.append(f"• … and {len(ordered) - limit} more user/application pairs ({rest} sessions)")
+        size += len(lines[-1]) + 1
+    if len(ordered) > len(lines):
+        rest = sum(len(m) for _, m in ordered[len(lines):])
+        lines.append(f"• … and {len(ordered) - len(lines)} more user/application pairs ({rest} sessions)")
     return lines
 
 
