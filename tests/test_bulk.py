@@ -387,6 +387,42 @@ def test_block_keeps_a_reconnecting_client_out_until_connections_are_allowed_aga
             pg.primary.sql(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(DB_OWNED)))
 
 
+def test_a_bot_crash_after_blocking_still_leaves_a_way_to_reopen(bot, pg):
+    """The request ends as interrupted (its outcome replaced); the audit log says the database was closed."""
+    from bot.slack.kill_handlers import redraw, workflow
+
+    rt = bot.rt
+    pg.primary.sql(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(DB_OWNED)))
+    try:
+        req = rt.store.create_request(
+            env="test", host="primary", action="clear_db_block", target_token=None,
+            target={"database": DB_OWNED, "sessions": [], "actions": ["clear_db_block"]},
+            requester="U1", reason="maintenance", channel="C1", expires_at=time.time() + 600)
+        posted = rt.client.chat_postMessage(channel="C1", text="placeholder")
+        rt.store.set_message(req["id"], posted["channel"], posted["ts"])
+        with rt.store.tx() as c:
+            rt.store.transition(c, req["id"], "pending", "executing")
+        rt.store.add_audit(None, env="test", host="primary", request_id=req["id"], event="clear_db_block:blocked",
+                           result="ALTER DATABASE … false")
+        wf = workflow(rt)
+        assert [r["id"] for r in wf.recover_interrupted(older_than=0)] == [req["id"]]
+        redraw(rt, rt.store.get_request(req["id"]))
+        before = bot.fake.messages[(posted["channel"], posted["ts"])]
+        assert not [a for a in action_ids(before) if a.startswith("pgs_bulk:allow_connections:")]
+        rt.extensions["bulk_housekeeping"]()
+        msg = bot.fake.messages[(posted["channel"], posted["ts"])]
+        text = text_of(msg)
+        assert "does *not* allow new connections" in text and "the bot stopped while acting" in text
+        rt.extensions["bulk_housekeeping"]()  # nothing more to do: no second redraw
+        assert len(bot.fake.messages[(posted["channel"], posted["ts"])].history) == len(msg.history)
+        reopen = request_flow(bot, msg, bulk_button(msg, "allow_connections"))
+        assert reopen["state"] == "done" and allows_connections(pg, DB_OWNED)
+        wait_until(lambda: ":large_green_circle:" in text_of(bot.fake.messages[(posted["channel"], posted["ts"])]),
+                   what="interrupted request redrawn as reopened")
+    finally:
+        pg.primary.sql(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(DB_OWNED)))
+
+
 def test_a_closed_database_offers_allow_connections_in_clear_db(bot, pg):
     pg.primary.sql(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(DB_OWNED)))
     try:
@@ -530,22 +566,26 @@ def test_max_bulk_caps_terminate_these_n(pg, fake_slack, dbs, sessions):
 
 
 def test_a_long_run_reports_progress_and_keeps_the_request_fresh(bot, pg, sessions, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
     import bot.bulk.execute as execute
 
-    monkeypatch.setattr(execute, "BATCH_SIZE", 10)
+    monkeypatch.setattr(execute, "BATCH_SIZE", 50)
     monkeypatch.setattr(execute, "PROGRESS_EVERY", 0.0)
-    conns = [sessions.open(DB_NOT_OWNED, "fleet") for _ in range(60)]
-    for c in conns:
-        c.execute("SELECT 1")
+    with ThreadPoolExecutor(16) as pool:
+        conns = list(pool.map(lambda _: sessions.open(DB_NOT_OWNED, "fleet"), range(300)))
     msg = post_and_get(bot, f"test clear-db {DB_NOT_OWNED}")
+    assert "*300 sessions* connected" in text_of(msg)
     since = len(bot.fake.calls)
-    req = request_flow(bot, msg, bulk_button(msg, "clear_db"))
-    assert req["state"] == "done" and req["outcome"]["counts"]["ended"] == 60, req["outcome"]
+    req = request_flow(bot, msg, bulk_button(msg, "clear_db"))  # asserts the approval click is answered at once
+    assert req["state"] == "done" and req["outcome"]["counts"]["ended"] == 300, req["outcome"]
+    assert not any(alive(pg, c.info.backend_pid) for c in conns[:: 37])
     updates = [c for c in bot.fake.calls[since:] if c.method == "chat.update" and "handled" in json.dumps(c.params)]
     assert len(updates) >= 3, "no progress was shown while the request ran"
     assert req["updated_at"] >= req["decided_at"]
-    entries = bot.rt.store.audit_entries(request_id=req["id"], limit=200)
-    assert len([e for e in entries if e["event"] == "clear_db:ended"]) == 60
+    entries = bot.rt.store.audit_entries(request_id=req["id"], limit=1000)
+    assert len([e for e in entries if e["event"] == "clear_db:ended"]) == 300
+    assert "*300* ended" in text_of(req["message"]) and "*Size:* 300 sessions" in text_of(req["message"])
 
 
 def test_progress_is_throttled_and_refreshes_updated_at(tmp_path):

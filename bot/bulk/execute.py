@@ -462,3 +462,46 @@ def reopen_sources(wf: Workflow, req: dict, allowed: bool) -> None:
                     hook(fresh)
                 except Exception:
                     log.warning("could not redraw request %s as reopened", other["id"], exc_info=True)
+
+
+def repair_interrupted_blocks(wf: Workflow) -> list[dict]:
+    """Give a blocking clear-db that ended as *interrupted* its database state and reopening button back.
+
+    The workflow ends a request left 'executing' by a stopped bot as failed/interrupted and replaces its
+    outcome, and with it the note that the database was closed. The audit log still knows
+    (``clear_db_block:blocked``): such a request gets the database's current state and, while it is still
+    closed, an *Allow connections again* button, so that a bot crash never leaves a database closed
+    without a visible way back. Returns the requests it changed.
+    """
+    changed = []
+    for req in wf.store.requests_in(("failed",)):
+        out = req.get("outcome") or {}
+        if req["action"] != CLEAR_DB_BLOCK or out.get("status") != "interrupted" or "blocked" in out:
+            continue
+        events = wf.store.audit_entries(request_id=req["id"], limit=100000)
+        blocked = [e for e in events if e["event"] == f"{CLEAR_DB_BLOCK}:blocked"]
+        repaired = {**out, "blocked": bool(blocked), "database": req["target"].get("database")}
+        if blocked:
+            repaired["closed_at"] = min(e["at"] for e in blocked)
+            try:
+                with wf.dbs.connection(req["env"], req["host"], op="clear_db") as conn:
+                    now = database_state(conn, req["target"]["database"])
+            except DatabaseUnavailable:
+                continue  # try again on the next round
+            repaired["allow_connections"] = now[0] if now else None
+            if now is not None and not now[0]:
+                repaired["allow_token"] = issue_allow_token(wf.store, req, now[1])
+            elif now is not None:
+                repaired["reopened"] = {"request": None, "at": time.time(), "by": None}
+        with wf.store.tx() as c:
+            if not wf.store.transition(c, req["id"], "failed", "failed", outcome=repaired):
+                continue
+        fresh = wf.store.get_request(req["id"])
+        changed.append(fresh)
+        hook = _redraw_hook(wf)
+        if hook is not None and fresh is not None and blocked:
+            try:
+                hook(fresh)
+            except Exception:
+                log.warning("could not redraw interrupted request %s", req["id"], exc_info=True)
+    return changed

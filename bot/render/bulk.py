@@ -252,13 +252,14 @@ def _scope_lines(action: str, env: str, host: str, t: Mapping) -> list[str]:
         lines = []
         if action == CLEAR_DB_BLOCK:
             lines.append(
-                f"*First block new connections* to `{db}` on {where(env, host)} "
-                f"(`ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false`), then"
+                f"*Block new connections* to `{db}` on {where(env, host)} "
+                f"(`ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false`)" + (", then" if n else ".")
             )
-        lines.append(
-            f"*terminate {_plural(n, 'session')}* connected to `{db}` when it was listed, by pid and start time "
-            "(sessions that connect later are not touched; the bot's own connections never)."
-        )
+        if n or action == CLEAR_DB:
+            lines.append(
+                f"*terminate {_plural(n, 'session')}* connected to `{db}` when it was listed, by pid and start time "
+                "(sessions that connect later are not touched; the bot's own connections never)."
+            )
         if action == CLEAR_DB_BLOCK:
             lines.append("The database stays closed until someone uses *Allow connections again* (also approved).")
         return lines
@@ -315,6 +316,8 @@ def _headline(req: Mapping) -> str:
     if action == CLEAR_DB:
         return f"Terminate all {_plural(n, 'session')} of database {t.get('database')} on {env}"
     if action == CLEAR_DB_BLOCK:
+        if not n:
+            return f"Block new connections to {t.get('database')} on {env}"
         return f"Block new connections to {t.get('database')} and terminate all {n} on {env}"
     if action == ALLOW_CONNECTIONS:
         return f"Allow connections to {t.get('database')} again on {env}"

@@ -13,7 +13,7 @@ import re
 
 from slack_sdk.errors import SlackApiError
 
-import bot.bulk.execute  # noqa: F401  (registers the bulk executors with the workflow)
+from bot.bulk.execute import repair_interrupted_blocks  # importing it registers the bulk executors
 from bot.bulk.targets import (
     ALLOW_CONNECTIONS,
     BULK_ACTIONS,
@@ -147,6 +147,12 @@ def register(app, rt, router) -> None:
 
     rt.extensions["listing_extra"] = listing_extra
     router.on(ClearDb)(handle_clear_db)
+
+    def housekeeping() -> None:
+        repair_interrupted_blocks(wf)
+
+    rt.scheduler.add_job(housekeeping, "interval", seconds=30, id="pgs-bulk-housekeeping", replace_existing=True)
+    rt.extensions["bulk_housekeeping"] = housekeeping
 
     @app.action(ANY_BULK_ACTION)
     def on_bulk_click(ack, body, action, respond, client):
