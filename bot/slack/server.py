@@ -109,9 +109,12 @@ def _verifier(rt: Runtime):
     checker = SignatureVerifier(rt.slack.signing_secret or "")
 
     def verify(body: bytes, environ) -> bool:
-        return bool(rt.slack.signing_secret) and checker.is_valid(
-            body, environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP", ""), environ.get("HTTP_X_SLACK_SIGNATURE", "")
-        )
+        try:
+            return bool(rt.slack.signing_secret) and checker.is_valid(
+                body, environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP", ""), environ.get("HTTP_X_SLACK_SIGNATURE", "")
+            )
+        except ValueError:  # a timestamp that is not a number
+            return False
 
     return verify
 
