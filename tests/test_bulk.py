@@ -530,7 +530,7 @@ def test_terminate_these_n_for_idle_in_transaction(bot, pg, sessions):
     req = request_flow(bot, listing, bulk_button(listing, "terminate_bulk"))
     assert req["state"] == "done" and req["outcome"]["counts"]["ended"] == 2, req["outcome"]
     assert all(not alive(pg, h.info.backend_pid) for h in holders)
-    assert f"idle in transaction of app `{app}`" in text_of(req["message"])
+    assert f"of app `{app}` that are idle in transaction" in text_of(req["message"])
 
 
 @pytest.mark.parametrize(

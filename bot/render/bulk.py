@@ -218,7 +218,7 @@ def bulk_offer_blocks(
     beyond = n - min(drawn, n)
     scope = f"the {min(drawn, n)} drawn above" + (f" and {beyond} more found by the same filter" if beyond else "")
     text = (
-        f":broom: *Terminate these {n}* sessions {esc(what)} of app `{esc(app)}` ({scope}; filter `{esc(filters)}`).\n"
+        f":broom: *Terminate these {n}* sessions of app `{esc(app)}` that are {esc(what)} ({scope}; filter `{esc(filters)}`).\n"
         + "\n".join(group_lines(sessions, limit=5))
     )
     notes = [
@@ -244,8 +244,8 @@ def _scope_lines(action: str, env: str, host: str, t: Mapping) -> list[str]:
     if action == TERMINATE_BULK:
         what = STATE_WORDS.get(t.get("category", ""), "matching")
         return [
-            f"*Terminate {_plural(n, 'session')}* {esc(what)} of app `{esc(t.get('app') or '?')}` on {where(env, host)} "
-            f"(filter `{esc(t.get('filters') or '')}`).",
+            f"*Terminate {_plural(n, 'session')}* of app `{esc(t.get('app') or '?')}` that {'is' if n == 1 else 'are'} "
+            f"{esc(what)} on {where(env, host)} (filter `{esc(t.get('filters') or '')}`).",
             "Only the sessions listed, by pid and start time; any used again before the approval is skipped.",
         ]
     if action in (CLEAR_DB, CLEAR_DB_BLOCK):
@@ -381,7 +381,7 @@ def bulk_request_message(
     counts = out.get("counts") or (out.get("progress") or {}).get("counts")
     if counts and (n or sum(counts.values())):
         details.append(_counts_line(counts))
-    if out.get("detail") and state in ("done", "failed"):
+    if out.get("detail") and state in ("done", "failed") and not (out.get("status") == "done" and counts):
         details.append(f"*Outcome:* {esc(out['detail'])}")
     if out.get("arrived"):
         details.append(
@@ -437,7 +437,8 @@ def bulk_request_message(
         if out.get("finished_at") and state in ("done", "failed"):
             times += f" · finished {slack_time(_dt(out['finished_at']))}"
             if out.get("duration_s") is not None:
-                times += f" in {format_duration(out['duration_s'])}"
+                d = float(out["duration_s"])
+                times += f" in {d:.1f}s" if d < 10 else f" in {format_duration(d)}"
         blocks.append(context(times))
     text = f"{_headline(req)} (requested by <@{req['requester']}>): {state}"
     if out.get("detail") and state in ("done", "failed"):
