@@ -425,3 +425,124 @@ def test_a_lag_alert_appears_and_resolves_after_an_approved_terminate(pg, tmp_pa
                        "WHERE application_name = 'shell-report'")
         pg.set_standby_delay("30s")
         pg.wait_replayed(timeout=15)
+
+
+# --- the local Slack Web API (in-process, no database) ---------------------------------------------
+
+
+class Seen:
+    def __init__(self):
+        self.events: list[tuple[str, object]] = []
+
+    def posted(self, msg):
+        self.events.append(("posted", msg.no))
+
+    def edited(self, msg):
+        self.events.append(("edited", msg.no))
+
+    def deleted(self, msg):
+        self.events.append(("deleted", msg.no))
+
+    def view_opened(self, view):
+        self.events.append(("view", view.id))
+
+    def view_updated(self, view):
+        self.events.append(("view_updated", view.id))
+
+    def notice(self, text):
+        self.events.append(("notice", text))
+
+
+def test_local_web_api_answers_like_slack():
+    import json
+    import urllib.request
+
+    from slack_sdk import WebClient
+    from slack_sdk.errors import SlackApiError
+
+    from bot.shell.webapi import Workspace
+
+    seen = Seen()
+    ws = Workspace("xoxb-t", users={"U1": "alice"}, groups={"S0DBAS": ["U1"]}, listener=seen).start()
+    try:
+        client = WebClient(token="xoxb-t", base_url=ws.api_url)
+        assert client.auth_test()["user_id"]
+        with pytest.raises(SlackApiError) as bad_token:
+            WebClient(token="xoxb-other", base_url=ws.api_url).auth_test()
+        assert bad_token.value.response["error"] == "invalid_auth"
+        posted = client.chat_postMessage(channel="C1", text="t", blocks=[header("H")])
+        no = ws._by_ts[("C1", posted["ts"])]
+        # an unchanged update is not shown again; a changed one is
+        client.chat_update(channel="C1", ts=posted["ts"], text="t", blocks=[header("H")])
+        client.chat_update(channel="C1", ts=posted["ts"], text="t2", blocks=[header("H2")])
+        assert seen.events == [("posted", no), ("edited", no)]
+        # Slack's limits: rejected, and said so in the terminal
+        with pytest.raises(SlackApiError) as too_many:
+            client.chat_postMessage(channel="C1", text="t", blocks=[divider()] * 51)
+        assert too_many.value.response["error"] == "invalid_blocks"
+        assert seen.events[-1][0] == "notice" and "no more than 50" in str(seen.events[-1][1])
+        assert client.usergroups_users_list(usergroup="S0DBAS")["users"] == ["U1"]
+        assert client.users_info(user="U1")["user"]["name"] == "alice"
+        # a trigger_id works once and only if this workspace issued it
+        tid = ws.trigger_id("U1")
+        view = {"type": "modal", "title": {"type": "plain_text", "text": "T"}, "blocks": [section("x")]}
+        assert client.views_open(trigger_id=tid, view=view)["view"]["id"]
+        with pytest.raises(SlackApiError) as reused:
+            client.views_open(trigger_id=tid, view=view)
+        assert reused.value.response["error"] == "invalid_trigger_id"
+        # response_url: replace_original edits the message it belongs to; 5 uses at most
+        url = ws.response_url("C1", "U1", no)
+
+        def respond(body: dict) -> int:
+            req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - local URL
+                    return resp.status
+            except urllib.error.HTTPError as err:
+                return err.code
+
+        assert respond({"replace_original": True, "text": "replaced"}) == 200
+        assert ws.message(no).text == "replaced" and seen.events[-1] == ("edited", no)
+        assert respond({"text": "just for you"}) == 200
+        eph = ws.message(max(ws.messages))
+        assert eph.ephemeral_to == "U1" and eph.text == "just for you"
+        assert [respond({"text": "again"}) for _ in range(4)] == [200, 200, 200, 404]
+    finally:
+        ws.stop()
+
+
+def test_demo_shows_the_trouble_and_removes_everything(tmp_path):
+    import re
+
+    from bot.shell.cluster import ClusterError, bindir
+
+    try:
+        bindir()
+    except ClusterError as exc:
+        pytest.skip(str(exc))
+    script = "\n".join([
+        "demo",
+        "demo replica1",
+        "wait 40 Replication lag on",
+        "demo idle --app api-pool --older 1s",
+    ]) + "\n"
+    result = subprocess.run([sys.executable, "-m", "bot.shell.demo"], input=script, capture_output=True, text=True,
+                            timeout=180, cwd=tmp_path, env=shell_env())
+    out = clean(result)
+    base = re.search(r"\(in (/\S+); config", out).group(1)
+    assert f"Stopped the demo servers and removed {base}." in out
+    assert not os.path.exists(base)
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            assert base not in cmdline.read_bytes().decode(errors="replace"), "a demo server is still running"
+        except OSError:
+            pass
+    listing = out.split("> demo replica1")[0]
+    assert "app `billing-worker`" in listing and "blocks 1 session" in listing and "blocked by pid" in listing
+    assert "app `monthly-report`" in listing and "pg_sleep(3600)" in listing
+    standby = out.split("> demo replica1")[1].split("> wait 40")[0]
+    assert "Sessions on demo / replica1 (standby)" in standby and "app `analytics`" in standby
+    alert = out.split("> wait 40 Replication lag on")[1]
+    assert "pgsessions in #C0ALERTS" in alert and "lock conflict" in alert
+    assert "Terminate these 8" in out.split("> demo idle --app api-pool --older 1s")[1]

@@ -32,8 +32,9 @@ def add_parser(subparsers, common) -> None:
                    "(careful: a state shared with a running bot shares its requests and alerts)")
     p.add_argument("--wait", dest="settle_limit", type=float, default=15.0, metavar="SECONDS",
                    help="the longest wait for the bot's answer before the next line is read (default 15)")
-    # quieter than `serve`: the chat is the output; warnings and errors still show on stderr
-    p.set_defaults(func=run, config=None, log_level=os.environ.get("LOG_LEVEL", "WARNING"))
+    # quieter than `serve`: the chat is the output (the bot's warnings, e.g. about lag, are in the chat
+    # anyway); --log-level WARNING or INFO shows its log lines on stderr
+    p.set_defaults(func=run, config=None, log_level=os.environ.get("LOG_LEVEL", "ERROR"))
 
 
 def resolve_config(path: str | None) -> tuple[Config | None, str]:
