@@ -123,8 +123,12 @@ def run(args) -> int:
             return 2
         banner.append("(no config file: using the local PostgreSQL with libpq defaults; "
                       "--config FILE for your own)")
-    shell = Shell(config, user=args.as_user, channel=args.channel, state=args.state, out=out,
-                  settle_limit=args.settle_limit)
+    try:
+        shell = Shell(config, user=args.as_user, channel=args.channel, state=args.state, out=out,
+                      settle_limit=args.settle_limit)
+    except ValueError as exc:
+        print(f"pgsessions shell: --as: {exc}", file=sys.stderr)
+        return 2
     _interrupt_on(signal.SIGTERM, signal.SIGHUP)
     try:
         try:

@@ -21,7 +21,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -149,7 +148,11 @@ class Shell:
         group_names = {gid: name for name, gid in self.people.items() if gid[:1] == "S"}
         default_user = next(iter(user_names), None)
         if user:
-            self.user = self._resolve_user(user) or user
+            resolved = self._resolve_user(user)
+            if resolved is None:
+                known = ", ".join(user_names.values()) or "none in the config"
+                raise ValueError(f"who is {user!r}? Give a name from the config's users ({known}) or a Slack id U...")
+            self.user = resolved
         else:
             self.user = default_user or "U0YOU"
             if default_user is None:
@@ -227,8 +230,9 @@ class Shell:
             finally:
                 self.rt = None
         executor = getattr(getattr(self.app, "listener_runner", None), "listener_executor", None)
-        if isinstance(executor, TrackedExecutor) and isinstance(executor.inner, ThreadPoolExecutor):
-            executor.inner.shutdown(wait=False, cancel_futures=True)
+        if isinstance(executor, TrackedExecutor):
+            with contextlib.suppress(Exception):
+                executor.shutdown(wait=False, cancel_futures=True)
         self.ws.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
@@ -630,7 +634,7 @@ class Shell:
         self.say(*self.render_message(self.ws.message(int(what))))  # type: ignore[arg-type]
 
     def list_messages(self) -> None:
-        msgs = sorted(self.ws.messages.values(), key=lambda m: m.no)
+        msgs = self.ws.all_messages()
         if not msgs:
             self.say("(no messages yet)")
             return
@@ -677,7 +681,7 @@ class Shell:
     def _on_screen(self) -> list[str]:
         """Every message as it stands now, as text (for `wait N TEXT`)."""
         r = BlockRenderer(self.names)
-        msgs = [m for m in list(self.ws.messages.values()) if not m.deleted]
+        msgs = [m for m in self.ws.all_messages() if not m.deleted]
         return ["\n".join(r.message(m.text, m.blocks, m.attachments)) for m in msgs]
 
     def wait(self, rest: str) -> None:

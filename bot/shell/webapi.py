@@ -342,6 +342,11 @@ class Workspace:
         with self._lock:
             return self.messages.get(no)
 
+    def all_messages(self) -> list[Message]:
+        """Every message so far, oldest first (a copy: safe while the bot posts)."""
+        with self._lock:
+            return sorted(self.messages.values(), key=lambda m: m.no)
+
     def view(self, view_id: str) -> View | None:
         with self._lock:
             return self.views.get(view_id)
