@@ -175,7 +175,11 @@ def build_app(rt: Runtime, router: Router | None = None) -> App:
             if response is not None:
                 response.status, response.body = 200, ""
             return
-        logger.error("unhandled error in a listener: %s", type(error).__name__)  # pragma: no cover
+        # Bolt answers 500 for an error raised before ack (e.g. its matchers on a payload without an
+        # action_id); Slack must never see a 500: log it and answer 200 with nothing.
+        logger.error("unhandled error while handling a Slack request: %s", type(error).__name__)
+        if response is not None and response.status >= 500:
+            response.status, response.body = 200, ""
 
     return app
 
