@@ -61,6 +61,8 @@ def redraw(rt, req: dict) -> None:
         rt.client.chat_update(channel=req["channel"], ts=req["message_ts"], **render_request(rt, req))
     except SlackApiError as exc:
         log.warning("could not update request %s message: %s", req["id"], exc.response.get("error"))
+    except Exception as exc:  # Slack unreachable after retries: the state is safe in the store
+        log.warning("could not update request %s message: %s", req["id"], type(exc).__name__)
 
 
 def tell(rt, respond, channel: str | None, user: str, text: str) -> None:
@@ -76,6 +78,8 @@ def tell(rt, respond, channel: str | None, user: str, text: str) -> None:
             rt.client.chat_postEphemeral(channel=channel, user=user, text=text)
         except SlackApiError as exc:
             log.warning("could not answer %s: %s", user, exc.response.get("error"))
+        except Exception as exc:  # Slack unreachable: the answer is lost, the decision is not
+            log.warning("could not answer %s: %s", user, type(exc).__name__)
 
 
 def _channel_of(body: dict) -> str | None:
@@ -184,13 +188,14 @@ def _post_request(rt, req: dict, user: str, respond=None) -> None:
 
 def _decide(rt, wf: Workflow, request_id: str, user: str, verdict: str, channel: str | None, respond=None) -> None:
     result: Result = wf.decide(request_id, user, verdict)
-    if not result.ok:
-        tell(rt, respond, channel, user, f":no_entry_sign: {result.message}")
+    # the shared message first: it is the record everyone sees; the personal notice is best effort
     if result.changed and result.request is not None:
         redraw(rt, rt.store.get_request(result.request["id"]) or result.request)
     if result.extra.get("execute"):
         done = wf.execute(result.request)
         redraw(rt, done.request or result.request)
+    if not result.ok:
+        tell(rt, respond, channel, user, f":no_entry_sign: {result.message}")
 
 
 def _housekeeping(rt, wf: Workflow) -> None:
