@@ -42,6 +42,7 @@ from bot.postgres.bulk import (
     terminate_batch,
 )
 from bot.postgres.pools import DatabaseUnavailable
+from bot.state.store import requests as requests_table
 
 log = logging.getLogger(__name__)
 
@@ -441,7 +442,7 @@ def reopen_sources(wf: Workflow, req: dict, allowed: bool) -> None:
         return
     db = req["target"]["database"]
     hook = _redraw_hook(wf)
-    for other in wf.store.requests_in(("done", "failed"), env=req["env"]):
+    for other in _closing_requests(wf, req["env"]):
         out = other.get("outcome") or {}
         if (
             other["action"] != CLEAR_DB_BLOCK
@@ -474,7 +475,7 @@ def repair_interrupted_blocks(wf: Workflow) -> list[dict]:
     without a visible way back. Returns the requests it changed.
     """
     changed = []
-    for req in wf.store.requests_in(("failed",)):
+    for req in _interrupted_blocks(wf):
         out = req.get("outcome") or {}
         if req["action"] != CLEAR_DB_BLOCK or out.get("status") != "interrupted" or "blocked" in out:
             continue
@@ -505,3 +506,32 @@ def repair_interrupted_blocks(wf: Workflow) -> list[dict]:
             except Exception:
                 log.warning("could not redraw interrupted request %s", req["id"], exc_info=True)
     return changed
+
+
+# Narrow reads of the requests table (the store's requests_in() decodes every finished request, snapshots
+# of hundreds of sessions included); the outcome JSON is written by json.dumps, so these LIKE patterns
+# pre-select and the callers check the decoded outcome exactly.
+
+
+def _select_requests(wf: Workflow, *conditions) -> list[dict]:
+    from sqlalchemy import select
+
+    t = requests_table
+    with wf.store.engine.connect() as c:
+        ids = [r[0] for r in c.execute(select(t.c.id).where(t.c.action == CLEAR_DB_BLOCK, *conditions))]
+    return [r for r in (wf.store.get_request(i) for i in ids) if r is not None]
+
+
+def _closing_requests(wf: Workflow, env: str) -> list[dict]:
+    t = requests_table
+    return _select_requests(
+        wf, t.c.env == env, t.c.state.in_(("done", "failed")), t.c.outcome.like('%"blocked": true%'),
+        ~t.c.outcome.like('%"reopened"%'),
+    )
+
+
+def _interrupted_blocks(wf: Workflow) -> list[dict]:
+    t = requests_table
+    return _select_requests(
+        wf, t.c.state == "failed", t.c.outcome.like('%"interrupted"%'), ~t.c.outcome.like('%"blocked"%'),
+    )

@@ -118,6 +118,9 @@ def listing_offer(rt, cmd: ListSessions, listing, body: dict) -> list[dict]:
         )
     except DatabaseUnavailable as exc:
         return [context(f":warning: *Terminate these N* is not offered: {esc(str(exc))}")]
+    except Exception:  # the listing itself must still be posted
+        log.exception("preparing Terminate these N failed")
+        return [context(":warning: *Terminate these N* is not offered: the bot failed while preparing it (see logs).")]
     if offer is None:
         return []
     drawn = min(len(listing.sessions), rt.config.environments[cmd.env].listing.max_sessions)
