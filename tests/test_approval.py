@@ -485,3 +485,20 @@ def test_no_secret_in_any_message(pg, fake_slack, victim):
         [r.body for r in fake_slack.responses], default=str)
     assert pw not in everything
     assert "password" not in everything.lower()
+
+
+def test_old_button_tokens_are_purged_and_then_act_on_nothing(bot, victim):
+    from bot.slack.kill_handlers import TOKEN_RETENTION, _purge_tokens
+
+    conn, app = victim
+    pid = conn.info.backend_pid
+    msg = post_listing(bot, f"test --app {app} --min 0s")
+    token = find_button(msg, f"Terminate {pid}")["value"]
+    fresh = find_button(post_listing(bot, f"test --app {app} --min 0s"), f"Terminate {pid}")["value"]
+    with bot.rt.store.tx() as c:
+        c.execute(sqltext("UPDATE pgs_targets SET created_at = created_at - :age WHERE token = :t"),
+                  {"age": TOKEN_RETENTION + 60, "t": token})
+    assert _purge_tokens(bot.rt) == 1
+    assert bot.rt.store.get_target(token) is None and bot.rt.store.get_target(fresh) is not None
+    bot.slack.block_action(f"pgs_kill:terminate:{token}", token, user_id="U1", message=msg)
+    ephemeral_to(bot, "U1", "not known to the bot")

@@ -160,6 +160,9 @@ def register(app, rt, router) -> None:
         lambda: _housekeeping(rt, wf), "interval", seconds=10, id="pgs-requests-housekeeping", replace_existing=True
     )
     rt.extensions["kill_housekeeping"] = lambda: _housekeeping(rt, wf)
+    rt.scheduler.add_job(
+        lambda: _purge_tokens(rt), "interval", hours=1, id="pgs-purge-tokens", replace_existing=True
+    )
 
 
 def _hidden_env(rt, env: str, channel: str | None) -> bool:
@@ -203,3 +206,15 @@ def _housekeeping(rt, wf: Workflow) -> None:
         redraw(rt, req)
     for req in wf.recover_interrupted():
         redraw(rt, req)
+
+
+# Button tokens older than this act on nothing ("not known to the bot"); requests keep their own copy
+# of the target, so purging never touches a request. A week covers the longest lag incident's buttons.
+TOKEN_RETENTION = 7 * 86400
+
+
+def _purge_tokens(rt) -> int:
+    removed = rt.store.purge_targets(time.time() - TOKEN_RETENTION)
+    if removed:
+        log.info("purged %d button tokens older than %d days", removed, TOKEN_RETENTION // 86400)
+    return removed
