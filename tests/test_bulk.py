@@ -232,6 +232,22 @@ def bot(pg, fake_slack, dbs):
     fake_slack.assert_clean()
 
 
+def state_url(pg) -> str:
+    from psycopg.conninfo import conninfo_to_dict
+
+    p = conninfo_to_dict(pg.primary.dsn(user="pgsessions_bot", dbname=DB_STATE))
+    return f"postgresql://pgsessions_bot@{p['host']}:{p['port']}/{DB_STATE}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_state_bot(request, pg, fake_slack, dbs):
+    """The bot with its state in SQLite, or in PostgreSQL (on the same server, database DB_STATE)."""
+    state = None if request.param == "sqlite" else state_url(pg)
+    with BotUnderTest(bot_config(pg), fake_slack, state=state) as b:
+        yield b
+    fake_slack.assert_clean()
+
+
 # ---- clear-db ------------------------------------------------------------------------------------
 
 
@@ -340,7 +356,8 @@ def test_terminate_all_spares_the_bot_the_latecomers_and_lets_a_reconnecting_cli
     fake_slack.assert_clean()
 
 
-def test_block_keeps_a_reconnecting_client_out_until_connections_are_allowed_again(bot, pg, sessions):
+def test_block_keeps_a_reconnecting_client_out_until_connections_are_allowed_again(any_state_bot, pg, sessions):
+    bot = any_state_bot
     victims = [sessions.open(DB_OWNED, "app") for _ in range(2)]
     for v in victims:
         v.execute("SELECT 1")
@@ -437,12 +454,8 @@ def test_a_closed_database_offers_allow_connections_in_clear_db(bot, pg):
 
 
 def test_refused_targets(pg, fake_slack, dbs):
-    state = pg.primary.dsn(user="pgsessions_bot", dbname=DB_STATE)
-    from psycopg.conninfo import conninfo_to_dict
-
-    p = conninfo_to_dict(state)
-    state_url = f"postgresql://pgsessions_bot@{p['host']}:{p['port']}/{DB_STATE}"
-    with BotUnderTest(bot_config(pg), fake_slack, state=state_url) as bot:
+    with BotUnderTest(bot_config(pg), fake_slack, state=state_url(pg)) as bot:
+        audited = bot.rt.store.audit_count()
         answer = ephemeral_answer(bot, f"test clear-db {DB_STATE}")
         assert "bot's own state database" in answer, answer
         answer = ephemeral_answer(bot, "test clear-db template1")
@@ -454,10 +467,10 @@ def test_refused_targets(pg, fake_slack, dbs):
         reply = bot.command("test clear-db")
         assert "exactly one database name" in reply.json()["text"]
         assert not fake_slack.calls_for("chat.postMessage")
-        assert bot.rt.store.audit_count() == 0
+        assert bot.rt.store.audit_count() == audited
     # the state database is refused even when clear_db.allow lists it
     cfg = bot_config(pg, clear_db={"allow": ["postgres", DB_STATE, "template1"]})
-    with BotUnderTest(cfg, fake_slack, state=state_url) as bot:
+    with BotUnderTest(cfg, fake_slack, state=state_url(pg)) as bot:
         assert "bot's own state database" in ephemeral_answer(bot, f"test clear-db {DB_STATE}")
         assert "never acts on templates" in ephemeral_answer(bot, "test clear-db template1")
         msg = post_and_get(bot, "test clear-db postgres")
@@ -533,6 +546,16 @@ def test_terminate_these_n_for_idle_in_transaction(bot, pg, sessions):
     assert f"of app `{app}` that are idle in transaction" in text_of(req["message"])
 
 
+@pytest.fixture(scope="module")
+def offer_session(pg, dbs):
+    """One session idle for more than 1 s, shared by the offer tests (nothing terminates it)."""
+    s = Sessions(pg)
+    s.open(DB_IDLE, "bulk-offer").execute("SELECT 1")
+    time.sleep(1.2)
+    yield
+    s.close()
+
+
 @pytest.mark.parametrize(
     "text, offered",
     [
@@ -543,9 +566,7 @@ def test_terminate_these_n_for_idle_in_transaction(bot, pg, sessions):
         ("test --app bulk-offer", False),
     ],
 )
-def test_terminate_these_n_is_offered_only_for_one_category_with_app(bot, sessions, text, offered):
-    sessions.open(DB_IDLE, "bulk-offer").execute("SELECT 1")
-    time.sleep(1.2)
+def test_terminate_these_n_is_offered_only_for_one_category_with_app(bot, offer_session, text, offered):
     listing = post_and_get(bot, text)
     has = any(a.startswith("pgs_bulk:terminate_bulk:") for a in action_ids(listing))
     assert has is offered, (text, action_ids(listing))
