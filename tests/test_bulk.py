@@ -440,6 +440,31 @@ def test_a_bot_crash_after_blocking_still_leaves_a_way_to_reopen(bot, pg):
         pg.primary.sql(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(DB_OWNED)))
 
 
+def test_housekeeping_keeps_a_closed_databases_message_true(bot, pg):
+    msg = post_and_get(bot, f"test clear-db {DB_OWNED}")
+    assert "No client session" in text_of(msg)
+    req = request_flow(bot, msg, bulk_button(msg, "clear_db_block"))  # block only: nobody is connected
+    assert req["state"] == "done" and not allows_connections(pg, DB_OWNED), req["outcome"]
+    where_ = (req["message"].channel, req["message"].ts)
+    old = bulk_button(req["message"], "allow_connections")
+    try:
+        bot.rt.extensions["bulk_housekeeping"]()
+        assert bulk_button(bot.fake.messages[where_], "allow_connections") == old  # nothing to change yet
+        # button tokens are purged after a week: a closed database's button gets a fresh one in time
+        bot.rt.store.purge_targets(time.time() + 1)
+        bot.rt.extensions["bulk_housekeeping"]()
+        fresh = bulk_button(bot.fake.messages[where_], "allow_connections")
+        assert fresh != old and bot.rt.store.get_target(fresh.rsplit(":", 1)[1]) is not None
+        # reopened by hand: the message stops claiming it is closed, and offers nothing
+        pg.primary.sql(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(DB_OWNED)))
+        bot.rt.extensions["bulk_housekeeping"]()
+        now = bot.fake.messages[where_]
+        assert ":large_green_circle:" in text_of(now) and "outside the bot" in text_of(now)
+        assert not [a for a in action_ids(now) if a.startswith("pgs_bulk:")]
+    finally:
+        pg.primary.sql(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(DB_OWNED)))
+
+
 def test_a_closed_database_offers_allow_connections_in_clear_db(bot, pg):
     pg.primary.sql(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(DB_OWNED)))
     try:

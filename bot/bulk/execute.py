@@ -508,6 +508,55 @@ def repair_interrupted_blocks(wf: Workflow) -> list[dict]:
     return changed
 
 
+def refresh_closed_databases(wf: Workflow, token_max_age: float = 6 * 86400) -> list[dict]:
+    """Keep every message that shows a database closed by the bot true, and its button working.
+
+    For each blocking request whose database the bot has not reopened: if the database now allows
+    connections (someone ran ALTER DATABASE by hand) or no longer exists, the message says so and loses
+    its button; while it stays closed, an *Allow connections again* token about to be purged (button
+    tokens live a week) is replaced by a fresh one. Returns the requests it changed.
+    """
+    changed = []
+    now = time.time()
+    for env in wf.config.environments:
+        for req in _closing_requests(wf, env):
+            out = req.get("outcome") or {}
+            if not out.get("blocked") or out.get("reopened"):
+                continue
+            db = req["target"].get("database")
+            try:
+                with wf.dbs.connection(env, req["host"], op="clear_db") as conn:
+                    state = database_state(conn, db)
+            except DatabaseUnavailable:
+                continue
+            if state is None:
+                new = {**out, "allow_connections": None, "reopened": {"request": None, "at": now, "by": None,
+                                                                      "how": "dropped"}}
+            elif state[0]:
+                new = {**out, "allow_connections": True, "reopened": {"request": None, "at": now, "by": None,
+                                                                      "how": "outside the bot"}}
+            else:
+                token = out.get("allow_token")
+                target = wf.store.get_target(token) if token else None
+                if target is not None and target["created_at"] >= now - token_max_age:
+                    continue
+                new = {**out, "allow_connections": False, "allow_token": issue_allow_token(wf.store, req, state[1])}
+            with wf.store.tx() as c:
+                if not wf.store.transition(c, req["id"], req["state"], req["state"], outcome=new):
+                    continue
+            fresh = wf.store.get_request(req["id"])
+            if fresh is None:
+                continue
+            changed.append(fresh)
+            hook = _redraw_hook(wf)
+            if hook is not None:
+                try:
+                    hook(fresh)
+                except Exception:
+                    log.warning("could not redraw request %s", req["id"], exc_info=True)
+    return changed
+
+
 # Narrow reads of the requests table (the store's requests_in() decodes every finished request, snapshots
 # of hundreds of sessions included); the outcome JSON is written by json.dumps, so these LIKE patterns
 # pre-select and the callers check the decoded outcome exactly.

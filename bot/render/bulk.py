@@ -403,10 +403,14 @@ def bulk_request_message(
         line = database_state_line(db, allow)
         if out.get("blocked") and out.get("closed_at") and not reopened:
             line += f" · closed by this request {slack_time(_dt(out['closed_at']))}"
-        if reopened:
+        if reopened and reopened.get("how") == "dropped":
+            line = f":wastebasket: `{esc(db)}` no longer exists (seen {slack_time(_dt(reopened.get('at')))})"
+        elif reopened:
             line += f" · reopened {slack_time(_dt(reopened.get('at')))}"
             if reopened.get("by"):
                 line += " (approved by " + ", ".join(f"<@{u}>" for u in str(reopened["by"]).split(",") if u) + ")"
+            elif reopened.get("how"):
+                line += f" ({esc(reopened['how'])})"
         blocks.append(section(line))
         token = out.get("allow_token")
         if token and out.get("blocked") and not reopened and state in ("done", "failed"):

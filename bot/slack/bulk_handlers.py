@@ -13,7 +13,8 @@ import re
 
 from slack_sdk.errors import SlackApiError
 
-from bot.bulk.execute import repair_interrupted_blocks  # importing it registers the bulk executors
+# importing bot.bulk.execute registers the bulk executors with the workflow
+from bot.bulk.execute import refresh_closed_databases, repair_interrupted_blocks
 from bot.bulk.targets import (
     ALLOW_CONNECTIONS,
     BULK_ACTIONS,
@@ -153,6 +154,7 @@ def register(app, rt, router) -> None:
 
     def housekeeping() -> None:
         repair_interrupted_blocks(wf)
+        refresh_closed_databases(wf)
 
     rt.scheduler.add_job(housekeeping, "interval", seconds=30, id="pgs-bulk-housekeeping", replace_existing=True)
     rt.extensions["bulk_housekeeping"] = housekeeping
