@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 import re
 
-from slack_sdk.errors import SlackApiError
-
 # importing bot.bulk.execute registers the bulk executors with the workflow
 from bot.bulk.execute import refresh_closed_databases, repair_interrupted_blocks
 from bot.bulk.targets import (
@@ -33,7 +31,7 @@ from bot.postgres.bulk import connected_to, database_info, database_names
 from bot.postgres.pools import DatabaseUnavailable
 from bot.render.bulk import BULK_PREFIX, bulk_modal, bulk_offer_blocks, bulk_request_message, clear_db_message
 from bot.render.common import context, esc
-from bot.slack.kill_handlers import REQUEST_RENDERERS, _channel_of, redraw, tell, workflow
+from bot.slack.kill_handlers import REQUEST_RENDERERS, open_request_form, redraw, workflow
 from bot.slack.listing_handlers import kill_disabled_reason
 
 log = logging.getLogger(__name__)
@@ -162,24 +160,6 @@ def register(app, rt, router) -> None:
     @app.action(ANY_BULK_ACTION)
     def on_bulk_click(ack, body, action, respond, client):
         ack()
-        user = (body.get("user") or {}).get("id", "")
-        channel = _channel_of(body)
-        m = BULK_ACTION.match(action.get("action_id", ""))
-        if not m or action.get("value") != m.group(2):
-            tell(rt, respond, channel, user, ":no_entry_sign: That button is not one the bot drew; nothing was done.")
-            return
-        kind, token = m.group(1), m.group(2)
-        target, refusal = wf.target_for(token, kind, user, channel)
-        if target is None:
-            tell(rt, respond, channel, user, f":no_entry_sign: Not possible: {refusal}.")
-            return
-        environment = rt.config.environments[target["env"]]
-        view = bulk_modal(target, kind, token, channel, environment.access.require_reason)
-        try:
-            client.views_open(trigger_id=body.get("trigger_id"), view=view)
-        except SlackApiError as exc:
-            log.warning("views.open failed: %s", exc.response.get("error"))
-            tell(rt, respond, channel, user, ":warning: Slack did not open the request form in time; please click again.")
-
+        open_request_form(rt, wf, body, action, respond, client, BULK_ACTION, bulk_modal)
 
 __all__ = ["ALLOW_CONNECTIONS", "CLEAR_DB", "CLEAR_DB_BLOCK", "handle_clear_db", "listing_offer", "register"]

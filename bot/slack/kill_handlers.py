@@ -92,24 +92,7 @@ def register(app, rt, router) -> None:
     @app.action(ANY_KILL_ACTION)
     def on_kill_click(ack, body, action, respond, client):
         ack()
-        user = (body.get("user") or {}).get("id", "")
-        channel = _channel_of(body)
-        m = KILL_ACTION.match(action.get("action_id", ""))
-        if not m or action.get("value") != m.group(2):
-            tell(rt, respond, channel, user, ":no_entry_sign: That button is not one the bot drew; nothing was done.")
-            return
-        kind, token = m.group(1), m.group(2)
-        target, refusal = wf.target_for(token, kind, user, channel)
-        if target is None:
-            tell(rt, respond, channel, user, f":no_entry_sign: Not possible: {refusal}.")
-            return
-        environment = rt.config.environments[target["env"]]
-        view = request_modal(target, kind, token, channel, environment.access.require_reason)
-        try:
-            client.views_open(trigger_id=body.get("trigger_id"), view=view)
-        except SlackApiError as exc:
-            log.warning("views.open failed: %s", exc.response.get("error"))
-            tell(rt, respond, channel, user, ":warning: Slack did not open the request form in time; please click again.")
+        open_request_form(rt, wf, body, action, respond, client, KILL_ACTION, request_modal)
 
     @app.view(REQUEST_CALLBACK)
     def on_submit(ack, body, view):
@@ -163,6 +146,32 @@ def register(app, rt, router) -> None:
     rt.scheduler.add_job(
         lambda: _purge_tokens(rt), "interval", hours=1, id="pgs-purge-tokens", replace_existing=True
     )
+
+
+def open_request_form(rt, wf: Workflow, body: dict, action: dict, respond, client, pattern, make_modal) -> None:
+    """A Cancel/Terminate/bulk button was clicked: resolve its token on the server and open the form.
+
+    ``pattern`` captures (action, token) from the action_id; the value must repeat the token, and the
+    token must resolve to a stored target this user may act on from this channel.
+    """
+    user = (body.get("user") or {}).get("id", "")
+    channel = _channel_of(body)
+    m = pattern.match(action.get("action_id", ""))
+    if not m or action.get("value") != m.group(2):
+        tell(rt, respond, channel, user, ":no_entry_sign: That button is not one the bot drew; nothing was done.")
+        return
+    kind, token = m.group(1), m.group(2)
+    target, refusal = wf.target_for(token, kind, user, channel)
+    if target is None:
+        tell(rt, respond, channel, user, f":no_entry_sign: Not possible: {refusal}.")
+        return
+    environment = rt.config.environments[target["env"]]
+    view = make_modal(target, kind, token, channel, environment.access.require_reason)
+    try:
+        client.views_open(trigger_id=body.get("trigger_id"), view=view)
+    except SlackApiError as exc:
+        log.warning("views.open failed: %s", exc.response.get("error"))
+        tell(rt, respond, channel, user, ":warning: Slack did not open the request form in time; please click again.")
 
 
 def _hidden_env(rt, env: str, channel: str | None) -> bool:
