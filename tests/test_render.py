@@ -75,3 +75,17 @@ def test_request_modal_and_message_within_limits():
     assert "pgs_req:approve:r1" in body and "<!subteam^S0DBAS>" in body and "<script>" not in body
     done = request_message({**req, "state": "done", "outcome": {"detail": "query of 7 cancelled"}}, ["U2"], ["U2"], 1, ["U2"])
     assert "pgs_req:" not in json.dumps(done) and "Approved by <@U2>" in json.dumps(done)
+
+
+def test_pending_list_names_single_and_bulk_targets():
+    from bot.render.approval import pending_list
+
+    base = {"env": "prod", "host": "primary", "requester": "U1", "reason": "r", "created_at": 100.0, "expires_at": 1000.0}
+    reqs = [
+        {**base, "action": "terminate", "target": {"pid": 42}},
+        {**base, "action": "terminate_bulk", "target": {"app": "web", "sessions": [{}, {}, {}]}},
+        {**base, "action": "clear_db", "target": {"database": "appdb", "sessions": [{}]}},
+    ]
+    body = json.dumps(pending_list(reqs, 200.0))
+    assert "pid 42" in body and "3 sessions of app `web`" in body and "database `appdb` (1 session)" in body
+    assert "pid \u2013" not in body

@@ -152,17 +152,28 @@ def request_message(req: dict, approvers: list[str], approvals: list[str], requi
     return message(text, blocks)
 
 
+def target_summary(t: dict) -> str:
+    """'pid 4211', or for bulk requests '12 sessions of app `x`' / 'database `appdb` (12 sessions)'."""
+    if "sessions" not in t:
+        return f"pid {t.get('pid', '–')}"
+    n = len(t.get("sessions") or [])
+    if t.get("app"):
+        return f"{n} session{'s' if n != 1 else ''} of app `{esc(t['app'])}`"
+    if t.get("database"):
+        return f"database `{esc(t['database'])}` ({n} session{'s' if n != 1 else ''})"
+    return f"{n} sessions"
+
+
 def pending_list(reqs: list[dict], now: float) -> dict:
     if not reqs:
         return message("No open requests.", [section(":white_check_mark: No open kill requests.")])
     blocks = [header(f"Open requests ({len(reqs)})")]
     for r in reqs[:45]:
-        t = r["target"]
         age = format_duration(now - r["created_at"])
         left = format_duration(max(0.0, r["expires_at"] - now))
         blocks.append(
             section(
-                f"*{esc(r['action'])}* pid {t.get('pid', '–')} on {where(r['env'], r['host'])} · by <@{r['requester']}> · "
+                f"*{esc(r['action'])}* {target_summary(r['target'])} on {where(r['env'], r['host'])} · by <@{r['requester']}> · "
                 f"{age} old · expires in {left}\n*Reason:* {esc(r.get('reason') or '–')}"
             )
         )
