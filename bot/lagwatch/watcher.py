@@ -489,8 +489,8 @@ class LagWatcher:
             done=done,
             last=m,
         )
-        if inc.message_ts and inc.channel:
-            self._slack("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg)
+        if inc.message_ts and inc.channel and not self._edit_landed(inc, msg):
+            return  # the incident stays open: the next check (still caught up) edits it again
         if self.incidents.resolve(inc, {**payload, "done": done}):
             log.info("lag watch: %s/%s caught up; incident resolved", inc.env, inc.host)
             self._set_open_gauge()
@@ -566,8 +566,8 @@ class LagWatcher:
             inc.env, inc.host, inc.payload.get("reason") or "unknown", since=since,  # type: ignore[arg-type]
             resolved_at=datetime.now(UTC),
         )
-        if inc.message_ts and inc.channel:
-            self._slack("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg)
+        if inc.message_ts and inc.channel and not self._edit_landed(inc, msg):
+            return  # stays open: the next successful check edits it again
         if self.incidents.resolve(inc):
             self._set_open_gauge()
 
@@ -578,6 +578,24 @@ class LagWatcher:
             OPEN_INCIDENTS.set(self.incidents.count_open())
         except Exception:  # noqa: BLE001
             pass
+
+    # Errors after which editing the message can never succeed: resolve the incident regardless.
+    GONE_ERRORS = frozenset({"message_not_found", "channel_not_found", "cant_update_message", "is_archived"})
+
+    def _edit_landed(self, inc: Incident, msg: dict) -> bool:
+        """Edit the incident's message; True when it landed or the message is gone for good."""
+        if self._stopped.is_set():
+            return False
+        try:
+            self.rt.client.chat_update(channel=inc.channel, ts=inc.message_ts, **msg)
+            return True
+        except SlackApiError as exc:
+            error = exc.response.get("error")
+            log.warning("lag watch: Slack chat_update for %s/%s failed: %s", inc.env, inc.host, error)
+            return error in self.GONE_ERRORS
+        except Exception as exc:  # noqa: BLE001 - Slack unreachable after retries: try at the next check
+            log.warning("lag watch: Slack chat_update for %s/%s failed: %s", inc.env, inc.host, type(exc).__name__)
+            return False
 
     def _slack(self, method: str, inc: Incident, **kwargs) -> dict | None:
         """One Web API call; a failure is logged (never with the message) and returns None."""
