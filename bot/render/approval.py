@@ -105,6 +105,35 @@ def request_modal(target: dict, action: str, token: str, channel: str | None, re
     }
 
 
+def decision_footer(
+    req: dict, approvals: list[str], required: int, cfg_approvers: list[str], finished: str | None = None
+) -> list[dict]:
+    """Where the Approve / Deny / Withdraw buttons are drawn, for every kind of request.
+
+    Pending: when it was asked, when it expires, who must decide, and the buttons. Decided: the times only.
+    """
+    times = f"Requested {slack_time(_dt(req['created_at']))}"
+    if req["state"] != "pending":
+        if req.get("decided_at"):
+            times += f" · decided {slack_time(_dt(req['decided_at']))}"
+        if finished:
+            times += f" · {finished}"
+        return [context(cut(times, 1900))]
+    who = ", ".join(mention(p) for p in cfg_approvers) or "nobody (no approvers configured)"
+    need = required - len(approvals)
+    times += f" · expires {slack_time(_dt(req['expires_at']))} · needs {need} more approval{'s' if need != 1 else ''} from {who}"
+    rid = req["id"]
+    return [
+        context(cut(times, 1900)),
+        actions(
+            f"req:{rid}",
+            button("Approve", f"{DECIDE_PREFIX}:approve:{rid}", rid, style="primary"),
+            button("Deny", f"{DECIDE_PREFIX}:deny:{rid}", rid, style="danger"),
+            button("Withdraw", f"{DECIDE_PREFIX}:withdraw:{rid}", rid),
+        ),
+    ]
+
+
 def request_message(req: dict, approvers: list[str], approvals: list[str], required: int, cfg_approvers: list[str]) -> dict:
     label, verb = VERBS.get(req["action"], (req["action"].title(), req["action"]))
     t = req["target"]
@@ -127,27 +156,10 @@ def request_message(req: dict, approvers: list[str], approvals: list[str], requi
     if outcome:
         details.append(f"*Outcome:* {esc(outcome.get('detail', ''))}")
     blocks.append(section("\n".join(details)))
-    times = f"Requested {slack_time(_dt(req['created_at']))}"
-    if state == "pending":
-        who = ", ".join(mention(p) for p in cfg_approvers) or "nobody (no approvers configured)"
-        need = f"{required - len(approvals)} more approval" + ("s" if required - len(approvals) != 1 else "")
-        times += f" · expires {slack_time(_dt(req['expires_at']))} · needs {need} from {who}"
-        blocks.append(context(cut(times, 1900)))
-        rid = req["id"]
-        blocks.append(
-            actions(
-                f"req:{rid}",
-                button("Approve", f"{DECIDE_PREFIX}:approve:{rid}", rid, style="primary"),
-                button("Deny", f"{DECIDE_PREFIX}:deny:{rid}", rid, style="danger"),
-                button("Withdraw", f"{DECIDE_PREFIX}:withdraw:{rid}", rid),
-            )
-        )
-    else:
-        if req.get("decided_at"):
-            times += f" · decided {slack_time(_dt(req['decided_at']))}"
-        if req.get("updated_at") and state in ("done", "failed"):
-            times += f" · finished {slack_time(_dt(req['updated_at']))}"
-        blocks.append(context(times))
+    finished = None
+    if req.get("updated_at") and state in ("done", "failed"):
+        finished = f"finished {slack_time(_dt(req['updated_at']))}"
+    blocks += decision_footer(req, approvals, required, cfg_approvers, finished)
     text = f"{label} request for pid {t.get('pid')} on {req['env']} by <@{req['requester']}>: {state}"
     return message(text, blocks)
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from bot.bulk.targets import ALLOW_CONNECTIONS, CLEAR_DB, CLEAR_DB_BLOCK, STATE_WORDS, TERMINATE_BULK
 from bot.durations import format_duration
 from bot.postgres.bulk import Connected, DatabaseInfo
-from bot.render.approval import DECIDE_PREFIX, REQUEST_CALLBACK, STATE_LINE, mention, where
+from bot.render.approval import REQUEST_CALLBACK, STATE_LINE, decision_footer, where
 from bot.render.common import (
     MAX_BLOCKS,
     actions,
@@ -420,30 +420,13 @@ def bulk_request_message(
                     button("Allow connections again", bulk_action_id(ALLOW_CONNECTIONS, token), token, style="primary"),
                 )
             )
-    times = f"Requested {slack_time(_dt(req['created_at']))}"
-    if state == "pending":
-        who = ", ".join(mention(p) for p in cfg_approvers) or "nobody (no approvers configured)"
-        need = required - len(approvals)
-        times += f" · expires {slack_time(_dt(req['expires_at']))} · needs {_plural(need, 'more approval')} from {who}"
-        blocks.append(context(cut(times, 1900)))
-        rid = req["id"]
-        blocks.append(
-            actions(
-                f"req:{rid}",
-                button("Approve", f"{DECIDE_PREFIX}:approve:{rid}", rid, style="primary"),
-                button("Deny", f"{DECIDE_PREFIX}:deny:{rid}", rid, style="danger"),
-                button("Withdraw", f"{DECIDE_PREFIX}:withdraw:{rid}", rid),
-            )
-        )
-    else:
-        if req.get("decided_at"):
-            times += f" · decided {slack_time(_dt(req['decided_at']))}"
-        if out.get("finished_at") and state in ("done", "failed"):
-            times += f" · finished {slack_time(_dt(out['finished_at']))}"
-            if out.get("duration_s") is not None:
-                d = float(out["duration_s"])
-                times += f" in {d:.1f}s" if d < 10 else f" in {format_duration(d)}"
-        blocks.append(context(times))
+    finished = None
+    if out.get("finished_at") and state in ("done", "failed"):
+        finished = f"finished {slack_time(_dt(out['finished_at']))}"
+        if out.get("duration_s") is not None:
+            d = float(out["duration_s"])
+            finished += f" in {d:.1f}s" if d < 10 else f" in {format_duration(d)}"
+    blocks += decision_footer(req, approvals, required, cfg_approvers, finished)
     text = f"{_headline(req)} (requested by <@{req['requester']}>): {state}"
     if out.get("detail") and state in ("done", "failed"):
         text += f" — {out['detail']}"
