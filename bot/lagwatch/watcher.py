@@ -254,6 +254,10 @@ class LagWatcher:
             if self.is_leader():
                 self._on_measurement(m, st)
         except Exception:  # noqa: BLE001 - never let a bug stop the scheduler
+            if self._stopped.is_set():
+                # the bot is shutting down under a running check (its pools are closing): not a failure
+                log.debug("lag watch: check of %s/%s ended by shutdown", env, host)
+                return
             CHECK_FAILURES.labels(env, host).inc()
             log.exception("lag watch: checking %s/%s failed", env, host)
         finally:
