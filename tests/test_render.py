@@ -89,3 +89,20 @@ def test_pending_list_names_single_and_bulk_targets():
     body = json.dumps(pending_list(reqs, 200.0))
     assert "pid 42" in body and "3 sessions of app `web`" in body and "database `appdb` (1 session)" in body
     assert "pid \u2013" not in body
+
+
+def test_cannot_signal_reason_is_postgresqls_own_rule():
+    from bot.postgres.models import cannot_signal_reason
+
+    def row(**kw):
+        return {"is_superuser": False, "bot_is_super": False, "bot_can_signal": True, "bot_has_privs": False, **kw}
+
+    assert cannot_signal_reason(row()) is None
+    assert cannot_signal_reason(row(is_superuser=True)) == "superuser session (the bot's role is not a superuser)"
+    assert cannot_signal_reason(row(is_superuser=True, bot_is_super=True)) is None
+    # a NOINHERIT member of pg_signal_backend has no privileges of it: PostgreSQL refuses, so do we
+    assert "pg_signal_backend" in cannot_signal_reason(row(bot_can_signal=False))
+    # ... unless the session's own role is one whose privileges the bot has
+    assert cannot_signal_reason(row(bot_can_signal=False, bot_has_privs=True)) is None
+    # an unknown role (NULL) is left to PostgreSQL at signal time, as before
+    assert cannot_signal_reason(row(bot_can_signal=False, bot_has_privs=None)) is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from psycopg.rows import dict_row
 
 from bot.config import Environment
-from bot.postgres.models import Category, Filters, Listing, ServerInfo, Session
+from bot.postgres.models import Category, Filters, Listing, ServerInfo, Session, cannot_signal_reason
 from bot.postgres.pools import Databases
 from bot.postgres.redact import redact
 from bot.postgres.sql import query
@@ -50,7 +50,7 @@ def _session(row: dict, redact_queries: bool = False) -> Session:
         xact_secs=row["xact_secs"],
         state_secs=row["state_secs"],
         is_superuser=row["is_superuser"],
-        cannot_signal=row["cannot_signal"],
+        cannot_signal=cannot_signal_reason(row),
         backend_xmin=row["backend_xmin"],
     )
 

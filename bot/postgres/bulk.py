@@ -14,6 +14,7 @@ from datetime import datetime
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from bot.postgres.models import cannot_signal_reason
 from bot.postgres.sql import query
 
 
@@ -89,7 +90,7 @@ def connected_to(conn, database: str) -> list[Connected]:
             state_secs=r["state_secs"],
             is_bot=bool(r["is_bot"]),
             is_superuser=bool(r["is_superuser"]),
-            cannot_signal=r["cannot_signal"],
+            cannot_signal=cannot_signal_reason(r),
         )
         for r in rows
     ]

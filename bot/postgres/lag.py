@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from psycopg.rows import dict_row
 
-from bot.postgres.models import Category, Session
+from bot.postgres.models import Category, Session, cannot_signal_reason
 from bot.postgres.sql import query
 
 REDACT_FALLBACK = "<query text hidden: redaction is not available>"
@@ -79,6 +79,6 @@ def culprit_session(row: dict, *, holding_back: bool, redact_queries: bool = Fal
         xact_secs=row["xact_secs"],
         state_secs=row["state_secs"],
         is_superuser=bool(row["is_superuser"]),
-        cannot_signal=row["cannot_signal"],
+        cannot_signal=cannot_signal_reason(row),
         backend_xmin=row["backend_xmin"],
     )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 
 class Category(StrEnum):
@@ -29,6 +31,25 @@ class Category(StrEnum):
             Category.BLOCKED: "waiting on a lock",
             Category.IDLE: "idle",
         }[self]
+
+
+def cannot_signal_reason(row: Mapping[str, Any]) -> str | None:
+    """Why the bot's role may not cancel or terminate this backend, or None if it may.
+
+    The one place this rule is written; every query that lists sessions returns its facts: the
+    session's ``is_superuser`` and the bot's ``bot_is_super``, ``bot_can_signal`` (privileges of
+    pg_signal_backend) and ``bot_has_privs`` (privileges of the session's role). It mirrors
+    PostgreSQL 15's own check (has_privs_of_role, i.e. ``pg_has_role(..., 'USAGE')``): a NOINHERIT
+    member of pg_signal_backend cannot signal. An unknown role (NULL) is not refused here; PostgreSQL
+    still decides at signal time.
+    """
+    if row["bot_is_super"]:
+        return None
+    if row["is_superuser"]:
+        return "superuser session (the bot's role is not a superuser)"
+    if not row["bot_can_signal"] and row["bot_has_privs"] is False:
+        return "the bot's role is not a member of pg_signal_backend"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,8 +3,9 @@
 --   * the bot's own connections (its pid, or its role with application_name 'pgsessions...'): never;
 --   * other backends (walsenders of logical replication, autovacuum and parallel/background workers):
 --     listed, not terminated.
--- cannot_signal mirrors the checks pg_terminate_backend() makes (PostgreSQL 15: has_privs_of_role, so
--- 'USAGE'), so that a batch never raises "must be a superuser to terminate superuser process".
+-- bot_is_super / bot_can_signal / bot_has_privs feed bot.postgres.models.cannot_signal_reason, which
+-- mirrors the checks pg_terminate_backend() makes, so that a batch never raises "must be a superuser
+-- to terminate superuser process".
 --
 -- Parameters: database (text).
 WITH me AS (
@@ -24,13 +25,10 @@ SELECT a.pid,
        (a.pid = pg_backend_pid()
         OR (a.usename = current_user AND a.application_name LIKE 'pgsessions%%')) AS is_bot,
        coalesce(r.rolsuper, false)                           AS is_superuser,
-       CASE
-           WHEN coalesce(r.rolsuper, false) AND NOT me.is_super
-               THEN 'superuser session (the bot''s role is not a superuser)'
-           WHEN NOT me.is_super AND NOT me.can_signal
-                AND NOT pg_has_role(current_user, a.usesysid, 'USAGE')
-               THEN 'the bot''s role is not a member of pg_signal_backend'
-       END                                                   AS cannot_signal
+       -- facts for bot.postgres.models.cannot_signal_reason, the one place the rule is written
+       me.is_super AS bot_is_super,
+       me.can_signal AS bot_can_signal,
+       pg_has_role(current_user, a.usesysid, 'USAGE') AS bot_has_privs
   FROM pg_stat_activity a
   CROSS JOIN me
   LEFT JOIN pg_roles r ON r.oid = a.usesysid

@@ -12,7 +12,7 @@
 WITH me AS (
     SELECT pg_backend_pid() AS pid,
            coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false) AS is_super,
-           pg_has_role(current_user, 'pg_signal_backend', 'MEMBER') AS can_signal
+           pg_has_role(current_user, 'pg_signal_backend', 'USAGE') AS can_signal
 ),
 waiting AS (
     SELECT l.*
@@ -84,13 +84,10 @@ SELECT f.pid, f.backend_start, f.usename, f.datname, f.application_name, f.clien
        f.query_secs, f.xact_secs, f.state_secs, f.backend_xmin::text AS backend_xmin,
        f.holds_lock, f.lock_modes, f.lock_objects, f.wanted_modes, f.old_snapshot, f.xmin_age, f.xmin_behind, f.is_suspect,
        coalesce(r.rolsuper, false) AS is_superuser,
-       CASE
-           WHEN coalesce(r.rolsuper, false) AND NOT me.is_super
-               THEN 'superuser session (the bot''s role is not a superuser)'
-           WHEN NOT me.is_super AND NOT me.can_signal
-                AND NOT pg_has_role(current_user, f.usesysid, 'MEMBER')
-               THEN 'the bot''s role is not a member of pg_signal_backend'
-       END AS cannot_signal
+       -- facts for bot.postgres.models.cannot_signal_reason, the one place the rule is written
+       me.is_super AS bot_is_super,
+       me.can_signal AS bot_can_signal,
+       pg_has_role(current_user, f.usesysid, 'USAGE') AS bot_has_privs
   FROM flagged f
   CROSS JOIN me
   LEFT JOIN pg_roles r ON r.oid = f.usesysid
