@@ -1,4 +1,6 @@
 -- Facts about the server and the bot's own role, read with every listing.
+-- Role checks ask for the privileges of a role ('USAGE', as PostgreSQL's own has_privs_of_role does),
+-- not bare membership: a NOINHERIT member cannot use them.
 SELECT current_setting('server_version_num')::int                AS server_version_num,
        current_setting('server_version')                         AS server_version,
        current_setting('max_connections')::int                   AS max_connections,
@@ -8,5 +10,5 @@ SELECT current_setting('server_version_num')::int                AS server_versi
        pg_backend_pid()                                          AS bot_pid,
        current_user                                              AS bot_user,
        (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS bot_is_superuser,
-       pg_has_role(current_user, 'pg_signal_backend', 'MEMBER')  AS bot_can_signal,
-       pg_has_role(current_user, 'pg_monitor', 'MEMBER')         AS bot_can_monitor
+       pg_has_role(current_user, 'pg_signal_backend', 'USAGE')   AS bot_can_signal,
+       pg_has_role(current_user, 'pg_monitor', 'USAGE')          AS bot_can_monitor
