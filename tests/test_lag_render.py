@@ -44,7 +44,7 @@ def row(pid: int, **kw) -> dict:
         wait_event="ClientRead", query="SELECT * FROM big WHERE secret = 'x'" + " " * 5000 + "-- end", query_secs=300.0,
         xact_secs=301.0, state_secs=299.0, backend_xmin=None, holds_lock=True, lock_modes="AccessShareLock",
         lock_objects="public.big", wanted_modes="AccessExclusiveLock", old_snapshot=False, xmin_age=None,
-        xmin_behind=None, is_suspect=True, is_superuser=False, cannot_signal=None,
+        xmin_behind=None, is_suspect=True, is_superuser=False, bot_is_super=False, bot_can_signal=True, bot_has_privs=True,
     )
     base.update(kw)
     return base
