@@ -141,7 +141,7 @@ def lag_alerts(fake: FakeSlack, channel: str, after: float) -> list:
 def lag_round(pair: ClusterPair, fake: FakeSlack, bot: BotUnderTest, maker: LagMaker, channels: list[str],
               every: float, threshold: float, timeout: float) -> tuple[float, list[float], float]:
     """One lag event: (standby stop time, alert latency per channel, marker-vs-standby skew)."""
-    w = bot.rt.extensions["lagwatch"]  # type: ignore[union-attr]
+    w = bot.rt.lagwatch  # type: ignore[union-attr]
     time.sleep(random.uniform(0, every))  # a different phase against the check schedule every round
     begun = time.time()
     marker = maker.stall()
@@ -170,7 +170,7 @@ def alert_latency(pair: ClusterPair, fake: FakeSlack, record, ms) -> None:
     lat, skews = [], []
     cfg = {"environments": {"prod": env_for(pair, 0, ALERT_EVERY, ALERT_THRESHOLD, ALERT_CONSECUTIVE)}}
     with BotUnderTest(cfg, fake, scheduler=True) as bot:
-        w = bot.rt.extensions["lagwatch"]  # type: ignore[union-attr]
+        w = bot.rt.lagwatch  # type: ignore[union-attr]
         wait_until("the first check", lambda: w.checks.get(("prod", "replica1"), 0) >= 1, 10)
         for _ in range(ALERT_ROUNDS):
             _, latencies, skew = lag_round(pair, fake, bot, maker, [channel_of(0)], ALERT_EVERY, ALERT_THRESHOLD, goal + 10)
@@ -186,7 +186,7 @@ def alert_latency(pair: ClusterPair, fake: FakeSlack, record, ms) -> None:
 
 def one_cycle(bot: BotUnderTest, envs: list[str], timeout: float) -> tuple[float, float]:
     """(scheduled time -> last of the healthy checks done, -> last of all checks done), in seconds."""
-    w = bot.rt.extensions["lagwatch"]  # type: ignore[union-attr]
+    w = bot.rt.lagwatch  # type: ignore[union-attr]
     jobs = [bot.rt.scheduler.get_job(f"lagwatch:check:{e}:replica1") for e in envs]
     times = sorted({j.next_run_time.timestamp() for j in jobs})
     if len(times) != 1:
@@ -224,7 +224,7 @@ def check_cycle(pair: ClusterPair, fake: FakeSlack, record, ms) -> None:
                 )
             before = len(fake.calls)
             with BotUnderTest(cfg, fake, scheduler=True) as bot:
-                w = bot.rt.extensions["lagwatch"]  # type: ignore[union-attr]
+                w = bot.rt.lagwatch  # type: ignore[union-attr]
                 wait_until("the first cycle", lambda w=w: all(w.checks.get((e, "replica1"), 0) >= 1 for e in envs),
                            CYCLE_EVERY + CONNECT_TIMEOUT + 10)
                 cycles = [one_cycle(bot, envs, CYCLE_EVERY * 2 + CONNECT_TIMEOUT + 5) for _ in range(CYCLE_ROUNDS)]

@@ -1,7 +1,9 @@
-"""The composition root: config, database pools, state store, Slack client and scheduler in one place.
+"""The composition root: every long-lived part of the bot, built in one place as typed attributes.
 
-Handlers receive a :class:`Runtime` and call the domain modules with its parts; nothing else holds
-global state.
+Config, database pools, state store, Slack client, scheduler; the access policy, the approval workflow
+(with its ports: the approvers lookup and the request-changed sink, both Slack), its housekeeping and
+the lag watcher. Handlers receive a :class:`Runtime` and call the domain through its parts; nothing
+else holds global state. Which Slack handlers and jobs exist is :mod:`bot.wiring`.
 """
 
 from __future__ import annotations
@@ -15,10 +17,15 @@ from dataclasses import dataclass, field
 from apscheduler.executors.pool import ThreadPoolExecutor as APSThreadPool
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from bot.approval.housekeeping import Housekeeping
+from bot.approval.policy import Policy
+from bot.approval.workflow import Workflow
 from bot.config import Config
+from bot.lagwatch.watcher import LagWatcher
 from bot.postgres.pools import Databases
 from bot.secrets import SECRETS
 from bot.slack.directory import Directory
+from bot.slack.messages import RequestMessages
 from bot.slack.web import make_web_client, normalize_api_url
 from bot.state.store import StateStore
 
@@ -71,7 +78,15 @@ class Runtime:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
             timezone="UTC",
         )
-        self.extensions: dict[str, object] = {}
+        self.policy = Policy(self.config, self.directory)
+        self.messages = RequestMessages(self.client, self.store, self.config)
+        self.workflow = Workflow(self.config, self.store, self.dbs, self.policy, self.messages)
+        self.housekeeping = Housekeeping(self.workflow)
+        watcher = LagWatcher(
+            self.config, self.store, self.dbs, self.client, self.scheduler, self.policy, self.instance_id
+        )
+        # None when no environment has a lag_alert with standbys
+        self.lagwatch: LagWatcher | None = watcher if watcher.envs else None
 
     def start_background(self) -> None:
         if not self.scheduler.running:

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from sqlalchemy import text as sqltext
 
+from bot.approval.models import RequestState, SessionTarget
 from tests.harness.bot import BotUnderTest, env_config
 
 # --- fixtures ------------------------------------------------------------------------------------
@@ -156,7 +157,7 @@ def ephemeral_to(bot, user: str, needle: str, timeout=25):
     raise AssertionError(f"no ephemeral answer with {needle!r}:\n{bot.fake.summary()}")
 
 
-def request_row(bot, msg) -> dict:
+def request_row(bot, msg):
     block = find_button(msg, "Approve")
     return bot.rt.store.get_request(block["value"])
 
@@ -239,7 +240,7 @@ def test_self_approval_refused_then_allowed_when_configured(pg, fake_slack, vict
         msg = request_kill(b, app, pid, user="U2")
         click(b, msg, "Approve", "U2")
         ephemeral_to(b, "U2", "you made this request")
-        assert request_row(b, msg)["state"] == "pending" and alive(pg, pid)
+        assert request_row(b, msg).state == "pending" and alive(pg, pid)
     fake_slack.reset()
     with BotUnderTest(cfg(pg, self_approval=True), fake_slack) as b:
         msg = request_kill(b, app, pid, user="U2")
@@ -253,7 +254,7 @@ def test_non_approver_refused(bot, victim, pg):
     msg = request_kill(bot, app, conn.info.backend_pid)
     click(bot, msg, "Approve", "U3")
     ephemeral_to(bot, "U3", "you are not an approver for `test`")
-    assert request_row(bot, msg)["state"] == "pending"
+    assert request_row(bot, msg).state == "pending"
     assert alive(pg, conn.info.backend_pid)
 
 
@@ -265,7 +266,7 @@ def test_two_approvals_required(pg, fake_slack, victim):
         msg = request_kill(b, app, pid)
         click(b, msg, "Approve", "U2")
         wait_state(b, msg, "Approved by <@U2>")
-        assert alive(pg, pid) and request_row(b, msg)["state"] == "pending"
+        assert alive(pg, pid) and request_row(b, msg).state == "pending"
         click(b, fake_slack.messages[(msg.channel, msg.ts)], "Approve", "U2")
         ephemeral_to(b, "U2", "already approved")
         click(b, fake_slack.messages[(msg.channel, msg.ts)], "Approve", "U7")
@@ -277,7 +278,7 @@ def test_two_approvals_required(pg, fake_slack, victim):
 def test_deny(bot, victim, pg):
     conn, app = victim
     msg = request_kill(bot, app, conn.info.backend_pid)
-    rid = request_row(bot, msg)["id"]
+    rid = request_row(bot, msg).id
     click(bot, msg, "Deny", "U8")
     done = wait_state(bot, msg, "*Denied*")
     assert "Denied by <@U8>" in json.dumps(done.blocks) and find_button(done, "Approve") is None
@@ -301,10 +302,10 @@ def test_withdraw_only_by_requester(bot, victim, pg):
 def test_expiry(bot, victim, pg):
     conn, app = victim
     msg = request_kill(bot, app, conn.info.backend_pid)
-    rid = request_row(bot, msg)["id"]
+    rid = request_row(bot, msg).id
     with bot.rt.store.tx() as c:  # let the clock run out
         c.execute(sqltext("UPDATE pgs_requests SET expires_at = expires_at - 100000 WHERE id = :id"), {"id": rid})
-    bot.rt.extensions["kill_housekeeping"]()
+    bot.rt.housekeeping.requests()
     expired = wait_state(bot, msg, "*Expired*")
     assert find_button(expired, "Approve") is None
     bot.slack.block_action(f"pgs_req:approve:{rid}", rid, user_id="U2", message=expired)
@@ -330,9 +331,9 @@ def test_pid_with_another_backend_start_is_not_touched(bot, victim, pg):
     conn, app = victim
     pid = conn.info.backend_pid
     msg = request_kill(bot, app, pid)
-    rid = request_row(bot, msg)["id"]
+    rid = request_row(bot, msg).id
     req = bot.rt.store.get_request(rid)
-    target = dict(req["target"])
+    target = req.target.model_dump()
     # one microsecond off: as if the pid had been reused by a backend started a microsecond later
     bs = target["backend_start"]
     micro = int(bs[20:26])
@@ -361,12 +362,12 @@ def test_superuser_session_cannot_be_signalled(bot, pg):
             .isoformat(timespec="microseconds"),
             "user": "postgres", "application": app, "state": "idle", "query": "SELECT 1",
         }
-        token = bot.rt.store.put_targets("session", "test", "primary", "C1", "U1", [listing_target])[0]
-        wf = bot.rt.extensions["workflow"]
+        token = bot.rt.store.put_targets("test", "primary", "C1", "U1", [SessionTarget(**listing_target)])[0]
+        wf = bot.rt.workflow
         req = wf.submit(token, "terminate", "U1", "C1", "forged").request
-        result = wf.decide(req["id"], "U2", "approve")
+        result = wf.decide(req.id, "U2", "approve")
         done = wf.execute(result.request)
-        assert done.request["state"] == "failed" and "must be a superuser" in done.message
+        assert done.request.state == "failed" and "must be a superuser" in done.message
         assert alive(pg, pid)
     finally:
         conn.close()
@@ -391,7 +392,7 @@ def test_concurrent_approvals_signal_once(bot, victim, pg):
     events = [e["event"] for e in bot.rt.store.audit_entries(request_id=rid, limit=100)]
     assert events.count("terminate:executed") + events.count("terminate:gone") == 1, events
     assert events.count("terminate:approved") == 1, events
-    assert bot.rt.store.get_request(rid)["state"] == "done"
+    assert bot.rt.store.get_request(rid).state == "done"
     assert not alive(pg, pid)
 
 
@@ -434,7 +435,7 @@ def test_reason_required(bot, victim):
                                       state_values={"reason": {"reason": "  "}}, user_id="U1")
     assert reply.status == 200 and reply.json()["response_action"] == "errors"
     assert "reason is required" in reply.json()["errors"]["reason"]
-    assert not bot.rt.store.requests_in(("pending",))
+    assert not bot.rt.store.requests_in((RequestState.PENDING,))
 
 
 def test_requesters_gate(pg, fake_slack, victim):
@@ -488,7 +489,7 @@ def test_no_secret_in_any_message(pg, fake_slack, victim):
 
 
 def test_old_button_tokens_are_purged_and_then_act_on_nothing(bot, victim):
-    from bot.slack.kill_handlers import TOKEN_RETENTION, _purge_tokens
+    from bot.approval.housekeeping import TOKEN_RETENTION
 
     conn, app = victim
     pid = conn.info.backend_pid
@@ -498,7 +499,7 @@ def test_old_button_tokens_are_purged_and_then_act_on_nothing(bot, victim):
     with bot.rt.store.tx() as c:
         c.execute(sqltext("UPDATE pgs_targets SET created_at = created_at - :age WHERE token = :t"),
                   {"age": TOKEN_RETENTION + 60, "t": token})
-    assert _purge_tokens(bot.rt) == 1
+    assert bot.rt.housekeeping.purge_tokens() == 1
     assert bot.rt.store.get_target(token) is None and bot.rt.store.get_target(fresh) is not None
     bot.slack.block_action(f"pgs_kill:terminate:{token}", token, user_id="U1", message=msg)
     ephemeral_to(bot, "U1", "not known to the bot")

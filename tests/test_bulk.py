@@ -12,6 +12,16 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from bot.approval.actions import ACTIONS
+from bot.approval.models import (
+    DatabaseTarget,
+    NewRequest,
+    Request,
+    RequestState,
+    SessionRef,
+    StoredTarget,
+    request_from_dict,
+)
 from bot.state.store import StateStore
 from tests.harness.bot import BotUnderTest, env_config
 
@@ -209,14 +219,23 @@ def request_flow(bot, msg, action_id: str, *, requester: str = "U1", approver: s
     reply = bot.slack.block_action(approve, None, user_id=approver, message=approval)
     assert reply.status == 200
     assert time.monotonic() - started < 3, "the approval click must be answered at once"
-    wait_until(lambda: bot.rt.store.get_request(request_id)["state"] in ("done", "failed"),
+    wait_until(lambda: bot.rt.store.get_request(request_id).state in ("done", "failed"),
                timeout=timeout, what="request finished")
     # the final redraw follows the state change
     wait_until(lambda: "): done" in fake.messages[(channel, ts)].text or "): failed" in fake.messages[(channel, ts)].text,
                timeout=10, what="final redraw")
-    req = bot.rt.store.get_request(request_id)
-    req["message"] = fake.messages[(channel, ts)]
-    return req
+    return Finished(bot.rt.store.get_request(request_id), fake.messages[(channel, ts)])
+
+
+class Finished:
+    """A finished request (read through to the typed Request) and its final approval message."""
+
+    def __init__(self, request: Request, message):
+        self.request = request
+        self.message = message
+
+    def __getattr__(self, name):
+        return getattr(self.request, name)
 
 
 def bot_config(pg, dsn_db: str = "postgres", **env_overrides) -> dict:
@@ -291,12 +310,12 @@ def test_blocking_is_refused_up_front_without_ownership_and_terminate_all_report
     assert not [c for c in bot.fake.calls[since:] if c.method == "views.open"]
 
     req = request_flow(bot, msg, terminate)
-    out = req["outcome"]
-    assert req["state"] == "failed" and out["status"] == "partial", out
-    assert out["counts"]["ended"] == 1 and out["counts"]["failed"] == 1, out
+    out = req.outcome
+    assert req.state == "failed" and out.status == "partial", out
+    assert out.counts["ended"] == 1 and out.counts["failed"] == 1, out
     assert not alive(pg, plain.info.backend_pid)
     assert alive(pg, superuser.info.backend_pid)
-    final = text_of(req["message"])
+    final = text_of(req.message)
     assert "Done, with problems" in final and "superuser session" in final
     assert f"pid {superuser.info.backend_pid}" in final
     assert allows_connections(pg, DB_NOT_OWNED)
@@ -327,9 +346,9 @@ def test_terminate_all_spares_the_bot_the_latecomers_and_lets_a_reconnecting_cli
             latecomer.execute("SELECT 1")
 
             req = request_flow(bot, msg, bulk_button(msg, "clear_db"))
-            out = req["outcome"]
-            assert req["state"] == "done", out
-            assert out["counts"]["ended"] == 4 and out["counts"]["failed"] == 0, out
+            out = req.outcome
+            assert req.state == "done", out
+            assert out.counts["ended"] == 4 and out.counts["failed"] == 0, out
             for v in victims:
                 assert not alive(pg, v.info.backend_pid)
             assert not alive(pg, first_pid)
@@ -340,12 +359,12 @@ def test_terminate_all_spares_the_bot_the_latecomers_and_lets_a_reconnecting_cli
                 "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = 'pgsessions'", (DB_BOTS,))}
             assert bot_pids <= still, "the bot terminated its own connection"
             assert replica.info.backend_pid in bot_pids
-            assert out["arrived"] >= 1
-            final = text_of(req["message"])
+            assert out.arrived >= 1
+            final = text_of(req.message)
             assert "*4* ended" in final and "connected after the listing" in final
             assert "allows new connections" in final
             # every session of the snapshot has its line in the audit log
-            entries = bot.rt.store.audit_entries(request_id=req["id"], limit=50)
+            entries = bot.rt.store.audit_entries(request_id=req.id, limit=50)
             ended = {e["pid"]: e for e in entries if e["event"] == "clear_db:ended"}
             assert set(ended) == {v.info.backend_pid for v in victims} | {first_pid}
             assert all(e["backend_start"] and e["db_user"] == "app_user" and e["reason"] == "maintenance"
@@ -367,10 +386,10 @@ def test_block_keeps_a_reconnecting_client_out_until_connections_are_allowed_aga
         first_pid = rc.wait_connected()
         msg = post_and_get(bot, f"test clear-db {DB_OWNED}")
         req = request_flow(bot, msg, bulk_button(msg, "clear_db_block"))
-        out = req["outcome"]
-        assert req["state"] == "done", out
-        assert out["blocked"] and out["allow_connections"] is False
-        assert out["counts"]["ended"] == 3, out
+        out = req.outcome
+        assert req.state == "done", out
+        assert out.blocked and out.allow_connections is False
+        assert out.counts["ended"] == 3, out
         assert not allows_connections(pg, DB_OWNED)
         assert not alive(pg, first_pid) and all(not alive(pg, v.info.backend_pid) for v in victims)
         # the client keeps trying and keeps being refused
@@ -379,25 +398,25 @@ def test_block_keeps_a_reconnecting_client_out_until_connections_are_allowed_aga
         assert len(rc.pids) == 1, "the reconnecting client got back into a blocked database"
         assert len(rc.refusals) > refused_before
         assert "not currently accepting connections" in rc.refusals[-1][1]
-        final = text_of(req["message"])
+        final = text_of(req.message)
         assert "does *not* allow new connections" in final and "closed by this request" in final
-        allow = bulk_button(req["message"], "allow_connections")
-        audit = {e["event"] for e in bot.rt.store.audit_entries(request_id=req["id"], limit=50)}
+        allow = bulk_button(req.message, "allow_connections")
+        audit = {e["event"] for e in bot.rt.store.audit_entries(request_id=req.id, limit=50)}
         assert {"clear_db_block:blocked", "clear_db_block:ended"} <= audit
 
-        reopen = request_flow(bot, req["message"], allow)
-        assert reopen["state"] == "done", reopen["outcome"]
+        reopen = request_flow(bot, req.message, allow)
+        assert reopen.state == "done", reopen.outcome
         assert allows_connections(pg, DB_OWNED)
-        assert "allows new connections again" in text_of(reopen["message"])
+        assert "allows new connections again" in text_of(reopen.message)
         rc.wait_connected(2)
         # the first request's message now says the database is open again, and offers no reopening
-        source = bot.fake.messages[(req["message"].channel, req["message"].ts)]
+        source = bot.fake.messages[(req.message.channel, req.message.ts)]
         wait_until(lambda: "reopened" in text_of(bot.fake.messages[(source.channel, source.ts)]), what="source redraw")
         source = bot.fake.messages[(source.channel, source.ts)]
         assert ":large_green_circle:" in text_of(source)
         assert not [a for a in action_ids(source) if a.startswith("pgs_bulk:allow_connections:")]
         assert any(e["event"] == "allow_connections:executed"
-                   for e in bot.rt.store.audit_entries(request_id=reopen["id"], limit=10))
+                   for e in bot.rt.store.audit_entries(request_id=reopen.id, limit=10))
     finally:
         rc.stop()
         if not allows_connections(pg, DB_OWNED):
@@ -406,34 +425,31 @@ def test_block_keeps_a_reconnecting_client_out_until_connections_are_allowed_aga
 
 def test_a_bot_crash_after_blocking_still_leaves_a_way_to_reopen(bot, pg):
     """The request ends as interrupted (its outcome replaced); the audit log says the database was closed."""
-    from bot.slack.kill_handlers import redraw, workflow
-
     rt = bot.rt
     pg.primary.sql(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(DB_OWNED)))
     try:
-        req = rt.store.create_request(
+        req = rt.store.create_request(NewRequest(
             env="test", host="primary", action="clear_db_block", target_token=None,
-            target={"database": DB_OWNED, "sessions": [], "actions": ["clear_db_block"]},
-            requester="U1", reason="maintenance", channel="C1", expires_at=time.time() + 600)
+            target=DatabaseTarget(database=DB_OWNED, actions=("clear_db_block",)),
+            requester="U1", reason="maintenance", channel="C1", expires_at=time.time() + 600))
         posted = rt.client.chat_postMessage(channel="C1", text="placeholder")
-        rt.store.set_message(req["id"], posted["channel"], posted["ts"])
+        rt.store.set_message(req.id, posted["channel"], posted["ts"])
         with rt.store.tx() as c:
-            rt.store.transition(c, req["id"], "pending", "executing")
-        rt.store.add_audit(None, env="test", host="primary", request_id=req["id"], event="clear_db_block:blocked",
+            rt.store.transition(c, req.id, RequestState.PENDING, RequestState.EXECUTING)
+        rt.store.add_audit(None, env="test", host="primary", request_id=req.id, event="clear_db_block:blocked",
                            result="ALTER DATABASE … false")
-        wf = workflow(rt)
-        assert [r["id"] for r in wf.recover_interrupted(older_than=0)] == [req["id"]]
-        redraw(rt, rt.store.get_request(req["id"]))
+        assert [r.id for r in rt.workflow.recover_interrupted(older_than=0)] == [req.id]
+        rt.messages.redraw(rt.store.get_request(req.id))
         before = bot.fake.messages[(posted["channel"], posted["ts"])]
         assert not [a for a in action_ids(before) if a.startswith("pgs_bulk:allow_connections:")]
-        rt.extensions["bulk_housekeeping"]()
+        rt.housekeeping.bulk()
         msg = bot.fake.messages[(posted["channel"], posted["ts"])]
         text = text_of(msg)
         assert "does *not* allow new connections" in text and "the bot stopped while acting" in text
-        rt.extensions["bulk_housekeeping"]()  # nothing more to do: no second redraw
+        rt.housekeeping.bulk()  # nothing more to do: no second redraw
         assert len(bot.fake.messages[(posted["channel"], posted["ts"])].history) == len(msg.history)
         reopen = request_flow(bot, msg, bulk_button(msg, "allow_connections"))
-        assert reopen["state"] == "done" and allows_connections(pg, DB_OWNED)
+        assert reopen.state == "done" and allows_connections(pg, DB_OWNED)
         wait_until(lambda: ":large_green_circle:" in text_of(bot.fake.messages[(posted["channel"], posted["ts"])]),
                    what="interrupted request redrawn as reopened")
     finally:
@@ -444,20 +460,20 @@ def test_housekeeping_keeps_a_closed_databases_message_true(bot, pg):
     msg = post_and_get(bot, f"test clear-db {DB_OWNED}")
     assert "No client session" in text_of(msg)
     req = request_flow(bot, msg, bulk_button(msg, "clear_db_block"))  # block only: nobody is connected
-    assert req["state"] == "done" and not allows_connections(pg, DB_OWNED), req["outcome"]
-    where_ = (req["message"].channel, req["message"].ts)
-    old = bulk_button(req["message"], "allow_connections")
+    assert req.state == "done" and not allows_connections(pg, DB_OWNED), req.outcome
+    where_ = (req.message.channel, req.message.ts)
+    old = bulk_button(req.message, "allow_connections")
     try:
-        bot.rt.extensions["bulk_housekeeping"]()
+        bot.rt.housekeeping.bulk()
         assert bulk_button(bot.fake.messages[where_], "allow_connections") == old  # nothing to change yet
         # button tokens are purged after a week: a closed database's button gets a fresh one in time
         bot.rt.store.purge_targets(time.time() + 1)
-        bot.rt.extensions["bulk_housekeeping"]()
+        bot.rt.housekeeping.bulk()
         fresh = bulk_button(bot.fake.messages[where_], "allow_connections")
         assert fresh != old and bot.rt.store.get_target(fresh.rsplit(":", 1)[1]) is not None
         # reopened by hand: the message stops claiming it is closed, and offers nothing
         pg.primary.sql(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(DB_OWNED)))
-        bot.rt.extensions["bulk_housekeeping"]()
+        bot.rt.housekeeping.bulk()
         now = bot.fake.messages[where_]
         assert ":large_green_circle:" in text_of(now) and "outside the bot" in text_of(now)
         assert not [a for a in action_ids(now) if a.startswith("pgs_bulk:")]
@@ -473,7 +489,7 @@ def test_a_closed_database_offers_allow_connections_in_clear_db(bot, pg):
         assert "does *not* allow new connections" in text and "No client session" in text
         assert "Block new connections" in text and "Terminate all" not in text.replace("*Terminate all* is not", "")
         req = request_flow(bot, msg, bulk_button(msg, "allow_connections"))
-        assert req["state"] == "done" and allows_connections(pg, DB_OWNED)
+        assert req.state == "done" and allows_connections(pg, DB_OWNED)
     finally:
         pg.primary.sql(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(DB_OWNED)))
 
@@ -537,19 +553,19 @@ def test_terminate_these_n_covers_exactly_the_listed_idle_sessions(bot, pg, sess
     wait_until(lambda: pg.primary.sql("SELECT state FROM pg_stat_activity WHERE pid = %s",
                                       (goes_active.info.backend_pid,))[0][0] == "active", what="active")
     req = request_flow(bot, listing, bulk_button(listing, "terminate_bulk"))
-    out = req["outcome"]
-    assert req["state"] == "done", out
-    assert out["counts"]["ended"] == 1 and out["counts"]["skipped"] == 2, out
+    out = req.outcome
+    assert req.state == "done", out
+    assert out.counts["ended"] == 1 and out.counts["skipped"] == 2, out
     assert not alive(pg, idle.info.backend_pid)
     for survivor in (goes_active, used_again, newcomer, other_app):
         assert alive(pg, survivor.info.backend_pid)
-    skipped = {s["pid"]: s["result"] for s in out["skipped"]}
+    skipped = {s.pid: s.result for s in out.skipped}
     assert "active again" in skipped[goes_active.info.backend_pid]
     assert "used again since the listing" in skipped[used_again.info.backend_pid]
-    final = text_of(req["message"])
+    final = text_of(req.message)
     assert "Terminate 3 sessions of app bulk-idle-app on test" in final
     assert "*Size:* 3 sessions" in final and "*1* ended" in final and "*2* skipped" in final
-    audit = bot.rt.store.audit_entries(request_id=req["id"], limit=20)
+    audit = bot.rt.store.audit_entries(request_id=req.id, limit=20)
     by_pid = {e["pid"]: e["event"] for e in audit if e["pid"]}
     assert by_pid == {idle.info.backend_pid: "terminate_bulk:ended",
                       goes_active.info.backend_pid: "terminate_bulk:skipped",
@@ -566,9 +582,9 @@ def test_terminate_these_n_for_idle_in_transaction(bot, pg, sessions):
     listing = post_and_get(bot, f"test idle-tx --app {app} --older 1s")
     assert "Terminate these 2" in text_of(listing)
     req = request_flow(bot, listing, bulk_button(listing, "terminate_bulk"))
-    assert req["state"] == "done" and req["outcome"]["counts"]["ended"] == 2, req["outcome"]
+    assert req.state == "done" and req.outcome.counts["ended"] == 2, req.outcome
     assert all(not alive(pg, h.info.backend_pid) for h in holders)
-    assert f"of app `{app}` that are idle in transaction" in text_of(req["message"])
+    assert f"of app `{app}` that are idle in transaction" in text_of(req.message)
 
 
 @pytest.fixture(scope="module")
@@ -624,46 +640,46 @@ def test_a_long_run_reports_progress_and_keeps_the_request_fresh(bot, pg, sessio
     assert "*300 sessions* connected" in text_of(msg)
     since = len(bot.fake.calls)
     req = request_flow(bot, msg, bulk_button(msg, "clear_db"))  # asserts the approval click is answered at once
-    assert req["state"] == "done" and req["outcome"]["counts"]["ended"] == 300, req["outcome"]
+    assert req.state == "done" and req.outcome.counts["ended"] == 300, req.outcome
     assert not any(alive(pg, c.info.backend_pid) for c in conns[:: 37])
     updates = [c for c in bot.fake.calls[since:] if c.method == "chat.update" and "handled" in json.dumps(c.params)]
     assert len(updates) >= 3, "no progress was shown while the request ran"
-    assert req["updated_at"] >= req["decided_at"]
-    entries = bot.rt.store.audit_entries(request_id=req["id"], limit=1000)
+    assert req.updated_at >= req.decided_at
+    entries = bot.rt.store.audit_entries(request_id=req.id, limit=1000)
     assert len([e for e in entries if e["event"] == "clear_db:ended"]) == 300
-    assert "*300* ended" in text_of(req["message"]) and "*Size:* 300 sessions" in text_of(req["message"])
+    assert "*300* ended" in text_of(req.message) and "*Size:* 300 sessions" in text_of(req.message)
 
 
 def test_progress_is_throttled_and_refreshes_updated_at(tmp_path):
-    from bot.bulk.execute import Interrupted, Progress
+    from bot.approval.ports import Execution
+    from bot.bulk.execute import Interrupted, ProgressRecorder
 
     store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
     try:
-        req = store.create_request(env="e", host="primary", action="clear_db", target_token=None,
-                                   target={"sessions": []}, requester="U1", reason="r", channel="C1",
-                                   expires_at=time.time() + 60)
+        req = store.create_request(NewRequest(env="e", host="primary", action="clear_db", target_token=None,
+                                              target=DatabaseTarget(database="d"), requester="U1", reason="r",
+                                              channel="C1", expires_at=time.time() + 60))
         with store.tx() as c:
-            store.transition(c, req["id"], "pending", "executing")
+            store.transition(c, req.id, RequestState.PENDING, RequestState.EXECUTING)
         now = [100.0]
         redraws = []
 
-        class Wf:
-            pass
+        class Events:
+            def changed(self, request):
+                redraws.append(request)
 
-        wf = Wf()
-        wf.store = store
-        wf.rt = type("Rt", (), {"extensions": {"bulk_redraw": redraws.append}})()
-        p = Progress(wf, req, total=10, every=2.0, clock=lambda: now[0])
-        before = store.get_request(req["id"])["updated_at"]
+        ex = Execution(config=None, store=store, dbs=None, events=Events())
+        p = ProgressRecorder(ex, req, total=10, every=2.0, clock=lambda: now[0])
+        before = store.get_request(req.id).updated_at
         time.sleep(0.01)
         for step in range(10):
             now[0] += 0.5
             p.update({"ended": step})
         assert p.updates == 2 and len(redraws) == 2  # 5 s of updates every 0.5 s, at most one per 2 s
-        fresh = store.get_request(req["id"])
-        assert fresh["updated_at"] > before and fresh["outcome"]["progress"]["handled"] == 7
+        fresh = store.get_request(req.id)
+        assert fresh.updated_at > before and fresh.outcome.progress.handled == 7
         with store.tx() as c:
-            store.transition(c, req["id"], "executing", "failed")
+            store.transition(c, req.id, RequestState.EXECUTING, RequestState.FAILED)
         now[0] += 5
         with pytest.raises(Interrupted):
             p.update({"ended": 9})
@@ -698,12 +714,14 @@ def test_big_snapshots_render_within_slacks_limits():
                            terminate_why=None)
     assert validate_message_blocks(msg["blocks"]) == []
     assert "… and" in json.dumps(msg["blocks"], ensure_ascii=False) and "2 prepared transactions" in json.dumps(msg["blocks"])
-    snapshot = [{"pid": c.pid, "backend_start": "2026-01-01T00:00:00.000000+00:00", "user": c.user,
-                 "application": c.application, "client_addr": c.client_addr, "state": c.state} for c in connected]
-    target = {"env": "prod", "host": "primary", "payload": {"database": info.name, "sessions": snapshot,
-                                                            "actions": ["clear_db_block"]}}
-    assert validate_view(bulk_modal(target, "clear_db_block", "t1", "C1", True)) == []
-    problems = [{"pid": s["pid"], "user": s["user"], "application": s["application"], "result": "x" * 300}
+    snapshot = tuple(SessionRef(pid=c.pid, backend_start="2026-01-01T00:00:00.000000+00:00", user=c.user,
+                                application=c.application, client_addr=c.client_addr, state=c.state)
+                     for c in connected)
+    target = DatabaseTarget(database=info.name, sessions=snapshot, actions=("clear_db_block",))
+    stored = StoredTarget(token="t1", env="prod", host="primary", created_at=1.0, target=target)
+    kind = ACTIONS["clear_db_block"]
+    assert validate_view(bulk_modal(stored, kind, "t1", "C1", True)) == []
+    problems = [{"pid": s.pid, "user": s.user, "application": s.application, "result": "x" * 300}
                 for s in snapshot[:15]]
     for state, outcome in (
         ("pending", None),
@@ -712,10 +730,11 @@ def test_big_snapshots_render_within_slacks_limits():
                     "problems": problems, "skipped": problems, "blocked": True, "allow_token": "t3",
                     "closed_at": 1.0, "finished_at": 2.0, "duration_s": 12.5, "arrived": 3}),
     ):
-        req = {"id": "r1", "env": "prod", "host": "primary", "action": "clear_db_block", "target": target["payload"],
-               "requester": "U1", "reason": "z" * 500, "state": state, "created_at": 1.0, "expires_at": 2.0,
-               "decided_at": 1.5, "decided_by": "U2", "outcome": outcome, "updated_at": 2.0}
-        rendered = bulk_request_message(req, ["U2"], ["U2"] if state != "pending" else [], 1, ["U2"])
+        req = request_from_dict(
+            {"id": "r1", "env": "prod", "host": "primary", "action": "clear_db_block", "target": target.model_dump(),
+             "requester": "U1", "reason": "z" * 500, "state": state, "created_at": 1.0, "expires_at": 2.0,
+             "decided_at": 1.5, "decided_by": "U2", "outcome": outcome, "updated_at": 2.0})
+        rendered = bulk_request_message(req, kind, ["U2"] if state != "pending" else [], 1, ["U2"])
         assert validate_message_blocks(rendered["blocks"]) == [], state
         assert len(rendered["text"]) <= 3000
     assert "Allow connections again" in json.dumps(rendered["blocks"])

@@ -200,8 +200,8 @@ def test_database_stops_in_the_middle_of_a_kill(two_env_bot, flaky_pg, fake_slac
     text = json.dumps(done.blocks)
     assert "unavailable" in text and "`flaky`" in text, text[:1500]
     req = bot.rt.store.get_request(request_id)
-    assert req["state"] == "failed" and req["outcome"]["status"] == "unavailable"
-    assert not req["outcome"].get("signalled")
+    assert req.state == "failed" and req.outcome.status == "unavailable"
+    assert not req.outcome.signalled
     # other environments keep working, and flaky recovers
     post_listing(bot, "steady --min 0s")
     flaky_pg.primary.start()

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bot.approval.models import RequestState
 from tests.harness.bot import BotUnderTest, env_config
 from tests.harness.flows import alive, answer_with, click, find_button, post_listing, request_kill, wait_state
 
@@ -62,7 +63,7 @@ def drawn(bot, victim):
 
 def nothing_signalled(bot, pg, victim):
     assert alive(pg.primary, victim[0].info.backend_pid), "a fuzzed request signalled the victim"
-    acted = bot.rt.store.requests_in(("executing", "done", "failed"))
+    acted = bot.rt.store.requests_in((RequestState.EXECUTING, RequestState.DONE, RequestState.FAILED))
     assert not acted, f"a fuzzed request reached {acted[0]['state']}"
 
 
@@ -193,7 +194,7 @@ def test_after_fuzzing_the_real_flow_still_works(bot, pg, fake, victim, drawn):
     pid = conn.info.backend_pid
     msg = request_kill(bot, "test", app, pid)
     req_id = find_button(msg, "Approve")["value"]
-    assert bot.rt.store.get_request(req_id)["target"]["pid"] == pid
+    assert bot.rt.store.get_request(req_id).target.pid == pid
     click(bot, msg, "Withdraw", "U1")
     wait_state(bot, msg, "ithdrawn")
     assert alive(pg.primary, pid)
@@ -248,7 +249,7 @@ def test_forged_button_values_are_refused(fresh_bot, pg, fake_slack):
         req_msg = fake_slack.messages[(post.response["channel"], post.response["ts"])]
         req_id = find_button(req_msg, "Approve")["value"]
         req = bot.rt.store.get_request(req_id)
-        assert req["env"] == "test" and req["target"]["pid"] == pid_a
+        assert req.env == "test" and req.target.pid == pid_a
         bot.slack.block_action(find_button(req_msg, "Approve")["action_id"], req_id, user_id="U2", message=req_msg)
         wait_state(bot, req_msg, "*Done*")
         assert alive(pg.primary, pid_b), "the pid named in the forged metadata was signalled"

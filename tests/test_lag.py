@@ -175,7 +175,7 @@ def wait_resolved(fake: FakeSlack, msg, timeout: float = 10):
 
 
 def watcher(bot: BotUnderTest):
-    return bot.rt.extensions["lagwatch"]
+    return bot.rt.lagwatch
 
 
 def wait_checks(bot: BotUnderTest, n: int, host: str = "replica1", timeout: float = 20) -> None:
@@ -227,8 +227,8 @@ def test_lock_conflict_alert_names_the_culprit_and_resolves_after_an_approved_te
         assert labels == [f"Terminate {pid}"], labels  # idle in transaction: Terminate only
         token = action_buttons(msg)[0]["value"]
         target = bot.rt.store.get_target(token)
-        assert target["env"] == "prod" and target["host"] == "replica1" and target["payload"]["pid"] == pid
-        assert target["channel"] == CHANNEL
+        assert target.env == "prod" and target.host == "replica1" and target.target.pid == pid
+        assert target.channel == CHANNEL
 
         # through the approval workflow: U1 asks, U2 approves
         reply = bot.slack.block_action(action_buttons(msg)[0]["action_id"], None, user_id="U1", message=msg)
@@ -416,7 +416,7 @@ def test_two_bots_on_one_state_store_post_once_and_the_second_takes_over(pair, f
         msg = wait_alert(fake, "lock conflict")
         wait_checks(leader, CONSECUTIVE + 2)
         assert len(alerts(fake, "")) == 1, fake.summary()
-        assert not follower.rt.extensions["lagwatch"].checks, "the follower must not check"
+        assert not follower.rt.lagwatch.checks, "the follower must not check"
 
         # the leader hangs (its scheduler stops running jobs, the lease is not released)
         leader.rt.scheduler.pause()
@@ -473,7 +473,7 @@ def test_lag_command_shows_every_standby(pair, fake):
         buttons = [el for b in posted["blocks"] if b["type"] == "actions" for el in b["elements"]]
         assert [b["text"]["text"] for b in buttons] == [f"Terminate {holder.info.backend_pid}"]
         target = bot.rt.store.get_target(buttons[0]["value"])
-        assert target["host"] == "replica1" and target["channel"] == "C1"
+        assert target.host == "replica1" and target.channel == "C1"
         assert "pgsessions_bot" not in posted["text"] and "port=" not in text
         holder.close()
         fake.assert_clean()
@@ -515,7 +515,7 @@ def test_many_culprits_stay_within_slack_limits_in_a_channel_given_by_name(pair,
             assert "10 more not shown" in blocks_text(msg)
             assert "Holding replay back* (20 sessions)" in blocks_text(msg)
             target = bot.rt.store.get_target(action_buttons(msg)[0]["value"])
-            assert target["channel"] == msg.channel
+            assert target.channel == msg.channel
             for c in holders:
                 c.close()
             wait_resolved(fake, msg)

@@ -106,7 +106,7 @@ FAULTS = [
 def test_lag_alert_posted_once_despite_slack_faults_and_resolve_lands(pair, fake, holders, fault):
     fake.fail_next("chat.postMessage", **fault)
     with BotUnderTest(config(pair), fake, scheduler=True) as bot:
-        w = bot.rt.extensions["lagwatch"]
+        w = bot.rt.lagwatch
         w.update_every = 1.0  # 60 s in production: how soon a failed first post is tried again
         wait_until("a first check", lambda: w.checks.get(("prod", "replica1"), 0) >= 1, 10)
         holders.append(stall(pair))
@@ -135,7 +135,7 @@ UPDATE_FAULTS = [
 @pytest.mark.parametrize("fault", UPDATE_FAULTS)
 def test_resolve_edit_lands_despite_slack_faults(pair, fake, holders, fault):
     with BotUnderTest(config(pair), fake, scheduler=True) as bot:
-        w = bot.rt.extensions["lagwatch"]
+        w = bot.rt.lagwatch
         wait_until("a first check", lambda: w.checks.get(("prod", "replica1"), 0) >= 1, 10)
         holders.append(stall(pair))
         msg = wait_until("the lag alert", lambda: next(iter(alerts(fake, "Replication lag on prod")), None), 15)
@@ -155,7 +155,7 @@ def test_standby_goes_away_mid_checks_other_env_keeps_being_checked_and_it_recov
     cfg["environments"]["steady"] = env_config(pg, lag_alert=lag_alert(STEADY_CHANNEL),
                                                timeouts={"connect": "1s", "statement": "3s"})
     with BotUnderTest(cfg, fake, scheduler=True) as bot:
-        w = bot.rt.extensions["lagwatch"]
+        w = bot.rt.lagwatch
         wait_until("checks of both", lambda: w.checks.get(("prod", "replica1"), 0) >= 2
                    and w.checks.get(("steady", "replica1"), 0) >= 2, 10)
         pair.standby.stop()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+from bot.approval.actions import ACTIONS
+from bot.approval.models import SessionTarget, StoredTarget, request_from_dict
 from bot.postgres.models import Category, Filters, Listing, ServerInfo, Session
 from bot.render.approval import request_message, request_modal
 from bot.render.listing import render_listing
@@ -60,32 +62,37 @@ def test_no_buttons_when_kill_is_off():
 
 
 def test_request_modal_and_message_within_limits():
-    target = {"env": "prod", "host": "replica1", "payload": {
+    payload = {
         "pid": 7, "backend_start": "2026-11-25T10:00:00.123456+00:00", "user": "u" * 100, "database": "d",
-        "application": "a" * 500, "state": "active", "query": "q" * 4000, "duration_secs": 99, "duration_what": "query"}}
-    view = request_modal(target, "terminate", "tok", "C1", True)
+        "application": "a" * 500, "state": "active", "query": "q" * 4000, "duration_secs": 99, "duration_what": "query"}
+    target = StoredTarget(token="tok", env="prod", host="replica1", created_at=1.7e9, target=SessionTarget(**payload))
+    view = request_modal(target, ACTIONS["terminate"], "tok", "C1", True)
     assert validate_view(view) == []
     assert view["submit"]["text"] == "Request" and not view["blocks"][2]["optional"]
-    req = {"id": "r1", "env": "prod", "host": "replica1", "action": "cancel", "target": target["payload"],
+    req = {"id": "r1", "env": "prod", "host": "replica1", "action": "cancel", "target": payload,
            "requester": "U1", "reason": "<script>" * 200, "state": "pending", "created_at": 1.7e9,
            "expires_at": 1.7e9 + 900, "decided_at": None, "outcome": None, "updated_at": 1.7e9}
-    msg = request_message(req, ["U2"], [], 1, ["U2", "S0DBAS"])
+    msg = request_message(request_from_dict(req), ACTIONS["cancel"], [], 1, ["U2", "S0DBAS"])
     assert validate_message_blocks(msg["blocks"]) == []
     body = json.dumps(msg)
     assert "pgs_req:approve:r1" in body and "<!subteam^S0DBAS>" in body and "<script>" not in body
-    done = request_message({**req, "state": "done", "outcome": {"detail": "query of 7 cancelled"}}, ["U2"], ["U2"], 1, ["U2"])
+    done = request_message(
+        request_from_dict({**req, "state": "done", "outcome": {"status": "done", "detail": "query of 7 cancelled"}}),
+        ACTIONS["cancel"], ["U2"], 1, ["U2"],
+    )
     assert "pgs_req:" not in json.dumps(done) and "Approved by <@U2>" in json.dumps(done)
 
 
 def test_pending_list_names_single_and_bulk_targets():
     from bot.render.approval import pending_list
 
-    base = {"env": "prod", "host": "primary", "requester": "U1", "reason": "r", "created_at": 100.0, "expires_at": 1000.0}
-    reqs = [
+    base = {"id": "r", "env": "prod", "host": "primary", "requester": "U1", "reason": "r", "created_at": 100.0,
+            "expires_at": 1000.0, "updated_at": 100.0, "state": "pending"}
+    reqs = [request_from_dict(r) for r in (
         {**base, "action": "terminate", "target": {"pid": 42}},
-        {**base, "action": "terminate_bulk", "target": {"app": "web", "sessions": [{}, {}, {}]}},
-        {**base, "action": "clear_db", "target": {"database": "appdb", "sessions": [{}]}},
-    ]
+        {**base, "action": "terminate_bulk", "target": {"app": "web", "sessions": [{"pid": 1}, {"pid": 2}, {"pid": 3}]}},
+        {**base, "action": "clear_db", "target": {"database": "appdb", "sessions": [{"pid": 1}]}},
+    )]
     body = json.dumps(pending_list(reqs, 200.0))
     assert "pid 42" in body and "3 sessions of app `web`" in body and "database `appdb` (1 session)" in body
     assert "pid \u2013" not in body

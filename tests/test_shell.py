@@ -18,6 +18,8 @@ import pytest
 import yaml
 from psycopg import sql as pgsql
 
+from bot.approval.actions import ACTIONS
+from bot.approval.models import SessionTarget, StoredTarget, request_from_dict
 from bot.postgres.models import Category, Filters, Listing, ServerInfo, Session
 from bot.render.approval import audit_list, pending_list, request_message, request_modal
 from bot.render.common import actions, button, context, divider, header, section
@@ -118,11 +120,11 @@ def test_message_without_blocks_shows_its_text_and_attachments():
 
 
 def test_the_request_modal_and_its_input():
-    target = {"env": "prod", "host": "replica1", "payload": {
-        "pid": 4211, "user": "app", "database": "appdb", "application": "web", "client_addr": None,
-        "state": "active", "duration_what": "query", "duration_secs": 75, "backend_start": "2026-11-25T10:00:00",
-        "query": "SELECT <x> & y"}}
-    view = request_modal(target, "terminate", "tok", "C0SHELL", True)
+    target = StoredTarget(token="tok", env="prod", host="replica1", created_at=0.0, target=SessionTarget(
+        pid=4211, user="app", database="appdb", application="web", client_addr=None,
+        state="active", duration_what="query", duration_secs=75, backend_start="2026-11-25T10:00:00",
+        query="SELECT <x> & y"))
+    view = request_modal(target, ACTIONS["terminate"], "tok", "C0SHELL", True)
     lines = BlockRenderer(NAMES).view(view)
     assert lines[0] == "== Terminate session (a form) =="
     assert "Ask an approver to terminate this session on `prod` standby `replica1`:" in lines
@@ -131,16 +133,17 @@ def test_the_request_modal_and_its_input():
     assert reason == ("Reason: <text, several lines, up to 500 characters: "
                       "Why should this session be stopped? Incident link, ticket…>")
     assert lines[-1] == "[Request]   [Close]"
-    optional = request_modal(target, "cancel", "tok", "C0SHELL", False)
+    optional = request_modal(target, ACTIONS["cancel"], "tok", "C0SHELL", False)
     assert "Reason (optional): <text" in "\n".join(BlockRenderer(NAMES).view(optional))
 
 
 def test_the_approval_message_pending_list_and_audit():
     now = time.time()
-    req = {"id": "r1", "env": "prod", "host": "primary", "action": "terminate", "state": "pending", "requester": "U1",
-           "reason": "stuck <since> deploy", "created_at": now, "expires_at": now + 900,
-           "target": {"pid": 4211, "user": "app", "backend_start": "2026-11-25T10:00:00"}}
-    msg = request_message(req, ["U2", "S0DBAS"], [], 1, ["U2", "S0DBAS"])
+    req = request_from_dict({
+        "id": "r1", "env": "prod", "host": "primary", "action": "terminate", "state": "pending", "requester": "U1",
+        "reason": "stuck <since> deploy", "created_at": now, "expires_at": now + 900, "updated_at": now,
+        "target": {"pid": 4211, "user": "app", "backend_start": "2026-11-25T10:00:00"}})
+    msg = request_message(req, ACTIONS["terminate"], [], 1, ["U2", "S0DBAS"])
     lines = numbered().message(msg["text"], msg["blocks"])
     assert lines[0] == "== Terminate request: pid 4211 on prod =="
     assert "@alice asks to terminate pid 4211 on `prod`." in lines

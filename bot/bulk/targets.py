@@ -1,8 +1,9 @@
 """What a bulk button may act on: refusals, snapshots and their tokens.
 
-A bulk target stores, with the button's random token, the list of actions the token was issued for
-(``payload["actions"]``, checked by :meth:`Workflow.target_for`) and the exact sessions shown
-(``payload["sessions"]``, whose length ``access.max_bulk`` caps in :meth:`Workflow.submit`).
+A bulk target (:class:`~bot.approval.models.BulkTarget`, :class:`~bot.approval.models.DatabaseTarget`)
+stores, with the button's random token, the actions the token was issued for (``actions``, checked by
+:meth:`Workflow.target_for`) and the exact sessions shown (``sessions``, whose length
+``access.max_bulk`` caps: :class:`bot.approval.policy.Policy`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 
+from bot.approval.ids import ALLOW_CONNECTIONS, CLEAR_DB, CLEAR_DB_BLOCK, TERMINATE_BULK
+from bot.approval.models import BulkTarget, DatabaseTarget, Request, SessionRef, iso
+from bot.approval.policy import Policy
 from bot.config import Config
 from bot.postgres.bulk import Connected, DatabaseInfo, state_changes
 from bot.postgres.models import Filters, Listing, Session
@@ -22,26 +25,9 @@ from bot.state.store import StateStore
 
 log = logging.getLogger(__name__)
 
-TERMINATE_BULK = "terminate_bulk"
-CLEAR_DB = "clear_db"
-CLEAR_DB_BLOCK = "clear_db_block"
-ALLOW_CONNECTIONS = "allow_connections"
-BULK_ACTIONS = (TERMINATE_BULK, CLEAR_DB, CLEAR_DB_BLOCK, ALLOW_CONNECTIONS)
-
 # The listing categories a "Terminate these N" is offered for, and the state a session must still be in.
 STATE_LIKE = {"idle": "idle", "idle-tx": "idle in transaction%"}
 STATE_WORDS = {"idle": "idle", "idle-tx": "idle in transaction"}
-
-
-def iso(when: datetime | None) -> str | None:
-    """Full microsecond precision: a millisecond-rounded backend_start never matches."""
-    return when.isoformat(timespec="microseconds") if when is not None else None
-
-
-def as_datetime(value: str | datetime | None) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(value)
 
 
 # --- refusals -------------------------------------------------------------------------------------
@@ -52,14 +38,7 @@ def state_identity(store: StateStore) -> tuple[str, str, str] | None:
 
     Raises if the state database cannot be asked (then nothing should be offered: the bot cannot tell
     whether the target is its own state)."""
-    if store.is_sqlite:
-        return None
-    with store.engine.connect() as c:
-        row = c.exec_driver_sql(
-            "SELECT extract(epoch FROM pg_postmaster_start_time())::text, current_setting('port'), "
-            "current_database()"
-        ).first()
-    return (str(row[0]), str(row[1]), str(row[2])) if row else None
+    return store.server_identity()
 
 
 def is_state_database(info: DatabaseInfo, state_id: tuple[str, str, str] | None) -> bool:
@@ -119,17 +98,17 @@ def unknown_database(name: str, names: Iterable[str]) -> str:
 # --- snapshots ------------------------------------------------------------------------------------
 
 
-def connected_snapshot(c: Connected) -> dict:
-    return {
-        "pid": c.pid,
-        "backend_start": iso(c.backend_start),
-        "user": c.user,
-        "application": c.application,
-        "client_addr": c.client_addr,
-        "state": c.state,
-        "in_transaction": c.in_transaction,
-        "cannot_signal": c.cannot_signal,
-    }
+def connected_snapshot(c: Connected) -> SessionRef:
+    return SessionRef(
+        pid=c.pid,
+        backend_start=iso(c.backend_start),
+        user=c.user,
+        application=c.application,
+        client_addr=c.client_addr,
+        state=c.state,
+        in_transaction=c.in_transaction,
+        cannot_signal=c.cannot_signal,
+    )
 
 
 def terminable(connected: Iterable[Connected]) -> list[Connected]:
@@ -153,34 +132,36 @@ def issue_database_tokens(
 ) -> dict[str, str]:
     """``{action: token}`` for the buttons of a clear-db message (one token may serve two actions)."""
     out: dict[str, str] = {}
-    common = {"database": info.name, "oid": info.oid, "owner": info.owner, "listed_at": time.time()}
+    common = DatabaseTarget(database=info.name, oid=info.oid, owner=info.owner, listed_at=time.time())
     acts = ([CLEAR_DB] if offer_terminate else []) + ([CLEAR_DB_BLOCK] if offer_block else [])
     if acts:
-        payload = {**common, "actions": acts, "sessions": [connected_snapshot(c) for c in sessions]}
-        (token,) = store.put_targets("database", env, host, channel, user, [payload])
+        target = common.model_copy(
+            update={"actions": tuple(acts), "sessions": tuple(connected_snapshot(c) for c in sessions)}
+        )
+        (token,) = store.put_targets(env, host, channel, user, [target])
         for a in acts:
             out[a] = token
     if offer_allow:
         (token,) = store.put_targets(
-            "database", env, host, channel, user, [{**common, "actions": [ALLOW_CONNECTIONS], "sessions": []}]
+            env, host, channel, user, [common.model_copy(update={"actions": (ALLOW_CONNECTIONS,)})]
         )
         out[ALLOW_CONNECTIONS] = token
     return out
 
 
-def issue_allow_token(store: StateStore, req: dict, oid: int | None) -> str:
+def issue_allow_token(store: StateStore, req: Request, oid: int | None) -> str:
     """The *Allow connections again* button drawn under a request that closed a database."""
-    t = req["target"]
-    payload = {
-        "actions": [ALLOW_CONNECTIONS],
-        "database": t["database"],
-        "oid": oid,
-        "owner": t.get("owner"),
-        "listed_at": time.time(),
-        "sessions": [],
-        "source_request": req["id"],
-    }
-    (token,) = store.put_targets("database", req["env"], req["host"], req.get("channel"), None, [payload])
+    t = req.target
+    assert isinstance(t, DatabaseTarget)
+    target = DatabaseTarget(
+        actions=(ALLOW_CONNECTIONS,),
+        database=t.database,
+        oid=oid,
+        owner=t.owner,
+        listed_at=time.time(),
+        source_request=req.id,
+    )
+    (token,) = store.put_targets(req.env, req.host, req.channel, None, [target])
     return token
 
 
@@ -202,7 +183,7 @@ def bulk_category(filters: Filters) -> str | None:
 class BulkOffer:
     category: str
     token: str | None
-    sessions: tuple[dict, ...]
+    sessions: tuple[SessionRef, ...]
     refusal: str | None = None
     unsignalable: int = 0
 
@@ -210,7 +191,7 @@ class BulkOffer:
 def offer_for_listing(
     dbs: Databases,
     store: StateStore,
-    config: Config,
+    policy: Policy,
     listing: Listing,
     filters: Filters,
     channel: str | None,
@@ -230,16 +211,13 @@ def offer_for_listing(
     chosen: list[Session] = [s for s in listing.sessions if in_category(s.state, category)]
     if not chosen:
         return BulkOffer(category, None, ())
-    max_bulk = config.environments[env].access.max_bulk
-    if len(chosen) > max_bulk:
+    too_many = policy.too_many(env, len(chosen))
+    if too_many:
         return BulkOffer(
             category,
             None,
-            tuple({"pid": s.pid} for s in chosen),
-            refusal=(
-                f"{len(chosen)} sessions are more than `access.max_bulk` ({max_bulk}) allows in one request: "
-                "narrow the list with `--older`, `--user` or `--db`"
-            ),
+            tuple(SessionRef(pid=s.pid) for s in chosen),
+            refusal=f"{too_many}: narrow the list with `--older`, `--user` or `--db`",
         )
     with dbs.connection(env, host, op="bulk_snapshot") as conn:
         exact = state_changes(conn, [(s.pid, s.backend_start) for s in chosen])
@@ -253,31 +231,31 @@ def offer_for_listing(
             # unchanged since the listing: same state, and idle at least as long as the listing saw
             if state == s.state and (s.state_secs is None or secs + 0.001 >= s.state_secs):
                 state_change, used = changed, False
-        snap = {
-            "pid": s.pid,
-            "backend_start": iso(s.backend_start),
-            "state_change": iso(state_change),
-            "changed_after_listing": used,
-            "user": s.user,
-            "database": s.database,
-            "application": s.application,
-            "client_addr": s.client_addr,
-            "state": s.state,
-            "state_secs": s.state_secs,
-            "cannot_signal": s.cannot_signal,
-        }
+        snap = SessionRef(
+            pid=s.pid,
+            backend_start=iso(s.backend_start),
+            state_change=iso(state_change),
+            changed_after_listing=used,
+            user=s.user,
+            database=s.database,
+            application=s.application,
+            client_addr=s.client_addr,
+            state=s.state,
+            state_secs=s.state_secs,
+            cannot_signal=s.cannot_signal,
+        )
         sessions.append(snap)
-    payload = {
-        "actions": [TERMINATE_BULK],
-        "category": category,
-        "state_like": STATE_LIKE[category],
-        "filters": filters.describe(),
-        "app": filters.app,
-        "user": filters.user,
-        "database": filters.database,
-        "min_seconds": filters.min_seconds,
-        "listed_at": time.time(),
-        "sessions": sessions,
-    }
-    (token,) = store.put_targets("bulk", env, host, channel, user, [payload])
+    target = BulkTarget(
+        actions=(TERMINATE_BULK,),
+        category=category,
+        state_like=STATE_LIKE[category],
+        filters=filters.describe(),
+        app=filters.app,
+        user=filters.user,
+        database=filters.database,
+        min_seconds=filters.min_seconds,
+        listed_at=time.time(),
+        sessions=tuple(sessions),
+    )
+    (token,) = store.put_targets(env, host, channel, user, [target])
     return BulkOffer(category, token, tuple(sessions), unsignalable=sum(1 for s in chosen if s.cannot_signal))

@@ -2,12 +2,12 @@
 
 * :func:`bot.lagwatch.detect.measure_standby`: one standby, measured -> :class:`~bot.lagwatch.model.StandbyLag`
 * :func:`bot.lagwatch.detect.measure_env`: every standby of an environment at once (``/pgsessions <env> lag``)
-* :func:`install`: the APScheduler jobs (leader lease, primary view, one check per standby)
+* :class:`LagWatcher`: the APScheduler jobs (leader lease, primary view, one check per standby)
 """
 
 from bot.lagwatch.detect import measure_env, measure_standby
 from bot.lagwatch.model import Culprit, PrimaryView, Reason, StandbyLag, Unreachable
-from bot.lagwatch.watcher import LagWatcher, install
+from bot.lagwatch.watcher import LagWatcher
 
 __all__ = [
     "Culprit",
@@ -16,7 +16,6 @@ __all__ = [
     "Reason",
     "StandbyLag",
     "Unreachable",
-    "install",
     "measure_env",
     "measure_standby",
 ]

@@ -1,6 +1,7 @@
 """The scheduled lag watcher: one APScheduler job per standby, a leader lease, incidents in Slack.
 
-Jobs (added by :func:`install`, run once ``rt.start_background()`` starts the scheduler):
+Built by the runtime (``rt.lagwatch``, None when no environment has ``lag_alert``); its jobs are added
+by :meth:`LagWatcher.install` and run once ``rt.start_background()`` starts the scheduler:
 
 * ``lagwatch:lease``: take or renew the leader lease every ``check_every / 2`` (of the smallest
   ``check_every``) with a TTL of 1.5 × that interval. Only the holder runs checks, so with several
@@ -32,17 +33,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
+from apscheduler.schedulers.base import BaseScheduler
+from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from bot.approval.policy import Policy
 from bot.approval.targets import issue_session_tokens
-from bot.config import Environment, LagAlert
+from bot.config import Config, Environment, LagAlert
 from bot.durations import format_duration
 from bot.lagwatch.detect import measure_standby, primary_views
-from bot.lagwatch.incidents import LAG, UNREACHABLE, Incident, Incidents
 from bot.lagwatch.model import Culprit, PrimaryView, StandbyLag, lsn_to_int
 from bot.metrics import CHECK_FAILURES, OPEN_INCIDENTS, REPLAY_LAG_BYTES, REPLAY_LAG_SECONDS
-from bot.postgres.pools import DatabaseUnavailable
+from bot.postgres.pools import Databases, DatabaseUnavailable
 from bot.render import lag as render
+from bot.state.incidents import LAG, UNREACHABLE, Incident, Incidents
+from bot.state.store import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +68,6 @@ def _parse_iso(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
-def kill_disabled_reason(environment: Environment, env: str) -> str | None:
-    if not environment.access.allow_kill:
-        return f"signalling is turned off for `{env}` (access.allow_kill: false)"
-    return None
-
-
 @dataclass
 class HostState:
     """What the leader remembers between checks of one standby (lost on restart, on purpose)."""
@@ -82,17 +81,27 @@ class HostState:
 
 
 class LagWatcher:
-    def __init__(self, rt):
-        self.rt = rt
+    def __init__(
+        self,
+        config: Config,
+        store: StateStore,
+        dbs: Databases,
+        client: WebClient,
+        scheduler: BaseScheduler,
+        policy: Policy,
+        instance_id: str,
+    ):
+        self.config, self.store, self.dbs, self.client, self.scheduler = config, store, dbs, client, scheduler
+        self.policy = policy
         # Runtime.instance_id can repeat between two runtimes of one process: add our own randomness
-        self.holder = f"{rt.instance_id}:{secrets.token_hex(4)}"
+        self.holder = f"{instance_id}:{secrets.token_hex(4)}"
         self.envs: dict[str, Environment] = {
-            name: env for name, env in rt.config.environments.items() if env.lag_alert is not None and env.standbys
+            name: env for name, env in config.environments.items() if env.lag_alert is not None and env.standbys
         }
         self.min_every = min((e.lag_alert.check_every for e in self.envs.values()), default=30.0)  # type: ignore[union-attr]
         self.lease_ttl = 1.5 * self.min_every
         self.renew_every = self.min_every / 2
-        self.incidents = Incidents(rt.store, LEASE_NAME, self.holder)
+        self.incidents = Incidents(store, LEASE_NAME, self.holder)
         self._valid_until = 0.0
         self._hosts: dict[tuple[str, str], HostState] = {}
         self._primary: dict[str, tuple[float, list[PrimaryView]]] = {}
@@ -112,7 +121,7 @@ class LagWatcher:
         return ids
 
     def install(self) -> None:
-        sched = self.rt.scheduler
+        sched = self.scheduler
         now = datetime.now(UTC)
         sched.add_job(
             self.renew_lease, "interval", seconds=self.renew_every, id="lagwatch:lease",
@@ -145,7 +154,7 @@ class LagWatcher:
         self._valid_until = 0.0
         if was_leader:
             try:
-                self.rt.store.release_lease(LEASE_NAME, self.holder)
+                self.store.release_lease(LEASE_NAME, self.holder)
             except Exception as exc:  # noqa: BLE001 - shutting down; the lease expires by itself
                 log.warning("could not release the lag-watch lease: %s", type(exc).__name__)
 
@@ -160,7 +169,7 @@ class LagWatcher:
         started = time.monotonic()
         was = self.is_leader()
         try:
-            held = self.rt.store.acquire_lease(LEASE_NAME, self.holder, self.lease_ttl)
+            held = self.store.acquire_lease(LEASE_NAME, self.holder, self.lease_ttl)
         except Exception as exc:  # noqa: BLE001 - state store down: keep what we had until it runs out
             log.warning("lag watch: could not renew the leader lease: %s", type(exc).__name__)
             return
@@ -219,7 +228,7 @@ class LagWatcher:
         if not self.is_leader():
             return
         try:
-            views = primary_views(self.rt.dbs, env)
+            views = primary_views(self.dbs, env)
         except DatabaseUnavailable as exc:
             CHECK_FAILURES.labels(env, "primary").inc()
             log.warning("lag watch: %s", exc)
@@ -246,7 +255,7 @@ class LagWatcher:
             return  # the previous check of this host is still running
         try:
             try:
-                m = measure_standby(self.rt.dbs, env, host, self._fresh_primary(env))
+                m = measure_standby(self.dbs, env, host, self._fresh_primary(env))
             except DatabaseUnavailable as exc:
                 if self.is_leader():
                     self._on_failure(env, host, st, exc.reason)
@@ -327,8 +336,7 @@ class LagWatcher:
 
     def _tokens(self, inc: Incident, m: StandbyLag, channel: str) -> tuple[dict[int, str], dict]:
         """Button tokens for the sessions shown, reusing those issued for the same (pid, backend_start)."""
-        environment = self.envs[m.env]
-        if kill_disabled_reason(environment, m.env):
+        if self.policy.signalling_off(m.env):
             return {}, {}
         known: dict = dict(inc.payload.get("tokens") or {})
         shown = list(m.holding_back[: render.MAX_CULPRITS_SHOWN])
@@ -336,12 +344,12 @@ class LagWatcher:
         fresh: list[Culprit] = []
         for c in shown:
             tok = known.get(c.key)
-            if tok and known.get(f"channel:{c.key}") == channel and self.rt.store.get_target(tok) is not None:
+            if tok and known.get(f"channel:{c.key}") == channel and self.store.get_target(tok) is not None:
                 tokens[c.session.pid] = tok
             else:
                 fresh.append(c)
         if fresh:
-            issued = issue_session_tokens(self.rt.store, m.env, m.host, [c.session for c in fresh], channel, None)
+            issued = issue_session_tokens(self.store, m.env, m.host, [c.session for c in fresh], channel, None)
             for c in fresh:
                 if c.session.pid in issued:
                     tokens[c.session.pid] = issued[c.session.pid]
@@ -357,7 +365,7 @@ class LagWatcher:
             alert,
             since=_parse_iso(inc.payload.get("since")) or m.since,
             tokens=tokens,
-            kill_disabled=kill_disabled_reason(environment, m.env),
+            kill_disabled=self.policy.signalling_off(m.env),
             query_chars=environment.listing.query_chars,
             reminder_every=alert.remind_every,
         )
@@ -434,7 +442,7 @@ class LagWatcher:
         lines: list[str] = []
         signalled: set[str] = set()
         try:
-            entries = self.rt.store.audit_entries(env=inc.env, limit=500)
+            entries = self.store.audit_entries(env=inc.env, limit=500)
         except Exception:  # noqa: BLE001
             log.exception("lag watch: could not read the audit log")
             entries = []
@@ -446,7 +454,7 @@ class LagWatcher:
             people = []
             if e.get("request_id"):
                 try:
-                    related = self.rt.store.audit_entries(request_id=e["request_id"], limit=50)
+                    related = self.store.audit_entries(request_id=e["request_id"], limit=50)
                 except Exception:  # noqa: BLE001
                     related = []
                 requested = [r["actor"] for r in related if str(r["event"]).endswith(":requested") and r["actor"]]
@@ -591,7 +599,7 @@ class LagWatcher:
         if self._stopped.is_set():
             return False
         try:
-            self.rt.client.chat_update(channel=inc.channel, ts=inc.message_ts, **msg)
+            self.client.chat_update(channel=inc.channel, ts=inc.message_ts, **msg)
             return True
         except SlackApiError as exc:
             error = exc.response.get("error")
@@ -606,7 +614,7 @@ class LagWatcher:
         if self._stopped.is_set():
             return None
         try:
-            resp = getattr(self.rt.client, method)(**kwargs)
+            resp = getattr(self.client, method)(**kwargs)
             return resp.data if hasattr(resp, "data") else dict(resp)  # type: ignore[return-value]
         except SlackApiError as exc:
             log.warning("lag watch: Slack %s for %s/%s failed: %s", method, inc.env, inc.host,
@@ -614,17 +622,4 @@ class LagWatcher:
         except Exception as exc:  # noqa: BLE001 - network trouble: try again at the next check
             log.warning("lag watch: Slack %s for %s/%s failed: %s", method, inc.env, inc.host, type(exc).__name__)
         return None
-
-
-def install(rt) -> LagWatcher | None:
-    """Add the lag-watch jobs to ``rt.scheduler`` (once); None when no environment has ``lag_alert``."""
-    existing = rt.extensions.get("lagwatch")
-    if existing is not None:
-        return existing  # type: ignore[return-value]
-    watcher = LagWatcher(rt)
-    if not watcher.envs:
-        return None
-    watcher.install()
-    rt.extensions["lagwatch"] = watcher
-    return watcher
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
+from bot.approval.ids import REQUEST_CALLBACK, decide_action_id
+from bot.approval.models import Request, RequestState, SessionTarget, StoredTarget, Target
 from bot.durations import format_duration
 from bot.render.common import (
     actions,
@@ -20,17 +23,8 @@ from bot.render.common import (
     slack_time,
 )
 
-REQUEST_CALLBACK = "pgs_kill_request"
-DECIDE_PREFIX = "pgs_req"
-
-VERBS = {
-    "cancel": ("Cancel", "cancel the query of"),
-    "terminate": ("Terminate", "terminate"),
-    "terminate_bulk": ("Terminate sessions", "terminate these sessions"),
-    "clear_db": ("Clear database", "terminate every session of"),
-    "clear_db_block": ("Block + clear db", "block new connections to and terminate every session of"),
-    "allow_connections": ("Allow connections", "allow new connections to"),
-}
+if TYPE_CHECKING:
+    from bot.approval.actions import ActionKind
 
 STATE_LINE = {
     "pending": ":hourglass: *Waiting for approval*",
@@ -59,23 +53,26 @@ def where(env: str, host: str) -> str:
     return f"`{esc(env)}`" + ("" if host == "primary" else f" standby `{esc(host)}`")
 
 
-def target_lines(t: dict, query_chars: int = 500) -> str:
+def target_lines(t: SessionTarget, query_chars: int = 500) -> str:
     lines = [
-        f"*pid* {t.get('pid')} · *user* `{esc(t.get('user') or '?')}` · *db* `{esc(t.get('database') or '?')}` · "
-        f"*app* `{esc(t.get('application') or '–')}` · *client* {esc(t.get('client_addr') or 'local socket')}",
-        f"*state* {esc(t.get('state') or '?')} · {esc(t.get('duration_what') or 'for')} "
-        f"{format_duration(t.get('duration_secs'))} (when listed) · *backend started* {esc(t.get('backend_start'))}",
+        f"*pid* {t.pid} · *user* `{esc(t.user or '?')}` · *db* `{esc(t.database or '?')}` · "
+        f"*app* `{esc(t.application or '–')}` · *client* {esc(t.client_addr or 'local socket')}",
+        f"*state* {esc(t.state or '?')} · {esc(t.duration_what or 'for')} "
+        f"{format_duration(t.duration_secs)} (when listed) · *backend started* {esc(t.backend_start)}",
     ]
-    if t.get("query"):
-        lines.append(f"`{esc(fold_query(t['query'], query_chars))}`")
+    if t.query:
+        lines.append(f"`{esc(fold_query(t.query, query_chars))}`")
     return "\n".join(lines)
 
 
-def request_modal(target: dict, action: str, token: str, channel: str | None, require_reason: bool) -> dict:
+def request_modal(
+    stored: StoredTarget, kind: ActionKind, token: str, channel: str | None, require_reason: bool
+) -> dict:
     """The modal a Cancel/Terminate click opens. Its submit button says *Request*."""
-    label, verb = VERBS[action]
-    t = target["payload"]
-    meta = json.dumps({"token": token, "action": action, "channel": channel})
+    verb = kind.verb
+    t = stored.target
+    assert isinstance(t, SessionTarget)
+    meta = json.dumps({"token": token, "action": kind.name, "channel": channel})
     reason_block = {
         "type": "input",
         "block_id": "reason",
@@ -93,11 +90,11 @@ def request_modal(target: dict, action: str, token: str, channel: str | None, re
         "type": "modal",
         "callback_id": REQUEST_CALLBACK,
         "private_metadata": meta,
-        "title": plain(f"{label} session", 24),
+        "title": plain(kind.title, 24),
         "submit": plain("Request", 24),
         "close": plain("Close", 24),
         "blocks": [
-            section(f"Ask an approver to *{verb}* this session on {where(target['env'], target['host'])}:"),
+            section(f"Ask an approver to *{verb}* this session on {where(stored.env, stored.host)}:"),
             section(target_lines(t)),
             reason_block,
             context("Nothing is signalled until a second, authorized person approves."),
@@ -106,43 +103,46 @@ def request_modal(target: dict, action: str, token: str, channel: str | None, re
 
 
 def decision_footer(
-    req: dict, approvals: list[str], required: int, cfg_approvers: list[str], finished: str | None = None
+    req: Request, approvals: list[str], required: int, cfg_approvers: list[str], finished: str | None = None
 ) -> list[dict]:
     """Where the Approve / Deny / Withdraw buttons are drawn, for every kind of request.
 
     Pending: when it was asked, when it expires, who must decide, and the buttons. Decided: the times only.
     """
-    times = f"Requested {slack_time(_dt(req['created_at']))}"
-    if req["state"] != "pending":
-        if req.get("decided_at"):
-            times += f" · decided {slack_time(_dt(req['decided_at']))}"
+    times = f"Requested {slack_time(_dt(req.created_at))}"
+    if req.state != RequestState.PENDING:
+        if req.decided_at:
+            times += f" · decided {slack_time(_dt(req.decided_at))}"
         if finished:
             times += f" · {finished}"
         return [context(cut(times, 1900))]
     who = ", ".join(mention(p) for p in cfg_approvers) or "nobody (no approvers configured)"
     need = required - len(approvals)
-    times += f" · expires {slack_time(_dt(req['expires_at']))} · needs {need} more approval{'s' if need != 1 else ''} from {who}"
-    rid = req["id"]
+    times += f" · expires {slack_time(_dt(req.expires_at))} · needs {need} more approval{'s' if need != 1 else ''} from {who}"
+    rid = req.id
     return [
         context(cut(times, 1900)),
         actions(
             f"req:{rid}",
-            button("Approve", f"{DECIDE_PREFIX}:approve:{rid}", rid, style="primary"),
-            button("Deny", f"{DECIDE_PREFIX}:deny:{rid}", rid, style="danger"),
-            button("Withdraw", f"{DECIDE_PREFIX}:withdraw:{rid}", rid),
+            button("Approve", decide_action_id("approve", rid), rid, style="primary"),
+            button("Deny", decide_action_id("deny", rid), rid, style="danger"),
+            button("Withdraw", decide_action_id("withdraw", rid), rid),
         ),
     ]
 
 
-def request_message(req: dict, approvers: list[str], approvals: list[str], required: int, cfg_approvers: list[str]) -> dict:
-    label, verb = VERBS.get(req["action"], (req["action"].title(), req["action"]))
-    t = req["target"]
-    state = req["state"]
+def request_message(
+    req: Request, kind: ActionKind, approvals: list[str], required: int, cfg_approvers: list[str]
+) -> dict:
+    label, verb = kind.label, kind.verb
+    t = req.target
+    assert isinstance(t, SessionTarget)
+    state = req.state
     blocks = [
-        header(f"{label} request: pid {t.get('pid')} on {req['env']}"),
+        header(f"{label} request: pid {t.pid} on {req.env}"),
         section(
-            f"<@{req['requester']}> asks to *{verb}* pid {t.get('pid')} on {where(req['env'], req['host'])}.\n"
-            f"*Reason:* {esc(req.get('reason') or '(none given)')}"
+            f"<@{req.requester}> asks to *{verb}* pid {t.pid} on {where(req.env, req.host)}.\n"
+            f"*Reason:* {esc(req.reason or '(none given)')}"
         ),
         section(target_lines(t)),
     ]
@@ -150,43 +150,43 @@ def request_message(req: dict, approvers: list[str], approvals: list[str], requi
     details = [status]
     if approvals:
         details.append("Approved by " + ", ".join(f"<@{a}>" for a in approvals))
-    if state == "denied" and req.get("decided_by"):
-        details.append(f"Denied by <@{req['decided_by']}>")
-    outcome = req.get("outcome")
-    if outcome:
-        details.append(f"*Outcome:* {esc(outcome.get('detail', ''))}")
+    if state == RequestState.DENIED and req.decided_by:
+        details.append(f"Denied by <@{req.decided_by}>")
+    if req.outcome is not None:
+        details.append(f"*Outcome:* {esc(req.outcome.detail)}")
     blocks.append(section("\n".join(details)))
     finished = None
-    if req.get("updated_at") and state in ("done", "failed"):
-        finished = f"finished {slack_time(_dt(req['updated_at']))}"
+    if req.updated_at and state in (RequestState.DONE, RequestState.FAILED):
+        finished = f"finished {slack_time(_dt(req.updated_at))}"
     blocks += decision_footer(req, approvals, required, cfg_approvers, finished)
-    text = f"{label} request for pid {t.get('pid')} on {req['env']} by <@{req['requester']}>: {state}"
+    text = f"{label} request for pid {t.pid} on {req.env} by <@{req.requester}>: {state}"
     return message(text, blocks)
 
 
-def target_summary(t: dict) -> str:
+def target_summary(t: Target) -> str:
     """'pid 4211', or for bulk requests '12 sessions of app `x`' / 'database `appdb` (12 sessions)'."""
-    if "sessions" not in t:
-        return f"pid {t.get('pid', '–')}"
-    n = len(t.get("sessions") or [])
-    if t.get("app"):
-        return f"{n} session{'s' if n != 1 else ''} of app `{esc(t['app'])}`"
-    if t.get("database"):
-        return f"database `{esc(t['database'])}` ({n} session{'s' if n != 1 else ''})"
+    if isinstance(t, SessionTarget):
+        return f"pid {t.pid}"
+    n = len(t.sessions)
+    app = getattr(t, "app", None)
+    if app:
+        return f"{n} session{'s' if n != 1 else ''} of app `{esc(app)}`"
+    if t.database:
+        return f"database `{esc(t.database)}` ({n} session{'s' if n != 1 else ''})"
     return f"{n} sessions"
 
 
-def pending_list(reqs: list[dict], now: float) -> dict:
+def pending_list(reqs: list[Request], now: float) -> dict:
     if not reqs:
         return message("No open requests.", [section(":white_check_mark: No open kill requests.")])
     blocks = [header(f"Open requests ({len(reqs)})")]
     for r in reqs[:45]:
-        age = format_duration(now - r["created_at"])
-        left = format_duration(max(0.0, r["expires_at"] - now))
+        age = format_duration(now - r.created_at)
+        left = format_duration(max(0.0, r.expires_at - now))
         blocks.append(
             section(
-                f"*{esc(r['action'])}* {target_summary(r['target'])} on {where(r['env'], r['host'])} · by <@{r['requester']}> · "
-                f"{age} old · expires in {left}\n*Reason:* {esc(r.get('reason') or '–')}"
+                f"*{esc(r.action)}* {target_summary(r.target)} on {where(r.env, r.host)} · by <@{r.requester}> · "
+                f"{age} old · expires in {left}\n*Reason:* {esc(r.reason or '–')}"
             )
         )
     if len(reqs) > 45:

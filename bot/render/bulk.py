@@ -7,11 +7,32 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from bot.bulk.targets import ALLOW_CONNECTIONS, CLEAR_DB, CLEAR_DB_BLOCK, STATE_WORDS, TERMINATE_BULK
+from bot.approval.ids import (
+    ALLOW_CONNECTIONS,
+    CLEAR_DB,
+    CLEAR_DB_BLOCK,
+    REQUEST_CALLBACK,
+    TERMINATE_BULK,
+    bulk_action_id,
+)
+from bot.approval.models import (
+    BulkTarget,
+    DatabaseTarget,
+    ItemResult,
+    OutcomeStatus,
+    Request,
+    RequestState,
+    SessionRef,
+    SessionTarget,
+    StoredTarget,
+)
+from bot.bulk.tally import RESULT_WORDS
+from bot.bulk.targets import STATE_WORDS
 from bot.durations import format_duration
 from bot.postgres.bulk import Connected, DatabaseInfo
-from bot.render.approval import REQUEST_CALLBACK, STATE_LINE, decision_footer, where
+from bot.render.approval import STATE_LINE, decision_footer, where
 from bot.render.common import (
     MAX_BLOCKS,
     actions,
@@ -26,19 +47,10 @@ from bot.render.common import (
     slack_time,
 )
 
-BULK_PREFIX = "pgs_bulk"
+if TYPE_CHECKING:
+    from bot.approval.actions import ActionKind
+
 MAX_GROUP_LINES = 25
-
-TITLES = {
-    TERMINATE_BULK: "Terminate sessions",
-    CLEAR_DB: "Terminate all",
-    CLEAR_DB_BLOCK: "Block + terminate all",
-    ALLOW_CONNECTIONS: "Allow connections",
-}
-
-
-def bulk_action_id(action: str, token: str) -> str:
-    return f"{BULK_PREFIX}:{action}:{token}"
 
 
 def _dt(ts: float | None) -> datetime | None:
@@ -56,25 +68,25 @@ def state_counts(states: Iterable[str | None]) -> str:
     return ", ".join(f"{counts[k]} {k}" for k in keys)
 
 
-def group_lines(sessions: Iterable[Mapping], limit: int = MAX_GROUP_LINES, chars: int = 2600) -> list[str]:
+def group_lines(sessions: Iterable[SessionRef], limit: int = MAX_GROUP_LINES, chars: int = 2600) -> list[str]:
     """One line per (user, application), biggest first: count, states, client addresses.
 
     At most ``limit`` lines and about ``chars`` characters (a section holds 3000), then a line saying
     how many more groups there are."""
-    groups: dict[tuple[str, str], list[Mapping]] = {}
+    groups: dict[tuple[str, str], list[SessionRef]] = {}
     for s in sessions:
-        groups.setdefault((s.get("user") or "?", s.get("application") or ""), []).append(s)
+        groups.setdefault((s.user or "?", s.application or ""), []).append(s)
     ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
     lines: list[str] = []
     size = 0
     for (user, app), members in ordered[:limit]:
         if size > chars:
             break
-        clients = sorted({m.get("client_addr") or "local socket" for m in members})
+        clients = sorted({m.client_addr or "local socket" for m in members})
         shown_clients = ", ".join(esc(c) for c in clients[:3]) + (f" and {len(clients) - 3} more" if len(clients) > 3 else "")
         lines.append(
             f"• user `{esc(user)}` · app {('`' + esc(app) + '`') if app else '–'} · *{len(members)}* "
-            f"({state_counts(m.get('state') for m in members)}) · from {shown_clients}"
+            f"({state_counts(m.state for m in members)}) · from {shown_clients}"
         )
         size += len(lines[-1]) + 1
     if len(ordered) > len(lines):
@@ -83,8 +95,8 @@ def group_lines(sessions: Iterable[Mapping], limit: int = MAX_GROUP_LINES, chars
     return lines
 
 
-def _connected_dict(c: Connected) -> dict:
-    return {"user": c.user, "application": c.application, "client_addr": c.client_addr, "state": c.state}
+def _connected_ref(c: Connected) -> SessionRef:
+    return SessionRef(pid=c.pid, user=c.user, application=c.application, client_addr=c.client_addr, state=c.state)
 
 
 def database_state_line(name: str, allow: bool | None) -> str:
@@ -136,7 +148,7 @@ def clear_db_message(
     facts.append(f"owner `{esc(info.owner)}` · {limit}" + (" · template database" if info.is_template else ""))
     blocks.append(section("\n".join(facts)))
     if clients:
-        blocks.append(section("*By user and application*\n" + "\n".join(group_lines(_connected_dict(c) for c in clients))))
+        blocks.append(section("*By user and application*\n" + "\n".join(group_lines(_connected_ref(c) for c in clients))))
     notes = []
     busy = [c for c in clients if c.state and c.state != "idle"]
     if busy:
@@ -206,7 +218,7 @@ def clear_db_refused(text: str) -> dict:
 
 
 def bulk_offer_blocks(
-    *, category: str, app: str, token: str | None, sessions: list[Mapping], drawn: int,
+    *, category: str, app: str, token: str | None, sessions: list[SessionRef], drawn: int,
     refusal: str | None = None, unsignalable: int = 0, filters: str = "",
 ) -> list[dict]:
     n = len(sessions)
@@ -238,14 +250,14 @@ def bulk_offer_blocks(
 # --- modal ----------------------------------------------------------------------------------------
 
 
-def _scope_lines(action: str, env: str, host: str, t: Mapping) -> list[str]:
-    n = len(t.get("sessions") or [])
-    db = esc(t.get("database") or "?")
-    if action == TERMINATE_BULK:
-        what = STATE_WORDS.get(t.get("category", ""), "matching")
+def _scope_lines(action: str, env: str, host: str, t: BulkTarget | DatabaseTarget) -> list[str]:
+    n = len(t.sessions)
+    db = esc(t.database or "?")
+    if isinstance(t, BulkTarget) and action == TERMINATE_BULK:
+        what = STATE_WORDS.get(t.category or "", "matching")
         return [
-            f"*Terminate {_plural(n, 'session')}* of app `{esc(t.get('app') or '?')}` that {'is' if n == 1 else 'are'} "
-            f"{esc(what)} on {where(env, host)} (filter `{esc(t.get('filters') or '')}`).",
+            f"*Terminate {_plural(n, 'session')}* of app `{esc(t.app or '?')}` that {'is' if n == 1 else 'are'} "
+            f"{esc(what)} on {where(env, host)} (filter `{esc(t.filters or '')}`).",
             "Only the sessions listed, by pid and start time; any used again before the approval is skipped.",
         ]
     if action in (CLEAR_DB, CLEAR_DB_BLOCK):
@@ -269,12 +281,14 @@ def _scope_lines(action: str, env: str, host: str, t: Mapping) -> list[str]:
     return [f"*{esc(action)}* on {where(env, host)}"]
 
 
-def bulk_modal(target: Mapping, action: str, token: str, channel: str | None, require_reason: bool) -> dict:
+def bulk_modal(stored: StoredTarget, kind: ActionKind, token: str, channel: str | None, require_reason: bool) -> dict:
     """The modal a bulk button opens; submitted through the same callback as a session's request."""
-    t = target["payload"]
+    t = stored.target
+    assert not isinstance(t, SessionTarget)
+    action = kind.name
     meta = json.dumps({"token": token, "action": action, "channel": channel})
-    blocks = [section("Ask an approver to:\n" + "\n".join(_scope_lines(action, target["env"], target["host"], t)))]
-    sessions = t.get("sessions") or []
+    blocks = [section("Ask an approver to:\n" + "\n".join(_scope_lines(action, stored.env, stored.host, t)))]
+    sessions = t.sessions
     if sessions:
         blocks.append(section("*By user and application*\n" + "\n".join(group_lines(sessions, limit=10))))
     blocks.append(
@@ -297,7 +311,7 @@ def bulk_modal(target: Mapping, action: str, token: str, channel: str | None, re
         "type": "modal",
         "callback_id": REQUEST_CALLBACK,
         "private_metadata": meta,
-        "title": plain(TITLES.get(action, "Bulk request"), 24),
+        "title": plain(kind.title, 24),
         "submit": plain("Request", 24),
         "close": plain("Close", 24),
         "blocks": blocks,
@@ -307,127 +321,131 @@ def bulk_modal(target: Mapping, action: str, token: str, channel: str | None, re
 # --- the approval message -------------------------------------------------------------------------
 
 
-def _headline(req: Mapping) -> str:
-    t = req["target"]
-    n = len(t.get("sessions") or [])
-    action, env = req["action"], req["env"]
-    if action == TERMINATE_BULK:
-        return f"Terminate {_plural(n, 'session')} of app {t.get('app') or '?'} on {env}"
+def _headline(req: Request) -> str:
+    t = req.target
+    n = len(req.sessions)
+    action, env = req.action, req.env
+    if isinstance(t, BulkTarget) and action == TERMINATE_BULK:
+        return f"Terminate {_plural(n, 'session')} of app {t.app or '?'} on {env}"
     if action == CLEAR_DB:
-        return f"Terminate all {_plural(n, 'session')} of database {t.get('database')} on {env}"
+        return f"Terminate all {_plural(n, 'session')} of database {t.database} on {env}"
     if action == CLEAR_DB_BLOCK:
         if not n:
-            return f"Block new connections to {t.get('database')} on {env}"
-        return f"Block new connections to {t.get('database')} and terminate all {n} on {env}"
+            return f"Block new connections to {t.database} on {env}"
+        return f"Block new connections to {t.database} and terminate all {n} on {env}"
     if action == ALLOW_CONNECTIONS:
-        return f"Allow connections to {t.get('database')} again on {env}"
+        return f"Allow connections to {t.database} again on {env}"
     return f"{action} on {env}"
 
 
 def _counts_line(counts: Mapping[str, int]) -> str:
-    words = {
-        "ended": "ended",
-        "gone": "had already gone",
-        "skipped": "skipped",
-        "failed": "could not be signalled",
-        "not_done": "signalled but still connected",
-        "not_attempted": "not attempted",
-    }
-    return " · ".join(f"*{counts.get(k, 0)}* {w}" for k, w in words.items() if counts.get(k) or k in ("ended", "gone"))
+    return " · ".join(
+        f"*{counts.get(k, 0)}* {w}" for k, w in RESULT_WORDS.items() if counts.get(k) or k in ("ended", "gone")
+    )
 
 
-def _item_lines(items: list[Mapping], limit: int = 10) -> str:
+def _item_lines(items: tuple[ItemResult, ...], limit: int = 10) -> str:
     return "\n".join(
-        f"• pid {i.get('pid')} (`{esc(i.get('user') or '?')}`, app `{esc(i.get('application') or '–')}`): {esc(i.get('result') or '')}"
+        f"• pid {i.pid} (`{esc(i.user or '?')}`, app `{esc(i.application or '–')}`): {esc(i.result or '')}"
         for i in items[:limit]
     )
 
 
 def bulk_request_message(
-    req: dict, approvers: list[str], approvals: list[str], required: int, cfg_approvers: list[str]
+    req: Request, kind: ActionKind, approvals: list[str], required: int, cfg_approvers: list[str]
 ) -> dict:
-    t = req["target"]
-    state = req["state"]
-    action = req["action"]
-    out = req.get("outcome") or {}
-    n = len(t.get("sessions") or [])
-    db = t.get("database")
+    t = req.target
+    assert not isinstance(t, SessionTarget)
+    state = req.state
+    action = req.action
+    out = req.bulk_outcome
+    n = len(t.sessions)
+    db = t.database
     blocks: list[dict] = [header(_headline(req))]
     blocks.append(
         section(
-            f"<@{req['requester']}> asks to:\n" + "\n".join(_scope_lines(action, req["env"], req["host"], t))
-            + f"\n*Reason:* {esc(req.get('reason') or '(none given)')}"
+            f"<@{req.requester}> asks to:\n" + "\n".join(_scope_lines(action, req.env, req.host, t))
+            + f"\n*Reason:* {esc(req.reason or '(none given)')}"
         )
     )
     if n:
         size = f"*Size:* {_plural(n, 'session')}"
-        if t.get("listed_at"):
-            size += f" (snapshot taken {slack_time(_dt(t['listed_at']))})"
-        blocks.append(section(size + "\n" + "\n".join(group_lines(t["sessions"], limit=12))))
+        if t.listed_at:
+            size += f" (snapshot taken {slack_time(_dt(t.listed_at))})"
+        blocks.append(section(size + "\n" + "\n".join(group_lines(t.sessions, limit=12))))
     details = []
-    if state == "done" and out.get("status") == "done":
+    status = out.status if out is not None else None
+    if state == RequestState.DONE and status == OutcomeStatus.DONE:
         details.append(STATE_LINE["done"])
-    elif state == "failed" and out.get("status") == "partial":
+    elif state == RequestState.FAILED and status == OutcomeStatus.PARTIAL:
         details.append(":warning: *Done, with problems*")
-    elif state == "executing" and out.get("progress"):
-        p = out["progress"]
-        details.append(f":gear: *Approved: acting now…* {p.get('handled', 0)} of {p.get('total', n)} handled")
+    elif state == RequestState.EXECUTING and out is not None and out.progress is not None:
+        p = out.progress
+        details.append(f":gear: *Approved: acting now…* {p.handled} of {p.total} handled")
     else:
         details.append(STATE_LINE.get(state, state))
     if approvals:
         details.append("Approved by " + ", ".join(f"<@{a}>" for a in approvals))
-    if state == "denied" and req.get("decided_by"):
-        details.append(f"Denied by <@{req['decided_by']}>")
-    counts = out.get("counts") or (out.get("progress") or {}).get("counts")
+    if state == RequestState.DENIED and req.decided_by:
+        details.append(f"Denied by <@{req.decided_by}>")
+    counts: Mapping[str, int] | None = None
+    if out is not None:
+        counts = out.counts or (out.progress.counts if out.progress is not None else None)
+    finished_states = (RequestState.DONE, RequestState.FAILED)
     if counts and (n or sum(counts.values())):
         details.append(_counts_line(counts))
-    if out.get("detail") and state in ("done", "failed") and not (out.get("status") == "done" and counts):
-        details.append(f"*Outcome:* {esc(out['detail'])}")
-    if out.get("arrived"):
+    if out is not None and out.detail and state in finished_states and not (status == OutcomeStatus.DONE and counts):
+        details.append(f"*Outcome:* {esc(out.detail)}")
+    if out is not None and out.arrived:
         details.append(
-            f"{_plural(out['arrived'], 'session')} connected after the listing and "
-            + ("is" if out["arrived"] == 1 else "are")
+            f"{_plural(out.arrived, 'session')} connected after the listing and "
+            + ("is" if out.arrived == 1 else "are")
             + " still there (not covered by this approval)."
         )
     blocks.append(section(cut("\n".join(details), 2900)))
-    if out.get("problems"):
-        blocks.append(section(cut("*Not ended*\n" + _item_lines(out["problems"]), 2900)))
-    if out.get("skipped"):
-        blocks.append(section(cut("*Skipped*\n" + _item_lines(out["skipped"]), 2900)))
+    if out is not None and out.problems:
+        blocks.append(section(cut("*Not ended*\n" + _item_lines(out.problems), 2900)))
+    if out is not None and out.skipped:
+        blocks.append(section(cut("*Skipped*\n" + _item_lines(out.skipped), 2900)))
     # the database's state, and the way to open it again
-    if action in (CLEAR_DB, CLEAR_DB_BLOCK, ALLOW_CONNECTIONS) and db and state in ("executing", "done", "failed"):
-        reopened = out.get("reopened")
-        allow = out.get("allow_connections")
-        if out.get("blocked") and not reopened and allow is None:
+    if (
+        action in (CLEAR_DB, CLEAR_DB_BLOCK, ALLOW_CONNECTIONS)
+        and db
+        and state in (RequestState.EXECUTING, *finished_states)
+    ):
+        reopened = out.reopened if out is not None else None
+        allow = out.allow_connections if out is not None else None
+        blocked = bool(out is not None and out.blocked)
+        if blocked and not reopened and allow is None:
             allow = False
         line = database_state_line(db, allow)
-        if out.get("blocked") and out.get("closed_at") and not reopened:
-            line += f" · closed by this request {slack_time(_dt(out['closed_at']))}"
-        if reopened and reopened.get("how") == "dropped":
-            line = f":wastebasket: `{esc(db)}` no longer exists (seen {slack_time(_dt(reopened.get('at')))})"
+        if blocked and out is not None and out.closed_at and not reopened:
+            line += f" · closed by this request {slack_time(_dt(out.closed_at))}"
+        if reopened and reopened.how == "dropped":
+            line = f":wastebasket: `{esc(db)}` no longer exists (seen {slack_time(_dt(reopened.at))})"
         elif reopened:
-            line += f" · reopened {slack_time(_dt(reopened.get('at')))}"
-            if reopened.get("by"):
-                line += " (approved by " + ", ".join(f"<@{u}>" for u in str(reopened["by"]).split(",") if u) + ")"
-            elif reopened.get("how"):
-                line += f" ({esc(reopened['how'])})"
+            line += f" · reopened {slack_time(_dt(reopened.at))}"
+            if reopened.by:
+                line += " (approved by " + ", ".join(f"<@{u}>" for u in str(reopened.by).split(",") if u) + ")"
+            elif reopened.how:
+                line += f" ({esc(reopened.how)})"
         blocks.append(section(line))
-        token = out.get("allow_token")
-        if token and out.get("blocked") and not reopened and state in ("done", "failed"):
+        token = out.allow_token if out is not None else None
+        if token and blocked and not reopened and state in finished_states:
             blocks.append(
                 actions(
-                    f"allow:{req['id']}",
+                    f"allow:{req.id}",
                     button("Allow connections again", bulk_action_id(ALLOW_CONNECTIONS, token), token, style="primary"),
                 )
             )
     finished = None
-    if out.get("finished_at") and state in ("done", "failed"):
-        finished = f"finished {slack_time(_dt(out['finished_at']))}"
-        if out.get("duration_s") is not None:
-            d = float(out["duration_s"])
+    if out is not None and out.finished_at and state in finished_states:
+        finished = f"finished {slack_time(_dt(out.finished_at))}"
+        if out.duration_s is not None:
+            d = float(out.duration_s)
             finished += f" in {d:.1f}s" if d < 10 else f" in {format_duration(d)}"
     blocks += decision_footer(req, approvals, required, cfg_approvers, finished)
-    text = f"{_headline(req)} (requested by <@{req['requester']}>): {state}"
-    if out.get("detail") and state in ("done", "failed"):
-        text += f" — {out['detail']}"
+    text = f"{_headline(req)} (requested by <@{req.requester}>): {state}"
+    if out is not None and out.detail and state in finished_states:
+        text += f" — {out.detail}"
     return message(text, blocks[:MAX_BLOCKS])

@@ -6,21 +6,14 @@ button may act on is decided on the server, never read from the payload.
 
 from __future__ import annotations
 
+from bot.approval.ids import CANCEL, TERMINATE, kill_action_id
 from bot.postgres.models import Session
 from bot.render.common import actions, button, context, esc
-
-CANCEL = "cancel"
-TERMINATE = "terminate"
-ACTION_PREFIX = "pgs_kill"
 
 IDLE_TX_NOTE = (
     "Cancel is not offered: for a session idle in transaction PostgreSQL reports success but the "
     "transaction stays open; only Terminate ends it."
 )
-
-
-def kill_action_id(action: str, token: str) -> str:
-    return f"{ACTION_PREFIX}:{action}:{token}"
 
 
 def session_buttons(session: Session, token: str | None, disabled_reason: str | None = None) -> list[dict]:

@@ -8,90 +8,31 @@ reference that matches the log line.
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
-import secrets
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from slack_bolt import App
 from slack_bolt.error import BoltError, BoltUnhandledRequestError
-from slack_sdk.errors import SlackApiError
 
 from bot.commands import USAGE, Command, CommandError, Help, known_envs, parse
 from bot.metrics import COMMANDS
 from bot.postgres.pools import DatabaseUnavailable, watch_unavailable
 from bot.runtime import Runtime
-from bot.slack import listing_handlers
+from bot.slack.edge import Router, guarded
+from bot.wiring import install_jobs, register_features
 
 log = logging.getLogger(__name__)
 
-CommandHandler = Callable[[Runtime, Any, dict, Callable[..., Any]], None]
 
-
-class Router:
-    """Maps each parsed command type to the function that serves it (feature modules register here)."""
-
-    def __init__(self) -> None:
-        self.handlers: dict[type, CommandHandler] = {}
-        self.progress: dict[type, Callable[[Any], str | None]] = {}
-
-    def on(self, kind: type, progress: Callable[[Any], str | None] | None = None):
-        def deco(fn: CommandHandler) -> CommandHandler:
-            self.handlers[kind] = fn
-            if progress is not None:
-                self.progress[kind] = progress
-            return fn
-
-        return deco
-
-
-def new_ref() -> str:
-    return secrets.token_hex(4)
-
-
-def guarded(what: str):
-    """Run a listener's slow part; on an unexpected error tell the user briefly and log the details."""
-
-    def deco(fn):
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            respond = kwargs.get("respond")
-            try:
-                return fn(*args, **kwargs)
-            except Exception:
-                ref = new_ref()
-                log.exception("unexpected error while %s (ref %s)", what, ref)
-                if respond is not None:
-                    try:
-                        respond(
-                            response_type="ephemeral",
-                            replace_original=False,
-                            text=f":x: Something went wrong while {what}. Nothing was changed. "
-                            f"Reference `{ref}` (for the bot's logs).",
-                        )
-                    except Exception:
-                        log.warning("could not tell the user about error %s", ref)
-
-        return wrapper
-
-    return deco
-
-
-def env_of(cmd: Command) -> str | None:
+def env_of(cmd: Command) -> Any:
     return getattr(cmd, "env", None)
 
 
 def channel_refusal(rt: Runtime, env: str | None, channel_id: str | None) -> str | None:
-    if env is None:
-        return None
-    allowed = rt.config.environments[env].access.channels
-    if allowed and channel_id not in allowed:
-        where = ", ".join(f"<#{c}>" for c in allowed)
-        return f"`{env}` can only be used in {where}."
-    return None
+    refusal = rt.policy.channel_refusal(env, channel_id) if env is not None else None
+    return f"{refusal}." if refusal else None
 
 
 def command_name(cmd: Command) -> str:
@@ -119,10 +60,8 @@ def build_app(rt: Runtime, router: Router | None = None) -> App:
         logger=logging.getLogger("pgsessions.bolt"),
     )
     router = router or Router()
-    rt.extensions["router"] = router
-    listing_handlers.register(router)
-    for register in _feature_modules():
-        register(app, rt, router)
+    register_features(app, rt, router)
+    install_jobs(rt)
 
     @app.command("/pgsessions")
     def on_command(ack, command, respond, body):
@@ -182,32 +121,3 @@ def build_app(rt: Runtime, router: Router | None = None) -> App:
             response.status, response.body = 200, ""
 
     return app
-
-
-def _feature_modules() -> list[Callable[[App, Runtime, Router], None]]:
-    """Feature modules (kill workflow, lag, bulk, ...) register their commands and actions here."""
-    mods: list[Callable[[App, Runtime, Router], None]] = []
-    import importlib
-
-    for name in ("bot.slack.kill_handlers", "bot.slack.lag_handlers", "bot.slack.bulk_handlers"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        mods.append(module.register)
-    return mods
-
-
-def post_message(rt: Runtime, channel: str, msg: dict, respond=None) -> tuple[str, str] | None:
-    """chat.postMessage; where the bot cannot post (private channel, DM) fall back to response_url."""
-    try:
-        resp = rt.client.chat_postMessage(channel=channel, **msg)
-        return resp["channel"], resp["ts"]
-    except SlackApiError as exc:
-        error = exc.response.get("error")
-        if respond is not None and error in ("channel_not_found", "not_in_channel", "is_archived", "restricted_action"):
-            respond(response_type="in_channel", replace_original=False, **msg)
-            return None
-        raise

@@ -2,22 +2,18 @@
 ``pgs_bulk:<action>:<token>`` buttons.
 
 A bulk button opens a modal that submits through the same callback as a session's request
-(``pgs_kill_request``), so requesting, approving and executing all go through :class:`Workflow`; this
-module only adds the bulk actions' renderer and the redraw hook their executors report progress with.
+(``pgs_kill_request``), so clicking, requesting, approving and executing all go through
+:mod:`bot.slack.kill_handlers` and :class:`~bot.approval.workflow.Workflow`; this module serves the
+``clear-db`` command and draws the *Terminate these N* offer under a listing.
 """
 
 from __future__ import annotations
 
 import logging
-import re
+from typing import TYPE_CHECKING
 
-# importing bot.bulk.execute registers the bulk executors with the workflow
-from bot.bulk.execute import refresh_closed_databases, repair_interrupted_blocks
+from bot.approval.ids import ALLOW_CONNECTIONS, CLEAR_DB, CLEAR_DB_BLOCK
 from bot.bulk.targets import (
-    ALLOW_CONNECTIONS,
-    BULK_ACTIONS,
-    CLEAR_DB,
-    CLEAR_DB_BLOCK,
     block_refusal,
     database_refusal,
     issue_database_tokens,
@@ -28,26 +24,21 @@ from bot.bulk.targets import (
 )
 from bot.commands import ClearDb, ListSessions
 from bot.postgres.bulk import connected_to, database_info, database_names
+from bot.postgres.models import Listing
 from bot.postgres.pools import DatabaseUnavailable
-from bot.render.bulk import BULK_PREFIX, bulk_modal, bulk_offer_blocks, bulk_request_message, clear_db_message
+from bot.render.bulk import bulk_offer_blocks, clear_db_message
 from bot.render.common import context, esc
-from bot.slack.kill_handlers import REQUEST_RENDERERS, open_request_form, redraw, workflow
-from bot.slack.listing_handlers import kill_disabled_reason
+from bot.slack.edge import Router, post_message
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-BULK_ACTION = re.compile(
-    rf"^{BULK_PREFIX}:({'|'.join(BULK_ACTIONS)}):([A-Za-z0-9_-]{{1,64}})$"
-)
-ANY_BULK_ACTION = re.compile(rf"^{BULK_PREFIX}:")
 
-
-def handle_clear_db(rt, cmd: ClearDb, body: dict, respond) -> None:
-    from bot.slack.app import post_message
-
+def handle_clear_db(rt: Runtime, cmd: ClearDb, body: dict, respond) -> None:  # type: ignore[no-untyped-def]
     channel = body.get("channel_id")
     user = body.get("user_id")
-    environment = rt.config.environments[cmd.env]
     try:
         with rt.dbs.connection(cmd.env, cmd.host, op="clear_db_overview") as conn:
             info = database_info(conn, cmd.database)
@@ -74,18 +65,10 @@ def handle_clear_db(rt, cmd: ClearDb, body: dict, respond) -> None:
         respond(response_type="ephemeral", text=f":no_entry_sign: clear-db refuses `{esc(info.name)}`: {refusal}.")
         return
     sessions = terminable(connected)
-    off = kill_disabled_reason(rt, cmd.env)
-    max_bulk = environment.access.max_bulk
-    terminate_why = off
-    if terminate_why is None and not sessions:
-        terminate_why = "no client session is connected"
-    if terminate_why is None and len(sessions) > max_bulk:
-        terminate_why = (
-            f"{len(sessions)} sessions are more than `access.max_bulk` ({max_bulk}) allows in one request"
-        )
-    block_why = off or block_refusal(info)
-    if block_why is None and len(sessions) > max_bulk:
-        block_why = f"{len(sessions)} sessions are more than `access.max_bulk` ({max_bulk}) allows in one request"
+    off = rt.policy.signalling_off(cmd.env)
+    too_many = rt.policy.too_many(cmd.env, len(sessions))
+    terminate_why = off or ("no client session is connected" if not sessions else None) or too_many
+    block_why = off or block_refusal(info) or too_many
     allow_why = off or (
         None if info.bot_can_alter else f"the bot's role `{info.bot_user}` does not own `{info.name}` and is not a superuser"
     )
@@ -104,16 +87,16 @@ def handle_clear_db(rt, cmd: ClearDb, body: dict, respond) -> None:
     msg = clear_db_message(
         cmd.env, info, connected, tokens=tokens, block_why=block_why, terminate_why=terminate_why, allow_why=allow_why
     )
-    post_message(rt, channel, msg, respond)
+    post_message(rt.client, channel, msg, respond)
 
 
-def listing_offer(rt, cmd: ListSessions, listing, body: dict) -> list[dict]:
+def listing_offer(rt: Runtime, cmd: ListSessions, listing: Listing, body: dict) -> list[dict]:
     """*Terminate these N* under an ``idle`` / ``idle-tx`` listing filtered with ``--app``."""
-    if kill_disabled_reason(rt, cmd.env):
+    if rt.policy.signalling_off(cmd.env):
         return []
     try:
         offer = offer_for_listing(
-            rt.dbs, rt.store, rt.config, listing, cmd.filters, body.get("channel_id"), body.get("user_id")
+            rt.dbs, rt.store, rt.policy, listing, cmd.filters, body.get("channel_id"), body.get("user_id")
         )
     except DatabaseUnavailable as exc:
         return [context(f":warning: *Terminate these N* is not offered: {esc(str(exc))}")]
@@ -135,31 +118,9 @@ def listing_offer(rt, cmd: ListSessions, listing, body: dict) -> list[dict]:
     )
 
 
-def register(app, rt, router) -> None:
-    wf = workflow(rt)
-    for action in BULK_ACTIONS:
-        REQUEST_RENDERERS[action] = bulk_request_message
-    rt.extensions["bulk_redraw"] = lambda req: redraw(rt, req)
-
-    previous = rt.extensions.get("listing_extra")
-
-    def listing_extra(rt_, cmd, listing, body):
-        blocks = list(previous(rt_, cmd, listing, body)) if previous else []
-        return blocks + listing_offer(rt_, cmd, listing, body)
-
-    rt.extensions["listing_extra"] = listing_extra
+def register(rt: Runtime, router: Router) -> None:
     router.on(ClearDb)(handle_clear_db)
+    router.listing_extras.append(listing_offer)
 
-    def housekeeping() -> None:
-        repair_interrupted_blocks(wf)
-        refresh_closed_databases(wf)
-
-    rt.scheduler.add_job(housekeeping, "interval", seconds=30, id="pgs-bulk-housekeeping", replace_existing=True)
-    rt.extensions["bulk_housekeeping"] = housekeeping
-
-    @app.action(ANY_BULK_ACTION)
-    def on_bulk_click(ack, body, action, respond, client):
-        ack()
-        open_request_form(rt, wf, body, action, respond, client, BULK_ACTION, bulk_modal)
 
 __all__ = ["ALLOW_CONNECTIONS", "CLEAR_DB", "CLEAR_DB_BLOCK", "handle_clear_db", "listing_offer", "register"]

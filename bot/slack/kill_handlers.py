@@ -1,101 +1,51 @@
 """Slack edge of the approval workflow: buttons → modal → request → approve/deny/withdraw → update.
 
-Handlers stay thin: they acknowledge, read ids from the payload, and call :class:`Workflow`.
+Handlers stay thin: they acknowledge, parse ids (:mod:`bot.approval.ids`), and call
+:class:`~bot.approval.workflow.Workflow`; what each kind of action draws comes from its entry in the
+table of actions (:mod:`bot.approval.actions`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import time
+from typing import TYPE_CHECKING, Any
 
 from slack_sdk.errors import SlackApiError
 
-from bot.approval.workflow import Result, Workflow
+from bot.approval import ids
+from bot.approval.actions import kinds_with_prefix
+from bot.approval.models import Request, RequestState
 from bot.commands import Audit, Pending
-from bot.render.approval import (
-    DECIDE_PREFIX,
-    REQUEST_CALLBACK,
-    audit_list,
-    pending_list,
-    request_message,
-    request_modal,
-)
-from bot.render.buttons import ACTION_PREFIX
-from bot.slack.app import guarded
+from bot.render.approval import audit_list, pending_list
+from bot.slack.edge import Router, channel_of, guarded, tell
+
+if TYPE_CHECKING:
+    from slack_bolt import App
+
+    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-KILL_ACTION = re.compile(rf"^{ACTION_PREFIX}:(cancel|terminate):([A-Za-z0-9_-]{{1,64}})$")
-DECIDE_ACTION = re.compile(rf"^{DECIDE_PREFIX}:(approve|deny|withdraw):([A-Za-z0-9_-]{{1,64}})$")
-ANY_KILL_ACTION = re.compile(rf"^{ACTION_PREFIX}:")
-ANY_DECIDE_ACTION = re.compile(rf"^{DECIDE_PREFIX}:")
-
-# Renderers for request kinds other than a single session (bulk jobs register theirs).
-REQUEST_RENDERERS: dict = {}
+NOT_OURS = ":no_entry_sign: That button is not one the bot drew; nothing was done."
 
 
-def workflow(rt) -> Workflow:
-    wf = rt.extensions.get("workflow")
-    if wf is None:
-        wf = Workflow(rt.config, rt.store, rt.dbs, rt.directory, rt)
-        rt.extensions["workflow"] = wf
-    return wf
+def register(app: App, rt: Runtime, router: Router) -> None:
+    wf = rt.workflow
 
-
-def render_request(rt, req: dict) -> dict:
-    environment = rt.config.env(req["env"])
-    cfg_approvers = environment.access.approvers if environment else []
-    required = environment.access.approvals_required if environment else 1
-    approvals = rt.store.approvers_of(req["id"])
-    renderer = REQUEST_RENDERERS.get(req["action"], request_message)
-    return renderer(req, cfg_approvers, approvals, required, cfg_approvers)
-
-
-def redraw(rt, req: dict) -> None:
-    """Edit the approval message in place to show the request's current state."""
-    if not req.get("channel") or not req.get("message_ts"):
-        return
-    try:
-        rt.client.chat_update(channel=req["channel"], ts=req["message_ts"], **render_request(rt, req))
-    except SlackApiError as exc:
-        log.warning("could not update request %s message: %s", req["id"], exc.response.get("error"))
-    except Exception as exc:  # Slack unreachable after retries: the state is safe in the store
-        log.warning("could not update request %s message: %s", req["id"], type(exc).__name__)
-
-
-def tell(rt, respond, channel: str | None, user: str, text: str) -> None:
-    """An ephemeral answer to one person: through response_url when we have one, else chat.postEphemeral."""
-    if respond is not None:
-        try:
-            respond(response_type="ephemeral", replace_original=False, text=text)
-            return
-        except Exception:
-            log.warning("response_url answer failed; falling back to chat.postEphemeral")
-    if channel:
-        try:
-            rt.client.chat_postEphemeral(channel=channel, user=user, text=text)
-        except SlackApiError as exc:
-            log.warning("could not answer %s: %s", user, exc.response.get("error"))
-        except Exception as exc:  # Slack unreachable: the answer is lost, the decision is not
-            log.warning("could not answer %s: %s", user, type(exc).__name__)
-
-
-def _channel_of(body: dict) -> str | None:
-    return (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
-
-
-def register(app, rt, router) -> None:
-    wf = workflow(rt)
-
-    @app.action(ANY_KILL_ACTION)
-    def on_kill_click(ack, body, action, respond, client):
+    @app.action(ids.ANY_KILL)
+    def on_kill_click(ack, body, action, respond, client):  # type: ignore[no-untyped-def]
         ack()
-        open_request_form(rt, wf, body, action, respond, client, KILL_ACTION, request_modal)
+        open_request_form(rt, body, action, respond, client, ids.KILL_PREFIX)
 
-    @app.view(REQUEST_CALLBACK)
-    def on_submit(ack, body, view):
+    @app.action(ids.ANY_BULK)
+    def on_bulk_click(ack, body, action, respond, client):  # type: ignore[no-untyped-def]
+        ack()
+        open_request_form(rt, body, action, respond, client, ids.BULK_PREFIX)
+
+    @app.view(ids.REQUEST_CALLBACK)
+    def on_submit(ack, body, view):  # type: ignore[no-untyped-def]
         user = (body.get("user") or {}).get("id", "")
         try:
             meta = json.loads(view.get("private_metadata") or "{}")
@@ -106,124 +56,87 @@ def register(app, rt, router) -> None:
         values = (view.get("state") or {}).get("values") or {}
         reason = ((values.get("reason") or {}).get("reason") or {}).get("value") or ""
         result = wf.submit(token, kind, user, channel, reason)
-        if not result.ok:
+        if not result.ok or result.request is None:
             ack(response_action="errors", errors={"reason": f"Not possible: {result.message}."})
             return
         ack()
         guarded("posting the approval request")(_post_request)(rt, result.request, user, respond=None)
 
-    @app.view_closed(REQUEST_CALLBACK)
-    def on_closed(ack):
+    @app.view_closed(ids.REQUEST_CALLBACK)
+    def on_closed(ack):  # type: ignore[no-untyped-def]
         ack()
 
-    @app.action(ANY_DECIDE_ACTION)
-    def on_decide(ack, body, action, respond):
+    @app.action(ids.ANY_DECIDE)
+    def on_decide(ack, body, action, respond):  # type: ignore[no-untyped-def]
         ack()
         user = (body.get("user") or {}).get("id", "")
-        channel = _channel_of(body)
-        m = DECIDE_ACTION.match(action.get("action_id", ""))
-        if not m or action.get("value") != m.group(2):
-            tell(rt, respond, channel, user, ":no_entry_sign: That button is not one the bot drew; nothing was done.")
+        channel = channel_of(body)
+        click = ids.parse_click(ids.DECIDE_PREFIX, ids.VERDICTS, action.get("action_id", ""), action.get("value"))
+        if click is None:
+            tell(rt.client, respond, channel, user, NOT_OURS)
             return
-        guarded("deciding the request")(_decide)(rt, wf, m.group(2), user, m.group(1), channel, respond=respond)
+        guarded("deciding the request")(_decide)(rt, click.token, user, click.verb, channel, respond=respond)
 
     @router.on(Pending)
-    def on_pending(rt_, cmd, body, respond):
-        reqs = rt.store.requests_in(("pending", "executing"))
-        allowed = [r for r in reqs if not _hidden(rt, r, body.get("channel_id"))]
+    def on_pending(rt_, cmd, body, respond):  # type: ignore[no-untyped-def]
+        reqs = rt.store.requests_in((RequestState.PENDING, RequestState.EXECUTING))
+        allowed = [r for r in reqs if rt.policy.may_see(r.env, body.get("channel_id"))]
         respond(response_type="ephemeral", **pending_list(allowed, time.time()))
 
     @router.on(Audit)
-    def on_audit(rt_, cmd: Audit, body, respond):
+    def on_audit(rt_, cmd: Audit, body, respond):  # type: ignore[no-untyped-def]
         entries = rt.store.audit_entries(env=cmd.env, limit=cmd.limit)
-        entries = [e for e in entries if e.get("env") is None or not _hidden_env(rt, e["env"], body.get("channel_id"))]
+        entries = [e for e in entries if rt.policy.may_see(e.get("env"), body.get("channel_id"))]
         respond(response_type="ephemeral", **audit_list(entries, cmd.env))
 
-    rt.scheduler.add_job(
-        lambda: _housekeeping(rt, wf), "interval", seconds=10, id="pgs-requests-housekeeping", replace_existing=True
-    )
-    rt.extensions["kill_housekeeping"] = lambda: _housekeeping(rt, wf)
-    rt.scheduler.add_job(
-        lambda: _purge_tokens(rt), "interval", hours=1, id="pgs-purge-tokens", replace_existing=True
-    )
 
-
-def open_request_form(rt, wf: Workflow, body: dict, action: dict, respond, client, pattern, make_modal) -> None:
+def open_request_form(rt: Runtime, body: dict, action: dict, respond: Any, client: Any, prefix: str) -> None:
     """A Cancel/Terminate/bulk button was clicked: resolve its token on the server and open the form.
 
-    ``pattern`` captures (action, token) from the action_id; the value must repeat the token, and the
-    token must resolve to a stored target this user may act on from this channel.
+    The action id must be ``<prefix>:<an action of that prefix>:<token>`` and the value must repeat the
+    token, and the token must resolve to a stored target this user may act on from this channel.
     """
     user = (body.get("user") or {}).get("id", "")
-    channel = _channel_of(body)
-    m = pattern.match(action.get("action_id", ""))
-    if not m or action.get("value") != m.group(2):
-        tell(rt, respond, channel, user, ":no_entry_sign: That button is not one the bot drew; nothing was done.")
+    channel = channel_of(body)
+    click = ids.parse_click(prefix, kinds_with_prefix(prefix), action.get("action_id", ""), action.get("value"))
+    if click is None:
+        tell(rt.client, respond, channel, user, NOT_OURS)
         return
-    kind, token = m.group(1), m.group(2)
-    target, refusal = wf.target_for(token, kind, user, channel)
-    if target is None:
-        tell(rt, respond, channel, user, f":no_entry_sign: Not possible: {refusal}.")
+    stored, refusal = rt.workflow.target_for(click.token, click.verb, user, channel)
+    if stored is None:
+        tell(rt.client, respond, channel, user, f":no_entry_sign: Not possible: {refusal}.")
         return
-    environment = rt.config.environments[target["env"]]
-    view = make_modal(target, kind, token, channel, environment.access.require_reason)
+    environment = rt.config.environments[stored.env]
+    kind = rt.workflow.actions[click.verb]
+    view = kind.modal(stored, kind, click.token, channel, environment.access.require_reason)
     try:
         client.views_open(trigger_id=body.get("trigger_id"), view=view)
     except SlackApiError as exc:
         log.warning("views.open failed: %s", exc.response.get("error"))
-        tell(rt, respond, channel, user, ":warning: Slack did not open the request form in time; please click again.")
+        tell(rt.client, respond, channel, user, ":warning: Slack did not open the request form in time; please click again.")
 
 
-def _hidden_env(rt, env: str, channel: str | None) -> bool:
-    environment = rt.config.env(env)
-    if environment is None:
-        return True
-    return bool(environment.access.channels) and channel not in environment.access.channels
-
-
-def _hidden(rt, req: dict, channel: str | None) -> bool:
-    return _hidden_env(rt, req["env"], channel)
-
-
-def _post_request(rt, req: dict, user: str, respond=None) -> None:
-    msg = render_request(rt, req)
+def _post_request(rt: Runtime, req: Request, user: str, respond: Any = None) -> None:
+    msg = rt.messages.render(req)
     try:
-        resp = rt.client.chat_postMessage(channel=req["channel"], **msg)
+        resp = rt.client.chat_postMessage(channel=req.channel, **msg)
     except SlackApiError as exc:
-        log.warning("could not post request %s: %s", req["id"], exc.response.get("error"))
-        wf = rt.extensions["workflow"]
-        wf.decide(req["id"], req["requester"], "withdraw")
-        tell(rt, None, req["channel"], user, f":warning: Could not post the approval request ({exc.response.get('error')}); it was withdrawn.")
+        log.warning("could not post request %s: %s", req.id, exc.response.get("error"))
+        rt.workflow.decide(req.id, req.requester, "withdraw")
+        tell(rt.client, None, req.channel, user,
+             f":warning: Could not post the approval request ({exc.response.get('error')}); it was withdrawn.")
         return
-    rt.store.set_message(req["id"], resp["channel"], resp["ts"])
+    rt.store.set_message(req.id, resp["channel"], resp["ts"])
 
 
-def _decide(rt, wf: Workflow, request_id: str, user: str, verdict: str, channel: str | None, respond=None) -> None:
-    result: Result = wf.decide(request_id, user, verdict)
+def _decide(rt: Runtime, request_id: str, user: str, verdict: str, channel: str | None, respond: Any = None) -> None:
+    wf = rt.workflow
+    result = wf.decide(request_id, user, verdict)
     # the shared message first: it is the record everyone sees; the personal notice is best effort
     if result.changed and result.request is not None:
-        redraw(rt, rt.store.get_request(result.request["id"]) or result.request)
-    if result.extra.get("execute"):
+        rt.messages.redraw(rt.store.get_request(result.request.id) or result.request)
+    if result.execute and result.request is not None:
         done = wf.execute(result.request)
-        redraw(rt, done.request or result.request)
+        rt.messages.redraw(done.request or result.request)
     if not result.ok:
-        tell(rt, respond, channel, user, f":no_entry_sign: {result.message}")
-
-
-def _housekeeping(rt, wf: Workflow) -> None:
-    for req in wf.expire_due():
-        redraw(rt, req)
-    for req in wf.recover_interrupted():
-        redraw(rt, req)
-
-
-# Button tokens older than this act on nothing ("not known to the bot"); requests keep their own copy
-# of the target, so purging never touches a request. A week covers the longest lag incident's buttons.
-TOKEN_RETENTION = 7 * 86400
-
-
-def _purge_tokens(rt) -> int:
-    removed = rt.store.purge_targets(time.time() - TOKEN_RETENTION)
-    if removed:
-        log.info("purged %d button tokens older than %d days", removed, TOKEN_RETENTION // 86400)
-    return removed
+        tell(rt.client, respond, channel, user, f":no_entry_sign: {result.message}")

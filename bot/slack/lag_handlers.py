@@ -1,26 +1,28 @@
 """`/pgsessions <env> lag`, and the scheduled lag watcher's jobs.
 
-``register`` serves the command and installs the watcher's jobs on ``rt.scheduler`` (they run once
-the scheduler is started by ``serve`` or ``rt.start_background()``).
+``register`` serves the command; the watcher itself (``rt.lagwatch``) is built by the runtime and
+its jobs installed by :func:`bot.wiring.install_jobs`.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 from bot.approval.targets import issue_session_tokens
 from bot.commands import ShowLag
-from bot.lagwatch import install, measure_env
+from bot.lagwatch.detect import measure_env
 from bot.lagwatch.model import StandbyLag, Unreachable
-from bot.lagwatch.watcher import kill_disabled_reason
 from bot.render.lag import MAX_CULPRITS_SHOWN, render_lag_listing
+from bot.slack.edge import Router, post_message
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 
-def handle_lag(rt, cmd: ShowLag, body: dict, respond) -> None:
-    from bot.slack.app import post_message
-
+def handle_lag(rt: Runtime, cmd: ShowLag, body: dict, respond: Any) -> None:
     environment = rt.config.environments[cmd.env]
     if not environment.standbys:
         respond(
@@ -37,7 +39,7 @@ def handle_lag(rt, cmd: ShowLag, body: dict, respond) -> None:
         log.warning("lag of %s: no standby answered", cmd.env)
         respond(response_type="ephemeral", text=f":warning: Could not read the lag of any standby of `{cmd.env}`:\n{reasons}")
         return
-    disabled = kill_disabled_reason(environment, cmd.env)
+    disabled = rt.policy.signalling_off(cmd.env)
     tokens: dict[tuple[str, int], str] = {}
     if disabled is None:
         for r in results:
@@ -54,9 +56,8 @@ def handle_lag(rt, cmd: ShowLag, body: dict, respond) -> None:
         query_chars=environment.listing.query_chars,
         primary_error=primary_error,
     )
-    post_message(rt, channel, msg, respond)
+    post_message(rt.client, channel, msg, respond)
 
 
-def register(app, rt, router) -> None:
+def register(rt: Runtime, router: Router) -> None:
     router.on(ShowLag)(handle_lag)
-    install(rt)

@@ -3,56 +3,55 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 from bot.approval.targets import issue_session_tokens
 from bot.commands import ListSessions
 from bot.postgres.activity import list_sessions
+from bot.postgres.models import Listing
 from bot.postgres.pools import DatabaseUnavailable
 from bot.render.listing import render_listing
+from bot.slack.edge import ListingExtra, Router, post_message
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 
-def kill_disabled_reason(rt, env: str) -> str | None:
-    access = rt.config.environments[env].access
-    if not access.allow_kill:
-        return f"signalling is turned off for `{env}` (access.allow_kill: false)"
-    return None
+def make_handle_list(extras: list[ListingExtra]):  # type: ignore[no-untyped-def]
+    """The listing handler; ``extras`` add blocks under a listing (e.g. the bulk 'Terminate these N')."""
+
+    def handle_list(rt: Runtime, cmd: ListSessions, body: dict, respond: Any) -> None:
+        environment = rt.config.environments[cmd.env]
+        channel = body.get("channel_id")
+        user = body.get("user_id")
+        try:
+            listing: Listing = list_sessions(rt.dbs, cmd.env, cmd.host, cmd.filters)
+        except DatabaseUnavailable as exc:
+            log.warning("listing %s/%s failed: %s", cmd.env, cmd.host, exc.reason)
+            respond(response_type="ephemeral", text=f":warning: Could not list sessions: {exc}")
+            return
+        limit = environment.listing.max_sessions
+        disabled = rt.policy.signalling_off(cmd.env)
+        tokens = {}
+        if disabled is None:
+            tokens = issue_session_tokens(rt.store, cmd.env, cmd.host, listing.sessions[:limit], channel, user)
+        extra_blocks: list[dict] = []
+        for extra in extras:
+            extra_blocks += extra(rt, cmd, listing, body)
+        msg = render_listing(
+            listing,
+            max_sessions=limit,
+            query_chars=environment.listing.query_chars,
+            tokens=tokens,
+            kill_disabled=disabled,
+            extra_blocks=extra_blocks,
+        )
+        post_message(rt.client, channel, msg, respond)
+
+    return handle_list
 
 
-def extra_listing_blocks(rt, cmd: ListSessions, listing, body: dict) -> list[dict]:
-    """Blocks other features add under a listing (e.g. the bulk 'Terminate these N')."""
-    hook = rt.extensions.get("listing_extra")
-    return hook(rt, cmd, listing, body) if hook else []
-
-
-def handle_list(rt, cmd: ListSessions, body: dict, respond) -> None:
-    from bot.slack.app import post_message
-
-    environment = rt.config.environments[cmd.env]
-    channel = body.get("channel_id")
-    user = body.get("user_id")
-    try:
-        listing = list_sessions(rt.dbs, cmd.env, cmd.host, cmd.filters)
-    except DatabaseUnavailable as exc:
-        log.warning("listing %s/%s failed: %s", cmd.env, cmd.host, exc.reason)
-        respond(response_type="ephemeral", text=f":warning: Could not list sessions: {exc}")
-        return
-    limit = environment.listing.max_sessions
-    disabled = kill_disabled_reason(rt, cmd.env)
-    tokens = {}
-    if disabled is None:
-        tokens = issue_session_tokens(rt.store, cmd.env, cmd.host, listing.sessions[:limit], channel, user)
-    msg = render_listing(
-        listing,
-        max_sessions=limit,
-        query_chars=environment.listing.query_chars,
-        tokens=tokens,
-        kill_disabled=disabled,
-        extra_blocks=extra_listing_blocks(rt, cmd, listing, body),
-    )
-    post_message(rt, channel, msg, respond)
-
-
-def register(router) -> None:
-    router.on(ListSessions)(handle_list)
+def register(rt: Runtime, router: Router) -> None:
+    router.on(ListSessions)(make_handle_list(router.listing_extras))

@@ -123,7 +123,7 @@ def make_wsgi(rt: Runtime, app: App | None):
     if app is not None:
         instrument_bolt(app)
     slack = _instrumented(SlackRequestHandler(app, path=EVENTS_PATH), _verifier(rt)) if app is not None else None
-    metrics_app = rt.extensions.setdefault("metrics_wsgi", wsgi_app())
+    metrics_app = wsgi_app()
 
     def wsgi(environ, start_response):
         path = environ.get("PATH_INFO", "")

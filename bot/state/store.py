@@ -34,8 +34,20 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.exc import IntegrityError
+
+from bot.approval.models import (
+    TARGET,
+    NewRequest,
+    Outcome,
+    Request,
+    RequestState,
+    StoredTarget,
+    Target,
+    request_from_dict,
+    with_kind,
+)
 
 metadata = MetaData()
 
@@ -190,68 +202,77 @@ class StateStore:
     # --- button tokens ------------------------------------------------------------------------------
 
     def put_targets(
-        self, kind: str, env: str, host: str, channel: str | None, user: str | None, payloads: list[dict]
+        self, env: str, host: str, channel: str | None, user: str | None, targets_: list[Target]
     ) -> list[str]:
+        """Store what each button may act on; returns one random token per target."""
         now = time.time()
-        tokens = [new_id(9) for _ in payloads]
-        if payloads:
+        tokens = [new_id(9) for _ in targets_]
+        if targets_:
             with self.tx() as c:
                 c.execute(
                     insert(targets),
                     [
                         {
                             "token": t,
-                            "kind": kind,
+                            "kind": p.kind,
                             "env": env,
                             "host": host,
                             "channel": channel,
                             "created_by": user,
                             "created_at": now,
-                            "payload": json.dumps(p, default=str),
+                            "payload": p.model_dump_json(exclude_none=True),
                         }
-                        for t, p in zip(tokens, payloads, strict=True)
+                        for t, p in zip(tokens, targets_, strict=True)
                     ],
                 )
         return tokens
 
-    def get_target(self, token: str) -> dict | None:
+    def get_target(self, token: str) -> StoredTarget | None:
         with self.engine.connect() as c:
             row = c.execute(select(targets).where(targets.c.token == token)).mappings().first()
         if row is None:
             return None
-        out = dict(row)
-        out["payload"] = json.loads(out["payload"])
-        return out
+        payload = with_kind(json.loads(row["payload"]), row["kind"])
+        return StoredTarget(
+            token=row["token"],
+            env=row["env"],
+            host=row["host"],
+            channel=row["channel"],
+            created_by=row["created_by"],
+            created_at=row["created_at"],
+            target=TARGET.validate_python(payload),
+        )
 
     def purge_targets(self, older_than: float) -> int:
         with self.tx() as c:
-            return c.execute(delete(targets).where(targets.c.created_at < older_than)).rowcount
+            return int(c.execute(delete(targets).where(targets.c.created_at < older_than)).rowcount)
 
     # --- requests -----------------------------------------------------------------------------------
 
-    def create_request(self, **values: Any) -> dict:
+    def create_request(self, new: NewRequest) -> Request:
         now = time.time()
         row = {
+            **new.model_dump(exclude={"target"}),
             "id": new_id(9),
-            "state": "pending",
+            "state": RequestState.PENDING.value,
             "created_at": now,
             "updated_at": now,
-            **values,
+            "target": new.target.model_dump_json(exclude_none=True),
         }
-        row["target"] = json.dumps(row["target"], default=str)
         with self.tx() as c:
             c.execute(insert(requests).values(**row))
-        return self.get_request(row["id"])  # type: ignore[return-value]
+            created = self.get_request(row["id"], conn=c)
+        assert created is not None
+        return created
 
     @staticmethod
-    def _decode(row: Any) -> dict:
-        out = dict(row)
-        out["target"] = json.loads(out["target"])
-        if out.get("outcome"):
-            out["outcome"] = json.loads(out["outcome"])
-        return out
+    def _decode(row: RowMapping) -> Request:
+        data = dict(row)
+        data["target"] = json.loads(data["target"])
+        data["outcome"] = json.loads(data["outcome"]) if data.get("outcome") else None
+        return request_from_dict(data)
 
-    def get_request(self, request_id: str, conn: Connection | None = None, lock: bool = False) -> dict | None:
+    def get_request(self, request_id: str, conn: Connection | None = None, lock: bool = False) -> Request | None:
         stmt = select(requests).where(requests.c.id == request_id)
         if lock and not self.is_sqlite:
             stmt = stmt.with_for_update()
@@ -267,18 +288,34 @@ class StateStore:
             c.execute(update(requests).where(requests.c.id == request_id).values(channel=channel, message_ts=ts))
 
     def transition(
-        self, conn: Connection, request_id: str, expected: str | tuple[str, ...], new: str, **values: Any
+        self,
+        conn: Connection,
+        request_id: str,
+        expected: RequestState | tuple[RequestState, ...],
+        new: RequestState,
+        *,
+        outcome: Outcome | None = None,
+        decided_at: float | None = None,
+        decided_by: str | None = None,
     ) -> bool:
-        """Move a request from ``expected`` to ``new``; False when another click got there first."""
-        exp = (expected,) if isinstance(expected, str) else expected
-        if "outcome" in values and values["outcome"] is not None:
-            values["outcome"] = json.dumps(values["outcome"], default=str)
+        """Move a request from ``expected`` to ``new``; False when another click got there first.
+
+        ``outcome`` (when given) replaces the stored outcome; a transition to the same state only
+        records progress or a changed outcome."""
+        exp = (expected,) if isinstance(expected, RequestState) else expected
+        values: dict[str, Any] = {"state": new.value, "updated_at": time.time()}
+        if outcome is not None:
+            values["outcome"] = outcome.model_dump_json(exclude_none=True)
+        if decided_at is not None:
+            values["decided_at"] = decided_at
+        if decided_by is not None:
+            values["decided_by"] = decided_by
         res = conn.execute(
             update(requests)
-            .where(requests.c.id == request_id, requests.c.state.in_(exp))
-            .values(state=new, updated_at=time.time(), **values)
+            .where(requests.c.id == request_id, requests.c.state.in_([e.value for e in exp]))
+            .values(**values)
         )
-        return res.rowcount == 1
+        return int(res.rowcount) == 1
 
     def add_approval(self, conn: Connection, request_id: str, approver: str) -> bool:
         """Record one approval; False if this approver already approved."""
@@ -301,17 +338,73 @@ class StateStore:
         with self.engine.connect() as c:
             return [r[0] for r in c.execute(stmt)]
 
-    def requests_in(self, states: tuple[str, ...], env: str | None = None) -> list[dict]:
-        stmt = select(requests).where(requests.c.state.in_(states)).order_by(requests.c.created_at)
+    def requests_in(self, states: tuple[RequestState, ...], env: str | None = None) -> list[Request]:
+        stmt = (
+            select(requests)
+            .where(requests.c.state.in_([s.value for s in states]))
+            .order_by(requests.c.created_at)
+        )
         if env is not None:
             stmt = stmt.where(requests.c.env == env)
         with self.engine.connect() as c:
             return [self._decode(r) for r in c.execute(stmt).mappings()]
 
-    def due_for_expiry(self, now: float) -> list[dict]:
-        stmt = select(requests).where(requests.c.state == "pending", requests.c.expires_at <= now)
+    def due_for_expiry(self, now: float) -> list[Request]:
+        stmt = select(requests).where(
+            requests.c.state == RequestState.PENDING.value, requests.c.expires_at <= now
+        )
         with self.engine.connect() as c:
             return [self._decode(r) for r in c.execute(stmt).mappings()]
+
+    # Narrow reads for the clear-db housekeeping (requests_in() would decode every finished request,
+    # snapshots of hundreds of sessions included). The outcome JSON is written by pydantic without
+    # spaces; both spellings are matched so that rows written by earlier releases (json.dumps) are
+    # found too. The LIKE patterns only pre-select: callers check the decoded outcome exactly.
+    # (A real column for "closed a database and not reopened yet" would replace them.)
+
+    def _requests_where(self, action: str, *conditions: Any) -> list[Request]:
+        t = requests
+        with self.engine.connect() as c:
+            rows = c.execute(select(t).where(t.c.action == action, *conditions)).mappings().all()
+        return [self._decode(r) for r in rows]
+
+    def closing_requests(self, action: str, env: str) -> list[Request]:
+        """Finished ``action`` requests of ``env`` whose outcome says they closed a database that the bot
+        has not seen reopened."""
+        t = requests
+        return self._requests_where(
+            action,
+            t.c.env == env,
+            t.c.state.in_((RequestState.DONE.value, RequestState.FAILED.value)),
+            t.c.outcome.like('%"blocked": true%') | t.c.outcome.like('%"blocked":true%'),
+            ~t.c.outcome.like('%"reopened"%'),
+        )
+
+    def interrupted_unrepaired(self, action: str) -> list[Request]:
+        """Failed ``action`` requests ended as interrupted whose outcome does not say yet whether they
+        closed their database."""
+        t = requests
+        return self._requests_where(
+            action,
+            t.c.state == RequestState.FAILED.value,
+            t.c.outcome.like('%"interrupted"%'),
+            ~t.c.outcome.like('%"blocked"%'),
+        )
+
+    # --- the state database itself ------------------------------------------------------------------
+
+    def server_identity(self) -> tuple[str, str, str] | None:
+        """(postmaster start, port, database) of a PostgreSQL state database, or None for SQLite.
+
+        Raises if the state database cannot be asked."""
+        if self.is_sqlite:
+            return None
+        with self.engine.connect() as c:
+            row = c.exec_driver_sql(
+                "SELECT extract(epoch FROM pg_postmaster_start_time())::text, current_setting('port'), "
+                "current_database()"
+            ).first()
+        return (str(row[0]), str(row[1]), str(row[2])) if row else None
 
     # --- audit --------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Lag-watch incidents in the state store (table ``pgs_incidents``), fenced by the leader lease.
+"""The state store's gateway to lag-watch incidents (table ``pgs_incidents``), fenced by the leader lease.
 
 An incident is one Slack message: it is opened once, edited while it lasts and resolved once. At most
 one incident per (environment, standby, kind) is open. Every write checks, in the same transaction,
@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection
@@ -35,10 +37,10 @@ class Incident:
     message_ts: str | None
     last_update_at: float | None
     last_reminder_at: float | None
-    payload: dict = field(default_factory=dict)
+    payload: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_row(cls, row) -> Incident:
+    def from_row(cls, row: Mapping[str, Any]) -> Incident:
         data = dict(row)
         data["payload"] = json.loads(data.get("payload") or "{}")
         data["open"] = bool(data["open"])
@@ -94,7 +96,7 @@ class Incidents:
 
     # --- writes (fenced) ----------------------------------------------------------------------------
 
-    def create(self, env: str, host: str, kind: str, channel: str, payload: dict) -> Incident | None:
+    def create(self, env: str, host: str, kind: str, channel: str, payload: dict[str, Any]) -> Incident | None:
         """Open an incident; None when this bot is not the leader or one is already open."""
         now = time.time()
         row = {
@@ -127,7 +129,7 @@ class Incidents:
             c.execute(insert(incidents).values(**row))
         return Incident.from_row({**row, "payload": row["payload"]})
 
-    def save(self, inc: Incident, **values) -> bool:
+    def save(self, inc: Incident, **values: Any) -> bool:
         """Update an open incident's columns (``payload`` as a dict); False if not leader or closed."""
         if "payload" in values:
             values["payload"] = json.dumps(values["payload"], default=str)
@@ -137,15 +139,15 @@ class Incidents:
             res = c.execute(
                 update(incidents).where(incidents.c.id == inc.id, incidents.c.open.is_(True)).values(**values)
             )
-            ok = res.rowcount == 1
+            ok = int(res.rowcount) == 1
         if ok:
             for k, v in values.items():
                 setattr(inc, k, json.loads(v) if k == "payload" else v)
         return ok
 
-    def resolve(self, inc: Incident, payload: dict | None = None) -> bool:
+    def resolve(self, inc: Incident, payload: dict[str, Any] | None = None) -> bool:
         """Close an incident exactly once; False if another check (or replica) already did."""
-        values: dict = {"open": False, "resolved_at": time.time()}
+        values: dict[str, Any] = {"open": False, "resolved_at": time.time()}
         if payload is not None:
             values["payload"] = payload
         return self.save(inc, **values)

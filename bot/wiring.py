@@ -1,0 +1,33 @@
+"""Which features the bot has, registered explicitly: the Slack handlers and the scheduled jobs.
+
+The parts themselves (policy, workflow, request messages, housekeeping, lag watcher) are built by
+:class:`bot.runtime.Runtime`; :func:`bot.slack.app.build_app` calls :func:`register_features` and
+:func:`install_jobs`. Adding a feature: write ``bot/slack/<feature>_handlers.py`` with a
+``register`` function and call it here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bot.slack import bulk_handlers, kill_handlers, lag_handlers, listing_handlers
+from bot.slack.edge import Router
+
+if TYPE_CHECKING:
+    from slack_bolt import App
+
+    from bot.runtime import Runtime
+
+
+def register_features(app: App, rt: Runtime, router: Router) -> None:
+    listing_handlers.register(rt, router)
+    kill_handlers.register(app, rt, router)  # every action button, the request modal, decisions
+    lag_handlers.register(rt, router)
+    bulk_handlers.register(rt, router)  # clear-db, and the *Terminate these N* listing extra
+
+
+def install_jobs(rt: Runtime) -> None:
+    """Add the periodic jobs to ``rt.scheduler`` (they run once it is started)."""
+    rt.housekeeping.install(rt.scheduler)
+    if rt.lagwatch is not None:
+        rt.lagwatch.install()
