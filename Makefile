@@ -26,6 +26,7 @@ run: install
 
 lint: install
 	$(BIN)/ruff check bot tests bench
+	$(BIN)/mypy
 
 test: install postgres lint
 	$(BIN)/python -m pytest

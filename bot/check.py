@@ -21,6 +21,7 @@ are shown as ``host:port/db as user`` and every line goes through :func:`bot.sec
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -254,7 +255,7 @@ def check_state(url: str) -> StateReport:
         if store is not None:
             try:
                 store.close()
-            except Exception:  # noqa: S110 - closing after a failed check
+            except Exception:  # closing after a failed check
                 pass
     report.ms = round((time.monotonic() - started) * 1000, 1)
     report.add(OK, "writable", f"reachable and writable ({report.ms:.0f} ms)")
@@ -376,7 +377,7 @@ def run_checks(config: Config, environ: dict[str, str], envs: list[str] | None =
         deadline = environment.timeouts.connect + 2 * environment.timeouts.statement + 5
         for host, dsn in environment.hosts().items():
             tasks.append((
-                lambda e=env_name, h=host, d=dsn, env=environment, k=kill_allowed: check_host(e, h, d, env, k),
+                functools.partial(check_host, env_name, host, dsn, environment, kill_allowed),
                 deadline,
                 _failed(HostReport, "reachable", env=env_name, host=host,
                         role="primary" if host == "primary" else "standby", target=safe_dsn(dsn)),

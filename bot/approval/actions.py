@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from bot.approval import ids
 from bot.approval.models import Outcome, Request, StoredTarget, TargetKind
@@ -24,9 +25,9 @@ from bot.render.bulk import bulk_modal, bulk_request_message
 # executor(execution, request) -> outcome: acts on an approved request (never raises on purpose)
 Executor = Callable[[Execution, Request], Outcome]
 # renderer(request, kind, approvals so far, approvals required, configured approvers) -> message
-Renderer = Callable[[Request, "ActionKind", list[str], int, list[str]], dict]
+Renderer = Callable[[Request, "ActionKind", list[str], int, list[str]], dict[str, Any]]
 # modal(stored target, kind, token, channel, reason required) -> the request form
-Modal = Callable[[StoredTarget, "ActionKind", str, "str | None", bool], dict]
+Modal = Callable[[StoredTarget, "ActionKind", str, "str | None", bool], dict[str, Any]]
 
 
 @dataclass(frozen=True)

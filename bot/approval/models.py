@@ -85,8 +85,16 @@ class SessionRef(Frozen):
     in_transaction: bool | None = None
 
     @property
-    def key(self) -> tuple[int, datetime | None]:
-        return self.pid, as_datetime(self.backend_start)
+    def started(self) -> datetime:
+        """backend_start as a datetime (every stored session has one; a bare pid raises)."""
+        if self.backend_start is None:
+            raise ValueError(f"session {self.pid} has no backend_start")
+        return datetime.fromisoformat(self.backend_start)
+
+    @property
+    def key(self) -> tuple[int, datetime]:
+        """(pid, backend_start): the identity an approval covers."""
+        return self.pid, self.started
 
 
 class SessionTarget(SessionRef):

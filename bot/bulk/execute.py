@@ -158,7 +158,7 @@ def terminate_snapshot(
     by_pid_start = {s.key: s for s in sessions}
     items = list(by_pid_start.items())
 
-    def not_attempted(batch: list[tuple[tuple[int, datetime | None], SessionRef]]) -> None:
+    def not_attempted(batch: list[tuple[tuple[int, datetime], SessionRef]]) -> None:
         rows = [(s, "not_attempted", f"not attempted: {tally.stopped}") for _, s in batch]
         for s, r, d in rows:
             tally.add(s, r, d)
@@ -197,7 +197,7 @@ def terminate_snapshot(
                     tally.add(s, "failed", detail)
                     audit_rows([(s, "failed", detail)])
         done_rows: list[Row] = []
-        waiting: dict[tuple[int, datetime | None], SessionRef] = {}
+        waiting: dict[tuple[int, datetime], SessionRef] = {}
         for row in results:
             key = (row.pid, row.backend_start)
             s = by_pid_start.get(key) or next((v for (p, _), v in batch if p == row.pid), SessionRef(pid=row.pid))
@@ -370,6 +370,12 @@ def run_allow_connections(ex: Execution, req: Request) -> BulkOutcome:
 # --- keeping the messages of closed databases true (housekeeping) ---------------------------------
 
 
+def _database_of(req: Request) -> str:
+    t = req.target
+    assert isinstance(t, DatabaseTarget), f"request {req.id} is not about a database"
+    return t.database
+
+
 def _rewrite_outcome(ex: Execution, req: Request, outcome: BulkOutcome) -> Request | None:
     """Replace a finished request's outcome (its state unchanged); the fresh request, or None."""
     with ex.store.tx() as c:
@@ -416,7 +422,7 @@ def repair_interrupted_blocks(ex: Execution) -> list[Request]:
             update["closed_at"] = min(e["at"] for e in blocked)
             try:
                 with ex.dbs.connection(req.env, req.host, op="clear_db") as conn:
-                    now = database_state(conn, req.database)
+                    now = database_state(conn, _database_of(req))
             except DatabaseUnavailable:
                 continue  # try again on the next round
             update["allow_connections"] = now[0] if now else None
@@ -450,7 +456,7 @@ def refresh_closed_databases(ex: Execution, token_max_age: float = 6 * 86400) ->
                 continue
             try:
                 with ex.dbs.connection(env, req.host, op="clear_db") as conn:
-                    state = database_state(conn, req.database)
+                    state = database_state(conn, _database_of(req))
             except DatabaseUnavailable:
                 continue
             update: dict[str, Any]

@@ -27,10 +27,14 @@ RESULT_WORDS = {
 
 
 class VerdictRow(Protocol):
-    verdict: str
-    state: str | None
-    state_secs: float | None
-    signalled: bool
+    @property
+    def verdict(self) -> str: ...
+    @property
+    def state(self) -> str | None: ...
+    @property
+    def state_secs(self) -> float | None: ...
+    @property
+    def signalled(self) -> bool | None: ...
 
 
 def verdict_detail(row: VerdictRow, expected: str | None) -> tuple[str, str]:

@@ -155,7 +155,7 @@ class LagWatcher:
         if was_leader:
             try:
                 self.store.release_lease(LEASE_NAME, self.holder)
-            except Exception as exc:  # noqa: BLE001 - shutting down; the lease expires by itself
+            except Exception as exc:  # shutting down; the lease expires by itself
                 log.warning("could not release the lag-watch lease: %s", type(exc).__name__)
 
     # --- leadership ---------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ class LagWatcher:
         was = self.is_leader()
         try:
             held = self.store.acquire_lease(LEASE_NAME, self.holder, self.lease_ttl)
-        except Exception as exc:  # noqa: BLE001 - state store down: keep what we had until it runs out
+        except Exception as exc:  # state store down: keep what we had until it runs out
             log.warning("lag watch: could not renew the leader lease: %s", type(exc).__name__)
             return
         if self._stopped.is_set():
@@ -198,7 +198,7 @@ class LagWatcher:
                 if env is None or inc.host not in env.standbys:
                     self._close_unwatched(inc)
             OPEN_INCIDENTS.set(self.incidents.count_open())
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("lag watch: could not read open incidents")
 
     def _close_unwatched(self, inc: Incident) -> None:
@@ -234,7 +234,7 @@ class LagWatcher:
             log.warning("lag watch: %s", exc)
             self._primary.pop(env, None)
             return
-        except Exception:  # noqa: BLE001 - never let a bug stop the scheduler
+        except Exception:  # never let a bug stop the scheduler
             CHECK_FAILURES.labels(env, "primary").inc()
             log.exception("lag watch: reading the primary of %s failed", env)
             return
@@ -262,7 +262,7 @@ class LagWatcher:
                 return
             if self.is_leader():
                 self._on_measurement(m, st)
-        except Exception:  # noqa: BLE001 - never let a bug stop the scheduler
+        except Exception:  # never let a bug stop the scheduler
             if self._stopped.is_set():
                 # the bot is shutting down under a running check (its pools are closing): not a failure
                 log.debug("lag watch: check of %s/%s ended by shutdown", env, host)
@@ -443,7 +443,7 @@ class LagWatcher:
         signalled: set[str] = set()
         try:
             entries = self.store.audit_entries(env=inc.env, limit=500)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("lag watch: could not read the audit log")
             entries = []
         for e in sorted(entries, key=lambda e: e["at"]):
@@ -455,7 +455,7 @@ class LagWatcher:
             if e.get("request_id"):
                 try:
                     related = self.store.audit_entries(request_id=e["request_id"], limit=50)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     related = []
                 requested = [r["actor"] for r in related if str(r["event"]).endswith(":requested") and r["actor"]]
                 approved = [r["actor"] for r in related if str(r["event"]).endswith(":approved") and r["actor"]]
@@ -588,7 +588,7 @@ class LagWatcher:
     def _set_open_gauge(self) -> None:
         try:
             OPEN_INCIDENTS.set(self.incidents.count_open())
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
     # Errors after which editing the message can never succeed: resolve the incident regardless.
@@ -598,6 +598,8 @@ class LagWatcher:
         """Edit the incident's message; True when it landed or the message is gone for good."""
         if self._stopped.is_set():
             return False
+        if inc.channel is None or inc.message_ts is None:
+            return True  # never posted: nothing to edit
         try:
             self.client.chat_update(channel=inc.channel, ts=inc.message_ts, **msg)
             return True
@@ -605,7 +607,7 @@ class LagWatcher:
             error = exc.response.get("error")
             log.warning("lag watch: Slack chat_update for %s/%s failed: %s", inc.env, inc.host, error)
             return error in self.GONE_ERRORS
-        except Exception as exc:  # noqa: BLE001 - Slack unreachable after retries: try at the next check
+        except Exception as exc:  # Slack unreachable after retries: try at the next check
             log.warning("lag watch: Slack chat_update for %s/%s failed: %s", inc.env, inc.host, type(exc).__name__)
             return False
 
@@ -615,11 +617,11 @@ class LagWatcher:
             return None
         try:
             resp = getattr(self.client, method)(**kwargs)
-            return resp.data if hasattr(resp, "data") else dict(resp)  # type: ignore[return-value]
+            return resp.data if hasattr(resp, "data") else dict(resp)
         except SlackApiError as exc:
             log.warning("lag watch: Slack %s for %s/%s failed: %s", method, inc.env, inc.host,
                         exc.response.get("error"))
-        except Exception as exc:  # noqa: BLE001 - network trouble: try again at the next check
+        except Exception as exc:  # network trouble: try again at the next check
             log.warning("lag watch: Slack %s for %s/%s failed: %s", method, inc.env, inc.host, type(exc).__name__)
         return None
 

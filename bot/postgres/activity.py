@@ -8,17 +8,18 @@ from bot.config import Environment
 from bot.postgres.models import Category, Filters, Listing, ServerInfo, Session, cannot_signal_reason
 from bot.postgres.pools import Databases
 from bot.postgres.redact import redact
-from bot.postgres.sql import query
+from bot.postgres.sql import Conn, Row, query
 
 
-def server_info(conn) -> ServerInfo:
+def server_info(conn: Conn) -> ServerInfo:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query("server_info"))
         row = cur.fetchone()
+    assert row is not None  # the query always returns one row
     return ServerInfo(**row)
 
 
-def _session(row: dict, redact_queries: bool = False) -> Session:
+def _session(row: Row, redact_queries: bool = False) -> Session:
     cats = []
     if row["blocking_count"] > 0:
         cats.append(Category.BLOCKING)

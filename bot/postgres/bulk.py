@@ -15,7 +15,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from bot.postgres.models import cannot_signal_reason
-from bot.postgres.sql import query
+from bot.postgres.sql import Conn, query
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,18 +61,18 @@ class Connected:
         return self.backend_type == "client backend"
 
 
-def database_info(conn, database: str) -> DatabaseInfo | None:
+def database_info(conn: Conn, database: str) -> DatabaseInfo | None:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query("clear_db_info"), {"database": database})
         row = cur.fetchone()
     return DatabaseInfo(**row) if row else None
 
 
-def database_names(conn) -> list[str]:
+def database_names(conn: Conn) -> list[str]:
     return [r[0] for r in conn.execute(query("clear_db_names")).fetchall()]
 
 
-def connected_to(conn, database: str) -> list[Connected]:
+def connected_to(conn: Conn, database: str) -> list[Connected]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query("clear_db_sessions"), {"database": database})
         rows = cur.fetchall()
@@ -96,13 +96,13 @@ def connected_to(conn, database: str) -> list[Connected]:
     ]
 
 
-def database_state(conn, database: str) -> tuple[bool, int] | None:
+def database_state(conn: Conn, database: str) -> tuple[bool, int] | None:
     """``(allows connections, oid)`` of a database now, or None if it does not exist."""
     row = conn.execute(query("clear_db_state"), {"database": database}).fetchone()
     return (bool(row[0]), int(row[1])) if row else None
 
 
-def set_allow_connections(conn, database: str, allow: bool) -> None:
+def set_allow_connections(conn: Conn, database: str, allow: bool) -> None:
     """``ALTER DATABASE <name> WITH ALLOW_CONNECTIONS true|false`` (the name quoted as an identifier)."""
     stmt = sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(
         sql.Identifier(database), sql.SQL("true" if allow else "false")
@@ -110,7 +110,7 @@ def set_allow_connections(conn, database: str, allow: bool) -> None:
     conn.execute(stmt)
 
 
-def state_changes(conn, pairs: list[tuple[int, datetime]]) -> dict[tuple[int, datetime], tuple[str | None, datetime, float]]:
+def state_changes(conn: Conn, pairs: list[tuple[int, datetime]]) -> dict[tuple[int, datetime], tuple[str | None, datetime, float]]:
     """``{(pid, backend_start): (state, state_change, state_secs)}`` for those of ``pairs`` still connected."""
     if not pairs:
         return {}
@@ -131,7 +131,7 @@ class BatchRow:
 
 
 def terminate_batch(
-    conn,
+    conn: Conn,
     batch: list[tuple[int, datetime, datetime | None]],
     database: str | None,
     state_like: str | None,
@@ -150,7 +150,7 @@ def terminate_batch(
     return [BatchRow(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
 
-def still_present(conn, pairs: list[tuple[int, datetime]]) -> set[int]:
+def still_present(conn: Conn, pairs: list[tuple[int, datetime]]) -> set[int]:
     if not pairs:
         return set()
     rows = conn.execute(
@@ -159,7 +159,7 @@ def still_present(conn, pairs: list[tuple[int, datetime]]) -> set[int]:
     return {r[0] for r in rows}
 
 
-def arrivals(conn, database: str, pairs: list[tuple[int, datetime]]) -> int:
+def arrivals(conn: Conn, database: str, pairs: list[tuple[int, datetime]]) -> int:
     """Client sessions on ``database`` outside the snapshot ``pairs`` (not the bot's own)."""
     row = conn.execute(
         query("clear_db_arrivals"),

@@ -8,12 +8,12 @@ from __future__ import annotations
 from psycopg.rows import dict_row
 
 from bot.postgres.models import Category, Session, cannot_signal_reason
-from bot.postgres.sql import query
+from bot.postgres.sql import Conn, Row, query
 
 REDACT_FALLBACK = "<query text hidden: redaction is not available>"
 
 
-def read_standby(conn) -> dict:
+def read_standby(conn: Conn) -> Row:
     """One row from ``lag_standby.sql``: replay position, receiver and startup-process state."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query("lag_standby"))
@@ -22,7 +22,7 @@ def read_standby(conn) -> dict:
     return row
 
 
-def read_culprit_rows(conn, startup_pid: int | None, suspect_secs: float, query_chars: int) -> list[dict]:
+def read_culprit_rows(conn: Conn, startup_pid: int | None, suspect_secs: float, query_chars: int) -> list[Row]:
     """Sessions that may hold replay back, from ``lag_culprits.sql`` (flags: holds_lock, old_snapshot, is_suspect)."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
@@ -32,7 +32,7 @@ def read_culprit_rows(conn, startup_pid: int | None, suspect_secs: float, query_
         return cur.fetchall()
 
 
-def read_replication(conn) -> list[dict]:
+def read_replication(conn: Conn) -> list[Row]:
     """The primary's ``pg_stat_replication`` rows with their slots, from ``lag_replication.sql``."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query("lag_replication"))
@@ -49,7 +49,7 @@ def _query_text(text: str, redact_queries: bool) -> str:
     return redact(text)
 
 
-def culprit_session(row: dict, *, holding_back: bool, redact_queries: bool = False) -> Session:
+def culprit_session(row: Row, *, holding_back: bool, redact_queries: bool = False) -> Session:
     """A culprit/suspect row as a :class:`Session` (what the buttons and their tokens are made from)."""
     idle_tx = bool(row["state"] and str(row["state"]).startswith("idle in transaction"))
     cats: list[Category] = []

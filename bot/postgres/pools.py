@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, Self
 
 import psycopg
 from psycopg import errors as pgerrors
@@ -103,9 +104,9 @@ class _ErrorSlot:
 def _recording_connection(slot: _ErrorSlot) -> type[psycopg.Connection]:
     """A Connection class that remembers why the pool's last attempt failed (the pool only says 'timeout')."""
 
-    class RecordingConnection(psycopg.Connection):  # type: ignore[type-arg]
+    class RecordingConnection(psycopg.Connection[Any]):
         @classmethod
-        def connect(cls, *args, **kwargs):  # type: ignore[override]
+        def connect(cls, *args: Any, **kwargs: Any) -> Self:
             try:
                 return super().connect(*args, **kwargs)
             except BaseException as exc:

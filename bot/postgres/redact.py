@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +35,13 @@ _NUMERIC_JUNK = re.compile(r"(?:\d|\.\d)[0-9A-Za-z_.]*")
 _MAX_ROUNDS = 1000
 
 
-def _scan(text: str):
+def _scan(text: str) -> list[Any]:
     from pglast.parser import scan
 
-    return scan(text)
+    return list(scan(text))
 
 
-def _rebuild(text: str, tokens) -> str:
+def _rebuild(text: str, tokens: Iterable[Any]) -> str:
     out: list[str] = []
     pos = 0
     for tok in tokens:
@@ -61,7 +63,7 @@ def _rebuild(text: str, tokens) -> str:
 
 
 def _error_index(exc: BaseException) -> int | None:
-    args = getattr(exc, "args", ())
+    args: tuple[Any, ...] = getattr(exc, "args", ())
     if len(args) >= 2 and isinstance(args[1], int):
         return args[1]
     return None

@@ -15,7 +15,7 @@ from datetime import datetime
 from psycopg import errors as pgerrors
 
 from bot.postgres.pools import Databases, DatabaseUnavailable
-from bot.postgres.sql import query
+from bot.postgres.sql import Conn, query
 
 TERMINATE_WAIT_MS = 3000
 CANCEL_WAIT_S = 2.0
@@ -36,7 +36,7 @@ def _as_datetime(value: str | datetime) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 
-def _why_gone(conn, pid: int, backend_start: datetime) -> str:
+def _why_gone(conn: Conn, pid: int, backend_start: datetime) -> str:
     row = conn.execute(query("backend_by_pid"), {"pid": pid}).fetchone()
     if row is None:
         return "session already ended"
@@ -86,7 +86,7 @@ def signal(dbs: Databases, env: str, host: str, action: str, pid: int, backend_s
         return SignalResult("unavailable", f"nothing was signalled: {exc}")
 
 
-def _after_cancel(conn, pid: int, started: datetime) -> SignalResult:
+def _after_cancel(conn: Conn, pid: int, started: datetime) -> SignalResult:
     deadline = time.monotonic() + CANCEL_WAIT_S
     first = conn.execute(query("backend_state"), {"pid": pid, "backend_start": started}).fetchone()
     while True:

@@ -7,6 +7,14 @@ from __future__ import annotations
 
 from functools import cache
 from importlib import resources
+from typing import Any, TypeAlias
+
+import psycopg
+
+# a connection to a monitored server (rows as tuples unless a cursor asks for dicts)
+Conn: TypeAlias = psycopg.Connection[Any]
+# one row read with psycopg.rows.dict_row
+Row: TypeAlias = dict[str, Any]
 
 
 @cache

@@ -12,6 +12,7 @@ the bot to finish answering before it reads the next one, and exits 0 at the end
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import re
@@ -22,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from bot.config import Config
 from bot.shell.activity import Activity, TrackedExecutor
@@ -30,6 +31,11 @@ from bot.shell.mrkdwn import Names
 from bot.shell.payloads import Driver, response_json
 from bot.shell.render import BlockRenderer, find_element
 from bot.shell.webapi import Message, View, Workspace
+
+if TYPE_CHECKING:
+    from slack_bolt import App
+
+    from bot.runtime import Runtime
 
 BOT_TOKEN = "xoxb-pgsessions-terminal"  # only the local Web API accepts it
 DEFAULT_CHANNEL = "C0SHELL"
@@ -173,8 +179,8 @@ class Shell:
         self._views: list[View] = []  # forms opened by the bot, waiting for the person to fill them in
         self._shown: list[tuple[int, str]] = []  # (event number, rendered text) for `wait N TEXT`
         self._shown_lock = threading.Lock()
-        self.rt = None
-        self.app = None
+        self.rt: Runtime | None = None
+        self.app: App | None = None
         self.driver: Driver | None = None
 
     # --- setup --------------------------------------------------------------------------------------
@@ -435,12 +441,13 @@ class Shell:
         return resp
 
     def slash(self, command: str, text: str) -> None:
-        assert self.driver is not None
+        driver = self.driver
+        assert driver is not None
         channel = self.channel
         url = self.ws.response_url(channel, self.user)
         trigger = self.ws.trigger_id(self.user)
         name = self.names.channels.get(channel, channel.lower())
-        resp = self._timed(command, lambda: self.driver.slash(command, text, self.user, channel, name, url, trigger))
+        resp = self._timed(command, lambda: driver.slash(command, text, self.user, channel, name, url, trigger))
         if resp.status != 200:
             why = "the bot does not handle it" if resp.status == 404 else f"HTTP {resp.status}"
             self.notice(f'{command} failed with the error "dispatch_failed" ({why})')
@@ -512,13 +519,15 @@ class Shell:
         if selection is None:
             return
         trigger = self.ws.trigger_id(self.user)
+        driver = self.driver
+        assert driver is not None
         label = str((element.get("text") or {}).get("text") or element.get("action_id"))
         if msg is not None:
             channel = msg.channel
             url = self.ws.response_url(channel, self.user, msg.no)
             resp = self._timed(
                 f"the click on {label}",
-                lambda: self.driver.block_action(
+                lambda: driver.block_action(
                     self.user, element, block_id, trigger, channel=channel,
                     channel_name=self.names.channels.get(channel, channel.lower()),
                     message=None if msg.ephemeral_to else msg.payload(), ephemeral=bool(msg.ephemeral_to),
@@ -529,7 +538,7 @@ class Shell:
             assert view is not None
             resp = self._timed(
                 f"the click on {label}",
-                lambda: self.driver.block_action(self.user, element, block_id, trigger, view=view.view,
+                lambda: driver.block_action(self.user, element, block_id, trigger, view=view.view,
                                                  selection=selection),
             )
         if resp.status != 200:
@@ -554,7 +563,7 @@ class Shell:
 
     def _choose(self, element: dict) -> dict | None:
         """What a select / overflow / checkboxes / picker click sends; {} for a button; None if abandoned."""
-        kind = element.get("type")
+        kind = str(element.get("type") or "")
         if kind in ("button", "workflow_button"):
             return {}
         r = BlockRenderer(self.names)
@@ -767,8 +776,10 @@ class Shell:
             state = {"values": {bid: v for bid, v in values.items()}}
             submitted = {**view.view, "state": state}
             trigger = self.ws.trigger_id(self.user)
+            driver = self.driver
+            assert driver is not None
             resp = self._timed(
-                "the form", lambda v=submitted, t=trigger: self.driver.view_submission(self.user, v, t)  # type: ignore[union-attr]
+                "the form", functools.partial(driver.view_submission, self.user, submitted, trigger)
             )
             if resp.status != 200:
                 self.notice(f"the bot answered the form with HTTP {resp.status}: Slack would keep the form open "
@@ -835,7 +846,7 @@ class Shell:
         optional = bool(block.get("optional"))
         prev_value = None
         if previous:
-            inner = next(iter(previous.values()), {})
+            inner: dict = next(iter(previous.values()), {})
             prev_value = inner.get("value")
         if kind in ("static_select", "radio_buttons", "checkboxes", "multi_static_select"):
             options = list(el.get("options") or [])

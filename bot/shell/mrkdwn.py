@@ -43,8 +43,8 @@ def unescape(text: str) -> str:
 
 
 def _token(inner: str, names: Names) -> str:
-    target, _, label = inner.partition("|")
-    label = label or None
+    target, _, given = inner.partition("|")
+    label = given or None
     if target.startswith("@"):
         return names.user(target[1:], label)
     if target.startswith("#"):

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -42,7 +43,7 @@ class Driver:
 
     def dispatch(self, body: str) -> BoltResponse:
         ts = str(int(time.time()))
-        headers = {
+        headers: dict[str, str | Sequence[str]] = {
             "content-type": ["application/x-www-form-urlencoded"],
             "x-slack-request-timestamp": [ts],
             "x-slack-signature": [sign(self.signing_secret, ts, body)],

@@ -83,10 +83,10 @@ class BlockRenderer:
                 out += f" ({opts})"
             return out
         if kind in ("checkboxes", "radio_buttons"):
-            chosen = {o.get("value") for o in self._selected(el)}
+            values = {o.get("value") for o in self._selected(el)}
             mark = ("[x]", "[ ]") if kind == "checkboxes" else ("(o)", "( )")
             opts = "  ".join(
-                f"{mark[0] if o.get('value') in chosen else mark[1]} {self.text(o.get('text'))}"
+                f"{mark[0] if o.get('value') in values else mark[1]} {self.text(o.get('text'))}"
                 for o in self._options(el)
             )
             return f"{self._tag(el, block_id)}{opts}"

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def handle_clear_db(rt: Runtime, cmd: ClearDb, body: dict, respond) -> None:  # type: ignore[no-untyped-def]
+def handle_clear_db(rt: Runtime, cmd: ClearDb, body: dict, respond) -> None:
     channel = body.get("channel_id")
     user = body.get("user_id")
     try:

@@ -75,10 +75,10 @@ def guarded(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return deco
 
 
-def post_message(client: WebClient, channel: str, msg: dict, respond: Any = None) -> tuple[str, str] | None:
+def post_message(client: WebClient, channel: str | None, msg: dict, respond: Any = None) -> tuple[str, str] | None:
     """chat.postMessage; where the bot cannot post (private channel, DM) fall back to response_url."""
     try:
-        resp = client.chat_postMessage(channel=channel, **msg)
+        resp = client.chat_postMessage(channel=channel or "", **msg)
         return resp["channel"], resp["ts"]
     except SlackApiError as exc:
         error = exc.response.get("error")

@@ -35,17 +35,17 @@ def register(app: App, rt: Runtime, router: Router) -> None:
     wf = rt.workflow
 
     @app.action(ids.ANY_KILL)
-    def on_kill_click(ack, body, action, respond, client):  # type: ignore[no-untyped-def]
+    def on_kill_click(ack, body, action, respond, client):
         ack()
         open_request_form(rt, body, action, respond, client, ids.KILL_PREFIX)
 
     @app.action(ids.ANY_BULK)
-    def on_bulk_click(ack, body, action, respond, client):  # type: ignore[no-untyped-def]
+    def on_bulk_click(ack, body, action, respond, client):
         ack()
         open_request_form(rt, body, action, respond, client, ids.BULK_PREFIX)
 
     @app.view(ids.REQUEST_CALLBACK)
-    def on_submit(ack, body, view):  # type: ignore[no-untyped-def]
+    def on_submit(ack, body, view):
         user = (body.get("user") or {}).get("id", "")
         try:
             meta = json.loads(view.get("private_metadata") or "{}")
@@ -63,11 +63,11 @@ def register(app: App, rt: Runtime, router: Router) -> None:
         guarded("posting the approval request")(_post_request)(rt, result.request, user, respond=None)
 
     @app.view_closed(ids.REQUEST_CALLBACK)
-    def on_closed(ack):  # type: ignore[no-untyped-def]
+    def on_closed(ack):
         ack()
 
     @app.action(ids.ANY_DECIDE)
-    def on_decide(ack, body, action, respond):  # type: ignore[no-untyped-def]
+    def on_decide(ack, body, action, respond):
         ack()
         user = (body.get("user") or {}).get("id", "")
         channel = channel_of(body)
@@ -78,13 +78,13 @@ def register(app: App, rt: Runtime, router: Router) -> None:
         guarded("deciding the request")(_decide)(rt, click.token, user, click.verb, channel, respond=respond)
 
     @router.on(Pending)
-    def on_pending(rt_, cmd, body, respond):  # type: ignore[no-untyped-def]
+    def on_pending(rt_, cmd, body, respond):
         reqs = rt.store.requests_in((RequestState.PENDING, RequestState.EXECUTING))
         allowed = [r for r in reqs if rt.policy.may_see(r.env, body.get("channel_id"))]
         respond(response_type="ephemeral", **pending_list(allowed, time.time()))
 
     @router.on(Audit)
-    def on_audit(rt_, cmd: Audit, body, respond):  # type: ignore[no-untyped-def]
+    def on_audit(rt_, cmd: Audit, body, respond):
         entries = rt.store.audit_entries(env=cmd.env, limit=cmd.limit)
         entries = [e for e in entries if rt.policy.may_see(e.get("env"), body.get("channel_id"))]
         respond(response_type="ephemeral", **audit_list(entries, cmd.env))
@@ -119,7 +119,7 @@ def open_request_form(rt: Runtime, body: dict, action: dict, respond: Any, clien
 def _post_request(rt: Runtime, req: Request, user: str, respond: Any = None) -> None:
     msg = rt.messages.render(req)
     try:
-        resp = rt.client.chat_postMessage(channel=req.channel, **msg)
+        resp = rt.client.chat_postMessage(channel=req.channel or "", **msg)
     except SlackApiError as exc:
         log.warning("could not post request %s: %s", req.id, exc.response.get("error"))
         rt.workflow.decide(req.id, req.requester, "withdraw")

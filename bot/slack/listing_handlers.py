@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def make_handle_list(extras: list[ListingExtra]):  # type: ignore[no-untyped-def]
+def make_handle_list(extras: list[ListingExtra]):
     """The listing handler; ``extras`` add blocks under a listing (e.g. the bulk 'Terminate these N')."""
 
     def handle_list(rt: Runtime, cmd: ListSessions, body: dict, respond: Any) -> None:

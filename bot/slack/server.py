@@ -156,7 +156,7 @@ class HttpServer:
 
     @property
     def port(self) -> int:
-        return self.server.effective_port  # type: ignore[attr-defined]
+        return int(self.server.effective_port)
 
     def serve_forever(self) -> None:
         self.server.run()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 
 from bot.state.store import StateStore, incidents, leases, new_id
 
@@ -40,7 +40,7 @@ class Incident:
     payload: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Incident:
+    def from_row(cls, row: RowMapping | Mapping[str, Any]) -> Incident:
         data = dict(row)
         data["payload"] = json.loads(data.get("payload") or "{}")
         data["open"] = bool(data["open"])

@@ -162,7 +162,7 @@ class StateStore:
             )
 
             @event.listens_for(engine, "connect")
-            def _on_connect(dbapi_conn, _record):  # pragma: no cover - wiring
+            def _on_connect(dbapi_conn: Any, _record: Any) -> None:  # pragma: no cover - wiring
                 dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
                 cur = dbapi_conn.cursor()
                 cur.execute("PRAGMA journal_mode=WAL")
@@ -171,7 +171,7 @@ class StateStore:
                 cur.close()
 
             @event.listens_for(engine, "begin")
-            def _on_begin(conn):  # pragma: no cover - wiring
+            def _on_begin(conn: Connection) -> None:  # pragma: no cover - wiring
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         else:
@@ -416,14 +416,14 @@ class StateStore:
         with self.tx() as c:
             c.execute(insert(audit).values(**values))
 
-    def add_audit_many(self, rows: list[dict]) -> None:
+    def add_audit_many(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
         now = time.time()
         with self.tx() as c:
             c.execute(insert(audit), [{"at": now, **r} for r in rows])
 
-    def audit_entries(self, env: str | None = None, limit: int = 20, request_id: str | None = None) -> list[dict]:
+    def audit_entries(self, env: str | None = None, limit: int = 20, request_id: str | None = None) -> list[dict[str, Any]]:
         stmt = select(audit).order_by(audit.c.id.desc()).limit(limit)
         if env is not None:
             stmt = stmt.where(audit.c.env == env)
