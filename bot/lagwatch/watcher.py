@@ -13,13 +13,9 @@ by :meth:`LagWatcher.install` and run once ``rt.start_background()`` starts the 
   has its own job and the scheduler a thread per host, and every connection and query is bounded by
   the environment's timeouts: an unreachable or hanging host delays nobody else.
 
-Incident rules, per standby:
-
-* lag: opens after ``consecutive`` checks in a row over the threshold (time and ``min_bytes``, and
-  only while received WAL is not yet replayed); while open, the alert is edited in place at most once a
-  minute and a reminder is posted in its thread every ``remind_every``; it resolves at the first check
-  under the threshold, with how long it lasted and what was done (kills executed through the bot).
-* unreachable: opens after ``consecutive`` failed checks, resolves at the first successful one.
+The incident rules (when a lag or unreachable incident opens, continues, resolves) are the pure
+state machine in :mod:`bot.lagwatch.rules`; this module is its shell: the schedule, the leader lease,
+the incidents' records (:mod:`bot.state.incidents`) and the Slack messages.
 """
 
 from __future__ import annotations
@@ -29,8 +25,8 @@ import re
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any, overload
 
 from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
 from apscheduler.schedulers.base import BaseScheduler
@@ -41,12 +37,14 @@ from bot.approval.policy import Policy
 from bot.approval.targets import issue_session_tokens
 from bot.config import Config, Environment, LagAlert
 from bot.durations import format_duration
+from bot.lagwatch import rules
 from bot.lagwatch.detect import measure_standby, primary_views
-from bot.lagwatch.model import Culprit, PrimaryView, StandbyLag, lsn_to_int
+from bot.lagwatch.model import Culprit, PrimaryView, StandbyLag
+from bot.lagwatch.rules import LAG, UNREACHABLE, Act, HostState
 from bot.metrics import CHECK_FAILURES, OPEN_INCIDENTS, REPLAY_LAG_BYTES, REPLAY_LAG_SECONDS
 from bot.postgres.pools import Databases, DatabaseUnavailable
 from bot.render import lag as render
-from bot.state.incidents import LAG, UNREACHABLE, Incident, Incidents
+from bot.state.incidents import Incident, Incidents
 from bot.state.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -56,6 +54,10 @@ UPDATE_EVERY = 60.0  # seconds between in-place edits of an open alert
 CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
 
 
+@overload
+def _utc(ts: float) -> datetime: ...
+@overload
+def _utc(ts: None) -> None: ...
 def _utc(ts: float | None) -> datetime | None:
     return datetime.fromtimestamp(ts, UTC) if ts is not None else None
 
@@ -66,18 +68,6 @@ def _iso(dt: datetime | None) -> str | None:
 
 def _parse_iso(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
-
-
-@dataclass
-class HostState:
-    """What the leader remembers between checks of one standby (lost on restart, on purpose)."""
-
-    breaches: int = 0
-    failures: int = 0
-    first_failure_at: float | None = None
-    last_receive: int | None = None
-    last_error: str | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class LagWatcher:
@@ -98,12 +88,13 @@ class LagWatcher:
         self.envs: dict[str, Environment] = {
             name: env for name, env in config.environments.items() if env.lag_alert is not None and env.standbys
         }
-        self.min_every = min((e.lag_alert.check_every for e in self.envs.values()), default=30.0)  # type: ignore[union-attr]
+        self.min_every = min((self._alert(env).check_every for env in self.envs), default=30.0)
         self.lease_ttl = 1.5 * self.min_every
         self.renew_every = self.min_every / 2
         self.incidents = Incidents(store, LEASE_NAME, self.holder)
         self._valid_until = 0.0
         self._hosts: dict[tuple[str, str], HostState] = {}
+        self._host_locks: dict[tuple[str, str], threading.Lock] = {}
         self._primary: dict[str, tuple[float, list[PrimaryView]]] = {}
         self._stopped = threading.Event()
         self._lock = threading.Lock()
@@ -128,7 +119,7 @@ class LagWatcher:
             name="lag watch leader lease", next_run_time=now, replace_existing=True,
         )
         for env, e in self.envs.items():
-            every = e.lag_alert.check_every  # type: ignore[union-attr]
+            every = self._alert(env).check_every
             first = now + timedelta(seconds=min(1.0, every))
             sched.add_job(
                 self.check_primary, "interval", seconds=every, args=[env], id=f"lagwatch:primary:{env}",
@@ -215,9 +206,10 @@ class LagWatcher:
 
     # --- jobs ---------------------------------------------------------------------------------------
 
-    def _state(self, env: str, host: str) -> HostState:
+    def _state(self, env: str, host: str) -> tuple[HostState, threading.Lock]:
         with self._lock:
-            return self._hosts.setdefault((env, host), HostState())
+            return (self._hosts.setdefault((env, host), HostState()),
+                    self._host_locks.setdefault((env, host), threading.Lock()))
 
     def _alert(self, env: str) -> LagAlert:
         alert = self.envs[env].lag_alert
@@ -250,8 +242,8 @@ class LagWatcher:
         """One scheduled check of one standby."""
         if not self.is_leader():
             return
-        st = self._state(env, host)
-        if not st.lock.acquire(blocking=False):
+        st, lock = self._state(env, host)
+        if not lock.acquire(blocking=False):
             return  # the previous check of this host is still running
         try:
             try:
@@ -271,7 +263,7 @@ class LagWatcher:
             log.exception("lag watch: checking %s/%s failed", env, host)
         finally:
             self.checks[(env, host)] = self.checks.get((env, host), 0) + 1
-            st.lock.release()
+            lock.release()
 
     # --- a successful check -------------------------------------------------------------------------
 
@@ -281,58 +273,16 @@ class LagWatcher:
         REPLAY_LAG_BYTES.labels(m.env, m.host).set(m.lag_bytes)
         if st.failures:
             log.info("lag watch: %s/%s answers again", m.env, m.host)
-        st.failures, st.first_failure_at = 0, None
-        above = m.above(alert)
-        # The same check must not count twice for WAL that replays promptly: a breach needs the WAL that
-        # had been received at the previous check to be still unreplayed now.
-        replay = lsn_to_int(m.replay_lsn)
-        stuck = st.last_receive is None or replay is None or replay < st.last_receive
-        st.breaches = st.breaches + 1 if (above and stuck) else 0
-        st.last_receive = lsn_to_int(m.receive_lsn)
-
         open_ = self.incidents.open_for(m.env, m.host)
-        if UNREACHABLE in open_:
-            self._resolve_unreachable(open_[UNREACHABLE])
-        inc = open_.get(LAG)
-        if inc is None:
-            if st.breaches >= alert.consecutive:
+        for action in rules.on_measurement(st, m, alert, set(open_)):
+            if action.act is Act.RESOLVE_UNREACHABLE:
+                self._resolve_unreachable(open_[UNREACHABLE])
+            elif action.act is Act.OPEN_LAG:
                 self._open_lag(m, alert)
-        elif above:
-            self._continue_lag(inc, m, alert)
-        elif not m.in_recovery:
-            self._resolve_lag(inc, m, note="the standby is no longer in recovery: it was promoted or is not a standby")
-        else:
-            self._resolve_lag(inc, m)
-
-    def _payload_with(self, payload: dict, m: StandbyLag) -> dict:
-        p = dict(payload)
-        secs = m.lag_secs or 0.0
-        p["peak_secs"] = max(float(p.get("peak_secs") or 0.0), secs)
-        p["peak_bytes"] = max(int(p.get("peak_bytes") or 0), m.lag_bytes)
-        since = m.since
-        known = _parse_iso(p.get("since"))
-        if since is not None and (known is None or since < known):
-            p["since"] = _iso(since)
-        reasons = list(p.get("reasons") or [])
-        if m.reason.label not in reasons:
-            reasons.append(m.reason.label)
-        p["reasons"] = reasons
-        seen = dict(p.get("seen") or {})
-        for c in m.holding_back:
-            seen.setdefault(
-                c.key,
-                {
-                    "pid": c.session.pid,
-                    "backend_start": c.session.backend_start.isoformat(timespec="microseconds"),
-                    "user": c.session.user,
-                    "application": c.session.application,
-                    "kind": c.kind,
-                },
-            )
-        p["seen"] = seen
-        p["last"] = {"lag_secs": m.lag_secs, "lag_bytes": m.lag_bytes, "reason": m.reason.value,
-                     "at": _iso(m.measured_at)}
-        return p
+            elif action.act is Act.CONTINUE_LAG:
+                self._continue_lag(open_[LAG], m, alert)
+            elif action.act is Act.RESOLVE_LAG:
+                self._resolve_lag(open_[LAG], m, note=action.note)
 
     def _tokens(self, inc: Incident, m: StandbyLag, channel: str) -> tuple[dict[int, str], dict]:
         """Button tokens for the sessions shown, reusing those issued for the same (pid, backend_start)."""
@@ -399,7 +349,7 @@ class LagWatcher:
                 self.incidents.save(inc, payload={**inc.payload, "tokens": known})
 
     def _open_lag(self, m: StandbyLag, alert: LagAlert) -> None:
-        payload = self._payload_with({}, m)
+        payload = rules.lag_payload({}, m)
         inc = self.incidents.create(m.env, m.host, LAG, alert.channel, payload)
         if inc is None:
             return
@@ -413,16 +363,16 @@ class LagWatcher:
 
     def _continue_lag(self, inc: Incident, m: StandbyLag, alert: LagAlert) -> None:
         now = time.time()
-        payload = self._payload_with(inc.payload, m)
+        payload = rules.lag_payload(inc.payload, m)
         if inc.message_ts is None:
             # the first post failed: try again, at most once a minute
-            if now - (inc.last_update_at or 0) >= self.update_every:
+            if rules.due(inc.last_update_at, self.update_every, now):
                 inc.payload = payload
                 self._post_alert(inc, m, alert)
             else:
                 self.incidents.save(inc, payload=payload)
             return
-        if now - (inc.last_update_at or 0) >= self.update_every:
+        if rules.due(inc.last_update_at, self.update_every, now):
             inc.payload = payload
             msg, known = self._alert_message(inc, m, alert, inc.channel)
             if self._slack("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg) is not None:
@@ -431,14 +381,14 @@ class LagWatcher:
                 self.incidents.save(inc, last_update_at=now, payload=payload)
         elif payload != inc.payload:
             self.incidents.save(inc, payload=payload)
-        if now - (inc.last_reminder_at or inc.opened_at) >= alert.remind_every:
-            msg = render.render_lag_reminder(m, opened_at=_utc(inc.opened_at), now=_utc(now))  # type: ignore[arg-type]
+        if rules.due(inc.last_reminder_at or inc.opened_at, alert.remind_every, now):
+            msg = render.render_lag_reminder(m, opened_at=_utc(inc.opened_at), now=_utc(now))
             if self._slack("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
                 self.incidents.save(inc, last_reminder_at=now)
 
     def what_was_done(self, inc: Incident) -> list[str]:
         """Kills executed through the bot on this standby since the lag began, and culprits that left."""
-        start = min(inc.opened_at, (_parse_iso(inc.payload.get("since")) or _utc(inc.opened_at)).timestamp())  # type: ignore[union-attr]
+        start = min(inc.opened_at, (_parse_iso(inc.payload.get("since")) or _utc(inc.opened_at)).timestamp())
         lines: list[str] = []
         signalled: set[str] = set()
         try:
@@ -478,11 +428,7 @@ class LagWatcher:
         return lines
 
     def _resolve_lag(self, inc: Incident, m: StandbyLag | None, note: str | None = None) -> None:
-        payload = inc.payload if m is None else self._payload_with(inc.payload, m)
-        if m is not None:
-            # what is true now should not rewrite history: keep the worst and the reasons
-            payload["reasons"] = inc.payload.get("reasons") or payload["reasons"]
-            payload["seen"] = inc.payload.get("seen") or {}
+        payload = rules.resolved_payload(inc.payload, m)
         if not self.incidents.holds_lease():
             return
         done = self.what_was_done(inc)
@@ -492,7 +438,7 @@ class LagWatcher:
         msg = render.render_lag_resolved(
             inc.env,
             inc.host,
-            opened_at=_utc(inc.opened_at),  # type: ignore[arg-type]
+            opened_at=_utc(inc.opened_at),
             resolved_at=now,
             since=_parse_iso(payload.get("since")),
             peak_secs=payload.get("peak_secs"),
@@ -519,27 +465,27 @@ class LagWatcher:
                 pass
         now = time.time()
         if st.failures == 0:
-            st.first_failure_at = now
             log.warning("lag watch: cannot check %s/%s: %s", env, host, reason)
-        st.failures += 1
-        st.breaches, st.last_receive = 0, None
-        changed = reason != st.last_error
-        st.last_error = reason
-        inc = self.incidents.open_for(env, host).get(UNREACHABLE)
-        if inc is None:
-            if st.failures >= alert.consecutive:
+        open_ = self.incidents.open_for(env, host)
+        for action in rules.on_failure(st, reason, now, alert, set(open_)):
+            if action.act is Act.OPEN_UNREACHABLE:
                 self._open_unreachable(env, host, st, reason, alert)
-            return
-        since = _parse_iso(inc.payload.get("since")) or _utc(inc.opened_at)
+            elif action.act is Act.CONTINUE_UNREACHABLE:
+                self._continue_unreachable(open_[UNREACHABLE], reason, st, alert, action.reason_changed, now)
+
+    def _continue_unreachable(
+        self, inc: Incident, reason: str, st: HostState, alert: LagAlert, changed: bool, now: float
+    ) -> None:
         if inc.message_ts is None:
             # the first post failed: try again, at most once a minute
-            if now - (inc.last_update_at or 0) >= self.update_every:
+            if rules.due(inc.last_update_at, self.update_every, now):
                 self._post_unreachable(inc, reason, st, alert)
             return
-        if changed and now - (inc.last_update_at or 0) >= self.update_every:
+        if changed and rules.due(inc.last_update_at, self.update_every, now):
             self._post_unreachable(inc, reason, st, alert)
-        if now - (inc.last_reminder_at or inc.opened_at) >= alert.remind_every:
-            msg = render.render_unreachable_reminder(env, host, reason, since=since, now=_utc(now))  # type: ignore[arg-type]
+        if rules.due(inc.last_reminder_at or inc.opened_at, alert.remind_every, now):
+            since = _parse_iso(inc.payload.get("since")) or _utc(inc.opened_at)
+            msg = render.render_unreachable_reminder(inc.env, inc.host, reason, since=since, now=_utc(now))
             if self._slack("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
                 self.incidents.save(inc, last_reminder_at=now)
 
@@ -555,8 +501,8 @@ class LagWatcher:
         now = time.time()
         since = _parse_iso(inc.payload.get("since")) or _utc(inc.opened_at)
         msg = render.render_unreachable_alert(
-            inc.env, inc.host, reason, since=since, failures=st.failures,  # type: ignore[arg-type]
-            check_every=alert.check_every, now=_utc(now),  # type: ignore[arg-type]
+            inc.env, inc.host, reason, since=since, failures=st.failures,
+            check_every=alert.check_every, now=_utc(now),
         )
         payload = {**inc.payload, "reason": reason}
         if inc.message_ts and inc.channel:
@@ -575,7 +521,7 @@ class LagWatcher:
             return
         since = _parse_iso(inc.payload.get("since")) or _utc(inc.opened_at)
         msg = render.render_unreachable_resolved(
-            inc.env, inc.host, inc.payload.get("reason") or "unknown", since=since,  # type: ignore[arg-type]
+            inc.env, inc.host, inc.payload.get("reason") or "unknown", since=since,
             resolved_at=datetime.now(UTC),
         )
         if inc.message_ts and inc.channel and not self._edit_landed(inc, msg):
@@ -611,7 +557,7 @@ class LagWatcher:
             log.warning("lag watch: Slack chat_update for %s/%s failed: %s", inc.env, inc.host, type(exc).__name__)
             return False
 
-    def _slack(self, method: str, inc: Incident, **kwargs) -> dict | None:
+    def _slack(self, method: str, inc: Incident, **kwargs: Any) -> dict[str, Any] | None:
         """One Web API call; a failure is logged (never with the message) and returns None."""
         if self._stopped.is_set():
             return None

@@ -20,8 +20,7 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from bot.state.store import StateStore, incidents, leases, new_id
 
-LAG = "lag"
-UNREACHABLE = "unreachable"
+# kinds (bot.lagwatch.rules): "lag" | "unreachable"
 
 
 @dataclass
