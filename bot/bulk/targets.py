@@ -88,6 +88,21 @@ def block_refusal(info: DatabaseInfo) -> str | None:
     return None
 
 
+def database_offers(
+    policy: Policy, env: str, info: DatabaseInfo, sessions: list[Connected]
+) -> tuple[str | None, str | None, str | None]:
+    """Why each clear-db button is not offered, or None: (*Terminate all*, *Block new connections and
+    terminate all*, *Allow connections again*)."""
+    off = policy.signalling_off(env)
+    too_many = policy.too_many(env, len(sessions))
+    terminate_why = off or ("no client session is connected" if not sessions else None) or too_many
+    block_why = off or block_refusal(info) or too_many
+    allow_why = off or (
+        None if info.bot_can_alter else f"the bot's role `{info.bot_user}` does not own `{info.name}` and is not a superuser"
+    )
+    return terminate_why, block_why, allow_why
+
+
 def unknown_database(name: str, names: Iterable[str]) -> str:
     names = list(names)
     guess = difflib.get_close_matches(name, names, n=3)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from bot.approval.ids import ALLOW_CONNECTIONS, CLEAR_DB, CLEAR_DB_BLOCK
 from bot.bulk.targets import (
-    block_refusal,
+    database_offers,
     database_refusal,
     issue_database_tokens,
     offer_for_listing,
@@ -65,13 +65,7 @@ def handle_clear_db(rt: Runtime, cmd: ClearDb, body: dict, respond) -> None:
         respond(response_type="ephemeral", text=f":no_entry_sign: clear-db refuses `{esc(info.name)}`: {refusal}.")
         return
     sessions = terminable(connected)
-    off = rt.policy.signalling_off(cmd.env)
-    too_many = rt.policy.too_many(cmd.env, len(sessions))
-    terminate_why = off or ("no client session is connected" if not sessions else None) or too_many
-    block_why = off or block_refusal(info) or too_many
-    allow_why = off or (
-        None if info.bot_can_alter else f"the bot's role `{info.bot_user}` does not own `{info.name}` and is not a superuser"
-    )
+    terminate_why, block_why, allow_why = database_offers(rt.policy, cmd.env, info, sessions)
     tokens = issue_database_tokens(
         rt.store,
         cmd.env,
