@@ -43,19 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands():
-    import importlib
+    """The subcommands other modules add (``shell``, ``check``), listed here explicitly."""
+    from bot.check import add_parser as check_parser
+    from bot.shell.cli import add_parser as shell_parser
 
-    out = []
-    for name in ("bot.shell.cli", "bot.check"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            # the module or its package is absent (a build without that feature); anything else is a bug
-            if exc.name != name and not name.startswith(f"{exc.name}."):
-                raise
-            continue
-        out.append(module.add_parser)
-    return out
+    return [shell_parser, check_parser]
 
 
 def load_or_exit(path: str):

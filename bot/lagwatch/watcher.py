@@ -322,28 +322,22 @@ class LagWatcher:
         return msg, known
 
     def _post_alert(self, inc: Incident, m: StandbyLag, alert: LagAlert) -> None:
-        """Post the alert message (with buttons) and remember where it is."""
+        """Post the alert message (with buttons) and remember where it is.
+
+        Buttons must carry the channel id Slack reports: with a channel id configured they are drawn at
+        once; with a channel name the message is posted first and then edited to add them."""
         channel = alert.channel
         now = time.time()
-        if CHANNEL_ID.match(channel):
-            msg, known = self._alert_message(inc, m, alert, channel)
-            resp = self._slack("chat_postMessage", inc, channel=channel, **msg)
-            if resp is None:
-                self.incidents.save(inc, last_update_at=now)
-                return
-            payload = {**inc.payload, "tokens": known}
-            self.incidents.save(inc, channel=resp["channel"], message_ts=resp["ts"], last_update_at=now,
-                                last_reminder_at=now, payload=payload)
-            return
-        # a channel name: buttons must carry the channel id Slack reports, which we learn by posting
-        msg, _ = self._alert_message(inc, m, alert, None)
+        by_id = bool(CHANNEL_ID.match(channel))
+        msg, known = self._alert_message(inc, m, alert, channel if by_id else None)
         resp = self._slack("chat_postMessage", inc, channel=channel, **msg)
         if resp is None:
             self.incidents.save(inc, last_update_at=now)
             return
+        extra = {"payload": {**inc.payload, "tokens": known}} if by_id else {}
         self.incidents.save(inc, channel=resp["channel"], message_ts=resp["ts"], last_update_at=now,
-                            last_reminder_at=now)
-        if m.holding_back:
+                            last_reminder_at=now, **extra)
+        if not by_id and m.holding_back:
             msg, known = self._alert_message(inc, m, alert, resp["channel"])
             if self._slack("chat_update", inc, channel=resp["channel"], ts=resp["ts"], **msg) is not None:
                 self.incidents.save(inc, payload={**inc.payload, "tokens": known})

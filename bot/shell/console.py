@@ -637,10 +637,11 @@ class Shell:
 
     def show(self, what: str) -> None:
         what = what.lstrip("#")
-        if not what.isdigit() or self.ws.message(int(what)) is None:
+        msg = self.ws.message(int(what)) if what.isdigit() else None
+        if msg is None:
             self.say(f"There is no message #{what}.")
             return
-        self.say(*self.render_message(self.ws.message(int(what))))  # type: ignore[arg-type]
+        self.say(*self.render_message(msg))
 
     def list_messages(self) -> None:
         msgs = self.ws.all_messages()

@@ -1,8 +1,7 @@
 """A local Slack Web API for the terminal chat: what the bot sends is kept here and shown in the terminal.
 
 It serves, on 127.0.0.1, the methods the bot calls (auth.test, chat.postMessage, chat.update,
-chat.postEphemeral, chat.delete, chat.getPermalink, views.open / push / update, usergroups.users.list,
-users.info, conversations.info) and the response_url endpoints it hands out, with Slack's semantics
+chat.postEphemeral, views.open / push / update, usergroups.users.list, users.info, conversations.info) and the response_url endpoints it hands out, with Slack's semantics
 where they matter to the bot: Bearer token, Block Kit limits (a call Slack would reject is rejected
 and the reason shown), trigger ids that expire after 3 s and work once, response_urls good for 5
 uses, replace_original / delete_original.  Every change is reported to a :class:`Listener`.
@@ -286,9 +285,9 @@ class Workspace:
     # --- lifecycle ----------------------------------------------------------------------------------
 
     def start(self) -> Workspace:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        server = _Server(("127.0.0.1", 0), _Handler)
         server.daemon_threads = True
-        server.workspace = self  # type: ignore[attr-defined]
+        server.workspace = self
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="pgs-shell-slack", daemon=True
@@ -555,27 +554,6 @@ class Workspace:
         self.activity.event()
         return {"message_ts": msg.ts}
 
-    def _m_chat_delete(self, params: dict) -> dict:
-        channel = self._channel(params.get("channel"))
-        ts = str(params.get("ts") or "")
-        with self._lock:
-            no = self._by_ts.get((channel, ts))
-            msg = self.messages.get(no) if no is not None else None
-            if msg is None or msg.deleted:
-                raise ApiError("message_not_found")
-            msg.deleted = True
-        self.listener.deleted(msg)
-        self.activity.event()
-        return {"channel": channel, "ts": ts}
-
-    def _m_chat_getPermalink(self, params: dict) -> dict:
-        channel, ts = str(params.get("channel") or ""), str(params.get("message_ts") or "")
-        with self._lock:
-            no = self._by_ts.get((channel, ts))
-        if no is None:
-            raise ApiError("message_not_found")
-        return {"channel": channel, "permalink": f"{self.url}/archives/{channel}/p{ts.replace('.', '')}"}
-
     def _open(self, params: dict, method: str) -> dict:
         tid = str(params.get("trigger_id") or "")
         view = params.get("view")
@@ -593,7 +571,8 @@ class Workspace:
                 raise ApiError("invalid_arguments", errors=errs)
             del self._triggers[tid]  # a trigger_id works once
             vid = self._view_id()
-            v = View(vid, self._full_view(view, vid, vid, None), issued[1], vid)  # type: ignore[arg-type]
+            assert isinstance(view, dict)  # view_problems refuses anything else
+            v = View(vid, self._full_view(view, vid, vid, None), issued[1], vid)
             self.views[vid] = v
         self.listener.view_opened(v)
         self.activity.event()
@@ -720,6 +699,10 @@ def _truthy(v: Any) -> bool:
     return bool(v)
 
 
+class _Server(ThreadingHTTPServer):
+    workspace: Workspace
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = "pgsessions-shell/1.0"
     protocol_version = "HTTP/1.1"
@@ -728,7 +711,9 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length > 0 else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
-        status, ctype, payload = self.server.workspace.handle(verb, self.path, headers, raw)  # type: ignore[attr-defined]
+        server = self.server
+        assert isinstance(server, _Server)
+        status, ctype, payload = server.workspace.handle(verb, self.path, headers, raw)
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(payload)))
