@@ -25,6 +25,7 @@ from bot.render.listing import render_listing
 from bot.shell.mrkdwn import Names, to_text
 from bot.shell.render import BlockRenderer
 from tests.harness.bot import env_config
+from tests.harness.lag import hold_replay
 from tests.harness.pgcluster import APP_DB, APP_ROLE
 
 USERS = {"alice": "U1", "bob": "U2"}
@@ -388,14 +389,10 @@ def test_a_lag_alert_appears_and_resolves_after_an_approved_terminate(pg, tmp_pa
     pg.set_standby_delay("-1")
     holder = None
     try:
-        holder = pg.standby.connect(user=APP_ROLE, dbname=APP_DB, autocommit=False, application_name="shell-report")
-        holder.execute(pgsql.SQL("SELECT count(*) FROM {}").format(ident)).fetchone()
-        pid = holder.info.backend_pid
         # the primary needs ACCESS EXCLUSIVE on the table the standby session holds, and keeps writing
-        pg.primary.sql(pgsql.SQL("ALTER TABLE {} ADD COLUMN extra int").format(ident), user=APP_ROLE, dbname=APP_DB)
-        for i in range(5):
-            pg.primary.sql(pgsql.SQL("INSERT INTO {} VALUES (%s)").format(ident), (1000 + i,), user=APP_ROLE,
-                           dbname=APP_DB)
+        holder = hold_replay(pg, table, application_name="shell-report", user=APP_ROLE, owner=APP_ROLE,
+                             dbname=APP_DB).holder
+        pid = holder.info.backend_pid
         config = config_for(pg, lag_alert={"channel": "C0ALERTS", "threshold": "1s", "check_every": "1s",
                                            "consecutive": 1, "remind_every": "1h"})
         script = "\n".join([
