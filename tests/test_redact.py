@@ -51,6 +51,7 @@ CASES = [
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("sql", "expected"), CASES)
 def test_literals_become_placeholders(sql, expected):
     assert redact(sql) == expected
@@ -70,16 +71,19 @@ TRUNCATED = [
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("sql", "expected"), TRUNCATED)
 def test_truncated_queries_hide_the_unterminated_rest(sql, expected):
     assert redact(sql) == expected
 
 
+@pytest.mark.unit
 def test_numbers_glued_to_names_do_not_stop_redaction():
     # PostgreSQL <= 14 reads 123abc as "123 AS abc"; the PostgreSQL 17 lexer in pglast rejects it
     assert redact("SELECT 123abc, 'secret' FROM t") == "SELECT ?, ? FROM t"
 
 
+@pytest.mark.unit
 def test_every_truncation_point_keeps_the_secret_hidden():
     secret = "Zq9Wx7Kv"
     template = (
@@ -94,12 +98,14 @@ def test_every_truncation_point_keeps_the_secret_hidden():
         assert out == "" or out.strip() or not sql[:cut].strip()
 
 
+@pytest.mark.unit
 def test_empty_and_none():
     assert redact("") == ""
     assert redact(None) == ""
     assert redact("   \n") == "   \n"
 
 
+@pytest.mark.unit
 def test_unparseable_text_is_hidden_not_shown(monkeypatch):
     from bot.postgres import redact as mod
 
@@ -110,11 +116,13 @@ def test_unparseable_text_is_hidden_not_shown(monkeypatch):
     assert redact("SELECT 'secret'") == UNREDACTABLE
 
 
+@pytest.mark.unit
 def test_idempotent():
     once = redact("SELECT 'a', 1 FROM t WHERE x IN (1,2) -- c")
     assert redact(once) == once
 
 
+@pytest.mark.unit
 @settings(max_examples=400, deadline=None)
 @given(st.text(max_size=300))
 def test_never_raises_on_arbitrary_text(text):
@@ -125,6 +133,7 @@ def test_never_raises_on_arbitrary_text(text):
 _literal = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40)
 
 
+@pytest.mark.unit
 @settings(max_examples=300, deadline=None)
 @given(_literal, st.sampled_from(["std", "escape", "dollar"]))
 def test_string_contents_never_survive(content, style):

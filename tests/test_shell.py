@@ -44,6 +44,7 @@ def numbered() -> BlockRenderer:
     return BlockRenderer(NAMES, number)
 
 
+@pytest.mark.unit
 def test_mrkdwn_mentions_dates_links_and_escapes():
     text = (
         "*<@U1>* asks <!subteam^S0DBAS> and <!subteam^S9|@oncall> · <@U7> "
@@ -62,6 +63,7 @@ def test_mrkdwn_mentions_dates_links_and_escapes():
     assert to_text("```\nSELECT *a* FROM t &gt; x\n```") == "```\nSELECT *a* FROM t > x\n```"
 
 
+@pytest.mark.unit
 def test_every_block_kind_as_text():
     blocks = [
         header("Sessions on prod"),
@@ -110,6 +112,7 @@ def test_every_block_kind_as_text():
     ]
 
 
+@pytest.mark.unit
 def test_message_without_blocks_shows_its_text_and_attachments():
     r = BlockRenderer(NAMES)
     assert r.message("hello <@U1>\nsecond", None) == ["hello @alice", "second"]
@@ -118,6 +121,7 @@ def test_message_without_blocks_shows_its_text_and_attachments():
     assert lines == ["t", "| Lag", "| 2m", "| - host: r1"]
 
 
+@pytest.mark.unit
 def test_the_request_modal_and_its_input():
     target = {"env": "prod", "host": "replica1", "payload": {
         "pid": 4211, "user": "app", "database": "appdb", "application": "web", "client_addr": None,
@@ -136,6 +140,7 @@ def test_the_request_modal_and_its_input():
     assert "Reason (optional): <text" in "\n".join(BlockRenderer(NAMES).view(optional))
 
 
+@pytest.mark.unit
 def test_the_approval_message_pending_list_and_audit():
     now = time.time()
     req = {"id": "r1", "env": "prod", "host": "primary", "action": "terminate", "state": "pending", "requester": "U1",
@@ -156,6 +161,7 @@ def test_the_approval_message_pending_list_and_audit():
     assert "`prod` terminate:approved pid 4211 @bob" in text and "<!date" not in text
 
 
+@pytest.mark.unit
 def test_a_listing_renders_with_numbered_buttons_and_no_markup_left():
     server = ServerInfo(150020, "15.20 (Debian)", 100, 7, False, 1, "pgsessions_bot", False, True, True)
 
@@ -450,6 +456,7 @@ class Seen:
         self.events.append(("notice", text))
 
 
+@pytest.mark.unit
 def test_local_web_api_answers_like_slack():
     import json
     import urllib.request
