@@ -214,7 +214,7 @@ class Config(_Model):
             if env.lag_alert is not None and not env.standbys:
                 raise ValueError(
                     f"environments.{name}.lag_alert is set but the environment has no standbys: "
-                    "add environments.{name}.standbys or remove lag_alert"
+                    f"add environments.{name}.standbys or remove lag_alert"
                 )
         return self
 
