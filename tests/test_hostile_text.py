@@ -137,7 +137,7 @@ def session(pid: int, h: dict, query: str) -> Session:
     return Session(
         pid=pid, backend_start=NOW - timedelta(hours=1, microseconds=pid), user=h["user"], database=h["db"],
         application=h["app"], client_addr=h["host"], state="idle in transaction", wait_event_type="Client",
-        wait_event="ClientRead", query=query, blocked_by=(), blocking_count=0,
+        wait_event=h["error"], query=query, blocked_by=(), blocking_count=0,
         categories=(Category.IDLE_TX,), query_secs=4000.0, xact_secs=4000.0, state_secs=3700.0,
         cannot_signal=h["why"] if pid % 2 else None,
     )
@@ -166,7 +166,7 @@ def test_a_listing_shows_hostile_names_as_typed(h, query):
     listing = Listing("prod", "primary", server, sessions, Filters(app=h["filters"]), {"idle": 60})
     msg = render_listing(listing, tokens={1: "t1", 2: "t2"})
     assert validate_message_blocks(msg["blocks"]) == []
-    assert_inert(msg, [h["user"], h["db"], h["app"], h["host"], h["why"]], folded=[query])
+    assert_inert(msg, [h["user"], h["db"], h["app"], h["host"], h["why"], h["error"]], folded=[query])
     assert_terminal_inert(msg)
 
 

@@ -54,7 +54,7 @@ def state_counts(states: Iterable[str | None]) -> str:
     counts = Counter((s or "unknown") for s in states)
     order = ["active", "idle in transaction", "idle in transaction (aborted)", "idle"]
     keys = sorted(counts, key=lambda k: (order.index(k) if k in order else len(order), k))
-    return ", ".join(f"{counts[k]} {k}" for k in keys)
+    return ", ".join(f"{counts[k]} {esc(k)}" for k in keys)
 
 
 def group_lines(sessions: Iterable[Mapping], limit: int = MAX_GROUP_LINES, chars: int = 2600) -> list[str]:
