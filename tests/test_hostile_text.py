@@ -338,3 +338,17 @@ def test_the_escaping_function_itself():
     assert esc("*b* _i_", in_code=True) == "*b* _i_"  # inside a code span Slack formats nothing
     assert esc("`", in_code=True) == "\u02cb"  # ...but a backtick would close the span
     assert esc("a\nb\x1b[31m\r\u202e") == "a\u21b5b\u241b[31m\u240d[U+202E]"
+
+
+def test_the_terminal_chat_shows_the_literal_text_and_obeys_no_escape_sequence():
+    h = {"user": "bob", "db": "appdb", "app": "<!channel> *b* \x1b[2J\x1b[31mred", "host": "10.0.0.1", "why": None,
+         "error": "ClientRead"}
+    server = ServerInfo(150020, "15.20 (Debian)", 1200, 1006, False, 1, "pgsessions_bot", False, True, True)
+    query = "SELECT '<@U123>' /* `x` */\r\x1b]0;title\x07"
+    msg = render_listing(Listing("prod", "primary", server, (session(2, h, query),), Filters(), {}), tokens={2: "t2"})
+    out = io.StringIO()
+    Terminal(out, io.StringIO(), interactive=False).write(BlockRenderer().message(msg["text"], msg["blocks"]))
+    screen = out.getvalue()
+    assert "app `<!channel> *b* \u241b[2J\u241b[31mred`" in screen  # as typed, escapes shown, nothing obeyed
+    assert "SELECT '<@U123>' /* \u02cbx\u02cb */ \u241b]0;title\u2407" in screen
+    assert "\x1b" not in screen and "\x07" not in screen and "\r" not in screen
