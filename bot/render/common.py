@@ -68,8 +68,10 @@ def esc(text: object, *, in_code: bool = False) -> str:
       ``pg_dump`` stays as it is. Inside a code span (``in_code=True``, used by :func:`code`)
       Slack formats nothing, so they are kept exactly.
     """
-    out = visible(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("`", BACKTICK)
-    return out if in_code else _MARKER.sub(_marker, out)
+    out = visible(text)
+    if not in_code:  # decided on the characters as typed (before & < > become entities)
+        out = _MARKER.sub(_marker, out)
+    return out.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("`", BACKTICK)
 
 
 def cut(text: str, limit: int) -> str:
