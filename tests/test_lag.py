@@ -276,7 +276,7 @@ def test_snapshot_conflict_alert_names_the_culprit_is_kept_current_and_resolves_
         assert not action_buttons(done)
         body = blocks_text(done)
         assert "snapshot conflict" in body
-        assert f"pid {pid} (app_user, report-snapshot) held replay back; it let go without a signal" in body
+        assert f"pid {pid} (`app_user`, `report-snapshot`) held replay back; it let go without a signal" in body
         holder.close()
         fake.assert_clean()
 

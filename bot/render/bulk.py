@@ -16,6 +16,7 @@ from bot.render.common import (
     MAX_BLOCKS,
     actions,
     button,
+    code,
     context,
     cut,
     esc,
@@ -53,7 +54,7 @@ def state_counts(states: Iterable[str | None]) -> str:
     counts = Counter((s or "unknown") for s in states)
     order = ["active", "idle in transaction", "idle in transaction (aborted)", "idle"]
     keys = sorted(counts, key=lambda k: (order.index(k) if k in order else len(order), k))
-    return ", ".join(f"{counts[k]} {k}" for k in keys)
+    return ", ".join(f"{counts[k]} {esc(k)}" for k in keys)
 
 
 def group_lines(sessions: Iterable[Mapping], limit: int = MAX_GROUP_LINES, chars: int = 2600) -> list[str]:
@@ -73,7 +74,7 @@ def group_lines(sessions: Iterable[Mapping], limit: int = MAX_GROUP_LINES, chars
         clients = sorted({m.get("client_addr") or "local socket" for m in members})
         shown_clients = ", ".join(esc(c) for c in clients[:3]) + (f" and {len(clients) - 3} more" if len(clients) > 3 else "")
         lines.append(
-            f"• user `{esc(user)}` · app {('`' + esc(app) + '`') if app else '–'} · *{len(members)}* "
+            f"• user {code(user)} · app {code(app) if app else '–'} · *{len(members)}* "
             f"({state_counts(m.get('state') for m in members)}) · from {shown_clients}"
         )
         size += len(lines[-1]) + 1
@@ -89,11 +90,11 @@ def _connected_dict(c: Connected) -> dict:
 
 def database_state_line(name: str, allow: bool | None) -> str:
     if allow is None:
-        return f":grey_question: whether `{esc(name)}` allows new connections is not known"
+        return f":grey_question: whether {code(name)} allows new connections is not known"
     if allow:
-        return f":large_green_circle: `{esc(name)}` allows new connections"
+        return f":large_green_circle: {code(name)} allows new connections"
     return (
-        f":no_entry: `{esc(name)}` does *not* allow new connections (`ALLOW_CONNECTIONS false`): clients that "
+        f":no_entry: {code(name)} does *not* allow new connections (`ALLOW_CONNECTIONS false`): clients that "
         "try to connect are refused"
     )
 
@@ -113,7 +114,8 @@ def clear_db_message(
 ) -> dict:
     """Who is connected to a database and the buttons that may empty it.
 
-    ``tokens`` maps each offered action to its token; ``*_why`` say why an action is not offered."""
+    ``tokens`` maps each offered action to its token; ``*_why`` say why an action is not offered (mrkdwn
+    written by the bot, with every database name in it already escaped)."""
     clients = [c for c in connected if c.is_client and not c.is_bot]
     own = [c for c in connected if c.is_bot]
     others = [c for c in connected if not c.is_client and not c.is_bot]
@@ -133,7 +135,7 @@ def clear_db_message(
         first = "*No client session* is connected to this database."
     facts = [first, database_state_line(info.name, info.allow_connections)]
     limit = "no connection limit" if info.conn_limit < 0 else f"connection limit {info.conn_limit}"
-    facts.append(f"owner `{esc(info.owner)}` · {limit}" + (" · template database" if info.is_template else ""))
+    facts.append(f"owner {code(info.owner)} · {limit}" + (" · template database" if info.is_template else ""))
     blocks.append(section("\n".join(facts)))
     if clients:
         blocks.append(section("*By user and application*\n" + "\n".join(group_lines(_connected_dict(c) for c in clients))))
@@ -149,7 +151,7 @@ def clear_db_message(
         reasons = Counter(c.cannot_signal for c in blocked_out)
         notes.append(
             f":no_entry_sign: {_plural(len(blocked_out), 'session')} cannot be terminated by the bot: "
-            + "; ".join(f"{k} ({v})" for k, v in reasons.items())
+            + "; ".join(f"{esc(k)} ({v})" for k, v in reasons.items())
             + ". They will be reported, and the database will not be empty."
         )
     if others or info.prepared_xacts or info.logical_slots:
@@ -181,18 +183,18 @@ def clear_db_message(
         explain.append(
             f"Each button asks an approver first. An approval covers exactly these {n} sessions (pid + start time): "
             "sessions that connect later are not touched. *Block new connections* first runs "
-            f"`ALTER DATABASE {esc(info.name)} WITH ALLOW_CONNECTIONS false`, so that clients that reconnect at "
+            f"`ALTER DATABASE {esc(info.name, in_code=True)} WITH ALLOW_CONNECTIONS false`, so that clients that reconnect at "
             "once stay out until someone uses *Allow connections again*."
         )
     if terminate_why:
-        explain.append(f"*Terminate all* is not offered: {esc(terminate_why)}.")
+        explain.append(f"*Terminate all* is not offered: {terminate_why}.")
     if block_why:
-        explain.append(f"*Block new connections* is not offered: {esc(block_why)}.")
+        explain.append(f"*Block new connections* is not offered: {block_why}.")
     if allow_why and not info.allow_connections:
-        explain.append(f"*Allow connections again* is not offered: {esc(allow_why)}.")
+        explain.append(f"*Allow connections again* is not offered: {allow_why}.")
     if explain:
         blocks.append(context(*explain))
-    text = f"{_plural(n, 'session')} connected to {info.name} on {env}" + (
+    text = f"{_plural(n, 'session')} connected to {esc(info.name)} on {env}" + (
         "" if info.allow_connections else " (the database does not allow new connections)"
     )
     return message(text, blocks[:MAX_BLOCKS])
@@ -214,11 +216,11 @@ def bulk_offer_blocks(
     if not n:
         return []
     if refusal or token is None:
-        return [context(f":no_entry_sign: *Terminate these {n}* is not offered: {esc(refusal or 'not available')}.")]
+        return [context(f":no_entry_sign: *Terminate these {n}* is not offered: {refusal or 'not available'}.")]
     beyond = n - min(drawn, n)
     scope = f"the {min(drawn, n)} drawn above" + (f" and {beyond} more found by the same filter" if beyond else "")
     text = (
-        f":broom: *Terminate these {n}* sessions of app `{esc(app)}` that are {esc(what)} ({scope}; filter `{esc(filters)}`).\n"
+        f":broom: *Terminate these {n}* sessions of app {code(app)} that are {esc(what)} ({scope}; filter {code(filters)}).\n"
         + "\n".join(group_lines(sessions, limit=5))
     )
     notes = [
@@ -240,12 +242,12 @@ def bulk_offer_blocks(
 
 def _scope_lines(action: str, env: str, host: str, t: Mapping) -> list[str]:
     n = len(t.get("sessions") or [])
-    db = esc(t.get("database") or "?")
+    db = esc(t.get("database") or "?", in_code=True)  # only ever shown inside a code span
     if action == TERMINATE_BULK:
         what = STATE_WORDS.get(t.get("category", ""), "matching")
         return [
-            f"*Terminate {_plural(n, 'session')}* of app `{esc(t.get('app') or '?')}` that {'is' if n == 1 else 'are'} "
-            f"{esc(what)} on {where(env, host)} (filter `{esc(t.get('filters') or '')}`).",
+            f"*Terminate {_plural(n, 'session')}* of app {code(t.get('app') or '?')} that {'is' if n == 1 else 'are'} "
+            f"{esc(what)} on {where(env, host)} (filter {code(t.get('filters') or '')}).",
             "Only the sessions listed, by pid and start time; any used again before the approval is skipped.",
         ]
     if action in (CLEAR_DB, CLEAR_DB_BLOCK):
@@ -307,21 +309,23 @@ def bulk_modal(target: Mapping, action: str, token: str, channel: str | None, re
 # --- the approval message -------------------------------------------------------------------------
 
 
-def _headline(req: Mapping) -> str:
+def _headline(req: Mapping, *, mrkdwn: bool = False) -> str:
+    """For a header (plain_text: nothing is parsed) or, with ``mrkdwn``, for a fallback text (escaped)."""
+    q = esc if mrkdwn else str
     t = req["target"]
     n = len(t.get("sessions") or [])
     action, env = req["action"], req["env"]
     if action == TERMINATE_BULK:
-        return f"Terminate {_plural(n, 'session')} of app {t.get('app') or '?'} on {env}"
+        return f"Terminate {_plural(n, 'session')} of app {q(t.get('app') or '?')} on {env}"
     if action == CLEAR_DB:
-        return f"Terminate all {_plural(n, 'session')} of database {t.get('database')} on {env}"
+        return f"Terminate all {_plural(n, 'session')} of database {q(t.get('database'))} on {env}"
     if action == CLEAR_DB_BLOCK:
         if not n:
-            return f"Block new connections to {t.get('database')} on {env}"
-        return f"Block new connections to {t.get('database')} and terminate all {n} on {env}"
+            return f"Block new connections to {q(t.get('database'))} on {env}"
+        return f"Block new connections to {q(t.get('database'))} and terminate all {n} on {env}"
     if action == ALLOW_CONNECTIONS:
-        return f"Allow connections to {t.get('database')} again on {env}"
-    return f"{action} on {env}"
+        return f"Allow connections to {q(t.get('database'))} again on {env}"
+    return f"{q(action)} on {env}"
 
 
 def _counts_line(counts: Mapping[str, int]) -> str:
@@ -338,7 +342,7 @@ def _counts_line(counts: Mapping[str, int]) -> str:
 
 def _item_lines(items: list[Mapping], limit: int = 10) -> str:
     return "\n".join(
-        f"• pid {i.get('pid')} (`{esc(i.get('user') or '?')}`, app `{esc(i.get('application') or '–')}`): {esc(i.get('result') or '')}"
+        f"• pid {i.get('pid')} ({code(i.get('user') or '?')}, app {code(i.get('application') or '–')}): {esc(i.get('result') or '')}"
         for i in items[:limit]
     )
 
@@ -404,7 +408,7 @@ def bulk_request_message(
         if out.get("blocked") and out.get("closed_at") and not reopened:
             line += f" · closed by this request {slack_time(_dt(out['closed_at']))}"
         if reopened and reopened.get("how") == "dropped":
-            line = f":wastebasket: `{esc(db)}` no longer exists (seen {slack_time(_dt(reopened.get('at')))})"
+            line = f":wastebasket: {code(db)} no longer exists (seen {slack_time(_dt(reopened.get('at')))})"
         elif reopened:
             line += f" · reopened {slack_time(_dt(reopened.get('at')))}"
             if reopened.get("by"):
@@ -427,7 +431,7 @@ def bulk_request_message(
             d = float(out["duration_s"])
             finished += f" in {d:.1f}s" if d < 10 else f" in {format_duration(d)}"
     blocks += decision_footer(req, approvals, required, cfg_approvers, finished)
-    text = f"{_headline(req)} (requested by <@{req['requester']}>): {state}"
+    text = f"{_headline(req, mrkdwn=True)} (requested by <@{req['requester']}>): {state}"
     if out.get("detail") and state in ("done", "failed"):
-        text += f" — {out['detail']}"
+        text += f" — {esc(out['detail'])}"
     return message(text, blocks[:MAX_BLOCKS])

@@ -30,7 +30,7 @@ from bot.commands import ClearDb, ListSessions
 from bot.postgres.bulk import connected_to, database_info, database_names
 from bot.postgres.pools import DatabaseUnavailable
 from bot.render.bulk import BULK_PREFIX, bulk_modal, bulk_offer_blocks, bulk_request_message, clear_db_message
-from bot.render.common import context, esc
+from bot.render.common import code, context
 from bot.slack.kill_handlers import REQUEST_RENDERERS, open_request_form, redraw, workflow
 from bot.slack.listing_handlers import kill_disabled_reason
 
@@ -57,7 +57,7 @@ def handle_clear_db(rt, cmd: ClearDb, body: dict, respond) -> None:
             connected = connected_to(conn, cmd.database)
     except DatabaseUnavailable as exc:
         log.warning("clear-db overview %s/%s failed: %s", cmd.env, cmd.host, exc.reason)
-        respond(response_type="ephemeral", text=f":warning: Could not read who is connected to `{esc(cmd.database)}`: {exc}")
+        respond(response_type="ephemeral", text=f":warning: Could not read who is connected to {code(cmd.database)}: {exc}")
         return
     try:
         state_id = state_identity(rt.store)
@@ -66,12 +66,12 @@ def handle_clear_db(rt, cmd: ClearDb, body: dict, respond) -> None:
         respond(
             response_type="ephemeral",
             text=":warning: The bot could not read its own state database, so it cannot tell whether "
-            f"`{esc(cmd.database)}` is that database: nothing is offered.",
+            f"{code(cmd.database)} is that database: nothing is offered.",
         )
         return
     refusal = database_refusal(rt.config, cmd.env, info, state_id)
     if refusal:
-        respond(response_type="ephemeral", text=f":no_entry_sign: clear-db refuses `{esc(info.name)}`: {refusal}.")
+        respond(response_type="ephemeral", text=f":no_entry_sign: clear-db refuses {code(info.name)}: {refusal}.")
         return
     sessions = terminable(connected)
     off = kill_disabled_reason(rt, cmd.env)
@@ -87,7 +87,7 @@ def handle_clear_db(rt, cmd: ClearDb, body: dict, respond) -> None:
     if block_why is None and len(sessions) > max_bulk:
         block_why = f"{len(sessions)} sessions are more than `access.max_bulk` ({max_bulk}) allows in one request"
     allow_why = off or (
-        None if info.bot_can_alter else f"the bot's role `{info.bot_user}` does not own `{info.name}` and is not a superuser"
+        None if info.bot_can_alter else f"the bot's role {code(info.bot_user)} does not own {code(info.name)} and is not a superuser"
     )
     tokens = issue_database_tokens(
         rt.store,
@@ -116,7 +116,7 @@ def listing_offer(rt, cmd: ListSessions, listing, body: dict) -> list[dict]:
             rt.dbs, rt.store, rt.config, listing, cmd.filters, body.get("channel_id"), body.get("user_id")
         )
     except DatabaseUnavailable as exc:
-        return [context(f":warning: *Terminate these N* is not offered: {esc(str(exc))}")]
+        return [context(f":warning: *Terminate these N* is not offered: {exc}")]
     except Exception:  # the listing itself must still be posted
         log.exception("preparing Terminate these N failed")
         return [context(":warning: *Terminate these N* is not offered: the bot failed while preparing it (see logs).")]

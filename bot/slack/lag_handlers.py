@@ -13,6 +13,7 @@ from bot.commands import ShowLag
 from bot.lagwatch import install, measure_env
 from bot.lagwatch.model import StandbyLag, Unreachable
 from bot.lagwatch.watcher import kill_disabled_reason
+from bot.render.common import esc
 from bot.render.lag import MAX_CULPRITS_SHOWN, render_lag_listing
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def handle_lag(rt, cmd: ShowLag, body: dict, respond) -> None:
     user = body.get("user_id")
     results, primary_error = measure_env(rt.dbs, cmd.env)
     if results and all(isinstance(r, Unreachable) for r in results):
-        reasons = "\n".join(f"• `{r.host}`: {r.reason}" for r in results)
+        reasons = "\n".join(f"• `{r.host}`: {esc(r.reason)}" for r in results)
         log.warning("lag of %s: no standby answered", cmd.env)
         respond(response_type="ephemeral", text=f":warning: Could not read the lag of any standby of `{cmd.env}`:\n{reasons}")
         return
