@@ -75,7 +75,7 @@ def test_every_command_word_is_refused_as_a_standby_name(word):
 @pytest.mark.parametrize("word", ["help", "audit", "pending", "version", "Pending"])
 def test_every_command_word_is_refused_as_an_environment_name(word):
     assert error_of({"environments": {word: {"dsn": DSN}}}) == (
-        f"environments: environment name '{word}' is a command word: rename it"
+        f"environments: environment name '{word}' is a command word: rename it (e.g. {word}1)"
     )
 
 

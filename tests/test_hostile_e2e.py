@@ -12,6 +12,7 @@ import pytest
 from bot.render.common import esc, fold_query
 from tests.harness.bot import BotUnderTest, env_config
 from tests.harness.pgcluster import ClusterPair, start_pair
+from tests.harness.waiting import wait_until
 from tests.test_hostile_text import assert_inert, assert_terminal_inert, texts_of
 from tests.test_lag import (
     CHANNEL,
@@ -21,7 +22,6 @@ from tests.test_lag import (
     wait_alert,
     wait_checks,
     wait_resolved,
-    wait_until,
     writes,
 )
 
@@ -87,7 +87,7 @@ def test_a_lag_alerts_life_shows_a_hostile_application_name_as_typed(pair):
             pair.primary.sql(pgsql.SQL("ALTER TABLE {} ADD COLUMN extra int").format(pgsql.Identifier(table)))
             writes(pair)
             msg = wait_alert(fake, "lock conflict")
-            wait_until("the culprit in the alert", lambda: f"*pid {pid}*" in str(fake.messages[(msg.channel, msg.ts)].blocks), 10)
+            wait_until(lambda: f"*pid {pid}*" in str(fake.messages[(msg.channel, msg.ts)].blocks), 10, "the culprit in the alert")
             for version in fake.messages[(msg.channel, msg.ts)].versions:
                 assert_inert(version, [HOSTILE_APP] if f"*pid {pid}*" in str(version) else [])
                 assert_terminal_inert(version)
