@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= pgsessions.yml
 
-.PHONY: install postgres run test lint bench demo clean
+.PHONY: install postgres run test unit lint bench demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ lint: install
 
 test: install postgres lint
 	$(BIN)/python -m pytest
+
+# the fast tests only (no PostgreSQL, no fake Slack, no bot process): a few seconds
+unit: install
+	$(BIN)/python -m pytest -m unit -q
 
 bench: install postgres
 	$(BIN)/python -m bench

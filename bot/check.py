@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bot.config import Config, ConfigError, Environment, load_config
+from bot.render.common import visible
 from bot.secrets import safe_dsn, scrub
 
 REQUIRED_SCOPES = ("commands", "chat:write", "chat:write.public", "users:read", "usergroups:read")
@@ -522,7 +523,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(render_json(path, hosts, state, slack, extra, ok))
     else:
-        print(render_text(path, hosts, state, slack, extra, args.strict))
+        # server strings (role names, versions, errors) reach a terminal: no control character is obeyed
+        text = render_text(path, hosts, state, slack, extra, args.strict)
+        print("\n".join(visible(line) for line in text.split("\n")))
     return 0 if ok else 1
 
 

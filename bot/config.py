@@ -192,7 +192,7 @@ class Config(_Model):
             if not NAME_RE.match(name):
                 raise ValueError(f"environment name {name!r} must be letters, digits, '.', '_' or '-'")
             if name.lower() in RESERVED_ENV_NAMES:
-                raise ValueError(f"environment name {name!r} is a command word: rename it")
+                raise ValueError(f"environment name {name!r} is a command word: rename it (e.g. {name}1)")
         return v
 
     @field_validator("state")
@@ -214,7 +214,7 @@ class Config(_Model):
             if env.lag_alert is not None and not env.standbys:
                 raise ValueError(
                     f"environments.{name}.lag_alert is set but the environment has no standbys: "
-                    "add environments.{name}.standbys or remove lag_alert"
+                    f"add environments.{name}.standbys or remove lag_alert"
                 )
         return self
 
@@ -300,6 +300,23 @@ def _known_fields(loc: tuple[Any, ...]) -> list[str]:
     return []
 
 
+# pydantic's words for a value of the wrong type, and how to write it instead
+_TYPE_HINTS = {
+    "bool_parsing": "write true or false",
+    "bool_type": "write true or false",
+    "int_parsing": "write a whole number",
+    "int_type": "write a whole number",
+    "int_from_float": "write a whole number",
+    "float_parsing": "write a number",
+    "float_type": "write a number",
+    "string_type": "write it as text (in quotes if YAML reads it as a number or true/false)",
+    "list_type": "write a YAML list, e.g. [a, b] or one '- item' per line",
+    "dict_type": "write a YAML mapping, one 'name: value' per line",
+    "model_type": "write a YAML mapping, one 'key: value' per line",
+    "model_attributes_type": "write a YAML mapping, one 'key: value' per line",
+}
+
+
 def format_validation_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
@@ -319,6 +336,8 @@ def format_validation_error(exc: ValidationError) -> str:
         msg = msg.removeprefix("Value error, ")
         if "duration" in msg and DURATION_HINT not in msg:
             msg += f" ({DURATION_HINT})"
+        if kind in _TYPE_HINTS:
+            msg = f"{msg}: {_TYPE_HINTS[kind]}"
         # never echo the input: it may be a DSN with a password
         lines.append(f"{key}: {msg}")
     return "\n".join(lines)

@@ -24,6 +24,7 @@ from bot.approval.models import (
 )
 from bot.state.store import StateStore
 from tests.harness.bot import BotUnderTest, env_config
+from tests.harness.waiting import wait_until
 
 DB_NOT_OWNED = "bulk_notowned"  # owned by app_user: the bot may not ALTER it
 DB_OWNED = "bulk_owned"  # owned by pgsessions_bot: blocking works
@@ -148,15 +149,6 @@ def alive(pg, pid: int) -> bool:
 
 def allows_connections(pg, db: str) -> bool:
     return pg.primary.sql("SELECT datallowconn FROM pg_database WHERE datname = %s", (db,))[0][0]
-
-
-def wait_until(predicate, timeout: float = 10, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached within {timeout}s")
 
 
 def text_of(msg) -> str:

@@ -25,6 +25,7 @@ def error_of(data, environ=None) -> str:
     return str(info.value)
 
 
+@pytest.mark.unit
 def test_defaults_and_the_contract_keys(tmp_path):
     path = tmp_path / "c.yml"
     path.write_text(textwrap.dedent("""
@@ -55,23 +56,27 @@ def test_defaults_and_the_contract_keys(tmp_path):
     assert "hunter2-secret" not in scrub(f"connecting with {prod.dsn}")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("value, seconds", [("90s", 90), ("5m", 300), ("1h", 3600), ("1h30m", 5400), (45, 45), ("45", 45)])
 def test_durations(value, seconds):
     cfg = parse_config(env_with(thresholds={"idle": value}), {})
     assert cfg.environments["prod"].thresholds.idle == seconds
 
 
+@pytest.mark.unit
 def test_missing_variable_names_key_and_variable():
     msg = error_of(env_with(dsn="host=db1 password=${NOPE_PW}"))
     assert msg.startswith("environments.prod.dsn: environment variable NOPE_PW is not set")
     assert "export NOPE_PW=" in msg
 
 
+@pytest.mark.unit
 def test_variable_default():
     cfg = parse_config(env_with(dsn="host=${DBHOST:-db9} dbname=postgres"), {})
     assert cfg.environments["prod"].dsn == "host=db9 dbname=postgres"
 
 
+@pytest.mark.unit
 def test_unknown_key_suggests_the_right_one():
     msg = error_of(env_with(thresholds={"idel": "5m"}))
     assert "environments.prod.thresholds.idel: unknown key: did you mean 'idle'?" in msg
@@ -79,43 +84,51 @@ def test_unknown_key_suggests_the_right_one():
     assert "environments.prod.lag_alert.treshold: unknown key: did you mean 'threshold'?" in msg
 
 
+@pytest.mark.unit
 def test_bad_duration_says_how_to_write_one():
     msg = error_of(env_with(thresholds={"idle": "5 minutes please"}))
     assert msg.startswith("environments.prod.thresholds.idle:")
     assert "90s, 5m, 1h" in msg
 
 
+@pytest.mark.unit
 def test_bad_dsn_is_not_echoed():
     msg = error_of(env_with(dsn="host=db1 password='unclosed-s3cret"))
     assert "environments.prod.dsn: not a valid connection string" in msg
     assert "unclosed-s3cret" not in msg
 
 
+@pytest.mark.unit
 def test_bad_principal():
     msg = error_of(env_with(access={"approvers": ["alice"]}))
     assert "environments.prod.access.approvers" in msg and "user-group id" in msg
 
 
+@pytest.mark.unit
 def test_missing_dsn_and_empty_environments():
     assert "environments.prod.dsn: required but missing" in error_of({"environments": {"prod": {}}})
     assert "no environment configured" in error_of({"environments": {}})
     assert "environments: required but missing" in error_of({"state": "sqlite:///x.db"})
 
 
+@pytest.mark.unit
 def test_reserved_names():
     assert "is a command word" in error_of({"environments": {"help": {"dsn": "host=x"}}})
     assert "is a command word" in error_of(env_with(standbys={"lag": "host=x"}))
 
 
+@pytest.mark.unit
 def test_lag_alert_needs_standbys():
     msg = error_of(env_with(lag_alert={"channel": "C1"}))
     assert "lag_alert is set but the environment has no standbys" in msg
 
 
+@pytest.mark.unit
 def test_bad_state_url():
     assert "state must be 'sqlite:///" in error_of({**BASE, "state": "redis://x"})
 
 
+@pytest.mark.unit
 def test_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yml")
@@ -129,6 +142,7 @@ def test_file_errors(tmp_path):
         load_config(broken)
 
 
+@pytest.mark.unit
 def test_url_password_in_state_is_a_secret():
     parse_config({**BASE, "state": "postgresql://bot:st4te-pass@db/state"}, {})
     assert "st4te-pass" in SECRETS.snapshot()

@@ -234,7 +234,7 @@ def test_bot_killed_between_approval_and_signal(pg, fake_slack, tmp_path: Path):
             with engine.connect() as c:
                 return c.execute(sqltext("SELECT state FROM pgs_requests WHERE id = :i"), {"i": request_id}).scalar()
 
-        wait_until(lambda: req_state() == "executing", 10, "state 'executing'", step=0.01)
+        wait_until(lambda: req_state() == "executing", 10, "state 'executing'", every=0.01)
         time.sleep(0.5)  # the redraw is now held in the fake (5 s), the signal not yet sent
         assert not [c for c in fake_slack.calls[n:] if c.method == "chat.update"], "the redraw was not held"
         bot.kill()

@@ -8,10 +8,9 @@ and the primary writes. Checks run every second, alerts after 2 checks over a 1 
 from __future__ import annotations
 
 import json
-import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -19,7 +18,16 @@ from psycopg import sql as pgsql
 
 from tests.harness.bot import BotUnderTest, env_config
 from tests.harness.fake_slack import FakeSlack
-from tests.harness.pgcluster import ClusterPair, start_pair
+from tests.harness.lag import (
+    SilentServer,
+    closed_port,
+    hold_replay,
+    lag_pair_or_skip,
+    primary_writes,
+    startup_wait,
+)
+from tests.harness.pgcluster import ClusterPair
+from tests.harness.waiting import wait_until
 
 CHANNEL = "C0LAGALERT"
 CHECK_EVERY = 1.0
@@ -35,15 +43,7 @@ ALERT_WITHIN = THRESHOLD + CONSECUTIVE * CHECK_EVERY + 5
 @pytest.fixture(scope="module")
 def pair() -> Iterator[ClusterPair]:
     """Our own primary + standby: these tests change the standby's settings and hold its replay back."""
-    p = start_pair()
-    try:
-        if p.standby is None or p.external:
-            pytest.skip("lag tests need a managed primary + standby")
-        p.set_standby_delay("-1")
-        p.primary.sql("GRANT pg_read_all_data TO app_user")
-        yield p
-    finally:
-        p.stop()
+    yield from lag_pair_or_skip()
 
 
 @pytest.fixture
@@ -96,18 +96,12 @@ def new_table(pair) -> str:
 
 
 def writes(pair, n: int = 5) -> None:
-    pair.primary.sql("CREATE TABLE IF NOT EXISTS lag_writes (id serial PRIMARY KEY, at timestamptz DEFAULT now())")
-    for _ in range(n):
-        pair.primary.sql("INSERT INTO lag_writes DEFAULT VALUES")
+    primary_writes(pair, n)
 
 
 def lock_conflict(pair, table: str) -> psycopg.Connection:
     """A standby session holds ACCESS SHARE in an open transaction; the primary needs ACCESS EXCLUSIVE."""
-    holder = pair.standby.connect(user="app_user", autocommit=False, application_name="report-lock")
-    holder.execute(pgsql.SQL("SELECT count(*) FROM {}").format(pgsql.Identifier(table))).fetchone()
-    pair.primary.sql(pgsql.SQL("ALTER TABLE {} ADD COLUMN extra int").format(pgsql.Identifier(table)))
-    writes(pair)
-    return holder
+    return hold_replay(pair, table, application_name="report-lock").holder
 
 
 def snapshot_conflict(pair, table: str) -> psycopg.Connection:
@@ -122,24 +116,6 @@ def snapshot_conflict(pair, table: str) -> psycopg.Connection:
     return holder
 
 
-def startup_wait(pair) -> str | None:
-    rows = pair.standby.sql(
-        "SELECT wait_event_type || '/' || wait_event FROM pg_stat_activity WHERE backend_type = 'startup'"
-    )
-    return rows[0][0] if rows else None
-
-
-def wait_until(what: str, fn: Callable[[], object], timeout: float, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(every)
-
-
 def alerts(fake: FakeSlack, needle: str = "", channel: str = CHANNEL) -> list:
     """Top-level lag-watch messages (any version) in the alert channel that mention ``needle``."""
     return [
@@ -151,7 +127,7 @@ def alerts(fake: FakeSlack, needle: str = "", channel: str = CHANNEL) -> list:
 
 
 def wait_alert(fake: FakeSlack, needle: str, timeout: float = ALERT_WITHIN):
-    return wait_until(f"an alert with {needle!r}\n{fake.summary()}", lambda: next(iter(alerts(fake, needle)), None), timeout)
+    return wait_until(lambda: next(iter(alerts(fake, needle)), None), timeout, f"an alert with {needle!r}\n{fake.summary()}")
 
 
 def blocks_text(msg) -> str:
@@ -168,9 +144,9 @@ def current(fake: FakeSlack, msg):
 
 def wait_resolved(fake: FakeSlack, msg, timeout: float = 10):
     return wait_until(
-        f"the alert resolved\n{fake.summary()}",
         lambda: current(fake, msg) if current(fake, msg).text.startswith("Resolved") else None,
         timeout,
+        f"the alert resolved\n{fake.summary()}",
     )
 
 
@@ -181,7 +157,7 @@ def watcher(bot: BotUnderTest):
 def wait_checks(bot: BotUnderTest, n: int, host: str = "replica1", timeout: float = 20) -> None:
     w = watcher(bot)
     start = w.checks.get(("prod", host), 0)
-    wait_until(f"{n} more checks of {host}", lambda: w.checks.get(("prod", host), 0) >= start + n, timeout)
+    wait_until(lambda: w.checks.get(("prod", host), 0) >= start + n, timeout, f"{n} more checks of {host}")
 
 
 def terminate(pair, pid: int) -> None:
@@ -213,7 +189,7 @@ def test_lock_conflict_alert_names_the_culprit_and_resolves_after_an_approved_te
         holder = lock_conflict(pair, table)
         started = time.monotonic()
         pid = holder.info.backend_pid
-        assert wait_until("the startup process waits on the lock", lambda: startup_wait(pair) == "Lock/relation", 5)
+        assert wait_until(lambda: startup_wait(pair) == "Lock/relation", 5, "the startup process waits on the lock")
         msg = wait_alert(fake, "lock conflict")
         took = time.monotonic() - started
         assert took <= ALERT_WITHIN, took
@@ -242,7 +218,7 @@ def test_lock_conflict_alert_names_the_culprit_and_resolves_after_an_approved_te
         )
         assert reply.status == 200
         approval = wait_until(
-            "the approval request", lambda: next((m for m in fake.messages.values() if "asks to" in json.dumps(m.blocks)), None), 10
+            lambda: next((m for m in fake.messages.values() if "asks to" in json.dumps(m.blocks)), None), 10, "the approval request"
         )
         approve = next(el for b in approval.blocks if b.get("type") == "actions" for el in b["elements"]
                        if el["text"]["text"] == "Approve")
@@ -268,7 +244,7 @@ def test_snapshot_conflict_alert_names_the_culprit_is_kept_current_and_resolves_
         started = time.monotonic()
         pid = holder.info.backend_pid
         assert wait_until(
-            "the startup process waits on the snapshot", lambda: startup_wait(pair) == "IPC/RecoveryConflictSnapshot", 5
+            lambda: startup_wait(pair) == "IPC/RecoveryConflictSnapshot", 5, "the startup process waits on the snapshot"
         )
         msg = wait_alert(fake, "snapshot conflict")
         assert time.monotonic() - started <= ALERT_WITHIN
@@ -279,15 +255,15 @@ def test_snapshot_conflict_alert_names_the_culprit_is_kept_current_and_resolves_
         # while it lasts: the same message is edited as the lag grows, reminders go to its thread
         first = msg.versions[0]
         edited = wait_until(
-            "an in-place update with the new lag",
-            lambda: msg if any(v["text"] != first["text"] for v in msg.versions[1:]) else None, 6,
+            lambda: msg if any(v["text"] != first["text"] for v in msg.versions[1:]) else None,
+            6, "an in-place update with the new lag",
         )
         assert f"pid {pid}" in edited.text
         tokens = [el["value"] for b in first["blocks"] if b["type"] == "actions" for el in b["elements"]]
         assert [b["value"] for b in action_buttons(edited)] == tokens, "the same session keeps its button token"
         reminder = wait_until(
-            "a reminder in the thread",
-            lambda: next((m for m in fake.messages_in(CHANNEL) if m.thread_ts == msg.ts), None), 6,
+            lambda: next((m for m in fake.messages_in(CHANNEL) if m.thread_ts == msg.ts), None),
+            6, "a reminder in the thread",
         )
         assert "Still" in reminder.text and f"pid {pid}" in reminder.text
         assert len(alerts(fake)) == 1
@@ -300,30 +276,9 @@ def test_snapshot_conflict_alert_names_the_culprit_is_kept_current_and_resolves_
         assert not action_buttons(done)
         body = blocks_text(done)
         assert "snapshot conflict" in body
-        assert f"pid {pid} (app_user, report-snapshot) held replay back; it let go without a signal" in body
+        assert f"pid {pid} (`app_user`, `report-snapshot`) held replay back; it let go without a signal" in body
         holder.close()
         fake.assert_clean()
-
-
-class SilentServer:
-    """A TCP port that accepts connections (the kernel completes the handshake) and never answers."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def test_unreachable_standbys_get_their_own_alerts_and_do_not_delay_the_others(pair, fake):
@@ -367,7 +322,7 @@ def test_a_stopped_standby_is_reported_and_resolved_when_it_is_back(pair, fake):
             msg = wait_alert(fake, "Standby unreachable: prod / replica1")
         finally:
             pair.standby.start()
-        done = wait_until("reachable again", lambda: current(fake, msg) if "reachable again" in current(fake, msg).text else None, 15)
+        done = wait_until(lambda: current(fake, msg) if "reachable again" in current(fake, msg).text else None, 15, "reachable again")
         assert "Resolved" in done.text
         assert len(alerts(fake, "Standby unreachable")) == 1
         pair.wait_streaming()
@@ -409,7 +364,7 @@ def test_two_bots_on_one_state_store_post_once_and_the_second_takes_over(pair, f
     b = BotUnderTest(config(pair), fake, state=pg_state, scheduler=True).start()
     try:
         leader, follower = wait_until(
-            "a leader", lambda: (a, b) if watcher(a).is_leader() else ((b, a) if watcher(b).is_leader() else None), 5
+            lambda: (a, b) if watcher(a).is_leader() else ((b, a) if watcher(b).is_leader() else None), 5, "a leader"
         )
         assert not watcher(follower).is_leader()
         holder = lock_conflict(pair, table)
@@ -421,7 +376,7 @@ def test_two_bots_on_one_state_store_post_once_and_the_second_takes_over(pair, f
         # the leader hangs (its scheduler stops running jobs, the lease is not released)
         leader.rt.scheduler.pause()
         hung = time.monotonic()
-        wait_until("the follower takes over", lambda: watcher(follower).is_leader(), 2 * CHECK_EVERY + 2)
+        wait_until(lambda: watcher(follower).is_leader(), 2 * CHECK_EVERY + 2, "the follower takes over")
         assert time.monotonic() - hung <= 2 * CHECK_EVERY + 1.5
         wait_checks(follower, CONSECUTIVE + 1)
         assert len(alerts(fake, "")) == 1, "the new leader must continue the open incident, not post another"
@@ -440,11 +395,11 @@ def test_a_clean_stop_hands_the_lease_over_at_once(pair, fake, pg_state):
     b = BotUnderTest(config(pair), fake, state=pg_state, scheduler=True).start()
     try:
         leader, follower = wait_until(
-            "a leader", lambda: (a, b) if watcher(a).is_leader() else ((b, a) if watcher(b).is_leader() else None), 5
+            lambda: (a, b) if watcher(a).is_leader() else ((b, a) if watcher(b).is_leader() else None), 5, "a leader"
         )
         leader.stop()
         stopped = time.monotonic()
-        wait_until("the follower takes over", lambda: watcher(follower).is_leader(), 2 * CHECK_EVERY + 2)
+        wait_until(lambda: watcher(follower).is_leader(), 2 * CHECK_EVERY + 2, "the follower takes over")
         # released, not expired: the next renewal (every check_every / 2) takes it
         assert time.monotonic() - stopped <= CHECK_EVERY
     finally:
@@ -466,7 +421,7 @@ def test_lag_command_shows_every_standby(pair, fake):
         assert "*refused* unreachable" in text and "connection refused" in text
 
         holder = lock_conflict(pair, table)
-        wait_until("lag", lambda: startup_wait(pair) == "Lock/relation", 5)
+        wait_until(lambda: startup_wait(pair) == "Lock/relation", 5, "lag")
         posted = bot.listing("prod lag", channel="C1")
         text = json.dumps(posted["blocks"])
         assert "lock conflict" in text and f"*pid {holder.info.backend_pid}*" in text
@@ -507,9 +462,9 @@ def test_many_culprits_stay_within_slack_limits_in_a_channel_given_by_name(pair,
             pair.primary.sql(pgsql.SQL("TRUNCATE {}").format(pgsql.Identifier(table)))
             writes(pair)
             msg = wait_until(
-                "an alert with buttons",
                 lambda: next((m for m in alerts(fake, "lock conflict", channel="ops-lag") if action_buttons(m)), None),
                 ALERT_WITHIN,
+                "an alert with buttons",
             )
             assert len(msg.blocks) <= 50
             assert "10 more not shown" in blocks_text(msg)

@@ -16,7 +16,9 @@ from psycopg import sql as pgsql
 
 from tests.harness.bot import BotUnderTest, env_config
 from tests.harness.fake_slack import FakeSlack
-from tests.harness.pgcluster import ClusterPair, start_pair
+from tests.harness.lag import hold_replay, lag_pair_or_skip
+from tests.harness.pgcluster import ClusterPair
+from tests.harness.waiting import wait_until
 
 CHANNEL = "C0LAGFAULT"
 STEADY_CHANNEL = "C0LAGSTEADY"
@@ -24,16 +26,7 @@ STEADY_CHANNEL = "C0LAGSTEADY"
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[ClusterPair]:
-    p = start_pair()
-    try:
-        if p.standby is None or p.external:
-            pytest.skip("lag fault tests need a managed primary + standby")
-        p.set_standby_delay("-1")
-        p.primary.sql("GRANT pg_read_all_data TO app_user")
-        p.primary.sql("CREATE TABLE lag_writes (id serial PRIMARY KEY)")
-        yield p
-    finally:
-        p.stop()
+    yield from lag_pair_or_skip()
 
 
 @pytest.fixture
@@ -53,17 +46,6 @@ def config(pair) -> dict:
     return {"environments": {"prod": env_config(pair, lag_alert=lag_alert(), timeouts={"connect": "1s", "statement": "3s"})}}
 
 
-def wait_until(what: str, fn, timeout: float, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(every)
-
-
 def alerts(fake: FakeSlack, needle: str, channel: str = CHANNEL) -> list:
     """Top-level messages in the channel whose any version mentions ``needle``."""
     return [m for m in fake.messages_in(channel) if not m.thread_ts and any(needle in v["text"] for v in m.versions)]
@@ -72,15 +54,9 @@ def alerts(fake: FakeSlack, needle: str, channel: str = CHANNEL) -> list:
 def stall(pair) -> object:
     """Hold the standby's replay back; returns the standby session doing it."""
     table = "lagf_" + uuid.uuid4().hex[:8]
-    ident = pgsql.Identifier(table)
-    pair.primary.sql(pgsql.SQL("CREATE TABLE {} (id int)").format(ident))
+    pair.primary.sql(pgsql.SQL("CREATE TABLE {} (id int)").format(pgsql.Identifier(table)))
     pair.wait_replayed()
-    holder = pair.standby.connect(user="app_user", autocommit=False, application_name="lagf-holder")
-    holder.execute(pgsql.SQL("SELECT count(*) FROM {}").format(ident)).fetchone()
-    pair.primary.sql(pgsql.SQL("ALTER TABLE {} ADD COLUMN extra int").format(ident))
-    for _ in range(3):
-        pair.primary.sql("INSERT INTO lag_writes DEFAULT VALUES")
-    return holder
+    return hold_replay(pair, table, application_name="lagf-holder", writes=3).holder
 
 
 @pytest.fixture
@@ -108,16 +84,16 @@ def test_lag_alert_posted_once_despite_slack_faults_and_resolve_lands(pair, fake
     with BotUnderTest(config(pair), fake, scheduler=True) as bot:
         w = bot.rt.lagwatch
         w.update_every = 1.0  # 60 s in production: how soon a failed first post is tried again
-        wait_until("a first check", lambda: w.checks.get(("prod", "replica1"), 0) >= 1, 10)
+        wait_until(lambda: w.checks.get(("prod", "replica1"), 0) >= 1, 10, "a first check")
         holders.append(stall(pair))
-        msg = wait_until("the lag alert\n" + fake.summary(), lambda: next(iter(alerts(fake, "Replication lag on prod")), None), 25)
+        msg = wait_until(lambda: next(iter(alerts(fake, "Replication lag on prod")), None), 25, "the lag alert\n" + fake.summary())
         failed = fake.calls_for("chat.postMessage", ok=False)
         assert len(failed) == fault["times"], "the fault was not exercised"
         checks = w.checks[("prod", "replica1")]
-        wait_until("two more checks", lambda: w.checks[("prod", "replica1")] >= checks + 2, 10)
+        wait_until(lambda: w.checks[("prod", "replica1")] >= checks + 2, 10, "two more checks")
         assert len(alerts(fake, "")) == 1, "duplicate alert:\n" + fake.summary()
         holders.pop().close()
-        done = wait_until("resolved", lambda: fake.messages[(msg.channel, msg.ts)] if fake.messages[(msg.channel, msg.ts)].text.startswith("Resolved") else None, 15)
+        done = wait_until(lambda: fake.messages[(msg.channel, msg.ts)] if fake.messages[(msg.channel, msg.ts)].text.startswith("Resolved") else None, 15, "resolved")
         assert "prod" in done.text
         assert not w.incidents.all_open()
         assert len(alerts(fake, "")) == 1
@@ -136,13 +112,13 @@ UPDATE_FAULTS = [
 def test_resolve_edit_lands_despite_slack_faults(pair, fake, holders, fault):
     with BotUnderTest(config(pair), fake, scheduler=True) as bot:
         w = bot.rt.lagwatch
-        wait_until("a first check", lambda: w.checks.get(("prod", "replica1"), 0) >= 1, 10)
+        wait_until(lambda: w.checks.get(("prod", "replica1"), 0) >= 1, 10, "a first check")
         holders.append(stall(pair))
-        msg = wait_until("the lag alert", lambda: next(iter(alerts(fake, "Replication lag on prod")), None), 15)
+        msg = wait_until(lambda: next(iter(alerts(fake, "Replication lag on prod")), None), 15, "the lag alert")
         fake.fail_next("chat.update", **fault)  # the next edit is the resolve one (update_every is 60 s)
         holders.pop().close()
-        done = wait_until("resolved\n" + fake.summary(),
-                          lambda: fake.messages[(msg.channel, msg.ts)] if fake.messages[(msg.channel, msg.ts)].text.startswith("Resolved") else None, 12)
+        done = wait_until(lambda: fake.messages[(msg.channel, msg.ts)] if fake.messages[(msg.channel, msg.ts)].text.startswith("Resolved") else None,
+                          12, "resolved\n" + fake.summary())
         assert len(fake.calls_for("chat.update", ok=False)) == fault["times"], "the fault was not exercised"
         assert "prod" in done.text
         assert len(alerts(fake, "")) == 1
@@ -156,15 +132,15 @@ def test_standby_goes_away_mid_checks_other_env_keeps_being_checked_and_it_recov
                                                timeouts={"connect": "1s", "statement": "3s"})
     with BotUnderTest(cfg, fake, scheduler=True) as bot:
         w = bot.rt.lagwatch
-        wait_until("checks of both", lambda: w.checks.get(("prod", "replica1"), 0) >= 2
-                   and w.checks.get(("steady", "replica1"), 0) >= 2, 10)
+        wait_until(lambda: w.checks.get(("prod", "replica1"), 0) >= 2
+                   and w.checks.get(("steady", "replica1"), 0) >= 2, 10, "checks of both")
         pair.standby.stop()
         try:
             stopped = time.monotonic()
             steady_before = w.checks[("steady", "replica1")]
-            msg = wait_until("the unreachable alert\n" + fake.summary(),
-                             lambda: next(iter(alerts(fake, "Standby unreachable: prod / replica1")), None), 10)
-            wait_until("more failed checks", lambda: w.checks[("prod", "replica1")] >= 3, 10)
+            msg = wait_until(lambda: next(iter(alerts(fake, "Standby unreachable: prod / replica1")), None),
+                             10, "the unreachable alert\n" + fake.summary())
+            wait_until(lambda: w.checks[("prod", "replica1")] >= 3, 10, "more failed checks")
             time.sleep(1.0)
             rate = (w.checks[("steady", "replica1")] - steady_before) / (time.monotonic() - stopped)
             assert rate >= 0.5, f"steady checked only {rate:.2f}/s while prod's standby was down"
@@ -172,8 +148,8 @@ def test_standby_goes_away_mid_checks_other_env_keeps_being_checked_and_it_recov
             assert not msg.text.startswith("Resolved")
         finally:
             pair.standby.start()
-        done = wait_until("reachable again\n" + fake.summary(),
-                          lambda: fake.messages[(msg.channel, msg.ts)] if "reachable again" in fake.messages[(msg.channel, msg.ts)].text else None, 15)
+        done = wait_until(lambda: fake.messages[(msg.channel, msg.ts)] if "reachable again" in fake.messages[(msg.channel, msg.ts)].text else None,
+                          15, "reachable again\n" + fake.summary())
         assert done.text.startswith("Resolved")
         assert len(alerts(fake, "Standby unreachable")) == 1
         assert not w.incidents.all_open()

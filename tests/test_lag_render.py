@@ -21,6 +21,8 @@ from bot.render.lag import (
 )
 from tests.harness.fake_slack import validate_message_blocks
 
+pytestmark = pytest.mark.unit
+
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 ALERT = LagAlert(channel="C0LAG", threshold=30, check_every=30, consecutive=2)
 

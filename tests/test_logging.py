@@ -97,6 +97,7 @@ def test_request_id_follows_a_command_into_the_listener_thread(pg, fake_slack, c
     assert REQUEST_ID.get() is None
 
 
+@pytest.mark.unit
 def test_json_formatter_is_one_line_and_scrubbed(captured):
     log = logging.getLogger("bot.test")
     dsn = f"host=db1 user={PW_ROLE} password={WRONG_PASSWORD} dbname=x"
@@ -116,6 +117,7 @@ def test_json_formatter_is_one_line_and_scrubbed(captured):
     assert_no_secret(captured.getvalue(), WRONG_PASSWORD, "abcdefSECRET")
 
 
+@pytest.mark.unit
 def test_text_format_is_one_line_per_event_with_the_request_id():
     buf = io.StringIO()
     handler = make_handler("text", buf)

@@ -51,6 +51,7 @@ CASES = [
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("sql", "expected"), CASES)
 def test_literals_become_placeholders(sql, expected):
     assert redact(sql) == expected
@@ -70,16 +71,19 @@ TRUNCATED = [
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("sql", "expected"), TRUNCATED)
 def test_truncated_queries_hide_the_unterminated_rest(sql, expected):
     assert redact(sql) == expected
 
 
+@pytest.mark.unit
 def test_numbers_glued_to_names_do_not_stop_redaction():
     # PostgreSQL <= 14 reads 123abc as "123 AS abc"; the PostgreSQL 17 lexer in pglast rejects it
     assert redact("SELECT 123abc, 'secret' FROM t") == "SELECT ?, ? FROM t"
 
 
+@pytest.mark.unit
 def test_every_truncation_point_keeps_the_secret_hidden():
     secret = "Zq9Wx7Kv"
     template = (
@@ -94,12 +98,14 @@ def test_every_truncation_point_keeps_the_secret_hidden():
         assert out == "" or out.strip() or not sql[:cut].strip()
 
 
+@pytest.mark.unit
 def test_empty_and_none():
     assert redact("") == ""
     assert redact(None) == ""
     assert redact("   \n") == "   \n"
 
 
+@pytest.mark.unit
 def test_unparseable_text_is_hidden_not_shown(monkeypatch):
     from bot.postgres import redact as mod
 
@@ -110,11 +116,13 @@ def test_unparseable_text_is_hidden_not_shown(monkeypatch):
     assert redact("SELECT 'secret'") == UNREDACTABLE
 
 
+@pytest.mark.unit
 def test_idempotent():
     once = redact("SELECT 'a', 1 FROM t WHERE x IN (1,2) -- c")
     assert redact(once) == once
 
 
+@pytest.mark.unit
 @settings(max_examples=400, deadline=None)
 @given(st.text(max_size=300))
 def test_never_raises_on_arbitrary_text(text):
@@ -125,6 +133,7 @@ def test_never_raises_on_arbitrary_text(text):
 _literal = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40)
 
 
+@pytest.mark.unit
 @settings(max_examples=300, deadline=None)
 @given(_literal, st.sampled_from(["std", "escape", "dollar"]))
 def test_string_contents_never_survive(content, style):
@@ -142,7 +151,101 @@ def test_string_contents_never_survive(content, style):
     sql = f"SELECT {lit} AS v FROM t WHERE k = {lit}"  # noqa: S608 - lexer input, never executed
     out = redact(sql)
     assert marker not in out
+    if style == "std" and "\\" in value and out == UNREDACTABLE:
+        return  # with standard_conforming_strings off it might read differently: hidden whole (fail closed)
     assert out.endswith("AS v FROM t WHERE k = ?")
+
+
+# --- standard_conforming_strings = off, and fuzzing (issue 12 §5) -------------------------------------
+
+SCS_OFF = [
+    # with standard_conforming_strings = off these are ONE literal each; read with it on they are not
+    r"SELECT * FROM users WHERE pw = 'pa\'ss Zq9Wx7Kv' AND id = 1",
+    r"SELECT 'a\'', 'Zq9Wx7Kv'",
+    r"SELECT 'x\' || 'Zq9Wx7Kv' || '\'",
+    "SELECT 'a'\n'b\\'', 'Zq9Wx7Kv'",
+    r"SELECT 'truncated \'Zq9Wx7Kv",
+    r"SELECT 'ends in a backslash\'",
+]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("sql", SCS_OFF)
+def test_text_that_reads_differently_without_standard_strings_is_hidden(sql):
+    out = redact(sql)
+    assert out == UNREDACTABLE == "query hidden: could not be redacted"
+    assert "Zq9" not in out and "ss" not in out
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("sql", "expected"), [
+    # backslashes that do not change where a string ends read the same both ways: still redacted, shown
+    (r"SELECT 'C:\temp' AS p, 1", "SELECT ? AS p, ?"),
+    (r"SELECT x ~ '^\d+$' FROM t", "SELECT x ~ ? FROM t"),
+    (r"SELECT 'a\\' || 'b'", "SELECT ? || ?"),
+    (r"SELECT E'pa\'ss', 'q'", "SELECT ?, ?"),  # E'' strings escape under both settings
+    ("SELECT $q$ a \\' b $q$, 'c'", "SELECT ?, ?"),  # nothing escapes inside dollar quotes
+    ("SELECT /* a \\' /* b */ c' */ 1", "SELECT /* ? */ ?"),  # nor in (nested) comments
+])
+def test_backslashes_that_do_not_matter_keep_the_text(sql, expected):
+    assert redact(sql) == expected
+
+
+SECRET = "Zq9Wx7Kv"
+_content = st.lists(st.sampled_from([*"ab '\\$*/-\n", SECRET]), max_size=12).map(lambda t: SECRET + "".join(t))
+
+
+@st.composite
+def _piece(draw) -> str:
+    """One token-ish piece of SQL; every literal and comment holds the secret."""
+    kind = draw(st.sampled_from(["std_on", "std_off", "e", "dollar", "c", "nested", "line", "word", "num", "punct"]))
+    body = draw(_content)
+    if kind == "std_on":  # a plain string as a server with standard_conforming_strings = on reads it
+        return "'" + body.replace("'", "''") + "'"
+    if kind == "std_off":  # ... and as one with it off: backslashes escape
+        return "'" + body.replace("\\", "\\\\").replace("'", draw(st.sampled_from(["''", "\\'"]))) + "'"
+    if kind == "e":
+        return "E'" + body.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if kind == "dollar":
+        return "$t$" + body.replace("$t$", "") + "$t$" if not body.endswith("$") else "$t$" + body + " $t$"
+    if kind == "c":
+        return "/* " + body.replace("*", "") + " */"
+    if kind == "nested":
+        inner = body.replace("*", "")
+        return f"/* x /* {inner} */ {inner} */"
+    if kind == "line":
+        return "-- " + body.replace("\n", " ") + "\n"
+    if kind == "word":
+        return draw(st.sampled_from(["SELECT", "FROM", "t", "WHERE", "pw", '"Col"', "$1", "AND", "E", "U&"]))
+    if kind == "num":
+        return draw(st.sampled_from(["1", "4.5", "1e9", "0x1F"]))
+    return draw(st.sampled_from([",", "(", ")", "=", "||", "::text", ";"]))
+
+
+@pytest.mark.unit
+@settings(max_examples=500, deadline=None)
+# no newline between pieces: 'a'<newline>'b' is one literal to PostgreSQL (and would glue the pieces)
+@given(st.lists(_piece(), min_size=1, max_size=8), st.lists(st.sampled_from([" ", "  ", "\t"]), min_size=8, max_size=8),
+       st.integers(min_value=0, max_value=400))
+def test_no_literal_survives_whatever_the_setting_and_wherever_the_text_is_cut(pieces, gaps, cut):
+    sql = "".join(p + g for p, g in zip(pieces, gaps, strict=False))
+    for text in (sql, sql[:cut]):
+        out = redact(text)
+        assert SECRET[:4] not in out and SECRET[4:] not in out, (text, out)
+
+
+@pytest.mark.unit
+def test_lag_culprits_are_redacted_with_the_same_rule():
+    from datetime import UTC, datetime
+
+    from bot.postgres.lag import culprit_session
+
+    row = dict(pid=1, backend_start=datetime(2026, 1, 1, tzinfo=UTC), usename="u", datname="d", application_name="a",
+               client_addr=None, state="active", wait_event_type=None, wait_event=None, query_secs=1.0, xact_secs=1.0,
+               state_secs=1.0, is_superuser=False, bot_is_super=False, bot_can_signal=True, bot_has_privs=True,
+               backend_xmin=None, query=r"SELECT 'pa\'ss Zq9Wx7Kv'")
+    assert culprit_session(row, holding_back=True, redact_queries=True).query == UNREDACTABLE
+    assert "Zq9" in culprit_session(row, holding_back=True, redact_queries=False).query
 
 
 # --- end to end: nothing downstream of the read sees a literal ----------------------------------------
@@ -178,5 +281,44 @@ def test_listing_with_redact_queries_never_shows_literals(pg, fake_slack):
             # control: without redact_queries the same session shows its literal
             plain = bot.listing(f"plain --app {app} --min 0s")
             assert secret in json.dumps(plain)
+    finally:
+        conn.close()
+
+
+def test_a_client_with_standard_conforming_strings_off_cannot_show_its_password(pg, fake_slack, caplog):
+    """Reproduction of issue 12 §5: SET standard_conforming_strings = off; SELECT 'pa\\'ss...' was listed with
+    the password in it. Now the text is hidden, in Slack, the stored button snapshots and the logs."""
+    import json
+    import uuid
+
+    from sqlalchemy import select
+
+    from bot.state.store import audit, targets
+    from tests.harness.bot import BotUnderTest, env_config
+
+    app = "scs-off-" + uuid.uuid4().hex[:6]
+    secret = "Pw" + uuid.uuid4().hex[:10]
+    conn = pg.primary.connect(user="app_user", dbname="appdb", application_name=app, autocommit=True)
+    try:
+        conn.execute("SET standard_conforming_strings = off")
+        conn.execute("SET escape_string_warning = off")
+        sql = f"SELECT 'pa\\'ss {secret}' AS x, 'tail {secret}' AS y"  # noqa: S608 - the attacker's text
+        assert conn.execute(sql).fetchone() == (f"pa'ss {secret}", f"tail {secret}")
+        seen = pg.primary.sql("SELECT query FROM pg_stat_activity WHERE application_name = %s", (app,))[0][0]
+        assert secret in seen and redact(seen) == UNREDACTABLE
+        config = {"environments": {"red": env_config(pg, redact_queries=True)}}
+        with BotUnderTest(config, fake_slack) as bot:
+            shown = bot.listing(f"red --app {app} --min 0s")
+            text = json.dumps(shown)
+            assert app in text, text
+            assert secret not in text and "pa\\\\'ss" not in text and "tail" not in text
+            assert UNREDACTABLE in text
+            with bot.rt.store.engine.connect() as c:
+                payloads = [r[0] for r in c.execute(select(targets.c.payload).where(targets.c.env == "red"))]
+                audited = [str(r) for r in c.execute(select(audit))]
+            assert payloads and all(secret not in p for p in payloads)
+            assert any(UNREDACTABLE in p for p in payloads)
+            assert all(secret not in a for a in audited)
+        assert secret not in caplog.text
     finally:
         conn.close()

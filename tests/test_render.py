@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import pytest
+
 from bot.approval.actions import ACTIONS
 from bot.approval.models import SessionTarget, StoredTarget, request_from_dict
 from bot.postgres.models import Category, Filters, Listing, ServerInfo, Session
 from bot.render.approval import request_message, request_modal
 from bot.render.listing import render_listing
 from tests.harness.fake_slack import validate_message_blocks, validate_view
+
+pytestmark = pytest.mark.unit
 
 SERVER = ServerInfo(150020, "15.20 (Debian)", 1200, 1006, False, 1, "pgsessions_bot", False, True, True)
 

@@ -27,6 +27,7 @@ from bot.render.listing import render_listing
 from bot.shell.mrkdwn import Names, to_text
 from bot.shell.render import BlockRenderer
 from tests.harness.bot import env_config
+from tests.harness.lag import hold_replay
 from tests.harness.pgcluster import APP_DB, APP_ROLE
 
 USERS = {"alice": "U1", "bob": "U2"}
@@ -45,6 +46,7 @@ def numbered() -> BlockRenderer:
     return BlockRenderer(NAMES, number)
 
 
+@pytest.mark.unit
 def test_mrkdwn_mentions_dates_links_and_escapes():
     text = (
         "*<@U1>* asks <!subteam^S0DBAS> and <!subteam^S9|@oncall> · <@U7> "
@@ -63,6 +65,7 @@ def test_mrkdwn_mentions_dates_links_and_escapes():
     assert to_text("```\nSELECT *a* FROM t &gt; x\n```") == "```\nSELECT *a* FROM t > x\n```"
 
 
+@pytest.mark.unit
 def test_every_block_kind_as_text():
     blocks = [
         header("Sessions on prod"),
@@ -111,6 +114,7 @@ def test_every_block_kind_as_text():
     ]
 
 
+@pytest.mark.unit
 def test_message_without_blocks_shows_its_text_and_attachments():
     r = BlockRenderer(NAMES)
     assert r.message("hello <@U1>\nsecond", None) == ["hello @alice", "second"]
@@ -119,6 +123,7 @@ def test_message_without_blocks_shows_its_text_and_attachments():
     assert lines == ["t", "| Lag", "| 2m", "| - host: r1"]
 
 
+@pytest.mark.unit
 def test_the_request_modal_and_its_input():
     target = StoredTarget(token="tok", env="prod", host="replica1", created_at=0.0, target=SessionTarget(
         pid=4211, user="app", database="appdb", application="web", client_addr=None,
@@ -137,6 +142,7 @@ def test_the_request_modal_and_its_input():
     assert "Reason (optional): <text" in "\n".join(BlockRenderer(NAMES).view(optional))
 
 
+@pytest.mark.unit
 def test_the_approval_message_pending_list_and_audit():
     now = time.time()
     req = request_from_dict({
@@ -158,6 +164,7 @@ def test_the_approval_message_pending_list_and_audit():
     assert "`prod` terminate:approved pid 4211 @bob" in text and "<!date" not in text
 
 
+@pytest.mark.unit
 def test_a_listing_renders_with_numbered_buttons_and_no_markup_left():
     server = ServerInfo(150020, "15.20 (Debian)", 100, 7, False, 1, "pgsessions_bot", False, True, True)
 
@@ -391,14 +398,10 @@ def test_a_lag_alert_appears_and_resolves_after_an_approved_terminate(pg, tmp_pa
     pg.set_standby_delay("-1")
     holder = None
     try:
-        holder = pg.standby.connect(user=APP_ROLE, dbname=APP_DB, autocommit=False, application_name="shell-report")
-        holder.execute(pgsql.SQL("SELECT count(*) FROM {}").format(ident)).fetchone()
-        pid = holder.info.backend_pid
         # the primary needs ACCESS EXCLUSIVE on the table the standby session holds, and keeps writing
-        pg.primary.sql(pgsql.SQL("ALTER TABLE {} ADD COLUMN extra int").format(ident), user=APP_ROLE, dbname=APP_DB)
-        for i in range(5):
-            pg.primary.sql(pgsql.SQL("INSERT INTO {} VALUES (%s)").format(ident), (1000 + i,), user=APP_ROLE,
-                           dbname=APP_DB)
+        holder = hold_replay(pg, table, application_name="shell-report", user=APP_ROLE, owner=APP_ROLE,
+                             dbname=APP_DB).holder
+        pid = holder.info.backend_pid
         config = config_for(pg, lag_alert={"channel": "C0ALERTS", "threshold": "1s", "check_every": "1s",
                                            "consecutive": 1, "remind_every": "1h"})
         script = "\n".join([
@@ -456,6 +459,7 @@ class Seen:
         self.events.append(("notice", text))
 
 
+@pytest.mark.unit
 def test_local_web_api_answers_like_slack():
     import json
     import urllib.request

@@ -21,6 +21,7 @@ from bot.config import Config
 from bot.postgres.bulk import Connected, DatabaseInfo, state_changes
 from bot.postgres.models import Filters, Listing, Session
 from bot.postgres.pools import Databases
+from bot.render.common import code
 from bot.state.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def is_state_database(info: DatabaseInfo, state_id: tuple[str, str, str] | None)
 
 
 def database_refusal(config: Config, env: str, info: DatabaseInfo, state_id: tuple[str, str, str] | None) -> str | None:
-    """Why clear-db must not act on this database at all, or None.
+    """Why clear-db must not act on this database at all, or None (mrkdwn; the names in it are escaped).
 
     The bot's state database and templates are always refused; ``postgres`` unless ``clear_db.allow``
     lists it (see docs/operating.md)."""
@@ -56,12 +57,12 @@ def database_refusal(config: Config, env: str, info: DatabaseInfo, state_id: tup
         return f"the `{env}` DSN points at a server in recovery (a standby): clear-db acts on the primary only"
     if is_state_database(info, state_id):
         return (
-            f"`{name}` is the bot's own state database (config `state:`): terminating its connections would "
+            f"{code(name)} is the bot's own state database (config `state:`): terminating its connections would "
             "cut the bot off from its requests and audit log in the middle of acting, so clear-db never acts on it"
         )
     if info.is_template:
         return (
-            f"`{name}` is a template database (CREATE DATABASE copies it): clear-db never acts on templates, "
+            f"{code(name)} is a template database (CREATE DATABASE copies it): clear-db never acts on templates, "
             "whatever `clear_db.allow` says; use psql for the rare case that needs it"
         )
     if name == "postgres" and name not in allow:
@@ -73,17 +74,17 @@ def database_refusal(config: Config, env: str, info: DatabaseInfo, state_id: tup
 
 
 def block_refusal(info: DatabaseInfo) -> str | None:
-    """Why *Block new connections* cannot work for this database, or None."""
+    """Why *Block new connections* cannot work for this database, or None (mrkdwn, names escaped)."""
     if info.name == info.bot_database:
         return (
-            f"the bot itself connects to `{info.name}` (its DSN): once closed, the bot could not open a new "
+            f"the bot itself connects to {code(info.name)} (its DSN): once closed, the bot could not open a new "
             "connection to allow connections again"
         )
     if not info.bot_can_alter:
         return (
-            f"the bot's role `{info.bot_user}` does not own `{info.name}` (owner `{info.owner}`) and is not a "
+            f"the bot's role {code(info.bot_user)} does not own {code(info.name)} (owner {code(info.owner)}) and is not a "
             "superuser, so PostgreSQL would refuse `ALTER DATABASE … WITH ALLOW_CONNECTIONS false`; make the "
-            f"bot's role the owner of `{info.name}` (or a member of `{info.owner}`) to offer it"
+            f"bot's role the owner of {code(info.name)} (or a member of {code(info.owner)}) to offer it"
         )
     return None
 
@@ -98,7 +99,7 @@ def database_offers(
     terminate_why = off or ("no client session is connected" if not sessions else None) or too_many
     block_why = off or block_refusal(info) or too_many
     allow_why = off or (
-        None if info.bot_can_alter else f"the bot's role `{info.bot_user}` does not own `{info.name}` and is not a superuser"
+        None if info.bot_can_alter else f"the bot's role {code(info.bot_user)} does not own {code(info.name)} and is not a superuser"
     )
     return terminate_why, block_why, allow_why
 
@@ -106,8 +107,8 @@ def database_offers(
 def unknown_database(name: str, names: Iterable[str]) -> str:
     names = list(names)
     guess = difflib.get_close_matches(name, names, n=3)
-    hint = (" Did you mean " + " or ".join(f"`{g}`" for g in guess) + "?") if guess else ""
-    return f"There is no database `{name}` on this server.{hint}"
+    hint = (" Did you mean " + " or ".join(code(g) for g in guess) + "?") if guess else ""
+    return f"There is no database {code(name)} on this server.{hint}"
 
 
 # --- snapshots ------------------------------------------------------------------------------------

@@ -408,14 +408,14 @@ class LagWatcher:
                 if approved:
                     people.append("approved by " + ", ".join(f"<@{a}>" for a in approved))
             who = f" ({'; '.join(people)})" if people else ""
-            user = f" · user `{e['db_user']}`" if e.get("db_user") else ""
+            user = f" · user {render.code(e['db_user'])}" if e.get("db_user") else ""
             lines.append(f"pid {e.get('pid')} {verb} through the bot at {render.slack_time(_utc(e['at']))}{who}{user}")
             signalled.add(f"{e.get('pid')}@{e.get('backend_start')}")
         for key, s in (inc.payload.get("seen") or {}).items():
             if key in signalled or f"{s.get('pid')}@{s.get('backend_start')}" in signalled:
                 continue
             label = "held replay back" if s.get("kind") in ("lock", "snapshot") else "was a suspect"
-            who = ", ".join(x for x in (s.get("user"), s.get("application")) if x)
+            who = ", ".join(render.code(x) for x in (s.get("user"), s.get("application")) if x)
             lines.append(
                 f"pid {s.get('pid')}{f' ({who})' if who else ''} {label}; it let go without a signal from the bot"
             )

@@ -24,6 +24,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from bot.config import Config, Environment
 from bot.metrics import DB_QUERY_SECONDS, DB_UNAVAILABLE
+from bot.render.common import esc
 from bot.secrets import scrub
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,13 @@ APPLICATION_NAME = "pgsessions"
 
 
 class DatabaseUnavailable(Exception):
-    """The server could not be reached or did not answer in time. ``str()`` is safe to show."""
+    """The server could not be reached or did not answer in time.
+
+    ``str()`` is safe to show: mrkdwn in which ``reason`` (plain text, may quote the server) is escaped."""
 
     def __init__(self, env: str, host: str, reason: str):
         self.env, self.host, self.reason = env, host, reason
-        super().__init__(f"{describe_target(env, host)} is unavailable: {reason}")
+        super().__init__(f"{describe_target(env, host)} is unavailable: {esc(reason)}")
 
 
 _UNAVAILABLE_SEEN: contextvars.ContextVar[list[DatabaseUnavailable] | None] = contextvars.ContextVar(

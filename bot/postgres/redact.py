@@ -10,6 +10,13 @@ server reads them) and rebuilds the text with:
 * everything else (keywords, identifiers -- also ``"Quoted"`` ones --, operators, ``$1`` parameters,
   whitespace) unchanged.
 
+``standard_conforming_strings`` is a per-session setting that pg_stat_activity does not show. With it
+``off`` a backslash escapes the next character in a plain ``'...'`` string too, so ``'pa\\'ss'`` is ONE
+literal to the server while the lexer (which assumes ``on``, the default since PostgreSQL 9.1) reads
+``'pa\\'``, an identifier ``ss`` and the start of another string. Every plain string that holds a
+backslash is therefore read both ways; when the two readings do not end it at the same place, the text
+cannot be tokenized with certainty and none of it is shown (:data:`UNREDACTABLE`).
+
 It never raises. A text the lexer rejects -- typically a query cut at ``track_activity_query_size``
 in the middle of a string -- is redacted up to the token the lexer stopped at, and the rest becomes
 ``?`` (nothing after an unterminated quote is shown). If even that fails the whole text is replaced
@@ -26,7 +33,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 PLACEHOLDER = "?"
-UNREDACTABLE = "<query text hidden: it could not be redacted>"
+UNREDACTABLE = "query hidden: could not be redacted"
 
 LITERAL_TOKENS = frozenset({"SCONST", "USCONST", "BCONST", "XCONST", "ICONST", "FCONST"})
 _COMMENTS = {"SQL_COMMENT": "-- ?", "C_COMMENT": "/* ? */"}
@@ -41,6 +48,62 @@ def _scan(text: str) -> list[Any]:
     return list(scan(text))
 
 
+class Ambiguous(ValueError):
+    """The text reads differently with standard_conforming_strings on and off: show none of it."""
+
+
+_HORIZ = " \t\f\v"
+
+
+def _continues_at(text: str, i: int) -> int | None:
+    """After a closing quote at ``i - 1``: where a continuation segment's opening quote is, or None.
+
+    PostgreSQL glues ``'a'`` and ``'b'`` into one literal when only whitespace holding a newline
+    (and ``--`` comments) separates them."""
+    j, newline = i, False
+    while j < len(text):
+        c = text[j]
+        if c in _HORIZ:
+            j += 1
+        elif c in "\r\n":
+            newline, j = True, j + 1
+        elif text.startswith("--", j) and newline:
+            while j < len(text) and text[j] not in "\r\n":
+                j += 1
+        else:
+            break
+    return j if newline and j < len(text) and text[j] == "'" else None
+
+
+def _end_without_standard_strings(text: str, start: int) -> int | None:
+    """Index of the quote that ends the plain string opening at ``start`` when backslashes escape
+    (standard_conforming_strings = off), or None when it runs past the end of ``text``."""
+    i = start + 1
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            i += 2
+        elif c == "'":
+            if text.startswith("''", i):
+                i += 2
+                continue
+            nxt = _continues_at(text, i + 1)
+            if nxt is None:
+                return i
+            i = nxt + 1
+        else:
+            i += 1
+    return None
+
+
+def _check_both_readings(text: str, tok: Any) -> None:
+    """A plain string with a backslash must end at the same place whatever standard_conforming_strings."""
+    if tok.name != "SCONST" or text[tok.start] != "'" or "\\" not in text[tok.start : tok.end + 1]:
+        return
+    if _end_without_standard_strings(text, tok.start) != tok.end:
+        raise Ambiguous("the text reads differently with standard_conforming_strings off")
+
+
 def _rebuild(text: str, tokens: Iterable[Any]) -> str:
     out: list[str] = []
     pos = 0
@@ -48,6 +111,7 @@ def _rebuild(text: str, tokens: Iterable[Any]) -> str:
         start, end = tok.start, tok.end + 1
         if start < pos or end > len(text):  # offsets we do not understand: refuse rather than guess
             raise ValueError("token offsets out of range")
+        _check_both_readings(text, tok)
         gap = text[pos:start]
         out.append(gap if not gap or gap.isspace() else " ")
         if tok.name in LITERAL_TOKENS:
@@ -75,7 +139,9 @@ def redact(sql: str | None) -> str:
         return sql or ""
     try:
         return _redact(sql)
-    except Exception as exc:  # pragma: no cover - defensive: the contract is "never raise"
+    except Ambiguous:
+        return UNREDACTABLE
+    except Exception as exc:  # defensive: the contract is "never raise", and never show what we could not read
         log.warning("query text could not be redacted (%s); hiding it", type(exc).__name__)
         return UNREDACTABLE
 

@@ -12,6 +12,7 @@ from bot.durations import format_duration
 from bot.render.common import (
     actions,
     button,
+    code,
     context,
     cut,
     esc,
@@ -50,18 +51,18 @@ def mention(principal: str) -> str:
 
 
 def where(env: str, host: str) -> str:
-    return f"`{esc(env)}`" + ("" if host == "primary" else f" standby `{esc(host)}`")
+    return f"{code(env)}" + ("" if host == "primary" else f" standby {code(host)}")
 
 
 def target_lines(t: SessionTarget, query_chars: int = 500) -> str:
     lines = [
-        f"*pid* {t.pid} · *user* `{esc(t.user or '?')}` · *db* `{esc(t.database or '?')}` · "
-        f"*app* `{esc(t.application or '–')}` · *client* {esc(t.client_addr or 'local socket')}",
+        f"*pid* {t.pid} · *user* {code(t.user or '?')} · *db* {code(t.database or '?')} · "
+        f"*app* {code(t.application or '–')} · *client* {esc(t.client_addr or 'local socket')}",
         f"*state* {esc(t.state or '?')} · {esc(t.duration_what or 'for')} "
         f"{format_duration(t.duration_secs)} (when listed) · *backend started* {esc(t.backend_start)}",
     ]
     if t.query:
-        lines.append(f"`{esc(fold_query(t.query, query_chars))}`")
+        lines.append(f"{code(fold_query(t.query, query_chars))}")
     return "\n".join(lines)
 
 
@@ -170,9 +171,9 @@ def target_summary(t: Target) -> str:
     n = len(t.sessions)
     app = getattr(t, "app", None)
     if app:
-        return f"{n} session{'s' if n != 1 else ''} of app `{esc(app)}`"
+        return f"{n} session{'s' if n != 1 else ''} of app {code(app)}"
     if t.database:
-        return f"database `{esc(t.database)}` ({n} session{'s' if n != 1 else ''})"
+        return f"database {code(t.database)} ({n} session{'s' if n != 1 else ''})"
     return f"{n} sessions"
 
 
@@ -204,7 +205,7 @@ def audit_list(entries: list[dict], env: str | None) -> dict:
         pid = f" pid {e['pid']}" if e.get("pid") else ""
         result = f" → {esc(cut(e['result'], 160))}" if e.get("result") else ""
         lines.append(
-            f"{slack_time(_dt(e['at']))} `{esc(e['env'] or '')}` {esc(e['event'])}{pid} {actor}{result}"
+            f"{slack_time(_dt(e['at']))} {code(e['env'] or '')} {esc(e['event'])}{pid} {actor}{result}"
         )
     blocks = [header(title)]
     chunk: list[str] = []

@@ -37,6 +37,7 @@ from bot.render.common import (
     MAX_BLOCKS,
     actions,
     button,
+    code,
     context,
     cut,
     esc,
@@ -65,7 +66,7 @@ def state_counts(states: Iterable[str | None]) -> str:
     counts = Counter((s or "unknown") for s in states)
     order = ["active", "idle in transaction", "idle in transaction (aborted)", "idle"]
     keys = sorted(counts, key=lambda k: (order.index(k) if k in order else len(order), k))
-    return ", ".join(f"{counts[k]} {k}" for k in keys)
+    return ", ".join(f"{counts[k]} {esc(k)}" for k in keys)
 
 
 def group_lines(sessions: Iterable[SessionRef], limit: int = MAX_GROUP_LINES, chars: int = 2600) -> list[str]:
@@ -85,7 +86,7 @@ def group_lines(sessions: Iterable[SessionRef], limit: int = MAX_GROUP_LINES, ch
         clients = sorted({m.client_addr or "local socket" for m in members})
         shown_clients = ", ".join(esc(c) for c in clients[:3]) + (f" and {len(clients) - 3} more" if len(clients) > 3 else "")
         lines.append(
-            f"• user `{esc(user)}` · app {('`' + esc(app) + '`') if app else '–'} · *{len(members)}* "
+            f"• user {code(user)} · app {code(app) if app else '–'} · *{len(members)}* "
             f"({state_counts(m.state for m in members)}) · from {shown_clients}"
         )
         size += len(lines[-1]) + 1
@@ -101,11 +102,11 @@ def _connected_ref(c: Connected) -> SessionRef:
 
 def database_state_line(name: str, allow: bool | None) -> str:
     if allow is None:
-        return f":grey_question: whether `{esc(name)}` allows new connections is not known"
+        return f":grey_question: whether {code(name)} allows new connections is not known"
     if allow:
-        return f":large_green_circle: `{esc(name)}` allows new connections"
+        return f":large_green_circle: {code(name)} allows new connections"
     return (
-        f":no_entry: `{esc(name)}` does *not* allow new connections (`ALLOW_CONNECTIONS false`): clients that "
+        f":no_entry: {code(name)} does *not* allow new connections (`ALLOW_CONNECTIONS false`): clients that "
         "try to connect are refused"
     )
 
@@ -125,7 +126,8 @@ def clear_db_message(
 ) -> dict:
     """Who is connected to a database and the buttons that may empty it.
 
-    ``tokens`` maps each offered action to its token; ``*_why`` say why an action is not offered."""
+    ``tokens`` maps each offered action to its token; ``*_why`` say why an action is not offered (mrkdwn
+    written by the bot, with every database name in it already escaped)."""
     clients = [c for c in connected if c.is_client and not c.is_bot]
     own = [c for c in connected if c.is_bot]
     others = [c for c in connected if not c.is_client and not c.is_bot]
@@ -145,7 +147,7 @@ def clear_db_message(
         first = "*No client session* is connected to this database."
     facts = [first, database_state_line(info.name, info.allow_connections)]
     limit = "no connection limit" if info.conn_limit < 0 else f"connection limit {info.conn_limit}"
-    facts.append(f"owner `{esc(info.owner)}` · {limit}" + (" · template database" if info.is_template else ""))
+    facts.append(f"owner {code(info.owner)} · {limit}" + (" · template database" if info.is_template else ""))
     blocks.append(section("\n".join(facts)))
     if clients:
         blocks.append(section("*By user and application*\n" + "\n".join(group_lines(_connected_ref(c) for c in clients))))
@@ -161,7 +163,7 @@ def clear_db_message(
         reasons = Counter(c.cannot_signal for c in blocked_out)
         notes.append(
             f":no_entry_sign: {_plural(len(blocked_out), 'session')} cannot be terminated by the bot: "
-            + "; ".join(f"{k} ({v})" for k, v in reasons.items())
+            + "; ".join(f"{esc(k)} ({v})" for k, v in reasons.items())
             + ". They will be reported, and the database will not be empty."
         )
     if others or info.prepared_xacts or info.logical_slots:
@@ -193,18 +195,18 @@ def clear_db_message(
         explain.append(
             f"Each button asks an approver first. An approval covers exactly these {n} sessions (pid + start time): "
             "sessions that connect later are not touched. *Block new connections* first runs "
-            f"`ALTER DATABASE {esc(info.name)} WITH ALLOW_CONNECTIONS false`, so that clients that reconnect at "
+            f"`ALTER DATABASE {esc(info.name, in_code=True)} WITH ALLOW_CONNECTIONS false`, so that clients that reconnect at "
             "once stay out until someone uses *Allow connections again*."
         )
     if terminate_why:
-        explain.append(f"*Terminate all* is not offered: {esc(terminate_why)}.")
+        explain.append(f"*Terminate all* is not offered: {terminate_why}.")
     if block_why:
-        explain.append(f"*Block new connections* is not offered: {esc(block_why)}.")
+        explain.append(f"*Block new connections* is not offered: {block_why}.")
     if allow_why and not info.allow_connections:
-        explain.append(f"*Allow connections again* is not offered: {esc(allow_why)}.")
+        explain.append(f"*Allow connections again* is not offered: {allow_why}.")
     if explain:
         blocks.append(context(*explain))
-    text = f"{_plural(n, 'session')} connected to {info.name} on {env}" + (
+    text = f"{_plural(n, 'session')} connected to {esc(info.name)} on {env}" + (
         "" if info.allow_connections else " (the database does not allow new connections)"
     )
     return message(text, blocks[:MAX_BLOCKS])
@@ -226,11 +228,11 @@ def bulk_offer_blocks(
     if not n:
         return []
     if refusal or token is None:
-        return [context(f":no_entry_sign: *Terminate these {n}* is not offered: {esc(refusal or 'not available')}.")]
+        return [context(f":no_entry_sign: *Terminate these {n}* is not offered: {refusal or 'not available'}.")]
     beyond = n - min(drawn, n)
     scope = f"the {min(drawn, n)} drawn above" + (f" and {beyond} more found by the same filter" if beyond else "")
     text = (
-        f":broom: *Terminate these {n}* sessions of app `{esc(app)}` that are {esc(what)} ({scope}; filter `{esc(filters)}`).\n"
+        f":broom: *Terminate these {n}* sessions of app {code(app)} that are {esc(what)} ({scope}; filter {code(filters)}).\n"
         + "\n".join(group_lines(sessions, limit=5))
     )
     notes = [
@@ -252,12 +254,12 @@ def bulk_offer_blocks(
 
 def _scope_lines(action: str, env: str, host: str, t: BulkTarget | DatabaseTarget) -> list[str]:
     n = len(t.sessions)
-    db = esc(t.database or "?")
+    db = esc(t.database or "?", in_code=True)  # only ever shown inside a code span
     if isinstance(t, BulkTarget) and action == TERMINATE_BULK:
         what = STATE_WORDS.get(t.category or "", "matching")
         return [
-            f"*Terminate {_plural(n, 'session')}* of app `{esc(t.app or '?')}` that {'is' if n == 1 else 'are'} "
-            f"{esc(what)} on {where(env, host)} (filter `{esc(t.filters or '')}`).",
+            f"*Terminate {_plural(n, 'session')}* of app {code(t.app or '?')} that {'is' if n == 1 else 'are'} "
+            f"{esc(what)} on {where(env, host)} (filter {code(t.filters or '')}).",
             "Only the sessions listed, by pid and start time; any used again before the approval is skipped.",
         ]
     if action in (CLEAR_DB, CLEAR_DB_BLOCK):
@@ -321,21 +323,23 @@ def bulk_modal(stored: StoredTarget, kind: ActionKind, token: str, channel: str 
 # --- the approval message -------------------------------------------------------------------------
 
 
-def _headline(req: Request) -> str:
+def _headline(req: Request, *, mrkdwn: bool = False) -> str:
+    """For a header (plain_text: nothing is parsed) or, with ``mrkdwn``, for a fallback text (escaped)."""
+    q = esc if mrkdwn else str
     t = req.target
     n = len(req.sessions)
     action, env = req.action, req.env
     if isinstance(t, BulkTarget) and action == TERMINATE_BULK:
-        return f"Terminate {_plural(n, 'session')} of app {t.app or '?'} on {env}"
+        return f"Terminate {_plural(n, 'session')} of app {q(t.app or '?')} on {env}"
     if action == CLEAR_DB:
-        return f"Terminate all {_plural(n, 'session')} of database {t.database} on {env}"
+        return f"Terminate all {_plural(n, 'session')} of database {q(t.database)} on {env}"
     if action == CLEAR_DB_BLOCK:
         if not n:
-            return f"Block new connections to {t.database} on {env}"
-        return f"Block new connections to {t.database} and terminate all {n} on {env}"
+            return f"Block new connections to {q(t.database)} on {env}"
+        return f"Block new connections to {q(t.database)} and terminate all {n} on {env}"
     if action == ALLOW_CONNECTIONS:
-        return f"Allow connections to {t.database} again on {env}"
-    return f"{action} on {env}"
+        return f"Allow connections to {q(t.database)} again on {env}"
+    return f"{q(action)} on {env}"
 
 
 def _counts_line(counts: Mapping[str, int]) -> str:
@@ -346,7 +350,7 @@ def _counts_line(counts: Mapping[str, int]) -> str:
 
 def _item_lines(items: tuple[ItemResult, ...], limit: int = 10) -> str:
     return "\n".join(
-        f"• pid {i.pid} (`{esc(i.user or '?')}`, app `{esc(i.application or '–')}`): {esc(i.result or '')}"
+        f"• pid {i.pid} ({code(i.user or '?')}, app {code(i.application or '–')}): {esc(i.result or '')}"
         for i in items[:limit]
     )
 
@@ -422,7 +426,7 @@ def bulk_request_message(
         if blocked and out is not None and out.closed_at and not reopened:
             line += f" · closed by this request {slack_time(_dt(out.closed_at))}"
         if reopened and reopened.how == "dropped":
-            line = f":wastebasket: `{esc(db)}` no longer exists (seen {slack_time(_dt(reopened.at))})"
+            line = f":wastebasket: {code(db)} no longer exists (seen {slack_time(_dt(reopened.at))})"
         elif reopened:
             line += f" · reopened {slack_time(_dt(reopened.at))}"
             if reopened.by:
@@ -445,7 +449,7 @@ def bulk_request_message(
             d = float(out.duration_s)
             finished += f" in {d:.1f}s" if d < 10 else f" in {format_duration(d)}"
     blocks += decision_footer(req, approvals, required, cfg_approvers, finished)
-    text = f"{_headline(req)} (requested by <@{req.requester}>): {state}"
+    text = f"{_headline(req, mrkdwn=True)} (requested by <@{req.requester}>): {state}"
     if out is not None and out.detail and state in finished_states:
-        text += f" — {out.detail}"
+        text += f" — {esc(out.detail)}"
     return message(text, blocks[:MAX_BLOCKS])

@@ -16,9 +16,62 @@ FALLBACK_TEXT = 3000
 _WS = re.compile(r"\s+")
 
 
-def esc(text: object) -> str:
-    """Escape the three characters Slack's mrkdwn treats as control characters."""
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+# Look-alikes for Slack's formatting markers (the same choice as jsx-slack's <Escape>).
+BACKTICK = "\u02cb"  # ˋ modifier letter grave accent: a backtick in data can never open or close a code span
+LOOKALIKE = {"*": "\u2217", "_": "\u02cd", "~": "\u223c"}  # ∗ ˍ ∼
+_MARKER = re.compile(r"[*_~]")
+# C0 and C1 controls, DEL, line/paragraph separators and bidirectional overrides
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _visible_control(m: re.Match[str]) -> str:
+    ch = m.group(0)
+    o = ord(ch)
+    if ch == "\n":
+        return "\u21b5"  # ↵
+    if o < 0x20:
+        return chr(0x2400 + o)  # Unicode control pictures: ␛ for ESC, ␉ for TAB, ...
+    if o == 0x7F:
+        return "\u2421"  # ␡
+    return f"[U+{o:04X}]"
+
+
+def visible(text: object) -> str:
+    """``text`` with every control character (newline, ESC, bidi overrides...) shown as a visible sign.
+
+    For plain_text objects and terminals, where nothing else needs escaping; :func:`esc` includes it.
+    """
+    return _CONTROL.sub(_visible_control, str(text))
+
+
+def _marker(m: re.Match[str]) -> str:
+    s, i = m.string, m.start()
+    inside_word = 0 < i < len(s) - 1 and s[i - 1].isalnum() and s[i + 1].isalnum()
+    return m.group(0) if inside_word else LOOKALIKE[m.group(0)]
+
+
+def esc(text: object, *, in_code: bool = False) -> str:
+    """THE escaping function: a string from a database (or a user) as inert mrkdwn text.
+
+    Every string that comes from a monitored server (application_name, user, database, client host,
+    query text, error messages, relation names...) goes through this function (or :func:`code`,
+    which uses it) before it is put in any mrkdwn text or fallback ``text``. The result can neither
+    mention, link nor format, and shows as typed:
+
+    * ``&``, ``<``, ``>`` become ``&amp;``, ``&lt;``, ``&gt;`` (Slack's control characters: no
+      ``<!channel>``, ``<@U1>``, ``<#C1>`` or ``<https://x|label>`` can form);
+    * a backtick becomes ``ˋ`` (U+02CB), so data can never open or close a code span;
+    * control characters become visible signs: newline ``↵``, ESC ``␛`` (U+241B) and the other
+      control pictures, DEL ``␡``, C1 controls and bidi overrides ``[U+202E]``;
+    * outside code spans (``in_code=False``), ``*``, ``_`` and ``~`` that could open or close
+      emphasis (any not between two letters or digits) become the look-alikes ``∗`` ``ˍ`` ``∼``;
+      ``pg_dump`` stays as it is. Inside a code span (``in_code=True``, used by :func:`code`)
+      Slack formats nothing, so they are kept exactly.
+    """
+    out = visible(text)
+    if not in_code:  # decided on the characters as typed (before & < > become entities)
+        out = _MARKER.sub(_marker, out)
+    return out.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("`", BACKTICK)
 
 
 def cut(text: str, limit: int) -> str:
@@ -31,8 +84,9 @@ def fold_query(query: str, limit: int) -> str:
     return cut(one_line, limit).replace("`", "ˋ")
 
 
-def code(text: str) -> str:
-    return f"`{esc(text)}`" if text else "–"
+def code(text: object) -> str:
+    """``text`` (data) as an inline code span: exactly as typed, nothing in it can format or link."""
+    return f"`{esc(text, in_code=True)}`" if text not in (None, "") else "–"
 
 
 def mrkdwn(text: str, limit: int = SECTION_TEXT) -> dict:
@@ -40,7 +94,8 @@ def mrkdwn(text: str, limit: int = SECTION_TEXT) -> dict:
 
 
 def plain(text: str, limit: int) -> dict:
-    return {"type": "plain_text", "text": cut(text, limit), "emoji": True}
+    """A plain_text object: Slack parses no mentions, links or formatting in it; controls are made visible."""
+    return {"type": "plain_text", "text": cut(visible(text), limit), "emoji": True}
 
 
 def section(text: str, **extra) -> dict:

@@ -50,7 +50,7 @@ def lag_amount(m: StandbyLag) -> str:
 
 def why_text(m: StandbyLag) -> str:
     """The reason paragraph: which conflict, what the startup process waits on, what that means."""
-    wait = f" (startup process pid {m.startup_pid} waits on `{esc(m.startup_wait)}`)" if m.startup_wait else ""
+    wait = f" (startup process pid {m.startup_pid} waits on {code(m.startup_wait)})" if m.startup_wait else ""
     emoji = REASON_EMOJI[m.reason]
     if m.reason == Reason.LOCK:
         text = f"{emoji} *Why: lock conflict.* Replay needs a lock that a session on the standby holds{wait}."
@@ -89,7 +89,7 @@ def why_text(m: StandbyLag) -> str:
                 f"{esc(m.max_standby_streaming_delay)}`."
             )
     if m.receiver_status and m.receiver_status != "streaming":
-        text += f"\n:warning: WAL receiver status: `{esc(m.receiver_status)}`."
+        text += f"\n:warning: WAL receiver status: {code(m.receiver_status)}."
     return text
 
 
@@ -125,7 +125,7 @@ def culprit_text(c: Culprit, query_chars: int = 300) -> str:
     icon = {"lock": ":lock:", "snapshot": ":camera_with_flash:"}.get(c.kind, ":mag:")
     lines = [" · ".join(who), state, f"{icon} {esc(c.why)}"]
     if s.query:
-        lines.append(f"`{esc(fold_query(s.query, query_chars))}`")
+        lines.append(f"{code(fold_query(s.query, query_chars))}")
     return "\n".join(lines)
 
 
@@ -177,7 +177,7 @@ def render_lag_alert(
     blocks = [
         header(f":rotating_light: Replication lag on {target(m.env, m.host)}"),
         section(
-            f"*Standby `{esc(m.host)}` of `{esc(m.env)}` is {lag_amount(m)}.*\n"
+            f"*Standby {code(m.host)} of {code(m.env)} is {lag_amount(m)}.*\n"
             f"Behind since {slack_time(since)} · threshold {format_duration(alert.threshold)}"
             + (f" and {format_bytes(alert.min_bytes)}" if alert.min_bytes else "")
         ),
@@ -240,7 +240,7 @@ def render_lag_resolved(
     blocks = [
         header(f":white_check_mark: Resolved: replication lag on {target(env, host)}"),
         section(
-            f"*Standby `{esc(host)}` of `{esc(env)}` caught up* at {slack_time(resolved_at)}.\n"
+            f"*Standby {code(host)} of {code(env)} caught up* at {slack_time(resolved_at)}.\n"
             f"Lasted {lasted} (behind since {slack_time(start)}; alert opened {slack_time(opened_at)}). "
             f"Worst: {format_duration(peak_secs)} behind, {format_bytes(peak_bytes)} waiting to be replayed."
         ),
@@ -248,6 +248,7 @@ def render_lag_resolved(
     if reasons:
         blocks.append(section("*Why it was behind:* " + esc(", ".join(reasons))))
     if done:
+        # each line is mrkdwn the watcher wrote, with every database string already escaped
         lines = "\n".join(f"• {d}" for d in done[:20])
         blocks.append(section(f"*What was done:*\n{lines}"))
     else:
@@ -265,21 +266,21 @@ def render_unreachable_alert(
     blocks = [
         header(f":electric_plug: Standby unreachable: {target(env, host)}"),
         section(
-            f"*The bot cannot check standby `{esc(host)}` of `{esc(env)}`:* {esc(reason)}.\n"
+            f"*The bot cannot check standby {code(host)} of {code(env)}:* {esc(reason)}.\n"
             f"Failing since {slack_time(since)} ({failures} checks in a row). Its replay lag is unknown "
             "while it cannot be reached."
         ),
         context(f"Checked every {format_duration(check_every)} · updated {slack_time(now)}"),
     ]
-    return message(f"Standby unreachable: {target(env, host)}: {reason}", blocks)
+    return message(f"Standby unreachable: {target(env, host)}: {esc(reason)}", blocks)
 
 
 def render_unreachable_reminder(env: str, host: str, reason: str, *, since: datetime, now: datetime) -> dict:
     text = (
-        f":bell: Still cannot reach {target(env, host)} ({reason}); failing for "
+        f":bell: Still cannot reach {target(env, host)} ({esc(reason)}); failing for "
         f"{format_duration((now - since).total_seconds())}."
     )
-    return message(text, [section(esc(text))])
+    return message(text, [section(text)])
 
 
 def render_unreachable_resolved(env: str, host: str, reason: str, *, since: datetime, resolved_at: datetime) -> dict:
@@ -287,7 +288,7 @@ def render_unreachable_resolved(env: str, host: str, reason: str, *, since: date
     blocks = [
         header(f":white_check_mark: Resolved: standby {target(env, host)} is reachable again"),
         section(
-            f"*Standby `{esc(host)}` of `{esc(env)}` answers again* since {slack_time(resolved_at)}, "
+            f"*Standby {code(host)} of {code(env)} answers again* since {slack_time(resolved_at)}, "
             f"after {lasted} (from {slack_time(since)}).\nLast error: {esc(reason)}."
         ),
     ]
@@ -334,7 +335,7 @@ def render_lag_listing(
                 detail.append(why_text(r))
             detail.append(primary_text(r))
             if r.receiver_status and r.receiver_status != "streaming" and not r.behind:
-                detail.append(f":warning: WAL receiver status: `{esc(r.receiver_status)}`")
+                detail.append(f":warning: WAL receiver status: {code(r.receiver_status)}")
             line += "\n" + "\n".join(detail)
             summary.append(
                 f"{r.host}: {format_duration(r.lag_secs)} / {format_bytes(r.lag_bytes)}" if r.behind else f"{r.host}: caught up"
@@ -363,7 +364,7 @@ def render_lag_listing(
     if primary_error:
         foot.append(f"Primary not read: {esc(primary_error)}")
     if not results:
-        blocks.append(section(f"`{esc(env)}` has no standbys configured."))
+        blocks.append(section(f"{code(env)} has no standbys configured."))
     if foot:
         blocks.append(context(*foot))
     text = f"Replication lag on {env}: " + ("; ".join(summary) if summary else "no standbys")

@@ -44,7 +44,7 @@ def session_text(s: Session, query_chars: int = 300) -> str:
         state.append(f"*blocks {s.blocking_count} session{'s' if s.blocking_count != 1 else ''}*")
     lines.append(" · ".join(state))
     if s.query:
-        lines.append(f"`{esc(fold_query(s.query, query_chars))}`")
+        lines.append(f"{code(fold_query(s.query, query_chars))}")
     return "\n".join(lines)
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 from bot.config import Config
+from bot.render.common import visible
 from bot.shell.activity import Activity, TrackedExecutor
 from bot.shell.mrkdwn import Names
 from bot.shell.payloads import Driver, response_json
@@ -87,6 +88,9 @@ class Terminal:
                 self._readline = None
 
     def write(self, lines: list[str]) -> None:
+        # nothing reaches the terminal raw: a control character in a database string (ESC[ ..., a
+        # carriage return, a bidi override) is shown as a visible sign, never interpreted
+        lines = [visible(line) for line in "\n".join(lines).split("\n")]
         with self.lock:
             text = "\n".join(lines) + "\n"
             if self.interactive and self._prompt is not None:

@@ -5,6 +5,11 @@ What Slack would draw, without colour: ``<@U1>`` becomes ``@name``, ``<!subteam^
 ``*bold*``, ``_italic_`` and ``~strike~`` lose their markers; inline code and code blocks keep their
 backticks and are otherwise left alone; ``&lt;`` ``&gt;`` ``&amp;`` are unescaped; emoji codes such
 as ``:warning:`` stay as they are.
+
+Strings from a database reach this module already escaped by :func:`bot.render.common.esc` (so no
+``<...>`` token, emphasis marker or code span can come from them); the terminal itself shows every
+control character as a visible sign (``bot.shell.console.Terminal.write``), so an ``ESC[`` sequence in
+an application_name is printed, not obeyed.
 """
 
 from __future__ import annotations

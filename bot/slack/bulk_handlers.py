@@ -27,7 +27,7 @@ from bot.postgres.bulk import connected_to, database_info, database_names
 from bot.postgres.models import Listing
 from bot.postgres.pools import DatabaseUnavailable
 from bot.render.bulk import bulk_offer_blocks, clear_db_message
-from bot.render.common import context, esc
+from bot.render.common import code, context
 from bot.slack.edge import Router, post_message
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def handle_clear_db(rt: Runtime, cmd: ClearDb, body: dict, respond) -> None:
             connected = connected_to(conn, cmd.database)
     except DatabaseUnavailable as exc:
         log.warning("clear-db overview %s/%s failed: %s", cmd.env, cmd.host, exc.reason)
-        respond(response_type="ephemeral", text=f":warning: Could not read who is connected to `{esc(cmd.database)}`: {exc}")
+        respond(response_type="ephemeral", text=f":warning: Could not read who is connected to {code(cmd.database)}: {exc}")
         return
     try:
         state_id = state_identity(rt.store)
@@ -57,12 +57,12 @@ def handle_clear_db(rt: Runtime, cmd: ClearDb, body: dict, respond) -> None:
         respond(
             response_type="ephemeral",
             text=":warning: The bot could not read its own state database, so it cannot tell whether "
-            f"`{esc(cmd.database)}` is that database: nothing is offered.",
+            f"{code(cmd.database)} is that database: nothing is offered.",
         )
         return
     refusal = database_refusal(rt.config, cmd.env, info, state_id)
     if refusal:
-        respond(response_type="ephemeral", text=f":no_entry_sign: clear-db refuses `{esc(info.name)}`: {refusal}.")
+        respond(response_type="ephemeral", text=f":no_entry_sign: clear-db refuses {code(info.name)}: {refusal}.")
         return
     sessions = terminable(connected)
     terminate_why, block_why, allow_why = database_offers(rt.policy, cmd.env, info, sessions)
@@ -93,7 +93,7 @@ def listing_offer(rt: Runtime, cmd: ListSessions, listing: Listing, body: dict) 
             rt.dbs, rt.store, rt.policy, listing, cmd.filters, body.get("channel_id"), body.get("user_id")
         )
     except DatabaseUnavailable as exc:
-        return [context(f":warning: *Terminate these N* is not offered: {esc(str(exc))}")]
+        return [context(f":warning: *Terminate these N* is not offered: {exc}")]
     except Exception:  # the listing itself must still be posted
         log.exception("preparing Terminate these N failed")
         return [context(":warning: *Terminate these N* is not offered: the bot failed while preparing it (see logs).")]

@@ -13,6 +13,7 @@ from bot.approval.targets import issue_session_tokens
 from bot.commands import ShowLag
 from bot.lagwatch.detect import measure_env
 from bot.lagwatch.model import StandbyLag, Unreachable
+from bot.render.common import esc
 from bot.render.lag import MAX_CULPRITS_SHOWN, render_lag_listing
 from bot.slack.edge import Router, post_message
 
@@ -35,7 +36,7 @@ def handle_lag(rt: Runtime, cmd: ShowLag, body: dict, respond: Any) -> None:
     user = body.get("user_id")
     results, primary_error = measure_env(rt.dbs, cmd.env)
     if results and all(isinstance(r, Unreachable) for r in results):
-        reasons = "\n".join(f"• `{r.host}`: {r.reason}" for r in results)
+        reasons = "\n".join(f"• `{r.host}`: {esc(r.reason)}" for r in results)
         log.warning("lag of %s: no standby answered", cmd.env)
         respond(response_type="ephemeral", text=f":warning: Could not read the lag of any standby of `{cmd.env}`:\n{reasons}")
         return

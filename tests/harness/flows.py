@@ -21,6 +21,9 @@ import yaml
 
 from tests.harness.bot import SIGNING_SECRET
 from tests.harness.slack_requests import SlackSender
+from tests.harness.waiting import wait_until
+
+__all__ = ["wait_until"]  # re-exported: callers import it from here too
 
 PORT_LINE = re.compile(r"serving Slack over HTTP on [^ ]*:(\d+)/slack/events")
 
@@ -35,16 +38,6 @@ def find_button(msg, label: str):
             if el.get("type") == "button" and el["text"]["text"] == label:
                 return el
     return None
-
-
-def wait_until(pred, timeout: float = 10, what: str = "condition", step: float = 0.03):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"{what} not reached within {timeout}s")
 
 
 def post_listing(bot, text: str, user: str = "U1", channel: str = "C1", timeout: float = 15):
