@@ -97,14 +97,21 @@ class SessionRef(Frozen):
         return self.pid, self.started
 
 
-class SessionTarget(SessionRef):
-    """A single session (Cancel / Terminate buttons)."""
+class SessionSnapshot(SessionRef):
+    """One session as a listing showed it (what its buttons act on or read)."""
 
-    kind: Literal["session"] = "session"
     categories: tuple[str, ...] = ()
     duration_what: str | None = None
     duration_secs: float | None = None
     idle_in_transaction: bool = False
+    listed_at: float | None = None  # when the listing read it (epoch seconds)
+    requested_in: str | None = None  # the channel a request for it was made from
+
+
+class SessionTarget(SessionSnapshot):
+    """A single session (Cancel / Terminate buttons)."""
+
+    kind: Literal["session"] = "session"
 
 
 class BulkTarget(Frozen):
@@ -121,6 +128,7 @@ class BulkTarget(Frozen):
     min_seconds: float | None = None
     listed_at: float | None = None
     sessions: tuple[SessionRef, ...] = ()
+    requested_in: str | None = None
 
 
 class DatabaseTarget(Frozen):
@@ -134,6 +142,7 @@ class DatabaseTarget(Frozen):
     listed_at: float | None = None
     sessions: tuple[SessionRef, ...] = ()
     source_request: str | None = None
+    requested_in: str | None = None
 
 
 Target = Annotated[SessionTarget | BulkTarget | DatabaseTarget, Field(discriminator="kind")]
