@@ -112,6 +112,21 @@ def _pg_connect_args(url: str) -> dict[str, Any]:
     return args
 
 
+def _server_message_only(ctx) -> None:
+    """Keep only the server's primary message in a state error: its DETAIL/HINT/CONTEXT lines can quote
+    the row (``Key (token)=(...) already exists``, ``Failing row contains (...)``), i.e. the values that
+    ``hide_parameters`` keeps out of the SQLAlchemy message. The fields stay readable in ``orig.diag``."""
+    orig = ctx.original_exception
+    diag = getattr(orig, "diag", None)
+    primary = getattr(diag, "message_primary", None)
+    if not primary or not orig.args or str(orig.args[0]) == primary:
+        return
+    orig.args = (primary,)
+    exc = ctx.sqlalchemy_exception
+    if exc is not None and exc.args:
+        exc.args = (f"({orig.__class__.__module__}.{orig.__class__.__name__}) {primary}",) + tuple(exc.args[1:])
+
+
 class StateStore:
     def __init__(self, url: str):
         self.url = url
@@ -156,6 +171,7 @@ class StateStore:
                 connect_args=_pg_connect_args(url),
             )
 
+        event.listen(engine, "handle_error", _server_message_only)
         # Plain engine.connect() reads (deferred BEGIN on SQLite); tx() writes (BEGIN IMMEDIATE).
         self.engine: Engine = engine
         self._writer: Engine = engine.execution_options(pgs_write=True)
