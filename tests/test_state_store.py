@@ -282,6 +282,24 @@ def test_the_store_writes_the_outcome_columns_with_the_outcome(sqlite_url):
         store.close()
 
 
+@pytest.mark.unit
+def test_outcomes_written_by_an_older_replica_get_their_columns(sqlite_url):
+    """While replicas are replaced, one of release 0.1.0 writes outcomes without the new columns."""
+    store = StateStore(sqlite_url)
+    try:
+        req = store.create_request(env="prod", host="primary", action=CLEAR_DB_BLOCK, target={"database": "d"},
+                                   requester="U1", expires_at=time.time() + 60)
+        with store.tx() as c:  # what release 0.1.0's transition() writes
+            c.execute(update(requests).where(requests.c.id == req["id"]).values(
+                state="done", outcome=json.dumps({"status": "done", "blocked": True})))
+        assert store.closed_database_requests(CLEAR_DB_BLOCK, "prod") == []
+        assert store.backfill_outcome_columns() == 1
+        assert [r["id"] for r in store.closed_database_requests(CLEAR_DB_BLOCK, "prod")] == [req["id"]]
+        assert store.backfill_outcome_columns() == 0
+    finally:
+        store.close()
+
+
 def test_replicas_starting_together_migrate_once(pg):
     """Six stores opening one fresh PostgreSQL state database at once: all start, the schema is at head."""
     url, _ = fresh_pg_database(pg, "pgs_race")

@@ -235,6 +235,7 @@ def _purge_tokens(rt) -> int:
 def _purge_state(rt) -> dict[str, int]:
     """Retention (``state_retention``): finished requests, audit entries, resolved incidents."""
     days = rt.config.state_retention / 86400
+    rt.store.backfill_outcome_columns()  # rows finished by a replica of an older release, before any purge
     removed = rt.store.purge_finished(time.time() - rt.config.state_retention)
     if any(removed.values()):
         log.info(

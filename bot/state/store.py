@@ -178,6 +178,7 @@ class StateStore:
         self.schema_revisions: tuple[str | None, str | None] = (None, None)
         with self._writer.begin() as conn:
             self.schema_revisions = migrate.upgrade(conn)
+        self.backfill_outcome_columns()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -356,6 +357,29 @@ class StateStore:
         ).order_by(requests.c.created_at)
         with self.read() as c:
             return [self._decode(r) for r in c.execute(stmt).mappings()]
+
+    def backfill_outcome_columns(self, batch: int = 500) -> int:
+        """Fill the outcome columns of rows whose outcome was written without them (by a replica of
+        release 0.1.0 still running while replicas are replaced); ``reopened`` is never NULL once the
+        store has written an outcome. Run at start and hourly; returns the rows fixed."""
+        fixed = 0
+        stale = and_(requests.c.outcome.is_not(None), requests.c.reopened.is_(None))
+        while True:
+            with self.tx() as c:
+                rows = c.execute(select(requests.c.id, requests.c.outcome).where(stale).limit(batch)).all()
+                for rid, raw in rows:
+                    try:
+                        outcome = json.loads(raw)
+                    except ValueError:
+                        outcome = None
+                    cols = outcome_columns(outcome if isinstance(outcome, dict) else {})
+                    c.execute(update(requests).where(requests.c.id == rid, stale).values(**cols))
+            fixed += len(rows)
+            if len(rows) < batch:
+                break
+        if fixed:
+            log.info("state store: filled the outcome columns of %d requests written by an older release", fixed)
+        return fixed
 
     # --- retention ----------------------------------------------------------------------------------
 
