@@ -179,6 +179,9 @@ class Environment(_Model):
 
 class Config(_Model):
     state: str = "sqlite:///pgsessions-state.db"
+    # Finished requests (with their approvals), audit entries and resolved incidents older than this are
+    # purged hourly; open requests and incidents never are.
+    state_retention: Duration = 90 * 86400.0
     environments: dict[str, Environment]
     # Friendly names for Slack user ids, used by the terminal chat (``as bob``).
     users: dict[str, str] = {}
@@ -206,6 +209,16 @@ class Config(_Model):
             pw = dsn_password(v)
             if pw:
                 SECRETS.add(pw)
+        return v
+
+    @field_validator("state_retention")
+    @classmethod
+    def _retention(cls, v: float) -> float:
+        if v < 86400:
+            raise ValueError(
+                "state_retention must be at least 1d: the audit log answers who acted on a session, keep it "
+                "for days (e.g. 90d)"
+            )
         return v
 
     @model_validator(mode="after")

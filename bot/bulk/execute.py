@@ -42,7 +42,6 @@ from bot.postgres.bulk import (
     terminate_batch,
 )
 from bot.postgres.pools import DatabaseUnavailable
-from bot.state.store import requests as requests_table
 
 log = logging.getLogger(__name__)
 
@@ -557,30 +556,13 @@ def refresh_closed_databases(wf: Workflow, token_max_age: float = 6 * 86400) -> 
     return changed
 
 
-# Narrow reads of the requests table (the store's requests_in() decodes every finished request, snapshots
-# of hundreds of sessions included); the outcome JSON is written by json.dumps, so these LIKE patterns
-# pre-select and the callers check the decoded outcome exactly.
-
-
-def _select_requests(wf: Workflow, *conditions) -> list[dict]:
-    from sqlalchemy import select
-
-    t = requests_table
-    with wf.store.engine.connect() as c:
-        ids = [r[0] for r in c.execute(select(t.c.id).where(t.c.action == CLEAR_DB_BLOCK, *conditions))]
-    return [r for r in (wf.store.get_request(i) for i in ids) if r is not None]
+# Narrow reads of the requests table on real columns the store writes with every outcome (blocked,
+# reopened, outcome_status); the callers check the decoded outcome exactly.
 
 
 def _closing_requests(wf: Workflow, env: str) -> list[dict]:
-    t = requests_table
-    return _select_requests(
-        wf, t.c.env == env, t.c.state.in_(("done", "failed")), t.c.outcome.like('%"blocked": true%'),
-        ~t.c.outcome.like('%"reopened"%'),
-    )
+    return wf.store.closed_database_requests(CLEAR_DB_BLOCK, env)
 
 
 def _interrupted_blocks(wf: Workflow) -> list[dict]:
-    t = requests_table
-    return _select_requests(
-        wf, t.c.state == "failed", t.c.outcome.like('%"interrupted"%'), ~t.c.outcome.like('%"blocked"%'),
-    )
+    return wf.store.interrupted_unnoted(CLEAR_DB_BLOCK)

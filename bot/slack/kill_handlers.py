@@ -146,6 +146,9 @@ def register(app, rt, router) -> None:
     rt.scheduler.add_job(
         lambda: _purge_tokens(rt), "interval", hours=1, id="pgs-purge-tokens", replace_existing=True
     )
+    rt.scheduler.add_job(
+        lambda: _purge_state(rt), "interval", hours=1, id="pgs-purge-state", replace_existing=True
+    )
 
 
 def open_request_form(rt, wf: Workflow, body: dict, action: dict, respond, client, pattern, make_modal) -> None:
@@ -226,4 +229,17 @@ def _purge_tokens(rt) -> int:
     removed = rt.store.purge_targets(time.time() - TOKEN_RETENTION)
     if removed:
         log.info("purged %d button tokens older than %d days", removed, TOKEN_RETENTION // 86400)
+    return removed
+
+
+def _purge_state(rt) -> dict[str, int]:
+    """Retention (``state_retention``): finished requests, audit entries, resolved incidents."""
+    days = rt.config.state_retention / 86400
+    rt.store.backfill_outcome_columns()  # rows finished by a replica of an older release, before any purge
+    removed = rt.store.purge_finished(time.time() - rt.config.state_retention)
+    if any(removed.values()):
+        log.info(
+            "purged state older than %g days: %d requests (%d approvals), %d audit entries, %d incidents",
+            days, removed["requests"], removed["approvals"], removed["audit"], removed["incidents"],
+        )
     return removed
