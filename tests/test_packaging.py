@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.unit
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -19,6 +17,7 @@ def _pyproject() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
+@pytest.mark.unit
 def test_license_is_an_spdx_string_with_a_setuptools_that_reads_it():
     # the TOML-table form (`license = { text = ... }`) is deprecated since setuptools 77
     data = _pyproject()
@@ -40,6 +39,7 @@ def _dry_run(target: str, tmp_path: Path) -> str:
     return out.stdout
 
 
+@pytest.mark.unit
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_run_installs_only_the_runtime(tmp_path):
     steps = _dry_run("run", tmp_path)
@@ -47,7 +47,20 @@ def test_make_run_installs_only_the_runtime(tmp_path):
     assert "[test]" not in steps
 
 
+@pytest.mark.unit
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 @pytest.mark.parametrize("target", ["test", "lint", "bench"])
 def test_test_tools_come_with_test_lint_and_bench(target, tmp_path):
     assert '-e ".[test]"' in _dry_run(target, tmp_path)
+
+
+def test_bench_baseline_app_starts_without_library_warnings(caplog, fake_slack):
+    # "As you gave client as well, token will be unused." was printed in every `make bench`
+    import logging
+
+    from bench.minimal import MinimalApp
+
+    with caplog.at_level(logging.WARNING):
+        app = MinimalApp(fake_slack.api_url)
+    app.server.close()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
