@@ -232,6 +232,24 @@ def test_idle_in_transaction_offers_terminate_only(bot, pg):
         conn.close()
 
 
+def test_idle_session_offers_terminate_only_and_a_forged_cancel_is_refused(bot, pg):
+    # Cancel on a plain idle session does nothing (no query runs) yet used to be reported as done
+    app = "idle-" + uuid.uuid4().hex[:6]
+    conn = pg.primary.connect(user="app_user", dbname="appdb", application_name=app, autocommit=True)
+    conn.execute("SELECT 1")
+    try:
+        pid = conn.info.backend_pid
+        msg = post_listing(bot, f"test --app {app} --min 0s")
+        assert find_button(msg, f"Terminate {pid}") is not None
+        assert find_button(msg, f"Cancel {pid}") is None
+        token = find_button(msg, f"Terminate {pid}")["value"]
+        bot.slack.block_action(f"pgs_kill:cancel:{token}", token, user_id="U1", message=msg)
+        ephemeral_to(bot, "U1", "cancel does nothing to a session that is not running a query")
+        assert not bot.fake.calls_for("views.open")
+    finally:
+        conn.close()
+
+
 def test_self_approval_refused_then_allowed_when_configured(pg, fake_slack, victim):
     conn, app = victim
     pid = conn.info.backend_pid

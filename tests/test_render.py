@@ -39,13 +39,15 @@ def test_a_thousand_sessions_with_huge_queries_stay_within_limits():
 
 
 def test_buttons_and_reasons():
-    ok = session(1)
+    ok = session(1, state="active", categories=(Category.LONG_RUNNING,))
     idle_tx = session(2, state="idle in transaction", categories=(Category.IDLE_TX,))
     su = session(3, cannot_signal="superuser session (the bot's role is not a superuser)")
-    listing = Listing("prod", "primary", SERVER, (idle_tx, ok, su), Filters(), {})
-    msg = render_listing(listing, tokens={1: "t1", 2: "t2"})
+    idle = session(4)  # plain idle: nothing runs, so Cancel would do nothing
+    fastpath = session(5, state="fastpath function call", categories=(Category.LONG_RUNNING,))
+    listing = Listing("prod", "primary", SERVER, (idle_tx, ok, su, idle, fastpath), Filters(), {})
+    msg = render_listing(listing, tokens={1: "t1", 2: "t2", 4: "t4", 5: "t5"})
     labels = [e["text"]["text"] for b in msg["blocks"] if b["type"] == "actions" for e in b["elements"]]
-    assert labels == ["Terminate 2", "Cancel 1", "Terminate 1"]
+    assert labels == ["Terminate 2", "Cancel 1", "Terminate 1", "Terminate 4", "Cancel 5", "Terminate 5"]
     body = json.dumps(msg)
     assert "pid 3 cannot be signalled from chat: superuser session" in body
     assert "transaction stays open" in body
