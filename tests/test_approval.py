@@ -255,6 +255,9 @@ def test_self_approval_refused_then_allowed_when_configured(pg, fake_slack, vict
     pid = conn.info.backend_pid
     with BotUnderTest(cfg(pg), fake_slack) as b:
         msg = request_kill(b, app, pid, user="U2")
+        # the requester is not named as a possible approver: their click would be refused
+        body = json.dumps(msg.blocks)
+        assert "needs 1 more approval from <!subteam^S0DBAS>" in body and "<@U2>, " not in body
         click(b, msg, "Approve", "U2")
         ephemeral_to(b, "U2", "you made this request")
         assert request_row(b, msg)["state"] == "pending" and alive(pg, pid)
@@ -281,8 +284,11 @@ def test_two_approvals_required(pg, fake_slack, victim):
     pid = conn.info.backend_pid
     with BotUnderTest(cfg(pg, approvals_required=2), fake_slack) as b:
         msg = request_kill(b, app, pid)
+        assert "needs 2 more approvals from <@U2>, <!subteam^S0DBAS>" in json.dumps(msg.blocks)
         click(b, msg, "Approve", "U2")
-        wait_state(b, msg, "Approved by <@U2>")
+        half = wait_state(b, msg, "Approved by <@U2>")
+        # who already approved is no longer named among those who can still approve
+        assert "needs 1 more approval from <!subteam^S0DBAS>" in json.dumps(half.blocks)
         assert alive(pg, pid) and request_row(b, msg)["state"] == "pending"
         click(b, fake_slack.messages[(msg.channel, msg.ts)], "Approve", "U2")
         ephemeral_to(b, "U2", "already approved")

@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 
 from bot.postgres.models import Category, Filters, Listing, ServerInfo, Session
-from bot.render.approval import request_message, request_modal
+from bot.render.approval import request_message, request_modal, still_can_approve
 from bot.render.listing import render_listing
 from tests.harness.fake_slack import validate_message_blocks, validate_view
 
@@ -108,3 +108,17 @@ def test_cannot_signal_reason_is_postgresqls_own_rule():
     assert cannot_signal_reason(row(bot_can_signal=False, bot_has_privs=True)) is None
     # an unknown role (NULL) is left to PostgreSQL at signal time, as before
     assert cannot_signal_reason(row(bot_can_signal=False, bot_has_privs=None)) is None
+
+
+def test_only_who_can_still_approve_is_named():
+    cfg = ["U1", "U2", "S0DBAS"]
+    assert still_can_approve(cfg, [], "U1", self_approval=False) == ["U2", "S0DBAS"]
+    assert still_can_approve(cfg, [], "U1", self_approval=True) == ["U1", "U2", "S0DBAS"]
+    assert still_can_approve(cfg, ["U2"], "U1", self_approval=False) == ["S0DBAS"]
+    req = {"id": "r1", "env": "prod", "host": "primary", "action": "terminate", "target": {"pid": 7},
+           "requester": "U1", "reason": "x", "state": "pending", "created_at": 1.7e9, "expires_at": 1.7e9 + 900}
+    who = still_can_approve(cfg, ["U2"], "U1", self_approval=False)
+    body = json.dumps(request_message(req, who, ["U2"], 2, who))
+    assert "needs 1 more approval from <!subteam^S0DBAS>" in body
+    nobody = json.dumps(request_message(req, [], [], 1, []))
+    assert "nobody left in access.approvers" in nobody

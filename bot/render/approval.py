@@ -105,6 +105,12 @@ def request_modal(target: dict, action: str, token: str, channel: str | None, re
     }
 
 
+def still_can_approve(cfg_approvers: list[str], approvals: list[str], requester: str, self_approval: bool) -> list[str]:
+    """The configured approvers (people and groups) who may still decide: not those who already approved,
+    nor the requester when self-approval is off (their click would be refused)."""
+    return [p for p in cfg_approvers if p not in approvals and (self_approval or p != requester)]
+
+
 def decision_footer(
     req: dict, approvals: list[str], required: int, cfg_approvers: list[str], finished: str | None = None
 ) -> list[dict]:
@@ -119,7 +125,7 @@ def decision_footer(
         if finished:
             times += f" · {finished}"
         return [context(cut(times, 1900))]
-    who = ", ".join(mention(p) for p in cfg_approvers) or "nobody (no approvers configured)"
+    who = ", ".join(mention(p) for p in cfg_approvers) or "nobody left in access.approvers"
     need = required - len(approvals)
     times += f" · expires {slack_time(_dt(req['expires_at']))} · needs {need} more approval{'s' if need != 1 else ''} from {who}"
     rid = req["id"]

@@ -21,6 +21,7 @@ from bot.render.approval import (
     pending_list,
     request_message,
     request_modal,
+    still_can_approve,
 )
 from bot.render.buttons import ACTION_PREFIX
 from bot.slack.app import guarded
@@ -49,6 +50,8 @@ def render_request(rt, req: dict) -> dict:
     cfg_approvers = environment.access.approvers if environment else []
     required = environment.access.approvals_required if environment else 1
     approvals = rt.store.approvers_of(req["id"])
+    if environment:  # name only who can still approve
+        cfg_approvers = still_can_approve(cfg_approvers, approvals, req["requester"], environment.access.self_approval)
     renderer = REQUEST_RENDERERS.get(req["action"], request_message)
     return renderer(req, cfg_approvers, approvals, required, cfg_approvers)
 
