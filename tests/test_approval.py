@@ -491,7 +491,7 @@ def test_pending_and_audit_commands(bot, victim):
     reply = bot.command("audit test", user_id="U2")
     r = bot.fake.wait_for_response(reply.response_name)
     body = json.dumps(r.blocks)
-    assert "terminate:requested" in body and "terminate:denied" in body
+    assert "Terminate: requested" in body and "Terminate: denied" in body and "terminate:" not in body
 
 
 def test_no_secret_in_any_message(pg, fake_slack, victim):

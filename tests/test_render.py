@@ -91,6 +91,26 @@ def test_pending_list_names_single_and_bulk_targets():
     body = json.dumps(pending_list(reqs, 200.0))
     assert "pid 42" in body and "3 sessions of app `web`" in body and "database `appdb` (1 session)" in body
     assert "pid \u2013" not in body
+    # words, not internal identifiers
+    assert "*Clear database* database `appdb`" in body and "*Terminate sessions* 3 sessions" in body
+    assert "clear_db" not in body and "terminate_bulk" not in body
+
+
+def test_audit_shows_words_not_internal_ids():
+    from bot.render.approval import audit_list
+
+    entries = [
+        {"at": 100.0, "env": "prod", "event": "clear_db:ended", "pid": 1, "actor": None, "result": None},
+        {"at": 100.0, "env": "prod", "event": "terminate_bulk:ended", "pid": 2, "actor": None, "result": None},
+        {"at": 100.0, "env": "prod", "event": "terminate:gone", "pid": 3, "actor": None, "result": None},
+        {"at": 100.0, "env": "prod", "event": "cancel:executed", "pid": 4, "actor": None, "result": None},
+    ]
+    body = json.dumps(audit_list(entries, "prod"))
+    assert "Clear database: ended pid 1" in body
+    assert "Terminate sessions: ended pid 2" in body
+    assert "Terminate: session gone pid 3" in body
+    assert "Cancel: done pid 4" in body
+    assert ":ended" not in body and ":gone" not in body and "_bulk" not in body
 
 
 def test_cannot_signal_reason_is_postgresqls_own_rule():

@@ -148,11 +148,11 @@ def test_the_approval_message_pending_list_and_audit():
     assert any(line.startswith("> Requested ") and "needs 1 more approval from @bob, @dbas" in line for line in lines)
     assert lines[-1] == "[1] Approve   [2] Deny   [3] Withdraw"
     pend = pending_list([req], now)
-    assert "terminate pid 4211 on `prod` · by @alice" in "\n".join(BlockRenderer(NAMES).message(pend["text"], pend["blocks"]))
+    assert "Terminate pid 4211 on `prod` · by @alice" in "\n".join(BlockRenderer(NAMES).message(pend["text"], pend["blocks"]))
     audit = audit_list([{"at": now, "env": "prod", "event": "terminate:approved", "pid": 4211, "actor": "U2",
                          "result": None}], "prod")
     text = "\n".join(BlockRenderer(NAMES).message(audit["text"], audit["blocks"]))
-    assert "`prod` terminate:approved pid 4211 @bob" in text and "<!date" not in text
+    assert "`prod` Terminate: approved pid 4211 @bob" in text and "<!date" not in text
 
 
 def test_a_listing_renders_with_numbered_buttons_and_no_markup_left():
@@ -343,7 +343,7 @@ def test_request_and_approval_as_a_second_person_terminate_the_backend(pg, backe
     after_bob = out.split("bob in #shell> click Approve", 1)[1]
     assert "· edited ·" in after_bob and ":white_check_mark: Done" in after_bob
     assert "Approved by @bob" in after_bob and f"backend {victim} terminated" in after_bob
-    assert "terminate:approved pid" in after_bob and "@bob" in after_bob
+    assert "Terminate: approved pid" in after_bob and "@bob" in after_bob
     deadline = time.monotonic() + 5
     while backends.alive(victim):
         assert time.monotonic() < deadline, "the approved terminate did not end the backend"

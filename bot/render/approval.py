@@ -32,6 +32,41 @@ VERBS = {
     "allow_connections": ("Allow connections", "allow new connections to"),
 }
 
+# what an audit event's outcome part means, in words (events are stored as ``action:outcome``)
+EVENT_WORDS = {
+    "requested": "requested",
+    "approved": "approved",
+    "denied": "denied",
+    "withdrawn": "withdrawn",
+    "expired": "expired",
+    "interrupted": "interrupted",
+    "executed": "done",
+    "done": "done",
+    "ended": "ended",
+    "gone": "session gone",
+    "skipped": "skipped",
+    "failed": "could not be signalled",
+    "not_done": "signalled but still connected",
+    "not_attempted": "not attempted",
+    "refused": "refused by PostgreSQL",
+    "unavailable": "server not reachable",
+    "blocked": "new connections blocked",
+}
+
+
+def action_label(action: str) -> str:
+    """'Clear database' for ``clear_db``: the words a user reads for an action kind."""
+    return VERBS[action][0] if action in VERBS else action.replace("_", " ").capitalize()
+
+
+def event_words(event: str) -> str:
+    """'Clear database: ended' for ``clear_db:ended``, 'Terminate: session gone' for ``terminate:gone``."""
+    action, _, outcome = (event or "").partition(":")
+    if not outcome:
+        return action_label(action)
+    return f"{action_label(action)}: {EVENT_WORDS.get(outcome, outcome.replace('_', ' '))}"
+
+
 STATE_LINE = {
     "pending": ":hourglass: *Waiting for approval*",
     "executing": ":gear: *Approved: acting now…*",
@@ -191,7 +226,7 @@ def pending_list(reqs: list[dict], now: float) -> dict:
         left = format_duration(max(0.0, r["expires_at"] - now))
         blocks.append(
             section(
-                f"*{esc(r['action'])}* {target_summary(r['target'])} on {where(r['env'], r['host'])} · by <@{r['requester']}> · "
+                f"*{esc(action_label(r['action']))}* {target_summary(r['target'])} on {where(r['env'], r['host'])} · by <@{r['requester']}> · "
                 f"{age} old · expires in {left}\n*Reason:* {esc(r.get('reason') or '–')}"
             )
         )
@@ -210,7 +245,7 @@ def audit_list(entries: list[dict], env: str | None) -> dict:
         pid = f" pid {e['pid']}" if e.get("pid") else ""
         result = f" → {esc(cut(e['result'], 160))}" if e.get("result") else ""
         lines.append(
-            f"{slack_time(_dt(e['at']))} `{esc(e['env'] or '')}` {esc(e['event'])}{pid} {actor}{result}"
+            f"{slack_time(_dt(e['at']))} `{esc(e['env'] or '')}` {esc(event_words(e['event']))}{pid} {actor}{result}"
         )
     blocks = [header(title)]
     chunk: list[str] = []
