@@ -494,6 +494,24 @@ def test_pending_and_audit_commands(bot, victim):
     assert "Terminate: requested" in body and "Terminate: denied" in body and "terminate:" not in body
 
 
+def test_audit_pages_and_says_how_many_more(bot):
+    # an 8-session bulk action must not silently push every earlier entry out of sight
+    store = bot.rt.store
+    store.add_audit_many([{"env": "test", "event": "terminate_bulk:ended", "pid": 1000 + i} for i in range(20)])
+    store.add_audit(env="test", event="terminate:approved", actor="U9", pid=77)
+    total = store.audit_counts("test")["test"]  # earlier tests on this bot may have added some
+    reply = bot.command("audit test", user_id="U2")
+    body = json.dumps(bot.fake.wait_for_response(reply.response_name).blocks)
+    assert f"{total - 15} older entries not shown" in body and "/pgsessions audit test --page 2" in body
+    reply = bot.command("audit test --page 2", user_id="U2")
+    body = json.dumps(bot.fake.wait_for_response(reply.response_name).blocks)
+    assert body.count("Terminate sessions: ended") == 6
+    assert (f"{total - 30} older entr" in body) if total > 30 else ("not shown" not in body)
+    reply = bot.command("audit TEST --user <@U9|nine>", user_id="U2")
+    body = json.dumps(bot.fake.wait_for_response(reply.response_name).blocks)
+    assert "Terminate: approved pid 77" in body and "ended" not in body
+
+
 def test_no_secret_in_any_message(pg, fake_slack, victim):
     conn, app = victim
     pw = "pw-s3cret-Xy"

@@ -142,3 +142,12 @@ def test_only_who_can_still_approve_is_named():
     assert "needs 1 more approval from <!subteam^S0DBAS>" in body
     nobody = json.dumps(request_message(req, [], [], 1, []))
     assert "nobody left in access.approvers" in nobody
+
+
+def test_an_empty_listing_says_so_once():
+    listing = Listing("prod", "primary", SERVER, (), Filters(), {"long_running": 300, "idle_in_transaction": 60, "idle": 600})
+    msg = render_listing(listing)
+    body = json.dumps(msg["blocks"])
+    assert body.count("No session needs attention") == 1 and "nothing needs attention" not in body
+    assert "idle \\u2265 10m" in body and "10m 00s" not in body
+    assert validate_message_blocks(msg["blocks"]) == []

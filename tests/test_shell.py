@@ -53,7 +53,7 @@ def test_mrkdwn_mentions_dates_links_and_escapes():
     )
     assert to_text(text, NAMES) == (
         "@alice asks @dbas and @oncall · @U7 2023-11-14 22:13 UTC runbook (https://runbooks.example/lag_1) "
-        "#shell #ops @here <insufficient privilege> a && b &lt; :warning: idle_in_transaction "
+        "#shell #ops @here <insufficient privilege> a && b &lt; \u26a0\ufe0f idle_in_transaction "
         "slanted gone `SELECT '*x*' < 1`"
     )
     # a date without fallback still reads as a date; a bare link stays a link
@@ -186,6 +186,7 @@ def shell_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SLACK_", "PGSESSIONS_CONFIG", "PG"))}
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"  # emoji print as characters whatever the locale
     return env
 
 
@@ -341,7 +342,7 @@ def test_request_and_approval_as_a_second_person_terminate_the_backend(pg, backe
     assert "another approver must decide it" in out
     assert "You are now @bob (U2)." in out
     after_bob = out.split("bob in #shell> click Approve", 1)[1]
-    assert "· edited ·" in after_bob and ":white_check_mark: Done" in after_bob
+    assert "· edited ·" in after_bob and "\u2705 Done" in after_bob
     assert "Approved by @bob" in after_bob and f"backend {victim} terminated" in after_bob
     assert "Terminate: approved pid" in after_bob and "@bob" in after_bob
     deadline = time.monotonic() + 5
@@ -409,14 +410,14 @@ def test_a_lag_alert_appears_and_resolves_after_an_approved_terminate(pg, tmp_pa
         ]) + "\n"
         out = clean(run_shell(tmp_path, config, script))
         alert = out.split("alice in #shell> wait 30 Replication lag on", 1)[1]
-        assert "pgsessions in #C0ALERTS" in alert
-        assert ":rotating_light: Replication lag on" in alert and "replica1" in alert
+        assert "pgsessions in #alerts" in alert and "#C0ALERTS" not in alert
+        assert "\U0001f6a8 Replication lag on" in alert and "replica1" in alert
         assert f"Terminate {pid}" in alert
         assert "(no message" not in out, out
         # the alert (message #1) is edited into its resolution, during the approval or the wait after it
         resolved = out.split("bob in #shell> click Approve", 1)[1]
-        assert "--- #1 · edited · pgsessions in #C0ALERTS" in resolved
-        assert "== :white_check_mark: Resolved: replication lag on test / replica1 ==" in resolved
+        assert "--- #1 · edited · pgsessions in #alerts" in resolved
+        assert "== \u2705 Resolved: replication lag on test / replica1 ==" in resolved
         assert not pg.standby.sql("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,))
     finally:
         if holder is not None:
@@ -544,5 +545,30 @@ def test_demo_shows_the_trouble_and_removes_everything(tmp_path):
     standby = out.split("> demo replica1")[1].split("> wait 40")[0]
     assert "Sessions on demo / replica1 (standby)" in standby and "app `analytics`" in standby
     alert = out.split("> wait 40 Replication lag on")[1]
-    assert "pgsessions in #C0ALERTS" in alert and "lock conflict" in alert
+    assert "pgsessions in #alerts" in alert and "#C0ALERTS" not in alert and "lock conflict" in alert
     assert "Terminate these 8" in out.split("> demo idle --app api-pool --older 1s")[1]
+
+
+def test_emoji_codes_render_as_characters_or_words_and_channels_by_name():
+    from bot.config import parse_config
+    from bot.shell.localconfig import channel_names
+    from bot.shell.mrkdwn import Names, can_print_emoji
+
+    text = ":turtle: *pid 7* :zzz: :lock: `:lock: in code` :not_ours:"
+    assert to_text(text, Names()) == "\U0001f422 pid 7 \U0001f4a4 \U0001f512 `:lock: in code` :not_ours:"
+    assert to_text(text, Names(emoji="word")) == "[slow] pid 7 [idle] [lock] `:lock: in code` :not_ours:"
+    assert BlockRenderer(Names(emoji="word")).text({"type": "plain_text", "text": ":rotating_light: Lag"}) == "[alert] Lag"
+    assert can_print_emoji("utf-8") and not can_print_emoji("ascii") and not can_print_emoji("latin-1")
+    cfg = parse_config({"environments": {"prod": {
+        "dsn": "dbname=postgres", "standbys": {"r1": "dbname=postgres"},
+        "lag_alert": {"channel": "C0ALERTS"}, "access": {"channels": ["C0OPS"], "approvers": ["U1"]}}}}, environ={})
+    names = channel_names(cfg, ("C0SHELL", "shell"))
+    assert names == {"C0SHELL": "shell", "C0ALERTS": "alerts", "C0OPS": "ops"}
+    assert to_text("Alerts in <#C0ALERTS>", Names(channels=names)) == "Alerts in #alerts"
+
+
+def test_a_terminal_without_utf8_gets_words(tmp_path, pg):
+    env = {**shell_env(), "PYTHONIOENCODING": "ascii"}
+    out = run_shell(tmp_path, config_for(pg), "test --min 1h --db nosuchdb\nquit\n", env=env)
+    assert "[ok] No session needs attention" in out.stdout, out.stdout + out.stderr
+    assert "\u2705" not in out.stdout and "UnicodeEncodeError" not in out.stderr

@@ -235,10 +235,12 @@ def pending_list(reqs: list[dict], now: float) -> dict:
     return message(f"{len(reqs)} open requests", blocks)
 
 
-def audit_list(entries: list[dict], env: str | None) -> dict:
+def audit_list(entries: list[dict], env: str | None, *, more: int = 0, next_page: str | None = None) -> dict:
+    """The audit entries, newest first. ``more``: how many older entries match but are not shown, and
+    ``next_page`` the command that shows the next ones."""
     title = f"Audit log{' for ' + env if env else ''}"
     if not entries:
-        return message(f"{title}: empty", [section(f"{title}: no entries yet.")])
+        return message(f"{title}: empty", [section(f"{title}: no entries {'here' if next_page or more else 'yet'}.")])
     lines = []
     for e in entries:
         actor = f"<@{e['actor']}>" if e.get("actor") else "bot"
@@ -258,4 +260,9 @@ def audit_list(entries: list[dict], env: str | None) -> dict:
         size += len(line) + 1
     if chunk:
         blocks.append(section("\n".join(chunk)))
-    return message(f"{title}: {len(entries)} latest entries", blocks[:50])
+    blocks = blocks[:49]
+    if more > 0:
+        older = f"{more} older entr{'ies' if more != 1 else 'y'} not shown"
+        how = f": `{esc(next_page)}` shows the next ones" if next_page else ""
+        blocks.append(context(f"{older}{how}; narrow with `--since 1h` or `--user @someone`."))
+    return message(f"{title}: {len(entries)} latest entries" + (f" ({more} more)" if more > 0 else ""), blocks)
