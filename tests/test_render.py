@@ -73,10 +73,22 @@ def test_request_modal_and_message_within_limits():
            "expires_at": 1.7e9 + 900, "decided_at": None, "outcome": None, "updated_at": 1.7e9}
     msg = request_message(req, ["U2"], [], 1, ["U2", "S0DBAS"])
     assert validate_message_blocks(msg["blocks"]) == []
+    # a request for a standby session names the standby in its header, not only the environment
+    assert msg["blocks"][0]["text"]["text"] == "Cancel request: pid 7 on prod standby replica1"
+    primary = request_message({**req, "host": "primary"}, ["U2"], [], 1, ["U2"])
+    assert primary["blocks"][0]["text"]["text"] == "Cancel request: pid 7 on prod"
     body = json.dumps(msg)
     assert "pgs_req:approve:r1" in body and "<!subteam^S0DBAS>" in body and "<script>" not in body
     done = request_message({**req, "state": "done", "outcome": {"detail": "query of 7 cancelled"}}, ["U2"], ["U2"], 1, ["U2"])
     assert "pgs_req:" not in json.dumps(done) and "Approved by <@U2>" in json.dumps(done)
+
+
+def test_a_bulk_request_for_a_standby_names_it_in_the_header():
+    from bot.render.bulk import _headline
+
+    req = {"action": "terminate_bulk", "env": "prod", "host": "replica1", "target": {"app": "web", "sessions": [{}, {}]}}
+    assert _headline(req) == "Terminate 2 sessions of app web on prod standby replica1"
+    assert _headline({**req, "host": "primary"}) == "Terminate 2 sessions of app web on prod"
 
 
 def test_pending_list_names_single_and_bulk_targets():

@@ -94,6 +94,11 @@ def where(env: str, host: str) -> str:
     return f"`{esc(env)}`" + ("" if host == "primary" else f" standby `{esc(host)}`")
 
 
+def header_where(env: str, host: str | None) -> str:
+    """Where a request acts, for a header (plain text): 'prod', or 'prod standby replica1'."""
+    return env if not host or host == "primary" else f"{env} standby {host}"
+
+
 def target_lines(t: dict, query_chars: int = 500) -> str:
     lines = [
         f"*pid* {t.get('pid')} · *user* `{esc(t.get('user') or '?')}` · *db* `{esc(t.get('database') or '?')}` · "
@@ -180,7 +185,7 @@ def request_message(req: dict, approvers: list[str], approvals: list[str], requi
     t = req["target"]
     state = req["state"]
     blocks = [
-        header(f"{label} request: pid {t.get('pid')} on {req['env']}"),
+        header(f"{label} request: pid {t.get('pid')} on {header_where(req['env'], req.get('host'))}"),
         section(
             f"<@{req['requester']}> asks to *{verb}* pid {t.get('pid')} on {where(req['env'], req['host'])}.\n"
             f"*Reason:* {esc(req.get('reason') or '(none given)')}"
@@ -201,7 +206,7 @@ def request_message(req: dict, approvers: list[str], approvals: list[str], requi
     if req.get("updated_at") and state in ("done", "failed"):
         finished = f"finished {slack_time(_dt(req['updated_at']))}"
     blocks += decision_footer(req, approvals, required, cfg_approvers, finished)
-    text = f"{label} request for pid {t.get('pid')} on {req['env']} by <@{req['requester']}>: {state}"
+    text = f"{label} request for pid {t.get('pid')} on {header_where(req['env'], req.get('host'))} by <@{req['requester']}>: {state}"
     return message(text, blocks)
 
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from bot.bulk.targets import ALLOW_CONNECTIONS, CLEAR_DB, CLEAR_DB_BLOCK, STATE_WORDS, TERMINATE_BULK
 from bot.durations import format_duration
 from bot.postgres.bulk import Connected, DatabaseInfo
-from bot.render.approval import REQUEST_CALLBACK, STATE_LINE, decision_footer, where
+from bot.render.approval import REQUEST_CALLBACK, STATE_LINE, decision_footer, header_where, where
 from bot.render.common import (
     MAX_BLOCKS,
     actions,
@@ -310,7 +310,7 @@ def bulk_modal(target: Mapping, action: str, token: str, channel: str | None, re
 def _headline(req: Mapping) -> str:
     t = req["target"]
     n = len(t.get("sessions") or [])
-    action, env = req["action"], req["env"]
+    action, env = req["action"], header_where(req["env"], req.get("host"))
     if action == TERMINATE_BULK:
         return f"Terminate {_plural(n, 'session')} of app {t.get('app') or '?'} on {env}"
     if action == CLEAR_DB:
