@@ -163,3 +163,43 @@ def test_an_empty_listing_says_so_once():
     assert body.count("No session needs attention") == 1 and "nothing needs attention" not in body
     assert "idle \\u2265 10m" in body and "10m 00s" not in body
     assert validate_message_blocks(msg["blocks"]) == []
+
+
+def _db_info(**kw):
+    from bot.postgres.bulk import DatabaseInfo
+
+    base = dict(name="appdb", oid=1, is_template=False, allow_connections=True, conn_limit=-1, owner="app",
+                bot_user="bot", bot_is_superuser=False, bot_can_alter=False, bot_database="postgres", bot_pid=1,
+                postmaster_start="0", port="5432", in_recovery=False, prepared_xacts=0, logical_slots=0)
+    base.update(kw)
+    return DatabaseInfo(**base)
+
+
+def test_clear_db_says_why_block_is_missing_once_without_explaining_it_first():
+    from bot.render.bulk import clear_db_message
+
+    msg = clear_db_message("prod", _db_info(), [], tokens={"clear_db": "t1"}, block_why="the bot's role does not own it",
+                           terminate_why=None)
+    body = json.dumps(msg["blocks"])
+    assert "*Block new connections* is not offered: the bot's role does not own it." in body
+    assert "ALLOW_CONNECTIONS false" not in body and "first runs" not in body
+    # one reason for several buttons (signalling turned off) is said once
+    off = "signalling is turned off for `prod`"
+    msg = clear_db_message("prod", _db_info(allow_connections=False), [], tokens={}, block_why=off,
+                           terminate_why=off, allow_why=off)
+    body = json.dumps(msg["blocks"])
+    assert body.count("signalling is turned off") == 1
+    assert "*Terminate all*, *Block new connections* and *Allow connections again* are not offered" in body
+
+
+def test_clear_db_while_approving_never_says_not_known():
+    from bot.render.bulk import bulk_request_message
+
+    target = {"database": "appdb", "sessions": [{"pid": 1, "user": "u", "application": "a", "state": "idle"}]}
+    req = {"id": "r1", "env": "prod", "host": "primary", "action": "clear_db", "target": target, "requester": "U1",
+           "reason": "maintenance", "state": "executing", "created_at": 1.0, "expires_at": 2.0, "decided_at": 1.5,
+           "outcome": None, "updated_at": 2.0}
+    body = json.dumps(bulk_request_message(req, ["U2"], ["U2"], 1, ["U2"]))
+    assert "is not known" not in body
+    running = {**req, "outcome": {"status": "running", "allow_connections": True, "progress": {"total": 1, "handled": 0}}}
+    assert "`appdb` allows new connections" in json.dumps(bulk_request_message(running, ["U2"], ["U2"], 1, ["U2"]))
