@@ -84,3 +84,19 @@ def test_audit_says_how_many_more_and_how_to_see_them():
     assert "8 older entries not shown" in body and "`/pgsessions audit prod --page 2` shows the next ones" in body
     assert "--since" in body and "--user" in body
     assert "older entr" not in json.dumps(audit_list(entries, "prod"))
+
+
+def test_readme_documents_the_terminal_chats_builtin_thresholds_and_users():
+    from pathlib import Path
+
+    from bot.shell.localconfig import builtin_config
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    t = builtin_config(dsn="dbname=postgres").environments["local"].thresholds
+    section = readme.split("That built-in configuration has thresholds", 1)[1].split("\n\n", 1)[0]
+    assert f"long-running after **{format_duration(t.long_running)}**" in section
+    assert f"idle in transaction\nafter **{format_duration(t.idle_in_transaction)}**" in section or \
+        f"idle in transaction after **{format_duration(t.idle_in_transaction)}**" in section
+    assert f"idle one after **{format_duration(t.idle)}**" in section
+    assert "| `users` |" in readme
+    assert "OS user's role" in readme and "superuser" in readme
