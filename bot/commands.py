@@ -25,7 +25,7 @@ USAGE = """\
 • `/pgsessions <env> lag`: replay lag of every standby
 • `/pgsessions <env> clear-db DBNAME`: who is connected to a database, with *Terminate all* for maintenance
 • `/pgsessions pending`: open kill requests · `/pgsessions audit <env>`: the latest decisions \
-(`--since 1h`, `--user @someone`, `--page 2` for older ones)
+(`--since 1h`, `--user U0123ABCD`, `--page 2` for older ones)
 • `/pgsessions help`: this text"""
 
 # the one usage line shown with an error (the whole text is one `help` away)
@@ -34,7 +34,7 @@ USAGE_LINES = {
     "lag": "`/pgsessions <env> lag`",
     "clear-db": "`/pgsessions <env> clear-db DBNAME`",
     "pending": "`/pgsessions pending`",
-    "audit": "`/pgsessions audit [<env>] [--since 1h] [--user @someone] [--page 2]`",
+    "audit": "`/pgsessions audit [<env>] [--since 1h] [--user U0123ABCD] [--page 2]`",
 }
 MAX_AUDIT_PAGE = 1000
 
@@ -162,13 +162,17 @@ def _parse_audit(words: list[str], config: Config) -> Audit:
     if "--user" in values:
         raw = values["--user"]
         m = _MENTION.match(raw)
+        named = {k.lower(): v for k, v in config.users.items()}.get(raw.lstrip("@").lower())
         if m:
             actor = m.group(1)
         elif _USER_ID.match(raw):
             actor = raw
+        elif named:
+            actor = named  # a name from the configuration's users:
         else:
             raise CommandError(
-                f"`--user {raw}`: name the person as a mention (pick them from Slack's list) or a user ID like `U0123ABCD`.",
+                f"`--user {raw}`: give the person's Slack member ID, like `U0123ABCD` (their profile → ⋯ → "
+                "Copy member ID), or a name from the configuration's `users:`.",
                 usage="audit",
             )
     page = 1

@@ -67,7 +67,9 @@ def test_audit_options():
         "prod", since=3600.0, actor="U0123ABC", page=3
     )
     assert parse("audit --user=U0999XYZ", cfg) == Audit(None, actor="U0999XYZ")
-    for bad, why in [("audit --page 0", "page number"), ("audit --user alice", "mention"),
+    named = Config.model_validate({**config("prod").model_dump(), "users": {"bob": "U0BOB"}})
+    assert parse("audit --user @Bob", named) == Audit(None, actor="U0BOB")  # should_escape is off: "@bob" as typed
+    for bad, why in [("audit --page 0", "page number"), ("audit --user alice", "member ID"),
                      ("audit --since soon", "not a duration"), ("audit prod prod", "does not know")]:
         with pytest.raises(CommandError, match=why):
             parse(bad, cfg)

@@ -269,5 +269,5 @@ def audit_list(entries: list[dict], env: str | None, *, more: int = 0, next_page
     if more > 0:
         older = f"{more} older entr{'ies' if more != 1 else 'y'} not shown"
         how = f": `{esc(next_page)}` shows the next ones" if next_page else ""
-        blocks.append(context(f"{older}{how}; narrow with `--since 1h` or `--user @someone`."))
+        blocks.append(context(f"{older}{how}; narrow with `--since 1h` or `--user U0123ABCD` (a member ID)."))
     return message(f"{title}: {len(entries)} latest entries" + (f" ({more} more)" if more > 0 else ""), blocks)
