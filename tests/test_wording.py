@@ -86,6 +86,8 @@ def test_audit_says_how_many_more_and_how_to_see_them():
     assert "8 older entries not shown" in body and "`/pgsessions audit prod --page 2` shows the next ones" in body
     assert "--since" in body and "--user" in body
     assert "older entr" not in json.dumps(audit_list(entries, "prod"))
+    assert "no entries yet" in json.dumps(audit_list([], "prod", next_page="/pgsessions audit prod --page 2"))
+    assert "no entries match" in json.dumps(audit_list([], "prod", filtered=True))
 
 
 def test_readme_documents_the_terminal_chats_builtin_thresholds_and_users():

@@ -240,12 +240,15 @@ def pending_list(reqs: list[dict], now: float) -> dict:
     return message(f"{len(reqs)} open requests", blocks)
 
 
-def audit_list(entries: list[dict], env: str | None, *, more: int = 0, next_page: str | None = None) -> dict:
+def audit_list(
+    entries: list[dict], env: str | None, *, more: int = 0, next_page: str | None = None, filtered: bool = False
+) -> dict:
     """The audit entries, newest first. ``more``: how many older entries match but are not shown, and
-    ``next_page`` the command that shows the next ones."""
+    ``next_page`` the command that shows the next ones; ``filtered``: a time window, a person or a page
+    was asked for."""
     title = f"Audit log{' for ' + env if env else ''}"
     if not entries:
-        return message(f"{title}: empty", [section(f"{title}: no entries {'here' if next_page or more else 'yet'}.")])
+        return message(f"{title}: empty", [section(f"{title}: no entries {'match' if filtered else 'yet'}.")])
     lines = []
     for e in entries:
         actor = f"<@{e['actor']}>" if e.get("actor") else "bot"

@@ -162,7 +162,11 @@ def register(app, rt, router) -> None:
         counts = rt.store.audit_counts(cmd.env, since=since, actor=cmd.actor)
         total = sum(n for e, n in counts.items() if e is None or not _hidden_env(rt, e, body.get("channel_id")))
         more = max(0, total - offset - len(entries))
-        respond(response_type="ephemeral", **audit_list(entries, cmd.env, more=more, next_page=audit_command(cmd, body)))
+        filtered = cmd.since is not None or cmd.actor is not None or cmd.page > 1
+        respond(
+            response_type="ephemeral",
+            **audit_list(entries, cmd.env, more=more, next_page=audit_command(cmd, body), filtered=filtered),
+        )
 
     rt.scheduler.add_job(
         lambda: _housekeeping(rt, wf), "interval", seconds=10, id="pgs-requests-housekeeping", replace_existing=True
