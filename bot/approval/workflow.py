@@ -28,6 +28,7 @@ from typing import Any
 
 from bot.config import Config
 from bot.metrics import KILL_REQUESTS
+from bot.postgres.models import runs_query
 from bot.postgres.pools import Databases
 from bot.postgres.signals import signal
 from bot.slack.directory import Directory
@@ -110,6 +111,8 @@ class Workflow:
                     "cancel does nothing to a session idle in transaction (PostgreSQL reports success but "
                     "the transaction stays open): use Terminate"
                 )
+            if action == "cancel" and not runs_query(target["payload"].get("state")):
+                return None, "cancel does nothing to a session that is not running a query: use Terminate"
         elif action in SESSION_ACTIONS or action not in (target["payload"].get("actions") or ()):
             # bulk and database targets name the actions their token was issued for
             return None, f"`{action}` is not what this button was issued for"

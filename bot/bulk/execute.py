@@ -367,6 +367,9 @@ def run_clear_db(wf: Workflow, req: dict) -> dict:
             if refusal:
                 return _finish(tally, started, status="failed", **notes, detail=f"nothing was done: {refusal}")
             notes["was_closed"] = not info.allow_connections
+            # read before acting, so that the message says what the database allows while it runs
+            notes["allow_connections"] = info.allow_connections
+            progress.notes = dict(notes)
             if block:
                 why = block_refusal(info)
                 if why:
@@ -377,7 +380,7 @@ def run_clear_db(wf: Workflow, req: dict) -> dict:
                 except psycopg.Error as exc:
                     return _finish(tally, started, status="failed", **notes,
                                    detail=f"nothing was terminated: ALTER DATABASE failed ({_first_line(exc)})")
-                notes.update(blocked=True, closed_at=time.time(),
+                notes.update(blocked=True, closed_at=time.time(), allow_connections=False,
                              allow_token=issue_allow_token(wf.store, req, info.oid))
                 _audit_one(wf, req, "blocked", f"ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false")
                 progress.notes = dict(notes)
@@ -387,7 +390,8 @@ def run_clear_db(wf: Workflow, req: dict) -> dict:
             try:
                 notes["arrived"] = arrivals(conn, db, [(s["pid"], as_datetime(s["backend_start"])) for s in sessions])
                 now = database_state(conn, db)
-                notes["allow_connections"] = now[0] if now else None
+                if now:
+                    notes["allow_connections"] = now[0]
             except psycopg.Error as exc:
                 log.warning("clear-db %s: could not read the database's state afterwards: %s", req["id"], exc)
     except Interrupted:

@@ -52,6 +52,14 @@ def cannot_signal_reason(row: Mapping[str, Any]) -> str | None:
     return None
 
 
+# pg_stat_activity states in which a query is running: the only ones where Cancel does something
+QUERY_RUNNING_STATES = ("active", "fastpath function call")
+
+
+def runs_query(state: str | None) -> bool:
+    return state in QUERY_RUNNING_STATES
+
+
 @dataclass(frozen=True, slots=True)
 class Session:
     pid: int
@@ -81,6 +89,11 @@ class Session:
     @property
     def is_idle_in_transaction(self) -> bool:
         return bool(self.state and self.state.startswith("idle in transaction"))
+
+    @property
+    def runs_query(self) -> bool:
+        """A query is running (Cancel stops it); in every other state only Terminate does anything."""
+        return runs_query(self.state)
 
     @property
     def duration(self) -> tuple[str, float | None]:

@@ -33,6 +33,41 @@ VERBS = {
     "allow_connections": ("Allow connections", "allow new connections to"),
 }
 
+# what an audit event's outcome part means, in words (events are stored as ``action:outcome``)
+EVENT_WORDS = {
+    "requested": "requested",
+    "approved": "approved",
+    "denied": "denied",
+    "withdrawn": "withdrawn",
+    "expired": "expired",
+    "interrupted": "interrupted",
+    "executed": "done",
+    "done": "done",
+    "ended": "ended",
+    "gone": "session gone",
+    "skipped": "skipped",
+    "failed": "could not be signalled",
+    "not_done": "signalled but still connected",
+    "not_attempted": "not attempted",
+    "refused": "refused by PostgreSQL",
+    "unavailable": "server not reachable",
+    "blocked": "new connections blocked",
+}
+
+
+def action_label(action: str) -> str:
+    """'Clear database' for ``clear_db``: the words a user reads for an action kind."""
+    return VERBS[action][0] if action in VERBS else action.replace("_", " ").capitalize()
+
+
+def event_words(event: str) -> str:
+    """'Clear database: ended' for ``clear_db:ended``, 'Terminate: session gone' for ``terminate:gone``."""
+    action, _, outcome = (event or "").partition(":")
+    if not outcome:
+        return action_label(action)
+    return f"{action_label(action)}: {EVENT_WORDS.get(outcome, outcome.replace('_', ' '))}"
+
+
 STATE_LINE = {
     "pending": ":hourglass: *Waiting for approval*",
     "executing": ":gear: *Approved: acting now…*",
@@ -58,6 +93,11 @@ def mention(principal: str) -> str:
 
 def where(env: str, host: str) -> str:
     return f"{code(env)}" + ("" if host == "primary" else f" standby {code(host)}")
+
+
+def header_where(env: str, host: str | None) -> str:
+    """Where a request acts, for a header (plain text): 'prod', or 'prod standby replica1'."""
+    return env if not host or host == "primary" else f"{env} standby {host}"
 
 
 def target_lines(t: dict, query_chars: int = 500) -> str:
@@ -106,6 +146,12 @@ def request_modal(target: dict, action: str, token: str, channel: str | None, re
     }
 
 
+def still_can_approve(cfg_approvers: list[str], approvals: list[str], requester: str, self_approval: bool) -> list[str]:
+    """The configured approvers (people and groups) who may still decide: not those who already approved,
+    nor the requester when self-approval is off (their click would be refused)."""
+    return [p for p in cfg_approvers if p not in approvals and (self_approval or p != requester)]
+
+
 def decision_footer(
     req: dict, approvals: list[str], required: int, cfg_approvers: list[str], finished: str | None = None
 ) -> list[dict]:
@@ -120,7 +166,7 @@ def decision_footer(
         if finished:
             times += f" · {finished}"
         return [context(cut(times, 1900))]
-    who = ", ".join(mention(p) for p in cfg_approvers) or "nobody (no approvers configured)"
+    who = ", ".join(mention(p) for p in cfg_approvers) or "nobody left in access.approvers"
     need = required - len(approvals)
     times += f" · expires {slack_time(_dt(req['expires_at']))} · needs {need} more approval{'s' if need != 1 else ''} from {who}"
     rid = req["id"]
@@ -140,7 +186,7 @@ def request_message(req: dict, approvers: list[str], approvals: list[str], requi
     t = req["target"]
     state = req["state"]
     blocks = [
-        header(f"{label} request: pid {t.get('pid')} on {req['env']}"),
+        header(f"{label} request: pid {t.get('pid')} on {header_where(req['env'], req.get('host'))}"),
         section(
             f"<@{req['requester']}> asks to *{verb}* pid {t.get('pid')} on {where(req['env'], req['host'])}.\n"
             f"*Reason:* {esc(req.get('reason') or '(none given)')}"
@@ -161,7 +207,7 @@ def request_message(req: dict, approvers: list[str], approvals: list[str], requi
     if req.get("updated_at") and state in ("done", "failed"):
         finished = f"finished {slack_time(_dt(req['updated_at']))}"
     blocks += decision_footer(req, approvals, required, cfg_approvers, finished)
-    text = f"{label} request for pid {t.get('pid')} on {req['env']} by <@{req['requester']}>: {state}"
+    text = f"{label} request for pid {t.get('pid')} on {header_where(req['env'], req.get('host'))} by <@{req['requester']}>: {state}"
     return message(text, blocks)
 
 
@@ -186,7 +232,7 @@ def pending_list(reqs: list[dict], now: float) -> dict:
         left = format_duration(max(0.0, r["expires_at"] - now))
         blocks.append(
             section(
-                f"*{esc(r['action'])}* {target_summary(r['target'])} on {where(r['env'], r['host'])} · by <@{r['requester']}> · "
+                f"*{esc(action_label(r['action']))}* {target_summary(r['target'])} on {where(r['env'], r['host'])} · by <@{r['requester']}> · "
                 f"{age} old · expires in {left}\n*Reason:* {esc(r.get('reason') or '–')}"
             )
         )
@@ -195,17 +241,22 @@ def pending_list(reqs: list[dict], now: float) -> dict:
     return message(f"{len(reqs)} open requests", blocks)
 
 
-def audit_list(entries: list[dict], env: str | None) -> dict:
+def audit_list(
+    entries: list[dict], env: str | None, *, more: int = 0, next_page: str | None = None, filtered: bool = False
+) -> dict:
+    """The audit entries, newest first. ``more``: how many older entries match but are not shown, and
+    ``next_page`` the command that shows the next ones; ``filtered``: a time window, a person or a page
+    was asked for."""
     title = f"Audit log{' for ' + env if env else ''}"
     if not entries:
-        return message(f"{title}: empty", [section(f"{title}: no entries yet.")])
+        return message(f"{title}: empty", [section(f"{title}: no entries {'match' if filtered else 'yet'}.")])
     lines = []
     for e in entries:
         actor = f"<@{e['actor']}>" if e.get("actor") else "bot"
         pid = f" pid {e['pid']}" if e.get("pid") else ""
         result = f" → {esc(cut(e['result'], 160))}" if e.get("result") else ""
         lines.append(
-            f"{slack_time(_dt(e['at']))} {code(e['env'] or '')} {esc(e['event'])}{pid} {actor}{result}"
+            f"{slack_time(_dt(e['at']))} {code(e['env'] or '')} {esc(event_words(e['event']))}{pid} {actor}{result}"
         )
     blocks = [header(title)]
     chunk: list[str] = []
@@ -218,4 +269,9 @@ def audit_list(entries: list[dict], env: str | None) -> dict:
         size += len(line) + 1
     if chunk:
         blocks.append(section("\n".join(chunk)))
-    return message(f"{title}: {len(entries)} latest entries", blocks[:50])
+    blocks = blocks[:49]
+    if more > 0:
+        older = f"{more} older entr{'ies' if more != 1 else 'y'} not shown"
+        how = f": `{esc(next_page)}` shows the next ones" if next_page else ""
+        blocks.append(context(f"{older}{how}; narrow with `--since 1h` or `--user U0123ABCD` (a member ID)."))
+    return message(f"{title}: {len(entries)} latest entries" + (f" ({more} more)" if more > 0 else ""), blocks)

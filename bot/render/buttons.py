@@ -31,7 +31,7 @@ def session_buttons(session: Session, token: str | None, disabled_reason: str | 
     if token is None:
         return []
     elements = []
-    if not session.is_idle_in_transaction:
+    if session.runs_query:  # Cancel stops a running query; on an idle session it does nothing
         elements.append(button(f"Cancel {session.pid}", kill_action_id(CANCEL, token), token))
     elements.append(button(f"Terminate {session.pid}", kill_action_id(TERMINATE, token), token, style="danger"))
     blocks = [actions(f"kill:{token}", *elements)]

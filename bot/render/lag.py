@@ -97,7 +97,7 @@ def primary_text(m: StandbyLag) -> str:
     p = m.primary
     if p is None:
         return "Primary's view: not available (no matching row in `pg_stat_replication` or the primary was not read)"
-    lag = format_duration(p.replay_lag) if p.replay_lag is not None else "unknown (NULL)"
+    lag = format_duration(p.replay_lag) if p.replay_lag is not None else "not reported yet"
     parts = [f"Primary's view: state {esc(p.state or '?')}"]
     if p.behind_bytes is not None:
         parts.append(f"{format_bytes(p.behind_bytes)} behind the primary's current WAL")

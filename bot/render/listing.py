@@ -51,7 +51,7 @@ def session_text(s: Session, query_chars: int = 300) -> str:
 def summary(listing: Listing) -> str:
     counts = listing.counts()
     parts = [f"{EMOJI[c]} {n} {c.label}" for c, n in counts.items() if n]
-    found = " · ".join(parts) if parts else "nothing needs attention"
+    found = " · ".join(parts) if parts else ":white_check_mark: No session needs attention right now."
     srv = listing.server
     conns = f"{srv.client_connections} of {srv.max_connections} connections in use"
     return f"{found}\n{conns} · PostgreSQL {esc(srv.server_version.split()[0])}"
@@ -97,9 +97,7 @@ def render_listing(
         blocks += session_blocks
         budget -= len(session_blocks)
         shown += 1
-    if total == 0:
-        blocks.append(section(":white_check_mark: No session needs attention right now."))
-    elif shown < total:
+    if shown < total:  # (an empty listing says so once, in the summary)
         blocks.append(
             context(
                 f"Showing the worst {shown} of {total} sessions. {total - shown} more not shown: narrow the list "

@@ -21,6 +21,7 @@ from bot.render.approval import (
     pending_list,
     request_message,
     request_modal,
+    still_can_approve,
 )
 from bot.render.buttons import ACTION_PREFIX
 from bot.slack.app import guarded
@@ -44,11 +45,30 @@ def workflow(rt) -> Workflow:
     return wf
 
 
+def audit_command(cmd: Audit, body: dict) -> str:
+    """The command that shows the page after ``cmd``'s (same filters as typed)."""
+    words = ["/pgsessions audit"]
+    if cmd.env:
+        words.append(cmd.env)
+    typed = (body.get("text") or "").split()
+    for i, w in enumerate(typed):  # --since as it was typed
+        if w.lower() == "--since" and i + 1 < len(typed):
+            words += ["--since", typed[i + 1]]
+        elif w.lower().startswith("--since="):
+            words.append(w)
+    if cmd.actor:
+        words += ["--user", cmd.actor]
+    words += ["--page", str(cmd.page + 1)]
+    return " ".join(words)
+
+
 def render_request(rt, req: dict) -> dict:
     environment = rt.config.env(req["env"])
     cfg_approvers = environment.access.approvers if environment else []
     required = environment.access.approvals_required if environment else 1
     approvals = rt.store.approvers_of(req["id"])
+    if environment:  # name only who can still approve
+        cfg_approvers = still_can_approve(cfg_approvers, approvals, req["requester"], environment.access.self_approval)
     renderer = REQUEST_RENDERERS.get(req["action"], request_message)
     return renderer(req, cfg_approvers, approvals, required, cfg_approvers)
 
@@ -135,9 +155,18 @@ def register(app, rt, router) -> None:
 
     @router.on(Audit)
     def on_audit(rt_, cmd: Audit, body, respond):
-        entries = rt.store.audit_entries(env=cmd.env, limit=cmd.limit)
+        since = time.time() - cmd.since if cmd.since is not None else None
+        offset = (cmd.page - 1) * cmd.limit
+        entries = rt.store.audit_entries(env=cmd.env, limit=cmd.limit, since=since, actor=cmd.actor, offset=offset)
         entries = [e for e in entries if e.get("env") is None or not _hidden_env(rt, e["env"], body.get("channel_id"))]
-        respond(response_type="ephemeral", **audit_list(entries, cmd.env))
+        counts = rt.store.audit_counts(cmd.env, since=since, actor=cmd.actor)
+        total = sum(n for e, n in counts.items() if e is None or not _hidden_env(rt, e, body.get("channel_id")))
+        more = max(0, total - offset - len(entries))
+        filtered = cmd.since is not None or cmd.actor is not None or cmd.page > 1
+        respond(
+            response_type="ephemeral",
+            **audit_list(entries, cmd.env, more=more, next_page=audit_command(cmd, body), filtered=filtered),
+        )
 
     rt.scheduler.add_job(
         lambda: _housekeeping(rt, wf), "interval", seconds=10, id="pgs-requests-housekeeping", replace_existing=True

@@ -436,14 +436,41 @@ class StateStore:
         with self.tx() as c:
             c.execute(insert(audit), [{"at": now, **r} for r in rows])
 
-    def audit_entries(self, env: str | None = None, limit: int = 20, request_id: str | None = None) -> list[dict]:
-        stmt = select(audit).order_by(audit.c.id.desc()).limit(limit)
+    def audit_entries(
+        self,
+        env: str | None = None,
+        limit: int = 20,
+        request_id: str | None = None,
+        *,
+        since: float | None = None,
+        actor: str | None = None,
+        offset: int = 0,
+    ) -> list[dict]:
+        stmt = select(audit).order_by(audit.c.id.desc()).limit(limit).offset(offset)
         if env is not None:
             stmt = stmt.where(audit.c.env == env)
         if request_id is not None:
             stmt = stmt.where(audit.c.request_id == request_id)
+        if since is not None:
+            stmt = stmt.where(audit.c.at >= since)
+        if actor is not None:
+            stmt = stmt.where(audit.c.actor == actor)
         with self.read() as c:
             return [dict(r) for r in c.execute(stmt).mappings()]
+
+    def audit_counts(
+        self, env: str | None = None, *, since: float | None = None, actor: str | None = None
+    ) -> dict[str | None, int]:
+        """How many audit entries match, per environment (so hidden environments can be left out)."""
+        stmt = select(audit.c.env, func.count()).group_by(audit.c.env)
+        if env is not None:
+            stmt = stmt.where(audit.c.env == env)
+        if since is not None:
+            stmt = stmt.where(audit.c.at >= since)
+        if actor is not None:
+            stmt = stmt.where(audit.c.actor == actor)
+        with self.read() as c:
+            return {e: int(n) for e, n in c.execute(stmt)}
 
     def audit_count(self) -> int:
         with self.read() as c:
