@@ -161,14 +161,15 @@ def details_view(d: Details, kill_token: str | None, kill_disabled: str | None =
     ]
     blocks.append(section("*Client*\n" + " · ".join(client)))
     leader, workers = r.get("leader_pid"), list(r.get("worker_pids") or [])
-    if leader is not None and (leader != d.pid or workers):
-        if leader != d.pid:
-            others = [p for p in workers if p != d.pid]
-            text = f"*Parallel query* worker of leader pid {leader}" + (
-                f"; other workers: {', '.join(f'pid {p}' for p in others)}" if others else ""
-            )
-        else:
-            text = "*Parallel query* leader; workers: " + ", ".join(f"pid {p}" for p in workers)
+    text = ""
+    if leader is not None and leader != d.pid:
+        others = [p for p in workers if p != d.pid]
+        text = f"*Parallel query* worker of leader pid {leader}" + (
+            f"; other workers: {', '.join(f'pid {p}' for p in others)}" if others else ""
+        )
+    elif workers:
+        text = "*Parallel query* leader; workers: " + ", ".join(f"pid {p}" for p in workers)
+    if text:
         blocks.append(section(cut(text, SECTION_TEXT)))
     # xid / xmin
     xs = []
@@ -208,7 +209,7 @@ def details_view(d: Details, kill_token: str | None, kill_disabled: str | None =
     if d.waiting_total:
         lw = f", longest wait {format_duration(d.longest_wait)}" if d.longest_wait is not None else ""
         blocks.append(
-            section(f"*Blocks others*: {d.waiting_direct} wait directly, {d.waiting_total} in total{lw}")
+            section(f"*Blocks others*: {d.waiting_direct} waiting directly, {d.waiting_total} in total{lw}")
         )
     # signalling
     blocks.append(divider())

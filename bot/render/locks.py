@@ -57,7 +57,7 @@ def root_text(graph: LockGraph, t: Tree, query_chars: int) -> str:
             + (f" and {len(held) - 5} more" if len(held) > 5 else "")
         )
     lw = f" · longest wait *{format_duration(t.longest_wait)}*" if t.longest_wait is not None else ""
-    lines.append(f"*{t.direct} wait{'s' if t.direct == 1 else ''} directly, {t.total} in total*{lw}")
+    lines.append(f"*{t.direct} waiting directly, {t.total} in total*{lw}")
     return "\n".join(lines)
 
 
