@@ -393,3 +393,33 @@ def test_hostile_names_are_escaped_in_listing_details_and_locks(bot, sessions, p
         t = (b.get("text") or {}).get("text", "")
         if t.startswith("```"):
             assert t.count("```") == 2
+
+
+def test_terminate_from_the_details_modal_goes_through_approval_in_the_listing_channel(bot, sessions, pg):
+    c = sessions.open("modal_kill_app")
+    c.execute("BEGIN")
+    c.execute("SELECT 1")
+    pid = c.info.backend_pid
+    time.sleep(1.2)
+    msg = post_listing(bot, "test idle-tx --app modal_kill_app")
+    view = click_details(bot, msg, pid)
+    button = next(e for b in view["blocks"] if b["type"] == "actions" for e in b["elements"]
+                  if e["text"]["text"] == f"Terminate {pid}")
+    n_push = len(bot.fake.calls_for("views.push", ok=True))
+    assert bot.slack.block_action(button["action_id"], button["value"], user_id="U1", view=view).status == 200
+    pushed = wait_until(lambda: bot.fake.calls_for("views.push", ok=True)[n_push:], 10, "the request form")
+    form = pushed[0].params["view"]
+    form = json.loads(form) if isinstance(form, str) else form
+    assert json.loads(form["private_metadata"])["channel"] == "C1"
+    reply = bot.slack.view_submission("pgs_kill_request", private_metadata=form["private_metadata"],
+                                      state_values={"reason": {"reason": "seen in details"}}, user_id="U1")
+    assert reply.status == 200
+    approval = wait_until(lambda: next((m for m in bot.fake.messages_in("C1") if "asks to" in json.dumps(m.blocks)),
+                                       None), 10, "the approval request")
+    assert f"{pid}" in json.dumps(approval.blocks)
+    # a details token is not a kill token: a forged Cancel with it opens nothing
+    token = find_button(msg, f"Details {pid}")["value"]
+    n_open = len(bot.fake.calls_for("views.open"))
+    bot.slack.block_action(f"pgs_kill:terminate:{token}", token, message=msg)
+    time.sleep(0.5)
+    assert len(bot.fake.calls_for("views.open")) == n_open
