@@ -65,6 +65,10 @@ def test_waiter_with_two_blockers_counts_for_both_roots_and_cycle_gets_a_root():
     waits = {3: w(3, 1, 2)}
     forest = build_forest(waits)
     assert sorted(t.root for t in forest) == [1, 2] and all(t.total == 1 for t in forest)
+    graph = LockGraph("prod", "primary", {p: session(p) for p in (1, 2, 3)}, waits, read_at=NOW)
+    msg = render_locks(graph, forest, details_tokens={p: f"t{p}" for p in (1, 2, 3)}, kill_tokens={1: "k1", 2: "k2"})
+    ids = [e["action_id"] for b in msg["blocks"] if b["type"] == "actions" for e in b["elements"]]
+    assert len(ids) == len(set(ids)) and "pgs_details:t3" in ids  # drawn once although under two roots
     cycle = {5: w(5, 6), 6: w(6, 5), 7: w(7, 6)}
     forest = build_forest(cycle)
     assert len(forest) == 1 and forest[0].total == 2  # the other two of the cycle below its lowest pid

@@ -113,13 +113,15 @@ def render_locks(
     budget = MAX_BLOCKS - len(blocks) - 1
     lines_left = max_lines
     shown_roots = 0
+    drawn: set[int] = set()  # a waiter under two roots gets one Details button (action ids must be unique)
     for t in list(forest)[:max_roots]:
         part = [section(root_text(graph, t, query_chars))]
         if t.ddl_queues:
             part.append(section(ddl_text(t)))
         s = graph.sessions.get(t.root)
         if s is not None:
-            part += session_buttons(s, kill_tokens.get(t.root), kill_disabled, details_tokens.get(t.root))
+            root_details = details_tokens.get(t.root) if t.root not in drawn else None
+            part += session_buttons(s, kill_tokens.get(t.root), kill_disabled, root_details)
         tree_lines = t.lines()
         take = min(per_root, lines_left, len(tree_lines))
         body, shown = "", 0
@@ -133,7 +135,8 @@ def render_locks(
             body += f"\n_… and {len(tree_lines) - shown} more waiting behind pid {t.root}_"
         if body:
             part.append(section(body))
-        buttons = [details_button(pid, details_tokens[pid]) for _, pid in tree_lines[:shown] if pid in details_tokens]
+        pids = [p for p in dict.fromkeys(pid for _, pid in tree_lines[:shown]) if p in details_tokens and p != t.root]
+        buttons = [details_button(pid, details_tokens[pid]) for pid in pids if pid not in drawn]
         for i in range(0, len(buttons), 25):
             part.append(actions(None, *buttons[i : i + 25]))
         if len(part) > budget:
@@ -141,6 +144,7 @@ def render_locks(
         blocks += part
         budget -= len(part)
         lines_left -= shown
+        drawn |= {t.root, *pids}
         shown_roots += 1
         if lines_left <= 0:
             break
