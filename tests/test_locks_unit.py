@@ -179,3 +179,24 @@ def test_details_view_says_ended_or_reused_and_no_buttons_when_cannot():
     assert "cannot cancel or terminate pid 1: superuser session" in json.dumps(view)
     aborted = json.dumps(details_view(_details(state="idle in transaction (aborted)"), None))
     assert "*aborted*" in aborted
+
+
+def test_may_view_follows_the_channel_and_viewers_when_configured():
+    from types import SimpleNamespace
+
+    from bot.slack.details_handlers import may_view
+
+    def rt(channels=None, viewers=None):
+        access = SimpleNamespace(channels=channels)
+        if viewers is not None:
+            access.viewers = viewers
+        envs = {"prod": SimpleNamespace(access=access)}
+        directory = SimpleNamespace(allowed=lambda user, principals: "*" in principals or user in principals)
+        return SimpleNamespace(config=SimpleNamespace(env=envs.get), directory=directory)
+
+    assert may_view(rt(), "prod", "U1", "C1") is None
+    assert "can only be viewed in <#C9>" in may_view(rt(channels=["C9"]), "prod", "U1", "C1")
+    assert may_view(rt(channels=["C9"]), "prod", "U1", "C9") is None
+    assert "access.viewers" in may_view(rt(viewers=["U7"]), "prod", "U1", "C1")
+    assert may_view(rt(viewers=["U7"]), "prod", "U7", "C1") is None
+    assert "no longer configured" in may_view(rt(), "gone", "U1", "C1")
