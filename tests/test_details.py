@@ -423,3 +423,31 @@ def test_terminate_from_the_details_modal_goes_through_approval_in_the_listing_c
     bot.slack.block_action(f"pgs_kill:terminate:{token}", token, message=msg)
     time.sleep(0.5)
     assert len(bot.fake.calls_for("views.open")) == n_open
+
+
+def test_slow_read_opens_reading_view_at_once_then_updates_it(bot, sessions, pg):
+    c = sessions.open("slow_app")
+    c.execute("SELECT 1")
+    pid = c.info.backend_pid
+    time.sleep(1.2)
+    msg = post_listing(bot, "test idle --app slow_app")
+    button = find_button(msg, f"Details {pid}")
+    # the details query reads pg_roles: an ACCESS EXCLUSIVE lock on pg_authid makes it wait
+    locker = pg.primary.connect(autocommit=False)
+    locker.execute("LOCK TABLE pg_catalog.pg_authid IN ACCESS EXCLUSIVE MODE")
+    released = threading.Timer(2.0, locker.rollback)
+    try:
+        n_open = len(bot.fake.calls_for("views.open", ok=True))
+        t0 = time.time()
+        released.start()
+        bot.slack.block_action(button["action_id"], button["value"], user_id="U1", message=msg)
+        opened = wait_until(lambda: bot.fake.calls_for("views.open", ok=True)[n_open:], 5, "views.open")
+        assert opened[0].time - t0 < 1.0
+        assert "Reading pid" in json.dumps(opened[0].params["view"])
+        vid = opened[0].response["view"]["id"]
+        final = wait_until(lambda: bot.fake.calls_for("views.update", ok=True), 15, "views.update")
+        assert final[-1].params["view_id"] == vid
+        assert f"*pid {pid}*" in view_text(bot.fake.views[vid].view)
+    finally:
+        released.join()
+        locker.close()
