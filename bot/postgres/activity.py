@@ -54,7 +54,7 @@ def _session(row: dict, redact_queries: bool = False) -> Session:
         is_superuser=row["is_superuser"],
         cannot_signal=cannot_signal_reason(row),
         backend_xmin=row["backend_xmin"],
-        blocking_total=row.get("blocking_total") or 0,
+        blocking_total=row.get("blocking_total"),
         longest_wait_secs=row.get("longest_wait_secs"),
     )
 

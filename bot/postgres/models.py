@@ -73,7 +73,7 @@ class Session:
     is_superuser: bool = False
     cannot_signal: str | None = None
     backend_xmin: str | None = None
-    blocking_total: int = 0  # sessions waiting behind this one, directly or through others
+    blocking_total: int | None = None  # for a root blocker: all sessions waiting behind it, directly or not
     longest_wait_secs: float | None = None  # the longest lock wait among them
 
     @property

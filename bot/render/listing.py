@@ -42,7 +42,7 @@ def session_text(s: Session, query_chars: int = 300) -> str:
         state.append("*blocked by* " + ", ".join(f"pid {p}" for p in s.blocked_by))
     if s.blocking_count:
         blocks = f"*blocks {s.blocking_count} session{'s' if s.blocking_count != 1 else ''}*"
-        blocks += f" directly, {max(s.blocking_total, s.blocking_count)} in total"
+        blocks += " directly" + (f", {s.blocking_total} in total" if s.blocking_total is not None else "")
         if s.longest_wait_secs is not None:
             blocks += f", longest wait {format_duration(s.longest_wait_secs)}"
         state.append(blocks)
