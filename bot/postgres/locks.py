@@ -164,9 +164,12 @@ class LockGraph:
 def edges(waits: Mapping[int, Waiter]) -> dict[int, list[int]]:
     """blocker pid -> the pids it blocks directly (in pid order)."""
     out: dict[int, list[int]] = {}
-    for w in sorted(waits.values(), key=lambda w: w.pid):
-        for b in dict.fromkeys(w.blocked_by):
-            out.setdefault(b, []).append(w.pid)
+    for pid in sorted(waits):
+        for b in set(waits[pid].blocked_by):
+            if b in out:
+                out[b].append(pid)
+            else:
+                out[b] = [pid]
     return out
 
 

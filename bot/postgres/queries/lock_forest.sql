@@ -36,6 +36,9 @@ held AS (
       JOIN w ON w.pid = wl.pid
       JOIN lk h ON h.k = wl.k AND h.granted AND h.pid = ANY (w.blocked_by)
 ),
+bc AS (
+    SELECT b.pid, count(*)::int AS n FROM w, unnest(w.blocked_by) AS b(pid) GROUP BY b.pid
+),
 involved AS (
     SELECT pid FROM w WHERE cardinality(blocked_by) > 0
     UNION
@@ -50,7 +53,7 @@ SELECT a.pid, a.usesysid, a.backend_start, a.backend_type, a.usename, a.datname,
        host(a.client_addr) AS client_addr, a.client_port, a.state, a.wait_event_type, a.wait_event,
        left(a.query, %(query_chars)s) AS query,
        coalesce(w.blocked_by, '{}'::int[]) AS blocked_by,
-       (SELECT count(*) FROM w w2 WHERE a.pid = ANY (w2.blocked_by))::int AS blocking_count,
+       coalesce(bc.n, 0) AS blocking_count,
        coalesce(cardinality(w.blocked_by) > 0, false) AS is_blocked,
        a.state = 'active' AND w.pid IS NULL AS is_long_running,
        coalesce(a.state LIKE 'idle in transaction%%', false) AS is_idle_tx,
@@ -89,6 +92,7 @@ SELECT a.pid, a.usesysid, a.backend_start, a.backend_type, a.usename, a.datname,
   JOIN pg_stat_activity a ON a.pid = i.pid
   CROSS JOIN me
   LEFT JOIN w ON w.pid = a.pid
+  LEFT JOIN bc ON bc.pid = a.pid
   LEFT JOIN wl ON wl.pid = a.pid
   LEFT JOIN pg_roles r ON r.oid = a.usesysid
  WHERE a.pid <> me.pid
