@@ -451,3 +451,17 @@ def test_slow_read_opens_reading_view_at_once_then_updates_it(bot, sessions, pg)
     finally:
         released.join()
         locker.close()
+
+
+def test_relation_of_another_database_is_named_in_the_sessions_own_database(bot, sessions, pg):
+    pg.primary.sql("CREATE TABLE IF NOT EXISTS t_elsewhere (id int)")  # in the admin database, not appdb
+    pg.primary.sql("GRANT SELECT ON t_elsewhere TO app_user")
+    c = pg.primary.connect(user="app_user", dbname=pg.primary.admin_dbname, autocommit=True,
+                           application_name="elsewhere_app")
+    sessions.conns.append(c)
+    c.execute("BEGIN")
+    c.execute("SELECT * FROM t_elsewhere")
+    time.sleep(1.2)
+    msg = post_listing(bot, "test idle-tx --app elsewhere_app")
+    text = view_text(click_details(bot, msg, c.info.backend_pid))
+    assert "`AccessShareLock` on relation public.t_elsewhere" in text

@@ -7,16 +7,21 @@ such, never shown as if it were the session clicked.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+import math
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+import psycopg
 from psycopg.rows import dict_row
 
 from bot.postgres.locks import LockGraph, LockObject, LockRef, behind, blocker_levels, graph_from_rows
 from bot.postgres.models import Session, cannot_signal_reason
-from bot.postgres.pools import Databases
+from bot.postgres.pools import APPLICATION_NAME, Databases
 from bot.postgres.redact import redact
 from bot.postgres.sql import query
+
+log = logging.getLogger(__name__)
 
 QUERY_CHARS = 12000  # more than four code blocks of a modal hold
 LOCK_LIMIT = 60
@@ -82,6 +87,7 @@ def read_details(
         LockRef(r["mode"], r["granted"], LockObject.from_row(r) or LockObject(r["locktype"]), r["wait_secs"])
         for r in lock_rows
     )
+    locks = _names_in_own_database(dbs, env, host, row.get("datname"), locks)
     direct, total, longest = behind(graph.waits, pid)
     flags = {
         "blocked_by": list(graph.waits[pid].blocked_by) if pid in graph.waits else [],
@@ -109,4 +115,37 @@ def read_details(
         cannot_signal=why_not_signal(row),
         read_at=row["read_at"],
         graph=graph,
+    )
+
+
+def _names_in_own_database(
+    dbs: Databases, env: str, host: str, datname: str | None, locks: tuple[LockRef, ...]
+) -> tuple[LockRef, ...]:
+    """Name the relations of the session's own database that the bot's database cannot name.
+
+    One short connection to that database (same server, same role, the environment's connect and
+    statement timeouts); if it fails, the locks keep saying "name not readable"."""
+    oids = sorted({x.obj.relation for x in locks if x.obj.relation and not x.obj.rel_name and x.obj.lock_db == datname})
+    if not oids or not datname:
+        return locks
+    environment = dbs.config.environments[env]
+    ct, st = environment.timeouts.connect, environment.timeouts.statement
+    try:
+        with psycopg.connect(
+            environment.hosts()[host],
+            dbname=datname,
+            connect_timeout=max(2, math.ceil(ct)),
+            application_name=APPLICATION_NAME,
+            autocommit=True,
+            options=f"-c statement_timeout={int(st * 1000)}",
+        ) as conn:
+            names = {int(oid): name for oid, name in conn.execute(query("details_relnames"), {"oids": oids}).fetchall()}
+    except psycopg.Error as exc:
+        log.info("relation names in database %s of %s/%s not read: %s", datname, env, host, type(exc).__name__)
+        return locks
+    return tuple(
+        replace(x, obj=replace(x.obj, rel_name=names[x.obj.relation]))
+        if x.obj.relation in names and not x.obj.rel_name and x.obj.lock_db == datname
+        else x
+        for x in locks
     )
