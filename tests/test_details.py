@@ -465,3 +465,30 @@ def test_relation_of_another_database_is_named_in_the_sessions_own_database(bot,
     msg = post_listing(bot, "test idle-tx --app elsewhere_app")
     text = view_text(click_details(bot, msg, c.info.backend_pid))
     assert "`AccessShareLock` on relation public.t_elsewhere" in text
+
+
+def test_standby_locks_show_replay_as_the_root_that_cannot_be_signalled(bot, sessions, pg):
+    pg.primary.sql("CREATE TABLE IF NOT EXISTS t_replay_lock (id int)", user="app_user", dbname="appdb")
+    time.sleep(0.5)
+    locker = sessions.open("replay_locker")
+    locker.execute("BEGIN")
+    locker.execute("LOCK TABLE t_replay_lock IN ACCESS EXCLUSIVE MODE")
+    pg.primary.sql("SELECT pg_switch_wal()")  # the lock's WAL record, not followed by a commit, must be sent
+    startup = wait_until(lambda: pg.standby.sql(
+        "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+        "WHERE a.backend_type = 'startup' AND l.mode = 'AccessExclusiveLock' AND l.granted "
+        "AND l.relation = (SELECT oid FROM pg_class WHERE relname = 't_replay_lock')", dbname="appdb"),
+        15, "the lock replayed on the standby")[0][0]
+    reader = sessions.open("standby_reader", node=pg.standby)
+    sessions.background(reader, "SELECT count(*) FROM t_replay_lock")
+    wait_until(lambda: waiting(pg, reader.info.backend_pid, node=pg.standby), 10, "the reader waits")
+    blockers = pg.standby.sql("SELECT pg_blocking_pids(%s)", (reader.info.backend_pid,))[0][0]
+    assert blockers == [startup]
+    msg = post_listing(bot, "test replica1 locks")
+    tree = _tree(msg)
+    assert tree[startup] is None and tree[reader.info.backend_pid] == startup
+    text = json.dumps(msg.blocks)
+    assert f"pid {startup} cannot be signalled from chat: it is a startup, not a client session" in text
+    labels = {e["text"]["text"] for b in msg.blocks if b["type"] == "actions" for e in b["elements"]}
+    assert f"Terminate {startup}" not in labels and f"Details {reader.info.backend_pid}" in labels
+    locker.execute("ROLLBACK")

@@ -200,3 +200,13 @@ def test_may_view_follows_the_channel_and_viewers_when_configured():
     assert "access.viewers" in may_view(rt(viewers=["U7"]), "prod", "U1", "C1")
     assert may_view(rt(viewers=["U7"]), "prod", "U7", "C1") is None
     assert "no longer configured" in may_view(rt(), "gone", "U1", "C1")
+
+
+def test_replay_waiting_for_a_lock_on_a_standby_is_said():
+    startup = session(99, app="", query="")
+    startup = Session(**{**{f: getattr(startup, f) for f in Session.__slots__},
+                         "wait_event_type": "Lock", "wait_event": "relation", "state": None})
+    graph = LockGraph("prod", "replica1", {99: startup}, {}, backend_types={99: "startup"}, read_at=NOW)
+    msg = render_locks(graph, build_forest(graph.waits))
+    assert msg["text"] == "No session waits for a lock on prod / replica1 (standby), but replay does."
+    assert "/pgsessions prod lag" in json.dumps(msg)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from psycopg.rows import dict_row
@@ -298,8 +298,15 @@ def graph_from_rows(env: str, host: str, rows: list[dict], redact_queries: bool 
     read_at = None
     for row in rows:
         pid = row["pid"]
-        sessions[pid] = _session(row, redact_queries)
-        types[pid] = row.get("backend_type") or ""
+        session = _session(row, redact_queries)
+        kind = row.get("backend_type") or ""
+        if kind != "client backend" and session.cannot_signal is None:
+            session = replace(
+                session, cannot_signal=f"it is a {kind or 'server process'}, not a client session"
+                + (" (replay on the standby)" if kind == "startup" else "")
+            )
+        sessions[pid] = session
+        types[pid] = kind
         read_at = row.get("read_at") or read_at
         if row["blocked_by"]:
             obj = LockObject.from_row(row, "want_")

@@ -73,6 +73,18 @@ def waiter_line(graph: LockGraph, depth: int, pid: int) -> str:
     return line
 
 
+def replay_note(graph: LockGraph) -> str:
+    """On a standby: the startup process waiting for a lock (pg_blocking_pids() names nobody for it)."""
+    for pid, kind in graph.backend_types.items():
+        s = graph.sessions.get(pid)
+        if kind == "startup" and s is not None and s.wait_event_type == "Lock":
+            return (
+                f"Replay (the startup process, pid {pid}) waits for a lock ({esc(s.wait_event or '?')}): "
+                f"`/pgsessions {esc(graph.env)} lag` names the standby session that holds it."
+            )
+    return ""
+
+
 def ddl_text(t: Tree) -> str:
     parts = []
     for q in t.ddl_queues:
@@ -100,8 +112,13 @@ def render_locks(
     details_tokens = details_tokens or {}
     title = f"Lock waits on {where(graph.env, graph.host)}"
     n_wait = sum(1 for w in graph.waits.values() if w.blocked_by)
+    replay = replay_note(graph)
     if not forest:
         text = f"Nothing waits for a lock on {where(graph.env, graph.host)}."
+        if replay:
+            text = f"No session waits for a lock on {where(graph.env, graph.host)}, but replay does."
+            return message(text, [section(":warning: " + esc(text) + "\n" + replay),
+                                  context(f"Read {slack_time(graph.read_at)}")])
         return message(text, [section(":white_check_mark: " + esc(text)), context(f"Read {slack_time(graph.read_at)}")])
     blocks: list[dict] = [
         header(title),
@@ -110,6 +127,8 @@ def render_locks(
             f"{'s' if len(forest) != 1 else ''}, worst first · read {slack_time(graph.read_at)}"
         ),
     ]
+    if replay:
+        blocks.append(section(":warning: " + replay))
     budget = MAX_BLOCKS - len(blocks) - 1
     lines_left = max_lines
     shown_roots = 0

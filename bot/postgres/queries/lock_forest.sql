@@ -43,6 +43,9 @@ involved AS (
     SELECT pid FROM w WHERE cardinality(blocked_by) > 0
     UNION
     SELECT unnest(blocked_by) FROM w
+    UNION
+    -- on a standby, replay waiting for a lock: pg_blocking_pids() names nobody for it
+    SELECT a.pid FROM pg_stat_activity a WHERE a.backend_type = 'startup' AND a.wait_event_type = 'Lock'
 ),
 named AS (
     SELECT c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS name
