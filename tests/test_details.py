@@ -492,3 +492,26 @@ def test_standby_locks_show_replay_as_the_root_that_cannot_be_signalled(bot, ses
     labels = {e["text"]["text"] for b in msg.blocks if b["type"] == "actions" for e in b["elements"]}
     assert f"Terminate {startup}" not in labels and f"Details {reader.info.backend_pid}" in labels
     locker.execute("ROLLBACK")
+
+
+def test_hostile_role_and_database_names_are_escaped_in_details(bot, sessions, pg):
+    from psycopg import sql as pgsql
+
+    role, db = "<!channel> *role* `r`", "<!here> _db_ ```"
+    if not pg.primary.sql("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)):
+        pg.primary.sql(pgsql.SQL("CREATE ROLE {} LOGIN").format(pgsql.Identifier(role)))
+    if not pg.primary.sql("SELECT 1 FROM pg_database WHERE datname = %s", (db,)):
+        pg.primary.sql(pgsql.SQL("CREATE DATABASE {} OWNER {}").format(pgsql.Identifier(db), pgsql.Identifier(role)))
+    c = pg.primary.connect(user=role, dbname=db, autocommit=True, application_name=HOSTILE)
+    sessions.conns.append(c)
+    c.execute("CREATE TABLE IF NOT EXISTS \"<!everyone> *t*\" (id int)")
+    c.execute("BEGIN")
+    c.execute("LOCK TABLE \"<!everyone> *t*\" IN SHARE MODE")
+    time.sleep(1.2)
+    msg = post_listing(bot, "test idle-tx --min 0s")
+    view = click_details(bot, msg, c.info.backend_pid)
+    text = view_text(view)
+    for raw in ("<!channel>", "<!here>", "<!everyone>"):
+        assert raw not in text and raw not in json.dumps(msg.blocks)
+    assert "&lt;!channel&gt; *role*" in text and "&lt;!here&gt; _db_" in text
+    assert "&lt;!everyone&gt;" in text  # the relation, named in the session's own database
