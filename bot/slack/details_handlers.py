@@ -35,7 +35,7 @@ ANY_DETAILS_ACTION = re.compile(rf"^{DETAILS_PREFIX}:")
 MODAL_KILL_ACTION = re.compile(rf"^{MODAL_KILL_PREFIX}:(cancel|terminate):([A-Za-z0-9_-]{{1,64}})$")
 ANY_MODAL_KILL_ACTION = re.compile(rf"^{MODAL_KILL_PREFIX}:")
 FAST_READ = 0.5  # seconds: beyond this the "Reading…" modal opens first (views.open well within 1 s)
-_reads = ThreadPoolExecutor(max_workers=8, thread_name_prefix="pgs-details")
+_reads = ThreadPoolExecutor(max_workers=32, thread_name_prefix="pgs-details")  # as many as listeners
 
 
 def may_view(rt, env: str, user: str, channel: str | None) -> str | None:
