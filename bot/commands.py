@@ -23,6 +23,7 @@ USAGE = """\
 • filters, combinable: `active` `idle` `idle-tx` `blocked` `--min 10m` `--app NAME` `--user NAME` `--db NAME`
 • `/pgsessions <env> idle --app NAME [--older 10m] [--user NAME]`: an application's idle sessions, with *Terminate these N*
 • `/pgsessions <env> lag`: replay lag of every standby
+• `/pgsessions <env> [standby] locks`: who waits for whom, root blockers first (the lock tree)
 • `/pgsessions <env> clear-db DBNAME`: who is connected to a database, with *Terminate all* for maintenance
 • `/pgsessions pending`: open kill requests · `/pgsessions audit <env>`: the latest decisions \
 (`--since 1h`, `--user U0123ABCD`, `--page 2` for older ones)
@@ -72,6 +73,12 @@ class ShowLag:
 
 
 @dataclass(frozen=True)
+class ShowLocks:
+    env: str
+    host: str = "primary"
+
+
+@dataclass(frozen=True)
 class Audit:
     env: str | None
     limit: int = 15
@@ -92,7 +99,7 @@ class ClearDb:
     host: str = "primary"
 
 
-Command = Help | ListSessions | ShowLag | Audit | Pending | ClearDb
+Command = Help | ListSessions | ShowLag | ShowLocks | Audit | Pending | ClearDb
 
 
 def _tokens(text: str) -> list[str]:
@@ -212,6 +219,8 @@ def parse(text: str, config: Config) -> Command:
                 f"Write `/pgsessions {env} clear-db DBNAME` with exactly one database name.", False
             )
         return ClearDb(env, rest[1])
+    if rest and rest[0] == "locks":
+        return _locks(env, host, rest)
     if rest and not rest[0].startswith("-") and rest[0] not in CATEGORY_WORDS:
         name = rest[0]
         if name in environment.standbys or name == "primary":
@@ -222,7 +231,16 @@ def parse(text: str, config: Config) -> Command:
             raise CommandError(
                 f"`{env}` has no standby or filter called `{name}`. Standbys of `{env}`: {standbys}."
             )
+    if rest and rest[0] == "locks":
+        return _locks(env, host, rest)
     return ListSessions(env, host, parse_filters(rest))
+
+
+def _locks(env: str, host: str, rest: list[str]) -> ShowLocks:
+    if len(rest) > 1:
+        where = env if host == "primary" else f"{env} {host}"
+        raise CommandError(f"`{where} locks` takes no more words (got `{' '.join(rest[1:])}`).")
+    return ShowLocks(env, host)
 
 
 def parse_filters(words: list[str]) -> Filters:

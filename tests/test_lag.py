@@ -201,7 +201,7 @@ def test_lock_conflict_alert_names_the_culprit_and_resolves_after_an_approved_te
         assert "max_standby_streaming_delay = -1" in body
         assert "received, not yet replayed" in body and "Behind since" in body
         labels = [b["text"]["text"] for b in action_buttons(msg)]
-        assert labels == [f"Terminate {pid}"], labels  # idle in transaction: Terminate only
+        assert labels == [f"Terminate {pid}", f"Details {pid}"], labels  # idle in transaction: Terminate only
         token = action_buttons(msg)[0]["value"]
         target = bot.rt.store.get_target(token)
         assert target["env"] == "prod" and target["host"] == "replica1" and target["payload"]["pid"] == pid
@@ -427,9 +427,19 @@ def test_lag_command_shows_every_standby(pair, fake):
         text = json.dumps(posted["blocks"])
         assert "lock conflict" in text and f"*pid {holder.info.backend_pid}*" in text
         buttons = [el for b in posted["blocks"] if b["type"] == "actions" for el in b["elements"]]
-        assert [b["text"]["text"] for b in buttons] == [f"Terminate {holder.info.backend_pid}"]
+        hpid = holder.info.backend_pid
+        assert [b["text"]["text"] for b in buttons] == [f"Terminate {hpid}", f"Details {hpid}"]
         target = bot.rt.store.get_target(buttons[0]["value"])
         assert target["host"] == "replica1" and target["channel"] == "C1"
+        # Details of the culprit, read on the standby at the click
+        reply = bot.slack.block_action(buttons[1]["action_id"], buttons[1]["value"], user_id="U1", message=posted)
+        assert reply.status == 200
+        opened = fake.wait_for("views.open", ok=True)
+        vid = opened.response["view"]["id"]
+        detail = wait_until("the details view", lambda: (lambda t: t if "Reading pid" not in t else None)(
+            json.dumps(fake.views[vid].view["blocks"])), 10)
+        assert f"*pid {hpid}*" in detail and "`prod` / `replica1` (standby)" in detail
+        assert "idle in transaction" in detail and "AccessShareLock" in detail
         assert "pgsessions_bot" not in posted["text"] and "port=" not in text
         holder.close()
         fake.assert_clean()

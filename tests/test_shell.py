@@ -311,9 +311,9 @@ def test_listing_help_and_mistakes_through_a_script(pg, backends, tmp_path):
     assert [p.removeprefix("alice in #shell> ") for p in prompts] == script.splitlines()
     first, second = out.split(f"alice in #shell> test idle-tx --app shell-idletx-{tag}")
     assert "== Sessions on test ==" in first
-    assert f"[1] Cancel {slow}   [2] Terminate {slow}" in first
+    assert f"[1] Cancel {slow}   [2] Terminate {slow}   [3] Details {slow}" in first
     assert "`SELECT pg_sleep(600)`" in first and f"app `shell-slow-{tag}`" in first
-    assert f"[3] Terminate {idle_tx}" in second and f"Cancel {idle_tx}" not in second
+    assert f"[4] Terminate {idle_tx}" in second and f"Cancel {idle_tx}" not in second
     assert "only Terminate ends it" in second
     assert "Unknown environment `nosuchenv`" in second and "only visible to you" in second
     assert "click N" in second  # the shell's help

@@ -38,3 +38,15 @@ def issue_session_tokens(
     chosen = [s for s in sessions if not s.cannot_signal]
     tokens = store.put_targets("session", env, host, channel, user, [session_snapshot(s) for s in chosen])
     return {s.pid: t for s, t in zip(chosen, tokens, strict=True)}
+
+
+def issue_details_tokens(
+    store: StateStore, env: str, host: str, sessions: Iterable[Session], channel: str | None, user: str | None
+) -> dict[int, str]:
+    """Tokens for the Details button of every session shown (signalable or not); kind ``details``.
+
+    A details token only lets its holder read the session it names (pid + backend_start); the kill
+    workflow refuses it for Cancel/Terminate (it is not a ``session`` target)."""
+    chosen = list({s.pid: s for s in sessions}.values())
+    tokens = store.put_targets("details", env, host, channel, user, [session_snapshot(s) for s in chosen])
+    return {s.pid: t for s, t in zip(chosen, tokens, strict=True)}

@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
 from slack_sdk.errors import SlackApiError
 
-from bot.approval.targets import issue_session_tokens
+from bot.approval.targets import issue_details_tokens, issue_session_tokens
 from bot.config import Environment, LagAlert
 from bot.durations import format_duration
 from bot.lagwatch.detect import measure_standby, primary_views
@@ -349,9 +349,29 @@ class LagWatcher:
                     known[f"channel:{c.key}"] = channel
         return tokens, known
 
+    def _details_tokens(self, m: StandbyLag, channel: str, known: dict) -> dict[int, str]:
+        """Details tokens for the sessions shown (signalable or not), reused across updates; kept in ``known``."""
+        out: dict[int, str] = {}
+        fresh: list[Culprit] = []
+        for c in m.holding_back[: render.MAX_CULPRITS_SHOWN]:
+            tok = known.get(f"details:{c.key}")
+            target = self.rt.store.get_target(tok) if tok else None
+            if target is not None and target["channel"] == channel:
+                out[c.session.pid] = tok
+            else:
+                fresh.append(c)
+        if fresh:
+            issued = issue_details_tokens(self.rt.store, m.env, m.host, [c.session for c in fresh], channel, None)
+            for c in fresh:
+                out[c.session.pid] = known[f"details:{c.key}"] = issued[c.session.pid]
+        return out
+
     def _alert_message(self, inc: Incident, m: StandbyLag, alert: LagAlert, channel: str | None) -> tuple[dict, dict]:
         environment = self.envs[m.env]
         tokens, known = self._tokens(inc, m, channel) if channel else ({}, dict(inc.payload.get("tokens") or {}))
+        if channel and not known:  # signalling is off: keep the Details tokens issued earlier
+            known = {k: v for k, v in (inc.payload.get("tokens") or {}).items() if k.startswith("details:")}
+        details = self._details_tokens(m, channel, known) if channel else {}
         msg = render.render_lag_alert(
             m,
             alert,
@@ -360,6 +380,7 @@ class LagWatcher:
             kill_disabled=kill_disabled_reason(environment, m.env),
             query_chars=environment.listing.query_chars,
             reminder_every=alert.remind_every,
+            details_tokens=details,
         )
         return msg, known
 

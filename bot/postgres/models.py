@@ -81,6 +81,8 @@ class Session:
     is_superuser: bool = False
     cannot_signal: str | None = None
     backend_xmin: str | None = None
+    blocking_total: int | None = None  # for a root blocker: all sessions waiting behind it, directly or not
+    longest_wait_secs: float | None = None  # the longest lock wait among them
 
     @property
     def category(self) -> Category:
@@ -158,6 +160,7 @@ class Listing:
     sessions: tuple[Session, ...]
     filters: Filters = field(default_factory=Filters)
     thresholds: dict[str, float] = field(default_factory=dict)
+    read_at: datetime | None = None  # when pg_stat_activity was read
 
     def counts(self) -> dict[Category, int]:
         out = {c: 0 for c in Category}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from bot.approval.targets import issue_session_tokens
+from bot.approval.targets import issue_details_tokens, issue_session_tokens
 from bot.commands import ShowLag
 from bot.lagwatch import install, measure_env
 from bot.lagwatch.model import StandbyLag, Unreachable
@@ -46,6 +46,12 @@ def handle_lag(rt, cmd: ShowLag, body: dict, respond) -> None:
                 sessions = [c.session for c in r.holding_back[:MAX_CULPRITS_SHOWN]]
                 for pid, tok in issue_session_tokens(rt.store, cmd.env, r.host, sessions, channel, user).items():
                     tokens[(r.host, pid)] = tok
+    details: dict[tuple[str, int], str] = {}
+    for r in results:
+        if isinstance(r, StandbyLag) and r.behind and r.holding_back:
+            sessions = [c.session for c in r.holding_back[:MAX_CULPRITS_SHOWN]]
+            for pid, tok in issue_details_tokens(rt.store, cmd.env, r.host, sessions, channel, user).items():
+                details[(r.host, pid)] = tok
     msg = render_lag_listing(
         cmd.env,
         results,
@@ -54,6 +60,7 @@ def handle_lag(rt, cmd: ShowLag, body: dict, respond) -> None:
         kill_disabled=disabled,
         query_chars=environment.listing.query_chars,
         primary_error=primary_error,
+        details_tokens=details,
     )
     post_message(rt, channel, msg, respond)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from bot.approval.targets import issue_session_tokens
+from bot.approval.targets import issue_details_tokens, issue_session_tokens
 from bot.commands import ListSessions
 from bot.postgres.activity import list_sessions
 from bot.postgres.pools import DatabaseUnavailable
@@ -43,11 +43,13 @@ def handle_list(rt, cmd: ListSessions, body: dict, respond) -> None:
     tokens = {}
     if disabled is None:
         tokens = issue_session_tokens(rt.store, cmd.env, cmd.host, listing.sessions[:limit], channel, user)
+    details_tokens = issue_details_tokens(rt.store, cmd.env, cmd.host, listing.sessions[:limit], channel, user)
     msg = render_listing(
         listing,
         max_sessions=limit,
         query_chars=environment.listing.query_chars,
         tokens=tokens,
+        details_tokens=details_tokens,
         kill_disabled=disabled,
         extra_blocks=extra_listing_blocks(rt, cmd, listing, body),
     )
