@@ -8,16 +8,15 @@ such, never shown as if it were the session clicked.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-import psycopg
 from psycopg.rows import dict_row
 
+from bot.postgres import relnames
 from bot.postgres.locks import LockGraph, LockObject, LockRef, behind, blocker_levels, graph_from_rows
 from bot.postgres.models import Session, cannot_signal_reason
-from bot.postgres.pools import APPLICATION_NAME, Databases
+from bot.postgres.pools import Databases
 from bot.postgres.redact import redact
 from bot.postgres.sql import query
 
@@ -123,26 +122,13 @@ def _names_in_own_database(
 ) -> tuple[LockRef, ...]:
     """Name the relations of the session's own database that the bot's database cannot name.
 
-    One short connection to that database (same server, same role, the environment's connect and
-    statement timeouts); if it fails, the locks keep saying "name not readable"."""
+    Through :func:`bot.postgres.relnames.resolve` (one bounded, cached connection to that database);
+    what it cannot name keeps saying "name not readable"."""
     oids = sorted({x.obj.relation for x in locks if x.obj.relation and not x.obj.rel_name and x.obj.lock_db == datname})
     if not oids or not datname:
         return locks
-    environment = dbs.config.environments[env]
-    ct, st = environment.timeouts.connect, environment.timeouts.statement
-    try:
-        with psycopg.connect(
-            environment.hosts()[host],
-            dbname=datname,
-            connect_timeout=max(2, math.ceil(ct)),
-            application_name=APPLICATION_NAME,
-            autocommit=True,
-            options=f"-c statement_timeout={int(st * 1000)}",
-        ) as conn:
-            names = {int(oid): name for oid, name in conn.execute(query("details_relnames"), {"oids": oids}).fetchall()}
-    except psycopg.Error as exc:
-        log.info("relation names in database %s of %s/%s not read: %s", datname, env, host, type(exc).__name__)
-        return locks
+    resolved = relnames.resolve(dbs.config, env, host, [(datname, oid) for oid in oids])
+    names = {oid: name for (_, oid), name in resolved.items() if name != relnames.unreadable(oid, datname)}
     return tuple(
         replace(x, obj=replace(x.obj, rel_name=names[x.obj.relation]))
         if x.obj.relation in names and not x.obj.rel_name and x.obj.lock_db == datname

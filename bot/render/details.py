@@ -17,6 +17,7 @@ from bot.render.common import (
     SECTION_TEXT,
     actions,
     button,
+    code,
     context,
     cut,
     divider,
@@ -39,7 +40,7 @@ def modal_kill_action_id(action: str, token: str) -> str:
 
 
 def where(env: str, host: str) -> str:
-    return f"`{esc(env)}`" if host == "primary" else f"`{esc(env)}` / `{esc(host)}` (standby)"
+    return f"{code(env)}" if host == "primary" else f"{code(env)} / {code(host)} (standby)"
 
 
 def _view(title: str, blocks: list[dict]) -> dict:
@@ -64,7 +65,8 @@ def message_view(pid: int, text: str) -> dict:
 
 def _code_chunks(text: str, max_blocks: int = QUERY_BLOCKS) -> tuple[list[str], int]:
     """The query text as code-block sections (fences made harmless), and how many characters were cut."""
-    safe = esc(text).replace("```", "ˋˋˋ")
+    # line by line: the query keeps its line breaks; every other control character shows as a sign
+    safe = "\n".join(esc(line, in_code=True) for line in text.split("\n"))
     chunks = [safe[i : i + CHUNK] for i in range(0, len(safe), CHUNK)] or [""]
     shown = chunks[:max_blocks]
     cut_chars = sum(len(c) for c in chunks[max_blocks:])
@@ -80,7 +82,7 @@ def when(ts: datetime | None, secs: float | None) -> str:
 def lock_line(ref: LockRef) -> str:
     mark = "held" if ref.granted else "*waiting*"
     waited = f" for {format_duration(ref.wait_secs)}" if not ref.granted and ref.wait_secs is not None else ""
-    return f"• {mark}{waited}: `{esc(ref.mode)}` on {esc(ref.obj.describe())}"
+    return f"• {mark}{waited}: {code(ref.mode)} on {esc(ref.obj.describe())}"
 
 
 def _lines_section(title: str, lines: list[str], total: int | None = None) -> dict:
@@ -103,7 +105,7 @@ def pid_word(d: Details, pid: int) -> str:
     s = d.graph.sessions.get(pid) if d.graph else None
     if s is None:
         return f"pid {pid}" + (" (a prepared transaction)" if pid == 0 else "")
-    app = f" `{esc(s.application)}`" if s.application else ""
+    app = f" {code(s.application)}" if s.application else ""
     return f"pid {pid}{app} ({esc(s.state or '?')})"
 
 
@@ -126,7 +128,7 @@ def details_view(d: Details, kill_token: str | None, kill_disabled: str | None =
     blocks.append(
         section(
             f"*pid {d.pid}* on {where(d.env, d.host)} · {esc(r.get('backend_type') or '?')}\n"
-            f"state `{esc(state)}`{aborted}"
+            f"state {code(state)}{aborted}"
         )
     )
     blocks.append(context(f"Read {slack_time(d.read_at)}"))
@@ -152,12 +154,12 @@ def details_view(d: Details, kill_token: str | None, kill_disabled: str | None =
         blocks.append(section(f"*Waits on* `{ev}`" + (f": {m}" if m else "")))
     # client
     client = [
-        f"address {('`' + esc(r['client_addr']) + '`') if r.get('client_addr') else 'local socket'}",
-        f"host {('`' + esc(r['client_hostname']) + '`') if r.get('client_hostname') else '–'}",
+        f"address {code(r['client_addr']) if r.get('client_addr') else 'local socket'}",
+        f"host {code(r['client_hostname']) if r.get('client_hostname') else '–'}",
         f"port {r['client_port'] if r.get('client_port') is not None else '–'}",
-        f"app {('`' + esc(r['application_name']) + '`') if r.get('application_name') else '–'}",
-        f"user {('`' + esc(r['usename']) + '`') if r.get('usename') else '–'}",
-        f"db {('`' + esc(r['datname']) + '`') if r.get('datname') else '–'}",
+        f"app {code(r['application_name']) if r.get('application_name') else '–'}",
+        f"user {code(r['usename']) if r.get('usename') else '–'}",
+        f"db {code(r['datname']) if r.get('datname') else '–'}",
     ]
     blocks.append(section("*Client*\n" + " · ".join(client)))
     leader, workers = r.get("leader_pid"), list(r.get("worker_pids") or [])
@@ -174,10 +176,10 @@ def details_view(d: Details, kill_token: str | None, kill_disabled: str | None =
     # xid / xmin
     xs = []
     if r.get("backend_xid"):
-        xs.append(f"backend_xid `{esc(r['backend_xid'])}` ({r.get('xid_age')} transactions old)")
+        xs.append(f"backend_xid {code(r['backend_xid'])} ({r.get('xid_age')} transactions old)")
     if r.get("backend_xmin"):
         xs.append(
-            f"backend_xmin `{esc(r['backend_xmin'])}` ({r.get('xmin_age')} transactions old): vacuum cannot remove rows "
+            f"backend_xmin {code(r['backend_xmin'])} ({r.get('xmin_age')} transactions old): vacuum cannot remove rows "
             "deleted after it"
         )
     blocks.append(section("*Transaction ids*\n" + ("\n".join(xs) if xs else "no xid and no snapshot held")))

@@ -12,6 +12,7 @@ from bot.render.common import (
     MAX_BLOCKS,
     SECTION_TEXT,
     actions,
+    code,
     context,
     esc,
     fold_query,
@@ -36,8 +37,8 @@ def who(s: Session | None, pid: int) -> str:
         return f"*pid {pid}*" + (" (a prepared transaction)" if pid == 0 else " (no longer visible)")
     parts = [f"*pid {pid}*"]
     if s.application:
-        parts.append(f"app `{esc(s.application)}`")
-    parts.append(f"`{esc(s.user or '?')}`@`{esc(s.database or '?')}`")
+        parts.append(f"app {code(s.application)}")
+    parts.append(f"{code(s.user or '?')}@{code(s.database or '?')}")
     parts.append(esc(s.state or "?"))
     return " · ".join(parts)
 
@@ -49,11 +50,11 @@ def root_text(graph: LockGraph, t: Tree, query_chars: int) -> str:
         what, secs = s.duration
         lines[0] += f" · {what} {format_duration(secs)}"
         if s.query:
-            lines.append(f"`{esc(fold_query(s.query, query_chars))}`")
+            lines.append(f"{code(fold_query(s.query, query_chars))}")
     held = graph.holds_wanted.get(t.root, ())
     if held:
         lines.append(
-            "holds what others want: " + "; ".join(f"`{esc(h.mode)}` on {esc(h.obj.describe())}" for h in held[:5])
+            "holds what others want: " + "; ".join(f"{code(h.mode)} on {esc(h.obj.describe())}" for h in held[:5])
             + (f" and {len(held) - 5} more" if len(held) > 5 else "")
         )
     lw = f" · longest wait *{format_duration(t.longest_wait)}*" if t.longest_wait is not None else ""
@@ -67,9 +68,9 @@ def waiter_line(graph: LockGraph, depth: int, pid: int) -> str:
     line = "\u2003" * (depth - 1) + "↳ " + who(s, pid)
     if w is not None and w.wants is not None:
         waited = f" {format_duration(w.wait_secs)}" if w.wait_secs is not None else ""
-        line += f" · waits{waited} for `{esc(w.wants.mode)}` on {esc(w.wants.obj.describe())}"
+        line += f" · waits{waited} for {code(w.wants.mode)} on {esc(w.wants.obj.describe())}"
     if s is not None and s.query:
-        line += f" · `{esc(fold_query(s.query, QUERY_CHARS))}`"
+        line += f" · {code(fold_query(s.query, QUERY_CHARS))}"
     return line
 
 
@@ -89,7 +90,7 @@ def ddl_text(t: Tree) -> str:
     parts = []
     for q in t.ddl_queues:
         parts.append(
-            f":construction: *DDL queue*: pid {q.pid} waits for `{esc(q.wants.mode)}` on {esc(q.wants.obj.describe())} "
+            f":construction: *DDL queue*: pid {q.pid} waits for {code(q.wants.mode)} on {esc(q.wants.obj.describe())} "
             f"behind pid {t.root}, and {q.behind} session{'s' if q.behind != 1 else ''} queue behind that request "
             "(ordinary queries wait for the ALTER, which waits for the root)"
         )
