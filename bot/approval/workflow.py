@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot.approval.targets import token_age_refusal
 from bot.config import Config
 from bot.metrics import KILL_REQUESTS
 from bot.postgres.pools import Databases
@@ -113,10 +114,23 @@ class Workflow:
         elif action in SESSION_ACTIONS or action not in (target["payload"].get("actions") or ()):
             # bulk and database targets name the actions their token was issued for
             return None, f"`{action}` is not what this button was issued for"
+        too_old = self._listing_too_old(target)
+        if too_old:
+            return None, too_old
         refusal = self.may_request(target["env"], user, channel)
         if refusal:
             return None, refusal
         return target, None
+
+    def _listing_too_old(self, target: dict) -> str | None:
+        """A listing's (or bulk offer's) buttons work for ``access.request_ttl``; database tokens are
+        kept fresh by their own housekeeping."""
+        if target["kind"] not in ("session", "bulk"):
+            return None
+        environment = self.config.env(target["env"])
+        if environment is None:
+            return None  # may_request says so
+        return token_age_refusal(target, environment.access.request_ttl)
 
     def submit(self, token: str, action: str, user: str, channel: str | None, reason: str | None) -> Result:
         target, refusal = self.target_for(token, action, user, channel)
@@ -302,7 +316,7 @@ class Workflow:
 @executor("terminate")
 def _signal_one(wf: Workflow, req: dict) -> dict:
     t = req["target"]
-    res = signal(wf.dbs, req["env"], req["host"], req["action"], int(t["pid"]), t["backend_start"])
+    res = signal(wf.dbs, req["env"], req["host"], req["action"], int(t["pid"]), t["backend_start"], listed=t)
     outcome = {"status": res.status, "detail": res.detail, "signalled": res.signalled}
     wf._audit({**req, "outcome": outcome}, "executed" if res.ok else res.status, None, result=res.detail)
     return outcome

@@ -52,6 +52,9 @@ def _session(row: dict, redact_queries: bool = False) -> Session:
         is_superuser=row["is_superuser"],
         cannot_signal=cannot_signal_reason(row),
         backend_xmin=row["backend_xmin"],
+        query_start=row.get("query_start"),
+        xact_start=row.get("xact_start"),
+        state_change=row.get("state_change"),
     )
 
 

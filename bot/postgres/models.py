@@ -73,6 +73,11 @@ class Session:
     is_superuser: bool = False
     cannot_signal: str | None = None
     backend_xmin: str | None = None
+    # Exact timestamps (microseconds) of what the session was doing when read: an approved signal is
+    # bound to them (bot.postgres.signals), so a backend that moved on is not signalled.
+    query_start: datetime | None = None
+    xact_start: datetime | None = None
+    state_change: datetime | None = None
 
     @property
     def category(self) -> Category:
