@@ -244,3 +244,191 @@ def test_lag_alert_reuses_a_token_only_while_young_and_unchanged():
     moved = Session(**{**{f: getattr(s, f) for f in s.__slots__}, "xact_start": t0 + timedelta(microseconds=1)})
     assert not reusable_token(target, moved, request_ttl=900, now=1100.0), "another transaction: fresh token"
     assert not reusable_token(None, s, request_ttl=900, now=1100.0)
+
+
+# --- §2: authority is re-checked when it matters, and fails closed ----------------------------------
+
+
+def idle_session(conns):
+    conn, app = conns.open("victim")
+    conn.execute("SELECT 1")
+    return conn, app, conn.info.backend_pid
+
+
+def request_of(bot, msg) -> dict:
+    """The request behind an approval message (its buttons are gone once decided: then the latest one)."""
+    button = find_button(bot.fake.messages[(msg.channel, msg.ts)], "Approve")
+    if button is not None:
+        return bot.rt.store.get_request(button["value"])
+    states = ("pending", "executing", "done", "failed", "denied", "withdrawn", "expired")
+    return bot.rt.store.requests_in(states)[-1]
+
+
+def test_allow_kill_turned_off_with_a_request_pending_across_a_restart(bot, pg, conns):
+    conn, app, pid = idle_session(conns)
+    msg = request_kill(bot, "test", app, pid)
+    rid = request_of(bot, msg)["id"]
+    bot.config_dict["environments"]["test"]["access"]["allow_kill"] = False
+    bot.restart()
+    click(bot, msg, "Approve", "U2")
+    answer = answer_with(bot.fake, "allow_kill: false")
+    assert "nothing was changed" in answer.text
+    assert bot.rt.store.get_request(rid)["state"] == "pending" and alive(pg, pid)
+    assert not [e for e in events_of(bot) if e.endswith(":executed")]
+
+
+def test_config_change_between_approval_and_signal_stops_it(bot, pg, conns):
+    """The last re-check runs just before acting: an approved request under a config that now forbids it
+    ends 'refused' and nothing is signalled."""
+    from bot.config import parse_config
+
+    conn, app, pid = idle_session(conns)
+    msg = request_kill(bot, "test", app, pid)
+    rid = request_of(bot, msg)["id"]
+    wf = bot.rt.extensions["workflow"]
+    approved = wf.decide(rid, "U2", "approve")
+    assert approved.extra.get("execute")
+    changed = json.loads(json.dumps(bot.config_dict))
+    changed["environments"]["test"]["access"]["requesters"] = ["U5"]
+    wf.config = parse_config(changed, environ={})
+    done = wf.execute(approved.request)
+    assert done.request["state"] == "failed" and done.request["outcome"]["status"] == "refused"
+    assert "no longer allowed to request" in done.message and "nothing was signalled" in done.message
+    assert alive(pg, pid)
+    assert "terminate:refused" in events_of(bot)
+
+
+def test_approver_removed_from_group_between_first_and_last_approval(pg, fake_slack, conns):
+    fake_slack.usergroups = {"S0DBAS": ["U7", "U8"]}
+    conn, app, pid = idle_session(conns)
+    with BotUnderTest(cfg(pg, approvals_required=2), fake_slack) as b:
+        msg = request_kill(b, "test", app, pid)
+        click(b, msg, "Approve", "U7")
+        wait_state(b, msg, "Approved by <@U7>")
+        fake_slack.usergroups = {"S0DBAS": ["U8"]}  # U7 leaves the DBA group...
+        b.rt.directory._groups.clear()  # ...and the bot's 5-minute cache has run out
+        click(b, fake_slack.messages[(msg.channel, msg.ts)], "Approve", "U8")
+        answer = answer_with(fake_slack, "approval 1 of 2 recorded")
+        assert "no longer counted: <@U7>" in (answer.text or "")
+        assert request_of(b, msg)["state"] == "pending" and alive(pg, pid)
+        click(b, fake_slack.messages[(msg.channel, msg.ts)], "Approve", "U2")
+        wait_state(b, msg, "*Done*")
+        wait_until(lambda: not alive(pg, pid), 5, "terminated")
+        assert request_of(b, msg)["decided_by"] == "U2"
+
+
+def test_self_approval_counts_once(pg, fake_slack, conns):
+    conn, app, pid = idle_session(conns)
+    with BotUnderTest(cfg(pg, approvals_required=2, self_approval=True), fake_slack) as b:
+        msg = request_kill(b, "test", app, pid, user="U2")
+        click(b, msg, "Approve", "U2")
+        wait_state(b, msg, "Approved by <@U2>")
+        click(b, fake_slack.messages[(msg.channel, msg.ts)], "Approve", "U2")
+        answer_with(fake_slack, "already approved")
+        assert request_of(b, msg)["state"] == "pending" and alive(pg, pid)
+
+
+def test_user_group_unknown_and_cache_too_old_refuses(bot, pg, conns):
+    conn, app, pid = idle_session(conns)
+    msg = request_kill(bot, "test", app, pid)
+    bot.rt.directory._groups.clear()
+    bot.fake.fail_next("usergroups.users.list", error="fatal_error", times=5)
+    click(bot, msg, "Approve", "U7")
+    answer = answer_with(bot.fake, "older than 5 minutes")
+    assert "S0DBAS" in answer.text and "Nothing was changed" in answer.text
+    assert request_of(bot, msg)["state"] == "pending" and alive(pg, pid)
+
+
+def test_guest_may_neither_request_nor_approve(pg, fake_slack, conns):
+    fake_slack.users = {"U9": {"is_restricted": True}, "U10": {"is_ultra_restricted": True}}
+    conn, app, pid = idle_session(conns)
+    with BotUnderTest(cfg(pg, approvers=["U2", "U9", "U10"]), fake_slack) as b:
+        msg = post_listing(b, f"test --app {app} --min 0s", user="U9")
+        button = find_button(msg, f"Terminate {pid}")
+        b.slack.block_action(button["action_id"], button["value"], user_id="U9", message=msg)
+        answer_with(fake_slack, "guest accounts may not request")
+        assert not fake_slack.calls_for("views.open")
+        req = request_kill(b, "test", app, pid, user="U1")
+        click(b, req, "Approve", "U10")
+        answer_with(fake_slack, "guest accounts may not approve")
+        assert request_of(b, req)["state"] == "pending" and alive(pg, pid)
+
+
+def test_external_user_may_neither_request_nor_approve(pg, fake_slack, conns):
+    """Slack Connect: users.info says another team, or the payload's user belongs to another team."""
+    fake_slack.users = {"U10": {"team_id": "T999"}}
+    conn, app, pid = idle_session(conns)
+    with BotUnderTest(cfg(pg, approvers=["*"]), fake_slack) as b:
+        msg = post_listing(b, f"test --app {app} --min 0s")
+        button = find_button(msg, f"Terminate {pid}")
+        b.slack.block_action(button["action_id"], button["value"], user_id="U10", message=msg)
+        answer_with(fake_slack, "another organisation or workspace may not request")
+        req = request_kill(b, "test", app, pid, user="U1")
+        click(b, req, "Approve", "U10")
+        answer_with(fake_slack, "another organisation or workspace may not approve")
+        b.slack.user_team_id = "T555"  # the payload itself says the user is from another organisation
+        try:
+            click(b, req, "Approve", "U11")
+            answer_with(fake_slack, "may not request or approve (only members of this workspace)")
+        finally:
+            b.slack.user_team_id = None
+        assert request_of(b, req)["state"] == "pending" and alive(pg, pid)
+        assert not b.rt.store.approvers_of(request_of(b, req)["id"])
+
+
+def test_wrong_team_id_is_refused(pg, fake_slack, conns):
+    conn, app, pid = idle_session(conns)
+    config = cfg(pg)
+    config["slack"] = {"team_id": "T0RIGHT"}
+    with BotUnderTest(config, fake_slack) as b:  # the fake workspace is T1
+        reply = b.command("test", user_id="U1")
+        assert reply.status == 200 and "another workspace" in reply.body
+        assert not fake_slack.calls_for("chat.postMessage")
+        reply = b.slack.view_submission("pgs_kill_request", private_metadata="{}", user_id="U1")
+        assert reply.json()["response_action"] == "errors" and "another workspace" in reply.body
+        assert not b.rt.store.requests_in(("pending",))
+    fake_slack.reset()
+    config["slack"] = {"team_id": "T1"}
+    with BotUnderTest(config, fake_slack) as b:  # the right one is served
+        req = request_kill(b, "test", app, pid)
+        assert request_of(b, req)["state"] == "pending"
+
+
+def test_viewer_less_user_sees_nothing(pg, fake_slack, conns):
+    conn, app, pid = idle_session(conns)
+    with BotUnderTest(cfg(pg, viewers=["U1", "U2"]), fake_slack) as b:
+        request_kill(b, "test", app, pid, user="U1")
+        n_posts = len(fake_slack.calls_for("chat.postMessage"))
+        for text in ("test", "test lag", f"test --app {app} --min 0s", "audit test"):
+            reply = b.command(text, user_id="U3")
+            assert "access.viewers" in reply.body, (text, reply.body)
+        assert len(fake_slack.calls_for("chat.postMessage")) == n_posts
+        reply = b.command("pending", user_id="U3")
+        r = fake_slack.wait_for_response(reply.response_name)
+        assert "No open kill requests" in json.dumps(r.blocks)
+        reply = b.command("pending", user_id="U2")
+        r = fake_slack.wait_for_response(reply.response_name)
+        assert "Open requests (1)" in json.dumps(r.blocks)
+        reply = b.command("audit", user_id="U3")
+        r = fake_slack.wait_for_response(reply.response_name)
+        assert "terminate:requested" not in json.dumps(r.blocks)
+
+
+def test_replayed_view_submission_creates_one_request(bot, pg, conns):
+    conn, app, pid = idle_session(conns)
+    msg = post_listing(bot, f"test --app {app} --min 0s")
+    button = find_button(msg, f"Terminate {pid}")
+    bot.slack.block_action(button["action_id"], button["value"], user_id="U1", message=msg)
+    opened = wait_until(lambda: bot.fake.calls_for("views.open", ok=True), 10, "views.open")
+    view = opened[0].params["view"]
+    view = json.loads(view) if isinstance(view, str) else view
+    first = bot.slack.view_submission("pgs_kill_request", private_metadata=view["private_metadata"],
+                                      state_values={"reason": {"reason": "runaway"}}, user_id="U1")
+    assert first.status == 200
+    again = bot.slack._send_payload(first.payload, {})  # Slack's retry, or a replay of the signed body
+    assert again.status == 200 and "errors" not in (again.body or "")
+    wait_until(lambda: bot.fake.calls_for("chat.postMessage", ok=True)[1:], 10, "the request posted")
+    time.sleep(0.5)
+    assert len(bot.rt.store.requests_in(("pending",))) == 1
+    assert len(bot.fake.calls_for("chat.postMessage", ok=True)) == 2  # the listing and ONE request
+    assert events_of(bot).count("terminate:requested") == 1

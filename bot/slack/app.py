@@ -25,6 +25,7 @@ from bot.metrics import COMMANDS
 from bot.postgres.pools import DatabaseUnavailable, watch_unavailable
 from bot.runtime import Runtime
 from bot.slack import listing_handlers
+from bot.slack.guards import install_workspace_guard, viewer_refusal
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ def build_app(rt: Runtime, router: Router | None = None) -> App:
         listener_executor=ThreadPoolExecutor(max_workers=32, thread_name_prefix="pgs-listener"),
         logger=logging.getLogger("pgsessions.bolt"),
     )
+    install_workspace_guard(app, rt)
     router = router or Router()
     rt.extensions["router"] = router
     listing_handlers.register(router)
@@ -139,6 +141,8 @@ def build_app(rt: Runtime, router: Router | None = None) -> App:
             COMMANDS.labels(name, "ok").inc()
             return
         refusal = channel_refusal(rt, env_of(cmd), command.get("channel_id"))
+        if refusal is None:  # access.viewers: who may see sessions (pending/audit filter per entry)
+            refusal = viewer_refusal(rt, env_of(cmd), command.get("user_id") or "")
         if refusal:
             ack(response_type="ephemeral", text=refusal)
             COMMANDS.labels(name, "refused").inc()

@@ -23,7 +23,9 @@ from bot.render.approval import (
     request_modal,
 )
 from bot.render.buttons import ACTION_PREFIX
+from bot.render.common import context
 from bot.slack.app import guarded
+from bot.slack.guards import may_view
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +51,17 @@ def render_request(rt, req: dict) -> dict:
     cfg_approvers = environment.access.approvers if environment else []
     required = environment.access.approvals_required if environment else 1
     approvals = rt.store.approvers_of(req["id"])
+    wf = rt.extensions.get("workflow")
+    dropped: list[str] = []
+    if wf is not None:  # only approvals by people who are approvers now count (issue 12 §2)
+        approvals, dropped = wf.counted_approvals(req, approvals)
     renderer = REQUEST_RENDERERS.get(req["action"], request_message)
-    return renderer(req, cfg_approvers, approvals, required, cfg_approvers)
+    msg = renderer(req, cfg_approvers, approvals, required, cfg_approvers)
+    if dropped and req.get("state") == "pending" and len(msg["blocks"]) < 50:
+        msg["blocks"].insert(-2, context(
+            "No longer counted (not approvers any more): " + ", ".join(f"<@{a}>" for a in dropped)
+        ))
+    return msg
 
 
 def redraw(rt, req: dict) -> None:
@@ -105,11 +116,15 @@ def register(app, rt, router) -> None:
             return
         values = (view.get("state") or {}).get("values") or {}
         reason = ((values.get("reason") or {}).get("reason") or {}).get("value") or ""
-        result = wf.submit(token, kind, user, channel, reason)
+        # a retried or replayed submission of the same modal makes one request (issue 12 §2)
+        once = f"{view.get('id')}:{view.get('hash') or ''}:{user}" if view.get("id") else None
+        result = wf.submit(token, kind, user, channel, reason, once=once)
         if not result.ok:
             ack(response_action="errors", errors={"reason": f"Not possible: {result.message}."})
             return
         ack()
+        if result.request is None:  # a replay: the first submission already posted the request
+            return
         guarded("posting the approval request")(_post_request)(rt, result.request, user, respond=None)
 
     @app.view_closed(REQUEST_CALLBACK)
@@ -130,13 +145,19 @@ def register(app, rt, router) -> None:
     @router.on(Pending)
     def on_pending(rt_, cmd, body, respond):
         reqs = rt.store.requests_in(("pending", "executing"))
-        allowed = [r for r in reqs if not _hidden(rt, r, body.get("channel_id"))]
+        viewer = body.get("user_id") or ""
+        allowed = [r for r in reqs if not _hidden(rt, r, body.get("channel_id")) and may_view(rt, r["env"], viewer)]
         respond(response_type="ephemeral", **pending_list(allowed, time.time()))
 
     @router.on(Audit)
     def on_audit(rt_, cmd: Audit, body, respond):
         entries = rt.store.audit_entries(env=cmd.env, limit=cmd.limit)
-        entries = [e for e in entries if e.get("env") is None or not _hidden_env(rt, e["env"], body.get("channel_id"))]
+        viewer = body.get("user_id") or ""
+        entries = [
+            e for e in entries
+            if e.get("env") is None
+            or (not _hidden_env(rt, e["env"], body.get("channel_id")) and may_view(rt, e["env"], viewer))
+        ]
         respond(response_type="ephemeral", **audit_list(entries, cmd.env))
 
     rt.scheduler.add_job(
@@ -208,6 +229,8 @@ def _decide(rt, wf: Workflow, request_id: str, user: str, verdict: str, channel:
         redraw(rt, done.request or result.request)
     if not result.ok:
         tell(rt, respond, channel, user, f":no_entry_sign: {result.message}")
+    elif result.extra.get("tell"):
+        tell(rt, respond, channel, user, f":information_source: {result.message}")
 
 
 def _housekeeping(rt, wf: Workflow) -> None:
