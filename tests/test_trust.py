@@ -412,6 +412,14 @@ def test_viewer_less_user_sees_nothing(pg, fake_slack, conns):
         reply = b.command("audit", user_id="U3")
         r = fake_slack.wait_for_response(reply.response_name)
         assert "terminate:requested" not in json.dumps(r.blocks)
+    fake_slack.reset()
+    fake_slack.usergroups = {"S0VIEW": ["U1"]}
+    with BotUnderTest(cfg(pg, viewers=["S0VIEW"]), fake_slack) as b:  # a group: checked right after the ack
+        reply = b.command("test", user_id="U3")
+        r = fake_slack.wait_for_response(reply.response_name)
+        assert "access.viewers" in (r.text or ""), r.text
+        post_listing(b, f"test --app {app} --min 0s", user="U1")
+        assert len(fake_slack.calls_for("chat.postMessage")) == 1
 
 
 def test_replayed_view_submission_creates_one_request(bot, pg, conns):
@@ -432,3 +440,108 @@ def test_replayed_view_submission_creates_one_request(bot, pg, conns):
     assert len(bot.rt.store.requests_in(("pending",))) == 1
     assert len(bot.fake.calls_for("chat.postMessage", ok=True)) == 2  # the listing and ONE request
     assert events_of(bot).count("terminate:requested") == 1
+
+
+# --- §3: nothing is lost or misreported after a signal ------------------------------------------------
+
+
+def test_state_write_failing_after_a_signal_loses_nothing(bot, pg, conns):
+    """The store refuses the outcome and the 'executed' audit entry for a while (longer than the
+    in-call retries): the message still shows what happened, and both land once the store is back."""
+    from sqlalchemy.exc import OperationalError
+
+    conn, app, pid = idle_session(conns)
+    msg = request_kill(bot, "test", app, pid)
+    rid = request_of(bot, msg)["id"]
+    store = bot.rt.store
+    broken = threading.Event()
+    real_transition, real_add_audit = store.transition, store.add_audit
+
+    def down():
+        if broken.is_set():
+            raise OperationalError("UPDATE pgs_requests ...", {}, Exception("disk I/O error"))
+
+    def transition(conn, request_id, expected, new, **values):
+        if expected == "executing":
+            down()
+        return real_transition(conn, request_id, expected, new, **values)
+
+    def add_audit(conn=None, **values):
+        if str(values.get("event", "")).endswith(":executed"):
+            down()
+        return real_add_audit(conn, **values)
+
+    store.transition, store.add_audit = transition, add_audit
+    try:
+        broken.set()  # until the test says so: longer than the in-call retries (about 1.7 s per write)
+        click(bot, msg, "Approve", "U2")
+        done = wait_state(bot, msg, "*Done*", timeout=15)
+        text = json.dumps(done.blocks)
+        assert "terminated: the connection is gone" in text
+        assert "othing was changed" not in text + json.dumps([r.text for r in bot.fake.responses])
+        wait_until(lambda: not alive(pg, pid), 5, "terminated")
+        assert store.get_request(rid)["state"] == "executing", "the store was down: not recorded yet"
+        wf = bot.rt.extensions["workflow"]
+        assert wf.holds_unsaved(rid)
+        assert wf.recover_interrupted(older_than=0) == [], "an outcome held in memory is not 'interrupted'"
+        broken.clear()  # the store is back
+        bot.rt.extensions["kill_housekeeping"]()
+        assert store.get_request(rid)["state"] == "done"
+        assert store.get_request(rid)["outcome"]["signalled"] is True
+        assert "terminate:executed" in events_of(bot)
+        assert not wf.holds_unsaved(rid)
+    finally:
+        store.transition, store.add_audit = real_transition, real_add_audit
+
+
+@pytest.fixture(scope="module")
+def pg_state_url(pg):
+    name = "pgs_state_trust"
+    pg.primary.sql(f"DROP DATABASE IF EXISTS {name}")
+    pg.primary.sql(f"CREATE DATABASE {name}")
+    parts = dict(p.split("=", 1) for p in pg.primary.dsn(dbname=name).split())
+    return f"postgresql://{parts['user']}@{parts['host']}:{parts['port']}/{parts['dbname']}"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_many_approvals_fit_the_store(pg, fake_slack, conns, pg_state_url, backend):
+    """approvals_required up to its maximum with long user ids: every stored field fits, on both stores."""
+    approvers = [f"U0{n:09d}" for n in range(10)]
+    conn, app, pid = idle_session(conns)
+    state = pg_state_url if backend == "postgresql" else None
+    if state:
+        with psycopg.connect(pg.primary.dsn(dbname="pgs_state_trust"), autocommit=True) as c:
+            for t in ("pgs_targets", "pgs_requests", "pgs_approvals", "pgs_audit"):
+                c.execute(f"DROP TABLE IF EXISTS {t}")
+    with BotUnderTest(cfg(pg, approvers=approvers, approvals_required=10), fake_slack, state=state) as b:
+        msg = request_kill(b, "test", app, pid)
+        rid = request_of(b, msg)["id"]
+        for n, who in enumerate(approvers, 1):
+            click(b, fake_slack.messages[(msg.channel, msg.ts)], "Approve", who)
+            wait_until(lambda n=n: len(b.rt.store.approvers_of(rid)) == n, 10, f"approval {n} recorded")
+        wait_state(b, msg, "*Done*")
+        req = request_of(b, msg)
+        assert req["state"] == "done" and req["decided_by"] == approvers[-1]
+        assert b.rt.store.approvers_of(req["id"]) == approvers
+        assert "terminate:executed" in events_of(b)
+
+
+@pytest.mark.unit
+def test_check_warns_about_open_settings():
+    from bot.check import open_access_warnings
+    from bot.config import parse_config
+
+    def warnings(**access):
+        env = {"dsn": "host=db1 dbname=postgres", "access": access}
+        config = parse_config({"environments": {"prod": env}}, environ={})
+        return " | ".join(f.message for f in open_access_warnings("prod", config.environments["prod"]))
+
+    everything = warnings(approvers="*", self_approval=True)
+    for key in ("viewers is \"*\"", "requesters is \"*\"", "approvers is \"*\"", "self_approval is true"):
+        assert key in everything, (key, everything)
+    closed = warnings(viewers=["S1"], requesters=["S1"], approvers=["U1", "U2", "U3"], approvals_required=2)
+    assert closed == "", closed
+    assert "no request can ever be approved" in warnings(viewers=["S1"], requesters=["S1"], approvers=["U1"],
+                                                         approvals_required=2)
+    assert "can never be approved" in warnings(viewers=["S1"], requesters=["S1"], approvers=["U1", "U2"],
+                                               approvals_required=2)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ from bot.state.store import StateStore
 log = logging.getLogger(__name__)
 
 OPEN = ("pending",)
+# seconds between the retries of a state write that records a signal already sent
+WRITE_RETRY_DELAYS = (0.2, 0.5, 1.0)
 FINAL = ("done", "failed", "denied", "withdrawn", "expired")
 
 # An executor acts on an approved request and returns its outcome:
@@ -94,6 +97,9 @@ class Workflow:
         # bulk executor refreshes updated_at as it goes. PGSESSIONS_INTERRUPTED_AFTER (seconds) overrides
         # it, for tests that restart a killed bot and must not wait two minutes.
         self.interrupted_after = float(os.environ.get("PGSESSIONS_INTERRUPTED_AFTER") or 120.0)
+        # state writes that recorded something that already happened, waiting for the store (§3)
+        self._unsaved: list[tuple[str, Callable[[], Any], str | None]] = []
+        self._unsaved_lock = threading.Lock()
 
     # --- requesting ---------------------------------------------------------------------------------
 
@@ -302,7 +308,7 @@ class Workflow:
             refusal = self._refusal_before_acting(req)
             if refusal:
                 outcome = {"status": "refused", "detail": f"nothing was signalled: {refusal}"}
-                self._audit({**req, "outcome": outcome}, "refused", None, result=outcome["detail"])
+                self.audit_durably({**req, "outcome": outcome}, "refused", None, result=outcome["detail"])
             elif run is None:
                 outcome = {"status": "failed", "detail": f"unknown action {req['action']}"}
             else:
@@ -311,11 +317,82 @@ class Workflow:
             log.exception("executing request %s failed", req["id"])
             outcome = {"status": "failed", "detail": f"the bot failed while acting ({type(exc).__name__}); see logs"}
         final = "done" if outcome.get("status") == "done" else "failed"
-        with self.store.tx() as c:
-            self.store.transition(c, req["id"], "executing", final, outcome=outcome)
-            done = self.store.get_request(req["id"], conn=c)
+        done = self._record_outcome(req, final, outcome)
         KILL_REQUESTS.labels(req["env"], req["action"], final, outcome.get("status", "failed")).inc()
         return Result(True, outcome.get("detail", final), done, changed=True)
+
+    # --- outcomes are never lost (issue 12 §3) ---------------------------------------------------------
+
+    def _record_outcome(self, req: dict, final: str, outcome: dict) -> dict:
+        """Store the outcome of an executed request; when the state store fails, retry, keep it in memory
+        until it lands (:meth:`flush_unsaved`), and return the request as it really is now, so the message
+        shows what happened (a signal that was sent is never reported as "nothing was changed")."""
+
+        def write() -> None:
+            with self.store.tx() as c:
+                self.store.transition(c, req["id"], "executing", final, outcome=outcome)
+
+        self._durably(f"the outcome of request {req['id']}", write, request_id=req["id"])
+        try:
+            stored = self.store.get_request(req["id"])
+        except Exception as exc:
+            log.warning("could not read back request %s: %s", req["id"], type(exc).__name__)
+            stored = None
+        if stored is not None and stored["state"] == final:
+            return stored
+        return {**req, "state": final, "outcome": outcome, "updated_at": time.time()}
+
+    def _durably(self, what: str, write: Callable[[], Any], request_id: str | None = None) -> bool:
+        """Run a state write that records something that already happened (a signal was sent): retried
+        a few times, then kept in memory and retried by housekeeping until it lands. Never raises."""
+        for delay in (0.0, *WRITE_RETRY_DELAYS):
+            if delay:
+                time.sleep(delay)
+            try:
+                write()
+                return True
+            except Exception as exc:
+                log.warning("could not record %s (%s); retrying", what, type(exc).__name__)
+        with self._unsaved_lock:
+            self._unsaved.append((what, write, request_id))
+        log.error("could not record %s: kept in memory until the state store takes it", what)
+        return False
+
+    def flush_unsaved(self) -> list[str]:
+        """Retry the writes kept in memory, in order; returns the ids of requests whose writes all landed."""
+        with self._unsaved_lock:
+            pending, self._unsaved = self._unsaved, []
+        left: list[tuple[str, Callable[[], Any], str | None]] = []
+        blocked: set[str | None] = set()
+        for item in pending:
+            what, write, rid = item
+            if rid is not None and rid in blocked:  # keep one request's writes in order
+                left.append(item)
+                continue
+            try:
+                write()
+                log.info("recorded %s after all", what)
+            except Exception as exc:
+                log.warning("still could not record %s (%s)", what, type(exc).__name__)
+                left.append(item)
+                if rid is not None:
+                    blocked.add(rid)
+        with self._unsaved_lock:
+            self._unsaved[:0] = left
+        held = {rid for _w, _f, rid in left}
+        return [rid for _w, _f, rid in pending if rid is not None and rid not in held]
+
+    def holds_unsaved(self, request_id: str) -> bool:
+        with self._unsaved_lock:
+            return any(rid == request_id for _w, _f, rid in self._unsaved)
+
+    def audit_durably(self, req: dict, event: str, actor: str | None, result: str | None = None) -> None:
+        """An audit entry for something that happened (a signal sent): retried, never lost, never raises."""
+        self._durably(
+            f"audit entry {req['action']}:{event} of request {req['id']}",
+            lambda: self._audit(req, event, actor, result=result),
+            request_id=req["id"],
+        )
 
     # --- authority (issue 12 §2) ----------------------------------------------------------------------
 
@@ -419,8 +496,8 @@ class Workflow:
         out = []
         limit = time.time() - (self.interrupted_after if older_than is None else older_than)
         for req in self.store.requests_in(("executing",)):
-            if req["updated_at"] > limit:
-                continue
+            if req["updated_at"] > limit or self.holds_unsaved(req["id"]):
+                continue  # young, or its outcome is known here and waiting for the store
             outcome = {
                 "status": "interrupted",
                 "detail": "the bot stopped while acting on this request; it was not retried. "
@@ -462,5 +539,8 @@ def _signal_one(wf: Workflow, req: dict) -> dict:
     t = req["target"]
     res = signal(wf.dbs, req["env"], req["host"], req["action"], int(t["pid"]), t["backend_start"], listed=t)
     outcome = {"status": res.status, "detail": res.detail, "signalled": res.signalled}
-    wf._audit({**req, "outcome": outcome}, "executed" if res.ok else res.status, None, result=res.detail)
+    # every signal sent has an 'executed' entry (also a cancel/terminate that was sent but not yet
+    # effective: not_done); a signal not sent is recorded by its reason (gone, moved, refused, …)
+    event = "executed" if res.signalled or res.ok else res.status
+    wf.audit_durably({**req, "outcome": outcome}, event, None, result=res.detail)
     return outcome

@@ -114,5 +114,11 @@ def viewer_refusal(rt: Any, env: str | None, user: str) -> str | None:
     return f"you are not allowed to see sessions of `{env}` (access.viewers)"
 
 
+def viewers_decidable_offline(rt: Any, env: str | None) -> bool:
+    """True when ``access.viewers`` of ``env`` names no user group (no Slack call needed to decide)."""
+    environment = rt.config.env(env) if env is not None else None
+    return environment is None or not any(p.startswith("S") for p in environment.access.viewers)
+
+
 def may_view(rt: Any, env: str, user: str) -> bool:
     return viewer_refusal(rt, env, user) is None

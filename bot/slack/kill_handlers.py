@@ -50,7 +50,11 @@ def render_request(rt, req: dict) -> dict:
     environment = rt.config.env(req["env"])
     cfg_approvers = environment.access.approvers if environment else []
     required = environment.access.approvals_required if environment else 1
-    approvals = rt.store.approvers_of(req["id"])
+    try:
+        approvals = rt.store.approvers_of(req["id"])
+    except Exception as exc:  # the state store is down: still draw what happened (the outcome is in memory)
+        log.warning("could not read the approvals of %s: %s", req["id"], type(exc).__name__)
+        approvals = [req["decided_by"]] if req.get("decided_by") else []
     wf = rt.extensions.get("workflow")
     dropped: list[str] = []
     if wf is not None:  # only approvals by people who are approvers now count (issue 12 §2)
@@ -234,6 +238,10 @@ def _decide(rt, wf: Workflow, request_id: str, user: str, verdict: str, channel:
 
 
 def _housekeeping(rt, wf: Workflow) -> None:
+    for rid in wf.flush_unsaved():  # outcomes that waited in memory for the state store
+        req = rt.store.get_request(rid)
+        if req is not None:
+            redraw(rt, req)
     for req in wf.expire_due():
         redraw(rt, req)
     for req in wf.recover_interrupted():
