@@ -545,3 +545,19 @@ def test_check_warns_about_open_settings():
                                                          approvals_required=2)
     assert "can never be approved" in warnings(viewers=["S1"], requesters=["S1"], approvers=["U1", "U2"],
                                                approvals_required=2)
+
+
+@pytest.mark.unit
+def test_config_slack_team_id_and_viewers_are_validated():
+    from bot.config import ConfigError, parse_config
+
+    env = {"dsn": "host=db1 dbname=postgres"}
+    config = parse_config({"environments": {"prod": env}}, environ={})
+    assert config.slack.team_id is None and config.environments["prod"].access.viewers == ["*"]
+    config = parse_config({"slack": {"team_id": "T0ABC"}, "environments": {"prod": {**env, "access": {
+        "viewers": "S0DBAS"}}}}, environ={})
+    assert config.slack.team_id == "T0ABC" and config.environments["prod"].access.viewers == ["S0DBAS"]
+    with pytest.raises(ConfigError, match=r"slack.team_id: 'acme' is not a Slack team id"):
+        parse_config({"slack": {"team_id": "acme"}, "environments": {"prod": env}}, environ={})
+    with pytest.raises(ConfigError, match=r"environments.prod.access.viewers.*'bob' is not a Slack user id"):
+        parse_config({"environments": {"prod": {**env, "access": {"viewers": ["bob"]}}}}, environ={})

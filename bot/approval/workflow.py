@@ -10,8 +10,14 @@ States::
 
 Authorization runs in one place, :meth:`Workflow.decide`, always in this order: the request exists and
 is pending → it has not expired → the approver is not the requester (unless ``self_approval``) → the
-approver is allowed → act. Every transition is a conditional UPDATE in a transaction that locks the
-request row, so twenty concurrent Approve clicks signal the backend once and record one outcome.
+approver is a full member of this workspace and an approver now → the request is still allowed (the
+environment exists, ``allow_kill``, the requester and the channel are still allowed) → enough approvals
+by people who are approvers now → act. Slack (user groups, users.info; answers at most 5 minutes old)
+is asked BEFORE the transaction; every transition is a conditional UPDATE in a transaction that locks
+the request row, so twenty concurrent Approve clicks signal the backend once and record one outcome.
+:meth:`Workflow.execute` checks the request's authority once more just before acting, and records the
+outcome of a signal that was sent even when the state store fails for a while (retried, kept in
+memory until it lands).
 
 Executors (what "act" means for an action) are registered by name: ``cancel`` and ``terminate`` here,
 bulk actions by the bulk feature.
@@ -332,7 +338,7 @@ class Workflow:
             with self.store.tx() as c:
                 self.store.transition(c, req["id"], "executing", final, outcome=outcome)
 
-        self._durably(f"the outcome of request {req['id']}", write, request_id=req["id"])
+        self.durably(f"the outcome of request {req['id']}", write, request_id=req["id"])
         try:
             stored = self.store.get_request(req["id"])
         except Exception as exc:
@@ -342,7 +348,7 @@ class Workflow:
             return stored
         return {**req, "state": final, "outcome": outcome, "updated_at": time.time()}
 
-    def _durably(self, what: str, write: Callable[[], Any], request_id: str | None = None) -> bool:
+    def durably(self, what: str, write: Callable[[], Any], request_id: str | None = None) -> bool:
         """Run a state write that records something that already happened (a signal was sent): retried
         a few times, then kept in memory and retried by housekeeping until it lands. Never raises."""
         for delay in (0.0, *WRITE_RETRY_DELAYS):
@@ -388,7 +394,7 @@ class Workflow:
 
     def audit_durably(self, req: dict, event: str, actor: str | None, result: str | None = None) -> None:
         """An audit entry for something that happened (a signal sent): retried, never lost, never raises."""
-        self._durably(
+        self.durably(
             f"audit entry {req['action']}:{event} of request {req['id']}",
             lambda: self._audit(req, event, actor, result=result),
             request_id=req["id"],
