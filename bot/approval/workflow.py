@@ -266,14 +266,14 @@ class Workflow:
                 return Result(False, f"{authority.user_refusal}; nothing was changed")
             if not authority.approvers.allows(user):
                 return Result(False, f"you are not an approver for `{req['env']}` (access.approvers)")
-            # 5. act
+            # 5. a denial needs nothing more
             if verdict == "deny":
                 self.store.transition(c, request_id, "pending", "denied", decided_at=now, decided_by=user)
                 done = self.store.get_request(request_id, conn=c)
                 self._audit(done, "denied", user, conn=c)
                 KILL_REQUESTS.labels(req["env"], req["action"], "denied", "denied").inc()
                 return Result(True, "denied", done, changed=True)
-            # 5. the request itself is still allowed: signalling on, requester and channel still allowed
+            # 6. the request itself is still allowed: signalling on, requester and channel still allowed
             refusal = self._request_refusal(req, authority)
             if refusal:
                 return Result(False, f"{refusal}; nothing was changed", req)
@@ -281,7 +281,7 @@ class Workflow:
                 return Result(False, "you have already approved this request; it needs another approver")
             recorded = self.store.approvers_of(request_id, conn=c)
             self._audit(req, "approved", user, conn=c)
-            # only people who are approvers NOW count (re-evaluated at every approval), the requester
+            # 7. enough approvals: only people who are approvers NOW count (re-evaluated at every approval), the requester
             # only with self_approval (and once: approvals are unique per person)
             counted = [a for a in recorded if self._counts(a, req, access.self_approval, authority)]
             if len(counted) < access.approvals_required:
