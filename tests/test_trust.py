@@ -561,3 +561,19 @@ def test_config_slack_team_id_and_viewers_are_validated():
         parse_config({"slack": {"team_id": "acme"}, "environments": {"prod": env}}, environ={})
     with pytest.raises(ConfigError, match=r"environments.prod.access.viewers.*'bob' is not a Slack user id"):
         parse_config({"environments": {"prod": {**env, "access": {"viewers": ["bob"]}}}}, environ={})
+
+
+def test_check_warns_about_a_shared_channel_without_redaction(fake_slack):
+    """`pgsessions check`: redact_queries false with a channel of access.channels shared with another
+    organisation is a warning (asked through conversations.info)."""
+    from bot.check import shared_channel_warnings
+    from bot.config import parse_config
+
+    fake_slack.scopes = [*fake_slack.scopes, "channels:read"]
+    fake_slack.channels = {"C0SHARED": {"name": "ops-with-vendor", "is_ext_shared": True, "is_shared": True},
+                           "C0OWN": "ops"}
+    env = {"dsn": "host=db1 dbname=postgres", "access": {"channels": ["C0OWN", "C0SHARED"]}}
+    config = parse_config({"environments": {"prod": env, "safe": {**env, "redact_queries": True}}}, environ={})
+    environ = {"SLACK_BOT_TOKEN": "xoxb-test", "SLACK_API_URL": fake_slack.api_url}
+    found = [f.message for f in shared_channel_warnings(config, environ, None)]
+    assert len(found) == 1 and "C0SHARED" in found[0] and "environments.prod.redact_queries" in found[0], found
