@@ -380,10 +380,12 @@ def test_superuser_session_cannot_be_signalled(bot, pg):
         assert find_button(msg, f"Terminate {pid}") is None
         assert "superuser session" in json.dumps(msg.blocks)
         # and if a target is forged into the store, PostgreSQL still refuses, and the outcome says so
+        started, changed = pg.primary.sql(
+            "SELECT backend_start, state_change FROM pg_stat_activity WHERE pid=%s", (pid,))[0]
         listing_target = {
             "pid": pid,
-            "backend_start": pg.primary.sql("SELECT backend_start FROM pg_stat_activity WHERE pid=%s", (pid,))[0][0]
-            .isoformat(timespec="microseconds"),
+            "backend_start": started.isoformat(timespec="microseconds"),
+            "state_change": changed.isoformat(timespec="microseconds"),
             "user": "postgres", "application": app, "state": "idle", "query": "SELECT 1",
         }
         token = bot.rt.store.put_targets("session", "test", "primary", "C1", "U1", [listing_target])[0]

@@ -186,10 +186,8 @@ def test_may_view_follows_the_channel_and_viewers_when_configured():
 
     from bot.slack.details_handlers import may_view
 
-    def rt(channels=None, viewers=None):
-        access = SimpleNamespace(channels=channels)
-        if viewers is not None:
-            access.viewers = viewers
+    def rt(channels=None, viewers=("*",)):
+        access = SimpleNamespace(channels=channels, viewers=list(viewers))
         envs = {"prod": SimpleNamespace(access=access)}
         directory = SimpleNamespace(allowed=lambda user, principals: "*" in principals or user in principals)
         return SimpleNamespace(config=SimpleNamespace(env=envs.get), directory=directory)

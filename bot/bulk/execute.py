@@ -186,7 +186,8 @@ def terminate_snapshot(
                   "reason": req.get("reason"), "query": None}
 
     def audit_rows(rows: list[tuple[dict, str, str]]) -> None:
-        wf.store.add_audit_many([
+        # the sessions were signalled already: the entries are retried and never lost (issue 12 §3)
+        entries = [
             {
                 **audit_base,
                 "event": f"{req['action']}:{result}"[:32],
@@ -197,7 +198,9 @@ def terminate_snapshot(
                 "result": detail,
             }
             for s, result, detail in rows
-        ])
+        ]
+        wf.durably(f"{len(entries)} audit entries of request {req['id']}",
+                    lambda: wf.store.add_audit_many(entries), request_id=req["id"])
 
     by_pid_start = {(s["pid"], as_datetime(s["backend_start"])): s for s in sessions}
     items = list(by_pid_start.items())

@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
 from slack_sdk.errors import SlackApiError
 
-from bot.approval.targets import issue_details_tokens, issue_session_tokens
+from bot.approval.targets import issue_details_tokens, issue_session_tokens, reusable_token
 from bot.config import Environment, LagAlert
 from bot.durations import format_duration
 from bot.lagwatch.detect import measure_standby, primary_views
@@ -326,7 +326,8 @@ class LagWatcher:
         return p
 
     def _tokens(self, inc: Incident, m: StandbyLag, channel: str) -> tuple[dict[int, str], dict]:
-        """Button tokens for the sessions shown, reusing those issued for the same (pid, backend_start)."""
+        """Button tokens for the sessions shown, reusing those issued for the same (pid, backend_start)
+        while they are young and the session still does what their snapshot says (else fresh ones)."""
         environment = self.envs[m.env]
         if kill_disabled_reason(environment, m.env):
             return {}, {}
@@ -336,7 +337,11 @@ class LagWatcher:
         fresh: list[Culprit] = []
         for c in shown:
             tok = known.get(c.key)
-            if tok and known.get(f"channel:{c.key}") == channel and self.rt.store.get_target(tok) is not None:
+            if (
+                tok
+                and known.get(f"channel:{c.key}") == channel
+                and reusable_token(self.rt.store.get_target(tok), c.session, environment.access.request_ttl)
+            ):
                 tokens[c.session.pid] = tok
             else:
                 fresh.append(c)

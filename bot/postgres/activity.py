@@ -56,6 +56,9 @@ def _session(row: dict, redact_queries: bool = False) -> Session:
         backend_xmin=row["backend_xmin"],
         blocking_total=row.get("blocking_total"),
         longest_wait_secs=row.get("longest_wait_secs"),
+        query_start=row.get("query_start"),
+        xact_start=row.get("xact_start"),
+        state_change=row.get("state_change"),
     )
 
 

@@ -83,6 +83,11 @@ class Session:
     backend_xmin: str | None = None
     blocking_total: int | None = None  # for a root blocker: all sessions waiting behind it, directly or not
     longest_wait_secs: float | None = None  # the longest lock wait among them
+    # Exact timestamps (microseconds) of what the session was doing when read: an approved signal is
+    # bound to them (bot.postgres.signals), so a backend that moved on is not signalled.
+    query_start: datetime | None = None
+    xact_start: datetime | None = None
+    state_change: datetime | None = None
 
     @property
     def category(self) -> Category:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 
 from bot.durations import format_duration
@@ -100,13 +101,35 @@ def header_where(env: str, host: str | None) -> str:
     return env if not host or host == "primary" else f"{env} standby {host}"
 
 
-def target_lines(t: dict, query_chars: int = 500) -> str:
+def listed_when(t: dict, now: float | None = None, requested_at: float | None = None) -> str | None:
+    """'*listed* <when, N ago>': when the session was seen as shown (the approval covers exactly that).
+
+    The time is a Slack date with ``{ago}`` (every reader sees the live age); the fallback, and the
+    text after it, carry the age when drawn and, on a request, how long after the listing it was made.
+    """
+    listed_at = t.get("listed_at")
+    if not isinstance(listed_at, (int, float)) or listed_at <= 0:
+        return None
+    now = time.time() if now is None else now
+    when = datetime.fromtimestamp(listed_at, UTC)
+    age = format_duration(max(0.0, now - listed_at))
+    fallback = when.strftime("%Y-%m-%d %H:%M:%S UTC") + f", {age} ago"
+    line = f"*listed* <!date^{int(listed_at)}^{{date_short_pretty}} {{time_secs}}, {{ago}}|{fallback}> ({age} ago)"
+    if requested_at is not None:
+        line += f" · requested {format_duration(max(0.0, requested_at - listed_at))} after the listing"
+    return line
+
+
+def target_lines(t: dict, query_chars: int = 500, now: float | None = None, requested_at: float | None = None) -> str:
     lines = [
         f"*pid* {t.get('pid')} · *user* {code(t.get('user') or '?')} · *db* {code(t.get('database') or '?')} · "
         f"*app* {code(t.get('application') or '–')} · *client* {esc(t.get('client_addr') or 'local socket')}",
         f"*state* {esc(t.get('state') or '?')} · {esc(t.get('duration_what') or 'for')} "
         f"{format_duration(t.get('duration_secs'))} (when listed) · *backend started* {esc(t.get('backend_start'))}",
     ]
+    when = listed_when(t, now, requested_at)
+    if when:
+        lines.append(when)
     if t.get("query"):
         lines.append(f"{code(fold_query(t['query'], query_chars))}")
     return "\n".join(lines)
@@ -191,7 +214,7 @@ def request_message(req: dict, approvers: list[str], approvals: list[str], requi
             f"<@{req['requester']}> asks to *{verb}* pid {t.get('pid')} on {where(req['env'], req['host'])}.\n"
             f"*Reason:* {esc(req.get('reason') or '(none given)')}"
         ),
-        section(target_lines(t)),
+        section(target_lines(t, requested_at=req.get("created_at"))),
     ]
     status = STATE_LINE.get(state, state)
     details = [status]

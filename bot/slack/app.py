@@ -25,6 +25,7 @@ from bot.metrics import COMMANDS
 from bot.postgres.pools import DatabaseUnavailable, watch_unavailable
 from bot.runtime import Runtime
 from bot.slack import listing_handlers
+from bot.slack.guards import install_workspace_guard, viewer_refusal, viewers_decidable_offline
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ def build_app(rt: Runtime, router: Router | None = None) -> App:
         listener_executor=ThreadPoolExecutor(max_workers=32, thread_name_prefix="pgs-listener"),
         logger=logging.getLogger("pgsessions.bolt"),
     )
+    install_workspace_guard(app, rt)
     router = router or Router()
     rt.extensions["router"] = router
     listing_handlers.register(router)
@@ -139,6 +141,12 @@ def build_app(rt: Runtime, router: Router | None = None) -> App:
             COMMANDS.labels(name, "ok").inc()
             return
         refusal = channel_refusal(rt, env_of(cmd), command.get("channel_id"))
+        viewer = command.get("user_id") or ""
+        # access.viewers (pending/audit filter per entry): decided before the ack when no user group must
+        # be read from Slack, else right after it (a slow Slack must not delay the ack)
+        check_viewer_later = refusal is None and not viewers_decidable_offline(rt, env_of(cmd))
+        if refusal is None and not check_viewer_later:
+            refusal = viewer_refusal(rt, env_of(cmd), viewer)
         if refusal:
             ack(response_type="ephemeral", text=refusal)
             COMMANDS.labels(name, "refused").inc()
@@ -157,6 +165,11 @@ def build_app(rt: Runtime, router: Router | None = None) -> App:
         failed = []
 
         def run(*args, **kwargs):
+            if check_viewer_later:
+                late = viewer_refusal(rt, env_of(cmd), viewer)
+                if late:
+                    kwargs["respond"](response_type="ephemeral", text=f":no_entry_sign: Not possible: {late}.")
+                    return None
             try:
                 return handler(*args, **kwargs)
             except Exception as exc:

@@ -25,6 +25,7 @@ from bot.render.buttons import DETAILS_PREFIX
 from bot.render.details import MODAL_KILL_PREFIX, details_view, loading_view, message_view
 from bot.render.locks import render_locks, shown_pids
 from bot.slack.app import guarded, post_message
+from bot.slack.guards import viewer_refusal
 from bot.slack.kill_handlers import _channel_of, open_request_form, tell, workflow
 from bot.slack.listing_handlers import kill_disabled_reason
 
@@ -41,18 +42,15 @@ _reads = ThreadPoolExecutor(max_workers=32, thread_name_prefix="pgs-details")  #
 def may_view(rt, env: str, user: str, channel: str | None) -> str | None:
     """Why ``user`` may not view sessions of ``env`` from ``channel`` (None: they may).
 
-    The one place the viewing rule is written: whoever may use the environment's channel, and when
-    the configuration lists ``access.viewers``, only those users or user groups."""
+    Whoever may use the environment's channel and is in ``access.viewers`` (the rule itself is
+    :func:`bot.slack.guards.viewer_refusal`, shared with listings, ``pending`` and ``audit``)."""
     environment = rt.config.env(env)
     if environment is None:
         return f"environment `{env}` is no longer configured"
     access = environment.access
     if access.channels and channel not in access.channels:
         return f"`{env}` can only be viewed in " + ", ".join(f"<#{c}>" for c in access.channels)
-    viewers = getattr(access, "viewers", None)
-    if viewers is not None and not rt.directory.allowed(user, list(viewers)):
-        return f"you are not allowed to view `{env}` (access.viewers)"
-    return None
+    return viewer_refusal(rt, env, user)
 
 
 def resolve_details_token(rt, token: str, user: str, channel: str | None) -> tuple[dict | None, str | None]:

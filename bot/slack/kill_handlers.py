@@ -24,7 +24,9 @@ from bot.render.approval import (
     still_can_approve,
 )
 from bot.render.buttons import ACTION_PREFIX
+from bot.render.common import context
 from bot.slack.app import guarded
+from bot.slack.guards import may_view
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +68,24 @@ def render_request(rt, req: dict) -> dict:
     environment = rt.config.env(req["env"])
     cfg_approvers = environment.access.approvers if environment else []
     required = environment.access.approvals_required if environment else 1
-    approvals = rt.store.approvers_of(req["id"])
+    try:
+        approvals = rt.store.approvers_of(req["id"])
+    except Exception as exc:  # the state store is down: still draw what happened (the outcome is in memory)
+        log.warning("could not read the approvals of %s: %s", req["id"], type(exc).__name__)
+        approvals = [req["decided_by"]] if req.get("decided_by") else []
+    wf = rt.extensions.get("workflow")
+    dropped: list[str] = []
+    if wf is not None:  # only approvals by people who are approvers now count (issue 12 §2)
+        approvals, dropped = wf.counted_approvals(req, approvals)
     if environment:  # name only who can still approve
         cfg_approvers = still_can_approve(cfg_approvers, approvals, req["requester"], environment.access.self_approval)
     renderer = REQUEST_RENDERERS.get(req["action"], request_message)
-    return renderer(req, cfg_approvers, approvals, required, cfg_approvers)
+    msg = renderer(req, cfg_approvers, approvals, required, cfg_approvers)
+    if dropped and req.get("state") == "pending" and len(msg["blocks"]) < 50:
+        msg["blocks"].insert(-2, context(
+            "No longer counted (not approvers any more): " + ", ".join(f"<@{a}>" for a in dropped)
+        ))
+    return msg
 
 
 def redraw(rt, req: dict) -> None:
@@ -125,11 +140,15 @@ def register(app, rt, router) -> None:
             return
         values = (view.get("state") or {}).get("values") or {}
         reason = ((values.get("reason") or {}).get("reason") or {}).get("value") or ""
-        result = wf.submit(token, kind, user, channel, reason)
+        # a retried or replayed submission of the same modal makes one request (issue 12 §2)
+        once = f"{view.get('id')}:{view.get('hash') or ''}:{user}" if view.get("id") else None
+        result = wf.submit(token, kind, user, channel, reason, once=once)
         if not result.ok:
             ack(response_action="errors", errors={"reason": f"Not possible: {result.message}."})
             return
         ack()
+        if result.request is None:  # a replay: the first submission already posted the request
+            return
         guarded("posting the approval request")(_post_request)(rt, result.request, user, respond=None)
 
     @app.view_closed(REQUEST_CALLBACK)
@@ -150,17 +169,23 @@ def register(app, rt, router) -> None:
     @router.on(Pending)
     def on_pending(rt_, cmd, body, respond):
         reqs = rt.store.requests_in(("pending", "executing"))
-        allowed = [r for r in reqs if not _hidden(rt, r, body.get("channel_id"))]
+        viewer = body.get("user_id") or ""
+        allowed = [r for r in reqs if not _hidden(rt, r, body.get("channel_id")) and may_view(rt, r["env"], viewer)]
         respond(response_type="ephemeral", **pending_list(allowed, time.time()))
 
     @router.on(Audit)
     def on_audit(rt_, cmd: Audit, body, respond):
         since = time.time() - cmd.since if cmd.since is not None else None
         offset = (cmd.page - 1) * cmd.limit
+        viewer = body.get("user_id") or ""
+
+        def visible(env: str | None) -> bool:
+            return env is None or (not _hidden_env(rt, env, body.get("channel_id")) and may_view(rt, env, viewer))
+
         entries = rt.store.audit_entries(env=cmd.env, limit=cmd.limit, since=since, actor=cmd.actor, offset=offset)
-        entries = [e for e in entries if e.get("env") is None or not _hidden_env(rt, e["env"], body.get("channel_id"))]
+        entries = [e for e in entries if visible(e.get("env"))]
         counts = rt.store.audit_counts(cmd.env, since=since, actor=cmd.actor)
-        total = sum(n for e, n in counts.items() if e is None or not _hidden_env(rt, e, body.get("channel_id")))
+        total = sum(n for e, n in counts.items() if visible(e))
         more = max(0, total - offset - len(entries))
         filtered = cmd.since is not None or cmd.actor is not None or cmd.page > 1
         respond(
@@ -240,9 +265,15 @@ def _decide(rt, wf: Workflow, request_id: str, user: str, verdict: str, channel:
         redraw(rt, done.request or result.request)
     if not result.ok:
         tell(rt, respond, channel, user, f":no_entry_sign: {result.message}")
+    elif result.extra.get("tell"):
+        tell(rt, respond, channel, user, f":information_source: {result.message}")
 
 
 def _housekeeping(rt, wf: Workflow) -> None:
+    for rid in wf.flush_unsaved():  # outcomes that waited in memory for the state store
+        req = rt.store.get_request(rid)
+        if req is not None:
+            redraw(rt, req)
     for req in wf.expire_due():
         redraw(rt, req)
     for req in wf.recover_interrupted():

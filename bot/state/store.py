@@ -237,6 +237,22 @@ class StateStore:
         out["payload"] = json.loads(out["payload"])
         return out
 
+    def claim_once(self, key: str) -> bool:
+        """Record that ``key`` (e.g. a modal submission) was acted on; False if it already was.
+
+        Atomic on both backends (a primary-key insert), so a replayed or retried submission creates
+        nothing twice. Kept in pgs_targets (kind 'once') and purged with the button tokens.
+        """
+        try:
+            with self.tx() as c:
+                c.execute(insert(targets).values(
+                    token=key[:32], kind="once", env="-", host="-", channel=None, created_by=None,
+                    created_at=time.time(), payload="{}",
+                ))
+        except IntegrityError:
+            return False
+        return True
+
     def purge_targets(self, older_than: float) -> int:
         with self.tx() as c:
             return c.execute(delete(targets).where(targets.c.created_at < older_than)).rowcount

@@ -63,7 +63,9 @@ act AS (
            left(a.query, %(query_chars)s) AS query,
            extract(epoch FROM now() - a.query_start)::float8  AS query_secs,
            extract(epoch FROM now() - a.xact_start)::float8   AS xact_secs,
-           extract(epoch FROM now() - a.state_change)::float8 AS state_secs
+           extract(epoch FROM now() - a.state_change)::float8 AS state_secs,
+           -- exact timestamps (microseconds): what an approval binds a signal to (issue 12)
+           a.query_start, a.xact_start, a.state_change
       FROM pg_stat_activity a
      WHERE a.backend_type = 'client backend'
        AND a.pid <> pg_backend_pid()
@@ -88,6 +90,7 @@ flagged AS (
 SELECT f.pid, f.backend_start, f.usename, f.datname, f.application_name, f.client_addr,
        f.state, f.wait_event_type, f.wait_event, f.query,
        f.query_secs, f.xact_secs, f.state_secs, f.backend_xmin::text AS backend_xmin,
+       f.query_start, f.xact_start, f.state_change,
        f.holds_lock, f.lock_modes, f.lock_objects, f.wanted_modes, f.foreign_relations, f.old_snapshot, f.xmin_age, f.xmin_behind, f.is_suspect,
        coalesce(r.rolsuper, false) AS is_superuser,
        -- facts for bot.postgres.models.cannot_signal_reason, the one place the rule is written

@@ -65,6 +65,8 @@ SELECT a.pid, a.usesysid, a.backend_start, a.backend_type, a.usename, a.datname,
        extract(epoch FROM now() - a.xact_start)::float8   AS xact_secs,
        extract(epoch FROM now() - a.state_change)::float8 AS state_secs,
        a.backend_xmin::text AS backend_xmin,
+       -- what a Cancel / Terminate from the tree is bound to (bot.postgres.signals)
+       a.query_start, a.xact_start, a.state_change,
        coalesce(r.rolsuper, false) AS is_superuser,
        me.is_super AS bot_is_super,
        me.can_signal AS bot_can_signal,

@@ -18,7 +18,9 @@ act AS (
            CASE WHEN a.wait_event_type = 'Lock' THEN pg_blocking_pids(a.pid) ELSE '{}'::int[] END AS blocked_by,
            extract(epoch FROM now() - a.query_start)::float8  AS query_secs,
            extract(epoch FROM now() - a.xact_start)::float8   AS xact_secs,
-           extract(epoch FROM now() - a.state_change)::float8 AS state_secs
+           extract(epoch FROM now() - a.state_change)::float8 AS state_secs,
+           -- exact timestamps (microseconds): what an approval binds a signal to (issue 12)
+           a.query_start, a.xact_start, a.state_change
       FROM pg_stat_activity a
      WHERE a.backend_type = 'client backend'
        AND a.pid <> pg_backend_pid()
@@ -78,6 +80,7 @@ SELECT f.pid, f.usesysid, f.backend_start, f.usename, f.datname, f.application_n
        f.state, f.wait_event_type, f.wait_event, f.query, f.blocked_by, f.blocking_count,
        f.is_blocked, f.is_long_running, f.is_idle_tx, f.is_idle,
        f.query_secs, f.xact_secs, f.state_secs, f.backend_xmin, f.blocking_total, f.longest_wait_secs,
+       f.query_start, f.xact_start, f.state_change,
        coalesce(r.rolsuper, false) AS is_superuser,
        -- facts for bot.postgres.models.cannot_signal_reason, the one place the rule is written
        me.is_super AS bot_is_super,
