@@ -6,17 +6,25 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= pgsessions.yml
 
-.PHONY: install postgres run test unit lint bench demo clean
+.PHONY: install install-test postgres run test unit lint bench demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# what running needs (make run, make demo)
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+# plus the test tools (make test, make lint, make bench)
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
 
 postgres:
 	@scripts/ensure-postgres.sh
@@ -24,18 +32,18 @@ postgres:
 run: install
 	@scripts/run.sh "$(CONFIG)"
 
-lint: install
+lint: install-test
 	$(BIN)/ruff check bot tests bench
 	$(BIN)/mypy
 
-test: install postgres lint
+test: install-test postgres lint
 	$(BIN)/python -m pytest
 
 # the fast tests only (no PostgreSQL, no fake Slack, no bot process): a few seconds
-unit: install
+unit: install-test
 	$(BIN)/python -m pytest -m unit -q
 
-bench: install postgres
+bench: install-test postgres
 	$(BIN)/python -m bench
 
 demo: install postgres

@@ -228,6 +228,9 @@ def main() -> int:
         print("machine:", "; ".join(f"{k} {v}" for k, v in describe(shutil.which("psql"), version)), flush=True)
         bench_ack(pair, bot, fake)
         bench_listing(pair, bot, fake, config)
+        from bench import details as details_bench
+
+        details_bench.run(record, ms, pair, bot, fake)
         if lagwatch_landed():
             from bench import lag
 

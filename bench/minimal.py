@@ -14,8 +14,8 @@ from tests.harness.bot import BOT_TOKEN, SIGNING_SECRET
 
 class MinimalApp:
     def __init__(self, api_url: str):
+        # the client carries the token: giving both makes Bolt warn "token will be unused"
         app = App(
-            token=BOT_TOKEN,
             signing_secret=SIGNING_SECRET,
             client=WebClient(token=BOT_TOKEN, base_url=api_url),
             logger=logging.getLogger("bench.minimal"),

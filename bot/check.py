@@ -410,6 +410,62 @@ def config_warnings(config: Config, envs: list[str] | None) -> list[Finding]:
         if access.allow_kill and not access.approvers and not access.self_approval:
             out.append(Finding(WARN, "approvers", f"environments.{name}.access.approvers is empty: nobody can "
                                "approve a cancel/terminate request there"))
+        out += open_access_warnings(name, environment)
+    return out
+
+
+def open_access_warnings(name: str, environment: Environment) -> list[Finding]:
+    """Settings that leave an environment open (issue 12 §2): each one a warning that says what to set."""
+    access = environment.access
+    key = f"environments.{name}.access"
+    out = []
+    for field_name, what in (("viewers", "everyone in the workspace can see its sessions and queries"),
+                             ("requesters", "everyone in the workspace can ask to cancel/terminate"),
+                             ("approvers", "everyone in the workspace can approve a cancel/terminate")):
+        if "*" in getattr(access, field_name):
+            out.append(Finding(WARN, "open access", f'{key}.{field_name} is "*": {what}; list user or group ids'))
+    if access.self_approval:
+        out.append(Finding(WARN, "open access", f"{key}.self_approval is true: an approver can approve their own "
+                           "request, so one person alone can kill sessions"))
+    people = set(access.approvers)
+    if access.allow_kill and people and "*" not in people and not any(p.startswith("S") for p in people):
+        reachable = len(people)
+        if access.approvals_required > reachable:
+            out.append(Finding(WARN, "approvals", f"{key}.approvals_required is {access.approvals_required} but only "
+                               f"{reachable} approver(s) are listed: no request can ever be approved"))
+        elif not access.self_approval and access.approvals_required > reachable - 1:
+            out.append(Finding(WARN, "approvals", f"{key}.approvals_required is {access.approvals_required}: a request "
+                               f"made by one of the {reachable} listed approvers can never be approved"))
+    return out
+
+
+def shared_channel_warnings(config: Config, environ: dict[str, str], envs: list[str] | None) -> list[Finding]:
+    """``redact_queries: false`` with a channel in ``access.channels`` shared with another organisation
+    (or workspace): query texts (and any literal in them) reach people outside. Asks conversations.info."""
+    from slack_sdk import WebClient
+
+    from bot.runtime import SlackSettings
+
+    settings = SlackSettings.from_env(environ)
+    todo = [(n, e) for n, e in config.environments.items()
+            if (not envs or n in envs) and not e.redact_queries and e.access.channels]
+    if not settings.bot_token or not todo:
+        return []
+    client = WebClient(token=settings.bot_token, base_url=settings.api_url, timeout=10)
+    out = []
+    for name, environment in todo:
+        for channel in environment.access.channels or []:
+            try:
+                info = client.conversations_info(channel=channel).get("channel") or {}
+            except Exception as exc:
+                error = getattr(getattr(exc, "response", None), "get", lambda _k: None)("error") or type(exc).__name__
+                out.append(Finding(WARN, "shared channel", f"could not ask Slack whether channel {channel} of "
+                                   f"environments.{name}.access.channels is shared ({error})"))
+                continue
+            if info.get("is_ext_shared") or info.get("is_shared") or info.get("is_org_shared"):
+                out.append(Finding(WARN, "shared channel", f"environments.{name}.redact_queries is false and channel "
+                                   f"{channel} in access.channels is shared with another workspace: query texts "
+                                   "(with their literals) reach people outside; set redact_queries: true"))
     return out
 
 
@@ -518,6 +574,8 @@ def run(args: argparse.Namespace) -> int:
             return 2
     hosts, state, slack = run_checks(config, dict(os.environ), envs, slack=not args.no_slack)
     extra = config_warnings(config, envs)
+    if not args.no_slack:
+        extra += shared_channel_warnings(config, dict(os.environ), envs)
     statuses = [r.status for r in hosts] + [state.status, slack.status] + [f.level for f in extra]
     ok = FAIL not in statuses and not (args.strict and WARN in statuses)
     if args.json:

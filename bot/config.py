@@ -85,6 +85,8 @@ Principals = Annotated[list[str], BeforeValidator(_principals)]
 
 
 class Access(_Model):
+    # who may see sessions: listings, lag, pending, audit and every read-only view
+    viewers: Principals = ["*"]
     requesters: Principals = ["*"]
     approvers: Principals = []
     self_approval: bool = False
@@ -96,7 +98,7 @@ class Access(_Model):
     channels: list[str] | None = None
     max_bulk: int = Field(default=500, ge=1, le=10000)
 
-    @field_validator("requesters", "approvers")
+    @field_validator("viewers", "requesters", "approvers")
     @classmethod
     def _check_principals(cls, v: list[str]) -> list[str]:
         for item in v:
@@ -177,8 +179,29 @@ class Environment(_Model):
         return {"primary": self.dsn, **self.standbys}
 
 
+TEAM_ID_RE = re.compile(r"^T[A-Z0-9]+$")
+
+
+class SlackWorkspace(_Model):
+    # The workspace the bot serves: requests from any other team id are refused (optional).
+    team_id: str | None = None
+
+    @field_validator("team_id")
+    @classmethod
+    def _team(cls, v: str | None) -> str | None:
+        if v is not None and not TEAM_ID_RE.match(v):
+            raise ValueError(
+                f"{v!r} is not a Slack team id (T…): copy it from the workspace's URL or from auth.test"
+            )
+        return v
+
+
 class Config(_Model):
     state: str = "sqlite:///pgsessions-state.db"
+    # Finished requests (with their approvals), audit entries and resolved incidents older than this are
+    # purged hourly; open requests and incidents never are.
+    state_retention: Duration = 90 * 86400.0
+    slack: SlackWorkspace = SlackWorkspace()
     environments: dict[str, Environment]
     # Friendly names for Slack user ids, used by the terminal chat (``as bob``).
     users: dict[str, str] = {}
@@ -206,6 +229,16 @@ class Config(_Model):
             pw = dsn_password(v)
             if pw:
                 SECRETS.add(pw)
+        return v
+
+    @field_validator("state_retention")
+    @classmethod
+    def _retention(cls, v: float) -> float:
+        if v < 86400:
+            raise ValueError(
+                "state_retention must be at least 1d: the audit log answers who acted on a session, keep it "
+                "for days (e.g. 90d)"
+            )
         return v
 
     @model_validator(mode="after")

@@ -15,6 +15,14 @@ class DurationError(ValueError):
     pass
 
 
+class DurationTooLong(DurationError):
+    pass
+
+
+# nothing the bot measures or waits for is longer than a year; a bigger number is a typo
+MAX_DURATION_S = 366 * 86400
+
+
 def parse_duration(value: object) -> float:
     """Return seconds. Accepts numbers (seconds) and strings like ``90s``, ``5m``, ``1h30m``."""
     if isinstance(value, bool):
@@ -43,11 +51,13 @@ def parse_duration(value: object) -> float:
         raise DurationError(f"{value!r} is not a duration: {DURATION_HINT}")
     if seconds < 0:
         raise DurationError(f"{value!r} is negative: durations must be zero or more")
+    if not seconds <= MAX_DURATION_S:  # also catches inf
+        raise DurationTooLong(f"{value} is too long: durations are at most 366d (one year)")
     return seconds
 
 
 def format_duration(seconds: float | None) -> str:
-    """Compact human form: ``45s``, ``12m 05s``, ``3h 02m``, ``2d 4h``."""
+    """Compact human form: ``45s``, ``12m 05s``, ``10m``, ``3h 02m``, ``2d 4h``: no zero second part."""
     if seconds is None:
         return "–"
     s = int(seconds)
@@ -55,12 +65,12 @@ def format_duration(seconds: float | None) -> str:
         return f"{s}s"
     m, s = divmod(s, 60)
     if m < 60:
-        return f"{m}m {s:02d}s"
+        return f"{m}m {s:02d}s" if s else f"{m}m"
     h, m = divmod(m, 60)
     if h < 48:
-        return f"{h}h {m:02d}m"
+        return f"{h}h {m:02d}m" if m else f"{h}h"
     d, h = divmod(h, 24)
-    return f"{d}d {h}h"
+    return f"{d}d {h}h" if h else f"{d}d"
 
 
 def format_bytes(n: float | None) -> str:

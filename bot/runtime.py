@@ -71,7 +71,7 @@ class Runtime:
         self.dbs = Databases(self.config)
         self.store = StateStore(self.config.state)
         self.client = make_web_client(self.slack.bot_token, self.slack.api_url)
-        self.directory = Directory(self.client)
+        self.directory = Directory(self.client, team_id=self.config.slack.team_id)
         n_hosts = sum(len(e.hosts()) for e in self.config.environments.values())
         self.scheduler = BackgroundScheduler(
             executors={"default": APSThreadPool(max_workers=max(8, n_hosts + 4))},
@@ -81,6 +81,7 @@ class Runtime:
         self.policy = Policy(self.config, self.directory)
         self.messages = RequestMessages(self.client, self.store, self.config)
         self.workflow = Workflow(self.config, self.store, self.dbs, self.policy, self.messages)
+        self.messages.count_approvals = self.workflow.counted_approvals
         self.housekeeping = Housekeeping(self.workflow)
         watcher = LagWatcher(
             self.config, self.store, self.dbs, self.client, self.scheduler, self.policy, self.instance_id

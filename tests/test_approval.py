@@ -49,7 +49,8 @@ def bot(request, pg, fake_slack, pg_state_url):
     if state:
         # a clean state store per test
         with psycopg.connect(pg_state_url, autocommit=True) as c:
-            for t in ("pgs_targets", "pgs_requests", "pgs_approvals", "pgs_audit"):
+            for t in ("pgs_targets", "pgs_requests", "pgs_approvals", "pgs_audit", "pgs_incidents", "pgs_leases",
+                      "pgs_alembic_version"):
                 c.execute(f"DROP TABLE IF EXISTS {t}")
     fake_slack.usergroups = {"S0DBAS": ["U7", "U8"]}
     b = BotUnderTest(cfg(pg), fake_slack, state=state).start()
@@ -233,11 +234,32 @@ def test_idle_in_transaction_offers_terminate_only(bot, pg):
         conn.close()
 
 
+def test_idle_session_offers_terminate_only_and_a_forged_cancel_is_refused(bot, pg):
+    # Cancel on a plain idle session does nothing (no query runs) yet used to be reported as done
+    app = "idle-" + uuid.uuid4().hex[:6]
+    conn = pg.primary.connect(user="app_user", dbname="appdb", application_name=app, autocommit=True)
+    conn.execute("SELECT 1")
+    try:
+        pid = conn.info.backend_pid
+        msg = post_listing(bot, f"test --app {app} --min 0s")
+        assert find_button(msg, f"Terminate {pid}") is not None
+        assert find_button(msg, f"Cancel {pid}") is None
+        token = find_button(msg, f"Terminate {pid}")["value"]
+        bot.slack.block_action(f"pgs_kill:cancel:{token}", token, user_id="U1", message=msg)
+        ephemeral_to(bot, "U1", "cancel does nothing to a session that is not running a query")
+        assert not bot.fake.calls_for("views.open")
+    finally:
+        conn.close()
+
+
 def test_self_approval_refused_then_allowed_when_configured(pg, fake_slack, victim):
     conn, app = victim
     pid = conn.info.backend_pid
     with BotUnderTest(cfg(pg), fake_slack) as b:
         msg = request_kill(b, app, pid, user="U2")
+        # the requester is not named as a possible approver: their click would be refused
+        body = json.dumps(msg.blocks)
+        assert "needs 1 more approval from <!subteam^S0DBAS>" in body and "<@U2>, " not in body
         click(b, msg, "Approve", "U2")
         ephemeral_to(b, "U2", "you made this request")
         assert request_row(b, msg).state == "pending" and alive(pg, pid)
@@ -264,8 +286,11 @@ def test_two_approvals_required(pg, fake_slack, victim):
     pid = conn.info.backend_pid
     with BotUnderTest(cfg(pg, approvals_required=2), fake_slack) as b:
         msg = request_kill(b, app, pid)
+        assert "needs 2 more approvals from <@U2>, <!subteam^S0DBAS>" in json.dumps(msg.blocks)
         click(b, msg, "Approve", "U2")
-        wait_state(b, msg, "Approved by <@U2>")
+        half = wait_state(b, msg, "Approved by <@U2>")
+        # who already approved is no longer named among those who can still approve
+        assert "needs 1 more approval from <!subteam^S0DBAS>" in json.dumps(half.blocks)
         assert alive(pg, pid) and request_row(b, msg).state == "pending"
         click(b, fake_slack.messages[(msg.channel, msg.ts)], "Approve", "U2")
         ephemeral_to(b, "U2", "already approved")
@@ -356,10 +381,12 @@ def test_superuser_session_cannot_be_signalled(bot, pg):
         assert find_button(msg, f"Terminate {pid}") is None
         assert "superuser session" in json.dumps(msg.blocks)
         # and if a target is forged into the store, PostgreSQL still refuses, and the outcome says so
+        started, changed = pg.primary.sql(
+            "SELECT backend_start, state_change FROM pg_stat_activity WHERE pid=%s", (pid,))[0]
         listing_target = {
             "pid": pid,
-            "backend_start": pg.primary.sql("SELECT backend_start FROM pg_stat_activity WHERE pid=%s", (pid,))[0][0]
-            .isoformat(timespec="microseconds"),
+            "backend_start": started.isoformat(timespec="microseconds"),
+            "state_change": changed.isoformat(timespec="microseconds"),
             "user": "postgres", "application": app, "state": "idle", "query": "SELECT 1",
         }
         token = bot.rt.store.put_targets("test", "primary", "C1", "U1", [SessionTarget(**listing_target)])[0]
@@ -468,7 +495,25 @@ def test_pending_and_audit_commands(bot, victim):
     reply = bot.command("audit test", user_id="U2")
     r = bot.fake.wait_for_response(reply.response_name)
     body = json.dumps(r.blocks)
-    assert "terminate:requested" in body and "terminate:denied" in body
+    assert "Terminate: requested" in body and "Terminate: denied" in body and "terminate:" not in body
+
+
+def test_audit_pages_and_says_how_many_more(bot):
+    # an 8-session bulk action must not silently push every earlier entry out of sight
+    store = bot.rt.store
+    store.add_audit_many([{"env": "test", "event": "terminate_bulk:ended", "pid": 1000 + i} for i in range(20)])
+    store.add_audit(env="test", event="terminate:approved", actor="U9", pid=77)
+    total = store.audit_counts("test")["test"]  # earlier tests on this bot may have added some
+    reply = bot.command("audit test", user_id="U2")
+    body = json.dumps(bot.fake.wait_for_response(reply.response_name).blocks)
+    assert f"{total - 15} older entries not shown" in body and "/pgsessions audit test --page 2" in body
+    reply = bot.command("audit test --page 2", user_id="U2")
+    body = json.dumps(bot.fake.wait_for_response(reply.response_name).blocks)
+    assert body.count("Terminate sessions: ended") == 6
+    assert (f"{total - 30} older entr" in body) if total > 30 else ("not shown" not in body)
+    reply = bot.command("audit TEST --user <@U9|nine>", user_id="U2")
+    body = json.dumps(bot.fake.wait_for_response(reply.response_name).blocks)
+    assert "Terminate: approved pid 77" in body and "ended" not in body
 
 
 def test_no_secret_in_any_message(pg, fake_slack, victim):

@@ -134,18 +134,26 @@ def test_unknown_environment_in_audit():
     assert not e.show_usage
 
 
-def test_environment_names_are_case_sensitive():
-    assert error("PROD").message.startswith("Unknown environment `PROD`.")
+def test_environment_names_match_ignoring_case_when_unambiguous():
+    assert parse("PROD", CONFIG).env == "prod"
+    both = parse_config({"environments": {"prod": {"dsn": "host=a"}, "Prod": {"dsn": "host=b"}}}, {})
+    assert parse("Prod", both).env == "Prod"  # an exact match wins
+    with pytest.raises(CommandError) as info:
+        parse("PROD", both)  # two environments match ignoring case: none is guessed
+    assert info.value.message.startswith("Unknown environment `PROD`.")
 
 
 def test_pending_takes_no_arguments():
     e = error("pending prod now")
     assert e.message == "`pending` takes no arguments (got `prod now`)."
-    assert e.show_usage and e.answer() == f"{e.message}\n\n{USAGE}"
+    # one usage line, the one that applies, not the whole help
+    assert e.show_usage and e.answer() == f"{e.message}\nUsage: `/pgsessions pending` · `/pgsessions help` for the rest."
 
 
 def test_audit_takes_one_environment():
-    assert error("audit prod stage").message == "`audit` takes one environment name (got `prod stage`)."
+    e = error("audit prod stage")
+    assert e.message == "`audit` does not know `stage`."
+    assert e.show_usage and "`/pgsessions audit" in e.answer() and USAGE not in e.answer()
 
 
 def test_lag_takes_no_more_words():
@@ -160,7 +168,8 @@ def test_clear_db_needs_exactly_one_database(text):
 def test_unknown_standby_lists_the_standbys():
     e = error("prod replica3")
     assert e.message == "`prod` has no standby or filter called `replica3`. Standbys of `prod`: `replica1`, `replica2`."
-    assert e.show_usage and USAGE in e.answer()
+    assert e.show_usage and USAGE not in e.answer()
+    assert e.answer().endswith("`/pgsessions help` for the rest.") and e.answer().count("\n") == 1
 
 
 def test_unknown_word_on_an_environment_without_standbys():

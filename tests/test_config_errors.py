@@ -34,6 +34,12 @@ def top(**changes) -> dict:
 
 # (config, the key the message must name, words of the fix it must give)
 CASES = {
+    # Slack workspace
+    "team_id not a team id": (top(slack={"team_id": "acme"}), "slack.team_id", "copy it from the workspace's URL"),
+    "viewer not a Slack id": (env(access={"viewers": ["ops team"]}), "environments.prod.access.viewers",
+                              "copy the id from the person's or group's profile"),
+    # State
+    "state_retention under a day": (top(state_retention="1h"), "state_retention", "at least 1d"),
     # Timeouts
     "connect timeout too small": (env(timeouts={"connect": "0.5s"}), "environments.prod.timeouts.connect", "at least 1s"),
     "statement timeout zero": (env(timeouts={"statement": "0s"}), "environments.prod.timeouts.statement", "more than 0s"),
@@ -156,6 +162,6 @@ def test_every_validator_has_a_case():
     source = inspect.getsource(config)
     validators = len(re.findall(r"@(?:field|model)_validator\(", source))
     raises = len(re.findall(r"raise (?:ValueError|ConfigError)\(", source))
-    # 10 validators with 14 ValueErrors between them (each has a case above), plus 6 ConfigErrors: the
+    # 12 validators with 16 ValueErrors between them (each has a case above), plus 6 ConfigErrors: the
     # unset ${VAR}, a non-mapping, the wrapped validation errors, and the file missing / broken / empty
-    assert (validators, raises) == (10, 20), (validators, raises)
+    assert (validators, raises) == (12, 22), (validators, raises)

@@ -293,7 +293,6 @@ class _QuietHandler(WSGIRequestHandler):
 def test_sender_payloads_are_understood_by_bolt(fake_slack) -> None:
     app = App(
         signing_secret="s3cret",
-        token="xoxb-test",
         client=WebClient(base_url=fake_slack.api_url, token="xoxb-test"),
     )
     seen: dict[str, dict] = {}

@@ -8,6 +8,7 @@ and the primary writes. Checks run every second, alerts after 2 checks over a 1 
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -200,7 +201,7 @@ def test_lock_conflict_alert_names_the_culprit_and_resolves_after_an_approved_te
         assert "max_standby_streaming_delay = -1" in body
         assert "received, not yet replayed" in body and "Behind since" in body
         labels = [b["text"]["text"] for b in action_buttons(msg)]
-        assert labels == [f"Terminate {pid}"], labels  # idle in transaction: Terminate only
+        assert labels == [f"Terminate {pid}", f"Details {pid}"], labels  # idle in transaction: Terminate only
         token = action_buttons(msg)[0]["value"]
         target = bot.rt.store.get_target(token)
         assert target.env == "prod" and target.host == "replica1" and target.target.pid == pid
@@ -426,9 +427,19 @@ def test_lag_command_shows_every_standby(pair, fake):
         text = json.dumps(posted["blocks"])
         assert "lock conflict" in text and f"*pid {holder.info.backend_pid}*" in text
         buttons = [el for b in posted["blocks"] if b["type"] == "actions" for el in b["elements"]]
-        assert [b["text"]["text"] for b in buttons] == [f"Terminate {holder.info.backend_pid}"]
+        hpid = holder.info.backend_pid
+        assert [b["text"]["text"] for b in buttons] == [f"Terminate {hpid}", f"Details {hpid}"]
         target = bot.rt.store.get_target(buttons[0]["value"])
         assert target.host == "replica1" and target.channel == "C1"
+        # Details of the culprit, read on the standby at the click
+        reply = bot.slack.block_action(buttons[1]["action_id"], buttons[1]["value"], user_id="U1", message=posted)
+        assert reply.status == 200
+        opened = fake.wait_for("views.open", ok=True)
+        vid = opened.response["view"]["id"]
+        detail = wait_until("the details view", lambda: (lambda t: t if "Reading pid" not in t else None)(
+            json.dumps(fake.views[vid].view["blocks"])), 10)
+        assert f"*pid {hpid}*" in detail and "`prod` / `replica1` (standby)" in detail
+        assert "idle in transaction" in detail and "AccessShareLock" in detail
         assert "pgsessions_bot" not in posted["text"] and "port=" not in text
         holder.close()
         fake.assert_clean()
@@ -479,3 +490,44 @@ def test_many_culprits_stay_within_slack_limits_in_a_channel_given_by_name(pair,
     finally:
         for c in holders:
             c.close()
+
+
+def test_a_lock_in_another_database_is_named_not_numbered(pair, fake):
+    # the bot connects to `postgres`; the standby session locks a table in `appdb`: pg_locks only gives
+    # its oid there, so the bot looks the name up through a connection to appdb on the standby
+    from bot.postgres import relnames
+
+    relnames.clear_cache()
+    table = "lag_" + uuid.uuid4().hex[:8]
+    ident = pgsql.Identifier(table)
+    pair.primary.sql(pgsql.SQL("CREATE TABLE {} (id int)").format(ident), user="app_user", dbname="appdb")
+    pair.primary.sql(pgsql.SQL("INSERT INTO {} VALUES (1)").format(ident), user="app_user", dbname="appdb")
+    pair.wait_replayed()
+    holder = pair.standby.connect(user="app_user", dbname="appdb", autocommit=False, application_name="report-appdb")
+    try:
+        holder.execute(pgsql.SQL("SELECT count(*) FROM {}").format(ident)).fetchone()
+        with BotUnderTest(config(pair), fake, scheduler=True):
+            pair.primary.sql(pgsql.SQL("ALTER TABLE {} ADD COLUMN extra int").format(ident), user="app_user",
+                             dbname="appdb")
+            writes(pair)
+            msg = wait_alert(fake, "lock conflict")
+            body = blocks_text(msg)
+            assert table in body, body
+            assert re.search(r"relation \d+", body) is None, body
+            assert relnames.cached("prod", "replica1", "appdb"), "the name comes from the cache next time"
+    finally:
+        holder.close()
+
+
+def test_a_relation_whose_database_cannot_be_entered_reads_not_readable(pair):
+    from bot.config import parse_config
+    from bot.postgres import relnames
+
+    relnames.clear_cache()
+    cfg = parse_config({"environments": {"prod": env_config(pair)}}, environ={})
+    names = relnames.resolve(cfg, "prod", "replica1", [("no_such_db_xyz", 16405)])
+    assert names == {("no_such_db_xyz", 16405): "relation 16405 in no_such_db_xyz (name not readable)"}
+    rows = [{"lock_objects": "relation 16405 in database no_such_db_xyz, tuple",
+             "foreign_relations": [{"database": "no_such_db_xyz", "oid": 16405}]}]
+    relnames.name_lock_objects(cfg, "prod", "replica1", rows)
+    assert rows[0]["lock_objects"] == "relation 16405 in no_such_db_xyz (name not readable), tuple"

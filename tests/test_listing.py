@@ -190,9 +190,11 @@ def _quiet(fn, *a):
         ("", ["*Usage*", "`test`"]),
         ("help", ["*Usage*", "*Environments:* `test`"]),
         ("nope", ["Unknown environment `nope`", "Known environments: `test`"]),
-        ("test replica9", ["no standby or filter called `replica9`", "`replica1`", "*Usage*"]),
-        ("test --min soon", ["`soon` is not a duration", "*Usage*"]),
-        ("test --frobnicate", ["I don't know the filter `--frobnicate`", "*Usage*"]),
+        ("test replica9", ["no standby or filter called `replica9`", "`replica1`", "Usage: `/pgsessions <env> [<standby>]"]),
+        ("test --min soon", ["`soon` is not a duration", "`/pgsessions help` for the rest"]),
+        ("test --min 99999999999999h", ["too long: durations are at most 366d"]),
+        ("test --frobnicate", ["I don't know the filter `--frobnicate`", "`/pgsessions help` for the rest"]),
+        ("audit test --frobnicate", ["`audit` does not know `--frobnicate`", "Usage: `/pgsessions audit [<env>]"]),
         ("test --app", ["`--app` needs a value"]),
         ('test --app "unclosed', ["a quote is not closed"]),
         ("test --min 5m --min 6m", ["given twice"]),
@@ -207,6 +209,8 @@ def test_bad_input_gets_a_clear_answer(bot, text, expect):
     for piece in expect:
         assert piece in answer["text"], (text, piece, answer["text"])
     assert "Traceback" not in answer["text"]
+    # one usage line, not the whole help text every time
+    assert answer["text"].count("/pgsessions") <= 3 and "*Usage*" not in answer["text"] or text in ("", "help")
     assert not bot.fake.calls_for("chat.postMessage")
 
 

@@ -104,7 +104,7 @@ def test_empty_listing_says_nothing_needs_attention():
     assert msg["blocks"][0]["text"]["text"] == "Sessions on prod"
     assert "No session needs attention right now." in body(msg)
     assert "37 of 100 connections in use · PostgreSQL 15.20" in body(msg)
-    assert "thresholds: long-running ≥ 5m 00s, idle in transaction ≥ 1m 00s, idle ≥ 1h 00m" in body(msg)
+    assert "thresholds: long-running ≥ 5m, idle in transaction ≥ 1m, idle ≥ 1h" in body(msg)
     assert not buttons(msg)
 
 
@@ -122,11 +122,11 @@ def test_standby_listing_with_filters_and_counts_in_the_fallback():
     )
     text = body(msg)
     assert "Sessions on prod / replica1 (standby)" in text
-    assert "filters: active blocked --min 1m 00s --app web · thresholds:" in text
+    assert "filters: active blocked --min 1m --app web · thresholds:" in text
     assert "*blocks 2 sessions*" in text and "*blocks 1 session*" in text
     assert "*blocked by* pid 1" in text and "*blocked by* pid 1, pid 4" in text
     assert "waits on Lock/transactionid" in text
-    assert "query *15m 00s*" in text
+    assert "query *15m*" in text
 
 
 def test_session_line_escapes_what_the_database_says():
@@ -144,7 +144,7 @@ def test_idle_in_transaction_gets_terminate_only_and_the_note():
     assert labels(msg) == ["Terminate 5"]
     (b,) = buttons(msg)
     assert b["action_id"] == "pgs_kill:terminate:t5" and b["value"] == "t5" and b["style"] == "danger"
-    assert "(transaction open 10m 00s)" in body(msg)
+    assert "(transaction open 10m)" in body(msg)
     assert "only Terminate ends it" in body(msg)
 
 
@@ -246,7 +246,7 @@ def test_pending_request_has_the_three_buttons_and_who_must_approve():
 
 def test_one_more_approval_and_no_approvers_configured():
     msg = request_message(request(), [], ["U2"], 2, [])
-    assert "needs 1 more approval from nobody (no approvers configured)" in body(msg)
+    assert "needs 1 more approval from nobody left in access.approvers" in body(msg)
     assert "Approved by <@U2>" in body(msg)
 
 
@@ -294,7 +294,7 @@ def test_pending_list_empty_and_full():
     assert msg["text"] == "60 open requests"
     assert msg["blocks"][0]["text"]["text"] == "Open requests (60)"
     assert "15 more not shown." in body(msg)
-    assert "*terminate* pid 4211 on `prod` · by <@U1> · 5m 00s old · expires in 10m 00s" in body(msg)
+    assert "*Terminate* pid 4211 on `prod` · by <@U1> · 5m old · expires in 10m" in body(msg)
     no_live_markup(msg)
 
 
@@ -311,7 +311,7 @@ def test_audit_list_empty_and_chunked_within_limits():
     msg = valid_message(audit_list(entries, "prod"))
     assert msg["text"] == "Audit log for prod: 200 latest entries"
     text = body(msg)
-    assert "terminate pid 1000 bot → " + "x" * 159 + "…" in text
+    assert "Terminate pid 1000 bot → " + "x" * 159 + "…" in text
     assert "pid 1001 <@U2>" in text
     assert len([b for b in msg["blocks"] if b["type"] == "section"]) > 1
     no_live_markup(msg)
@@ -385,7 +385,7 @@ def test_clear_db_message_with_every_button():
         "pgs_bulk:clear_db:tA", "pgs_bulk:clear_db_block:tB", "pgs_bulk:allow_connections:tC"]
     text = body(msg)
     assert "*3 sessions* connected (1 active, 2 idle) · 2 users, 1 application, 1 client address" in text
-    assert "oldest connected 10m 00s ago" in text and "connection limit 20" in text
+    assert "oldest connected 10m ago" in text and "connection limit 20" in text
     assert "1 session is not idle (1 active): terminating rolls back their open transactions." in text
     assert "1 session cannot be terminated by the bot: superuser session (1)" in text
     assert "Not touched by the bot: 1 autovacuum worker, 1 prepared transaction, 2 logical replication slots." in text
@@ -546,10 +546,10 @@ def test_unreachable_alert_reminder_and_resolved():
     no_live_markup(alert)
     reminder = valid_message(render_unreachable_reminder("prod", "replica1", HOSTILE, since=NOW,
                                                          now=NOW + timedelta(minutes=20)))
-    assert "failing for 20m 00s" in reminder["text"]
+    assert "failing for 20m" in reminder["text"]
     no_live_markup(reminder)
     done = valid_message(render_unreachable_resolved("prod", "replica1", HOSTILE, since=NOW,
                                                      resolved_at=NOW + timedelta(minutes=3)))
-    assert done["text"] == "Resolved: standby prod / replica1 is reachable again after 3m 00s"
+    assert done["text"] == "Resolved: standby prod / replica1 is reachable again after 3m"
     assert "answers again" in body(done)
     no_live_markup(done)

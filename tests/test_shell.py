@@ -57,7 +57,7 @@ def test_mrkdwn_mentions_dates_links_and_escapes():
     )
     assert to_text(text, NAMES) == (
         "@alice asks @dbas and @oncall · @U7 2023-11-14 22:13 UTC runbook (https://runbooks.example/lag_1) "
-        "#shell #ops @here <insufficient privilege> a && b &lt; :warning: idle_in_transaction "
+        "#shell #ops @here <insufficient privilege> a && b &lt; \u26a0\ufe0f idle_in_transaction "
         "slanted gone `SELECT '*x*' < 1`"
     )
     # a date without fallback still reads as a date; a bare link stays a link
@@ -157,11 +157,11 @@ def test_the_approval_message_pending_list_and_audit():
     assert any(line.startswith("> Requested ") and "needs 1 more approval from @bob, @dbas" in line for line in lines)
     assert lines[-1] == "[1] Approve   [2] Deny   [3] Withdraw"
     pend = pending_list([req], now)
-    assert "terminate pid 4211 on `prod` · by @alice" in "\n".join(BlockRenderer(NAMES).message(pend["text"], pend["blocks"]))
+    assert "Terminate pid 4211 on `prod` · by @alice" in "\n".join(BlockRenderer(NAMES).message(pend["text"], pend["blocks"]))
     audit = audit_list([{"at": now, "env": "prod", "event": "terminate:approved", "pid": 4211, "actor": "U2",
                          "result": None}], "prod")
     text = "\n".join(BlockRenderer(NAMES).message(audit["text"], audit["blocks"]))
-    assert "`prod` terminate:approved pid 4211 @bob" in text and "<!date" not in text
+    assert "`prod` Terminate: approved pid 4211 @bob" in text and "<!date" not in text
 
 
 @pytest.mark.unit
@@ -196,6 +196,7 @@ def shell_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SLACK_", "PGSESSIONS_CONFIG", "PG"))}
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"  # emoji print as characters whatever the locale
     return env
 
 
@@ -313,9 +314,9 @@ def test_listing_help_and_mistakes_through_a_script(pg, backends, tmp_path):
     assert [p.removeprefix("alice in #shell> ") for p in prompts] == script.splitlines()
     first, second = out.split(f"alice in #shell> test idle-tx --app shell-idletx-{tag}")
     assert "== Sessions on test ==" in first
-    assert f"[1] Cancel {slow}   [2] Terminate {slow}" in first
+    assert f"[1] Cancel {slow}   [2] Terminate {slow}   [3] Details {slow}" in first
     assert "`SELECT pg_sleep(600)`" in first and f"app `shell-slow-{tag}`" in first
-    assert f"[3] Terminate {idle_tx}" in second and f"Cancel {idle_tx}" not in second
+    assert f"[4] Terminate {idle_tx}" in second and f"Cancel {idle_tx}" not in second
     assert "only Terminate ends it" in second
     assert "Unknown environment `nosuchenv`" in second and "only visible to you" in second
     assert "click N" in second  # the shell's help
@@ -351,9 +352,9 @@ def test_request_and_approval_as_a_second_person_terminate_the_backend(pg, backe
     assert "another approver must decide it" in out
     assert "You are now @bob (U2)." in out
     after_bob = out.split("bob in #shell> click Approve", 1)[1]
-    assert "· edited ·" in after_bob and ":white_check_mark: Done" in after_bob
+    assert "· edited ·" in after_bob and "\u2705 Done" in after_bob
     assert "Approved by @bob" in after_bob and f"backend {victim} terminated" in after_bob
-    assert "terminate:approved pid" in after_bob and "@bob" in after_bob
+    assert "Terminate: approved pid" in after_bob and "@bob" in after_bob
     deadline = time.monotonic() + 5
     while backends.alive(victim):
         assert time.monotonic() < deadline, "the approved terminate did not end the backend"
@@ -415,14 +416,14 @@ def test_a_lag_alert_appears_and_resolves_after_an_approved_terminate(pg, tmp_pa
         ]) + "\n"
         out = clean(run_shell(tmp_path, config, script))
         alert = out.split("alice in #shell> wait 30 Replication lag on", 1)[1]
-        assert "pgsessions in #C0ALERTS" in alert
-        assert ":rotating_light: Replication lag on" in alert and "replica1" in alert
+        assert "pgsessions in #alerts" in alert and "#C0ALERTS" not in alert
+        assert "\U0001f6a8 Replication lag on" in alert and "replica1" in alert
         assert f"Terminate {pid}" in alert
         assert "(no message" not in out, out
         # the alert (message #1) is edited into its resolution, during the approval or the wait after it
         resolved = out.split("bob in #shell> click Approve", 1)[1]
-        assert "--- #1 · edited · pgsessions in #C0ALERTS" in resolved
-        assert "== :white_check_mark: Resolved: replication lag on test / replica1 ==" in resolved
+        assert "--- #1 · edited · pgsessions in #alerts" in resolved
+        assert "== \u2705 Resolved: replication lag on test / replica1 ==" in resolved
         assert not pg.standby.sql("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,))
     finally:
         if holder is not None:
@@ -551,5 +552,30 @@ def test_demo_shows_the_trouble_and_removes_everything(tmp_path):
     standby = out.split("> demo replica1")[1].split("> wait 40")[0]
     assert "Sessions on demo / replica1 (standby)" in standby and "app `analytics`" in standby
     alert = out.split("> wait 40 Replication lag on")[1]
-    assert "pgsessions in #C0ALERTS" in alert and "lock conflict" in alert
+    assert "pgsessions in #alerts" in alert and "#C0ALERTS" not in alert and "lock conflict" in alert
     assert "Terminate these 8" in out.split("> demo idle --app api-pool --older 1s")[1]
+
+
+def test_emoji_codes_render_as_characters_or_words_and_channels_by_name():
+    from bot.config import parse_config
+    from bot.shell.localconfig import channel_names
+    from bot.shell.mrkdwn import Names, can_print_emoji
+
+    text = ":turtle: *pid 7* :zzz: :lock: `:lock: in code` :not_ours:"
+    assert to_text(text, Names()) == "\U0001f422 pid 7 \U0001f4a4 \U0001f512 `:lock: in code` :not_ours:"
+    assert to_text(text, Names(emoji="word")) == "[slow] pid 7 [idle] [lock] `:lock: in code` :not_ours:"
+    assert BlockRenderer(Names(emoji="word")).text({"type": "plain_text", "text": ":rotating_light: Lag"}) == "[alert] Lag"
+    assert can_print_emoji("utf-8") and not can_print_emoji("ascii") and not can_print_emoji("latin-1")
+    cfg = parse_config({"environments": {"prod": {
+        "dsn": "dbname=postgres", "standbys": {"r1": "dbname=postgres"},
+        "lag_alert": {"channel": "C0ALERTS"}, "access": {"channels": ["C0OPS"], "approvers": ["U1"]}}}}, environ={})
+    names = channel_names(cfg, ("C0SHELL", "shell"))
+    assert names == {"C0SHELL": "shell", "C0ALERTS": "alerts", "C0OPS": "ops"}
+    assert to_text("Alerts in <#C0ALERTS>", Names(channels=names)) == "Alerts in #alerts"
+
+
+def test_a_terminal_without_utf8_gets_words(tmp_path, pg):
+    env = {**shell_env(), "PYTHONIOENCODING": "ascii"}
+    out = run_shell(tmp_path, config_for(pg), "test --min 1h --db nosuchdb\nquit\n", env=env)
+    assert "[ok] No session needs attention" in out.stdout, out.stdout + out.stderr
+    assert "\u2705" not in out.stdout and "UnicodeEncodeError" not in out.stderr

@@ -23,7 +23,7 @@ from bot.approval.models import (
     SignalOutcome,
 )
 from bot.approval.policy import Policy
-from bot.approval.ports import Execution
+from bot.approval.ports import Execution, Principals, UserFacts
 from bot.approval.workflow import Workflow
 from bot.config import Config
 from bot.state.store import StateStore
@@ -32,17 +32,26 @@ pytestmark = pytest.mark.unit
 
 
 class Approvers:
-    """A stub ApproversLookup: user groups by id; records every lookup."""
+    """A stub ApproversLookup: user groups by id, guests by id; records every lookup."""
 
     def __init__(self, groups: dict[str, set[str]] | None = None):
         self.groups = groups or {}
+        self.guests: set[str] = set()
         self.calls: list[tuple[str, tuple[str, ...]]] = []
 
     def allowed(self, user_id: str, principals: list[str]) -> bool:
-        self.calls.append((user_id, tuple(principals)))
-        return "*" in principals or user_id in principals or any(
-            user_id in self.groups.get(p, set()) for p in principals
-        )
+        return self.resolve(principals).allows(user_id)
+
+    def resolve(self, principals: list[str]) -> Principals:
+        self.calls.append(("resolve", tuple(principals)))
+        return Principals(tuple(principals), {g: frozenset(m) for g, m in self.groups.items()})
+
+    def user_facts(self, user_id: str) -> UserFacts:
+        self.calls.append(("user_facts", (user_id,)))
+        return UserFacts(user_id, "T1", guest=user_id in self.guests, external=False)
+
+    def cached_user_facts(self, user_id: str) -> UserFacts | None:
+        return UserFacts(user_id, "T1", guest=user_id in self.guests, external=False)
 
 
 class Events:
@@ -250,6 +259,34 @@ def test_only_approvers_approve_or_deny_and_groups_count(tmp_path):
         w.store.close()
 
 
+def test_a_guest_may_not_decide_even_when_listed(tmp_path):
+    w = World(tmp_path, approvers=["U2", "U3"])
+    try:
+        w.approvers.guests.add("U2")
+        req = w.request()
+        result = w.wf.decide(req.id, "U2", "approve")
+        assert not result.ok and result.message == (
+            "guest accounts may not approve or deny requests (only full members of this workspace); nothing was changed"
+        )
+        assert w.wf.decide(req.id, "U3", "approve").execute
+    finally:
+        w.store.close()
+
+
+def test_an_approver_removed_from_the_config_no_longer_counts(tmp_path):
+    w = World(tmp_path, approvals_required=2, approvers=["U2", "U3", "U4"])
+    try:
+        req = w.request()
+        assert w.wf.decide(req.id, "U2", "approve").message == "approval 1 of 2 recorded"
+        w.config.environments["prod"].access.approvers.remove("U2")
+        result = w.wf.decide(req.id, "U3", "approve")
+        assert result.ok and result.tell and not result.execute
+        assert result.message == "approval 1 of 2 recorded (no longer counted: <@U2>, not approvers any more)"
+        assert w.wf.decide(req.id, "U4", "approve").execute
+    finally:
+        w.store.close()
+
+
 def test_deny_and_withdraw_close_the_request(world):
     req = world.request()
     denied = world.wf.decide(req.id, "U2", "deny")
@@ -289,7 +326,9 @@ def test_two_approvals_when_two_are_required(tmp_path):
         twice = w.wf.decide(req.id, "U2", "approve")
         assert not twice.ok and "already approved" in twice.message
         second = w.wf.decide(req.id, "U3", "approve")
-        assert second.execute and second.request.decided_by == "U2,U3"
+        # decided_by names the approval that completed the request; every approval is in the table
+        assert second.execute and second.request.decided_by == "U3"
+        assert w.store.approvers_of(req.id) == ["U2", "U3"]
     finally:
         w.store.close()
 

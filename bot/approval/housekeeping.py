@@ -1,9 +1,12 @@
 """The periodic jobs of the approval workflow, run by the scheduler (``install``) or called directly.
 
-* every 10 s, :meth:`Housekeeping.requests`: expire pending requests past their TTL, end requests a
-  stopped bot left 'executing' as interrupted, and have their messages redrawn;
+* every 10 s, :meth:`Housekeeping.requests`: store outcomes that waited in memory for the state
+  store, expire pending requests past their TTL, end requests a stopped bot left 'executing' as
+  interrupted, and have their messages redrawn;
 * every 30 s, :meth:`Housekeeping.bulk`: keep the messages of databases closed by the bot true;
-* every hour, :meth:`Housekeeping.purge_tokens`: forget button tokens older than a week.
+* every hour, :meth:`Housekeeping.purge_tokens`: forget button tokens older than a week;
+* every hour, :meth:`Housekeeping.purge_state`: retention (``state_retention``) of finished requests,
+  audit entries and resolved incidents.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ class Housekeeping:
 
     def requests(self) -> None:
         wf = self.workflow
+        for rid in wf.flush_unsaved():  # outcomes that waited in memory for the state store
+            fresh = wf.store.get_request(rid)
+            if fresh is not None:
+                wf.events.changed(fresh)
         for req in wf.expire_due():
             wf.events.changed(req)
         for req in wf.recover_interrupted():
@@ -43,8 +50,22 @@ class Housekeeping:
             log.info("purged %d button tokens older than %d days", removed, TOKEN_RETENTION // 86400)
         return removed
 
+    def purge_state(self) -> dict[str, int]:
+        """Retention (``state_retention``): finished requests, audit entries, resolved incidents."""
+        store, retention = self.workflow.store, self.workflow.config.state_retention
+        store.backfill_outcome_columns()  # rows finished by a replica of an older release, before any purge
+        removed = store.purge_finished(time.time() - retention)
+        if any(removed.values()):
+            log.info(
+                "purged state older than %g days: %d requests (%d approvals), %d audit entries, %d incidents",
+                retention / 86400, removed["requests"], removed["approvals"], removed["audit"],
+                removed["incidents"],
+            )
+        return removed
+
     def install(self, scheduler: BaseScheduler) -> None:
         scheduler.add_job(self.requests, "interval", seconds=10, id="pgs-requests-housekeeping",
                           replace_existing=True)
         scheduler.add_job(self.purge_tokens, "interval", hours=1, id="pgs-purge-tokens", replace_existing=True)
+        scheduler.add_job(self.purge_state, "interval", hours=1, id="pgs-purge-state", replace_existing=True)
         scheduler.add_job(self.bulk, "interval", seconds=30, id="pgs-bulk-housekeeping", replace_existing=True)

@@ -3,7 +3,10 @@
 * ``pgs_kill:<cancel|terminate>:<token>``: a session's Cancel / Terminate button (listings, lag alerts)
 * ``pgs_bulk:<terminate_bulk|clear_db|clear_db_block|allow_connections>:<token>``: bulk buttons
 * ``pgs_req:<approve|deny|withdraw>:<request id>``: the decision buttons under an approval request
+* ``pgs_details:<token>``: a session's Details button (opens a modal; no approval)
+* ``pgs_dkill:<cancel|terminate>:<token>``: Cancel / Terminate inside the Details modal
 * ``pgs_kill_request``: the callback id of the request modal every action button opens
+* ``pgs_details_view``: the callback id of the Details modal
 
 A button's ``value`` repeats its token (or request id); a click whose value does not is refused. The
 token is random and resolved on the server (:meth:`bot.state.store.StateStore.get_target`): nothing
@@ -31,7 +34,10 @@ VERDICTS = ("approve", "deny", "withdraw")
 KILL_PREFIX = "pgs_kill"
 BULK_PREFIX = "pgs_bulk"
 DECIDE_PREFIX = "pgs_req"
+DETAILS_PREFIX = "pgs_details"  # pgs_details:<token>: a session's Details button (no approval)
+MODAL_KILL_PREFIX = "pgs_dkill"  # pgs_dkill:<cancel|terminate>:<token>: Cancel/Terminate inside Details
 REQUEST_CALLBACK = "pgs_kill_request"
+DETAILS_CALLBACK = "pgs_details_view"  # the Details modal
 
 _TOKEN = r"[A-Za-z0-9_-]{1,64}"
 
@@ -39,6 +45,8 @@ _TOKEN = r"[A-Za-z0-9_-]{1,64}"
 ANY_KILL = re.compile(rf"^{KILL_PREFIX}:")
 ANY_BULK = re.compile(rf"^{BULK_PREFIX}:")
 ANY_DECIDE = re.compile(rf"^{DECIDE_PREFIX}:")
+ANY_DETAILS = re.compile(rf"^{DETAILS_PREFIX}:")
+ANY_MODAL_KILL = re.compile(rf"^{MODAL_KILL_PREFIX}:")
 
 
 def action_id(prefix: str, verb: str, token: str) -> str:
@@ -53,6 +61,14 @@ def bulk_action_id(action: str, token: str) -> str:
     return action_id(BULK_PREFIX, action, token)
 
 
+def details_action_id(token: str) -> str:
+    return f"{DETAILS_PREFIX}:{token}"
+
+
+def modal_kill_action_id(action: str, token: str) -> str:
+    return action_id(MODAL_KILL_PREFIX, action, token)
+
+
 def decide_action_id(verdict: str, request_id: str) -> str:
     return action_id(DECIDE_PREFIX, verdict, request_id)
 
@@ -61,6 +77,12 @@ def decide_action_id(verdict: str, request_id: str) -> str:
 class Click:
     verb: str
     token: str
+
+
+def parse_details_click(action_id_: str, value: str | None) -> str | None:
+    """The token of ``pgs_details:<token>`` whose value repeats it, else None."""
+    m = re.match(rf"^{DETAILS_PREFIX}:({_TOKEN})$", action_id_ or "")
+    return m.group(1) if m is not None and value == m.group(1) else None
 
 
 def parse_click(prefix: str, verbs: Iterable[str], action_id_: str, value: str | None) -> Click | None:

@@ -114,6 +114,12 @@ class SessionTarget(SessionSnapshot):
     kind: Literal["session"] = "session"
 
 
+class DetailsTarget(SessionSnapshot):
+    """A session's Details button: lets its holder read that session (pid + backend_start), nothing else."""
+
+    kind: Literal["details"] = "details"
+
+
 class BulkTarget(Frozen):
     """*Terminate these N* under an ``idle`` / ``idle-tx --app`` listing: the exact sessions shown."""
 
@@ -145,8 +151,9 @@ class DatabaseTarget(Frozen):
     requested_in: str | None = None
 
 
-Target = Annotated[SessionTarget | BulkTarget | DatabaseTarget, Field(discriminator="kind")]
-TargetKind = Literal["session", "bulk", "database"]
+Target = Annotated[SessionTarget | DetailsTarget | BulkTarget | DatabaseTarget, Field(discriminator="kind")]
+TargetKind = Literal["session", "details", "bulk", "database"]
+TARGET_KINDS: tuple[TargetKind, ...] = ("session", "details", "bulk", "database")
 TARGET = TypeAdapter(Target)
 
 
@@ -178,6 +185,7 @@ class OutcomeStatus(StrEnum):
     RUNNING = "running"
     # single-session signals (bot.postgres.signals)
     GONE = "gone"
+    MOVED = "moved"  # the session moved on from what was approved: nothing was signalled
     NOT_DONE = "not_done"
     REFUSED = "refused"
 
@@ -280,14 +288,14 @@ class Request(Frozen):
     updated_at: float
 
     @property
-    def session(self) -> SessionRef | None:
+    def session(self) -> SessionTarget | None:
         """The one session of a Cancel / Terminate request, else None."""
         return self.target if isinstance(self.target, SessionTarget) else None
 
     @property
     def sessions(self) -> tuple[SessionRef, ...]:
         t = self.target
-        return (t,) if isinstance(t, SessionTarget) else t.sessions
+        return (t,) if isinstance(t, SessionSnapshot) else t.sessions
 
     @property
     def database(self) -> str | None:

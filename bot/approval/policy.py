@@ -6,8 +6,12 @@ returns None when allowed, else the reason (shown to the person, so it names the
 
 from __future__ import annotations
 
-from bot.approval.ports import ApproversLookup
+from bot.approval.ports import ApproversLookup, DirectoryUnavailable, identity_refusal
 from bot.config import Access, Config
+
+
+def signalling_off_reason(env: str) -> str:
+    return f"signalling is turned off for `{env}` (access.allow_kill: false)"
 
 
 class Policy:
@@ -34,14 +38,37 @@ class Policy:
             return True
         return self._access(env) is not None and self.channel_refusal(env, channel) is None
 
+    def viewer_refusal(self, env: str | None, user: str) -> str | None:
+        """Why ``user`` may not see ``env``'s sessions (``access.viewers``), or None. Fails closed when
+        Slack cannot say who is in a viewers user group."""
+        if env is None:
+            return None
+        access = self._access(env)
+        if access is None:
+            return f"environment `{env}` is not configured"
+        try:
+            if self.approvers.allowed(user, access.viewers):
+                return None
+        except DirectoryUnavailable as exc:
+            return str(exc)
+        return f"you are not allowed to see sessions of `{env}` (access.viewers)"
+
+    def viewers_decidable_offline(self, env: str | None) -> bool:
+        """True when ``access.viewers`` of ``env`` names no user group (no Slack call needed to decide)."""
+        access = self._access(env) if env is not None else None
+        return access is None or not any(p.startswith("S") for p in access.viewers)
+
+    def may_view(self, env: str | None, user: str, channel: str | None) -> bool:
+        """Whether ``user`` may see requests and audit entries of ``env`` in ``channel`` (the channel
+        rule and ``access.viewers``)."""
+        return self.may_see(env, channel) and self.viewer_refusal(env, user) is None
+
     # --- offering buttons ---------------------------------------------------------------------------
 
     def signalling_off(self, env: str) -> str | None:
         """Why no button that signals may be drawn for ``env`` (``access.allow_kill``), or None."""
         access = self._access(env)
-        if access is not None and not access.allow_kill:
-            return f"signalling is turned off for `{env}` (access.allow_kill: false)"
-        return None
+        return signalling_off_reason(env) if access is not None and not access.allow_kill else None
 
     def too_many(self, env: str, sessions: int) -> str | None:
         """Why a bulk action over ``sessions`` sessions is not offered (``access.max_bulk``), or None."""
@@ -67,8 +94,14 @@ class Policy:
         refusal = self.channel_refusal(env, channel)
         if refusal:
             return refusal
-        if not self.approvers.allowed(user, access.requesters):
-            return f"you are not allowed to request kills in `{env}` (access.requesters)"
+        try:
+            if not self.approvers.allowed(user, access.requesters):
+                return f"you are not allowed to request kills in `{env}` (access.requesters)"
+            who = identity_refusal(self.approvers.user_facts(user), "request")
+        except DirectoryUnavailable as exc:
+            return str(exc)
+        if who:
+            return who
         if not access.approvers:
             return f"no approvers are configured for `{env}`: set environments.{env}.access.approvers"
         return None
@@ -92,6 +125,9 @@ class Policy:
         access = self._access(env)
         if access is None:
             return f"environment `{env}` is no longer configured; nothing was changed"
-        if not self.approvers.allowed(user, access.approvers):
-            return f"you are not an approver for `{env}` (access.approvers)"
+        try:
+            if not self.approvers.allowed(user, access.approvers):
+                return f"you are not an approver for `{env}` (access.approvers)"
+        except DirectoryUnavailable as exc:
+            return str(exc)
         return None

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,8 +19,57 @@ from bot.postgres.pools import Databases
 from bot.state.store import StateStore
 
 
+class DirectoryUnavailable(Exception):
+    """Slack could not be asked and no answer young enough is cached; ``str()`` says so for the user."""
+
+
+@dataclass(frozen=True)
+class Principals:
+    """A principal list (user ids, user-group ids, "*") with every group's members read beforehand."""
+
+    principals: tuple[str, ...]
+    members: dict[str, frozenset[str]]
+
+    def allows(self, user_id: str) -> bool:
+        if "*" in self.principals or user_id in self.principals:
+            return True
+        return any(user_id in self.members.get(p, frozenset()) for p in self.principals if p.startswith("S"))
+
+
+@dataclass(frozen=True)
+class UserFacts:
+    """What users.info says about a person that matters for authority."""
+
+    user_id: str
+    team_id: str | None
+    guest: bool  # is_restricted or is_ultra_restricted
+    external: bool  # Slack Connect: another organisation's user
+    deleted: bool = False
+
+
+def identity_refusal(facts: UserFacts, doing: str) -> str | None:
+    """Why this person may not ``doing`` (e.g. 'request', 'approve'), whatever the principal lists say."""
+    if facts.deleted:
+        return f"deactivated accounts may not {doing}"
+    if facts.guest:
+        return f"guest accounts may not {doing} (only full members of this workspace)"
+    if facts.external:
+        return f"people from another organisation or workspace may not {doing} (only members of this workspace)"
+    return None
+
+
 class ApproversLookup(Protocol):
+    """Who is who in Slack (answers at most 5 minutes old; raises DirectoryUnavailable otherwise)."""
+
     def allowed(self, user_id: str, principals: list[str]) -> bool: ...
+
+    def resolve(self, principals: list[str]) -> Principals: ...
+
+    def user_facts(self, user_id: str) -> UserFacts: ...
+
+    def cached_user_facts(self, user_id: str) -> UserFacts | None:
+        """Never calls Slack: safe inside a transaction."""
+        ...
 
 
 class RequestEvents(Protocol):
@@ -44,3 +94,13 @@ class Execution:
     store: StateStore
     dbs: Databases
     events: RequestEvents
+    # an audit entry for something that happened (a signal sent): retried, never lost, never raises
+    audit_durably: Callable[[Request, str, str | None, str | None], None] | None = None
+    # a state write recording something that happened: retried, kept until it lands (never raises)
+    record: Callable[[str, Callable[[], object], str | None], bool] | None = None
+
+    def durably(self, what: str, write: Callable[[], object], request_id: str | None = None) -> bool:
+        if self.record is not None:
+            return self.record(what, write, request_id)
+        write()
+        return True

@@ -1,27 +1,49 @@
 """Button tokens for sessions, and what Cancel / Terminate do once approved.
 
 A listing stores a snapshot of every session it offers buttons for (pid, backend_start at full
-microsecond precision, who/what it was); the button carries only the random token. A click with an
-unknown token, or one from another channel than the listing's, acts on nothing.
+microsecond precision, who/what it was, and the query_start / xact_start / state_change a signal is
+bound to); the button carries only the random token. A click with an unknown token, or one from
+another channel than the listing's, acts on nothing. A token is honoured for ``access.request_ttl``
+after it was issued (:func:`token_age_refusal`); a living lag alert issues fresh ones as it is updated.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 from bot.approval.audit import audit_request
-from bot.approval.models import OutcomeStatus, Request, SessionTarget, SignalOutcome, iso
+from bot.approval.models import (
+    DetailsTarget,
+    OutcomeStatus,
+    Request,
+    SessionTarget,
+    SignalOutcome,
+    StoredTarget,
+    iso,
+)
 from bot.approval.ports import Execution
+from bot.durations import format_duration
 from bot.postgres.models import Session
 from bot.postgres.signals import signal
 from bot.state.store import StateStore
 
 
-def session_snapshot(s: Session) -> SessionTarget:
+def session_snapshot(s: Session, listed_at: float | None = None) -> SessionTarget:
+    """What the approver will see and what a signal is bound to.
+
+    Besides ``(pid, backend_start)`` it keeps ``query_start``, ``xact_start`` and ``state_change``
+    exactly: a cancel or terminate acts only while the session is still doing what was listed
+    (bot.postgres.signals). ``listed_at`` (epoch seconds) is shown on the request and approval.
+    """
     what, secs = s.duration
     return SessionTarget(
         pid=s.pid,
         backend_start=iso(s.backend_start),
+        query_start=iso(s.query_start),
+        xact_start=iso(s.xact_start),
+        state_change=iso(s.state_change),
+        listed_at=time.time() if listed_at is None else listed_at,
         user=s.user,
         database=s.database,
         application=s.application,
@@ -44,13 +66,73 @@ def issue_session_tokens(
     return {s.pid: t for s, t in zip(chosen, tokens, strict=True)}
 
 
+def issue_details_tokens(
+    store: StateStore, env: str, host: str, sessions: Iterable[Session], channel: str | None, user: str | None
+) -> dict[int, str]:
+    """Tokens for the Details button of every session shown (signalable or not); kind ``details``.
+
+    A details token only lets its holder read the session it names (pid + backend_start); the kill
+    workflow refuses it for Cancel/Terminate (it is not a ``session`` target)."""
+    chosen = list({s.pid: s for s in sessions}.values())
+    snapshots = [DetailsTarget(**session_snapshot(s).model_dump(exclude={"kind"})) for s in chosen]
+    tokens = store.put_targets(env, host, channel, user, list(snapshots))
+    return {s.pid: t for s, t in zip(chosen, tokens, strict=True)}
+
+
+def listing_command(env: str, host: str = "primary") -> str:
+    """The command that lists ``env``'s sessions again (for 'list again' answers)."""
+    return f"/pgsessions {env}" + ("" if host == "primary" else f" {host}")
+
+
+def token_age_refusal(stored: StoredTarget, request_ttl: float, now: float | None = None) -> str | None:
+    """Why a button issued with ``stored`` is too old to act on, or None.
+
+    A listing is a photograph: after ``access.request_ttl`` its buttons stop working and the click is
+    answered with how to get a fresh one.
+    """
+    now = time.time() if now is None else now
+    age = now - float(stored.created_at or 0)
+    if age <= request_ttl:
+        return None
+    return (
+        f"this button is from a listing made {format_duration(age)} ago, longer than access.request_ttl "
+        f"({format_duration(request_ttl)}) allows: run `{listing_command(stored.env, stored.host or 'primary')}` for a fresh listing and click there"
+    )
+
+
+BINDING_KEYS = ("state", "query_start", "xact_start", "state_change")
+
+
+def reusable_token(stored: StoredTarget | None, s: Session, request_ttl: float, now: float | None = None) -> bool:
+    """May a message that is redrawn (a living lag alert) keep showing the button of ``stored``?
+
+    Only while the token is young (less than half of ``access.request_ttl``: it must still work when
+    the next update comes) and the session is still doing exactly what the token's snapshot says;
+    otherwise the redraw issues a fresh token.
+    """
+    if stored is None or not isinstance(stored.target, SessionTarget):
+        return False
+    now = time.time() if now is None else now
+    if now - float(stored.created_at or 0) > request_ttl / 2:
+        return False
+    snap = session_snapshot(s, listed_at=0.0)
+    return all(getattr(stored.target, k) == getattr(snap, k) for k in BINDING_KEYS)
+
+
 def signal_session(ex: Execution, req: Request) -> SignalOutcome:
-    """The executor of ``cancel`` and ``terminate``: signal the one approved backend, if still it."""
+    """The executor of ``cancel`` and ``terminate``: signal the one approved backend, if it is still that
+    backend and still doing what the approver saw (fail closed)."""
     s = req.session
     if s is None or s.backend_start is None:
         return SignalOutcome(status=OutcomeStatus.FAILED, detail="the request names no session")
-    res = signal(ex.dbs, req.env, req.host, req.action, s.pid, s.backend_start)
+    res = signal(ex.dbs, req.env, req.host, req.action, s.pid, s.backend_start, listed=s.model_dump())
     outcome = SignalOutcome(status=OutcomeStatus(res.status), detail=res.detail, signalled=res.signalled)
-    audit_request(ex.store, req.model_copy(update={"outcome": outcome}), "executed" if res.ok else res.status,
-                  None, result=res.detail)
+    # every signal sent has an 'executed' entry (also a cancel/terminate that was sent but not yet
+    # effective: not_done); a signal not sent is recorded by its reason (gone, moved, refused, …)
+    event = "executed" if res.signalled or res.ok else res.status
+    done = req.model_copy(update={"outcome": outcome})
+    if ex.audit_durably is not None:
+        ex.audit_durably(done, event, None, res.detail)
+    else:
+        audit_request(ex.store, done, event, None, result=res.detail)
     return outcome

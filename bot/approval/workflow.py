@@ -10,20 +10,29 @@ States (:class:`~bot.approval.models.RequestState`)::
 
 Authorization runs in one place, :meth:`Workflow.decide`, always in this order: the request exists and
 is pending → it has not expired → the approver is not the requester (unless ``self_approval``) → the
-approver is allowed (:meth:`bot.approval.policy.Policy.may_approve`, resolved before the transaction)
-→ act. Every transition is a conditional UPDATE in a transaction that locks the request row, so twenty
-concurrent Approve clicks signal the backend once and record one outcome.
+approver is a full member of this workspace and an approver now → the request is still allowed (the
+environment exists, ``allow_kill``, the requester and the channel are still allowed) → enough approvals
+by people who are approvers now → act. Slack (user groups, users.info; answers at most 5 minutes old)
+is asked through the approvers-lookup port BEFORE the transaction; every transition is a conditional
+UPDATE in a transaction that locks the request row, so twenty concurrent Approve clicks signal the
+backend once and record one outcome. :meth:`Workflow.execute` checks the request's authority once more
+just before acting, and records the outcome of a signal that was sent even when the state store fails
+for a while (retried, kept in memory until it lands).
 
-What "act" means for each action is its executor in the table of actions (bot/approval/actions.py).
+What "act" means for each action is its executor in the table of actions (bot/approval/actions.py);
+who may request is :class:`~bot.approval.policy.Policy`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.engine import Connection
 
@@ -31,6 +40,8 @@ from bot.approval.actions import ACTIONS, ActionKind
 from bot.approval.audit import audit_request
 from bot.approval.models import (
     BulkOutcome,
+    BulkTarget,
+    DatabaseTarget,
     NewRequest,
     Outcome,
     OutcomeStatus,
@@ -41,16 +52,31 @@ from bot.approval.models import (
     StoredTarget,
     Verdict,
 )
-from bot.approval.policy import Policy
-from bot.approval.ports import Execution, RequestEvents
+from bot.approval.policy import Policy, signalling_off_reason
+from bot.approval.ports import (
+    DirectoryUnavailable,
+    Execution,
+    Principals,
+    RequestEvents,
+    identity_refusal,
+)
+from bot.approval.targets import token_age_refusal
 from bot.config import Config
 from bot.metrics import KILL_REQUESTS
+from bot.postgres.models import runs_query
 from bot.postgres.pools import Databases
 from bot.state.store import StateStore
 
 log = logging.getLogger(__name__)
 
 PENDING, EXECUTING = RequestState.PENDING, RequestState.EXECUTING
+# seconds between the retries of a state write that records a signal already sent
+WRITE_RETRY_DELAYS = (0.2, 0.5, 1.0)
+
+
+def submission_key(once: str) -> str:
+    """The state-store key of one form submission (fixed length, nothing readable in it)."""
+    return "sub" + hashlib.sha256(once.encode()).hexdigest()[:29]
 
 
 @dataclass(frozen=True)
@@ -62,6 +88,18 @@ class Result:
     request: Request | None = None
     changed: bool = False  # the request's message must be redrawn
     execute: bool = False  # approved and now 'executing': call Workflow.execute
+    tell: bool = False  # ok, but the clicker should read the message (approvals no longer counted)
+
+
+@dataclass(frozen=True)
+class Authority:
+    """What Slack said, read before a decision's transaction: who the approvers and requesters are now,
+    and why a person involved may not take part (guest, another organisation), by user id."""
+
+    approvers: Principals
+    requesters: Principals
+    user_refusal: str | None
+    refusals: dict[str, str | None]
 
 
 def failed_outcome(action: ActionKind | None, status: OutcomeStatus, detail: str) -> Outcome:
@@ -86,6 +124,7 @@ class Workflow:
         self.store = store
         self.dbs = dbs
         self.policy = policy
+        self.directory = policy.approvers
         self.events = events
         self.actions = actions
         # An execution (connect + statement timeouts, a terminate's wait) takes far less than this; a
@@ -94,19 +133,29 @@ class Workflow:
         if interrupted_after is None:
             interrupted_after = float(os.environ.get("PGSESSIONS_INTERRUPTED_AFTER") or 120.0)
         self.interrupted_after = interrupted_after
+        # state writes that recorded something that already happened, waiting for the store (§3)
+        self._unsaved: list[tuple[str, Callable[[], Any], str | None]] = []
+        self._unsaved_lock = threading.Lock()
 
     @property
     def execution(self) -> Execution:
-        return Execution(self.config, self.store, self.dbs, self.events)
+        return Execution(self.config, self.store, self.dbs, self.events, self._audit_for_executor, self.durably)
+
+    def _audit_for_executor(self, req: Request, event: str, actor: str | None, result: str | None) -> None:
+        self.audit_durably(req, event, actor, result=result)
 
     # --- requesting ---------------------------------------------------------------------------------
+
+    def may_request(self, env: str, user: str, channel: str | None) -> str | None:
+        """Why ``user`` may not ask to signal in ``env`` from ``channel``, or None."""
+        return self.policy.may_request(env, user, channel)
 
     def target_for(
         self, token: str, action: str, user: str, channel: str | None
     ) -> tuple[StoredTarget | None, str | None]:
         """Resolve a button token to its stored target; (target, None) or (None, why not)."""
         stored = self.store.get_target(token)
-        if stored is None:
+        if stored is None or stored.kind == "details":
             return None, "this button is not known to the bot (it may be from an old or forged message)"
         if stored.channel and channel and stored.channel != channel:
             return None, "this button belongs to a message in another channel"
@@ -120,15 +169,34 @@ class Workflow:
                     "cancel does nothing to a session idle in transaction (PostgreSQL reports success but "
                     "the transaction stays open): use Terminate"
                 )
-        elif kind is None or kind.target_kind == "session" or action not in target.actions:
+            if kind.refuses_idle_in_transaction and not runs_query(target.state):
+                return None, "cancel does nothing to a session that is not running a query: use Terminate"
+        elif kind is None or kind.target_kind == "session" or action not in getattr(target, "actions", ()):
             # bulk and database targets name the actions their token was issued for
             return None, f"`{action}` is not what this button was issued for"
+        too_old = self._listing_too_old(stored)
+        if too_old:
+            return None, too_old
         refusal = self.policy.may_request(stored.env, user, channel)
         if refusal:
             return None, refusal
         return stored, None
 
-    def submit(self, token: str, action: str, user: str, channel: str | None, reason: str | None) -> Result:
+    def _listing_too_old(self, stored: StoredTarget) -> str | None:
+        """A listing's (or bulk offer's) buttons work for ``access.request_ttl``; database tokens are
+        kept fresh by their own housekeeping."""
+        if stored.kind not in ("session", "bulk"):
+            return None
+        environment = self.config.env(stored.env)
+        if environment is None:
+            return None  # may_request says so
+        return token_age_refusal(stored, environment.access.request_ttl)
+
+    def submit(
+        self, token: str, action: str, user: str, channel: str | None, reason: str | None, once: str | None = None
+    ) -> Result:
+        """Create a request. ``once``: a key for this submission (a modal's view id + user); a replay of
+        a submission already turned into a request creates nothing (``Result.request`` is None)."""
         stored, refusal = self.target_for(token, action, user, channel)
         if stored is None:
             return Result(False, refusal or "refused")
@@ -136,10 +204,13 @@ class Workflow:
         reason = (reason or "").strip()
         if environment.access.require_reason and not reason:
             return Result(False, "a reason is required")
-        if not isinstance(stored.target, SessionTarget):
+        if isinstance(stored.target, (BulkTarget, DatabaseTarget)):
             too_big = self.policy.request_too_big(stored.env, len(stored.target.sessions))
             if too_big:
                 return Result(False, too_big)
+        if once is not None and not self.store.claim_once(submission_key(once)):
+            log.info("a replayed request form submission was ignored")
+            return Result(True, "already requested", None)
         now = time.time()
         request = self.store.create_request(
             NewRequest(
@@ -147,7 +218,7 @@ class Workflow:
                 host=stored.host,
                 action=action,
                 target_token=token,
-                target=stored.target,
+                target=stored.target.model_copy(update={"requested_in": channel}),
                 requester=user,
                 reason=reason or None,
                 channel=environment.access.approval_channel or channel,
@@ -169,11 +240,16 @@ class Workflow:
             v = Verdict(verdict)
         except ValueError:
             return Result(False, f"unknown decision `{verdict}`")
-        # who may approve may need Slack (user groups): resolved before the row is locked
-        peek = self.store.get_request(request_id)
-        not_approver = None
-        if peek is not None and v is not Verdict.WITHDRAW:
-            not_approver = self.policy.may_approve(peek.env, user)
+        # Every Slack lookup (user groups, users.info) happens here, BEFORE the row lock: one slow
+        # Slack answer must not stall every other click. The transaction below only reads the result.
+        authority: Authority | None = None
+        if v is not Verdict.WITHDRAW:
+            pre = self.store.get_request(request_id)
+            if pre is not None and pre.state == PENDING and self.config.env(pre.env) is not None:
+                try:
+                    authority = self._resolve_authority(pre, user)
+                except DirectoryUnavailable as exc:
+                    return Result(False, f"{exc}. Nothing was changed")
         with self.store.tx() as c:
             # 1. the request exists and is pending
             req = self.store.get_request(request_id, conn=c, lock=True)
@@ -198,32 +274,49 @@ class Workflow:
                 if user != req.requester:
                     return Result(False, "only the person who made the request can withdraw it")
                 return self._close(c, req, RequestState.WITHDRAWN, user, now)
+            if authority is None:  # it became pending-with-an-environment after our first read: resolve again
+                return Result(False, "this request changed while you clicked; nothing was changed, please click again")
             # 3. not the requester (unless self-approval is allowed)
             if user == req.requester and v is Verdict.APPROVE and not access.self_approval:
                 return Result(
                     False,
                     "you made this request, so another approver must decide it (access.self_approval is false)",
                 )
-            # 4. the approver is allowed
-            if not_approver:
-                return Result(False, not_approver)
-            # 5. act
+            # 4. the approver is allowed: a full member of this workspace, listed in access.approvers now
+            if authority.user_refusal:
+                return Result(False, f"{authority.user_refusal}; nothing was changed")
+            if not authority.approvers.allows(user):
+                return Result(False, f"you are not an approver for `{req.env}` (access.approvers)")
+            # 5. a denial needs nothing more
             if v is Verdict.DENY:
                 return self._close(c, req, RequestState.DENIED, user, now)
+            # 6. the request itself is still allowed: signalling on, requester and channel still allowed
+            refusal = self._request_refusal(req, authority)
+            if refusal:
+                return Result(False, f"{refusal}; nothing was changed", req)
             if not self.store.add_approval(c, request_id, user):
                 return Result(False, "you have already approved this request; it needs another approver")
-            approvers = self.store.approvers_of(request_id, conn=c)
+            recorded = self.store.approvers_of(request_id, conn=c)
             audit_request(self.store, req, "approved", user, conn=c)
-            if len(approvers) < access.approvals_required:
+            # 7. enough approvals: only people who are approvers NOW count (re-evaluated at every
+            # approval), the requester only with self_approval (and once: approvals are unique per person)
+            counted = [a for a in recorded if self._counts(a, req, access.self_approval, authority)]
+            if len(counted) < access.approvals_required:
+                dropped = [a for a in recorded if a not in counted]
+                note = (
+                    " (no longer counted: " + ", ".join(f"<@{a}>" for a in dropped) + ", not approvers any more)"
+                    if dropped else ""
+                )
                 return Result(
                     True,
-                    f"approval {len(approvers)} of {access.approvals_required} recorded",
+                    f"approval {len(counted)} of {access.approvals_required} recorded{note}",
                     self._reread(c, request_id),
                     changed=True,
+                    tell=bool(dropped),
                 )
-            if not self.store.transition(
-                c, request_id, PENDING, EXECUTING, decided_at=now, decided_by=",".join(approvers)
-            ):
+            # decided_by holds the approval that completed the request (one id: fits the column whatever
+            # approvals_required is); every approver is in the approvals table
+            if not self.store.transition(c, request_id, PENDING, EXECUTING, decided_at=now, decided_by=user):
                 return Result(False, "another approval got there first; nothing was changed")
             to_execute = self._reread(c, request_id)
         # The caller sends the signal with execute(), outside the row lock (it can take seconds) and after
@@ -247,7 +340,12 @@ class Workflow:
         kind = self.actions.get(req.action)
         outcome: Outcome
         try:
-            if kind is None:
+            refusal = self._refusal_before_acting(req)
+            if refusal:
+                outcome = failed_outcome(kind, OutcomeStatus.REFUSED, f"nothing was signalled: {refusal}")
+                self.audit_durably(req.model_copy(update={"outcome": outcome}), "refused", None,
+                                   result=outcome.detail)
+            elif kind is None:
                 outcome = failed_outcome(None, OutcomeStatus.FAILED, f"unknown action {req.action}")
             else:
                 outcome = kind.executor(self.execution, req)
@@ -257,11 +355,160 @@ class Workflow:
                 kind, OutcomeStatus.FAILED, f"the bot failed while acting ({type(exc).__name__}); see logs"
             )
         final = RequestState.DONE if outcome.status == OutcomeStatus.DONE else RequestState.FAILED
-        with self.store.tx() as c:
-            self.store.transition(c, req.id, EXECUTING, final, outcome=outcome)
-            done = self._reread(c, req.id)
+        done = self._record_outcome(req, final, outcome)
         KILL_REQUESTS.labels(req.env, req.action, final.value, outcome.status.value).inc()
         return Result(True, outcome.detail or final.value, done, changed=True)
+
+    # --- outcomes are never lost (issue 12 §3) ---------------------------------------------------------
+
+    def _record_outcome(self, req: Request, final: RequestState, outcome: Outcome) -> Request:
+        """Store the outcome of an executed request; when the state store fails, retry, keep it in memory
+        until it lands (:meth:`flush_unsaved`), and return the request as it really is now, so the message
+        shows what happened (a signal that was sent is never reported as "nothing was changed")."""
+
+        def write() -> None:
+            with self.store.tx() as c:
+                self.store.transition(c, req.id, EXECUTING, final, outcome=outcome)
+
+        self.durably(f"the outcome of request {req.id}", write, request_id=req.id)
+        try:
+            stored = self.store.get_request(req.id)
+        except Exception as exc:
+            log.warning("could not read back request %s: %s", req.id, type(exc).__name__)
+            stored = None
+        if stored is not None and stored.state == final:
+            return stored
+        return req.model_copy(update={"state": final, "outcome": outcome, "updated_at": time.time()})
+
+    def durably(self, what: str, write: Callable[[], Any], request_id: str | None = None) -> bool:
+        """Run a state write that records something that already happened (a signal was sent): retried
+        a few times, then kept in memory and retried by housekeeping until it lands. Never raises."""
+        for delay in (0.0, *WRITE_RETRY_DELAYS):
+            if delay:
+                time.sleep(delay)
+            try:
+                write()
+                return True
+            except Exception as exc:
+                log.warning("could not record %s (%s); retrying", what, type(exc).__name__)
+        with self._unsaved_lock:
+            self._unsaved.append((what, write, request_id))
+        log.error("could not record %s: kept in memory until the state store takes it", what)
+        return False
+
+    def flush_unsaved(self) -> list[str]:
+        """Retry the writes kept in memory, in order; returns the ids of requests whose writes all landed."""
+        with self._unsaved_lock:
+            pending, self._unsaved = self._unsaved, []
+        left: list[tuple[str, Callable[[], Any], str | None]] = []
+        blocked: set[str | None] = set()
+        for item in pending:
+            what, write, rid = item
+            if rid is not None and rid in blocked:  # keep one request's writes in order
+                left.append(item)
+                continue
+            try:
+                write()
+                log.info("recorded %s after all", what)
+            except Exception as exc:
+                log.warning("still could not record %s (%s)", what, type(exc).__name__)
+                left.append(item)
+                if rid is not None:
+                    blocked.add(rid)
+        with self._unsaved_lock:
+            self._unsaved[:0] = left
+        held = {rid for _w, _f, rid in left}
+        return [rid for _w, _f, rid in pending if rid is not None and rid not in held]
+
+    def holds_unsaved(self, request_id: str) -> bool:
+        with self._unsaved_lock:
+            return any(rid == request_id for _w, _f, rid in self._unsaved)
+
+    def audit_durably(self, req: Request, event: str, actor: str | None, result: str | None = None) -> None:
+        """An audit entry for something that happened (a signal sent): retried, never lost, never raises."""
+        self.durably(
+            f"audit entry {req.action}:{event} of request {req.id}",
+            lambda: audit_request(self.store, req, event, actor, result=result),
+            request_id=req.id,
+        )
+
+    # --- authority (issue 12 §2) ----------------------------------------------------------------------
+
+    def _resolve_authority(self, req: Request, user: str) -> Authority:
+        """Ask Slack everything a decision on ``req`` needs (cached ≤ 5 min); raises DirectoryUnavailable.
+
+        Called before the request's transaction; the transaction only reads the answer.
+        """
+        access = self.config.environments[req.env].access
+        people = {user, req.requester, *self.store.approvers_of(req.id)}
+        facts = {p: self.directory.user_facts(p) for p in people}
+        return Authority(
+            approvers=self.directory.resolve(access.approvers),
+            requesters=self.directory.resolve(access.requesters),
+            user_refusal=identity_refusal(facts[user], "approve or deny requests"),
+            refusals={p: identity_refusal(f, "request or approve") for p, f in facts.items()},
+        )
+
+    def _request_refusal(self, req: Request, authority: Authority) -> str | None:
+        """Why ``req`` may no longer go ahead under the current config (pure: no Slack call)."""
+        env = req.env
+        environment = self.config.env(env)
+        if environment is None:
+            return f"environment `{env}` is no longer configured"
+        access = environment.access
+        if not access.allow_kill:
+            return signalling_off_reason(env)
+        origin = getattr(req.target, "requested_in", None) or req.channel
+        if access.channels and origin not in access.channels:
+            return f"`{env}` may no longer be used from <#{origin}> (access.channels)"
+        requester = req.requester
+        if not authority.requesters.allows(requester):
+            return f"<@{requester}> is no longer allowed to request kills in `{env}` (access.requesters)"
+        if authority.refusals.get(requester):
+            return f"the requester may not ask for this: {authority.refusals[requester]}"
+        return None
+
+    def _counts(self, approver: str, req: Request, self_approval: bool, authority: Authority) -> bool:
+        if approver == req.requester and not self_approval:
+            return False
+        if not authority.approvers.allows(approver):
+            return False
+        if approver in authority.refusals:
+            return authority.refusals[approver] is None
+        facts = self.directory.cached_user_facts(approver)  # an approval recorded meanwhile: cache only
+        return facts is not None and identity_refusal(facts, "approve") is None
+
+    def counted_approvals(self, req: Request, recorded: list[str]) -> tuple[list[str], list[str]]:
+        """(approvals that count now, approvals that no longer do), for drawing a pending request.
+
+        Outside any transaction (it may ask Slack); when Slack cannot be asked, every recorded approval
+        is shown as recorded (the decision itself never counts on stale data).
+        """
+        if req.state != PENDING or self.config.env(req.env) is None or not recorded:
+            return recorded, []
+        try:
+            authority = self._resolve_authority(req, req.requester)
+        except DirectoryUnavailable:
+            return recorded, []
+        self_approval = self.config.environments[req.env].access.self_approval
+        counted = [a for a in recorded if self._counts(a, req, self_approval, authority)]
+        return counted, [a for a in recorded if a not in counted]
+
+    def _refusal_before_acting(self, req: Request) -> str | None:
+        """The last check, just before the signal (outside any transaction, so Slack may be asked)."""
+        if self.config.env(req.env) is None:
+            return f"environment `{req.env}` is no longer configured"
+        access = self.config.environments[req.env].access
+        try:
+            authority = Authority(
+                approvers=Principals(tuple(access.approvers), {}),
+                requesters=self.directory.resolve(access.requesters),
+                user_refusal=None,
+                refusals={req.requester: identity_refusal(self.directory.user_facts(req.requester), "request")},
+            )
+        except DirectoryUnavailable as exc:
+            return str(exc)
+        return self._request_refusal(req, authority)
 
     # --- housekeeping -------------------------------------------------------------------------------
 
@@ -287,8 +534,8 @@ class Workflow:
         out = []
         limit = time.time() - (self.interrupted_after if older_than is None else older_than)
         for req in self.store.requests_in((EXECUTING,)):
-            if req.updated_at > limit:
-                continue
+            if req.updated_at > limit or self.holds_unsaved(req.id):
+                continue  # young, or its outcome is known here and waiting for the store
             outcome = failed_outcome(
                 self.actions.get(req.action),
                 OutcomeStatus.INTERRUPTED,

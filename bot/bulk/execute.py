@@ -142,7 +142,8 @@ def terminate_snapshot(
                   "reason": req.reason, "query": None}
 
     def audit_rows(rows: list[Row]) -> None:
-        ex.store.add_audit_many([
+        # the sessions were signalled already: the entries are retried and never lost (issue 12 §3)
+        entries = [
             {
                 **audit_base,
                 "event": f"{req.action}:{result}"[:32],
@@ -153,7 +154,9 @@ def terminate_snapshot(
                 "result": detail,
             }
             for s, result, detail in rows
-        ])
+        ]
+        ex.durably(f"{len(entries)} audit entries of request {req.id}",
+                   lambda: ex.store.add_audit_many(entries), req.id)
 
     by_pid_start = {s.key: s for s in sessions}
     items = list(by_pid_start.items())
@@ -300,6 +303,9 @@ def run_clear_db(ex: Execution, req: Request) -> BulkOutcome:
             if refusal:
                 return finish(tally, started, failed, f"nothing was done: {refusal}", **notes)
             notes["was_closed"] = not info.allow_connections
+            # read before acting, so that the message says what the database allows while it runs
+            notes["allow_connections"] = info.allow_connections
+            progress.notes = dict(notes)
             if block:
                 why = block_refusal(info)
                 if why:
@@ -309,7 +315,7 @@ def run_clear_db(ex: Execution, req: Request) -> BulkOutcome:
                 except psycopg.Error as exc:
                     return finish(tally, started, failed,
                                   f"nothing was terminated: ALTER DATABASE failed ({_first_line(exc)})", **notes)
-                notes.update(blocked=True, closed_at=time.time(),
+                notes.update(blocked=True, closed_at=time.time(), allow_connections=False,
                              allow_token=issue_allow_token(ex.store, req, info.oid))
                 _audit_one(ex, req, "blocked", f"ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false")
                 progress.notes = dict(notes)
@@ -319,7 +325,8 @@ def run_clear_db(ex: Execution, req: Request) -> BulkOutcome:
             try:
                 notes["arrived"] = arrivals(conn, db, [s.key for s in sessions])
                 now = database_state(conn, db)
-                notes["allow_connections"] = now[0] if now else None
+                if now:
+                    notes["allow_connections"] = now[0]
             except psycopg.Error as exc:
                 log.warning("clear-db %s: could not read the database's state afterwards: %s", req.id, exc)
     except Interrupted:
@@ -389,7 +396,7 @@ def reopen_sources(ex: Execution, req: Request, allowed: bool) -> None:
     if not allowed:
         return
     db = req.database
-    for other in ex.store.closing_requests(CLEAR_DB_BLOCK, req.env):
+    for other in ex.store.closed_database_requests(CLEAR_DB_BLOCK, req.env):
         out = other.bulk_outcome
         if out is None or other.host != req.host or other.database != db or not out.blocked or out.reopened:
             continue
@@ -411,7 +418,7 @@ def repair_interrupted_blocks(ex: Execution) -> list[Request]:
     without a visible way back. Returns the requests it changed.
     """
     changed = []
-    for req in ex.store.interrupted_unrepaired(CLEAR_DB_BLOCK):
+    for req in ex.store.interrupted_unnoted(CLEAR_DB_BLOCK):
         out = req.bulk_outcome
         if out is None or out.status != OutcomeStatus.INTERRUPTED or out.blocked is not None:
             continue
@@ -450,7 +457,7 @@ def refresh_closed_databases(ex: Execution, token_max_age: float = 6 * 86400) ->
     changed = []
     now = time.time()
     for env in ex.config.environments:
-        for req in ex.store.closing_requests(CLEAR_DB_BLOCK, env):
+        for req in ex.store.closed_database_requests(CLEAR_DB_BLOCK, env):
             out = req.bulk_outcome
             if out is None or not out.blocked or out.reopened:
                 continue

@@ -16,6 +16,7 @@ from bot.durations import format_duration
 from bot.lagwatch.model import Culprit, PrimaryView, Reason, StandbyLag, Unreachable
 from bot.postgres.lag import culprit_session, read_culprit_rows, read_replication, read_standby
 from bot.postgres.pools import Databases, DatabaseUnavailable
+from bot.postgres.relnames import name_lock_objects
 
 MAX_CULPRITS = 50  # lag_culprits.sql returns at most 50 rows
 
@@ -177,6 +178,8 @@ def measure_standby(
             culprit_rows = read_culprit_rows(
                 conn, row["startup_pid"], suspect_secs, max(environment.listing.query_chars * 2, 600)
             )
+    if culprit_rows:  # relations of other databases by name, through those databases (bounded, cached)
+        name_lock_objects(dbs.config, env, host, culprit_rows)
     culprits, suspects = pick_culprits(reason, culprit_rows, environment.redact_queries) if behind else ((), ())
     wait = None
     if row["startup_wait_event_type"] or row["startup_wait_event"]:

@@ -34,7 +34,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot.approval.policy import Policy
-from bot.approval.targets import issue_session_tokens
+from bot.approval.targets import issue_details_tokens, issue_session_tokens, reusable_token
 from bot.config import Config, Environment, LagAlert
 from bot.durations import format_duration
 from bot.lagwatch import rules
@@ -285,7 +285,9 @@ class LagWatcher:
                 self._resolve_lag(open_[LAG], m, note=action.note)
 
     def _tokens(self, inc: Incident, m: StandbyLag, channel: str) -> tuple[dict[int, str], dict]:
-        """Button tokens for the sessions shown, reusing those issued for the same (pid, backend_start)."""
+        """Button tokens for the sessions shown, reusing those issued for the same (pid, backend_start)
+        while they are young and the session still does what their snapshot says (else fresh ones)."""
+        environment = self.envs[m.env]
         if self.policy.signalling_off(m.env):
             return {}, {}
         known: dict = dict(inc.payload.get("tokens") or {})
@@ -294,7 +296,11 @@ class LagWatcher:
         fresh: list[Culprit] = []
         for c in shown:
             tok = known.get(c.key)
-            if tok and known.get(f"channel:{c.key}") == channel and self.store.get_target(tok) is not None:
+            if (
+                tok
+                and known.get(f"channel:{c.key}") == channel
+                and reusable_token(self.store.get_target(tok), c.session, environment.access.request_ttl)
+            ):
                 tokens[c.session.pid] = tok
             else:
                 fresh.append(c)
@@ -307,9 +313,29 @@ class LagWatcher:
                     known[f"channel:{c.key}"] = channel
         return tokens, known
 
+    def _details_tokens(self, m: StandbyLag, channel: str, known: dict) -> dict[int, str]:
+        """Details tokens for the sessions shown (signalable or not), reused across updates; kept in ``known``."""
+        out: dict[int, str] = {}
+        fresh: list[Culprit] = []
+        for c in m.holding_back[: render.MAX_CULPRITS_SHOWN]:
+            tok = known.get(f"details:{c.key}")
+            target = self.store.get_target(tok) if tok else None
+            if tok and target is not None and target.channel == channel:
+                out[c.session.pid] = tok
+            else:
+                fresh.append(c)
+        if fresh:
+            issued = issue_details_tokens(self.store, m.env, m.host, [c.session for c in fresh], channel, None)
+            for c in fresh:
+                out[c.session.pid] = known[f"details:{c.key}"] = issued[c.session.pid]
+        return out
+
     def _alert_message(self, inc: Incident, m: StandbyLag, alert: LagAlert, channel: str | None) -> tuple[dict, dict]:
         environment = self.envs[m.env]
         tokens, known = self._tokens(inc, m, channel) if channel else ({}, dict(inc.payload.get("tokens") or {}))
+        if channel and not known:  # signalling is off: keep the Details tokens issued earlier
+            known = {k: v for k, v in (inc.payload.get("tokens") or {}).items() if k.startswith("details:")}
+        details = self._details_tokens(m, channel, known) if channel else {}
         msg = render.render_lag_alert(
             m,
             alert,
@@ -318,6 +344,7 @@ class LagWatcher:
             kill_disabled=self.policy.signalling_off(m.env),
             query_chars=environment.listing.query_chars,
             reminder_every=alert.remind_every,
+            details_tokens=details,
         )
         return msg, known
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from psycopg.rows import dict_row
 
 from bot.config import Environment
@@ -53,6 +55,11 @@ def _session(row: Row, redact_queries: bool = False) -> Session:
         is_superuser=row["is_superuser"],
         cannot_signal=cannot_signal_reason(row),
         backend_xmin=row["backend_xmin"],
+        blocking_total=row.get("blocking_total"),
+        longest_wait_secs=row.get("longest_wait_secs"),
+        query_start=row.get("query_start"),
+        xact_start=row.get("xact_start"),
+        state_change=row.get("state_change"),
     )
 
 
@@ -88,4 +95,7 @@ def list_sessions(dbs: Databases, env: str, host: str = "primary", filters: Filt
             cur.execute(query("sessions"), params)
             rows = cur.fetchall()
     sessions = sorted((_session(r, environment.redact_queries) for r in rows), key=lambda s: s.sort_key)
-    return Listing(env=env, host=host, server=info, sessions=tuple(sessions), filters=filters, thresholds=thresholds)
+    return Listing(
+        env=env, host=host, server=info, sessions=tuple(sessions), filters=filters, thresholds=thresholds,
+        read_at=datetime.now(UTC),
+    )

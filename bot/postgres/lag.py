@@ -81,4 +81,7 @@ def culprit_session(row: Row, *, holding_back: bool, redact_queries: bool = Fals
         is_superuser=bool(row["is_superuser"]),
         cannot_signal=cannot_signal_reason(row),
         backend_xmin=row["backend_xmin"],
+        query_start=row.get("query_start"),
+        xact_start=row.get("xact_start"),
+        state_change=row.get("state_change"),
     )

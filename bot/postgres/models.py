@@ -52,6 +52,14 @@ def cannot_signal_reason(row: Mapping[str, Any]) -> str | None:
     return None
 
 
+# pg_stat_activity states in which a query is running: the only ones where Cancel does something
+QUERY_RUNNING_STATES = ("active", "fastpath function call")
+
+
+def runs_query(state: str | None) -> bool:
+    return state in QUERY_RUNNING_STATES
+
+
 @dataclass(frozen=True, slots=True)
 class Session:
     pid: int
@@ -73,6 +81,13 @@ class Session:
     is_superuser: bool = False
     cannot_signal: str | None = None
     backend_xmin: str | None = None
+    blocking_total: int | None = None  # for a root blocker: all sessions waiting behind it, directly or not
+    longest_wait_secs: float | None = None  # the longest lock wait among them
+    # Exact timestamps (microseconds) of what the session was doing when read: an approved signal is
+    # bound to them (bot.postgres.signals), so a backend that moved on is not signalled.
+    query_start: datetime | None = None
+    xact_start: datetime | None = None
+    state_change: datetime | None = None
 
     @property
     def category(self) -> Category:
@@ -81,6 +96,11 @@ class Session:
     @property
     def is_idle_in_transaction(self) -> bool:
         return bool(self.state and self.state.startswith("idle in transaction"))
+
+    @property
+    def runs_query(self) -> bool:
+        """A query is running (Cancel stops it); in every other state only Terminate does anything."""
+        return runs_query(self.state)
 
     @property
     def duration(self) -> tuple[str, float | None]:
@@ -145,6 +165,7 @@ class Listing:
     sessions: tuple[Session, ...]
     filters: Filters = field(default_factory=Filters)
     thresholds: dict[str, float] = field(default_factory=dict)
+    read_at: datetime | None = None  # when pg_stat_activity was read
 
     def counts(self) -> dict[Category, int]:
         out = {c: 0 for c in Category}

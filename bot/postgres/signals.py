@@ -1,16 +1,19 @@
-"""Cancel and terminate one backend, never the wrong one.
+"""Cancel and terminate one backend, never the wrong one, and only while it does what was approved.
 
-The target is named by ``(pid, backend_start)``: the re-check and the signal are one statement, so a
-pid that now belongs to another backend (pids are reused) or a session that has ended is never
-signalled. Terminate uses ``pg_terminate_backend(pid, timeout)`` and reports whether the backend is
+The target is named by ``(pid, backend_start)`` and bound to what the approver saw (``query_start``,
+``xact_start``, ``state_change``, see signal_cancel.sql / signal_terminate.sql): the re-check and the
+signal are one statement, so a pid that now belongs to another backend (pids are reused), a session
+that has ended, or one that has moved on to another query or transaction is never signalled. Terminate uses ``pg_terminate_backend(pid, timeout)`` and reports whether the backend is
 really gone; cancel reports whether the query actually stopped.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from psycopg import errors as pgerrors
 
@@ -23,7 +26,7 @@ CANCEL_WAIT_S = 2.0
 
 @dataclass(frozen=True)
 class SignalResult:
-    status: str  # done | gone | not_done | refused | unavailable
+    status: str  # done | gone | moved | not_done | refused | unavailable
     detail: str
     signalled: bool = False
 
@@ -34,6 +37,60 @@ class SignalResult:
 
 def _as_datetime(value: str | datetime) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+def _maybe_datetime(value: Any) -> datetime | None:
+    if value is None or value == "":
+        return None
+    return _as_datetime(value)
+
+
+def binding_params(listed: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The listed facts a signal is bound to (missing ones are NULL, and NULL never matches)."""
+    listed = listed or {}
+    return {
+        "listed_state": listed.get("state"),
+        "query_start": _maybe_datetime(listed.get("query_start")),
+        "xact_start": _maybe_datetime(listed.get("xact_start")),
+        "state_change": _maybe_datetime(listed.get("state_change")),
+    }
+
+
+def _again(env: str, host: str) -> str:
+    return f"/pgsessions {env}" + ("" if host == "primary" else f" {host}")
+
+
+def _ago(secs: float | None) -> str:
+    from bot.durations import format_duration
+
+    return f"{format_duration(secs)} ago" if secs is not None else "at an unknown time"
+
+
+def moved_on(pid: int, action: str, listed_state: str | None, now: Mapping[str, Any], again: str) -> str:
+    """Plain words for 'the session is not doing what was approved any more; nothing was signalled'."""
+    state = now.get("state") or "unknown"
+    if state == "active":
+        doing = f"*active*, running a query that started {_ago(now.get('query_secs'))}"
+    elif str(state).startswith("idle in transaction"):
+        doing = f"*{state}* in a transaction that started {_ago(now.get('xact_secs'))}"
+    elif state == "idle":
+        doing = f"*idle* since {_ago(now.get('state_secs'))}"
+    else:
+        doing = f"*{state}* since {_ago(now.get('state_secs'))}"
+    if action == "cancel":
+        listed = "the query that was listed"
+    elif listed_state and listed_state.startswith("idle in transaction"):
+        listed = "the transaction that was listed"
+    elif listed_state == "idle":
+        listed = "the idle session that was listed (it has been used since)"
+    elif listed_state == "active":
+        listed = "the query that was listed"
+    else:
+        listed = f"the session as listed ({listed_state or 'unknown state'})"
+    return (
+        f"nothing was signalled: pid {pid} moved on from {listed}; it is now {doing}. "
+        f"Run `{again}` for a fresh listing and make a new request if it still needs stopping"
+    )
 
 
 def _why_gone(conn: Conn, pid: int, backend_start: datetime) -> str:
@@ -49,26 +106,44 @@ def _why_gone(conn: Conn, pid: int, backend_start: datetime) -> str:
     return f"session already ended (pid {pid} is no longer a client backend the bot may signal)"
 
 
-def signal(dbs: Databases, env: str, host: str, action: str, pid: int, backend_start: str | datetime) -> SignalResult:
-    """Cancel or terminate ``pid`` if and only if it is still the backend that started at ``backend_start``."""
+def signal(
+    dbs: Databases,
+    env: str,
+    host: str,
+    action: str,
+    pid: int,
+    backend_start: str | datetime,
+    listed: Mapping[str, Any] | None = None,
+) -> SignalResult:
+    """Cancel or terminate ``pid`` if and only if it is still the backend that started at ``backend_start``
+    and still doing what ``listed`` (the approved snapshot: state, query_start, xact_start, state_change)
+    says. Without ``listed`` nothing matches and nothing is signalled (fail closed)."""
     started = _as_datetime(backend_start)
     if action not in ("cancel", "terminate"):
         raise ValueError(action)
+    bound = binding_params(listed)
     try:
         with dbs.connection(env, host) as conn:
             try:
                 if action == "cancel":
-                    row = conn.execute(query("signal_cancel"), {"pid": pid, "backend_start": started}).fetchone()
+                    row = conn.execute(
+                        query("signal_cancel"),
+                        {"pid": pid, "backend_start": started, "query_start": bound["query_start"]},
+                    ).fetchone()
                 else:
                     row = conn.execute(
                         query("signal_terminate"),
-                        {"pid": pid, "backend_start": started, "timeout_ms": TERMINATE_WAIT_MS},
+                        {"pid": pid, "backend_start": started, "timeout_ms": TERMINATE_WAIT_MS, **bound},
                     ).fetchone()
             except pgerrors.InsufficientPrivilege as exc:
                 first = str(exc).splitlines()[0]
                 return SignalResult("refused", f"PostgreSQL refused: {first}")
             if row is None:
                 return SignalResult("gone", _why_gone(conn, pid, started))
+            if row[2] != "signal":
+                now = dict(zip(("state", "query_start", "xact_start", "state_change",
+                                "query_secs", "xact_secs", "state_secs"), row[3:], strict=True))
+                return SignalResult("moved", moved_on(pid, action, bound["listed_state"], now, _again(env, host)))
             sent = bool(row[1])
             if action == "terminate":
                 if sent:

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from bot.approval.ids import REQUEST_CALLBACK, decide_action_id
-from bot.approval.models import Request, RequestState, SessionTarget, StoredTarget, Target
+from bot.approval.models import (
+    BulkTarget,
+    DatabaseTarget,
+    Request,
+    RequestState,
+    SessionTarget,
+    StoredTarget,
+    Target,
+)
 from bot.durations import format_duration
 from bot.render.common import (
     actions,
@@ -26,6 +35,45 @@ from bot.render.common import (
 
 if TYPE_CHECKING:
     from bot.approval.actions import ActionKind
+
+# what an audit event's outcome part means, in words (events are stored as ``action:outcome``)
+EVENT_WORDS = {
+    "requested": "requested",
+    "approved": "approved",
+    "denied": "denied",
+    "withdrawn": "withdrawn",
+    "expired": "expired",
+    "interrupted": "interrupted",
+    "executed": "done",
+    "done": "done",
+    "ended": "ended",
+    "gone": "session gone",
+    "skipped": "skipped",
+    "failed": "could not be signalled",
+    "not_done": "signalled but still connected",
+    "not_attempted": "not attempted",
+    "refused": "refused by PostgreSQL",
+    "unavailable": "server not reachable",
+    "blocked": "new connections blocked",
+}
+
+
+def action_label(action: str) -> str:
+    """'Clear database' for ``clear_db``: the words a user reads for an action kind (its label in the
+    table of actions)."""
+    from bot.approval.actions import ACTIONS  # the table imports the renderers: looked up at call time
+
+    kind = ACTIONS.get(action)
+    return kind.label if kind is not None else action.replace("_", " ").capitalize()
+
+
+def event_words(event: str) -> str:
+    """'Clear database: ended' for ``clear_db:ended``, 'Terminate: session gone' for ``terminate:gone``."""
+    action, _, outcome = (event or "").partition(":")
+    if not outcome:
+        return action_label(action)
+    return f"{action_label(action)}: {EVENT_WORDS.get(outcome, outcome.replace('_', ' '))}"
+
 
 STATE_LINE = {
     "pending": ":hourglass: *Waiting for approval*",
@@ -54,13 +102,42 @@ def where(env: str, host: str) -> str:
     return f"{code(env)}" + ("" if host == "primary" else f" standby {code(host)}")
 
 
-def target_lines(t: SessionTarget, query_chars: int = 500) -> str:
+def header_where(env: str, host: str | None) -> str:
+    """Where a request acts, for a header (plain text): 'prod', or 'prod standby replica1'."""
+    return env if not host or host == "primary" else f"{env} standby {host}"
+
+
+def listed_when(t: SessionTarget, now: float | None = None, requested_at: float | None = None) -> str | None:
+    """'*listed* <when, N ago>': when the session was seen as shown (the approval covers exactly that).
+
+    The time is a Slack date with ``{ago}`` (every reader sees the live age); the fallback, and the
+    text after it, carry the age when drawn and, on a request, how long after the listing it was made.
+    """
+    listed_at = t.listed_at
+    if not isinstance(listed_at, (int, float)) or listed_at <= 0:
+        return None
+    now = time.time() if now is None else now
+    when = datetime.fromtimestamp(listed_at, UTC)
+    age = format_duration(max(0.0, now - listed_at))
+    fallback = when.strftime("%Y-%m-%d %H:%M:%S UTC") + f", {age} ago"
+    line = f"*listed* <!date^{int(listed_at)}^{{date_short_pretty}} {{time_secs}}, {{ago}}|{fallback}> ({age} ago)"
+    if requested_at is not None:
+        line += f" · requested {format_duration(max(0.0, requested_at - listed_at))} after the listing"
+    return line
+
+
+def target_lines(
+    t: SessionTarget, query_chars: int = 500, now: float | None = None, requested_at: float | None = None
+) -> str:
     lines = [
         f"*pid* {t.pid} · *user* {code(t.user or '?')} · *db* {code(t.database or '?')} · "
         f"*app* {code(t.application or '–')} · *client* {esc(t.client_addr or 'local socket')}",
         f"*state* {esc(t.state or '?')} · {esc(t.duration_what or 'for')} "
         f"{format_duration(t.duration_secs)} (when listed) · *backend started* {esc(t.backend_start)}",
     ]
+    when = listed_when(t, now, requested_at)
+    if when:
+        lines.append(when)
     if t.query:
         lines.append(f"{code(fold_query(t.query, query_chars))}")
     return "\n".join(lines)
@@ -103,6 +180,12 @@ def request_modal(
     }
 
 
+def still_can_approve(cfg_approvers: list[str], approvals: list[str], requester: str, self_approval: bool) -> list[str]:
+    """The configured approvers (people and groups) who may still decide: not those who already approved,
+    nor the requester when self-approval is off (their click would be refused)."""
+    return [p for p in cfg_approvers if p not in approvals and (self_approval or p != requester)]
+
+
 def decision_footer(
     req: Request, approvals: list[str], required: int, cfg_approvers: list[str], finished: str | None = None
 ) -> list[dict]:
@@ -117,7 +200,7 @@ def decision_footer(
         if finished:
             times += f" · {finished}"
         return [context(cut(times, 1900))]
-    who = ", ".join(mention(p) for p in cfg_approvers) or "nobody (no approvers configured)"
+    who = ", ".join(mention(p) for p in cfg_approvers) or "nobody left in access.approvers"
     need = required - len(approvals)
     times += f" · expires {slack_time(_dt(req.expires_at))} · needs {need} more approval{'s' if need != 1 else ''} from {who}"
     rid = req.id
@@ -140,12 +223,12 @@ def request_message(
     assert isinstance(t, SessionTarget)
     state = req.state
     blocks = [
-        header(f"{label} request: pid {t.pid} on {req.env}"),
+        header(f"{label} request: pid {t.pid} on {header_where(req.env, req.host)}"),
         section(
             f"<@{req.requester}> asks to *{verb}* pid {t.pid} on {where(req.env, req.host)}.\n"
             f"*Reason:* {esc(req.reason or '(none given)')}"
         ),
-        section(target_lines(t)),
+        section(target_lines(t, requested_at=req.created_at)),
     ]
     status = STATE_LINE.get(state, state)
     details = [status]
@@ -160,13 +243,13 @@ def request_message(
     if req.updated_at and state in (RequestState.DONE, RequestState.FAILED):
         finished = f"finished {slack_time(_dt(req.updated_at))}"
     blocks += decision_footer(req, approvals, required, cfg_approvers, finished)
-    text = f"{label} request for pid {t.pid} on {req.env} by <@{req.requester}>: {state}"
+    text = f"{label} request for pid {t.pid} on {header_where(req.env, req.host)} by <@{req.requester}>: {state}"
     return message(text, blocks)
 
 
 def target_summary(t: Target) -> str:
     """'pid 4211', or for bulk requests '12 sessions of app `x`' / 'database `appdb` (12 sessions)'."""
-    if isinstance(t, SessionTarget):
+    if not isinstance(t, (BulkTarget, DatabaseTarget)):
         return f"pid {t.pid}"
     n = len(t.sessions)
     app = getattr(t, "app", None)
@@ -186,7 +269,7 @@ def pending_list(reqs: list[Request], now: float) -> dict:
         left = format_duration(max(0.0, r.expires_at - now))
         blocks.append(
             section(
-                f"*{esc(r.action)}* {target_summary(r.target)} on {where(r.env, r.host)} · by <@{r.requester}> · "
+                f"*{esc(action_label(r.action))}* {target_summary(r.target)} on {where(r.env, r.host)} · by <@{r.requester}> · "
                 f"{age} old · expires in {left}\n*Reason:* {esc(r.reason or '–')}"
             )
         )
@@ -195,17 +278,22 @@ def pending_list(reqs: list[Request], now: float) -> dict:
     return message(f"{len(reqs)} open requests", blocks)
 
 
-def audit_list(entries: list[dict], env: str | None) -> dict:
+def audit_list(
+    entries: list[dict], env: str | None, *, more: int = 0, next_page: str | None = None, filtered: bool = False
+) -> dict:
+    """The audit entries, newest first. ``more``: how many older entries match but are not shown, and
+    ``next_page`` the command that shows the next ones; ``filtered``: a time window, a person or a page
+    was asked for."""
     title = f"Audit log{' for ' + env if env else ''}"
     if not entries:
-        return message(f"{title}: empty", [section(f"{title}: no entries yet.")])
+        return message(f"{title}: empty", [section(f"{title}: no entries {'match' if filtered else 'yet'}.")])
     lines = []
     for e in entries:
         actor = f"<@{e['actor']}>" if e.get("actor") else "bot"
         pid = f" pid {e['pid']}" if e.get("pid") else ""
         result = f" → {esc(cut(e['result'], 160))}" if e.get("result") else ""
         lines.append(
-            f"{slack_time(_dt(e['at']))} {code(e['env'] or '')} {esc(e['event'])}{pid} {actor}{result}"
+            f"{slack_time(_dt(e['at']))} {code(e['env'] or '')} {esc(event_words(e['event']))}{pid} {actor}{result}"
         )
     blocks = [header(title)]
     chunk: list[str] = []
@@ -218,4 +306,9 @@ def audit_list(entries: list[dict], env: str | None) -> dict:
         size += len(line) + 1
     if chunk:
         blocks.append(section("\n".join(chunk)))
-    return message(f"{title}: {len(entries)} latest entries", blocks[:50])
+    blocks = blocks[:49]
+    if more > 0:
+        older = f"{more} older entr{'ies' if more != 1 else 'y'} not shown"
+        how = f": `{esc(next_page)}` shows the next ones" if next_page else ""
+        blocks.append(context(f"{older}{how}; narrow with `--since 1h` or `--user U0123ABCD` (a member ID)."))
+    return message(f"{title}: {len(entries)} latest entries" + (f" ({more} more)" if more > 0 else ""), blocks)

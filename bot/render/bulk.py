@@ -25,14 +25,13 @@ from bot.approval.models import (
     Request,
     RequestState,
     SessionRef,
-    SessionTarget,
     StoredTarget,
 )
 from bot.bulk.tally import RESULT_WORDS
 from bot.bulk.targets import STATE_WORDS
 from bot.durations import format_duration
 from bot.postgres.bulk import Connected, DatabaseInfo
-from bot.render.approval import STATE_LINE, decision_footer, where
+from bot.render.approval import STATE_LINE, decision_footer, header_where, where
 from bot.render.common import (
     MAX_BLOCKS,
     actions,
@@ -192,18 +191,28 @@ def clear_db_message(
         blocks.append(actions(f"clear-db:{info.oid}", *elements))
     explain = []
     if CLEAR_DB in tokens or CLEAR_DB_BLOCK in tokens:
-        explain.append(
+        text = (
             f"Each button asks an approver first. An approval covers exactly these {n} sessions (pid + start time): "
-            "sessions that connect later are not touched. *Block new connections* first runs "
-            f"`ALTER DATABASE {esc(info.name, in_code=True)} WITH ALLOW_CONNECTIONS false`, so that clients that reconnect at "
-            "once stay out until someone uses *Allow connections again*."
+            "sessions that connect later are not touched."
         )
-    if terminate_why:
-        explain.append(f"*Terminate all* is not offered: {terminate_why}.")
-    if block_why:
-        explain.append(f"*Block new connections* is not offered: {block_why}.")
-    if allow_why and not info.allow_connections:
-        explain.append(f"*Allow connections again* is not offered: {allow_why}.")
+        if CLEAR_DB_BLOCK in tokens:  # what it does is explained only where it is offered
+            text += (
+                f" *Block new connections* first runs `ALTER DATABASE {esc(info.name, in_code=True)} WITH ALLOW_CONNECTIONS false`, "
+                "so that clients that reconnect at once stay out until someone uses *Allow connections again*."
+            )
+        explain.append(text)
+    # why a button is missing, each reason once (signalling turned off is one reason for all three)
+    missing: dict[str, list[str]] = {}
+    for label, why in (
+        ("Terminate all", terminate_why),
+        ("Block new connections", block_why),
+        ("Allow connections again", allow_why if not info.allow_connections else None),
+    ):
+        if why:
+            missing.setdefault(why, []).append(f"*{label}*")
+    for why, labels in missing.items():
+        names = labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
+        explain.append(f"{names} {'is' if len(labels) == 1 else 'are'} not offered: {why}.")
     if explain:
         blocks.append(context(*explain))
     text = f"{_plural(n, 'session')} connected to {esc(info.name)} on {env}" + (
@@ -286,7 +295,7 @@ def _scope_lines(action: str, env: str, host: str, t: BulkTarget | DatabaseTarge
 def bulk_modal(stored: StoredTarget, kind: ActionKind, token: str, channel: str | None, require_reason: bool) -> dict:
     """The modal a bulk button opens; submitted through the same callback as a session's request."""
     t = stored.target
-    assert not isinstance(t, SessionTarget)
+    assert isinstance(t, (BulkTarget, DatabaseTarget))
     action = kind.name
     meta = json.dumps({"token": token, "action": action, "channel": channel})
     blocks = [section("Ask an approver to:\n" + "\n".join(_scope_lines(action, stored.env, stored.host, t)))]
@@ -328,7 +337,7 @@ def _headline(req: Request, *, mrkdwn: bool = False) -> str:
     q = esc if mrkdwn else str
     t = req.target
     n = len(req.sessions)
-    action, env = req.action, req.env
+    action, env = req.action, header_where(req.env, req.host)
     if isinstance(t, BulkTarget) and action == TERMINATE_BULK:
         return f"Terminate {_plural(n, 'session')} of app {q(t.app or '?')} on {env}"
     if action == CLEAR_DB:
@@ -359,7 +368,7 @@ def bulk_request_message(
     req: Request, kind: ActionKind, approvals: list[str], required: int, cfg_approvers: list[str]
 ) -> dict:
     t = req.target
-    assert not isinstance(t, SessionTarget)
+    assert isinstance(t, (BulkTarget, DatabaseTarget))
     state = req.state
     action = req.action
     out = req.bulk_outcome
@@ -422,18 +431,20 @@ def bulk_request_message(
         blocked = bool(out is not None and out.blocked)
         if blocked and not reopened and allow is None:
             allow = False
-        line = database_state_line(db, allow)
+        # not read yet (the approval was just given): say nothing rather than "not known"
+        line = database_state_line(db, allow) if allow is not None else ""
         if blocked and out is not None and out.closed_at and not reopened:
             line += f" · closed by this request {slack_time(_dt(out.closed_at))}"
         if reopened and reopened.how == "dropped":
             line = f":wastebasket: {code(db)} no longer exists (seen {slack_time(_dt(reopened.at))})"
         elif reopened:
-            line += f" · reopened {slack_time(_dt(reopened.at))}"
+            line = (line or code(db)) + f" · reopened {slack_time(_dt(reopened.at))}"
             if reopened.by:
                 line += " (approved by " + ", ".join(f"<@{u}>" for u in str(reopened.by).split(",") if u) + ")"
             elif reopened.how:
                 line += f" ({esc(reopened.how)})"
-        blocks.append(section(line))
+        if line:
+            blocks.append(section(line))
         token = out.allow_token if out is not None else None
         if token and blocked and not reopened and state in finished_states:
             blocks.append(

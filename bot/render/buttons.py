@@ -6,7 +6,7 @@ button may act on is decided on the server, never read from the payload.
 
 from __future__ import annotations
 
-from bot.approval.ids import CANCEL, TERMINATE, kill_action_id
+from bot.approval.ids import CANCEL, TERMINATE, details_action_id, kill_action_id
 from bot.postgres.models import Session
 from bot.render.common import actions, button, context, esc
 
@@ -16,17 +16,31 @@ IDLE_TX_NOTE = (
 )
 
 
-def session_buttons(session: Session, token: str | None, disabled_reason: str | None = None) -> list[dict]:
-    """The blocks under a session: its buttons, or a line saying why it cannot be signalled."""
+def details_button(pid: int, token: str) -> dict:
+    """Details needs no approval: it opens a modal with the session read at the click."""
+    return button(f"Details {pid}", details_action_id(token), token)
+
+
+def session_buttons(
+    session: Session, token: str | None, disabled_reason: str | None = None, details_token: str | None = None
+) -> list[dict]:
+    """The blocks under a session: its buttons, or a line saying why it cannot be signalled.
+
+    ``details_token`` adds the Details button (also on sessions that cannot be signalled)."""
     reason = disabled_reason or session.cannot_signal
+    details = [details_button(session.pid, details_token)] if details_token else []
     if reason:
-        return [context(f":no_entry_sign: pid {session.pid} cannot be signalled from chat: {esc(reason)}")]
+        blocks = [context(f":no_entry_sign: pid {session.pid} cannot be signalled from chat: {esc(reason)}")]
+        if details:
+            blocks.append(actions(f"details:{details_token}", *details))
+        return blocks
     if token is None:
-        return []
+        return [actions(f"details:{details_token}", *details)] if details else []
     elements = []
-    if not session.is_idle_in_transaction:
+    if session.runs_query:  # Cancel stops a running query; on an idle session it does nothing
         elements.append(button(f"Cancel {session.pid}", kill_action_id(CANCEL, token), token))
     elements.append(button(f"Terminate {session.pid}", kill_action_id(TERMINATE, token), token, style="danger"))
+    elements += details
     blocks = [actions(f"kill:{token}", *elements)]
     if session.is_idle_in_transaction:
         blocks.append(context(IDLE_TX_NOTE))

@@ -97,7 +97,7 @@ def primary_text(m: StandbyLag) -> str:
     p = m.primary
     if p is None:
         return "Primary's view: not available (no matching row in `pg_stat_replication` or the primary was not read)"
-    lag = format_duration(p.replay_lag) if p.replay_lag is not None else "unknown (NULL)"
+    lag = format_duration(p.replay_lag) if p.replay_lag is not None else "not reported yet"
     parts = [f"Primary's view: state {esc(p.state or '?')}"]
     if p.behind_bytes is not None:
         parts.append(f"{format_bytes(p.behind_bytes)} behind the primary's current WAL")
@@ -136,6 +136,7 @@ def _culprit_blocks(
     kill_disabled: str | None,
     query_chars: int,
     buttons: bool = True,
+    details_tokens: Mapping[int, str] | None = None,
 ) -> tuple[list[dict], int]:
     """Blocks for as many culprits as fit in ``budget`` (keeping one for the 'more' note)."""
     blocks: list[dict] = []
@@ -143,7 +144,9 @@ def _culprit_blocks(
     for c in list(culprits)[:MAX_CULPRITS_SHOWN]:
         part = [section(culprit_text(c, query_chars))]
         if buttons:
-            part += session_buttons(c.session, tokens.get(c.session.pid), kill_disabled)
+            part += session_buttons(
+                c.session, tokens.get(c.session.pid), kill_disabled, (details_tokens or {}).get(c.session.pid)
+            )
         if len(blocks) + len(part) > budget - 1:
             break
         blocks += part
@@ -171,6 +174,7 @@ def render_lag_alert(
     kill_disabled: str | None = None,
     query_chars: int = 300,
     reminder_every: float | None = None,
+    details_tokens: Mapping[int, str] | None = None,
 ) -> dict:
     """The alert (and its in-place updates) for a standby whose replay lag is over the threshold."""
     tokens = tokens or {}
@@ -192,7 +196,9 @@ def render_lag_alert(
     holding = m.holding_back
     blocks.append(section(culprit_heading(m)))
     budget = MAX_BLOCKS - len(blocks) - 1
-    culprit_blocks, _ = _culprit_blocks(holding, budget, tokens, kill_disabled, query_chars)
+    culprit_blocks, _ = _culprit_blocks(
+        holding, budget, tokens, kill_disabled, query_chars, details_tokens=details_tokens
+    )
     blocks += culprit_blocks
     blocks.append(footer)
     pids = ", ".join(str(c.session.pid) for c in holding[:MAX_CULPRITS_SHOWN])
@@ -317,6 +323,7 @@ def render_lag_listing(
     kill_disabled: str | None = None,
     query_chars: int = 300,
     primary_error: str | None = None,
+    details_tokens: Mapping[tuple[str, int], str] | None = None,
 ) -> dict:
     """``/pgsessions <env> lag``: every standby's lag, why it is behind and who holds it back."""
     tokens = tokens or {}
@@ -350,7 +357,10 @@ def render_lag_listing(
             if budget >= 3:
                 host_tokens = {pid: t for (h, pid), t in tokens.items() if h == r.host}
                 blocks.append(context(culprit_heading(r)))
-                part, _ = _culprit_blocks(r.holding_back, budget - 1, host_tokens, kill_disabled, query_chars)
+                host_details = {pid: t for (h, pid), t in (details_tokens or {}).items() if h == r.host}
+                part, _ = _culprit_blocks(
+                    r.holding_back, budget - 1, host_tokens, kill_disabled, query_chars, details_tokens=host_details
+                )
                 blocks += part
     foot = []
     if alert is not None:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from bot.durations import format_duration
 from bot.postgres.models import Category, Listing, Session
 from bot.render.buttons import session_buttons
-from bot.render.common import MAX_BLOCKS, code, context, esc, fold_query, header, message, section
+from bot.render.common import MAX_BLOCKS, code, context, esc, fold_query, header, message, section, slack_time
 
 EMOJI = {
     Category.BLOCKING: ":no_entry:",
@@ -41,7 +41,11 @@ def session_text(s: Session, query_chars: int = 300) -> str:
     if s.blocked_by:
         state.append("*blocked by* " + ", ".join(f"pid {p}" for p in s.blocked_by))
     if s.blocking_count:
-        state.append(f"*blocks {s.blocking_count} session{'s' if s.blocking_count != 1 else ''}*")
+        blocks = f"*blocks {s.blocking_count} session{'s' if s.blocking_count != 1 else ''}*"
+        blocks += " directly" + (f", {s.blocking_total} in total" if s.blocking_total is not None else "")
+        if s.longest_wait_secs is not None:
+            blocks += f", longest wait {format_duration(s.longest_wait_secs)}"
+        state.append(blocks)
     lines.append(" · ".join(state))
     if s.query:
         lines.append(f"{code(fold_query(s.query, query_chars))}")
@@ -51,7 +55,7 @@ def session_text(s: Session, query_chars: int = 300) -> str:
 def summary(listing: Listing) -> str:
     counts = listing.counts()
     parts = [f"{EMOJI[c]} {n} {c.label}" for c, n in counts.items() if n]
-    found = " · ".join(parts) if parts else "nothing needs attention"
+    found = " · ".join(parts) if parts else ":white_check_mark: No session needs attention right now."
     srv = listing.server
     conns = f"{srv.client_connections} of {srv.max_connections} connections in use"
     return f"{found}\n{conns} · PostgreSQL {esc(srv.server_version.split()[0])}"
@@ -65,7 +69,8 @@ def thresholds_line(listing: Listing) -> str:
         f"idle ≥ {format_duration(t.get('idle'))}",
     ]
     f = listing.filters.describe()
-    return ("filters: " + esc(f) + " · " if f else "") + "thresholds: " + ", ".join(parts)
+    read = f" · read {slack_time(listing.read_at)}" if listing.read_at else ""
+    return ("filters: " + esc(f) + " · " if f else "") + "thresholds: " + ", ".join(parts) + read
 
 
 def render_listing(
@@ -76,6 +81,7 @@ def render_listing(
     tokens: Mapping[int, str] | None = None,
     kill_disabled: str | None = None,
     extra_blocks: list[dict] | None = None,
+    details_tokens: Mapping[int, str] | None = None,
 ) -> dict:
     """The whole message. ``tokens`` maps pid to the button token issued for it (no buttons without)."""
     tokens = tokens or {}
@@ -91,15 +97,13 @@ def render_listing(
     shown = 0
     for s in listing.sessions[:max_sessions]:
         session_blocks = [section(session_text(s, query_chars))]
-        session_blocks += session_buttons(s, tokens.get(s.pid), kill_disabled)
+        session_blocks += session_buttons(s, tokens.get(s.pid), kill_disabled, (details_tokens or {}).get(s.pid))
         if len(session_blocks) > budget:
             break
         blocks += session_blocks
         budget -= len(session_blocks)
         shown += 1
-    if total == 0:
-        blocks.append(section(":white_check_mark: No session needs attention right now."))
-    elif shown < total:
+    if shown < total:  # (an empty listing says so once, in the summary)
         blocks.append(
             context(
                 f"Showing the worst {shown} of {total} sessions. {total - shown} more not shown: narrow the list "

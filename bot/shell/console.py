@@ -28,7 +28,8 @@ from typing import IO, TYPE_CHECKING, Any
 from bot.config import Config
 from bot.render.common import visible
 from bot.shell.activity import Activity, TrackedExecutor
-from bot.shell.mrkdwn import Names
+from bot.shell.localconfig import channel_name, channel_names
+from bot.shell.mrkdwn import Names, can_print_emoji
 from bot.shell.payloads import Driver, response_json
 from bot.shell.render import BlockRenderer, find_element
 from bot.shell.webapi import Message, View, Workspace
@@ -168,7 +169,11 @@ class Shell:
             if default_user is None:
                 user_names[self.user] = "you"
         self.channel = channel or self._default_channel()
-        self.names = Names(users=user_names, groups=group_names, channels={DEFAULT_CHANNEL: DEFAULT_CHANNEL_NAME})
+        self.names = Names(
+            users=user_names, groups=group_names,
+            channels=channel_names(config, (DEFAULT_CHANNEL, DEFAULT_CHANNEL_NAME)),
+            emoji="char" if can_print_emoji(getattr(self.term.out, "encoding", None)) else "word",
+        )
         members = list(user_names) or [self.user]
         groups = {gid: list(members) for gid in self._referenced_groups()}
 
@@ -637,6 +642,8 @@ class Shell:
             self.say("Give a channel id such as C0OPS (or `shell`).")
             return
         self.channel = where
+        self.names.channels.setdefault(where, channel_name(where))
+        self.ws.channels.setdefault(where, self.names.channels[where])
         self.say(f"You are now in {self.where()}.")
 
     def show(self, what: str) -> None:

@@ -20,7 +20,7 @@ import psycopg
 import yaml
 
 from bot.shell.cluster import ClusterError, Pair, start_pair
-from bot.shell.localconfig import APPROVER_ID, APPROVER_NAME, YOU_ID, local_user_name
+from bot.shell.localconfig import APPROVER_ID, APPROVER_NAME, YOU_ID, channel_name, local_user_name
 
 ALERT_CHANNEL = "C0ALERTS"
 POOL_SIZE = 8
@@ -161,7 +161,7 @@ def banner(pair: Pair, config_path: str) -> list[str]:
         "  - billing-worker sits idle in a transaction holding a row lock; checkout's UPDATE waits for it",
         f"  - api-pool keeps {POOL_SIZE} idle connections open (listed once idle for {IDLE_THRESHOLD:g} s)",
         f"  - on replica1, an analytics query holds replay back while the shop keeps writing: "
-        f"a lag alert appears in #{ALERT_CHANNEL} within about 10 s",
+        f"a lag alert appears in #{channel_name(ALERT_CHANNEL)} within about 10 s",
         "Try: `demo`, `demo replica1`, `demo idle --app api-pool`, `demo lag`, `click N` on a button, "
         f"`as {APPROVER_NAME}` to approve.",
         "Quitting (quit, Ctrl-D or Ctrl-C) stops and removes both servers.",

@@ -56,3 +56,25 @@ def builtin_config(dsn: str | None = None) -> Config:
         "users": {me: YOU_ID, APPROVER_NAME: APPROVER_ID},
     }
     return parse_config(data, environ={})
+
+
+def channel_name(cid: str) -> str:
+    """The name the terminal chat gives a channel id: ``C0ALERTS`` reads ``alerts``, others lower-cased."""
+    m = re.fullmatch(r"[CG]0([A-Z][A-Z0-9_-]*)", cid)
+    return (m.group(1) if m else cid).lower()
+
+
+def channel_names(config: Config, default: tuple[str, str]) -> dict[str, str]:
+    """Every channel id the configuration names (access channels, approval and alert channels) with the
+    name the terminal chat shows for it, so that ``#alerts`` is printed rather than ``#C0ALERTS``."""
+    names = {default[0]: default[1]}
+    for env in config.environments.values():
+        ids = list(env.access.channels or [])
+        if env.access.approval_channel:
+            ids.append(env.access.approval_channel)
+        if env.lag_alert is not None:
+            ids.append(env.lag_alert.channel)
+        for cid in ids:
+            if re.fullmatch(r"[CG][A-Z0-9]{2,}", cid):
+                names.setdefault(cid, channel_name(cid))
+    return names

@@ -21,6 +21,7 @@ from bot.metrics import COMMANDS
 from bot.postgres.pools import DatabaseUnavailable, watch_unavailable
 from bot.runtime import Runtime
 from bot.slack.edge import Router, guarded
+from bot.slack.guards import install_workspace_guard
 from bot.wiring import install_jobs, register_features
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ def build_app(rt: Runtime, router: Router | None = None) -> App:
         listener_executor=ThreadPoolExecutor(max_workers=32, thread_name_prefix="pgs-listener"),
         logger=logging.getLogger("pgsessions.bolt"),
     )
+    install_workspace_guard(app, rt)
     router = router or Router()
     register_features(app, rt, router)
     install_jobs(rt)
@@ -78,6 +80,12 @@ def build_app(rt: Runtime, router: Router | None = None) -> App:
             COMMANDS.labels(name, "ok").inc()
             return
         refusal = channel_refusal(rt, env_of(cmd), command.get("channel_id"))
+        viewer = command.get("user_id") or ""
+        # access.viewers (pending/audit filter per entry): decided before the ack when no user group must
+        # be read from Slack, else right after it (a slow Slack must not delay the ack)
+        check_viewer_later = refusal is None and not rt.policy.viewers_decidable_offline(env_of(cmd))
+        if refusal is None and not check_viewer_later:
+            refusal = rt.policy.viewer_refusal(env_of(cmd), viewer)
         if refusal:
             ack(response_type="ephemeral", text=refusal)
             COMMANDS.labels(name, "refused").inc()
@@ -96,6 +104,11 @@ def build_app(rt: Runtime, router: Router | None = None) -> App:
         failed = []
 
         def run(*args, **kwargs):
+            if check_viewer_later:
+                late = rt.policy.viewer_refusal(env_of(cmd), viewer)
+                if late:
+                    kwargs["respond"](response_type="ephemeral", text=f":no_entry_sign: Not possible: {late}.")
+                    return None
             try:
                 return handler(*args, **kwargs)
             except Exception as exc:

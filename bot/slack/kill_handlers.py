@@ -31,6 +31,23 @@ log = logging.getLogger(__name__)
 NOT_OURS = ":no_entry_sign: That button is not one the bot drew; nothing was done."
 
 
+def audit_command(cmd: Audit, body: dict) -> str:
+    """The command that shows the page after ``cmd``'s (same filters as typed)."""
+    words = ["/pgsessions audit"]
+    if cmd.env:
+        words.append(cmd.env)
+    typed = (body.get("text") or "").split()
+    for i, w in enumerate(typed):  # --since as it was typed
+        if w.lower() == "--since" and i + 1 < len(typed):
+            words += ["--since", typed[i + 1]]
+        elif w.lower().startswith("--since="):
+            words.append(w)
+    if cmd.actor:
+        words += ["--user", cmd.actor]
+    words += ["--page", str(cmd.page + 1)]
+    return " ".join(words)
+
+
 def register(app: App, rt: Runtime, router: Router) -> None:
     wf = rt.workflow
 
@@ -55,11 +72,17 @@ def register(app: App, rt: Runtime, router: Router) -> None:
             return
         values = (view.get("state") or {}).get("values") or {}
         reason = ((values.get("reason") or {}).get("reason") or {}).get("value") or ""
-        result = wf.submit(token, kind, user, channel, reason)
-        if not result.ok or result.request is None:
+        # a retried or replayed submission of the same modal makes one request (issue 12 §2)
+        once = f"{view.get('id')}:{view.get('hash') or ''}:{user}" if view.get("id") else None
+        result = wf.submit(token, kind, user, channel, reason, once=once)
+        if not result.ok:
             ack(response_action="errors", errors={"reason": f"Not possible: {result.message}."})
             return
         ack()
+        if result.request is None:  # a replay: the first submission already posted the request
+            return
+        if result.request is None:  # a replay: the first submission already posted the request
+            return
         guarded("posting the approval request")(_post_request)(rt, result.request, user, respond=None)
 
     @app.view_closed(ids.REQUEST_CALLBACK)
@@ -80,17 +103,35 @@ def register(app: App, rt: Runtime, router: Router) -> None:
     @router.on(Pending)
     def on_pending(rt_, cmd, body, respond):
         reqs = rt.store.requests_in((RequestState.PENDING, RequestState.EXECUTING))
-        allowed = [r for r in reqs if rt.policy.may_see(r.env, body.get("channel_id"))]
+        viewer = body.get("user_id") or ""
+        allowed = [r for r in reqs if rt.policy.may_view(r.env, viewer, body.get("channel_id"))]
         respond(response_type="ephemeral", **pending_list(allowed, time.time()))
 
     @router.on(Audit)
     def on_audit(rt_, cmd: Audit, body, respond):
-        entries = rt.store.audit_entries(env=cmd.env, limit=cmd.limit)
-        entries = [e for e in entries if rt.policy.may_see(e.get("env"), body.get("channel_id"))]
-        respond(response_type="ephemeral", **audit_list(entries, cmd.env))
+        since = time.time() - cmd.since if cmd.since is not None else None
+        offset = (cmd.page - 1) * cmd.limit
+        viewer = body.get("user_id") or ""
+
+        def visible(env: str | None) -> bool:
+            return rt.policy.may_view(env, viewer, body.get("channel_id"))
+
+        entries = rt.store.audit_entries(env=cmd.env, limit=cmd.limit, since=since, actor=cmd.actor, offset=offset)
+        entries = [e for e in entries if visible(e.get("env"))]
+        counts = rt.store.audit_counts(cmd.env, since=since, actor=cmd.actor)
+        total = sum(n for e, n in counts.items() if visible(e))
+        more = max(0, total - offset - len(entries))
+        filtered = cmd.since is not None or cmd.actor is not None or cmd.page > 1
+        respond(
+            response_type="ephemeral",
+            **audit_list(entries, cmd.env, more=more, next_page=audit_command(cmd, body), filtered=filtered),
+        )
 
 
-def open_request_form(rt: Runtime, body: dict, action: dict, respond: Any, client: Any, prefix: str) -> None:
+def open_request_form(
+    rt: Runtime, body: dict, action: dict, respond: Any, client: Any, prefix: str,
+    verbs: tuple[str, ...] | None = None,
+) -> None:
     """A Cancel/Terminate/bulk button was clicked: resolve its token on the server and open the form.
 
     The action id must be ``<prefix>:<an action of that prefix>:<token>`` and the value must repeat the
@@ -98,7 +139,7 @@ def open_request_form(rt: Runtime, body: dict, action: dict, respond: Any, clien
     """
     user = (body.get("user") or {}).get("id", "")
     channel = channel_of(body)
-    click = ids.parse_click(prefix, kinds_with_prefix(prefix), action.get("action_id", ""), action.get("value"))
+    click = ids.parse_click(prefix, verbs or kinds_with_prefix(prefix), action.get("action_id", ""), action.get("value"))
     if click is None:
         tell(rt.client, respond, channel, user, NOT_OURS)
         return
@@ -140,3 +181,5 @@ def _decide(rt: Runtime, request_id: str, user: str, verdict: str, channel: str 
         rt.messages.redraw(done.request or result.request)
     if not result.ok:
         tell(rt.client, respond, channel, user, f":no_entry_sign: {result.message}")
+    elif result.tell:
+        tell(rt.client, respond, channel, user, f":information_source: {result.message}")

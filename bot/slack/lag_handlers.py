@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from bot.approval.targets import issue_session_tokens
+from bot.approval.targets import issue_details_tokens, issue_session_tokens
 from bot.commands import ShowLag
 from bot.lagwatch.detect import measure_env
 from bot.lagwatch.model import StandbyLag, Unreachable
@@ -48,6 +48,12 @@ def handle_lag(rt: Runtime, cmd: ShowLag, body: dict, respond: Any) -> None:
                 sessions = [c.session for c in r.holding_back[:MAX_CULPRITS_SHOWN]]
                 for pid, tok in issue_session_tokens(rt.store, cmd.env, r.host, sessions, channel, user).items():
                     tokens[(r.host, pid)] = tok
+    details: dict[tuple[str, int], str] = {}
+    for r in results:
+        if isinstance(r, StandbyLag) and r.behind and r.holding_back:
+            sessions = [c.session for c in r.holding_back[:MAX_CULPRITS_SHOWN]]
+            for pid, tok in issue_details_tokens(rt.store, cmd.env, r.host, sessions, channel, user).items():
+                details[(r.host, pid)] = tok
     msg = render_lag_listing(
         cmd.env,
         results,
@@ -56,6 +62,7 @@ def handle_lag(rt: Runtime, cmd: ShowLag, body: dict, respond: Any) -> None:
         kill_disabled=disabled,
         query_chars=environment.listing.query_chars,
         primary_error=primary_error,
+        details_tokens=details,
     )
     post_message(rt.client, channel, msg, respond)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from bot.approval.targets import issue_session_tokens
+from bot.approval.targets import issue_details_tokens, issue_session_tokens
 from bot.commands import ListSessions
 from bot.postgres.activity import list_sessions
 from bot.postgres.models import Listing
@@ -37,6 +37,7 @@ def make_handle_list(extras: list[ListingExtra]):
         tokens = {}
         if disabled is None:
             tokens = issue_session_tokens(rt.store, cmd.env, cmd.host, listing.sessions[:limit], channel, user)
+        details_tokens = issue_details_tokens(rt.store, cmd.env, cmd.host, listing.sessions[:limit], channel, user)
         extra_blocks: list[dict] = []
         for extra in extras:
             extra_blocks += extra(rt, cmd, listing, body)
@@ -45,6 +46,7 @@ def make_handle_list(extras: list[ListingExtra]):
             max_sessions=limit,
             query_chars=environment.listing.query_chars,
             tokens=tokens,
+            details_tokens=details_tokens,
             kill_disabled=disabled,
             extra_blocks=extra_blocks,
         )

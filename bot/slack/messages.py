@@ -4,14 +4,16 @@ it changes (this is the workflow's :class:`~bot.approval.ports.RequestEvents` po
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot.approval.actions import ACTIONS, ActionKind
-from bot.approval.models import Request
+from bot.approval.models import Request, RequestState
 from bot.config import Config
+from bot.render.approval import still_can_approve
+from bot.render.common import context
 from bot.state.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -25,14 +27,30 @@ class RequestMessages:
         self.store = store
         self.config = config
         self.actions = actions
+        # (counted, no longer counted) approvals of a pending request: the workflow's, set once it exists
+        self.count_approvals: Callable[[Request, list[str]], tuple[list[str], list[str]]] | None = None
 
     def render(self, req: Request) -> dict:
         environment = self.config.env(req.env)
         cfg_approvers = environment.access.approvers if environment else []
         required = environment.access.approvals_required if environment else 1
-        approvals = self.store.approvers_of(req.id)
+        try:
+            approvals = self.store.approvers_of(req.id)
+        except Exception as exc:  # the state store is down: still draw what happened (the outcome is in memory)
+            log.warning("could not read the approvals of %s: %s", req.id, type(exc).__name__)
+            approvals = [req.decided_by] if req.decided_by else []
+        dropped: list[str] = []
+        if self.count_approvals is not None:  # only approvals by people who are approvers now count (§2)
+            approvals, dropped = self.count_approvals(req, approvals)
+        if environment:  # name only who can still approve
+            cfg_approvers = still_can_approve(cfg_approvers, approvals, req.requester, environment.access.self_approval)
         kind = self.actions[req.action]
-        return kind.renderer(req, kind, approvals, required, cfg_approvers)
+        msg = kind.renderer(req, kind, approvals, required, cfg_approvers)
+        if dropped and req.state == RequestState.PENDING and len(msg["blocks"]) < 50:
+            msg["blocks"].insert(-2, context(
+                "No longer counted (not approvers any more): " + ", ".join(f"<@{a}>" for a in dropped)
+            ))
+        return msg
 
     def redraw(self, req: Request) -> None:
         """Edit the approval message in place to show the request's current state."""

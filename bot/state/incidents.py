@@ -18,7 +18,8 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
-from bot.state.store import StateStore, incidents, leases, new_id
+from bot.state.schema import incidents, leases
+from bot.state.store import StateStore, new_id
 
 # kinds (bot.lagwatch.rules): "lag" | "unreachable"
 

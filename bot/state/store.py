@@ -10,6 +10,8 @@ concurrent clicks serialise and exactly one of them wins.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import secrets as pysecrets
 import time
 from collections.abc import Iterator
@@ -17,28 +19,22 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import (
-    Boolean,
-    Column,
-    Float,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
+    and_,
     create_engine,
     delete,
     event,
     func,
     insert,
+    or_,
     select,
     update,
 )
-from sqlalchemy.engine import Connection, Engine, RowMapping
+from sqlalchemy.engine import Connection, Engine, RowMapping, make_url
 from sqlalchemy.exc import IntegrityError
 
 from bot.approval.models import (
     TARGET,
+    TARGET_KINDS,
     NewRequest,
     Outcome,
     Request,
@@ -48,96 +44,36 @@ from bot.approval.models import (
     request_from_dict,
     with_kind,
 )
-
-metadata = MetaData()
-
-targets = Table(
-    "pgs_targets",
+from bot.state import migrate
+from bot.state.schema import (  # noqa: F401 - re-exported: the tables are imported from here
+    approvals,
+    audit,
+    incidents,
+    leases,
     metadata,
-    Column("token", String(32), primary_key=True),
-    Column("kind", String(16), nullable=False),  # session | bulk | database
-    Column("env", String(64), nullable=False),
-    Column("host", String(64), nullable=False),
-    Column("channel", String(32)),
-    Column("created_by", String(32)),
-    Column("created_at", Float, nullable=False),
-    Column("payload", Text, nullable=False),
+    outcome_columns,
+    requests,
+    targets,
 )
 
-requests = Table(
-    "pgs_requests",
-    metadata,
-    Column("id", String(32), primary_key=True),
-    Column("env", String(64), nullable=False),
-    Column("host", String(64), nullable=False),
-    Column("action", String(32), nullable=False),
-    Column("target_token", String(32)),
-    Column("target", Text, nullable=False),
-    Column("requester", String(32), nullable=False),
-    Column("reason", Text),
-    Column("channel", String(32)),
-    Column("message_ts", String(32)),
-    Column("state", String(16), nullable=False),
-    Column("created_at", Float, nullable=False),
-    Column("expires_at", Float, nullable=False),
-    Column("decided_at", Float),
-    Column("decided_by", String(64)),
-    Column("outcome", Text),
-    Column("updated_at", Float, nullable=False),
-)
+log = logging.getLogger(__name__)
 
-approvals = Table(
-    "pgs_approvals",
-    metadata,
-    Column("request_id", String(32), nullable=False),
-    Column("approver", String(32), nullable=False),
-    Column("at", Float, nullable=False),
-    UniqueConstraint("request_id", "approver", name="pgs_approvals_once"),
-)
+OPEN_STATES = ("pending", "executing")
+DERIVED_COLUMNS = tuple(outcome_columns(None))
+# Requests in these states are finished: retention may purge them (never an open one).
+FINISHED_STATES = ("done", "failed", "denied", "withdrawn", "expired")
 
-audit = Table(
-    "pgs_audit",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("at", Float, nullable=False),
-    Column("env", String(64)),
-    Column("host", String(64)),
-    Column("request_id", String(32)),
-    Column("event", String(32), nullable=False),
-    Column("actor", String(32)),
-    Column("pid", Integer),
-    Column("backend_start", String(40)),
-    Column("db_user", String(128)),
-    Column("application", String(256)),
-    Column("query", Text),
-    Column("reason", Text),
-    Column("result", Text),
-)
-
-incidents = Table(
-    "pgs_incidents",
-    metadata,
-    Column("id", String(32), primary_key=True),
-    Column("env", String(64), nullable=False),
-    Column("host", String(64), nullable=False),
-    Column("kind", String(16), nullable=False),  # lag | unreachable
-    Column("open", Boolean, nullable=False),
-    Column("opened_at", Float, nullable=False),
-    Column("resolved_at", Float),
-    Column("channel", String(32)),
-    Column("message_ts", String(32)),
-    Column("last_update_at", Float),
-    Column("last_reminder_at", Float),
-    Column("payload", Text, nullable=False),
-)
-
-leases = Table(
-    "pgs_leases",
-    metadata,
-    Column("name", String(64), primary_key=True),
-    Column("holder", String(128), nullable=False),
-    Column("expires_at", Float, nullable=False),
-)
+# Bounds on every PostgreSQL state connection (libpq keywords), so that a hung or unreachable state
+# server costs bounded time; a value given in the state URL wins.
+PG_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "tcp_user_timeout": 10_000,  # ms without an ACK before the kernel drops the connection
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+PG_STATEMENT_TIMEOUT_MS = 5000
 
 
 def new_id(nbytes: int = 12) -> str:
@@ -152,13 +88,70 @@ def _engine_url(url: str) -> str:
     return url
 
 
+def _sqlite_path(url: str) -> str | None:
+    """The file behind a ``sqlite:///`` URL; None for an in-memory database."""
+    db = make_url(url).database
+    if not db or db == ":memory:" or db.startswith("file:"):
+        return None
+    return db
+
+
+def _create_private_file(path: str) -> None:
+    """Create the SQLite file readable only by its owner before SQLite does (with the umask's mode).
+
+    SQLite gives the -wal and -shm files the permissions of the database file.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+    os.chmod(path, 0o600)  # whatever the umask
+
+
+def _pg_connect_args(url: str) -> dict[str, Any]:
+    query = make_url(url).query
+    args = {k: v for k, v in PG_CONNECT_ARGS.items() if k not in query}
+    args["application_name"] = query.get("application_name", "pgsessions-state")
+    timeout = f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS}"
+    given = query.get("options")
+    if isinstance(given, tuple):
+        given = " ".join(given)
+    if given and "statement_timeout" in given:
+        args["options"] = given
+    else:
+        args["options"] = f"{given} {timeout}" if given else timeout
+    return args
+
+
+def _server_message_only(ctx: Any) -> None:
+    """Keep only the server's primary message in a state error: its DETAIL/HINT/CONTEXT lines can quote
+    the row (``Key (token)=(...) already exists``, ``Failing row contains (...)``), i.e. the values that
+    ``hide_parameters`` keeps out of the SQLAlchemy message. The fields stay readable in ``orig.diag``."""
+    orig = ctx.original_exception
+    diag = getattr(orig, "diag", None)
+    primary = getattr(diag, "message_primary", None)
+    if not primary or not orig.args or str(orig.args[0]) == primary:
+        return
+    orig.args = (primary,)
+    exc = ctx.sqlalchemy_exception
+    if exc is not None and exc.args:
+        exc.args = (f"({orig.__class__.__module__}.{orig.__class__.__name__}) {primary}",) + tuple(exc.args[1:])
+
+
 class StateStore:
     def __init__(self, url: str):
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
+            path = _sqlite_path(url)
+            if path is not None:
+                _create_private_file(path)
             engine = create_engine(
-                url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=False
+                url,
+                connect_args={"check_same_thread": False, "timeout": 30},
+                pool_pre_ping=False,
+                hide_parameters=True,
             )
 
             @event.listens_for(engine, "connect")
@@ -172,7 +165,12 @@ class StateStore:
 
             @event.listens_for(engine, "begin")
             def _on_begin(conn: Connection) -> None:  # pragma: no cover - wiring
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                # Writers serialise at BEGIN (no deadlock upgrading a read lock); readers take no lock:
+                # in WAL mode a deferred read transaction never waits for a writer.
+                if conn.get_execution_options().get("pgs_write"):
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                else:
+                    conn.exec_driver_sql("BEGIN")
 
         else:
             engine = create_engine(
@@ -180,17 +178,33 @@ class StateStore:
                 pool_pre_ping=True,
                 pool_size=5,
                 max_overflow=10,
-                connect_args={"connect_timeout": 5, "application_name": "pgsessions-state"},
+                pool_timeout=10,
+                hide_parameters=True,
+                connect_args=_pg_connect_args(url),
             )
+
+        event.listen(engine, "handle_error", _server_message_only)
+        # Plain engine.connect() reads (deferred BEGIN on SQLite); tx() writes (BEGIN IMMEDIATE).
         self.engine: Engine = engine
-        metadata.create_all(engine)
+        self._writer: Engine = engine.execution_options(pgs_write=True)
+        self.schema_revisions: tuple[str | None, str | None] = (None, None)
+        with self._writer.begin() as conn:
+            self.schema_revisions = migrate.upgrade(conn)
+        self.backfill_outcome_columns()
 
     def close(self) -> None:
         self.engine.dispose()
 
     @contextmanager
     def tx(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
+        """A write transaction (SQLite: ``BEGIN IMMEDIATE``)."""
+        with self._writer.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only transaction: never takes SQLite's write lock, never waits for a writer."""
+        with self.engine.connect() as conn:
             yield conn
 
     def check_writable(self) -> None:
@@ -228,9 +242,10 @@ class StateStore:
         return tokens
 
     def get_target(self, token: str) -> StoredTarget | None:
-        with self.engine.connect() as c:
+        """What a button token resolves to; None for an unknown token (or a key of another kind)."""
+        with self.read() as c:
             row = c.execute(select(targets).where(targets.c.token == token)).mappings().first()
-        if row is None:
+        if row is None or row["kind"] not in TARGET_KINDS:
             return None
         payload = with_kind(json.loads(row["payload"]), row["kind"])
         return StoredTarget(
@@ -242,6 +257,22 @@ class StateStore:
             created_at=row["created_at"],
             target=TARGET.validate_python(payload),
         )
+
+    def claim_once(self, key: str) -> bool:
+        """Record that ``key`` (e.g. a modal submission) was acted on; False if it already was.
+
+        Atomic on both backends (a primary-key insert), so a replayed or retried submission creates
+        nothing twice. Kept in pgs_targets (kind 'once') and purged with the button tokens.
+        """
+        try:
+            with self.tx() as c:
+                c.execute(insert(targets).values(
+                    token=key[:32], kind="once", env="-", host="-", channel=None, created_by=None,
+                    created_at=time.time(), payload="{}",
+                ))
+        except IntegrityError:
+            return False
+        return True
 
     def purge_targets(self, older_than: float) -> int:
         with self.tx() as c:
@@ -258,6 +289,7 @@ class StateStore:
             "created_at": now,
             "updated_at": now,
             "target": new.target.model_dump_json(exclude_none=True),
+            **outcome_columns(None),
         }
         with self.tx() as c:
             c.execute(insert(requests).values(**row))
@@ -267,7 +299,7 @@ class StateStore:
 
     @staticmethod
     def _decode(row: RowMapping) -> Request:
-        data = dict(row)
+        data = {k: v for k, v in row.items() if k not in DERIVED_COLUMNS}  # copies of outcome facts for queries
         data["target"] = json.loads(data["target"])
         data["outcome"] = json.loads(data["outcome"]) if data.get("outcome") else None
         return request_from_dict(data)
@@ -279,7 +311,7 @@ class StateStore:
         if conn is not None:
             row = conn.execute(stmt).mappings().first()
         else:
-            with self.engine.connect() as c:
+            with self.read() as c:
                 row = c.execute(stmt).mappings().first()
         return self._decode(row) if row is not None else None
 
@@ -300,19 +332,20 @@ class StateStore:
     ) -> bool:
         """Move a request from ``expected`` to ``new``; False when another click got there first.
 
-        ``outcome`` (when given) replaces the stored outcome; a transition to the same state only
-        records progress or a changed outcome."""
-        exp = (expected,) if isinstance(expected, RequestState) else expected
-        values: dict[str, Any] = {"state": new.value, "updated_at": time.time()}
+        ``outcome`` (when given) replaces the stored outcome and the real columns derived from it; a
+        transition to the same state only records progress or a changed outcome."""
+        exp = (expected,) if isinstance(expected, str) else expected  # a RequestState is a str
+        values: dict[str, Any] = {"state": RequestState(new).value, "updated_at": time.time()}
         if outcome is not None:
             values["outcome"] = outcome.model_dump_json(exclude_none=True)
+            values.update(outcome_columns(outcome.model_dump(mode="json", exclude_none=True)))
         if decided_at is not None:
             values["decided_at"] = decided_at
         if decided_by is not None:
             values["decided_by"] = decided_by
         res = conn.execute(
             update(requests)
-            .where(requests.c.id == request_id, requests.c.state.in_([e.value for e in exp]))
+            .where(requests.c.id == request_id, requests.c.state.in_([RequestState(e).value for e in exp]))
             .values(**values)
         )
         return int(res.rowcount) == 1
@@ -335,61 +368,49 @@ class StateStore:
         stmt = select(approvals.c.approver).where(approvals.c.request_id == request_id).order_by(approvals.c.at)
         if conn is not None:
             return [r[0] for r in conn.execute(stmt)]
-        with self.engine.connect() as c:
+        with self.read() as c:
             return [r[0] for r in c.execute(stmt)]
 
     def requests_in(self, states: tuple[RequestState, ...], env: str | None = None) -> list[Request]:
         stmt = (
             select(requests)
-            .where(requests.c.state.in_([s.value for s in states]))
+            .where(requests.c.state.in_([RequestState(s).value for s in states]))
             .order_by(requests.c.created_at)
         )
         if env is not None:
             stmt = stmt.where(requests.c.env == env)
-        with self.engine.connect() as c:
+        with self.read() as c:
             return [self._decode(r) for r in c.execute(stmt).mappings()]
 
     def due_for_expiry(self, now: float) -> list[Request]:
         stmt = select(requests).where(
             requests.c.state == RequestState.PENDING.value, requests.c.expires_at <= now
         )
-        with self.engine.connect() as c:
+        with self.read() as c:
             return [self._decode(r) for r in c.execute(stmt).mappings()]
 
-    # Narrow reads for the clear-db housekeeping (requests_in() would decode every finished request,
-    # snapshots of hundreds of sessions included). The outcome JSON is written by pydantic without
-    # spaces; both spellings are matched so that rows written by earlier releases (json.dumps) are
-    # found too. The LIKE patterns only pre-select: callers check the decoded outcome exactly.
-    # (A real column for "closed a database and not reopened yet" would replace them.)
+    def closed_database_requests(self, action: str, env: str) -> list[Request]:
+        """Finished ``action`` requests of ``env`` whose outcome closed a database not reopened since."""
+        stmt = select(requests).where(
+            requests.c.action == action,
+            requests.c.env == env,
+            requests.c.state.in_((RequestState.DONE.value, RequestState.FAILED.value)),
+            requests.c.blocked.is_(True),
+            or_(requests.c.reopened.is_(None), requests.c.reopened.is_(False)),
+        ).order_by(requests.c.created_at)
+        with self.read() as c:
+            return [self._decode(r) for r in c.execute(stmt).mappings()]
 
-    def _requests_where(self, action: str, *conditions: Any) -> list[Request]:
-        t = requests
-        with self.engine.connect() as c:
-            rows = c.execute(select(t).where(t.c.action == action, *conditions)).mappings().all()
-        return [self._decode(r) for r in rows]
-
-    def closing_requests(self, action: str, env: str) -> list[Request]:
-        """Finished ``action`` requests of ``env`` whose outcome says they closed a database that the bot
-        has not seen reopened."""
-        t = requests
-        return self._requests_where(
-            action,
-            t.c.env == env,
-            t.c.state.in_((RequestState.DONE.value, RequestState.FAILED.value)),
-            t.c.outcome.like('%"blocked": true%') | t.c.outcome.like('%"blocked":true%'),
-            ~t.c.outcome.like('%"reopened"%'),
-        )
-
-    def interrupted_unrepaired(self, action: str) -> list[Request]:
-        """Failed ``action`` requests ended as interrupted whose outcome does not say yet whether they
-        closed their database."""
-        t = requests
-        return self._requests_where(
-            action,
-            t.c.state == RequestState.FAILED.value,
-            t.c.outcome.like('%"interrupted"%'),
-            ~t.c.outcome.like('%"blocked"%'),
-        )
+    def interrupted_unnoted(self, action: str) -> list[Request]:
+        """Failed ``action`` requests whose outcome is *interrupted* and says nothing of ``blocked``."""
+        stmt = select(requests).where(
+            requests.c.action == action,
+            requests.c.state == RequestState.FAILED.value,
+            requests.c.outcome_status == "interrupted",
+            requests.c.blocked.is_(None),
+        ).order_by(requests.c.created_at)
+        with self.read() as c:
+            return [self._decode(r) for r in c.execute(stmt).mappings()]
 
     # --- the state database itself ------------------------------------------------------------------
 
@@ -399,12 +420,73 @@ class StateStore:
         Raises if the state database cannot be asked."""
         if self.is_sqlite:
             return None
-        with self.engine.connect() as c:
+        with self.read() as c:
             row = c.exec_driver_sql(
                 "SELECT extract(epoch FROM pg_postmaster_start_time())::text, current_setting('port'), "
                 "current_database()"
             ).first()
         return (str(row[0]), str(row[1]), str(row[2])) if row else None
+
+    def backfill_outcome_columns(self, batch: int = 500) -> int:
+        """Fill the outcome columns of rows whose outcome was written without them (by a replica of
+        release 0.1.0 still running while replicas are replaced); ``reopened`` is never NULL once the
+        store has written an outcome. Run at start and hourly; returns the rows fixed."""
+        fixed = 0
+        stale = and_(requests.c.outcome.is_not(None), requests.c.reopened.is_(None))
+        while True:
+            with self.tx() as c:
+                rows = c.execute(select(requests.c.id, requests.c.outcome).where(stale).limit(batch)).all()
+                for rid, raw in rows:
+                    try:
+                        outcome = json.loads(raw)
+                    except ValueError:
+                        outcome = None
+                    cols = outcome_columns(outcome if isinstance(outcome, dict) else {})
+                    c.execute(update(requests).where(requests.c.id == rid, stale).values(**cols))
+            fixed += len(rows)
+            if len(rows) < batch:
+                break
+        if fixed:
+            log.info("state store: filled the outcome columns of %d requests written by an older release", fixed)
+        return fixed
+
+    # --- retention ----------------------------------------------------------------------------------
+
+    def purge_finished(self, older_than: float, batch: int = 500) -> dict[str, int]:
+        """Delete what finished before ``older_than``: requests with their approvals, audit entries,
+        resolved incidents. Open requests and incidents are never touched, nor a request whose outcome
+        closed a database the bot has not reopened (its message keeps the way back).
+        Works in batches of ``batch`` rows per transaction so that no purge holds the lock for long."""
+        removed = {"requests": 0, "approvals": 0, "audit": 0, "incidents": 0}
+        still_closing = and_(requests.c.blocked.is_(True), or_(requests.c.reopened.is_(None), requests.c.reopened.is_(False)))
+        while True:
+            with self.tx() as c:
+                ids = [r[0] for r in c.execute(
+                    select(requests.c.id)
+                    .where(requests.c.state.in_(FINISHED_STATES), requests.c.updated_at < older_than, ~still_closing)
+                    .limit(batch)
+                )]
+                if not ids:
+                    break
+                removed["approvals"] += c.execute(delete(approvals).where(approvals.c.request_id.in_(ids))).rowcount
+                removed["requests"] += c.execute(
+                    delete(requests).where(requests.c.id.in_(ids), requests.c.state.in_(FINISHED_STATES))
+                ).rowcount
+            if len(ids) < batch:
+                break
+        while True:
+            with self.tx() as c:
+                ids = [r[0] for r in c.execute(select(audit.c.id).where(audit.c.at < older_than).limit(batch))]
+                if ids:
+                    removed["audit"] += c.execute(delete(audit).where(audit.c.id.in_(ids))).rowcount
+            if len(ids) < batch:
+                break
+        ended = func.coalesce(incidents.c.resolved_at, incidents.c.last_update_at, incidents.c.opened_at)
+        with self.tx() as c:
+            removed["incidents"] += c.execute(
+                delete(incidents).where(incidents.c.open.is_(False), ended < older_than)
+            ).rowcount
+        return removed
 
     # --- audit --------------------------------------------------------------------------------------
 
@@ -423,17 +505,44 @@ class StateStore:
         with self.tx() as c:
             c.execute(insert(audit), [{"at": now, **r} for r in rows])
 
-    def audit_entries(self, env: str | None = None, limit: int = 20, request_id: str | None = None) -> list[dict[str, Any]]:
-        stmt = select(audit).order_by(audit.c.id.desc()).limit(limit)
+    def audit_entries(
+        self,
+        env: str | None = None,
+        limit: int = 20,
+        request_id: str | None = None,
+        *,
+        since: float | None = None,
+        actor: str | None = None,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        stmt = select(audit).order_by(audit.c.id.desc()).limit(limit).offset(offset)
         if env is not None:
             stmt = stmt.where(audit.c.env == env)
         if request_id is not None:
             stmt = stmt.where(audit.c.request_id == request_id)
-        with self.engine.connect() as c:
+        if since is not None:
+            stmt = stmt.where(audit.c.at >= since)
+        if actor is not None:
+            stmt = stmt.where(audit.c.actor == actor)
+        with self.read() as c:
             return [dict(r) for r in c.execute(stmt).mappings()]
 
+    def audit_counts(
+        self, env: str | None = None, *, since: float | None = None, actor: str | None = None
+    ) -> dict[str | None, int]:
+        """How many audit entries match, per environment (so hidden environments can be left out)."""
+        stmt = select(audit.c.env, func.count()).group_by(audit.c.env)
+        if env is not None:
+            stmt = stmt.where(audit.c.env == env)
+        if since is not None:
+            stmt = stmt.where(audit.c.at >= since)
+        if actor is not None:
+            stmt = stmt.where(audit.c.actor == actor)
+        with self.read() as c:
+            return {e: int(n) for e, n in c.execute(stmt)}
+
     def audit_count(self) -> int:
-        with self.engine.connect() as c:
+        with self.read() as c:
             return int(c.execute(select(func.count()).select_from(audit)).scalar_one())
 
     # --- leader lease -------------------------------------------------------------------------------

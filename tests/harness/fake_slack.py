@@ -569,7 +569,8 @@ class FakeSlack:
       apps.connections.open together with ``socket_mode_url``.
     - ``scopes``: bot scopes (reported in ``x-oauth-scopes``; missing ones give ``missing_scope``).
     - ``usergroups``: {"S0DBAS": ["U1", "U2"]}; ``users``: {"U1": "Alice Admin"} (or a dict of
-      user fields); ``channels``: {"C1": "ops"} or {"C1": {"name": "ops", "is_private": True,
+      user fields that users.info returns over its defaults, e.g. {"U9": {"is_restricted": True}} for a
+      guest, {"U10": {"team_id": "T999"}} for another organisation's user); ``channels``: {"C1": "ops"} or {"C1": {"name": "ops", "is_private": True,
       "is_member": False, "is_archived": False}} (unknown channels are public and joined).
     - ``trigger_ttl``: seconds a trigger_id made by SlackSender stays valid (3.0; None = forever).
     - ``response_url_max_uses``: 5.
@@ -1242,6 +1243,8 @@ class FakeSlack:
             "tz": "Etc/UTC",
             "is_bot": False,
             "is_admin": False,
+            "is_restricted": False,
+            "is_ultra_restricted": False,
             "profile": {
                 "real_name": real,
                 "display_name": fields.pop("display_name", real),

@@ -95,6 +95,9 @@ class SlackSender:
         self.fake = fake
         self.path = path
         self.team_id = team_id
+        # the team of the user in interaction payloads; set it to another team to act as a Slack Connect
+        # (other organisation) user in this workspace's channel. None: the workspace's team.
+        self.user_team_id: str | None = None
         self.team_domain = team_domain
         self.api_app_id = api_app_id
         self.verification_token = verification_token
@@ -165,7 +168,7 @@ class SlackSender:
 
     def _user(self, user_id: str, user_name: str | None) -> dict[str, str]:
         name = user_name or user_id.lower()
-        return {"id": user_id, "username": name, "name": name, "team_id": self.team_id}
+        return {"id": user_id, "username": name, "name": name, "team_id": self.user_team_id or self.team_id}
 
     def _team(self) -> dict[str, str]:
         return {"id": self.team_id, "domain": self.team_domain}

@@ -30,7 +30,12 @@ lock_holders AS (
                        THEN 'relation ' || w.relation::text || coalesce(' in database ' || d.datname, '')
                    ELSE w.locktype
                END, ', ') AS lock_objects,
-           string_agg(DISTINCT w.mode, ', ') AS wanted_modes
+           string_agg(DISTINCT w.mode, ', ') AS wanted_modes,
+           -- relations of other databases: named by bot.postgres.relnames through their own database
+           jsonb_agg(DISTINCT jsonb_build_object('database', d.datname, 'oid', w.relation::bigint))
+               FILTER (WHERE w.locktype = 'relation' AND d.datname IS NOT NULL
+                       AND w.database <> (SELECT oid FROM pg_database WHERE datname = current_database()))
+               AS foreign_relations
       FROM waiting w
       JOIN pg_locks h
         ON h.granted
@@ -58,7 +63,9 @@ act AS (
            left(a.query, %(query_chars)s) AS query,
            extract(epoch FROM now() - a.query_start)::float8  AS query_secs,
            extract(epoch FROM now() - a.xact_start)::float8   AS xact_secs,
-           extract(epoch FROM now() - a.state_change)::float8 AS state_secs
+           extract(epoch FROM now() - a.state_change)::float8 AS state_secs,
+           -- exact timestamps (microseconds): what an approval binds a signal to (issue 12)
+           a.query_start, a.xact_start, a.state_change
       FROM pg_stat_activity a
      WHERE a.backend_type = 'client backend'
        AND a.pid <> pg_backend_pid()
@@ -70,6 +77,7 @@ flagged AS (
            lh.lock_modes,
            lh.lock_objects,
            lh.wanted_modes,
+           lh.foreign_relations,
            act.backend_xmin IS NOT NULL AND age(act.backend_xmin) > age(snap.xmin) AS old_snapshot,
            CASE WHEN act.backend_xmin IS NOT NULL THEN age(act.backend_xmin) END AS xmin_age,
            CASE WHEN act.backend_xmin IS NOT NULL THEN age(act.backend_xmin) - age(snap.xmin) END AS xmin_behind,
@@ -82,7 +90,8 @@ flagged AS (
 SELECT f.pid, f.backend_start, f.usename, f.datname, f.application_name, f.client_addr,
        f.state, f.wait_event_type, f.wait_event, f.query,
        f.query_secs, f.xact_secs, f.state_secs, f.backend_xmin::text AS backend_xmin,
-       f.holds_lock, f.lock_modes, f.lock_objects, f.wanted_modes, f.old_snapshot, f.xmin_age, f.xmin_behind, f.is_suspect,
+       f.query_start, f.xact_start, f.state_change,
+       f.holds_lock, f.lock_modes, f.lock_objects, f.wanted_modes, f.foreign_relations, f.old_snapshot, f.xmin_age, f.xmin_behind, f.is_suspect,
        coalesce(r.rolsuper, false) AS is_superuser,
        -- facts for bot.postgres.models.cannot_signal_reason, the one place the rule is written
        me.is_super AS bot_is_super,

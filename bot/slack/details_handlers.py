@@ -1,0 +1,185 @@
+"""Details button (a modal with one session read at the click) and `/pgsessions <env> [standby] locks`.
+
+Details needs no approval, only the right to view the environment (:func:`may_view`). Slack's
+``trigger_id`` expires 3 s after the click, so the read runs beside the ack: if it answers within
+:data:`FAST_READ` the modal opens with the content; otherwise a "Reading…" modal opens at once and is
+updated with ``views.update`` when the read is done.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TYPE_CHECKING, Any
+
+from slack_sdk.errors import SlackApiError
+
+from bot.approval import ids
+from bot.approval.models import StoredTarget
+from bot.approval.targets import issue_details_tokens, issue_session_tokens, session_snapshot
+from bot.commands import ShowLocks
+from bot.postgres.details import read_details
+from bot.postgres.locks import build_forest, read_lock_graph
+from bot.postgres.pools import DatabaseUnavailable
+from bot.render.details import details_view, loading_view, message_view
+from bot.render.locks import render_locks, shown_pids
+from bot.slack.edge import Router, channel_of, guarded, post_message, tell
+from bot.slack.guards import viewer_refusal
+from bot.slack.kill_handlers import open_request_form
+
+if TYPE_CHECKING:
+    from slack_bolt import App
+
+    from bot.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+FAST_READ = 0.5  # seconds: beyond this the "Reading…" modal opens first (views.open well within 1 s)
+_reads = ThreadPoolExecutor(max_workers=32, thread_name_prefix="pgs-details")  # as many as listeners
+
+
+def may_view(rt, env: str, user: str, channel: str | None) -> str | None:
+    """Why ``user`` may not view sessions of ``env`` from ``channel`` (None: they may).
+
+    Whoever may use the environment's channel and is in ``access.viewers`` (the rule itself is
+    :func:`bot.slack.guards.viewer_refusal`, shared with listings, ``pending`` and ``audit``)."""
+    environment = rt.config.env(env)
+    if environment is None:
+        return f"environment `{env}` is no longer configured"
+    access = environment.access
+    if access.channels and channel not in access.channels:
+        return f"`{env}` can only be viewed in " + ", ".join(f"<#{c}>" for c in access.channels)
+    return viewer_refusal(rt, env, user)
+
+
+def resolve_details_token(
+    rt: Runtime, token: str, user: str, channel: str | None
+) -> tuple[StoredTarget | None, str | None]:
+    stored = rt.store.get_target(token)
+    if stored is None or stored.kind not in ("details", "session"):
+        return None, "this button is not known to the bot (it may be from an old or forged message)"
+    if stored.channel and channel and stored.channel != channel:
+        return None, "this button belongs to a message in another channel"
+    refusal = may_view(rt, stored.env, user, channel or stored.channel)
+    if refusal:
+        return None, refusal
+    return stored, None
+
+
+class _Pusher:
+    """Opens the request form on top of the Details modal (a modal's trigger_id needs views.push)."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def views_open(self, trigger_id, view):
+        return self.client.views_push(trigger_id=trigger_id, view=view)
+
+
+def show_details(rt, body: dict, action: dict, client, respond=None) -> None:
+    user = (body.get("user") or {}).get("id", "")
+    channel = channel_of(body)
+    token = ids.parse_details_click(action.get("action_id", ""), action.get("value"))
+    if token is None:
+        tell(rt.client, respond, channel, user, ":no_entry_sign: That button is not one the bot drew; nothing was shown.")
+        return
+    target, refusal = resolve_details_token(rt, token, user, channel)
+    if target is None:
+        tell(rt.client, respond, channel, user, f":no_entry_sign: Not possible: {refusal}.")
+        return
+    env, host = target.env, target.host
+    pid = target.target.pid if hasattr(target.target, "pid") else 0
+    trigger = body.get("trigger_id")
+    future = _reads.submit(_read_view, rt, target, user)
+    try:
+        view = future.result(timeout=FAST_READ)
+    except FutureTimeout:
+        view = None
+    try:
+        if view is not None:
+            client.views_open(trigger_id=trigger, view=view)
+            return
+        opened = client.views_open(trigger_id=trigger, view=loading_view(pid, env, host))
+    except SlackApiError as exc:
+        log.warning("views.open for details failed: %s", exc.response.get("error"))
+        tell(rt.client, respond, channel, user, ":warning: Slack did not open the details in time; please click again.")
+        return
+    view_id = (opened.get("view") or {}).get("id")
+    try:
+        view = future.result(timeout=120)
+    except Exception:  # _read_view answers errors itself; this is only a deadline
+        view = message_view(pid, ":warning: Reading the session took too long; please click again.")
+    try:
+        client.views_update(view_id=view_id, view=view)
+    except SlackApiError as exc:
+        log.warning("views.update for details failed: %s", exc.response.get("error"))
+
+
+def _read_view(rt: Runtime, target: StoredTarget, user: str) -> dict:
+    env, host, snap = target.env, target.host, target.target
+    pid = int(getattr(snap, "pid", 0))
+    try:
+        d = read_details(rt.dbs, env, host, pid, getattr(snap, "backend_start", None) or "")
+    except DatabaseUnavailable as exc:
+        return message_view(pid, f":warning: Could not read pid {pid}: {exc}")
+    except Exception:
+        log.exception("reading details of pid %s on %s/%s failed", pid, env, host)
+        return message_view(pid, ":x: Something went wrong while reading this session; nothing was changed.")
+    disabled = rt.policy.signalling_off(env)
+    kill_token = None
+    if d.status == "ok" and d.session is not None and not disabled and not d.cannot_signal:
+        kill_token = rt.store.put_targets(env, host, target.channel, user, [session_snapshot(d.session)])[0]
+    return details_view(d, kill_token, disabled)
+
+
+def modal_kill(rt: Runtime, body: dict, action: dict, client: Any) -> None:
+    """Cancel/Terminate drawn in the Details modal: the same approval form, on the listing's channel."""
+    click = ids.parse_click(ids.MODAL_KILL_PREFIX, ids.SESSION_KINDS, action.get("action_id", ""), action.get("value"))
+    target = rt.store.get_target(click.token) if click else None
+    channel = target.channel if target else None
+    open_request_form(
+        rt, {**body, "channel": {"id": channel}}, action, None, _Pusher(client), ids.MODAL_KILL_PREFIX,
+        verbs=ids.SESSION_KINDS,
+    )
+
+
+def handle_locks(rt: Runtime, cmd: ShowLocks, body: dict, respond: Any) -> None:
+    environment = rt.config.environments[cmd.env]
+    channel, user = body.get("channel_id"), body.get("user_id")
+    try:
+        graph = read_lock_graph(rt.dbs, cmd.env, cmd.host, max(environment.listing.query_chars, 200))
+    except DatabaseUnavailable as exc:
+        log.warning("locks %s/%s failed: %s", cmd.env, cmd.host, exc.reason)
+        respond(response_type="ephemeral", text=f":warning: Could not read the locks: {exc}")
+        return
+    forest = build_forest(graph.waits)
+    pids = [p for p in shown_pids(forest) if p in graph.sessions]
+    disabled = rt.policy.signalling_off(cmd.env)
+    roots = [graph.sessions[t.root] for t in forest if t.root in graph.sessions and t.root in pids]
+    kill_tokens = {} if disabled else issue_session_tokens(rt.store, cmd.env, cmd.host, roots, channel, user)
+    details_tokens = issue_details_tokens(rt.store, cmd.env, cmd.host, [graph.sessions[p] for p in pids], channel, user)
+    msg = render_locks(
+        graph, forest, kill_tokens=kill_tokens, details_tokens=details_tokens, kill_disabled=disabled,
+        query_chars=min(environment.listing.query_chars, 300),
+    )
+    post_message(rt.client, channel, msg, respond)
+
+
+def register(app: App, rt: Runtime, router: Router) -> None:
+    router.on(ShowLocks)(handle_locks)
+
+    @app.action(ids.ANY_DETAILS)
+    def on_details(ack, body, action, client, respond):
+        ack()
+        guarded("showing the session's details")(show_details)(rt, body, action, client, respond=respond)
+
+    @app.action(ids.ANY_MODAL_KILL)
+    def on_modal_kill(ack, body, action, client):
+        ack()
+        guarded("opening the request form")(modal_kill)(rt, body, action, client)
+
+    @app.view_closed(ids.DETAILS_CALLBACK)
+    def on_closed(ack):
+        ack()
+

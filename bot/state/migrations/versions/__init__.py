@@ -1,0 +1,1 @@
+# Alembic revisions of the state store (Alembic skips this file). Never edit a released revision: add one.
