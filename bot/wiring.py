@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bot.slack import bulk_handlers, kill_handlers, lag_handlers, listing_handlers
+from bot.slack import bulk_handlers, details_handlers, kill_handlers, lag_handlers, listing_handlers
 from bot.slack.edge import Router
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ def register_features(app: App, rt: Runtime, router: Router) -> None:
     kill_handlers.register(app, rt, router)  # every action button, the request modal, decisions
     lag_handlers.register(rt, router)
     bulk_handlers.register(rt, router)  # clear-db, and the *Terminate these N* listing extra
+    details_handlers.register(app, rt, router)  # the Details button and modal, `locks`
 
 
 def install_jobs(rt: Runtime) -> None:
