@@ -364,7 +364,7 @@ def run_clear_db(wf: Workflow, req: dict) -> dict:
             info = database_info(conn, db)
             if info is None or (t.get("oid") is not None and info.oid != t["oid"]):
                 return _finish(tally, started, status="failed", **notes,
-                               detail=f"nothing was done: `{db}` no longer exists, or was dropped and created again, "
+                               detail=f"nothing was done: database {db} no longer exists, or was dropped and created again, "
                                "since the listing")
             refusal = database_refusal(wf.config, req["env"], info, state_id)
             if refusal:
@@ -419,15 +419,15 @@ def run_allow_connections(wf: Workflow, req: dict) -> dict:
         with wf.dbs.connection(req["env"], req["host"], op="clear_db") as conn:
             now = database_state(conn, db)
             if now is None:
-                return {"status": "failed", "detail": f"`{db}` no longer exists", **notes}
+                return {"status": "failed", "detail": f"database {db} no longer exists", **notes}
             if t.get("oid") is not None and now[1] != t["oid"]:
                 return {"status": "failed", **notes, "allow_connections": now[0],
-                        "detail": f"nothing was done: `{db}` was dropped and created again since the button was drawn"}
+                        "detail": f"nothing was done: database {db} was dropped and created again since the button was drawn"}
             try:
                 set_allow_connections(conn, db, True)
             except psycopg.Error as exc:
                 return {"status": "failed", **notes, "allow_connections": now[0],
-                        "detail": f"ALTER DATABASE failed ({_first_line(exc)}); `{db}` "
+                        "detail": f"ALTER DATABASE failed ({_first_line(exc)}); database {db} "
                         + ("still allows" if now[0] else "still does not allow") + " new connections"}
             after = database_state(conn, db)
     except DatabaseUnavailable as exc:
@@ -438,8 +438,8 @@ def run_allow_connections(wf: Workflow, req: dict) -> dict:
     was = "" if now[0] is False else " (it already did)"
     return {"status": "done" if allowed else "failed", **notes, "allow_connections": allowed,
             "finished_at": time.time(),
-            "detail": f"`{db}` allows new connections again{was}" if allowed
-            else f"`{db}` still does not allow new connections"}
+            "detail": f"database {db} allows new connections again{was}" if allowed
+            else f"database {db} still does not allow new connections"}
 
 
 def reopen_sources(wf: Workflow, req: dict, allowed: bool) -> None:
