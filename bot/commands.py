@@ -5,6 +5,7 @@ Every error is a :class:`CommandError` whose message says which word is wrong an
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ USAGE = """\
 • `/pgsessions <env> lag`: replay lag of every standby
 • `/pgsessions <env> clear-db DBNAME`: who is connected to a database, with *Terminate all* for maintenance
 • `/pgsessions pending`: open kill requests · `/pgsessions audit <env>`: the latest decisions
+• `/pgsessions audit <env> --user U… --since 1d --action terminate`: the decisions of one person, period or action
+• `@pgsessions <env> …` in a channel or thread answers in the thread
 • `/pgsessions help`: this text"""
 
 
@@ -60,6 +63,9 @@ class ShowLag:
 class Audit:
     env: str | None
     limit: int = 15
+    user: str | None = None  # Slack user id of the actor or requester (``--user U123``)
+    since: float | None = None  # seconds back from now (``--since 1d``)
+    action: str | None = None  # ``--action terminate``
 
 
 @dataclass(frozen=True)
@@ -102,12 +108,14 @@ def parse(text: str, config: Config) -> Command:
             raise CommandError(f"`pending` takes no arguments (got `{' '.join(words[1:])}`).")
         return Pending()
     if first.lower() == "audit":
-        env = words[1] if len(words) > 1 else None
+        rest = words[1:]
+        env = rest[0] if rest and not rest[0].startswith("-") else None
         if env is not None and config.env(env) is None:
             raise CommandError(f"Unknown environment `{env}`. Known environments: {known_envs(config)}.", False)
-        if len(words) > 2:
-            raise CommandError(f"`audit` takes one environment name (got `{' '.join(words[1:])}`).")
-        return Audit(env)
+        flags = rest[1:] if env is not None else rest
+        if any(not w.startswith("-") for w in flags) and not any(w.startswith("--") for w in flags):
+            raise CommandError(f"`audit` takes one environment name (got `{' '.join(rest)}`).")
+        return parse_audit_flags(env, flags)
     env = first
     environment = config.env(env)
     if environment is None:
@@ -133,6 +141,63 @@ def parse(text: str, config: Config) -> Command:
                 f"`{env}` has no standby or filter called `{name}`. Standbys of `{env}`: {standbys}."
             )
     return ListSessions(env, host, parse_filters(rest))
+
+
+AUDIT_FLAGS = ("--user", "--since", "--action")
+AUDIT_ACTIONS = ("cancel", "terminate", "clear_db", "clear_db_block", "allow_connections", "terminate_bulk")
+SLACK_USER_RE = re.compile(r"^<?@?([UW][A-Z0-9]{1,20})(?:\|[^>]*)?>?$")
+
+
+def parse_audit_flags(env: str | None, words: list[str]) -> Audit:
+    """``audit [env] [--user U123] [--since 1d] [--action terminate]``."""
+    values: dict[str, str] = {}
+    i = 0
+    while i < len(words):
+        w = words[i]
+        flag, _, inline = w.partition("=")
+        flag = flag.lower()
+        if flag not in AUDIT_FLAGS:
+            raise CommandError(
+                f"`audit` takes one environment name and the filters `--user U…`, `--since 1d`, "
+                f"`--action terminate` (`{w}` is none of them)."
+            )
+        if inline:
+            value, i = inline, i + 1
+        elif i + 1 < len(words) and not words[i + 1].startswith("--"):
+            value, i = words[i + 1], i + 2
+        else:
+            example = {"--user": "U0123ABCD", "--since": "1d", "--action": "terminate"}[flag]
+            raise CommandError(f"`{flag}` needs a value, e.g. `{flag} {example}`.")
+        if flag in values:
+            raise CommandError(f"`{flag}` is given twice: give it once.")
+        values[flag] = value
+    user = None
+    if "--user" in values:
+        m = SLACK_USER_RE.match(values["--user"])
+        if not m:
+            raise CommandError(
+                f"`{values['--user']}` is not a Slack user: write `--user U0123ABCD` or mention the person.",
+                False,
+            )
+        user = m.group(1)
+    since = None
+    if "--since" in values:
+        try:
+            since = parse_duration(values["--since"])
+        except DurationError:
+            raise CommandError(
+                f"`{values['--since']}` is not a duration: write it like `30m`, `12h`, `7d`.", False
+            ) from None
+    action = None
+    if "--action" in values:
+        action = values["--action"].lower().replace("-", "_")
+        if action not in AUDIT_ACTIONS:
+            raise CommandError(
+                f"`{values['--action']}` is not an action: use one of "
+                + ", ".join(f"`{a}`" for a in AUDIT_ACTIONS) + ".",
+                False,
+            )
+    return Audit(env, user=user, since=since, action=action)
 
 
 def parse_filters(words: list[str]) -> Filters:

@@ -13,6 +13,7 @@ import time
 from slack_sdk.errors import SlackApiError
 
 from bot.approval.workflow import Result, Workflow
+from bot.audit_export import query_audit
 from bot.commands import Audit, Pending
 from bot.render.approval import (
     DECIDE_PREFIX,
@@ -135,7 +136,7 @@ def register(app, rt, router) -> None:
 
     @router.on(Audit)
     def on_audit(rt_, cmd: Audit, body, respond):
-        entries = rt.store.audit_entries(env=cmd.env, limit=cmd.limit)
+        entries = query_audit(rt.store, env=cmd.env, since=cmd.since, user=cmd.user, action=cmd.action, limit=cmd.limit)
         entries = [e for e in entries if e.get("env") is None or not _hidden_env(rt, e["env"], body.get("channel_id"))]
         respond(response_type="ephemeral", **audit_list(entries, cmd.env))
 

@@ -316,7 +316,10 @@ class StateStore:
     # --- audit --------------------------------------------------------------------------------------
 
     def add_audit(self, conn: Connection | None = None, **values: Any) -> None:
+        from bot.audit_export import log_audit  # one structured log line per audit event
+
         values.setdefault("at", time.time())
+        log_audit(values)
         if conn is not None:
             conn.execute(insert(audit).values(**values))
             return
@@ -326,9 +329,14 @@ class StateStore:
     def add_audit_many(self, rows: list[dict]) -> None:
         if not rows:
             return
+        from bot.audit_export import log_audit
+
         now = time.time()
+        rows = [{"at": now, **r} for r in rows]
+        for r in rows:
+            log_audit(r)
         with self.tx() as c:
-            c.execute(insert(audit), [{"at": now, **r} for r in rows])
+            c.execute(insert(audit), rows)
 
     def audit_entries(self, env: str | None = None, limit: int = 20, request_id: str | None = None) -> list[dict]:
         stmt = select(audit).order_by(audit.c.id.desc()).limit(limit)
