@@ -224,3 +224,41 @@ def test_channel_default_environment(pg, fake_slack, victim):
         # elsewhere `/pgsessions` alone is still the help
         reply = bot.slack.slash("", channel_id="C1", user_id="U1")
         assert "*Usage*" in reply.body
+
+
+# --- Socket Mode ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def socket_bot(pg, fake_slack):
+    from tests.harness.socket_mode import FakeSocketMode
+
+    with FakeSocketMode() as sm:
+        fake_slack.app_token = "xapp-test-socket"
+        fake_slack.socket_mode_url = sm.url
+        b = BotUnderTest(cfg(pg), fake_slack, app_token="xapp-test-socket").start()
+        try:
+            sm.wait_connected()
+            yield b, sm
+        finally:
+            b.close()
+
+
+def test_socket_mode_mention_and_retry_processed_once(socket_bot, victim):
+    from tests.harness.slack_requests import socket_envelope
+
+    bot, sm = socket_bot
+    _, app = victim
+    fake = bot.fake
+    n = len(fake.calls_for("chat.postMessage", ok=True))
+    payload = bot.slack.event_payload(bot.slack.mention_event(f"test --app {app} --min 0s", ts="1700000800.000800"))
+    envelope = socket_envelope(payload)
+    ack = sm.deliver(envelope)
+    assert ack["envelope_id"] == envelope["envelope_id"]
+    call = wait_until(lambda: posts_since(fake, n), 15, "the listing")[0]
+    assert call.params["thread_ts"] == "1700000800.000800" and app in json.dumps(call.params)
+    # Slack redelivers the same event in a new envelope (retry_attempt 1): acknowledged, not run again
+    again = socket_envelope(payload, retry_attempt=1, retry_reason="timeout")
+    sm.deliver(again)
+    time.sleep(1.5)
+    assert len(posts_since(fake, n)) == 1, fake.summary()
