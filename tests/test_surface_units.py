@@ -102,3 +102,20 @@ def test_audit_export_formats():
     write_csv(rows, out)
     parsed = list(csv.DictReader(io.StringIO(out.getvalue())))
     assert parsed[0]["pid"] == "42" and parsed[0]["application"].startswith("'=")  # no formula in a spreadsheet
+
+
+def test_nudge_texts_escape_database_text_and_link_the_request():
+    from bot.render.nudges import outcome_dm, reminder
+
+    req = {"id": "r1", "env": "prod", "host": "primary", "action": "terminate", "requester": "U1",
+           "decided_by": "U2,U3", "state": "failed", "created_at": 0.0, "expires_at": 900.0,
+           "target": {"pid": 42}, "outcome": {"detail": "error <!channel> & <http://x|y>"}}
+    dm = outcome_dm(req, "https://t.slack.com/archives/C1/p1")
+    text = json.dumps(dm)
+    assert "<!channel>" not in text and "&lt;!channel&gt; &amp;" in text
+    assert "<@U2>, <@U3>" in dm["blocks"][0]["text"]["text"] and "but not done" in dm["text"]
+    assert "<https://t.slack.com/archives/C1/p1|The request in Slack>" in text
+    expired = outcome_dm({**req, "state": "expired", "outcome": None}, None)
+    assert "within 15m" in expired["text"] and len(expired["blocks"]) == 1
+    r = reminder({**req, "state": "pending"}, ["U2", "S0DBAS"])
+    assert "<@U2>, <!subteam^S0DBAS>" in r["text"] and "<@U1>'s request" in r["text"]

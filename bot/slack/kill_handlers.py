@@ -24,6 +24,7 @@ from bot.render.approval import (
     request_modal,
 )
 from bot.render.buttons import ACTION_PREFIX
+from bot.slack import nudges
 from bot.slack.app import guarded
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ def redraw(rt, req: dict) -> None:
         log.warning("could not update request %s message: %s", req["id"], exc.response.get("error"))
     except Exception as exc:  # Slack unreachable after retries: the state is safe in the store
         log.warning("could not update request %s message: %s", req["id"], type(exc).__name__)
+    nudges.after_redraw(rt, req)  # the requester's direct message about a final outcome
 
 
 def tell(rt, respond, channel: str | None, user: str, text: str) -> None:
