@@ -119,3 +119,26 @@ def test_nudge_texts_escape_database_text_and_link_the_request():
     assert "within 15m" in expired["text"] and len(expired["blocks"]) == 1
     r = reminder({**req, "state": "pending"}, ["U2", "S0DBAS"])
     assert "<@U2>, <!subteam^S0DBAS>" in r["text"] and "<@U1>'s request" in r["text"]
+
+
+def test_home_view_stays_within_100_blocks_and_escapes_server_text():
+    from bot.render.home import EnvStatus, HostStatus, home_view
+
+    now = 1_700_000_000.0
+    waiting = [{"id": f"r{i}", "env": "prod", "host": "primary", "action": "terminate", "requester": "U1",
+                "reason": "<!here>", "created_at": now - 60, "expires_at": now + 600, "channel": "C1",
+                "message_ts": f"1700000000.{i:06d}", "target": {"pid": i}} for i in range(60)]
+    mine = [{**w, "state": "done"} for w in waiting[:30]]
+    envs = [EnvStatus(f"env{i}", (HostStatus("primary", connections=5, max_connections=100,
+                                             attention={"idle in transaction": 2}),
+                                  HostStatus("r1", error="timeout <@U1>", is_standby=True)),
+                      (("r1", "lag", "https://slack.com/archives/C9/p1"),)) for i in range(40)]
+    view = home_view("U2", waiting, mine, envs, now)
+    assert view["type"] == "home" and len(view["blocks"]) <= 100
+    text = json.dumps(view)
+    assert "<!here>" not in text and "<@U1>" not in text.replace("by <@U1>", "")
+    assert "40 more waiting" in text and "15 more environments" in text
+    ids = [el["action_id"] for b in view["blocks"] if b["type"] == "actions" for el in b["elements"]]
+    assert len(ids) == len(set(ids)) and "pgs_req:approve:r0" in ids
+    empty = home_view("U9", [], [], [], now)
+    assert "no environment you may see" in json.dumps(empty)

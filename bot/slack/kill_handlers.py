@@ -129,6 +129,8 @@ def register(app, rt, router) -> None:
             tell(rt, respond, channel, user, ":no_entry_sign: That button is not one the bot drew; nothing was done.")
             return
         guarded("deciding the request")(_decide)(rt, wf, m.group(2), user, m.group(1), channel, respond=respond)
+        if (body.get("view") or {}).get("type") == "home" and rt.extensions.get("home_refresh"):
+            rt.extensions["home_refresh"](user)  # decided from the Home tab: show it as it is now
 
     @router.on(Pending)
     def on_pending(rt_, cmd, body, respond):
