@@ -153,6 +153,22 @@ def test_mention_with_a_bad_command_answers_the_person_in_the_thread(bot):
     assert not fake.calls_for("chat.postMessage")[n:], "a bad command posts nothing in the channel"
 
 
+def test_mention_serves_every_command_form_in_the_thread(bot):
+    fake = bot.fake
+    thread = "1700000350.000350"
+    bot.slack.app_mention("pending", user_id="U3", channel_id="C1", ts="1700000351.000351", thread_ts=thread)
+    e = wait_until(lambda: next((m for m in fake.ephemerals if m.ephemeral_user == "U3"), None), 15, "pending")
+    assert e.thread_ts == thread and "No open kill requests" in json.dumps(e.blocks)
+    bot.slack.app_mention("audit test --since 1d", user_id="U3", channel_id="C1", ts="1700000352.000352",
+                          thread_ts=thread)
+    e = ephemeral(fake, "U3", "Audit log for test")
+    assert e.thread_ts == thread
+    n = len(fake.calls_for("chat.postMessage", ok=True))
+    bot.slack.app_mention("test lag", user_id="U3", channel_id="C1", ts="1700000353.000353", thread_ts=thread)
+    call = wait_until(lambda: posts_since(fake, n), 20, "the lag answer")[0]
+    assert call.params["thread_ts"] == thread and "lag" in json.dumps(call.params).lower()
+
+
 def test_mention_alone_gives_the_help(bot):
     bot.slack.app_mention("", user_id="U3", channel_id="C1", ts="1700000400.000400")
     e = ephemeral(bot.fake, "U3", "*Usage*")
