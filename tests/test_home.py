@@ -78,7 +78,8 @@ def test_home_for_an_approver_and_approving_from_it(pg, fake_slack, victim):
         # the same button clicked by someone who is not an approver (a forged Home click) does nothing
         stored = fake_slack.home_views["U2"].view
         bot.slack.block_action(approve["action_id"], approve["value"], user_id="U3", view=stored)
-        time.sleep(1)
+        refused, _ = published(fake_slack, "U3")
+        assert "you are not an approver for `test`" in text_of(refused), "the refusal is shown on the Home tab"
         assert bot.rt.store.get_request(request_id)["state"] == "pending" and not bot.rt.store.approvers_of(request_id)
         # Approve from Home: the same handler and checks as the channel's button
         n = len(fake_slack.calls)

@@ -125,11 +125,17 @@ def home_view(
     mine: list[dict],
     envs: list[EnvStatus],
     now: float,
+    notice: str | None = None,
 ) -> dict:
+    """``notice``: the bot's answer to this person's last click on the tab (already Slack text)."""
     blocks: list[dict] = [
         header("pgsessions"),
         actions("home-top", button("Refresh", REFRESH_ACTION, "refresh")),
         context(f"For <@{user}> · updated {slack_time(_dt(now))}"),
+    ]
+    if notice:
+        blocks.append(section(cut(notice, 2900)))
+    blocks += [
         divider(),
         header("Waiting for you"),
     ]

@@ -127,15 +127,17 @@ def my_requests(rt, user: str, limit: int = 15) -> list[dict]:
         return [rt.store._decode(r) for r in c.execute(stmt).mappings()]
 
 
-def build_home(rt, user: str) -> dict:
-    return home_view(user, waiting_for(rt, user), my_requests(rt, user), environments(rt, user), time.time())
+def build_home(rt, user: str, notice: str | None = None) -> dict:
+    return home_view(user, waiting_for(rt, user), my_requests(rt, user), environments(rt, user), time.time(),
+                     notice=notice)
 
 
-def publish_home(rt, user: str) -> None:
+def publish_home(rt, user: str, notice: str | None = None) -> None:
+    """Build and publish ``user``'s Home tab; ``notice``: the answer to their last click, shown on top."""
     if not user:
         return
     try:
-        view = build_home(rt, user)
+        view = build_home(rt, user, notice)
     except Exception:
         log.exception("could not build the Home tab for %s", user)
         return
@@ -148,7 +150,7 @@ def publish_home(rt, user: str) -> None:
 
 
 def register(app, rt, router) -> None:
-    rt.extensions["home_refresh"] = lambda user: publish_home(rt, user)
+    rt.extensions["home_refresh"] = lambda user, notice=None: publish_home(rt, user, notice)
 
     @app.event("app_home_opened")
     def on_home_opened(ack, event):

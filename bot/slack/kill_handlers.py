@@ -128,9 +128,13 @@ def register(app, rt, router) -> None:
         if not m or action.get("value") != m.group(2):
             tell(rt, respond, channel, user, ":no_entry_sign: That button is not one the bot drew; nothing was done.")
             return
+        home = (body.get("view") or {}).get("type") == "home" and rt.extensions.get("home_refresh")
+        notes: list[str] = []
+        if home:  # decided from the Home tab: a refusal is shown on top of it, republished as it is now
+            respond = lambda **kw: notes.append(str(kw.get("text") or ""))  # noqa: E731
         guarded("deciding the request")(_decide)(rt, wf, m.group(2), user, m.group(1), channel, respond=respond)
-        if (body.get("view") or {}).get("type") == "home" and rt.extensions.get("home_refresh"):
-            rt.extensions["home_refresh"](user)  # decided from the Home tab: show it as it is now
+        if home:
+            home(user, notes[-1] if notes else None)
 
     @router.on(Pending)
     def on_pending(rt_, cmd, body, respond):
