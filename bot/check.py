@@ -36,6 +36,17 @@ from bot.render.common import visible
 from bot.secrets import safe_dsn, scrub
 
 REQUIRED_SCOPES = ("commands", "chat:write", "chat:write.public", "users:read", "usergroups:read")
+# Scopes of the features around the core (manifest.yml); without them the core still works (a warning).
+FEATURE_SCOPES = ("app_mentions:read",)
+# What stops working without each scope (the same reasons as the comments in manifest.yml).
+SCOPE_NEEDED_FOR = {
+    "commands": "/pgsessions does not reach the bot",
+    "chat:write": "no listing, approval request, lag alert or direct message can be posted",
+    "chat:write.public": "the bot cannot post in public channels it was not invited to",
+    "users:read": "people's names are missing from messages",
+    "usergroups:read": "approvers given as user groups (S…) are never recognised",
+    "app_mentions:read": "@pgsessions mentions in channels and threads are not delivered to the bot",
+}
 MIN_SERVER_VERSION = 140000  # pg_terminate_backend(pid, timeout)
 CHECK_APPLICATION_NAME = "pgsessions-check"
 
@@ -311,12 +322,14 @@ def check_slack(environ: dict[str, str]) -> SlackReport:
         report.add(WARN, "scopes", "Slack did not report the token's scopes (no x-oauth-scopes header)")
     else:
         report.scopes = sorted(s.strip() for s in raw.split(",") if s.strip())
-        missing = [s for s in REQUIRED_SCOPES if s not in report.scopes]
+        missing = [s for s in (*REQUIRED_SCOPES, *FEATURE_SCOPES) if s not in report.scopes]
         if missing:
-            report.add(FAIL, "scopes", f"the token lacks {', '.join(missing)}: add them under OAuth & Permissions "
+            what = "; ".join(f"{s} ({SCOPE_NEEDED_FOR[s]})" for s in missing)
+            level = FAIL if any(s in REQUIRED_SCOPES for s in missing) else WARN
+            report.add(level, "scopes", f"the token lacks {what}: add them under OAuth & Permissions "
                        "(or re-create the app from manifest.yml) and reinstall the app")
         else:
-            report.add(OK, "scopes", "has " + ", ".join(REQUIRED_SCOPES))
+            report.add(OK, "scopes", "has " + ", ".join((*REQUIRED_SCOPES, *FEATURE_SCOPES)))
     if settings.app_token:
         try:
             WebClient(token=settings.app_token, base_url=settings.api_url, timeout=10).apps_connections_open(

@@ -46,7 +46,7 @@ def _extra_commands():
     import importlib
 
     out = []
-    for name in ("bot.shell.cli", "bot.check"):
+    for name in ("bot.shell.cli", "bot.check", "bot.audit_export"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:

@@ -321,6 +321,20 @@ def test_slack_missing_scope_and_bad_token(pg, tmp_path, slack):
     assert code == 0 and report["slack"]["status"] == "skip"
 
 
+def test_slack_missing_feature_scope_says_what_stops_working(pg, tmp_path, slack):
+    config = {"state": f"sqlite:///{tmp_path}/state.db", "environments": {"prod": env_config(pg, **access())}}
+    path = write_config(tmp_path, config)
+    # the fake reports the granted scopes in x-oauth-scopes, as Slack does: everything but mentions
+    slack.scopes = ["commands", "chat:write", "chat:write.public", "users:read", "usergroups:read"]
+    code, report = run_check(path)
+    found = finding(report["slack"], "scopes")
+    assert found["level"] == "warn", found
+    assert "app_mentions:read" in found["message"] and "@pgsessions mentions" in found["message"]
+    slack.scopes.append("app_mentions:read")
+    code, report = run_check(path)
+    assert finding(report["slack"], "scopes")["level"] == "ok"
+
+
 def test_socket_mode_app_token(pg, tmp_path, slack, monkeypatch):
     config = {"state": f"sqlite:///{tmp_path}/state.db", "environments": {"prod": env_config(pg, **access())}}
     path = write_config(tmp_path, config)

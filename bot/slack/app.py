@@ -20,6 +20,7 @@ from slack_bolt import App
 from slack_bolt.error import BoltError, BoltUnhandledRequestError
 from slack_sdk.errors import SlackApiError
 
+from bot.channel_defaults import apply_channel_default
 from bot.commands import USAGE, Command, CommandError, Help, known_envs, parse
 from bot.metrics import COMMANDS
 from bot.postgres.pools import DatabaseUnavailable, watch_unavailable
@@ -128,7 +129,7 @@ def build_app(rt: Runtime, router: Router | None = None) -> App:
 
     @app.command("/pgsessions")
     def on_command(ack, command, respond, body):
-        text = command.get("text") or ""
+        text = apply_channel_default(command.get("text") or "", rt.config, command.get("channel_id"))
         try:
             cmd = parse(text, rt.config)
         except CommandError as exc:
@@ -203,7 +204,7 @@ def _feature_modules() -> list[Callable[[App, Runtime, Router], None]]:
     import importlib
 
     for name in ("bot.slack.kill_handlers", "bot.slack.lag_handlers", "bot.slack.bulk_handlers",
-                 "bot.slack.details_handlers"):
+                 "bot.slack.details_handlers", "bot.slack.events", "bot.slack.nudges", "bot.slack.home_handlers"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -216,6 +217,9 @@ def _feature_modules() -> list[Callable[[App, Runtime, Router], None]]:
 
 def post_message(rt: Runtime, channel: str, msg: dict, respond=None) -> tuple[str, str] | None:
     """chat.postMessage; where the bot cannot post (private channel, DM) fall back to response_url."""
+    thread_ts = getattr(respond, "thread_ts", None)  # an answer to a mention goes into its thread
+    if thread_ts:
+        msg = {**msg, "thread_ts": thread_ts}
     try:
         resp = rt.client.chat_postMessage(channel=channel, **msg)
         return resp["channel"], resp["ts"]

@@ -18,7 +18,7 @@ from typing import Any
 
 from slack_bolt import BoltResponse
 
-from bot.slack.directory import DirectoryUnavailable
+from bot import visibility
 
 log = logging.getLogger(__name__)
 
@@ -100,18 +100,8 @@ def install_workspace_guard(app: Any, rt: Any) -> None:
 
 
 def viewer_refusal(rt: Any, env: str | None, user: str) -> str | None:
-    """Why ``user`` may not see ``env``'s sessions (access.viewers), or None."""
-    if env is None:
-        return None
-    environment = rt.config.env(env)
-    if environment is None:
-        return f"environment `{env}` is not configured"
-    try:
-        if rt.directory.allowed(user, environment.access.viewers):
-            return None
-    except DirectoryUnavailable as exc:
-        return str(exc)
-    return f"you are not allowed to see sessions of `{env}` (access.viewers)"
+    """Why ``user`` may not see ``env``'s sessions (access.viewers), or None: :mod:`bot.visibility`."""
+    return visibility.viewer_refusal(rt.config, rt.directory, env, user)
 
 
 def viewers_decidable_offline(rt: Any, env: str | None) -> bool:

@@ -25,6 +25,7 @@ from bot.render.approval import (
 )
 from bot.render.buttons import ACTION_PREFIX
 from bot.render.common import context
+from bot.slack import nudges
 from bot.slack.app import guarded
 from bot.slack.guards import may_view
 
@@ -60,6 +61,8 @@ def audit_command(cmd: Audit, body: dict) -> str:
             words.append(w)
     if cmd.actor:
         words += ["--user", cmd.actor]
+    if cmd.action:
+        words += ["--action", cmd.action]
     words += ["--page", str(cmd.page + 1)]
     return " ".join(words)
 
@@ -98,6 +101,7 @@ def redraw(rt, req: dict) -> None:
         log.warning("could not update request %s message: %s", req["id"], exc.response.get("error"))
     except Exception as exc:  # Slack unreachable after retries: the state is safe in the store
         log.warning("could not update request %s message: %s", req["id"], type(exc).__name__)
+    nudges.after_redraw(rt, req)  # the requester's direct message about a final outcome
 
 
 def tell(rt, respond, channel: str | None, user: str, text: str) -> None:
@@ -164,7 +168,13 @@ def register(app, rt, router) -> None:
         if not m or action.get("value") != m.group(2):
             tell(rt, respond, channel, user, ":no_entry_sign: That button is not one the bot drew; nothing was done.")
             return
+        home = (body.get("view") or {}).get("type") == "home" and rt.extensions.get("home_refresh")
+        notes: list[str] = []
+        if home:  # decided from the Home tab: a refusal is shown on top of it, republished as it is now
+            respond = lambda **kw: notes.append(str(kw.get("text") or ""))  # noqa: E731
         guarded("deciding the request")(_decide)(rt, wf, m.group(2), user, m.group(1), channel, respond=respond)
+        if home:
+            home(user, notes[-1] if notes else None)
 
     @router.on(Pending)
     def on_pending(rt_, cmd, body, respond):
@@ -182,12 +192,14 @@ def register(app, rt, router) -> None:
         def visible(env: str | None) -> bool:
             return env is None or (not _hidden_env(rt, env, body.get("channel_id")) and may_view(rt, env, viewer))
 
-        entries = rt.store.audit_entries(env=cmd.env, limit=cmd.limit, since=since, actor=cmd.actor, offset=offset)
+        entries = rt.store.audit_entries(
+            env=cmd.env, limit=cmd.limit, since=since, actor=cmd.actor, action=cmd.action, offset=offset
+        )
         entries = [e for e in entries if visible(e.get("env"))]
-        counts = rt.store.audit_counts(cmd.env, since=since, actor=cmd.actor)
+        counts = rt.store.audit_counts(cmd.env, since=since, actor=cmd.actor, action=cmd.action)
         total = sum(n for e, n in counts.items() if visible(e))
         more = max(0, total - offset - len(entries))
-        filtered = cmd.since is not None or cmd.actor is not None or cmd.page > 1
+        filtered = cmd.since is not None or cmd.actor is not None or cmd.action is not None or cmd.page > 1
         respond(
             response_type="ephemeral",
             **audit_list(entries, cmd.env, more=more, next_page=audit_command(cmd, body), filtered=filtered),

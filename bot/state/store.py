@@ -438,7 +438,10 @@ class StateStore:
     # --- audit --------------------------------------------------------------------------------------
 
     def add_audit(self, conn: Connection | None = None, **values: Any) -> None:
+        from bot.audit_export import log_audit  # one structured log line per audit event
+
         values.setdefault("at", time.time())
+        log_audit(values)
         if conn is not None:
             conn.execute(insert(audit).values(**values))
             return
@@ -448,9 +451,14 @@ class StateStore:
     def add_audit_many(self, rows: list[dict]) -> None:
         if not rows:
             return
+        from bot.audit_export import log_audit
+
         now = time.time()
+        rows = [{"at": now, **r} for r in rows]
+        for r in rows:
+            log_audit(r)
         with self.tx() as c:
-            c.execute(insert(audit), [{"at": now, **r} for r in rows])
+            c.execute(insert(audit), rows)
 
     def audit_entries(
         self,
@@ -460,6 +468,7 @@ class StateStore:
         *,
         since: float | None = None,
         actor: str | None = None,
+        action: str | None = None,
         offset: int = 0,
     ) -> list[dict]:
         stmt = select(audit).order_by(audit.c.id.desc()).limit(limit).offset(offset)
@@ -471,11 +480,14 @@ class StateStore:
             stmt = stmt.where(audit.c.at >= since)
         if actor is not None:
             stmt = stmt.where(audit.c.actor == actor)
+        if action is not None:
+            stmt = stmt.where(audit.c.event.like(f"{action}:%"))
         with self.read() as c:
             return [dict(r) for r in c.execute(stmt).mappings()]
 
     def audit_counts(
-        self, env: str | None = None, *, since: float | None = None, actor: str | None = None
+        self, env: str | None = None, *, since: float | None = None, actor: str | None = None,
+        action: str | None = None,
     ) -> dict[str | None, int]:
         """How many audit entries match, per environment (so hidden environments can be left out)."""
         stmt = select(audit.c.env, func.count()).group_by(audit.c.env)
@@ -485,6 +497,8 @@ class StateStore:
             stmt = stmt.where(audit.c.at >= since)
         if actor is not None:
             stmt = stmt.where(audit.c.actor == actor)
+        if action is not None:
+            stmt = stmt.where(audit.c.event.like(f"{action}:%"))
         with self.read() as c:
             return {e: int(n) for e, n in c.execute(stmt)}
 
