@@ -132,7 +132,7 @@ def _unknown_env(name: str, config: Config) -> CommandError:
 
 
 _MENTION = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$")
-_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
+_USER_ID = re.compile(r"^[UW][A-Z0-9]+$")
 
 
 def _parse_audit(words: list[str], config: Config) -> Audit:

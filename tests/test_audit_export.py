@@ -116,6 +116,6 @@ def test_audit_trail_leaves_slack(bot, pg, tmp_path):
 
     by_u3 = audit_reply("audit other --user U3")
     assert "other" in by_u3 and "requested" in by_u3
-    assert "executed" not in audit_reply("audit test --action cancel")
-    assert "executed" in audit_reply("audit test --action terminate --since 1d")
+    assert ": done" not in audit_reply("audit test --action cancel")  # executed reads "done" in Slack
+    assert "Terminate: done" in audit_reply("audit test --action terminate --since 1d")
     assert "no entries" in audit_reply("audit test --user U0NOBODY")

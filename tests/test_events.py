@@ -185,15 +185,15 @@ def test_mentions_in_the_bots_own_messages_are_ignored(bot):
 
 
 def test_mention_from_a_user_who_may_not_view(pg, fake_slack):
-    config = cfg(pg, access={"requesters": ["U1"], "approvers": ["U2"]})
+    config = cfg(pg, access={"viewers": ["U1", "U2"], "requesters": ["U1"], "approvers": ["U2"]})
     with BotUnderTest(config, fake_slack) as bot:
         n = len(fake_slack.calls_for("chat.postMessage"))
         bot.slack.app_mention("test", user_id="U9", channel_id="C1", ts="1700000500.000500")
-        e = ephemeral(fake_slack, "U9", "you may not see `test`")
+        e = ephemeral(fake_slack, "U9", "you are not allowed to see sessions of `test` (access.viewers)")
         assert e.thread_ts == "1700000500.000500"
         time.sleep(0.5)
         assert not fake_slack.calls_for("chat.postMessage")[n:]
-        # a requester of the environment gets the listing in the thread
+        # a viewer of the environment gets the listing in the thread
         bot.slack.app_mention("test", user_id="U1", channel_id="C1", ts="1700000501.000500")
         call = wait_until(lambda: fake_slack.calls_for("chat.postMessage", ok=True)[n:], 15, "listing")[0]
         assert call.params["thread_ts"] == "1700000501.000500"

@@ -98,7 +98,7 @@ def test_home_for_an_approver_and_approving_from_it(pg, fake_slack, victim):
 
 def test_home_for_a_person_who_may_see_nothing(pg, fake_slack, victim):
     conn, app = victim
-    config = {"environments": {"test": env_config(pg, access={"requesters": ["U1"], "approvers": ["U2"]})}}
+    config = {"environments": {"test": env_config(pg, access={"viewers": ["U1", "U2"], "requesters": ["U1"], "approvers": ["U2"]})}}
     with BotUnderTest(config, fake_slack) as bot:
         request_kill(bot, "test", app, conn.info.backend_pid, "Terminate", user="U1", reason="r")
         bot.slack.app_home_opened("U9")

@@ -36,7 +36,7 @@ def test_requester_hears_of_done_and_denied(pg, fake_slack, victim):
     conn, app = victim
     pid = conn.info.backend_pid
     with BotUnderTest({"environments": {"test": env_config(pg)}}, fake_slack) as bot:
-        msg = request_kill(bot, "test", app, pid, "Cancel", user="U1", reason="slow")
+        msg = request_kill(bot, "test", app, pid, "Terminate", user="U1", reason="slow")
         click(bot, msg, "Deny", "U2")
         wait_state(bot, msg, "*Denied*")
         dm = wait_until(lambda: dms(fake_slack, "U1"), 10, "a DM to U1")[0]

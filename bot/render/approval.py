@@ -46,11 +46,13 @@ EVENT_WORDS = {
     "done": "done",
     "ended": "ended",
     "gone": "session gone",
+    "moved": "session moved on, nothing signalled",
+    "reminded": "approvers reminded",
     "skipped": "skipped",
     "failed": "could not be signalled",
     "not_done": "signalled but still connected",
     "not_attempted": "not attempted",
-    "refused": "refused by PostgreSQL",
+    "refused": "refused, nothing signalled",  # by PostgreSQL, or authority gone just before acting
     "unavailable": "server not reachable",
     "blocked": "new connections blocked",
 }
