@@ -436,8 +436,8 @@ def test_lag_command_shows_every_standby(pair, fake):
         assert reply.status == 200
         opened = fake.wait_for("views.open", ok=True)
         vid = opened.response["view"]["id"]
-        detail = wait_until("the details view", lambda: (lambda t: t if "Reading pid" not in t else None)(
-            json.dumps(fake.views[vid].view["blocks"])), 10)
+        detail = wait_until(lambda: (lambda t: t if "Reading pid" not in t else None)(
+            json.dumps(fake.views[vid].view["blocks"])), 10, "the details view")
         assert f"*pid {hpid}*" in detail and "`prod` / `replica1` (standby)" in detail
         assert "idle in transaction" in detail and "AccessShareLock" in detail
         assert "pgsessions_bot" not in posted["text"] and "port=" not in text

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
+import weakref
 
 from slack_sdk.errors import SlackApiError
 
@@ -91,16 +93,43 @@ def render_request(rt, req: dict) -> dict:
     return msg
 
 
+_REDRAW_LOCKS: weakref.WeakValueDictionary[str, threading.Lock] = weakref.WeakValueDictionary()
+_REDRAW_GUARD = threading.Lock()
+_STATE_RANK = {"pending": 0, "executing": 1}  # every other state is final (2)
+
+
+def _latest(rt, req: dict) -> dict:
+    """The newest known version of ``req``: the store's, unless the caller holds a later state (an
+    outcome still waiting in memory for an unreachable store)."""
+    try:
+        stored = rt.store.get_request(req["id"])
+    except Exception as exc:  # the store is down: draw what the caller knows
+        log.warning("could not re-read request %s before redrawing: %s", req["id"], type(exc).__name__)
+        return req
+    if stored is None:
+        return req
+    rank = _STATE_RANK.get(stored["state"], 2), _STATE_RANK.get(req["state"], 2)
+    return stored if rank[0] >= rank[1] else req
+
+
 def redraw(rt, req: dict) -> None:
-    """Edit the approval message in place to show the request's current state."""
+    """Edit the approval message in place to show the request's current state.
+
+    Redraws of one request run one at a time and each draws the newest state it can read, so a slow
+    "pending" redraw can never land after (and hide) the "expired" or "done" one.
+    """
     if not req.get("channel") or not req.get("message_ts"):
         return
-    try:
-        rt.client.chat_update(channel=req["channel"], ts=req["message_ts"], **render_request(rt, req))
-    except SlackApiError as exc:
-        log.warning("could not update request %s message: %s", req["id"], exc.response.get("error"))
-    except Exception as exc:  # Slack unreachable after retries: the state is safe in the store
-        log.warning("could not update request %s message: %s", req["id"], type(exc).__name__)
+    with _REDRAW_GUARD:
+        lock = _REDRAW_LOCKS.setdefault(req["id"], threading.Lock())
+    with lock:
+        req = _latest(rt, req)
+        try:
+            rt.client.chat_update(channel=req["channel"], ts=req["message_ts"], **render_request(rt, req))
+        except SlackApiError as exc:
+            log.warning("could not update request %s message: %s", req["id"], exc.response.get("error"))
+        except Exception as exc:  # Slack unreachable after retries: the state is safe in the store
+            log.warning("could not update request %s message: %s", req["id"], type(exc).__name__)
     nudges.after_redraw(rt, req)  # the requester's direct message about a final outcome
 
 
