@@ -145,6 +145,16 @@ def run_command(rt, router, text: str, channel: str, user: str, respond, extra: 
     COMMANDS.labels(name, "error" if failed else "unavailable" if unavailable else "ok").inc()
 
 
+def _first_everywhere(rt, event_id: str) -> bool:
+    """True unless another replica (sharing the state store) already took this event. When the store
+    cannot be asked, this replica's own memory decides (the event is processed, not lost)."""
+    try:
+        return bool(rt.store.claim_once(f"ev:{event_id}"))
+    except Exception as exc:
+        log.warning("could not record event %s in the state store: %s", event_id, type(exc).__name__)
+        return True
+
+
 def register(app, rt, router) -> None:
     dedupe = EventDedupe()
     rt.extensions["event_dedupe"] = dedupe
@@ -152,7 +162,7 @@ def register(app, rt, router) -> None:
     def drop_repeated_events(req, resp, next):  # noqa: A002 - Bolt passes these by name
         body = req.body or {}
         event_id = body.get("event_id") if body.get("type") == "event_callback" else None
-        if event_id and not dedupe.first_time(str(event_id)):
+        if event_id and not (dedupe.first_time(str(event_id)) and _first_everywhere(rt, str(event_id))):
             retry = req.headers.get("x-slack-retry-num") or [body.get("retry_attempt")]
             log.info("event %s seen before (Slack retry %s): acknowledged, not processed again",
                      event_id, (retry or ["?"])[0], extra={"event": "slack_event_retry"})
