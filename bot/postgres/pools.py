@@ -441,7 +441,7 @@ class Databases:
                 )
             raise DatabaseUnavailable(env, host, f"busy: {entry.gate.limit} requests to it are still running")
         try:
-            conn, reserved = self._checkout(entry, env, host, started, deadline, timeouts)
+            conn, kind = self._checkout(entry, env, host, started, deadline, timeouts)
             try:
                 yield conn
             except NotAnswering as exc:
@@ -450,15 +450,18 @@ class Databases:
             except psycopg.Error as exc:
                 raise DatabaseUnavailable(env, host, explain(exc, timeouts)) from None
             finally:
-                self._checkin(entry, conn, reserved)
+                self._checkin(entry, conn, kind)
         finally:
             entry.gate.leave()
 
-    def _checkin(self, entry: _Pool, conn: psycopg.Connection, reserved: bool) -> None:
+    def _checkin(self, entry: _Pool, conn: psycopg.Connection, kind: str) -> None:
         overrun = bool(getattr(conn, "pgs_overrun", False))
         if overrun:
             entry.gate.mark_hung()
-        if reserved:
+        if kind == "direct":
+            _discard(conn)
+            return
+        if kind == "reserved":
             if overrun or conn.closed:
                 _discard(conn)
                 entry.reserved.conn = None  # the keeper opens a new one
@@ -472,7 +475,8 @@ class Databases:
 
     def _checkout(
         self, entry: _Pool, env: str, host: str, started: float, deadline: float, timeouts: tuple[float, float]
-    ) -> tuple[psycopg.Connection, bool]:
+    ) -> tuple[psycopg.Connection, str]:
+        """A connection and where it came from: ``pool``, ``reserved`` or ``direct`` (closed after use)."""
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -481,14 +485,19 @@ class Databases:
                     return self._reserved(entry, env, host, started, deadline)
                 reason = explain(err, timeouts) if err else f"no connection within {entry.connect_timeout:g}s"
                 raise DatabaseUnavailable(env, host, reason)
+            if entry.full_at and time.monotonic() - entry.full_at < 300 and not entry.pool.get_stats().get(
+                "pool_available", 0
+            ):
+                # refused for lack of slots a moment ago and nothing idle in the pool: do not wait for it
+                return self._direct_or_reserved(entry, env, host, started, deadline, timeouts)
             try:
                 conn = entry.pool.getconn(timeout=min(0.25, remaining))
             except PoolTimeout:
+                if is_out_of_slots(entry.slot.error) and entry.slot.at >= time.monotonic() - 300:
+                    # the pool backs off after refusals; slots may have been freed since: ask once ourselves
+                    return self._direct_or_reserved(entry, env, host, started, deadline, timeouts)
                 # fail fast once an attempt made on our behalf has failed for a reason other than time
                 if entry.slot.at >= started and entry.slot.error is not None:
-                    if is_out_of_slots(entry.slot.error):
-                        entry.full_at = time.monotonic()
-                        return self._reserved(entry, env, host, started, deadline)
                     reason = explain(entry.slot.error, timeouts)
                     if "connect timeout" not in reason or time.monotonic() >= started + entry.connect_timeout:
                         raise DatabaseUnavailable(env, host, reason) from None
@@ -508,11 +517,27 @@ class Databases:
                 continue
             conn.pgs_limit = entry.limit  # type: ignore[attr-defined]
             entry.gate.mark_answering()
-            return conn, False
+            return conn, "pool"
+
+    def _direct_or_reserved(
+        self, entry: _Pool, env: str, host: str, started: float, deadline: float, timeouts: tuple[float, float]
+    ) -> tuple[psycopg.Connection, str]:
+        """A connection of its own for this call (closed after it), or the reserved one if the server is full."""
+        try:
+            conn = GuardedConnection.connect(entry.dsn, **self._connect_kwargs(*timeouts))
+            _configure(conn, entry.statement_timeout)
+        except psycopg.Error as exc:
+            if is_out_of_slots(exc):
+                entry.slot.record(exc)
+                return self._reserved(entry, env, host, started, deadline)
+            raise DatabaseUnavailable(env, host, explain(exc, timeouts)) from None
+        entry.full_at = 0.0  # a slot was free
+        conn.pgs_limit = entry.limit  # type: ignore[attr-defined]
+        return conn, "direct"
 
     def _reserved(
         self, entry: _Pool, env: str, host: str, started: float, deadline: float
-    ) -> tuple[psycopg.Connection, bool]:
+    ) -> tuple[psycopg.Connection, str]:
         """The server has no slot for a new connection: serve the call on the reserved connection."""
         entry.full_at = time.monotonic()
         res = entry.reserved
@@ -526,7 +551,7 @@ class Databases:
                                    "the bot's reserved connection to it is not open")
         conn.pgs_limit = entry.limit  # type: ignore[attr-defined]
         log.info("%s/%s refused a new connection for lack of slots: using the reserved connection", env, host)
-        return conn, True
+        return conn, "reserved"
 
     def close(self) -> None:
         self._stop.set()
