@@ -8,7 +8,9 @@ backends; every stopped backend is continued in a ``finally``, and the postmaste
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -184,3 +186,33 @@ def test_watcher_alerts_when_a_standby_backend_freezes_and_resolves(pair, fake_s
     # nothing of the bot is left frozen: every backend answers again
     with psycopg.connect(pair.standby.dsn(user="pgsessions_bot"), connect_timeout=3) as c:
         assert c.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_listing_of_an_overloaded_primary_answers_and_says_how_long_the_database_took(pair, fake_slack):
+    import shutil
+    import subprocess
+
+    from tests.harness.pgcluster import find_bindir
+
+    pgbench = shutil.which("pgbench") or os.path.join(find_bindir(), "pgbench")
+    if not os.path.exists(pgbench):
+        pytest.skip("pgbench not installed")
+    dsn = pair.primary.dsn(user="postgres")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    subprocess.run([pgbench, "-i", "-q", "-s", "1", dsn], check=True, capture_output=True, env=env, timeout=120)
+    clients = 4 * (os.cpu_count() or 1)
+    load = subprocess.Popen([pgbench, "-n", "-S", "-c", str(clients), "-j", "2", "-T", "10", dsn],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        with BotUnderTest(config(pair), fake_slack) as bot:
+            wait_until("pgbench's clients", lambda: len(pair.primary.sql(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = 'pgbench'")) >= clients, 10)
+            for _ in range(3):
+                started = time.monotonic()
+                params = bot.listing("prod", timeout=CONNECT + STATEMENT + 5)
+                assert time.monotonic() - started < CONNECT + STATEMENT + 1
+                summary = json.dumps(params["blocks"])
+                assert re.search(r"read in \d+ ms", summary), summary
+    finally:
+        load.kill()
+        load.wait(10)

@@ -42,6 +42,7 @@ APPLICATION_NAME = "pgsessions"
 DEADLINE_MARGIN = 0.4  # seconds a statement may run past statement_timeout before the bot cuts it
 CHECK_LIMIT = 1.0  # seconds for the liveness check of a pooled connection before it is handed out
 HOST_CONCURRENCY = 3  # calls at once against one host
+HOST_WAITING = 16  # calls that may wait for a turn on one host (a burst of listings); more are refused at once
 SUSPECT_FOR = 30.0  # seconds a host that overran a deadline gets only one call at a time
 SUSPECT_WAIT = 0.2  # seconds a call waits for its turn on such a host
 RESERVED_CHECK_EVERY = 5.0  # seconds between health checks of the reserved connections
@@ -206,6 +207,7 @@ class _Gate:
     def __init__(self, limit: int):
         self.limit = limit
         self.inflight = 0
+        self.waiting = 0
         self.suspect_until = 0.0
         self._cv = threading.Condition()
 
@@ -216,15 +218,21 @@ class _Gate:
         now = time.monotonic()
         deadline, short = now + wait, now + min(wait, SUSPECT_WAIT)
         with self._cv:
-            while True:
-                suspect = self.suspect()
-                if self.inflight < (1 if suspect else self.limit):
-                    self.inflight += 1
-                    return True
-                left = (short if suspect else deadline) - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cv.wait(left)
+            if self.inflight >= self.limit and self.waiting >= HOST_WAITING:
+                return False  # enough already wait: do not hold one more thread
+            self.waiting += 1
+            try:
+                while True:
+                    suspect = self.suspect()
+                    if self.inflight < (1 if suspect else self.limit):
+                        self.inflight += 1
+                        return True
+                    left = (short if suspect else deadline) - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._cv.wait(left)
+            finally:
+                self.waiting -= 1
 
     def leave(self) -> None:
         with self._cv:
@@ -392,6 +400,12 @@ class Databases:
         finally:
             res.lock.release()
 
+    def max_blocked_threads(self) -> int:
+        """How many threads calls to monitored servers can hold at most (running plus waiting for a turn):
+        size the worker pools above this, so that hung hosts never take every thread."""
+        hosts = sum(len(e.hosts()) for e in self.config.environments.values())
+        return hosts * (HOST_CONCURRENCY + HOST_WAITING)
+
     def usage(self, env: str, host: str = "primary") -> tuple[int, int] | None:
         """(client connections, max_connections) as last read through the reserved connection."""
         res = self._pool(env, host).reserved
@@ -439,7 +453,8 @@ class Databases:
                 raise DatabaseUnavailable(
                     env, host, f"not answering within {entry.limit:g}s (an earlier request is still waiting for it)"
                 )
-            raise DatabaseUnavailable(env, host, f"busy: {entry.gate.limit} requests to it are still running")
+            raise DatabaseUnavailable(env, host, f"busy: {entry.gate.limit} requests to it are running and "
+                                      f"{HOST_WAITING} waiting; try again in a moment")
         try:
             conn, kind = self._checkout(entry, env, host, started, deadline, timeouts)
             try:
@@ -484,6 +499,7 @@ class Databases:
                 if is_out_of_slots(err):
                     return self._reserved(entry, env, host, started, deadline)
                 reason = explain(err, timeouts) if err else f"no connection within {entry.connect_timeout:g}s"
+                entry.gate.mark_hung()  # no answer in time: one call at a time until it answers again
                 raise DatabaseUnavailable(env, host, reason)
             if entry.full_at and time.monotonic() - entry.full_at < 300 and not entry.pool.get_stats().get(
                 "pool_available", 0
@@ -500,6 +516,8 @@ class Databases:
                 if entry.slot.at >= started and entry.slot.error is not None:
                     reason = explain(entry.slot.error, timeouts)
                     if "connect timeout" not in reason or time.monotonic() >= started + entry.connect_timeout:
+                        if "connect timeout" in reason:
+                            entry.gate.mark_hung()
                         raise DatabaseUnavailable(env, host, reason) from None
                 continue
             # a bounded liveness check (the pool's own check would wait on a frozen backend forever)
