@@ -106,3 +106,24 @@ def test_out_of_connections_is_said_in_those_words_when_the_reserved_connection_
     finally:
         for c in conns:
             c.close()
+
+
+def test_a_single_terminate_works_on_a_full_server(small, fake_slack):
+    from tests.harness.flows import click, request_kill, wait_state
+
+    cfg = {"environments": {"full": env_config(small, timeouts={"connect": "2s", "statement": "5s"})}}
+    conns: list[psycopg.Connection] = []
+    try:
+        with BotUnderTest(cfg, fake_slack) as bot:
+            wait_until(lambda: bot.rt.dbs.reserved_open("full"), 10, "the reserved connection")
+            conns = fill(small.primary)
+            victim = conns[0]
+            pid = victim.info.backend_pid
+            msg = request_kill(bot, "full", APP, pid)
+            assert click(bot, msg, "Approve", "U2").status == 200
+            wait_state(bot, msg, "*Done*", timeout=20)
+            assert not alive(small.primary, pid)
+            assert all(alive(small.primary, c.info.backend_pid) for c in conns[1:])
+    finally:
+        for c in conns:
+            c.close()
