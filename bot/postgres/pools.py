@@ -316,6 +316,8 @@ class Databases:
             entry = self._pools.get(key)
             if entry is not None:
                 return entry
+            if self._closed:
+                raise DatabaseUnavailable(env, host, "the bot is shutting down")
             environment = self._environment(env)
             dsn = environment.hosts()[host]
             ct, st = environment.timeouts.connect, environment.timeouts.statement
