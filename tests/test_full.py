@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from bot.postgres.pools import PROBE_EVERY
 from tests.harness.bot import BotUnderTest, env_config
 from tests.harness.flows import alive, wait_until
 from tests.harness.pgcluster import ClusterPair, start_pair
@@ -82,8 +83,11 @@ def test_a_full_server_is_listed_and_cleaned_up_through_the_reserved_connection(
             # the freed slots: app_user can connect again, and the listing no longer says "out of"
             with psycopg.connect(small.primary.dsn(user="app_user", dbname="appdb"), connect_timeout=3) as c:
                 assert c.execute("SELECT 1").fetchone() == (1,)
-            params = bot.listing("full")
-            assert "out of connections" not in json.dumps(params["blocks"])
+            # the bot asks for a new connection at most every PROBE_EVERY s while the server was full
+            freed = time.monotonic()
+            wait_until(lambda: "out of connections" not in json.dumps(bot.listing("full")["blocks"]), 10,
+                       "a listing that no longer says 'out of connections'", step=0.3)
+            assert time.monotonic() - freed < PROBE_EVERY + 3
     finally:
         for c in conns:
             c.close()

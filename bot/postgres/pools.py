@@ -42,9 +42,10 @@ APPLICATION_NAME = "pgsessions"
 DEADLINE_MARGIN = 0.4  # seconds a statement may run past statement_timeout before the bot cuts it
 CHECK_LIMIT = 1.0  # seconds for the liveness check of a pooled connection before it is handed out
 HOST_CONCURRENCY = 3  # calls at once against one host
-HOST_WAITING = 16  # calls that may wait for a turn on one host (a burst of listings); more are refused at once
+HOST_WAITING = 29  # calls that may wait for a turn on one host (a burst of listings); more are refused at once
 SUSPECT_FOR = 30.0  # seconds a host that overran a deadline gets only one call at a time
 SUSPECT_WAIT = 0.2  # seconds a call waits for its turn on such a host
+PROBE_EVERY = 2.0  # seconds between attempts at a new connection while a server is out of slots
 RESERVED_CHECK_EVERY = 5.0  # seconds between health checks of the reserved connections
 
 
@@ -270,6 +271,7 @@ class _Pool:
     gate: _Gate = field(default_factory=lambda: _Gate(HOST_CONCURRENCY))
     reserved: _Reserved = field(default_factory=_Reserved)
     full_at: float = 0.0  # when the server last refused a connection for lack of slots
+    probe_at: float = 0.0  # when the bot last tried a connection of its own while the server was full
 
     @property
     def limit(self) -> float:
@@ -457,6 +459,8 @@ class Databases:
                 )
             raise DatabaseUnavailable(env, host, f"busy: {entry.gate.limit} requests to it are running and "
                                       f"{HOST_WAITING} waiting; try again in a moment")
+        # a call that waited for its turn still gets a moment to take a connection (not a false 'hung')
+        deadline = max(deadline, time.monotonic() + 1.0)
         try:
             conn, kind = self._checkout(entry, env, host, started, deadline, timeouts)
             try:
@@ -542,7 +546,14 @@ class Databases:
     def _direct_or_reserved(
         self, entry: _Pool, env: str, host: str, started: float, deadline: float, timeouts: tuple[float, float]
     ) -> tuple[psycopg.Connection, str]:
-        """A connection of its own for this call (closed after it), or the reserved one if the server is full."""
+        """A connection of its own for this call (closed after it), or the reserved one if the server is full.
+
+        A refused attempt costs the server a fork, so while it is full it is asked at most every
+        ``PROBE_EVERY`` s whether a slot is free again."""
+        now = time.monotonic()
+        if entry.full_at and now - entry.probe_at < PROBE_EVERY:
+            return self._reserved(entry, env, host, started, deadline)
+        entry.probe_at = now
         try:
             conn = GuardedConnection.connect(entry.dsn, **self._connect_kwargs(*timeouts))
             _configure(conn, entry.statement_timeout)
