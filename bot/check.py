@@ -157,16 +157,20 @@ def check_host(env: str, host: str, dsn: str, environment: Environment, kill_all
     from psycopg.rows import dict_row
 
     from bot.postgres.activity import server_info
-    from bot.postgres.pools import explain
+    from bot.postgres.deadline import GuardedConnection, GuardedCursor
+    from bot.postgres.pools import DEADLINE_MARGIN, explain, tcp_params
     from bot.postgres.sql import query
 
     report = HostReport(env=env, host=host, role="primary" if host == "primary" else "standby", target=safe_dsn(dsn))
     ct, st = environment.timeouts.connect, environment.timeouts.statement
     started = time.monotonic()
     try:
-        conn = psycopg.connect(
-            dsn, connect_timeout=max(2, math.ceil(ct)), application_name=CHECK_APPLICATION_NAME, autocommit=True
+        # bounded like the bot's own connections: a frozen server costs a deadline, not the whole check
+        conn = GuardedConnection.connect(
+            dsn, connect_timeout=max(2, math.ceil(ct)), application_name=CHECK_APPLICATION_NAME, autocommit=True,
+            cursor_factory=GuardedCursor, **tcp_params(ct, st),
         )
+        conn.pgs_limit = st + DEADLINE_MARGIN
     except Exception as exc:
         report.add(FAIL, "reachable", f"unreachable: {explain(exc, (ct, st))}")
         return report
