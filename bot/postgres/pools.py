@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 APPLICATION_NAME = "pgsessions"
 
 DEADLINE_MARGIN = 0.4  # seconds a statement may run past statement_timeout before the bot cuts it
-CHECK_LIMIT = 1.0  # seconds for the liveness check of a pooled connection before it is handed out
+CHECK_LIMIT = 2.0  # seconds (at most statement + margin) for the liveness check of a pooled connection
 HOST_CONCURRENCY = 3  # calls at once against one host
 HOST_WAITING = 29  # calls that may wait for a turn on one host (a burst of listings); more are refused at once
 SUSPECT_FOR = 30.0  # seconds a host that overran a deadline gets only one call at a time
@@ -389,7 +389,7 @@ class Databases:
                 conn.pgs_reserved = True  # type: ignore[attr-defined]
                 res.conn = conn
                 log.debug("reserved connection to %s/%s open", env, host)
-            conn.pgs_limit = min(CHECK_LIMIT * 2, entry.limit)  # type: ignore[attr-defined]
+            conn.pgs_limit = min(CHECK_LIMIT, entry.limit)  # type: ignore[attr-defined]
             try:
                 row = conn.execute(USAGE_SQL).fetchone()
                 if row:
@@ -527,7 +527,7 @@ class Databases:
                         raise DatabaseUnavailable(env, host, reason) from None
                 continue
             # a bounded liveness check (the pool's own check would wait on a frozen backend forever)
-            conn.pgs_limit = CHECK_LIMIT  # type: ignore[attr-defined]
+            conn.pgs_limit = min(CHECK_LIMIT, entry.limit)  # type: ignore[attr-defined]
             try:
                 conn.execute("")
             except NotAnswering as exc:
