@@ -259,6 +259,7 @@ class _Reserved:
     lock: threading.Lock = field(default_factory=threading.Lock)
     usage: tuple[int, int] | None = None  # (client connections, max_connections) at the last health check
     usage_at: float = 0.0
+    last_error: str | None = None  # why the last attempt to open it failed (logged once per reason)
 
 
 @dataclass
@@ -380,14 +381,16 @@ class Databases:
                                                                                        entry.statement_timeout))
                     _configure(conn, entry.statement_timeout)
                 except psycopg.Error as exc:
-                    log.info("reserved connection to %s/%s not open: %s", env, host,
-                             explain(exc, (entry.connect_timeout, entry.statement_timeout)))
+                    reason = explain(exc, (entry.connect_timeout, entry.statement_timeout))
+                    if reason != res.last_error:  # once per reason, not every few seconds
+                        log.info("reserved connection to %s/%s not open: %s", env, host, reason)
+                        res.last_error = reason
                     return
                 if self._stop.is_set():
                     _discard(conn)
                     return
                 conn.pgs_reserved = True  # type: ignore[attr-defined]
-                res.conn = conn
+                res.conn, res.last_error = conn, None
                 log.debug("reserved connection to %s/%s open", env, host)
             conn.pgs_limit = min(CHECK_LIMIT, entry.limit)  # type: ignore[attr-defined]
             try:
