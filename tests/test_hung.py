@@ -97,7 +97,10 @@ def test_a_statement_on_a_frozen_backend_is_cut_at_its_deadline(pair):
     assert pair.primary.sql("SELECT 1") == [(1,)]
 
 
-def test_a_statement_past_its_deadline_on_a_live_server_is_cancelled(pair):
+@pytest.mark.parametrize("libpq17", [True, False], ids=["cancel_safe", "older-libpq-cancel"])
+def test_a_statement_past_its_deadline_on_a_live_server_is_cancelled(pair, monkeypatch, libpq17):
+    if not libpq17:
+        monkeypatch.setattr(psycopg.capabilities, "has_cancel_safe", lambda: False)
     conn = guarded_connect(pair.primary, 0.5)
     pid = conn.info.backend_pid
     try:

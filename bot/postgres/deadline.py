@@ -105,12 +105,22 @@ class Watchdog:
 WATCHDOG = Watchdog()
 
 
-def cut(conn: psycopg.Connection) -> None:
-    """Cancel the running query (bounded) and shut the socket down, waking whoever waits on it."""
+def _cancel(conn: psycopg.Connection) -> None:
+    """Ask the server to cancel the running query, waiting at most ``CANCEL_WAIT``."""
     try:
-        conn.cancel_safe(timeout=CANCEL_WAIT)
+        if psycopg.capabilities.has_cancel_safe():
+            conn.cancel_safe(timeout=CANCEL_WAIT)
+        else:
+            # libpq < 17 has no cancel with a timeout: send it from a thread of its own, never wait for it
+            request = conn.pgconn.get_cancel()
+            threading.Thread(target=request.cancel, name="pgs-cancel", daemon=True).start()
     except Exception as exc:  # noqa: BLE001 - the server may not answer the cancel request either
         log.debug("cancel of an overdue statement failed: %s", type(exc).__name__)
+
+
+def cut(conn: psycopg.Connection) -> None:
+    """Cancel the running query (bounded) and shut the socket down, waking whoever waits on it."""
+    _cancel(conn)
     try:
         fd = conn.pgconn.socket
     except Exception:  # noqa: BLE001 - already closed
