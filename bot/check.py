@@ -93,6 +93,7 @@ class HostReport(Part):
     system_identifier: str | None = None
     wal_receiver_status: str | None = None
     track_activity_query_size: int | None = None
+    reserved_slots: str | None = None  # which reserved connection slots the bot's role may use when the server is full
 
 
 @dataclass
@@ -133,21 +134,55 @@ def _grant_hint(report: HostReport, role: str) -> str:
     return f"GRANT {role} TO {who};{by}"
 
 
+def _reserved_slots(report: HostReport, info, extra: dict) -> None:
+    """Can the bot's role still connect once every ordinary slot is taken? (see docs/operating.md)"""
+    who = info.bot_user
+    su = extra.get("superuser_reserved_connections") or 0
+    reserved = extra.get("reserved_connections")
+    if info.bot_is_superuser:
+        report.reserved_slots = f"superuser ({su})"
+        report.add(OK, "reserved_slots", f"{who} is a superuser: it may use the {su} superuser_reserved_connections "
+                   "slots when the server is full")
+    elif info.server_version_num >= 160000 and extra.get("can_use_reserved"):
+        if reserved:
+            report.reserved_slots = f"pg_use_reserved_connections ({reserved})"
+            report.add(OK, "reserved_slots", f"{who} has pg_use_reserved_connections: it may use the {reserved} "
+                       "reserved_connections slots when the server is full")
+        else:
+            report.reserved_slots = "none (reserved_connections = 0)"
+            report.add(WARN, "reserved_slots", f"{who} has pg_use_reserved_connections but reserved_connections is 0: "
+                       "set reserved_connections = 3 (needs a restart) so that the bot can connect to a full server")
+    elif info.server_version_num >= 160000:
+        report.reserved_slots = "none"
+        report.add(WARN, "reserved_slots", f"{who} may not use reserved connection slots: on a full server only the "
+                   "one connection the bot keeps open works. " + _grant_hint(report, "pg_use_reserved_connections")
+                   + " and set reserved_connections > 0")
+    else:
+        report.reserved_slots = "none (PostgreSQL 15)"
+        report.add(OK, "reserved_slots", f"{who} may not use reserved connection slots (PostgreSQL 15 keeps them for "
+                   "superusers only): on a full server the bot works through the one connection it keeps open "
+                   "from start-up; see docs/operating.md")
+
+
 def check_host(env: str, host: str, dsn: str, environment: Environment, kill_allowed: bool) -> HostReport:
     import psycopg
     from psycopg.rows import dict_row
 
     from bot.postgres.activity import server_info
-    from bot.postgres.pools import explain
+    from bot.postgres.deadline import GuardedConnection, GuardedCursor
+    from bot.postgres.pools import DEADLINE_MARGIN, explain, tcp_params
     from bot.postgres.sql import query
 
     report = HostReport(env=env, host=host, role="primary" if host == "primary" else "standby", target=safe_dsn(dsn))
     ct, st = environment.timeouts.connect, environment.timeouts.statement
     started = time.monotonic()
     try:
-        conn = psycopg.connect(
-            dsn, connect_timeout=max(2, math.ceil(ct)), application_name=CHECK_APPLICATION_NAME, autocommit=True
+        # bounded like the bot's own connections: a frozen server costs a deadline, not the whole check
+        conn = GuardedConnection.connect(
+            dsn, connect_timeout=max(2, math.ceil(ct)), application_name=CHECK_APPLICATION_NAME, autocommit=True,
+            cursor_factory=GuardedCursor, **tcp_params(ct, st),
         )
+        conn.pgs_limit = st + DEADLINE_MARGIN
     except Exception as exc:
         report.add(FAIL, "reachable", f"unreachable: {explain(exc, (ct, st))}")
         return report
@@ -203,6 +238,8 @@ def check_host(env: str, host: str, dsn: str, environment: Environment, kill_all
                        f"fix environments.{env}.dsn")
         else:
             report.add(OK, "recovery", "not in recovery (a primary)")
+
+    _reserved_slots(report, info, extra)
 
     if info.bot_is_superuser:
         report.add(WARN, "privileges", f"role {info.bot_user} is a superuser: everything works, but a role with "
@@ -514,12 +551,13 @@ def _table(rows: list[list[str]]) -> list[str]:
 def render_text(path: str, hosts: list[HostReport], state: StateReport, slack: SlackReport,
                 extra: list[Finding], strict: bool) -> str:
     lines = [f"pgsessions check: {path}", ""]
-    rows = [["ENVIRONMENT", "HOST", "RESULT", "CONNECT", "SERVER", "RECOVERY", "USER", "PRIVILEGES", "TARGET"]]
+    rows = [["ENVIRONMENT", "HOST", "RESULT", "CONNECT", "SERVER", "RECOVERY", "USER", "PRIVILEGES", "RESERVED SLOTS",
+             "TARGET"]]
     for r in hosts:
         rows.append([
             r.env, r.host, _label(r.status),
             f"{r.connect_ms:.0f} ms" if r.connect_ms is not None else "-",
-            r.server_version or "-", _recovery(r), r.user or "-", _privileges(r), r.target,
+            r.server_version or "-", _recovery(r), r.user or "-", _privileges(r), r.reserved_slots or "-", r.target,
         ])
     lines += _table(rows)
     lines.append("")

@@ -72,7 +72,7 @@ def serve(args) -> int:
 
     from bot.runtime import Runtime, SlackSettings
     from bot.slack.app import build_app
-    from bot.slack.server import HttpServer
+    from bot.slack.server import HttpServer, metrics_address
 
     config = load_or_exit(args.config)
     settings = SlackSettings.from_env()
@@ -90,7 +90,13 @@ def serve(args) -> int:
     from bot.logs import instrument_bolt
 
     instrument_bolt(app)  # request ids and ack metrics in Socket Mode too (over HTTP make_wsgi does it as well)
-    http = HttpServer(rt, app if not settings.socket_mode else None, host=args.host, port=args.port)
+    try:
+        metrics = metrics_address()
+    except ValueError as exc:
+        print(f"pgsessions: {exc}", file=sys.stderr)
+        rt.close()
+        return 2
+    http = HttpServer(rt, app if not settings.socket_mode else None, host=args.host, port=args.port, metrics=metrics)
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -100,6 +106,8 @@ def serve(args) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     http.start()
+    if metrics is not None:
+        log.info("metrics on %s:%s/metrics (not on the main port)", metrics[0], http.metrics_port)
     socket_handler = None
     if settings.socket_mode:
         from slack_bolt.adapter.socket_mode import SocketModeHandler

@@ -62,6 +62,8 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.dbs = Databases(self.config)
+        # one connection per monitored host, open from start-up, for when a server has no slot left
+        self.dbs.keep_reserved()
         self.store = StateStore(self.config.state)
         self.client = make_web_client(self.slack.bot_token, self.slack.api_url)
         self.directory = Directory(self.client, team_id=self.config.slack.team_id)

@@ -385,3 +385,24 @@ def test_strict_turns_warnings_into_failure(pg, tmp_path, no_slack_env):
     assert h["superuser"] is True and h["status"] == "warn"
     code, report = run_check(path, "--strict")
     assert code == 1 and report["ok"] is False
+
+
+def test_reserved_connection_slots_are_reported(pg, tmp_path, no_slack_env):
+    # the harness's bot role is not a superuser; a superuser may use superuser_reserved_connections
+    config = {"state": f"sqlite:///{tmp_path}/state.db",
+              "environments": {"prod": env_config(pg, **access()),
+                               "su": {"dsn": pg.primary.dsn(user="postgres"), **access()}}}
+    code, report = run_check(write_config(tmp_path, config))
+    assert code == 0, report
+    version = host(report, "prod", "primary")["server_version_num"]
+    for name in ("primary", "replica1"):
+        h = host(report, "prod", name)
+        f = finding(h, "reserved_slots")
+        if version < 160000:
+            assert h["reserved_slots"] == "none (PostgreSQL 15)" and f["level"] == "ok"
+            assert "keeps open from start-up" in f["message"]
+        else:
+            assert h["reserved_slots"] == "none" and f["level"] == "warn"
+            assert "GRANT pg_use_reserved_connections TO pgsessions_bot" in f["message"]
+    su = host(report, "su", "primary")
+    assert su["reserved_slots"].startswith("superuser (") and finding(su, "reserved_slots")["level"] == "ok"

@@ -117,7 +117,10 @@ def build_app(rt: Runtime, router: Router | None = None) -> App:
         # a signed request no listener handles (an unknown action id, a shortcut, a malformed payload) is
         # answered 200 by on_error below: Slack shows the user an error for any other status
         raise_error_for_unhandled_request=True,
-        listener_executor=ThreadPoolExecutor(max_workers=32, thread_name_prefix="pgs-listener"),
+        # more workers than calls to hung hosts can ever hold (bot/postgres/pools.py bounds those), so acks stay fast
+        # (threads are started only when needed; the cap keeps a config of hundreds of hosts sane)
+        listener_executor=ThreadPoolExecutor(max_workers=32 + min(480, rt.dbs.max_blocked_threads()),
+                                             thread_name_prefix="pgs-listener"),
         logger=logging.getLogger("pgsessions.bolt"),
     )
     install_workspace_guard(app, rt)

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from bot.approval.targets import issue_details_tokens, issue_session_tokens
 from bot.commands import ListSessions
 from bot.postgres.activity import list_sessions
 from bot.postgres.pools import DatabaseUnavailable
+from bot.render.common import context
 from bot.render.listing import render_listing
 
 log = logging.getLogger(__name__)
+
+STORE_DOWN = (
+    ":warning: Cancel / Terminate requests are unavailable right now: the bot's state store is not answering. "
+    "The sessions above are current; list again in a moment to get the buttons back."
+)
 
 
 def kill_disabled_reason(rt, env: str) -> str | None:
@@ -41,9 +49,18 @@ def handle_list(rt, cmd: ListSessions, body: dict, respond) -> None:
     limit = environment.listing.max_sessions
     disabled = kill_disabled_reason(rt, cmd.env)
     tokens = {}
-    if disabled is None:
-        tokens = issue_session_tokens(rt.store, cmd.env, cmd.host, listing.sessions[:limit], channel, user)
-    details_tokens = issue_details_tokens(rt.store, cmd.env, cmd.host, listing.sessions[:limit], channel, user)
+    details_tokens: dict[int, str] = {}
+    extra: list[dict] = []
+    try:
+        if disabled is None:
+            tokens = issue_session_tokens(rt.store, cmd.env, cmd.host, listing.sessions[:limit], channel, user)
+        details_tokens = issue_details_tokens(rt.store, cmd.env, cmd.host, listing.sessions[:limit], channel, user)
+        extra = extra_listing_blocks(rt, cmd, listing, body)
+    except SQLAlchemyError as exc:
+        # the bot's own state store is down: the listing is still worth showing, without buttons
+        log.warning("listing %s/%s shown without buttons: the state store failed (%s)", cmd.env, cmd.host,
+                    type(exc).__name__)
+        tokens, details_tokens, extra = {}, {}, [context(STORE_DOWN)]
     msg = render_listing(
         listing,
         max_sessions=limit,
@@ -51,7 +68,7 @@ def handle_list(rt, cmd: ListSessions, body: dict, respond) -> None:
         tokens=tokens,
         details_tokens=details_tokens,
         kill_disabled=disabled,
-        extra_blocks=extra_listing_blocks(rt, cmd, listing, body),
+        extra_blocks=extra,
     )
     post_message(rt, channel, msg, respond)
 
