@@ -30,13 +30,24 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from bot.config import Config, ConfigError, Environment, load_config
 from bot.render.common import visible
 from bot.secrets import safe_dsn, scrub
 
 REQUIRED_SCOPES = ("commands", "chat:write", "chat:write.public", "users:read", "usergroups:read")
+# Scopes of the features around the core (manifest.yml); without them the core still works (a warning).
+FEATURE_SCOPES = ("app_mentions:read",)
+# What stops working without each scope (the same reasons as the comments in manifest.yml).
+SCOPE_NEEDED_FOR = {
+    "commands": "/pgsessions does not reach the bot",
+    "chat:write": "no listing, approval request, lag alert or direct message can be posted",
+    "chat:write.public": "the bot cannot post in public channels it was not invited to",
+    "users:read": "people's names are missing from messages",
+    "usergroups:read": "approvers given as user groups (S…) are never recognised",
+    "app_mentions:read": "@pgsessions mentions in channels and threads are not delivered to the bot",
+}
 MIN_SERVER_VERSION = 140000  # pg_terminate_backend(pid, timeout)
 CHECK_APPLICATION_NAME = "pgsessions-check"
 
@@ -83,6 +94,7 @@ class HostReport(Part):
     system_identifier: str | None = None
     wal_receiver_status: str | None = None
     track_activity_query_size: int | None = None
+    reserved_slots: str | None = None  # which reserved connection slots the bot's role may use when the server is full
 
 
 @dataclass
@@ -123,21 +135,55 @@ def _grant_hint(report: HostReport, role: str) -> str:
     return f"GRANT {role} TO {who};{by}"
 
 
+def _reserved_slots(report: HostReport, info, extra: dict) -> None:
+    """Can the bot's role still connect once every ordinary slot is taken? (see docs/operating.md)"""
+    who = info.bot_user
+    su = extra.get("superuser_reserved_connections") or 0
+    reserved = extra.get("reserved_connections")
+    if info.bot_is_superuser:
+        report.reserved_slots = f"superuser ({su})"
+        report.add(OK, "reserved_slots", f"{who} is a superuser: it may use the {su} superuser_reserved_connections "
+                   "slots when the server is full")
+    elif info.server_version_num >= 160000 and extra.get("can_use_reserved"):
+        if reserved:
+            report.reserved_slots = f"pg_use_reserved_connections ({reserved})"
+            report.add(OK, "reserved_slots", f"{who} has pg_use_reserved_connections: it may use the {reserved} "
+                       "reserved_connections slots when the server is full")
+        else:
+            report.reserved_slots = "none (reserved_connections = 0)"
+            report.add(WARN, "reserved_slots", f"{who} has pg_use_reserved_connections but reserved_connections is 0: "
+                       "set reserved_connections = 3 (needs a restart) so that the bot can connect to a full server")
+    elif info.server_version_num >= 160000:
+        report.reserved_slots = "none"
+        report.add(WARN, "reserved_slots", f"{who} may not use reserved connection slots: on a full server only the "
+                   "one connection the bot keeps open works. " + _grant_hint(report, "pg_use_reserved_connections")
+                   + " and set reserved_connections > 0")
+    else:
+        report.reserved_slots = "none (PostgreSQL 15)"
+        report.add(OK, "reserved_slots", f"{who} may not use reserved connection slots (PostgreSQL 15 keeps them for "
+                   "superusers only): on a full server the bot works through the one connection it keeps open "
+                   "from start-up; see docs/operating.md")
+
+
 def check_host(env: str, host: str, dsn: str, environment: Environment, kill_allowed: bool) -> HostReport:
     import psycopg
     from psycopg.rows import dict_row
 
     from bot.postgres.activity import server_info
-    from bot.postgres.pools import explain
+    from bot.postgres.deadline import GuardedConnection, GuardedCursor
+    from bot.postgres.pools import DEADLINE_MARGIN, explain, tcp_params
     from bot.postgres.sql import query
 
     report = HostReport(env=env, host=host, role="primary" if host == "primary" else "standby", target=safe_dsn(dsn))
     ct, st = environment.timeouts.connect, environment.timeouts.statement
     started = time.monotonic()
     try:
-        conn = psycopg.connect(
-            dsn, connect_timeout=max(2, math.ceil(ct)), application_name=CHECK_APPLICATION_NAME, autocommit=True
+        # bounded like the bot's own connections: a frozen server costs a deadline, not the whole check
+        conn = GuardedConnection.connect(
+            dsn, connect_timeout=max(2, math.ceil(ct)), application_name=CHECK_APPLICATION_NAME, autocommit=True,
+            cursor_factory=GuardedCursor, **cast("dict[str, Any]", tcp_params(ct, st)),
         )
+        conn.pgs_limit = st + DEADLINE_MARGIN
     except Exception as exc:
         report.add(FAIL, "reachable", f"unreachable: {explain(exc, (ct, st))}")
         return report
@@ -193,6 +239,8 @@ def check_host(env: str, host: str, dsn: str, environment: Environment, kill_all
                        f"fix environments.{env}.dsn")
         else:
             report.add(OK, "recovery", "not in recovery (a primary)")
+
+    _reserved_slots(report, info, extra)
 
     if info.bot_is_superuser:
         report.add(WARN, "privileges", f"role {info.bot_user} is a superuser: everything works, but a role with "
@@ -312,12 +360,14 @@ def check_slack(environ: dict[str, str]) -> SlackReport:
         report.add(WARN, "scopes", "Slack did not report the token's scopes (no x-oauth-scopes header)")
     else:
         report.scopes = sorted(s.strip() for s in raw.split(",") if s.strip())
-        missing = [s for s in REQUIRED_SCOPES if s not in report.scopes]
+        missing = [s for s in (*REQUIRED_SCOPES, *FEATURE_SCOPES) if s not in report.scopes]
         if missing:
-            report.add(FAIL, "scopes", f"the token lacks {', '.join(missing)}: add them under OAuth & Permissions "
+            what = "; ".join(f"{s} ({SCOPE_NEEDED_FOR[s]})" for s in missing)
+            level = FAIL if any(s in REQUIRED_SCOPES for s in missing) else WARN
+            report.add(level, "scopes", f"the token lacks {what}: add them under OAuth & Permissions "
                        "(or re-create the app from manifest.yml) and reinstall the app")
         else:
-            report.add(OK, "scopes", "has " + ", ".join(REQUIRED_SCOPES))
+            report.add(OK, "scopes", "has " + ", ".join((*REQUIRED_SCOPES, *FEATURE_SCOPES)))
     if settings.app_token:
         try:
             WebClient(token=settings.app_token, base_url=settings.api_url, timeout=10).apps_connections_open(
@@ -502,12 +552,13 @@ def _table(rows: list[list[str]]) -> list[str]:
 def render_text(path: str, hosts: list[HostReport], state: StateReport, slack: SlackReport,
                 extra: list[Finding], strict: bool) -> str:
     lines = [f"pgsessions check: {path}", ""]
-    rows = [["ENVIRONMENT", "HOST", "RESULT", "CONNECT", "SERVER", "RECOVERY", "USER", "PRIVILEGES", "TARGET"]]
+    rows = [["ENVIRONMENT", "HOST", "RESULT", "CONNECT", "SERVER", "RECOVERY", "USER", "PRIVILEGES", "RESERVED SLOTS",
+             "TARGET"]]
     for r in hosts:
         rows.append([
             r.env, r.host, _label(r.status),
             f"{r.connect_ms:.0f} ms" if r.connect_ms is not None else "-",
-            r.server_version or "-", _recovery(r), r.user or "-", _privileges(r), r.target,
+            r.server_version or "-", _recovery(r), r.user or "-", _privileges(r), r.reserved_slots or "-", r.target,
         ])
     lines += _table(rows)
     lines.append("")

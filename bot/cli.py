@@ -44,10 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands():
     """The subcommands other modules add (``shell``, ``check``), listed here explicitly."""
+    from bot.audit_export import add_parser as audit_export_parser
     from bot.check import add_parser as check_parser
     from bot.shell.cli import add_parser as shell_parser
 
-    return [shell_parser, check_parser]
+    return [shell_parser, check_parser, audit_export_parser]
 
 
 def load_or_exit(path: str):
@@ -64,7 +65,7 @@ def serve(args) -> int:
 
     from bot.runtime import Runtime, SlackSettings
     from bot.slack.app import build_app
-    from bot.slack.server import HttpServer
+    from bot.slack.server import HttpServer, metrics_address
 
     config = load_or_exit(args.config)
     settings = SlackSettings.from_env()
@@ -82,7 +83,13 @@ def serve(args) -> int:
     from bot.logs import instrument_bolt
 
     instrument_bolt(app)  # request ids and ack metrics in Socket Mode too (over HTTP make_wsgi does it as well)
-    http = HttpServer(rt, app if not settings.socket_mode else None, host=args.host, port=args.port)
+    try:
+        metrics = metrics_address()
+    except ValueError as exc:
+        print(f"pgsessions: {exc}", file=sys.stderr)
+        rt.close()
+        return 2
+    http = HttpServer(rt, app if not settings.socket_mode else None, host=args.host, port=args.port, metrics=metrics)
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -92,6 +99,8 @@ def serve(args) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     http.start()
+    if metrics is not None:
+        log.info("metrics on %s:%s/metrics (not on the main port)", metrics[0], http.metrics_port)
     socket_handler = None
     if settings.socket_mode:
         from slack_bolt.adapter.socket_mode import SocketModeHandler

@@ -26,7 +26,8 @@ USAGE = """\
 • `/pgsessions <env> [standby] locks`: who waits for whom, root blockers first (the lock tree)
 • `/pgsessions <env> clear-db DBNAME`: who is connected to a database, with *Terminate all* for maintenance
 • `/pgsessions pending`: open kill requests · `/pgsessions audit <env>`: the latest decisions \
-(`--since 1h`, `--user U0123ABCD`, `--page 2` for older ones)
+(`--since 1h`, `--user U0123ABCD`, `--action terminate`, `--page 2` for older ones)
+• `@pgsessions <env> …` in a channel or thread answers in the thread
 • `/pgsessions help`: this text"""
 
 # the one usage line shown with an error (the whole text is one `help` away)
@@ -35,7 +36,7 @@ USAGE_LINES = {
     "lag": "`/pgsessions <env> lag`",
     "clear-db": "`/pgsessions <env> clear-db DBNAME`",
     "pending": "`/pgsessions pending`",
-    "audit": "`/pgsessions audit [<env>] [--since 1h] [--user U0123ABCD] [--page 2]`",
+    "audit": "`/pgsessions audit [<env>] [--since 1h] [--user U0123ABCD] [--action terminate] [--page 2]`",
 }
 MAX_AUDIT_PAGE = 1000
 
@@ -85,6 +86,7 @@ class Audit:
     since: float | None = None  # seconds back from now
     actor: str | None = None  # a Slack user id
     page: int = 1
+    action: str | None = None  # only this action kind (``--action terminate``)
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ def _unknown_env(name: str, config: Config) -> CommandError:
 
 
 _MENTION = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$")
-_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
+_USER_ID = re.compile(r"^[UW][A-Z0-9]+$")
 
 
 def _parse_audit(words: list[str], config: Config) -> Audit:
@@ -140,7 +142,7 @@ def _parse_audit(words: list[str], config: Config) -> Audit:
     while i < len(words):
         w = words[i]
         flag, eq, inline = w.partition("=")
-        if flag.lower() in ("--since", "--user", "--page"):
+        if flag.lower() in ("--since", "--user", "--page", "--action"):
             if eq:
                 value = inline
                 i += 1
@@ -188,7 +190,16 @@ def _parse_audit(words: list[str], config: Config) -> Audit:
         if not raw.isdigit() or not 1 <= int(raw) <= MAX_AUDIT_PAGE:
             raise CommandError(f"`--page {raw}`: write a page number from 1 to {MAX_AUDIT_PAGE}.", usage="audit")
         page = int(raw)
-    return Audit(env, since=since, actor=actor, page=page)
+    action = None
+    if "--action" in values:
+        action = values["--action"].lower().replace("-", "_")
+        if action not in AUDIT_ACTIONS:
+            raise CommandError(
+                f"`--action {values['--action']}` is not an action: use one of "
+                + ", ".join(f"`{a}`" for a in AUDIT_ACTIONS) + ".",
+                usage="audit",
+            )
+    return Audit(env, since=since, actor=actor, page=page, action=action)
 
 
 def parse(text: str, config: Config) -> Command:
@@ -241,6 +252,9 @@ def _locks(env: str, host: str, rest: list[str]) -> ShowLocks:
         where = env if host == "primary" else f"{env} {host}"
         raise CommandError(f"`{where} locks` takes no more words (got `{' '.join(rest[1:])}`).")
     return ShowLocks(env, host)
+
+
+AUDIT_ACTIONS = ("cancel", "terminate", "clear_db", "clear_db_block", "allow_connections", "terminate_bulk")
 
 
 def parse_filters(words: list[str]) -> Filters:

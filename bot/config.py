@@ -205,6 +205,8 @@ class Config(_Model):
     environments: dict[str, Environment]
     # Friendly names for Slack user ids, used by the terminal chat (``as bob``).
     users: dict[str, str] = {}
+    # In these channels `/pgsessions` (or `@pgsessions`) with no environment lists this one.
+    channels_default_env: dict[str, str] = {}
 
     @field_validator("environments")
     @classmethod
@@ -248,6 +250,17 @@ class Config(_Model):
                 raise ValueError(
                     f"environments.{name}.lag_alert is set but the environment has no standbys: "
                     f"add environments.{name}.standbys or remove lag_alert"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _channel_defaults_exist(self) -> Config:
+        for channel, env in self.channels_default_env.items():
+            if env not in self.environments:
+                known = ", ".join(self.environments)
+                raise ValueError(
+                    f"channels_default_env.{channel}: environment {env!r} is not configured: "
+                    f"use one of {known} or remove the line"
                 )
         return self
 

@@ -27,7 +27,7 @@ from bot.secrets import ScrubFilter, scrub
 
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("pgsessions_request_id", default=None)
 
-_EXTRA_KEYS = ("request_id", "env", "host", "event", "kind", "status", "duration_ms", "ref")
+_EXTRA_KEYS = ("request_id", "env", "host", "event", "kind", "status", "duration_ms", "ref", "audit")
 
 
 def new_request_id(slack_timestamp: str | None = None) -> str:

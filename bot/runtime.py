@@ -12,7 +12,9 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from apscheduler.executors.pool import ThreadPoolExecutor as APSThreadPool
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -28,6 +30,9 @@ from bot.slack.directory import Directory
 from bot.slack.messages import RequestMessages
 from bot.slack.web import make_web_client, normalize_api_url
 from bot.state.store import StateStore
+
+if TYPE_CHECKING:
+    from bot.slack.events import EventDedupe
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,8 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.dbs = Databases(self.config)
+        # one connection per monitored host, open from start-up, for when a server has no slot left
+        self.dbs.keep_reserved()
         self.store = StateStore(self.config.state)
         self.client = make_web_client(self.slack.bot_token, self.slack.api_url)
         self.directory = Directory(self.client, team_id=self.config.slack.team_id)
@@ -88,6 +95,10 @@ class Runtime:
         )
         # None when no environment has a lag_alert with standbys
         self.lagwatch: LagWatcher | None = watcher if watcher.envs else None
+        # set by features as they are registered (bot/wiring.py)
+        self.home_refresh: Callable[[str, str | None], None] | None = None  # republish a user's Home tab
+        self.event_dedupe: EventDedupe | None = None  # Events API retries seen in this process
+        self.remind_due: Callable[[], int] | None = None  # remind approvers of half-expired requests now
 
     def start_background(self) -> None:
         if not self.scheduler.running:

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bot.slack import bulk_handlers, details_handlers, kill_handlers, lag_handlers, listing_handlers
+from bot.slack import (
+    bulk_handlers,
+    details_handlers,
+    events,
+    home_handlers,
+    kill_handlers,
+    lag_handlers,
+    listing_handlers,
+    nudges,
+)
 from bot.slack.edge import Router
 
 if TYPE_CHECKING:
@@ -25,6 +34,9 @@ def register_features(app: App, rt: Runtime, router: Router) -> None:
     lag_handlers.register(rt, router)
     bulk_handlers.register(rt, router)  # clear-db, and the *Terminate these N* listing extra
     details_handlers.register(app, rt, router)  # the Details button and modal, `locks`
+    events.register(app, rt, router)  # the Events API: mentions, retried events dropped
+    nudges.register(app, rt, router)  # the requester's DM, the approvers' reminder
+    home_handlers.register(app, rt, router)  # the App Home tab
 
 
 def install_jobs(rt: Runtime) -> None:

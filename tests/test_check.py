@@ -321,6 +321,20 @@ def test_slack_missing_scope_and_bad_token(pg, tmp_path, slack):
     assert code == 0 and report["slack"]["status"] == "skip"
 
 
+def test_slack_missing_feature_scope_says_what_stops_working(pg, tmp_path, slack):
+    config = {"state": f"sqlite:///{tmp_path}/state.db", "environments": {"prod": env_config(pg, **access())}}
+    path = write_config(tmp_path, config)
+    # the fake reports the granted scopes in x-oauth-scopes, as Slack does: everything but mentions
+    slack.scopes = ["commands", "chat:write", "chat:write.public", "users:read", "usergroups:read"]
+    code, report = run_check(path)
+    found = finding(report["slack"], "scopes")
+    assert found["level"] == "warn", found
+    assert "app_mentions:read" in found["message"] and "@pgsessions mentions" in found["message"]
+    slack.scopes.append("app_mentions:read")
+    code, report = run_check(path)
+    assert finding(report["slack"], "scopes")["level"] == "ok"
+
+
 def test_socket_mode_app_token(pg, tmp_path, slack, monkeypatch):
     config = {"state": f"sqlite:///{tmp_path}/state.db", "environments": {"prod": env_config(pg, **access())}}
     path = write_config(tmp_path, config)
@@ -371,3 +385,24 @@ def test_strict_turns_warnings_into_failure(pg, tmp_path, no_slack_env):
     assert h["superuser"] is True and h["status"] == "warn"
     code, report = run_check(path, "--strict")
     assert code == 1 and report["ok"] is False
+
+
+def test_reserved_connection_slots_are_reported(pg, tmp_path, no_slack_env):
+    # the harness's bot role is not a superuser; a superuser may use superuser_reserved_connections
+    config = {"state": f"sqlite:///{tmp_path}/state.db",
+              "environments": {"prod": env_config(pg, **access()),
+                               "su": {"dsn": pg.primary.dsn(user="postgres"), **access()}}}
+    code, report = run_check(write_config(tmp_path, config))
+    assert code == 0, report
+    version = host(report, "prod", "primary")["server_version_num"]
+    for name in ("primary", "replica1"):
+        h = host(report, "prod", name)
+        f = finding(h, "reserved_slots")
+        if version < 160000:
+            assert h["reserved_slots"] == "none (PostgreSQL 15)" and f["level"] == "ok"
+            assert "keeps open from start-up" in f["message"]
+        else:
+            assert h["reserved_slots"] == "none" and f["level"] == "warn"
+            assert "GRANT pg_use_reserved_connections TO pgsessions_bot" in f["message"]
+    su = host(report, "su", "primary")
+    assert su["reserved_slots"].startswith("superuser (") and finding(su, "reserved_slots")["level"] == "ok"

@@ -38,6 +38,9 @@ CASES = {
     "team_id not a team id": (top(slack={"team_id": "acme"}), "slack.team_id", "copy it from the workspace's URL"),
     "viewer not a Slack id": (env(access={"viewers": ["ops team"]}), "environments.prod.access.viewers",
                               "copy the id from the person's or group's profile"),
+    # Channel defaults
+    "channel default to an unknown environment": (top(channels_default_env={"C0123": "qa"}),
+                                                  "channels_default_env.C0123", "use one of prod or remove the line"),
     # State
     "state_retention under a day": (top(state_retention="1h"), "state_retention", "at least 1d"),
     # Timeouts
@@ -162,6 +165,6 @@ def test_every_validator_has_a_case():
     source = inspect.getsource(config)
     validators = len(re.findall(r"@(?:field|model)_validator\(", source))
     raises = len(re.findall(r"raise (?:ValueError|ConfigError)\(", source))
-    # 12 validators with 16 ValueErrors between them (each has a case above), plus 6 ConfigErrors: the
+    # 13 validators with 17 ValueErrors between them (each has a case above), plus 6 ConfigErrors: the
     # unset ${VAR}, a non-mapping, the wrapped validation errors, and the file missing / broken / empty
-    assert (validators, raises) == (12, 22), (validators, raises)
+    assert (validators, raises) == (13, 23), (validators, raises)

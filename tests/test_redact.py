@@ -302,8 +302,8 @@ def test_a_client_with_standard_conforming_strings_off_cannot_show_its_password(
     try:
         conn.execute("SET standard_conforming_strings = off")
         conn.execute("SET escape_string_warning = off")
-        sql = f"SELECT 'pa\\'ss {secret}' AS x, 'tail {secret}' AS y"  # noqa: S608 - the attacker's text
-        assert conn.execute(sql).fetchone() == (f"pa'ss {secret}", f"tail {secret}")
+        sql = f"SELECT 'pa\\'ss {secret}' AS x, 'qztail {secret}' AS y"  # noqa: S608 - the attacker's text
+        assert conn.execute(sql).fetchone() == (f"pa'ss {secret}", f"qztail {secret}")
         seen = pg.primary.sql("SELECT query FROM pg_stat_activity WHERE application_name = %s", (app,))[0][0]
         assert secret in seen and redact(seen) == UNREDACTABLE
         config = {"environments": {"red": env_config(pg, redact_queries=True)}}
@@ -311,7 +311,7 @@ def test_a_client_with_standard_conforming_strings_off_cannot_show_its_password(
             shown = bot.listing(f"red --app {app} --min 0s")
             text = json.dumps(shown)
             assert app in text, text
-            assert secret not in text and "pa\\\\'ss" not in text and "tail" not in text
+            assert secret not in text and "pa\\\\'ss" not in text and "qztail" not in text
             assert UNREDACTABLE in text
             with bot.rt.store.engine.connect() as c:
                 payloads = [r[0] for r in c.execute(select(targets.c.payload).where(targets.c.env == "red"))]

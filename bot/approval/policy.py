@@ -6,6 +6,7 @@ returns None when allowed, else the reason (shown to the person, so it names the
 
 from __future__ import annotations
 
+from bot import visibility
 from bot.approval.ports import ApproversLookup, DirectoryUnavailable, identity_refusal
 from bot.config import Access, Config
 
@@ -40,18 +41,8 @@ class Policy:
 
     def viewer_refusal(self, env: str | None, user: str) -> str | None:
         """Why ``user`` may not see ``env``'s sessions (``access.viewers``), or None. Fails closed when
-        Slack cannot say who is in a viewers user group."""
-        if env is None:
-            return None
-        access = self._access(env)
-        if access is None:
-            return f"environment `{env}` is not configured"
-        try:
-            if self.approvers.allowed(user, access.viewers):
-                return None
-        except DirectoryUnavailable as exc:
-            return str(exc)
-        return f"you are not allowed to see sessions of `{env}` (access.viewers)"
+        Slack cannot say who is in a viewers user group (the rule is :mod:`bot.visibility`)."""
+        return visibility.viewer_refusal(self.config, self.approvers, env, user)
 
     def viewers_decidable_offline(self, env: str | None) -> bool:
         """True when ``access.viewers`` of ``env`` names no user group (no Slack call needed to decide)."""

@@ -297,7 +297,7 @@ def run_clear_db(ex: Execution, req: Request) -> BulkOutcome:
             info = database_info(conn, db)
             if info is None or (t.oid is not None and info.oid != t.oid):
                 return finish(tally, started, failed,
-                              f"nothing was done: `{db}` no longer exists, or was dropped and created again, "
+                              f"nothing was done: database {db} no longer exists, or was dropped and created again, "
                               "since the listing", **notes)
             refusal = database_refusal(ex.config, req.env, info, state_id)
             if refusal:
@@ -350,16 +350,16 @@ def run_allow_connections(ex: Execution, req: Request) -> BulkOutcome:
         with ex.dbs.connection(req.env, req.host, op="clear_db") as conn:
             now = database_state(conn, db)
             if now is None:
-                return BulkOutcome(status=failed, detail=f"`{db}` no longer exists", database=db)
+                return BulkOutcome(status=failed, detail=f"database {db} no longer exists", database=db)
             if t.oid is not None and now[1] != t.oid:
                 return BulkOutcome(status=failed, database=db, allow_connections=now[0],
-                                   detail=f"nothing was done: `{db}` was dropped and created again since the "
+                                   detail=f"nothing was done: database {db} was dropped and created again since the "
                                    "button was drawn")
             try:
                 set_allow_connections(conn, db, True)
             except psycopg.Error as exc:
                 return BulkOutcome(status=failed, database=db, allow_connections=now[0],
-                                   detail=f"ALTER DATABASE failed ({_first_line(exc)}); `{db}` "
+                                   detail=f"ALTER DATABASE failed ({_first_line(exc)}); database {db} "
                                    + ("still allows" if now[0] else "still does not allow") + " new connections")
             after = database_state(conn, db)
     except DatabaseUnavailable as exc:
@@ -370,8 +370,8 @@ def run_allow_connections(ex: Execution, req: Request) -> BulkOutcome:
     was = "" if now[0] is False else " (it already did)"
     return BulkOutcome(status=OutcomeStatus.DONE if allowed else failed, database=db, allow_connections=allowed,
                        finished_at=time.time(),
-                       detail=f"`{db}` allows new connections again{was}" if allowed
-                       else f"`{db}` still does not allow new connections")
+                       detail=f"database {db} allows new connections again{was}" if allowed
+                       else f"database {db} still does not allow new connections")
 
 
 # --- keeping the messages of closed databases true (housekeeping) ---------------------------------

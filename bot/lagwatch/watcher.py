@@ -246,11 +246,20 @@ class LagWatcher:
         if not lock.acquire(blocking=False):
             return  # the previous check of this host is still running
         try:
+            started = time.monotonic()
             try:
                 m = measure_standby(self.dbs, env, host, self._fresh_primary(env))
             except DatabaseUnavailable as exc:
                 if self.is_leader():
                     self._on_failure(env, host, st, exc.reason)
+                return
+            # a check that overran its timeouts is a failure too: the standby is not answering in time
+            t = self.envs[env].timeouts
+            took = time.monotonic() - started
+            if took > t.connect + t.statement + 1:
+                if self.is_leader():
+                    self._on_failure(env, host, st, f"the check took {took:.1f}s, more than the "
+                                     f"{t.connect:g}s connect + {t.statement:g}s statement timeouts")
                 return
             if self.is_leader():
                 self._on_measurement(m, st)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 from psycopg.rows import dict_row
@@ -90,12 +91,15 @@ def list_sessions(dbs: Databases, env: str, host: str = "primary", filters: Filt
         "query_chars": max(environment.listing.query_chars * 2, 600),
     }
     with dbs.connection(env, host, op="list_sessions") as conn:
+        started = time.monotonic()
         info = server_info(conn)
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute(query("sessions"), params)
             rows = cur.fetchall()
+        read_ms = (time.monotonic() - started) * 1000
+        full = bool(getattr(conn, "pgs_reserved", False))
     sessions = sorted((_session(r, environment.redact_queries) for r in rows), key=lambda s: s.sort_key)
     return Listing(
         env=env, host=host, server=info, sessions=tuple(sessions), filters=filters, thresholds=thresholds,
-        read_at=datetime.now(UTC),
+        read_at=datetime.now(UTC), read_ms=read_ms, out_of_connections=full,
     )

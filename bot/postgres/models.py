@@ -166,6 +166,10 @@ class Listing:
     filters: Filters = field(default_factory=Filters)
     thresholds: dict[str, float] = field(default_factory=dict)
     read_at: datetime | None = None  # when pg_stat_activity was read
+    # how long the database took to answer, and whether the server refused the bot a new connection
+    # for lack of slots (the listing was then read through the bot's reserved connection)
+    read_ms: float | None = None
+    out_of_connections: bool = False
 
     def counts(self) -> dict[Category, int]:
         out = {c: 0 for c in Category}

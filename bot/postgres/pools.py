@@ -1,9 +1,18 @@
-"""Connections to the monitored servers: one psycopg_pool per (environment, host).
+"""Connections to the monitored servers: one psycopg_pool per (environment, host), plus one reserved
+connection per host that the bot keeps open from start-up.
 
 Every connection is bounded: ``connect_timeout`` for the TCP and start-up exchange, ``statement_timeout``
-for every query, and the bot's connections carry ``application_name='pgsessions'`` so that the listing
-can leave them out. Failures become :class:`DatabaseUnavailable` with a message a person understands
-and no secret in it.
+for every query on the server, a client-side deadline for every statement (statement timeout plus a
+small margin, :mod:`bot.postgres.deadline`) for a server that stops answering altogether, and libpq's
+``tcp_user_timeout`` and keepalives for a network that silently drops packets. The bot's connections
+carry ``application_name='pgsessions'`` so that the listing can leave them out.
+
+At most :data:`HOST_CONCURRENCY` calls run against one host at a time (one while the host is known to
+hang), and waiting for a turn is bounded: a hung host can hold a few threads for a bounded time, never
+every thread. When the server refuses a new connection for lack of slots, the reserved connection serves
+the call (listings, signals, bulk clean-ups), so a full server can still be listed and cleaned up.
+
+Failures become :class:`DatabaseUnavailable` with a message a person understands and no secret in it.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Self
 
 import psycopg
@@ -24,12 +33,34 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from bot.config import Config, Environment
 from bot.metrics import DB_QUERY_SECONDS, DB_UNAVAILABLE
+from bot.postgres.deadline import GuardedConnection, GuardedCursor, NotAnswering
 from bot.render.common import esc
 from bot.secrets import scrub
 
 log = logging.getLogger(__name__)
 
 APPLICATION_NAME = "pgsessions"
+
+DEADLINE_MARGIN = 0.4  # seconds a statement may run past statement_timeout before the bot cuts it
+CHECK_LIMIT = 2.0  # seconds (at most statement + margin) for the liveness check of a pooled connection
+HOST_CONCURRENCY = 3  # calls at once against one host
+HOST_WAITING = 29  # calls that may wait for a turn on one host (a burst of listings); more are refused at once
+SUSPECT_FOR = 30.0  # seconds a host that overran a deadline gets only one call at a time
+SUSPECT_WAIT = 0.2  # seconds a call waits for its turn on such a host
+PROBE_EVERY = 2.0  # seconds between attempts at a new connection while a server is out of slots
+RESERVED_CHECK_EVERY = 5.0  # seconds between health checks of the reserved connections
+
+
+def tcp_params(connect_timeout: float, statement_timeout: float) -> dict[str, int]:
+    """libpq parameters that bound a TCP connection whose peer stops answering (ignored on unix sockets)."""
+    return {
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        # unacknowledged data may wait this long before the kernel gives up on the connection
+        "tcp_user_timeout": int(max(10.0, connect_timeout + statement_timeout + 2) * 1000),
+    }
 
 
 class DatabaseUnavailable(Exception):
@@ -40,6 +71,29 @@ class DatabaseUnavailable(Exception):
     def __init__(self, env: str, host: str, reason: str):
         self.env, self.host, self.reason = env, host, reason
         super().__init__(f"{describe_target(env, host)} is unavailable: {esc(reason)}")
+
+
+class OutOfConnections(DatabaseUnavailable):
+    """The server refused a new connection for lack of slots, and the reserved connection could not serve."""
+
+    def __init__(self, env: str, host: str, usage: tuple[int, int] | None, why: str | None = None):
+        self.usage = usage
+        text = out_of_connections_text(env, host, usage)
+        reason = text.split(" is ", 1)[1]
+        super().__init__(env, host, reason)
+        self.args = (f"{text}{f' ({why})' if why else ''}",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def out_of_connections_text(env: str, host: str, usage: tuple[int, int] | None) -> str:
+    """``"`prod` is out of connections: 137 of 137 in use"`` (a standby is named too)."""
+    who = f"`{env}`" if host == "primary" else f"`{env}` standby `{host}`"
+    if usage is None:
+        return f"{who} is out of connections: every connection slot is taken"
+    used, total = usage
+    return f"{who} is out of connections: {used} of {total} in use"
 
 
 _UNAVAILABLE_SEEN: contextvars.ContextVar[list[DatabaseUnavailable] | None] = contextvars.ContextVar(
@@ -62,9 +116,21 @@ def describe_target(env: str, host: str) -> str:
     return f"`{env}` (primary)" if host == "primary" else f"`{env}` standby `{host}`"
 
 
+def is_out_of_slots(exc: BaseException | None) -> bool:
+    """True for PostgreSQL's refusals for lack of connection slots (SQLSTATE 53300)."""
+    if exc is None:
+        return False
+    if isinstance(exc, pgerrors.TooManyConnections):
+        return True
+    low = str(exc).lower()
+    return "too many clients already" in low or "remaining connection slots are reserved" in low
+
+
 def explain(exc: BaseException, timeouts: tuple[float, float] | None = None) -> str:
     """A short, secret-free reason for a connection or query failure."""
     connect_t, statement_t = timeouts or (None, None)
+    if isinstance(exc, NotAnswering):
+        return f"not answering within {exc.seconds:g}s (the query was cancelled and its connection closed)"
     if isinstance(exc, pgerrors.QueryCanceled):
         if statement_t:
             return f"the query did not finish within the {statement_t:g}s statement timeout"
@@ -73,6 +139,8 @@ def explain(exc: BaseException, timeouts: tuple[float, float] | None = None) -> 
         return f"permission denied ({scrub(str(exc).splitlines()[0])})"
     if isinstance(exc, pgerrors.AdminShutdown | pgerrors.CrashShutdown):
         return "the server is shutting down or restarted"
+    if is_out_of_slots(exc):
+        return "out of connections: the server refused a new connection (every slot is taken)"
     text = str(exc).strip()
     low = text.lower()
     if "timeout expired" in low or "timed out" in low:
@@ -104,10 +172,10 @@ class _ErrorSlot:
         self.error, self.at = exc, time.monotonic()
 
 
-def _recording_connection(slot: _ErrorSlot) -> type[psycopg.Connection]:
+def _recording_connection(slot: _ErrorSlot) -> type[GuardedConnection]:
     """A Connection class that remembers why the pool's last attempt failed (the pool only says 'timeout')."""
 
-    class RecordingConnection(psycopg.Connection[Any]):
+    class RecordingConnection(GuardedConnection):
         @classmethod
         def connect(cls, *args: Any, **kwargs: Any) -> Self:
             try:
@@ -119,16 +187,111 @@ def _recording_connection(slot: _ErrorSlot) -> type[psycopg.Connection]:
     return RecordingConnection
 
 
+def _configure(conn: psycopg.Connection, statement_timeout: float) -> None:
+    conn.autocommit = True
+    conn.pgs_limit = statement_timeout + DEADLINE_MARGIN  # type: ignore[attr-defined]
+    ms = f"{int(statement_timeout * 1000)}ms"
+    conn.execute(
+        "SELECT set_config('statement_timeout', %s, false), "
+        "set_config('lock_timeout', %s, false), "
+        "set_config('idle_in_transaction_session_timeout', %s, false)",
+        (ms, ms, "60s"),
+    )
+
+
+def _discard(conn: psycopg.Connection) -> None:
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001 - it is being thrown away
+        pass
+
+
+class _Gate:
+    """Bounds the calls in flight against one host; a host that overran a deadline gets one at a time."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.inflight = 0
+        self.waiting = 0
+        self.suspect_until = 0.0
+        self._cv = threading.Condition()
+
+    def suspect(self) -> bool:
+        return time.monotonic() < self.suspect_until
+
+    def enter(self, wait: float) -> bool:
+        now = time.monotonic()
+        deadline, short = now + wait, now + min(wait, SUSPECT_WAIT)
+        with self._cv:
+            if self.inflight >= self.limit and self.waiting >= HOST_WAITING:
+                return False  # enough already wait: do not hold one more thread
+            self.waiting += 1
+            try:
+                while True:
+                    suspect = self.suspect()
+                    if self.inflight < (1 if suspect else self.limit):
+                        self.inflight += 1
+                        return True
+                    left = (short if suspect else deadline) - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._cv.wait(left)
+            finally:
+                self.waiting -= 1
+
+    def leave(self) -> None:
+        with self._cv:
+            self.inflight -= 1
+            self._cv.notify()
+
+    def mark_hung(self) -> None:
+        with self._cv:
+            self.suspect_until = time.monotonic() + SUSPECT_FOR
+
+    def mark_answering(self) -> None:
+        with self._cv:
+            if self.suspect_until:
+                self.suspect_until = 0.0
+                self._cv.notify_all()
+
+
+@dataclass
+class _Reserved:
+    """The connection kept open for when the server has no slot left (used by one call at a time)."""
+
+    conn: psycopg.Connection | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    usage: tuple[int, int] | None = None  # (client connections, max_connections) at the last health check
+    usage_at: float = 0.0
+    last_error: str | None = None  # why the last attempt to open it failed (logged once per reason)
+
+
 @dataclass
 class _Pool:
-    pool: ConnectionPool
+    pool: ConnectionPool[GuardedConnection]
     slot: _ErrorSlot
     connect_timeout: float
     statement_timeout: float
+    dsn: str
+    gate: _Gate = field(default_factory=lambda: _Gate(HOST_CONCURRENCY))
+    reserved: _Reserved = field(default_factory=_Reserved)
+    full_at: float = 0.0  # when the server last refused a connection for lack of slots
+    probe_at: float = 0.0  # when the bot last tried a connection of its own while the server was full
+
+    @property
+    def limit(self) -> float:
+        return self.statement_timeout + DEADLINE_MARGIN
+
+
+USAGE_SQL = (
+    "SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int, "
+    "current_setting('max_connections')::int"
+)
 
 
 class Databases:
-    """Pools for every (environment, host) of the config, opened lazily."""
+    """Pools for every (environment, host) of the config, opened lazily; reserved connections once
+    :meth:`keep_reserved` has been called."""
 
     def __init__(self, config: Config, max_size: int = 4):
         self.config = config
@@ -136,6 +299,8 @@ class Databases:
         self._pools: dict[tuple[str, str], _Pool] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._stop = threading.Event()
+        self._keepers: list[threading.Thread] = []
 
     def _environment(self, env: str) -> Environment:
         environment = self.config.env(env)
@@ -143,47 +308,130 @@ class Databases:
             raise KeyError(env)
         return environment
 
+    def _connect_kwargs(self, ct: float, st: float) -> dict[str, Any]:
+        return {
+            "connect_timeout": max(2, math.ceil(ct)),
+            "application_name": APPLICATION_NAME,
+            "autocommit": True,
+            "cursor_factory": GuardedCursor,
+            **tcp_params(ct, st),
+        }
+
     def _pool(self, env: str, host: str) -> _Pool:
         key = (env, host)
         with self._lock:
             entry = self._pools.get(key)
             if entry is not None:
                 return entry
+            if self._closed:
+                raise DatabaseUnavailable(env, host, "the bot is shutting down")
             environment = self._environment(env)
             dsn = environment.hosts()[host]
             ct, st = environment.timeouts.connect, environment.timeouts.statement
             slot = _ErrorSlot()
-
-            def configure(conn: psycopg.Connection) -> None:
-                conn.autocommit = True
-                conn.execute(
-                    "SELECT set_config('statement_timeout', %s, false), "
-                    "set_config('lock_timeout', %s, false), "
-                    "set_config('idle_in_transaction_session_timeout', %s, false)",
-                    (f"{int(st * 1000)}ms", f"{int(st * 1000)}ms", "60s"),
-                )
-
             pool = ConnectionPool(
                 dsn,
                 connection_class=_recording_connection(slot),
-                kwargs={
-                    "connect_timeout": max(2, math.ceil(ct)),
-                    "application_name": APPLICATION_NAME,
-                    "autocommit": True,
-                },
+                kwargs=self._connect_kwargs(ct, st),
                 min_size=0,
                 max_size=self.max_size,
-                configure=configure,
-                check=ConnectionPool.check_connection,
+                configure=lambda conn: _configure(conn, st),
+                check=None,  # checked in _checkout, with a bounded deadline
                 name=f"{env}/{host}",
                 timeout=ct + 1,
                 max_idle=300,
                 reconnect_timeout=max(60.0, ct * 4),
                 open=True,
             )
-            entry = _Pool(pool, slot, ct, st)
+            entry = _Pool(pool, slot, ct, st, dsn)
             self._pools[key] = entry
             return entry
+
+    # --- the reserved connection per host ------------------------------------------------------------
+
+    def keep_reserved(self) -> None:
+        """Open one reserved connection per configured host now (in the background) and keep it open."""
+        with self._lock:
+            if self._keepers or self._closed:
+                return
+            hosts = [(env, host) for env, e in self.config.environments.items() for host in e.hosts()]
+            for env, host in hosts:
+                t = threading.Thread(target=self._keep, args=(env, host), name=f"pgs-reserved-{env}/{host}",
+                                     daemon=True)
+                self._keepers.append(t)
+        for t in self._keepers:
+            t.start()
+
+    def _keep(self, env: str, host: str) -> None:
+        while not self._stop.is_set():
+            try:
+                self._tend(self._pool(env, host), env, host)
+            except Exception:  # noqa: BLE001 - the keeper must outlive any failure
+                log.exception("reserved connection to %s/%s: unexpected error", env, host)
+            self._stop.wait(RESERVED_CHECK_EVERY)
+
+    def _tend(self, entry: _Pool, env: str, host: str) -> None:
+        res = entry.reserved
+        if not res.lock.acquire(blocking=False):
+            return  # in use: it works
+        try:
+            conn = res.conn
+            if conn is not None and (conn.closed or conn.pgs_overrun):  # type: ignore[attr-defined]
+                _discard(conn)
+                res.conn = conn = None
+            if conn is None:
+                try:
+                    conn = GuardedConnection.connect(entry.dsn, **self._connect_kwargs(entry.connect_timeout,
+                                                                                       entry.statement_timeout))
+                    _configure(conn, entry.statement_timeout)
+                except psycopg.Error as exc:
+                    reason = explain(exc, (entry.connect_timeout, entry.statement_timeout))
+                    if reason != res.last_error:  # once per reason, not every few seconds
+                        log.info("reserved connection to %s/%s not open: %s", env, host, reason)
+                        res.last_error = reason
+                    return
+                if self._stop.is_set():
+                    _discard(conn)
+                    return
+                conn.pgs_reserved = True
+                res.conn, res.last_error = conn, None
+                log.debug("reserved connection to %s/%s open", env, host)
+            conn.pgs_limit = min(CHECK_LIMIT, entry.limit)  # type: ignore[attr-defined]
+            try:
+                row = conn.execute(USAGE_SQL).fetchone()
+                if row:
+                    res.usage, res.usage_at = (int(row[0]), int(row[1])), time.monotonic()
+            except psycopg.Error as exc:
+                log.info("reserved connection to %s/%s lost: %s", env, host, explain(exc))
+                _discard(conn)
+                res.conn = None
+            finally:
+                if res.conn is not None:
+                    res.conn.pgs_limit = entry.limit  # type: ignore[attr-defined]
+        finally:
+            res.lock.release()
+
+    def max_blocked_threads(self) -> int:
+        """How many threads calls to monitored servers can hold at most (running plus waiting for a turn):
+        size the worker pools above this, so that hung hosts never take every thread."""
+        hosts = sum(len(e.hosts()) for e in self.config.environments.values())
+        return hosts * (HOST_CONCURRENCY + HOST_WAITING)
+
+    def usage(self, env: str, host: str = "primary") -> tuple[int, int] | None:
+        """(client connections, max_connections) as last read through the reserved connection."""
+        res = self._pool(env, host).reserved
+        return res.usage if res.usage_at and time.monotonic() - res.usage_at < 60 else None
+
+    def out_of_connections(self, env: str, host: str = "primary", within: float = 60.0) -> bool:
+        """Whether the server refused the bot a new connection for lack of slots in the last ``within`` s."""
+        entry = self._pools.get((env, host))
+        return entry is not None and entry.full_at > 0 and time.monotonic() - entry.full_at < within
+
+    def reserved_open(self, env: str, host: str = "primary") -> bool:
+        entry = self._pools.get((env, host))
+        return entry is not None and entry.reserved.conn is not None and not entry.reserved.conn.closed
+
+    # --- handing out connections ----------------------------------------------------------------------
 
     @contextmanager
     def connection(self, env: str, host: str = "primary", op: str = "query") -> Iterator[psycopg.Connection]:
@@ -211,34 +459,150 @@ class Databases:
         timeouts = (entry.connect_timeout, entry.statement_timeout)
         started = time.monotonic()
         deadline = started + entry.connect_timeout + 0.5
-        conn = None
-        while conn is None:
+        if not entry.gate.enter(deadline - started):
+            if entry.gate.suspect():
+                raise DatabaseUnavailable(
+                    env, host, f"not answering within {entry.limit:g}s (an earlier request is still waiting for it)"
+                )
+            raise DatabaseUnavailable(env, host, f"busy: {entry.gate.limit} requests to it are running and "
+                                      f"{HOST_WAITING} waiting; try again in a moment")
+        # a call that waited for its turn still gets a moment to take a connection (not a false 'hung')
+        deadline = max(deadline, time.monotonic() + 1.0)
+        try:
+            conn, kind = self._checkout(entry, env, host, started, deadline, timeouts)
+            try:
+                yield conn
+            except NotAnswering as exc:
+                entry.gate.mark_hung()
+                raise DatabaseUnavailable(env, host, explain(exc, timeouts)) from None
+            except psycopg.Error as exc:
+                raise DatabaseUnavailable(env, host, explain(exc, timeouts)) from None
+            finally:
+                self._checkin(entry, conn, kind)
+        finally:
+            entry.gate.leave()
+
+    def _checkin(self, entry: _Pool, conn: psycopg.Connection, kind: str) -> None:
+        overrun = bool(getattr(conn, "pgs_overrun", False))
+        if overrun:
+            entry.gate.mark_hung()
+        if kind == "direct":
+            _discard(conn)
+            return
+        if kind == "reserved":
+            if overrun or conn.closed:
+                _discard(conn)
+                entry.reserved.conn = None  # the keeper opens a new one
+            entry.reserved.lock.release()
+            return
+        if overrun:
+            _discard(conn)  # never hand a cut connection out again
+        elif not conn.closed:
+            conn.pgs_limit = entry.limit  # type: ignore[attr-defined]
+        entry.pool.putconn(conn)
+
+    def _checkout(
+        self, entry: _Pool, env: str, host: str, started: float, deadline: float, timeouts: tuple[float, float]
+    ) -> tuple[psycopg.Connection, str]:
+        """A connection and where it came from: ``pool``, ``reserved`` or ``direct`` (closed after use)."""
+        while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 err = entry.slot.error if entry.slot.at >= started - 0.1 else None
+                if is_out_of_slots(err):
+                    return self._reserved(entry, env, host, started, deadline)
                 reason = explain(err, timeouts) if err else f"no connection within {entry.connect_timeout:g}s"
+                entry.gate.mark_hung()  # no answer in time: one call at a time until it answers again
                 raise DatabaseUnavailable(env, host, reason)
+            if entry.full_at and time.monotonic() - entry.full_at < 300 and not entry.pool.get_stats().get(
+                "pool_available", 0
+            ):
+                # refused for lack of slots a moment ago and nothing idle in the pool: do not wait for it
+                return self._direct_or_reserved(entry, env, host, started, deadline, timeouts)
             try:
                 conn = entry.pool.getconn(timeout=min(0.25, remaining))
             except PoolTimeout:
+                if is_out_of_slots(entry.slot.error) and entry.slot.at >= time.monotonic() - 300:
+                    # the pool backs off after refusals; slots may have been freed since: ask once ourselves
+                    return self._direct_or_reserved(entry, env, host, started, deadline, timeouts)
                 # fail fast once an attempt made on our behalf has failed for a reason other than time
                 if entry.slot.at >= started and entry.slot.error is not None:
                     reason = explain(entry.slot.error, timeouts)
                     if "connect timeout" not in reason or time.monotonic() >= started + entry.connect_timeout:
+                        if "connect timeout" in reason:
+                            entry.gate.mark_hung()
                         raise DatabaseUnavailable(env, host, reason) from None
-        try:
-            yield conn
-        except psycopg.Error as exc:
-            # a query error on this connection: hand it back (the pool discards it if broken)
-            entry.pool.putconn(conn)
-            conn = None
-            raise DatabaseUnavailable(env, host, explain(exc, timeouts)) from None
-        finally:
-            if conn is not None:
+                continue
+            # a bounded liveness check (the pool's own check would wait on a frozen backend forever)
+            conn.pgs_limit = min(CHECK_LIMIT, entry.limit)  # type: ignore[attr-defined]
+            try:
+                conn.execute("")
+            except NotAnswering as exc:
+                _discard(conn)
                 entry.pool.putconn(conn)
+                entry.gate.mark_hung()
+                raise DatabaseUnavailable(env, host, explain(exc, timeouts)) from None
+            except psycopg.Error:
+                _discard(conn)  # broken (server restarted, connection dropped): try another one
+                entry.pool.putconn(conn)
+                continue
+            conn.pgs_limit = entry.limit  # type: ignore[attr-defined]
+            entry.gate.mark_answering()
+            return conn, "pool"
+
+    def _direct_or_reserved(
+        self, entry: _Pool, env: str, host: str, started: float, deadline: float, timeouts: tuple[float, float]
+    ) -> tuple[psycopg.Connection, str]:
+        """A connection of its own for this call (closed after it), or the reserved one if the server is full.
+
+        A refused attempt costs the server a fork, so while it is full it is asked at most every
+        ``PROBE_EVERY`` s whether a slot is free again."""
+        now = time.monotonic()
+        if entry.full_at and now - entry.probe_at < PROBE_EVERY:
+            return self._reserved(entry, env, host, started, deadline)
+        entry.probe_at = now
+        try:
+            conn = GuardedConnection.connect(entry.dsn, **self._connect_kwargs(*timeouts))
+            _configure(conn, entry.statement_timeout)
+        except psycopg.Error as exc:
+            if is_out_of_slots(exc):
+                entry.slot.record(exc)
+                return self._reserved(entry, env, host, started, deadline)
+            raise DatabaseUnavailable(env, host, explain(exc, timeouts)) from None
+        entry.full_at = 0.0  # a slot was free
+        conn.pgs_limit = entry.limit
+        return conn, "direct"
+
+    def _reserved(
+        self, entry: _Pool, env: str, host: str, started: float, deadline: float
+    ) -> tuple[psycopg.Connection, str]:
+        """The server has no slot for a new connection: serve the call on the reserved connection."""
+        entry.full_at = time.monotonic()
+        res = entry.reserved
+        wait = max(0.0, deadline - time.monotonic())
+        if not res.lock.acquire(timeout=wait):
+            raise OutOfConnections(env, host, self.usage(env, host), "the bot's reserved connection is busy")
+        conn = res.conn
+        if conn is None or conn.closed:
+            res.lock.release()
+            raise OutOfConnections(env, host, self.usage(env, host),
+                                   "the bot's reserved connection to it is not open")
+        conn.pgs_limit = entry.limit  # type: ignore[attr-defined]
+        log.info("%s/%s refused a new connection for lack of slots: using the reserved connection", env, host)
+        return conn, "reserved"
 
     def close(self) -> None:
+        self._stop.set()
         with self._lock:
+            self._closed = True
             pools, self._pools = list(self._pools.values()), {}
         for entry in pools:
             entry.pool.close(timeout=1)
+            res = entry.reserved
+            if res.lock.acquire(timeout=1):
+                try:
+                    if res.conn is not None:
+                        _discard(res.conn)
+                        res.conn = None
+                finally:
+                    res.lock.release()

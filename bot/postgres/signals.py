@@ -67,16 +67,19 @@ def _ago(secs: float | None) -> str:
 
 
 def moved_on(pid: int, action: str, listed_state: str | None, now: Mapping[str, Any], again: str) -> str:
-    """Plain words for 'the session is not doing what was approved any more; nothing was signalled'."""
+    """Plain words for 'the session is not doing what was approved any more; nothing was signalled'.
+
+    An outcome detail is plain text (it is also the audit result and the requester's DM), escaped
+    where it is drawn: no mrkdwn markers in it."""
     state = now.get("state") or "unknown"
     if state == "active":
-        doing = f"*active*, running a query that started {_ago(now.get('query_secs'))}"
+        doing = f"active, running a query that started {_ago(now.get('query_secs'))}"
     elif str(state).startswith("idle in transaction"):
-        doing = f"*{state}* in a transaction that started {_ago(now.get('xact_secs'))}"
+        doing = f"{state} in a transaction that started {_ago(now.get('xact_secs'))}"
     elif state == "idle":
-        doing = f"*idle* since {_ago(now.get('state_secs'))}"
+        doing = f"idle since {_ago(now.get('state_secs'))}"
     else:
-        doing = f"*{state}* since {_ago(now.get('state_secs'))}"
+        doing = f"{state} since {_ago(now.get('state_secs'))}"
     if action == "cancel":
         listed = "the query that was listed"
     elif listed_state and listed_state.startswith("idle in transaction"):
@@ -89,7 +92,7 @@ def moved_on(pid: int, action: str, listed_state: str | None, now: Mapping[str, 
         listed = f"the session as listed ({listed_state or 'unknown state'})"
     return (
         f"nothing was signalled: pid {pid} moved on from {listed}; it is now {doing}. "
-        f"Run `{again}` for a fresh listing and make a new request if it still needs stopping"
+        f"Run {again} for a fresh listing and make a new request if it still needs stopping"
     )
 
 

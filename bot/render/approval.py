@@ -48,11 +48,13 @@ EVENT_WORDS = {
     "done": "done",
     "ended": "ended",
     "gone": "session gone",
+    "moved": "session moved on, nothing signalled",
+    "reminded": "approvers reminded",
     "skipped": "skipped",
     "failed": "could not be signalled",
     "not_done": "signalled but still connected",
     "not_attempted": "not attempted",
-    "refused": "refused by PostgreSQL",
+    "refused": "refused, nothing signalled",  # by PostgreSQL, or authority gone just before acting
     "unavailable": "server not reachable",
     "blocked": "new connections blocked",
 }
@@ -65,6 +67,14 @@ def action_label(action: str) -> str:
 
     kind = ACTIONS.get(action)
     return kind.label if kind is not None else action.replace("_", " ").capitalize()
+
+
+def action_verb(action: str) -> str:
+    """'terminate every session of' for ``clear_db``: the verb phrase of an action kind."""
+    from bot.approval.actions import ACTIONS  # the table imports the renderers: looked up at call time
+
+    kind = ACTIONS.get(action)
+    return kind.verb if kind is not None else action
 
 
 def event_words(event: str) -> str:

@@ -58,7 +58,15 @@ def summary(listing: Listing) -> str:
     found = " · ".join(parts) if parts else ":white_check_mark: No session needs attention right now."
     srv = listing.server
     conns = f"{srv.client_connections} of {srv.max_connections} connections in use"
-    return f"{found}\n{conns} · PostgreSQL {esc(srv.server_version.split()[0])}"
+    read = f" · read in {listing.read_ms:.0f} ms" if listing.read_ms is not None else ""
+    text = f"{found}\n{conns} · PostgreSQL {esc(srv.server_version.split()[0])}{read}"
+    if listing.out_of_connections:
+        who = f"`{esc(listing.env)}`" if listing.host == "primary" else f"`{esc(listing.env)}` standby `{esc(listing.host)}`"
+        text = (
+            f":rotating_light: {who} is out of connections: {srv.client_connections} of {srv.max_connections} in use "
+            "(read through the bot's reserved connection)\n" + text
+        )
+    return text
 
 
 def thresholds_line(listing: Listing) -> str:

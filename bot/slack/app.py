@@ -16,6 +16,7 @@ from typing import Any
 from slack_bolt import App
 from slack_bolt.error import BoltError, BoltUnhandledRequestError
 
+from bot.channel_defaults import apply_channel_default
 from bot.commands import USAGE, Command, CommandError, Help, known_envs, parse
 from bot.metrics import COMMANDS
 from bot.postgres.pools import DatabaseUnavailable, watch_unavailable
@@ -57,7 +58,10 @@ def build_app(rt: Runtime, router: Router | None = None) -> App:
         # a signed request no listener handles (an unknown action id, a shortcut, a malformed payload) is
         # answered 200 by on_error below: Slack shows the user an error for any other status
         raise_error_for_unhandled_request=True,
-        listener_executor=ThreadPoolExecutor(max_workers=32, thread_name_prefix="pgs-listener"),
+        # more workers than calls to hung hosts can ever hold (bot/postgres/pools.py bounds those), so acks stay fast
+        # (threads are started only when needed; the cap keeps a config of hundreds of hosts sane)
+        listener_executor=ThreadPoolExecutor(max_workers=32 + min(480, rt.dbs.max_blocked_threads()),
+                                             thread_name_prefix="pgs-listener"),
         logger=logging.getLogger("pgsessions.bolt"),
     )
     install_workspace_guard(app, rt)
@@ -67,7 +71,7 @@ def build_app(rt: Runtime, router: Router | None = None) -> App:
 
     @app.command("/pgsessions")
     def on_command(ack, command, respond, body):
-        text = command.get("text") or ""
+        text = apply_channel_default(command.get("text") or "", rt.config, command.get("channel_id"))
         try:
             cmd = parse(text, rt.config)
         except CommandError as exc:

@@ -77,6 +77,9 @@ def guarded(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 
 def post_message(client: WebClient, channel: str | None, msg: dict, respond: Any = None) -> tuple[str, str] | None:
     """chat.postMessage; where the bot cannot post (private channel, DM) fall back to response_url."""
+    thread_ts = getattr(respond, "thread_ts", None)  # an answer to a mention goes into its thread
+    if thread_ts:
+        msg = {**msg, "thread_ts": thread_ts}
     try:
         resp = client.chat_postMessage(channel=channel or "", **msg)
         return resp["channel"], resp["ts"]

@@ -102,5 +102,10 @@ def viewer_refusal(rt: Any, env: str | None, user: str) -> str | None:
     return rt.policy.viewer_refusal(env, user)
 
 
+def viewers_decidable_offline(rt: Any, env: str | None) -> bool:
+    """True when ``access.viewers`` of ``env`` names no user group (no Slack call needed to decide)."""
+    return bool(rt.policy.viewers_decidable_offline(env))
+
+
 def may_view(rt: Any, env: str, user: str) -> bool:
     return rt.policy.viewer_refusal(env, user) is None

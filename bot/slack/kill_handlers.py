@@ -44,6 +44,8 @@ def audit_command(cmd: Audit, body: dict) -> str:
             words.append(w)
     if cmd.actor:
         words += ["--user", cmd.actor]
+    if cmd.action:
+        words += ["--action", cmd.action]
     words += ["--page", str(cmd.page + 1)]
     return " ".join(words)
 
@@ -98,7 +100,13 @@ def register(app: App, rt: Runtime, router: Router) -> None:
         if click is None:
             tell(rt.client, respond, channel, user, NOT_OURS)
             return
+        home = rt.home_refresh if (body.get("view") or {}).get("type") == "home" else None
+        notes: list[str] = []
+        if home is not None:  # decided from the Home tab: a refusal is shown on top of it, republished as it is now
+            respond = lambda **kw: notes.append(str(kw.get("text") or ""))  # noqa: E731
         guarded("deciding the request")(_decide)(rt, click.token, user, click.verb, channel, respond=respond)
+        if home is not None:
+            home(user, notes[-1] if notes else None)
 
     @router.on(Pending)
     def on_pending(rt_, cmd, body, respond):
@@ -116,12 +124,14 @@ def register(app: App, rt: Runtime, router: Router) -> None:
         def visible(env: str | None) -> bool:
             return rt.policy.may_view(env, viewer, body.get("channel_id"))
 
-        entries = rt.store.audit_entries(env=cmd.env, limit=cmd.limit, since=since, actor=cmd.actor, offset=offset)
+        entries = rt.store.audit_entries(
+            env=cmd.env, limit=cmd.limit, since=since, actor=cmd.actor, action=cmd.action, offset=offset
+        )
         entries = [e for e in entries if visible(e.get("env"))]
-        counts = rt.store.audit_counts(cmd.env, since=since, actor=cmd.actor)
+        counts = rt.store.audit_counts(cmd.env, since=since, actor=cmd.actor, action=cmd.action)
         total = sum(n for e, n in counts.items() if visible(e))
         more = max(0, total - offset - len(entries))
-        filtered = cmd.since is not None or cmd.actor is not None or cmd.page > 1
+        filtered = cmd.since is not None or cmd.actor is not None or cmd.action is not None or cmd.page > 1
         respond(
             response_type="ephemeral",
             **audit_list(entries, cmd.env, more=more, next_page=audit_command(cmd, body), filtered=filtered),

@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from bot.approval.targets import issue_details_tokens, issue_session_tokens
 from bot.commands import ListSessions
 from bot.postgres.activity import list_sessions
 from bot.postgres.models import Listing
 from bot.postgres.pools import DatabaseUnavailable
+from bot.render.common import context
 from bot.render.listing import render_listing
 from bot.slack.edge import ListingExtra, Router, post_message
 
@@ -17,6 +20,11 @@ if TYPE_CHECKING:
     from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+STORE_DOWN = (
+    ":warning: Cancel / Terminate requests are unavailable right now: the bot's state store is not answering. "
+    "The sessions above are current; list again in a moment to get the buttons back."
+)
 
 
 def make_handle_list(extras: list[ListingExtra]):
@@ -34,13 +42,22 @@ def make_handle_list(extras: list[ListingExtra]):
             return
         limit = environment.listing.max_sessions
         disabled = rt.policy.signalling_off(cmd.env)
-        tokens = {}
-        if disabled is None:
-            tokens = issue_session_tokens(rt.store, cmd.env, cmd.host, listing.sessions[:limit], channel, user)
-        details_tokens = issue_details_tokens(rt.store, cmd.env, cmd.host, listing.sessions[:limit], channel, user)
+        tokens: dict[int, str] = {}
+        details_tokens: dict[int, str] = {}
         extra_blocks: list[dict] = []
-        for extra in extras:
-            extra_blocks += extra(rt, cmd, listing, body)
+        try:
+            if disabled is None:
+                tokens = issue_session_tokens(rt.store, cmd.env, cmd.host, listing.sessions[:limit], channel, user)
+            details_tokens = issue_details_tokens(
+                rt.store, cmd.env, cmd.host, listing.sessions[:limit], channel, user
+            )
+            for extra in extras:
+                extra_blocks += extra(rt, cmd, listing, body)
+        except SQLAlchemyError as exc:
+            # the bot's own state store is down: the listing is still worth showing, without buttons
+            log.warning("listing %s/%s shown without buttons: the state store failed (%s)", cmd.env, cmd.host,
+                        type(exc).__name__)
+            tokens, details_tokens, extra_blocks = {}, {}, [context(STORE_DOWN)]
         msg = render_listing(
             listing,
             max_sessions=limit,

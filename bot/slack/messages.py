@@ -4,6 +4,8 @@ it changes (this is the workflow's :class:`~bot.approval.ports.RequestEvents` po
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
 from collections.abc import Callable, Mapping
 
 from slack_sdk import WebClient
@@ -18,6 +20,14 @@ from bot.state.store import StateStore
 
 log = logging.getLogger(__name__)
 
+_REDRAW_LOCKS: weakref.WeakValueDictionary[str, threading.Lock] = weakref.WeakValueDictionary()
+_REDRAW_GUARD = threading.Lock()
+
+
+def _rank(state: RequestState) -> int:
+    """pending < executing < every final state."""
+    return {RequestState.PENDING: 0, RequestState.EXECUTING: 1}.get(state, 2)
+
 
 class RequestMessages:
     def __init__(
@@ -29,6 +39,8 @@ class RequestMessages:
         self.actions = actions
         # (counted, no longer counted) approvals of a pending request: the workflow's, set once it exists
         self.count_approvals: Callable[[Request, list[str]], tuple[list[str], list[str]]] | None = None
+        # called after every redraw (the one place every state change passes): the nudges feature
+        self.after_redraw: Callable[[Request], None] | None = None
 
     def render(self, req: Request) -> dict:
         environment = self.config.env(req.env)
@@ -52,16 +64,38 @@ class RequestMessages:
             ))
         return msg
 
+    def _latest(self, req: Request) -> Request:
+        """The newest known version of ``req``: the store's, unless the caller holds a later state (an
+        outcome still waiting in memory for an unreachable store)."""
+        try:
+            stored = self.store.get_request(req.id)
+        except Exception as exc:  # the store is down: draw what the caller knows
+            log.warning("could not re-read request %s before redrawing: %s", req.id, type(exc).__name__)
+            return req
+        if stored is None:
+            return req
+        return stored if _rank(stored.state) >= _rank(req.state) else req
+
     def redraw(self, req: Request) -> None:
-        """Edit the approval message in place to show the request's current state."""
+        """Edit the approval message in place to show the request's current state.
+
+        Redraws of one request run one at a time and each draws the newest state it can read, so a slow
+        "pending" redraw can never land after (and hide) the "expired" or "done" one.
+        """
         if not req.channel or not req.message_ts:
             return
-        try:
-            self.client.chat_update(channel=req.channel, ts=req.message_ts, **self.render(req))
-        except SlackApiError as exc:
-            log.warning("could not update request %s message: %s", req.id, exc.response.get("error"))
-        except Exception as exc:  # Slack unreachable after retries: the state is safe in the store
-            log.warning("could not update request %s message: %s", req.id, type(exc).__name__)
+        with _REDRAW_GUARD:
+            lock = _REDRAW_LOCKS.setdefault(req.id, threading.Lock())
+        with lock:
+            req = self._latest(req)
+            try:
+                self.client.chat_update(channel=req.channel or "", ts=req.message_ts or "", **self.render(req))
+            except SlackApiError as exc:
+                log.warning("could not update request %s message: %s", req.id, exc.response.get("error"))
+            except Exception as exc:  # Slack unreachable after retries: the state is safe in the store
+                log.warning("could not update request %s message: %s", req.id, type(exc).__name__)
+        if self.after_redraw is not None:
+            self.after_redraw(req)  # e.g. the requester's direct message about a final outcome
 
     # RequestEvents
     def changed(self, request: Request) -> None:

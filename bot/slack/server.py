@@ -8,9 +8,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import resource
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from urllib.parse import parse_qs
 
 from slack_bolt import App
@@ -119,11 +122,11 @@ def _verifier(rt: Runtime):
     return verify
 
 
-def make_wsgi(rt: Runtime, app: App | None):
+def make_wsgi(rt: Runtime, app: App | None, serve_metrics: bool = True):
     if app is not None:
         instrument_bolt(app)
     slack = _instrumented(SlackRequestHandler(app, path=EVENTS_PATH), _verifier(rt)) if app is not None else None
-    metrics_app = wsgi_app()
+    metrics_app = wsgi_app() if serve_metrics else None
 
     def wsgi(environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -146,13 +149,65 @@ def make_wsgi(rt: Runtime, app: App | None):
     return wsgi
 
 
+CHANNEL_TIMEOUT = 15  # seconds an idle HTTP connection is kept (Slack's requests take milliseconds)
+CLEANUP_INTERVAL = 5  # seconds between waitress's sweeps of idle connections
+
+
+def connection_limit() -> int:
+    """Open HTTP connections waitress accepts: high enough that a flood of idle sockets leaves room for
+    Slack, low enough to stay under the process's file descriptor limit."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 2000
+    return max(100, min(2000, soft - 200))
+
+
+def metrics_address(environ: Mapping[str, str] | None = None) -> tuple[str, int] | None:
+    """``(METRICS_ADDR, METRICS_PORT)`` when /metrics is to be served on a listener of its own, else None."""
+    env = os.environ if environ is None else environ
+    port = (env.get("METRICS_PORT") or "").strip()
+    if not port:
+        return None
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"METRICS_PORT={port!r} is not a port number: use e.g. METRICS_PORT=9102") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"METRICS_PORT={port!r} is not a port number (0-65535)")
+    return (env.get("METRICS_ADDR") or "0.0.0.0").strip(), number
+
+
 class HttpServer:
-    def __init__(self, rt: Runtime, app: App | None, host: str = "0.0.0.0", port: int = 3000, threads: int = 16):
+    """Slack's requests, /healthz and (unless ``metrics`` names a listener of its own) /metrics.
+
+    Hardened for the open internet: request bodies over 1 MiB are refused by waitress before they are
+    read whole, idle connections are closed after ``CHANNEL_TIMEOUT`` s, and the connection limit is
+    high enough that a flood of idle sockets does not lock Slack or the health check out.
+    """
+
+    def __init__(self, rt: Runtime, app: App | None, host: str = "0.0.0.0", port: int = 3000, threads: int = 16,
+                 metrics: tuple[str, int] | None = None, channel_timeout: int = CHANNEL_TIMEOUT,
+                 cleanup_interval: int = CLEANUP_INTERVAL):
+        self.metrics_server = None
+        if metrics is not None:
+            from prometheus_client import start_http_server
+
+            from bot.metrics import REGISTRY
+
+            self.metrics_server, _ = start_http_server(metrics[1], addr=metrics[0], registry=REGISTRY)
         self.server = create_server(
-            make_wsgi(rt, app), host=host, port=port, threads=threads, ident="pgsessions", clear_untrusted_proxy_headers=True,
+            make_wsgi(rt, app, serve_metrics=metrics is None), host=host, port=port, threads=threads, ident="pgsessions", clear_untrusted_proxy_headers=True,
             asyncore_use_poll=True,  # select() fails on file descriptors above 1024
+            max_request_body_size=MAX_SLACK_BODY,
+            channel_timeout=channel_timeout,
+            cleanup_interval=cleanup_interval,
+            connection_limit=connection_limit(),
         )
         self._thread: threading.Thread | None = None
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics_server.server_port if self.metrics_server is not None else None
 
     @property
     def port(self) -> int:
@@ -168,5 +223,8 @@ class HttpServer:
 
     def stop(self) -> None:
         self.server.close()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)

@@ -47,6 +47,13 @@ class Incident:
         return cls(**data)
 
 
+def open_incidents(store: StateStore) -> list[Incident]:
+    """Every open incident (a read: no lease needed)."""
+    with store.read() as c:
+        rows = c.execute(select(incidents).where(incidents.c.open.is_(True))).mappings().all()
+    return [Incident.from_row(r) for r in rows]
+
+
 class Incidents:
     def __init__(self, store: StateStore, lease_name: str, holder: str):
         self.store = store
@@ -79,9 +86,7 @@ class Incidents:
         return out
 
     def all_open(self) -> list[Incident]:
-        with self.store.engine.connect() as c:
-            rows = c.execute(select(incidents).where(incidents.c.open.is_(True))).mappings().all()
-        return [Incident.from_row(r) for r in rows]
+        return open_incidents(self.store)
 
     def get(self, incident_id: str) -> Incident | None:
         with self.store.engine.connect() as c:

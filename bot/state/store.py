@@ -389,6 +389,37 @@ class StateStore:
         with self.read() as c:
             return [self._decode(r) for r in c.execute(stmt).mappings()]
 
+    def claim_reminder(self, request_id: str, event: str, result: str) -> Request | None:
+        """Record, once, that the approvers of this pending request are reminded now (an audit event,
+        claimed in a transaction that locks the request row, so replicas remind once); the request, or
+        None when it is not pending any more or was reminded already."""
+        with self.tx() as c:
+            req = self.get_request(request_id, conn=c, lock=True)
+            if req is None or req.state != RequestState.PENDING or req.expires_at <= time.time():
+                return None
+            seen = c.execute(
+                select(audit.c.id).where(audit.c.request_id == request_id, audit.c.event == event)
+            ).first()
+            if seen is not None:
+                return None
+            s = req.session
+            self.add_audit(
+                c, env=req.env, host=req.host, request_id=request_id, event=event, actor=None,
+                pid=s.pid if s else None, backend_start=s.backend_start if s else None,
+                db_user=s.user if s else None, application=s.application if s else None, reason=req.reason,
+                result=result,
+            )
+            return req
+
+    def requests_by(self, requester: str, limit: int = 15) -> list[Request]:
+        """``requester``'s latest requests, newest first."""
+        stmt = (
+            select(requests).where(requests.c.requester == requester).order_by(requests.c.created_at.desc())
+            .limit(limit)
+        )
+        with self.read() as c:
+            return [self._decode(r) for r in c.execute(stmt).mappings()]
+
     def closed_database_requests(self, action: str, env: str) -> list[Request]:
         """Finished ``action`` requests of ``env`` whose outcome closed a database not reopened since."""
         stmt = select(requests).where(
@@ -491,7 +522,10 @@ class StateStore:
     # --- audit --------------------------------------------------------------------------------------
 
     def add_audit(self, conn: Connection | None = None, **values: Any) -> None:
+        from bot.audit_export import log_audit  # one structured log line per audit event
+
         values.setdefault("at", time.time())
+        log_audit(values)
         if conn is not None:
             conn.execute(insert(audit).values(**values))
             return
@@ -501,9 +535,14 @@ class StateStore:
     def add_audit_many(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
+        from bot.audit_export import log_audit
+
         now = time.time()
+        rows = [{"at": now, **r} for r in rows]
+        for r in rows:
+            log_audit(r)
         with self.tx() as c:
-            c.execute(insert(audit), [{"at": now, **r} for r in rows])
+            c.execute(insert(audit), rows)
 
     def audit_entries(
         self,
@@ -513,6 +552,7 @@ class StateStore:
         *,
         since: float | None = None,
         actor: str | None = None,
+        action: str | None = None,
         offset: int = 0,
     ) -> list[dict[str, Any]]:
         stmt = select(audit).order_by(audit.c.id.desc()).limit(limit).offset(offset)
@@ -524,11 +564,14 @@ class StateStore:
             stmt = stmt.where(audit.c.at >= since)
         if actor is not None:
             stmt = stmt.where(audit.c.actor == actor)
+        if action is not None:
+            stmt = stmt.where(audit.c.event.like(f"{action}:%"))
         with self.read() as c:
             return [dict(r) for r in c.execute(stmt).mappings()]
 
     def audit_counts(
-        self, env: str | None = None, *, since: float | None = None, actor: str | None = None
+        self, env: str | None = None, *, since: float | None = None, actor: str | None = None,
+        action: str | None = None,
     ) -> dict[str | None, int]:
         """How many audit entries match, per environment (so hidden environments can be left out)."""
         stmt = select(audit.c.env, func.count()).group_by(audit.c.env)
@@ -538,6 +581,8 @@ class StateStore:
             stmt = stmt.where(audit.c.at >= since)
         if actor is not None:
             stmt = stmt.where(audit.c.actor == actor)
+        if action is not None:
+            stmt = stmt.where(audit.c.event.like(f"{action}:%"))
         with self.read() as c:
             return {e: int(n) for e, n in c.execute(stmt)}
 

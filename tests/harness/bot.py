@@ -40,7 +40,8 @@ def env_config(pair, user: str = "pgsessions_bot", **overrides: Any) -> dict:
 
 
 class BotUnderTest:
-    def __init__(self, config: dict, fake_slack, *, state: str | None = None, scheduler: bool = False):
+    def __init__(self, config: dict, fake_slack, *, state: str | None = None, scheduler: bool = False,
+                 app_token: str | None = None):
         self.config_dict = copy.deepcopy(config)
         self.fake = fake_slack
         self._tmp = tempfile.TemporaryDirectory(prefix="pgs-bot-")
@@ -49,6 +50,8 @@ class BotUnderTest:
         if state is not None:
             self.config_dict["state"] = state
         self.scheduler = scheduler
+        self.app_token = app_token  # also serve Slack over Socket Mode (fake_slack.socket_mode_url)
+        self.socket = None
         self.rt: Runtime | None = None
         self.http: HttpServer | None = None
 
@@ -60,6 +63,11 @@ class BotUnderTest:
         self.rt = Runtime(config, settings)
         self.app = build_app(self.rt)
         self.http = HttpServer(self.rt, self.app, host="127.0.0.1", port=0, threads=16).start()
+        if self.app_token:
+            from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+            self.socket = SocketModeHandler(self.app, self.app_token)
+            self.socket.connect()
         if self.scheduler:
             self.rt.start_background()
         self.rt.ready.set()
@@ -68,6 +76,9 @@ class BotUnderTest:
         return self
 
     def stop(self) -> None:
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
         if self.http is not None:
             self.http.stop()
         if self.rt is not None:

@@ -37,17 +37,21 @@ __all__ = [
     "StoredMessage",
     "StoredView",
     "Violation",
+    "validate_home_view",
     "validate_message_blocks",
     "validate_view",
 ]
 
-DEFAULT_SCOPES = ["commands", "chat:write", "chat:write.public", "users:read", "usergroups:read"]
+DEFAULT_SCOPES = [
+    "commands", "chat:write", "chat:write.public", "users:read", "usergroups:read", "app_mentions:read",
+]
 
 # --------------------------------------------------------------------------------------------------
 # Block Kit validation (limits from Slack's Block Kit reference)
 
 MAX_BLOCKS_MESSAGE = 50
 MAX_BLOCKS_MODAL = 100
+MAX_BLOCKS_HOME = 100
 MAX_MESSAGE_TEXT = 40000
 
 _BLOCK_TYPES = {
@@ -285,7 +289,7 @@ class _Checker:
         if not isinstance(blocks, list):
             self.err("must provide an array", ptr)
             return
-        limit = MAX_BLOCKS_MODAL if surface == "modal" else MAX_BLOCKS_MESSAGE
+        limit = {"modal": MAX_BLOCKS_MODAL, "home": MAX_BLOCKS_HOME}.get(surface, MAX_BLOCKS_MESSAGE)
         if len(blocks) > limit:
             self.err(f"no more than {limit} items allowed", ptr)
         for i, b in enumerate(blocks):
@@ -322,6 +326,25 @@ def validate_view(view: Any, pointer: str = "/view") -> list[str]:
         if isinstance(blocks, list) and view.get("submit") is None:
             if any(isinstance(b, dict) and b.get("type") == "input" for b in blocks):
                 c.err("must provide submit when using input blocks", pointer + "/submit")
+    return c.errors
+
+
+def validate_home_view(view: Any, pointer: str = "/view") -> list[str]:
+    """Slack-style error strings for an App Home view published with views.publish ([] when valid)."""
+    c = _Checker()
+    if not isinstance(view, dict):
+        c.err("must provide an object", pointer)
+        return c.errors
+    if view.get("type") != "home":
+        c.err("must be home", pointer + "/type")
+    c.max_len(view.get("private_metadata"), 3000, pointer + "/private_metadata")
+    c.max_len(view.get("callback_id"), 255, pointer + "/callback_id")
+    c.max_len(view.get("external_id"), 255, pointer + "/external_id")
+    blocks = view.get("blocks")
+    if blocks is None:
+        c.err("must provide an array", pointer + "/blocks")
+    else:
+        c.blocks(blocks, pointer + "/blocks", "home")
     return c.errors
 
 
@@ -574,6 +597,9 @@ class FakeSlack:
       "is_member": False, "is_archived": False}} (unknown channels are public and joined).
     - ``trigger_ttl``: seconds a trigger_id made by SlackSender stays valid (3.0; None = forever).
     - ``response_url_max_uses``: 5.
+
+    ``home_views`` holds the Home tab published (views.publish, at most 100 blocks) for each user id;
+    chat.postMessage to a user id (U…) posts into that person's DM with the app (channel D…).
     """
 
     def __init__(
@@ -616,6 +642,7 @@ class FakeSlack:
         self.messages: dict[tuple[str, str], StoredMessage] = {}
         self.ephemerals: list[StoredMessage] = []
         self.views: dict[str, StoredView] = {}
+        self.home_views: dict[str, StoredView] = {}  # user id -> the Home tab published for that person
         self.responses: list[ResponsePost] = []
         self.violations: list[Violation] = []
         self.warnings: list[Violation] = []
@@ -1220,6 +1247,44 @@ class FakeSlack:
             view, stored.id, stored.view.get("previous_view_id"), stored.view.get("root_view_id")
         )
         return {"view": copy.deepcopy(stored.view)}
+
+    def _m_views_publish(self, params: dict, call: Call) -> dict:
+        user = str(params.get("user_id") or "")
+        if not re.fullmatch(r"[UW][A-Z0-9]+", user):
+            raise _ApiError("invalid_arguments", response_metadata={"messages": ["[ERROR] user_id"]})
+        view = params.get("view")
+        if view is None or view == "":
+            raise _ApiError(
+                "invalid_arguments", response_metadata={"messages": ["[ERROR] missing required field: view"]}
+            )
+        errors = validate_home_view(view)
+        if errors:
+            self._violation(call.method, errors, params)
+            raise _ApiError(
+                "invalid_arguments", errors=errors, response_metadata={"messages": [f"[ERROR] {e}" for e in errors]}
+            )
+        stored = self.home_views.get(user)
+        if stored is not None and params.get("hash") and params["hash"] != stored.view.get("hash"):
+            raise _ApiError("hash_conflict")
+        if stored is None:
+            stored = self.home_views[user] = StoredView(id=f"V{next(self._ids):010d}", view={}, trigger_id=None)
+        else:
+            stored.history.append(stored.view)
+        full = self._new_view(view, stored.id)
+        full["type"] = "home"
+        stored.view = full
+        return {"view": copy.deepcopy(full)}
+
+    def _m_chat_getPermalink(self, params: dict, call: Call) -> dict:  # noqa: N802
+        channel = str(params.get("channel") or "")
+        ts = str(params.get("message_ts") or "")
+        msg = self.messages.get((channel, ts))
+        if msg is None or msg.deleted:
+            raise _ApiError("message_not_found")
+        link = f"https://{self.team_domain}.slack.com/archives/{channel}/p{ts.replace('.', '')}"
+        if msg.thread_ts and msg.thread_ts != ts:
+            link += f"?thread_ts={msg.thread_ts}&cid={channel}"
+        return {"channel": channel, "permalink": link}
 
     def _m_usergroups_users_list(self, params: dict, call: Call) -> dict:
         group = str(params.get("usergroup") or "")

@@ -30,7 +30,7 @@ from .fake_slack import find_element
 if TYPE_CHECKING:
     from .fake_slack import FakeSlack, StoredMessage
 
-__all__ = ["SlackReply", "SlackSender", "make_trigger_id", "sign"]
+__all__ = ["SlackReply", "SlackSender", "make_trigger_id", "new_event_id", "sign", "socket_envelope"]
 
 _seq = itertools.count(1)
 
@@ -397,3 +397,116 @@ class SlackSender:
         reply = self._send_payload(payload, opts)
         reply.payload = payload
         return reply
+
+
+    # ---- Events API ------------------------------------------------------------------------------
+
+    def event_payload(self, event: dict[str, Any], event_id: str | None = None,
+                      bot_user_id: str = "UBOT") -> dict[str, Any]:
+        """The ``event_callback`` body Slack POSTs for one event."""
+        now = int(time.time())
+        return {
+            "token": self.verification_token,
+            "team_id": self.team_id,
+            "context_team_id": self.team_id,
+            "api_app_id": self.api_app_id,
+            "event": event,
+            "type": "event_callback",
+            "event_id": event_id or new_event_id(),
+            "event_time": now,
+            "authorizations": [{
+                "enterprise_id": None, "team_id": self.team_id, "user_id": bot_user_id,
+                "is_bot": True, "is_enterprise_install": False,
+            }],
+            "is_ext_shared_channel": False,
+            "event_context": "4-" + secrets.token_hex(12),
+        }
+
+    def send_event(self, event: dict[str, Any], event_id: str | None = None, retry_num: int | None = None,
+                   retry_reason: str = "http_timeout", payload: dict[str, Any] | None = None,
+                   **opts: Any) -> SlackReply:
+        """POST an Events API request (JSON, signed). ``retry_num``: send it as Slack's n-th retry
+        (``X-Slack-Retry-Num`` / ``X-Slack-Retry-Reason``); ``payload``: send exactly this body."""
+        body = payload or self.event_payload(event, event_id)
+        headers = dict(opts.pop("extra_headers", None) or {})
+        if retry_num is not None:
+            headers.update({"X-Slack-Retry-Num": str(retry_num), "X-Slack-Retry-Reason": retry_reason})
+        reply = self.post(json.dumps(body, separators=(",", ":")), content_type="application/json",
+                          extra_headers=headers, **opts)
+        reply.payload = body
+        return reply
+
+    def url_verification(self, challenge: str, **opts: Any) -> SlackReply:
+        body = {"token": self.verification_token, "challenge": challenge, "type": "url_verification"}
+        reply = self.post(json.dumps(body), content_type="application/json", **opts)
+        reply.payload = body
+        return reply
+
+    def mention_event(self, text: str, user_id: str = "U1", channel_id: str = "C1", ts: str | None = None,
+                      thread_ts: str | None = None, bot_user_id: str = "UBOT",
+                      bot_id: str | None = None) -> dict[str, Any]:
+        """An ``app_mention`` event; ``text`` gets ``<@bot_user_id>`` in front unless it has it."""
+        ts = ts or _action_ts()
+        mention = f"<@{bot_user_id}>"
+        full = text if mention in text else f"{mention} {text}".rstrip()
+        event: dict[str, Any] = {
+            "type": "app_mention",
+            "user": user_id,
+            "text": full,
+            "ts": ts,
+            "team": self.team_id,
+            "channel": channel_id,
+            "event_ts": ts,
+            "client_msg_id": secrets.token_hex(16),
+            "blocks": [{"type": "rich_text", "block_id": "m", "elements": [
+                {"type": "rich_text_section", "elements": [{"type": "text", "text": full}]}]}],
+        }
+        if thread_ts:
+            event["thread_ts"] = thread_ts
+            event["parent_user_id"] = user_id
+        if bot_id:
+            event["bot_id"] = bot_id
+        return event
+
+    def app_mention(self, text: str, user_id: str = "U1", channel_id: str = "C1", ts: str | None = None,
+                    thread_ts: str | None = None, bot_user_id: str = "UBOT", bot_id: str | None = None,
+                    **opts: Any) -> SlackReply:
+        return self.send_event(
+            self.mention_event(text, user_id, channel_id, ts, thread_ts, bot_user_id, bot_id), **opts
+        )
+
+    def home_event(self, user_id: str = "U1", tab: str = "home", view: dict | None = None) -> dict[str, Any]:
+        event: dict[str, Any] = {
+            "type": "app_home_opened",
+            "user": user_id,
+            "channel": "D" + user_id[1:],
+            "tab": tab,
+            "event_ts": _action_ts(),
+        }
+        if view is not None:
+            event["view"] = view
+        return event
+
+    def app_home_opened(self, user_id: str = "U1", tab: str = "home", view: dict | None = None,
+                        **opts: Any) -> SlackReply:
+        return self.send_event(self.home_event(user_id, tab, view), **opts)
+
+
+def new_event_id() -> str:
+    """An event id shaped like Slack's (``Ev`` + 9 uppercase letters and digits)."""
+    return "Ev" + secrets.token_hex(5).upper()[:9]
+
+
+def socket_envelope(payload: dict[str, Any], kind: str = "events_api", retry_attempt: int = 0,
+                    retry_reason: str = "") -> dict[str, Any]:
+    """A Socket Mode envelope around ``payload`` as Slack sends it over the WebSocket."""
+    env: dict[str, Any] = {
+        "envelope_id": secrets.token_hex(8) + "-" + secrets.token_hex(4),
+        "payload": payload,
+        "type": kind,
+        "accepts_response_payload": kind != "events_api",
+    }
+    if kind == "events_api":
+        env["retry_attempt"] = retry_attempt
+        env["retry_reason"] = retry_reason
+    return env

@@ -8,4 +8,9 @@ SELECT (SELECT setting::int FROM pg_settings WHERE name = 'track_activity_query_
        (SELECT string_agg(r.rolname, ',' ORDER BY r.rolname)
           FROM pg_roles r
          WHERE r.rolname IN ('rds_superuser', 'cloudsqlsuperuser', 'azure_pg_admin')
-           AND pg_has_role(current_user, r.oid, 'MEMBER'))                  AS admin_roles
+           AND pg_has_role(current_user, r.oid, 'MEMBER'))                  AS admin_roles,
+       current_setting('superuser_reserved_connections')::int               AS superuser_reserved_connections,
+       -- PostgreSQL 16+: slots kept for members of pg_use_reserved_connections (NULL on 15)
+       current_setting('reserved_connections', true)::int                   AS reserved_connections,
+       (SELECT pg_has_role(current_user, r.oid, 'USAGE')
+          FROM pg_roles r WHERE r.rolname = 'pg_use_reserved_connections') AS can_use_reserved

@@ -1,0 +1,168 @@
+"""Client-side deadlines for every statement the bot sends to a monitored server.
+
+``statement_timeout`` is enforced by the server, so it does nothing when the server itself stops
+answering (a frozen backend, stuck I/O, a network that silently drops packets): the client would wait
+for as long as TCP retransmission lasts. Here every statement on a guarded connection has a deadline
+of its own (:attr:`GuardedConnection.pgs_limit` seconds). When it passes, a watchdog thread cancels the
+query (``cancel_safe``, bounded) and shuts the connection's socket down, which wakes the waiting thread
+at once with :class:`NotAnswering`; the connection is then useless and is discarded, never reused.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Self
+
+import psycopg
+
+log = logging.getLogger(__name__)
+
+CANCEL_WAIT = 0.3  # seconds the watchdog gives the cancel request before it cuts the socket
+
+
+class NotAnswering(psycopg.OperationalError):
+    """A statement overran its client-side deadline; its connection has been cut."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        super().__init__(f"not answering within {seconds:g}s")
+
+
+class _Armed:
+    __slots__ = ("deadline", "seq", "action", "state", "done")
+
+    def __init__(self, deadline: float, seq: int, action: Callable[[], None]):
+        self.deadline, self.seq, self.action = deadline, seq, action
+        self.state = "armed"  # armed -> fired -> done, or armed -> disarmed
+        self.done = threading.Event()
+
+    def __lt__(self, other: _Armed) -> bool:
+        return (self.deadline, self.seq) < (other.deadline, other.seq)
+
+
+class Watchdog:
+    """One daemon thread that runs an action when a deadline passes, unless disarmed first.
+
+    Each action runs in a thread of its own, so that one slow abort never delays another.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[_Armed] = []
+        self._cv = threading.Condition()
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, seconds: float, action: Callable[[], None]) -> _Armed:
+        item = _Armed(time.monotonic() + seconds, next(self._seq), action)
+        with self._cv:
+            heapq.heappush(self._heap, item)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="pgs-deadlines", daemon=True)
+                self._thread.start()
+            self._cv.notify()
+        return item
+
+    def disarm(self, item: _Armed) -> bool:
+        """True if the action will never run; False if it ran (this waits until it has finished)."""
+        with self._cv:
+            if item.state == "armed":
+                item.state = "disarmed"
+                return True
+        item.done.wait()
+        return False
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._heap or self._heap[0].deadline > time.monotonic():
+                    if self._heap and self._heap[0].state != "armed":
+                        heapq.heappop(self._heap)
+                        continue
+                    timeout = self._heap[0].deadline - time.monotonic() if self._heap else None
+                    self._cv.wait(timeout)
+                item = heapq.heappop(self._heap)
+                if item.state != "armed":
+                    continue
+                item.state = "fired"
+            threading.Thread(target=self._fire, args=(item,), name="pgs-deadline-abort", daemon=True).start()
+
+    @staticmethod
+    def _fire(item: _Armed) -> None:
+        try:
+            item.action()
+        except Exception:  # noqa: BLE001 - an abort must never take the watchdog down
+            log.exception("aborting an overdue statement failed")
+        finally:
+            item.state = "done"
+            item.done.set()
+
+
+WATCHDOG = Watchdog()
+
+
+def _cancel(conn: psycopg.Connection) -> None:
+    """Ask the server to cancel the running query, waiting at most ``CANCEL_WAIT``."""
+    try:
+        if psycopg.capabilities.has_cancel_safe():
+            conn.cancel_safe(timeout=CANCEL_WAIT)
+        else:
+            # libpq < 17 has no cancel with a timeout: send it from a thread of its own, never wait for it
+            request = conn.pgconn.get_cancel()
+            threading.Thread(target=request.cancel, name="pgs-cancel", daemon=True).start()
+    except Exception as exc:  # noqa: BLE001 - the server may not answer the cancel request either
+        log.debug("cancel of an overdue statement failed: %s", type(exc).__name__)
+
+
+def cut(conn: psycopg.Connection) -> None:
+    """Cancel the running query (bounded) and shut the socket down, waking whoever waits on it."""
+    _cancel(conn)
+    try:
+        fd = conn.pgconn.socket
+    except Exception:  # noqa: BLE001 - already closed
+        return
+    try:
+        dup = socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM)
+    except OSError:
+        return
+    try:
+        dup.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        dup.close()  # closes only the duplicate; the connection's own descriptor stays valid until close()
+
+
+class GuardedCursor(psycopg.Cursor[Any]):
+    """A cursor whose ``execute`` is bounded by its connection's ``pgs_limit`` (seconds), if set."""
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Self:  # type: ignore[override]
+        conn = self.connection
+        limit = getattr(conn, "pgs_limit", None)
+        if not limit:
+            return super().execute(query, params, **kwargs)
+        armed = WATCHDOG.arm(limit, lambda: cut(conn))
+        try:
+            result = super().execute(query, params, **kwargs)
+        except BaseException:
+            if not WATCHDOG.disarm(armed):
+                conn.pgs_overrun = True  # type: ignore[attr-defined]
+                raise NotAnswering(limit) from None
+            raise
+        if not WATCHDOG.disarm(armed):
+            # it answered just as the deadline passed: the result is good, the connection is not
+            conn.pgs_overrun = True  # type: ignore[attr-defined]
+        return result
+
+
+class GuardedConnection(psycopg.Connection[Any]):
+    """A connection whose statements are bounded (see :class:`GuardedCursor`)."""
+
+    pgs_limit: float | None = None
+    pgs_overrun: bool = False
+    pgs_reserved: bool = False  # the connection kept for when the server has no slot left

@@ -1,0 +1,187 @@
+"""Slack Events API: the same events over HTTP (``POST /slack/events``) and Socket Mode (``events_api``).
+
+* Retries are processed once: Slack sends an event again (``X-Slack-Retry-Num`` over HTTP,
+  ``retry_attempt`` in Socket Mode) when it did not see the acknowledgement in time; every
+  ``event_id`` is remembered for :data:`DEDUPE_TTL` seconds in a bounded in-process map and a repeat is
+  acknowledged without running anything. (In-process: with several replicas behind one URL a retry
+  that lands on another replica would run again; the window is Slack's 3 retries within ~5 minutes.)
+* ``app_mention``: ``@pgsessions prod idle`` does what ``/pgsessions prod idle`` does and answers in the
+  thread of the mention (``thread_ts`` = the mention's thread, or the mention itself when top-level).
+  Mentions in the bot's own messages are ignored.
+* ``url_verification`` is answered by Bolt (its challenge echoed back) after the signature check.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+import threading
+import time
+from collections import OrderedDict
+
+from slack_bolt.response import BoltResponse
+from slack_sdk.errors import SlackApiError
+
+from bot.channel_defaults import apply_channel_default
+from bot.commands import CommandError, Help, parse
+from bot.metrics import COMMANDS
+from bot.postgres.pools import DatabaseUnavailable, watch_unavailable
+from bot.visibility import view_refusal
+
+log = logging.getLogger(__name__)
+
+DEDUPE_TTL = 3600.0  # Slack retries within minutes; an hour is ample
+DEDUPE_MAX = 10000
+
+
+class EventDedupe:
+    """A bounded map of recently seen event ids with a time to live."""
+
+    def __init__(self, ttl: float = DEDUPE_TTL, max_size: int = DEDUPE_MAX):
+        self.ttl = ttl
+        self.max_size = max_size
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def first_time(self, event_id: str, now: float | None = None) -> bool:
+        """True the first time ``event_id`` is seen within the TTL (and remembers it)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            while self._seen:
+                oldest, at = next(iter(self._seen.items()))
+                if at > now - self.ttl and len(self._seen) < self.max_size:
+                    break
+                self._seen.pop(oldest)
+            if event_id in self._seen:
+                return False
+            self._seen[event_id] = now
+            return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+class ThreadResponder:
+    """A ``respond`` for answers to a mention: ephemeral answers to the person, the rest in the thread.
+
+    ``thread_ts`` is read by :func:`bot.slack.app.post_message`, so listings go into the thread too.
+    """
+
+    def __init__(self, client, channel: str, user: str, thread_ts: str):
+        self.client = client
+        self.channel = channel
+        self.user = user
+        self.thread_ts = thread_ts
+
+    def __call__(self, text: str | None = None, blocks: list | None = None, response_type: str | None = None,
+                 replace_original: bool | None = None, delete_original: bool | None = None, **_: object) -> None:
+        msg: dict = {"text": text or " "}
+        if blocks:
+            msg["blocks"] = blocks
+        try:
+            if response_type == "in_channel":
+                self.client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts, **msg)
+            else:
+                self.client.chat_postEphemeral(channel=self.channel, user=self.user, thread_ts=self.thread_ts, **msg)
+        except SlackApiError as exc:
+            log.warning("could not answer a mention in %s: %s", self.channel, exc.response.get("error"))
+
+
+def mention_text(text: str, bot_user_id: str | None) -> str:
+    """The command in a mention's text: the bot's own mention removed, Slack's escaping undone."""
+    if bot_user_id:
+        text = re.sub(rf"<@{re.escape(bot_user_id)}(?:\|[^>]*)?>", " ", text)
+    else:  # the mention that triggered the event comes first
+        text = re.sub(r"^\s*<@[UW][A-Z0-9]+(?:\|[^>]*)?>", " ", text)
+    # Slack writes user mentions as <@U123>: keep the id for `audit --user`
+    return html.unescape(text).strip()
+
+
+def run_command(rt, router, text: str, channel: str, user: str, respond, extra: dict | None = None) -> None:
+    """Serve one command text for ``user`` in ``channel`` with the slash command's rules; answers via ``respond``."""
+    from bot.slack.app import channel_refusal, command_name, env_of, guarded, help_text
+
+    text = apply_channel_default(text, rt.config, channel)
+    try:
+        cmd = parse(text, rt.config)
+    except CommandError as exc:
+        respond(response_type="ephemeral", text=exc.answer())
+        COMMANDS.labels("invalid", "bad_input").inc()
+        return
+    name = command_name(cmd)
+    if isinstance(cmd, Help):
+        respond(response_type="ephemeral", text=help_text(rt))
+        COMMANDS.labels(name, "ok").inc()
+        return
+    env = env_of(cmd)
+    refusal = channel_refusal(rt, env, channel) or view_refusal(rt.config, rt.directory, user, env)
+    if refusal:
+        respond(response_type="ephemeral", text=f":no_entry_sign: {refusal}")
+        COMMANDS.labels(name, "refused").inc()
+        return
+    handler = router.handlers.get(type(cmd))
+    if handler is None:
+        respond(response_type="ephemeral", text=f"`{text}` is not available in this version of the bot.")
+        COMMANDS.labels(name, "refused").inc()
+        return
+    progress = router.progress.get(type(cmd))
+    note = progress(cmd) if progress else None
+    if note:
+        respond(response_type="ephemeral", text=note)
+    body = {"channel_id": channel, "user_id": user, "text": text, **(extra or {})}
+    failed: list[bool] = []
+
+    def run(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except Exception as exc:
+            if not isinstance(exc, DatabaseUnavailable):
+                failed.append(True)
+            raise
+
+    with watch_unavailable() as unavailable:
+        guarded(f"running `@pgsessions {text}`")(run)(rt, cmd, body, respond=respond)
+    COMMANDS.labels(name, "error" if failed else "unavailable" if unavailable else "ok").inc()
+
+
+def _first_everywhere(rt, event_id: str) -> bool:
+    """True unless another replica (sharing the state store) already took this event. When the store
+    cannot be asked, this replica's own memory decides (the event is processed, not lost)."""
+    try:
+        return bool(rt.store.claim_once(f"ev:{event_id}"))
+    except Exception as exc:
+        log.warning("could not record event %s in the state store: %s", event_id, type(exc).__name__)
+        return True
+
+
+def register(app, rt, router) -> None:
+    dedupe = EventDedupe()
+    rt.event_dedupe = dedupe
+
+    def drop_repeated_events(req, resp, next):  # noqa: A002 - Bolt passes these by name
+        body = req.body or {}
+        event_id = body.get("event_id") if body.get("type") == "event_callback" else None
+        if event_id and not (dedupe.first_time(str(event_id)) and _first_everywhere(rt, str(event_id))):
+            retry = req.headers.get("x-slack-retry-num") or [body.get("retry_attempt")]
+            log.info("event %s seen before (Slack retry %s): acknowledged, not processed again",
+                     event_id, (retry or ["?"])[0], extra={"event": "slack_event_retry"})
+            return BoltResponse(status=200, body="")
+        return next()
+
+    app.use(drop_repeated_events)
+
+    @app.event("app_mention")
+    def on_mention(ack, event, context, client):
+        ack()
+        bot_user = context.get("bot_user_id")
+        user = event.get("user")
+        if event.get("bot_id") or not user or (bot_user and user == bot_user) or event.get("subtype"):
+            return  # the bot's own (or another bot's) message: never a command
+        channel = event.get("channel")
+        if not channel:
+            return
+        thread_ts = event.get("thread_ts") or event.get("ts")
+        respond = ThreadResponder(client, channel, user, thread_ts)
+        text = mention_text(event.get("text") or "", bot_user)
+        run_command(rt, router, text, channel, user, respond, {"thread_ts": thread_ts})
