@@ -86,7 +86,7 @@ def test_a_full_server_is_listed_and_cleaned_up_through_the_reserved_connection(
             # the bot asks for a new connection at most every PROBE_EVERY s while the server was full
             freed = time.monotonic()
             wait_until(lambda: "out of connections" not in json.dumps(bot.listing("full")["blocks"]), 10,
-                       "a listing that no longer says 'out of connections'", step=0.3)
+                       "a listing that no longer says 'out of connections'", every=0.3)
             assert time.monotonic() - freed < PROBE_EVERY + 3
     finally:
         for c in conns:
