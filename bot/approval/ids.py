@@ -5,6 +5,7 @@
 * ``pgs_req:<approve|deny|withdraw>:<request id>``: the decision buttons under an approval request
 * ``pgs_details:<token>``: a session's Details button (opens a modal; no approval)
 * ``pgs_dkill:<cancel|terminate>:<token>``: Cancel / Terminate inside the Details modal
+* ``pgs_home:refresh``: the App Home tab's Refresh button
 * ``pgs_kill_request``: the callback id of the request modal every action button opens
 * ``pgs_details_view``: the callback id of the Details modal
 
@@ -36,10 +37,14 @@ BULK_PREFIX = "pgs_bulk"
 DECIDE_PREFIX = "pgs_req"
 DETAILS_PREFIX = "pgs_details"  # pgs_details:<token>: a session's Details button (no approval)
 MODAL_KILL_PREFIX = "pgs_dkill"  # pgs_dkill:<cancel|terminate>:<token>: Cancel/Terminate inside Details
+HOME_REFRESH = "pgs_home:refresh"  # the App Home tab's Refresh button
 REQUEST_CALLBACK = "pgs_kill_request"
 DETAILS_CALLBACK = "pgs_details_view"  # the Details modal
 
 _TOKEN = r"[A-Za-z0-9_-]{1,64}"
+
+# action ids that ask to act or decide (the workspace guard refuses them from another organisation)
+ACTING_PREFIXES = (f"{KILL_PREFIX}:", f"{BULK_PREFIX}:", f"{DECIDE_PREFIX}:")
 
 # every click whose action id starts with a prefix reaches its listener, which then parses it exactly
 ANY_KILL = re.compile(rf"^{KILL_PREFIX}:")

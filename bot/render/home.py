@@ -12,14 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from bot.approval.ids import decide_action_id
+from bot.approval.ids import HOME_REFRESH, decide_action_id
 from bot.approval.models import Request
 from bot.durations import format_bytes, format_duration
 from bot.render.approval import action_verb, target_summary, where
 from bot.render.common import actions, button, context, cut, divider, esc, header, section, slack_time
 
 MAX_HOME_BLOCKS = 100
-REFRESH_ACTION = "pgs_home:refresh"
+REFRESH_ACTION = HOME_REFRESH
 MAX_WAITING = 20  # 2 blocks each
 MAX_MINE = 15
 MAX_ENVS = 25  # 1 block each (+ 1 when there are more)

@@ -18,10 +18,12 @@ from typing import Any
 
 from slack_bolt import BoltResponse
 
+from bot.approval import ids
+
 log = logging.getLogger(__name__)
 
 # action ids that ask to act or decide (the rest of the bot's buttons only show things)
-ACTING_PREFIXES = ("pgs_kill:", "pgs_bulk:", "pgs_req:")
+ACTING_PREFIXES = ids.ACTING_PREFIXES
 
 
 def payload_teams(body: dict) -> tuple[str | None, str | None]:
