@@ -62,6 +62,32 @@ def tcp_params(connect_timeout: float, statement_timeout: float) -> dict[str, in
     }
 
 
+def connect_kwargs(connect_timeout: float, statement_timeout: float, application_name: str = APPLICATION_NAME) -> dict:
+    """Keyword arguments of every connection the bot opens to a monitored server."""
+    return {
+        "connect_timeout": max(2, math.ceil(connect_timeout)),
+        "application_name": application_name,
+        "autocommit": True,
+        "cursor_factory": GuardedCursor,
+        **tcp_params(connect_timeout, statement_timeout),
+    }
+
+
+def connect_bounded(
+    dsn: str, connect_timeout: float, statement_timeout: float, *, application_name: str = APPLICATION_NAME,
+    **kwargs,
+) -> GuardedConnection:
+    """A connection of its own to a monitored server, bounded like the pooled ones: ``connect_timeout``,
+    libpq's TCP bounds (:func:`tcp_params`) and a client-side deadline of ``statement_timeout`` plus
+    :data:`DEADLINE_MARGIN` on every statement (:class:`GuardedCursor`). For the short-lived connections
+    outside the pools (relation names in another database, ``pgsessions check``)."""
+    conn = GuardedConnection.connect(
+        dsn, **connect_kwargs(connect_timeout, statement_timeout, application_name), **kwargs
+    )
+    conn.pgs_limit = statement_timeout + DEADLINE_MARGIN  # type: ignore[attr-defined]
+    return conn
+
+
 class DatabaseUnavailable(Exception):
     """The server could not be reached or did not answer in time.
 
@@ -308,13 +334,7 @@ class Databases:
         return environment
 
     def _connect_kwargs(self, ct: float, st: float) -> dict:
-        return {
-            "connect_timeout": max(2, math.ceil(ct)),
-            "application_name": APPLICATION_NAME,
-            "autocommit": True,
-            "cursor_factory": GuardedCursor,
-            **tcp_params(ct, st),
-        }
+        return connect_kwargs(ct, st)
 
     def _pool(self, env: str, host: str) -> _Pool:
         key = (env, host)
