@@ -297,7 +297,7 @@ def check_state(url: str) -> StateReport:
         if store is not None:
             try:
                 store.close()
-            except Exception:  # noqa: S110 - closing after a failed check
+            except Exception:  # closing after a failed check
                 pass
     report.ms = round((time.monotonic() - started) * 1000, 1)
     report.add(OK, "writable", f"reachable and writable ({report.ms:.0f} ms)")

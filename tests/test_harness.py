@@ -365,12 +365,12 @@ def test_fake_accepts_form_and_get_encodings_and_reports_timeouts(fake_slack) ->
     form = urlencode({"token": "xoxb-test", "channel": "C9", "text": "form", "blocks": json.dumps(blocks)})
     req = urllib.request.Request(fake_slack.api_url + "chat.postMessage", data=form.encode(), method="POST")
     req.add_header("Content-Type", "application/x-www-form-urlencoded")
-    with urllib.request.urlopen(req) as resp:  # noqa: S310 - local fake
+    with urllib.request.urlopen(req) as resp:  # local fake
         body = json.loads(resp.read())
     assert body["ok"] and fake_slack.messages[("C9", body["ts"])].blocks == blocks
 
     fake_slack.users = {"U7": {"real_name": "Grace", "tz": "Europe/Paris"}}
-    with urllib.request.urlopen(fake_slack.api_url + "users.info?user=U7&token=xoxb-test") as resp:  # noqa: S310
+    with urllib.request.urlopen(fake_slack.api_url + "users.info?user=U7&token=xoxb-test") as resp:
         user = json.loads(resp.read())["user"]
     assert (user["real_name"], user["tz"]) == ("Grace", "Europe/Paris")
 

@@ -13,7 +13,7 @@ from tests.harness.bot import BotUnderTest, env_config
 
 
 def scrape(url: str) -> tuple[str, dict[tuple[str, tuple], float]]:
-    with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:  # noqa: S310 - local test URL
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:  # local test URL
         assert resp.status == 200
         ctype = resp.headers["Content-Type"]
         text = resp.read().decode()
@@ -56,7 +56,7 @@ def test_metrics_endpoint_speaks_prometheus_text(bot):
     names = {name for name, _ in samples}
     assert "pgsessions_build_info" in names
     # the metric families exist before anything happened
-    with urllib.request.urlopen(bot.url + "/metrics", timeout=5) as resp:  # noqa: S310
+    with urllib.request.urlopen(bot.url + "/metrics", timeout=5) as resp:
         text = resp.read().decode()
     for family in ("pgsessions_commands_total", "pgsessions_ack_seconds", "pgsessions_db_query_seconds"):
         assert f"# TYPE {family}" in text

@@ -105,7 +105,7 @@ class ServeProcess:
 
     def get(self, path: str) -> tuple[int, str, str]:
         try:
-            with urllib.request.urlopen(self.url + path, timeout=5) as resp:  # noqa: S310 - local URL
+            with urllib.request.urlopen(self.url + path, timeout=5) as resp:  # local URL
                 return resp.status, resp.headers.get("Content-Type", ""), resp.read().decode()
         except urllib.error.HTTPError as err:
             return err.code, err.headers.get("Content-Type", ""), err.read().decode()

@@ -227,7 +227,7 @@ def _configure(conn: psycopg.Connection, statement_timeout: float) -> None:
 def _discard(conn: psycopg.Connection) -> None:
     try:
         conn.close()
-    except Exception:  # noqa: BLE001 - it is being thrown away
+    except Exception:  # it is being thrown away
         pass
 
 
@@ -385,7 +385,7 @@ class Databases:
         while not self._stop.is_set():
             try:
                 self._tend(self._pool(env, host), env, host)
-            except Exception:  # noqa: BLE001 - the keeper must outlive any failure
+            except Exception:  # the keeper must outlive any failure
                 log.exception("reserved connection to %s/%s: unexpected error", env, host)
             self._stop.wait(RESERVED_CHECK_EVERY)
 

@@ -81,7 +81,7 @@ def describe_hosts(rt) -> list[str]:
                 ).fetchone()
         except DatabaseUnavailable as exc:
             return f"! {env} {host}: {exc.reason}"
-        except Exception as exc:  # noqa: BLE001 - only a startup hint
+        except Exception as exc:  # only a startup hint
             return f"! {env} {host}: {type(exc).__name__}"
         version, user, standby = row
         role = "standby" if standby else "primary"

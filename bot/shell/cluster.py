@@ -221,7 +221,7 @@ class Pair:
             if server is not None:
                 try:
                     server.stop()
-                except Exception:  # noqa: BLE001 - keep tearing down
+                except Exception:  # keep tearing down
                     pass
         shutil.rmtree(self.base, ignore_errors=True)
 

@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 step()
             except KeyboardInterrupt:
                 step()
-            except Exception as exc:  # noqa: BLE001 - keep cleaning up
+            except Exception as exc:  # keep cleaning up
                 print(f"make demo: while cleaning up: {exc!r}", file=sys.stderr)
         if pair is not None:
             print(f"Stopped the demo servers and removed {pair.base}.", file=out, flush=True)

@@ -24,7 +24,7 @@ What to do:
 def local_user_name() -> str:
     try:
         name = getpass.getuser()
-    except Exception:  # noqa: BLE001 - no login name in some containers
+    except Exception:  # no login name in some containers
         name = ""
     name = re.sub(r"[^a-z0-9_.-]", "", name.lower())
     return name if name and name != APPROVER_NAME else "me"

@@ -438,7 +438,7 @@ class Workspace:
                 status, text = self._response(unquote(parts.path[len("/response/") :]), raw)
                 return status, "text/plain", text.encode()
             return 404, "text/plain", b"not found"
-        except Exception as exc:  # noqa: BLE001 - a bug here must show, not hang the bot
+        except Exception as exc:  # a bug here must show, not hang the bot
             self.listener.notice(f"the terminal's Slack stand-in failed on {parts.path}: {exc!r}")
             return 500, "text/plain", f"error: {exc!r}".encode()
         finally:
@@ -503,7 +503,7 @@ class Workspace:
             "user_id": BOT_USER_ID, "bot_id": BOT_ID, "is_enterprise_install": False,
         }
 
-    def _m_chat_postMessage(self, params: dict) -> dict:  # noqa: N802
+    def _m_chat_postMessage(self, params: dict) -> dict:
         channel = self._channel(params.get("channel"))
         self._check_message("chat.postMessage", params)
         with self._lock:
@@ -540,7 +540,7 @@ class Workspace:
             self.activity.event()
         return {"channel": channel, "ts": ts, "text": msg.text, "message": msg.payload()}
 
-    def _m_chat_postEphemeral(self, params: dict) -> dict:  # noqa: N802
+    def _m_chat_postEphemeral(self, params: dict) -> dict:
         channel = self._channel(params.get("channel"))
         user = str(params.get("user") or "")
         if not user:
@@ -568,7 +568,7 @@ class Workspace:
         self.activity.event()
         return {"channel": channel, "ts": ts}
 
-    def _m_chat_getPermalink(self, params: dict) -> dict:  # noqa: N802
+    def _m_chat_getPermalink(self, params: dict) -> dict:
         channel, ts = str(params.get("channel") or ""), str(params.get("message_ts") or "")
         with self._lock:
             no = self._by_ts.get((channel, ts))
@@ -735,11 +735,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._serve("POST")
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._serve("GET")
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
