@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import math
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from bot.config import Config, ConfigError, Environment, load_config
 from bot.render.common import visible
@@ -170,8 +169,7 @@ def check_host(env: str, host: str, dsn: str, environment: Environment, kill_all
     from psycopg.rows import dict_row
 
     from bot.postgres.activity import server_info
-    from bot.postgres.deadline import GuardedConnection, GuardedCursor
-    from bot.postgres.pools import DEADLINE_MARGIN, explain, tcp_params
+    from bot.postgres.pools import connect_bounded, explain
     from bot.postgres.sql import query
 
     report = HostReport(env=env, host=host, role="primary" if host == "primary" else "standby", target=safe_dsn(dsn))
@@ -179,11 +177,7 @@ def check_host(env: str, host: str, dsn: str, environment: Environment, kill_all
     started = time.monotonic()
     try:
         # bounded like the bot's own connections: a frozen server costs a deadline, not the whole check
-        conn = GuardedConnection.connect(
-            dsn, connect_timeout=max(2, math.ceil(ct)), application_name=CHECK_APPLICATION_NAME, autocommit=True,
-            cursor_factory=GuardedCursor, **cast("dict[str, Any]", tcp_params(ct, st)),
-        )
-        conn.pgs_limit = st + DEADLINE_MARGIN
+        conn = connect_bounded(dsn, ct, st, application_name=CHECK_APPLICATION_NAME)
     except Exception as exc:
         report.add(FAIL, "reachable", f"unreachable: {explain(exc, (ct, st))}")
         return report

@@ -516,3 +516,46 @@ def test_hostile_role_and_database_names_are_escaped_in_details(bot, sessions, p
         assert raw not in text and raw not in json.dumps(msg.blocks)
     assert "&lt;!channel&gt; *role*" in text and "&lt;!here&gt; _db_" in text
     assert "&lt;!everyone&gt;" in text  # the relation, named in the session's own database
+
+
+def test_user_outside_access_viewers_cannot_open_details_or_the_lock_tree(pg, fake_slack, sessions):
+    # access.viewers names U1 only: U1's listing shows Details; U7 clicking it gets a clear refusal and
+    # no modal with the session's content; `/pgsessions viewed locks` is refused to U7 as well
+    cfg = config(pg)
+    cfg["environments"] = {"viewed": env_config(
+        pg, dsn=pg.primary.dsn(user="pgsessions_bot", dbname="appdb"), standbys={},
+        thresholds={"long_running": "1s", "idle_in_transaction": "1s", "idle": "1s"},
+        access={"viewers": ["U1"], "requesters": ["*"], "approvers": ["U2"]},
+    )}
+    c = sessions.open("viewed_app")
+    c.execute("BEGIN")
+    c.execute("SELECT * FROM t_details WHERE id = 2 FOR UPDATE")
+    pid = c.info.backend_pid
+    with BotUnderTest(cfg, fake_slack) as bot:
+        msg = post_listing(bot, "viewed --app viewed_app --min 0s", user="U1")
+        button = find_button(msg, f"Details {pid}")
+        assert button is not None, json.dumps(msg.blocks)[:1500]
+        n_eph = len(fake_slack.calls_for("chat.postEphemeral"))
+        n_resp = len(fake_slack.responses)
+        reply = bot.slack.block_action(button["action_id"], button["value"], user_id="U7", message=msg)
+        assert reply.status == 200
+        wait_until(lambda: fake_slack.calls_for("chat.postEphemeral")[n_eph:] or fake_slack.responses[n_resp:], 10,
+                   "a refusal")
+        said = json.dumps([r.__dict__ for r in fake_slack.responses[n_resp:]], default=str) + json.dumps(
+            [x.params for x in fake_slack.calls_for("chat.postEphemeral")[n_eph:]])
+        assert "you are not allowed to see sessions of `viewed` (access.viewers)" in said, said
+        assert "viewed_app" not in said and "t_details" not in said
+        time.sleep(0.5)  # a late views.open would show up here
+        assert not fake_slack.calls_for("views.open")
+        # the same click by the viewer opens the modal: the refusal above was about U7, not the button
+        view = click_details(bot, msg, pid, user="U1")
+        assert f"*pid {pid}*" in view_text(view)
+        # the lock tree: refused to U7 (nothing posted), shown to U1
+        n_posts = len(fake_slack.calls_for("chat.postMessage"))
+        reply = bot.command("viewed locks", user_id="U7", channel_id="C1")
+        assert reply.status == 200
+        assert "access.viewers" in reply.body, reply.body
+        time.sleep(0.5)
+        assert len(fake_slack.calls_for("chat.postMessage")) == n_posts
+        assert post_listing(bot, "viewed locks", user="U1").text
+    fake_slack.assert_clean()

@@ -107,7 +107,7 @@ def test_a_lag_alerts_life_shows_a_hostile_application_name_as_typed(pair):
         if holder is not None:
             try:
                 holder.close()
-            except Exception:  # noqa: BLE001 - already terminated
+            except Exception:  # already terminated
                 pass
         pair.wait_replayed(timeout=15)
         fake.stop()

@@ -219,3 +219,53 @@ def test_listing_of_an_overloaded_primary_answers_and_says_how_long_the_database
     finally:
         load.kill()
         load.wait(10)
+
+
+def test_relation_names_from_a_frozen_backend_cost_a_deadline_not_a_hang(pair, monkeypatch):
+    # relnames opens a short connection of its own to another database; its backend freezes right after
+    # the start-up exchange. The server-side statement_timeout cannot fire in a stopped process: only the
+    # client-side deadline bounds the lookup, which then reads "not readable" (and is cached as failed).
+    import threading
+
+    from bot.config import parse_config
+    from bot.postgres import relnames
+
+    relnames.clear_cache()
+    cfg = parse_config(config(pair), environ={})
+    stopped: list[int] = []
+    real = relnames.connect_bounded
+
+    def connect_then_freeze(*args, **kwargs):
+        conn = real(*args, **kwargs)
+        if not stopped:  # only the first lookup's backend
+            os.kill(conn.info.backend_pid, signal.SIGSTOP)
+            stopped.append(conn.info.backend_pid)
+        return conn
+
+    monkeypatch.setattr(relnames, "connect_bounded", connect_then_freeze)
+    result: dict = {}
+
+    def lookup() -> None:
+        result["names"] = relnames.resolve(cfg, "prod", "replica1", [("appdb", 1259)])
+
+    try:
+        started = time.monotonic()
+        t = threading.Thread(target=lookup, daemon=True)
+        t.start()
+        t.join(STATEMENT + 10)
+        elapsed = time.monotonic() - started
+        assert not t.is_alive(), "the lookup hung on a frozen backend"
+        assert stopped, "the lookup's backend was frozen"
+        assert elapsed < STATEMENT + 2, elapsed
+        assert result["names"] == {("appdb", 1259): "relation 1259 in appdb (name not readable)"}
+        assert relnames.cached("prod", "replica1", "appdb") is None
+    finally:
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        monkeypatch.undo()
+        relnames.clear_cache()
+    # the real lookup works once the backend answers again: pg_class is 1259 in every database
+    assert relnames.resolve(cfg, "prod", "replica1", [("appdb", 1259)]) == {("appdb", 1259): "pg_catalog.pg_class"}

@@ -531,3 +531,82 @@ def test_a_relation_whose_database_cannot_be_entered_reads_not_readable(pair):
              "foreign_relations": [{"database": "no_such_db_xyz", "oid": 16405}]}]
     relnames.name_lock_objects(cfg, "prod", "replica1", rows)
     assert rows[0]["lock_objects"] == "relation 16405 in no_such_db_xyz (name not readable), tuple"
+
+
+def test_an_approved_cancel_of_a_culprit_that_moved_on_signals_nothing_and_says_so(pair, fake):
+    # the alert lists a standby query (Q1) that holds replay back; before the Cancel is approved Q1 ends
+    # and the same backend starts Q2: the approval covers Q1 only, so Q2 runs on and the message says so
+    import threading
+
+    from tests.harness.flows import click, wait_state
+
+    table = new_table(pair)
+    ident = pgsql.Identifier(table)
+    holder = pair.standby.connect(user="app_user", autocommit=True, application_name="report-moves-on")
+    pid = holder.info.backend_pid
+    runs: dict[str, dict] = {}
+
+    def run(name: str, stmt: pgsql.Composable) -> None:
+        runs[name] = {}
+
+        def go() -> None:
+            try:
+                holder.execute(stmt)
+                runs[name]["done"] = True
+            except psycopg.Error as exc:
+                runs[name]["error"] = exc
+
+        threading.Thread(target=go, daemon=True).start()
+
+    def running(needle: str) -> bool:
+        rows = pair.standby.sql("SELECT state, query FROM pg_stat_activity WHERE pid = %s", (pid,))
+        return bool(rows) and rows[0][0] == "active" and needle in (rows[0][1] or "")
+
+    try:
+        with BotUnderTest(config(pair), fake, scheduler=True) as bot:
+            wait_checks(bot, 1)
+            run("Q1", pgsql.SQL("SELECT pg_sleep(60) FROM (SELECT count(*) FROM {}) s /* Q1 */").format(ident))
+            wait_until(lambda: running("Q1"), 5, "Q1 on the standby")
+            pair.primary.sql(pgsql.SQL("ALTER TABLE {} ADD COLUMN extra int").format(ident))
+            writes(pair)
+            msg = wait_alert(fake, "lock conflict")
+            assert f"*pid {pid}*" in blocks_text(msg) and "Q1" in blocks_text(msg)
+            labels = [b["text"]["text"] for b in action_buttons(msg)]
+            assert f"Cancel {pid}" in labels, labels
+
+            # U1 asks for the Cancel shown in the alert
+            n_views = len(fake.calls_for("views.open", ok=True))
+            assert click(bot, msg, f"Cancel {pid}", "U1").status == 200
+            opened = wait_until(lambda: fake.calls_for("views.open", ok=True)[n_views:], 10, "views.open")
+            view = opened[0].params["view"]
+            view = json.loads(view) if isinstance(view, str) else view
+            reply = bot.slack.view_submission(
+                view.get("callback_id") or "pgs_kill_request", private_metadata=view["private_metadata"],
+                state_values={"reason": {"reason": "holds replay of prod back"}}, user_id="U1",
+            )
+            assert reply.status == 200
+            approval = wait_until(
+                lambda: next((m for m in fake.messages.values() if "asks to" in json.dumps(m.blocks)), None), 10,
+                "the approval request",
+            )
+
+            # Q1 ends (someone else cancelled it) and the same backend starts Q2
+            pair.standby.sql("SELECT pg_cancel_backend(%s)", (pid,))
+            wait_until(lambda: runs["Q1"], 10, "Q1 to end")
+            run("Q2", pgsql.SQL("SELECT pg_sleep(30) /* Q2 */"))
+            wait_until(lambda: running("Q2"), 5, "Q2 on the standby")
+
+            assert click(bot, approval, "Approve", "U2").status == 200
+            done = wait_state(bot, approval, "*Not done*")
+            text = json.dumps(done.blocks)
+            assert "nothing was signalled" in text and "moved on" in text, text
+            assert "it is now active, running a query" in text, text
+            time.sleep(0.3)
+            assert not runs["Q2"], f"Q2 was signalled: {runs['Q2']}"
+            assert running("Q2"), "Q2 runs on"
+            events = [e["event"] for e in bot.rt.store.audit_entries(limit=100)]
+            assert "cancel:moved" in events and "cancel:executed" not in events, events
+            fake.assert_clean()
+    finally:
+        pair.standby.sql("SELECT pg_terminate_backend(%s)", (pid,))
+        holder.close()

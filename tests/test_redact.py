@@ -263,7 +263,7 @@ def test_listing_with_redact_queries_never_shows_literals(pg, fake_slack):
     app = "redact-" + uuid.uuid4().hex[:6]
     secret = "Zq9-" + uuid.uuid4().hex[:8]
     conn = pg.primary.connect(user="app_user", dbname="appdb", application_name=app)
-    conn.execute(f"SELECT '{secret}' AS \"KeptName\", 4242 /* {secret} */")  # noqa: S608 - test literal
+    conn.execute(f"SELECT '{secret}' AS \"KeptName\", 4242 /* {secret} */")  # test literal
     config = {"environments": {
         "red": env_config(pg, redact_queries=True),
         "plain": env_config(pg),
@@ -302,7 +302,7 @@ def test_a_client_with_standard_conforming_strings_off_cannot_show_its_password(
     try:
         conn.execute("SET standard_conforming_strings = off")
         conn.execute("SET escape_string_warning = off")
-        sql = f"SELECT 'pa\\'ss {secret}' AS x, 'qztail {secret}' AS y"  # noqa: S608 - the attacker's text
+        sql = f"SELECT 'pa\\'ss {secret}' AS x, 'qztail {secret}' AS y"  # the attacker's text
         assert conn.execute(sql).fetchone() == (f"pa'ss {secret}", f"qztail {secret}")
         seen = pg.primary.sql("SELECT query FROM pg_stat_activity WHERE application_name = %s", (app,))[0][0]
         assert secret in seen and redact(seen) == UNREDACTABLE

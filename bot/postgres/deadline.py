@@ -96,7 +96,7 @@ class Watchdog:
     def _fire(item: _Armed) -> None:
         try:
             item.action()
-        except Exception:  # noqa: BLE001 - an abort must never take the watchdog down
+        except Exception:  # an abort must never take the watchdog down
             log.exception("aborting an overdue statement failed")
         finally:
             item.state = "done"
@@ -115,7 +115,7 @@ def _cancel(conn: psycopg.Connection) -> None:
             # libpq < 17 has no cancel with a timeout: send it from a thread of its own, never wait for it
             request = conn.pgconn.get_cancel()
             threading.Thread(target=request.cancel, name="pgs-cancel", daemon=True).start()
-    except Exception as exc:  # noqa: BLE001 - the server may not answer the cancel request either
+    except Exception as exc:  # the server may not answer the cancel request either
         log.debug("cancel of an overdue statement failed: %s", type(exc).__name__)
 
 
@@ -124,7 +124,7 @@ def cut(conn: psycopg.Connection) -> None:
     _cancel(conn)
     try:
         fd = conn.pgconn.socket
-    except Exception:  # noqa: BLE001 - already closed
+    except Exception:  # already closed
         return
     try:
         dup = socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM)

@@ -63,6 +63,32 @@ def tcp_params(connect_timeout: float, statement_timeout: float) -> dict[str, in
     }
 
 
+def connect_kwargs(connect_timeout: float, statement_timeout: float, application_name: str = APPLICATION_NAME) -> dict:
+    """Keyword arguments of every connection the bot opens to a monitored server."""
+    return {
+        "connect_timeout": max(2, math.ceil(connect_timeout)),
+        "application_name": application_name,
+        "autocommit": True,
+        "cursor_factory": GuardedCursor,
+        **tcp_params(connect_timeout, statement_timeout),
+    }
+
+
+def connect_bounded(
+    dsn: str, connect_timeout: float, statement_timeout: float, *, application_name: str = APPLICATION_NAME,
+    **kwargs,
+) -> GuardedConnection:
+    """A connection of its own to a monitored server, bounded like the pooled ones: ``connect_timeout``,
+    libpq's TCP bounds (:func:`tcp_params`) and a client-side deadline of ``statement_timeout`` plus
+    :data:`DEADLINE_MARGIN` on every statement (:class:`GuardedCursor`). For the short-lived connections
+    outside the pools (relation names in another database, ``pgsessions check``)."""
+    conn = GuardedConnection.connect(
+        dsn, **connect_kwargs(connect_timeout, statement_timeout, application_name), **kwargs
+    )
+    conn.pgs_limit = statement_timeout + DEADLINE_MARGIN  # type: ignore[attr-defined]
+    return conn
+
+
 class DatabaseUnavailable(Exception):
     """The server could not be reached or did not answer in time.
 
@@ -202,7 +228,7 @@ def _configure(conn: psycopg.Connection, statement_timeout: float) -> None:
 def _discard(conn: psycopg.Connection) -> None:
     try:
         conn.close()
-    except Exception:  # noqa: BLE001 - it is being thrown away
+    except Exception:  # it is being thrown away
         pass
 
 
@@ -308,14 +334,8 @@ class Databases:
             raise KeyError(env)
         return environment
 
-    def _connect_kwargs(self, ct: float, st: float) -> dict[str, Any]:
-        return {
-            "connect_timeout": max(2, math.ceil(ct)),
-            "application_name": APPLICATION_NAME,
-            "autocommit": True,
-            "cursor_factory": GuardedCursor,
-            **tcp_params(ct, st),
-        }
+    def _connect_kwargs(self, ct: float, st: float) -> dict:
+        return connect_kwargs(ct, st)
 
     def _pool(self, env: str, host: str) -> _Pool:
         key = (env, host)
@@ -366,7 +386,7 @@ class Databases:
         while not self._stop.is_set():
             try:
                 self._tend(self._pool(env, host), env, host)
-            except Exception:  # noqa: BLE001 - the keeper must outlive any failure
+            except Exception:  # the keeper must outlive any failure
                 log.exception("reserved connection to %s/%s: unexpected error", env, host)
             self._stop.wait(RESERVED_CHECK_EVERY)
 

@@ -3,8 +3,8 @@
 pg_locks gives a relation as (database oid, relation oid); ``::regclass`` names it only in the database
 the query runs in. A session on a standby (or the primary) usually works in another database than the
 one in the bot's DSN, so its locks would read "relation 16405". :func:`resolve` looks the names up
-through a short-lived connection to the session's own database on the same host, bounded by the
-environment's connect and statement timeouts, and remembers them per (environment, host, database)
+through a short-lived connection to the session's own database on the same host, bounded like every
+other connection to a monitored server (:func:`bot.postgres.pools.connect_bounded`), and remembers them per (environment, host, database)
 for :data:`TTL_S` (failures for :data:`FAILURE_TTL_S`, so a database the bot cannot enter does not slow
 every check). What it cannot name reads "relation 16405 in appdb (name not readable)".
 """
@@ -12,7 +12,6 @@ every check). What it cannot name reads "relation 16405 in appdb (name not reada
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -22,7 +21,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from bot.config import Config
-from bot.postgres.pools import APPLICATION_NAME
+from bot.postgres.pools import connect_bounded
 from bot.postgres.sql import query
 
 log = logging.getLogger(__name__)
@@ -43,15 +42,11 @@ def unreadable(oid: int, database: str) -> str:
 def _lookup(config: Config, env: str, host: str, database: str, oids: list[int]) -> dict[int, str] | None:
     environment = config.environments[env]
     ct, st = environment.timeouts.connect, environment.timeouts.statement
-    dsn = make_conninfo(
-        environment.hosts()[host],
-        dbname=database,
-        connect_timeout=max(2, math.ceil(ct)),
-        application_name=APPLICATION_NAME,
-        options=f"-c statement_timeout={int(st * 1000)}",
-    )
+    dsn = make_conninfo(environment.hosts()[host], dbname=database,
+                        options=f"-c statement_timeout={int(st * 1000)}")
     try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
+        # bounded like every other call to a monitored server: a frozen backend costs a deadline
+        with connect_bounded(dsn, ct, st) as conn:
             rows = conn.execute(query("relation_names"), {"oids": oids}).fetchall()
     except psycopg.Error as exc:
         log.info("relation names in %s/%s database %r not readable: %s", env, host, database, type(exc).__name__)

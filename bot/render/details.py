@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from bot.approval.ids import CANCEL, DETAILS_CALLBACK, MODAL_KILL_PREFIX, TERMINATE, modal_kill_action_id  # noqa: F401
+from bot.approval.ids import CANCEL, DETAILS_CALLBACK, TERMINATE, modal_kill_action_id
 from bot.durations import format_duration
 from bot.postgres.details import Details
 from bot.postgres.locks import LockRef

@@ -1,7 +1,8 @@
 """A local Slack Web API for the terminal chat: what the bot sends is kept here and shown in the terminal.
 
 It serves, on 127.0.0.1, the methods the bot calls (auth.test, chat.postMessage, chat.update,
-chat.postEphemeral, views.open / push / update, usergroups.users.list, users.info, conversations.info) and the response_url endpoints it hands out, with Slack's semantics
+chat.postEphemeral, chat.delete, chat.getPermalink, views.open / push / update, usergroups.users.list,
+users.info, conversations.info) and the response_url endpoints it hands out, with Slack's semantics
 where they matter to the bot: Bearer token, Block Kit limits (a call Slack would reject is rejected
 and the reason shown), trigger ids that expire after 3 s and work once, response_urls good for 5
 uses, replace_original / delete_original.  Every change is reported to a :class:`Listener`.
@@ -553,6 +554,27 @@ class Workspace:
         self.listener.posted(msg)
         self.activity.event()
         return {"message_ts": msg.ts}
+
+    def _m_chat_delete(self, params: dict) -> dict:
+        channel = self._channel(params.get("channel"))
+        ts = str(params.get("ts") or "")
+        with self._lock:
+            no = self._by_ts.get((channel, ts))
+            msg = self.messages.get(no) if no is not None else None
+            if msg is None or msg.deleted:
+                raise ApiError("message_not_found")
+            msg.deleted = True
+        self.listener.deleted(msg)
+        self.activity.event()
+        return {"channel": channel, "ts": ts}
+
+    def _m_chat_getPermalink(self, params: dict) -> dict:
+        channel, ts = str(params.get("channel") or ""), str(params.get("message_ts") or "")
+        with self._lock:
+            no = self._by_ts.get((channel, ts))
+        if no is None:
+            raise ApiError("message_not_found")
+        return {"channel": channel, "permalink": f"{self.url}/archives/{channel}/p{ts.replace('.', '')}"}
 
     def _open(self, params: dict, method: str) -> dict:
         tid = str(params.get("trigger_id") or "")

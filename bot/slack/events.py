@@ -159,7 +159,7 @@ def register(app, rt, router) -> None:
     dedupe = EventDedupe()
     rt.event_dedupe = dedupe
 
-    def drop_repeated_events(req, resp, next):  # noqa: A002 - Bolt passes these by name
+    def drop_repeated_events(req, resp, next):  # Bolt passes these by name
         body = req.body or {}
         event_id = body.get("event_id") if body.get("type") == "event_callback" else None
         if event_id and not (dedupe.first_time(str(event_id)) and _first_everywhere(rt, str(event_id))):

@@ -90,7 +90,7 @@ def refusal_response(body: dict, text: str) -> BoltResponse:
 
 def install_workspace_guard(app: Any, rt: Any) -> None:
     @app.middleware
-    def workspace_guard(body, next):  # noqa: A002 - Bolt passes it by this name
+    def workspace_guard(body, next):  # Bolt passes it by this name
         refusal = workspace_refusal(rt.config.slack.team_id, body or {})
         if refusal is None:
             return next()

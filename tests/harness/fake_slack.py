@@ -575,13 +575,13 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "FakeSlack/1.0"
     protocol_version = "HTTP/1.0"
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self.server.fake._dispatch(self, "POST")  # type: ignore[attr-defined]
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.server.fake._dispatch(self, "GET")  # type: ignore[attr-defined]
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -901,7 +901,7 @@ class FakeSlack:
                 payload, ctype, extra = text.encode(), "text/html", {}
             else:
                 status, payload, ctype, extra = 404, b"not found", "text/plain", {}
-        except Exception as exc:  # noqa: BLE001 - a bug in the fake must be visible, not a hang
+        except Exception as exc:  # a bug in the fake must be visible, not a hang
             status, payload, ctype, extra = 500, f"fake slack crashed: {exc!r}".encode(), "text/plain", {}
         h.send_response(status)
         h.send_header("Content-Type", ctype)
@@ -1083,7 +1083,7 @@ class FakeSlack:
             "is_enterprise_install": False,
         }
 
-    def _m_chat_postMessage(self, params: dict, call: Call) -> dict:  # noqa: N802
+    def _m_chat_postMessage(self, params: dict, call: Call) -> dict:
         channel = self._channel(params.get("channel"))
         self._check_message_payload(call.method, params)
         self._warn_missing_text(call.method, params.get("text"), params.get("blocks"), params)
@@ -1126,7 +1126,7 @@ class FakeSlack:
         msg.edited_ts = self._next_ts()
         return {"channel": channel, "ts": ts, "text": msg.text, "message": msg.to_dict()}
 
-    def _m_chat_postEphemeral(self, params: dict, call: Call) -> dict:  # noqa: N802
+    def _m_chat_postEphemeral(self, params: dict, call: Call) -> dict:
         channel = self._channel(params.get("channel"))
         user = str(params.get("user") or "")
         if not user:
@@ -1275,7 +1275,7 @@ class FakeSlack:
         stored.view = full
         return {"view": copy.deepcopy(full)}
 
-    def _m_chat_getPermalink(self, params: dict, call: Call) -> dict:  # noqa: N802
+    def _m_chat_getPermalink(self, params: dict, call: Call) -> dict:
         channel = str(params.get("channel") or "")
         ts = str(params.get("message_ts") or "")
         msg = self.messages.get((channel, ts))

@@ -167,7 +167,7 @@ class ServeProcess:
                 self._cond.wait(0.1)
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as resp:  # noqa: S310
+                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as resp:
                     if resp.status == 200:
                         self.slack = SlackSender(self.url, SIGNING_SECRET, fake=self.fake)
                         return self

@@ -470,11 +470,11 @@ class ClusterPair:
                 continue
             try:
                 node.stop(mode="fast")
-            except Exception as exc:  # noqa: BLE001 - keep going, we are tearing down
+            except Exception as exc:  # keep going, we are tearing down
                 errors.append(exc)
                 try:
                     node.stop(mode="immediate")
-                except Exception:  # noqa: BLE001, S110
+                except Exception:
                     pass
         if self.base_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
@@ -650,7 +650,7 @@ def _start_managed(standby: bool) -> ClusterPair:
 def _stop_quietly(pair: ClusterPair) -> None:
     try:
         pair.stop()
-    except Exception:  # noqa: BLE001, S110
+    except Exception:
         pass
 
 

@@ -134,7 +134,7 @@ class SlackSender:
         headers.update(extra_headers or {})
         req = urllib.request.Request(self.url, data=raw, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - local test URL
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # local test URL
                 return SlackReply(
                     resp.status,
                     dict(resp.headers.items()),
