@@ -2,13 +2,29 @@
 
 Every Slack handler and the workflow ask here; the refusal texts are written once. Each method
 returns None when allowed, else the reason (shown to the person, so it names the config key to change).
+Decisions on a request use an :class:`Authority` read from Slack before the request's transaction
+(:meth:`Policy.authority`); the checks on it are pure.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from bot import visibility
-from bot.approval.ports import ApproversLookup, DirectoryUnavailable, identity_refusal
+from bot.approval.models import Request, RequestState
+from bot.approval.ports import ApproversLookup, DirectoryUnavailable, Principals, identity_refusal
 from bot.config import Access, Config
+
+
+@dataclass(frozen=True)
+class Authority:
+    """What Slack said, read before a decision's transaction: who the approvers and requesters are now,
+    and why a person involved may not take part (guest, another organisation), by user id."""
+
+    approvers: Principals
+    requesters: Principals
+    user_refusal: str | None
+    refusals: dict[str, str | None]
 
 
 def signalling_off_reason(env: str) -> str:
@@ -122,3 +138,81 @@ class Policy:
         except DirectoryUnavailable as exc:
             return str(exc)
         return None
+
+    # --- deciding, on what Slack said (issue 12 §2) -------------------------------------------------
+
+    def authority(self, req: Request, user: str, recorded: list[str]) -> Authority:
+        """Ask Slack everything a decision on ``req`` by ``user`` needs (answers at most 5 minutes old);
+        raises DirectoryUnavailable. Called before the request's transaction, which only reads it."""
+        access = self.config.environments[req.env].access
+        people = {user, req.requester, *recorded}
+        facts = {p: self.approvers.user_facts(p) for p in people}
+        return Authority(
+            approvers=self.approvers.resolve(access.approvers),
+            requesters=self.approvers.resolve(access.requesters),
+            user_refusal=identity_refusal(facts[user], "approve or deny requests"),
+            refusals={p: identity_refusal(f, "request or approve") for p, f in facts.items()},
+        )
+
+    def request_refusal(self, req: Request, authority: Authority) -> str | None:
+        """Why ``req`` may no longer go ahead under the current config (pure: no Slack call)."""
+        env = req.env
+        access = self._access(env)
+        if access is None:
+            return f"environment `{env}` is no longer configured"
+        if not access.allow_kill:
+            return signalling_off_reason(env)
+        origin = getattr(req.target, "requested_in", None) or req.channel
+        if access.channels and origin not in access.channels:
+            return f"`{env}` may no longer be used from <#{origin}> (access.channels)"
+        requester = req.requester
+        if not authority.requesters.allows(requester):
+            return f"<@{requester}> is no longer allowed to request kills in `{env}` (access.requesters)"
+        if authority.refusals.get(requester):
+            return f"the requester may not ask for this: {authority.refusals[requester]}"
+        return None
+
+    def counts(self, approver: str, req: Request, self_approval: bool, authority: Authority) -> bool:
+        """Whether ``approver``'s recorded approval counts now (an approver now, a full member, not the
+        requester unless self-approval)."""
+        if approver == req.requester and not self_approval:
+            return False
+        if not authority.approvers.allows(approver):
+            return False
+        if approver in authority.refusals:
+            return authority.refusals[approver] is None
+        facts = self.approvers.cached_user_facts(approver)  # an approval recorded meanwhile: cache only
+        return facts is not None and identity_refusal(facts, "approve") is None
+
+    def counted_approvals(
+        self, req: Request, recorded: list[str], known: list[str]
+    ) -> tuple[list[str], list[str]]:
+        """(approvals that count now, approvals that no longer do), for drawing a pending request.
+
+        Outside any transaction (it may ask Slack); when Slack cannot be asked, every recorded approval
+        is shown as recorded (the decision itself never counts on stale data)."""
+        access = self._access(req.env)
+        if req.state != RequestState.PENDING or access is None or not recorded:
+            return recorded, []
+        try:
+            authority = self.authority(req, req.requester, known)
+        except DirectoryUnavailable:
+            return recorded, []
+        counted = [a for a in recorded if self.counts(a, req, access.self_approval, authority)]
+        return counted, [a for a in recorded if a not in counted]
+
+    def refusal_before_acting(self, req: Request) -> str | None:
+        """The last check, just before the signal (Slack may be asked)."""
+        access = self._access(req.env)
+        if access is None:
+            return f"environment `{req.env}` is no longer configured"
+        try:
+            authority = Authority(
+                approvers=Principals(tuple(access.approvers), {}),
+                requesters=self.approvers.resolve(access.requesters),
+                user_refusal=None,
+                refusals={req.requester: identity_refusal(self.approvers.user_facts(req.requester), "request")},
+            )
+        except DirectoryUnavailable as exc:
+            return str(exc)
+        return self.request_refusal(req, authority)

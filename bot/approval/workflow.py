@@ -52,14 +52,8 @@ from bot.approval.models import (
     StoredTarget,
     Verdict,
 )
-from bot.approval.policy import Policy, signalling_off_reason
-from bot.approval.ports import (
-    DirectoryUnavailable,
-    Execution,
-    Principals,
-    RequestEvents,
-    identity_refusal,
-)
+from bot.approval.policy import Authority, Policy
+from bot.approval.ports import DirectoryUnavailable, Execution, RequestEvents
 from bot.approval.targets import token_age_refusal
 from bot.config import Config
 from bot.metrics import KILL_REQUESTS
@@ -91,17 +85,6 @@ class Result:
     tell: bool = False  # ok, but the clicker should read the message (approvals no longer counted)
 
 
-@dataclass(frozen=True)
-class Authority:
-    """What Slack said, read before a decision's transaction: who the approvers and requesters are now,
-    and why a person involved may not take part (guest, another organisation), by user id."""
-
-    approvers: Principals
-    requesters: Principals
-    user_refusal: str | None
-    refusals: dict[str, str | None]
-
-
 def failed_outcome(action: ActionKind | None, status: OutcomeStatus, detail: str) -> Outcome:
     """An outcome of the action's kind that says only ``status`` and ``detail``."""
     if action is not None and action.target_kind == "session":
@@ -110,6 +93,15 @@ def failed_outcome(action: ActionKind | None, status: OutcomeStatus, detail: str
 
 
 class Workflow:
+    @property
+    def config(self) -> Config:
+        """The configuration the policy decides with (replacing it here replaces it there)."""
+        return self.policy.config
+
+    @config.setter
+    def config(self, value: Config) -> None:
+        self.policy.config = value
+
     def __init__(
         self,
         config: Config,
@@ -120,7 +112,7 @@ class Workflow:
         actions: Mapping[str, ActionKind] = ACTIONS,
         interrupted_after: float | None = None,
     ):
-        self.config = config
+        policy.config = config
         self.store = store
         self.dbs = dbs
         self.policy = policy
@@ -291,7 +283,7 @@ class Workflow:
             if v is Verdict.DENY:
                 return self._close(c, req, RequestState.DENIED, user, now)
             # 6. the request itself is still allowed: signalling on, requester and channel still allowed
-            refusal = self._request_refusal(req, authority)
+            refusal = self.policy.request_refusal(req, authority)
             if refusal:
                 return Result(False, f"{refusal}; nothing was changed", req)
             if not self.store.add_approval(c, request_id, user):
@@ -300,7 +292,7 @@ class Workflow:
             audit_request(self.store, req, "approved", user, conn=c)
             # 7. enough approvals: only people who are approvers NOW count (re-evaluated at every
             # approval), the requester only with self_approval (and once: approvals are unique per person)
-            counted = [a for a in recorded if self._counts(a, req, access.self_approval, authority)]
+            counted = [a for a in recorded if self.policy.counts(a, req, access.self_approval, authority)]
             if len(counted) < access.approvals_required:
                 dropped = [a for a in recorded if a not in counted]
                 note = (
@@ -432,83 +424,19 @@ class Workflow:
             request_id=req.id,
         )
 
-    # --- authority (issue 12 §2) ----------------------------------------------------------------------
+    # --- authority (issue 12 §2): the access policy decides, on what Slack said ----------------------
 
     def _resolve_authority(self, req: Request, user: str) -> Authority:
-        """Ask Slack everything a decision on ``req`` needs (cached ≤ 5 min); raises DirectoryUnavailable.
-
-        Called before the request's transaction; the transaction only reads the answer.
-        """
-        access = self.config.environments[req.env].access
-        people = {user, req.requester, *self.store.approvers_of(req.id)}
-        facts = {p: self.directory.user_facts(p) for p in people}
-        return Authority(
-            approvers=self.directory.resolve(access.approvers),
-            requesters=self.directory.resolve(access.requesters),
-            user_refusal=identity_refusal(facts[user], "approve or deny requests"),
-            refusals={p: identity_refusal(f, "request or approve") for p, f in facts.items()},
-        )
-
-    def _request_refusal(self, req: Request, authority: Authority) -> str | None:
-        """Why ``req`` may no longer go ahead under the current config (pure: no Slack call)."""
-        env = req.env
-        environment = self.config.env(env)
-        if environment is None:
-            return f"environment `{env}` is no longer configured"
-        access = environment.access
-        if not access.allow_kill:
-            return signalling_off_reason(env)
-        origin = getattr(req.target, "requested_in", None) or req.channel
-        if access.channels and origin not in access.channels:
-            return f"`{env}` may no longer be used from <#{origin}> (access.channels)"
-        requester = req.requester
-        if not authority.requesters.allows(requester):
-            return f"<@{requester}> is no longer allowed to request kills in `{env}` (access.requesters)"
-        if authority.refusals.get(requester):
-            return f"the requester may not ask for this: {authority.refusals[requester]}"
-        return None
-
-    def _counts(self, approver: str, req: Request, self_approval: bool, authority: Authority) -> bool:
-        if approver == req.requester and not self_approval:
-            return False
-        if not authority.approvers.allows(approver):
-            return False
-        if approver in authority.refusals:
-            return authority.refusals[approver] is None
-        facts = self.directory.cached_user_facts(approver)  # an approval recorded meanwhile: cache only
-        return facts is not None and identity_refusal(facts, "approve") is None
+        """Everything a decision on ``req`` needs from Slack, read before the transaction."""
+        return self.policy.authority(req, user, self.store.approvers_of(req.id))
 
     def counted_approvals(self, req: Request, recorded: list[str]) -> tuple[list[str], list[str]]:
-        """(approvals that count now, approvals that no longer do), for drawing a pending request.
-
-        Outside any transaction (it may ask Slack); when Slack cannot be asked, every recorded approval
-        is shown as recorded (the decision itself never counts on stale data).
-        """
-        if req.state != PENDING or self.config.env(req.env) is None or not recorded:
-            return recorded, []
-        try:
-            authority = self._resolve_authority(req, req.requester)
-        except DirectoryUnavailable:
-            return recorded, []
-        self_approval = self.config.environments[req.env].access.self_approval
-        counted = [a for a in recorded if self._counts(a, req, self_approval, authority)]
-        return counted, [a for a in recorded if a not in counted]
+        """(approvals that count now, approvals that no longer do), for drawing a pending request."""
+        return self.policy.counted_approvals(req, recorded, self.store.approvers_of(req.id))
 
     def _refusal_before_acting(self, req: Request) -> str | None:
         """The last check, just before the signal (outside any transaction, so Slack may be asked)."""
-        if self.config.env(req.env) is None:
-            return f"environment `{req.env}` is no longer configured"
-        access = self.config.environments[req.env].access
-        try:
-            authority = Authority(
-                approvers=Principals(tuple(access.approvers), {}),
-                requesters=self.directory.resolve(access.requesters),
-                user_refusal=None,
-                refusals={req.requester: identity_refusal(self.directory.user_facts(req.requester), "request")},
-            )
-        except DirectoryUnavailable as exc:
-            return str(exc)
-        return self._request_refusal(req, authority)
+        return self.policy.refusal_before_acting(req)
 
     # --- housekeeping -------------------------------------------------------------------------------
 
