@@ -86,5 +86,18 @@ def list_sessions(dbs: Databases, env: str, host: str = "primary", filters: Filt
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute(query("sessions"), params)
             rows = cur.fetchall()
+    ignored = 0
+    if environment.ignore:
+        from bot.watch.rules import is_ignored
+
+        kept = []
+        for r in rows:
+            if is_ignored(environment.ignore, app=r["application_name"], user=r["usename"], db=r["datname"],
+                          query=r["query"]):
+                ignored += 1
+            else:
+                kept.append(r)
+        rows = kept
     sessions = sorted((_session(r, environment.redact_queries) for r in rows), key=lambda s: s.sort_key)
-    return Listing(env=env, host=host, server=info, sessions=tuple(sessions), filters=filters, thresholds=thresholds)
+    return Listing(env=env, host=host, server=info, sessions=tuple(sessions), filters=filters, thresholds=thresholds,
+                   ignored=ignored)

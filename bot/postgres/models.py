@@ -145,6 +145,7 @@ class Listing:
     sessions: tuple[Session, ...]
     filters: Filters = field(default_factory=Filters)
     thresholds: dict[str, float] = field(default_factory=dict)
+    ignored: int = 0  # sessions needing attention hidden by the environment's ``ignore`` rules
 
     def counts(self) -> dict[Category, int]:
         out = {c: 0 for c in Category}

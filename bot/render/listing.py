@@ -52,6 +52,9 @@ def summary(listing: Listing) -> str:
     counts = listing.counts()
     parts = [f"{EMOJI[c]} {n} {c.label}" for c, n in counts.items() if n]
     found = " · ".join(parts) if parts else "nothing needs attention"
+    if listing.ignored:
+        found += (f" · :see_no_evil: {listing.ignored} ignored "
+                  f"({'matches' if listing.ignored == 1 else 'match'} the environment's `ignore` rules)")
     srv = listing.server
     conns = f"{srv.client_connections} of {srv.max_connections} connections in use"
     return f"{found}\n{conns} · PostgreSQL {esc(srv.server_version.split()[0])}"

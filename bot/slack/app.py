@@ -189,7 +189,7 @@ def _feature_modules() -> list[Callable[[App, Runtime, Router], None]]:
     mods: list[Callable[[App, Runtime, Router], None]] = []
     import importlib
 
-    for name in ("bot.slack.kill_handlers", "bot.slack.lag_handlers", "bot.slack.bulk_handlers"):
+    for name in ("bot.slack.kill_handlers", "bot.slack.lag_handlers", "bot.slack.bulk_handlers", "bot.slack.watch_handlers"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:

@@ -1,0 +1,95 @@
+-- One watch check of one host (issue 14): ONE statement, ONE pg_stat_activity read, every alert kind.
+--
+-- Returns one row: the server's facts plus JSON arrays (timestamps keep their microseconds):
+--   sessions  every backend but the bot's own connections; pg_blocking_pids() and the lock waited
+--             for (pg_locks, with waitstart) only for sessions waiting on a Lock: on every row it
+--             stalls for seconds under a pile-up (the deadlock detector holds the lock-table locks)
+--   held      the granted locks of blockers on the objects a waiter waits for (what the root holds)
+--   prepared  prepared transactions (gid, owner, age); slots: replication slots holding xmin or
+--             catalog_xmin, with the WAL they retain; feedback: standbys' hot_standby_feedback xmin
+-- Parameters: query_chars (int).
+WITH me AS (
+    SELECT pg_backend_pid() AS pid,
+           coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false) AS is_super,
+           pg_has_role(current_user, 'pg_signal_backend', 'USAGE') AS can_signal
+),
+act AS MATERIALIZED (
+    SELECT a.pid, a.backend_start, a.backend_type, a.usename, a.usesysid, a.datname, a.application_name,
+           host(a.client_addr) AS client_addr, a.state, a.wait_event_type, a.wait_event,
+           left(a.query, %(query_chars)s) AS query, a.state_change,
+           CASE WHEN a.wait_event_type = 'Lock' THEN pg_blocking_pids(a.pid) ELSE '{}'::int[] END AS blocked_by,
+           extract(epoch FROM now() - a.query_start)::float8  AS query_secs,
+           extract(epoch FROM now() - a.xact_start)::float8   AS xact_secs,
+           extract(epoch FROM now() - a.state_change)::float8 AS state_secs,
+           a.backend_xmin::text AS backend_xmin,
+           age(a.backend_xmin) AS xmin_age,
+           age(a.backend_xid) AS xid_age
+      FROM pg_stat_activity a
+     WHERE a.pid <> pg_backend_pid()
+       AND NOT (a.usename = current_user AND a.application_name LIKE 'pgsessions%%')
+),
+waits AS MATERIALIZED (
+    -- the lock each Lock waiter asks for (only read when somebody waits on a lock)
+    SELECT l.pid, l.locktype, l.mode, l.database, l.relation, l.page, l.tuple, l.virtualxid,
+           l.transactionid, l.classid, l.objid, l.objsubid,
+           extract(epoch FROM now() - l.waitstart)::float8 AS wait_secs,
+           CASE WHEN l.relation IS NOT NULL THEN
+               coalesce((SELECT c.relname FROM pg_class c WHERE c.oid = l.relation), l.relation::text)
+           END AS relname
+      FROM pg_locks l
+     WHERE NOT l.granted
+       AND EXISTS (SELECT 1 FROM act WHERE act.wait_event_type = 'Lock')
+),
+held AS (
+    SELECT DISTINCT g.pid, g.mode, g.locktype, w.relname
+      FROM waits w
+      JOIN pg_locks g
+        ON g.granted AND g.pid <> w.pid
+       AND g.locktype = w.locktype
+       AND g.database IS NOT DISTINCT FROM w.database
+       AND g.relation IS NOT DISTINCT FROM w.relation
+       AND g.page IS NOT DISTINCT FROM w.page
+       AND g.tuple IS NOT DISTINCT FROM w.tuple
+       AND g.virtualxid IS NOT DISTINCT FROM w.virtualxid
+       AND g.transactionid IS NOT DISTINCT FROM w.transactionid
+       AND g.classid IS NOT DISTINCT FROM w.classid
+       AND g.objid IS NOT DISTINCT FROM w.objid
+       AND g.objsubid IS NOT DISTINCT FROM w.objsubid
+),
+rows AS (
+    SELECT act.*, w.mode AS wait_mode, w.locktype AS wait_locktype, w.relname AS wait_relation,
+           w.wait_secs,
+           coalesce(r.rolsuper, false) AS is_superuser,
+           pg_has_role(current_user, act.usesysid, 'USAGE') AS bot_has_privs
+      FROM act
+      LEFT JOIN LATERAL (SELECT * FROM waits WHERE waits.pid = act.pid LIMIT 1) w ON true
+      LEFT JOIN pg_roles r ON r.oid = act.usesysid
+)
+SELECT current_setting('max_connections')::int                 AS max_connections,
+       current_setting('superuser_reserved_connections')::int   AS superuser_reserved,
+       pg_is_in_recovery()                                      AS in_recovery,
+       me.is_super                                              AS bot_is_super,
+       me.can_signal                                            AS bot_can_signal,
+       (SELECT count(*) FROM pg_stat_activity
+         WHERE backend_type = 'client backend')::int            AS client_connections,
+       coalesce((SELECT json_agg(rows) FROM rows), '[]'::json)  AS sessions,
+       coalesce((SELECT json_agg(held) FROM held), '[]'::json)  AS held,
+       coalesce((SELECT json_agg(p) FROM (
+           SELECT gid, owner, database, transaction::text AS xid, age(transaction) AS xid_age,
+                  extract(epoch FROM now() - prepared)::float8 AS secs
+             FROM pg_prepared_xacts) p), '[]'::json)             AS prepared,
+       coalesce((SELECT json_agg(s) FROM (
+           SELECT slot_name, slot_type, active, active_pid, database,
+                  xmin::text AS xmin, catalog_xmin::text AS catalog_xmin,
+                  greatest(age(xmin), age(catalog_xmin)) AS xid_age,
+                  pg_wal_lsn_diff(
+                      CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END,
+                      restart_lsn)::float8 AS retained_bytes
+             FROM pg_replication_slots
+            WHERE xmin IS NOT NULL OR catalog_xmin IS NOT NULL) s), '[]'::json) AS slots,
+       coalesce((SELECT json_agg(f) FROM (
+           SELECT pid, application_name, host(client_addr) AS client_addr, backend_xmin::text AS xmin,
+                  age(backend_xmin) AS xid_age
+             FROM pg_stat_replication
+            WHERE backend_xmin IS NOT NULL) f), '[]'::json)     AS feedback
+  FROM me
