@@ -56,8 +56,8 @@ def clean(pair):
         if node is not None:
             node.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                      "WHERE backend_type = 'client backend' AND usename = 'app_user'")
-    for (gid,) in pair.primary.sql("SELECT gid FROM pg_prepared_xacts") or []:
-        pair.primary.sql(pgsql.SQL("ROLLBACK PREPARED {}").format(pgsql.Literal(gid)))
+    for gid, db in pair.primary.sql("SELECT gid, database FROM pg_prepared_xacts") or []:
+        pair.primary.sql(pgsql.SQL("ROLLBACK PREPARED {}").format(pgsql.Literal(gid)), dbname=db)
 
 
 def config(pair, ignore=None, access=None, **watch) -> dict:
@@ -78,7 +78,7 @@ def new_table(pair) -> str:
     ident = pgsql.Identifier(name)
     pair.primary.sql(pgsql.SQL("CREATE TABLE {} (id int PRIMARY KEY, v text)").format(ident), dbname="appdb")
     pair.primary.sql(pgsql.SQL("INSERT INTO {} SELECT g, 'r' FROM generate_series(1, 10) g").format(ident), dbname="appdb")
-    pair.primary.sql(pgsql.SQL("GRANT ALL ON {} TO app_user").format(ident), dbname="appdb")
+    pair.primary.sql(pgsql.SQL("ALTER TABLE {} OWNER TO app_user").format(ident), dbname="appdb")
     return name
 
 
@@ -241,6 +241,8 @@ def test_ddl_queue_is_said_in_words_and_the_root_is_the_reader_not_the_alter(pai
         assert "3 sessions queue behind that request" in body
         assert "AccessShareLock" in body  # what the root holds
         assert labels(msg) == [f"Terminate {root}", "Acknowledge"]
+        wait_checks(bot, CONSECUTIVE + 1)
+        assert len(alerts(fake, "Lock pile-up")) == 1, "one alert for one root, however many wait"
         reader.close()  # the reader lets go by itself
         done = wait_resolved(fake, msg)
         assert f"root blocker pid {root} let go without a signal from the bot" in done.text
@@ -330,9 +332,10 @@ def test_connection_alert_and_its_bulk_request_terminates_exactly_the_idle_sessi
                               10, "approval")
         approve = find_button(approval, "Approve")
         bot.slack.block_action(approve["action_id"], approve["value"], user_id="U2", message=approval)
+        pids = [c.info.backend_pid for c in idle]
         wait_until(lambda: pair.primary.sql(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (HOSTILE,))[0][0] == 1, 15,
-            "the 11 unused idle sessions ended")
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,))[0][0] == 1, 30,
+            "the 11 unused idle sessions ended\n" + fake.summary())
         alive = {r[0] for r in pair.primary.sql("SELECT pid FROM pg_stat_activity WHERE usename = 'app_user'")}
         assert idle[0].info.backend_pid in alive and all(c.info.backend_pid in alive for c in other)
         done = wait_resolved(fake, msg)
@@ -358,7 +361,7 @@ def test_xmin_horizon_held_by_a_prepared_transaction(pair, fake):
         assert "by a prepared transaction" in msg.text and "prepared transaction" in body and "ROLLBACK PREPARED" in body
         assert labels(msg) == ["Acknowledge"]
         assert_escaped(msg)
-        pair.primary.sql(pgsql.SQL("ROLLBACK PREPARED {}").format(pgsql.Literal(gid)))
+        pair.primary.sql(pgsql.SQL("ROLLBACK PREPARED {}").format(pgsql.Literal(gid)), dbname="appdb")
         wait_resolved(fake, msg)
         fake.assert_clean()
 
