@@ -196,6 +196,8 @@ def test_xmin_horizon_names_the_oldest_holder_and_slots_age_from_first_seen():
     assert rules.xmin_horizon(snap(slots=[slot], taken_at=10.0), w, clock=clock) == []
     (later,) = rules.xmin_horizon(snap(slots=[slot], taken_at=3700.0), w, clock=clock)
     assert later.facts["oldest"]["type"] == "slot" and later.facts["oldest"]["secs"] == 3700.0
+    standby = HostSnapshot(**{**snap(prepared=[prepared]).__dict__, "in_recovery": True})
+    assert rules.xmin_horizon(standby, w) == [], "a standby's replayed prepared transaction is the primary's alert"
     old_backend = s(8, state="idle in transaction", xact_secs=4000, xmin_age=12)
     (b,) = rules.xmin_horizon(snap(old_backend), w)
     assert [x.pid for x in b.sessions] == [8]

@@ -240,7 +240,8 @@ def horizon_holders(snap: HostSnapshot, ignore: Sequence[IgnoreRule] = (), clock
         secs = s.xact_secs if s.xact_secs is not None else s.query_secs
         holders.append({"type": "backend", "secs": secs or 0.0, "xid_age": s.horizon_age, "key": s.key,
                         "session": s.facts(), "backend_type": s.backend_type})
-    for p in snap.prepared:
+    # a standby lists the primary's prepared transactions too (replayed): they are the primary's alert
+    for p in () if snap.in_recovery else snap.prepared:
         holders.append({"type": "prepared", "secs": p.get("secs") or 0.0, "xid_age": p.get("xid_age"),
                         "key": f"prepared:{p.get('gid')}", "gid": p.get("gid"), "owner": p.get("owner"),
                         "database": p.get("database")})
