@@ -234,6 +234,9 @@ def main() -> int:
             lag.run(record, ms)
         else:
             record("alert latency / check cycle", "skipped: bot/lagwatch has not landed (not in git)")
+        from bench import watch
+
+        watch.run(record, ms)
         after_rss = vmrss_kib(bot.pid)
         record(f"bot VmRSS, {N_ENVS} environments, idle", f"{idle_rss / 1024:.1f} MiB")
         record("bot VmRSS after the runs above", f"{after_rss / 1024:.1f} MiB")

@@ -191,7 +191,9 @@ def one_cycle(bot: BotUnderTest, keys: list[tuple[str, str]], timeout: float) ->
                 done[k] = now
         time.sleep(0.005)
     if len(done) < len(keys):
-        raise RuntimeError(f"{len(keys) - len(done)} checks not finished")
+        missing = sorted(set(keys) - set(done))
+        raise RuntimeError(f"{len(missing)} checks not finished: {missing[:5]} (leader: {w.is_leader()}; "
+                           f"their last check took {[round(w.last_check_secs.get(k, -1), 2) for k in missing[:5]]} s)")
     return max(done.values()) - scheduled
 
 

@@ -126,6 +126,9 @@ class HostSnapshot:
     prepared: tuple[dict, ...] = ()
     slots: tuple[dict, ...] = ()
     feedback: tuple[dict, ...] = ()
+    # client connections by application / user / state (top 5 each), read only while the share is crossed;
+    # None: count them from ``sessions`` (then every client session must be in it)
+    breakdown: dict | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -184,4 +187,5 @@ def snapshot_from_row(env: str, host: str, taken_at: float, row: dict, redact=No
         prepared=tuple(row.get("prepared") or ()),
         slots=tuple(row.get("slots") or ()),
         feedback=tuple(row.get("feedback") or ()),
+        breakdown=row.get("breakdown") or ({"app": [], "user": [], "state": []} if "breakdown" in row else None),
     )

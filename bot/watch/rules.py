@@ -193,9 +193,13 @@ def connections(snap: HostSnapshot, watch: Watch, ignore: Sequence[IgnoreRule] =
     if used * 100.0 < share * usable:
         return []
     clients = [s for s in snap.sessions if s.is_client]
-    by_app = Counter(s.application or "" for s in clients).most_common(TOP)
-    by_user = Counter(s.user or "" for s in clients).most_common(TOP)
-    by_state = Counter(s.state or "" for s in clients).most_common(TOP)
+    if snap.breakdown is not None:  # counted by the server (only the idle sessions travel)
+        by_app, by_user, by_state = ([(k or "", int(n)) for k, n in snap.breakdown.get(x) or []]
+                                     for x in ("app", "user", "state"))
+    else:
+        by_app = Counter(s.application or "" for s in clients).most_common(TOP)
+        by_user = Counter(s.user or "" for s in clients).most_common(TOP)
+        by_state = Counter(s.state or "" for s in clients).most_common(TOP)
     idle = [s for s in clients if s.state == "idle" and s.backend_start is not None and not ignored_session(ignore, s)]
     idle_by_app = Counter(s.application or "" for s in idle)
     bulk_app, bulk = None, ()

@@ -48,12 +48,25 @@ CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
 GONE_ERRORS = frozenset({"message_not_found", "channel_not_found", "cant_update_message", "is_archived"})
 
 
+def read_params(environment: Environment) -> dict:
+    """What ``watch_host.sql`` needs to send only the sessions a rule may look at."""
+    w = environment.watch
+    assert w is not None
+    return {
+        "query_chars": max(environment.listing.query_chars, 200),
+        "idle_tx_secs": w.idle_in_transaction,
+        "long_running_secs": w.long_running,
+        "xmin_secs": w.xmin_horizon,
+        "share": w.connections,
+    }
+
+
 def read_host(dbs, env: str, host: str) -> HostSnapshot:
     """One check's read of one host: one statement (see watch_host.sql)."""
     environment = dbs.config.environments[env]
     with dbs.connection(env, host, op="watch") as conn:
         with conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(query("watch_host"), {"query_chars": max(environment.listing.query_chars, 200)})
+            cur.execute(query("watch_host"), read_params(environment))
             row = cur.fetchone()
     return snapshot_from_row(env, host, time.time(), row, redact if environment.redact_queries else None)
 

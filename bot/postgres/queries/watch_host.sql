@@ -7,7 +7,12 @@
 --   held      the granted locks of blockers on the objects a waiter waits for (what the root holds)
 --   prepared  prepared transactions (gid, owner, age); slots: replication slots holding xmin or
 --             catalog_xmin, with the WAL they retain; feedback: standbys' hot_standby_feedback xmin
--- Parameters: query_chars (int).
+-- Only the sessions some rule may need travel to the bot (a superset: the rules in bot/watch/rules.py
+-- decide, after the ignore rules): Lock waiters and their blockers, sessions idle in transaction or
+-- active past the thresholds, xmin holders older than the horizon threshold, and the idle sessions only
+-- while the connection share is crossed. With 1000 idle sessions a quiet check returns none of them.
+-- Parameters: query_chars (int); idle_tx_secs, long_running_secs, xmin_secs (float8, NULL: that kind is
+-- off); share (float8 percent, NULL: off).
 WITH me AS (
     SELECT pg_backend_pid() AS pid,
            coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false) AS is_super,
@@ -56,12 +61,36 @@ held AS (
        AND g.objid IS NOT DISTINCT FROM w.objid
        AND g.objsubid IS NOT DISTINCT FROM w.objsubid
 ),
+usage AS (
+    SELECT count(*) FILTER (WHERE backend_type = 'client backend')::int AS clients,
+           current_setting('max_connections')::int
+               - current_setting('superuser_reserved_connections')::int AS usable
+      FROM pg_stat_activity
+),
+over AS (
+    SELECT %(share)s::float8 IS NOT NULL AND clients * 100.0 >= %(share)s::float8 * greatest(usable, 1) AS crossed
+      FROM usage
+),
+blockers AS (
+    SELECT DISTINCT unnest(blocked_by) AS pid FROM act WHERE wait_event_type = 'Lock'
+),
+kept AS (
+    SELECT act.*
+      FROM act
+     WHERE act.wait_event_type = 'Lock'
+        OR act.pid IN (SELECT pid FROM blockers)
+        OR (act.state LIKE 'idle in transaction%%' AND act.state_secs >= %(idle_tx_secs)s::float8)
+        OR (act.state = 'active' AND act.query_secs >= %(long_running_secs)s::float8)
+        OR ((act.xmin_age IS NOT NULL OR act.xid_age IS NOT NULL)
+            AND coalesce(act.xact_secs, act.query_secs, 0) >= %(xmin_secs)s::float8)
+        OR ((SELECT crossed FROM over) AND act.state = 'idle' AND act.backend_type = 'client backend')
+),
 rows AS (
     SELECT act.*, w.mode AS wait_mode, w.locktype AS wait_locktype, w.relname AS wait_relation,
            w.wait_secs,
            coalesce(r.rolsuper, false) AS is_superuser,
            pg_has_role(current_user, act.usesysid, 'USAGE') AS bot_has_privs
-      FROM act
+      FROM kept act
       LEFT JOIN LATERAL (SELECT * FROM waits WHERE waits.pid = act.pid LIMIT 1) w ON true
       LEFT JOIN pg_roles r ON r.oid = act.usesysid
 )
@@ -70,8 +99,19 @@ SELECT current_setting('max_connections')::int                 AS max_connection
        pg_is_in_recovery()                                      AS in_recovery,
        me.is_super                                              AS bot_is_super,
        me.can_signal                                            AS bot_can_signal,
-       (SELECT count(*) FROM pg_stat_activity
-         WHERE backend_type = 'client backend')::int            AS client_connections,
+       (SELECT clients FROM usage)                              AS client_connections,
+       (SELECT crossed FROM over)                               AS share_crossed,
+       CASE WHEN (SELECT crossed FROM over) THEN json_build_object(
+           'app', (SELECT json_agg(json_build_array(k, n)) FROM (
+               SELECT application_name AS k, count(*) AS n FROM act WHERE backend_type = 'client backend'
+                GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 5) x),
+           'user', (SELECT json_agg(json_build_array(k, n)) FROM (
+               SELECT usename AS k, count(*) AS n FROM act WHERE backend_type = 'client backend'
+                GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 5) x),
+           'state', (SELECT json_agg(json_build_array(k, n)) FROM (
+               SELECT state AS k, count(*) AS n FROM act WHERE backend_type = 'client backend'
+                GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 5) x))
+       END                                                      AS breakdown,
        coalesce((SELECT json_agg(rows) FROM rows), '[]'::json)  AS sessions,
        coalesce((SELECT json_agg(held) FROM held), '[]'::json)  AS held,
        coalesce((SELECT json_agg(p) FROM (
