@@ -58,6 +58,7 @@ def read_params(environment: Environment) -> dict:
         "long_running_secs": w.long_running,
         "xmin_secs": w.xmin_horizon,
         "share": w.connections,
+        "locks": w.lock_pileup is not None,
     }
 
 
@@ -95,6 +96,9 @@ class Watcher:
         self.incidents = WatchIncidents(rt.store, self.holder)
         self._valid_until = 0.0
         self._hosts: dict[tuple[str, str], HostState] = {}
+        # hosts with an open incident, read from the store when this instance becomes the leader and kept
+        # while it leads (only the leader opens and resolves): a quiet host costs no state-store read
+        self._open_hosts: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self.update_every = rules.UPDATE_EVERY
@@ -147,12 +151,18 @@ class Watcher:
         if self._stopped.is_set():
             return
         if held:
-            self._valid_until = started + self.lease_ttl * 0.8
             if not was:
+                # what is open first, then checks may run (a check skips the store for a quiet host)
                 log.info("watch: this instance now runs the session checks (%s)", self.holder)
+                self._close_unwatched()
+                try:
+                    hosts = {(i.env, i.host) for i in self.incidents.open_list()}
+                except Exception:  # noqa: BLE001 - read them at every check until the store answers
+                    hosts = {(e, h) for e, env in self.envs.items() for h in env.hosts()}
                 with self._lock:
                     self._hosts.clear()
-                self._close_unwatched()
+                    self._open_hosts = hosts
+            self._valid_until = started + self.lease_ttl * 0.8
         else:
             self._valid_until = 0.0
             if was:
@@ -217,12 +227,16 @@ class Watcher:
         assert w is not None
         found = rules.conditions(snap, w, environment.ignore, max_bulk=environment.access.max_bulk, clock=st.clock)
         streaks = st.streaks.advance(found)
+        key = (snap.env, snap.host)
+        if not found and key not in self._open_hosts:
+            return  # nothing true and nothing open here (known since this instance became the leader)
         open_incs = self.incidents.open_list(snap.env, snap.host)
         views = [self._view(i) for i in open_incs]
         by_id = {i.id: i for i in open_incs}
         now = time.time()
-        for d in rules.decide(found, streaks, views, now=now, consecutive=w.consecutive,
-                              remind_every=w.remind_every, update_every=self.update_every):
+        decisions = rules.decide(found, streaks, views, now=now, consecutive=w.consecutive,
+                                 remind_every=w.remind_every, update_every=self.update_every)
+        for d in decisions:
             inc = by_id.get(d.incident.id) if d.incident else None
             if d.action == "open":
                 self._open(snap, d.condition, w)  # type: ignore[arg-type]
@@ -232,6 +246,11 @@ class Watcher:
                 self._remind(inc, d.condition, now)  # type: ignore[arg-type]
             elif d.action == "resolve" and inc is not None:
                 self._resolve(inc)
+        with self._lock:
+            if any(d.action == "open" for d in decisions) or self.incidents.open_list(snap.env, snap.host):
+                self._open_hosts.add(key)
+            else:
+                self._open_hosts.discard(key)
 
     @staticmethod
     def _view(inc: Incident) -> rules.OpenIncident:

@@ -12,7 +12,7 @@
 -- active past the thresholds, xmin holders older than the horizon threshold, and the idle sessions only
 -- while the connection share is crossed. With 1000 idle sessions a quiet check returns none of them.
 -- Parameters: query_chars (int); idle_tx_secs, long_running_secs, xmin_secs (float8, NULL: that kind is
--- off); share (float8 percent, NULL: off).
+-- off); share (float8 percent, NULL: off); locks (boolean: lock pile-ups are watched).
 WITH me AS (
     SELECT pg_backend_pid() AS pid,
            coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false) AS is_super,
@@ -22,7 +22,8 @@ act AS MATERIALIZED (
     SELECT a.pid, a.backend_start, a.backend_type, a.usename, a.usesysid, a.datname, a.application_name,
            host(a.client_addr) AS client_addr, a.state, a.wait_event_type, a.wait_event,
            left(a.query, %(query_chars)s) AS query, a.state_change,
-           CASE WHEN a.wait_event_type = 'Lock' THEN pg_blocking_pids(a.pid) ELSE '{}'::int[] END AS blocked_by,
+           CASE WHEN %(locks)s AND a.wait_event_type = 'Lock' THEN pg_blocking_pids(a.pid) ELSE '{}'::int[] END
+               AS blocked_by,
            extract(epoch FROM now() - a.query_start)::float8  AS query_secs,
            extract(epoch FROM now() - a.xact_start)::float8   AS xact_secs,
            extract(epoch FROM now() - a.state_change)::float8 AS state_secs,
@@ -43,6 +44,7 @@ waits AS MATERIALIZED (
            END AS relname
       FROM pg_locks l
      WHERE NOT l.granted
+       AND %(locks)s
        AND EXISTS (SELECT 1 FROM act WHERE act.wait_event_type = 'Lock')
 ),
 held AS (
@@ -77,8 +79,8 @@ blockers AS (
 kept AS (
     SELECT act.*
       FROM act
-     WHERE act.wait_event_type = 'Lock'
-        OR act.pid IN (SELECT pid FROM blockers)
+     WHERE (%(locks)s AND act.wait_event_type = 'Lock')
+        OR (%(locks)s AND act.pid IN (SELECT pid FROM blockers))
         OR (act.state LIKE 'idle in transaction%%' AND act.state_secs >= %(idle_tx_secs)s::float8)
         OR (act.state = 'active' AND act.query_secs >= %(long_running_secs)s::float8)
         OR ((act.xmin_age IS NOT NULL OR act.xid_age IS NOT NULL)
