@@ -502,3 +502,44 @@ def test_lag_watcher_leaves_watch_incidents_alone(pair, fake):
         assert not current(fake, msg).text.startswith(("Closed", "Resolved"))
         holder.close()
         wait_resolved(fake, msg)
+
+
+# --- host alerts: lag alerts join the machinery --------------------------------------------------------
+
+
+def test_a_standby_whose_wal_receiver_stops_gets_an_alert_on_the_lag_channel_and_it_resolves(pair, fake):
+    conninfo = pair.standby.sql("SHOW primary_conninfo")[0][0]
+    cfg = config(pair)
+    cfg["environments"]["prod"]["lag_alert"] = {"channel": "C0LAGCHAN", "check_every": "1s", "consecutive": 2}
+    with BotUnderTest(cfg, fake, scheduler=True) as bot:
+        wait_checks(bot, 1, host="replica1")
+        pair.standby.sql("ALTER SYSTEM SET primary_conninfo = ''")
+        pair.standby.sql("SELECT pg_reload_conf()")
+        try:
+            msg = wait_until(lambda: next((m for m in fake.messages_in("C0LAGCHAN") if not m.thread_ts
+                                           and "WAL receiver not streaming on prod / replica1" in m.text), None),
+                             ALERT_WITHIN + 5, "the WAL receiver alert\n" + fake.summary())
+            assert labels(msg) == ["Acknowledge"]
+        finally:
+            pair.standby.sql(pgsql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(pgsql.Literal(conninfo)))
+            pair.standby.sql("SELECT pg_reload_conf()")
+        pair.wait_streaming(timeout=20)
+        done = wait_resolved(fake, msg, timeout=20)
+        assert "cleared by itself" in done.text
+        assert "password" not in json.dumps([c.params for c in fake.calls])
+
+
+def test_an_unreachable_primary_gets_one_alert_without_secrets(pair, fake):
+    from tests.harness.lag import closed_port
+
+    cfg = config(pair, idle_in_transaction="1s")
+    cfg["environments"]["prod"]["dsn"] = (f"host=127.0.0.1 port={closed_port()} dbname=postgres user=pgsessions_bot "
+                                          "password=s3cret-never-shown")
+    with BotUnderTest(cfg, fake, scheduler=True) as bot:
+        msg = wait_alert(fake, "Unreachable: prod primary")
+        assert "connection refused" in msg.text or "could not connect" in msg.text, msg.text
+        wait_checks(bot, CONSECUTIVE + 2)
+        assert len(alerts(fake, "Unreachable")) == 1
+        every = json.dumps([c.params for c in fake.calls])
+        assert "s3cret-never-shown" not in every
+        assert not alerts(fake, "WAL receiver"), "the standby streams"

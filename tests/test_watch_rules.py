@@ -12,9 +12,11 @@ from bot.render.watch import render_alert, render_reminder, render_resolved
 from bot.watch import rules
 from bot.watch.model import (
     CONNECTIONS,
+    HOST_UNREACHABLE,
     IDLE_TX,
     LOCK_PILEUP,
     LONG_RUNNING,
+    WAL_RECEIVER,
     XMIN_HORIZON,
     Held,
     HostSnapshot,
@@ -203,6 +205,35 @@ def test_xmin_horizon_names_the_oldest_holder_and_slots_age_from_first_seen():
     assert [x.pid for x in b.sessions] == [8]
 
 
+# --- host alerts (lag alerts join the machinery) -------------------------------------------------
+
+
+def test_a_standby_that_does_not_stream_is_a_condition_and_a_primary_never_is():
+    base = snap()
+    standby = HostSnapshot(**{**base.__dict__, "in_recovery": True, "receiver_status": None})
+    (c,) = rules.wal_receiver(standby)
+    assert c.kind == WAL_RECEIVER and c.facts["status"] == "not running"
+    assert rules.wal_receiver(HostSnapshot(**{**standby.__dict__, "receiver_status": "streaming"})) == []
+    waiting = HostSnapshot(**{**standby.__dict__, "receiver_status": "waiting", "receiver_silent_secs": 40.0})
+    assert rules.wal_receiver(waiting)[0].facts == {"status": "waiting", "silent_secs": 40.0}
+    assert rules.wal_receiver(base) == []
+
+
+def test_lag_only_environments_get_host_alerts_on_the_lag_channel_and_standbys_are_left_to_the_lag_watcher():
+    cfg = parse_config({"environments": {
+        "lagonly": {"dsn": "host=x", "standbys": {"r1": "host=y"},
+                    "lag_alert": {"channel": "C0LAG", "check_every": "5s", "consecutive": 3}},
+        "watchonly": {"dsn": "host=x", "standbys": {"r1": "host=y"}, "watch": {"channel": "C0W"}},
+        "none": {"dsn": "host=x"}}})
+    envs = cfg.environments
+    lag_w = rules.effective_watch(envs["lagonly"])
+    assert (lag_w.channel, lag_w.check_every, lag_w.consecutive, lag_w.idle_in_transaction) == ("C0LAG", 5.0, 3, None)
+    assert rules.effective_watch(envs["none"]) is None
+    assert rules.host_alert_channel(envs["lagonly"]) == "C0LAG" and rules.host_alert_channel(envs["watchonly"]) == "C0W"
+    assert rules.alerts_unreachable(envs["lagonly"], "primary") and not rules.alerts_unreachable(envs["lagonly"], "r1")
+    assert rules.alerts_unreachable(envs["watchonly"], "r1")
+
+
 # --- consecutive checks and decisions ---------------------------------------------------------------
 
 
@@ -279,15 +310,18 @@ def rendered_conditions():
     slots = [{"slot_name": HOSTILE, "slot_type": "physical", "active": True, "xmin": "5", "catalog_xmin": None,
               "xid_age": 5, "retained_bytes": 10.0}]
     feedback = [{"application_name": HOSTILE, "client_addr": "10.0.0.2", "xmin": "7", "xid_age": 4}]
-    return rules.conditions(snap(*sessions, held=[Held(1, "RowExclusiveLock", "relation", HOSTILE)],
-                                 prepared=prepared, slots=slots, feedback=feedback), w)
+    found = rules.conditions(snap(*sessions, held=[Held(1, "RowExclusiveLock", "relation", HOSTILE)],
+                                  prepared=prepared, slots=slots, feedback=feedback), w)
+    standby = HostSnapshot(**{**snap().__dict__, "in_recovery": True, "receiver_status": HOSTILE})
+    return [*found, *rules.wal_receiver(standby), rules.unreachable("could not connect: " + HOSTILE, 3)]
 
 
 def _dump(msg) -> str:
     return msg["text"] + json.dumps(msg["blocks"], ensure_ascii=False)
 
 
-@pytest.mark.parametrize("kind", [LOCK_PILEUP, IDLE_TX, LONG_RUNNING, CONNECTIONS, XMIN_HORIZON])
+@pytest.mark.parametrize("kind", [LOCK_PILEUP, IDLE_TX, LONG_RUNNING, CONNECTIONS, XMIN_HORIZON, WAL_RECEIVER,
+                                  HOST_UNREACHABLE])
 def test_every_alert_fits_slack_and_shows_hostile_names_inert(kind):
     c = next(c for c in rendered_conditions() if c.kind == kind)
     tokens = {x.pid: f"tok{x.pid}" for x in c.sessions}

@@ -28,7 +28,15 @@ from bot.render.common import (
     section,
     slack_time,
 )
-from bot.watch.model import CONNECTIONS, IDLE_TX, LOCK_PILEUP, LONG_RUNNING, XMIN_HORIZON
+from bot.watch.model import (
+    CONNECTIONS,
+    HOST_UNREACHABLE,
+    IDLE_TX,
+    LOCK_PILEUP,
+    LONG_RUNNING,
+    WAL_RECEIVER,
+    XMIN_HORIZON,
+)
 
 ACK_PREFIX = "pgs_watch"
 ACK = "ack"
@@ -40,6 +48,8 @@ EMOJI = {
     LONG_RUNNING: ":turtle:",
     CONNECTIONS: ":electric_plug:",
     XMIN_HORIZON: ":broom:",
+    WAL_RECEIVER: ":satellite_antenna:",
+    HOST_UNREACHABLE: ":rotating_light:",
 }
 TITLE = {
     LOCK_PILEUP: "Lock pile-up",
@@ -47,6 +57,8 @@ TITLE = {
     LONG_RUNNING: "Long-running queries",
     CONNECTIONS: "Connections almost exhausted",
     XMIN_HORIZON: "xmin horizon held back",
+    WAL_RECEIVER: "WAL receiver not streaming",
+    HOST_UNREACHABLE: "Unreachable",
 }
 
 
@@ -123,6 +135,10 @@ def _title(kind: str, env: str, host: str, facts: Mapping) -> str:
     if kind == XMIN_HORIZON:
         o = facts["oldest"]
         return f"xmin horizon on {w} held for {format_duration(o.get('secs'))} by a {HOLDER_WORD.get(o['type'], o['type'])}"
+    if kind == WAL_RECEIVER:
+        return f"WAL receiver not streaming on {w}"
+    if kind == HOST_UNREACHABLE:
+        return f"Unreachable: {w}" + (" primary" if host == "primary" else "")
     return f"{kind} on {w}"
 
 
@@ -276,6 +292,17 @@ def render_alert(
         body = _sessions_blocks(kind, facts, tokens, kill_disabled, query_chars)
     elif kind == CONNECTIONS:
         body = _connections_blocks(facts, bulk_token, bulk_sessions, kill_disabled)
+    elif kind == WAL_RECEIVER:
+        silent = facts.get("silent_secs")
+        body = [section(
+            f"{EMOJI[WAL_RECEIVER]} The standby's WAL receiver is *{esc(facts.get('status') or 'not running')}*"
+            + (f" (last message from the primary {format_duration(silent)} ago)" if silent is not None else "")
+            + ": it receives no WAL, so it falls behind without ever showing replay lag. Check "
+            "`primary_conninfo`, the replication slot and the primary's `pg_stat_replication`.")]
+    elif kind == HOST_UNREACHABLE:
+        body = [section(f"{EMOJI[HOST_UNREACHABLE]} The bot cannot read this server: {esc(facts.get('reason') or '?')}"
+                        f" ({_plural(int(facts.get('failures') or 0), 'check')} in a row). No session alert can fire "
+                        "for it until it answers.")]
     else:
         body = _xmin_blocks(facts, tokens, kill_disabled, query_chars)
     tail = []
@@ -304,6 +331,10 @@ def _summary(kind: str, f: Mapping) -> str:
         return ", ".join(f"pid {s['pid']} (app {esc(s.get('application') or '–')})" for s in (f.get("sessions") or [])[:5])
     if kind == CONNECTIONS:
         return "most connections: " + ", ".join(f"{esc(k or '–')} {v}" for k, v in f["by_app"][:3])
+    if kind == WAL_RECEIVER:
+        return f"status {esc(f.get('status') or 'not running')}"
+    if kind == HOST_UNREACHABLE:
+        return esc(f.get("reason") or "?")
     if kind == XMIN_HORIZON:
         o = f["oldest"]
         name = {"backend": lambda: f"pid {o['session']['pid']} (app {esc(o['session'].get('application') or '–')})",

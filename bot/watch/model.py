@@ -14,7 +14,9 @@ IDLE_TX = "idle_in_tx"
 LONG_RUNNING = "long_running"
 CONNECTIONS = "connections"
 XMIN_HORIZON = "xmin_horizon"
-KINDS = (LOCK_PILEUP, IDLE_TX, LONG_RUNNING, CONNECTIONS, XMIN_HORIZON)
+WAL_RECEIVER = "wal_receiver"  # a standby that does not stream (never "behind", so no lag alert)
+HOST_UNREACHABLE = "host_unreachable"  # a primary (or a standby no lag watcher checks) that cannot be read
+KINDS = (LOCK_PILEUP, IDLE_TX, LONG_RUNNING, CONNECTIONS, XMIN_HORIZON, WAL_RECEIVER, HOST_UNREACHABLE)
 
 
 def _dt(value: Any) -> datetime | None:
@@ -129,6 +131,8 @@ class HostSnapshot:
     # client connections by application / user / state (top 5 each), read only while the share is crossed;
     # None: count them from ``sessions`` (then every client session must be in it)
     breakdown: dict | None = None
+    receiver_status: str | None = None  # pg_stat_wal_receiver.status on a standby (None: no receiver)
+    receiver_silent_secs: float | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -187,5 +191,7 @@ def snapshot_from_row(env: str, host: str, taken_at: float, row: dict, redact=No
         prepared=tuple(row.get("prepared") or ()),
         slots=tuple(row.get("slots") or ()),
         feedback=tuple(row.get("feedback") or ()),
+        receiver_status=row.get("receiver_status"),
+        receiver_silent_secs=row.get("receiver_silent_secs"),
         breakdown=row.get("breakdown") or ({"app": [], "user": [], "state": []} if "breakdown" in row else None),
     )

@@ -19,12 +19,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 
-from bot.config import IgnoreRule, Watch
+from bot.config import Environment, IgnoreRule, Watch
 from bot.watch.model import (
     CONNECTIONS,
+    HOST_UNREACHABLE,
     IDLE_TX,
     LOCK_PILEUP,
     LONG_RUNNING,
+    WAL_RECEIVER,
     XMIN_HORIZON,
     HostSnapshot,
     WatchSession,
@@ -287,10 +289,49 @@ def xmin_horizon(snap: HostSnapshot, watch: Watch, ignore: Sequence[IgnoreRule] 
     return [Condition(XMIN_HORIZON, "", facts, tuple(sessions))]
 
 
+def wal_receiver(snap: HostSnapshot) -> list[Condition]:
+    """A standby whose WAL receiver is not streaming receives nothing: it is never "behind", so the lag
+    alert never fires for it."""
+    if not snap.in_recovery or snap.receiver_status == "streaming":
+        return []
+    facts = {"status": snap.receiver_status or "not running", "silent_secs": snap.receiver_silent_secs}
+    return [Condition(WAL_RECEIVER, "", facts)]
+
+
+def unreachable(reason: str, failures: int) -> Condition:
+    return Condition(HOST_UNREACHABLE, "", {"reason": reason, "failures": failures})
+
+
+def effective_watch(environment: Environment) -> Watch | None:
+    """What the watch checks for an environment: its ``watch``, or for one with only ``lag_alert`` the
+    host alerts (WAL receiver, unreachable primary) on the lag alert's channel and cadence."""
+    if environment.watch is not None:
+        return environment.watch
+    lag = environment.lag_alert
+    if lag is None:
+        return None
+    return Watch(channel=lag.channel, check_every=lag.check_every, consecutive=lag.consecutive,
+                 remind_every=lag.remind_every)
+
+
+def host_alert_channel(environment: Environment) -> str:
+    """Host alerts join the lag alerts' channel when there is one."""
+    if environment.lag_alert is not None:
+        return environment.lag_alert.channel
+    assert environment.watch is not None
+    return environment.watch.channel
+
+
+def alerts_unreachable(environment: Environment, host: str) -> bool:
+    """The primary always; a standby only when no lag watcher checks it (it has its own unreachable alert)."""
+    return host == "primary" or environment.lag_alert is None
+
+
 def conditions(snap: HostSnapshot, watch: Watch, ignore: Sequence[IgnoreRule] = (), *, max_bulk: int = 500,
                clock: HorizonClock | None = None) -> list[Condition]:
     """Every condition over its threshold on this host now (one read serves every kind)."""
     return [
+        *wal_receiver(snap),
         *lock_pileups(snap, watch, ignore),
         *idle_in_transaction(snap, watch, ignore),
         *long_running(snap, watch, ignore),

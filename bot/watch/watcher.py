@@ -40,7 +40,15 @@ from bot.postgres.sql import query
 from bot.render import watch as render
 from bot.watch import rules
 from bot.watch.incidents import LEASE_NAME, WatchIncidents
-from bot.watch.model import CONNECTIONS, LOCK_PILEUP, HostSnapshot, iso, snapshot_from_row
+from bot.watch.model import (
+    CONNECTIONS,
+    HOST_UNREACHABLE,
+    LOCK_PILEUP,
+    WAL_RECEIVER,
+    HostSnapshot,
+    iso,
+    snapshot_from_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +58,7 @@ GONE_ERRORS = frozenset({"message_not_found", "channel_not_found", "cant_update_
 
 def read_params(environment: Environment) -> dict:
     """What ``watch_host.sql`` needs to send only the sessions a rule may look at."""
-    w = environment.watch
+    w = rules.effective_watch(environment)
     assert w is not None
     return {
         "query_chars": max(environment.listing.query_chars, 200),
@@ -82,6 +90,7 @@ class HostState:
     def __init__(self) -> None:
         self.streaks = rules.Streaks()
         self.clock = rules.HorizonClock()
+        self.failures = 0
         self.lock = threading.Lock()
 
 
@@ -89,8 +98,15 @@ class Watcher:
     def __init__(self, rt):
         self.rt = rt
         self.holder = f"{rt.instance_id}:{secrets.token_hex(4)}"
-        self.envs: dict[str, Environment] = {n: e for n, e in rt.config.environments.items() if e.watch is not None}
-        self.min_every = min((e.watch.check_every for e in self.envs.values()), default=30.0)  # type: ignore[union-attr]
+        # environments with ``watch``, and those with only ``lag_alert`` (their host alerts: WAL receiver,
+        # unreachable primary)
+        self.watches: dict[str, Watch] = {}
+        for n, e in rt.config.environments.items():
+            w = rules.effective_watch(e)
+            if w is not None:
+                self.watches[n] = w
+        self.envs: dict[str, Environment] = {n: rt.config.environments[n] for n in self.watches}
+        self.min_every = min((w.check_every for w in self.watches.values()), default=30.0)
         self.lease_ttl = 1.5 * self.min_every
         self.renew_every = self.min_every / 2
         self.incidents = WatchIncidents(rt.store, self.holder)
@@ -114,7 +130,7 @@ class Watcher:
         sched.add_job(self.renew_lease, "interval", seconds=self.renew_every, id="watch:lease",
                       name="watch leader lease", next_run_time=now, replace_existing=True)
         for env, e in self.envs.items():
-            every = e.watch.check_every  # type: ignore[union-attr]
+            every = self.watches[env].check_every
             for host in e.hosts():
                 sched.add_job(self.check, "interval", seconds=every, args=[env, host], id=f"watch:check:{env}:{host}",
                               name=f"watch {env}/{host}", next_run_time=now + timedelta(seconds=min(0.5, every)),
@@ -173,7 +189,7 @@ class Watcher:
         try:
             for inc in self.incidents.open_list():
                 e = self.envs.get(inc.env)
-                if e is not None and inc.host in e.hosts() and self._kind_on(e.watch, inc.kind):  # type: ignore[arg-type]
+                if e is not None and inc.host in e.hosts() and self._kind_on(self.watches[inc.env], inc.kind):
                     continue
                 if self.incidents.resolve(inc, {**inc.payload, "closed": "not watched any more"}) and inc.message_ts:
                     msg = render.render_closed(inc.kind, inc.env, inc.host, "no longer watched (removed from the configuration)")
@@ -186,7 +202,7 @@ class Watcher:
         return {
             "lock_pileup": w.lock_pileup is not None, "idle_in_tx": w.idle_in_transaction is not None,
             "long_running": w.long_running is not None, "connections": w.connections is not None,
-            "xmin_horizon": w.xmin_horizon is not None,
+            "xmin_horizon": w.xmin_horizon is not None, "wal_receiver": True, "host_unreachable": True,
         }.get(kind, False)
 
     # --- one check ----------------------------------------------------------------------------------
@@ -208,6 +224,8 @@ class Watcher:
             except DatabaseUnavailable as exc:
                 CHECK_FAILURES.labels(env, host).inc()
                 log.warning("watch: cannot check %s/%s: %s", env, host, exc.reason)
+                if self.is_leader() and rules.alerts_unreachable(self.envs[env], host):
+                    self.on_failure(env, host, exc.reason, st)
                 return
             if self.is_leader():
                 self.on_snapshot(snap, st)
@@ -223,8 +241,8 @@ class Watcher:
 
     def on_snapshot(self, snap: HostSnapshot, st: HostState) -> None:
         environment = self.envs[snap.env]
-        w = environment.watch
-        assert w is not None
+        w = self.watches[snap.env]
+        st.failures = 0
         found = rules.conditions(snap, w, environment.ignore, max_bulk=environment.access.max_bulk, clock=st.clock)
         streaks = st.streaks.advance(found)
         key = (snap.env, snap.host)
@@ -251,6 +269,33 @@ class Watcher:
                 self._open_hosts.add(key)
             else:
                 self._open_hosts.discard(key)
+
+    def _channel(self, env: str, kind: str) -> str:
+        if kind in (WAL_RECEIVER, HOST_UNREACHABLE):
+            return rules.host_alert_channel(self.envs[env])
+        return self.watches[env].channel
+
+    def on_failure(self, env: str, host: str, reason: str, st: HostState) -> None:
+        """A failed read: only the unreachable incident moves (nothing else is known, nothing resolves)."""
+        w = self.watches[env]
+        st.failures += 1
+        cond = rules.unreachable(reason, st.failures)
+        streaks = st.streaks.advance([cond])
+        open_incs = [i for i in self.incidents.open_list(env, host) if i.kind == HOST_UNREACHABLE]
+        by_id = {i.id: i for i in open_incs}
+        snap = HostSnapshot(env=env, host=host, taken_at=time.time(), in_recovery=False, max_connections=0,
+                            superuser_reserved=0, client_connections=0, sessions=())
+        for d in rules.decide([cond], streaks, [self._view(i) for i in open_incs], now=time.time(),
+                              consecutive=w.consecutive, remind_every=w.remind_every, update_every=self.update_every):
+            inc = by_id.get(d.incident.id) if d.incident else None
+            if d.action == "open":
+                self._open(snap, cond, w)
+            elif d.action == "update" and inc is not None:
+                self._update(snap, inc, cond, w)
+            elif d.action == "remind" and inc is not None:
+                self._remind(inc, cond, time.time())
+        with self._lock:
+            self._open_hosts.add((env, host))
 
     @staticmethod
     def _view(inc: Incident) -> rules.OpenIncident:
@@ -313,8 +358,7 @@ class Watcher:
 
     def _message(self, inc: Incident, cond: rules.Condition, channel: str | None) -> tuple[dict, dict]:
         environment = self.envs[inc.env]
-        w = environment.watch
-        assert w is not None
+        w = self.watches[inc.env]
         tokens, known = self._tokens(inc, cond, channel) if channel else ({}, dict(inc.payload.get("tokens") or {}))
         bulk_token, bulk_sessions, bulk = self._bulk(inc, cond, channel) if channel else (None, [], {})
         ack = inc.payload.get("ack")
@@ -336,7 +380,8 @@ class Watcher:
     # --- decisions ----------------------------------------------------------------------------------
 
     def _open(self, snap: HostSnapshot, cond: rules.Condition, w: Watch) -> None:
-        inc = self.incidents.create_keyed(snap.env, snap.host, cond.kind, cond.key, w.channel, {"facts": cond.facts})
+        inc = self.incidents.create_keyed(snap.env, snap.host, cond.kind, cond.key, self._channel(snap.env, cond.kind),
+                                          {"facts": cond.facts})
         if inc is None:
             return
         log.warning("watch: %s on %s/%s opened (%s)", cond.kind, snap.env, snap.host, cond.key or "-")
@@ -344,7 +389,7 @@ class Watcher:
 
     def _post(self, inc: Incident, cond: rules.Condition, w: Watch) -> None:
         now = time.time()
-        channel = w.channel
+        channel = self._channel(inc.env, inc.kind)
         known_id = CHANNEL_ID.match(channel) is not None
         msg, payload = self._message(inc, cond, channel if known_id else None)
         resp = self._slack("chat_postMessage", inc, channel=channel, **msg)

@@ -99,6 +99,9 @@ rows AS (
 SELECT current_setting('max_connections')::int                 AS max_connections,
        current_setting('superuser_reserved_connections')::int   AS superuser_reserved,
        pg_is_in_recovery()                                      AS in_recovery,
+       (SELECT status FROM pg_stat_wal_receiver)                AS receiver_status,
+       (SELECT extract(epoch FROM now() - last_msg_receipt_time)::float8
+          FROM pg_stat_wal_receiver)                            AS receiver_silent_secs,
        me.is_super                                              AS bot_is_super,
        me.can_signal                                            AS bot_can_signal,
        (SELECT clients FROM usage)                              AS client_connections,
