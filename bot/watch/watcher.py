@@ -129,9 +129,9 @@ class Watcher:
         now = datetime.now(UTC)
         sched.add_job(self.renew_lease, "interval", seconds=self.renew_every, id="watch:lease",
                       name="watch leader lease", next_run_time=now, replace_existing=True)
-        for env, e in self.envs.items():
+        for env in self.envs:
             every = self.watches[env].check_every
-            for host in e.hosts():
+            for host in self.hosts(env):
                 sched.add_job(self.check, "interval", seconds=every, args=[env, host], id=f"watch:check:{env}:{host}",
                               name=f"watch {env}/{host}", next_run_time=now + timedelta(seconds=min(0.5, every)),
                               replace_existing=True)
@@ -174,7 +174,7 @@ class Watcher:
                 try:
                     hosts = {(i.env, i.host) for i in self.incidents.open_list()}
                 except Exception:  # noqa: BLE001 - read them at every check until the store answers
-                    hosts = {(e, h) for e, env in self.envs.items() for h in env.hosts()}
+                    hosts = {(e, h) for e in self.envs for h in self.hosts(e)}
                 with self._lock:
                     self._hosts.clear()
                     self._open_hosts = hosts
@@ -269,6 +269,13 @@ class Watcher:
                 self._open_hosts.add(key)
             else:
                 self._open_hosts.discard(key)
+
+    def hosts(self, env: str) -> list[str]:
+        """The hosts checked: all of an environment with ``watch``; only the primary of one with just
+        ``lag_alert`` (the lag watcher reads its standbys; a second reader of a failing standby would
+        blur the reason its unreachable alert gives)."""
+        e = self.envs[env]
+        return list(e.hosts()) if e.watch is not None else ["primary"]
 
     def _channel(self, env: str, kind: str) -> str:
         if kind in (WAL_RECEIVER, HOST_UNREACHABLE):
