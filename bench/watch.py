@@ -221,6 +221,7 @@ def watch_cycle(pair: ClusterPair, fake: FakeSlack, record, ms) -> None:
         keys = [(e, h) for e in envs for h in ("primary", "replica1")]
         n = pair.primary.sql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")[0][0]
         rss_before = vmrss_kib()
+        calls_before = len(fake.calls)
         with BotUnderTest(cfg, fake, scheduler=True) as bot:
             w = bot.rt.extensions["watch"]
             wait_until(lambda: all(w.checks.get(k, 0) >= 1 for k in keys), CYCLE_EVERY * 3 + 20, "the first cycle")
@@ -233,7 +234,8 @@ def watch_cycle(pair: ClusterPair, fake: FakeSlack, record, ms) -> None:
                 cpu.append(time.process_time() - t0)
             rss = vmrss_kib()
             per_check = statistics.median(w.last_check_secs.values())
-            alerts = sum(1 for c in fake.calls if c.method == "chat.postMessage" and "Lock pile-up" in str(c.params.get("text")))
+            alerts = sum(1 for c in fake.calls[calls_before:]
+                         if c.method == "chat.postMessage" and "Lock pile-up" in str(c.params.get("text")))
     finally:
         holders.stdin.close()  # type: ignore[union-attr]
         holders.wait(30)

@@ -1,7 +1,7 @@
 -- One watch check of one host (issue 14): ONE statement, ONE pg_stat_activity read, every alert kind.
 --
 -- Returns one row: the server's facts plus JSON arrays (timestamps keep their microseconds):
---   sessions  every backend but the bot's own connections; pg_blocking_pids() and the lock waited
+--   sessions  backends (never the bot's own connections); pg_blocking_pids() and the lock waited
 --             for (pg_locks, with waitstart) only for sessions waiting on a Lock: on every row it
 --             stalls for seconds under a pile-up (the deadlock detector holds the lock-table locks)
 --   held      the granted locks of blockers on the objects a waiter waits for (what the root holds)
@@ -29,10 +29,10 @@ act AS MATERIALIZED (
            extract(epoch FROM now() - a.state_change)::float8 AS state_secs,
            a.backend_xmin::text AS backend_xmin,
            age(a.backend_xmin) AS xmin_age,
-           age(a.backend_xid) AS xid_age
+           age(a.backend_xid) AS xid_age,
+           (a.pid = pg_backend_pid() OR (a.usename = current_user AND a.application_name LIKE 'pgsessions%%'))
+               AS mine
       FROM pg_stat_activity a
-     WHERE a.pid <> pg_backend_pid()
-       AND NOT (a.usename = current_user AND a.application_name LIKE 'pgsessions%%')
 ),
 waits AS MATERIALIZED (
     -- the lock each Lock waiter asks for (only read when somebody waits on a lock)
@@ -64,10 +64,11 @@ held AS (
        AND g.objsubid IS NOT DISTINCT FROM w.objsubid
 ),
 usage AS (
+    -- every client connection counts against the slots, the bot's own too
     SELECT count(*) FILTER (WHERE backend_type = 'client backend')::int AS clients,
            current_setting('max_connections')::int
                - current_setting('superuser_reserved_connections')::int AS usable
-      FROM pg_stat_activity
+      FROM act
 ),
 over AS (
     SELECT %(share)s::float8 IS NOT NULL AND clients * 100.0 >= %(share)s::float8 * greatest(usable, 1) AS crossed
@@ -79,13 +80,14 @@ blockers AS (
 kept AS (
     SELECT act.*
       FROM act
-     WHERE (%(locks)s AND act.wait_event_type = 'Lock')
+     WHERE NOT act.mine
+       AND ((%(locks)s AND act.wait_event_type = 'Lock')
         OR (%(locks)s AND act.pid IN (SELECT pid FROM blockers))
         OR (act.state LIKE 'idle in transaction%%' AND act.state_secs >= %(idle_tx_secs)s::float8)
         OR (act.state = 'active' AND act.query_secs >= %(long_running_secs)s::float8)
         OR ((act.xmin_age IS NOT NULL OR act.xid_age IS NOT NULL)
             AND coalesce(act.xact_secs, act.query_secs, 0) >= %(xmin_secs)s::float8)
-        OR ((SELECT crossed FROM over) AND act.state = 'idle' AND act.backend_type = 'client backend')
+        OR ((SELECT crossed FROM over) AND act.state = 'idle' AND act.backend_type = 'client backend'))
 ),
 rows AS (
     SELECT act.*, w.mode AS wait_mode, w.locktype AS wait_locktype, w.relname AS wait_relation,
