@@ -19,17 +19,17 @@ WITH me AS (
            pg_has_role(current_user, 'pg_signal_backend', 'USAGE') AS can_signal
 ),
 act AS MATERIALIZED (
+    -- raw columns for every backend; text work (left, host, age) only for the rows kept below
     SELECT a.pid, a.backend_start, a.backend_type, a.usename, a.usesysid, a.datname, a.application_name,
-           host(a.client_addr) AS client_addr, a.state, a.wait_event_type, a.wait_event,
-           left(a.query, %(query_chars)s) AS query, a.state_change,
+           a.client_addr AS client_inet, a.state, a.wait_event_type, a.wait_event, a.query AS query_full,
+           a.state_change,
            CASE WHEN %(locks)s AND a.wait_event_type = 'Lock' THEN pg_blocking_pids(a.pid) ELSE '{}'::int[] END
                AS blocked_by,
            extract(epoch FROM now() - a.query_start)::float8  AS query_secs,
            extract(epoch FROM now() - a.xact_start)::float8   AS xact_secs,
            extract(epoch FROM now() - a.state_change)::float8 AS state_secs,
-           a.backend_xmin::text AS backend_xmin,
-           age(a.backend_xmin) AS xmin_age,
-           age(a.backend_xid) AS xid_age,
+           a.backend_xmin AS xmin_raw,
+           a.backend_xid AS xid_raw,
            (a.pid = pg_backend_pid() OR (a.usename = current_user AND a.application_name LIKE 'pgsessions%%'))
                AS mine
       FROM pg_stat_activity a
@@ -85,12 +85,17 @@ kept AS (
         OR (%(locks)s AND act.pid IN (SELECT pid FROM blockers))
         OR (act.state LIKE 'idle in transaction%%' AND act.state_secs >= %(idle_tx_secs)s::float8)
         OR (act.state = 'active' AND act.query_secs >= %(long_running_secs)s::float8)
-        OR ((act.xmin_age IS NOT NULL OR act.xid_age IS NOT NULL)
+        OR ((act.xmin_raw IS NOT NULL OR act.xid_raw IS NOT NULL)
             AND coalesce(act.xact_secs, act.query_secs, 0) >= %(xmin_secs)s::float8)
         OR ((SELECT crossed FROM over) AND act.state = 'idle' AND act.backend_type = 'client backend'))
 ),
 rows AS (
-    SELECT act.*, w.mode AS wait_mode, w.locktype AS wait_locktype, w.relname AS wait_relation,
+    SELECT act.pid, act.backend_start, act.backend_type, act.usename, act.datname, act.application_name,
+           host(act.client_inet) AS client_addr, act.state, act.wait_event_type, act.wait_event,
+           left(act.query_full, %(query_chars)s) AS query, act.state_change, act.blocked_by,
+           act.query_secs, act.xact_secs, act.state_secs,
+           act.xmin_raw::text AS backend_xmin, age(act.xmin_raw) AS xmin_age, age(act.xid_raw) AS xid_age,
+           w.mode AS wait_mode, w.locktype AS wait_locktype, w.relname AS wait_relation,
            w.wait_secs,
            coalesce(r.rolsuper, false) AS is_superuser,
            pg_has_role(current_user, act.usesysid, 'USAGE') AS bot_has_privs
