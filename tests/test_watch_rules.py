@@ -365,3 +365,16 @@ def test_signalling_off_draws_no_session_or_bulk_buttons_and_says_why():
                        bulk_token=None, bulk_sessions=[{"pid": 1}], kill_disabled="signalling is turned off")
     labels = [e["text"]["text"] for b in msg["blocks"] if b["type"] == "actions" for e in b["elements"]]
     assert labels == ["Acknowledge"] and "is not offered: signalling is turned off" in _dump(msg)
+
+
+def test_the_listing_summary_says_how_many_sessions_ignore_hid():
+    from bot.postgres.models import Listing, ServerInfo
+    from bot.render.listing import render_listing
+
+    info = ServerInfo(server_version_num=150000, server_version="15.0", max_connections=100, client_connections=5,
+                      in_recovery=False, bot_pid=1, bot_user="bot", bot_is_superuser=False, bot_can_signal=True,
+                      bot_can_monitor=True)
+    shown = json.dumps(render_listing(Listing(env="prod", host="primary", server=info, sessions=(), ignored=3))["blocks"])
+    assert "3 ignored" in shown and "`ignore` rules" in shown
+    none = json.dumps(render_listing(Listing(env="prod", host="primary", server=info, sessions=()))["blocks"])
+    assert "ignored" not in none
