@@ -543,3 +543,36 @@ def test_an_unreachable_primary_gets_one_alert_without_secrets(pair, fake):
         every = json.dumps([c.params for c in fake.calls])
         assert "s3cret-never-shown" not in every
         assert not alerts(fake, "WAL receiver"), "the standby streams"
+
+
+def test_an_active_root_is_offered_cancel_only_and_a_forged_terminate_on_its_token_is_refused(pair, fake):
+    table = new_table(pair)
+    with BotUnderTest(config(pair, lock_pileup={"waiters": 3, "wait": "1h"}), fake, scheduler=True) as bot:
+        root = app_conn(pair, "busy-root", autocommit=False)
+        root.execute(pgsql.SQL("UPDATE {} SET v = 'r' WHERE id = 1").format(pgsql.Identifier(table)))
+        busy = threading.Thread(target=lambda: _quietly(root, "SELECT pg_sleep(60)"), daemon=True)
+        busy.start()
+        blocked = waiters(pair, table, 3)
+        msg = wait_alert(fake, "Lock pile-up")
+        pid = root.info.backend_pid
+        assert labels(msg) == [f"Cancel {pid}", "Acknowledge"], labels(msg)
+        token = find_button(msg, f"Cancel {pid}")["value"]
+        n = len(fake.calls_for("views.open"))
+        assert bot.slack.block_action(f"pgs_kill:terminate:{token}", token, user_id="U1", message=msg).status == 200
+        wait_until(lambda: any("is not what this button was issued for" in (r.text or "")
+                               for r in fake.responses + fake.ephemerals), 8, "the forged terminate refused")
+        assert len(fake.calls_for("views.open")) == n, "no request form for a forged action"
+        approve_through_bot(bot, fake, msg, f"Cancel {pid}")
+        done = wait_resolved(fake, msg)
+        assert f"root blocker pid {pid} cancelled by approval of <@U2>" in done.text, done.text
+        busy.join(10)
+        root.close()
+        for b in blocked:
+            b.close()
+
+
+def _quietly(conn, stmt) -> None:
+    try:
+        conn.execute(stmt)
+    except psycopg.Error:
+        pass

@@ -29,7 +29,7 @@ from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
 from psycopg.rows import dict_row
 from slack_sdk.errors import SlackApiError
 
-from bot.approval.targets import issue_session_tokens
+from bot.approval.targets import issue_session_tokens, session_snapshot
 from bot.bulk.targets import STATE_LIKE, TERMINATE_BULK
 from bot.config import Environment, Watch
 from bot.lagwatch.incidents import Incident
@@ -329,13 +329,21 @@ class Watcher:
                 out[s.pid] = tok
             elif not s.cannot_signal:
                 fresh.append(s)
-        if fresh:
+        if fresh and cond.kind == LOCK_PILEUP:
+            # the root gets one button (Terminate when idle in transaction, else Cancel): its token says so
+            payloads = [{**session_snapshot(s.as_session()),
+                         "actions": ["terminate"] if s.is_idle_in_transaction else ["cancel"]} for s in fresh]
+            tokens = self.rt.store.put_targets("session", inc.env, inc.host, channel, None, payloads)
+            issued = {s.pid: t for s, t in zip(fresh, tokens, strict=True)}
+        elif fresh:
             issued = issue_session_tokens(self.rt.store, inc.env, inc.host, [s.as_session() for s in fresh], channel, None)
-            for s in fresh:
-                if s.pid in issued:
-                    out[s.pid] = issued[s.pid]
-                    known[s.key] = issued[s.pid]
-                    known[f"channel:{s.key}"] = channel
+        else:
+            issued = {}
+        for s in fresh:
+            if s.pid in issued:
+                out[s.pid] = issued[s.pid]
+                known[s.key] = issued[s.pid]
+                known[f"channel:{s.key}"] = channel
         return out, known
 
     def _bulk(self, inc: Incident, cond: rules.Condition, channel: str) -> tuple[str | None, list[dict], dict]:
