@@ -149,6 +149,9 @@ class Workflow:
                 )
             if action == "cancel" and not runs_query(target["payload"].get("state")):
                 return None, "cancel does nothing to a session that is not running a query: use Terminate"
+            offered = target["payload"].get("actions")  # a session token may name the actions it was drawn with
+            if offered is not None and action not in offered:
+                return None, f"`{action}` is not what this button was issued for"
         elif action in SESSION_ACTIONS or action not in (target["payload"].get("actions") or ()):
             # bulk and database targets name the actions their token was issued for
             return None, f"`{action}` is not what this button was issued for"

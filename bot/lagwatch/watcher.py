@@ -185,6 +185,8 @@ class LagWatcher:
             self._hosts.clear()
         try:
             for inc in self.incidents.all_open():
+                if inc.kind not in (LAG, UNREACHABLE):
+                    continue  # another watcher's incident (bot.watch shares the table)
                 env = self.envs.get(inc.env)
                 if env is None or inc.host not in env.standbys:
                     self._close_unwatched(inc)

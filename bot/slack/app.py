@@ -207,7 +207,8 @@ def _feature_modules() -> list[Callable[[App, Runtime, Router], None]]:
     import importlib
 
     for name in ("bot.slack.kill_handlers", "bot.slack.lag_handlers", "bot.slack.bulk_handlers",
-                 "bot.slack.details_handlers", "bot.slack.events", "bot.slack.nudges", "bot.slack.home_handlers"):
+                 "bot.slack.details_handlers", "bot.slack.events", "bot.slack.nudges", "bot.slack.home_handlers",
+                 "bot.slack.watch_handlers"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
