@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 POST, UPDATE, THREAD_REPLY = "post", "update", "thread_reply"
 PENDING, DELIVERED, SUPERSEDED, FAILED = "pending", "delivered", "superseded", "failed"
 DELIVER_EVERY = 2.0
-MAX_BACKOFF = 300.0
+MAX_BACKOFF = 30.0  # Slack back: everything waiting lands within this
 KEEP_DONE_FOR = 7 * 86400.0  # delivered/failed rows are kept a week (a post's ts is looked up by key)
 
 # Errors after which the same call can never succeed: give it up instead of retrying forever.
@@ -98,7 +98,7 @@ def plan(items: Iterable[Item]) -> list[tuple[Item, list[Item]]]:
 
 
 def backoff(attempts: int) -> float:
-    """Seconds before the next try of a call that failed ``attempts`` times: 2, 4, 8 ... at most 5 min."""
+    """Seconds before the next try of a call that failed ``attempts`` times: 2, 4, 8 ... at most ``MAX_BACKOFF``."""
     return min(MAX_BACKOFF, 2.0 ** max(1, attempts))
 
 
