@@ -624,9 +624,6 @@ class LagWatcher:
         except Exception:  # noqa: BLE001
             pass
 
-    # Errors after which editing the message can never succeed: resolve the incident regardless.
-    GONE_ERRORS = frozenset({"message_not_found", "channel_not_found", "cant_update_message", "is_archived"})
-
     def _adopt_post(self, inc: Incident) -> bool:
         """True when the incident's first post was delivered by the outbox (its channel and ts are saved)."""
         try:

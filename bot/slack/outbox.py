@@ -183,7 +183,10 @@ class Outbox:
 
     def deliver(self) -> int:
         """One delivery pass (the scheduler job): returns how many calls landed."""
-        if not self.may_send() or not self._lock.acquire(blocking=False):
+        if not self.may_send():
+            self._set_gauge()  # every replica shows the shared backlog, not a stale value of its own
+            return 0
+        if not self._lock.acquire(blocking=False):
             return 0
         landed = 0
         try:
