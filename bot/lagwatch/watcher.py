@@ -650,8 +650,10 @@ class LagWatcher:
         return self.outbox.send(slack_outbox.UPDATE, inc.id, inc.channel or "", msg, ts=inc.message_ts).kept
 
     def _slack(self, method: str, inc: Incident, **kwargs) -> dict | None:
-        """One Web API call through the outbox: Slack's answer when it landed at once, else None (a call
-        Slack did not take now is kept and delivered in order when Slack answers again)."""
+        """One Web API call through the outbox: Slack's answer when it landed at once; ``{}`` for an edit
+        or thread reply kept for later (it is delivered in order when Slack answers again, so it is not
+        queued twice); None for a post not delivered yet (its ts comes from the outbox later) or a call
+        that could not even be kept."""
         if self._stopped.is_set():
             return None
         channel = kwargs.pop("channel")
@@ -661,7 +663,10 @@ class LagWatcher:
             op, ts = slack_outbox.THREAD_REPLY, kwargs.pop("thread_ts")
         else:
             op, ts = slack_outbox.POST, None
-        return self.outbox.send(op, inc.id, channel, kwargs, ts=ts).response
+        sent = self.outbox.send(op, inc.id, channel, kwargs, ts=ts)
+        if sent.response is None and sent.kept and op != slack_outbox.POST:
+            return {}  # an edit or a reminder kept in the outbox is done for the watcher: it lands in order
+        return sent.response
 
 
 def install(rt) -> LagWatcher | None:
