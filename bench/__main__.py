@@ -240,6 +240,10 @@ def main() -> int:
         from bench import worst
 
         worst.run(record, ms)  # hung standby, acks with hung hosts, a full server, an overloaded primary
+
+        from bench import watch
+
+        watch.run(record, ms)
         after_rss = vmrss_kib(bot.pid)
         record(f"bot VmRSS, {N_ENVS} environments, idle", f"{idle_rss / 1024:.1f} MiB")
         record("bot VmRSS after the runs above", f"{after_rss / 1024:.1f} MiB")

@@ -133,6 +133,82 @@ class LagAlert(_Model):
         return v
 
 
+def _percent(v: Any) -> Any:
+    """``90%`` / ``"90%"`` / ``90`` -> 90.0 (a share of the usable connection slots)."""
+    if isinstance(v, bool):
+        raise ValueError("connections must be a percentage like 90%")
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str):
+        text = v.strip().removesuffix("%").strip()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    raise ValueError(f"{v!r} is not a percentage: write it like 90%")
+
+
+Percent = Annotated[float, BeforeValidator(_percent)]
+
+
+class LockPileup(_Model):
+    waiters: int = Field(default=5, ge=1, le=100000)
+    wait: Duration = 60.0
+
+
+class Watch(_Model):
+    """``environments.<env>.watch``: session alerts (issue 14); each kind is off when absent."""
+
+    channel: str
+    check_every: Duration = 30.0
+    consecutive: int = Field(default=2, ge=1, le=100)
+    remind_every: Duration = 900.0
+    lock_pileup: LockPileup | None = None
+    idle_in_transaction: Duration | None = None
+    long_running: Duration | None = None
+    connections: Percent | None = None
+    xmin_horizon: Duration | None = None
+
+    @field_validator("check_every")
+    @classmethod
+    def _every(cls, v: float) -> float:
+        if v < 1:
+            raise ValueError("check_every must be at least 1s")
+        return v
+
+    @field_validator("connections")
+    @classmethod
+    def _share(cls, v: float | None) -> float | None:
+        if v is not None and not 0 < v <= 100:
+            raise ValueError("connections must be a percentage between 1% and 100%, e.g. 90%")
+        return v
+
+
+class IgnoreRule(_Model):
+    """One ``environments.<env>.ignore`` item: every key given must match (``query`` is a regular expression)."""
+
+    app: str | None = None
+    user: str | None = None
+    db: str | None = None
+    query: str | None = None
+
+    @field_validator("query")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"query is not a valid regular expression ({exc}): fix the pattern") from None
+        return v
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> IgnoreRule:
+        if self.app is None and self.user is None and self.db is None and self.query is None:
+            raise ValueError("an ignore item needs at least one of app, user, db, query")
+        return self
+
+
 class Listing(_Model):
     max_sessions: int = Field(default=20, ge=1, le=22)
     query_chars: int = Field(default=300, ge=40, le=1500)
@@ -149,6 +225,8 @@ class Environment(_Model):
     thresholds: Thresholds = Thresholds()
     access: Access = Access()
     lag_alert: LagAlert | None = None
+    watch: Watch | None = None
+    ignore: list[IgnoreRule] = []
     timeouts: Timeouts = Timeouts()
     listing: Listing = Listing()
     clear_db: ClearDb = ClearDb()

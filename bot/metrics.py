@@ -52,6 +52,17 @@ SLACK_REQUESTS = Counter(
     ["kind", "status"],
     registry=REGISTRY,
 )
+SLACK_OUTBOX_PENDING = Gauge(
+    "pgsessions_slack_outbox_pending",
+    "Alert messages and edits kept in the state store, waiting for Slack's Web API to take them",
+    registry=REGISTRY,
+)
+SLACK_OUTBOX = Counter(
+    "pgsessions_slack_outbox_total",
+    "Outbox calls by op (post, update, thread_reply) and outcome (delivered, retried, failed, superseded)",
+    ["op", "outcome"],
+    registry=REGISTRY,
+)
 BUILD_INFO = Info("pgsessions_build", "Version of the running bot", registry=REGISTRY)
 
 

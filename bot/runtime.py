@@ -33,6 +33,7 @@ from bot.state.store import StateStore
 
 if TYPE_CHECKING:
     from bot.slack.events import EventDedupe
+    from bot.watch.watcher import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class Runtime:
         self.home_refresh: Callable[[str, str | None], None] | None = None  # republish a user's Home tab
         self.event_dedupe: EventDedupe | None = None  # Events API retries seen in this process
         self.remind_due: Callable[[], int] | None = None  # remind approvers of half-expired requests now
+        self.watch: Watcher | None = None  # the session watch (bot/watch), when an environment has `watch`
 
     def start_background(self) -> None:
         if not self.scheduler.running:

@@ -19,6 +19,7 @@ from bot.slack import (
     lag_handlers,
     listing_handlers,
     nudges,
+    watch_handlers,
 )
 from bot.slack.edge import Router
 
@@ -37,6 +38,7 @@ def register_features(app: App, rt: Runtime, router: Router) -> None:
     events.register(app, rt, router)  # the Events API: mentions, retried events dropped
     nudges.register(app, rt, router)  # the requester's DM, the approvers' reminder
     home_handlers.register(app, rt, router)  # the App Home tab
+    watch_handlers.register(app, rt, router)  # the session watch's jobs and its Acknowledge button
 
 
 def install_jobs(rt: Runtime) -> None:

@@ -75,6 +75,19 @@ CASES = {
                            "greater than or equal to 0"),
     "consecutive not a number": (env(lag_alert={"channel": "C1", "consecutive": "two"}),
                                  "environments.prod.lag_alert.consecutive", "write a whole number"),
+    # Watch and ignore (issue 14)
+    "watch check_every too small": (env(watch={"channel": "C1", "check_every": "0.5s"}),
+                                    "environments.prod.watch.check_every", "at least 1s"),
+    "watch connections not a percentage": (env(watch={"channel": "C1", "connections": "most"}),
+                                           "environments.prod.watch.connections", "write it like 90%"),
+    "watch connections a bool": (env(watch={"channel": "C1", "connections": True}),
+                                 "environments.prod.watch.connections", "a percentage like 90%"),
+    "watch connections over 100%": (env(watch={"channel": "C1", "connections": "120%"}),
+                                    "environments.prod.watch.connections", "between 1% and 100%"),
+    "ignore query not a regex": (env(ignore=[{"query": "(unclosed"}]), "environments.prod.ignore[0].query",
+                                 "fix the pattern"),
+    "ignore item without keys": (env(ignore=[{}]), "environments.prod.ignore[0]",
+                                 "needs at least one of app, user, db, query"),
     # Listing
     "max_sessions too many": (env(listing={"max_sessions": 23}), "environments.prod.listing.max_sessions",
                               "less than or equal to 22"),
@@ -165,6 +178,6 @@ def test_every_validator_has_a_case():
     source = inspect.getsource(config)
     validators = len(re.findall(r"@(?:field|model)_validator\(", source))
     raises = len(re.findall(r"raise (?:ValueError|ConfigError)\(", source))
-    # 13 validators with 17 ValueErrors between them (each has a case above), plus 6 ConfigErrors: the
+    # 17 validators with 23 ValueErrors between them (each has a case above), plus 6 ConfigErrors: the
     # unset ${VAR}, a non-mapping, the wrapped validation errors, and the file missing / broken / empty
-    assert (validators, raises) == (13, 23), (validators, raises)
+    assert (validators, raises) == (17, 29), (validators, raises)

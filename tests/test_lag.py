@@ -236,6 +236,29 @@ def test_lock_conflict_alert_names_the_culprit_and_resolves_after_an_approved_te
         fake.assert_clean()
 
 
+def test_the_alert_is_on_time_when_the_standby_reports_only_every_10_seconds(pair, fake):
+    """wal_receiver_status_interval = 10s (the default): the primary's replay_lag moves only when the
+    standby reports, so it is aged by the time since that report (issue 14: lag alerts get faster)."""
+    table = new_table(pair)
+    pair.standby.sql("ALTER SYSTEM SET wal_receiver_status_interval = '10s'")
+    pair.standby.sql("SELECT pg_reload_conf()")
+    try:
+        wait_until(lambda: pair.standby.sql("SHOW wal_receiver_status_interval")[0][0] == "10s", 5, "10s")
+        with BotUnderTest(config(pair), fake, scheduler=True) as bot:
+            wait_checks(bot, 1)
+            holder = lock_conflict(pair, table)  # the primary writes, then stays quiet
+            started = time.monotonic()
+            msg = wait_alert(fake, "lock conflict", timeout=30)
+            took = time.monotonic() - started
+            assert took <= ALERT_WITHIN, f"the alert came {took:.1f}s after the stall"
+            assert f"pid {holder.info.backend_pid}" in msg.text
+            holder.close()
+            wait_resolved(fake, msg)
+    finally:
+        pair.standby.sql("ALTER SYSTEM RESET wal_receiver_status_interval")
+        pair.standby.sql("SELECT pg_reload_conf()")
+
+
 def test_snapshot_conflict_alert_names_the_culprit_is_kept_current_and_resolves_when_it_ends(pair, fake):
     table = new_table(pair)
     with BotUnderTest(config(pair, remind_every="2s"), fake, scheduler=True) as bot:

@@ -95,7 +95,8 @@ def test_lag_alert_posted_once_despite_slack_faults_and_resolve_lands(pair, fake
         holders.pop().close()
         done = wait_until(lambda: fake.messages[(msg.channel, msg.ts)] if fake.messages[(msg.channel, msg.ts)].text.startswith("Resolved") else None, 15, "resolved")
         assert "prod" in done.text
-        assert not w.incidents.all_open()
+        # the incident is closed in the store right after its resolve edit lands (never before it)
+        wait_until(lambda: not w.incidents.all_open(), 5, "the incident closed after its resolve edit")
         assert len(alerts(fake, "")) == 1
         fake.assert_clean()
 
@@ -154,4 +155,67 @@ def test_standby_goes_away_mid_checks_other_env_keeps_being_checked_and_it_recov
         assert len(alerts(fake, "Standby unreachable")) == 1
         assert not w.incidents.all_open()
         pair.wait_streaming()
+        fake.assert_clean()
+
+
+# --- Slack's Web API down during a lag incident: the durable outbox (issue 13 §3) --------------------
+
+SLACK_DOWN_FOR = 60.0  # seconds, as the issue says
+
+
+def outbox_pending() -> float:
+    from bot.metrics import REGISTRY
+
+    return REGISTRY.get_sample_value("pgsessions_slack_outbox_pending") or 0.0
+
+
+def test_slack_down_for_a_minute_during_a_lag_incident_alert_and_resolution_arrive_once_each(pair, fake, holders):
+    with BotUnderTest(config(pair), fake, scheduler=True) as bot:
+        w = bot.rt.lagwatch
+        wait_until(lambda: w.checks.get(("prod", "replica1"), 0) >= 1, 10, "a first check")
+        port = fake.port
+        fake.stop()  # Slack refuses connections
+        down_at = time.monotonic()
+        holders.append(stall(pair))
+        wait_until(lambda: w.incidents.open_for("prod", "replica1").get("lag"), 25, "the lag incident")
+        wait_until(lambda: outbox_pending() >= 1, 10, "the alert kept in the outbox (and the backlog metric)")
+        holders.pop().close()
+        wait_until(lambda: not w.incidents.all_open(), 25, "the incident resolved while Slack is down")
+        assert w.outbox.pending_count() == 2 and outbox_pending() == 2  # the alert and its resolution
+        time.sleep(max(0.0, SLACK_DOWN_FOR - (time.monotonic() - down_at)))
+        assert w.outbox.pending_count() == 2, "nothing was lost or given up during the outage"
+        fake.start(port)  # Slack answers again at the same address
+        msg = wait_until(lambda: next(iter(alerts(fake, "")), None), 45, "the alert after Slack came back")
+        done = wait_until(lambda: fake.messages[(msg.channel, msg.ts)]
+                          if fake.messages[(msg.channel, msg.ts)].text.startswith("Resolved") else None,
+                          45, "the resolution after Slack came back\n" + fake.summary())
+        assert "prod" in done.text
+        assert "Replication lag on prod" in msg.versions[0]["text"], "the alert itself, then its resolution"
+        assert len(alerts(fake, "")) == 1, "duplicate alert:\n" + fake.summary()
+        chat = [c.method for c in fake.calls if c.ok and c.method.startswith("chat.")]
+        assert chat == ["chat.postMessage", "chat.update"], fake.summary()
+        wait_until(lambda: outbox_pending() == 0, 10, "the backlog metric back to 0")
+        fake.assert_clean()
+
+
+def test_429_storm_with_retry_after_alert_and_resolution_land_once_each(pair, fake, holders):
+    # more 429s than the client's own retries (5) absorb: the outbox waits Retry-After and tries again
+    fake.fail_next("chat.postMessage", status=429, retry_after=1, times=14)
+    with BotUnderTest(config(pair), fake, scheduler=True) as bot:
+        w = bot.rt.lagwatch
+        wait_until(lambda: w.checks.get(("prod", "replica1"), 0) >= 1, 10, "a first check")
+        holders.append(stall(pair))
+        msg = wait_until(lambda: next(iter(alerts(fake, "Replication lag on prod")), None), 60,
+                         "the lag alert after the storm\n" + fake.summary())
+        assert len(fake.calls_for("chat.postMessage", ok=False)) == 14, "the storm was not exercised"
+        fake.fail_next("chat.update", status=429, retry_after=1, times=8)
+        holders.pop().close()
+        done = wait_until(lambda: fake.messages[(msg.channel, msg.ts)]
+                          if fake.messages[(msg.channel, msg.ts)].text.startswith("Resolved") else None,
+                          60, "resolved after the storm\n" + fake.summary())
+        assert "prod" in done.text
+        assert len(alerts(fake, "")) == 1, "duplicate alert:\n" + fake.summary()
+        assert len(fake.calls_for("chat.postMessage", ok=True)) == 1
+        assert len(fake.calls_for("chat.update", ok=False)) == 8
+        assert not w.incidents.all_open()
         fake.assert_clean()

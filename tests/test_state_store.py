@@ -229,6 +229,8 @@ def test_release_010_database_is_stamped_and_upgraded_with_its_data(legacy_state
         assert {"ix_pgs_requests_state_expires_at", "ix_pgs_requests_state_updated_at", "ix_pgs_incidents_open",
                 "ix_pgs_audit_at", "ix_pgs_targets_created_at", "ix_pgs_approvals_request_id"} <= idx
         assert {"outcome_status", "blocked", "reopened"} <= cols
+        # 0003: the Slack outbox
+        assert {"ix_pgs_outbox_state_id", "ix_pgs_outbox_key"} <= idx
         # backfilled from the stored outcome JSON
         assert derived == {
             "closed": ("done", True, False),
@@ -260,6 +262,44 @@ def test_release_010_database_is_stamped_and_upgraded_with_its_data(legacy_state
         assert again.get_request("closed").outcome.blocked is True
     finally:
         again.close()
+
+
+@pytest.fixture(params=[pytest.param("sqlite", marks=pytest.mark.unit), "postgresql"])
+def state_at_0002(request, tmp_path):
+    """(state URL, SQLAlchemy URL) of a state database at revision 0002 with an open incident, on each backend."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'state-0002.db'}"
+        engine_url = url
+    else:
+        url, engine_url = fresh_pg_database(request.getfixturevalue("pg"), "pgs_0002")
+    engine = create_engine(engine_url)
+    try:
+        with engine.begin() as c:
+            assert migrate.upgrade(c, "0002") == (None, "0002")
+            c.execute(text("INSERT INTO pgs_incidents (id, env, host, kind, open, opened_at, payload) "
+                           "VALUES ('inc1', 'prod', 'replica1', 'lag', true, 1.0, '{}')"))
+    finally:
+        engine.dispose()
+    return url, engine_url
+
+
+def test_revision_0003_adds_the_slack_outbox_to_a_0002_database(state_at_0002):
+    from bot.slack.outbox import Outbox
+
+    url, _ = state_at_0002
+    store = StateStore(url)
+    try:
+        assert store.schema_revisions == ("0002", "0003")
+        with store.read() as c:
+            assert "pgs_outbox" in inspect(c).get_table_names()
+            assert c.execute(text("SELECT count(*) FROM pgs_incidents")).scalar_one() == 1
+        # usable at once: a call kept while Slack is not asked (may_send False) is pending
+        box = Outbox(store, None, may_send=lambda: False)
+        assert box.send("post", "inc1", "C0OUTBOX", {"text": "hi"}).kept
+        assert box.pending_count() == 1
+        assert box.post_state("inc1") == ("pending", "C0OUTBOX", None)
+    finally:
+        store.close()
 
 
 @pytest.mark.unit

@@ -106,6 +106,7 @@ class SessionSnapshot(SessionRef):
     idle_in_transaction: bool = False
     listed_at: float | None = None  # when the listing read it (epoch seconds)
     requested_in: str | None = None  # the channel a request for it was made from
+    actions: tuple[str, ...] | None = None  # the actions its buttons were drawn with (None: any)
 
 
 class SessionTarget(SessionSnapshot):

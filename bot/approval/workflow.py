@@ -163,6 +163,9 @@ class Workflow:
                 )
             if kind.refuses_idle_in_transaction and not runs_query(target.state):
                 return None, "cancel does nothing to a session that is not running a query: use Terminate"
+            offered = target.actions  # a session token may name the actions it was drawn with
+            if offered is not None and action not in offered:
+                return None, f"`{action}` is not what this button was issued for"
         elif kind is None or kind.target_kind == "session" or action not in getattr(target, "actions", ()):
             # bulk and database targets name the actions their token was issued for
             return None, f"`{action}` is not what this button was issued for"

@@ -116,8 +116,32 @@ def pick_culprits(
     )
 
 
+def fresh_replay_lag(replay_lag: float | None, behind_bytes: int | None, reply_time: datetime | None,
+                     measured_at: datetime | None) -> float | None:
+    """The primary's ``replay_lag`` brought up to ``measured_at``.
+
+    ``replay_lag`` moves only when the standby reports (every ``wal_receiver_status_interval``, 10 s by
+    default): while replay is behind, the lag has grown by the time since that report (``reply_time``).
+    Without this, an alert could come up to one status interval late.
+    """
+    if replay_lag is None or not behind_bytes or reply_time is None or measured_at is None:
+        return replay_lag
+    return replay_lag + max(0.0, (measured_at - reply_time).total_seconds())
+
+
+def as_of(view: PrimaryView | None, standby_lag: float | None, measured_at: datetime) -> PrimaryView | None:
+    """The primary's view aged to the standby's own measurement (its ``replay_lag`` grows while behind),
+    never beyond what the standby's own reading allows (the age of its last replayed transaction)."""
+    if view is None or view.replay_lag is None or not view.behind_bytes:
+        return view
+    lag = view.replay_lag + max(0.0, (measured_at - view.measured_at).total_seconds())
+    if standby_lag is not None:
+        lag = min(lag, standby_lag)
+    return replace(view, replay_lag=lag)
+
+
 def primary_views(dbs: Databases, env: str) -> list[PrimaryView]:
-    """The primary's view of every standby (``pg_stat_replication``)."""
+    """The primary's view of every standby (``pg_stat_replication``), ``replay_lag`` as of the read."""
     with dbs.connection(env, "primary") as conn:
         rows = read_replication(conn)
     return [
@@ -128,7 +152,7 @@ def primary_views(dbs: Databases, env: str) -> list[PrimaryView]:
             state=r["state"],
             sync_state=r["sync_state"],
             client_addr=r["client_addr"],
-            replay_lag=r["replay_lag"],
+            replay_lag=fresh_replay_lag(r["replay_lag"], r["behind_bytes"], r.get("reply_time"), r["measured_at"]),
             write_lag=r["write_lag"],
             flush_lag=r["flush_lag"],
             behind_bytes=r["behind_bytes"],
@@ -184,7 +208,9 @@ def measure_standby(
     wait = None
     if row["startup_wait_event_type"] or row["startup_wait_event"]:
         wait = f"{row['startup_wait_event_type'] or '?'}/{row['startup_wait_event'] or '?'}"
-    view = match_primary_view(primary or (), row["slot_name"], row["wal_receiver_name"])
+    measured_at = row["measured_at"] or datetime.now(UTC)
+    view = as_of(match_primary_view(primary or (), row["slot_name"], row["wal_receiver_name"]),
+                 row["replay_age"], measured_at)
     return StandbyLag(
         env=env,
         host=host,
@@ -233,5 +259,6 @@ def measure_env(dbs: Databases, env: str) -> tuple[list[StandbyLag | Unreachable
             except DatabaseUnavailable as exc:
                 results.append(Unreachable(env, host, exc.reason, datetime.now(UTC)))
                 continue
-            results.append(replace(m, primary=match_primary_view(views, m.slot_name, m.wal_receiver_name)))
+            view = match_primary_view(views, m.slot_name, m.wal_receiver_name)
+            results.append(replace(m, primary=as_of(view, m.replay_age, m.measured_at)))
     return results, primary_error

@@ -31,7 +31,6 @@ from typing import Any, overload
 from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
 from apscheduler.schedulers.base import BaseScheduler
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError
 
 from bot.approval.policy import Policy
 from bot.approval.targets import issue_details_tokens, issue_session_tokens, reusable_token
@@ -44,6 +43,7 @@ from bot.lagwatch.rules import LAG, UNREACHABLE, Act, HostState
 from bot.metrics import CHECK_FAILURES, OPEN_INCIDENTS, REPLAY_LAG_BYTES, REPLAY_LAG_SECONDS
 from bot.postgres.pools import Databases, DatabaseUnavailable
 from bot.render import lag as render
+from bot.slack import outbox as slack_outbox
 from bot.state.incidents import Incident, Incidents
 from bot.state.store import StateStore
 
@@ -101,11 +101,13 @@ class LagWatcher:
         # completed checks per (env, standby) while leader: for health views and tests
         self.checks: dict[tuple[str, str], int] = {}
         self.update_every = UPDATE_EVERY
+        # every Slack call of the watcher goes through the durable outbox (Slack may be down for minutes)
+        self.outbox = slack_outbox.Outbox(store, lambda: client, may_send=self.is_leader)
 
     # --- wiring -------------------------------------------------------------------------------------
 
     def jobs(self) -> list[str]:
-        ids = ["lagwatch:lease"]
+        ids = ["lagwatch:lease", "lagwatch:outbox"]
         for env, e in self.envs.items():
             ids.append(f"lagwatch:primary:{env}")
             ids += [f"lagwatch:check:{env}:{h}" for h in e.standbys]
@@ -117,6 +119,10 @@ class LagWatcher:
         sched.add_job(
             self.renew_lease, "interval", seconds=self.renew_every, id="lagwatch:lease",
             name="lag watch leader lease", next_run_time=now, replace_existing=True,
+        )
+        sched.add_job(
+            self.outbox.deliver, "interval", seconds=slack_outbox.DELIVER_EVERY, id="lagwatch:outbox",
+            name="lag watch Slack outbox", replace_existing=True,
         )
         for env, e in self.envs.items():
             every = self._alert(env).check_every
@@ -185,6 +191,8 @@ class LagWatcher:
             self._hosts.clear()
         try:
             for inc in self.incidents.all_open():
+                if inc.kind not in (LAG, UNREACHABLE):
+                    continue  # another watcher's incident (bot.watch shares the table)
                 env = self.envs.get(inc.env)
                 if env is None or inc.host not in env.standbys:
                     self._close_unwatched(inc)
@@ -394,9 +402,9 @@ class LagWatcher:
     def _continue_lag(self, inc: Incident, m: StandbyLag, alert: LagAlert) -> None:
         now = time.time()
         payload = rules.lag_payload(inc.payload, m)
-        if inc.message_ts is None:
-            # the first post failed: try again, at most once a minute
-            if rules.due(inc.last_update_at, self.update_every, now):
+        if inc.message_ts is None and not self._adopt_post(inc):
+            # the first post waits in the outbox (Slack down), or failed for good: post again at most once a minute
+            if not self._post_waiting(inc) and rules.due(inc.last_update_at, self.update_every, now):
                 inc.payload = payload
                 self._post_alert(inc, m, alert)
             else:
@@ -477,7 +485,7 @@ class LagWatcher:
             done=done,
             last=m,
         )
-        if inc.message_ts and inc.channel and not self._edit_landed(inc, msg):
+        if not self._edit_landed(inc, msg):
             return  # the incident stays open: the next check (still caught up) edits it again
         if self.incidents.resolve(inc, {**payload, "done": done}):
             log.info("lag watch: %s/%s caught up; incident resolved", inc.env, inc.host)
@@ -506,9 +514,9 @@ class LagWatcher:
     def _continue_unreachable(
         self, inc: Incident, reason: str, st: HostState, alert: LagAlert, changed: bool, now: float
     ) -> None:
-        if inc.message_ts is None:
-            # the first post failed: try again, at most once a minute
-            if rules.due(inc.last_update_at, self.update_every, now):
+        if inc.message_ts is None and not self._adopt_post(inc):
+            # the first post waits in the outbox (Slack down), or failed for good: post again at most once a minute
+            if not self._post_waiting(inc) and rules.due(inc.last_update_at, self.update_every, now):
                 self._post_unreachable(inc, reason, st, alert)
             return
         if changed and rules.due(inc.last_update_at, self.update_every, now):
@@ -554,7 +562,7 @@ class LagWatcher:
             inc.env, inc.host, inc.payload.get("reason") or "unknown", since=since,
             resolved_at=datetime.now(UTC),
         )
-        if inc.message_ts and inc.channel and not self._edit_landed(inc, msg):
+        if not self._edit_landed(inc, msg):
             return  # stays open: the next successful check edits it again
         if self.incidents.resolve(inc):
             self._set_open_gauge()
@@ -567,37 +575,47 @@ class LagWatcher:
         except Exception:
             pass
 
-    # Errors after which editing the message can never succeed: resolve the incident regardless.
-    GONE_ERRORS = frozenset({"message_not_found", "channel_not_found", "cant_update_message", "is_archived"})
+    def _adopt_post(self, inc: Incident) -> bool:
+        """True when the incident's first post was delivered by the outbox (its channel and ts are saved)."""
+        try:
+            state, channel, ts = self.outbox.post_state(inc.id)
+        except Exception:
+            return False
+        if state != slack_outbox.DELIVERED or not ts:
+            return False
+        return self.incidents.save(inc, channel=channel, message_ts=ts, last_reminder_at=time.time())
+
+    def _post_waiting(self, inc: Incident) -> bool:
+        try:
+            return self.outbox.post_state(inc.id)[0] == slack_outbox.PENDING
+        except Exception:
+            return True  # cannot tell: do not post twice
 
     def _edit_landed(self, inc: Incident, msg: dict) -> bool:
-        """Edit the incident's message; True when it landed or the message is gone for good."""
+        """Queue the final edit of the incident's message in the outbox (delivered in order, after a post
+        still waiting); True once it is kept, or when there is no message to edit."""
         if self._stopped.is_set():
             return False
-        if inc.channel is None or inc.message_ts is None:
-            return True  # never posted: nothing to edit
-        try:
-            self.client.chat_update(channel=inc.channel, ts=inc.message_ts, **msg)
-            return True
-        except SlackApiError as exc:
-            error = exc.response.get("error")
-            log.warning("lag watch: Slack chat_update for %s/%s failed: %s", inc.env, inc.host, error)
-            return error in self.GONE_ERRORS
-        except Exception as exc:  # Slack unreachable after retries: try at the next check
-            log.warning("lag watch: Slack chat_update for %s/%s failed: %s", inc.env, inc.host, type(exc).__name__)
-            return False
+        if not (inc.message_ts or self._adopt_post(inc) or self._post_waiting(inc)):
+            return True  # its post failed for good: nothing to edit
+        return self.outbox.send(slack_outbox.UPDATE, inc.id, inc.channel or "", msg, ts=inc.message_ts).kept
 
     def _slack(self, method: str, inc: Incident, **kwargs: Any) -> dict[str, Any] | None:
-        """One Web API call; a failure is logged (never with the message) and returns None."""
+        """One Web API call through the outbox: Slack's answer when it landed at once; ``{}`` for an edit
+        or thread reply kept for later (it is delivered in order when Slack answers again, so it is not
+        queued twice); None for a post not delivered yet (its ts comes from the outbox later) or a call
+        that could not even be kept."""
         if self._stopped.is_set():
             return None
-        try:
-            resp = getattr(self.client, method)(**kwargs)
-            return resp.data if hasattr(resp, "data") else dict(resp)
-        except SlackApiError as exc:
-            log.warning("lag watch: Slack %s for %s/%s failed: %s", method, inc.env, inc.host,
-                        exc.response.get("error"))
-        except Exception as exc:  # network trouble: try again at the next check
-            log.warning("lag watch: Slack %s for %s/%s failed: %s", method, inc.env, inc.host, type(exc).__name__)
-        return None
+        channel = kwargs.pop("channel")
+        if method == "chat_update":
+            op, ts = slack_outbox.UPDATE, kwargs.pop("ts")
+        elif "thread_ts" in kwargs:
+            op, ts = slack_outbox.THREAD_REPLY, kwargs.pop("thread_ts")
+        else:
+            op, ts = slack_outbox.POST, None
+        sent = self.outbox.send(op, inc.id, channel, kwargs, ts=ts)
+        if sent.response is None and sent.kept and op != slack_outbox.POST:
+            return {}  # an edit or a reminder kept in the outbox is done for the watcher: it lands in order
+        return sent.response
 

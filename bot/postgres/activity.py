@@ -98,8 +98,20 @@ def list_sessions(dbs: Databases, env: str, host: str = "primary", filters: Filt
             rows = cur.fetchall()
         read_ms = (time.monotonic() - started) * 1000
         full = bool(getattr(conn, "pgs_reserved", False))
+    ignored = 0
+    if environment.ignore:
+        from bot.watch.rules import is_ignored
+
+        kept = []
+        for r in rows:
+            if is_ignored(environment.ignore, app=r["application_name"], user=r["usename"], db=r["datname"],
+                          query=r["query"]):
+                ignored += 1
+            else:
+                kept.append(r)
+        rows = kept
     sessions = sorted((_session(r, environment.redact_queries) for r in rows), key=lambda s: s.sort_key)
     return Listing(
         env=env, host=host, server=info, sessions=tuple(sessions), filters=filters, thresholds=thresholds,
-        read_at=datetime.now(UTC), read_ms=read_ms, out_of_connections=full,
+        read_at=datetime.now(UTC), read_ms=read_ms, out_of_connections=full, ignored=ignored,
     )

@@ -170,6 +170,7 @@ class Listing:
     # for lack of slots (the listing was then read through the bot's reserved connection)
     read_ms: float | None = None
     out_of_connections: bool = False
+    ignored: int = 0  # sessions needing attention hidden by the environment's ``ignore`` rules
 
     def counts(self) -> dict[Category, int]:
         out = {c: 0 for c in Category}

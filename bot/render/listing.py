@@ -56,6 +56,9 @@ def summary(listing: Listing) -> str:
     counts = listing.counts()
     parts = [f"{EMOJI[c]} {n} {c.label}" for c, n in counts.items() if n]
     found = " · ".join(parts) if parts else ":white_check_mark: No session needs attention right now."
+    if listing.ignored:
+        found += (f" · :see_no_evil: {listing.ignored} ignored "
+                  f"({'matches' if listing.ignored == 1 else 'match'} the environment's `ignore` rules)")
     srv = listing.server
     conns = f"{srv.client_connections} of {srv.max_connections} connections in use"
     read = f" · read in {listing.read_ms:.0f} ms" if listing.read_ms is not None else ""

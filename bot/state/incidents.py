@@ -96,7 +96,9 @@ class Incidents:
     def count_open(self) -> int:
         with self.store.engine.connect() as c:
             return int(
-                c.execute(select(func.count()).select_from(incidents).where(incidents.c.open.is_(True))).scalar_one()
+                c.execute(select(func.count()).select_from(incidents).where(
+                    incidents.c.open.is_(True), incidents.c.kind.in_(("lag", "unreachable"))  # not bot.watch's kinds
+                )).scalar_one()
             )
 
     # --- writes (fenced) ----------------------------------------------------------------------------

@@ -125,6 +125,27 @@ leases = Table(
     Column("expires_at", Float, nullable=False),
 )
 
+# Slack Web API calls of the lag watcher kept until Slack took them (0003; bot/slack/outbox.py).
+# state: pending | delivered | superseded (a newer edit of the same message replaced it) | failed.
+outbox = Table(
+    "pgs_outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(64), nullable=False),  # the incident id: one message and its thread
+    Column("op", String(16), nullable=False),  # post | update | thread_reply
+    Column("channel", String(80), nullable=False),
+    Column("ts", String(32)),  # post: the ts Slack gave it; update/thread_reply: the target (NULL: the key's post)
+    Column("payload", Text, nullable=False),  # the message: text, blocks
+    Column("state", String(12), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_at", Float, nullable=False, server_default="0"),
+    Column("last_error", String(200)),
+    Column("delivered_at", Float),
+    Index("ix_pgs_outbox_state_id", "state", "id"),
+    Index("ix_pgs_outbox_key", "key"),
+)
+
 
 def outcome_columns(outcome: dict[str, Any] | None) -> dict[str, Any]:
     """The real columns derived from a request's outcome; written wherever the outcome is written."""

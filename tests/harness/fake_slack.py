@@ -654,10 +654,12 @@ class FakeSlack:
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> FakeSlack:
+    def start(self, port: int = 0) -> FakeSlack:
+        """Serve on ``port`` (0: a free one). ``stop()`` then ``start(port)`` of the old port is Slack
+        refusing connections for a while and coming back at the same address, its state kept."""
         if self._server is not None:
             return self
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
         server.daemon_threads = True
         server.fake = self  # type: ignore[attr-defined]
         self._server = server
@@ -724,6 +726,14 @@ class FakeSlack:
         with self._cond:
             fault = _Fault(status=200 if error else status, retry_after=retry_after, error=error, times=times)
             self._faults.setdefault(method, []).append(fault)
+
+    def clear_faults(self, method: str | None = None) -> None:
+        """Forget the faults still waiting for ``method`` (every method when None): Slack answers again."""
+        with self._cond:
+            if method is None:
+                self._faults.clear()
+            else:
+                self._faults.pop(method, None)
 
     def delay(self, method: str, seconds: float) -> None:
         """Sleep ``seconds`` before answering every call of ``method`` (0 removes the delay)."""

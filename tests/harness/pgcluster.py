@@ -340,6 +340,7 @@ _BASE_SETTINGS: dict[str, Any] = {
     "hot_standby": True,
     "hot_standby_feedback": False,
     "max_connections": 1200,
+    "max_prepared_transactions": 10,  # the xmin-horizon tests hold it with PREPARE TRANSACTION
     "shared_buffers": "32MB",
     "wal_writer_delay": "10ms",
     "wal_retrieve_retry_interval": "200ms",

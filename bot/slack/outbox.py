@@ -1,0 +1,293 @@
+"""A durable outbox for the lag watcher's Slack messages: kept in the state store, delivered in order.
+
+When Slack's Web API fails for minutes (5xx, connection refused, 429 storms), an alert, its edits, its
+thread reminders and its resolution are not lost: every call is first written to ``pgs_outbox`` and
+then delivered, per key (the incident id), in the order it was queued.
+
+* :meth:`Outbox.send` queues one call and, when nothing older waits for that key and Slack is not
+  known to be failing, delivers it at once (the caller gets Slack's answer, as before the outbox).
+  Otherwise the call waits for :meth:`Outbox.deliver`, a scheduler job every ``DELIVER_EVERY`` s run
+  only by the lag watcher's leader.
+* An ``update`` or ``thread_reply`` queued before its message was posted targets that post's ts, found
+  at delivery time. Consecutive pending edits of one message collapse to the newest (Slack only needs
+  the latest state; :func:`plan`).
+* Retry with backoff on 5xx, connection errors, timeouts and unknown errors; 429 pauses every delivery
+  for ``Retry-After``. A call is given up (state ``failed``, one log line) only on errors that can never
+  succeed: :data:`PERMANENT_ERRORS`.
+* No duplicates: a call is marked attempted in the state store before it is sent and delivered right
+  after Slack answers. ``chat.postMessage`` has no idempotency key, so a post whose answer was lost
+  (a timeout after Slack took it, or the bot dying between Slack's answer and the write that follows)
+  is posted again: that window is one HTTP round trip, and it is the only way a duplicate can appear.
+* No Slack call is ever made inside a state-store transaction.
+
+Metrics: ``pgsessions_slack_outbox_pending`` (backlog) and ``pgsessions_slack_outbox_total`` (by op and
+outcome: delivered, retried, failed, superseded).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from slack_sdk.errors import SlackApiError
+from sqlalchemy import delete, func, insert, select, update
+
+from bot.metrics import SLACK_OUTBOX, SLACK_OUTBOX_PENDING
+from bot.state.schema import outbox as table
+
+log = logging.getLogger(__name__)
+
+POST, UPDATE, THREAD_REPLY = "post", "update", "thread_reply"
+PENDING, DELIVERED, SUPERSEDED, FAILED = "pending", "delivered", "superseded", "failed"
+DELIVER_EVERY = 2.0
+MAX_BACKOFF = 30.0  # Slack back: everything waiting lands within this
+KEEP_DONE_FOR = 7 * 86400.0  # delivered/failed rows are kept a week (a post's ts is looked up by key)
+
+# Errors after which the same call can never succeed: give it up instead of retrying forever.
+PERMANENT_ERRORS = frozenset({
+    "channel_not_found", "not_in_channel", "is_archived", "invalid_blocks", "invalid_blocks_format",
+    "invalid_arguments", "invalid_arg_name", "msg_too_long", "no_text", "too_many_attachments",
+    "invalid_attachments", "message_not_found", "cant_update_message", "edit_window_closed",
+    "restricted_action", "restricted_action_read_only_channel", "restricted_action_thread_only_channel",
+    "cannot_reply_to_message", "thread_locked", "team_access_not_granted", "duplicate_channel_not_found",
+    "channel_is_archived",
+})
+
+
+@dataclass
+class Item:
+    id: int
+    key: str
+    op: str
+    channel: str
+    ts: str | None
+    payload: dict
+    attempts: int
+    next_at: float
+
+    @classmethod
+    def from_row(cls, row) -> Item:
+        return cls(id=row["id"], key=row["key"], op=row["op"], channel=row["channel"], ts=row["ts"],
+                   payload=json.loads(row["payload"]), attempts=row["attempts"], next_at=row["next_at"])
+
+
+def plan(items: Iterable[Item]) -> list[tuple[Item, list[Item]]]:
+    """What to send next: per key (in the order of its oldest item) the item at its head, with the older
+    pending edits of the same message it replaces. ``items`` are the pending ones in ``id`` order.
+
+    Only consecutive ``update`` items of one target collapse: a post, a thread reply or an edit of
+    another message between them keeps the order."""
+    by_key: dict[str, list[Item]] = {}
+    for it in sorted(items, key=lambda i: i.id):
+        by_key.setdefault(it.key, []).append(it)
+    out: list[tuple[Item, list[Item]]] = []
+    for queue in by_key.values():
+        head, replaced = queue[0], []
+        for nxt in queue[1:]:
+            if head.op == UPDATE and nxt.op == UPDATE and (nxt.channel, nxt.ts) == (head.channel, head.ts):
+                replaced.append(head)
+                head = nxt
+            else:
+                break
+        out.append((head, replaced))
+    return out
+
+
+def backoff(attempts: int) -> float:
+    """Seconds before the next try of a call that failed ``attempts`` times: 2, 4, 8 ... at most ``MAX_BACKOFF``."""
+    return min(MAX_BACKOFF, 2.0 ** max(1, attempts))
+
+
+@dataclass
+class Sent:
+    """What :meth:`Outbox.send` did: ``kept`` once the call is in the state store (or landed),
+    ``response`` Slack's answer when it was delivered at once."""
+
+    kept: bool
+    response: dict | None = None
+
+
+class Outbox:
+    def __init__(self, store, client, *, may_send: Callable[[], bool] = lambda: True):
+        """``client``: a slack_sdk WebClient, or a function returning the current one."""
+        self.store = store
+        self._client = client
+        self.may_send = may_send
+        self._lock = threading.Lock()  # one sender per process; across replicas only the leader sends
+        self._paused_until = 0.0  # Slack asked us to wait (429) or is failing
+        self._last_prune = 0.0
+
+    @property
+    def client(self):
+        return self._client() if callable(self._client) else self._client
+
+    # --- queueing -----------------------------------------------------------------------------------
+
+    def send(self, op: str, key: str, channel: str, msg: dict, ts: str | None = None) -> Sent:
+        """Queue one call (durably); deliver it at once when it is the first waiting for its key."""
+        now = time.time()
+        row = {"key": key, "op": op, "channel": channel, "ts": ts, "payload": json.dumps(msg),
+               "state": PENDING, "created_at": now, "attempts": 0, "next_at": 0.0}
+        try:
+            with self.store.tx() as c:
+                new_id = c.execute(insert(table).values(**row)).inserted_primary_key[0]
+        except Exception as exc:
+            log.warning("slack outbox: could not keep a %s for %s: %s", op, key, type(exc).__name__)
+            return Sent(kept=False)
+        self._set_gauge()
+        if time.time() < self._paused_until or not self.may_send() or not self._lock.acquire(blocking=False):
+            return Sent(kept=True)
+        try:
+            pending = self._pending(key)
+            if not pending or pending[0].id != new_id:
+                return Sent(kept=True)  # older calls of this key wait: keep the order
+            return Sent(kept=True, response=self._attempt(pending[0]))
+        except Exception:
+            log.exception("slack outbox: delivering %s for %s failed", op, key)
+            return Sent(kept=True)
+        finally:
+            self._lock.release()
+            self._set_gauge()
+
+    # --- reads --------------------------------------------------------------------------------------
+
+    def _pending(self, key: str | None = None) -> list[Item]:
+        stmt = select(table).where(table.c.state == PENDING)
+        if key is not None:
+            stmt = stmt.where(table.c.key == key)
+        with self.store.engine.connect() as c:
+            return [Item.from_row(r) for r in c.execute(stmt.order_by(table.c.id)).mappings()]
+
+    def post_state(self, key: str) -> tuple[str | None, str | None, str | None]:
+        """(state, channel, ts) of the newest post of ``key``; (None, None, None) when there is none."""
+        stmt = select(table.c.state, table.c.channel, table.c.ts).where(table.c.key == key, table.c.op == POST)
+        with self.store.engine.connect() as c:
+            row = c.execute(stmt.order_by(table.c.id.desc()).limit(1)).first()
+        return (row[0], row[1], row[2]) if row is not None else (None, None, None)
+
+    def pending_count(self) -> int:
+        with self.store.engine.connect() as c:
+            return int(c.execute(select(func.count()).select_from(table).where(table.c.state == PENDING)).scalar_one())
+
+    def _set_gauge(self) -> None:
+        try:
+            SLACK_OUTBOX_PENDING.set(self.pending_count())
+        except Exception:
+            pass
+
+    # --- delivery -----------------------------------------------------------------------------------
+
+    def deliver(self) -> int:
+        """One delivery pass (the scheduler job): returns how many calls landed."""
+        if not self.may_send():
+            self._set_gauge()  # every replica shows the shared backlog, not a stale value of its own
+            return 0
+        if not self._lock.acquire(blocking=False):
+            return 0
+        landed = 0
+        try:
+            self._prune()
+            for head, replaced in plan(self._pending()):
+                if replaced:
+                    self._finish(replaced, SUPERSEDED, None)
+                    for r in replaced:
+                        SLACK_OUTBOX.labels(r.op, SUPERSEDED).inc()
+                now = time.time()
+                if now < self._paused_until:
+                    break
+                if head.next_at > now:
+                    continue  # this key waits for its backoff; other keys may go
+                if not self.may_send():
+                    break
+                resp = self._attempt(head)
+                if resp is not None:
+                    landed += 1
+                elif time.time() < self._paused_until:
+                    break  # Slack is failing: do not try every key now
+        except Exception as exc:
+            log.warning("slack outbox: delivery pass failed: %s", type(exc).__name__)
+        finally:
+            self._lock.release()
+            self._set_gauge()
+        return landed
+
+    def _target_ts(self, item: Item) -> tuple[str, str | None]:
+        if item.ts is not None or item.op == POST:
+            return item.channel, item.ts
+        state, channel, ts = self.post_state(item.key)
+        if state == DELIVERED and ts:
+            return channel or item.channel, ts
+        return item.channel, None
+
+    def _attempt(self, item: Item) -> dict | None:
+        """Send one call (the caller holds the lock); Slack's answer when it landed, else None."""
+        channel, ts = self._target_ts(item)
+        if item.op != POST and ts is None:
+            self._finish([item], FAILED, "no message to edit or reply to (its post failed)")
+            log.warning("slack outbox: %s for %s given up: its message was never posted", item.op, item.key)
+            SLACK_OUTBOX.labels(item.op, FAILED).inc()
+            return None
+        # the attempt is recorded before the call: a crash after it leaves a trace (attempts > 0)
+        with self.store.tx() as c:
+            c.execute(update(table).where(table.c.id == item.id).values(attempts=table.c.attempts + 1))
+        item.attempts += 1
+        msg = dict(item.payload)
+        try:
+            if item.op == POST:
+                resp = self.client.chat_postMessage(channel=channel, **msg)
+            elif item.op == UPDATE:
+                resp = self.client.chat_update(channel=channel, ts=ts, **msg)
+            else:
+                resp = self.client.chat_postMessage(channel=channel, thread_ts=ts, **msg)
+        except SlackApiError as exc:
+            error = str(exc.response.get("error") or f"http_{exc.response.status_code}")
+            if error in PERMANENT_ERRORS:
+                self._finish([item], FAILED, error)
+                log.warning("slack outbox: %s for %s given up: Slack says %s", item.op, item.key, error)
+                SLACK_OUTBOX.labels(item.op, FAILED).inc()
+                return None
+            wait = backoff(item.attempts)
+            if exc.response.status_code == 429:
+                try:
+                    wait = max(1.0, float(exc.response.headers.get("Retry-After", wait)))
+                except (TypeError, ValueError):
+                    pass
+            self._retry(item, error, wait)
+            return None
+        except Exception as exc:
+            self._retry(item, type(exc).__name__, backoff(item.attempts))
+            return None
+        data = resp.data if hasattr(resp, "data") else dict(resp)
+        with self.store.tx() as c:
+            values = {"state": DELIVERED, "delivered_at": time.time(), "last_error": None}
+            if item.op == POST:
+                values.update(ts=data.get("ts"), channel=data.get("channel") or channel)
+            c.execute(update(table).where(table.c.id == item.id).values(**values))
+        SLACK_OUTBOX.labels(item.op, DELIVERED).inc()
+        return data  # type: ignore[return-value]
+
+    def _retry(self, item: Item, error: str, wait: float) -> None:
+        now = time.time()
+        self._paused_until = max(self._paused_until, now + wait)
+        with self.store.tx() as c:
+            c.execute(update(table).where(table.c.id == item.id).values(next_at=now + wait, last_error=error[:200]))
+        SLACK_OUTBOX.labels(item.op, "retried").inc()
+        log.warning("slack outbox: %s for %s failed (%s, attempt %d): trying again in %.0fs",
+                    item.op, item.key, error, item.attempts, wait)
+
+    def _finish(self, items: list[Item], state: str, error: str | None) -> None:
+        with self.store.tx() as c:
+            c.execute(update(table).where(table.c.id.in_([i.id for i in items]))
+                      .values(state=state, delivered_at=time.time(), last_error=error))
+
+    def _prune(self) -> None:
+        now = time.time()
+        if now - self._last_prune < 3600:
+            return
+        self._last_prune = now
+        with self.store.tx() as c:
+            c.execute(delete(table).where(table.c.state != PENDING, table.c.created_at < now - KEEP_DONE_FOR))

@@ -1,0 +1,101 @@
+"""Watch incidents in the lag watcher's table (``pgs_incidents``) with their own ``kind`` values.
+
+Fenced by the watch's own leader lease like :class:`bot.state.incidents.Incidents`. Differences:
+several incidents of one kind may be open on one host (a pile-up per root blocker), told apart by
+``payload["key"]``; and an Acknowledge (written by whoever clicks, not by the leader) is kept in
+``payload["ack"]``, which the leader's writes never overwrite.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from sqlalchemy import insert, select, update
+
+from bot.state.incidents import Incident, Incidents
+from bot.state.schema import incidents
+from bot.state.store import new_id
+from bot.watch.model import KINDS
+
+LEASE_NAME = "watch"
+
+
+class WatchIncidents(Incidents):
+    def __init__(self, store, holder: str):
+        super().__init__(store, LEASE_NAME, holder)
+
+    def open_list(self, env: str | None = None, host: str | None = None) -> list[Incident]:
+        stmt = select(incidents).where(incidents.c.open.is_(True), incidents.c.kind.in_(KINDS))
+        if env is not None:
+            stmt = stmt.where(incidents.c.env == env)
+        if host is not None:
+            stmt = stmt.where(incidents.c.host == host)
+        with self.store.read() as c:
+            rows = c.execute(stmt.order_by(incidents.c.opened_at)).mappings().all()
+        return [Incident.from_row(r) for r in rows]
+
+    def create_keyed(self, env: str, host: str, kind: str, key: str, channel: str, payload: dict) -> Incident | None:
+        """Open an incident; None when this bot is not the leader or the same one is already open."""
+        now = time.time()
+        row = {
+            "id": new_id(12), "env": env, "host": host, "kind": kind, "open": True, "opened_at": now,
+            "resolved_at": None, "channel": channel, "message_ts": None, "last_update_at": None,
+            "last_reminder_at": None, "payload": json.dumps({**payload, "key": key}, default=str),
+        }
+        with self.store.tx() as c:
+            if not self._holds_lease(c):
+                return None
+            same = c.execute(
+                select(incidents.c.payload).where(
+                    incidents.c.env == env, incidents.c.host == host, incidents.c.kind == kind,
+                    incidents.c.open.is_(True),
+                )
+            ).all()
+            if any(json.loads(r[0] or "{}").get("key", "") == key for r in same):
+                return None
+            c.execute(insert(incidents).values(**row))
+        return Incident.from_row(row)
+
+    def save(self, inc: Incident, **values) -> bool:
+        """As :meth:`Incidents.save`, keeping an Acknowledge recorded meanwhile by a click."""
+        if "payload" not in values:
+            return super().save(inc, **values)
+        payload = dict(values.pop("payload"))
+        with self.store.tx() as c:
+            if not self._holds_lease(c):
+                return False
+            row = c.execute(select(incidents.c.payload).where(incidents.c.id == inc.id)).first()
+            stored = json.loads(row[0] or "{}") if row else {}
+            if stored.get("ack") and not payload.get("ack"):
+                payload["ack"] = stored["ack"]
+            res = c.execute(
+                update(incidents).where(incidents.c.id == inc.id, incidents.c.open.is_(True))
+                .values(payload=json.dumps(payload, default=str), **values)
+            )
+            ok = res.rowcount == 1
+        if ok:
+            inc.payload = payload
+            for k, v in values.items():
+                setattr(inc, k, v)
+        return ok
+
+    def acknowledge(self, incident_id: str, user: str) -> tuple[Incident | None, str | None]:
+        """Record who took the incident; (incident, None), or (incident or None, why nothing changed)."""
+        with self.store.tx() as c:
+            stmt = select(incidents).where(incidents.c.id == incident_id, incidents.c.kind.in_(KINDS))
+            if not self.store.is_sqlite:
+                stmt = stmt.with_for_update()
+            row = c.execute(stmt).mappings().first()
+            if row is None:
+                return None, "this alert is not known to the bot"
+            inc = Incident.from_row(row)
+            if not inc.open:
+                return inc, "this alert is already resolved"
+            ack = inc.payload.get("ack")
+            if ack:
+                return inc, f"<@{ack['by']}> already acknowledged this alert"
+            inc.payload["ack"] = {"by": user, "at": time.time()}
+            c.execute(update(incidents).where(incidents.c.id == incident_id)
+                      .values(payload=json.dumps(inc.payload, default=str)))
+        return inc, None

@@ -1,0 +1,419 @@
+"""The watch's incident rules, pure: measurements in, desired incidents and decisions out.
+
+* :func:`conditions` reads one :class:`~bot.watch.model.HostSnapshot` and returns every condition
+  over its threshold right now (kind, key, facts, the sessions to offer buttons for).
+* :class:`Streaks` counts checks in a row per (host, kind, key): an incident opens after
+  ``consecutive`` of them.
+* :func:`decide` compares what is true now with the incidents that are open and says what to do:
+  open, update (at most once a minute, or at once after an Acknowledge), remind (every
+  ``remind_every``, never once acknowledged), resolve (at the first check without the condition).
+
+No clock, no database, no Slack here: every input is an argument, so the rules have unit tests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+
+from bot.config import Environment, IgnoreRule, Watch
+from bot.watch.model import (
+    CONNECTIONS,
+    HOST_UNREACHABLE,
+    IDLE_TX,
+    LOCK_PILEUP,
+    LONG_RUNNING,
+    WAL_RECEIVER,
+    XMIN_HORIZON,
+    HostSnapshot,
+    WatchSession,
+)
+
+UPDATE_EVERY = 60.0  # an open alert is edited in place at most once a minute
+MAX_SHOWN = 10  # sessions drawn with buttons in one alert
+TOP = 5  # entries of each connections breakdown
+
+
+# --- ignore ---------------------------------------------------------------------------------------
+
+
+@cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def rule_matches(rule: IgnoreRule, *, app: str | None, user: str | None, db: str | None, query: str | None) -> bool:
+    """Every key the rule gives must match (``query`` is searched, as a regular expression)."""
+    if rule.app is not None and (app or "") != rule.app:
+        return False
+    if rule.user is not None and (user or "") != rule.user:
+        return False
+    if rule.db is not None and (db or "") != rule.db:
+        return False
+    if rule.query is not None and not _compiled(rule.query).search(query or ""):
+        return False
+    return True
+
+
+def is_ignored(rules: Sequence[IgnoreRule], *, app: str | None, user: str | None, db: str | None,
+               query: str | None) -> bool:
+    return any(rule_matches(r, app=app, user=user, db=db, query=query) for r in rules)
+
+
+def ignored_session(rules: Sequence[IgnoreRule], s: WatchSession) -> bool:
+    return bool(rules) and is_ignored(rules, app=s.application, user=s.user, db=s.database, query=s.query)
+
+
+# --- conditions -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One thing over its threshold on one host now. ``key`` tells incidents of one kind apart."""
+
+    kind: str
+    key: str
+    facts: dict
+    sessions: tuple[WatchSession, ...] = ()  # offered with buttons, worst first
+    bulk: tuple[WatchSession, ...] = ()  # connections: the idle sessions a *Terminate these N* covers
+    bulk_app: str | None = None
+
+    @property
+    def ident(self) -> tuple[str, str]:
+        return (self.kind, self.key)
+
+
+def _roots(pid: int, graph: dict[int, tuple[int, ...]]) -> set[int]:
+    """The sessions at the head of ``pid``'s chain of blockers (in a cycle, its members)."""
+    reach = _reach(pid, graph)
+    roots = {p for p in reach if not graph.get(p)}
+    if not roots:  # a deadlock about to be broken: no head, every member blocks the others
+        roots = {p for p in reach if p != pid}
+    return roots
+
+
+def _reach(pid: int, graph: dict[int, tuple[int, ...]]) -> set[int]:
+    out: set[int] = set()
+    stack = list(graph.get(pid, ()))
+    while stack:
+        p = stack.pop()
+        if p in out:
+            continue
+        out.add(p)
+        stack.extend(graph.get(p, ()))
+    return out
+
+
+def lock_pileups(snap: HostSnapshot, watch: Watch, ignore: Sequence[IgnoreRule] = ()) -> list[Condition]:
+    cfg = watch.lock_pileup
+    if cfg is None:
+        return []
+    by_pid = {s.pid: s for s in snap.sessions}
+    graph = {s.pid: s.blocked_by for s in snap.sessions if s.blocked_by}
+    behind: dict[int, list[WatchSession]] = {}
+    for s in snap.sessions:
+        if not s.blocked_by:
+            continue
+        for root in _roots(s.pid, graph):
+            behind.setdefault(root, []).append(s)
+    out = []
+    for root_pid, waiters in behind.items():
+        root = by_pid.get(root_pid)
+        if root is None or root.backend_start is None or ignored_session(ignore, root):
+            continue
+        direct = [w for w in waiters if root_pid in w.blocked_by]
+        longest = max((w.wait_secs or 0.0 for w in waiters), default=0.0)
+        if len(waiters) < cfg.waiters and longest < cfg.wait:
+            continue
+        held = sorted({(h.mode, h.relation) for h in snap.held if h.pid == root_pid}, key=lambda x: (x[1] or "", x[0]))
+        # the DDL queue: a waiter asking for AccessExclusiveLock that others queue behind
+        ddl = None
+        for w in sorted(waiters, key=lambda w: -(w.wait_secs or 0.0)):
+            if w.wait_mode == "AccessExclusiveLock":
+                queued = sum(1 for x in waiters if w.pid in x.blocked_by or w.pid in _reach(x.pid, graph))
+                if queued:
+                    ddl = {**w.facts(), "queued": queued}
+                    break
+        worst = sorted(waiters, key=lambda w: -(w.wait_secs or 0.0))[:5]
+        facts = {
+            "root": root.facts(),
+            "root_idle_in_transaction": root.is_idle_in_transaction,
+            "held": [{"mode": m, "relation": r} for m, r in held],
+            "direct": len(direct),
+            "total": len(waiters),
+            "longest_wait": longest,
+            "ddl": ddl,
+            "waiters": [w.facts() for w in worst],
+            "threshold": {"waiters": cfg.waiters, "wait": cfg.wait},
+        }
+        out.append(Condition(LOCK_PILEUP, root.key, facts, (root,)))
+    out.sort(key=lambda c: -c.facts["total"])
+    return out
+
+
+def _client_offenders(snap, ignore, pred) -> list[WatchSession]:
+    return [s for s in snap.sessions if s.is_client and s.backend_start is not None and pred(s)
+            and not ignored_session(ignore, s)]
+
+
+def idle_in_transaction(snap: HostSnapshot, watch: Watch, ignore: Sequence[IgnoreRule] = ()) -> list[Condition]:
+    limit = watch.idle_in_transaction
+    if limit is None:
+        return []
+    found = _client_offenders(snap, ignore, lambda s: s.is_idle_in_transaction and (s.state_secs or 0) >= limit)
+    if not found:
+        return []
+    found.sort(key=lambda s: -(s.state_secs or 0))
+    facts = {"count": len(found), "threshold": limit, "worst_secs": found[0].state_secs,
+             "sessions": [s.facts() for s in found[:MAX_SHOWN]]}
+    return [Condition(IDLE_TX, "", facts, tuple(found[:MAX_SHOWN]))]
+
+
+def long_running(snap: HostSnapshot, watch: Watch, ignore: Sequence[IgnoreRule] = ()) -> list[Condition]:
+    limit = watch.long_running
+    if limit is None:
+        return []
+    found = _client_offenders(snap, ignore, lambda s: s.state == "active" and (s.query_secs or 0) >= limit)
+    if not found:
+        return []
+    found.sort(key=lambda s: -(s.query_secs or 0))
+    facts = {"count": len(found), "threshold": limit, "worst_secs": found[0].query_secs,
+             "sessions": [s.facts() for s in found[:MAX_SHOWN]]}
+    return [Condition(LONG_RUNNING, "", facts, tuple(found[:MAX_SHOWN]))]
+
+
+def connections(snap: HostSnapshot, watch: Watch, ignore: Sequence[IgnoreRule] = (),
+                max_bulk: int = 500) -> list[Condition]:
+    share = watch.connections
+    if share is None:
+        return []
+    usable = max(1, snap.max_connections - snap.superuser_reserved)
+    used = snap.client_connections
+    if used * 100.0 < share * usable:
+        return []
+    clients = [s for s in snap.sessions if s.is_client]
+    if snap.breakdown is not None:  # counted by the server (only the idle sessions travel)
+        by_app, by_user, by_state = ([(k or "", int(n)) for k, n in snap.breakdown.get(x) or []]
+                                     for x in ("app", "user", "state"))
+    else:
+        by_app = Counter(s.application or "" for s in clients).most_common(TOP)
+        by_user = Counter(s.user or "" for s in clients).most_common(TOP)
+        by_state = Counter(s.state or "" for s in clients).most_common(TOP)
+    idle = [s for s in clients if s.state == "idle" and s.backend_start is not None and not ignored_session(ignore, s)]
+    idle_by_app = Counter(s.application or "" for s in idle)
+    bulk_app, bulk = None, ()
+    if idle_by_app:
+        bulk_app = sorted(idle_by_app.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+        chosen = sorted((s for s in idle if (s.application or "") == bulk_app), key=lambda s: -(s.state_secs or 0))
+        bulk = tuple(chosen[:max_bulk])
+    facts = {
+        "used": used, "usable": usable, "max": snap.max_connections, "reserved": snap.superuser_reserved,
+        "share": round(100.0 * used / usable, 1), "threshold": share,
+        "by_app": by_app, "by_user": by_user, "by_state": by_state,
+        "bulk_app": bulk_app, "bulk_count": len(bulk), "idle_of_app": idle_by_app.get(bulk_app, 0) if bulk_app else 0,
+    }
+    return [Condition(CONNECTIONS, "", facts, (), bulk, bulk_app)]
+
+
+@dataclass
+class HorizonClock:
+    """Since when each (slot or standby feedback, xmin) has been seen: they carry no time of their own."""
+
+    first_seen: dict[str, float] = field(default_factory=dict)
+
+    def age(self, key: str, now: float) -> float:
+        return now - self.first_seen.setdefault(key, now)
+
+    def keep(self, keys: Iterable[str]) -> None:
+        wanted = set(keys)
+        for k in list(self.first_seen):
+            if k not in wanted:
+                del self.first_seen[k]
+
+
+def horizon_holders(snap: HostSnapshot, ignore: Sequence[IgnoreRule] = (), clock: HorizonClock | None = None,
+                    ) -> list[dict]:
+    """Every holder of the xmin horizon on this host, oldest first (by time held, then transactions behind)."""
+    clock = clock if clock is not None else HorizonClock()
+    now = snap.taken_at
+    holders: list[dict] = []
+    for s in snap.sessions:
+        if s.horizon_age is None or s.backend_start is None or ignored_session(ignore, s):
+            continue
+        secs = s.xact_secs if s.xact_secs is not None else s.query_secs
+        holders.append({"type": "backend", "secs": secs or 0.0, "xid_age": s.horizon_age, "key": s.key,
+                        "session": s.facts(), "backend_type": s.backend_type})
+    # a standby lists the primary's prepared transactions too (replayed): they are the primary's alert
+    for p in () if snap.in_recovery else snap.prepared:
+        holders.append({"type": "prepared", "secs": p.get("secs") or 0.0, "xid_age": p.get("xid_age"),
+                        "key": f"prepared:{p.get('gid')}", "gid": p.get("gid"), "owner": p.get("owner"),
+                        "database": p.get("database")})
+    seen = []
+    for sl in snap.slots:
+        key = f"slot:{sl.get('slot_name')}:{sl.get('xmin')}:{sl.get('catalog_xmin')}"
+        seen.append(key)
+        holders.append({"type": "slot", "secs": clock.age(key, now), "xid_age": sl.get("xid_age"), "key": key,
+                        "slot_name": sl.get("slot_name"), "slot_type": sl.get("slot_type"),
+                        "active": sl.get("active"), "retained_bytes": sl.get("retained_bytes"),
+                        "xmin": sl.get("xmin"), "catalog_xmin": sl.get("catalog_xmin")})
+    for f in snap.feedback:
+        key = f"feedback:{f.get('application_name')}:{f.get('client_addr')}:{f.get('xmin')}"
+        seen.append(key)
+        holders.append({"type": "feedback", "secs": clock.age(key, now), "xid_age": f.get("xid_age"), "key": key,
+                        "application": f.get("application_name"), "client_addr": f.get("client_addr"),
+                        "xmin": f.get("xmin")})
+    clock.keep(seen)
+    holders.sort(key=lambda h: (-(h["secs"] or 0.0), -(h["xid_age"] or 0)))
+    return holders
+
+
+def xmin_horizon(snap: HostSnapshot, watch: Watch, ignore: Sequence[IgnoreRule] = (),
+                 clock: HorizonClock | None = None) -> list[Condition]:
+    limit = watch.xmin_horizon
+    if limit is None:
+        return []
+    holders = horizon_holders(snap, ignore, clock)
+    over = [h for h in holders if (h["secs"] or 0.0) >= limit]
+    if not over:
+        return []
+    sessions = []
+    by_key = {s.key: s for s in snap.sessions}
+    for h in over[:MAX_SHOWN]:
+        s = by_key.get(h["key"]) if h["type"] == "backend" else None
+        if s is not None and s.is_client:
+            sessions.append(s)
+    facts = {"threshold": limit, "oldest": over[0], "holders": over[:MAX_SHOWN], "count": len(over)}
+    return [Condition(XMIN_HORIZON, "", facts, tuple(sessions))]
+
+
+def wal_receiver(snap: HostSnapshot) -> list[Condition]:
+    """A standby whose WAL receiver is not streaming receives nothing: it is never "behind", so the lag
+    alert never fires for it."""
+    if not snap.in_recovery or snap.receiver_status == "streaming":
+        return []
+    facts = {"status": snap.receiver_status or "not running", "silent_secs": snap.receiver_silent_secs}
+    return [Condition(WAL_RECEIVER, "", facts)]
+
+
+def unreachable(reason: str, failures: int) -> Condition:
+    return Condition(HOST_UNREACHABLE, "", {"reason": reason, "failures": failures})
+
+
+def effective_watch(environment: Environment) -> Watch | None:
+    """What the watch checks for an environment: its ``watch``, or for one with only ``lag_alert`` the
+    host alerts (WAL receiver, unreachable primary) on the lag alert's channel and cadence."""
+    if environment.watch is not None:
+        return environment.watch
+    lag = environment.lag_alert
+    if lag is None:
+        return None
+    return Watch(channel=lag.channel, check_every=lag.check_every, consecutive=lag.consecutive,
+                 remind_every=lag.remind_every)
+
+
+def host_alert_channel(environment: Environment) -> str:
+    """Host alerts join the lag alerts' channel when there is one."""
+    if environment.lag_alert is not None:
+        return environment.lag_alert.channel
+    assert environment.watch is not None
+    return environment.watch.channel
+
+
+def alerts_unreachable(environment: Environment, host: str) -> bool:
+    """The primary always; a standby only when no lag watcher checks it (it has its own unreachable alert)."""
+    return host == "primary" or environment.lag_alert is None
+
+
+def conditions(snap: HostSnapshot, watch: Watch, ignore: Sequence[IgnoreRule] = (), *, max_bulk: int = 500,
+               clock: HorizonClock | None = None) -> list[Condition]:
+    """Every condition over its threshold on this host now (one read serves every kind)."""
+    return [
+        *wal_receiver(snap),
+        *lock_pileups(snap, watch, ignore),
+        *idle_in_transaction(snap, watch, ignore),
+        *long_running(snap, watch, ignore),
+        *connections(snap, watch, ignore, max_bulk),
+        *xmin_horizon(snap, watch, ignore, clock),
+    ]
+
+
+# --- consecutive checks ---------------------------------------------------------------------------
+
+
+@dataclass
+class Streaks:
+    """Checks in a row each (kind, key) has been true on one host. Lost on restart, on purpose: an open
+    incident lives in the state store, and a new one needs ``consecutive`` fresh checks."""
+
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def advance(self, found: Iterable[Condition]) -> dict[tuple[str, str], int]:
+        now = {c.ident for c in found}
+        self.counts = {ident: self.counts.get(ident, 0) + 1 for ident in now}
+        return dict(self.counts)
+
+
+# --- decisions ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpenIncident:
+    """What the rules need to know about an open incident (from the state store)."""
+
+    id: str
+    kind: str
+    key: str
+    opened_at: float
+    last_update_at: float | None
+    last_reminder_at: float | None
+    posted: bool
+    acked_by: str | None = None
+    ack_drawn: bool = False
+
+    @property
+    def ident(self) -> tuple[str, str]:
+        return (self.kind, self.key)
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # open | update | remind | resolve
+    kind: str
+    key: str
+    condition: Condition | None = None
+    incident: OpenIncident | None = None
+
+
+def decide(
+    found: Sequence[Condition],
+    streaks: dict[tuple[str, str], int],
+    open_: Sequence[OpenIncident],
+    *,
+    now: float,
+    consecutive: int,
+    remind_every: float,
+    update_every: float = UPDATE_EVERY,
+) -> list[Decision]:
+    out: list[Decision] = []
+    by_ident = {c.ident: c for c in found}
+    opened = {i.ident: i for i in open_}
+    for inc in open_:
+        cond = by_ident.get(inc.ident)
+        if cond is None:
+            out.append(Decision("resolve", inc.kind, inc.key, None, inc))
+            continue
+        last = inc.last_update_at or 0.0
+        # not posted yet (the first post failed): try again at most once a minute; posted: edit at most
+        # once a minute, or at once to show a new Acknowledge
+        due = now - last >= update_every
+        if due or (inc.posted and inc.acked_by and not inc.ack_drawn):
+            out.append(Decision("update", inc.kind, inc.key, cond, inc))
+        if inc.posted and not inc.acked_by and now - (inc.last_reminder_at or inc.opened_at) >= remind_every:
+            out.append(Decision("remind", inc.kind, inc.key, cond, inc))
+    for cond in found:
+        if cond.ident not in opened and streaks.get(cond.ident, 0) >= consecutive:
+            out.append(Decision("open", cond.kind, cond.key, cond))
+    return out

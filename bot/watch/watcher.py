@@ -1,0 +1,542 @@
+"""The thin shell around :mod:`bot.watch.rules`: scheduler jobs, leader lease, state store, Slack.
+
+Jobs (added by :func:`install`; they run once the scheduler starts):
+
+* ``watch:lease``: take or renew the watch's leader lease (``watch``) every ``check_every / 2`` of the
+  smallest ``check_every``, TTL 1.5 × that. Only the holder checks: with several replicas on one
+  PostgreSQL state store exactly one posts, and another takes over within two intervals.
+* ``watch:check:<env>:<host>``: one read of the host (``watch_host.sql``: one statement, one
+  ``pg_stat_activity`` read for every kind), the rules, then each decision: open (post), update (edit
+  in place, at most once a minute), remind (in the thread, until acknowledged), resolve (edit to
+  resolved with how long and what was done, buttons removed). A host per job, every call bounded by the
+  environment's timeouts: a hung host delays nobody else. A failed read decides nothing (an open
+  incident stays open; the lag watcher reports unreachable standbys).
+
+Incidents live in the state store (``pgs_incidents``, kinds from :mod:`bot.watch.model`): a restart
+neither repeats nor forgets one. Consecutive-check counts are in memory and start again after a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
+from psycopg.rows import dict_row
+from slack_sdk.errors import SlackApiError
+
+from bot.approval.models import BulkTarget
+from bot.approval.targets import issue_session_tokens, session_snapshot
+from bot.bulk.targets import STATE_LIKE, TERMINATE_BULK
+from bot.config import Environment, Watch
+from bot.metrics import CHECK_FAILURES
+from bot.postgres.pools import DatabaseUnavailable
+from bot.postgres.redact import redact
+from bot.postgres.sql import query
+from bot.render import watch as render
+from bot.state.incidents import Incident
+from bot.watch import rules
+from bot.watch.incidents import LEASE_NAME, WatchIncidents
+from bot.watch.model import (
+    CONNECTIONS,
+    HOST_UNREACHABLE,
+    LOCK_PILEUP,
+    WAL_RECEIVER,
+    HostSnapshot,
+    iso,
+    snapshot_from_row,
+)
+
+log = logging.getLogger(__name__)
+
+CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
+GONE_ERRORS = frozenset({"message_not_found", "channel_not_found", "cant_update_message", "is_archived"})
+
+
+def read_params(environment: Environment) -> dict:
+    """What ``watch_host.sql`` needs to send only the sessions a rule may look at."""
+    w = rules.effective_watch(environment)
+    assert w is not None
+    return {
+        "query_chars": max(environment.listing.query_chars, 200),
+        "idle_tx_secs": w.idle_in_transaction,
+        "long_running_secs": w.long_running,
+        "xmin_secs": w.xmin_horizon,
+        "share": w.connections,
+        "locks": w.lock_pileup is not None,
+    }
+
+
+def read_host(dbs, env: str, host: str) -> HostSnapshot:
+    """One check's read of one host: one statement (see watch_host.sql)."""
+    environment = dbs.config.environments[env]
+    with dbs.connection(env, host, op="watch") as conn:
+        with conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(query("watch_host"), read_params(environment))
+            row = cur.fetchone()
+    return snapshot_from_row(env, host, time.time(), row, redact if environment.redact_queries else None)
+
+
+def kill_disabled_reason(environment: Environment, env: str) -> str | None:
+    if not environment.access.allow_kill:
+        return f"signalling is turned off for `{env}` (access.allow_kill: false)"
+    return None
+
+
+class HostState:
+    def __init__(self) -> None:
+        self.streaks = rules.Streaks()
+        self.clock = rules.HorizonClock()
+        self.failures = 0
+        self.lock = threading.Lock()
+
+
+class Watcher:
+    def __init__(self, rt):
+        self.rt = rt
+        self.holder = f"{rt.instance_id}:{secrets.token_hex(4)}"
+        # environments with ``watch``, and those with only ``lag_alert`` (their host alerts: WAL receiver,
+        # unreachable primary)
+        self.watches: dict[str, Watch] = {}
+        for n, e in rt.config.environments.items():
+            w = rules.effective_watch(e)
+            if w is not None:
+                self.watches[n] = w
+        self.envs: dict[str, Environment] = {n: rt.config.environments[n] for n in self.watches}
+        self.min_every = min((w.check_every for w in self.watches.values()), default=30.0)
+        self.lease_ttl = 1.5 * self.min_every
+        self.renew_every = self.min_every / 2
+        self.incidents = WatchIncidents(rt.store, self.holder)
+        self._valid_until = 0.0
+        self._hosts: dict[tuple[str, str], HostState] = {}
+        # hosts with an open incident, read from the store when this instance becomes the leader and kept
+        # while it leads (only the leader opens and resolves): a quiet host costs no state-store read
+        self._open_hosts: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self.update_every = rules.UPDATE_EVERY
+        # completed checks per (env, host) while leader, and the last check's duration: for tests and bench
+        self.checks: dict[tuple[str, str], int] = {}
+        self.last_check_secs: dict[tuple[str, str], float] = {}
+
+    # --- wiring -------------------------------------------------------------------------------------
+
+    def install(self) -> None:
+        sched = self.rt.scheduler
+        now = datetime.now(UTC)
+        sched.add_job(self.renew_lease, "interval", seconds=self.renew_every, id="watch:lease",
+                      name="watch leader lease", next_run_time=now, replace_existing=True)
+        for env in self.envs:
+            every = self.watches[env].check_every
+            for host in self.hosts(env):
+                sched.add_job(self.check, "interval", seconds=every, args=[env, host], id=f"watch:check:{env}:{host}",
+                              name=f"watch {env}/{host}", next_run_time=now + timedelta(seconds=min(0.5, every)),
+                              replace_existing=True)
+        sched.add_listener(lambda _e: self.stop(), EVENT_SCHEDULER_SHUTDOWN)
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        was = self.is_leader()
+        self._stopped.set()
+        self._valid_until = 0.0
+        if was:
+            try:
+                self.rt.store.release_lease(LEASE_NAME, self.holder)
+            except Exception as exc:
+                log.warning("could not release the watch lease: %s", type(exc).__name__)
+
+    # --- leadership ---------------------------------------------------------------------------------
+
+    def is_leader(self) -> bool:
+        return not self._stopped.is_set() and time.monotonic() < self._valid_until
+
+    def renew_lease(self) -> None:
+        if self._stopped.is_set():
+            return
+        started = time.monotonic()
+        was = self.is_leader()
+        try:
+            held = self.rt.store.acquire_lease(LEASE_NAME, self.holder, self.lease_ttl)
+        except Exception as exc:
+            log.warning("watch: could not renew the leader lease: %s", type(exc).__name__)
+            return
+        if self._stopped.is_set():
+            return
+        if held:
+            if not was:
+                # what is open first, then checks may run (a check skips the store for a quiet host)
+                log.info("watch: this instance now runs the session checks (%s)", self.holder)
+                self._close_unwatched()
+                try:
+                    hosts = {(i.env, i.host) for i in self.incidents.open_list()}
+                except Exception:
+                    hosts = {(e, h) for e in self.envs for h in self.hosts(e)}
+                with self._lock:
+                    self._hosts.clear()
+                    self._open_hosts = hosts
+            self._valid_until = started + self.lease_ttl * 0.8
+        else:
+            self._valid_until = 0.0
+            if was:
+                log.warning("watch: another instance took over the session checks")
+
+    def _close_unwatched(self) -> None:
+        """Incidents of a kind, host or environment no longer watched: say so instead of leaving them open."""
+        try:
+            for inc in self.incidents.open_list():
+                e = self.envs.get(inc.env)
+                if e is not None and inc.host in e.hosts() and self._kind_on(self.watches[inc.env], inc.kind):
+                    continue
+                if self.incidents.resolve(inc, {**inc.payload, "closed": "not watched any more"}) and inc.message_ts:
+                    msg = render.render_closed(inc.kind, inc.env, inc.host, "no longer watched (removed from the configuration)")
+                    self._slack("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg)
+        except Exception:
+            log.exception("watch: could not read open incidents")
+
+    @staticmethod
+    def _kind_on(w: Watch, kind: str) -> bool:
+        return {
+            "lock_pileup": w.lock_pileup is not None, "idle_in_tx": w.idle_in_transaction is not None,
+            "long_running": w.long_running is not None, "connections": w.connections is not None,
+            "xmin_horizon": w.xmin_horizon is not None, "wal_receiver": True, "host_unreachable": True,
+        }.get(kind, False)
+
+    # --- one check ----------------------------------------------------------------------------------
+
+    def _state(self, env: str, host: str) -> HostState:
+        with self._lock:
+            return self._hosts.setdefault((env, host), HostState())
+
+    def check(self, env: str, host: str) -> None:
+        if not self.is_leader():
+            return
+        st = self._state(env, host)
+        if not st.lock.acquire(blocking=False):
+            return  # the previous check of this host is still running
+        started = time.monotonic()
+        try:
+            try:
+                snap = read_host(self.rt.dbs, env, host)
+            except DatabaseUnavailable as exc:
+                CHECK_FAILURES.labels(env, host).inc()
+                log.warning("watch: cannot check %s/%s: %s", env, host, exc.reason)
+                if self.is_leader() and rules.alerts_unreachable(self.envs[env], host):
+                    self.on_failure(env, host, exc.reason, st)
+                return
+            if self.is_leader():
+                self.on_snapshot(snap, st)
+        except Exception:
+            if self._stopped.is_set():
+                return
+            CHECK_FAILURES.labels(env, host).inc()
+            log.exception("watch: checking %s/%s failed", env, host)
+        finally:
+            self.checks[(env, host)] = self.checks.get((env, host), 0) + 1
+            self.last_check_secs[(env, host)] = time.monotonic() - started
+            st.lock.release()
+
+    def on_snapshot(self, snap: HostSnapshot, st: HostState) -> None:
+        environment = self.envs[snap.env]
+        w = self.watches[snap.env]
+        st.failures = 0
+        found = rules.conditions(snap, w, environment.ignore, max_bulk=environment.access.max_bulk, clock=st.clock)
+        streaks = st.streaks.advance(found)
+        key = (snap.env, snap.host)
+        if not found and key not in self._open_hosts:
+            return  # nothing true and nothing open here (known since this instance became the leader)
+        open_incs = self.incidents.open_list(snap.env, snap.host)
+        views = [self._view(i) for i in open_incs]
+        by_id = {i.id: i for i in open_incs}
+        now = time.time()
+        decisions = rules.decide(found, streaks, views, now=now, consecutive=w.consecutive,
+                                 remind_every=w.remind_every, update_every=self.update_every)
+        for d in decisions:
+            inc = by_id.get(d.incident.id) if d.incident else None
+            if d.action == "open":
+                self._open(snap, d.condition, w)  # type: ignore[arg-type]
+            elif d.action == "update" and inc is not None:
+                self._update(snap, inc, d.condition, w)  # type: ignore[arg-type]
+            elif d.action == "remind" and inc is not None:
+                self._remind(inc, d.condition, now)  # type: ignore[arg-type]
+            elif d.action == "resolve" and inc is not None:
+                self._resolve(inc)
+        with self._lock:
+            if any(d.action == "open" for d in decisions) or self.incidents.open_list(snap.env, snap.host):
+                self._open_hosts.add(key)
+            else:
+                self._open_hosts.discard(key)
+
+    def hosts(self, env: str) -> list[str]:
+        """The hosts checked: all of an environment with ``watch``; only the primary of one with just
+        ``lag_alert`` (the lag watcher reads its standbys; a second reader of a failing standby would
+        blur the reason its unreachable alert gives)."""
+        e = self.envs[env]
+        return list(e.hosts()) if e.watch is not None else ["primary"]
+
+    def _channel(self, env: str, kind: str) -> str:
+        if kind in (WAL_RECEIVER, HOST_UNREACHABLE):
+            return rules.host_alert_channel(self.envs[env])
+        return self.watches[env].channel
+
+    def on_failure(self, env: str, host: str, reason: str, st: HostState) -> None:
+        """A failed read: only the unreachable incident moves (nothing else is known, nothing resolves)."""
+        w = self.watches[env]
+        st.failures += 1
+        cond = rules.unreachable(reason, st.failures)
+        streaks = st.streaks.advance([cond])
+        open_incs = [i for i in self.incidents.open_list(env, host) if i.kind == HOST_UNREACHABLE]
+        by_id = {i.id: i for i in open_incs}
+        snap = HostSnapshot(env=env, host=host, taken_at=time.time(), in_recovery=False, max_connections=0,
+                            superuser_reserved=0, client_connections=0, sessions=())
+        for d in rules.decide([cond], streaks, [self._view(i) for i in open_incs], now=time.time(),
+                              consecutive=w.consecutive, remind_every=w.remind_every, update_every=self.update_every):
+            inc = by_id.get(d.incident.id) if d.incident else None
+            if d.action == "open":
+                self._open(snap, cond, w)
+            elif d.action == "update" and inc is not None:
+                self._update(snap, inc, cond, w)
+            elif d.action == "remind" and inc is not None:
+                self._remind(inc, cond, time.time())
+        with self._lock:
+            self._open_hosts.add((env, host))
+
+    @staticmethod
+    def _view(inc: Incident) -> rules.OpenIncident:
+        ack = inc.payload.get("ack") or {}
+        return rules.OpenIncident(
+            id=inc.id, kind=inc.kind, key=inc.payload.get("key", ""), opened_at=inc.opened_at,
+            last_update_at=inc.last_update_at, last_reminder_at=inc.last_reminder_at,
+            posted=bool(inc.message_ts), acked_by=ack.get("by"), ack_drawn=bool(inc.payload.get("ack_drawn")),
+        )
+
+    # --- tokens -------------------------------------------------------------------------------------
+
+    def _tokens(self, inc: Incident, cond: rules.Condition, channel: str) -> tuple[dict[int, str], dict]:
+        """Session button tokens, reusing those issued before for the same (pid, backend_start)."""
+        known: dict = dict(inc.payload.get("tokens") or {})
+        environment = self.envs[inc.env]
+        if kill_disabled_reason(environment, inc.env):
+            return {}, known
+        out: dict[int, str] = {}
+        fresh = []
+        for s in cond.sessions:
+            tok = known.get(s.key)
+            if tok and known.get(f"channel:{s.key}") == channel:
+                out[s.pid] = tok
+            elif not s.cannot_signal:
+                fresh.append(s)
+        if fresh and cond.kind == LOCK_PILEUP:
+            # the root gets one button (Terminate when idle in transaction, else Cancel): its token says so
+            payloads = [
+                session_snapshot(s.as_session()).model_copy(
+                    update={"actions": ("terminate",) if s.is_idle_in_transaction else ("cancel",)}
+                )
+                for s in fresh
+            ]
+            tokens = self.rt.store.put_targets(inc.env, inc.host, channel, None, list(payloads))
+            issued = {s.pid: t for s, t in zip(fresh, tokens, strict=True)}
+        elif fresh:
+            issued = issue_session_tokens(self.rt.store, inc.env, inc.host, [s.as_session() for s in fresh], channel, None)
+        else:
+            issued = {}
+        for s in fresh:
+            if s.pid in issued:
+                out[s.pid] = issued[s.pid]
+                known[s.key] = issued[s.pid]
+                known[f"channel:{s.key}"] = channel
+        return out, known
+
+    def _bulk(self, inc: Incident, cond: rules.Condition, channel: str) -> tuple[str | None, list[dict], dict]:
+        """The connections alert's *Terminate these N*: a bulk target covering exactly the idle sessions shown."""
+        if cond.kind != CONNECTIONS or not cond.bulk or kill_disabled_reason(self.envs[inc.env], inc.env):
+            return None, [], {}
+        sessions = [
+            {
+                "pid": s.pid, "backend_start": iso(s.backend_start), "state_change": iso(s.state_change),
+                "changed_after_listing": False, "user": s.user, "database": s.database,
+                "application": s.application, "client_addr": s.client_addr, "state": s.state,
+                "state_secs": s.state_secs, "cannot_signal": s.cannot_signal,
+            }
+            for s in cond.bulk
+        ]
+        ident = ",".join(sorted(x["pid"].__str__() + "@" + str(x["backend_start"]) for x in sessions))
+        prev = inc.payload.get("bulk") or {}
+        if prev.get("ident") == ident and prev.get("channel") == channel and prev.get("token"):
+            return prev["token"], sessions, prev
+        payload = {
+            "actions": [TERMINATE_BULK], "category": "idle", "state_like": STATE_LIKE["idle"],
+            "filters": f"idle --app {cond.bulk_app}", "app": cond.bulk_app, "user": None, "database": None,
+            "min_seconds": None, "listed_at": time.time(), "sessions": sessions, "source": f"watch:{inc.id}",
+        }
+        (token,) = self.rt.store.put_targets(inc.env, inc.host, channel, None, [BulkTarget.model_validate(payload)])
+        return token, sessions, {"ident": ident, "channel": channel, "token": token}
+
+    def _message(self, inc: Incident, cond: rules.Condition, channel: str | None) -> tuple[dict, dict]:
+        environment = self.envs[inc.env]
+        w = self.watches[inc.env]
+        tokens, known = self._tokens(inc, cond, channel) if channel else ({}, dict(inc.payload.get("tokens") or {}))
+        bulk_token, bulk_sessions, bulk = self._bulk(inc, cond, channel) if channel else (None, [], {})
+        ack = inc.payload.get("ack")
+        msg = render.render_alert(
+            inc.kind, inc.env, inc.host, cond.facts, incident_id=inc.id, opened_at=inc.opened_at, now=time.time(),
+            tokens=tokens, bulk_token=bulk_token, bulk_sessions=bulk_sessions,
+            kill_disabled=kill_disabled_reason(environment, inc.env), ack=ack,
+            query_chars=environment.listing.query_chars, remind_every=w.remind_every,
+        )
+        payload = {**inc.payload, "facts": cond.facts, "tokens": known, "bulk": bulk or inc.payload.get("bulk"),
+                   "ack_drawn": bool(ack)}
+        seen = dict(inc.payload.get("seen") or {})
+        for s in cond.sessions:
+            seen.setdefault(s.key, {"pid": s.pid, "backend_start": iso(s.backend_start), "user": s.user,
+                                    "application": s.application})
+        payload["seen"] = seen
+        return msg, payload
+
+    # --- decisions ----------------------------------------------------------------------------------
+
+    def _open(self, snap: HostSnapshot, cond: rules.Condition, w: Watch) -> None:
+        inc = self.incidents.create_keyed(snap.env, snap.host, cond.kind, cond.key, self._channel(snap.env, cond.kind),
+                                          {"facts": cond.facts})
+        if inc is None:
+            return
+        log.warning("watch: %s on %s/%s opened (%s)", cond.kind, snap.env, snap.host, cond.key or "-")
+        self._post(inc, cond, w)
+
+    def _post(self, inc: Incident, cond: rules.Condition, w: Watch) -> None:
+        now = time.time()
+        channel = self._channel(inc.env, inc.kind)
+        known_id = CHANNEL_ID.match(channel) is not None
+        msg, payload = self._message(inc, cond, channel if known_id else None)
+        resp = self._slack("chat_postMessage", inc, channel=channel, **msg)
+        if resp is None:
+            self.incidents.save(inc, last_update_at=now, payload=payload)
+            return
+        self.incidents.save(inc, channel=resp["channel"], message_ts=resp["ts"], last_update_at=now,
+                            last_reminder_at=now, payload=payload)
+        if not known_id:
+            # a channel name: buttons must carry the channel id Slack answered with
+            msg, payload = self._message(inc, cond, resp["channel"])
+            if self._slack("chat_update", inc, channel=resp["channel"], ts=resp["ts"], **msg) is not None:
+                self.incidents.save(inc, payload=payload)
+
+    def _update(self, snap: HostSnapshot, inc: Incident, cond: rules.Condition, w: Watch) -> None:
+        if not inc.message_ts:
+            self._post(inc, cond, w)
+            return
+        now = time.time()
+        msg, payload = self._message(inc, cond, inc.channel)
+        if self._slack("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg) is not None:
+            self.incidents.save(inc, last_update_at=now, payload=payload)
+        else:
+            self.incidents.save(inc, last_update_at=now)
+
+    def _remind(self, inc: Incident, cond: rules.Condition, now: float) -> None:
+        msg = render.render_reminder(inc.kind, inc.env, inc.host, cond.facts, opened_at=inc.opened_at, now=now)
+        if self._slack("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
+            self.incidents.save(inc, last_reminder_at=now)
+
+    def _resolve(self, inc: Incident) -> None:
+        if not self.incidents.holds_lease():
+            return
+        done = self.what_was_done(inc)
+        now = time.time()
+        msg = render.render_resolved(inc.kind, inc.env, inc.host, inc.payload.get("facts") or {},
+                                     opened_at=inc.opened_at, resolved_at=now, done=done, ack=inc.payload.get("ack"))
+        if inc.message_ts and inc.channel and not self._edit_landed(inc, msg):
+            return  # stays open: the next check (condition still clear) edits it again
+        if self.incidents.resolve(inc, {**inc.payload, "done": done}):
+            log.info("watch: %s on %s/%s resolved", inc.kind, inc.env, inc.host)
+
+    def what_was_done(self, inc: Incident) -> list[str]:
+        """Signals sent through the bot on this host while the incident was open, from the audit log."""
+        try:
+            entries = self.rt.store.audit_entries(env=inc.env, limit=1000)
+        except Exception:
+            log.exception("watch: could not read the audit log")
+            return []
+        facts = inc.payload.get("facts") or {}
+        root = facts.get("root") or {}
+        root_key = f"{root.get('pid')}@{root.get('backend_start')}" if root else None
+        seen = inc.payload.get("seen") or {}
+        bulk_pids: dict[str, list[int]] = {}
+        lines: list[str] = []
+        approvers_cache: dict[str, list[str]] = {}
+
+        def approvers(request_id: str | None) -> str:
+            if not request_id:
+                return ""
+            if request_id not in approvers_cache:
+                try:
+                    related = self.rt.store.audit_entries(request_id=request_id, limit=50)
+                except Exception:
+                    related = []
+                approvers_cache[request_id] = [r["actor"] for r in related
+                                               if str(r["event"]).endswith(":approved") and r["actor"]]
+            who = approvers_cache[request_id]
+            return f" by approval of {', '.join(f'<@{a}>' for a in who)}" if who else " through the bot"
+
+        for e in sorted(entries, key=lambda e: e["at"]):
+            if e.get("host") != inc.host or e["at"] < inc.opened_at - 1:
+                continue
+            event = str(e.get("event", ""))
+            action, _, result = event.partition(":")
+            key = f"{e.get('pid')}@{e.get('backend_start')}"
+            if action in ("cancel", "terminate") and result == "executed":
+                verb = "terminated" if action == "terminate" else "cancelled"
+                if root_key and key == root_key:
+                    lines.append(f"root blocker pid {e.get('pid')} {verb}{approvers(e.get('request_id'))}")
+                elif key in seen or not root_key:
+                    lines.append(f"pid {e.get('pid')} {verb}{approvers(e.get('request_id'))}")
+            elif action == TERMINATE_BULK and result in ("ended", "gone") and inc.kind == CONNECTIONS:
+                bulk_pids.setdefault(e.get("request_id") or "", []).append(int(e.get("pid") or 0))
+        for request_id, pids in bulk_pids.items():
+            lines.append(f"{len(pids)} idle sessions terminated{approvers(request_id)}")
+        if inc.kind == LOCK_PILEUP and not lines:
+            lines.append(f"root blocker pid {root.get('pid')} let go without a signal from the bot")
+        return lines
+
+    # --- Slack --------------------------------------------------------------------------------------
+
+    def _edit_landed(self, inc: Incident, msg: dict) -> bool:
+        if self._stopped.is_set():
+            return False
+        try:
+            self.rt.client.chat_update(channel=inc.channel, ts=inc.message_ts, **msg)
+            return True
+        except SlackApiError as exc:
+            error = exc.response.get("error")
+            log.warning("watch: Slack chat_update for %s/%s failed: %s", inc.env, inc.host, error)
+            return error in GONE_ERRORS
+        except Exception as exc:
+            log.warning("watch: Slack chat_update for %s/%s failed: %s", inc.env, inc.host, type(exc).__name__)
+            return False
+
+    def _slack(self, method: str, inc: Incident, **kwargs) -> dict | None:
+        if self._stopped.is_set():
+            return None
+        try:
+            resp = getattr(self.rt.client, method)(**kwargs)
+            return resp.data if hasattr(resp, "data") else dict(resp)  # type: ignore[return-value]
+        except SlackApiError as exc:
+            log.warning("watch: Slack %s for %s/%s failed: %s", method, inc.env, inc.host, exc.response.get("error"))
+        except Exception as exc:
+            log.warning("watch: Slack %s for %s/%s failed: %s", method, inc.env, inc.host, type(exc).__name__)
+        return None
+
+
+def install(rt) -> Watcher | None:
+    """Add the watch jobs to ``rt.scheduler`` (once); None when no environment has ``watch``."""
+    existing = rt.watch
+    if existing is not None:
+        return existing  # type: ignore[no-any-return]
+    watcher = Watcher(rt)
+    if not watcher.envs:
+        return None
+    watcher.install()
+    rt.watch = watcher
+    return watcher

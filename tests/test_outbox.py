@@ -1,0 +1,149 @@
+"""The Slack outbox (bot/slack/outbox.py): which call goes next (pure), and delivery against the fake
+Slack Web API over HTTP with a SQLite state store: order per key, collapsed edits, retries, give-ups."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from bot.metrics import REGISTRY
+from bot.slack import outbox as ob
+from bot.slack.web import make_web_client
+from bot.state.store import StateStore
+from tests.harness.fake_slack import FakeSlack
+
+CHANNEL = "C0OUTBOX1"
+
+
+def item(i: int, key: str, op: str, ts: str | None = None, channel: str = CHANNEL) -> ob.Item:
+    return ob.Item(id=i, key=key, op=op, channel=channel, ts=ts, payload={"text": f"m{i}"}, attempts=0, next_at=0.0)
+
+
+def ids(plan) -> list[tuple[int, list[int]]]:
+    return [(head.id, [r.id for r in replaced]) for head, replaced in plan]
+
+
+@pytest.mark.unit
+def test_plan_sends_the_head_of_each_key_oldest_key_first():
+    items = [item(3, "b", ob.POST), item(1, "a", ob.POST), item(2, "a", ob.UPDATE), item(4, "b", ob.UPDATE)]
+    assert ids(ob.plan(items)) == [(1, []), (3, [])]
+
+
+@pytest.mark.unit
+def test_plan_collapses_consecutive_edits_of_one_message_to_the_newest():
+    items = [item(1, "a", ob.UPDATE), item(2, "a", ob.UPDATE), item(5, "a", ob.UPDATE), item(6, "a", ob.THREAD_REPLY),
+             item(7, "a", ob.UPDATE)]
+    assert ids(ob.plan(items)) == [(5, [1, 2])]
+
+
+@pytest.mark.unit
+def test_plan_never_collapses_across_a_post_a_reply_or_another_target():
+    # the post goes first and alone: the edits after it wait for its ts
+    assert ids(ob.plan([item(1, "a", ob.POST), item(2, "a", ob.UPDATE), item(3, "a", ob.UPDATE)])) == [(1, [])]
+    assert ids(ob.plan([item(1, "a", ob.THREAD_REPLY), item(2, "a", ob.THREAD_REPLY)])) == [(1, [])]
+    # an edit of an explicit ts and one of the key's post are different targets
+    assert ids(ob.plan([item(1, "a", ob.UPDATE, ts="1.1"), item(2, "a", ob.UPDATE)])) == [(1, [])]
+
+
+@pytest.mark.unit
+def test_backoff_grows_and_is_capped():
+    waits = [ob.backoff(n) for n in range(1, 12)]
+    assert waits[:3] == [2.0, 4.0, 8.0]
+    assert waits == sorted(waits) and max(waits) == ob.MAX_BACKOFF
+
+
+# --- delivery over HTTP ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSlack]:
+    f = FakeSlack(token="xoxb-test").start()
+    try:
+        yield f
+    finally:
+        f.stop()
+
+
+@pytest.fixture
+def store(tmp_path) -> Iterator[StateStore]:
+    s = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def counted(op: str, outcome: str) -> float:
+    return REGISTRY.get_sample_value("pgsessions_slack_outbox_total", {"op": op, "outcome": outcome}) or 0.0
+
+
+def pending_gauge() -> float:
+    return REGISTRY.get_sample_value("pgsessions_slack_outbox_pending")
+
+
+def drain(box: ob.Outbox, rounds: int = 20) -> None:
+    for _ in range(rounds):
+        if not box.pending_count():
+            return
+        box._paused_until = 0.0
+        with box.store.tx() as c:
+            c.execute(ob.table.update().values(next_at=0.0))
+        box.deliver()
+    assert not box.pending_count(), "still pending"
+
+
+def test_outage_keeps_everything_then_delivers_in_order_once_with_edits_collapsed(fake, store):
+    box = ob.Outbox(store, make_web_client("xoxb-test", fake.api_url))
+    fake.fail_next("chat.postMessage", status=500, times=10_000)
+    fake.fail_next("chat.update", status=500, times=10_000)
+    retried = counted(ob.POST, "retried")
+    assert box.send(ob.POST, "inc1", CHANNEL, {"text": "Alert v1"}).response is None  # Slack down: kept
+    assert counted(ob.POST, "retried") == retried + 1
+    for n in (2, 3, 4):
+        assert box.send(ob.UPDATE, "inc1", CHANNEL, {"text": f"Alert v{n}"}).kept
+    assert box.send(ob.THREAD_REPLY, "inc1", CHANNEL, {"text": "Reminder"}).kept
+    assert box.send(ob.UPDATE, "inc1", CHANNEL, {"text": "Resolved"}).kept
+    box.deliver()  # paused: Slack failed a moment ago
+    assert box.pending_count() == 6 and pending_gauge() == 6
+    fake.clear_faults()
+    drain(box)
+    assert pending_gauge() == 0
+    top = [m for m in fake.messages_in(CHANNEL) if not m.thread_ts]
+    assert len(top) == 1, fake.summary()
+    assert [v["text"] for v in top[0].versions] == ["Alert v1", "Alert v4", "Resolved"]
+    replies = [m for m in fake.messages_in(CHANNEL) if m.thread_ts]
+    assert [(r.text, r.thread_ts) for r in replies] == [("Reminder", top[0].ts)]
+    ok = [c.method for c in fake.calls if c.ok]
+    assert ok == ["chat.postMessage", "chat.update", "chat.postMessage", "chat.update"]
+    assert box.post_state("inc1") == (ob.DELIVERED, CHANNEL, top[0].ts)
+    fake.assert_clean()
+
+
+def test_a_call_that_can_never_succeed_is_given_up_and_its_edits_with_it(fake, store):
+    box = ob.Outbox(store, make_web_client("xoxb-test", fake.api_url))
+    fake.fail_next("chat.postMessage", error="channel_not_found")
+    failed = counted(ob.POST, "failed")
+    assert box.send(ob.POST, "inc2", "C0NOWHERE", {"text": "Alert"}).response is None
+    assert counted(ob.POST, "failed") == failed + 1
+    assert box.post_state("inc2")[0] == ob.FAILED
+    box.send(ob.UPDATE, "inc2", "C0NOWHERE", {"text": "Resolved"})
+    assert box.pending_count() == 0, "an edit of a message that was never posted waits for nothing"
+    assert len(fake.calls_for("chat.update")) == 0
+
+
+def test_a_healthy_slack_gets_the_call_at_once_and_other_keys_are_not_held_up(fake, store):
+    box = ob.Outbox(store, make_web_client("xoxb-test", fake.api_url))
+    resp = box.send(ob.POST, "inc3", CHANNEL, {"text": "Alert"}).response
+    assert resp is not None and resp["ts"] and box.pending_count() == 0
+    upd = box.send(ob.UPDATE, "inc3", CHANNEL, {"text": "Edited"}, ts=resp["ts"]).response
+    assert upd is not None and fake.messages[(CHANNEL, resp["ts"])].text == "Edited"
+    # a key whose head waits out its backoff does not hold another key back
+    fake.fail_next("chat.postMessage", error="internal_error")
+    assert box.send(ob.POST, "slow", CHANNEL, {"text": "Slow"}).response is None
+    assert box.send(ob.POST, "quick", CHANNEL, {"text": "Quick"}).response is None  # Slack failed just now: kept
+    box._paused_until = 0.0
+    box.deliver()
+    assert box.post_state("quick")[0] == ob.DELIVERED and box.post_state("slow")[0] == ob.PENDING
+    drain(box)
+    assert sorted(m.text for m in fake.messages_in(CHANNEL)) == ["Edited", "Quick", "Slow"]
