@@ -205,7 +205,7 @@ def test_pileup_behind_idle_in_transaction_alerts_once_and_an_approved_terminate
         assert labels(msg) == [f"Terminate {root}", "Acknowledge"], labels(msg)
         assert_escaped(msg)
         target = bot.rt.store.get_target(find_button(msg, f"Terminate {root}")["value"])
-        assert target["payload"]["pid"] == root and target["host"] == "primary" and target["channel"] == CHANNEL
+        assert target.target.pid == root and target.host == "primary" and target.channel == CHANNEL
 
         wait_checks(bot, CONSECUTIVE + 1)
         assert len(alerts(fake, "Lock pile-up")) == 1
@@ -316,7 +316,7 @@ def test_connection_alert_and_its_bulk_request_terminates_exactly_the_idle_sessi
         assert_escaped(msg)
         token = find_button(msg, "Terminate these 12")["value"]
         target = bot.rt.store.get_target(token)
-        shown = {(s["pid"]) for s in target["payload"]["sessions"]}
+        shown = {s.pid for s in target.target.sessions}
         assert shown == {c.info.backend_pid for c in idle}
         # one of them is used before the approval: it is skipped, the others end
         idle[0].execute("SELECT 1")
