@@ -50,7 +50,7 @@ def bot(request, pg, fake_slack, pg_state_url):
         # a clean state store per test
         with psycopg.connect(pg_state_url, autocommit=True) as c:
             for t in ("pgs_targets", "pgs_requests", "pgs_approvals", "pgs_audit", "pgs_incidents", "pgs_leases",
-                      "pgs_alembic_version"):
+                      "pgs_outbox", "pgs_alembic_version"):
                 c.execute(f"DROP TABLE IF EXISTS {t}")
     fake_slack.usergroups = {"S0DBAS": ["U7", "U8"]}
     b = BotUnderTest(cfg(pg), fake_slack, state=state).start()
