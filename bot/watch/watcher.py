@@ -29,7 +29,7 @@ from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
 from psycopg.rows import dict_row
 from slack_sdk.errors import SlackApiError
 
-from bot.approval.targets import issue_session_tokens, session_snapshot
+from bot.approval.targets import issue_session_tokens, reusable_token, session_snapshot
 from bot.bulk.targets import STATE_LIKE, TERMINATE_BULK
 from bot.config import Environment, Watch
 from bot.lagwatch.incidents import Incident
@@ -316,7 +316,9 @@ class Watcher:
     # --- tokens -------------------------------------------------------------------------------------
 
     def _tokens(self, inc: Incident, cond: rules.Condition, channel: str) -> tuple[dict[int, str], dict]:
-        """Session button tokens, reusing those issued before for the same (pid, backend_start)."""
+        """Session button tokens, reusing those issued before for the same (pid, backend_start) only while
+        they stay valid until the next update (young enough for ``access.request_ttl``, and the session
+        still doing what the token's snapshot says: :func:`bot.approval.targets.reusable_token`)."""
         known: dict = dict(inc.payload.get("tokens") or {})
         environment = self.envs[inc.env]
         if kill_disabled_reason(environment, inc.env):
@@ -325,7 +327,8 @@ class Watcher:
         fresh = []
         for s in cond.sessions:
             tok = known.get(s.key)
-            if tok and known.get(f"channel:{s.key}") == channel:
+            if (tok and known.get(f"channel:{s.key}") == channel and not s.cannot_signal
+                    and reusable_token(self.rt.store.get_target(tok), s.as_session(), environment.access.request_ttl)):
                 out[s.pid] = tok
             elif not s.cannot_signal:
                 fresh.append(s)
