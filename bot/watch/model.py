@@ -51,6 +51,8 @@ class WatchSession:
     xact_secs: float | None = None
     state_secs: float | None = None
     state_change: datetime | None = None
+    query_start: datetime | None = None
+    xact_start: datetime | None = None
     backend_xmin: str | None = None
     xmin_age: int | None = None
     xid_age: int | None = None
@@ -92,6 +94,8 @@ class WatchSession:
             blocked_by=self.blocked_by, blocking_count=0, categories=tuple(cats), query_secs=self.query_secs,
             xact_secs=self.xact_secs, state_secs=self.state_secs, is_superuser=self.is_superuser,
             cannot_signal=self.cannot_signal, backend_xmin=self.backend_xmin,
+            # the approval is bound to what the alert showed (bot.postgres.signals)
+            query_start=self.query_start, xact_start=self.xact_start, state_change=self.state_change,
         )
 
     def facts(self) -> dict:
@@ -165,6 +169,8 @@ def session_from_row(row: dict, bot_is_super: bool, bot_can_signal: bool, redact
         xact_secs=row.get("xact_secs"),
         state_secs=row.get("state_secs"),
         state_change=_dt(row.get("state_change")),
+        query_start=_dt(row.get("query_start")),
+        xact_start=_dt(row.get("xact_start")),
         backend_xmin=row.get("backend_xmin"),
         xmin_age=row.get("xmin_age"),
         xid_age=row.get("xid_age"),

@@ -30,7 +30,7 @@ from psycopg.rows import dict_row
 from slack_sdk.errors import SlackApiError
 
 from bot.approval.models import BulkTarget
-from bot.approval.targets import issue_session_tokens, session_snapshot
+from bot.approval.targets import issue_session_tokens, reusable_token, session_snapshot
 from bot.bulk.targets import STATE_LIKE, TERMINATE_BULK
 from bot.config import Environment, Watch
 from bot.metrics import CHECK_FAILURES
@@ -317,7 +317,9 @@ class Watcher:
     # --- tokens -------------------------------------------------------------------------------------
 
     def _tokens(self, inc: Incident, cond: rules.Condition, channel: str) -> tuple[dict[int, str], dict]:
-        """Session button tokens, reusing those issued before for the same (pid, backend_start)."""
+        """Session button tokens, reusing those issued before for the same (pid, backend_start) only while
+        they stay valid until the next update (young enough for ``access.request_ttl``, and the session
+        still doing what the token's snapshot says: :func:`bot.approval.targets.reusable_token`)."""
         known: dict = dict(inc.payload.get("tokens") or {})
         environment = self.envs[inc.env]
         if kill_disabled_reason(environment, inc.env):
@@ -326,7 +328,8 @@ class Watcher:
         fresh = []
         for s in cond.sessions:
             tok = known.get(s.key)
-            if tok and known.get(f"channel:{s.key}") == channel:
+            if (tok and known.get(f"channel:{s.key}") == channel and not s.cannot_signal
+                    and reusable_token(self.rt.store.get_target(tok), s.as_session(), environment.access.request_ttl)):
                 out[s.pid] = tok
             elif not s.cannot_signal:
                 fresh.append(s)

@@ -22,7 +22,7 @@ act AS MATERIALIZED (
     -- raw columns for every backend; text work (left, host, age) only for the rows kept below
     SELECT a.pid, a.backend_start, a.backend_type, a.usename, a.usesysid, a.datname, a.application_name,
            a.client_addr AS client_inet, a.state, a.wait_event_type, a.wait_event, a.query AS query_full,
-           a.state_change,
+           a.state_change, a.query_start, a.xact_start,
            CASE WHEN %(locks)s AND a.wait_event_type = 'Lock' THEN pg_blocking_pids(a.pid) ELSE '{}'::int[] END
                AS blocked_by,
            extract(epoch FROM now() - a.query_start)::float8  AS query_secs,
@@ -93,6 +93,8 @@ rows AS (
     SELECT act.pid, act.backend_start, act.backend_type, act.usename, act.datname, act.application_name,
            host(act.client_inet) AS client_addr, act.state, act.wait_event_type, act.wait_event,
            left(act.query_full, %(query_chars)s) AS query, act.state_change, act.blocked_by,
+           -- what a Cancel / Terminate in the alert is bound to (bot.postgres.signals)
+           act.query_start, act.xact_start,
            act.query_secs, act.xact_secs, act.state_secs,
            act.xmin_raw::text AS backend_xmin, age(act.xmin_raw) AS xmin_age, age(act.xid_raw) AS xid_age,
            w.mode AS wait_mode, w.locktype AS wait_locktype, w.relname AS wait_relation,
