@@ -3,6 +3,8 @@ Slack Web API over HTTP with a SQLite state store: order per key, collapsed edit
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -147,3 +149,43 @@ def test_a_healthy_slack_gets_the_call_at_once_and_other_keys_are_not_held_up(fa
     assert box.post_state("quick")[0] == ob.DELIVERED and box.post_state("slow")[0] == ob.PENDING
     drain(box)
     assert sorted(m.text for m in fake.messages_in(CHANNEL)) == ["Edited", "Quick", "Slow"]
+
+
+def test_two_deliverers_on_one_store_never_send_a_row_twice_and_keep_each_keys_order(fake, store):
+    # the lag watcher's and the session watch's leaders (or two replicas) may both run a delivery pass
+    queue = ob.Outbox(store, make_web_client("xoxb-test", fake.api_url), may_send=lambda: False)
+    keys = [f"k{n}" for n in range(6)]
+    for key in keys:
+        queue.send(ob.POST, key, CHANNEL, {"text": f"{key} alert"})
+        queue.send(ob.THREAD_REPLY, key, CHANNEL, {"text": f"{key} reminder"})
+        queue.send(ob.UPDATE, key, CHANNEL, {"text": f"{key} resolved"})
+    assert queue.pending_count() == 3 * len(keys)
+    fake.delay("chat.postMessage", 0.05)  # widen the window between reading a row and marking it delivered
+    boxes = [ob.Outbox(store, make_web_client("xoxb-test", fake.api_url)) for _ in range(2)]
+    start = threading.Barrier(len(boxes))
+    errors: list[BaseException] = []
+
+    def run(box: ob.Outbox) -> None:
+        try:
+            start.wait(5)
+            deadline = time.monotonic() + 30
+            while box.pending_count() and time.monotonic() < deadline:
+                box.deliver()
+                time.sleep(0.01)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(b,)) for b in boxes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(40)
+    assert not errors and not queue.pending_count(), fake.summary()
+    sent = [c.params.get("text") for c in fake.calls if c.ok and c.method.startswith("chat.")]
+    assert sorted(sent) == sorted(f"{k} {what}" for k in keys for what in ("alert", "reminder", "resolved")), \
+        "a row was sent twice (or not at all):\n" + fake.summary()
+    for key in keys:
+        assert [t for t in sent if t.startswith(f"{key} ")] == [f"{key} alert", f"{key} reminder", f"{key} resolved"]
+    top = [m for m in fake.messages_in(CHANNEL) if not m.thread_ts]
+    assert len(top) == len(keys) and all(m.text.endswith("resolved") for m in top)
+    fake.assert_clean()

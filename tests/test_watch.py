@@ -576,3 +576,51 @@ def _quietly(conn, stmt) -> None:
         conn.execute(stmt)
     except psycopg.Error:
         pass
+
+
+# --- Slack's Web API down during a session incident: the durable outbox (issue 13 §3) ------------------
+
+SLACK_DOWN_FOR = 20.0  # seconds: several failed delivery passes, within the outbox's backoff cap
+
+
+def outbox_pending() -> float:
+    from bot.metrics import REGISTRY
+
+    return REGISTRY.get_sample_value("pgsessions_slack_outbox_pending") or 0.0
+
+
+@pytest.mark.parametrize("outage", ["connection-refused", "http-500"])
+def test_slack_down_during_a_session_incident_alert_and_resolution_arrive_once_each_in_order(pair, fake, outage):
+    table = new_table(pair)
+    with BotUnderTest(config(pair, idle_in_transaction="1s"), fake, scheduler=True) as bot:
+        w = watcher(bot)
+        wait_checks(bot, 1)
+        port = fake.port
+        if outage == "connection-refused":
+            fake.stop()
+        else:
+            for method in ("chat.postMessage", "chat.update"):
+                fake.fail_next(method, status=500, times=10_000)
+        down_at = time.monotonic()
+        holder = idle_tx_holder(pair, table)
+        wait_until(lambda: w.incidents.open_list("prod", "primary"), ALERT_WITHIN, "the idle-in-transaction incident")
+        wait_until(lambda: outbox_pending() >= 1, 10, "the alert kept in the outbox (and the backlog metric)")
+        holder.rollback()
+        wait_until(lambda: not w.incidents.open_list("prod", "primary"), 15, "the incident resolved while Slack is down")
+        assert w.outbox.pending_count() == 2 and outbox_pending() == 2  # the alert and its resolution
+        time.sleep(max(0.0, SLACK_DOWN_FOR - (time.monotonic() - down_at)))
+        assert w.outbox.pending_count() == 2, "nothing was lost or given up during the outage"
+        if outage == "connection-refused":
+            fake.start(port)  # Slack answers again at the same address
+        else:
+            fake.clear_faults()
+        msg = wait_alert(fake, "", timeout=45)
+        done = wait_resolved(fake, msg, timeout=45)
+        assert "Idle in transaction on prod" in msg.versions[0]["text"], "the alert itself, then its resolution"
+        assert "cleared by itself" in done.text and not buttons(done)
+        assert len(alerts(fake)) == 1, "duplicate alert:\n" + fake.summary()
+        chat = [c.method for c in fake.calls if c.ok and c.method.startswith("chat.")]
+        assert chat == ["chat.postMessage", "chat.update"], fake.summary()
+        wait_until(lambda: outbox_pending() == 0, 10, "the backlog metric back to 0")
+        holder.close()
+        fake.assert_clean()

@@ -1,4 +1,4 @@
-"""A durable outbox for the lag watcher's Slack messages: kept in the state store, delivered in order.
+"""A durable outbox for the watchers' Slack messages: kept in the state store, delivered in order.
 
 When Slack's Web API fails for minutes (5xx, connection refused, 429 storms), an alert, its edits, its
 thread reminders and its resolution are not lost: every call is first written to ``pgs_outbox`` and
@@ -7,14 +7,19 @@ then delivered, per key (the incident id), in the order it was queued.
 * :meth:`Outbox.send` queues one call and, when nothing older waits for that key and Slack is not
   known to be failing, delivers it at once (the caller gets Slack's answer, as before the outbox).
   Otherwise the call waits for :meth:`Outbox.deliver`, a scheduler job every ``DELIVER_EVERY`` s run
-  only by the lag watcher's leader.
+  by the lag watcher's leader and by the session watch's leader (see the claim below).
 * An ``update`` or ``thread_reply`` queued before its message was posted targets that post's ts, found
   at delivery time. Consecutive pending edits of one message collapse to the newest (Slack only needs
   the latest state; :func:`plan`).
 * Retry with backoff on 5xx, connection errors, timeouts and unknown errors; 429 pauses every delivery
   for ``Retry-After``. A call is given up (state ``failed``, one log line) only on errors that can never
   succeed: :data:`PERMANENT_ERRORS`.
-* No duplicates: a call is marked attempted in the state store before it is sent and delivered right
+* Used by the lag watcher and the session watch (keys are incident ids). Each delivers with its own
+  leader's job (``lagwatch:outbox``, ``watch:outbox``), so two deliverers may run at once: a row is
+  *claimed* before it is sent, by one conditional UPDATE (still pending, same ``attempts`` as read, not
+  claimed by someone else), and only the deliverer whose UPDATE changed the row sends it. A key whose
+  oldest row is claimed or backing off waits whole, so its order holds across deliverers.
+* No duplicates: a call is claimed (marked attempted) in the state store before it is sent and delivered right
   after Slack answers. ``chat.postMessage`` has no idempotency key, so a post whose answer was lost
   (a timeout after Slack took it, or the bot dying between Slack's answer and the write that follows)
   is posted again: that window is one HTTP round trip, and it is the only way a duplicate can appear.
@@ -45,6 +50,10 @@ POST, UPDATE, THREAD_REPLY = "post", "update", "thread_reply"
 PENDING, DELIVERED, SUPERSEDED, FAILED = "pending", "delivered", "superseded", "failed"
 DELIVER_EVERY = 2.0
 MAX_BACKOFF = 30.0  # Slack back: everything waiting lands within this
+# A deliverer claims a row before sending it (attempts + 1, next_at pushed this far): another deliverer
+# (the other watcher's job, another replica) skips it meanwhile. Longer than one Web API call with the
+# client's own retries; if the claimer dies mid-call, the row is tried again after this.
+CLAIM_SECS = 120.0
 KEEP_DONE_FOR = 7 * 86400.0  # delivered/failed rows are kept a week (a post's ts is looked up by key)
 
 # Errors after which the same call can never succeed: give it up instead of retrying forever.
@@ -117,7 +126,7 @@ class Outbox:
         self.store = store
         self._client = client
         self.may_send = may_send
-        self._lock = threading.Lock()  # one sender per process; across replicas only the leader sends
+        self._lock = threading.Lock()  # one pass at a time here; other deliverers are kept off by _claim
         self._paused_until = 0.0  # Slack asked us to wait (429) or is failing
         self._last_prune = 0.0
 
@@ -192,15 +201,19 @@ class Outbox:
         try:
             self._prune()
             for head, replaced in plan(self._pending()):
-                if replaced:
-                    self._finish(replaced, SUPERSEDED, None)
-                    for r in replaced:
-                        SLACK_OUTBOX.labels(r.op, SUPERSEDED).inc()
                 now = time.time()
                 if now < self._paused_until:
                     break
+                if (replaced[0] if replaced else head).next_at > now:
+                    continue  # this key waits for its backoff or another deliverer; other keys may go
+                if replaced:
+                    done = self._supersede(replaced, now)
+                    for r in done:
+                        SLACK_OUTBOX.labels(r.op, SUPERSEDED).inc()
+                    if len(done) != len(replaced):
+                        continue  # another deliverer is sending an older edit: the newest waits for it
                 if head.next_at > now:
-                    continue  # this key waits for its backoff; other keys may go
+                    continue
                 if not self.may_send():
                     break
                 resp = self._attempt(head)
@@ -224,17 +237,17 @@ class Outbox:
         return item.channel, None
 
     def _attempt(self, item: Item) -> dict | None:
-        """Send one call (the caller holds the lock); Slack's answer when it landed, else None."""
+        """Send one call (the caller holds the lock); Slack's answer when it landed, else None (also when
+        another deliverer claimed it first)."""
+        if not self._claim(item):
+            return None
+        item.attempts += 1
         channel, ts = self._target_ts(item)
         if item.op != POST and ts is None:
             self._finish([item], FAILED, "no message to edit or reply to (its post failed)")
             log.warning("slack outbox: %s for %s given up: its message was never posted", item.op, item.key)
             SLACK_OUTBOX.labels(item.op, FAILED).inc()
             return None
-        # the attempt is recorded before the call: a crash after it leaves a trace (attempts > 0)
-        with self.store.tx() as c:
-            c.execute(update(table).where(table.c.id == item.id).values(attempts=table.c.attempts + 1))
-        item.attempts += 1
         msg = dict(item.payload)
         try:
             if item.op == POST:
@@ -269,6 +282,35 @@ class Outbox:
             c.execute(update(table).where(table.c.id == item.id).values(**values))
         SLACK_OUTBOX.labels(item.op, DELIVERED).inc()
         return data  # type: ignore[return-value]
+
+    def _claim(self, item: Item) -> bool:
+        """Take ``item`` for this deliverer: one conditional UPDATE (still pending, not tried since it was
+        read, not claimed or backing off). The attempt is recorded before the call: a crash after it
+        leaves a trace (attempts > 0) and the row is tried again after ``CLAIM_SECS``."""
+        now = time.time()
+        with self.store.tx() as c:
+            res = c.execute(
+                update(table)
+                .where(table.c.id == item.id, table.c.state == PENDING, table.c.attempts == item.attempts,
+                       table.c.next_at <= now)
+                .values(attempts=table.c.attempts + 1, next_at=now + CLAIM_SECS)
+            )
+        return res.rowcount == 1
+
+    def _supersede(self, items: list[Item], now: float) -> list[Item]:
+        """Mark older edits replaced by a newer one, unless another deliverer claimed them meanwhile."""
+        done = []
+        with self.store.tx() as c:
+            for it in items:
+                res = c.execute(
+                    update(table)
+                    .where(table.c.id == it.id, table.c.state == PENDING, table.c.attempts == it.attempts,
+                           table.c.next_at <= now)
+                    .values(state=SUPERSEDED, delivered_at=now, last_error=None)
+                )
+                if res.rowcount == 1:
+                    done.append(it)
+        return done
 
     def _retry(self, item: Item, error: str, wait: float) -> None:
         now = time.time()

@@ -12,6 +12,7 @@ import re
 from bot.render.watch import ACK, ACK_PREFIX
 from bot.slack.edge import guarded
 from bot.slack.edge import tell as tell_user
+from bot.slack.outbox import THREAD_REPLY, Outbox
 from bot.watch.incidents import WatchIncidents
 from bot.watch.watcher import install
 
@@ -38,13 +39,11 @@ def acknowledge(rt, incident_id: str, user: str, channel: str | None, respond) -
         return
     log.info("watch: %s acknowledged %s on %s/%s", user, inc.kind, inc.env, inc.host)
     if inc.channel and inc.message_ts:
-        try:
-            rt.client.chat_postMessage(
-                channel=inc.channel, thread_ts=inc.message_ts,
-                text=f":eyes: <@{user}> acknowledged this alert: no more reminders.",
-            )
-        except Exception as exc:
-            log.warning("watch: could not post the acknowledgement: %s", type(exc).__name__)
+        # through the durable outbox, in order after the alert's other calls (kept if Slack is failing)
+        Outbox(rt.store, lambda: rt.client).send(
+            THREAD_REPLY, inc.id, inc.channel, {"text": f":eyes: <@{user}> acknowledged this alert: no more reminders."},
+            ts=inc.message_ts,
+        )
 
 
 def _may_view(rt, incident_id: str, channel: str | None) -> bool:

@@ -12,6 +12,11 @@ Jobs (added by :func:`install`; they run once the scheduler starts):
   environment's timeouts: a hung host delays nobody else. A failed read decides nothing (an open
   incident stays open; the lag watcher reports unreachable standbys).
 
+* ``watch:outbox``: the leader delivers the durable Slack outbox (:mod:`bot.slack.outbox`) every 2 s.
+  Every post, edit and thread reply of the watch goes through it: when Slack's Web API fails for
+  minutes, alerts and their resolutions are kept and land in order when it answers again. (The lag
+  watcher's leader delivers the same outbox; a row is claimed before it is sent, so none goes twice.)
+
 Incidents live in the state store (``pgs_incidents``, kinds from :mod:`bot.watch.model`): a restart
 neither repeats nor forgets one. Consecutive-check counts are in memory and start again after a restart.
 """
@@ -27,7 +32,6 @@ from datetime import UTC, datetime, timedelta
 
 from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
 from psycopg.rows import dict_row
-from slack_sdk.errors import SlackApiError
 
 from bot.approval.models import BulkTarget
 from bot.approval.targets import issue_session_tokens, reusable_token, session_snapshot
@@ -38,6 +42,7 @@ from bot.postgres.pools import DatabaseUnavailable
 from bot.postgres.redact import redact
 from bot.postgres.sql import query
 from bot.render import watch as render
+from bot.slack import outbox as slack_outbox
 from bot.state.incidents import Incident
 from bot.watch import rules
 from bot.watch.incidents import LEASE_NAME, WatchIncidents
@@ -54,7 +59,6 @@ from bot.watch.model import (
 log = logging.getLogger(__name__)
 
 CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
-GONE_ERRORS = frozenset({"message_not_found", "channel_not_found", "cant_update_message", "is_archived"})
 
 
 def read_params(environment: Environment) -> dict:
@@ -122,6 +126,8 @@ class Watcher:
         # completed checks per (env, host) while leader, and the last check's duration: for tests and bench
         self.checks: dict[tuple[str, str], int] = {}
         self.last_check_secs: dict[tuple[str, str], float] = {}
+        # every Slack call of the watch goes through the durable outbox (Slack may be down for minutes)
+        self.outbox = slack_outbox.Outbox(rt.store, lambda: rt.client, may_send=self.is_leader)
 
     # --- wiring -------------------------------------------------------------------------------------
 
@@ -130,6 +136,8 @@ class Watcher:
         now = datetime.now(UTC)
         sched.add_job(self.renew_lease, "interval", seconds=self.renew_every, id="watch:lease",
                       name="watch leader lease", next_run_time=now, replace_existing=True)
+        sched.add_job(self.outbox.deliver, "interval", seconds=slack_outbox.DELIVER_EVERY, id="watch:outbox",
+                      name="watch Slack outbox", replace_existing=True)
         for env in self.envs:
             every = self.watches[env].check_every
             for host in self.hosts(env):
@@ -428,8 +436,12 @@ class Watcher:
                 self.incidents.save(inc, payload=payload)
 
     def _update(self, snap: HostSnapshot, inc: Incident, cond: rules.Condition, w: Watch) -> None:
-        if not inc.message_ts:
-            self._post(inc, cond, w)
+        if not inc.message_ts and not self._adopt_post(inc):
+            # the first post waits in the outbox (Slack down), or failed for good: post again only then
+            if self._post_waiting(inc):
+                self.incidents.save(inc, last_update_at=time.time())
+            else:
+                self._post(inc, cond, w)
             return
         now = time.time()
         msg, payload = self._message(inc, cond, inc.channel)
@@ -450,7 +462,7 @@ class Watcher:
         now = time.time()
         msg = render.render_resolved(inc.kind, inc.env, inc.host, inc.payload.get("facts") or {},
                                      opened_at=inc.opened_at, resolved_at=now, done=done, ack=inc.payload.get("ack"))
-        if inc.message_ts and inc.channel and not self._edit_landed(inc, msg):
+        if not self._edit_landed(inc, msg):
             return  # stays open: the next check (condition still clear) edits it again
         if self.incidents.resolve(inc, {**inc.payload, "done": done}):
             log.info("watch: %s on %s/%s resolved", inc.kind, inc.env, inc.host)
@@ -505,31 +517,50 @@ class Watcher:
 
     # --- Slack --------------------------------------------------------------------------------------
 
+    def _adopt_post(self, inc: Incident) -> bool:
+        """True when the incident's first post was delivered by the outbox (its channel and ts are now
+        saved on ``inc``)."""
+        try:
+            state, channel, ts = self.outbox.post_state(inc.id)
+        except Exception:
+            return False
+        if state != slack_outbox.DELIVERED or not ts:
+            return False
+        return self.incidents.save(inc, channel=channel, message_ts=ts, last_reminder_at=time.time())
+
+    def _post_waiting(self, inc: Incident) -> bool:
+        try:
+            return self.outbox.post_state(inc.id)[0] == slack_outbox.PENDING
+        except Exception:
+            return True  # cannot tell: do not post twice
+
     def _edit_landed(self, inc: Incident, msg: dict) -> bool:
+        """Queue the final edit of the incident's message in the outbox (delivered in order, after a post
+        still waiting); True once it is kept, or when there is no message to edit."""
         if self._stopped.is_set():
             return False
-        try:
-            self.rt.client.chat_update(channel=inc.channel, ts=inc.message_ts, **msg)
-            return True
-        except SlackApiError as exc:
-            error = exc.response.get("error")
-            log.warning("watch: Slack chat_update for %s/%s failed: %s", inc.env, inc.host, error)
-            return error in GONE_ERRORS
-        except Exception as exc:
-            log.warning("watch: Slack chat_update for %s/%s failed: %s", inc.env, inc.host, type(exc).__name__)
-            return False
+        if not (inc.message_ts or self._adopt_post(inc) or self._post_waiting(inc)):
+            return True  # never posted, or its post failed for good: nothing to edit
+        return self.outbox.send(slack_outbox.UPDATE, inc.id, inc.channel or "", msg, ts=inc.message_ts).kept
 
     def _slack(self, method: str, inc: Incident, **kwargs) -> dict | None:
+        """One Web API call through the outbox: Slack's answer when it landed at once; ``{}`` for an edit
+        or thread reply kept for later (it lands in order when Slack answers again, so it is not queued
+        twice); None for a post not delivered yet (its ts is adopted from the outbox later) or a call
+        that could not even be kept."""
         if self._stopped.is_set():
             return None
-        try:
-            resp = getattr(self.rt.client, method)(**kwargs)
-            return resp.data if hasattr(resp, "data") else dict(resp)  # type: ignore[return-value]
-        except SlackApiError as exc:
-            log.warning("watch: Slack %s for %s/%s failed: %s", method, inc.env, inc.host, exc.response.get("error"))
-        except Exception as exc:
-            log.warning("watch: Slack %s for %s/%s failed: %s", method, inc.env, inc.host, type(exc).__name__)
-        return None
+        channel = kwargs.pop("channel")
+        if method == "chat_update":
+            op, ts = slack_outbox.UPDATE, kwargs.pop("ts")
+        elif "thread_ts" in kwargs:
+            op, ts = slack_outbox.THREAD_REPLY, kwargs.pop("thread_ts")
+        else:
+            op, ts = slack_outbox.POST, None
+        sent = self.outbox.send(op, inc.id, channel or "", kwargs, ts=ts)
+        if sent.response is None and sent.kept and op != slack_outbox.POST:
+            return {}  # an edit or a reminder kept in the outbox is done for the watch: it lands in order
+        return sent.response
 
 
 def install(rt) -> Watcher | None:
