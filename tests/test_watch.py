@@ -202,7 +202,7 @@ def test_pileup_behind_idle_in_transaction_alerts_once_and_an_approved_terminate
         assert "Root blocker" in body and f"*pid {root}*" in body and "idle in transaction" in body
         assert "RowExclusiveLock" in body or "ExclusiveLock" in body
         assert "*4* sessions wait behind it" in body
-        assert labels(msg) == [f"Terminate {root}", "Acknowledge"], labels(msg)
+        assert labels(msg) == [f"Terminate {root}", f"Details {root}", "Acknowledge"], labels(msg)
         assert_escaped(msg)
         target = bot.rt.store.get_target(find_button(msg, f"Terminate {root}")["value"])
         assert target.target.pid == root and target.host == "primary" and target.channel == CHANNEL
@@ -240,7 +240,7 @@ def test_ddl_queue_is_said_in_words_and_the_root_is_the_reader_not_the_alter(pai
         assert "DDL queue" in body and f"pid {alter.pid}" in body and "AccessExclusiveLock" in body
         assert "3 sessions queue behind that request" in body
         assert "AccessShareLock" in body  # what the root holds
-        assert labels(msg) == [f"Terminate {root}", "Acknowledge"]
+        assert labels(msg) == [f"Terminate {root}", f"Details {root}", "Acknowledge"]
         wait_checks(bot, CONSECUTIVE + 1)
         assert len(alerts(fake, "Lock pile-up")) == 1, "one alert for one root, however many wait"
         reader.close()  # the reader lets go by itself
@@ -273,7 +273,7 @@ def test_idle_in_transaction_alert_opens_with_terminate_and_resolves_when_it_end
         pid = holder.info.backend_pid
         msg = wait_alert(fake, "Idle in transaction on prod")
         assert f"pid {pid}" in msg.text
-        assert labels(msg) == [f"Terminate {pid}", "Acknowledge"]
+        assert labels(msg) == [f"Terminate {pid}", f"Details {pid}", "Acknowledge"]
         assert_escaped(msg)
         holder.rollback()
         done = wait_resolved(fake, msg)
@@ -287,7 +287,7 @@ def test_long_running_alert_offers_cancel_and_an_approved_cancel_resolves_it(pai
         slow = Blocked(pair, "SELECT pg_sleep(60)", app=HOSTILE)
         msg = wait_alert(fake, "Long-running queries on prod")
         assert f"pid {slow.pid}" in msg.text
-        assert labels(msg) == [f"Cancel {slow.pid}", f"Terminate {slow.pid}", "Acknowledge"]
+        assert labels(msg) == [f"Cancel {slow.pid}", f"Terminate {slow.pid}", f"Details {slow.pid}", "Acknowledge"]
         assert_escaped(msg)
         approve_through_bot(bot, fake, msg, f"Cancel {slow.pid}")
         done = wait_resolved(fake, msg)
@@ -375,7 +375,7 @@ def test_xmin_horizon_held_by_a_backend_offers_terminate(pair, fake):
         pid = c.info.backend_pid
         msg = wait_alert(fake, "xmin horizon on prod")
         assert "by a session" in msg.text and f"pid {pid}" in msg.text
-        assert labels(msg) == [f"Terminate {pid}", "Acknowledge"]
+        assert labels(msg) == [f"Terminate {pid}", f"Details {pid}", "Acknowledge"]
         assert_escaped(msg)
         approve_through_bot(bot, fake, msg, f"Terminate {pid}")
         done = wait_resolved(fake, msg)
@@ -555,7 +555,7 @@ def test_an_active_root_is_offered_cancel_only_and_a_forged_terminate_on_its_tok
         blocked = waiters(pair, table, 3)
         msg = wait_alert(fake, "Lock pile-up")
         pid = root.info.backend_pid
-        assert labels(msg) == [f"Cancel {pid}", "Acknowledge"], labels(msg)
+        assert labels(msg) == [f"Cancel {pid}", f"Details {pid}", "Acknowledge"], labels(msg)
         token = find_button(msg, f"Cancel {pid}")["value"]
         n = len(fake.calls_for("views.open"))
         assert bot.slack.block_action(f"pgs_kill:terminate:{token}", token, user_id="U1", message=msg).status == 200

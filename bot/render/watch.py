@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from bot.durations import format_bytes, format_duration
 from bot.render.bulk import bulk_action_id
-from bot.render.buttons import CANCEL, IDLE_TX_NOTE, TERMINATE, kill_action_id
+from bot.render.buttons import CANCEL, IDLE_TX_NOTE, TERMINATE, details_button, kill_action_id
 from bot.render.common import (
     MAX_BLOCKS,
     actions,
@@ -102,18 +102,23 @@ def session_line(s: Mapping, query_chars: int, what: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def _buttons(s: Mapping, token: str | None, kill_disabled: str | None, *, cancel: bool, terminate: bool) -> list[dict]:
+def _buttons(s: Mapping, token: str | None, kill_disabled: str | None, *, cancel: bool, terminate: bool,
+             details_token: str | None = None) -> list[dict]:
+    """Cancel / Terminate as offered, and Details (also on a session that cannot be signalled)."""
+    pid = s.get("pid")
+    details = [details_button(int(pid), details_token)] if details_token and pid is not None else []
     reason = kill_disabled or s.get("cannot_signal")
     if reason:
-        return [context(f":no_entry_sign: pid {s.get('pid')} cannot be signalled from chat: {esc(reason)}")]
+        blocks = [context(f":no_entry_sign: pid {pid} cannot be signalled from chat: {esc(reason)}")]
+        return blocks + ([actions(f"details:{details_token}", *details)] if details else [])
     if token is None:
-        return []
-    pid = s.get("pid")
+        return [actions(f"details:{details_token}", *details)] if details else []
     elements = []
     if cancel:
         elements.append(button(f"Cancel {pid}", kill_action_id(CANCEL, token), token))
     if terminate:
         elements.append(button(f"Terminate {pid}", kill_action_id(TERMINATE, token), token, style="danger"))
+    elements += details
     return [actions(f"kill:{token}", *elements)] if elements else []
 
 
@@ -146,7 +151,8 @@ HOLDER_WORD = {"backend": "session", "prepared": "prepared transaction", "slot":
                "feedback": "standby (hot_standby_feedback)"}
 
 
-def _pileup_blocks(f: Mapping, tokens: Mapping[int, str], kill_disabled: str | None, query_chars: int) -> list[dict]:
+def _pileup_blocks(f: Mapping, tokens: Mapping[int, str], kill_disabled: str | None, query_chars: int,
+                   details: Mapping[int, str]) -> list[dict]:
     root = f["root"]
     held = ", ".join(f"{esc(h['mode'])} on {code(h['relation']) if h.get('relation') else 'a non-relation lock'}"
                      for h in f.get("held") or []) or "(the lock it holds could not be read)"
@@ -176,7 +182,8 @@ def _pileup_blocks(f: Mapping, tokens: Mapping[int, str], kill_disabled: str | N
             f" on {code(w.get('wait_relation') or '?')} for {format_duration(w.get('wait_secs'))}"
             for w in waiters), 1900)))
     idle_tx = f.get("root_idle_in_transaction")
-    blocks += _buttons(root, tokens.get(root["pid"]), kill_disabled, cancel=not idle_tx, terminate=bool(idle_tx))
+    blocks += _buttons(root, tokens.get(root["pid"]), kill_disabled, cancel=not idle_tx, terminate=bool(idle_tx),
+                       details_token=details.get(root["pid"]))
     if idle_tx:
         blocks.append(context(IDLE_TX_NOTE))
     elif not kill_disabled and not root.get("cannot_signal"):
@@ -186,13 +193,14 @@ def _pileup_blocks(f: Mapping, tokens: Mapping[int, str], kill_disabled: str | N
 
 
 def _sessions_blocks(kind: str, f: Mapping, tokens: Mapping[int, str], kill_disabled: str | None,
-                     query_chars: int) -> list[dict]:
+                     query_chars: int, details: Mapping[int, str]) -> list[dict]:
     blocks: list[dict] = []
     sessions = f.get("sessions") or []
     for s in sessions:
         blocks.append(section(session_line(s, query_chars)))
         idle = _idle_tx(s)
-        blocks += _buttons(s, tokens.get(s["pid"]), kill_disabled, cancel=not idle, terminate=True)
+        blocks += _buttons(s, tokens.get(s["pid"]), kill_disabled, cancel=not idle, terminate=True,
+                           details_token=details.get(s["pid"]))
     if f["count"] > len(sessions):
         blocks.append(context(f"{f['count'] - len(sessions)} more not shown (worst first)."))
     if kind == IDLE_TX:
@@ -256,13 +264,15 @@ def _holder_line(h: Mapping, query_chars: int) -> str:
     return esc(str(h))
 
 
-def _xmin_blocks(f: Mapping, tokens: Mapping[int, str], kill_disabled: str | None, query_chars: int) -> list[dict]:
+def _xmin_blocks(f: Mapping, tokens: Mapping[int, str], kill_disabled: str | None, query_chars: int,
+                 details: Mapping[int, str]) -> list[dict]:
     blocks = [section(f"{EMOJI[XMIN_HORIZON]} Vacuum cannot remove rows newer than the oldest of these "
                       f"(held longer than {format_duration(f['threshold'])}):")]
     for h in f.get("holders") or []:
         blocks.append(section(cut(_holder_line(h, query_chars), 2900)))
         if h["type"] == "backend" and h.get("backend_type") == "client backend":
-            blocks += _buttons(h["session"], tokens.get(h["session"]["pid"]), kill_disabled, cancel=False, terminate=True)
+            blocks += _buttons(h["session"], tokens.get(h["session"]["pid"]), kill_disabled, cancel=False, terminate=True,
+                               details_token=details.get(h["session"]["pid"]))
     return blocks
 
 
@@ -276,6 +286,7 @@ def render_alert(
     opened_at: float,
     now: float,
     tokens: Mapping[int, str] | None = None,
+    details_tokens: Mapping[int, str] | None = None,
     bulk_token: str | None = None,
     bulk_sessions: Sequence[Mapping] = (),
     kill_disabled: str | None = None,
@@ -284,12 +295,13 @@ def render_alert(
     remind_every: float = 900.0,
 ) -> dict:
     tokens = tokens or {}
+    details = details_tokens or {}
     title = _title(kind, env, host, facts)
     blocks: list[dict] = [header(title)]
     if kind == LOCK_PILEUP:
-        body = _pileup_blocks(facts, tokens, kill_disabled, query_chars)
+        body = _pileup_blocks(facts, tokens, kill_disabled, query_chars, details)
     elif kind in (IDLE_TX, LONG_RUNNING):
-        body = _sessions_blocks(kind, facts, tokens, kill_disabled, query_chars)
+        body = _sessions_blocks(kind, facts, tokens, kill_disabled, query_chars, details)
     elif kind == CONNECTIONS:
         body = _connections_blocks(facts, bulk_token, bulk_sessions, kill_disabled)
     elif kind == WAL_RECEIVER:
@@ -304,7 +316,7 @@ def render_alert(
                         f" ({_plural(int(facts.get('failures') or 0), 'check')} in a row). No session alert can fire "
                         "for it until it answers.")]
     else:
-        body = _xmin_blocks(facts, tokens, kill_disabled, query_chars)
+        body = _xmin_blocks(facts, tokens, kill_disabled, query_chars, details)
     tail = []
     if ack:
         tail.append(context(f":eyes: Acknowledged by <@{ack['by']}> {slack_time(_utc(ack.get('at')))}: no more reminders."))

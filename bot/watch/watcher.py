@@ -34,7 +34,7 @@ from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
 from psycopg.rows import dict_row
 
 from bot.approval.models import BulkTarget
-from bot.approval.targets import issue_session_tokens, reusable_token, session_snapshot
+from bot.approval.targets import issue_details_tokens, issue_session_tokens, reusable_token, session_snapshot
 from bot.bulk.targets import STATE_LIKE, TERMINATE_BULK
 from bot.config import Environment, Watch
 from bot.metrics import CHECK_FAILURES
@@ -362,6 +362,24 @@ class Watcher:
                 known[f"channel:{s.key}"] = channel
         return out, known
 
+    def _details_tokens(self, inc: Incident, cond: rules.Condition, channel: str, known: dict) -> dict[int, str]:
+        """Details buttons for every session the alert shows (read-only: no approval, viewers only),
+        reused from earlier updates of the same alert (kept in ``known`` by channel and session)."""
+        out: dict[int, str] = {}
+        fresh = []
+        for s in cond.sessions:
+            tok = known.get(f"details:{channel}:{s.key}")
+            if tok:
+                out[s.pid] = tok
+            elif s.backend_start is not None:
+                fresh.append(s)
+        if fresh:
+            issued = issue_details_tokens(self.rt.store, inc.env, inc.host, [s.as_session() for s in fresh], channel, None)
+            for s in fresh:
+                if s.pid in issued:
+                    out[s.pid] = known[f"details:{channel}:{s.key}"] = issued[s.pid]
+        return out
+
     def _bulk(self, inc: Incident, cond: rules.Condition, channel: str) -> tuple[str | None, list[dict], dict]:
         """The connections alert's *Terminate these N*: a bulk target covering exactly the idle sessions shown."""
         if cond.kind != CONNECTIONS or not cond.bulk or kill_disabled_reason(self.envs[inc.env], inc.env):
@@ -391,11 +409,12 @@ class Watcher:
         environment = self.envs[inc.env]
         w = self.watches[inc.env]
         tokens, known = self._tokens(inc, cond, channel) if channel else ({}, dict(inc.payload.get("tokens") or {}))
+        details = self._details_tokens(inc, cond, channel, known) if channel else {}
         bulk_token, bulk_sessions, bulk = self._bulk(inc, cond, channel) if channel else (None, [], {})
         ack = inc.payload.get("ack")
         msg = render.render_alert(
             inc.kind, inc.env, inc.host, cond.facts, incident_id=inc.id, opened_at=inc.opened_at, now=time.time(),
-            tokens=tokens, bulk_token=bulk_token, bulk_sessions=bulk_sessions,
+            tokens=tokens, details_tokens=details, bulk_token=bulk_token, bulk_sessions=bulk_sessions,
             kill_disabled=kill_disabled_reason(environment, inc.env), ack=ack,
             query_chars=environment.listing.query_chars, remind_every=w.remind_every,
         )
