@@ -141,7 +141,7 @@ def cut(conn: psycopg.Connection) -> None:
 class GuardedCursor(psycopg.Cursor[Any]):
     """A cursor whose ``execute`` is bounded by its connection's ``pgs_limit`` (seconds), if set."""
 
-    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Self:  # type: ignore[override]
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Self:
         conn = self.connection
         limit = getattr(conn, "pgs_limit", None)
         if not limit:

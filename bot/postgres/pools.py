@@ -63,7 +63,9 @@ def tcp_params(connect_timeout: float, statement_timeout: float) -> dict[str, in
     }
 
 
-def connect_kwargs(connect_timeout: float, statement_timeout: float, application_name: str = APPLICATION_NAME) -> dict:
+def connect_kwargs(
+    connect_timeout: float, statement_timeout: float, application_name: str = APPLICATION_NAME
+) -> dict[str, Any]:
     """Keyword arguments of every connection the bot opens to a monitored server."""
     return {
         "connect_timeout": max(2, math.ceil(connect_timeout)),
@@ -76,7 +78,7 @@ def connect_kwargs(connect_timeout: float, statement_timeout: float, application
 
 def connect_bounded(
     dsn: str, connect_timeout: float, statement_timeout: float, *, application_name: str = APPLICATION_NAME,
-    **kwargs,
+    **kwargs: Any,
 ) -> GuardedConnection:
     """A connection of its own to a monitored server, bounded like the pooled ones: ``connect_timeout``,
     libpq's TCP bounds (:func:`tcp_params`) and a client-side deadline of ``statement_timeout`` plus
@@ -85,7 +87,7 @@ def connect_bounded(
     conn = GuardedConnection.connect(
         dsn, **connect_kwargs(connect_timeout, statement_timeout, application_name), **kwargs
     )
-    conn.pgs_limit = statement_timeout + DEADLINE_MARGIN  # type: ignore[attr-defined]
+    conn.pgs_limit = statement_timeout + DEADLINE_MARGIN
     return conn
 
 
@@ -213,9 +215,9 @@ def _recording_connection(slot: _ErrorSlot) -> type[GuardedConnection]:
     return RecordingConnection
 
 
-def _configure(conn: psycopg.Connection, statement_timeout: float) -> None:
+def _configure(conn: GuardedConnection, statement_timeout: float) -> None:
     conn.autocommit = True
-    conn.pgs_limit = statement_timeout + DEADLINE_MARGIN  # type: ignore[attr-defined]
+    conn.pgs_limit = statement_timeout + DEADLINE_MARGIN
     ms = f"{int(statement_timeout * 1000)}ms"
     conn.execute(
         "SELECT set_config('statement_timeout', %s, false), "
@@ -285,7 +287,7 @@ class _Gate:
 class _Reserved:
     """The connection kept open for when the server has no slot left (used by one call at a time)."""
 
-    conn: psycopg.Connection | None = None
+    conn: GuardedConnection | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     usage: tuple[int, int] | None = None  # (client connections, max_connections) at the last health check
     usage_at: float = 0.0
@@ -334,7 +336,7 @@ class Databases:
             raise KeyError(env)
         return environment
 
-    def _connect_kwargs(self, ct: float, st: float) -> dict:
+    def _connect_kwargs(self, ct: float, st: float) -> dict[str, Any]:
         return connect_kwargs(ct, st)
 
     def _pool(self, env: str, host: str) -> _Pool:
@@ -396,7 +398,7 @@ class Databases:
             return  # in use: it works
         try:
             conn = res.conn
-            if conn is not None and (conn.closed or conn.pgs_overrun):  # type: ignore[attr-defined]
+            if conn is not None and (conn.closed or conn.pgs_overrun):
                 _discard(conn)
                 res.conn = conn = None
             if conn is None:
@@ -416,7 +418,7 @@ class Databases:
                 conn.pgs_reserved = True
                 res.conn, res.last_error = conn, None
                 log.debug("reserved connection to %s/%s open", env, host)
-            conn.pgs_limit = min(CHECK_LIMIT, entry.limit)  # type: ignore[attr-defined]
+            conn.pgs_limit = min(CHECK_LIMIT, entry.limit)
             try:
                 row = conn.execute(USAGE_SQL).fetchone()
                 if row:
@@ -427,7 +429,7 @@ class Databases:
                 res.conn = None
             finally:
                 if res.conn is not None:
-                    res.conn.pgs_limit = entry.limit  # type: ignore[attr-defined]
+                    res.conn.pgs_limit = entry.limit
         finally:
             res.lock.release()
 
@@ -502,7 +504,7 @@ class Databases:
         finally:
             entry.gate.leave()
 
-    def _checkin(self, entry: _Pool, conn: psycopg.Connection, kind: str) -> None:
+    def _checkin(self, entry: _Pool, conn: GuardedConnection, kind: str) -> None:
         overrun = bool(getattr(conn, "pgs_overrun", False))
         if overrun:
             entry.gate.mark_hung()
@@ -518,12 +520,12 @@ class Databases:
         if overrun:
             _discard(conn)  # never hand a cut connection out again
         elif not conn.closed:
-            conn.pgs_limit = entry.limit  # type: ignore[attr-defined]
+            conn.pgs_limit = entry.limit
         entry.pool.putconn(conn)
 
     def _checkout(
         self, entry: _Pool, env: str, host: str, started: float, deadline: float, timeouts: tuple[float, float]
-    ) -> tuple[psycopg.Connection, str]:
+    ) -> tuple[GuardedConnection, str]:
         """A connection and where it came from: ``pool``, ``reserved`` or ``direct`` (closed after use)."""
         while True:
             remaining = deadline - time.monotonic()
@@ -554,7 +556,7 @@ class Databases:
                         raise DatabaseUnavailable(env, host, reason) from None
                 continue
             # a bounded liveness check (the pool's own check would wait on a frozen backend forever)
-            conn.pgs_limit = min(CHECK_LIMIT, entry.limit)  # type: ignore[attr-defined]
+            conn.pgs_limit = min(CHECK_LIMIT, entry.limit)
             try:
                 conn.execute("")
             except NotAnswering as exc:
@@ -566,13 +568,13 @@ class Databases:
                 _discard(conn)  # broken (server restarted, connection dropped): try another one
                 entry.pool.putconn(conn)
                 continue
-            conn.pgs_limit = entry.limit  # type: ignore[attr-defined]
+            conn.pgs_limit = entry.limit
             entry.gate.mark_answering()
             return conn, "pool"
 
     def _direct_or_reserved(
         self, entry: _Pool, env: str, host: str, started: float, deadline: float, timeouts: tuple[float, float]
-    ) -> tuple[psycopg.Connection, str]:
+    ) -> tuple[GuardedConnection, str]:
         """A connection of its own for this call (closed after it), or the reserved one if the server is full.
 
         A refused attempt costs the server a fork, so while it is full it is asked at most every
@@ -595,7 +597,7 @@ class Databases:
 
     def _reserved(
         self, entry: _Pool, env: str, host: str, started: float, deadline: float
-    ) -> tuple[psycopg.Connection, str]:
+    ) -> tuple[GuardedConnection, str]:
         """The server has no slot for a new connection: serve the call on the reserved connection."""
         entry.full_at = time.monotonic()
         res = entry.reserved
@@ -607,7 +609,7 @@ class Databases:
             res.lock.release()
             raise OutOfConnections(env, host, self.usage(env, host),
                                    "the bot's reserved connection to it is not open")
-        conn.pgs_limit = entry.limit  # type: ignore[attr-defined]
+        conn.pgs_limit = entry.limit
         log.info("%s/%s refused a new connection for lack of slots: using the reserved connection", env, host)
         return conn, "reserved"
 

@@ -281,7 +281,7 @@ class Outbox:
                 values.update(ts=data.get("ts"), channel=data.get("channel") or channel)
             c.execute(update(table).where(table.c.id == item.id).values(**values))
         SLACK_OUTBOX.labels(item.op, DELIVERED).inc()
-        return data  # type: ignore[return-value]
+        return data
 
     def _claim(self, item: Item) -> bool:
         """Take ``item`` for this deliverer: one conditional UPDATE (still pending, not tried since it was

@@ -19,7 +19,7 @@ from bot.watch.watcher import install
 log = logging.getLogger(__name__)
 
 
-def tell(rt, respond, channel, user, text) -> None:  # type: ignore[no-untyped-def]
+def tell(rt, respond, channel, user, text) -> None:
     tell_user(rt.client, respond, channel, user, text)
 
 ACK_ACTION = re.compile(rf"^{ACK_PREFIX}:{ACK}:([A-Za-z0-9_-]{{1,64}})$")
@@ -30,12 +30,12 @@ SLACK_USER = re.compile(r"^[UW][A-Z0-9]{1,30}$")
 def acknowledge(rt, incident_id: str, user: str, channel: str | None, respond) -> None:
     incidents = WatchIncidents(rt.store, "acknowledge")
     inc, why = incidents.acknowledge(incident_id, user) if _may_view(rt, incident_id, channel) else (None, None)
-    if inc is None and why is None:
-        tell(rt, respond, channel, user, ":no_entry_sign: Not possible: this alert belongs to an environment "
-             "that cannot be used in this channel.")
-        return
     if why is not None:
         tell(rt, respond, channel, user, f":information_source: {why}; nothing was changed.")
+        return
+    if inc is None:  # not asked: the channel may not view the alert's environment
+        tell(rt, respond, channel, user, ":no_entry_sign: Not possible: this alert belongs to an environment "
+             "that cannot be used in this channel.")
         return
     log.info("watch: %s acknowledged %s on %s/%s", user, inc.kind, inc.env, inc.host)
     if inc.channel and inc.message_ts:

@@ -117,8 +117,8 @@ def lock_pileups(snap: HostSnapshot, watch: Watch, ignore: Sequence[IgnoreRule] 
     for s in snap.sessions:
         if not s.blocked_by:
             continue
-        for root in _roots(s.pid, graph):
-            behind.setdefault(root, []).append(s)
+        for root_pid in _roots(s.pid, graph):
+            behind.setdefault(root_pid, []).append(s)
     out = []
     for root_pid, waiters in behind.items():
         root = by_pid.get(root_pid)
@@ -204,7 +204,8 @@ def connections(snap: HostSnapshot, watch: Watch, ignore: Sequence[IgnoreRule] =
         by_state = Counter(s.state or "" for s in clients).most_common(TOP)
     idle = [s for s in clients if s.state == "idle" and s.backend_start is not None and not ignored_session(ignore, s)]
     idle_by_app = Counter(s.application or "" for s in idle)
-    bulk_app, bulk = None, ()
+    bulk_app: str | None = None
+    bulk: tuple[WatchSession, ...] = ()
     if idle_by_app:
         bulk_app = sorted(idle_by_app.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
         chosen = sorted((s for s in idle if (s.application or "") == bulk_app), key=lambda s: -(s.state_secs or 0))

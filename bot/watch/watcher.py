@@ -586,7 +586,7 @@ def install(rt) -> Watcher | None:
     """Add the watch jobs to ``rt.scheduler`` (once); None when no environment has ``watch``."""
     existing = rt.watch
     if existing is not None:
-        return existing  # type: ignore[no-any-return]
+        return existing
     watcher = Watcher(rt)
     if not watcher.envs:
         return None
