@@ -20,6 +20,7 @@ from bot.approval.models import (
     SessionTarget,
     SignalOutcome,
     StoredTarget,
+    Target,
     iso,
 )
 from bot.approval.ports import Execution
@@ -77,6 +78,30 @@ def issue_details_tokens(
     snapshots = [DetailsTarget(**session_snapshot(s).model_dump(exclude={"kind"})) for s in chosen]
     tokens = store.put_targets(env, host, channel, user, list(snapshots))
     return {s.pid: t for s, t in zip(chosen, tokens, strict=True)}
+
+
+def issue_listing_tokens(
+    store: StateStore,
+    env: str,
+    host: str,
+    sessions: Iterable[Session],
+    channel: str | None,
+    user: str | None,
+    *,
+    kill: bool = True,
+) -> tuple[dict[int, str], dict[int, str]]:
+    """Cancel/Terminate tokens (signalable sessions, when ``kill``) and Details tokens (every session
+    shown) in one state-store write: ``({pid: kill token}, {pid: details token})``."""
+    shown = list({s.pid: s for s in sessions}.values())
+    snaps = {s.pid: session_snapshot(s) for s in shown}
+    signalable = [s for s in shown if kill and not s.cannot_signal]
+    targets_: list[Target] = [snaps[s.pid] for s in signalable]
+    targets_ += [DetailsTarget(**snaps[s.pid].model_dump(exclude={"kind"})) for s in shown]
+    tokens = store.put_targets(env, host, channel, user, targets_)
+    n = len(signalable)
+    kill_tokens = {s.pid: t for s, t in zip(signalable, tokens[:n], strict=True)}
+    details_tokens = {s.pid: t for s, t in zip(shown, tokens[n:], strict=True)}
+    return kill_tokens, details_tokens
 
 
 def listing_command(env: str, host: str = "primary") -> str:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot.approval.targets import issue_details_tokens, issue_session_tokens
+from bot.approval.targets import issue_listing_tokens
 from bot.commands import ListSessions
 from bot.postgres.activity import list_sessions
 from bot.postgres.models import Listing
@@ -46,10 +46,8 @@ def make_handle_list(extras: list[ListingExtra]):
         details_tokens: dict[int, str] = {}
         extra_blocks: list[dict] = []
         try:
-            if disabled is None:
-                tokens = issue_session_tokens(rt.store, cmd.env, cmd.host, listing.sessions[:limit], channel, user)
-            details_tokens = issue_details_tokens(
-                rt.store, cmd.env, cmd.host, listing.sessions[:limit], channel, user
+            tokens, details_tokens = issue_listing_tokens(
+                rt.store, cmd.env, cmd.host, listing.sessions[:limit], channel, user, kill=disabled is None
             )
             for extra in extras:
                 extra_blocks += extra(rt, cmd, listing, body)
