@@ -1,5 +1,6 @@
 """Connections to the monitored servers: one psycopg_pool per (environment, host), plus one reserved
-connection per host that the bot keeps open from start-up.
+connection per server that the bot keeps open from start-up (environments whose host has the same
+connection string and timeouts share it: :meth:`Databases.server_key`).
 
 Every connection is bounded: ``connect_timeout`` for the TCP and start-up exchange, ``statement_timeout``
 for every query on the server, a client-side deadline for every statement (statement timeout plus a
@@ -329,12 +330,20 @@ class Databases:
         self._closed = False
         self._stop = threading.Event()
         self._keepers: list[threading.Thread] = []
+        # one reserved connection per server (environments that reach it alike share it)
+        self._reserved_of: dict[tuple[str, float, float], _Reserved] = {}
 
     def _environment(self, env: str) -> Environment:
         environment = self.config.env(env)
         if environment is None:
             raise KeyError(env)
         return environment
+
+    def server_key(self, env: str, host: str) -> tuple[str, float, float]:
+        """What makes two (environment, host)s the same server seen the same way: the connection string
+        (server, database, role) and the timeouts."""
+        environment = self._environment(env)
+        return environment.hosts()[host], environment.timeouts.connect, environment.timeouts.statement
 
     def _connect_kwargs(self, ct: float, st: float) -> dict[str, Any]:
         return connect_kwargs(ct, st)
@@ -363,21 +372,27 @@ class Databases:
                 timeout=ct + 1,
                 max_idle=300,
                 reconnect_timeout=max(60.0, ct * 4),
+                num_workers=1,  # it opens at most max_size connections; three threads per host were idle
                 open=True,
             )
-            entry = _Pool(pool, slot, ct, st, dsn)
+            entry = _Pool(pool, slot, ct, st, dsn, reserved=self._reserved_of.setdefault((dsn, ct, st), _Reserved()))
             self._pools[key] = entry
             return entry
 
     # --- the reserved connection per host ------------------------------------------------------------
 
     def keep_reserved(self) -> None:
-        """Open one reserved connection per configured host now (in the background) and keep it open."""
+        """Open one reserved connection per configured server now (in the background) and keep it open.
+
+        Environments whose host has the same connection string and timeouts share it (one keeper each)."""
         with self._lock:
             if self._keepers or self._closed:
                 return
-            hosts = [(env, host) for env, e in self.config.environments.items() for host in e.hosts()]
-            for env, host in hosts:
+            servers: dict[tuple[str, float, float], tuple[str, str]] = {}
+            for env, e in self.config.environments.items():
+                for host in e.hosts():
+                    servers.setdefault(self.server_key(env, host), (env, host))
+            for env, host in servers.values():
                 t = threading.Thread(target=self._keep, args=(env, host), name=f"pgs-reserved-{env}/{host}",
                                      daemon=True)
                 self._keepers.append(t)
@@ -450,8 +465,8 @@ class Databases:
         return entry is not None and entry.full_at > 0 and time.monotonic() - entry.full_at < within
 
     def reserved_open(self, env: str, host: str = "primary") -> bool:
-        entry = self._pools.get((env, host))
-        return entry is not None and entry.reserved.conn is not None and not entry.reserved.conn.closed
+        res = self._reserved_of.get(self.server_key(env, host))
+        return res is not None and res.conn is not None and not res.conn.closed
 
     # --- handing out connections ----------------------------------------------------------------------
 
