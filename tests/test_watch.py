@@ -624,3 +624,28 @@ def test_slack_down_during_a_session_incident_alert_and_resolution_arrive_once_e
         wait_until(lambda: outbox_pending() == 0, 10, "the backlog metric back to 0")
         holder.close()
         fake.assert_clean()
+
+
+def test_environments_on_the_same_server_share_one_read_and_each_decides_with_its_own_thresholds(pair, fake):
+    """Two environments reach the primary alike: one statement per check serves both (the read asks for the
+    lower threshold), yet only the one whose threshold the idle transaction crosses alerts."""
+    table = new_table(pair)
+    cfg = config(pair, idle_in_transaction="1s")
+    strict = cfg["environments"]["prod"]
+    lenient = json.loads(json.dumps(strict))
+    lenient["watch"]["idle_in_transaction"] = "1h"
+    cfg["environments"] = {"prod": strict, "prod-lenient": lenient}
+    with BotUnderTest(cfg, fake, scheduler=True) as bot:
+        w = watcher(bot)
+        assert w.reads.sharing("prod", "primary") == 2
+        holder = idle_tx_holder(pair, table)
+        msg = wait_alert(fake, "Idle in transaction on prod")
+        wait_until(lambda: w.checks.get(("prod-lenient", "primary"), 0) >= 4, 20, "checks of prod-lenient")
+        assert not alerts(fake, "prod-lenient"), fake.summary()
+        checks = sum(n for (e, h), n in w.checks.items() if h == "primary")
+        # each check of either environment took the other's read or sent the one both used
+        assert w.reads.statements("prod", "primary") < checks, (w.reads.statements("prod", "primary"), checks)
+        holder.rollback()
+        wait_resolved(fake, msg)
+        holder.close()
+        fake.assert_clean()

@@ -22,6 +22,7 @@ from bot.watch.model import (
     HostSnapshot,
     WatchSession,
 )
+from bot.watch.reads import union_params
 from tests.harness.fake_slack import validate_message_blocks
 
 pytestmark = pytest.mark.unit
@@ -378,3 +379,14 @@ def test_the_listing_summary_says_how_many_sessions_ignore_hid():
     assert "3 ignored" in shown and "`ignore` rules" in shown
     none = json.dumps(render_listing(Listing(env="prod", host="primary", server=info, sessions=()))["blocks"])
     assert "ignored" not in none
+
+
+def test_a_read_shared_by_environments_asks_for_every_kind_any_watches_at_the_lowest_threshold():
+    a = {"query_chars": 300, "idle_tx_secs": 60.0, "long_running_secs": None, "xmin_secs": 3600.0,
+         "share": 90.0, "locks": False}
+    b = {"query_chars": 200, "idle_tx_secs": 900.0, "long_running_secs": 30.0, "xmin_secs": None,
+         "share": None, "locks": True}
+    assert union_params([a, b]) == {"query_chars": 300, "idle_tx_secs": 60.0, "long_running_secs": 30.0,
+                                    "xmin_secs": 3600.0, "share": 90.0, "locks": True}
+    off = {**b, "long_running_secs": None, "locks": False}
+    assert union_params([off])["long_running_secs"] is None and union_params([off])["locks"] is False

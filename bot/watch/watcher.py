@@ -31,7 +31,6 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
-from psycopg.rows import dict_row
 
 from bot.approval.models import BulkTarget
 from bot.approval.targets import issue_details_tokens, issue_session_tokens, reusable_token, session_snapshot
@@ -39,8 +38,6 @@ from bot.bulk.targets import STATE_LIKE, TERMINATE_BULK
 from bot.config import Environment, Watch
 from bot.metrics import CHECK_FAILURES
 from bot.postgres.pools import DatabaseUnavailable
-from bot.postgres.redact import redact
-from bot.postgres.sql import query
 from bot.render import watch as render
 from bot.slack import outbox as slack_outbox
 from bot.state.incidents import Incident
@@ -53,36 +50,12 @@ from bot.watch.model import (
     WAL_RECEIVER,
     HostSnapshot,
     iso,
-    snapshot_from_row,
 )
+from bot.watch.reads import SharedReads
 
 log = logging.getLogger(__name__)
 
 CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
-
-
-def read_params(environment: Environment) -> dict:
-    """What ``watch_host.sql`` needs to send only the sessions a rule may look at."""
-    w = rules.effective_watch(environment)
-    assert w is not None
-    return {
-        "query_chars": max(environment.listing.query_chars, 200),
-        "idle_tx_secs": w.idle_in_transaction,
-        "long_running_secs": w.long_running,
-        "xmin_secs": w.xmin_horizon,
-        "share": w.connections,
-        "locks": w.lock_pileup is not None,
-    }
-
-
-def read_host(dbs, env: str, host: str) -> HostSnapshot:
-    """One check's read of one host: one statement (see watch_host.sql)."""
-    environment = dbs.config.environments[env]
-    with dbs.connection(env, host, op="watch") as conn:
-        with conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(query("watch_host"), read_params(environment))
-            row = cur.fetchone()
-    return snapshot_from_row(env, host, time.time(), row, redact if environment.redact_queries else None)
 
 
 def kill_disabled_reason(environment: Environment, env: str) -> str | None:
@@ -128,6 +101,8 @@ class Watcher:
         self.last_check_secs: dict[tuple[str, str], float] = {}
         # every Slack call of the watch goes through the durable outbox (Slack may be down for minutes)
         self.outbox = slack_outbox.Outbox(rt.store, lambda: rt.client, may_send=self.is_leader)
+        # one read per server per check, shared by the environments that reach it alike
+        self.reads = SharedReads(rt.dbs, self.envs, self.hosts)
 
     # --- wiring -------------------------------------------------------------------------------------
 
@@ -229,7 +204,7 @@ class Watcher:
         started = time.monotonic()
         try:
             try:
-                snap = read_host(self.rt.dbs, env, host)
+                snap = self.reads.read(env, host)
             except DatabaseUnavailable as exc:
                 CHECK_FAILURES.labels(env, host).inc()
                 log.warning("watch: cannot check %s/%s: %s", env, host, exc.reason)
