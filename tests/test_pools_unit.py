@@ -10,7 +10,15 @@ import pytest
 
 from bot.postgres import pools
 from bot.postgres.deadline import Watchdog
-from bot.postgres.pools import OutOfConnections, _Gate, explain, is_out_of_slots, tcp_params
+from bot.postgres.pools import (
+    DatabaseUnavailable,
+    OutOfConnections,
+    _Gate,
+    explain,
+    is_out_of_slots,
+    tcp_params,
+)
+from bot.render.common import esc
 
 pytestmark = pytest.mark.unit
 
@@ -86,3 +94,13 @@ def test_tcp_parameters_bound_a_silent_peer():
     p = tcp_params(5, 5)
     assert p["keepalives"] == 1 and p["tcp_user_timeout"] == 12000
     assert p["keepalives_idle"] + p["keepalives_interval"] * p["keepalives_count"] <= 30
+
+
+def test_an_unavailable_server_quoted_in_an_outcome_detail_is_escaped_once_when_drawn():
+    exc = DatabaseUnavailable("prod", "replica1", 'could not connect: "a & b" <x>')
+    assert exc.plain == 'prod standby replica1 is unavailable: could not connect: "a & b" <x>'
+    assert "&amp;" in str(exc) and "&lt;x&gt;" in str(exc)  # the mrkdwn form, for a message as it is
+    drawn = esc(f"nothing was done: {exc.plain}")
+    assert "a &amp; b" in drawn and "&amp;amp;" not in drawn and "&lt;x&gt;" in drawn
+    full = OutOfConnections("prod", "primary", (137, 137), "the bot's reserved connection is busy")
+    assert full.plain == "prod is out of connections: 137 of 137 in use (the bot's reserved connection is busy)"

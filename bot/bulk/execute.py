@@ -270,8 +270,8 @@ def run_terminate_bulk(ex: Execution, req: Request) -> BulkOutcome:
         return finish(tally, started, OutcomeStatus.INTERRUPTED, INTERRUPTED_DETAIL + tally.summary())
     except DatabaseUnavailable as exc:
         if not sum(tally.counts.values()):
-            return finish(tally, started, OutcomeStatus.UNAVAILABLE, f"nothing was signalled: {exc}")
-        tally.stopped = str(exc)
+            return finish(tally, started, OutcomeStatus.UNAVAILABLE, f"nothing was signalled: {exc.plain}")
+        tally.stopped = exc.plain
     return finish(tally, started, total=len(sessions))
 
 
@@ -333,8 +333,8 @@ def run_clear_db(ex: Execution, req: Request) -> BulkOutcome:
         return finish(tally, started, OutcomeStatus.INTERRUPTED, INTERRUPTED_DETAIL + tally.summary(), **notes)
     except DatabaseUnavailable as exc:
         if not sum(tally.counts.values()) and not notes.get("blocked"):
-            return finish(tally, started, OutcomeStatus.UNAVAILABLE, f"nothing was done: {exc}", **notes)
-        tally.stopped = str(exc)
+            return finish(tally, started, OutcomeStatus.UNAVAILABLE, f"nothing was done: {exc.plain}", **notes)
+        tally.stopped = exc.plain
     status = OutcomeStatus.DONE if tally.clean else OutcomeStatus.PARTIAL
     if tally.stopped:
         status = OutcomeStatus.PARTIAL
@@ -363,7 +363,7 @@ def run_allow_connections(ex: Execution, req: Request) -> BulkOutcome:
                                    + ("still allows" if now[0] else "still does not allow") + " new connections")
             after = database_state(conn, db)
     except DatabaseUnavailable as exc:
-        return BulkOutcome(status=OutcomeStatus.UNAVAILABLE, detail=f"nothing was done: {exc}", database=db)
+        return BulkOutcome(status=OutcomeStatus.UNAVAILABLE, detail=f"nothing was done: {exc.plain}", database=db)
     allowed = bool(after and after[0])
     _audit_one(ex, req, "executed", f"ALTER DATABASE {db} WITH ALLOW_CONNECTIONS true")
     reopen_sources(ex, req, allowed)

@@ -95,10 +95,13 @@ def connect_bounded(
 class DatabaseUnavailable(Exception):
     """The server could not be reached or did not answer in time.
 
-    ``str()`` is safe to show: mrkdwn in which ``reason`` (plain text, may quote the server) is escaped."""
+    ``str()`` is safe to show: mrkdwn in which ``reason`` (plain text, may quote the server) is escaped.
+    :attr:`plain` is the same sentence as plain text, for a text that is escaped when it is drawn (an
+    outcome's detail): quoting ``str()`` there would escape it twice (``&amp;amp;``)."""
 
     def __init__(self, env: str, host: str, reason: str):
         self.env, self.host, self.reason = env, host, reason
+        self.plain = f"{describe_target(env, host).replace('`', '')} is unavailable: {reason}"
         super().__init__(f"{describe_target(env, host)} is unavailable: {esc(reason)}")
 
 
@@ -111,6 +114,7 @@ class OutOfConnections(DatabaseUnavailable):
         reason = text.split(" is ", 1)[1]
         super().__init__(env, host, reason)
         self.args = (f"{text}{f' ({why})' if why else ''}",)
+        self.plain = str(self.args[0]).replace("`", "")
 
     def __str__(self) -> str:
         return str(self.args[0])
