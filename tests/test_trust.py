@@ -424,6 +424,23 @@ def test_viewer_less_user_sees_nothing(pg, fake_slack, conns):
         assert len(fake_slack.calls_for("chat.postMessage")) == 1
 
 
+def test_a_page_of_audit_is_filled_with_entries_the_viewer_may_see(pg, fake_slack):
+    """Entries of an environment the viewer may not see neither show nor take a place on the page."""
+    config = cfg(pg)
+    config["environments"]["secret"] = env_config(pg, access={"viewers": ["U1"], "approvers": ["U2"]})
+    with BotUnderTest(config, fake_slack) as b:
+        store = b.rt.store
+        store.add_audit_many([{"env": "test", "event": "terminate:approved", "pid": 500 + i} for i in range(5)])
+        store.add_audit_many([{"env": "secret", "event": "terminate:approved", "pid": 900 + i} for i in range(20)])
+        reply = b.command("audit", user_id="U3")
+        body = json.dumps(fake_slack.wait_for_response(reply.response_name).blocks)
+        assert all(f"pid {500 + i}" in body for i in range(5)), body
+        assert "pid 90" not in body and "pid 91" not in body and "not shown" not in body
+        reply = b.command("audit", user_id="U1")  # who may see both gets the newest 15 and is told of the rest
+        body = json.dumps(fake_slack.wait_for_response(reply.response_name).blocks)
+        assert "pid 919" in body and "10 older entries not shown" in body, body
+
+
 def test_replayed_view_submission_creates_one_request(bot, pg, conns):
     conn, app, pid = idle_session(conns)
     msg = post_listing(bot, f"test --app {app} --min 0s")

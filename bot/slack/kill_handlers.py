@@ -124,12 +124,13 @@ def register(app: App, rt: Runtime, router: Router) -> None:
         def visible(env: str | None) -> bool:
             return rt.policy.may_view(env, viewer, body.get("channel_id"))
 
-        entries = rt.store.audit_entries(
-            env=cmd.env, limit=cmd.limit, since=since, actor=cmd.actor, action=cmd.action, offset=offset
-        )
-        entries = [e for e in entries if visible(e.get("env"))]
+        # the environments with matching entries that this viewer may see: pages are filled with those only
         counts = rt.store.audit_counts(cmd.env, since=since, actor=cmd.actor, action=cmd.action)
-        total = sum(n for e, n in counts.items() if visible(e))
+        shown = {e for e in counts if visible(e)}
+        total = sum(n for e, n in counts.items() if e in shown)
+        entries = rt.store.audit_entries(
+            env=cmd.env, limit=cmd.limit, since=since, actor=cmd.actor, action=cmd.action, offset=offset, envs=shown
+        ) if shown else []
         more = max(0, total - offset - len(entries))
         filtered = cmd.since is not None or cmd.actor is not None or cmd.action is not None or cmd.page > 1
         respond(

@@ -14,7 +14,7 @@ import logging
 import os
 import secrets as pysecrets
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -554,10 +554,17 @@ class StateStore:
         actor: str | None = None,
         action: str | None = None,
         offset: int = 0,
+        envs: Collection[str | None] | None = None,
     ) -> list[dict[str, Any]]:
+        """The newest entries first. ``envs``: only entries of these environments (None among them: entries
+        of no environment), so that a page of a viewer's audit is full of entries the viewer may see."""
         stmt = select(audit).order_by(audit.c.id.desc()).limit(limit).offset(offset)
         if env is not None:
             stmt = stmt.where(audit.c.env == env)
+        if envs is not None:
+            named = [e for e in envs if e is not None]
+            stmt = stmt.where(or_(audit.c.env.in_(named), audit.c.env.is_(None)) if None in envs
+                              else audit.c.env.in_(named))
         if request_id is not None:
             stmt = stmt.where(audit.c.request_id == request_id)
         if since is not None:
