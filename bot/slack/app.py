@@ -1,49 +1,29 @@
 """The Bolt app: thin handlers that parse, acknowledge within Slack's 3 s, then call the domain.
 
+A command text is served by :mod:`bot.slack.dispatch`, the same way for ``/pgsessions`` (here) and for
+``@pgsessions`` (:mod:`bot.slack.events`).
+
 Every listener acknowledges first and then does its slow work (Bolt's default mode runs listeners
 in a thread pool and answers Slack as soon as ``ack()`` is called). Nothing a listener raises ever
-reaches Slack as a stack trace: :func:`guarded` turns it into a short ephemeral message with a
+reaches Slack as a stack trace: :func:`bot.slack.edge.guarded` turns it into a short ephemeral message with a
 reference that matches the log line.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from slack_bolt import App
 from slack_bolt.error import BoltError, BoltUnhandledRequestError
 
-from bot.channel_defaults import apply_channel_default
-from bot.commands import USAGE, Command, CommandError, Help, known_envs, parse
-from bot.metrics import COMMANDS
-from bot.postgres.pools import DatabaseUnavailable, watch_unavailable
 from bot.runtime import Runtime
-from bot.slack.edge import Router, guarded
+from bot.slack import dispatch
+from bot.slack.edge import Router
 from bot.slack.guards import install_workspace_guard
 from bot.wiring import install_jobs, register_features
 
 log = logging.getLogger(__name__)
-
-
-def env_of(cmd: Command) -> Any:
-    return getattr(cmd, "env", None)
-
-
-def channel_refusal(rt: Runtime, env: str | None, channel_id: str | None) -> str | None:
-    refusal = rt.policy.channel_refusal(env, channel_id) if env is not None else None
-    return f"{refusal}." if refusal else None
-
-
-def command_name(cmd: Command) -> str:
-    """``ListSessions`` -> ``list_sessions``: the metric label for a parsed command."""
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(cmd).__name__).lower()
-
-
-def help_text(rt: Runtime) -> str:
-    return f"{USAGE}\n\n*Environments:* {known_envs(rt.config)}"
 
 
 def build_app(rt: Runtime, router: Router | None = None) -> App:
@@ -71,58 +51,26 @@ def build_app(rt: Runtime, router: Router | None = None) -> App:
 
     @app.command("/pgsessions")
     def on_command(ack, command, respond, body):
-        text = apply_channel_default(command.get("text") or "", rt.config, command.get("channel_id"))
-        try:
-            cmd = parse(text, rt.config)
-        except CommandError as exc:
-            ack(response_type="ephemeral", text=exc.answer())
-            COMMANDS.labels("invalid", "bad_input").inc()
+        step = dispatch.prepare(rt, router, command.get("text") or "", command.get("channel_id"))
+        if isinstance(step, dispatch.Answer):
+            ack(response_type="ephemeral", text=step.text)
+            step.count()
             return
-        name = command_name(cmd)
-        if isinstance(cmd, Help):
-            ack(response_type="ephemeral", text=help_text(rt))
-            COMMANDS.labels(name, "ok").inc()
-            return
-        refusal = channel_refusal(rt, env_of(cmd), command.get("channel_id"))
         viewer = command.get("user_id") or ""
-        # access.viewers (pending/audit filter per entry): decided before the ack when no user group must
-        # be read from Slack, else right after it (a slow Slack must not delay the ack)
-        check_viewer_later = refusal is None and not rt.policy.viewers_decidable_offline(env_of(cmd))
-        if refusal is None and not check_viewer_later:
-            refusal = rt.policy.viewer_refusal(env_of(cmd), viewer)
+        # access.viewers: decided before the ack when no user group must be read from Slack, else right
+        # after it (a slow Slack must not delay the ack)
+        later = not rt.policy.viewers_decidable_offline(step.env)
+        refusal = None if later else rt.policy.viewer_refusal(step.env, viewer)
         if refusal:
             ack(response_type="ephemeral", text=refusal)
-            COMMANDS.labels(name, "refused").inc()
+            dispatch.Answer(refusal, step.name, "refused", denied=True).count()
             return
-        handler = router.handlers.get(type(cmd))
-        if handler is None:
-            ack(response_type="ephemeral", text=f"`{text}` is not available in this version of the bot.")
-            COMMANDS.labels(name, "refused").inc()
-            return
-        progress = router.progress.get(type(cmd))
-        note = progress(cmd) if progress else None
-        if note:
-            ack(response_type="ephemeral", text=note)
+        if step.note:
+            ack(response_type="ephemeral", text=step.note)
         else:
             ack()
-        failed = []
-
-        def run(*args, **kwargs):
-            if check_viewer_later:
-                late = rt.policy.viewer_refusal(env_of(cmd), viewer)
-                if late:
-                    kwargs["respond"](response_type="ephemeral", text=f":no_entry_sign: Not possible: {late}.")
-                    return None
-            try:
-                return handler(*args, **kwargs)
-            except Exception as exc:
-                if not isinstance(exc, DatabaseUnavailable):
-                    failed.append(True)
-                raise
-
-        with watch_unavailable() as unavailable:
-            guarded(f"running `/pgsessions {text}`")(run)(rt, cmd, body, respond=respond)
-        COMMANDS.labels(name, "error" if failed else "unavailable" if unavailable else "ok").inc()
+        dispatch.execute(rt, step, body, respond, f"running `/pgsessions {step.text}`",
+                         viewer_later=viewer if later else None)
 
     @app.error
     def on_error(error, body, logger, response):

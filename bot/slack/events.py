@@ -23,11 +23,7 @@ from collections import OrderedDict
 from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 
-from bot.channel_defaults import apply_channel_default
-from bot.commands import CommandError, Help, parse
-from bot.metrics import COMMANDS
-from bot.postgres.pools import DatabaseUnavailable, watch_unavailable
-from bot.visibility import view_refusal
+from bot.slack import dispatch
 
 log = logging.getLogger(__name__)
 
@@ -100,49 +96,20 @@ def mention_text(text: str, bot_user_id: str | None) -> str:
 
 def run_command(rt, router, text: str, channel: str, user: str, respond, extra: dict | None = None) -> None:
     """Serve one command text for ``user`` in ``channel`` with the slash command's rules; answers via ``respond``."""
-    from bot.slack.app import channel_refusal, command_name, env_of, guarded, help_text
-
-    text = apply_channel_default(text, rt.config, channel)
-    try:
-        cmd = parse(text, rt.config)
-    except CommandError as exc:
-        respond(response_type="ephemeral", text=exc.answer())
-        COMMANDS.labels("invalid", "bad_input").inc()
+    step = dispatch.prepare(rt, router, text, channel)
+    if isinstance(step, dispatch.Answer):
+        respond(response_type="ephemeral", text=f":no_entry_sign: {step.text}" if step.denied else step.text)
+        step.count()
         return
-    name = command_name(cmd)
-    if isinstance(cmd, Help):
-        respond(response_type="ephemeral", text=help_text(rt))
-        COMMANDS.labels(name, "ok").inc()
-        return
-    env = env_of(cmd)
-    refusal = channel_refusal(rt, env, channel) or view_refusal(rt.config, rt.directory, user, env)
+    refusal = rt.policy.viewer_refusal(step.env, user)
     if refusal:
         respond(response_type="ephemeral", text=f":no_entry_sign: {refusal}")
-        COMMANDS.labels(name, "refused").inc()
+        dispatch.Answer(refusal, step.name, "refused", denied=True).count()
         return
-    handler = router.handlers.get(type(cmd))
-    if handler is None:
-        respond(response_type="ephemeral", text=f"`{text}` is not available in this version of the bot.")
-        COMMANDS.labels(name, "refused").inc()
-        return
-    progress = router.progress.get(type(cmd))
-    note = progress(cmd) if progress else None
-    if note:
-        respond(response_type="ephemeral", text=note)
-    body = {"channel_id": channel, "user_id": user, "text": text, **(extra or {})}
-    failed: list[bool] = []
-
-    def run(*args, **kwargs):
-        try:
-            return handler(*args, **kwargs)
-        except Exception as exc:
-            if not isinstance(exc, DatabaseUnavailable):
-                failed.append(True)
-            raise
-
-    with watch_unavailable() as unavailable:
-        guarded(f"running `@pgsessions {text}`")(run)(rt, cmd, body, respond=respond)
-    COMMANDS.labels(name, "error" if failed else "unavailable" if unavailable else "ok").inc()
+    if step.note:
+        respond(response_type="ephemeral", text=step.note)
+    body = {"channel_id": channel, "user_id": user, "text": step.text, **(extra or {})}
+    dispatch.execute(rt, step, body, respond, f"running `@pgsessions {step.text}`")
 
 
 def _first_everywhere(rt, event_id: str) -> bool:
