@@ -544,6 +544,28 @@ class StateStore:
         with self.tx() as c:
             c.execute(insert(audit), rows)
 
+    @staticmethod
+    def _audit_where(
+        env: str | None, since: float | None, actor: str | None, action: str | None,
+        envs: Collection[str | None] | None = None, request_id: str | None = None,
+    ) -> list[Any]:
+        """The conditions of an audit query (the entries and their counts select the same ones)."""
+        where: list[Any] = []
+        if env is not None:
+            where.append(audit.c.env == env)
+        if envs is not None:
+            named = audit.c.env.in_([e for e in envs if e is not None])
+            where.append(or_(named, audit.c.env.is_(None)) if None in envs else named)
+        if request_id is not None:
+            where.append(audit.c.request_id == request_id)
+        if since is not None:
+            where.append(audit.c.at >= since)
+        if actor is not None:
+            where.append(audit.c.actor == actor)
+        if action is not None:
+            where.append(audit.c.event.like(f"{action}:%"))
+        return where
+
     def audit_entries(
         self,
         env: str | None = None,
@@ -558,21 +580,8 @@ class StateStore:
     ) -> list[dict[str, Any]]:
         """The newest entries first. ``envs``: only entries of these environments (None among them: entries
         of no environment), so that a page of a viewer's audit is full of entries the viewer may see."""
-        stmt = select(audit).order_by(audit.c.id.desc()).limit(limit).offset(offset)
-        if env is not None:
-            stmt = stmt.where(audit.c.env == env)
-        if envs is not None:
-            named = [e for e in envs if e is not None]
-            stmt = stmt.where(or_(audit.c.env.in_(named), audit.c.env.is_(None)) if None in envs
-                              else audit.c.env.in_(named))
-        if request_id is not None:
-            stmt = stmt.where(audit.c.request_id == request_id)
-        if since is not None:
-            stmt = stmt.where(audit.c.at >= since)
-        if actor is not None:
-            stmt = stmt.where(audit.c.actor == actor)
-        if action is not None:
-            stmt = stmt.where(audit.c.event.like(f"{action}:%"))
+        stmt = (select(audit).where(*self._audit_where(env, since, actor, action, envs, request_id))
+                .order_by(audit.c.id.desc()).limit(limit).offset(offset))
         with self.read() as c:
             return [dict(r) for r in c.execute(stmt).mappings()]
 
@@ -581,15 +590,7 @@ class StateStore:
         action: str | None = None,
     ) -> dict[str | None, int]:
         """How many audit entries match, per environment (so hidden environments can be left out)."""
-        stmt = select(audit.c.env, func.count()).group_by(audit.c.env)
-        if env is not None:
-            stmt = stmt.where(audit.c.env == env)
-        if since is not None:
-            stmt = stmt.where(audit.c.at >= since)
-        if actor is not None:
-            stmt = stmt.where(audit.c.actor == actor)
-        if action is not None:
-            stmt = stmt.where(audit.c.event.like(f"{action}:%"))
+        stmt = select(audit.c.env, func.count()).where(*self._audit_where(env, since, actor, action)).group_by(audit.c.env)
         with self.read() as c:
             return {e: int(n) for e, n in c.execute(stmt)}
 
