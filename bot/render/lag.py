@@ -23,6 +23,7 @@ from bot.render.common import (
     section,
     slack_time,
 )
+from bot.render.watch import acknowledge_block
 
 MAX_CULPRITS_SHOWN = 10
 
@@ -175,8 +176,12 @@ def render_lag_alert(
     query_chars: int = 300,
     reminder_every: float | None = None,
     details_tokens: Mapping[int, str] | None = None,
+    incident_id: str | None = None,
+    ack: Mapping | None = None,
 ) -> dict:
-    """The alert (and its in-place updates) for a standby whose replay lag is over the threshold."""
+    """The alert (and its in-place updates) for a standby whose replay lag is over the threshold.
+
+    With ``incident_id``, the alert carries the Acknowledge button (or says who acknowledged it)."""
     tokens = tokens or {}
     blocks = [
         header(f":rotating_light: Replication lag on {target(m.env, m.host)}"),
@@ -187,20 +192,24 @@ def render_lag_alert(
         ),
         section(why_text(m)),
     ]
+    reminders = ""
+    if reminder_every and not ack:
+        reminders = f"; reminders every {format_duration(reminder_every)} in the thread"
+        reminders += " until acknowledged" if incident_id else ""
     footer = context(
         primary_text(m),
         f"Checked every {format_duration(alert.check_every)} · updated {slack_time(m.measured_at)} · "
-        f"this message is edited at most once a minute"
-        + (f"; reminders every {format_duration(reminder_every)} in the thread" if reminder_every else ""),
+        f"this message is edited at most once a minute{reminders}",
     )
+    tail = ([acknowledge_block(incident_id, ack)] if incident_id else []) + [footer]
     holding = m.holding_back
     blocks.append(section(culprit_heading(m)))
-    budget = MAX_BLOCKS - len(blocks) - 1
+    budget = MAX_BLOCKS - len(blocks) - len(tail)
     culprit_blocks, _ = _culprit_blocks(
         holding, budget, tokens, kill_disabled, query_chars, details_tokens=details_tokens
     )
     blocks += culprit_blocks
-    blocks.append(footer)
+    blocks += tail
     pids = ", ".join(str(c.session.pid) for c in holding[:MAX_CULPRITS_SHOWN])
     held = f"; held back by pid {pids}" if m.culprits else (f"; suspects: pid {pids}" if pids else "")
     text = f"Replication lag on {target(m.env, m.host)}: {lag_amount(m)}, {m.reason.label}{held}"
@@ -217,7 +226,8 @@ def render_lag_reminder(m: StandbyLag, *, opened_at: datetime, now: datetime) ->
         who = f" Suspects: {pids}."
     text = (
         f":bell: Still {lag_amount(m)} on {target(m.env, m.host)}, {m.reason.label}; "
-        f"open for {format_duration((now - opened_at).total_seconds())}.{who}"
+        f"open for {format_duration((now - opened_at).total_seconds())}.{who} "
+        "Acknowledge the alert to stop these reminders."
     )
     return message(text, [section(esc_keep(text))])
 
@@ -239,6 +249,7 @@ def render_lag_resolved(
     reasons: Sequence[str],
     done: Sequence[str],
     last: StandbyLag | None = None,
+    ack: Mapping | None = None,
 ) -> dict:
     """The alert edited once lag is back under the threshold: how long, how bad, why, what was done."""
     start = since or opened_at
@@ -251,6 +262,8 @@ def render_lag_resolved(
             f"Worst: {format_duration(peak_secs)} behind, {format_bytes(peak_bytes)} waiting to be replayed."
         ),
     ]
+    if ack:
+        blocks.append(context(f":eyes: Acknowledged by <@{ack['by']}>"))
     if reasons:
         blocks.append(section("*Why it was behind:* " + esc(", ".join(reasons))))
     if done:
@@ -267,7 +280,8 @@ def render_lag_resolved(
 
 
 def render_unreachable_alert(
-    env: str, host: str, reason: str, *, since: datetime, failures: int, check_every: float, now: datetime
+    env: str, host: str, reason: str, *, since: datetime, failures: int, check_every: float, now: datetime,
+    incident_id: str | None = None, ack: Mapping | None = None,
 ) -> dict:
     blocks = [
         header(f":electric_plug: Standby unreachable: {target(env, host)}"),
@@ -276,6 +290,7 @@ def render_unreachable_alert(
             f"Failing since {slack_time(since)} ({failures} checks in a row). Its replay lag is unknown "
             "while it cannot be reached."
         ),
+        *([acknowledge_block(incident_id, ack)] if incident_id else []),
         context(f"Checked every {format_duration(check_every)} · updated {slack_time(now)}"),
     ]
     return message(f"Standby unreachable: {target(env, host)}: {esc(reason)}", blocks)
@@ -284,12 +299,13 @@ def render_unreachable_alert(
 def render_unreachable_reminder(env: str, host: str, reason: str, *, since: datetime, now: datetime) -> dict:
     text = (
         f":bell: Still cannot reach {target(env, host)} ({esc(reason)}); failing for "
-        f"{format_duration((now - since).total_seconds())}."
+        f"{format_duration((now - since).total_seconds())}. Acknowledge the alert to stop these reminders."
     )
     return message(text, [section(text)])
 
 
-def render_unreachable_resolved(env: str, host: str, reason: str, *, since: datetime, resolved_at: datetime) -> dict:
+def render_unreachable_resolved(env: str, host: str, reason: str, *, since: datetime, resolved_at: datetime,
+                                ack: Mapping | None = None) -> dict:
     lasted = format_duration((resolved_at - since).total_seconds())
     blocks = [
         header(f":white_check_mark: Resolved: standby {target(env, host)} is reachable again"),
@@ -298,6 +314,8 @@ def render_unreachable_resolved(env: str, host: str, reason: str, *, since: date
             f"after {lasted} (from {slack_time(since)}).\nLast error: {esc(reason)}."
         ),
     ]
+    if ack:
+        blocks.append(context(f":eyes: Acknowledged by <@{ack['by']}>"))
     return message(f"Resolved: standby {target(env, host)} is reachable again after {lasted}", blocks)
 
 

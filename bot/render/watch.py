@@ -66,6 +66,13 @@ def ack_action_id(incident_id: str) -> str:
     return f"{ACK_PREFIX}:{ACK}:{incident_id}"
 
 
+def acknowledge_block(incident_id: str, ack: Mapping | None) -> dict:
+    """The Acknowledge button of an open alert (any alert: session, host or lag), or who took it."""
+    if ack:
+        return context(f":eyes: Acknowledged by <@{ack['by']}> {slack_time(_utc(ack.get('at')))}: no more reminders.")
+    return actions(f"watch:{incident_id}", button("Acknowledge", ack_action_id(incident_id), incident_id))
+
+
 def where(env: str, host: str) -> str:
     return env if host == "primary" else f"{env} / {host} (standby)"
 
@@ -317,11 +324,7 @@ def render_alert(
                         "for it until it answers.")]
     else:
         body = _xmin_blocks(facts, tokens, kill_disabled, query_chars, details)
-    tail = []
-    if ack:
-        tail.append(context(f":eyes: Acknowledged by <@{ack['by']}> {slack_time(_utc(ack.get('at')))}: no more reminders."))
-    else:
-        tail.append(actions(f"watch:{incident_id}", button("Acknowledge", ack_action_id(incident_id), incident_id)))
+    tail = [acknowledge_block(incident_id, ack)]
     tail.append(context(
         f"Open since {slack_time(_utc(opened_at))} · updated {slack_time(_utc(now))} · "
         + ("" if ack else f"reminders every {format_duration(remind_every)} until acknowledged · ")

@@ -1,7 +1,9 @@
-"""The state store's gateway to lag-watch incidents (table ``pgs_incidents``), fenced by the leader lease.
+"""The state store's gateway to incidents (table ``pgs_incidents``), fenced by the leader lease.
 
 An incident is one Slack message: it is opened once, edited while it lasts and resolved once. At most
-one incident per (environment, standby, kind) is open. Every write checks, in the same transaction,
+one incident per (environment, host, kind) is open (the session watch keys several per kind:
+:mod:`bot.watch.incidents`). An Acknowledge (``payload["ack"]``) is written by whoever clicks and kept
+by every later write of the leader. Every write checks, in the same transaction,
 that this bot still holds the leader lease (``FOR UPDATE`` on the lease row on PostgreSQL, which
 serialises with :meth:`StateStore.acquire_lease`; SQLite write transactions are exclusive anyway),
 so a replica that lost the lease while a check was in flight cannot open a duplicate.
@@ -137,12 +139,22 @@ class Incidents:
         return Incident.from_row({**row, "payload": row["payload"]})
 
     def save(self, inc: Incident, **values: Any) -> bool:
-        """Update an open incident's columns (``payload`` as a dict); False if not leader or closed."""
-        if "payload" in values:
-            values["payload"] = json.dumps(values["payload"], default=str)
+        """Update an open incident's columns (``payload`` as a dict); False if not leader or closed.
+
+        An Acknowledge recorded meanwhile by a click (``payload["ack"]``, written by whoever clicked, not
+        by the leader) is kept: the leader's writes never overwrite it."""
+        payload = values.pop("payload", None)
         with self.store.tx() as c:
             if not self._holds_lease(c):
                 return False
+            if payload is not None:
+                payload = dict(payload)
+                if not payload.get("ack"):
+                    row = c.execute(select(incidents.c.payload).where(incidents.c.id == inc.id)).first()
+                    stored = json.loads(row[0] or "{}") if row else {}
+                    if stored.get("ack"):
+                        payload["ack"] = stored["ack"]
+                values["payload"] = json.dumps(payload, default=str)
             res = c.execute(
                 update(incidents).where(incidents.c.id == inc.id, incidents.c.open.is_(True)).values(**values)
             )
@@ -151,6 +163,27 @@ class Incidents:
             for k, v in values.items():
                 setattr(inc, k, json.loads(v) if k == "payload" else v)
         return ok
+
+    def acknowledge(self, incident_id: str, user: str) -> tuple[Incident | None, str | None]:
+        """Record who took an open incident (any kind: it stops the reminders); (incident, None), or
+        (incident or None, why nothing changed). Not fenced: whoever clicks writes it."""
+        with self.store.tx() as c:
+            stmt = select(incidents).where(incidents.c.id == incident_id)
+            if not self.store.is_sqlite:
+                stmt = stmt.with_for_update()
+            row = c.execute(stmt).mappings().first()
+            if row is None:
+                return None, "this alert is not known to the bot"
+            inc = Incident.from_row(row)
+            if not inc.open:
+                return inc, "this alert is already resolved"
+            ack = inc.payload.get("ack")
+            if ack:
+                return inc, f"<@{ack['by']}> already acknowledged this alert"
+            inc.payload["ack"] = {"by": user, "at": time.time()}
+            c.execute(update(incidents).where(incidents.c.id == incident_id)
+                      .values(payload=json.dumps(inc.payload, default=str)))
+        return inc, None
 
     def resolve(self, inc: Incident, payload: dict[str, Any] | None = None) -> bool:
         """Close an incident exactly once; False if another check (or replica) already did."""

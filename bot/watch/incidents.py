@@ -1,9 +1,8 @@
 """Watch incidents in the lag watcher's table (``pgs_incidents``) with their own ``kind`` values.
 
-Fenced by the watch's own leader lease like :class:`bot.state.incidents.Incidents`. Differences:
-several incidents of one kind may be open on one host (a pile-up per root blocker), told apart by
-``payload["key"]``; and an Acknowledge (written by whoever clicks, not by the leader) is kept in
-``payload["ack"]``, which the leader's writes never overwrite.
+Fenced by the watch's own leader lease like :class:`bot.state.incidents.Incidents` (which also keeps
+an Acknowledge, ``payload["ack"]``, through the leader's writes). The difference: several incidents of
+one kind may be open on one host (a pile-up per root blocker), told apart by ``payload["key"]``.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select
 
 from bot.state.incidents import Incident, Incidents
 from bot.state.schema import incidents
@@ -56,46 +55,3 @@ class WatchIncidents(Incidents):
                 return None
             c.execute(insert(incidents).values(**row))
         return Incident.from_row(row)
-
-    def save(self, inc: Incident, **values) -> bool:
-        """As :meth:`Incidents.save`, keeping an Acknowledge recorded meanwhile by a click."""
-        if "payload" not in values:
-            return super().save(inc, **values)
-        payload = dict(values.pop("payload"))
-        with self.store.tx() as c:
-            if not self._holds_lease(c):
-                return False
-            row = c.execute(select(incidents.c.payload).where(incidents.c.id == inc.id)).first()
-            stored = json.loads(row[0] or "{}") if row else {}
-            if stored.get("ack") and not payload.get("ack"):
-                payload["ack"] = stored["ack"]
-            res = c.execute(
-                update(incidents).where(incidents.c.id == inc.id, incidents.c.open.is_(True))
-                .values(payload=json.dumps(payload, default=str), **values)
-            )
-            ok = res.rowcount == 1
-        if ok:
-            inc.payload = payload
-            for k, v in values.items():
-                setattr(inc, k, v)
-        return ok
-
-    def acknowledge(self, incident_id: str, user: str) -> tuple[Incident | None, str | None]:
-        """Record who took the incident; (incident, None), or (incident or None, why nothing changed)."""
-        with self.store.tx() as c:
-            stmt = select(incidents).where(incidents.c.id == incident_id, incidents.c.kind.in_(KINDS))
-            if not self.store.is_sqlite:
-                stmt = stmt.with_for_update()
-            row = c.execute(stmt).mappings().first()
-            if row is None:
-                return None, "this alert is not known to the bot"
-            inc = Incident.from_row(row)
-            if not inc.open:
-                return inc, "this alert is already resolved"
-            ack = inc.payload.get("ack")
-            if ack:
-                return inc, f"<@{ack['by']}> already acknowledged this alert"
-            inc.payload["ack"] = {"by": user, "at": time.time()}
-            c.execute(update(incidents).where(incidents.c.id == incident_id)
-                      .values(payload=json.dumps(inc.payload, default=str)))
-        return inc, None
