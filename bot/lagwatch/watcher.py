@@ -3,10 +3,11 @@
 Built by the runtime (``rt.lagwatch``, None when no environment has ``lag_alert``); its jobs are added
 by :meth:`LagWatcher.install` and run once ``rt.start_background()`` starts the scheduler:
 
-* ``lagwatch:lease``: take or renew the leader lease every ``check_every / 2`` (of the smallest
-  ``check_every``) with a TTL of 1.5 × that interval. Only the holder runs checks, so with several
-  replicas on one PostgreSQL state store exactly one posts, and another takes over within two check
-  intervals after the leader dies (at once when it stops cleanly and releases the lease).
+* ``lagwatch:lease``: take or renew the leader lease ``lagwatch`` (:class:`bot.state.lease.LeaderLease`)
+  every ``check_every / 2`` (of the smallest ``check_every``) with a TTL of 1.5 × that interval. Only
+  the holder runs checks, so with several replicas on one PostgreSQL state store exactly one posts, and
+  another takes over within two check intervals after the leader dies (at once when it stops cleanly
+  and releases the lease).
 * ``lagwatch:primary:<env>``: the primary's ``pg_stat_replication`` (a second view of the lag),
   cached for the standby checks so that a slow primary never delays them.
 * ``lagwatch:check:<env>:<standby>``: measure one standby and move its incidents along. Every host
@@ -22,13 +23,11 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 
-from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
 from apscheduler.schedulers.base import BaseScheduler
 from slack_sdk import WebClient
 
@@ -45,6 +44,7 @@ from bot.postgres.pools import Databases, DatabaseUnavailable
 from bot.render import lag as render
 from bot.slack import outbox as slack_outbox
 from bot.state.incidents import Incident, Incidents
+from bot.state.lease import LeaderLease
 from bot.state.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -83,20 +83,20 @@ class LagWatcher:
     ):
         self.config, self.store, self.dbs, self.client, self.scheduler = config, store, dbs, client, scheduler
         self.policy = policy
-        # Runtime.instance_id can repeat between two runtimes of one process: add our own randomness
-        self.holder = f"{instance_id}:{secrets.token_hex(4)}"
         self.envs: dict[str, Environment] = {
             name: env for name, env in config.environments.items() if env.lag_alert is not None and env.standbys
         }
         self.min_every = min((self._alert(env).check_every for env in self.envs), default=30.0)
-        self.lease_ttl = 1.5 * self.min_every
-        self.renew_every = self.min_every / 2
+        # gaining it: leading at once, so the edits of _on_leadership may go out at once
+        self.lease = LeaderLease(
+            store, LEASE_NAME, instance_id, self.min_every, label="lag watch", duty="the standby checks",
+            on_gain=self._on_leadership, on_follow=self._on_follow, leads_during_gain=True,
+        )
+        self.holder = self.lease.holder
         self.incidents = Incidents(store, LEASE_NAME, self.holder)
-        self._valid_until = 0.0
         self._hosts: dict[tuple[str, str], HostState] = {}
         self._host_locks: dict[tuple[str, str], threading.Lock] = {}
         self._primary: dict[str, tuple[float, list[PrimaryView]]] = {}
-        self._stopped = threading.Event()
         self._lock = threading.Lock()
         # completed checks per (env, standby) while leader: for health views and tests
         self.checks: dict[tuple[str, str], int] = {}
@@ -116,10 +116,7 @@ class LagWatcher:
     def install(self) -> None:
         sched = self.scheduler
         now = datetime.now(UTC)
-        sched.add_job(
-            self.renew_lease, "interval", seconds=self.renew_every, id="lagwatch:lease",
-            name="lag watch leader lease", next_run_time=now, replace_existing=True,
-        )
+        self.lease.install(sched, "lagwatch:lease", "lag watch leader lease")
         sched.add_job(
             self.outbox.deliver, "interval", seconds=slack_outbox.DELIVER_EVERY, id="lagwatch:outbox",
             name="lag watch Slack outbox", replace_existing=True,
@@ -137,54 +134,21 @@ class LagWatcher:
                     id=f"lagwatch:check:{env}:{host}", name=f"lag watch {env}/{host}",
                     next_run_time=first, replace_existing=True,
                 )
-        sched.add_listener(self._on_shutdown, EVENT_SCHEDULER_SHUTDOWN)
-
-    def _on_shutdown(self, _event) -> None:
-        self.stop()
 
     def stop(self) -> None:
         """Stop checking and hand the lease over at once (another replica takes over at its next renewal)."""
-        if self._stopped.is_set():
-            return
-        was_leader = self.is_leader()
-        self._stopped.set()
-        self._valid_until = 0.0
-        if was_leader:
-            try:
-                self.store.release_lease(LEASE_NAME, self.holder)
-            except Exception as exc:  # shutting down; the lease expires by itself
-                log.warning("could not release the lag-watch lease: %s", type(exc).__name__)
+        self.lease.stop()
 
     # --- leadership ---------------------------------------------------------------------------------
 
     def is_leader(self) -> bool:
-        return not self._stopped.is_set() and time.monotonic() < self._valid_until
+        return self.lease.is_leader()
 
-    def renew_lease(self) -> None:
-        if self._stopped.is_set():
-            return
-        started = time.monotonic()
-        was = self.is_leader()
-        try:
-            held = self.store.acquire_lease(LEASE_NAME, self.holder, self.lease_ttl)
-        except Exception as exc:  # state store down: keep what we had until it runs out
-            log.warning("lag watch: could not renew the leader lease: %s", type(exc).__name__)
-            return
-        if self._stopped.is_set():
-            return
-        if held:
-            # a little under the TTL, so we stop before another replica may take over
-            self._valid_until = started + self.lease_ttl * 0.8
-            if not was:
-                log.info("lag watch: this instance now runs the standby checks (%s)", self.holder)
-                self._on_leadership()
-        else:
-            self._valid_until = 0.0
-            if was:
-                log.warning("lag watch: another instance took over the standby checks")
-            with self._lock:
-                self._hosts.clear()
-            OPEN_INCIDENTS.set(0)
+    def _on_follow(self) -> None:
+        """Another instance runs the checks: forget what this one counted."""
+        with self._lock:
+            self._hosts.clear()
+        OPEN_INCIDENTS.set(0)
 
     def _on_leadership(self) -> None:
         with self._lock:
@@ -272,7 +236,7 @@ class LagWatcher:
             if self.is_leader():
                 self._on_measurement(m, st)
         except Exception:  # never let a bug stop the scheduler
-            if self._stopped.is_set():
+            if self.lease.stopped:
                 # the bot is shutting down under a running check (its pools are closing): not a failure
                 log.debug("lag watch: check of %s/%s ended by shutdown", env, host)
                 return
@@ -594,7 +558,7 @@ class LagWatcher:
     def _edit_landed(self, inc: Incident, msg: dict) -> bool:
         """Queue the final edit of the incident's message in the outbox (delivered in order, after a post
         still waiting); True once it is kept, or when there is no message to edit."""
-        if self._stopped.is_set():
+        if self.lease.stopped:
             return False
         if not (inc.message_ts or self._adopt_post(inc) or self._post_waiting(inc)):
             return True  # its post failed for good: nothing to edit
@@ -605,7 +569,7 @@ class LagWatcher:
         or thread reply kept for later (it is delivered in order when Slack answers again, so it is not
         queued twice); None for a post not delivered yet (its ts comes from the outbox later) or a call
         that could not even be kept."""
-        if self._stopped.is_set():
+        if self.lease.stopped:
             return None
         channel = kwargs.pop("channel")
         if method == "chat_update":

@@ -2,8 +2,8 @@
 
 Jobs (added by :func:`install`; they run once the scheduler starts):
 
-* ``watch:lease``: take or renew the watch's leader lease (``watch``) every ``check_every / 2`` of the
-  smallest ``check_every``, TTL 1.5 × that. Only the holder checks: with several replicas on one
+* ``watch:lease``: take or renew the watch's leader lease (``watch``, :class:`bot.state.lease.LeaderLease`)
+  every ``check_every / 2`` of the smallest ``check_every``, TTL 1.5 × that. Only the holder checks: with several replicas on one
   PostgreSQL state store exactly one posts, and another takes over within two intervals.
 * ``watch:check:<env>:<host>``: one read of the host (``watch_host.sql``: one statement, one
   ``pg_stat_activity`` read for every kind), the rules, then each decision: open (post), update (edit
@@ -25,12 +25,9 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-
-from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
 
 from bot.approval.models import BulkTarget
 from bot.approval.targets import issue_details_tokens, issue_session_tokens, reusable_token, session_snapshot
@@ -41,6 +38,7 @@ from bot.postgres.pools import DatabaseUnavailable
 from bot.render import watch as render
 from bot.slack import outbox as slack_outbox
 from bot.state.incidents import Incident
+from bot.state.lease import LeaderLease
 from bot.watch import rules
 from bot.watch.incidents import LEASE_NAME, WatchIncidents
 from bot.watch.model import (
@@ -75,7 +73,6 @@ class HostState:
 class Watcher:
     def __init__(self, rt):
         self.rt = rt
-        self.holder = f"{rt.instance_id}:{secrets.token_hex(4)}"
         # environments with ``watch``, and those with only ``lag_alert`` (their host alerts: WAL receiver,
         # unreachable primary)
         self.watches: dict[str, Watch] = {}
@@ -85,16 +82,16 @@ class Watcher:
                 self.watches[n] = w
         self.envs: dict[str, Environment] = {n: rt.config.environments[n] for n in self.watches}
         self.min_every = min((w.check_every for w in self.watches.values()), default=30.0)
-        self.lease_ttl = 1.5 * self.min_every
-        self.renew_every = self.min_every / 2
+        # gaining it: what is open is read first, then checks may run (a check skips the store for a quiet host)
+        self.lease = LeaderLease(rt.store, LEASE_NAME, rt.instance_id, self.min_every, label="watch",
+                                 duty="the session checks", on_gain=self._on_leadership)
+        self.holder = self.lease.holder
         self.incidents = WatchIncidents(rt.store, self.holder)
-        self._valid_until = 0.0
         self._hosts: dict[tuple[str, str], HostState] = {}
         # hosts with an open incident, read from the store when this instance becomes the leader and kept
         # while it leads (only the leader opens and resolves): a quiet host costs no state-store read
         self._open_hosts: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
-        self._stopped = threading.Event()
         self.update_every = rules.UPDATE_EVERY
         # completed checks per (env, host) while leader, and the last check's duration: for tests and bench
         self.checks: dict[tuple[str, str], int] = {}
@@ -109,8 +106,7 @@ class Watcher:
     def install(self) -> None:
         sched = self.rt.scheduler
         now = datetime.now(UTC)
-        sched.add_job(self.renew_lease, "interval", seconds=self.renew_every, id="watch:lease",
-                      name="watch leader lease", next_run_time=now, replace_existing=True)
+        self.lease.install(sched, "watch:lease", "watch leader lease")
         sched.add_job(self.outbox.deliver, "interval", seconds=slack_outbox.DELIVER_EVERY, id="watch:outbox",
                       name="watch Slack outbox", replace_existing=True)
         for env in self.envs:
@@ -119,54 +115,26 @@ class Watcher:
                 sched.add_job(self.check, "interval", seconds=every, args=[env, host], id=f"watch:check:{env}:{host}",
                               name=f"watch {env}/{host}", next_run_time=now + timedelta(seconds=min(0.5, every)),
                               replace_existing=True)
-        sched.add_listener(lambda _e: self.stop(), EVENT_SCHEDULER_SHUTDOWN)
 
     def stop(self) -> None:
-        if self._stopped.is_set():
-            return
-        was = self.is_leader()
-        self._stopped.set()
-        self._valid_until = 0.0
-        if was:
-            try:
-                self.rt.store.release_lease(LEASE_NAME, self.holder)
-            except Exception as exc:
-                log.warning("could not release the watch lease: %s", type(exc).__name__)
+        self.lease.stop()
 
     # --- leadership ---------------------------------------------------------------------------------
 
     def is_leader(self) -> bool:
-        return not self._stopped.is_set() and time.monotonic() < self._valid_until
+        return self.lease.is_leader()
 
-    def renew_lease(self) -> None:
-        if self._stopped.is_set():
-            return
-        started = time.monotonic()
-        was = self.is_leader()
+    def _on_leadership(self) -> None:
+        """Before this instance leads: close what is no longer watched, then learn which hosts have an
+        open incident."""
+        self._close_unwatched()
         try:
-            held = self.rt.store.acquire_lease(LEASE_NAME, self.holder, self.lease_ttl)
-        except Exception as exc:
-            log.warning("watch: could not renew the leader lease: %s", type(exc).__name__)
-            return
-        if self._stopped.is_set():
-            return
-        if held:
-            if not was:
-                # what is open first, then checks may run (a check skips the store for a quiet host)
-                log.info("watch: this instance now runs the session checks (%s)", self.holder)
-                self._close_unwatched()
-                try:
-                    hosts = {(i.env, i.host) for i in self.incidents.open_list()}
-                except Exception:
-                    hosts = {(e, h) for e in self.envs for h in self.hosts(e)}
-                with self._lock:
-                    self._hosts.clear()
-                    self._open_hosts = hosts
-            self._valid_until = started + self.lease_ttl * 0.8
-        else:
-            self._valid_until = 0.0
-            if was:
-                log.warning("watch: another instance took over the session checks")
+            hosts = {(i.env, i.host) for i in self.incidents.open_list()}
+        except Exception:
+            hosts = {(e, h) for e in self.envs for h in self.hosts(e)}
+        with self._lock:
+            self._hosts.clear()
+            self._open_hosts = hosts
 
     def _close_unwatched(self) -> None:
         """Incidents of a kind, host or environment no longer watched: say so instead of leaving them open."""
@@ -214,7 +182,7 @@ class Watcher:
             if self.is_leader():
                 self.on_snapshot(snap, st)
         except Exception:
-            if self._stopped.is_set():
+            if self.lease.stopped:
                 return
             CHECK_FAILURES.labels(env, host).inc()
             log.exception("watch: checking %s/%s failed", env, host)
@@ -531,7 +499,7 @@ class Watcher:
     def _edit_landed(self, inc: Incident, msg: dict) -> bool:
         """Queue the final edit of the incident's message in the outbox (delivered in order, after a post
         still waiting); True once it is kept, or when there is no message to edit."""
-        if self._stopped.is_set():
+        if self.lease.stopped:
             return False
         if not (inc.message_ts or self._adopt_post(inc) or self._post_waiting(inc)):
             return True  # never posted, or its post failed for good: nothing to edit
@@ -542,7 +510,7 @@ class Watcher:
         or thread reply kept for later (it lands in order when Slack answers again, so it is not queued
         twice); None for a post not delivered yet (its ts is adopted from the outbox later) or a call
         that could not even be kept."""
-        if self._stopped.is_set():
+        if self.lease.stopped:
             return None
         channel = kwargs.pop("channel")
         if method == "chat_update":
