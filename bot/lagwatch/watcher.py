@@ -26,7 +26,7 @@ import re
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any, overload
+from typing import overload
 
 from apscheduler.schedulers.base import BaseScheduler
 from slack_sdk import WebClient
@@ -103,6 +103,7 @@ class LagWatcher:
         self.update_every = UPDATE_EVERY
         # every Slack call of the watcher goes through the durable outbox (Slack may be down for minutes)
         self.outbox = slack_outbox.Outbox(store, lambda: client, may_send=self.is_leader)
+        self.slack = slack_outbox.IncidentOutbox(self.outbox, self.incidents, lambda: self.lease.stopped)
 
     # --- wiring -------------------------------------------------------------------------------------
 
@@ -173,7 +174,7 @@ class LagWatcher:
                 f"Closed: {inc.env} / {inc.host} is no longer watched (its lag_alert or standby was removed "
                 "from the configuration)."
             )
-            self._slack("chat_update", inc, channel=inc.channel, ts=inc.message_ts, text=text,
+            self.slack.call("chat_update", inc, channel=inc.channel, ts=inc.message_ts, text=text,
                         blocks=[render.section(f":information_source: {text}")])
 
     # --- jobs ---------------------------------------------------------------------------------------
@@ -338,7 +339,7 @@ class LagWatcher:
         now = time.time()
         by_id = bool(CHANNEL_ID.match(channel))
         msg, known = self._alert_message(inc, m, alert, channel if by_id else None)
-        resp = self._slack("chat_postMessage", inc, channel=channel, **msg)
+        resp = self.slack.call("chat_postMessage", inc, channel=channel, **msg)
         if resp is None:
             self.incidents.save(inc, last_update_at=now)
             return
@@ -347,7 +348,7 @@ class LagWatcher:
                             last_reminder_at=now, **extra)
         if not by_id and m.holding_back:
             msg, known = self._alert_message(inc, m, alert, resp["channel"])
-            if self._slack("chat_update", inc, channel=resp["channel"], ts=resp["ts"], **msg) is not None:
+            if self.slack.call("chat_update", inc, channel=resp["channel"], ts=resp["ts"], **msg) is not None:
                 self.incidents.save(inc, payload={**inc.payload, "tokens": known})
 
     def _open_lag(self, m: StandbyLag, alert: LagAlert) -> None:
@@ -366,9 +367,9 @@ class LagWatcher:
     def _continue_lag(self, inc: Incident, m: StandbyLag, alert: LagAlert) -> None:
         now = time.time()
         payload = rules.lag_payload(inc.payload, m)
-        if inc.message_ts is None and not self._adopt_post(inc):
+        if inc.message_ts is None and not self.slack.adopt_post(inc):
             # the first post waits in the outbox (Slack down), or failed for good: post again at most once a minute
-            if not self._post_waiting(inc) and rules.due(inc.last_update_at, self.update_every, now):
+            if not self.slack.post_waiting(inc) and rules.due(inc.last_update_at, self.update_every, now):
                 inc.payload = payload
                 self._post_alert(inc, m, alert)
             else:
@@ -377,7 +378,7 @@ class LagWatcher:
         if rules.due(inc.last_update_at, self.update_every, now):
             inc.payload = payload
             msg, known = self._alert_message(inc, m, alert, inc.channel)
-            if self._slack("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg) is not None:
+            if self.slack.call("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg) is not None:
                 self.incidents.save(inc, last_update_at=now, payload={**payload, "tokens": known})
             else:
                 self.incidents.save(inc, last_update_at=now, payload=payload)
@@ -385,7 +386,7 @@ class LagWatcher:
             self.incidents.save(inc, payload=payload)
         if rules.due(inc.last_reminder_at or inc.opened_at, alert.remind_every, now):
             msg = render.render_lag_reminder(m, opened_at=_utc(inc.opened_at), now=_utc(now))
-            if self._slack("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
+            if self.slack.call("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
                 self.incidents.save(inc, last_reminder_at=now)
 
     def what_was_done(self, inc: Incident) -> list[str]:
@@ -449,7 +450,7 @@ class LagWatcher:
             done=done,
             last=m,
         )
-        if not self._edit_landed(inc, msg):
+        if not self.slack.edit_landed(inc, msg):
             return  # the incident stays open: the next check (still caught up) edits it again
         if self.incidents.resolve(inc, {**payload, "done": done}):
             log.info("lag watch: %s/%s caught up; incident resolved", inc.env, inc.host)
@@ -478,9 +479,9 @@ class LagWatcher:
     def _continue_unreachable(
         self, inc: Incident, reason: str, st: HostState, alert: LagAlert, changed: bool, now: float
     ) -> None:
-        if inc.message_ts is None and not self._adopt_post(inc):
+        if inc.message_ts is None and not self.slack.adopt_post(inc):
             # the first post waits in the outbox (Slack down), or failed for good: post again at most once a minute
-            if not self._post_waiting(inc) and rules.due(inc.last_update_at, self.update_every, now):
+            if not self.slack.post_waiting(inc) and rules.due(inc.last_update_at, self.update_every, now):
                 self._post_unreachable(inc, reason, st, alert)
             return
         if changed and rules.due(inc.last_update_at, self.update_every, now):
@@ -488,7 +489,7 @@ class LagWatcher:
         if rules.due(inc.last_reminder_at or inc.opened_at, alert.remind_every, now):
             since = _parse_iso(inc.payload.get("since")) or _utc(inc.opened_at)
             msg = render.render_unreachable_reminder(inc.env, inc.host, reason, since=since, now=_utc(now))
-            if self._slack("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
+            if self.slack.call("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
                 self.incidents.save(inc, last_reminder_at=now)
 
     def _open_unreachable(self, env: str, host: str, st: HostState, reason: str, alert: LagAlert) -> None:
@@ -508,10 +509,10 @@ class LagWatcher:
         )
         payload = {**inc.payload, "reason": reason}
         if inc.message_ts and inc.channel:
-            resp = self._slack("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg)
+            resp = self.slack.call("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg)
             self.incidents.save(inc, last_update_at=now, payload=payload)
             return
-        resp = self._slack("chat_postMessage", inc, channel=alert.channel, **msg)
+        resp = self.slack.call("chat_postMessage", inc, channel=alert.channel, **msg)
         if resp is None:
             self.incidents.save(inc, last_update_at=now, payload=payload)
             return
@@ -526,7 +527,7 @@ class LagWatcher:
             inc.env, inc.host, inc.payload.get("reason") or "unknown", since=since,
             resolved_at=datetime.now(UTC),
         )
-        if not self._edit_landed(inc, msg):
+        if not self.slack.edit_landed(inc, msg):
             return  # stays open: the next successful check edits it again
         if self.incidents.resolve(inc):
             self._set_open_gauge()
@@ -538,48 +539,4 @@ class LagWatcher:
             OPEN_INCIDENTS.set(self.incidents.count_open())
         except Exception:
             pass
-
-    def _adopt_post(self, inc: Incident) -> bool:
-        """True when the incident's first post was delivered by the outbox (its channel and ts are saved)."""
-        try:
-            state, channel, ts = self.outbox.post_state(inc.id)
-        except Exception:
-            return False
-        if state != slack_outbox.DELIVERED or not ts:
-            return False
-        return self.incidents.save(inc, channel=channel, message_ts=ts, last_reminder_at=time.time())
-
-    def _post_waiting(self, inc: Incident) -> bool:
-        try:
-            return self.outbox.post_state(inc.id)[0] == slack_outbox.PENDING
-        except Exception:
-            return True  # cannot tell: do not post twice
-
-    def _edit_landed(self, inc: Incident, msg: dict) -> bool:
-        """Queue the final edit of the incident's message in the outbox (delivered in order, after a post
-        still waiting); True once it is kept, or when there is no message to edit."""
-        if self.lease.stopped:
-            return False
-        if not (inc.message_ts or self._adopt_post(inc) or self._post_waiting(inc)):
-            return True  # its post failed for good: nothing to edit
-        return self.outbox.send(slack_outbox.UPDATE, inc.id, inc.channel or "", msg, ts=inc.message_ts).kept
-
-    def _slack(self, method: str, inc: Incident, **kwargs: Any) -> dict[str, Any] | None:
-        """One Web API call through the outbox: Slack's answer when it landed at once; ``{}`` for an edit
-        or thread reply kept for later (it is delivered in order when Slack answers again, so it is not
-        queued twice); None for a post not delivered yet (its ts comes from the outbox later) or a call
-        that could not even be kept."""
-        if self.lease.stopped:
-            return None
-        channel = kwargs.pop("channel")
-        if method == "chat_update":
-            op, ts = slack_outbox.UPDATE, kwargs.pop("ts")
-        elif "thread_ts" in kwargs:
-            op, ts = slack_outbox.THREAD_REPLY, kwargs.pop("thread_ts")
-        else:
-            op, ts = slack_outbox.POST, None
-        sent = self.outbox.send(op, inc.id, channel, kwargs, ts=ts)
-        if sent.response is None and sent.kept and op != slack_outbox.POST:
-            return {}  # an edit or a reminder kept in the outbox is done for the watcher: it lands in order
-        return sent.response
 

@@ -98,6 +98,7 @@ class Watcher:
         self.last_check_secs: dict[tuple[str, str], float] = {}
         # every Slack call of the watch goes through the durable outbox (Slack may be down for minutes)
         self.outbox = slack_outbox.Outbox(rt.store, lambda: rt.client, may_send=self.is_leader)
+        self.slack = slack_outbox.IncidentOutbox(self.outbox, self.incidents, lambda: self.lease.stopped)
         # one read per server per check, shared by the environments that reach it alike
         self.reads = SharedReads(rt.dbs, self.envs, self.hosts)
 
@@ -145,7 +146,7 @@ class Watcher:
                     continue
                 if self.incidents.resolve(inc, {**inc.payload, "closed": "not watched any more"}) and inc.message_ts:
                     msg = render.render_closed(inc.kind, inc.env, inc.host, "no longer watched (removed from the configuration)")
-                    self._slack("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg)
+                    self.slack.call("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg)
         except Exception:
             log.exception("watch: could not read open incidents")
 
@@ -385,7 +386,7 @@ class Watcher:
         channel = self._channel(inc.env, inc.kind)
         known_id = CHANNEL_ID.match(channel) is not None
         msg, payload = self._message(inc, cond, channel if known_id else None)
-        resp = self._slack("chat_postMessage", inc, channel=channel, **msg)
+        resp = self.slack.call("chat_postMessage", inc, channel=channel, **msg)
         if resp is None:
             self.incidents.save(inc, last_update_at=now, payload=payload)
             return
@@ -394,27 +395,27 @@ class Watcher:
         if not known_id:
             # a channel name: buttons must carry the channel id Slack answered with
             msg, payload = self._message(inc, cond, resp["channel"])
-            if self._slack("chat_update", inc, channel=resp["channel"], ts=resp["ts"], **msg) is not None:
+            if self.slack.call("chat_update", inc, channel=resp["channel"], ts=resp["ts"], **msg) is not None:
                 self.incidents.save(inc, payload=payload)
 
     def _update(self, snap: HostSnapshot, inc: Incident, cond: rules.Condition, w: Watch) -> None:
-        if not inc.message_ts and not self._adopt_post(inc):
+        if not inc.message_ts and not self.slack.adopt_post(inc):
             # the first post waits in the outbox (Slack down), or failed for good: post again only then
-            if self._post_waiting(inc):
+            if self.slack.post_waiting(inc):
                 self.incidents.save(inc, last_update_at=time.time())
             else:
                 self._post(inc, cond, w)
             return
         now = time.time()
         msg, payload = self._message(inc, cond, inc.channel)
-        if self._slack("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg) is not None:
+        if self.slack.call("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg) is not None:
             self.incidents.save(inc, last_update_at=now, payload=payload)
         else:
             self.incidents.save(inc, last_update_at=now)
 
     def _remind(self, inc: Incident, cond: rules.Condition, now: float) -> None:
         msg = render.render_reminder(inc.kind, inc.env, inc.host, cond.facts, opened_at=inc.opened_at, now=now)
-        if self._slack("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
+        if self.slack.call("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
             self.incidents.save(inc, last_reminder_at=now)
 
     def _resolve(self, inc: Incident) -> None:
@@ -424,7 +425,7 @@ class Watcher:
         now = time.time()
         msg = render.render_resolved(inc.kind, inc.env, inc.host, inc.payload.get("facts") or {},
                                      opened_at=inc.opened_at, resolved_at=now, done=done, ack=inc.payload.get("ack"))
-        if not self._edit_landed(inc, msg):
+        if not self.slack.edit_landed(inc, msg):
             return  # stays open: the next check (condition still clear) edits it again
         if self.incidents.resolve(inc, {**inc.payload, "done": done}):
             log.info("watch: %s on %s/%s resolved", inc.kind, inc.env, inc.host)
@@ -476,53 +477,6 @@ class Watcher:
         if inc.kind == LOCK_PILEUP and not lines:
             lines.append(f"root blocker pid {root.get('pid')} let go without a signal from the bot")
         return lines
-
-    # --- Slack --------------------------------------------------------------------------------------
-
-    def _adopt_post(self, inc: Incident) -> bool:
-        """True when the incident's first post was delivered by the outbox (its channel and ts are now
-        saved on ``inc``)."""
-        try:
-            state, channel, ts = self.outbox.post_state(inc.id)
-        except Exception:
-            return False
-        if state != slack_outbox.DELIVERED or not ts:
-            return False
-        return self.incidents.save(inc, channel=channel, message_ts=ts, last_reminder_at=time.time())
-
-    def _post_waiting(self, inc: Incident) -> bool:
-        try:
-            return self.outbox.post_state(inc.id)[0] == slack_outbox.PENDING
-        except Exception:
-            return True  # cannot tell: do not post twice
-
-    def _edit_landed(self, inc: Incident, msg: dict) -> bool:
-        """Queue the final edit of the incident's message in the outbox (delivered in order, after a post
-        still waiting); True once it is kept, or when there is no message to edit."""
-        if self.lease.stopped:
-            return False
-        if not (inc.message_ts or self._adopt_post(inc) or self._post_waiting(inc)):
-            return True  # never posted, or its post failed for good: nothing to edit
-        return self.outbox.send(slack_outbox.UPDATE, inc.id, inc.channel or "", msg, ts=inc.message_ts).kept
-
-    def _slack(self, method: str, inc: Incident, **kwargs) -> dict | None:
-        """One Web API call through the outbox: Slack's answer when it landed at once; ``{}`` for an edit
-        or thread reply kept for later (it lands in order when Slack answers again, so it is not queued
-        twice); None for a post not delivered yet (its ts is adopted from the outbox later) or a call
-        that could not even be kept."""
-        if self.lease.stopped:
-            return None
-        channel = kwargs.pop("channel")
-        if method == "chat_update":
-            op, ts = slack_outbox.UPDATE, kwargs.pop("ts")
-        elif "thread_ts" in kwargs:
-            op, ts = slack_outbox.THREAD_REPLY, kwargs.pop("thread_ts")
-        else:
-            op, ts = slack_outbox.POST, None
-        sent = self.outbox.send(op, inc.id, channel or "", kwargs, ts=ts)
-        if sent.response is None and sent.kept and op != slack_outbox.POST:
-            return {}  # an edit or a reminder kept in the outbox is done for the watch: it lands in order
-        return sent.response
 
 
 def install(rt) -> Watcher | None:
