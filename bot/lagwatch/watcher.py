@@ -25,6 +25,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import overload
 
@@ -37,7 +38,7 @@ from bot.config import Config, Environment, LagAlert
 from bot.durations import format_duration
 from bot.lagwatch import rules
 from bot.lagwatch.detect import measure_standby, primary_views
-from bot.lagwatch.model import Culprit, PrimaryView, StandbyLag
+from bot.lagwatch.model import Culprit, PrimaryView, ReceiverFacts, StandbyLag
 from bot.lagwatch.rules import LAG, UNREACHABLE, Act, HostState
 from bot.metrics import CHECK_FAILURES, OPEN_INCIDENTS, REPLAY_LAG_BYTES, REPLAY_LAG_SECONDS
 from bot.postgres.pools import Databases, DatabaseUnavailable
@@ -98,6 +99,10 @@ class LagWatcher:
         self._host_locks: dict[tuple[str, str], threading.Lock] = {}
         self._primary: dict[str, tuple[float, list[PrimaryView]]] = {}
         self._lock = threading.Lock()
+        # after every check of a standby, what it saw of the WAL receiver (None: the standby could not be
+        # read); bot.wiring sets it to the session watch's WAL-receiver alert (Watcher.on_standby_receiver),
+        # so a standby is read once per check and its unreachable alert keeps this watcher's reason
+        self.receiver_sink: Callable[[str, str, ReceiverFacts | None], None] | None = None
         # completed checks per (env, standby) while leader: for health views and tests
         self.checks: dict[tuple[str, str], int] = {}
         self.update_every = UPDATE_EVERY
@@ -224,6 +229,7 @@ class LagWatcher:
                 m = measure_standby(self.dbs, env, host, self._fresh_primary(env))
             except DatabaseUnavailable as exc:
                 if self.is_leader():
+                    self._hand_receiver(env, host, None)
                     self._on_failure(env, host, st, exc.reason)
                 return
             # a check that overran its timeouts is a failure too: the standby is not answering in time
@@ -231,10 +237,12 @@ class LagWatcher:
             took = time.monotonic() - started
             if took > t.connect + t.statement + 1:
                 if self.is_leader():
+                    self._hand_receiver(env, host, None)
                     self._on_failure(env, host, st, f"the check took {took:.1f}s, more than the "
                                      f"{t.connect:g}s connect + {t.statement:g}s statement timeouts")
                 return
             if self.is_leader():
+                self._hand_receiver(env, host, m.receiver)
                 self._on_measurement(m, st)
         except Exception:  # never let a bug stop the scheduler
             if self.lease.stopped:
@@ -246,6 +254,13 @@ class LagWatcher:
         finally:
             self.checks[(env, host)] = self.checks.get((env, host), 0) + 1
             lock.release()
+
+    def _hand_receiver(self, env: str, host: str, facts: ReceiverFacts | None) -> None:
+        """What this check saw of the standby's WAL receiver (None: it could not read the standby), to
+        the receiver sink when one is wired (the session watch's WAL-receiver alert)."""
+        sink = self.receiver_sink
+        if sink is not None:
+            sink(env, host, facts)
 
     # --- a successful check -------------------------------------------------------------------------
 

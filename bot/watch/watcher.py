@@ -3,14 +3,18 @@
 Jobs (added by :func:`install`; they run once the scheduler starts):
 
 * ``watch:lease``: take or renew the watch's leader lease (``watch``, :class:`bot.state.lease.LeaderLease`)
-  every ``check_every / 2`` of the smallest ``check_every``, TTL 1.5 × that. Only the holder checks: with several replicas on one
-  PostgreSQL state store exactly one posts, and another takes over within two intervals.
+  every ``check_every / 2`` of the smallest ``check_every``, TTL 1.5 × that. Only the holder checks:
+  with several replicas on one PostgreSQL state store exactly one posts, and another takes over within
+  two intervals.
 * ``watch:check:<env>:<host>``: one read of the host (``watch_host.sql``: one statement, one
   ``pg_stat_activity`` read for every kind), the rules, then each decision: open (post), update (edit
   in place, at most once a minute), remind (in the thread, until acknowledged), resolve (edit to
   resolved with how long and what was done, buttons removed). A host per job, every call bounded by the
   environment's timeouts: a hung host delays nobody else. A failed read decides nothing (an open
   incident stays open; the lag watcher reports unreachable standbys).
+* No job reads the standbys of an environment with only ``lag_alert``: the lag watcher reads them, and
+  after each of its checks hands what it saw of the WAL receiver to :meth:`Watcher.on_standby_receiver`
+  (wired in :func:`bot.wiring.install_jobs`), which moves their WAL_RECEIVER incident the same way.
 
 * ``watch:outbox``: the leader delivers the durable Slack outbox (:mod:`bot.slack.outbox`) every 2 s.
   Every post, edit and thread reply of the watch goes through it: when Slack's Web API fails for
@@ -33,6 +37,7 @@ from bot.approval.models import BulkTarget
 from bot.approval.targets import issue_details_tokens, issue_session_tokens, reusable_token, session_snapshot
 from bot.bulk.targets import STATE_LIKE, TERMINATE_BULK
 from bot.config import Environment, Watch
+from bot.lagwatch.model import ReceiverFacts
 from bot.metrics import CHECK_FAILURES
 from bot.postgres.pools import DatabaseUnavailable
 from bot.render import watch as render
@@ -132,7 +137,7 @@ class Watcher:
         try:
             hosts = {(i.env, i.host) for i in self.incidents.open_list()}
         except Exception:
-            hosts = {(e, h) for e in self.envs for h in self.hosts(e)}
+            hosts = {(e, h) for e, environment in self.envs.items() for h in environment.hosts()}
         with self._lock:
             self._hosts.clear()
             self._open_hosts = hosts
@@ -197,11 +202,19 @@ class Watcher:
         w = self.watches[snap.env]
         st.failures = 0
         found = rules.conditions(snap, w, environment.ignore, max_bulk=environment.access.max_bulk, clock=st.clock)
+        self._move(snap, st, found, w)
+
+    def _move(self, snap: HostSnapshot, st: HostState, found: list[rules.Condition], w: Watch,
+              kinds: tuple[str, ...] | None = None) -> None:
+        """Count the checks in a row, then open, update, remind and resolve this host's incidents (only
+        those of ``kinds`` when given) by what was found."""
         streaks = st.streaks.advance(found)
         key = (snap.env, snap.host)
         if not found and key not in self._open_hosts:
             return  # nothing true and nothing open here (known since this instance became the leader)
         open_incs = self.incidents.open_list(snap.env, snap.host)
+        if kinds is not None:
+            open_incs = [i for i in open_incs if i.kind in kinds]
         views = [self._view(i) for i in open_incs]
         by_id = {i.id: i for i in open_incs}
         now = time.time()
@@ -223,10 +236,45 @@ class Watcher:
             else:
                 self._open_hosts.discard(key)
 
+    def on_standby_receiver(self, env: str, host: str, receiver: ReceiverFacts | None) -> None:
+        """The WAL-receiver alert of a standby this watch does not read (an environment with only
+        ``lag_alert``): the lag watcher hands over what each of its checks saw of the standby's WAL
+        receiver (None: that check could not read the standby), and the WAL_RECEIVER incident moves as
+        for a standby the watch reads: it opens after ``consecutive`` checks that find the receiver not
+        streaming, and resolves at the first check that finds it streaming. A check that could not read
+        the standby breaks the run and decides nothing (the lag watcher alerts on unreachable standbys).
+        Only the watch's leader acts (its lease fences the incidents)."""
+        if env not in self.envs or host in self.hosts(env) or host not in self.envs[env].hosts():
+            return  # read by this watch itself, or not a standby of a watched environment
+        if not self.is_leader():
+            return
+        st = self._state(env, host)
+        if not st.lock.acquire(blocking=False):
+            return  # the previous hand-over for this host is still being acted on
+        started = time.monotonic()
+        try:
+            if receiver is None:
+                st.streaks.advance([])
+                return
+            snap = HostSnapshot(env=env, host=host, taken_at=time.time(), in_recovery=receiver.in_recovery,
+                                max_connections=0, superuser_reserved=0, client_connections=0, sessions=(),
+                                receiver_status=receiver.status, receiver_silent_secs=receiver.silent_secs)
+            self._move(snap, st, rules.wal_receiver(snap), self.watches[env], kinds=(WAL_RECEIVER,))
+        except Exception:
+            if self.lease.stopped:
+                return
+            CHECK_FAILURES.labels(env, host).inc()
+            log.exception("watch: the WAL receiver of %s/%s could not be acted on", env, host)
+        finally:
+            self.checks[(env, host)] = self.checks.get((env, host), 0) + 1
+            self.last_check_secs[(env, host)] = time.monotonic() - started
+            st.lock.release()
+
     def hosts(self, env: str) -> list[str]:
-        """The hosts checked: all of an environment with ``watch``; only the primary of one with just
-        ``lag_alert`` (the lag watcher reads its standbys; a second reader of a failing standby would
-        blur the reason its unreachable alert gives)."""
+        """The hosts read by this watch: all of an environment with ``watch``; only the primary of one
+        with just ``lag_alert`` (the lag watcher reads its standbys and hands their WAL receiver over to
+        :meth:`on_standby_receiver`; a second reader of a failing standby would blur the reason its
+        unreachable alert gives)."""
         e = self.envs[env]
         return list(e.hosts()) if e.watch is not None else ["primary"]
 
@@ -480,7 +528,7 @@ class Watcher:
 
 
 def install(rt) -> Watcher | None:
-    """Add the watch jobs to ``rt.scheduler`` (once); None when no environment has ``watch``."""
+    """Add the watch jobs to ``rt.scheduler`` (once); None when no environment has ``watch`` or ``lag_alert``."""
     existing = rt.watch
     if existing is not None:
         return existing
