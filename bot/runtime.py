@@ -100,7 +100,9 @@ class Runtime:
         self.home_refresh: Callable[[str, str | None], None] | None = None  # republish a user's Home tab
         self.event_dedupe: EventDedupe | None = None  # Events API retries seen in this process
         self.remind_due: Callable[[], int] | None = None  # remind approvers of half-expired requests now
-        self.watch: Watcher | None = None  # the session watch (bot/watch), when an environment has `watch`
+        # the session watch (bot/watch), when an environment has `watch` or `lag_alert` (host alerts); built
+        # by watch_handlers.register, and fed the lag watcher's WAL receiver facts by wiring.install_jobs
+        self.watch: Watcher | None = None
 
     def start_background(self) -> None:
         if not self.scheduler.running:

@@ -529,6 +529,47 @@ def test_a_standby_whose_wal_receiver_stops_gets_an_alert_on_the_lag_channel_and
         assert "password" not in json.dumps([c.params for c in fake.calls])
 
 
+def test_with_only_lag_alert_a_standby_whose_wal_receiver_stops_gets_one_alert_and_it_resolves(pair, fake):
+    """No ``watch:``: the standby is read by the lag watcher only, and its WAL receiver facts move the
+    watch's incident (a receiver that does not stream receives nothing, so the standby is never behind)."""
+    channel = "C0LAGONLY"
+    conninfo = pair.standby.sql("SHOW primary_conninfo")[0][0]
+    cfg = {"environments": {"prod": env_config(
+        pair, lag_alert={"channel": channel, "check_every": f"{CHECK_EVERY:g}s", "consecutive": CONSECUTIVE,
+                         "remind_every": "1h"},
+        timeouts={"connect": "2s", "statement": "3s"},
+    )}}
+
+    def receiver_alerts() -> list:
+        return [m for m in fake.messages_in(channel) if not m.thread_ts
+                and any("WAL receiver not streaming on prod / replica1" in v["text"] for v in m.versions)]
+
+    with BotUnderTest(cfg, fake, scheduler=True) as bot:
+        assert bot.rt.scheduler.get_job("watch:check:prod:replica1") is None, "one reader of the standby"
+        lag = bot.rt.lagwatch
+        wait_until(lambda: lag.checks.get(("prod", "replica1"), 0) >= 1, 10, "a lag check of the standby")
+        pair.standby.sql("ALTER SYSTEM SET primary_conninfo = ''")
+        pair.standby.sql("SELECT pg_reload_conf()")
+        try:
+            msg = wait_until(lambda: next(iter(receiver_alerts()), None), ALERT_WITHIN + 5,
+                             "the WAL receiver alert\n" + fake.summary())
+            assert labels(msg) == ["Acknowledge"]
+            assert "not running" in msg.text, msg.text
+            seen = lag.checks.get(("prod", "replica1"), 0)
+            wait_until(lambda: lag.checks.get(("prod", "replica1"), 0) >= seen + CONSECUTIVE + 1, 15, "more checks")
+            assert len(receiver_alerts()) == 1, "opened once\n" + fake.summary()
+        finally:
+            pair.standby.sql(pgsql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(pgsql.Literal(conninfo)))
+            pair.standby.sql("SELECT pg_reload_conf()")
+        pair.wait_streaming(timeout=20)
+        done = wait_resolved(fake, msg, timeout=20)
+        assert "cleared by itself" in done.text and not buttons(done)
+        assert len(receiver_alerts()) == 1
+        others = [m.text for m in fake.messages_in(channel) if not m.thread_ts and m.ts != msg.ts]
+        assert not others, f"no other alert (lag, unreachable) for a receiver that stopped: {others}"
+        assert "password" not in json.dumps([c.params for c in fake.calls])
+
+
 def test_an_unreachable_primary_gets_one_alert_without_secrets(pair, fake):
     from tests.harness.lag import closed_port
 

@@ -223,6 +223,7 @@ def measure_standby(
         last_replay_at=row["last_replay_at"],
         replay_paused=bool(row["replay_paused"]),
         receiver_status=row["receiver_status"],
+        receiver_silent_secs=row["receiver_silent_secs"],
         slot_name=row["slot_name"],
         wal_receiver_name=row["wal_receiver_name"],
         max_standby_streaming_delay=row["max_standby_streaming_delay"],

@@ -76,6 +76,16 @@ class PrimaryView:
 
 
 @dataclass(frozen=True, slots=True)
+class ReceiverFacts:
+    """What one check saw of a standby's WAL receiver: the session watch's WAL-receiver alert is moved
+    by these for the standbys it does not read itself (environments with only ``lag_alert``)."""
+
+    in_recovery: bool
+    status: str | None  # pg_stat_wal_receiver.status; None: no WAL receiver running
+    silent_secs: float | None  # since the last message from the primary
+
+
+@dataclass(frozen=True, slots=True)
 class StandbyLag:
     """One measurement of one standby."""
 
@@ -102,6 +112,11 @@ class StandbyLag:
     primary: PrimaryView | None = None
     server_version: str | None = None
     apply_delay_secs: float = 0.0  # recovery_min_apply_delay: lag the standby keeps on purpose
+    receiver_silent_secs: float | None = None  # since the WAL receiver's last message from the primary
+
+    @property
+    def receiver(self) -> ReceiverFacts:
+        return ReceiverFacts(self.in_recovery, self.receiver_status, self.receiver_silent_secs)
 
     @property
     def behind(self) -> bool:

@@ -3,10 +3,11 @@
 Built by the runtime (``rt.lagwatch``, None when no environment has ``lag_alert``); its jobs are added
 by :meth:`LagWatcher.install` and run once ``rt.start_background()`` starts the scheduler:
 
-* ``lagwatch:lease``: take or renew the leader lease every ``check_every / 2`` (of the smallest
-  ``check_every``) with a TTL of 1.5 × that interval. Only the holder runs checks, so with several
-  replicas on one PostgreSQL state store exactly one posts, and another takes over within two check
-  intervals after the leader dies (at once when it stops cleanly and releases the lease).
+* ``lagwatch:lease``: take or renew the leader lease ``lagwatch`` (:class:`bot.state.lease.LeaderLease`)
+  every ``check_every / 2`` (of the smallest ``check_every``) with a TTL of 1.5 × that interval. Only
+  the holder runs checks, so with several replicas on one PostgreSQL state store exactly one posts, and
+  another takes over within two check intervals after the leader dies (at once when it stops cleanly
+  and releases the lease).
 * ``lagwatch:primary:<env>``: the primary's ``pg_stat_replication`` (a second view of the lag),
   cached for the standby checks so that a slow primary never delays them.
 * ``lagwatch:check:<env>:<standby>``: measure one standby and move its incidents along. Every host
@@ -22,13 +23,12 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, overload
+from typing import overload
 
-from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
 from apscheduler.schedulers.base import BaseScheduler
 from slack_sdk import WebClient
 
@@ -38,13 +38,14 @@ from bot.config import Config, Environment, LagAlert
 from bot.durations import format_duration
 from bot.lagwatch import rules
 from bot.lagwatch.detect import measure_standby, primary_views
-from bot.lagwatch.model import Culprit, PrimaryView, StandbyLag
+from bot.lagwatch.model import Culprit, PrimaryView, ReceiverFacts, StandbyLag
 from bot.lagwatch.rules import LAG, UNREACHABLE, Act, HostState
 from bot.metrics import CHECK_FAILURES, OPEN_INCIDENTS, REPLAY_LAG_BYTES, REPLAY_LAG_SECONDS
 from bot.postgres.pools import Databases, DatabaseUnavailable
 from bot.render import lag as render
 from bot.slack import outbox as slack_outbox
 from bot.state.incidents import Incident, Incidents
+from bot.state.lease import LeaderLease
 from bot.state.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -83,26 +84,31 @@ class LagWatcher:
     ):
         self.config, self.store, self.dbs, self.client, self.scheduler = config, store, dbs, client, scheduler
         self.policy = policy
-        # Runtime.instance_id can repeat between two runtimes of one process: add our own randomness
-        self.holder = f"{instance_id}:{secrets.token_hex(4)}"
         self.envs: dict[str, Environment] = {
             name: env for name, env in config.environments.items() if env.lag_alert is not None and env.standbys
         }
         self.min_every = min((self._alert(env).check_every for env in self.envs), default=30.0)
-        self.lease_ttl = 1.5 * self.min_every
-        self.renew_every = self.min_every / 2
+        # gaining it: leading at once, so the edits of _on_leadership may go out at once
+        self.lease = LeaderLease(
+            store, LEASE_NAME, instance_id, self.min_every, label="lag watch", duty="the standby checks",
+            on_gain=self._on_leadership, on_follow=self._on_follow, leads_during_gain=True,
+        )
+        self.holder = self.lease.holder
         self.incidents = Incidents(store, LEASE_NAME, self.holder)
-        self._valid_until = 0.0
         self._hosts: dict[tuple[str, str], HostState] = {}
         self._host_locks: dict[tuple[str, str], threading.Lock] = {}
         self._primary: dict[str, tuple[float, list[PrimaryView]]] = {}
-        self._stopped = threading.Event()
         self._lock = threading.Lock()
+        # after every check of a standby, what it saw of the WAL receiver (None: the standby could not be
+        # read); bot.wiring sets it to the session watch's WAL-receiver alert (Watcher.on_standby_receiver),
+        # so a standby is read once per check and its unreachable alert keeps this watcher's reason
+        self.receiver_sink: Callable[[str, str, ReceiverFacts | None], None] | None = None
         # completed checks per (env, standby) while leader: for health views and tests
         self.checks: dict[tuple[str, str], int] = {}
         self.update_every = UPDATE_EVERY
         # every Slack call of the watcher goes through the durable outbox (Slack may be down for minutes)
         self.outbox = slack_outbox.Outbox(store, lambda: client, may_send=self.is_leader)
+        self.slack = slack_outbox.IncidentOutbox(self.outbox, self.incidents, lambda: self.lease.stopped)
 
     # --- wiring -------------------------------------------------------------------------------------
 
@@ -116,10 +122,7 @@ class LagWatcher:
     def install(self) -> None:
         sched = self.scheduler
         now = datetime.now(UTC)
-        sched.add_job(
-            self.renew_lease, "interval", seconds=self.renew_every, id="lagwatch:lease",
-            name="lag watch leader lease", next_run_time=now, replace_existing=True,
-        )
+        self.lease.install(sched, "lagwatch:lease", "lag watch leader lease")
         sched.add_job(
             self.outbox.deliver, "interval", seconds=slack_outbox.DELIVER_EVERY, id="lagwatch:outbox",
             name="lag watch Slack outbox", replace_existing=True,
@@ -137,54 +140,21 @@ class LagWatcher:
                     id=f"lagwatch:check:{env}:{host}", name=f"lag watch {env}/{host}",
                     next_run_time=first, replace_existing=True,
                 )
-        sched.add_listener(self._on_shutdown, EVENT_SCHEDULER_SHUTDOWN)
-
-    def _on_shutdown(self, _event) -> None:
-        self.stop()
 
     def stop(self) -> None:
         """Stop checking and hand the lease over at once (another replica takes over at its next renewal)."""
-        if self._stopped.is_set():
-            return
-        was_leader = self.is_leader()
-        self._stopped.set()
-        self._valid_until = 0.0
-        if was_leader:
-            try:
-                self.store.release_lease(LEASE_NAME, self.holder)
-            except Exception as exc:  # shutting down; the lease expires by itself
-                log.warning("could not release the lag-watch lease: %s", type(exc).__name__)
+        self.lease.stop()
 
     # --- leadership ---------------------------------------------------------------------------------
 
     def is_leader(self) -> bool:
-        return not self._stopped.is_set() and time.monotonic() < self._valid_until
+        return self.lease.is_leader()
 
-    def renew_lease(self) -> None:
-        if self._stopped.is_set():
-            return
-        started = time.monotonic()
-        was = self.is_leader()
-        try:
-            held = self.store.acquire_lease(LEASE_NAME, self.holder, self.lease_ttl)
-        except Exception as exc:  # state store down: keep what we had until it runs out
-            log.warning("lag watch: could not renew the leader lease: %s", type(exc).__name__)
-            return
-        if self._stopped.is_set():
-            return
-        if held:
-            # a little under the TTL, so we stop before another replica may take over
-            self._valid_until = started + self.lease_ttl * 0.8
-            if not was:
-                log.info("lag watch: this instance now runs the standby checks (%s)", self.holder)
-                self._on_leadership()
-        else:
-            self._valid_until = 0.0
-            if was:
-                log.warning("lag watch: another instance took over the standby checks")
-            with self._lock:
-                self._hosts.clear()
-            OPEN_INCIDENTS.set(0)
+    def _on_follow(self) -> None:
+        """Another instance runs the checks: forget what this one counted."""
+        with self._lock:
+            self._hosts.clear()
+        OPEN_INCIDENTS.set(0)
 
     def _on_leadership(self) -> None:
         with self._lock:
@@ -209,7 +179,7 @@ class LagWatcher:
                 f"Closed: {inc.env} / {inc.host} is no longer watched (its lag_alert or standby was removed "
                 "from the configuration)."
             )
-            self._slack("chat_update", inc, channel=inc.channel, ts=inc.message_ts, text=text,
+            self.slack.call("chat_update", inc, channel=inc.channel, ts=inc.message_ts, text=text,
                         blocks=[render.section(f":information_source: {text}")])
 
     # --- jobs ---------------------------------------------------------------------------------------
@@ -259,6 +229,7 @@ class LagWatcher:
                 m = measure_standby(self.dbs, env, host, self._fresh_primary(env))
             except DatabaseUnavailable as exc:
                 if self.is_leader():
+                    self._hand_receiver(env, host, None)
                     self._on_failure(env, host, st, exc.reason)
                 return
             # a check that overran its timeouts is a failure too: the standby is not answering in time
@@ -266,13 +237,15 @@ class LagWatcher:
             took = time.monotonic() - started
             if took > t.connect + t.statement + 1:
                 if self.is_leader():
+                    self._hand_receiver(env, host, None)
                     self._on_failure(env, host, st, f"the check took {took:.1f}s, more than the "
                                      f"{t.connect:g}s connect + {t.statement:g}s statement timeouts")
                 return
             if self.is_leader():
+                self._hand_receiver(env, host, m.receiver)
                 self._on_measurement(m, st)
         except Exception:  # never let a bug stop the scheduler
-            if self._stopped.is_set():
+            if self.lease.stopped:
                 # the bot is shutting down under a running check (its pools are closing): not a failure
                 log.debug("lag watch: check of %s/%s ended by shutdown", env, host)
                 return
@@ -281,6 +254,13 @@ class LagWatcher:
         finally:
             self.checks[(env, host)] = self.checks.get((env, host), 0) + 1
             lock.release()
+
+    def _hand_receiver(self, env: str, host: str, facts: ReceiverFacts | None) -> None:
+        """What this check saw of the standby's WAL receiver (None: it could not read the standby), to
+        the receiver sink when one is wired (the session watch's WAL-receiver alert)."""
+        sink = self.receiver_sink
+        if sink is not None:
+            sink(env, host, facts)
 
     # --- a successful check -------------------------------------------------------------------------
 
@@ -374,7 +354,7 @@ class LagWatcher:
         now = time.time()
         by_id = bool(CHANNEL_ID.match(channel))
         msg, known = self._alert_message(inc, m, alert, channel if by_id else None)
-        resp = self._slack("chat_postMessage", inc, channel=channel, **msg)
+        resp = self.slack.call("chat_postMessage", inc, channel=channel, **msg)
         if resp is None:
             self.incidents.save(inc, last_update_at=now)
             return
@@ -383,7 +363,7 @@ class LagWatcher:
                             last_reminder_at=now, **extra)
         if not by_id and m.holding_back:
             msg, known = self._alert_message(inc, m, alert, resp["channel"])
-            if self._slack("chat_update", inc, channel=resp["channel"], ts=resp["ts"], **msg) is not None:
+            if self.slack.call("chat_update", inc, channel=resp["channel"], ts=resp["ts"], **msg) is not None:
                 self.incidents.save(inc, payload={**inc.payload, "tokens": known})
 
     def _open_lag(self, m: StandbyLag, alert: LagAlert) -> None:
@@ -402,9 +382,9 @@ class LagWatcher:
     def _continue_lag(self, inc: Incident, m: StandbyLag, alert: LagAlert) -> None:
         now = time.time()
         payload = rules.lag_payload(inc.payload, m)
-        if inc.message_ts is None and not self._adopt_post(inc):
+        if inc.message_ts is None and not self.slack.adopt_post(inc):
             # the first post waits in the outbox (Slack down), or failed for good: post again at most once a minute
-            if not self._post_waiting(inc) and rules.due(inc.last_update_at, self.update_every, now):
+            if not self.slack.post_waiting(inc) and rules.due(inc.last_update_at, self.update_every, now):
                 inc.payload = payload
                 self._post_alert(inc, m, alert)
             else:
@@ -413,7 +393,7 @@ class LagWatcher:
         if rules.due(inc.last_update_at, self.update_every, now):
             inc.payload = payload
             msg, known = self._alert_message(inc, m, alert, inc.channel)
-            if self._slack("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg) is not None:
+            if self.slack.call("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg) is not None:
                 self.incidents.save(inc, last_update_at=now, payload={**payload, "tokens": known})
             else:
                 self.incidents.save(inc, last_update_at=now, payload=payload)
@@ -421,7 +401,7 @@ class LagWatcher:
             self.incidents.save(inc, payload=payload)
         if rules.due(inc.last_reminder_at or inc.opened_at, alert.remind_every, now):
             msg = render.render_lag_reminder(m, opened_at=_utc(inc.opened_at), now=_utc(now))
-            if self._slack("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
+            if self.slack.call("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
                 self.incidents.save(inc, last_reminder_at=now)
 
     def what_was_done(self, inc: Incident) -> list[str]:
@@ -485,7 +465,7 @@ class LagWatcher:
             done=done,
             last=m,
         )
-        if not self._edit_landed(inc, msg):
+        if not self.slack.edit_landed(inc, msg):
             return  # the incident stays open: the next check (still caught up) edits it again
         if self.incidents.resolve(inc, {**payload, "done": done}):
             log.info("lag watch: %s/%s caught up; incident resolved", inc.env, inc.host)
@@ -514,9 +494,9 @@ class LagWatcher:
     def _continue_unreachable(
         self, inc: Incident, reason: str, st: HostState, alert: LagAlert, changed: bool, now: float
     ) -> None:
-        if inc.message_ts is None and not self._adopt_post(inc):
+        if inc.message_ts is None and not self.slack.adopt_post(inc):
             # the first post waits in the outbox (Slack down), or failed for good: post again at most once a minute
-            if not self._post_waiting(inc) and rules.due(inc.last_update_at, self.update_every, now):
+            if not self.slack.post_waiting(inc) and rules.due(inc.last_update_at, self.update_every, now):
                 self._post_unreachable(inc, reason, st, alert)
             return
         if changed and rules.due(inc.last_update_at, self.update_every, now):
@@ -524,7 +504,7 @@ class LagWatcher:
         if rules.due(inc.last_reminder_at or inc.opened_at, alert.remind_every, now):
             since = _parse_iso(inc.payload.get("since")) or _utc(inc.opened_at)
             msg = render.render_unreachable_reminder(inc.env, inc.host, reason, since=since, now=_utc(now))
-            if self._slack("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
+            if self.slack.call("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
                 self.incidents.save(inc, last_reminder_at=now)
 
     def _open_unreachable(self, env: str, host: str, st: HostState, reason: str, alert: LagAlert) -> None:
@@ -544,10 +524,10 @@ class LagWatcher:
         )
         payload = {**inc.payload, "reason": reason}
         if inc.message_ts and inc.channel:
-            resp = self._slack("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg)
+            resp = self.slack.call("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg)
             self.incidents.save(inc, last_update_at=now, payload=payload)
             return
-        resp = self._slack("chat_postMessage", inc, channel=alert.channel, **msg)
+        resp = self.slack.call("chat_postMessage", inc, channel=alert.channel, **msg)
         if resp is None:
             self.incidents.save(inc, last_update_at=now, payload=payload)
             return
@@ -562,7 +542,7 @@ class LagWatcher:
             inc.env, inc.host, inc.payload.get("reason") or "unknown", since=since,
             resolved_at=datetime.now(UTC),
         )
-        if not self._edit_landed(inc, msg):
+        if not self.slack.edit_landed(inc, msg):
             return  # stays open: the next successful check edits it again
         if self.incidents.resolve(inc):
             self._set_open_gauge()
@@ -574,48 +554,4 @@ class LagWatcher:
             OPEN_INCIDENTS.set(self.incidents.count_open())
         except Exception:
             pass
-
-    def _adopt_post(self, inc: Incident) -> bool:
-        """True when the incident's first post was delivered by the outbox (its channel and ts are saved)."""
-        try:
-            state, channel, ts = self.outbox.post_state(inc.id)
-        except Exception:
-            return False
-        if state != slack_outbox.DELIVERED or not ts:
-            return False
-        return self.incidents.save(inc, channel=channel, message_ts=ts, last_reminder_at=time.time())
-
-    def _post_waiting(self, inc: Incident) -> bool:
-        try:
-            return self.outbox.post_state(inc.id)[0] == slack_outbox.PENDING
-        except Exception:
-            return True  # cannot tell: do not post twice
-
-    def _edit_landed(self, inc: Incident, msg: dict) -> bool:
-        """Queue the final edit of the incident's message in the outbox (delivered in order, after a post
-        still waiting); True once it is kept, or when there is no message to edit."""
-        if self._stopped.is_set():
-            return False
-        if not (inc.message_ts or self._adopt_post(inc) or self._post_waiting(inc)):
-            return True  # its post failed for good: nothing to edit
-        return self.outbox.send(slack_outbox.UPDATE, inc.id, inc.channel or "", msg, ts=inc.message_ts).kept
-
-    def _slack(self, method: str, inc: Incident, **kwargs: Any) -> dict[str, Any] | None:
-        """One Web API call through the outbox: Slack's answer when it landed at once; ``{}`` for an edit
-        or thread reply kept for later (it is delivered in order when Slack answers again, so it is not
-        queued twice); None for a post not delivered yet (its ts comes from the outbox later) or a call
-        that could not even be kept."""
-        if self._stopped.is_set():
-            return None
-        channel = kwargs.pop("channel")
-        if method == "chat_update":
-            op, ts = slack_outbox.UPDATE, kwargs.pop("ts")
-        elif "thread_ts" in kwargs:
-            op, ts = slack_outbox.THREAD_REPLY, kwargs.pop("thread_ts")
-        else:
-            op, ts = slack_outbox.POST, None
-        sent = self.outbox.send(op, inc.id, channel, kwargs, ts=ts)
-        if sent.response is None and sent.kept and op != slack_outbox.POST:
-            return {}  # an edit or a reminder kept in the outbox is done for the watcher: it lands in order
-        return sent.response
 

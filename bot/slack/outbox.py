@@ -24,6 +24,9 @@ then delivered, per key (the incident id), in the order it was queued.
   (a timeout after Slack took it, or the bot dying between Slack's answer and the write that follows)
   is posted again: that window is one HTTP round trip, and it is the only way a duplicate can appear.
 * No Slack call is ever made inside a state-store transaction.
+* :class:`IncidentOutbox` is how both watchers talk to Slack about an incident through the outbox:
+  one call (an answer at once, or kept for later), adopting a post the outbox delivered later (its
+  channel and ts saved on the incident), and the final edit of a resolution.
 
 Metrics: ``pgsessions_slack_outbox_pending`` (backlog) and ``pgsessions_slack_outbox_total`` (by op and
 outcome: delivered, retried, failed, superseded).
@@ -37,11 +40,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from slack_sdk.errors import SlackApiError
 from sqlalchemy import delete, func, insert, select, update
 
 from bot.metrics import SLACK_OUTBOX, SLACK_OUTBOX_PENDING
+from bot.state.incidents import Incident, Incidents
 from bot.state.schema import outbox as table
 
 log = logging.getLogger(__name__)
@@ -333,3 +338,61 @@ class Outbox:
         self._last_prune = now
         with self.store.tx() as c:
             c.execute(delete(table).where(table.c.state != PENDING, table.c.created_at < now - KEEP_DONE_FOR))
+
+
+class IncidentOutbox:
+    """One watcher's incident messages through the outbox (the lag watcher's and the session watch's).
+
+    ``incidents`` is the watcher's incidents gateway (its writes fenced by the watcher's lease), keys are
+    incident ids; nothing is sent once ``stopped()`` (the bot is shutting down)."""
+
+    def __init__(self, outbox: Outbox, incidents: Incidents, stopped: Callable[[], bool]):
+        self.outbox = outbox
+        self.incidents = incidents
+        self.stopped = stopped
+
+    def call(self, method: str, inc: Incident, **kwargs: Any) -> dict[str, Any] | None:
+        """One Web API call (``chat_postMessage``, ``chat_update``; a post with ``thread_ts`` is a thread
+        reply): Slack's answer when it landed at once; ``{}`` for an edit or thread reply kept for later
+        (it is delivered in order when Slack answers again, so it is not queued twice); None for a post
+        not delivered yet (its ts is adopted from the outbox later) or a call that could not even be kept."""
+        if self.stopped():
+            return None
+        channel = kwargs.pop("channel")
+        if method == "chat_update":
+            op, ts = UPDATE, kwargs.pop("ts")
+        elif "thread_ts" in kwargs:
+            op, ts = THREAD_REPLY, kwargs.pop("thread_ts")
+        else:
+            op, ts = POST, None
+        sent = self.outbox.send(op, inc.id, channel or "", kwargs, ts=ts)
+        if sent.response is None and sent.kept and op != POST:
+            return {}  # an edit or a reminder kept in the outbox is done for the watcher: it lands in order
+        return sent.response
+
+    def adopt_post(self, inc: Incident) -> bool:
+        """True when the incident's first post was delivered by the outbox (its channel and ts are now
+        saved on ``inc``)."""
+        try:
+            state, channel, ts = self.outbox.post_state(inc.id)
+        except Exception:
+            return False
+        if state != DELIVERED or not ts:
+            return False
+        return self.incidents.save(inc, channel=channel, message_ts=ts, last_reminder_at=time.time())
+
+    def post_waiting(self, inc: Incident) -> bool:
+        """The incident's first post is still waiting in the outbox (Slack down)."""
+        try:
+            return self.outbox.post_state(inc.id)[0] == PENDING
+        except Exception:
+            return True  # cannot tell: do not post twice
+
+    def edit_landed(self, inc: Incident, msg: dict[str, Any]) -> bool:
+        """Queue the final edit of the incident's message (delivered in order, after a post still
+        waiting); True once it is kept, or when there is no message to edit."""
+        if self.stopped():
+            return False
+        if not (inc.message_ts or self.adopt_post(inc) or self.post_waiting(inc)):
+            return True  # never posted, or its post failed for good: nothing to edit
+        return self.outbox.send(UPDATE, inc.id, inc.channel or "", msg, ts=inc.message_ts).kept

@@ -2,15 +2,19 @@
 
 Jobs (added by :func:`install`; they run once the scheduler starts):
 
-* ``watch:lease``: take or renew the watch's leader lease (``watch``) every ``check_every / 2`` of the
-  smallest ``check_every``, TTL 1.5 × that. Only the holder checks: with several replicas on one
-  PostgreSQL state store exactly one posts, and another takes over within two intervals.
+* ``watch:lease``: take or renew the watch's leader lease (``watch``, :class:`bot.state.lease.LeaderLease`)
+  every ``check_every / 2`` of the smallest ``check_every``, TTL 1.5 × that. Only the holder checks:
+  with several replicas on one PostgreSQL state store exactly one posts, and another takes over within
+  two intervals.
 * ``watch:check:<env>:<host>``: one read of the host (``watch_host.sql``: one statement, one
   ``pg_stat_activity`` read for every kind), the rules, then each decision: open (post), update (edit
   in place, at most once a minute), remind (in the thread, until acknowledged), resolve (edit to
   resolved with how long and what was done, buttons removed). A host per job, every call bounded by the
   environment's timeouts: a hung host delays nobody else. A failed read decides nothing (an open
   incident stays open; the lag watcher reports unreachable standbys).
+* No job reads the standbys of an environment with only ``lag_alert``: the lag watcher reads them, and
+  after each of its checks hands what it saw of the WAL receiver to :meth:`Watcher.on_standby_receiver`
+  (wired in :func:`bot.wiring.install_jobs`), which moves their WAL_RECEIVER incident the same way.
 
 * ``watch:outbox``: the leader delivers the durable Slack outbox (:mod:`bot.slack.outbox`) every 2 s.
   Every post, edit and thread reply of the watch goes through it: when Slack's Web API fails for
@@ -25,22 +29,21 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-
-from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
 
 from bot.approval.models import BulkTarget
 from bot.approval.targets import issue_details_tokens, issue_session_tokens, reusable_token, session_snapshot
 from bot.bulk.targets import STATE_LIKE, TERMINATE_BULK
 from bot.config import Environment, Watch
+from bot.lagwatch.model import ReceiverFacts
 from bot.metrics import CHECK_FAILURES
 from bot.postgres.pools import DatabaseUnavailable
 from bot.render import watch as render
 from bot.slack import outbox as slack_outbox
 from bot.state.incidents import Incident
+from bot.state.lease import LeaderLease
 from bot.watch import rules
 from bot.watch.incidents import LEASE_NAME, WatchIncidents
 from bot.watch.model import (
@@ -75,7 +78,6 @@ class HostState:
 class Watcher:
     def __init__(self, rt):
         self.rt = rt
-        self.holder = f"{rt.instance_id}:{secrets.token_hex(4)}"
         # environments with ``watch``, and those with only ``lag_alert`` (their host alerts: WAL receiver,
         # unreachable primary)
         self.watches: dict[str, Watch] = {}
@@ -85,22 +87,23 @@ class Watcher:
                 self.watches[n] = w
         self.envs: dict[str, Environment] = {n: rt.config.environments[n] for n in self.watches}
         self.min_every = min((w.check_every for w in self.watches.values()), default=30.0)
-        self.lease_ttl = 1.5 * self.min_every
-        self.renew_every = self.min_every / 2
+        # gaining it: what is open is read first, then checks may run (a check skips the store for a quiet host)
+        self.lease = LeaderLease(rt.store, LEASE_NAME, rt.instance_id, self.min_every, label="watch",
+                                 duty="the session checks", on_gain=self._on_leadership)
+        self.holder = self.lease.holder
         self.incidents = WatchIncidents(rt.store, self.holder)
-        self._valid_until = 0.0
         self._hosts: dict[tuple[str, str], HostState] = {}
         # hosts with an open incident, read from the store when this instance becomes the leader and kept
         # while it leads (only the leader opens and resolves): a quiet host costs no state-store read
         self._open_hosts: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
-        self._stopped = threading.Event()
         self.update_every = rules.UPDATE_EVERY
         # completed checks per (env, host) while leader, and the last check's duration: for tests and bench
         self.checks: dict[tuple[str, str], int] = {}
         self.last_check_secs: dict[tuple[str, str], float] = {}
         # every Slack call of the watch goes through the durable outbox (Slack may be down for minutes)
         self.outbox = slack_outbox.Outbox(rt.store, lambda: rt.client, may_send=self.is_leader)
+        self.slack = slack_outbox.IncidentOutbox(self.outbox, self.incidents, lambda: self.lease.stopped)
         # one read per server per check, shared by the environments that reach it alike
         self.reads = SharedReads(rt.dbs, self.envs, self.hosts)
 
@@ -109,8 +112,7 @@ class Watcher:
     def install(self) -> None:
         sched = self.rt.scheduler
         now = datetime.now(UTC)
-        sched.add_job(self.renew_lease, "interval", seconds=self.renew_every, id="watch:lease",
-                      name="watch leader lease", next_run_time=now, replace_existing=True)
+        self.lease.install(sched, "watch:lease", "watch leader lease")
         sched.add_job(self.outbox.deliver, "interval", seconds=slack_outbox.DELIVER_EVERY, id="watch:outbox",
                       name="watch Slack outbox", replace_existing=True)
         for env in self.envs:
@@ -119,54 +121,26 @@ class Watcher:
                 sched.add_job(self.check, "interval", seconds=every, args=[env, host], id=f"watch:check:{env}:{host}",
                               name=f"watch {env}/{host}", next_run_time=now + timedelta(seconds=min(0.5, every)),
                               replace_existing=True)
-        sched.add_listener(lambda _e: self.stop(), EVENT_SCHEDULER_SHUTDOWN)
 
     def stop(self) -> None:
-        if self._stopped.is_set():
-            return
-        was = self.is_leader()
-        self._stopped.set()
-        self._valid_until = 0.0
-        if was:
-            try:
-                self.rt.store.release_lease(LEASE_NAME, self.holder)
-            except Exception as exc:
-                log.warning("could not release the watch lease: %s", type(exc).__name__)
+        self.lease.stop()
 
     # --- leadership ---------------------------------------------------------------------------------
 
     def is_leader(self) -> bool:
-        return not self._stopped.is_set() and time.monotonic() < self._valid_until
+        return self.lease.is_leader()
 
-    def renew_lease(self) -> None:
-        if self._stopped.is_set():
-            return
-        started = time.monotonic()
-        was = self.is_leader()
+    def _on_leadership(self) -> None:
+        """Before this instance leads: close what is no longer watched, then learn which hosts have an
+        open incident."""
+        self._close_unwatched()
         try:
-            held = self.rt.store.acquire_lease(LEASE_NAME, self.holder, self.lease_ttl)
-        except Exception as exc:
-            log.warning("watch: could not renew the leader lease: %s", type(exc).__name__)
-            return
-        if self._stopped.is_set():
-            return
-        if held:
-            if not was:
-                # what is open first, then checks may run (a check skips the store for a quiet host)
-                log.info("watch: this instance now runs the session checks (%s)", self.holder)
-                self._close_unwatched()
-                try:
-                    hosts = {(i.env, i.host) for i in self.incidents.open_list()}
-                except Exception:
-                    hosts = {(e, h) for e in self.envs for h in self.hosts(e)}
-                with self._lock:
-                    self._hosts.clear()
-                    self._open_hosts = hosts
-            self._valid_until = started + self.lease_ttl * 0.8
-        else:
-            self._valid_until = 0.0
-            if was:
-                log.warning("watch: another instance took over the session checks")
+            hosts = {(i.env, i.host) for i in self.incidents.open_list()}
+        except Exception:
+            hosts = {(e, h) for e, environment in self.envs.items() for h in environment.hosts()}
+        with self._lock:
+            self._hosts.clear()
+            self._open_hosts = hosts
 
     def _close_unwatched(self) -> None:
         """Incidents of a kind, host or environment no longer watched: say so instead of leaving them open."""
@@ -177,7 +151,7 @@ class Watcher:
                     continue
                 if self.incidents.resolve(inc, {**inc.payload, "closed": "not watched any more"}) and inc.message_ts:
                     msg = render.render_closed(inc.kind, inc.env, inc.host, "no longer watched (removed from the configuration)")
-                    self._slack("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg)
+                    self.slack.call("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg)
         except Exception:
             log.exception("watch: could not read open incidents")
 
@@ -214,7 +188,7 @@ class Watcher:
             if self.is_leader():
                 self.on_snapshot(snap, st)
         except Exception:
-            if self._stopped.is_set():
+            if self.lease.stopped:
                 return
             CHECK_FAILURES.labels(env, host).inc()
             log.exception("watch: checking %s/%s failed", env, host)
@@ -228,11 +202,19 @@ class Watcher:
         w = self.watches[snap.env]
         st.failures = 0
         found = rules.conditions(snap, w, environment.ignore, max_bulk=environment.access.max_bulk, clock=st.clock)
+        self._move(snap, st, found, w)
+
+    def _move(self, snap: HostSnapshot, st: HostState, found: list[rules.Condition], w: Watch,
+              kinds: tuple[str, ...] | None = None) -> None:
+        """Count the checks in a row, then open, update, remind and resolve this host's incidents (only
+        those of ``kinds`` when given) by what was found."""
         streaks = st.streaks.advance(found)
         key = (snap.env, snap.host)
         if not found and key not in self._open_hosts:
             return  # nothing true and nothing open here (known since this instance became the leader)
         open_incs = self.incidents.open_list(snap.env, snap.host)
+        if kinds is not None:
+            open_incs = [i for i in open_incs if i.kind in kinds]
         views = [self._view(i) for i in open_incs]
         by_id = {i.id: i for i in open_incs}
         now = time.time()
@@ -254,10 +236,45 @@ class Watcher:
             else:
                 self._open_hosts.discard(key)
 
+    def on_standby_receiver(self, env: str, host: str, receiver: ReceiverFacts | None) -> None:
+        """The WAL-receiver alert of a standby this watch does not read (an environment with only
+        ``lag_alert``): the lag watcher hands over what each of its checks saw of the standby's WAL
+        receiver (None: that check could not read the standby), and the WAL_RECEIVER incident moves as
+        for a standby the watch reads: it opens after ``consecutive`` checks that find the receiver not
+        streaming, and resolves at the first check that finds it streaming. A check that could not read
+        the standby breaks the run and decides nothing (the lag watcher alerts on unreachable standbys).
+        Only the watch's leader acts (its lease fences the incidents)."""
+        if env not in self.envs or host in self.hosts(env) or host not in self.envs[env].hosts():
+            return  # read by this watch itself, or not a standby of a watched environment
+        if not self.is_leader():
+            return
+        st = self._state(env, host)
+        if not st.lock.acquire(blocking=False):
+            return  # the previous hand-over for this host is still being acted on
+        started = time.monotonic()
+        try:
+            if receiver is None:
+                st.streaks.advance([])
+                return
+            snap = HostSnapshot(env=env, host=host, taken_at=time.time(), in_recovery=receiver.in_recovery,
+                                max_connections=0, superuser_reserved=0, client_connections=0, sessions=(),
+                                receiver_status=receiver.status, receiver_silent_secs=receiver.silent_secs)
+            self._move(snap, st, rules.wal_receiver(snap), self.watches[env], kinds=(WAL_RECEIVER,))
+        except Exception:
+            if self.lease.stopped:
+                return
+            CHECK_FAILURES.labels(env, host).inc()
+            log.exception("watch: the WAL receiver of %s/%s could not be acted on", env, host)
+        finally:
+            self.checks[(env, host)] = self.checks.get((env, host), 0) + 1
+            self.last_check_secs[(env, host)] = time.monotonic() - started
+            st.lock.release()
+
     def hosts(self, env: str) -> list[str]:
-        """The hosts checked: all of an environment with ``watch``; only the primary of one with just
-        ``lag_alert`` (the lag watcher reads its standbys; a second reader of a failing standby would
-        blur the reason its unreachable alert gives)."""
+        """The hosts read by this watch: all of an environment with ``watch``; only the primary of one
+        with just ``lag_alert`` (the lag watcher reads its standbys and hands their WAL receiver over to
+        :meth:`on_standby_receiver`; a second reader of a failing standby would blur the reason its
+        unreachable alert gives)."""
         e = self.envs[env]
         return list(e.hosts()) if e.watch is not None else ["primary"]
 
@@ -417,7 +434,7 @@ class Watcher:
         channel = self._channel(inc.env, inc.kind)
         known_id = CHANNEL_ID.match(channel) is not None
         msg, payload = self._message(inc, cond, channel if known_id else None)
-        resp = self._slack("chat_postMessage", inc, channel=channel, **msg)
+        resp = self.slack.call("chat_postMessage", inc, channel=channel, **msg)
         if resp is None:
             self.incidents.save(inc, last_update_at=now, payload=payload)
             return
@@ -426,27 +443,27 @@ class Watcher:
         if not known_id:
             # a channel name: buttons must carry the channel id Slack answered with
             msg, payload = self._message(inc, cond, resp["channel"])
-            if self._slack("chat_update", inc, channel=resp["channel"], ts=resp["ts"], **msg) is not None:
+            if self.slack.call("chat_update", inc, channel=resp["channel"], ts=resp["ts"], **msg) is not None:
                 self.incidents.save(inc, payload=payload)
 
     def _update(self, snap: HostSnapshot, inc: Incident, cond: rules.Condition, w: Watch) -> None:
-        if not inc.message_ts and not self._adopt_post(inc):
+        if not inc.message_ts and not self.slack.adopt_post(inc):
             # the first post waits in the outbox (Slack down), or failed for good: post again only then
-            if self._post_waiting(inc):
+            if self.slack.post_waiting(inc):
                 self.incidents.save(inc, last_update_at=time.time())
             else:
                 self._post(inc, cond, w)
             return
         now = time.time()
         msg, payload = self._message(inc, cond, inc.channel)
-        if self._slack("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg) is not None:
+        if self.slack.call("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg) is not None:
             self.incidents.save(inc, last_update_at=now, payload=payload)
         else:
             self.incidents.save(inc, last_update_at=now)
 
     def _remind(self, inc: Incident, cond: rules.Condition, now: float) -> None:
         msg = render.render_reminder(inc.kind, inc.env, inc.host, cond.facts, opened_at=inc.opened_at, now=now)
-        if self._slack("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
+        if self.slack.call("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
             self.incidents.save(inc, last_reminder_at=now)
 
     def _resolve(self, inc: Incident) -> None:
@@ -456,7 +473,7 @@ class Watcher:
         now = time.time()
         msg = render.render_resolved(inc.kind, inc.env, inc.host, inc.payload.get("facts") or {},
                                      opened_at=inc.opened_at, resolved_at=now, done=done, ack=inc.payload.get("ack"))
-        if not self._edit_landed(inc, msg):
+        if not self.slack.edit_landed(inc, msg):
             return  # stays open: the next check (condition still clear) edits it again
         if self.incidents.resolve(inc, {**inc.payload, "done": done}):
             log.info("watch: %s on %s/%s resolved", inc.kind, inc.env, inc.host)
@@ -509,56 +526,9 @@ class Watcher:
             lines.append(f"root blocker pid {root.get('pid')} let go without a signal from the bot")
         return lines
 
-    # --- Slack --------------------------------------------------------------------------------------
-
-    def _adopt_post(self, inc: Incident) -> bool:
-        """True when the incident's first post was delivered by the outbox (its channel and ts are now
-        saved on ``inc``)."""
-        try:
-            state, channel, ts = self.outbox.post_state(inc.id)
-        except Exception:
-            return False
-        if state != slack_outbox.DELIVERED or not ts:
-            return False
-        return self.incidents.save(inc, channel=channel, message_ts=ts, last_reminder_at=time.time())
-
-    def _post_waiting(self, inc: Incident) -> bool:
-        try:
-            return self.outbox.post_state(inc.id)[0] == slack_outbox.PENDING
-        except Exception:
-            return True  # cannot tell: do not post twice
-
-    def _edit_landed(self, inc: Incident, msg: dict) -> bool:
-        """Queue the final edit of the incident's message in the outbox (delivered in order, after a post
-        still waiting); True once it is kept, or when there is no message to edit."""
-        if self._stopped.is_set():
-            return False
-        if not (inc.message_ts or self._adopt_post(inc) or self._post_waiting(inc)):
-            return True  # never posted, or its post failed for good: nothing to edit
-        return self.outbox.send(slack_outbox.UPDATE, inc.id, inc.channel or "", msg, ts=inc.message_ts).kept
-
-    def _slack(self, method: str, inc: Incident, **kwargs) -> dict | None:
-        """One Web API call through the outbox: Slack's answer when it landed at once; ``{}`` for an edit
-        or thread reply kept for later (it lands in order when Slack answers again, so it is not queued
-        twice); None for a post not delivered yet (its ts is adopted from the outbox later) or a call
-        that could not even be kept."""
-        if self._stopped.is_set():
-            return None
-        channel = kwargs.pop("channel")
-        if method == "chat_update":
-            op, ts = slack_outbox.UPDATE, kwargs.pop("ts")
-        elif "thread_ts" in kwargs:
-            op, ts = slack_outbox.THREAD_REPLY, kwargs.pop("thread_ts")
-        else:
-            op, ts = slack_outbox.POST, None
-        sent = self.outbox.send(op, inc.id, channel or "", kwargs, ts=ts)
-        if sent.response is None and sent.kept and op != slack_outbox.POST:
-            return {}  # an edit or a reminder kept in the outbox is done for the watch: it lands in order
-        return sent.response
-
 
 def install(rt) -> Watcher | None:
-    """Add the watch jobs to ``rt.scheduler`` (once); None when no environment has ``watch``."""
+    """Add the watch jobs to ``rt.scheduler`` (once); None when no environment has ``watch`` or ``lag_alert``."""
     existing = rt.watch
     if existing is not None:
         return existing

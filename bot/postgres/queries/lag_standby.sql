@@ -8,6 +8,8 @@
 -- session holds a lock replay needs), IPC/RecoveryConflictSnapshot (a snapshot still needs rows
 -- replay removes), BufferPin/BufferPin, Timeout/RecoveryApplyDelay (recovery_min_apply_delay),
 -- IPC/RecoveryWalStream or Activity/RecoveryWalStream (waiting for WAL: the normal idle state).
+-- The WAL receiver's status and silence also feed the session watch's "WAL receiver not streaming"
+-- alert for environments with only lag_alert (the standby is read once per check, here).
 --
 -- No parameters.
 SELECT pg_is_in_recovery()                                            AS in_recovery,
@@ -21,6 +23,7 @@ SELECT pg_is_in_recovery()                                            AS in_reco
        extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 AS replay_age,
        CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END AS replay_paused,
        wr.status                                                      AS receiver_status,
+       extract(epoch FROM now() - wr.last_msg_receipt_time)::float8    AS receiver_silent_secs,
        wr.slot_name                                                   AS slot_name,
        -- only the application name, never the rest of primary_conninfo (host, user, password file)
        coalesce(substring(wr.conninfo FROM '(?:^|\s)application_name=([^\s]+)'),

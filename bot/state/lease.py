@@ -1,0 +1,132 @@
+"""The leader lease of the scheduled checks: with several replicas on one state store, one runs them.
+
+Each watcher holds one :class:`LeaderLease` under its own name (the lag watcher ``lagwatch``, the
+session watch ``watch``; rows in ``pgs_leases`` through :meth:`StateStore.acquire_lease`):
+
+* :meth:`LeaderLease.renew` (a scheduler job every ``every / 2``, where ``every`` is the watcher's
+  smallest ``check_every``) takes or renews the lease with a TTL of 1.5 × ``every``. While it is held,
+  :meth:`LeaderLease.is_leader` is true until a little under the TTL after the renewal started
+  (``0.8 × TTL``), so an instance stops leading before another may take the lease over: another
+  replica takes over within two check intervals after the leader dies.
+* :meth:`LeaderLease.stop` (also on the scheduler's shutdown) stops leading and releases the lease,
+  so another replica takes it at its next renewal.
+* ``on_gain`` runs when this instance becomes the leader, ``on_follow`` at every renewal that finds
+  another holder. A state store that cannot be reached changes nothing: what was held is kept until it
+  runs out.
+
+The incidents a leader writes are fenced by the same row in the state store
+(:class:`bot.state.incidents.Incidents`): the in-memory :meth:`~LeaderLease.is_leader` only decides
+whether to run a check.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
+
+from bot.state.store import StateStore
+
+log = logging.getLogger(__name__)
+
+
+def _nothing() -> None:
+    return None
+
+
+class LeaderLease:
+    def __init__(
+        self,
+        store: StateStore,
+        name: str,
+        instance_id: str,
+        every: float,
+        *,
+        label: str,
+        duty: str,
+        on_gain: Callable[[], None] = _nothing,
+        on_follow: Callable[[], None] = _nothing,
+        leads_during_gain: bool = False,
+    ):
+        """``label`` starts every log line ("lag watch"), ``duty`` says what the leader runs ("the standby
+        checks"). ``on_gain`` runs before :meth:`is_leader` turns true (checks wait for what it prepares),
+        or, with ``leads_during_gain``, once it is true (Slack calls it makes through the outbox may go
+        out at once)."""
+        self.store = store
+        self.name = name
+        # Runtime.instance_id can repeat between two runtimes of one process: add our own randomness
+        self.holder = f"{instance_id}:{secrets.token_hex(4)}"
+        self.ttl = 1.5 * every
+        self.renew_every = every / 2
+        self.label = label
+        self.duty = duty
+        self.on_gain = on_gain
+        self.on_follow = on_follow
+        self.leads_during_gain = leads_during_gain
+        self._valid_until = 0.0
+        self._stopped = threading.Event()
+
+    def install(self, scheduler: Any, job_id: str, job_name: str) -> None:
+        """Renew every ``every / 2`` from now on; stop (and release) when the scheduler shuts down."""
+        scheduler.add_job(
+            self.renew, "interval", seconds=self.renew_every, id=job_id, name=job_name,
+            next_run_time=datetime.now(UTC), replace_existing=True,
+        )
+        scheduler.add_listener(self._on_shutdown, EVENT_SCHEDULER_SHUTDOWN)
+
+    def _on_shutdown(self, _event: object) -> None:
+        self.stop()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    def is_leader(self) -> bool:
+        return not self._stopped.is_set() and time.monotonic() < self._valid_until
+
+    def renew(self) -> None:
+        """Take or renew the lease (the scheduler job)."""
+        if self._stopped.is_set():
+            return
+        started = time.monotonic()
+        was = self.is_leader()
+        try:
+            held = self.store.acquire_lease(self.name, self.holder, self.ttl)
+        except Exception as exc:  # state store down: keep what we had until it runs out
+            log.warning("%s: could not renew the leader lease: %s", self.label, type(exc).__name__)
+            return
+        if self._stopped.is_set():
+            return
+        if held:
+            # a little under the TTL, so we stop before another replica may take over
+            valid_until = started + self.ttl * 0.8
+            if self.leads_during_gain:
+                self._valid_until = valid_until
+            if not was:
+                log.info("%s: this instance now runs %s (%s)", self.label, self.duty, self.holder)
+                self.on_gain()
+            self._valid_until = valid_until
+        else:
+            self._valid_until = 0.0
+            if was:
+                log.warning("%s: another instance took over %s", self.label, self.duty)
+            self.on_follow()
+
+    def stop(self) -> None:
+        """Stop leading and hand the lease over at once (another replica takes it at its next renewal)."""
+        if self._stopped.is_set():
+            return
+        was = self.is_leader()
+        self._stopped.set()
+        self._valid_until = 0.0
+        if was:
+            try:
+                self.store.release_lease(self.name, self.holder)
+            except Exception as exc:  # shutting down; the lease expires by itself
+                log.warning("%s: could not release the leader lease: %s", self.label, type(exc).__name__)
