@@ -305,6 +305,30 @@ def test_snapshot_conflict_alert_names_the_culprit_is_kept_current_and_resolves_
         fake.assert_clean()
 
 
+def test_a_lag_alert_is_acknowledged_like_every_alert_and_its_reminders_stop(pair, fake):
+    table = new_table(pair)
+    with BotUnderTest(config(pair, remind_every="2s"), fake, scheduler=True) as bot:
+        wait_checks(bot, 1)
+        holder = snapshot_conflict(pair, table)
+        msg = wait_alert(fake, "snapshot conflict")
+        thread = lambda: [m for m in fake.messages_in(CHANNEL) if m.thread_ts == msg.ts]  # noqa: E731
+        reminder = wait_until(lambda: next(iter(thread()), None), 8, "a reminder in the thread")
+        assert "Acknowledge the alert to stop these reminders" in reminder.text
+        el = next(b for b in action_buttons(msg) if b["text"]["text"] == "Acknowledge")
+        assert bot.slack.block_action(el["action_id"], el["value"], user_id="U5", message=msg).status == 200
+        # drawn at once (not after update_every, a minute), without the button
+        wait_until(lambda: "Acknowledged by <@U5>" in blocks_text(current(fake, msg)), 8, "the alert shows the ack")
+        assert "Acknowledge" not in [b["text"]["text"] for b in action_buttons(current(fake, msg))]
+        wait_until(lambda: any("acknowledged this alert" in m.text for m in thread()), 8, "the ack in the thread")
+        n = len(thread())
+        time.sleep(4.5)
+        assert len(thread()) == n, "no reminder after an acknowledgement"
+        holder.close()
+        done = wait_resolved(fake, msg, timeout=20)
+        assert "Acknowledged by <@U5>" in blocks_text(done)
+        fake.assert_clean()
+
+
 def test_unreachable_standbys_get_their_own_alerts_and_do_not_delay_the_others(pair, fake):
     silent = SilentServer()
     extra = {

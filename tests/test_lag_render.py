@@ -18,6 +18,7 @@ from bot.render.lag import (
     render_lag_reminder,
     render_lag_resolved,
     render_unreachable_alert,
+    render_unreachable_resolved,
 )
 from tests.harness.fake_slack import validate_message_blocks
 
@@ -226,3 +227,17 @@ def test_a_null_replay_lag_reads_as_not_reported_yet():
     view = PrimaryView(NOW, "walreceiver", "s1", "streaming", "async", None, None, None, None, 512, "0/3000200", "0/3000000")
     text = primary_text(measurement(primary=view))
     assert "replay_lag not reported yet" in text and "NULL" not in text
+
+
+def test_an_unreachable_standby_alert_offers_acknowledge_and_then_says_who_took_it():
+    since = NOW - timedelta(minutes=3)
+    fresh = render_unreachable_alert("prod", "replica1", "connection refused", since=since, failures=3,
+                                     check_every=10, now=NOW, incident_id="inc1")
+    validate_message_blocks(fresh["blocks"])
+    assert '"pgs_watch:ack:inc1"' in json.dumps(fresh["blocks"])
+    taken = render_unreachable_alert("prod", "replica1", "connection refused", since=since, failures=4,
+                                     check_every=10, now=NOW, incident_id="inc1", ack={"by": "U5", "at": NOW.timestamp()})
+    assert "pgs_watch:ack" not in json.dumps(taken["blocks"]) and "Acknowledged by <@U5>" in json.dumps(taken["blocks"])
+    done = render_unreachable_resolved("prod", "replica1", "connection refused", since=since, resolved_at=NOW,
+                                       ack={"by": "U5"})
+    assert "Acknowledged by <@U5>" in json.dumps(done["blocks"])

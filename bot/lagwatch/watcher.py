@@ -71,6 +71,12 @@ def _parse_iso(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
+def _ack_to_draw(inc: Incident) -> bool:
+    """Someone acknowledged the alert (a click, written beside the leader) and it does not say so yet: it
+    is edited at once (not after ``update_every``) to show who took it, and its reminders stop."""
+    return bool(inc.payload.get("ack")) and not inc.payload.get("ack_drawn") and inc.message_ts is not None
+
+
 class LagWatcher:
     def __init__(
         self,
@@ -342,6 +348,8 @@ class LagWatcher:
             query_chars=environment.listing.query_chars,
             reminder_every=alert.remind_every,
             details_tokens=details,
+            incident_id=inc.id,
+            ack=inc.payload.get("ack"),
         )
         return msg, known
 
@@ -390,8 +398,9 @@ class LagWatcher:
             else:
                 self.incidents.save(inc, payload=payload)
             return
-        if rules.due(inc.last_update_at, self.update_every, now):
-            inc.payload = payload
+        acked = _ack_to_draw(inc)
+        if acked or rules.due(inc.last_update_at, self.update_every, now):
+            inc.payload = payload = {**payload, "ack_drawn": True} if acked else payload
             msg, known = self._alert_message(inc, m, alert, inc.channel)
             if self.slack.call("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg) is not None:
                 self.incidents.save(inc, last_update_at=now, payload={**payload, "tokens": known})
@@ -399,7 +408,7 @@ class LagWatcher:
                 self.incidents.save(inc, last_update_at=now, payload=payload)
         elif payload != inc.payload:
             self.incidents.save(inc, payload=payload)
-        if rules.due(inc.last_reminder_at or inc.opened_at, alert.remind_every, now):
+        if not inc.payload.get("ack") and rules.due(inc.last_reminder_at or inc.opened_at, alert.remind_every, now):
             msg = render.render_lag_reminder(m, opened_at=_utc(inc.opened_at), now=_utc(now))
             if self.slack.call("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
                 self.incidents.save(inc, last_reminder_at=now)
@@ -464,6 +473,7 @@ class LagWatcher:
             reasons=[r for r in payload.get("reasons") or [] if r != "caught up"],
             done=done,
             last=m,
+            ack=inc.payload.get("ack"),
         )
         if not self.slack.edit_landed(inc, msg):
             return  # the incident stays open: the next check (still caught up) edits it again
@@ -499,9 +509,12 @@ class LagWatcher:
             if not self.slack.post_waiting(inc) and rules.due(inc.last_update_at, self.update_every, now):
                 self._post_unreachable(inc, reason, st, alert)
             return
-        if changed and rules.due(inc.last_update_at, self.update_every, now):
+        acked = _ack_to_draw(inc)
+        if acked or (changed and rules.due(inc.last_update_at, self.update_every, now)):
+            if acked:
+                inc.payload = {**inc.payload, "ack_drawn": True}
             self._post_unreachable(inc, reason, st, alert)
-        if rules.due(inc.last_reminder_at or inc.opened_at, alert.remind_every, now):
+        if not inc.payload.get("ack") and rules.due(inc.last_reminder_at or inc.opened_at, alert.remind_every, now):
             since = _parse_iso(inc.payload.get("since")) or _utc(inc.opened_at)
             msg = render.render_unreachable_reminder(inc.env, inc.host, reason, since=since, now=_utc(now))
             if self.slack.call("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
@@ -520,7 +533,7 @@ class LagWatcher:
         since = _parse_iso(inc.payload.get("since")) or _utc(inc.opened_at)
         msg = render.render_unreachable_alert(
             inc.env, inc.host, reason, since=since, failures=st.failures,
-            check_every=alert.check_every, now=_utc(now),
+            check_every=alert.check_every, now=_utc(now), incident_id=inc.id, ack=inc.payload.get("ack"),
         )
         payload = {**inc.payload, "reason": reason}
         if inc.message_ts and inc.channel:
@@ -540,7 +553,7 @@ class LagWatcher:
         since = _parse_iso(inc.payload.get("since")) or _utc(inc.opened_at)
         msg = render.render_unreachable_resolved(
             inc.env, inc.host, inc.payload.get("reason") or "unknown", since=since,
-            resolved_at=datetime.now(UTC),
+            resolved_at=datetime.now(UTC), ack=inc.payload.get("ack"),
         )
         if not self.slack.edit_landed(inc, msg):
             return  # stays open: the next successful check edits it again
