@@ -53,11 +53,14 @@ class LeaderLease:
         on_gain: Callable[[], None] = _nothing,
         on_follow: Callable[[], None] = _nothing,
         leads_during_gain: bool = False,
+        only_while: Callable[[], bool] | None = None,
     ):
         """``label`` starts every log line ("lag watch"), ``duty`` says what the leader runs ("the standby
         checks"). ``on_gain`` runs before :meth:`is_leader` turns true (checks wait for what it prepares),
         or, with ``leads_during_gain``, once it is true (Slack calls it makes through the outbox may go
-        out at once)."""
+        out at once). ``only_while``: take the lease only while this is true, and hand it over when it
+        turns false (the session watch leads only where the lag watcher leads, so that one instance runs
+        every alert and the lag watcher's readings reach a leading watch)."""
         self.store = store
         self.name = name
         # Runtime.instance_id can repeat between two runtimes of one process: add our own randomness
@@ -69,6 +72,7 @@ class LeaderLease:
         self.on_gain = on_gain
         self.on_follow = on_follow
         self.leads_during_gain = leads_during_gain
+        self.only_while = only_while
         self._valid_until = 0.0
         self._stopped = threading.Event()
 
@@ -96,6 +100,14 @@ class LeaderLease:
             return
         started = time.monotonic()
         was = self.is_leader()
+        if self.only_while is not None and not self.only_while():
+            self._valid_until = 0.0
+            if was:
+                log.info("%s: handing %s over (this instance no longer leads the checks it goes with)",
+                         self.label, self.duty)
+                self._release()
+            self.on_follow()
+            return
         try:
             held = self.store.acquire_lease(self.name, self.holder, self.ttl)
         except Exception as exc:  # state store down: keep what we had until it runs out
@@ -126,7 +138,10 @@ class LeaderLease:
         self._stopped.set()
         self._valid_until = 0.0
         if was:
-            try:
-                self.store.release_lease(self.name, self.holder)
-            except Exception as exc:  # shutting down; the lease expires by itself
-                log.warning("%s: could not release the leader lease: %s", self.label, type(exc).__name__)
+            self._release()
+
+    def _release(self) -> None:
+        try:
+            self.store.release_lease(self.name, self.holder)
+        except Exception as exc:  # the lease expires by itself
+            log.warning("%s: could not release the leader lease: %s", self.label, type(exc).__name__)

@@ -88,8 +88,12 @@ class Watcher:
         self.envs: dict[str, Environment] = {n: rt.config.environments[n] for n in self.watches}
         self.min_every = min((w.check_every for w in self.watches.values()), default=30.0)
         # gaining it: what is open is read first, then checks may run (a check skips the store for a quiet host)
+        # with a lag watcher, this instance leads only where it leads: one instance runs every alert, and the
+        # lag watcher's WAL receiver readings (on_standby_receiver) always reach a leading watch
+        lagwatch = getattr(rt, "lagwatch", None)
         self.lease = LeaderLease(rt.store, LEASE_NAME, rt.instance_id, self.min_every, label="watch",
-                                 duty="the session checks", on_gain=self._on_leadership)
+                                 duty="the session checks", on_gain=self._on_leadership,
+                                 only_while=lagwatch.is_leader if lagwatch is not None else None)
         self.holder = self.lease.holder
         self.incidents = WatchIncidents(rt.store, self.holder)
         self._hosts: dict[tuple[str, str], HostState] = {}
