@@ -46,8 +46,10 @@ def post_listing(bot, text: str, user: str = "U1", channel: str = "C1", timeout:
     n = len(fake.calls_for("chat.postMessage", ok=True))
     reply = bot.slack.slash(text, user_id=user, channel_id=channel)
     assert reply.status == 200, (reply.status, reply.body)
+    # the listing is posted in the channel; a note to a requester about an earlier request may land meanwhile
     calls = wait_until(
-        lambda: fake.calls_for("chat.postMessage", ok=True)[n:], timeout, f"a message for {text!r}\n{fake.summary()}"
+        lambda: [c for c in fake.calls_for("chat.postMessage", ok=True)[n:] if c.response["channel"] == channel],
+        timeout, f"a message for {text!r}\n{fake.summary()}",
     )
     return fake.messages[(calls[0].response["channel"], calls[0].response["ts"])]
 
