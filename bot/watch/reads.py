@@ -11,8 +11,10 @@ instead of sending its own.
 The shared read asks for what any environment of the group needs (the lowest thresholds, every kind
 any of them watches, the longest query text): the statement sends a superset, and the rules in
 :mod:`bot.watch.rules` decide per environment with its own thresholds, ``ignore`` rules and redaction.
-A failed read fails every check that shared it, with the same reason. An environment alone on its
-server reads as before.
+The read goes through the pool of the group's first (environment, host), so a server costs one pool
+and one connection however many environments name it (the database metrics of the read carry that
+environment's labels). A failed read fails every check that shared it, with the same reason (each
+check says it for its own environment). An environment alone on its server reads as before.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ class _Group:
     params: Params
     reuse: float
     wait: float
+    via: tuple[str, str]  # the (environment, host) whose pool sends the group's reads: one pool per server
 
 
 class SharedReads:
@@ -122,6 +125,7 @@ class SharedReads:
                 params=union_params(read_params(envs[e]) for e, _ in ms),
                 reuse=min(REUSE_MAX, min(everies) / 4),
                 wait=t.connect + t.statement + WAIT_MARGIN,
+                via=ms[0],
             )
         self._last: dict[Any, _Read] = {}
         self._lock = threading.Lock()
@@ -151,14 +155,12 @@ class SharedReads:
         assert r is not None
         if mine:
             try:
-                r.row = read_row(self.dbs, env, host, group.params)
+                r.row = read_row(self.dbs, *group.via, group.params)
                 r.taken_at = time.time()
             except DatabaseUnavailable as exc:
                 r.unavailable = exc.reason
-                raise
-            except BaseException as exc:
+            except Exception as exc:
                 r.failed = exc
-                raise
             finally:
                 r.done.set()
         elif not r.done.wait(group.wait):
