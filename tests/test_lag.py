@@ -201,7 +201,8 @@ def test_lock_conflict_alert_names_the_culprit_and_resolves_after_an_approved_te
         assert "max_standby_streaming_delay = -1" in body
         assert "received, not yet replayed" in body and "Behind since" in body
         labels = [b["text"]["text"] for b in action_buttons(msg)]
-        assert labels == [f"Terminate {pid}", f"Details {pid}"], labels  # idle in transaction: Terminate only
+        # idle in transaction: Terminate only; Acknowledge as on every alert
+        assert labels == [f"Terminate {pid}", f"Details {pid}", "Acknowledge"], labels
         token = action_buttons(msg)[0]["value"]
         target = bot.rt.store.get_target(token)
         assert target.env == "prod" and target.host == "replica1" and target.target.pid == pid
