@@ -18,6 +18,7 @@ from sqlalchemy import text as sqltext
 
 from bot.approval.models import RequestState, SessionTarget
 from tests.harness.bot import BotUnderTest, env_config
+from tests.harness.flows import post_listing, request_message_saved
 
 # --- fixtures ------------------------------------------------------------------------------------
 
@@ -88,16 +89,6 @@ def find_button(msg, label: str):
     return None
 
 
-def post_listing(bot, text: str, user="U1"):
-    """Run a listing command; return the posted message as the fake stores it."""
-    n = len(bot.fake.calls_for("chat.postMessage", ok=True))
-    bot.listing(text, user=user)
-    call = bot.fake.wait_for("chat.postMessage", ok=True, predicate=lambda c: len(bot.fake.calls_for("chat.postMessage", ok=True)) > n)
-    last = bot.fake.calls_for("chat.postMessage", ok=True)[-1]
-    assert call is not None
-    return bot.fake.messages[(last.response["channel"], last.response["ts"])]
-
-
 def request_kill(bot, app: str, pid: int, action="Terminate", user="U1", reason="runaway session"):
     """List, click the button, submit the modal; return the approval message as stored by the fake."""
     msg = post_listing(bot, f"test --app {app} --min 0s", user=user)
@@ -120,11 +111,10 @@ def request_kill(bot, app: str, pid: int, action="Terminate", user="U1", reason=
     assert reply.body in ("", "null") or "errors" not in reply.body, reply.body
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        posts = bot.fake.calls_for("chat.postMessage", ok=True)
-        if len(posts) > n_posts:
-            ts = posts[-1].response["ts"]
-            channel = posts[-1].response["channel"]
-            return bot.fake.messages[(channel, ts)]
+        # the request goes to the listing's channel (a note to a requester may land meanwhile)
+        posts = [c for c in bot.fake.calls_for("chat.postMessage", ok=True)[n_posts:] if c.response["channel"] == "C1"]
+        if posts:
+            return request_message_saved(bot, bot.fake.messages[(posts[0].response["channel"], posts[0].response["ts"])])
         time.sleep(0.02)
     raise AssertionError("no approval request posted:\n" + bot.fake.summary())
 

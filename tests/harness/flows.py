@@ -76,7 +76,18 @@ def request_kill(bot, env: str, app: str, pid: int, action: str = "Terminate", u
     assert reply.status == 200 and "errors" not in (reply.body or ""), reply.body
     posts = wait_until(lambda: fake.calls_for("chat.postMessage", ok=True)[n_posts:], 10,
                        "approval request\n" + fake.summary())
-    return fake.messages[(posts[0].response["channel"], posts[0].response["ts"])]
+    msg = fake.messages[(posts[0].response["channel"], posts[0].response["ts"])]
+    return request_message_saved(bot, msg)
+
+
+def request_message_saved(bot, msg):
+    """Wait until the bot has recorded where its approval message is (it saves that right after Slack
+    answers the post, so a test that read the fake first could otherwise act before)."""
+    approve = find_button(msg, "Approve")
+    if approve is not None:
+        wait_until(lambda: getattr(bot.rt.store.get_request(approve["value"]), "message_ts", None) == msg.ts, 10,
+                   "the approval message recorded by the bot")
+    return msg
 
 
 def click(bot, msg, label: str, user: str):
