@@ -1,4 +1,4 @@
-"""Watch incidents in the lag watcher's table (``pgs_incidents``) with their own ``kind`` values.
+"""Session-watch incidents in the shared incidents table (``pgs_incidents``) with their own ``kind`` values.
 
 Fenced by the watch's own leader lease like :class:`bot.state.incidents.Incidents` (which also keeps
 an Acknowledge, ``payload["ack"]``, through the leader's writes). The difference: several incidents of

@@ -31,6 +31,8 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from bot.approval.models import BulkTarget
@@ -173,14 +175,33 @@ class Watcher:
         with self._lock:
             return self._hosts.setdefault((env, host), HostState())
 
+    @contextmanager
+    def _checking(self, env: str, host: str, doing: str) -> Iterator[HostState | None]:
+        """One check of a host: its state, or None when the previous check of it still runs. Counted in
+        ``checks`` / ``last_check_secs``; an error is logged and counted as a check failure (not when
+        the bot is shutting down under it)."""
+        st = self._state(env, host)
+        if not st.lock.acquire(blocking=False):
+            yield None
+            return
+        started = time.monotonic()
+        try:
+            yield st
+        except Exception:
+            if not self.lease.stopped:
+                CHECK_FAILURES.labels(env, host).inc()
+                log.exception("watch: %s %s/%s failed", doing, env, host)
+        finally:
+            self.checks[(env, host)] = self.checks.get((env, host), 0) + 1
+            self.last_check_secs[(env, host)] = time.monotonic() - started
+            st.lock.release()
+
     def check(self, env: str, host: str) -> None:
         if not self.is_leader():
             return
-        st = self._state(env, host)
-        if not st.lock.acquire(blocking=False):
-            return  # the previous check of this host is still running
-        started = time.monotonic()
-        try:
+        with self._checking(env, host, "checking") as st:
+            if st is None:
+                return  # the previous check of this host is still running
             try:
                 snap = self.reads.read(env, host)
             except DatabaseUnavailable as exc:
@@ -191,15 +212,6 @@ class Watcher:
                 return
             if self.is_leader():
                 self.on_snapshot(snap, st)
-        except Exception:
-            if self.lease.stopped:
-                return
-            CHECK_FAILURES.labels(env, host).inc()
-            log.exception("watch: checking %s/%s failed", env, host)
-        finally:
-            self.checks[(env, host)] = self.checks.get((env, host), 0) + 1
-            self.last_check_secs[(env, host)] = time.monotonic() - started
-            st.lock.release()
 
     def on_snapshot(self, snap: HostSnapshot, st: HostState) -> None:
         environment = self.envs[snap.env]
@@ -252,11 +264,9 @@ class Watcher:
             return  # read by this watch itself, or not a standby of a watched environment
         if not self.is_leader():
             return
-        st = self._state(env, host)
-        if not st.lock.acquire(blocking=False):
-            return  # the previous hand-over for this host is still being acted on
-        started = time.monotonic()
-        try:
+        with self._checking(env, host, "acting on the WAL receiver of") as st:
+            if st is None:
+                return  # the previous hand-over for this host is still being acted on
             if receiver is None:
                 st.streaks.advance([])
                 return
@@ -264,15 +274,6 @@ class Watcher:
                                 max_connections=0, superuser_reserved=0, client_connections=0, sessions=(),
                                 receiver_status=receiver.status, receiver_silent_secs=receiver.silent_secs)
             self._move(snap, st, rules.wal_receiver(snap), self.watches[env], kinds=(WAL_RECEIVER,))
-        except Exception:
-            if self.lease.stopped:
-                return
-            CHECK_FAILURES.labels(env, host).inc()
-            log.exception("watch: the WAL receiver of %s/%s could not be acted on", env, host)
-        finally:
-            self.checks[(env, host)] = self.checks.get((env, host), 0) + 1
-            self.last_check_secs[(env, host)] = time.monotonic() - started
-            st.lock.release()
 
     def hosts(self, env: str) -> list[str]:
         """The hosts read by this watch: all of an environment with ``watch``; only the primary of one
