@@ -4,8 +4,8 @@ Checks, all hosts concurrently and each bounded by its environment's connect and
 
 * the config file is valid (a config error prints the key-naming message and exits 2);
 * every primary and standby is reachable (and how long connecting took), its server version;
-* the role is a superuser or a member of ``pg_monitor`` and ``pg_signal_backend`` (and what does not
-  work without them);
+* the role is a superuser or has the privileges of ``pg_read_all_stats`` and ``pg_signal_backend``
+  (``pg_monitor`` is not required), and what each feature loses without them (:data:`LOST_WITHOUT`);
 * every standby is really in recovery and every primary is not, and a standby is a copy of its
   primary (same system identifier, when the role may read it);
 * the state store is reachable and writable;
@@ -87,8 +87,10 @@ class HostReport(Part):
     in_recovery: bool | None = None
     user: str | None = None
     superuser: bool | None = None
-    pg_monitor: bool | None = None
+    pg_monitor: bool | None = None  # informational: pg_monitor includes pg_read_all_stats, but is not needed
+    pg_read_all_stats: bool | None = None
     pg_signal_backend: bool | None = None
+    pg_signal_autovacuum_worker: bool | None = None  # PostgreSQL 18+ (None: no such role on this server)
     platform: str | None = None
     system_identifier: str | None = None
     wal_receiver_status: str | None = None
@@ -205,7 +207,9 @@ def check_host(env: str, host: str, dsn: str, environment: Environment, kill_all
     report.user = info.bot_user
     report.superuser = info.bot_is_superuser
     report.pg_monitor = info.bot_can_monitor
+    report.pg_read_all_stats = info.bot_can_read_stats
     report.pg_signal_backend = info.bot_can_signal
+    report.pg_signal_autovacuum_worker = info.bot_can_signal_autovacuum
     report.platform = _platform(extra)
     report.wal_receiver_status = extra.get("wal_receiver_status")
     report.track_activity_query_size = extra.get("track_activity_query_size")
@@ -236,25 +240,59 @@ def check_host(env: str, host: str, dsn: str, environment: Environment, kill_all
 
     _reserved_slots(report, info, extra)
 
-    if info.bot_is_superuser:
-        report.add(WARN, "privileges", f"role {info.bot_user} is a superuser: everything works, but a role with "
-                   "only pg_monitor and pg_signal_backend is enough and safer")
-    else:
-        if info.bot_can_monitor:
-            report.add(OK, "pg_monitor", f"{info.bot_user} is a member of pg_monitor")
-        else:
-            report.add(FAIL, "pg_monitor", f"{info.bot_user} is not a member of pg_monitor: other users' queries "
-                       "show as <insufficient privilege> and their sessions get no buttons. "
-                       + _grant_hint(report, "pg_monitor"))
-        if info.bot_can_signal:
-            report.add(OK, "pg_signal_backend", f"{info.bot_user} is a member of pg_signal_backend")
-        elif kill_allowed:
-            report.add(FAIL, "pg_signal_backend", f"{info.bot_user} is not a member of pg_signal_backend: only the "
-                       "role's own sessions can be signalled (cancel/terminate of anyone else fails). "
-                       + _grant_hint(report, "pg_signal_backend"))
-        else:
-            report.add(OK, "pg_signal_backend", "not a member, and not needed: access.allow_kill is false")
+    _privileges_findings(report, info, kill_allowed)
     return report
+
+
+# What the bot loses without each grant, by statement (docs/operating.md, "The database role").
+LOST_WITHOUT = {
+    "pg_read_all_stats": (
+        "other users' sessions show <insufficient privilege> instead of their query and have no backend_start, "
+        "so listings, the lock tree and alerts cannot identify them and offer no buttons; an autovacuum worker "
+        "cannot be read; the standby queries a lag alert names as holding replay back show no query and get no "
+        "buttons; on a "
+        "primary pg_stat_replication shows no position or lag of its standbys; pg_stat_wal_receiver hides its "
+        "status, so a standby looks as if it were not streaming"
+    ),
+    "pg_signal_backend": (
+        "Cancel and Terminate of other roles' sessions fail (listings, the lock tree, lag and session alerts, "
+        "Terminate these N, clear-db): only the role's own sessions can be signalled"
+    ),
+}
+
+
+def _privileges_findings(report: HostReport, info: Any, kill_allowed: bool) -> None:
+    """Is each grant the bot uses there, and what is lost without it? (pg_monitor is not needed)"""
+    who = info.bot_user
+    if info.bot_is_superuser:
+        report.add(WARN, "privileges", f"role {who} is a superuser: everything works, but a role with only "
+                   "pg_read_all_stats and pg_signal_backend is enough and safer")
+        return
+    if info.bot_can_read_stats:
+        via = " (through pg_monitor)" if info.bot_can_monitor else ""
+        report.add(OK, "pg_read_all_stats", f"{who} has the privileges of pg_read_all_stats{via}")
+    else:
+        report.add(FAIL, "pg_read_all_stats", f"{who} lacks pg_read_all_stats: {LOST_WITHOUT['pg_read_all_stats']}. "
+                   + _grant_hint(report, "pg_read_all_stats"))
+    if info.bot_can_signal:
+        report.add(OK, "pg_signal_backend", f"{who} has the privileges of pg_signal_backend (never enough for "
+                   "superusers' sessions: on a managed service the provider's own sessions stay out of reach)")
+    elif kill_allowed:
+        report.add(FAIL, "pg_signal_backend", f"{who} lacks pg_signal_backend: {LOST_WITHOUT['pg_signal_backend']}. "
+                   + _grant_hint(report, "pg_signal_backend"))
+    else:
+        report.add(OK, "pg_signal_backend", "not a member, and not needed: access.allow_kill is false")
+    if not kill_allowed:
+        return
+    if info.bot_can_signal_autovacuum is None:
+        report.add(OK, "autovacuum", f"{who} cannot cancel autovacuum workers that block others (before "
+                   "PostgreSQL 18 only a superuser may): they are shown as lock roots, without a Cancel button")
+    elif info.bot_can_signal_autovacuum:
+        report.add(OK, "autovacuum", f"{who} has pg_signal_autovacuum_worker: an autovacuum worker that blocks "
+                   "others can be cancelled (with approval; never a run to prevent wraparound)")
+    else:
+        report.add(WARN, "autovacuum", f"{who} lacks pg_signal_autovacuum_worker: an autovacuum worker that blocks "
+                   "others is shown without a Cancel button. " + _grant_hint(report, "pg_signal_autovacuum_worker"))
 
 
 def _compare_identifiers(reports: list[HostReport]) -> None:
@@ -519,10 +557,13 @@ def shared_channel_warnings(config: Config, environ: dict[str, str], envs: list[
 def _privileges(r: HostReport) -> str:
     if r.superuser:
         return "superuser"
-    if r.pg_monitor is None:
+    if r.pg_read_all_stats is None and r.pg_monitor is None:
         return "-"
-    have = [n for n, v in (("pg_monitor", r.pg_monitor), ("pg_signal_backend", r.pg_signal_backend)) if v]
-    lacking = [n for n, v in (("pg_monitor", r.pg_monitor), ("pg_signal_backend", r.pg_signal_backend)) if not v]
+    stats = "pg_monitor" if r.pg_monitor else "pg_read_all_stats"  # pg_monitor includes pg_read_all_stats
+    grants = ((stats, r.pg_read_all_stats or r.pg_monitor), ("pg_signal_backend", r.pg_signal_backend),
+              ("pg_signal_autovacuum_worker", r.pg_signal_autovacuum_worker))
+    have = [n for n, v in grants if v]
+    lacking = [n for n, v in grants[:2] if not v]
     return ", ".join(have + [f"no {n}" for n in lacking])
 
 

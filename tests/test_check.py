@@ -210,7 +210,8 @@ def test_role_without_pg_signal_backend(pg, tmp_path, no_slack_env):
             msg = finding(h, "pg_signal_backend")["message"]
             assert "only the role's own sessions can be signalled" in msg
             assert f"GRANT pg_signal_backend TO {role}" in msg
-            assert finding(h, "pg_monitor")["level"] == "ok"
+            assert finding(h, "pg_read_all_stats")["level"] == "ok"
+            assert "through pg_monitor" in finding(h, "pg_read_all_stats")["message"]
 
         # the readable table says the same
         args = build_parser().parse_args(["check", "--config", str(write_config(tmp_path, config))])
@@ -231,8 +232,8 @@ def test_role_without_pg_signal_backend(pg, tmp_path, no_slack_env):
         pg.primary.sql(pgsql.SQL("DROP ROLE {}").format(pgsql.Identifier(role)))
 
 
-def test_role_without_pg_monitor(pg, tmp_path, no_slack_env):
-    role = f"pgs_nomon_{uuid.uuid4().hex[:6]}"
+def test_role_without_pg_read_all_stats(pg, tmp_path, no_slack_env):
+    role = f"pgs_nostats_{uuid.uuid4().hex[:6]}"
     pg.primary.sql(pgsql.SQL("CREATE ROLE {} LOGIN IN ROLE pg_signal_backend").format(pgsql.Identifier(role)))
     try:
         config = {"state": f"sqlite:///{tmp_path}/state.db",
@@ -240,10 +241,50 @@ def test_role_without_pg_monitor(pg, tmp_path, no_slack_env):
         code, report = run_check(write_config(tmp_path, config))
         assert code == 1
         h = host(report, "prod", "primary")
-        msg = finding(h, "pg_monitor")["message"]
-        assert finding(h, "pg_monitor")["level"] == "fail"
-        assert "<insufficient privilege>" in msg and f"GRANT pg_monitor TO {role}" in msg
+        assert h["pg_read_all_stats"] is False and h["pg_monitor"] is False
+        msg = finding(h, "pg_read_all_stats")["message"]
+        assert finding(h, "pg_read_all_stats")["level"] == "fail"
+        # says which features are lost, and the fix
+        assert "<insufficient privilege>" in msg and "pg_stat_replication" in msg and "not streaming" in msg, msg
+        assert f"GRANT pg_read_all_stats TO {role}" in msg
         assert finding(h, "pg_signal_backend")["level"] == "ok"
+    finally:
+        pg.primary.sql(pgsql.SQL("DROP ROLE {}").format(pgsql.Identifier(role)))
+
+
+def test_least_privilege_role_is_ready_without_pg_monitor(pg, tmp_path, no_slack_env):
+    """pg_read_all_stats + pg_signal_backend is everything the bot needs; pg_monitor is not asked for."""
+    role = f"pgs_least_{uuid.uuid4().hex[:6]}"
+    pg.primary.sql(pgsql.SQL("CREATE ROLE {} LOGIN IN ROLE pg_read_all_stats, pg_signal_backend")
+                   .format(pgsql.Identifier(role)))
+    pg.wait_replayed()
+    try:
+        config = {"state": f"sqlite:///{tmp_path}/state.db",
+                  "environments": {"prod": env_config(pg, user=role, **access())}}
+        code, report = run_check(write_config(tmp_path, config))
+        assert code == 0, report
+        for name in ("primary", "replica1"):
+            h = host(report, "prod", name)
+            assert h["status"] == "ok", h
+            assert h["pg_monitor"] is False and h["pg_read_all_stats"] is h["pg_signal_backend"] is True
+            assert finding(h, "pg_read_all_stats")["level"] == "ok"
+            assert not [f for f in h["findings"] if f["check"] == "pg_monitor"]
+            version = h["server_version_num"]
+            auto = finding(h, "autovacuum")
+            if version < 180000:
+                assert auto["level"] == "ok" and "PostgreSQL 18" in auto["message"], auto
+                assert h["pg_signal_autovacuum_worker"] is None
+            else:
+                assert auto["level"] == "warn" and "GRANT pg_signal_autovacuum_worker" in auto["message"], auto
+        assert host(report, "prod", "replica1")["wal_receiver_status"] == "streaming"
+        args = build_parser().parse_args(["check", "--config", str(write_config(tmp_path, config))])
+        import contextlib
+        import io
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert args.func(args) == 0
+        assert "pg_read_all_stats, pg_signal_backend" in out.getvalue()
     finally:
         pg.primary.sql(pgsql.SQL("DROP ROLE {}").format(pgsql.Identifier(role)))
 

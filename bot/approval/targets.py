@@ -55,6 +55,8 @@ def session_snapshot(s: Session, listed_at: float | None = None) -> SessionTarge
         duration_what=what,
         duration_secs=secs,
         idle_in_transaction=s.is_idle_in_transaction,
+        # an autovacuum worker is only ever cancelled (stopping the process is not the bot's to do)
+        actions=("cancel",) if s.is_autovacuum else None,
     )
 
 

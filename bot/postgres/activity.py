@@ -8,7 +8,15 @@ from datetime import UTC, datetime
 from psycopg.rows import dict_row
 
 from bot.config import Environment
-from bot.postgres.models import Category, Filters, Listing, ServerInfo, Session, cannot_signal_reason
+from bot.postgres.models import (
+    CLIENT_BACKEND,
+    Category,
+    Filters,
+    Listing,
+    ServerInfo,
+    Session,
+    cannot_signal_reason,
+)
 from bot.postgres.pools import Databases
 from bot.postgres.redact import redact
 from bot.postgres.sql import Conn, Row, query
@@ -61,6 +69,7 @@ def _session(row: Row, redact_queries: bool = False) -> Session:
         query_start=row.get("query_start"),
         xact_start=row.get("xact_start"),
         state_change=row.get("state_change"),
+        backend_type=row.get("backend_type") or CLIENT_BACKEND,
     )
 
 

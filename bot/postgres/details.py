@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 
 from bot.postgres import relnames
 from bot.postgres.locks import LockGraph, LockObject, LockRef, behind, blocker_levels, graph_from_rows
-from bot.postgres.models import Session, cannot_signal_reason
+from bot.postgres.models import AUTOVACUUM_WORKER, CLIENT_BACKEND, Session, cannot_signal_reason
 from bot.postgres.pools import Databases
 from bot.postgres.redact import redact
 from bot.postgres.sql import query
@@ -55,7 +55,7 @@ def why_not_signal(row: dict[str, Any]) -> str | None:
     """Why the bot could not cancel or terminate this backend (None: it could)."""
     if row.get("is_bot"):
         return "this is the bot's own connection"
-    if row.get("backend_type") != "client backend":
+    if row.get("backend_type") not in (CLIENT_BACKEND, AUTOVACUUM_WORKER):
         return f"it is a {row.get('backend_type') or 'server process'}, not a client session: the bot signals only client sessions"
     return cannot_signal_reason(row)
 

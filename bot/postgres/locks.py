@@ -19,7 +19,7 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
-from bot.postgres.models import Session
+from bot.postgres.models import AUTOVACUUM_WORKER, CLIENT_BACKEND, Session
 from bot.postgres.pools import Databases
 from bot.postgres.sql import query
 
@@ -301,7 +301,8 @@ def graph_from_rows(env: str, host: str, rows: list[dict[str, Any]], redact_quer
         pid = row["pid"]
         session = _session(row, redact_queries)
         kind = row.get("backend_type") or ""
-        if kind != "client backend" and session.cannot_signal is None:
+        # an autovacuum worker has its own rule (Cancel only, never a wraparound run: cannot_signal_reason)
+        if kind not in (CLIENT_BACKEND, AUTOVACUUM_WORKER) and session.cannot_signal is None:
             session = replace(
                 session, cannot_signal=f"it is a {kind or 'server process'}, not a client session"
                 + (" (replay on the standby)" if kind == "startup" else "")

@@ -33,20 +33,65 @@ class Category(StrEnum):
         }[self]
 
 
+CLIENT_BACKEND = "client backend"
+AUTOVACUUM_WORKER = "autovacuum worker"
+WRAPAROUND_MARK = "(to prevent wraparound)"  # pg_stat_activity.query of an anti-wraparound autovacuum run
+
+# The superuser roles managed services keep for themselves: their sessions are superuser sessions that
+# the customer's roles (never superuser there) cannot signal.
+PROVIDER_ROLES = {"rdsadmin": "RDS/Aurora", "cloudsqladmin": "Cloud SQL", "azuresu": "Azure"}
+
+
+def superuser_session_reason(user: str | None) -> str:
+    """Why a superuser's session cannot be signalled by a non-superuser role, naming the provider when
+    the session is a managed service's own (plain text: escaped where drawn). The one place this text
+    is written; the access policy may call it for sessions it protects."""
+    provider = PROVIDER_ROLES.get(user or "")
+    if provider:
+        return f"superuser session of the provider ({user}, {provider}): cannot be signalled by a non-superuser role"
+    return "superuser session (the bot's role is not a superuser)"
+
+
+def is_wraparound_run(query: str | None) -> bool:
+    return WRAPAROUND_MARK in (query or "")
+
+
+def autovacuum_reason(row: Mapping[str, Any]) -> str | None:
+    """Why the bot may not cancel this autovacuum worker, or None. Terminate is never offered for one.
+
+    ``bot_can_signal_autovacuum`` is the bot's privilege of ``pg_signal_autovacuum_worker`` (NULL
+    before PostgreSQL 18, where the role does not exist and only a superuser may signal a worker)."""
+    query = row.get("query")
+    if query is None or query.startswith("<insufficient privilege>"):
+        return "an autovacuum worker the bot's role cannot read (it needs pg_read_all_stats)"
+    if is_wraparound_run(query):
+        return ("an autovacuum run to prevent wraparound: it is not cancelled, because it restarts at once "
+                "and must finish (it protects the database from transaction ID wraparound)")
+    if row.get("bot_is_super") or row.get("bot_can_signal_autovacuum"):
+        return None
+    if row.get("bot_can_signal_autovacuum") is None:
+        return ("cancelling an autovacuum worker needs a superuser bot role here: the grant "
+                "pg_signal_autovacuum_worker exists from PostgreSQL 18 on")
+    return "cancelling an autovacuum worker needs pg_signal_autovacuum_worker, which the bot's role lacks"
+
+
 def cannot_signal_reason(row: Mapping[str, Any]) -> str | None:
     """Why the bot's role may not cancel or terminate this backend, or None if it may.
 
     The one place this rule is written; every query that lists sessions returns its facts: the
     session's ``is_superuser`` and the bot's ``bot_is_super``, ``bot_can_signal`` (privileges of
-    pg_signal_backend) and ``bot_has_privs`` (privileges of the session's role). It mirrors
-    PostgreSQL 15's own check (has_privs_of_role, i.e. ``pg_has_role(..., 'USAGE')``): a NOINHERIT
-    member of pg_signal_backend cannot signal. An unknown role (NULL) is not refused here; PostgreSQL
-    still decides at signal time.
+    pg_signal_backend) and ``bot_has_privs`` (privileges of the session's role); for an autovacuum
+    worker (``backend_type``) also its ``query`` and ``bot_can_signal_autovacuum``
+    (:func:`autovacuum_reason`). It mirrors PostgreSQL's own check (has_privs_of_role, i.e.
+    ``pg_has_role(..., 'USAGE')``): a NOINHERIT member of pg_signal_backend cannot signal. An unknown
+    role (NULL) is not refused here; PostgreSQL still decides at signal time.
     """
+    if row.get("backend_type") == AUTOVACUUM_WORKER:
+        return autovacuum_reason(row)
     if row["bot_is_super"]:
         return None
     if row["is_superuser"]:
-        return "superuser session (the bot's role is not a superuser)"
+        return superuser_session_reason(row.get("usename"))
     if not row["bot_can_signal"] and row["bot_has_privs"] is False:
         return "the bot's role is not a member of pg_signal_backend"
     return None
@@ -88,6 +133,15 @@ class Session:
     query_start: datetime | None = None
     xact_start: datetime | None = None
     state_change: datetime | None = None
+    backend_type: str = CLIENT_BACKEND  # also "autovacuum worker": shown when it blocks others
+
+    @property
+    def is_autovacuum(self) -> bool:
+        return self.backend_type == AUTOVACUUM_WORKER
+
+    @property
+    def is_wraparound_run(self) -> bool:
+        return self.is_autovacuum and is_wraparound_run(self.query)
 
     @property
     def category(self) -> Category:
@@ -130,6 +184,8 @@ class ServerInfo:
     bot_is_superuser: bool
     bot_can_signal: bool
     bot_can_monitor: bool
+    bot_can_read_stats: bool = False  # privileges of pg_read_all_stats (pg_monitor includes them)
+    bot_can_signal_autovacuum: bool | None = None  # pg_signal_autovacuum_worker (PostgreSQL 18+; None: no such role)
 
 
 @dataclass(frozen=True, slots=True)

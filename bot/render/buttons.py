@@ -15,6 +15,11 @@ IDLE_TX_NOTE = (
     "transaction stays open; only Terminate ends it."
 )
 
+AUTOVACUUM_NOTE = (
+    "Cancel stops this autovacuum run (the worker is never terminated); autovacuum comes back to the table "
+    "later, so run what waits for it right after."
+)
+
 
 def details_button(pid: int, token: str) -> dict:
     """Details needs no approval: it opens a modal with the session read at the click."""
@@ -36,6 +41,9 @@ def session_buttons(
         return blocks
     if token is None:
         return [actions(f"details:{details_token}", *details)] if details else []
+    if session.is_autovacuum:  # Cancel only (its snapshot allows nothing else)
+        return [actions(f"kill:{token}", button(f"Cancel {session.pid}", kill_action_id(CANCEL, token), token),
+                        *details), context(AUTOVACUUM_NOTE)]
     elements = []
     if session.runs_query:  # Cancel stops a running query; on an idle session it does nothing
         elements.append(button(f"Cancel {session.pid}", kill_action_id(CANCEL, token), token))

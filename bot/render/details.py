@@ -13,7 +13,7 @@ from bot.durations import format_duration
 from bot.postgres.details import Details
 from bot.postgres.locks import LockRef
 from bot.postgres.wait_events import meaning
-from bot.render.buttons import IDLE_TX_NOTE
+from bot.render.buttons import AUTOVACUUM_NOTE, IDLE_TX_NOTE
 from bot.render.common import (
     SECTION_TEXT,
     actions,
@@ -213,6 +213,10 @@ def details_view(d: Details, kill_token: str | None, kill_disabled: str | None =
     reason = kill_disabled or d.cannot_signal
     if reason:
         blocks.append(context(f":no_entry_sign: The bot cannot cancel or terminate pid {d.pid}: {esc(reason)}"))
+    elif kill_token and s.is_autovacuum:
+        blocks.append(actions(f"dkill:{kill_token}",
+                              button(f"Cancel {d.pid}", modal_kill_action_id(CANCEL, kill_token), kill_token)))
+        blocks.append(context(AUTOVACUUM_NOTE + " Cancel asks for approval, as in the listing."))
     elif kill_token:
         elements = []
         if not s.is_idle_in_transaction:

@@ -22,19 +22,31 @@ def where(listing: Listing) -> str:
     return listing.env if listing.host == "primary" else f"{listing.env} / {listing.host} (standby)"
 
 
+def autovacuum_words(s: Session) -> str:
+    """What an autovacuum worker is, in words (its query, e.g. ``autovacuum: VACUUM public.orders``, is
+    drawn as the query)."""
+    words = "*autovacuum worker* (not a client session)"
+    if s.is_wraparound_run:
+        words += " · *to prevent wraparound*: it must finish"
+    return words
+
+
 def session_text(s: Session, query_chars: int = 300) -> str:
     what, secs = s.duration
     tags = " ".join(f"`{c.value}`" for c in s.categories)
     lines = [f"{EMOJI[s.category]} *pid {s.pid}* {tags} · {what} *{format_duration(secs)}*"]
     if s.is_idle_in_transaction and s.xact_secs is not None:
         lines[0] += f" (transaction open {format_duration(s.xact_secs)})"
-    who = [
-        f"user {code(s.user or '?')}",
-        f"db {code(s.database or '?')}",
-        f"app {code(s.application) if s.application else '–'}",
-        f"client {code(s.client_addr) if s.client_addr else 'local socket'}",
-    ]
-    lines.append(" · ".join(who))
+    if s.is_autovacuum:
+        lines.append(autovacuum_words(s) + f" · db {code(s.database or '?')}")
+    else:
+        who = [
+            f"user {code(s.user or '?')}",
+            f"db {code(s.database or '?')}",
+            f"app {code(s.application) if s.application else '–'}",
+            f"client {code(s.client_addr) if s.client_addr else 'local socket'}",
+        ]
+        lines.append(" · ".join(who))
     state = [f"state {esc(s.state or '?')}"]
     if s.wait_event_type:
         state.append(f"waits on {esc(s.wait_event_type)}/{esc(s.wait_event or '?')}")

@@ -21,6 +21,7 @@ from bot.render.common import (
     section,
     slack_time,
 )
+from bot.render.listing import autovacuum_words
 
 MAX_ROOTS = 8
 PER_ROOT = 10  # waiting sessions drawn under one root
@@ -36,6 +37,8 @@ def who(s: Session | None, pid: int) -> str:
     if s is None:
         return f"*pid {pid}*" + (" (a prepared transaction)" if pid == 0 else " (no longer visible)")
     parts = [f"*pid {pid}*"]
+    if s.is_autovacuum:
+        return " · ".join([*parts, autovacuum_words(s), f"db {code(s.database or '?')}", esc(s.state or "?")])
     if s.application:
         parts.append(f"app {code(s.application)}")
     parts.append(f"{code(s.user or '?')}@{code(s.database or '?')}")

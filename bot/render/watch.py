@@ -12,8 +12,16 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from bot.durations import format_bytes, format_duration
+from bot.postgres.models import AUTOVACUUM_WORKER, is_wraparound_run
 from bot.render.bulk import bulk_action_id
-from bot.render.buttons import CANCEL, IDLE_TX_NOTE, TERMINATE, details_button, kill_action_id
+from bot.render.buttons import (
+    AUTOVACUUM_NOTE,
+    CANCEL,
+    IDLE_TX_NOTE,
+    TERMINATE,
+    details_button,
+    kill_action_id,
+)
 from bot.render.common import (
     MAX_BLOCKS,
     actions,
@@ -85,8 +93,23 @@ def _plural(n: int, one: str, many: str | None = None) -> str:
     return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
+def autovacuum_line(s: Mapping, query_chars: int) -> str:
+    """An autovacuum worker (facts dict): what it is, not a client session's who-and-where."""
+    wraparound = is_wraparound_run(s.get("query"))
+    lines = [
+        f"*pid {s.get('pid')}* · *autovacuum worker* (not a client session) · running "
+        f"*{format_duration(s.get('query_secs'))}*" + (" · *to prevent wraparound*: it must finish" if wraparound else ""),
+        f"db {code(s.get('database') or '?')}",
+    ]
+    if s.get("query"):
+        lines.append(code(fold_query(s["query"], query_chars)))
+    return "\n".join(lines)
+
+
 def session_line(s: Mapping, query_chars: int, what: str | None = None) -> str:
     """One session (facts dict) in mrkdwn; every server string escaped."""
+    if what is None and s.get("backend_type") == AUTOVACUUM_WORKER:
+        return autovacuum_line(s, query_chars)
     if what is None:
         if (s.get("state") or "").startswith("idle in transaction"):
             what = f"idle in transaction *{format_duration(s.get('state_secs'))}*"
@@ -191,7 +214,10 @@ def _pileup_blocks(f: Mapping, tokens: Mapping[int, str], kill_disabled: str | N
     idle_tx = f.get("root_idle_in_transaction")
     blocks += _buttons(root, tokens.get(root["pid"]), kill_disabled, cancel=not idle_tx, terminate=bool(idle_tx),
                        details_token=details.get(root["pid"]))
-    if idle_tx:
+    if root.get("backend_type") == AUTOVACUUM_WORKER:
+        if not kill_disabled and not root.get("cannot_signal"):
+            blocks.append(context(AUTOVACUUM_NOTE))
+    elif idle_tx:
         blocks.append(context(IDLE_TX_NOTE))
     elif not kill_disabled and not root.get("cannot_signal"):
         blocks.append(context("Terminate is offered only for a root idle in transaction; Cancel stops its current "
@@ -340,6 +366,9 @@ def _summary(kind: str, f: Mapping) -> str:
     """The fallback text's details (escaped)."""
     if kind == LOCK_PILEUP:
         r = f["root"]
+        if r.get("backend_type") == AUTOVACUUM_WORKER:
+            return (f"root blocker pid {r['pid']} ({esc(r.get('query') or 'autovacuum worker')}); "
+                    f"longest wait {format_duration(f.get('longest_wait'))}")
         return (f"root blocker pid {r['pid']} (user {esc(r.get('user') or '?')}, app {esc(r.get('application') or '–')}, "
                 f"{esc(r.get('state') or '?')}); longest wait {format_duration(f.get('longest_wait'))}")
     if kind in (IDLE_TX, LONG_RUNNING):

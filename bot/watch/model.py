@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from bot.postgres.models import Category, Session, cannot_signal_reason
+from bot.postgres.models import AUTOVACUUM_WORKER, CLIENT_BACKEND, Category, Session, cannot_signal_reason
 
 # incident kinds (the state store's ``kind`` column holds at most 16 characters)
 LOCK_PILEUP = "lock_pileup"
@@ -72,6 +72,10 @@ class WatchSession:
         return bool(self.state and self.state.startswith("idle in transaction"))
 
     @property
+    def is_autovacuum(self) -> bool:
+        return self.backend_type == AUTOVACUUM_WORKER
+
+    @property
     def horizon_age(self) -> int | None:
         ages = [a for a in (self.xmin_age, self.xid_age) if a is not None]
         return max(ages) if ages else None
@@ -96,6 +100,7 @@ class WatchSession:
             cannot_signal=self.cannot_signal, backend_xmin=self.backend_xmin,
             # the approval is bound to what the alert showed (bot.postgres.signals)
             query_start=self.query_start, xact_start=self.xact_start, state_change=self.state_change,
+            backend_type=self.backend_type or CLIENT_BACKEND,
         )
 
     def facts(self) -> dict:
@@ -106,7 +111,7 @@ class WatchSession:
             "state": self.state, "query": self.query, "query_secs": self.query_secs,
             "xact_secs": self.xact_secs, "state_secs": self.state_secs, "wait_secs": self.wait_secs,
             "wait_mode": self.wait_mode, "wait_relation": self.wait_relation,
-            "cannot_signal": self.cannot_signal,
+            "cannot_signal": self.cannot_signal, "backend_type": self.backend_type,
         }
 
 
@@ -140,14 +145,17 @@ class HostSnapshot:
     extra: dict = field(default_factory=dict)
 
 
-def session_from_row(row: dict, bot_is_super: bool, bot_can_signal: bool, redact=None) -> WatchSession:
+def session_from_row(row: dict, bot_is_super: bool, bot_can_signal: bool, redact=None,
+                     bot_can_signal_autovacuum: bool | None = None) -> WatchSession:
     query = row.get("query") or ""
-    if redact is not None:
-        query = redact(query)
     facts = {
         "bot_is_super": bot_is_super, "bot_can_signal": bot_can_signal,
+        "bot_can_signal_autovacuum": bot_can_signal_autovacuum,
         "is_superuser": bool(row.get("is_superuser")), "bot_has_privs": row.get("bot_has_privs"),
+        "backend_type": row.get("backend_type"), "usename": row.get("usename"), "query": row.get("query"),
     }
+    if redact is not None:
+        query = redact(query)
     return WatchSession(
         pid=int(row["pid"]),
         backend_start=_dt(row.get("backend_start")),
@@ -181,6 +189,7 @@ def session_from_row(row: dict, bot_is_super: bool, bot_can_signal: bool, redact
 
 def snapshot_from_row(env: str, host: str, taken_at: float, row: dict, redact=None) -> HostSnapshot:
     sup, sig = bool(row["bot_is_super"]), bool(row["bot_can_signal"])
+    av = row.get("bot_can_signal_autovacuum")
     return HostSnapshot(
         env=env,
         host=host,
@@ -189,7 +198,7 @@ def snapshot_from_row(env: str, host: str, taken_at: float, row: dict, redact=No
         max_connections=int(row["max_connections"]),
         superuser_reserved=int(row["superuser_reserved"]),
         client_connections=int(row["client_connections"]),
-        sessions=tuple(session_from_row(r, sup, sig, redact) for r in row.get("sessions") or ()),
+        sessions=tuple(session_from_row(r, sup, sig, redact, av) for r in row.get("sessions") or ()),
         held=tuple(
             Held(int(h["pid"]), h.get("mode") or "?", h.get("locktype") or "?", h.get("relname"))
             for h in row.get("held") or ()

@@ -242,8 +242,8 @@ def horizon_holders(snap: HostSnapshot, ignore: Sequence[IgnoreRule] = (), clock
     now = snap.taken_at
     holders: list[dict] = []
     for s in snap.sessions:
-        if s.horizon_age is None or s.backend_start is None or ignored_session(ignore, s):
-            continue
+        if s.horizon_age is None or s.backend_start is None or s.is_autovacuum or ignored_session(ignore, s):
+            continue  # (a VACUUM's own xmin holds back no other vacuum)
         secs = s.xact_secs if s.xact_secs is not None else s.query_secs
         holders.append({"type": "backend", "secs": secs or 0.0, "xid_age": s.horizon_age, "key": s.key,
                         "session": s.facts(), "backend_type": s.backend_type})

@@ -3,7 +3,10 @@
 -- Parameters: pid (int), query_chars (int).
 WITH me AS (
     SELECT coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false) AS is_super,
-           pg_has_role(current_user, 'pg_signal_backend', 'USAGE') AS can_signal
+           pg_has_role(current_user, 'pg_signal_backend', 'USAGE') AS can_signal,
+           -- PostgreSQL 18+: may cancel autovacuum workers (NULL before 18: no such role)
+           (SELECT pg_has_role(current_user, r.oid, 'USAGE')
+              FROM pg_roles r WHERE r.rolname = 'pg_signal_autovacuum_worker') AS can_signal_autovacuum
 )
 SELECT a.pid, a.usesysid, a.backend_start, a.backend_type, a.usename, a.datname, a.application_name,
        host(a.client_addr) AS client_addr, a.client_hostname, a.client_port,
@@ -24,6 +27,7 @@ SELECT a.pid, a.usesysid, a.backend_start, a.backend_type, a.usename, a.datname,
        coalesce(r.rolsuper, false) AS is_superuser,
        me.is_super AS bot_is_super,
        me.can_signal AS bot_can_signal,
+       me.can_signal_autovacuum AS bot_can_signal_autovacuum,
        pg_has_role(current_user, a.usesysid, 'USAGE') AS bot_has_privs,
        now() AS read_at
   FROM pg_stat_activity a

@@ -1,6 +1,7 @@
 -- Who waits for whom: every backend waiting on a heavyweight lock, the pids that block it, the lock it
 -- waits for and since when, and every blocker, each as a session row (the columns of sessions.sql, so
--- the same Session model reads them). Used by `/pgsessions <env> locks` and by the Details view.
+-- the same Session model reads them), of any backend type: an autovacuum worker holding what a DDL
+-- statement waits for is a root like any session. Used by `/pgsessions <env> locks` and by the Details view.
 -- pg_blocking_pids() is called only for wait_event_type = 'Lock' (under a pile-up it is the costly part).
 -- pg_locks is read once (MATERIALIZED); a waiter's wanted object and a blocker's granted locks are
 -- matched on one text key, so the join hashes instead of comparing every pair.
@@ -9,6 +10,9 @@ WITH me AS (
     SELECT pg_backend_pid() AS pid,
            coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false) AS is_super,
            pg_has_role(current_user, 'pg_signal_backend', 'USAGE') AS can_signal,
+           -- PostgreSQL 18+: may cancel autovacuum workers (NULL before 18: no such role)
+           (SELECT pg_has_role(current_user, r.oid, 'USAGE')
+              FROM pg_roles r WHERE r.rolname = 'pg_signal_autovacuum_worker') AS can_signal_autovacuum,
            (SELECT oid FROM pg_database WHERE datname = current_database()) AS dboid
 ),
 w AS MATERIALIZED (
@@ -58,7 +62,7 @@ SELECT a.pid, a.usesysid, a.backend_start, a.backend_type, a.usename, a.datname,
        coalesce(w.blocked_by, '{}'::int[]) AS blocked_by,
        coalesce(bc.n, 0) AS blocking_count,
        coalesce(cardinality(w.blocked_by) > 0, false) AS is_blocked,
-       a.state = 'active' AND w.pid IS NULL AS is_long_running,
+       a.backend_type = 'client backend' AND a.state = 'active' AND w.pid IS NULL AS is_long_running,
        coalesce(a.state LIKE 'idle in transaction%%', false) AS is_idle_tx,
        coalesce(a.state = 'idle', false) AS is_idle,
        extract(epoch FROM now() - a.query_start)::float8  AS query_secs,
@@ -70,6 +74,7 @@ SELECT a.pid, a.usesysid, a.backend_start, a.backend_type, a.usename, a.datname,
        coalesce(r.rolsuper, false) AS is_superuser,
        me.is_super AS bot_is_super,
        me.can_signal AS bot_can_signal,
+       me.can_signal_autovacuum AS bot_can_signal_autovacuum,
        pg_has_role(current_user, a.usesysid, 'USAGE') AS bot_has_privs,
        -- the lock this session waits for
        wl.locktype AS want_locktype, wl.mode AS want_mode, wl.database AS want_database,

@@ -2,16 +2,21 @@
 -- pg_blocking_pids() is called only for sessions waiting on a lock: on every row it stalls for
 -- seconds under a lock pile-up (the deadlock detector holds the lock-table locks).
 -- The bot's own connections (its role with application_name 'pgsessions...') never appear.
+-- An autovacuum worker appears only while it blocks others (the classic: a DDL statement queued behind
+-- it, and everything else behind the DDL); it is never long-running, idle or blocked here.
 --
 -- Parameters: long_running, idle_in_transaction, idle (seconds), want_long_running, want_idle_tx,
 -- want_idle, want_blocked (booleans), blocked_min (seconds a lock waiter has waited), app, usr, db (text or NULL), query_chars (int).
 WITH RECURSIVE me AS (
     SELECT pg_backend_pid() AS pid,
            coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false) AS is_super,
-           pg_has_role(current_user, 'pg_signal_backend', 'USAGE') AS can_signal
+           pg_has_role(current_user, 'pg_signal_backend', 'USAGE') AS can_signal,
+           -- PostgreSQL 18+: may cancel autovacuum workers (NULL before 18: no such role)
+           (SELECT pg_has_role(current_user, r.oid, 'USAGE')
+              FROM pg_roles r WHERE r.rolname = 'pg_signal_autovacuum_worker') AS can_signal_autovacuum
 ),
 act AS (
-    SELECT a.pid, a.backend_start, a.usename, a.usesysid, a.datname, a.application_name,
+    SELECT a.pid, a.backend_start, a.backend_type, a.usename, a.usesysid, a.datname, a.application_name,
            host(a.client_addr) AS client_addr, a.client_port, a.state, a.wait_event_type, a.wait_event,
            a.backend_xmin::text AS backend_xmin,
            left(a.query, %(query_chars)s) AS query,
@@ -22,9 +27,9 @@ act AS (
            -- exact timestamps (microseconds): what an approval binds a signal to (issue 12)
            a.query_start, a.xact_start, a.state_change
       FROM pg_stat_activity a
-     WHERE a.backend_type = 'client backend'
+     WHERE a.backend_type IN ('client backend', 'autovacuum worker')
        AND a.pid <> pg_backend_pid()
-       AND NOT (a.usename = current_user AND a.application_name LIKE 'pgsessions%%')
+       AND NOT coalesce(a.usename = current_user AND a.application_name LIKE 'pgsessions%%', false)
        AND (%(app)s::text IS NULL OR a.application_name = %(app)s::text)
        AND (%(usr)s::text IS NULL OR a.usename = %(usr)s::text)
        AND (%(db)s::text IS NULL OR a.datname = %(db)s::text)
@@ -70,13 +75,15 @@ flagged AS (
            behind.n AS blocking_total,  -- NULL unless a root blocker
            coalesce(behind.longest, direct_wait.longest) AS longest_wait_secs,
            cardinality(act.blocked_by) > 0 AND coalesce(act.query_secs, 0) >= %(blocked_min)s AS is_blocked,
-           act.state = 'active' AND act.query_secs >= %(long_running)s AS is_long_running,
-           act.state LIKE 'idle in transaction%%' AND act.state_secs >= %(idle_in_transaction)s AS is_idle_tx,
-           act.state = 'idle' AND act.state_secs >= %(idle)s AS is_idle
+           act.backend_type = 'client backend' AND act.state = 'active' AND act.query_secs >= %(long_running)s
+               AS is_long_running,
+           act.backend_type = 'client backend' AND act.state LIKE 'idle in transaction%%'
+               AND act.state_secs >= %(idle_in_transaction)s AS is_idle_tx,
+           act.backend_type = 'client backend' AND act.state = 'idle' AND act.state_secs >= %(idle)s AS is_idle
       FROM act LEFT JOIN blocks ON blocks.pid = act.pid LEFT JOIN behind ON behind.pid = act.pid
       LEFT JOIN direct_wait ON direct_wait.pid = act.pid
 )
-SELECT f.pid, f.usesysid, f.backend_start, f.usename, f.datname, f.application_name, f.client_addr, f.client_port,
+SELECT f.pid, f.usesysid, f.backend_start, f.backend_type, f.usename, f.datname, f.application_name, f.client_addr, f.client_port,
        f.state, f.wait_event_type, f.wait_event, f.query, f.blocked_by, f.blocking_count,
        f.is_blocked, f.is_long_running, f.is_idle_tx, f.is_idle,
        f.query_secs, f.xact_secs, f.state_secs, f.backend_xmin, f.blocking_total, f.longest_wait_secs,
@@ -85,6 +92,7 @@ SELECT f.pid, f.usesysid, f.backend_start, f.usename, f.datname, f.application_n
        -- facts for bot.postgres.models.cannot_signal_reason, the one place the rule is written
        me.is_super AS bot_is_super,
        me.can_signal AS bot_can_signal,
+       me.can_signal_autovacuum AS bot_can_signal_autovacuum,
        pg_has_role(current_user, f.usesysid, 'USAGE') AS bot_has_privs
   FROM flagged f
   CROSS JOIN me

@@ -7,6 +7,8 @@
 --   held      the granted locks of blockers on the objects a waiter waits for (what the root holds)
 --   prepared  prepared transactions (gid, owner, age); slots: replication slots holding xmin or
 --             catalog_xmin, with the WAL they retain; feedback: standbys' hot_standby_feedback xmin
+-- Lock waiters' blockers come whatever their backend type: an autovacuum worker that a DDL statement
+-- queues behind is the root of a pile-up.
 -- Only the sessions some rule may need travel to the bot (a superset: the rules in bot/watch/rules.py
 -- decide, after the ignore rules): Lock waiters and their blockers, sessions idle in transaction or
 -- active past the thresholds, xmin holders older than the horizon threshold, and the idle sessions only
@@ -16,7 +18,10 @@
 WITH me AS (
     SELECT pg_backend_pid() AS pid,
            coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false) AS is_super,
-           pg_has_role(current_user, 'pg_signal_backend', 'USAGE') AS can_signal
+           pg_has_role(current_user, 'pg_signal_backend', 'USAGE') AS can_signal,
+           -- PostgreSQL 18+: may cancel autovacuum workers (NULL before 18: no such role)
+           (SELECT pg_has_role(current_user, r.oid, 'USAGE')
+              FROM pg_roles r WHERE r.rolname = 'pg_signal_autovacuum_worker') AS can_signal_autovacuum
 ),
 act AS MATERIALIZED (
     -- raw columns for every backend; text work (left, host, age) only for the rows kept below
@@ -30,8 +35,9 @@ act AS MATERIALIZED (
            extract(epoch FROM now() - a.state_change)::float8 AS state_secs,
            a.backend_xmin AS xmin_raw,
            a.backend_xid AS xid_raw,
-           (a.pid = pg_backend_pid() OR (a.usename = current_user AND a.application_name LIKE 'pgsessions%%'))
-               AS mine
+           -- (never NULL: a server process such as an autovacuum worker has no usename, and must not vanish)
+           (a.pid = pg_backend_pid()
+            OR coalesce(a.usename = current_user AND a.application_name LIKE 'pgsessions%%', false)) AS mine
       FROM pg_stat_activity a
 ),
 waits AS MATERIALIZED (
@@ -86,6 +92,8 @@ kept AS (
         OR (act.state LIKE 'idle in transaction%%' AND act.state_secs >= %(idle_tx_secs)s::float8)
         OR (act.state = 'active' AND act.query_secs >= %(long_running_secs)s::float8)
         OR ((act.xmin_raw IS NOT NULL OR act.xid_raw IS NOT NULL)
+            -- a VACUUM's own xmin holds back no other vacuum: an autovacuum worker is no horizon holder
+            AND act.backend_type IS DISTINCT FROM 'autovacuum worker'
             AND coalesce(act.xact_secs, act.query_secs, 0) >= %(xmin_secs)s::float8)
         OR ((SELECT crossed FROM over) AND act.state = 'idle' AND act.backend_type = 'client backend'))
 ),
@@ -113,6 +121,7 @@ SELECT current_setting('max_connections')::int                 AS max_connection
           FROM pg_stat_wal_receiver)                            AS receiver_silent_secs,
        me.is_super                                              AS bot_is_super,
        me.can_signal                                            AS bot_can_signal,
+       me.can_signal_autovacuum                                 AS bot_can_signal_autovacuum,
        (SELECT clients FROM usage)                              AS client_connections,
        (SELECT crossed FROM over)                               AS share_crossed,
        CASE WHEN (SELECT crossed FROM over) THEN json_build_object(
