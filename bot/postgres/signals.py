@@ -17,6 +17,7 @@ from typing import Any
 
 from psycopg import errors as pgerrors
 
+from bot.postgres.models import AUTOVACUUM_WORKER
 from bot.postgres.pools import Databases, DatabaseUnavailable
 from bot.postgres.sql import Conn, query
 
@@ -106,6 +107,9 @@ def _why_gone(conn: Conn, pid: int, backend_start: datetime) -> str:
             f"session already ended (pid {pid} now belongs to another "
             f"{backend_type or 'backend'} that started at {now_start:%H:%M:%S.%f}; not touched)"
         )
+    if backend_type == AUTOVACUUM_WORKER:
+        return (f"nothing was signalled: pid {pid} is an autovacuum worker, which the bot only cancels, and never "
+                "in a run to prevent wraparound")
     return f"session already ended (pid {pid} is no longer a client backend the bot may signal)"
 
 
