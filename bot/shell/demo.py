@@ -36,7 +36,7 @@ def prepare(pair: Pair) -> None:
     """The bot's role, an application role and database, and a few tables with rows."""
     p = pair.primary
     p.sql("CREATE ROLE pgsessions_bot LOGIN")
-    p.sql("GRANT pg_monitor, pg_signal_backend TO pgsessions_bot")
+    p.sql("GRANT pg_read_all_stats, pg_signal_backend TO pgsessions_bot")  # the least the bot needs
     p.sql("CREATE ROLE app_user LOGIN")
     p.sql("CREATE DATABASE appdb OWNER app_user")
     with p.connect(user="app_user", dbname="appdb") as conn:
