@@ -22,15 +22,27 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
 from psycopg import sql as pgsql
 
-from bot.postgres.models import cannot_signal_reason, superuser_session_reason
+from bot.postgres.models import (
+    Category,
+    Filters,
+    Listing,
+    ServerInfo,
+    Session,
+    cannot_signal_reason,
+    superuser_session_reason,
+)
 from bot.postgres.signals import signal
+from bot.render.listing import render_listing
+from bot.render.watch import render_alert
+from bot.watch.model import LOCK_PILEUP
 from tests.harness.bot import BotUnderTest, env_config
-from tests.harness.fake_slack import FakeSlack
+from tests.harness.fake_slack import FakeSlack, validate_message_blocks
 from tests.harness.flows import click, find_button, post_listing, request_kill, wait_state
 from tests.harness.pgcluster import ClusterPair, start_pair
 from tests.harness.waiting import wait_until
@@ -228,6 +240,67 @@ def test_autovacuum_rules():
     assert hidden is not None and "pg_read_all_stats" in hidden
 
 
+def worker(pid: int, query: str, cannot_signal: str | None = None) -> Session:
+    return Session(
+        pid=pid, backend_start=datetime(2026, 12, 1, 10, 0, 0, 123456, tzinfo=UTC), user=None, database="shop",
+        application="", client_addr=None, state="active", wait_event_type="Timeout", wait_event="VacuumDelay",
+        query=query, blocked_by=(), blocking_count=2, categories=(Category.BLOCKING,), query_secs=700.0,
+        xact_secs=700.0, state_secs=700.0, cannot_signal=cannot_signal, backend_type="autovacuum worker",
+        query_start=datetime(2026, 12, 1, 10, 0, 1, 5, tzinfo=UTC),
+    )
+
+
+@pytest.mark.unit
+def test_a_listing_draws_an_autovacuum_worker_as_what_it_is():
+    server = ServerInfo(150020, "15.20", 100, 10, False, 1, "pgsessions_bot", True, True, True)
+    plain = worker(11, "autovacuum: VACUUM public.orders")
+    wrap_query = "autovacuum: VACUUM public.orders (to prevent wraparound)"
+    wrap = worker(12, wrap_query, cannot_signal_reason({"backend_type": "autovacuum worker", "query": wrap_query,
+                                                         "bot_is_super": True}))
+    listing = Listing("prod", "primary", server, (plain, wrap), Filters(), {})
+    msg = render_listing(listing, tokens={11: "tok11"})
+    assert validate_message_blocks(msg["blocks"]) == []
+    body = json.dumps(msg["blocks"], ensure_ascii=False)
+    assert "*autovacuum worker* (not a client session)" in body and "`autovacuum: VACUUM public.orders`" in body
+    assert "user `?`" not in body and "client local socket" not in body
+    labels_ = [el["text"]["text"] for b in msg["blocks"] if b["type"] == "actions" for el in b["elements"]]
+    assert "Cancel 11" in labels_ and "Terminate 11" not in labels_, labels_
+    assert "Cancel 12" not in labels_ and "Terminate 12" not in labels_
+    assert "*to prevent wraparound*: it must finish" in body
+    assert "pid 12 cannot be signalled from chat: an autovacuum run to prevent wraparound" in body
+    assert "restarts at once and must finish" in body
+
+
+@pytest.mark.unit
+def test_a_pileup_alert_names_an_autovacuum_root_and_why_it_has_no_button():
+    root = {"pid": 21, "backend_start": "2026-12-01T10:00:00.123456+00:00", "user": None, "database": "shop",
+            "application": "", "client_addr": None, "state": "active", "query": "autovacuum: VACUUM public.orders",
+            "query_secs": 600.0, "xact_secs": 600.0, "state_secs": 600.0, "wait_secs": None, "wait_mode": None,
+            "wait_relation": None, "backend_type": "autovacuum worker",
+            "cannot_signal": cannot_signal_reason({"backend_type": "autovacuum worker", "bot_is_super": False,
+                                                   "query": "autovacuum: VACUUM public.orders",
+                                                   "bot_can_signal_autovacuum": False})}
+    ddl = {"pid": 22, "application": "migrate", "wait_mode": "AccessExclusiveLock", "wait_relation": "orders",
+           "query": "ALTER TABLE orders ADD COLUMN x int", "queued": 5}
+    facts = {"root": root, "root_idle_in_transaction": False, "held": [{"mode": "ShareUpdateExclusiveLock",
+             "relation": "orders"}], "direct": 1, "total": 6, "longest_wait": 90.0, "ddl": ddl, "waiters": [],
+             "threshold": {"waiters": 3, "wait": 60.0}}
+    msg = render_alert(LOCK_PILEUP, "prod", "primary", facts, incident_id="i1", opened_at=0.0, now=1.0,
+                       tokens={21: "tok21"})
+    assert validate_message_blocks(msg["blocks"]) == []
+    body = json.dumps(msg["blocks"], ensure_ascii=False)
+    assert "*autovacuum worker* (not a client session)" in body and "DDL queue" in body
+    assert "pid 21 cannot be signalled from chat: cancelling an autovacuum worker needs pg_signal_autovacuum_worker" in body
+    assert "Cancel 21" not in body and "Terminate 21" not in body
+    assert "autovacuum: VACUUM public.orders" in msg["text"]
+    # with the privilege: Cancel only, and what it does
+    signalable = {**facts, "root": {**root, "cannot_signal": None}}
+    msg = render_alert(LOCK_PILEUP, "prod", "primary", signalable, incident_id="i1", opened_at=0.0, now=1.0,
+                       tokens={21: "tok21"})
+    body = json.dumps(msg["blocks"], ensure_ascii=False)
+    assert "Cancel 21" in body and "Terminate 21" not in body and "never terminated" in body
+
+
 # --- autovacuum that blocks -----------------------------------------------------------------------
 
 
@@ -320,6 +393,22 @@ def request_from(bot, fake, msg, label: str, requester: str = "U1"):
     return fake.messages[(posts[0].response["channel"], posts[0].response["ts"])]
 
 
+def details_of(bot, fake, msg, pid: int) -> str:
+    """Click Details of ``pid``; the modal's blocks (as JSON) once read."""
+    el = find_button(msg, f"Details {pid}")
+    assert el is not None, labels(msg)
+    n_open = len(fake.calls_for("views.open", ok=True))
+    assert bot.slack.block_action(el["action_id"], el["value"], user_id="U1", message=msg).status == 200
+    opened = wait_until(lambda: fake.calls_for("views.open", ok=True)[n_open:], 10, "views.open")
+    view_id = opened[0].response["view"]["id"]
+
+    def final():
+        text = json.dumps(fake.views[view_id].view["blocks"], ensure_ascii=False)
+        return None if "Reading pid" in text else text
+
+    return wait_until(final, 15, "the details view")
+
+
 def test_autovacuum_blocking_a_ddl_queue_is_the_root_and_an_approved_cancel_stops_it(pair, fake, pileup):
     av = pileup.worker
     with BotUnderTest(bot_config(pair, "postgres"), fake) as bot:
@@ -340,6 +429,10 @@ def test_autovacuum_blocking_a_ddl_queue_is_the_root_and_an_approved_cancel_stop
         assert "autovacuum worker" in row and "`blocking`" in row and f"public.{pileup.table}" in row, row
         assert "user `?`" not in row
         assert f"Cancel {av}" in labels(listing) and f"Terminate {av}" not in labels(listing)
+
+        # Details: the worker read at the click, with Cancel only
+        view = details_of(bot, fake, msg, av)
+        assert "autovacuum worker" in view and f"Cancel {av}" in view and f"Terminate {av}" not in view, view[:2000]
 
         request = request_from(bot, fake, msg, f"Cancel {av}")
         # a Terminate forged on the Cancel's token is refused
