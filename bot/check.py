@@ -282,8 +282,8 @@ def _privileges_findings(report: HostReport, info: Any, kill_allowed: bool) -> N
                    + _grant_hint(report, "pg_signal_backend"))
     else:
         report.add(OK, "pg_signal_backend", "not a member, and not needed: access.allow_kill is false")
-    if not kill_allowed:
-        return
+    if not kill_allowed or report.role != "primary":
+        return  # (autovacuum runs on primaries only)
     if info.bot_can_signal_autovacuum is None:
         report.add(OK, "autovacuum", f"{who} cannot cancel autovacuum workers that block others (before "
                    "PostgreSQL 18 only a superuser may): they are shown as lock roots, without a Cancel button")
