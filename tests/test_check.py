@@ -265,7 +265,11 @@ def test_least_privilege_role_is_ready_without_pg_monitor(pg, tmp_path, no_slack
         assert code == 0, report
         for name in ("primary", "replica1"):
             h = host(report, "prod", name)
-            assert h["status"] == "ok", h
+            # warnings only where a newer server offers a grant the role lacks (16+: reserved slots, 18+: autovacuum)
+            warned = {f["check"] for f in h["findings"] if f["level"] != "ok"}
+            assert warned <= {"reserved_slots", "autovacuum"} and h["status"] in ("ok", "warn"), h
+            if h["server_version_num"] < 160000:
+                assert h["status"] == "ok", h
             assert h["pg_monitor"] is False and h["pg_read_all_stats"] is h["pg_signal_backend"] is True
             assert finding(h, "pg_read_all_stats")["level"] == "ok"
             assert not [f for f in h["findings"] if f["check"] == "pg_monitor"]

@@ -497,3 +497,26 @@ def test_a_non_superuser_role_is_not_offered_cancel_and_is_told_the_missing_gran
         assert f"pid {av} cannot be signalled from chat: cancelling an autovacuum worker needs" in text
         assert f"Cancel {av}" not in labels(alert) and f"Terminate {av}" not in labels(alert)
         fake.assert_clean()
+
+
+def test_with_pg_signal_autovacuum_worker_a_non_superuser_role_cancels_it(pair, fake, pileup):
+    """PostgreSQL 18+: the grant pg_signal_autovacuum_worker is enough to Cancel a worker (with approval)."""
+    if int(pair.primary.sql("SHOW server_version_num")[0][0]) < 180000:
+        pytest.skip("pg_signal_autovacuum_worker exists from PostgreSQL 18 on")
+    role = "pgs_av_" + uuid.uuid4().hex[:6]
+    pair.primary.sql(pgsql.SQL("CREATE ROLE {} LOGIN IN ROLE pg_read_all_stats, pg_signal_backend, "
+                               "pg_signal_autovacuum_worker").format(pgsql.Identifier(role)))
+    av = pileup.worker
+    try:
+        with BotUnderTest(bot_config(pair, role), fake) as bot:
+            msg = post_listing(bot, "test locks")
+            assert _tree(msg)[av] is None
+            assert f"Cancel {av}" in labels(msg) and f"Terminate {av}" not in labels(msg), labels(msg)
+            request = request_from(bot, fake, msg, f"Cancel {av}")
+            click(bot, request, "Approve", "U2")
+            wait_state(bot, request, "*Done*", timeout=15)
+            wait_until(lambda: pileup.conns.done.get(pileup.alter), 15, "the ALTER ran once the worker was cancelled")
+            fake.assert_clean()
+    finally:
+        pair.primary.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,))
+        pair.primary.sql(pgsql.SQL("DROP ROLE {}").format(pgsql.Identifier(role)))
