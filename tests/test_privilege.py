@@ -520,3 +520,25 @@ def test_with_pg_signal_autovacuum_worker_a_non_superuser_role_cancels_it(pair, 
     finally:
         pair.primary.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,))
         pair.primary.sql(pgsql.SQL("DROP ROLE {}").format(pgsql.Identifier(role)))
+
+
+def test_the_pileup_alert_offers_cancel_of_the_worker_and_resolves_once_it_is_cancelled(pair, fake, pileup):
+    av = pileup.worker
+    config = bot_config(pair, "postgres", watch={"channel": CHANNEL, "check_every": "1s", "consecutive": 2,
+                                                 "remind_every": "1h", "lock_pileup": {"waiters": 2, "wait": "1h"}})
+    with BotUnderTest(config, fake, scheduler=True) as bot:
+        alert = wait_until(lambda: next((m for m in fake.messages_in(CHANNEL) if not m.thread_ts
+                                         and "Lock pile-up" in m.text), None), 15, "the pile-up alert\n" + fake.summary())
+        assert f"waiting behind pid {av}" in alert.text
+        assert f"Cancel {av}" in labels(alert) and f"Terminate {av}" not in labels(alert), labels(alert)
+        assert "never terminated" in json.dumps(alert.blocks)
+        target = bot.rt.store.get_target(find_button(alert, f"Cancel {av}")["value"]).target
+        assert target.pid == av and target.actions == ("cancel",) and target.query_start is not None
+        request = request_from(bot, fake, alert, f"Cancel {av}")
+        click(bot, request, "Approve", "U2")
+        wait_state(bot, request, "*Done*", timeout=15)
+        resolved = wait_until(lambda: fake.messages[(alert.channel, alert.ts)]
+                              if fake.messages[(alert.channel, alert.ts)].text.startswith("Resolved") else None,
+                              20, "the alert resolved\n" + fake.summary())
+        assert f"root blocker pid {av} cancelled by approval of <@U2>" in resolved.text, resolved.text
+        fake.assert_clean()
