@@ -90,7 +90,8 @@ kept AS (
        AND ((%(locks)s AND act.wait_event_type = 'Lock')
         OR (%(locks)s AND act.pid IN (SELECT pid FROM blockers))
         OR (act.state LIKE 'idle in transaction%%' AND act.state_secs >= %(idle_tx_secs)s::float8)
-        OR (act.state = 'active' AND act.query_secs >= %(long_running_secs)s::float8)
+        OR (act.state = 'active' AND act.backend_type = 'client backend'
+            AND act.query_secs >= %(long_running_secs)s::float8)
         OR ((act.xmin_raw IS NOT NULL OR act.xid_raw IS NOT NULL)
             -- a VACUUM's own xmin holds back no other vacuum: an autovacuum worker is no horizon holder
             AND act.backend_type IS DISTINCT FROM 'autovacuum worker'
