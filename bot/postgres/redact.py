@@ -96,9 +96,35 @@ def _end_without_standard_strings(text: str, start: int) -> int | None:
     return None
 
 
+def _end_escaped(body: str, start: int) -> int | None:
+    """Index of the quote that closes the first segment of the escape string opening at ``start``."""
+    i = start + 1
+    while i < len(body):
+        c = body[i]
+        if c == "\\":
+            i += 2
+        elif c == "'":
+            if body.startswith("''", i):
+                i += 2
+                continue
+            return i
+        else:
+            i += 1
+    return None
+
+
 def _check_both_readings(text: str, tok: Any) -> None:
-    """A plain string with a backslash must end at the same place whatever standard_conforming_strings."""
-    if tok.name != "SCONST" or text[tok.start] != "'" or "\\" not in text[tok.start : tok.end + 1]:
+    """A plain string with a backslash must end at the same place whatever standard_conforming_strings.
+
+    An ``E''`` string glued to a continuation segment (``E'a'`` newline ``'b\\' c'``) reads backslashes
+    in the continuation as escapes too, which a reader of the separate ``'b\\'`` would not: one reading
+    ends the literal where the other sees an identifier, so none of it is shown."""
+    body = text[tok.start : tok.end + 1]
+    if tok.name == "SCONST" and body[:1] in "eE" and "\\" in body:
+        first_end = _end_escaped(body, 1)
+        if first_end is not None and "\\" in body[first_end + 1 :]:
+            raise Ambiguous("an escape string continues with a segment that holds a backslash")
+    if tok.name != "SCONST" or text[tok.start] != "'" or "\\" not in body:
         return
     if _end_without_standard_strings(text, tok.start) != tok.end:
         raise Ambiguous("the text reads differently with standard_conforming_strings off")
