@@ -166,6 +166,9 @@ class Workflow:
             offered = target.actions  # a session token may name the actions it was drawn with
             if offered is not None and action not in offered:
                 return None, f"`{action}` is not what this button was issued for"
+            protected = self.policy.protected_target(stored.env, target)
+            if protected:
+                return None, protected
         elif kind is None or kind.target_kind == "session" or action not in getattr(target, "actions", ()):
             # bulk and database targets name the actions their token was issued for
             return None, f"`{action}` is not what this button was issued for"
