@@ -345,3 +345,28 @@ def test_the_bots_own_state_store_connections_are_never_offered_nor_signalled(pg
         assert "protected: the bot's own state-store connection" in answer.text
         assert not bot.fake.calls_for("views.open")
         assert alive(pg, pid)
+
+
+# --- ignore: listings hide, lock trees keep the link -------------------------------------------------
+
+
+def test_ignore_hides_a_session_from_the_listing_but_a_lock_tree_still_draws_it_and_says_so(pg, fake_slack, conns):
+    with BotUnderTest(su_config(pg, ignore=[{"app": "pg_dump"}]), fake_slack) as bot:
+        table = "ign_" + uuid.uuid4().hex[:8]
+        ident = pgsql.Identifier(table)
+        pg.primary.sql(pgsql.SQL("CREATE TABLE {} (id int PRIMARY KEY, v text)").format(ident), dbname="appdb")
+        pg.primary.sql(pgsql.SQL("INSERT INTO {} VALUES (1, 'a')").format(ident), dbname="appdb")
+        pg.primary.sql(pgsql.SQL("GRANT ALL ON {} TO app_user").format(ident), dbname="appdb")
+        dump = conns.open("pg_dump", autocommit=False)
+        dump.execute(pgsql.SQL("UPDATE {} SET v = 'held' WHERE id = 1").format(ident))
+        waiter = conns.open(app_name("waiter"))
+        conns.in_background(waiter, pgsql.SQL("UPDATE {} SET v = 'w' WHERE id = 1").format(ident))
+        wait_until(lambda: pg.primary.sql("SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
+                                          (waiter.info.backend_pid,)), 10, "the waiter waits")
+        listing = post_listing(bot, f"{ENV} --min 0s")
+        body = json.dumps(listing.blocks)
+        assert f"*pid {dump.info.backend_pid}*" not in body and "1 ignored" in body, body[:2000]  # its own row
+        locks = post_listing(bot, f"{ENV} locks")
+        text = json.dumps(locks.blocks)
+        assert f"Details {dump.info.backend_pid}" in labels(locks), "the ignored root is drawn in its tree"
+        assert "1 of the sessions drawn matches the environment's `ignore` rules" in text, text[:2000]

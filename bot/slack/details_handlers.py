@@ -23,6 +23,7 @@ from bot.commands import ShowLocks
 from bot.postgres.details import read_details
 from bot.postgres.locks import build_forest, read_lock_graph
 from bot.postgres.pools import DatabaseUnavailable
+from bot.render.common import MAX_BLOCKS, context
 from bot.render.details import details_view, loading_view, message_view
 from bot.render.locks import render_locks, shown_pids
 from bot.slack.edge import Router, channel_of, guarded, post_message, tell
@@ -170,6 +171,12 @@ def handle_locks(rt: Runtime, cmd: ShowLocks, body: dict, respond: Any) -> None:
         graph, forest, kill_tokens=kill_tokens, details_tokens=details_tokens, kill_disabled=disabled,
         query_chars=min(environment.listing.query_chars, 300),
     )
+    ignored = sum(1 for p in pids if rt.policy.ignored(cmd.env, graph.sessions[p]))
+    if ignored and len(msg.get("blocks") or []) < MAX_BLOCKS:
+        msg["blocks"].append(context(
+            f":see_no_evil: {ignored} of the sessions drawn {'matches' if ignored == 1 else 'match'} the environment's "
+            "`ignore` rules: lock trees draw them anyway, so that the chain of waits stays whole."
+        ))
     post_message(rt.client, channel, msg, respond)
 
 
