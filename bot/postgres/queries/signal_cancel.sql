@@ -18,7 +18,10 @@ WITH guarded AS (
                WHEN %(own_user)s::text IS NOT NULL AND a.usename = %(own_user)s::text
                     AND a.datname = %(own_db)s::text AND a.application_name = %(own_app)s::text
                    THEN 'own_state'
-               WHEN %(protect_superusers)s::boolean AND coalesce(r.rolsuper, false) THEN 'superuser'
+               -- a non-superuser bot role cannot signal a superuser anyway: PostgreSQL says so itself
+               WHEN %(protect_superusers)s::boolean AND coalesce(r.rolsuper, false)
+                    AND coalesce((SELECT me.rolsuper FROM pg_roles me WHERE me.rolname = current_user), false)
+                   THEN 'superuser'
                WHEN a.usename = ANY (%(protect_roles)s::text[]) THEN 'role'
                WHEN a.application_name = ANY (%(protect_apps)s::text[]) THEN 'application'
                WHEN a.datname = ANY (%(protect_dbs)s::text[]) THEN 'database'
