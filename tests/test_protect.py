@@ -315,6 +315,36 @@ def test_the_app_sweep_leaves_protected_sessions_out(bot, pg, conns):
     assert alive(pg, su)
 
 
+def test_an_app_sweep_approved_after_its_sessions_became_protected_skips_them(bot, pg, conns):
+    """bulk_terminate.sql re-checks protect: a role made superuser after the request is never signalled."""
+    role = "pgs_swept_" + uuid.uuid4().hex[:6]
+    pg.primary.sql(pgsql.SQL("CREATE ROLE {} LOGIN").format(pgsql.Identifier(role)))
+    try:
+        app = app_name("sweep")
+        pids = [conns.idle(app, user=role) for _ in range(2)]
+        msg = post_listing(bot, f"{ENV} idle --app {app} --min 0s")
+        button = find_button(msg, "Terminate these 2")
+        assert button is not None, json.dumps(msg.blocks)[:2000]
+        n_views = len(bot.fake.calls_for("views.open", ok=True))
+        assert bot.slack.block_action(button["action_id"], button["value"], user_id="U1", message=msg).status == 200
+        opened = wait_until(lambda: bot.fake.calls_for("views.open", ok=True)[n_views:], 10, "views.open")
+        view = opened[0].response["view"]
+        n_posts = len(bot.fake.calls_for("chat.postMessage", ok=True))
+        bot.slack.view_submission("pgs_kill_request", private_metadata=view["private_metadata"],
+                                  state_values={"reason": {"reason": "pool reset"}}, user_id="U1", view=view)
+        posted = wait_until(lambda: bot.fake.calls_for("chat.postMessage", ok=True)[n_posts:], 10, "request")
+        req = bot.fake.messages[(posted[0].response["channel"], posted[0].response["ts"])]
+        pg.primary.sql(pgsql.SQL("ALTER ROLE {} SUPERUSER").format(pgsql.Identifier(role)))
+        approve_request(bot, req)
+        final = wait_state(bot, req, "protected: superuser session", timeout=20)
+        assert "never terminated" in json.dumps(final.blocks)
+        assert all(alive(pg, p) for p in pids), "a session that became protected was terminated"
+    finally:
+        conns.close()
+        conns.conns.clear()
+        pg.primary.sql(pgsql.SQL("DROP ROLE IF EXISTS {}").format(pgsql.Identifier(role)))
+
+
 # --- the bot's own state-store connections -----------------------------------------------------------
 
 

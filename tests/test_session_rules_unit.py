@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import pytest
 
 from bot.approval.models import SessionRef, SessionTarget
 from bot.approval.policy import Policy
+from bot.bulk.tally import verdict_detail
 from bot.config import Config, ConfigError, IgnoreRule, Protect, parse_config
 from bot.postgres.models import Category, Session
 from bot.render.bulk import bulk_offer_blocks
@@ -198,3 +200,10 @@ def test_the_app_sweep_says_how_many_protected_sessions_it_leaves_out():
     none_left = json.dumps(bulk_offer_blocks(category="idle", app="web", token=None, sessions=[], drawn=2, protected=2))
     assert "*Terminate these N* is not offered: 2 listed sessions are protected" in none_left
     assert bulk_offer_blocks(category="idle", app="web", token=None, sessions=[], drawn=0) == []
+
+
+def test_a_bulk_verdict_of_protect_is_a_skip_that_says_which_rule():
+    row = SimpleNamespace(verdict="protected_rule", state="idle", state_secs=1.0, signalled=None)
+    assert verdict_detail(row, "idle", "protected: role ops (protect.roles)") == (
+        "skipped", "protected: role ops (protect.roles): never terminated")
+    assert verdict_detail(row, "idle")[0] == "skipped"
