@@ -27,7 +27,6 @@ from bot.approval.ports import Execution
 from bot.durations import format_duration
 from bot.postgres.models import Session
 from bot.postgres.signals import signal
-from bot.session_rules import guard_for
 from bot.state.store import StateStore
 
 
@@ -152,7 +151,7 @@ def signal_session(ex: Execution, req: Request) -> SignalOutcome:
     if s is None or s.backend_start is None:
         return SignalOutcome(status=OutcomeStatus.FAILED, detail="the request names no session")
     # protect is re-checked in the signalling statement: a session that became protected since is not signalled
-    guard = guard_for(ex.config, req.env, ex.store.own_connection())
+    guard = ex.guard_for(req.env)  # the access policy's
     res = signal(ex.dbs, req.env, req.host, req.action, s.pid, s.backend_start, listed=s.model_dump(), guard=guard)
     outcome = SignalOutcome(status=OutcomeStatus(res.status), detail=res.detail, signalled=res.signalled)
     # every signal sent has an 'executed' entry (also a cancel/terminate that was sent but not yet

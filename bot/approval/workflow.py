@@ -131,7 +131,8 @@ class Workflow:
 
     @property
     def execution(self) -> Execution:
-        return Execution(self.config, self.store, self.dbs, self.events, self._audit_for_executor, self.durably)
+        return Execution(self.config, self.store, self.dbs, self.events, self._audit_for_executor, self.durably,
+                         guard=self.policy.guard)
 
     def _audit_for_executor(self, req: Request, event: str, actor: str | None, result: str | None) -> None:
         self.audit_durably(req, event, actor, result=result)

@@ -51,7 +51,7 @@ from bot.postgres.bulk import (
     terminate_batch,
 )
 from bot.postgres.pools import DatabaseUnavailable
-from bot.session_rules import guard_for, protection
+from bot.session_rules import protection
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def terminate_snapshot(
                    lambda: ex.store.add_audit_many(entries), req.id)
 
     # protect is re-checked in the statement that signals: a session that became protected is skipped
-    guard = guard_for(ex.config, req.env, ex.store.own_connection())
+    guard = ex.guard_for(req.env)  # the access policy's
     by_pid_start = {s.key: s for s in sessions}
     items = list(by_pid_start.items())
 
