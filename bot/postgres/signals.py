@@ -157,11 +157,12 @@ def signal(
                 return SignalResult("refused", f"PostgreSQL refused: {first}")
             if row is None:
                 return SignalResult("gone", _why_gone(conn, pid, started))
-            if row[10] is not None:
-                return SignalResult("refused", protected_detail(pid, guard, row[10], row[11:15]))
+            # the guard's five columns come last (protected, usename, application_name, datname, is_superuser)
+            if row[-5] is not None:
+                return SignalResult("refused", protected_detail(pid, guard, row[-5], row[-4:]))
             if row[2] != "signal":
                 now = dict(zip(("state", "query_start", "xact_start", "state_change",
-                                "query_secs", "xact_secs", "state_secs"), row[3:10], strict=True))
+                                "query_secs", "xact_secs", "state_secs"), row[3:-5], strict=True))
                 return SignalResult("moved", moved_on(pid, action, bound["listed_state"], now, _again(env, host)))
             sent = bool(row[1])
             if action == "terminate":
