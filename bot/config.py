@@ -209,6 +209,36 @@ class IgnoreRule(_Model):
         return self
 
 
+def _names(v: Any) -> Any:
+    if isinstance(v, str):
+        return [v]
+    return v
+
+
+Names = Annotated[list[str], BeforeValidator(_names)]
+
+
+class Protect(_Model):
+    """``protect:`` (top level, and per environment): sessions no path may signal.
+
+    A session is protected when its role is in ``roles``, its ``application_name`` in ``applications``,
+    its database in ``databases`` (exact names), or, with ``superusers: true`` (the default), its role is a
+    superuser. An environment's ``protect`` overrides the top-level one key by key."""
+
+    roles: Names = []
+    applications: Names = []
+    databases: Names = []
+    superusers: bool = True
+
+    @field_validator("roles", "applications", "databases")
+    @classmethod
+    def _not_blank(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if not item:
+                raise ValueError("an empty name matches nothing: remove it or write the exact name")
+        return v
+
+
 class Listing(_Model):
     max_sessions: int = Field(default=20, ge=1, le=22)
     query_chars: int = Field(default=300, ge=40, le=1500)
@@ -227,6 +257,7 @@ class Environment(_Model):
     lag_alert: LagAlert | None = None
     watch: Watch | None = None
     ignore: list[IgnoreRule] = []
+    protect: Protect | None = None
     timeouts: Timeouts = Timeouts()
     listing: Listing = Listing()
     clear_db: ClearDb = ClearDb()
@@ -280,6 +311,8 @@ class Config(_Model):
     # purged hourly; open requests and incidents never are.
     state_retention: Duration = 90 * 86400.0
     slack: SlackWorkspace = SlackWorkspace()
+    # sessions no path may signal, unless an environment's own ``protect`` says otherwise (key by key)
+    protect: Protect = Protect()
     environments: dict[str, Environment]
     # Friendly names for Slack user ids, used by the terminal chat (``as bob``).
     users: dict[str, str] = {}
@@ -344,6 +377,15 @@ class Config(_Model):
 
     def env(self, name: str) -> Environment | None:
         return self.environments.get(name)
+
+    def protect_for(self, name: str) -> Protect:
+        """The ``protect`` rules of environment ``name``: the top-level ones, with the keys the
+        environment's own ``protect`` gives replacing them."""
+        environment = self.environments.get(name)
+        own = environment.protect if environment is not None else None
+        if own is None:
+            return self.protect
+        return self.protect.model_copy(update={k: getattr(own, k) for k in own.model_fields_set})
 
 
 def _check_dsn(dsn: str) -> None:

@@ -86,7 +86,8 @@ class Runtime:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
             timezone="UTC",
         )
-        self.policy = Policy(self.config, self.directory)
+        self.policy = Policy(self.config, self.directory, own_state=self.store.own_connection)
+        self.policy.own()  # read once now: the state store answers at start (it was just migrated)
         self.messages = RequestMessages(self.client, self.store, self.config)
         self.workflow = Workflow(self.config, self.store, self.dbs, self.policy, self.messages)
         self.messages.count_approvals = self.workflow.counted_approvals

@@ -86,6 +86,14 @@ CASES = {
                                     "environments.prod.watch.connections", "between 1% and 100%"),
     "ignore query not a regex": (env(ignore=[{"query": "(unclosed"}]), "environments.prod.ignore[0].query",
                                  "fix the pattern"),
+    # protect (issue 23 §11), per environment and at the top level
+    "protect role empty": (env(protect={"roles": ["app", ""]}), "environments.prod.protect.roles",
+                           "remove it or write the exact name"),
+    "top-level protect database empty": (top(protect={"databases": ""}), "protect.databases",
+                                         "remove it or write the exact name"),
+    "protect superusers not a bool": (env(protect={"superusers": "sometimes"}), "environments.prod.protect.superusers",
+                                      "write true or false"),
+    "protect key misspelt": (top(protect={"role": ["x"]}), "protect.role", "did you mean 'roles'?"),
     "ignore item without keys": (env(ignore=[{}]), "environments.prod.ignore[0]",
                                  "needs at least one of app, user, db, query"),
     # Listing
@@ -178,6 +186,6 @@ def test_every_validator_has_a_case():
     source = inspect.getsource(config)
     validators = len(re.findall(r"@(?:field|model)_validator\(", source))
     raises = len(re.findall(r"raise (?:ValueError|ConfigError)\(", source))
-    # 17 validators with 23 ValueErrors between them (each has a case above), plus 6 ConfigErrors: the
+    # 18 validators with 24 ValueErrors between them (each has a case above), plus 6 ConfigErrors: the
     # unset ${VAR}, a non-mapping, the wrapped validation errors, and the file missing / broken / empty
-    assert (validators, raises) == (17, 29), (validators, raises)
+    assert (validators, raises) == (18, 30), (validators, raises)

@@ -19,6 +19,7 @@ from psycopg import sql as pgsql
 
 from tests.harness.bot import BotUnderTest, env_config
 from tests.harness.fake_slack import FakeSlack
+from tests.harness.flows import post_listing
 from tests.harness.lag import (
     SilentServer,
     closed_port,
@@ -661,3 +662,45 @@ def test_an_approved_cancel_of_a_culprit_that_moved_on_signals_nothing_and_says_
     finally:
         pair.standby.sql("SELECT pg_terminate_backend(%s)", (pid,))
         holder.close()
+
+
+# --- ignore and protect on lag culprits (issue 23 §11-§12, issue 22 §4) ------------------------------
+
+
+def test_an_ignored_culprit_is_not_named_in_the_alert_nor_the_lag_command_but_counted(pair, fake):
+    """The lag is still alerted (the standby is behind whoever holds it); the ignored session is not named,
+    not offered buttons, and the alert says one was left out."""
+    table = new_table(pair)
+    cfg = config(pair)
+    cfg["environments"]["prod"]["ignore"] = [{"app": "report-lock"}]
+    with BotUnderTest(cfg, fake, scheduler=True) as bot:
+        wait_checks(bot, 1)
+        holder = lock_conflict(pair, table)
+        pid = holder.info.backend_pid
+        msg = wait_alert(fake, "lock conflict")
+        body = blocks_text(msg)
+        assert f"pid {pid}" not in body and f"pid {pid}" not in msg.text, body[:2000]
+        assert "1 more matches the environment's `ignore` rules, not shown" in body, body[:2000]
+        assert [b["text"]["text"] for b in action_buttons(msg)] == ["Acknowledge"]
+        listing = post_listing(bot, "prod lag")
+        text = blocks_text(listing)
+        assert f"pid {pid}" not in text and "1 more matches the environment's `ignore` rules" in text, text[:2000]
+        holder.close()
+        wait_resolved(fake, msg, timeout=20)
+
+
+def test_a_protected_culprit_is_named_but_offered_no_signal(pair, fake):
+    table = new_table(pair)
+    cfg = config(pair)
+    cfg["protect"] = {"roles": ["app_user"]}
+    with BotUnderTest(cfg, fake, scheduler=True) as bot:
+        wait_checks(bot, 1)
+        holder = lock_conflict(pair, table)
+        pid = holder.info.backend_pid
+        msg = wait_alert(fake, "lock conflict")
+        body = blocks_text(msg)
+        assert f"*pid {pid}*" in body
+        assert f"pid {pid} cannot be signalled from chat: protected: role app_user" in body, body[:2000]
+        assert [b["text"]["text"] for b in action_buttons(msg)] == [f"Details {pid}", "Acknowledge"]
+        holder.close()
+        wait_resolved(fake, msg, timeout=20)

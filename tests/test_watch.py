@@ -690,3 +690,26 @@ def test_environments_on_the_same_server_share_one_read_and_each_decides_with_it
         wait_resolved(fake, msg)
         holder.close()
         fake.assert_clean()
+
+
+# --- protect (issue 23 §11) ----------------------------------------------------------------------------
+
+
+def test_an_alert_offers_no_signal_for_a_protected_session_and_says_why(pair, fake):
+    cfg = config(pair, idle_in_transaction="1s")
+    cfg["protect"] = {"applications": ["guarded"]}
+    # both idle in transaction before the first check: the alert's first post shows both
+    guarded = idle_tx_holder(pair, new_table(pair), app="guarded")
+    other = idle_tx_holder(pair, new_table(pair), app="web")
+    with BotUnderTest(cfg, fake, scheduler=True):
+        msg = wait_alert(fake, "Idle in transaction on prod")
+        wait_until(lambda: f"pid {guarded.info.backend_pid}" in json.dumps(current(fake, msg).blocks)
+                   and f"pid {other.info.backend_pid}" in json.dumps(current(fake, msg).blocks), 10, "both shown")
+        msg = current(fake, msg)
+        body = json.dumps(msg.blocks)
+        assert (f"pid {guarded.info.backend_pid} cannot be signalled from chat: protected: application guarded"
+                in body), body[:2000]
+        assert f"Terminate {guarded.info.backend_pid}" not in labels(msg)
+        assert f"Terminate {other.info.backend_pid}" in labels(msg)
+        for c in (guarded, other):
+            c.close()

@@ -8,12 +8,17 @@ Decisions on a request use an :class:`Authority` read from Slack before the requ
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from bot import visibility
-from bot.approval.models import Request, RequestState
+from bot import session_rules, visibility
+from bot.approval.models import Request, RequestState, SessionTarget
 from bot.approval.ports import ApproversLookup, DirectoryUnavailable, Principals, identity_refusal
-from bot.config import Access, Config
+from bot.config import Access, Config, Protect
+from bot.session_rules import Markable, OwnConnection, S, SessionFacts, SignalGuard
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,9 +37,25 @@ def signalling_off_reason(env: str) -> str:
 
 
 class Policy:
-    def __init__(self, config: Config, approvers: ApproversLookup):
+    def __init__(self, config: Config, approvers: ApproversLookup,
+                 own_state: Callable[[], tuple[str, str, str] | None] | None = None):
         self.config = config
         self.approvers = approvers
+        # (role, database, application_name) of the bot's own state-store connections (never signalled)
+        self._own_state = own_state
+        self._own: OwnConnection | None = None
+
+    def own(self) -> OwnConnection | None:
+        """How the bot's own state-store connections look (None: SQLite, or not known yet)."""
+        if self._own is None and self._own_state is not None:
+            try:
+                found = self._own_state()
+            except Exception as exc:  # the store is down: known at the next call
+                log.warning("could not read how the state store's connections look: %s", type(exc).__name__)
+                return None
+            if found is not None:
+                self._own = OwnConnection(*found)
+        return self._own
 
     def _access(self, env: str) -> Access | None:
         environment = self.config.env(env)
@@ -69,6 +90,48 @@ class Policy:
         """Whether ``user`` may see requests and audit entries of ``env`` in ``channel`` (the channel
         rule and ``access.viewers``)."""
         return self.may_see(env, channel) and self.viewer_refusal(env, user) is None
+
+    # --- which sessions: ignore and protect (the matching is bot.session_rules) -----------------------
+
+    def ignored(self, env: str, s: SessionFacts) -> bool:
+        """Whether ``env``'s ``ignore`` rules hide ``s`` from listings and alerts."""
+        environment = self.config.env(env)
+        return environment is not None and session_rules.ignored(environment.ignore, s)
+
+    def without_ignored(self, env: str, sessions: Iterable[S]) -> tuple[list[S], int]:
+        """(``sessions`` that ``env``'s ``ignore`` rules do not hide, how many they hide)."""
+        environment = self.config.env(env)
+        return session_rules.split_ignored(environment.ignore if environment is not None else [], sessions)
+
+    def protection(self, env: str) -> Protect:
+        """``env``'s ``protect`` rules (the top-level ones, overridden key by key by the environment's)."""
+        return self.config.protect_for(env)
+
+    def protected(self, env: str, s: SessionFacts) -> str | None:
+        """Why no path may signal ``s`` (``protect``, or the bot's own state-store connection), or None."""
+        return session_rules.protected(self.protection(env), s, self.own())
+
+    def protected_target(self, env: str, target: SessionTarget) -> str | None:
+        """Why a button's session may not be asked for any more (``protect`` names its role, application or
+        database now), or None. Whether its role is a superuser is known to the signalling statement,
+        which checks it again at execution (as it checks every rule)."""
+        why = session_rules.protection(self.protection(env), user=target.user, application=target.application,
+                                       database=target.database, is_superuser=False, own=self.own())
+        return f"pid {target.pid} is {why}: it is never signalled" if why else None
+
+    def mark(self, env: str, sessions: Iterable[S]) -> list[S]:
+        """``sessions`` as they may be offered: ``cannot_signal`` says why for every one ``protect`` covers
+        (a reason the bot's role gives is kept). Every path marks what it read before it draws buttons."""
+        return session_rules.mark(self.protection(env), sessions, self.own())
+
+    def guard(self, env: str) -> SignalGuard:
+        """What the statement that signals re-checks (``protect`` and the state store's connections)."""
+        return SignalGuard(self.protection(env), self.own())
+
+    def session_refusal(self, env: str, s: Markable) -> str | None:
+        """Why no Cancel / Terminate is offered for ``s`` in ``env``, or None: signalling off, ``protect``,
+        or what the bot's role cannot do."""
+        return self.signalling_off(env) or s.cannot_signal or self.protected(env, s)
 
     # --- offering buttons ---------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import Protocol
 from bot.approval.models import Request
 from bot.config import Config
 from bot.postgres.pools import Databases
+from bot.session_rules import SignalGuard, guard_for
 from bot.state.store import StateStore
 
 
@@ -98,6 +99,14 @@ class Execution:
     audit_durably: Callable[[Request, str, str | None, str | None], None] | None = None
     # a state write recording something that happened: retried, kept until it lands (never raises)
     record: Callable[[str, Callable[[], object], str | None], bool] | None = None
+    # what the statement that signals re-checks in an environment (the access policy's ``guard``:
+    # protect, and the state store's own connections); without it, built from the config and the store
+    guard: Callable[[str], SignalGuard] | None = None
+
+    def guard_for(self, env: str) -> SignalGuard:
+        if self.guard is not None:
+            return self.guard(env)
+        return guard_for(self.config, env, self.store.own_connection())
 
     def durably(self, what: str, write: Callable[[], object], request_id: str | None = None) -> bool:
         if self.record is not None:

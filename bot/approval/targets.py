@@ -152,7 +152,9 @@ def signal_session(ex: Execution, req: Request) -> SignalOutcome:
     s = req.session
     if s is None or s.backend_start is None:
         return SignalOutcome(status=OutcomeStatus.FAILED, detail="the request names no session")
-    res = signal(ex.dbs, req.env, req.host, req.action, s.pid, s.backend_start, listed=s.model_dump())
+    # protect is re-checked in the signalling statement: a session that became protected since is not signalled
+    guard = ex.guard_for(req.env)  # the access policy's
+    res = signal(ex.dbs, req.env, req.host, req.action, s.pid, s.backend_start, listed=s.model_dump(), guard=guard)
     outcome = SignalOutcome(status=OutcomeStatus(res.status), detail=res.detail, signalled=res.signalled)
     # every signal sent has an 'executed' entry (also a cancel/terminate that was sent but not yet
     # effective: not_done); a signal not sent is recorded by its reason (gone, moved, refused, …)

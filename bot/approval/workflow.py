@@ -131,7 +131,8 @@ class Workflow:
 
     @property
     def execution(self) -> Execution:
-        return Execution(self.config, self.store, self.dbs, self.events, self._audit_for_executor, self.durably)
+        return Execution(self.config, self.store, self.dbs, self.events, self._audit_for_executor, self.durably,
+                         guard=self.policy.guard)
 
     def _audit_for_executor(self, req: Request, event: str, actor: str | None, result: str | None) -> None:
         self.audit_durably(req, event, actor, result=result)
@@ -166,6 +167,9 @@ class Workflow:
             offered = target.actions  # a session token may name the actions it was drawn with
             if offered is not None and action not in offered:
                 return None, f"`{action}` is not what this button was issued for"
+            protected = self.policy.protected_target(stored.env, target)
+            if protected:
+                return None, protected
         elif kind is None or kind.target_kind == "session" or action not in getattr(target, "actions", ()):
             # bulk and database targets name the actions their token was issued for
             return None, f"`{action}` is not what this button was issued for"

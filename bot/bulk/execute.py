@@ -51,6 +51,7 @@ from bot.postgres.bulk import (
     terminate_batch,
 )
 from bot.postgres.pools import DatabaseUnavailable
+from bot.session_rules import protection
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,8 @@ def terminate_snapshot(
         ex.durably(f"{len(entries)} audit entries of request {req.id}",
                    lambda: ex.store.add_audit_many(entries), req.id)
 
+    # protect is re-checked in the statement that signals: a session that became protected is skipped
+    guard = ex.guard_for(req.env)  # the access policy's
     by_pid_start = {s.key: s for s in sessions}
     items = list(by_pid_start.items())
 
@@ -177,7 +180,7 @@ def terminate_snapshot(
             sc = _NEVER if s.changed_after_listing else as_datetime(s.state_change)
             args.append((pid, start, sc))
         try:
-            results = terminate_batch(conn, args, database, state_like)
+            results = terminate_batch(conn, args, database, state_like, guard)
         except psycopg.OperationalError as exc:
             tally.stopped = f"the connection to the server was lost ({_first_line(exc)})"
             not_attempted(batch)
@@ -189,7 +192,7 @@ def terminate_snapshot(
             results = []
             for i, arg in enumerate(args):
                 try:
-                    results += terminate_batch(conn, [arg], database, state_like)
+                    results += terminate_batch(conn, [arg], database, state_like, guard)
                 except psycopg.OperationalError as one_exc:
                     tally.stopped = f"the connection to the server was lost ({_first_line(one_exc)})"
                     not_attempted(batch[i:])
@@ -204,7 +207,9 @@ def terminate_snapshot(
         for row in results:
             key = (row.pid, row.backend_start)
             s = by_pid_start.get(key) or next((v for (p, _), v in batch if p == row.pid), SessionRef(pid=row.pid))
-            result, detail = verdict_detail(row, expected)
+            result, detail = verdict_detail(row, expected, protection(
+                guard.protect, user=row.user, application=row.application, database=row.database,
+                is_superuser=row.is_superuser))
             if result == "signal":
                 waiting[key] = s
             else:

@@ -37,10 +37,12 @@ class VerdictRow(Protocol):
     def signalled(self) -> bool | None: ...
 
 
-def verdict_detail(row: VerdictRow, expected: str | None) -> tuple[str, str]:
+def verdict_detail(row: VerdictRow, expected: str | None, protected: str | None = None) -> tuple[str, str]:
     """(result, sentence) for one session the terminate statement saw; result ``signal`` means it was
-    signalled and must now be watched until it ends."""
+    signalled and must now be watched until it ends. ``protected``: why the protect rules name it."""
     v = row.verdict
+    if v == "protected_rule":
+        return "skipped", f"{protected or 'protected (protect)'}: never terminated"
     if v == "gone":
         return "gone", "had already ended (or its pid now belongs to another backend): not touched"
     if v == "protected":

@@ -202,6 +202,7 @@ class BulkOffer:
     sessions: tuple[SessionRef, ...]
     refusal: str | None = None
     unsignalable: int = 0
+    protected: int = 0  # listed sessions of the category that ``protect`` leaves out of the offer
 
 
 def offer_for_listing(
@@ -224,9 +225,12 @@ def offer_for_listing(
     if category is None:
         return None
     env, host = listing.env, listing.host
-    chosen: list[Session] = [s for s in listing.sessions if in_category(s.state, category)]
+    listed: list[Session] = [s for s in listing.sessions if in_category(s.state, category)]
+    # protect: never offered, so never in the snapshot (the listing's rows say why)
+    chosen = [s for s in listed if not policy.protected(env, s)]
+    left_out = len(listed) - len(chosen)
     if not chosen:
-        return BulkOffer(category, None, ())
+        return BulkOffer(category, None, (), protected=left_out)
     too_many = policy.too_many(env, len(chosen))
     if too_many:
         return BulkOffer(
@@ -234,6 +238,7 @@ def offer_for_listing(
             None,
             tuple(SessionRef(pid=s.pid) for s in chosen),
             refusal=f"{too_many}: narrow the list with `--older`, `--user` or `--db`",
+            protected=left_out,
         )
     with dbs.connection(env, host, op="bulk_snapshot") as conn:
         exact = state_changes(conn, [(s.pid, s.backend_start) for s in chosen])
@@ -274,4 +279,5 @@ def offer_for_listing(
         sessions=tuple(sessions),
     )
     (token,) = store.put_targets(env, host, channel, user, [target])
-    return BulkOffer(category, token, tuple(sessions), unsignalable=sum(1 for s in chosen if s.cannot_signal))
+    return BulkOffer(category, token, tuple(sessions), unsignalable=sum(1 for s in chosen if s.cannot_signal),
+                     protected=left_out)

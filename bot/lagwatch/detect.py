@@ -7,7 +7,7 @@ environment's connect and statement timeouts).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -15,8 +15,10 @@ from datetime import UTC, datetime
 from bot.durations import format_duration
 from bot.lagwatch.model import Culprit, PrimaryView, Reason, StandbyLag, Unreachable
 from bot.postgres.lag import culprit_session, read_culprit_rows, read_replication, read_standby
+from bot.postgres.models import Session
 from bot.postgres.pools import Databases, DatabaseUnavailable
 from bot.postgres.relnames import name_lock_objects
+from bot.session_rules import is_ignored
 
 MAX_CULPRITS = 50  # lag_culprits.sql returns at most 50 rows
 
@@ -202,6 +204,14 @@ def measure_standby(
             culprit_rows = read_culprit_rows(
                 conn, row["startup_pid"], suspect_secs, max(environment.listing.query_chars * 2, 600)
             )
+    # ignore: a session it names is never named as a culprit nor offered buttons (the lag is still alerted:
+    # the standby is behind whoever holds it); the alert says how many were left out
+    ignored = 0
+    if culprit_rows and environment.ignore:
+        kept = [r for r in culprit_rows if not is_ignored(environment.ignore, app=r.get("application_name"),
+                                                          user=r.get("usename"), db=r.get("datname"),
+                                                          query=r.get("query"))]
+        ignored, culprit_rows = len(culprit_rows) - len(kept), kept
     if culprit_rows:  # relations of other databases by name, through those databases (bounded, cached)
         name_lock_objects(dbs.config, env, host, culprit_rows)
     culprits, suspects = pick_culprits(reason, culprit_rows, environment.redact_queries) if behind else ((), ())
@@ -236,7 +246,21 @@ def measure_standby(
         suspects=suspects,
         primary=view,
         server_version=row["server_version"],
+        ignored=ignored,
     )
+
+
+def mark_culprits(m: StandbyLag, mark: Callable[[list[Session]], list[Session]]) -> StandbyLag:
+    """``m`` with its culprits' and suspects' sessions passed through ``mark`` (the access policy's
+    :meth:`~bot.approval.policy.Policy.mark`: ``cannot_signal`` says why for protected sessions)."""
+    if not m.culprits and not m.suspects:
+        return m
+
+    def each(cs: tuple[Culprit, ...]) -> tuple[Culprit, ...]:
+        marked = mark([c.session for c in cs])
+        return tuple(replace(c, session=s) for c, s in zip(cs, marked, strict=True))
+
+    return replace(m, culprits=each(m.culprits), suspects=each(m.suspects))
 
 
 def measure_env(dbs: Databases, env: str) -> tuple[list[StandbyLag | Unreachable], str | None]:

@@ -113,6 +113,7 @@ class StandbyLag:
     server_version: str | None = None
     apply_delay_secs: float = 0.0  # recovery_min_apply_delay: lag the standby keeps on purpose
     receiver_silent_secs: float | None = None  # since the WAL receiver's last message from the primary
+    ignored: int = 0  # sessions that may hold replay back but match the environment's ``ignore`` (not named)
 
     @property
     def receiver(self) -> ReceiverFacts:

@@ -37,7 +37,7 @@ from bot.approval.targets import issue_details_tokens, issue_session_tokens, reu
 from bot.config import Config, Environment, LagAlert
 from bot.durations import format_duration
 from bot.lagwatch import rules
-from bot.lagwatch.detect import measure_standby, primary_views
+from bot.lagwatch.detect import mark_culprits, measure_standby, primary_views
 from bot.lagwatch.model import Culprit, PrimaryView, ReceiverFacts, StandbyLag
 from bot.lagwatch.rules import LAG, UNREACHABLE, Act, HostState
 from bot.metrics import CHECK_FAILURES, OPEN_INCIDENTS, REPLAY_LAG_BYTES, REPLAY_LAG_SECONDS
@@ -232,7 +232,9 @@ class LagWatcher:
         try:
             started = time.monotonic()
             try:
-                m = measure_standby(self.dbs, env, host, self._fresh_primary(env))
+                # the culprits as they may be offered (protect): the access policy marks them
+                m = mark_culprits(measure_standby(self.dbs, env, host, self._fresh_primary(env)),
+                                  lambda ss: self.policy.mark(env, ss))
             except DatabaseUnavailable as exc:
                 if self.is_leader():
                     self._hand_receiver(env, host, None)

@@ -20,6 +20,7 @@ from bot.postgres.models import (
 from bot.postgres.pools import Databases
 from bot.postgres.redact import redact
 from bot.postgres.sql import Conn, Row, query
+from bot.session_rules import is_ignored
 
 
 def server_info(conn: Conn) -> ServerInfo:
@@ -107,10 +108,9 @@ def list_sessions(dbs: Databases, env: str, host: str = "primary", filters: Filt
             rows = cur.fetchall()
         read_ms = (time.monotonic() - started) * 1000
         full = bool(getattr(conn, "pgs_reserved", False))
+    # ignore: never listed (the rule is bot.session_rules, matched on the text as read, before redaction)
     ignored = 0
     if environment.ignore:
-        from bot.watch.rules import is_ignored
-
         kept = []
         for r in rows:
             if is_ignored(environment.ignore, app=r["application_name"], user=r["usename"], db=r["datname"],

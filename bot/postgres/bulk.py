@@ -16,6 +16,7 @@ from psycopg.rows import dict_row
 
 from bot.postgres.models import cannot_signal_reason
 from bot.postgres.sql import Conn, query
+from bot.session_rules import SignalGuard
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,8 @@ class Connected:
     is_bot: bool
     is_superuser: bool
     cannot_signal: str | None
+    database: str | None = None
+    query: str = ""  # (first 1000 characters) only for matching the ignore rules: never shown
 
     @property
     def is_client(self) -> bool:
@@ -91,6 +94,8 @@ def connected_to(conn: Conn, database: str) -> list[Connected]:
             is_bot=bool(r["is_bot"]),
             is_superuser=bool(r["is_superuser"]),
             cannot_signal=cannot_signal_reason(r),
+            database=database,
+            query=r.get("query") or "",
         )
         for r in rows
     ]
@@ -128,6 +133,11 @@ class BatchRow:
     state_secs: float | None
     verdict: str
     signalled: bool | None
+    # who the session is now (for a 'protected_rule' verdict: which protect rule names it)
+    user: str | None = None
+    application: str | None = None
+    database: str | None = None
+    is_superuser: bool = False
 
 
 def terminate_batch(
@@ -135,8 +145,10 @@ def terminate_batch(
     batch: list[tuple[int, datetime, datetime | None]],
     database: str | None,
     state_like: str | None,
+    guard: SignalGuard,
 ) -> list[BatchRow]:
-    """Re-check and signal ``[(pid, backend_start, state_change or None), ...]`` in one statement."""
+    """Re-check and signal ``[(pid, backend_start, state_change or None), ...]`` in one statement
+    (``guard``: the protect rules, re-checked in it)."""
     rows = conn.execute(
         query("bulk_terminate"),
         {
@@ -145,9 +157,10 @@ def terminate_batch(
             "state_changes": [b[2] for b in batch],
             "database": database,
             "state_like": state_like,
+            **guard.params(),
         },
     ).fetchall()
-    return [BatchRow(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+    return [BatchRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9])) for r in rows]
 
 
 def still_present(conn: Conn, pairs: list[tuple[int, datetime]]) -> set[int]:

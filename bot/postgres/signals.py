@@ -20,6 +20,7 @@ from psycopg import errors as pgerrors
 from bot.postgres.models import AUTOVACUUM_WORKER
 from bot.postgres.pools import Databases, DatabaseUnavailable
 from bot.postgres.sql import Conn, query
+from bot.session_rules import OWN_STATE_REASON, SignalGuard, protection
 
 TERMINATE_WAIT_MS = 3000
 CANCEL_WAIT_S = 2.0
@@ -27,7 +28,7 @@ CANCEL_WAIT_S = 2.0
 
 @dataclass(frozen=True)
 class SignalResult:
-    status: str  # done | gone | moved | not_done | refused | unavailable
+    status: str  # done | gone | moved | not_done | refused (by PostgreSQL or by protect) | unavailable
     detail: str
     signalled: bool = False
 
@@ -97,6 +98,15 @@ def moved_on(pid: int, action: str, listed_state: str | None, now: Mapping[str, 
     )
 
 
+def protected_detail(pid: int, guard: SignalGuard, kind: str, facts: Any) -> str:
+    """Plain words for 'the statement found the session protected; nothing was signalled'."""
+    user, application, database, is_superuser = facts
+    why = OWN_STATE_REASON if kind == "own_state" else protection(
+        guard.protect, user=user, application=application, database=database, is_superuser=bool(is_superuser)
+    )
+    return f"nothing was signalled: pid {pid} is {why or 'protected (protect)'}"
+
+
 def _why_gone(conn: Conn, pid: int, backend_start: datetime) -> str:
     row = conn.execute(query("backend_by_pid"), {"pid": pid}).fetchone()
     if row is None:
@@ -121,35 +131,42 @@ def signal(
     pid: int,
     backend_start: str | datetime,
     listed: Mapping[str, Any] | None = None,
+    guard: SignalGuard | None = None,
 ) -> SignalResult:
     """Cancel or terminate ``pid`` if and only if it is still the backend that started at ``backend_start``
     and still doing what ``listed`` (the approved snapshot: state, query_start, xact_start, state_change)
-    says. Without ``listed`` nothing matches and nothing is signalled (fail closed)."""
+    says, and ``protect`` (``guard``, the environment's by default) does not name it now. Without
+    ``listed`` nothing matches and nothing is signalled (fail closed)."""
     started = _as_datetime(backend_start)
     if action not in ("cancel", "terminate"):
         raise ValueError(action)
     bound = binding_params(listed)
+    guard = guard or SignalGuard(dbs.config.protect_for(env))
+    guarded = guard.params()
     try:
         with dbs.connection(env, host) as conn:
             try:
                 if action == "cancel":
                     row = conn.execute(
                         query("signal_cancel"),
-                        {"pid": pid, "backend_start": started, "query_start": bound["query_start"]},
+                        {"pid": pid, "backend_start": started, "query_start": bound["query_start"], **guarded},
                     ).fetchone()
                 else:
                     row = conn.execute(
                         query("signal_terminate"),
-                        {"pid": pid, "backend_start": started, "timeout_ms": TERMINATE_WAIT_MS, **bound},
+                        {"pid": pid, "backend_start": started, "timeout_ms": TERMINATE_WAIT_MS, **bound, **guarded},
                     ).fetchone()
             except pgerrors.InsufficientPrivilege as exc:
                 first = str(exc).splitlines()[0]
                 return SignalResult("refused", f"PostgreSQL refused: {first}")
             if row is None:
                 return SignalResult("gone", _why_gone(conn, pid, started))
+            # the guard's five columns come last (protected, usename, application_name, datname, is_superuser)
+            if row[-5] is not None:
+                return SignalResult("refused", protected_detail(pid, guard, row[-5], row[-4:]))
             if row[2] != "signal":
                 now = dict(zip(("state", "query_start", "xact_start", "state_change",
-                                "query_secs", "xact_secs", "state_secs"), row[3:], strict=True))
+                                "query_secs", "xact_secs", "state_secs"), row[3:-5], strict=True))
                 return SignalResult("moved", moved_on(pid, action, bound["listed_state"], now, _again(env, host)))
             sent = bool(row[1])
             if action == "terminate":

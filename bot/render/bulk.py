@@ -122,8 +122,12 @@ def clear_db_message(
     block_why: str | None,
     terminate_why: str | None,
     allow_why: str | None = None,
+    ignored: int = 0,
 ) -> dict:
     """Who is connected to a database and the buttons that may empty it.
+
+    ``ignored``: how many of the client sessions the environment's ``ignore`` rules match (they are
+    included: clear-db empties the database, and says so).
 
     ``tokens`` maps each offered action to its token; ``*_why`` say why an action is not offered (mrkdwn
     written by the bot, with every database name in it already escaped)."""
@@ -156,6 +160,12 @@ def clear_db_message(
         notes.append(
             f":warning: {_plural(len(busy), 'session is', 'sessions are')} not idle ({state_counts(c.state for c in busy)}): "
             "terminating rolls back their open transactions."
+        )
+    if ignored:
+        notes.append(
+            f":see_no_evil: {ignored} of them {'matches' if ignored == 1 else 'match'} the environment's `ignore` "
+            "rules (hidden from listings and alerts); clear-db empties the database, so "
+            f"{'it is' if ignored == 1 else 'they are'} included."
         )
     blocked_out = [c for c in clients if c.cannot_signal]
     if blocked_out:
@@ -230,12 +240,14 @@ def clear_db_refused(text: str) -> dict:
 
 def bulk_offer_blocks(
     *, category: str, app: str, token: str | None, sessions: list[SessionRef], drawn: int,
-    refusal: str | None = None, unsignalable: int = 0, filters: str = "",
+    refusal: str | None = None, unsignalable: int = 0, filters: str = "", protected: int = 0,
 ) -> list[dict]:
     n = len(sessions)
     what = STATE_WORDS.get(category, category)
+    left_out = (f"{_plural(protected, 'listed session is', 'listed sessions are')} protected (`protect`) and "
+                "left out: never offered a signal") if protected else ""
     if not n:
-        return []
+        return [context(f":shield: *Terminate these N* is not offered: {left_out}.")] if protected else []
     if refusal or token is None:
         return [context(f":no_entry_sign: *Terminate these {n}* is not offered: {refusal or 'not available'}.")]
     beyond = n - min(drawn, n)
@@ -251,6 +263,8 @@ def bulk_offer_blocks(
     ]
     if unsignalable:
         notes.append(f"{_plural(unsignalable, 'of them', 'of them')} cannot be signalled by the bot's role and will be reported.")
+    if left_out:
+        notes.append(f":shield: {left_out}.")
     return [
         section(cut(text, 2900)),
         actions(f"bulk:{token}", button(f"Terminate these {n}", bulk_action_id(TERMINATE_BULK, token), token, style="danger")),

@@ -158,12 +158,24 @@ def _culprit_blocks(
 
 
 def culprit_heading(m: StandbyLag) -> str:
+    ignored = ignored_note(m)
     if m.culprits:
         n = len(m.culprits)
-        return f"*Holding replay back* ({n} session{'s' if n != 1 else ''}):"
+        return f"*Holding replay back* ({n} session{'s' if n != 1 else ''}):" + (f" {ignored}" if ignored else "")
     if m.suspects:
-        return "*No direct culprit found.* Longest-running transactions on the standby (suspects):"
+        return "*No direct culprit found.* Longest-running transactions on the standby (suspects):" + (
+            f" {ignored}" if ignored else "")
+    if ignored:
+        return f"_No session on the standby looks responsible_ besides those left out: {ignored}"
     return "_No session on the standby looks responsible._"
+
+
+def ignored_note(m: StandbyLag) -> str:
+    """How many sessions that may hold replay back are not named because the ``ignore`` rules match them."""
+    n = m.ignored
+    if not n:
+        return ""
+    return f"(:see_no_evil: {n} more {'matches' if n == 1 else 'match'} the environment's `ignore` rules, not shown)"
 
 
 def render_lag_alert(
@@ -370,7 +382,7 @@ def render_lag_listing(
     for r, sec in per_host:
         blocks.append(sec)
         reserve -= 1
-        if isinstance(r, StandbyLag) and r.behind and r.holding_back:
+        if isinstance(r, StandbyLag) and r.behind and (r.holding_back or r.ignored):
             budget = MAX_BLOCKS - len(blocks) - reserve
             if budget >= 3:
                 host_tokens = {pid: t for (h, pid), t in tokens.items() if h == r.host}

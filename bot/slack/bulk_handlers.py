@@ -64,7 +64,11 @@ def handle_clear_db(rt: Runtime, cmd: ClearDb, body: dict, respond) -> None:
     if refusal:
         respond(response_type="ephemeral", text=f":no_entry_sign: clear-db refuses {code(info.name)}: {refusal}.")
         return
+    # as they may be offered (protect: the access policy marks them; they stay in, reported as such)
+    connected = rt.policy.mark(cmd.env, connected)
     sessions = terminable(connected)
+    # clear-db empties a database: sessions the ignore rules match are included, and counted
+    _, ignored = rt.policy.without_ignored(cmd.env, sessions)
     terminate_why, block_why, allow_why = database_offers(rt.policy, cmd.env, info, sessions)
     tokens = issue_database_tokens(
         rt.store,
@@ -79,7 +83,8 @@ def handle_clear_db(rt: Runtime, cmd: ClearDb, body: dict, respond) -> None:
         offer_allow=allow_why is None and not info.allow_connections,
     )
     msg = clear_db_message(
-        cmd.env, info, connected, tokens=tokens, block_why=block_why, terminate_why=terminate_why, allow_why=allow_why
+        cmd.env, info, connected, tokens=tokens, block_why=block_why, terminate_why=terminate_why, allow_why=allow_why,
+        ignored=ignored,
     )
     post_message(rt.client, channel, msg, respond)
 
@@ -108,6 +113,7 @@ def listing_offer(rt: Runtime, cmd: ListSessions, listing: Listing, body: dict) 
         drawn=drawn,
         refusal=offer.refusal,
         unsignalable=offer.unsignalable,
+        protected=offer.protected,
         filters=cmd.filters.describe(),
     )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from slack_sdk.errors import SlackApiError
@@ -22,6 +23,7 @@ from bot.commands import ShowLocks
 from bot.postgres.details import read_details
 from bot.postgres.locks import build_forest, read_lock_graph
 from bot.postgres.pools import DatabaseUnavailable
+from bot.render.common import MAX_BLOCKS, context
 from bot.render.details import details_view, loading_view, message_view
 from bot.render.locks import render_locks, shown_pids
 from bot.slack.edge import Router, channel_of, guarded, post_message, tell
@@ -126,6 +128,8 @@ def _read_view(rt: Runtime, target: StoredTarget, user: str) -> dict:
     except Exception:
         log.exception("reading details of pid %s on %s/%s failed", pid, env, host)
         return message_view(pid, ":x: Something went wrong while reading this session; nothing was changed.")
+    if d.session is not None and not d.cannot_signal:  # protect: the access policy says why, if it applies
+        d = replace(d, cannot_signal=rt.policy.protected(env, d.session))
     disabled = rt.policy.signalling_off(env)
     kill_token = None
     if d.status == "ok" and d.session is not None and not disabled and not d.cannot_signal:
@@ -153,6 +157,10 @@ def handle_locks(rt: Runtime, cmd: ShowLocks, body: dict, respond: Any) -> None:
         log.warning("locks %s/%s failed: %s", cmd.env, cmd.host, exc.reason)
         respond(response_type="ephemeral", text=f":warning: Could not read the locks: {exc}")
         return
+    # every session of the trees is drawn, ignored or not (a lock tree without one of its links would
+    # misstate who waits for whom); protect marks what may not be offered a signal
+    graph = replace(graph, sessions=dict(zip(graph.sessions, rt.policy.mark(cmd.env, graph.sessions.values()),
+                                             strict=True)))
     forest = build_forest(graph.waits)
     pids = [p for p in shown_pids(forest) if p in graph.sessions]
     disabled = rt.policy.signalling_off(cmd.env)
@@ -163,6 +171,12 @@ def handle_locks(rt: Runtime, cmd: ShowLocks, body: dict, respond: Any) -> None:
         graph, forest, kill_tokens=kill_tokens, details_tokens=details_tokens, kill_disabled=disabled,
         query_chars=min(environment.listing.query_chars, 300),
     )
+    ignored = sum(1 for p in pids if rt.policy.ignored(cmd.env, graph.sessions[p]))
+    if ignored and len(msg.get("blocks") or []) < MAX_BLOCKS:
+        msg["blocks"].append(context(
+            f":see_no_evil: {ignored} of the sessions drawn {'matches' if ignored == 1 else 'match'} the environment's "
+            "`ignore` rules: lock trees draw them anyway, so that the chain of waits stays whole."
+        ))
     post_message(rt.client, channel, msg, respond)
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.approval.targets import issue_details_tokens, issue_session_tokens
 from bot.commands import ShowLag
-from bot.lagwatch.detect import measure_env
+from bot.lagwatch.detect import mark_culprits, measure_env
 from bot.lagwatch.model import StandbyLag, Unreachable
 from bot.render.common import esc
 from bot.render.lag import MAX_CULPRITS_SHOWN, render_lag_listing
@@ -34,7 +34,10 @@ def handle_lag(rt: Runtime, cmd: ShowLag, body: dict, respond: Any) -> None:
         return
     channel = body.get("channel_id")
     user = body.get("user_id")
-    results, primary_error = measure_env(rt.dbs, cmd.env)
+    measured, primary_error = measure_env(rt.dbs, cmd.env)
+    # the culprits as they may be offered (protect): the access policy marks them
+    results = [mark_culprits(r, lambda ss: rt.policy.mark(cmd.env, ss)) if isinstance(r, StandbyLag) else r
+               for r in measured]
     if results and all(isinstance(r, Unreachable) for r in results):
         reasons = "\n".join(f"• `{r.host}`: {esc(r.reason)}" for r in results)
         log.warning("lag of %s: no standby answered", cmd.env)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -35,7 +36,9 @@ def make_handle_list(extras: list[ListingExtra]):
         channel = body.get("channel_id")
         user = body.get("user_id")
         try:
-            listing: Listing = list_sessions(rt.dbs, cmd.env, cmd.host, cmd.filters)
+            read = list_sessions(rt.dbs, cmd.env, cmd.host, cmd.filters)
+            # the sessions as they may be offered (protect): the access policy marks them
+            listing: Listing = replace(read, sessions=tuple(rt.policy.mark(cmd.env, read.sessions)))
         except DatabaseUnavailable as exc:
             log.warning("listing %s/%s failed: %s", cmd.env, cmd.host, exc.reason)
             respond(response_type="ephemeral", text=f":warning: Could not list sessions: {exc}")

@@ -445,6 +445,25 @@ class StateStore:
 
     # --- the state database itself ------------------------------------------------------------------
 
+    def own_connection(self) -> tuple[str, str, str] | None:
+        """(role, database, application_name) of this store's PostgreSQL connections, or None for SQLite:
+        how they look in ``pg_stat_activity``, so that no path signals them (read once, then kept).
+
+        Raises if the state database cannot be asked."""
+        if self.is_sqlite:
+            return None
+        cached: tuple[str, str, str] | None = getattr(self, "_own_connection", None)
+        if cached is None:
+            with self.read() as c:
+                row = c.exec_driver_sql(
+                    "SELECT current_user::text, current_database()::text, current_setting('application_name')"
+                ).first()
+            if row is None:
+                return None
+            cached = (str(row[0]), str(row[1]), str(row[2]))
+            self._own_connection = cached
+        return cached
+
     def server_identity(self) -> tuple[str, str, str] | None:
         """(postmaster start, port, database) of a PostgreSQL state database, or None for SQLite.
 

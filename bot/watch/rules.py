@@ -13,13 +13,13 @@ No clock, no database, no Slack here: every input is an argument, so the rules h
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import cache
 
+from bot import session_rules
 from bot.config import Environment, IgnoreRule, Watch
+from bot.session_rules import is_ignored, rule_matches  # noqa: F401 - re-exported
 from bot.watch.model import (
     CONNECTIONS,
     HOST_UNREACHABLE,
@@ -37,34 +37,11 @@ MAX_SHOWN = 10  # sessions drawn with buttons in one alert
 TOP = 5  # entries of each connections breakdown
 
 
-# --- ignore ---------------------------------------------------------------------------------------
-
-
-@cache
-def _compiled(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
-
-
-def rule_matches(rule: IgnoreRule, *, app: str | None, user: str | None, db: str | None, query: str | None) -> bool:
-    """Every key the rule gives must match (``query`` is searched, as a regular expression)."""
-    if rule.app is not None and (app or "") != rule.app:
-        return False
-    if rule.user is not None and (user or "") != rule.user:
-        return False
-    if rule.db is not None and (db or "") != rule.db:
-        return False
-    if rule.query is not None and not _compiled(rule.query).search(query or ""):
-        return False
-    return True
-
-
-def is_ignored(rules: Sequence[IgnoreRule], *, app: str | None, user: str | None, db: str | None,
-               query: str | None) -> bool:
-    return any(rule_matches(r, app=app, user=user, db=db, query=query) for r in rules)
+# --- ignore (the one matching is bot.session_rules) -------------------------------------------------
 
 
 def ignored_session(rules: Sequence[IgnoreRule], s: WatchSession) -> bool:
-    return bool(rules) and is_ignored(rules, app=s.application, user=s.user, db=s.database, query=s.query)
+    return session_rules.ignored(rules, s)
 
 
 # --- conditions -----------------------------------------------------------------------------------

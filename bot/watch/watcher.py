@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from bot.approval.models import BulkTarget
@@ -61,12 +62,6 @@ from bot.watch.reads import SharedReads
 log = logging.getLogger(__name__)
 
 CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
-
-
-def kill_disabled_reason(environment: Environment, env: str) -> str | None:
-    if not environment.access.allow_kill:
-        return f"signalling is turned off for `{env}` (access.allow_kill: false)"
-    return None
 
 
 class HostState:
@@ -217,6 +212,8 @@ class Watcher:
         environment = self.envs[snap.env]
         w = self.watches[snap.env]
         st.failures = 0
+        # the sessions as they may be offered (protect): the access policy marks them, per environment
+        snap = replace(snap, sessions=tuple(self.rt.policy.mark(snap.env, snap.sessions)))
         found = rules.conditions(snap, w, environment.ignore, max_bulk=environment.access.max_bulk, clock=st.clock)
         self._move(snap, st, found, w)
 
@@ -327,7 +324,7 @@ class Watcher:
         still doing what the token's snapshot says: :func:`bot.approval.targets.reusable_token`)."""
         known: dict = dict(inc.payload.get("tokens") or {})
         environment = self.envs[inc.env]
-        if kill_disabled_reason(environment, inc.env):
+        if self.rt.policy.signalling_off(inc.env):
             return {}, known
         out: dict[int, str] = {}
         fresh = []
@@ -379,7 +376,7 @@ class Watcher:
 
     def _bulk(self, inc: Incident, cond: rules.Condition, channel: str) -> tuple[str | None, list[dict], dict]:
         """The connections alert's *Terminate these N*: a bulk target covering exactly the idle sessions shown."""
-        if cond.kind != CONNECTIONS or not cond.bulk or kill_disabled_reason(self.envs[inc.env], inc.env):
+        if cond.kind != CONNECTIONS or not cond.bulk or self.rt.policy.signalling_off(inc.env):
             return None, [], {}
         sessions = [
             {
@@ -389,7 +386,10 @@ class Watcher:
                 "state_secs": s.state_secs, "cannot_signal": s.cannot_signal,
             }
             for s in cond.bulk
+            if not self.rt.policy.protected(inc.env, s)  # protect: never offered, so never in the snapshot
         ]
+        if not sessions:
+            return None, [], {}
         ident = ",".join(sorted(x["pid"].__str__() + "@" + str(x["backend_start"]) for x in sessions))
         prev = inc.payload.get("bulk") or {}
         if prev.get("ident") == ident and prev.get("channel") == channel and prev.get("token"):
@@ -412,7 +412,7 @@ class Watcher:
         msg = render.render_alert(
             inc.kind, inc.env, inc.host, cond.facts, incident_id=inc.id, opened_at=inc.opened_at, now=time.time(),
             tokens=tokens, details_tokens=details, bulk_token=bulk_token, bulk_sessions=bulk_sessions,
-            kill_disabled=kill_disabled_reason(environment, inc.env), ack=ack,
+            kill_disabled=self.rt.policy.signalling_off(inc.env), ack=ack,
             query_chars=environment.listing.query_chars, remind_every=w.remind_every,
         )
         payload = {**inc.payload, "facts": cond.facts, "tokens": known, "bulk": bulk or inc.payload.get("bulk"),

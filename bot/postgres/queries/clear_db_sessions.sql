@@ -19,6 +19,7 @@ SELECT a.pid,
        a.application_name,
        host(a.client_addr)                                   AS client_addr,
        a.state,
+       left(a.query, 1000)                                   AS query,  -- for the ignore rules' query patterns
        a.xact_start IS NOT NULL                              AS in_transaction,
        extract(epoch FROM now() - a.backend_start)::float8   AS conn_secs,
        extract(epoch FROM now() - a.state_change)::float8    AS state_secs,

@@ -9,7 +9,31 @@
 --
 -- No row: the backend is gone (or is not one the bot may touch). verdict 'moved': nothing is signalled.
 -- Parameters: pid, backend_start, listed_state, query_start, xact_start, state_change, timeout_ms.
-WITH checked AS (
+--
+-- protect (issue 23 §11), re-checked here so that a session that became protected after it was shown is
+-- never signalled: guarded.protected is 'own_state' (the bot's own state-store connection: own_user,
+-- own_db, own_app), 'superuser' (protect_superusers and the role is a superuser), 'role', 'application'
+-- or 'database' (in protect_roles / protect_apps / protect_dbs), else NULL.
+-- Guard parameters: protect_superusers, protect_roles, protect_apps, protect_dbs, own_user, own_db, own_app.
+WITH guarded AS (
+    SELECT a.pid, a.usename, a.application_name, a.datname, coalesce(r.rolsuper, false) AS is_superuser,
+           CASE
+               WHEN %(own_user)s::text IS NOT NULL AND a.usename = %(own_user)s::text
+                    AND a.datname = %(own_db)s::text AND a.application_name = %(own_app)s::text
+                   THEN 'own_state'
+               -- a non-superuser bot role cannot signal a superuser anyway: PostgreSQL says so itself
+               WHEN %(protect_superusers)s::boolean AND coalesce(r.rolsuper, false)
+                    AND coalesce((SELECT me.rolsuper FROM pg_roles me WHERE me.rolname = current_user), false)
+                   THEN 'superuser'
+               WHEN a.usename = ANY (%(protect_roles)s::text[]) THEN 'role'
+               WHEN a.application_name = ANY (%(protect_apps)s::text[]) THEN 'application'
+               WHEN a.datname = ANY (%(protect_dbs)s::text[]) THEN 'database'
+           END AS protected
+      FROM pg_stat_activity a
+      LEFT JOIN pg_roles r ON r.oid = a.usesysid
+     WHERE a.pid = %(pid)s AND a.backend_start = %(backend_start)s
+),
+checked AS (
     SELECT a.pid, a.state, a.query_start, a.xact_start, a.state_change,
            CASE
                WHEN %(listed_state)s::text LIKE 'idle in transaction%%'
@@ -31,9 +55,10 @@ WITH checked AS (
        AND NOT (a.usename = current_user AND a.application_name LIKE 'pgsessions%%')
 )
 SELECT c.pid,
-       CASE WHEN c.verdict = 'signal' THEN pg_terminate_backend(c.pid, %(timeout_ms)s) END AS signalled,
+       CASE WHEN c.verdict = 'signal' AND g.protected IS NULL THEN pg_terminate_backend(c.pid, %(timeout_ms)s) END AS signalled,
        c.verdict, c.state, c.query_start, c.xact_start, c.state_change,
        extract(epoch FROM now() - c.query_start)::float8 AS query_secs,
        extract(epoch FROM now() - c.xact_start)::float8 AS xact_secs,
-       extract(epoch FROM now() - c.state_change)::float8 AS state_secs
-  FROM checked c
+       extract(epoch FROM now() - c.state_change)::float8 AS state_secs,
+       g.protected, g.usename, g.application_name, g.datname, g.is_superuser
+  FROM checked c LEFT JOIN guarded g ON g.pid = c.pid
