@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from psycopg.rows import dict_row
 
 from bot.config import Environment
+from bot.postgres import pgbouncer
 from bot.postgres.models import Category, Filters, Listing, ServerInfo, Session, cannot_signal_reason
 from bot.postgres.pools import Databases
 from bot.postgres.redact import redact
@@ -61,6 +62,7 @@ def _session(row: Row, redact_queries: bool = False) -> Session:
         query_start=row.get("query_start"),
         xact_start=row.get("xact_start"),
         state_change=row.get("state_change"),
+        client_port=row.get("client_port"),
     )
 
 
@@ -90,6 +92,7 @@ def list_sessions(dbs: Databases, env: str, host: str = "primary", filters: Filt
         "db": filters.database,
         "query_chars": max(environment.listing.query_chars * 2, 600),
     }
+    pooler_reads = pgbouncer.start_reads(dbs.config, env, host)  # beside the database read, each bounded
     with dbs.connection(env, host, op="list_sessions") as conn:
         started = time.monotonic()
         info = server_info(conn)
@@ -110,8 +113,11 @@ def list_sessions(dbs: Databases, env: str, host: str = "primary", filters: Filt
             else:
                 kept.append(r)
         rows = kept
-    sessions = sorted((_session(r, environment.redact_queries) for r in rows), key=lambda s: s.sort_key)
+    poolers = pgbouncer.collect(pooler_reads)
+    annotated = pgbouncer.annotate((_session(r, environment.redact_queries) for r in rows), poolers)
+    sessions = sorted(annotated, key=lambda s: s.sort_key)
     return Listing(
         env=env, host=host, server=info, sessions=tuple(sessions), filters=filters, thresholds=thresholds,
         read_at=datetime.now(UTC), read_ms=read_ms, out_of_connections=full, ignored=ignored,
+        poolers=tuple(p.note() for p in poolers),
     )

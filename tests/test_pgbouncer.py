@@ -1,0 +1,201 @@
+"""Issue 25: listings through PgBouncer, real PgBouncer (Debian's 1.18 and a 1.24 built from source) in
+front of the real test primary, driven through signed Slack requests against the fake Slack."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from tests.harness.bot import BotUnderTest, env_config
+from tests.harness.fake_slack import FakeSlack
+from tests.harness.flows import find_button, post_listing
+from tests.harness.pgbouncer import Bouncer, start_pgbouncer
+
+BUILDS = ("old", "new")
+MODES = ("session", "transaction")
+
+
+def text_of(msg) -> str:
+    return json.dumps(msg.blocks) + (msg.text or "")
+
+
+def sections(msg) -> dict[int, str]:
+    """pid -> the section drawn for it."""
+    out = {}
+    for b in msg.blocks or []:
+        if b.get("type") == "section":
+            t = b["text"]["text"]
+            if t.startswith(":") and "*pid " in t:
+                out[int(t.split("*pid ", 1)[1].split("*", 1)[0])] = t
+    return out
+
+
+def local_port(conn: psycopg.Connection) -> int:
+    s = socket.fromfd(conn.pgconn.socket, socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
+def server_pid_of(bouncer: Bouncer, app: str) -> int:
+    """The backend pid of the server connection linked to the client with this application name (PgBouncer
+    shows non-ASCII characters as '?': compared up to the first of them)."""
+    clients = {c["ptr"]: c for c in bouncer.admin("SHOW CLIENTS")}
+    ascii_part = app.encode("ascii", "replace").decode().split("?", 1)[0]
+    for s in bouncer.admin("SHOW SERVERS"):
+        if s["link"] and str(clients.get(s["link"], {}).get("application_name", "")).startswith(ascii_part):
+            return int(s["remote_pid"])
+    raise AssertionError(f"no server linked to a client {app!r}: {bouncer.admin('SHOW SERVERS')}")
+
+
+def pooler_config(bouncers: dict[str, Bouncer], **timeouts: str) -> dict:
+    return {name: {"dsn": b.admin_dsn(), **({"timeouts": timeouts} if timeouts else {})}
+            for name, b in bouncers.items()}
+
+
+@pytest.fixture(scope="module")
+def bouncers(pg) -> Iterator[dict[tuple[str, str], Bouncer]]:
+    started: dict[tuple[str, str], Bouncer] = {}
+    try:
+        for build in BUILDS:
+            for mode in MODES:
+                started[(build, mode)] = start_pgbouncer(pg.primary, build, pool_mode=mode, pool_size=3)
+        yield started
+    finally:
+        for b in started.values():
+            b.stop()
+
+
+@pytest.fixture
+def clients() -> Iterator[list[psycopg.Connection]]:
+    conns: list[psycopg.Connection] = []
+    yield conns
+    for c in conns:
+        try:
+            c.close()
+        except Exception:
+            pass
+
+
+@pytest.fixture(scope="module")
+def bot(pg, bouncers) -> Iterator[BotUnderTest]:
+    fake = FakeSlack(token="xoxb-test").start()
+    poolers = pooler_config({f"{build}-{mode}": b for (build, mode), b in bouncers.items()})
+    config = {"environments": {"prod": env_config(pg, poolers=poolers)}}
+    b = BotUnderTest(config, fake).start()
+    try:
+        yield b
+    finally:
+        b.close()
+        fake.stop()
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("mode", MODES)
+def test_client_idle_in_transaction_is_named_through_the_pooler(bot, bouncers, clients, build, mode):
+    bouncer = bouncers[(build, mode)]
+    app = f"billing-{build}-{mode}"
+    c = bouncer.connect(application_name=app)
+    clients.append(c)
+    c.execute("BEGIN")
+    c.execute("SELECT 1")
+    pid = server_pid_of(bouncer, app)
+    msg = post_listing(bot, "prod idle-tx --min 0s")
+    drawn = sections(msg)
+    assert pid in drawn, f"pid {pid} not listed: {text_of(msg)[:1500]}"
+    row = drawn[pid]
+    assert f"via pooler `{build}-{mode}`" in row
+    assert "pool `app_user/appdb`" in row
+    assert f"{mode} pooling" in row
+    assert f"client `127.0.0.1:{local_port(c)}`" in row
+    assert f"app `{app.replace('-', '-')}`" in row
+    if build == "old":
+        assert "has no `KILL_CLIENT`" in row  # the row says why Disconnect client is not offered
+    else:
+        assert "KILL_CLIENT" not in row
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_idle_pool_members_are_counted_not_listed_and_not_swept(bot, pg, bouncers, clients, build):
+    bouncer = bouncers[(build, "transaction")]
+    app = f"sweepapp-{build}"
+    # a client whose transaction ended: its server connection went back to the pool, still carrying the
+    # client's application_name on the server
+    pooled = bouncer.connect(application_name=app)
+    clients.append(pooled)
+    pooled.execute("SELECT 1")
+    members = [int(s["remote_pid"]) for s in bouncer.admin("SHOW SERVERS") if not s["link"]]
+    assert members, bouncer.admin("SHOW SERVERS")
+    member_apps = {r[0]: r[1] for r in pg.primary.sql(
+        "SELECT pid, application_name FROM pg_stat_activity WHERE pid = ANY(%s)", (members,)) or []}
+    member = next(p for p in members if member_apps.get(p) == app)
+    # a direct application connection, idle, with the same application name: a real leak candidate
+    direct = pg.primary.connect(user="app_user", dbname="appdb", application_name=app)
+    clients.append(direct)
+    direct.execute("SELECT 1")
+    direct_pid = direct.info.backend_pid
+    msg = post_listing(bot, f"prod idle --app {app} --min 0s")
+    drawn = sections(msg)
+    assert direct_pid in drawn, text_of(msg)[:1500]
+    assert member not in drawn, f"pool member {member} listed as an idle application connection"
+    assert f"pooler `{build}-transaction`" in text_of(msg)
+    assert "idle in pool `app_user/appdb`" in text_of(msg)
+    # the sweep (Terminate these N) covers the direct connection only
+    button = find_button(msg, "Terminate these 1")
+    assert button is not None, text_of(msg)[:2000]
+    assert f"pid {member}" not in text_of(msg)
+    counts = msg.blocks[1]["text"]["text"]
+    assert ":zzz: 1 idle" in counts, counts
+
+
+def test_hung_pooler_costs_one_line_not_the_listing(pg, bouncers, clients, fake_slack):
+    live = bouncers[("new", "session")]
+    hung = start_pgbouncer(pg.primary, "old", pool_mode="session", pool_size=2)
+    try:
+        poolers = {
+            "live": {"dsn": live.admin_dsn(), "timeouts": {"connect": "2s", "statement": "1s"}},
+            "hung": {"dsn": hung.admin_dsn(), "timeouts": {"connect": "2s", "statement": "1s"}},
+        }
+        config = {"environments": {"prod": env_config(pg, poolers=poolers)}}
+        with BotUnderTest(config, fake_slack) as bot:
+            c = live.connect(application_name="through-live")
+            clients.append(c)
+            c.execute("BEGIN")
+            c.execute("SELECT 1")
+            pid = server_pid_of(live, "through-live")
+            hung.pause()
+            started = time.monotonic()
+            msg = post_listing(bot, "prod idle-tx --min 0s", timeout=20)
+            elapsed = time.monotonic() - started
+            text = text_of(msg)
+            assert "pooler `hung` was not read" in text, text[:1500]
+            assert "via pooler `live`" in sections(msg)[pid]
+            # the hung pooler's deadline is 2 s + 1 s (+0.3 s margin); the listing waits for nothing else
+            assert elapsed < 3.3 + 2.5, elapsed
+    finally:
+        hung.stop()
+
+
+HOSTILE = "<!channel> *b* `tick` <https://e.x|c> \u202eevil"  # within 63 bytes: PostgreSQL keeps it whole
+
+
+def test_hostile_application_name_through_the_pooler(bot, bouncers, clients):
+    bouncer = bouncers[("new", "transaction")]
+    c = bouncer.connect(application_name=HOSTILE)
+    clients.append(c)
+    c.execute("BEGIN")
+    c.execute("SELECT 1")
+    pid = server_pid_of(bouncer, HOSTILE)
+    msg = post_listing(bot, "prod idle-tx --min 0s")
+    row = sections(msg)[pid]
+    assert "<!channel>" not in row and "<https://" not in row
+    assert "&lt;!channel&gt;" in row
+    assert "\u202e" not in row  # (PgBouncer itself passes it on as '?')
+    assert row.count("&lt;!channel&gt;") == 2, row  # PostgreSQL's application_name and the pooler's client
+    assert "`tick`" not in row
