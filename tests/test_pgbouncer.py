@@ -3,14 +3,21 @@ front of the real test primary, driven through signed Slack requests against the
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 
+from bot.cli import build_parser
 from tests.harness.bot import BotUnderTest, env_config
 from tests.harness.fake_slack import FakeSlack
 from tests.harness.flows import find_button, post_listing
@@ -199,3 +206,37 @@ def test_hostile_application_name_through_the_pooler(bot, bouncers, clients):
     assert "\u202e" not in row  # (PgBouncer itself passes it on as '?')
     assert row.count("&lt;!channel&gt;") == 2, row  # PostgreSQL's application_name and the pooler's client
     assert "`tick`" not in row
+
+
+def test_check_reports_each_poolers_version_and_features(pg, bouncers, tmp_path, monkeypatch):
+    monkeypatch.delenv("SLACK_BOT_TOKEN", raising=False)
+    old, new = bouncers[("old", "session")], bouncers[("new", "session")]
+    poolers = {"pgb-old": {"dsn": old.admin_dsn()}, "pgb-new": {"dsn": new.admin_dsn()},
+               "pgb-down": {"dsn": f"host=127.0.0.1 port={_closed_port()} dbname=pgbouncer user=pgsessions_bot",
+                            "timeouts": {"connect": "1s", "statement": "1s"}}}
+    config = {"state": f"sqlite:///{tmp_path / 'state.db'}",
+              "environments": {"prod": env_config(pg, poolers=poolers)}}
+    path = tmp_path / "pgsessions.yml"
+    path.write_text(yaml.safe_dump(config))
+    args = build_parser().parse_args(["check", "--config", str(path), "--json", "--no-slack"])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = args.func(args)
+    report = {p["name"]: p for p in json.loads(out.getvalue())["poolers"]}
+    assert code == 1  # the pooler that does not answer fails the check
+    assert report["pgb-old"]["version"] == "1.18.0" and report["pgb-old"]["status"] == "warn"
+    assert not any("KILL_CLIENT (Disconnect" in f for f in report["pgb-old"]["features"])
+    assert any("has no KILL_CLIENT" in f["message"] for f in report["pgb-old"]["findings"])
+    assert report["pgb-new"]["version"] == "1.24.1"
+    assert any("KILL_CLIENT (Disconnect" in f for f in report["pgb-new"]["features"])
+    assert any("CVE-2026-6667" in f["message"] for f in report["pgb-new"]["findings"])
+    assert report["pgb-down"]["status"] == "fail"
+    text = subprocess.run([str(Path(sys.executable).with_name("pgsessions")), "check", "--config", str(path),
+                           "--no-slack"], capture_output=True, text=True, timeout=60).stdout
+    assert "PGBOUNCER" in text and "1.24.1" in text and "pooler pgb-down: reachable" in text, text
+
+
+def _closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
