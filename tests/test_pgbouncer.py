@@ -22,6 +22,7 @@ from tests.harness.bot import BotUnderTest, env_config
 from tests.harness.fake_slack import FakeSlack
 from tests.harness.flows import find_button, post_listing
 from tests.harness.pgbouncer import Bouncer, start_pgbouncer
+from tests.test_details import click_details, view_text
 
 BUILDS = ("old", "new")
 MODES = ("session", "transaction")
@@ -240,3 +241,25 @@ def _closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_details_show_the_poolers_view(bot, bouncers, clients, build):
+    bouncer = bouncers[(build, "transaction")]
+    app = f"details-{build}"
+    c = bouncer.connect(application_name=app)
+    clients.append(c)
+    c.execute("BEGIN")
+    c.execute("SELECT 1")
+    pid = server_pid_of(bouncer, app)
+    msg = post_listing(bot, f"prod idle-tx --app {app} --min 0s")
+    text = view_text(click_details(bot, msg, pid))
+    assert "*Pooler*" in text, text[:2000]
+    assert f"pooler `{build}-transaction`" in text and "pool `app_user/appdb`" in text
+    assert "transaction pooling" in text
+    assert f"address `127.0.0.1:{local_port(c)}`" in text and f"app `{app}`" in text
+    assert "waited for a server" in text
+    if build == "old":
+        assert "has no `KILL_CLIENT`" in text
+    else:
+        assert "Disconnect client ends that client only" in text

@@ -27,6 +27,7 @@ from bot.render.common import (
     section,
     slack_time,
 )
+from bot.render.pooler import details_pooler_section
 
 MAX_MODAL_BLOCKS = 100
 QUERY_BLOCKS = 4
@@ -157,6 +158,9 @@ def details_view(d: Details, kill_token: str | None, kill_disabled: str | None =
         f"db {code(r['datname']) if r.get('datname') else '–'}",
     ]
     blocks.append(section("*Client*\n" + " · ".join(client)))
+    pooled = details_pooler_section(s, d.poolers)
+    if pooled:
+        blocks.append(section(cut(pooled, SECTION_TEXT)))
     leader, workers = r.get("leader_pid"), list(r.get("worker_pids") or [])
     text = ""
     if leader is not None and leader != d.pid:

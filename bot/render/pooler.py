@@ -85,3 +85,38 @@ def pooler_notes_text(notes: Iterable[PoolerNote]) -> str | None:
         lines.append(f":link: pooler {code(n.name)} (PgBouncer {version_text(n.version)}): "
                      + (members if members else "no idle pool members"))
     return "\n".join(lines) if lines else None
+
+
+def details_pooler_section(s: Session, notes: Iterable[PoolerNote] = ()) -> str | None:
+    """The Details modal's *Pooler* part: pool, pool mode, the linked client and its wait time."""
+    lines = []
+    via = s.via
+    if via is not None:
+        lines.append(f"opened by pooler {code(via.pooler)} (PgBouncer {version_text(via.version)}) for pool "
+                     f"{code(via.pool)}, {mode_word(via.pool_mode)}")
+        c = via.client
+        if c is None:
+            lines.append("no client linked: an idle member of the pool, not an application's connection")
+        else:
+            client = [
+                f"address {code(client_address(c))}",
+                f"app {code(c.application) if c.application else '–'}",
+                f"user {code(c.user)}",
+                f"db {code(c.database)}",
+            ]
+            if c.id is not None:
+                client.append(f"client id {c.id}")
+            lines.append("linked client: " + " · ".join(client))
+            linked = linked_secs(s)
+            lines.append(f"linked {format_duration(linked) if linked is not None else '?'} · client state "
+                         f"{code(c.state)} · waited for a server {format_duration(c.wait_secs)}")
+            why = via.kill_client_refusal
+            if why:
+                lines.append(f":information_source: {why}")
+            elif via.pool_mode != "session":
+                lines.append("Terminate ends this server connection, and with it the transaction of the client "
+                             "linked now; Disconnect client ends that client only.")
+    for n in notes:
+        if n.error is not None:
+            lines.append(f":warning: pooler {code(n.name)} was not read: {esc(n.error)}")
+    return "*Pooler*\n" + "\n".join(lines) if lines else None
