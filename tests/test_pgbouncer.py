@@ -9,6 +9,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.harness.bot import BotUnderTest, env_config
 from tests.harness.fake_slack import FakeSlack
 from tests.harness.flows import find_button, post_listing
 from tests.harness.pgbouncer import Bouncer, start_pgbouncer
+from tests.harness.waiting import wait_until
 from tests.test_details import click_details, view_text
 
 BUILDS = ("old", "new")
@@ -263,3 +265,64 @@ def test_details_show_the_poolers_view(bot, bouncers, clients, build):
         assert "has no `KILL_CLIENT`" in text
     else:
         assert "Disconnect client ends that client only" in text
+
+
+class WaitingPool:
+    """A transaction-pooling PgBouncer with one server connection, held by a client idle in transaction
+    (``holder``), and a client waiting for it."""
+
+    def __init__(self, pg, build: str = "new", holder_app: str = "billing"):
+        self.bouncer = start_pgbouncer(pg.primary, build, pool_mode="transaction", pool_size=1)
+        self.holder = self.bouncer.connect(application_name=holder_app)
+        self.holder.execute("BEGIN")
+        self.holder.execute("SELECT 1")
+        self.holder_pid = server_pid_of(self.bouncer, holder_app)
+        self.waiter = self.bouncer.connect(application_name="waiter")
+        self._thread = threading.Thread(target=self._wait, daemon=True)
+        self._thread.start()
+        wait_until(lambda: any(p["cl_waiting"] for p in self.bouncer.admin("SHOW POOLS")), 10, "a waiting client")
+
+    def _wait(self) -> None:
+        try:
+            self.waiter.execute("SELECT 1")
+        except psycopg.Error:
+            pass
+
+    def close(self, pg) -> None:
+        pg.primary.sql("SELECT pg_terminate_backend(%s)", (self.holder_pid,))
+        self._thread.join(10)
+        for c in (self.holder, self.waiter):
+            try:
+                c.close()
+            except Exception:
+                pass
+        self.bouncer.stop()
+
+
+@pytest.fixture
+def waiting_pool(pg) -> Iterator[WaitingPool]:
+    wp = WaitingPool(pg)
+    try:
+        yield wp
+    finally:
+        wp.close(pg)
+
+
+def test_pool_command_shows_waiting_pools_worst_first_with_their_holders(pg, bouncers, waiting_pool, fake_slack):
+    poolers = {"busy": {"dsn": waiting_pool.bouncer.admin_dsn()},
+               "calm": {"dsn": bouncers[("old", "session")].admin_dsn()}}
+    config = {"environments": {"prod": env_config(pg, poolers=poolers)}}
+    with BotUnderTest(config, fake_slack) as bot:
+        msg = post_listing(bot, "prod pool")
+        text = text_of(msg)
+        pools = [b["text"]["text"] for b in msg.blocks if b.get("type") == "section" and "· pooler `" in b["text"]["text"]]
+        assert pools and "pooler `busy`" in pools[0], pools  # the waiting pool first
+        assert "*1 waiting*" in pools[0] and "transaction pooling" in pools[0] and "pool size 1" in pools[0]
+        assert "*Holding pool `app_user/appdb`*" in text
+        assert waiting_pool.holder_pid in sections(msg)
+        assert find_button(msg, f"Terminate {waiting_pool.holder_pid}") is not None
+        assert find_button(msg, f"Details {waiting_pool.holder_pid}") is not None
+        # a host without poolers says how to configure one
+        reply = bot.command("prod replica1 pool")
+        assert reply.status == 200
+        assert "has no PgBouncer configured" in reply.body + json.dumps([r.text for r in fake_slack.responses])

@@ -77,7 +77,11 @@ def thresholds_for(environment: Environment, filters: Filters) -> dict[str, floa
     }
 
 
-def list_sessions(dbs: Databases, env: str, host: str = "primary", filters: Filters | None = None) -> Listing:
+def list_sessions(
+    dbs: Databases, env: str, host: str = "primary", filters: Filters | None = None,
+    poolers: tuple[pgbouncer.PoolerRead, ...] | None = None,
+) -> Listing:
+    """``poolers``: the host's poolers as already read (else they are read here, beside the database)."""
     filters = filters or Filters()
     environment = dbs.config.environments[env]
     thresholds = thresholds_for(environment, filters)
@@ -92,7 +96,8 @@ def list_sessions(dbs: Databases, env: str, host: str = "primary", filters: Filt
         "db": filters.database,
         "query_chars": max(environment.listing.query_chars * 2, 600),
     }
-    pooler_reads = pgbouncer.start_reads(dbs.config, env, host)  # beside the database read, each bounded
+    # beside the database read, each bounded
+    pooler_reads = pgbouncer.start_reads(dbs.config, env, host) if poolers is None else []
     with dbs.connection(env, host, op="list_sessions") as conn:
         started = time.monotonic()
         info = server_info(conn)
@@ -113,7 +118,8 @@ def list_sessions(dbs: Databases, env: str, host: str = "primary", filters: Filt
             else:
                 kept.append(r)
         rows = kept
-    poolers = pgbouncer.collect(pooler_reads)
+    if poolers is None:
+        poolers = pgbouncer.collect(pooler_reads)
     annotated = pgbouncer.annotate((_session(r, environment.redact_queries) for r in rows), poolers)
     sessions = sorted(annotated, key=lambda s: s.sort_key)
     return Listing(
