@@ -156,6 +156,15 @@ class LockPileup(_Model):
     wait: Duration = 60.0
 
 
+def _pool_waiting(v: Any) -> Any:
+    """``pool_waiting: true`` is the default threshold (5 s on the longest wait); a duration sets it."""
+    if v is True:
+        return 5.0
+    if v is False:
+        return None
+    return v
+
+
 class Watch(_Model):
     """``environments.<env>.watch``: session alerts (issue 14); each kind is off when absent."""
 
@@ -168,6 +177,8 @@ class Watch(_Model):
     long_running: Duration | None = None
     connections: Percent | None = None
     xmin_horizon: Duration | None = None
+    # clients waiting in a PgBouncer pool (issue 25): the longest wait that alerts (``true``: 5s)
+    pool_waiting: Annotated[Duration | None, BeforeValidator(_pool_waiting)] = None
 
     @field_validator("check_every")
     @classmethod

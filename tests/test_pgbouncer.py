@@ -25,8 +25,10 @@ from tests.harness.flows import find_button, post_listing
 from tests.harness.pgbouncer import Bouncer, start_pgbouncer
 from tests.harness.waiting import wait_until
 from tests.test_details import click_details, view_text
+from tests.test_watch import approve_through_bot
 
 BUILDS = ("old", "new")
+WATCH_CHANNEL = "C0POOLALERTS"
 MODES = ("session", "transaction")
 
 
@@ -326,3 +328,26 @@ def test_pool_command_shows_waiting_pools_worst_first_with_their_holders(pg, bou
         reply = bot.command("prod replica1 pool")
         assert reply.status == 200
         assert "has no PgBouncer configured" in reply.body + json.dumps([r.text for r in fake_slack.responses])
+
+
+def test_pool_waiting_alert_names_the_holder_and_an_approved_terminate_resolves_it(pg, fake_slack):
+    wp = WaitingPool(pg, build="old", holder_app="billing")
+    try:
+        env = env_config(pg, poolers={"pgb": {"dsn": wp.bouncer.admin_dsn()}},
+                         watch={"channel": WATCH_CHANNEL, "check_every": "1s", "consecutive": 2, "remind_every": "1h",
+                                "pool_waiting": "1s"})
+        with BotUnderTest({"environments": {"prod": env}}, fake_slack, scheduler=True) as bot:
+            msg = wait_until(lambda: next((m for m in fake_slack.messages_in(WATCH_CHANNEL) if not m.thread_ts
+                                           and "Clients waiting in a pool" in m.text), None), 15,
+                             "the pool_waiting alert\n" + fake_slack.summary())
+            text = text_of(msg)
+            assert "`app_user/appdb` (pooler `pgb`): 1 client waiting" in text, text[:2000]
+            assert "oldest transaction" in text and f"pid {wp.holder_pid}, app `billing`, idle in transaction" in text
+            assert find_button(msg, f"Terminate {wp.holder_pid}") is not None
+            assert find_button(msg, f"Details {wp.holder_pid}") is not None
+            approve_through_bot(bot, fake_slack, msg, f"Terminate {wp.holder_pid}")
+            done = wait_until(lambda: (m := fake_slack.messages[(msg.channel, msg.ts)]).text.startswith("Resolved")
+                              and m, 20, "the alert resolved\n" + fake_slack.summary())
+            assert f"pid {wp.holder_pid}" in done.text
+    finally:
+        wp.close(pg)
