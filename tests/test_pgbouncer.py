@@ -21,7 +21,14 @@ import yaml
 from bot.cli import build_parser
 from tests.harness.bot import BotUnderTest, env_config
 from tests.harness.fake_slack import FakeSlack
-from tests.harness.flows import find_button, post_listing
+from tests.harness.flows import (
+    answer_with,
+    click,
+    find_button,
+    post_listing,
+    request_message_saved,
+    wait_state,
+)
 from tests.harness.pgbouncer import Bouncer, start_pgbouncer
 from tests.harness.waiting import wait_until
 from tests.test_details import click_details, view_text
@@ -351,3 +358,100 @@ def test_pool_waiting_alert_names_the_holder_and_an_approved_terminate_resolves_
             assert f"pid {wp.holder_pid}" in done.text
     finally:
         wp.close(pg)
+
+
+# --- Disconnect client (PgBouncer 1.24+) -------------------------------------------------------------
+
+
+def client_ids(bouncer: Bouncer) -> set[int]:
+    return {int(c["id"]) for c in bouncer.admin("SHOW CLIENTS") if c.get("id") is not None}
+
+
+def client_id_of(bouncer: Bouncer, conn: psycopg.Connection) -> int:
+    port = local_port(conn)
+    return next(int(c["id"]) for c in bouncer.admin("SHOW CLIENTS") if c["port"] == port)
+
+
+def request_disconnect(bot, msg, client_id: int, user: str = "U1"):
+    """Click Disconnect client, submit the form: the approval request as the fake stored it."""
+    fake = bot.fake
+    button = find_button(msg, f"Disconnect client {client_id}")
+    assert button is not None, text_of(msg)[:2000]
+    n_views = len(fake.calls_for("views.open", ok=True))
+    assert bot.slack.block_action(button["action_id"], button["value"], user_id=user, message=msg).status == 200
+    opened = wait_until(lambda: fake.calls_for("views.open", ok=True)[n_views:], 10, "views.open")
+    view = opened[0].params["view"]
+    view = json.loads(view) if isinstance(view, str) else view
+    assert "Disconnect client" in json.dumps(view)
+    n_posts = len(fake.calls_for("chat.postMessage", ok=True))
+    reply = bot.slack.view_submission("pgs_kill_request", private_metadata=view["private_metadata"],
+                                      state_values={"reason": {"reason": "stuck client"}}, user_id=user)
+    assert reply.status == 200 and "errors" not in (reply.body or ""), reply.body
+    posts = wait_until(lambda: [c for c in fake.calls_for("chat.postMessage", ok=True)[n_posts:]
+                                if "asks to" in json.dumps(c.params.get("blocks"))], 10, "the approval request")
+    return request_message_saved(bot, fake.messages[(posts[0].response["channel"], posts[0].response["ts"])])
+
+
+def test_disconnect_client_needs_approval_then_disconnects_the_client_only(bot, pg, bouncers, clients):
+    bouncer = bouncers[("new", "session")]
+    app = "disc-app"
+    c = bouncer.connect(application_name=app)
+    clients.append(c)
+    c.execute("SELECT 1")
+    cid = client_id_of(bouncer, c)
+    pid = server_pid_of(bouncer, app)
+    msg = post_listing(bot, f"prod idle --app {app} --min 0s")
+    approval = request_disconnect(bot, msg, cid)
+    text = text_of(approval)
+    assert f"client id* {cid}" in text and "disconnect the PgBouncer client linked to" in text
+    assert cid in client_ids(bouncer)  # a request alone does nothing
+    # the requester cannot approve their own request: still connected
+    assert click(bot, approval, "Approve", user="U1").status == 200
+    answer_with(bot.fake, "another approver must decide it")
+    assert cid in client_ids(bouncer)
+    # an approver's approval acts
+    assert click(bot, approval, "Approve", user="U2").status == 200
+    wait_state(bot, approval, f"client {cid} disconnected by the pooler")
+    assert cid not in client_ids(bouncer)
+    with pytest.raises(psycopg.OperationalError):
+        c.execute("SELECT 1")
+    # the server connection stays (session pooling: back in the pool), it was not terminated
+    assert pg.primary.sql("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,))
+
+
+def test_disconnect_client_refused_after_the_client_reconnects_with_a_new_id(bot, bouncers, clients):
+    bouncer = bouncers[("new", "session")]
+    app = "reconnecting"
+    c = bouncer.connect(application_name=app)
+    clients.append(c)
+    c.execute("SELECT 1")
+    old_id = client_id_of(bouncer, c)
+    msg = post_listing(bot, f"prod idle --app {app} --min 0s")
+    approval = request_disconnect(bot, msg, old_id)
+    c.close()  # the client goes away and comes back: a new connection, a new id
+    again = bouncer.connect(application_name=app)
+    clients.append(again)
+    again.execute("SELECT 1")
+    new_id = client_id_of(bouncer, again)
+    assert new_id != old_id
+    assert click(bot, approval, "Approve", user="U2").status == 200
+    wait_state(bot, approval, f"client {old_id} is no longer connected to the pooler: nothing was done")
+    assert new_id in client_ids(bouncer)
+    again.execute("SELECT 1")  # untouched
+
+
+def test_disconnect_client_is_refused_on_pgbouncer_without_kill_client(bot, bouncers, clients):
+    bouncer = bouncers[("old", "session")]
+    app = "old-client"
+    c = bouncer.connect(application_name=app)
+    clients.append(c)
+    c.execute("SELECT 1")
+    pid = server_pid_of(bouncer, app)
+    msg = post_listing(bot, f"prod idle --app {app} --min 0s")
+    assert "has no `KILL_CLIENT`" in sections(msg)[pid]
+    assert not any(find_button(msg, label) for label in [f"Disconnect client {i}" for i in range(0, 50)])
+    # a hand-made Disconnect client on the session's Terminate token is refused with the reason
+    terminate = find_button(msg, f"Terminate {pid}")
+    forged = terminate["action_id"].replace(":terminate:", ":disconnect_client:")
+    assert bot.slack.block_action(forged, terminate["value"], user_id="U1", message=msg).status == 200
+    answer_with(bot.fake, "has no `KILL_CLIENT`")
