@@ -24,7 +24,7 @@ from bot.postgres import pgbouncer
 from bot.postgres.pgbouncer import PendingReads, PoolerRead
 from bot.postgres.pools import Databases, DatabaseUnavailable
 from bot.postgres.sql import query
-from bot.watch.model import POOL_WAITING, HostSnapshot, WatchSession, session_from_row
+from bot.watch.model import CONNECTIONS, POOL_WAITING, HostSnapshot, WatchSession, session_from_row
 from bot.watch.rules import MAX_SHOWN, Condition, ignored_session
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,9 @@ HOLDERS = "pool_holders"
 
 
 def watching(watch: Watch | None) -> bool:
-    return watch is not None and watch.pool_waiting is not None
+    """The poolers are read for ``pool_waiting``, and for the connections alert's *Terminate these N*
+    (idle pool members are the pool's, never an application's idle sessions to sweep)."""
+    return watch is not None and (watch.pool_waiting is not None or watch.connections is not None)
 
 
 def start(dbs: Databases, env: str, host: str, watch: Watch | None) -> PendingReads:
@@ -52,9 +54,9 @@ def read_pools(dbs: Databases, snap: HostSnapshot, pending: PendingReads, watch:
     """The snapshot with its poolers' reads and, when a pool waits past the threshold, its holders."""
     if not pending or not watching(watch):
         return snap
-    assert watch is not None and watch.pool_waiting is not None
+    assert watch is not None
     reads = pgbouncer.collect(pending)
-    over = _over(reads, watch.pool_waiting)
+    over = _over(reads, watch.pool_waiting) if watch.pool_waiting is not None else []
     pids = sorted({s.pid for r, user, db in over for s in r.servers if s.link and s.user == user and s.database == db})
     holders: tuple[WatchSession, ...] = ()
     if pids:
@@ -92,4 +94,25 @@ def pool_waiting(snap: HostSnapshot, watch: Watch, ignore: Sequence[IgnoreRule] 
         }
         out.append(Condition(POOL_WAITING, f"{read.name}:{pool.name}", facts, tuple(shown)))
     out.sort(key=lambda c: -c.facts["longest_wait"])
+    return out
+
+
+def pool_member_pids(snap: HostSnapshot) -> set[int]:
+    """Server connections idle in a pool (no client linked) as the snapshot's poolers saw them."""
+    reads: Sequence[PoolerRead] = snap.extra.get(READS) or ()
+    return {s.pid for r in reads if r.ok for s in r.servers if s.pid and not s.link}
+
+
+def without_pool_members(found: list[Condition], snap: HostSnapshot) -> list[Condition]:
+    """The conditions with idle pool members taken out of the connections alert's *Terminate these N*."""
+    members = pool_member_pids(snap)
+    if not members:
+        return found
+    out = []
+    for c in found:
+        if c.kind == CONNECTIONS and c.bulk:
+            bulk = tuple(s for s in c.bulk if not (s.pid in members and s.state == "idle"))
+            facts = {**c.facts, "bulk_count": len(bulk), "bulk_app": c.bulk_app if bulk else None}
+            c = replace(c, bulk=bulk, facts=facts, bulk_app=c.bulk_app if bulk else None)
+        out.append(c)
     return out

@@ -222,7 +222,7 @@ class Watcher:
         w = self.watches[snap.env]
         st.failures = 0
         found = rules.conditions(snap, w, environment.ignore, max_bulk=environment.access.max_bulk, clock=st.clock)
-        found += pool_rules.pool_waiting(snap, w, environment.ignore)
+        found = pool_rules.without_pool_members(found, snap) + pool_rules.pool_waiting(snap, w, environment.ignore)
         self._move(snap, st, found, w)
 
     def _move(self, snap: HostSnapshot, st: HostState, found: list[rules.Condition], w: Watch,
