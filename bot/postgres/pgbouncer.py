@@ -249,21 +249,33 @@ def read_all(config: Config, env: str, host: str) -> tuple[PoolerRead, ...]:
 # --- a listing through the poolers -------------------------------------------------------------------
 
 
-def via_for(session: Session, reads: Iterable[PoolerRead]) -> PooledVia | None:
+@dataclass(frozen=True, slots=True)
+class ReadIndex:
+    """A pooler read's servers by pid and clients by pointer, built once per listing."""
+
+    read: PoolerRead
+    servers: dict[int, PoolerServer]
+    clients: dict[str, PoolerClient]
+
+
+def index(reads: Iterable[PoolerRead]) -> list[ReadIndex]:
+    return [ReadIndex(r, r.server_by_pid(), r.client_by_ptr()) for r in reads if r.ok]
+
+
+def via_for(session: Session, reads: Iterable[PoolerRead], indexed: list[ReadIndex] | None = None) -> PooledVia | None:
     """The pooler that opened this server session, and its client now; None for a direct connection.
 
     A server connection is the pooler's ``SHOW SERVERS`` row with ``remote_pid`` = the pid and, where
     PostgreSQL shows the client port, ``local_port`` = that port (so a reused pid is not mistaken)."""
-    for read in reads:
-        if not read.ok:
-            continue
-        server = read.server_by_pid().get(session.pid)
+    for ix in indexed if indexed is not None else index(reads):
+        read = ix.read
+        server = ix.servers.get(session.pid)
         if server is None:
             continue
         if session.client_port is not None and server.local_port is not None and server.local_port != session.client_port:
             continue
-        client = read.client_by_ptr().get(server.link) if server.link else None
-        pool = read.pool(server.user, server.database)
+        client = ix.clients.get(server.link) if server.link else None
+        pool = read.pool(server.user, server.database)  # a few pools: a scan is cheaper than an index
         return PooledVia(pooler=read.name, pool=f"{server.user}/{server.database}",
                          pool_mode=pool.pool_mode if pool else None, version=read.version, client=client,
                          read_at=read.read_at)
@@ -279,9 +291,10 @@ def annotate(sessions: Iterable[Session], reads: tuple[PoolerRead, ...]) -> list
     """The sessions with their pooler view; idle pool members left out (they are counted per pool)."""
     if not reads:
         return list(sessions)
+    indexed = index(reads)
     out = []
     for s in sessions:
-        via = via_for(s, reads)
+        via = via_for(s, reads, indexed)
         s = replace(s, via=via) if via is not None else s
         if not is_pool_member(s):
             out.append(s)

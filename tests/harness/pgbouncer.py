@@ -134,7 +134,7 @@ class Bouncer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _config(primary: Node, port: int, workdir: str, pool_mode: str, pool_size: int) -> str:
+def _config(primary: Node, port: int, workdir: str, pool_mode: str, pool_size: int, max_client_conn: int) -> str:
     target = f"host={primary.host} port={primary.port}"
     return f"""[databases]
 {APP_DB} = {target} dbname={APP_DB}
@@ -152,7 +152,7 @@ pool_mode = {pool_mode}
 default_pool_size = {pool_size}
 min_pool_size = 0
 reserve_pool_size = 0
-max_client_conn = 200
+max_client_conn = {max_client_conn}
 server_idle_timeout = 600
 server_lifetime = 3600
 server_reset_query = DISCARD ALL
@@ -169,13 +169,13 @@ def _version(binary: str) -> tuple[int, ...]:
 
 
 def start_pgbouncer(primary: Node, build: str = "new", *, pool_mode: str = "session", pool_size: int = 5,
-                    timeout: float = 15) -> Bouncer:
+                    max_client_conn: int = 200, timeout: float = 15) -> Bouncer:
     """A PgBouncer on a free loopback port in front of ``primary`` (its ``appdb`` and ``postgres``)."""
     binary = find_pgbouncer(build)
     workdir = tempfile.mkdtemp(prefix=f"pgs-pgbouncer-{build}-")
     port = _free_port()
     with open(os.path.join(workdir, "pgbouncer.ini"), "w") as fh:
-        fh.write(_config(primary, port, workdir, pool_mode, pool_size))
+        fh.write(_config(primary, port, workdir, pool_mode, pool_size, max_client_conn))
     with open(os.path.join(workdir, "userlist.txt"), "w") as fh:
         for role in (APP_ROLE, BOT_ROLE, STATS_ROLE, "postgres"):
             fh.write(f'"{role}" ""\n')
