@@ -55,7 +55,7 @@ def read(version: tuple[int, ...] = (1, 24, 1), waiting: int = 0, maxwait: int =
                         [{"name": "appdb", "pool_size": 2}]),
         servers=(server_row(server(101, link="0xc1", port=50001, ptr="0xs1")),
                  server_row(server(102, port=50002, ptr="0xs2"))),
-        clients=(client_row(client("0xc1", "0xs1", 7 if version >= (1, 24) else None, app=app)),),
+        client_rows=(client("0xc1", "0xs1", 7 if version >= (1, 24) else None, app=app),),
         read_at=NOW,
     )
 

@@ -79,9 +79,10 @@ def thresholds_for(environment: Environment, filters: Filters) -> dict[str, floa
 
 def list_sessions(
     dbs: Databases, env: str, host: str = "primary", filters: Filters | None = None,
-    poolers: tuple[pgbouncer.PoolerRead, ...] | None = None,
+    poolers: tuple[pgbouncer.PoolerRead, ...] | None = None, annotate_all: bool = False,
 ) -> Listing:
-    """``poolers``: the host's poolers as already read (else they are read here, beside the database)."""
+    """``poolers``: the host's poolers as already read (else they are read here, beside the database);
+    ``annotate_all``: every session gets its pooler view, not only the first ``listing.max_sessions``."""
     filters = filters or Filters()
     environment = dbs.config.environments[env]
     thresholds = thresholds_for(environment, filters)
@@ -120,8 +121,11 @@ def list_sessions(
         rows = kept
     if poolers is None:
         poolers = pgbouncer.collect(pooler_reads)
-    annotated = pgbouncer.annotate((_session(r, environment.redact_queries) for r in rows), poolers)
-    sessions = sorted(annotated, key=lambda s: s.sort_key)
+    # idle pool members are counted per pool, not listed; the pooler's view is attached to the sessions
+    # a message draws (the first listing.max_sessions, or all of them with annotate_all)
+    listed = pgbouncer.without_pool_members((_session(r, environment.redact_queries) for r in rows), poolers)
+    sessions = pgbouncer.attach(sorted(listed, key=lambda s: s.sort_key), poolers,
+                                None if annotate_all else environment.listing.max_sessions)
     return Listing(
         env=env, host=host, server=info, sessions=tuple(sessions), filters=filters, thresholds=thresholds,
         read_at=datetime.now(UTC), read_ms=read_ms, out_of_connections=full, ignored=ignored,

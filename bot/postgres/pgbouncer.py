@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 import psycopg
@@ -56,16 +57,19 @@ _READS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="pgs-pooler")
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class PoolerRead:
-    """One read of one pooler's console: what it holds now, or why it could not be read."""
+    """One read of one pooler's console: what it holds now, or why it could not be read.
+
+    ``client_rows`` are ``SHOW CLIENTS`` as read: a listing turns only the clients it draws into
+    :class:`PoolerClient` (:meth:`client`), so 1000 clients cost a dict each, not a parse each."""
 
     name: str
     host: str
     version: tuple[int, ...] = ()
     pools: tuple[PoolStat, ...] = ()
     servers: tuple[PoolerServer, ...] = ()
-    clients: tuple[PoolerClient, ...] = ()
+    client_rows: tuple[Mapping[str, Any], ...] = ()
     error: str | None = None  # plain text
     read_at: datetime | None = None
     read_ms: float | None = None
@@ -74,11 +78,24 @@ class PoolerRead:
     def ok(self) -> bool:
         return self.error is None
 
-    def client_by_ptr(self) -> dict[str, PoolerClient]:
-        return {c.ptr: c for c in self.clients}
+    @cached_property
+    def clients(self) -> tuple[PoolerClient, ...]:
+        return tuple(client_row(r) for r in self.client_rows)
+
+    @cached_property
+    def _client_rows_by_ptr(self) -> dict[str, Mapping[str, Any]]:
+        return {_text(r.get("ptr")): r for r in self.client_rows}
+
+    def client(self, ptr: str) -> PoolerClient | None:
+        row = self._client_rows_by_ptr.get(ptr) if ptr else None
+        return client_row(row) if row is not None else None
+
+    @cached_property
+    def _servers_by_pid(self) -> dict[int, PoolerServer]:
+        return {s.pid: s for s in self.servers if s.pid}
 
     def server_by_pid(self) -> dict[int, PoolerServer]:
-        return {s.pid: s for s in self.servers if s.pid}
+        return self._servers_by_pid
 
     def pool(self, user: str, database: str) -> PoolStat | None:
         for p in self.pools:
@@ -202,7 +219,7 @@ def read_pooler(name: str, pooler: Pooler) -> PoolerRead:
     return PoolerRead(
         name=name, host=pooler.host, version=version, pools=pool_rows(pools, databases),
         servers=tuple(server_row(r) for r in servers if _text(r.get("type")) in ("S", "")),
-        clients=tuple(client_row(r) for r in clients if _text(r.get("database")) != "pgbouncer"),
+        client_rows=tuple(r for r in clients if _text(r.get("database")) != "pgbouncer"),
         read_at=datetime.now(UTC), read_ms=(time.monotonic() - started) * 1000,
     )
 
@@ -249,56 +266,65 @@ def read_all(config: Config, env: str, host: str) -> tuple[PoolerRead, ...]:
 # --- a listing through the poolers -------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ReadIndex:
-    """A pooler read's servers by pid and clients by pointer, built once per listing."""
-
-    read: PoolerRead
-    servers: dict[int, PoolerServer]
-    clients: dict[str, PoolerClient]
-
-
-def index(reads: Iterable[PoolerRead]) -> list[ReadIndex]:
-    return [ReadIndex(r, r.server_by_pid(), r.client_by_ptr()) for r in reads if r.ok]
-
-
-def via_for(session: Session, reads: Iterable[PoolerRead], indexed: list[ReadIndex] | None = None) -> PooledVia | None:
-    """The pooler that opened this server session, and its client now; None for a direct connection.
-
-    A server connection is the pooler's ``SHOW SERVERS`` row with ``remote_pid`` = the pid and, where
-    PostgreSQL shows the client port, ``local_port`` = that port (so a reused pid is not mistaken)."""
-    for ix in indexed if indexed is not None else index(reads):
-        read = ix.read
-        server = ix.servers.get(session.pid)
+def _server_of(session: Session, reads: Iterable[PoolerRead]) -> tuple[PoolerRead, PoolerServer] | None:
+    """The pooler's ``SHOW SERVERS`` row of this session: ``remote_pid`` = the pid and, where PostgreSQL
+    shows the client port, ``local_port`` = that port (so a reused pid is not mistaken)."""
+    for read in reads:
+        if not read.ok:
+            continue
+        server = read.server_by_pid().get(session.pid)
         if server is None:
             continue
         if session.client_port is not None and server.local_port is not None and server.local_port != session.client_port:
             continue
-        client = ix.clients.get(server.link) if server.link else None
-        pool = read.pool(server.user, server.database)  # a few pools: a scan is cheaper than an index
-        return PooledVia(pooler=read.name, pool=f"{server.user}/{server.database}",
-                         pool_mode=pool.pool_mode if pool else None, version=read.version, client=client,
-                         read_at=read.read_at)
+        return read, server
     return None
 
 
-def is_pool_member(session: Session) -> bool:
+def via_for(session: Session, reads: Iterable[PoolerRead]) -> PooledVia | None:
+    """The pooler that opened this server session, and its client now; None for a direct connection."""
+    found = _server_of(session, reads)
+    if found is None:
+        return None
+    read, server = found
+    pool = read.pool(server.user, server.database)  # a few pools: a scan is cheaper than an index
+    return PooledVia(pooler=read.name, pool=f"{server.user}/{server.database}",
+                     pool_mode=pool.pool_mode if pool else None, version=read.version,
+                     client=read.client(server.link), read_at=read.read_at)
+
+
+def is_pool_member(session: Session, reads: Iterable[PoolerRead] = ()) -> bool:
     """An idle server connection with no client linked: the pool's, not an application's."""
-    return session.via is not None and session.via.client is None and session.state == "idle"
+    if session.state != "idle":
+        return False
+    if session.via is not None:
+        return session.via.client is None
+    found = _server_of(session, reads)
+    return found is not None and not found[1].link
 
 
-def annotate(sessions: Iterable[Session], reads: tuple[PoolerRead, ...]) -> list[Session]:
-    """The sessions with their pooler view; idle pool members left out (they are counted per pool)."""
+def without_pool_members(sessions: Iterable[Session], reads: tuple[PoolerRead, ...]) -> list[Session]:
+    """The sessions less the idle pool members (they are counted per pool instead)."""
     if not reads:
         return list(sessions)
-    indexed = index(reads)
-    out = []
-    for s in sessions:
-        via = via_for(s, reads, indexed)
-        s = replace(s, via=via) if via is not None else s
-        if not is_pool_member(s):
-            out.append(s)
+    return [s for s in sessions if not is_pool_member(s, reads)]
+
+
+def attach(sessions: Iterable[Session], reads: tuple[PoolerRead, ...], limit: int | None = None) -> list[Session]:
+    """The sessions with their pooler view (the first ``limit`` only: those a message draws)."""
+    out = list(sessions)
+    if not reads:
+        return out
+    for i, s in enumerate(out[:limit] if limit is not None else out):
+        via = via_for(s, reads)
+        if via is not None:
+            out[i] = replace(s, via=via)
     return out
+
+
+def annotate(sessions: Iterable[Session], reads: tuple[PoolerRead, ...], limit: int | None = None) -> list[Session]:
+    """:func:`without_pool_members`, then :func:`attach` (in that order: the order is the caller's)."""
+    return attach(without_pool_members(sessions, reads), reads, limit)
 
 
 # --- Disconnect client -------------------------------------------------------------------------------

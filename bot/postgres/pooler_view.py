@@ -37,6 +37,7 @@ class PoolView:
 def holders_of(read: PoolerRead, stat: PoolStat, sessions: dict[int, Session]) -> tuple[Session, ...]:
     """The sessions behind the pool's server connections that have a client linked, longest transaction first."""
     pids = {s.pid for s in read.servers if s.link and s.user == stat.user and s.database == stat.database}
+    # (annotate_all: every holder has its pooler view)
     found = [sessions[p] for p in pids if p in sessions]
     return tuple(sorted(found, key=lambda s: -(s.xact_secs if s.xact_secs is not None else s.state_secs or 0.0)))
 
@@ -50,7 +51,7 @@ def read_pool_view(dbs: Databases, env: str, host: str = "primary") -> PoolView:
     waiting = [(r, p) for r in reads if r.ok for p in r.pools if p.cl_waiting > 0]
     by_pid: dict[int, Session] = {}
     if waiting:
-        listing = list_sessions(dbs, env, host, Filters(min_seconds=0.0), poolers=reads)
+        listing = list_sessions(dbs, env, host, Filters(min_seconds=0.0), poolers=reads, annotate_all=True)
         by_pid = {s.pid: s for s in listing.sessions}
     rows = []
     for r in reads:
