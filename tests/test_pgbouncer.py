@@ -455,3 +455,24 @@ def test_disconnect_client_is_refused_on_pgbouncer_without_kill_client(bot, boun
     forged = terminate["action_id"].replace(":terminate:", ":disconnect_client:")
     assert bot.slack.block_action(forged, terminate["value"], user_id="U1", message=msg).status == 200
     answer_with(bot.fake, "has no `KILL_CLIENT`")
+
+
+def test_disconnect_client_from_the_details_modal_opens_its_request_form(bot, bouncers, clients):
+    bouncer = bouncers[("new", "session")]
+    app = "details-disc"
+    c = bouncer.connect(application_name=app)
+    clients.append(c)
+    c.execute("SELECT 1")
+    cid, pid = client_id_of(bouncer, c), server_pid_of(bouncer, app)
+    msg = post_listing(bot, f"prod idle --app {app} --min 0s")
+    view = click_details(bot, msg, pid)
+    button = next((e for b in view["blocks"] if b["type"] == "actions" for e in b["elements"]
+                   if e["text"]["text"] == f"Disconnect client {cid}"), None)
+    assert button is not None, view_text(view)[:2000]
+    n_push = len(bot.fake.calls_for("views.push", ok=True))
+    assert bot.slack.block_action(button["action_id"], button["value"], user_id="U1", view=view).status == 200
+    pushed = wait_until(lambda: bot.fake.calls_for("views.push", ok=True)[n_push:], 10, "the request form")
+    form = pushed[0].params["view"]
+    form = json.loads(form) if isinstance(form, str) else form
+    assert json.loads(form["private_metadata"])["action"] == "disconnect_client"
+    assert f"client id* {cid}" in json.dumps(form)

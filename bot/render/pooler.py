@@ -116,6 +116,8 @@ def details_pooler_section(s: Session, notes: Iterable[PoolerNote] = ()) -> str 
             elif via.pool_mode != "session":
                 lines.append("Terminate ends this server connection, and with it the transaction of the client "
                              "linked now; Disconnect client ends that client only.")
+            else:
+                lines.append("Disconnect client ends that client only; the server connection stays in the pool.")
     for n in notes:
         if n.error is not None:
             lines.append(f":warning: pooler {code(n.name)} was not read: {esc(n.error)}")
