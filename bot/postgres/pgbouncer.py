@@ -53,7 +53,7 @@ KILL_CLIENT = "KILL_CLIENT {id}"  # 1.24+; {id} is an int checked by kill_client
 COLLECT_MARGIN = 0.3  # seconds past a pooler's connect + statement timeouts a listing waits for its read
 GONE_WAIT = 2.0  # seconds Disconnect client waits for the client to leave SHOW CLIENTS
 
-_READS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="pgs-pooler")
+_READS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="pgs-pooler")
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 
 
