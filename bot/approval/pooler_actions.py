@@ -19,7 +19,8 @@ STATUS = {
     "gone": OutcomeStatus.GONE,
     "moved": OutcomeStatus.MOVED,
     "refused": OutcomeStatus.REFUSED,
-    "failed": OutcomeStatus.NOT_DONE,
+    "not_done": OutcomeStatus.NOT_DONE,
+    "failed": OutcomeStatus.FAILED,
 }
 
 
@@ -49,7 +50,7 @@ def disconnect_client(ex: Execution, req: Request) -> SignalOutcome:
         else:
             res = pgbouncer.kill_client(pooler, t.pooled.client_id, addr=t.pooled.addr, port=t.pooled.port)
             outcome = SignalOutcome(status=STATUS.get(res.status, OutcomeStatus.FAILED), detail=res.detail,
-                                    signalled=res.status in ("done", "failed"))
+                                    signalled=res.status in ("done", "not_done"))
     event = "executed" if outcome.signalled else outcome.status.value
     done = req.model_copy(update={"outcome": outcome})
     if ex.audit_durably is not None:

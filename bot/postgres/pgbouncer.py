@@ -332,7 +332,8 @@ def annotate(sessions: Iterable[Session], reads: tuple[PoolerRead, ...], limit: 
 
 @dataclass(frozen=True, slots=True)
 class KillOutcome:
-    """What KILL_CLIENT did: ``status`` is done / gone / moved / refused / failed; ``detail`` plain text."""
+    """What KILL_CLIENT did: ``status`` is done / not_done (sent, still connected) / gone / moved / refused /
+    failed (the pooler could not be asked: nothing was sent); ``detail`` plain text."""
 
     status: str
     detail: str
@@ -364,14 +365,20 @@ def kill_client(pooler: Pooler, client_id: int, *, addr: str | None, port: int |
                 return KillOutcome("gone", f"client {client_id} is no longer connected to the pooler: nothing was done")
             if (addr, port) != (client.addr, client.port):
                 return KillOutcome("moved", f"client {client_id} is now another connection: nothing was done")
-            show(conn, KILL_CLIENT.format(id=int(client_id)))
+            try:
+                show(conn, KILL_CLIENT.format(id=int(client_id)))
+            except psycopg.errors.Error as exc:  # e.g. not in admin_users: the pooler refused, nothing was done
+                if conn.closed:
+                    raise
+                t = pooler.timeouts
+                return KillOutcome("refused", f"the pooler refused KILL_CLIENT: {explain(exc, (t.connect, t.statement))}")
             deadline = time.monotonic() + GONE_WAIT
             while True:
                 if find_client(conn, client_id) is None:
                     return KillOutcome("done", f"client {client_id} disconnected by the pooler")
                 if time.monotonic() > deadline:
-                    return KillOutcome("failed", f"client {client_id} was told to disconnect but is still connected "
-                                                 f"after {GONE_WAIT:g}s")
+                    return KillOutcome("not_done", f"client {client_id} was told to disconnect but is still "
+                                                   f"connected after {GONE_WAIT:g}s")
                 time.sleep(0.05)
     except psycopg.Error as exc:
         t = pooler.timeouts
