@@ -29,7 +29,7 @@ from tests.harness.flows import (
     request_message_saved,
     wait_state,
 )
-from tests.harness.pgbouncer import Bouncer, start_pgbouncer
+from tests.harness.pgbouncer import STATS_ROLE, Bouncer, start_pgbouncer
 from tests.harness.waiting import wait_until
 from tests.test_details import click_details, view_text
 from tests.test_watch import approve_through_bot
@@ -228,6 +228,7 @@ def test_check_reports_each_poolers_version_and_features(pg, bouncers, tmp_path,
     monkeypatch.delenv("SLACK_BOT_TOKEN", raising=False)
     old, new = bouncers[("old", "session")], bouncers[("new", "session")]
     poolers = {"pgb-old": {"dsn": old.admin_dsn()}, "pgb-new": {"dsn": new.admin_dsn()},
+               "pgb-stats": {"dsn": new.admin_dsn(user=STATS_ROLE)},  # in stats_users only: enough to read
                "pgb-down": {"dsn": f"host=127.0.0.1 port={_closed_port()} dbname=pgbouncer user=pgsessions_bot",
                             "timeouts": {"connect": "1s", "statement": "1s"}}}
     config = {"state": f"sqlite:///{tmp_path / 'state.db'}",
@@ -247,6 +248,7 @@ def test_check_reports_each_poolers_version_and_features(pg, bouncers, tmp_path,
     assert any("KILL_CLIENT (Disconnect" in f for f in report["pgb-new"]["features"])
     assert any("CVE-2026-6667" in f["message"] for f in report["pgb-new"]["findings"])
     assert report["pgb-down"]["status"] == "fail"
+    assert report["pgb-stats"]["version"] == "1.24.1" and report["pgb-stats"]["status"] != "fail"
     text = subprocess.run([str(Path(sys.executable).with_name("pgsessions")), "check", "--config", str(path),
                            "--no-slack"], capture_output=True, text=True, timeout=60).stdout
     assert "PGBOUNCER" in text and "1.24.1" in text and "pooler pgb-down: reachable" in text, text
