@@ -35,7 +35,11 @@ fi
 if [ -z "${PGSESSIONS_PGBOUNCER_NEW:-}" ] && [ ! -x "$new_bin" ]; then
     echo "ensure-pgbouncer: building PgBouncer from Debian trixie's source package into $cache" >&2
     src_list=/etc/apt/sources.list.d/pgsessions-trixie-src.sources
+    created=0
     if [ ! -f "$src_list" ]; then
+        created=1
+        # removed again once the source is fetched: the machine's apt sources stay as they were
+        trap '[ "$created" = 1 ] && $SUDO rm -f "$src_list"' EXIT
         printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: trixie\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
             | $SUDO tee "$src_list" >/dev/null
         updated=0
