@@ -26,6 +26,7 @@ from tests.harness.flows import (
     click,
     find_button,
     post_listing,
+    request_kill,
     request_message_saved,
     wait_state,
 )
@@ -482,3 +483,17 @@ def test_disconnect_client_from_the_details_modal_opens_its_request_form(bot, bo
     form = json.loads(form) if isinstance(form, str) else form
     assert json.loads(form["private_metadata"])["action"] == "disconnect_client"
     assert f"client id* {cid}" in json.dumps(form)
+
+
+def test_terminate_request_names_the_client_it_will_hit(bot, bouncers, clients):
+    bouncer = bouncers[("old", "transaction")]
+    app = "hit-by-terminate"
+    c = bouncer.connect(application_name=app)
+    clients.append(c)
+    c.execute("BEGIN")
+    c.execute("SELECT 1")
+    pid = server_pid_of(bouncer, app)
+    approval = request_kill(bot, "prod", app, pid)
+    text = text_of(approval)
+    assert f"*client linked when listed* `127.0.0.1:{local_port(c)}`" in text, text[:2000]
+    assert f"*app* `{app}`" in text and "via pooler* `old-transaction`" in text
