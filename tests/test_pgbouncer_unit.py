@@ -93,6 +93,8 @@ def test_annotate_names_the_client_and_drops_idle_pool_members():
     assert r.idle_members() == (("app_user/appdb", 1),)
     # a reused pid on another port is not the pooler's connection
     assert pgbouncer.via_for(session(101, "idle", 59999), (r,)) is None
+    # over a unix socket (PostgreSQL shows port -1) the pid alone decides
+    assert pgbouncer.via_for(session(101, "idle", -1), (r,)) is not None
     # a pooler that could not be read annotates nothing
     assert pgbouncer.annotate([member], (PoolerRead(name="x", host="primary", error="down"),))[0].via is None
 

@@ -275,7 +275,9 @@ def _server_of(session: Session, reads: Iterable[PoolerRead]) -> tuple[PoolerRea
         server = read.server_by_pid().get(session.pid)
         if server is None:
             continue
-        if session.client_port is not None and server.local_port is not None and server.local_port != session.client_port:
+        # over a unix socket PostgreSQL shows port -1 and PgBouncer none: then the pid alone decides
+        known = (session.client_port or 0) > 0 and (server.local_port or 0) > 0
+        if known and server.local_port != session.client_port:
             continue
         return read, server
     return None
