@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= pgsessions.yml
 
-.PHONY: install install-test postgres run test unit lint bench demo clean
+.PHONY: install install-test postgres pgbouncer run test unit lint bench demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ install-test: $(VENV)/.installed-test
 postgres:
 	@scripts/ensure-postgres.sh
 
+# PgBouncer 1.18 (Debian's package) and 1.24 (built once from Debian trixie's source into .cache/) for
+# the pooler tests
+pgbouncer:
+	@scripts/ensure-pgbouncer.sh
+
 run: install
 	@scripts/run.sh "$(CONFIG)"
 
@@ -36,7 +41,7 @@ lint: install-test
 	$(BIN)/ruff check bot tests bench
 	$(BIN)/mypy
 
-test: install-test postgres lint
+test: install-test postgres pgbouncer lint
 	$(BIN)/python -m pytest
 
 # the fast tests only (no PostgreSQL, no fake Slack, no bot process): a few seconds

@@ -19,6 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench import poolers as poolers_bench
 from bench.machine import describe
 from bench.minimal import MinimalApp
 from bot.config import parse_config
@@ -244,6 +245,7 @@ def main() -> int:
         from bench import watch
 
         watch.run(record, ms)
+        poolers_bench.run(record, ms)  # a listing with 1000 server sessions behind PgBouncer (issue 25)
         after_rss = vmrss_kib(bot.pid)
         record(f"bot VmRSS, {N_ENVS} environments, idle", f"{idle_rss / 1024:.1f} MiB")
         record("bot VmRSS after the runs above", f"{after_rss / 1024:.1f} MiB")

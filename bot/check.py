@@ -8,6 +8,8 @@ Checks, all hosts concurrently and each bounded by its environment's connect and
   (``pg_monitor`` is not required), and what each feature loses without them (:data:`LOST_WITHOUT`);
 * every standby is really in recovery and every primary is not, and a standby is a copy of its
   primary (same system identifier, when the role may read it);
+* every PgBouncer in ``poolers:`` answers on its admin console: its version and the features the bot
+  uses there (Disconnect client needs ``KILL_CLIENT``, 1.24+, and a user in ``admin_users``);
 * the state store is reachable and writable;
 * when ``SLACK_BOT_TOKEN`` is set: ``auth.test`` passes and the token has the bot's scopes (from the
   ``x-oauth-scopes`` response header); with ``SLACK_APP_TOKEN`` the app-level token opens a
@@ -31,7 +33,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bot.config import Config, ConfigError, Environment, load_config
+from bot.config import Config, ConfigError, Environment, Pooler, load_config
+from bot.postgres import pgbouncer
+from bot.postgres.pooler_models import KILL_CLIENT_SINCE, version_text
 from bot.render.common import visible
 from bot.secrets import safe_dsn, scrub
 
@@ -415,6 +419,73 @@ def check_slack(environ: dict[str, str]) -> SlackReport:
     return report
 
 
+# --- poolers (issue 25) ------------------------------------------------------------------------------
+
+KILL_CLIENT_UNCHECKED = ((1, 24), (1, 25, 1))  # KILL_CLIENT did not check admin_users (CVE-2026-6667)
+
+
+@dataclass
+class PoolerReport(Part):
+    env: str = ""
+    name: str = ""
+    host: str = ""
+    target: str = ""
+    version: str | None = None
+    features: list[str] = field(default_factory=list)
+    pools: int | None = None
+
+
+def check_pooler(env: str, name: str, pooler: Pooler) -> PoolerReport:
+    """Read the pooler's console once; say its version and which of the bot's features it enables."""
+    report = PoolerReport(env=env, name=name, host=pooler.host, target=safe_dsn(pooler.dsn))
+    read = pgbouncer.read_pooler(name, pooler)
+    if read.error is not None:
+        report.add(FAIL, "reachable", f"the admin console did not answer: {read.error}")
+        return report
+    report.version = version_text(read.version)
+    report.pools = len(read.pools)
+    report.features = ["pools, servers, clients (listing, pool, pool_waiting)"]
+    if read.version >= (1, 18):
+        report.features.append("application_name of clients")
+    if read.version >= KILL_CLIENT_SINCE:
+        report.features.append("KILL_CLIENT (Disconnect client, needs admin_users)")
+        low, high = KILL_CLIENT_UNCHECKED
+        if low <= read.version <= high:
+            report.add(WARN, "kill_client", f"PgBouncer {report.version} does not check admin_users for KILL_CLIENT "
+                       "(CVE-2026-6667, fixed in 1.25.2): every user of its console can disconnect clients; upgrade")
+    else:
+        report.add(WARN, "kill_client", f"PgBouncer {report.version} has no KILL_CLIENT (1.24 and newer): "
+                   "Disconnect client is not offered; Terminate of the server connection still is")
+    report.add(OK, "reachable", f"PgBouncer {report.version}, {report.pools} pool(s)")
+    return report
+
+
+def check_poolers(config: Config, envs: list[str] | None = None) -> list[PoolerReport]:
+    """Every configured pooler, concurrently, each bounded by its own timeouts."""
+    tasks: list[tuple[Callable[[], Part], float, Callable[[str], Part]]] = []
+    for env_name, environment in config.environments.items():
+        if envs and env_name not in envs:
+            continue
+        for name, pooler in environment.poolers.items():
+            tasks.append((functools.partial(check_pooler, env_name, name, pooler), pgbouncer.deadline_of(pooler) + 2,
+                          _failed(PoolerReport, "reachable", env=env_name, name=name, host=pooler.host,
+                                  target=safe_dsn(pooler.dsn))))
+    return [r for r in _run_all(tasks) if isinstance(r, PoolerReport)]
+
+
+def render_poolers_text(poolers: list[PoolerReport]) -> list[str]:
+    if not poolers:
+        return []
+    rows = [["ENVIRONMENT", "POOLER", "IN FRONT OF", "RESULT", "PGBOUNCER", "FEATURES", "TARGET"]]
+    for r in poolers:
+        rows.append([r.env, r.name, r.host, _label(r.status), r.version or "-", "; ".join(r.features) or "-", r.target])
+    lines = ["", *_table(rows)]
+    problems = [(r, f) for r in poolers for f in r.findings if f.level in (WARN, FAIL)]
+    for r, f in sorted(problems, key=lambda p: -_RANK[p[1].level]):
+        lines.append(f"  {_label(f.level):4}  {r.env}/pooler {r.name}: {f.check}: {f.message}")
+    return lines
+
+
 # --- running everything concurrently -------------------------------------------------------------
 
 
@@ -659,16 +730,24 @@ def run(args: argparse.Namespace) -> int:
                   f"(known: {', '.join(config.environments)})", file=sys.stderr)
             return 2
     hosts, state, slack = run_checks(config, dict(os.environ), envs, slack=not args.no_slack)
+    poolers = check_poolers(config, envs)
     extra = config_warnings(config, envs)
     if not args.no_slack:
         extra += shared_channel_warnings(config, dict(os.environ), envs)
-    statuses = [r.status for r in hosts] + [state.status, slack.status] + [f.level for f in extra]
+    statuses = [r.status for r in hosts] + [r.status for r in poolers] + [state.status, slack.status] + [
+        f.level for f in extra]
     ok = FAIL not in statuses and not (args.strict and WARN in statuses)
     if args.json:
-        print(render_json(path, hosts, state, slack, extra, ok))
+        out = json.loads(render_json(path, hosts, state, slack, extra, ok))
+        if poolers:
+            out["poolers"] = [{**asdict(r), "status": r.status} for r in poolers]
+        print(scrub(json.dumps(out, indent=2, default=str)))
     else:
         # server strings (role names, versions, errors) reach a terminal: no control character is obeyed
         text = render_text(path, hosts, state, slack, extra, args.strict)
+        if poolers:
+            head, sep, tail = text.rpartition("\n\n")
+            text = head + scrub("\n".join(render_poolers_text(poolers))) + sep + tail
         print("\n".join(visible(line) for line in text.split("\n")))
     return 0 if ok else 1
 

@@ -24,6 +24,7 @@ USAGE = """\
 • `/pgsessions <env> idle --app NAME [--older 10m] [--user NAME]`: an application's idle sessions, with *Terminate these N*
 • `/pgsessions <env> lag`: replay lag of every standby
 • `/pgsessions <env> [standby] locks`: who waits for whom, root blockers first (the lock tree)
+• `/pgsessions <env> [standby] pool`: PgBouncer pools worst first: clients waiting, the longest wait, the sessions holding them
 • `/pgsessions <env> clear-db DBNAME`: who is connected to a database, with *Terminate all* for maintenance
 • `/pgsessions pending`: open kill requests · `/pgsessions audit <env>`: the latest decisions \
 (`--since 1h`, `--user U0123ABCD`, `--action terminate`, `--page 2` for older ones)
@@ -35,6 +36,7 @@ USAGE_LINES = {
     "list": "`/pgsessions <env> [<standby>] [active|idle|idle-tx|blocked] [--min 10m] [--app NAME] [--user NAME] [--db NAME]`",
     "lag": "`/pgsessions <env> lag`",
     "clear-db": "`/pgsessions <env> clear-db DBNAME`",
+    "pool": "`/pgsessions <env> [<standby>] pool`",
     "pending": "`/pgsessions pending`",
     "audit": "`/pgsessions audit [<env>] [--since 1h] [--user U0123ABCD] [--action terminate] [--page 2]`",
 }
@@ -101,7 +103,15 @@ class ClearDb:
     host: str = "primary"
 
 
-Command = Help | ListSessions | ShowLag | ShowLocks | Audit | Pending | ClearDb
+@dataclass(frozen=True)
+class ShowPools:
+    """``/pgsessions <env> [standby] pool``: the PgBouncer pools in front of a host (issue 25)."""
+
+    env: str
+    host: str = "primary"
+
+
+Command = Help | ListSessions | ShowLag | ShowLocks | Audit | Pending | ClearDb | ShowPools
 
 
 def _tokens(text: str) -> list[str]:
@@ -232,6 +242,8 @@ def parse(text: str, config: Config) -> Command:
         return ClearDb(env, rest[1])
     if rest and rest[0] == "locks":
         return _locks(env, host, rest)
+    if rest and rest[0] == "pool" and "pool" not in environment.standbys:
+        return _pools(env, host, rest)
     if rest and not rest[0].startswith("-") and rest[0] not in CATEGORY_WORDS:
         name = rest[0]
         if name in environment.standbys or name == "primary":
@@ -244,7 +256,16 @@ def parse(text: str, config: Config) -> Command:
             )
     if rest and rest[0] == "locks":
         return _locks(env, host, rest)
+    if rest and rest[0] == "pool":
+        return _pools(env, host, rest)
     return ListSessions(env, host, parse_filters(rest))
+
+
+def _pools(env: str, host: str, rest: list[str]) -> ShowPools:
+    where = env if host == "primary" else f"{env} {host}"
+    if len(rest) > 1:
+        raise CommandError(f"`{where} pool` takes no more words (got `{' '.join(rest[1:])}`).", usage="pool")
+    return ShowPools(env, host)
 
 
 def _locks(env: str, host: str, rest: list[str]) -> ShowLocks:

@@ -156,6 +156,15 @@ class LockPileup(_Model):
     wait: Duration = 60.0
 
 
+def _pool_waiting(v: Any) -> Any:
+    """``pool_waiting: true`` is the default threshold (5 s on the longest wait); a duration sets it."""
+    if v is True:
+        return 5.0
+    if v is False:
+        return None
+    return v
+
+
 class Watch(_Model):
     """``environments.<env>.watch``: session alerts (issue 14); each kind is off when absent."""
 
@@ -168,6 +177,8 @@ class Watch(_Model):
     long_running: Duration | None = None
     connections: Percent | None = None
     xmin_horizon: Duration | None = None
+    # clients waiting in a PgBouncer pool (issue 25): the longest wait that alerts (``true``: 5s)
+    pool_waiting: Annotated[Duration | None, BeforeValidator(_pool_waiting)] = None
 
     @field_validator("check_every")
     @classmethod
@@ -249,6 +260,31 @@ class ClearDb(_Model):
     allow: list[str] = []
 
 
+class PoolerTimeouts(Timeouts):
+    """A pooler's admin console answers at once or not at all: shorter bounds than a database's."""
+
+    connect: Duration = 2.0
+    statement: Duration = 2.0
+
+
+class Pooler(_Model):
+    """``environments.<env>.poolers.<name>``: the admin console of a PgBouncer in front of a host (issue 25).
+
+    ``dsn`` connects to the console (``dbname=pgbouncer``) as a user in ``stats_users`` (reading) or
+    ``admin_users`` (also Disconnect client); ``host`` names which host of the environment it pools for.
+    """
+
+    dsn: str
+    host: str = "primary"
+    timeouts: PoolerTimeouts = PoolerTimeouts()
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn(cls, v: str) -> str:
+        _check_dsn(v)
+        return v
+
+
 class Environment(_Model):
     dsn: str
     standbys: dict[str, str] = {}
@@ -262,6 +298,7 @@ class Environment(_Model):
     listing: Listing = Listing()
     clear_db: ClearDb = ClearDb()
     redact_queries: bool = False
+    poolers: dict[str, Pooler] = {}
 
     @field_validator("dsn")
     @classmethod
@@ -281,6 +318,14 @@ class Environment(_Model):
                 _check_dsn(dsn)
             except ValueError as exc:
                 raise ValueError(f"standby {name!r}: {exc}") from None
+        return v
+
+    @field_validator("poolers")
+    @classmethod
+    def _pooler_names(cls, v: dict[str, Pooler]) -> dict[str, Pooler]:
+        for name in v:
+            if not NAME_RE.match(name):
+                raise ValueError(f"pooler name {name!r} must be letters, digits, '.', '_' or '-'")
         return v
 
     def hosts(self) -> dict[str, str]:
@@ -362,6 +407,18 @@ class Config(_Model):
                     f"environments.{name}.lag_alert is set but the environment has no standbys: "
                     f"add environments.{name}.standbys or remove lag_alert"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _pooler_hosts(self) -> Config:
+        for env_name, env in self.environments.items():
+            for name, pooler in env.poolers.items():
+                if pooler.host != "primary" and pooler.host not in env.standbys:
+                    known = ", ".join(["primary", *env.standbys])
+                    raise ValueError(
+                        f"environments.{env_name}.poolers.{name}.host: {pooler.host!r} is not a host of this "
+                        f"environment: use one of {known}"
+                    )
         return self
 
     @model_validator(mode="after")

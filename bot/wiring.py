@@ -19,6 +19,7 @@ from bot.slack import (
     lag_handlers,
     listing_handlers,
     nudges,
+    pool_handlers,
     watch_handlers,
 )
 from bot.slack.edge import Router
@@ -39,6 +40,7 @@ def register_features(app: App, rt: Runtime, router: Router) -> None:
     nudges.register(app, rt, router)  # the requester's DM, the approvers' reminder
     home_handlers.register(app, rt, router)  # the App Home tab
     watch_handlers.register(app, rt, router)  # the session watch's jobs and its Acknowledge button
+    pool_handlers.register(rt, router)  # `/pgsessions <env> pool` (PgBouncer, issue 25)
 
 
 def install_jobs(rt: Runtime) -> None:

@@ -75,6 +75,15 @@ CASES = {
                            "greater than or equal to 0"),
     "consecutive not a number": (env(lag_alert={"channel": "C1", "consecutive": "two"}),
                                  "environments.prod.lag_alert.consecutive", "write a whole number"),
+    # Poolers (issue 25)
+    "pooler host not a host": (env(poolers={"pgb1": {"dsn": "host=pgb1 dbname=pgbouncer", "host": "replica9"}}),
+                               "environments.prod.poolers.pgb1.host", "use one of primary, replica1"),
+    "pooler name with a space": (env(poolers={"pgb 1": {"dsn": "host=pgb1 dbname=pgbouncer"}}),
+                                 "environments.prod.poolers", "must be letters, digits"),
+    "pooler dsn broken": (env(poolers={"pgb1": {"dsn": "host=pgb1 =oops"}}), "environments.prod.poolers.pgb1.dsn",
+                          "write it as 'host=db1"),
+    "pooler timeout too small": (env(poolers={"pgb1": {"dsn": "host=pgb1", "timeouts": {"connect": "0.2s"}}}),
+                                 "environments.prod.poolers.pgb1.timeouts.connect", "at least 1s"),
     # Watch and ignore (issue 14)
     "watch check_every too small": (env(watch={"channel": "C1", "check_every": "0.5s"}),
                                     "environments.prod.watch.check_every", "at least 1s"),
@@ -186,6 +195,6 @@ def test_every_validator_has_a_case():
     source = inspect.getsource(config)
     validators = len(re.findall(r"@(?:field|model)_validator\(", source))
     raises = len(re.findall(r"raise (?:ValueError|ConfigError)\(", source))
-    # 18 validators with 24 ValueErrors between them (each has a case above), plus 6 ConfigErrors: the
+    # 21 validators with 26 ValueErrors between them (each has a case above), plus 6 ConfigErrors: the
     # unset ${VAR}, a non-mapping, the wrapped validation errors, and the file missing / broken / empty
-    assert (validators, raises) == (18, 30), (validators, raises)
+    assert (validators, raises) == (21, 32), (validators, raises)

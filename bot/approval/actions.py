@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.approval import ids
-from bot.approval.models import Outcome, Request, StoredTarget, TargetKind
+from bot.approval.models import Outcome, Request, SessionTarget, StoredTarget, TargetKind
+from bot.approval.pooler_actions import disconnect_client, disconnect_refusal
 from bot.approval.ports import Execution
 from bot.approval.targets import signal_session
 from bot.bulk.execute import run_allow_connections, run_clear_db, run_terminate_bulk
@@ -43,6 +44,8 @@ class ActionKind:
     modal: Modal
     # Cancel does nothing to a session idle in transaction: refused, and the button is not drawn
     refuses_idle_in_transaction: bool = False
+    # why a session target cannot have this action (mrkdwn), checked when a button is clicked
+    session_refusal: Callable[[SessionTarget], str | None] | None = None
 
 
 ACTIONS: Mapping[str, ActionKind] = {
@@ -55,6 +58,11 @@ ACTIONS: Mapping[str, ActionKind] = {
         ActionKind(
             ids.TERMINATE, "session", ids.KILL_PREFIX, "Terminate", "terminate", "Terminate session",
             signal_session, request_message, request_modal,
+        ),
+        ActionKind(
+            ids.DISCONNECT_CLIENT, "session", ids.KILL_PREFIX, "Disconnect client",
+            "disconnect the PgBouncer client linked to", "Disconnect client", disconnect_client,
+            request_message, request_modal, session_refusal=disconnect_refusal,
         ),
         ActionKind(
             ids.TERMINATE_BULK, "bulk", ids.BULK_PREFIX, "Terminate sessions", "terminate these sessions",

@@ -28,6 +28,7 @@ TERMINATE_BULK = "terminate_bulk"
 CLEAR_DB = "clear_db"
 CLEAR_DB_BLOCK = "clear_db_block"
 ALLOW_CONNECTIONS = "allow_connections"
+DISCONNECT_CLIENT = "disconnect_client"  # a PgBouncer client (KILL_CLIENT, 1.24+; issue 25)
 SESSION_KINDS = (CANCEL, TERMINATE)
 BULK_KINDS = (TERMINATE_BULK, CLEAR_DB, CLEAR_DB_BLOCK, ALLOW_CONNECTIONS)
 VERDICTS = ("approve", "deny", "withdraw")

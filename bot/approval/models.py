@@ -97,6 +97,22 @@ class SessionRef(Frozen):
         return self.pid, self.started
 
 
+class PooledClientRef(Frozen):
+    """The PgBouncer client linked to a server session when it was listed (issue 25): what Disconnect
+    client acts on (``client_id``, re-checked with its address and port) and what Terminate will hit."""
+
+    pooler: str
+    pool: str | None = None
+    pool_mode: str | None = None
+    client_id: int | None = None  # PgBouncer 1.24+
+    addr: str | None = None
+    port: int | None = None
+    application: str | None = None
+    user: str | None = None
+    database: str | None = None
+    disconnect_refusal: str | None = None  # why Disconnect client is not offered (mrkdwn), None: it is
+
+
 class SessionSnapshot(SessionRef):
     """One session as a listing showed it (what its buttons act on or read)."""
 
@@ -107,6 +123,7 @@ class SessionSnapshot(SessionRef):
     listed_at: float | None = None  # when the listing read it (epoch seconds)
     requested_in: str | None = None  # the channel a request for it was made from
     actions: tuple[str, ...] | None = None  # the actions its buttons were drawn with (None: any)
+    pooled: PooledClientRef | None = None  # opened by a pooler: its client linked when listed (issue 25)
 
 
 class SessionTarget(SessionSnapshot):

@@ -16,6 +16,7 @@ from bot.approval.audit import audit_request
 from bot.approval.models import (
     DetailsTarget,
     OutcomeStatus,
+    PooledClientRef,
     Request,
     SessionTarget,
     SignalOutcome,
@@ -57,6 +58,19 @@ def session_snapshot(s: Session, listed_at: float | None = None) -> SessionTarge
         idle_in_transaction=s.is_idle_in_transaction,
         # an autovacuum worker is only ever cancelled (stopping the process is not the bot's to do)
         actions=("cancel",) if s.is_autovacuum else None,
+        pooled=pooled_ref(s),
+    )
+
+
+def pooled_ref(s: Session) -> PooledClientRef | None:
+    """The pooler's client linked to this session when it was read, or None (a direct connection)."""
+    via = s.via
+    if via is None or via.client is None:
+        return None
+    c = via.client
+    return PooledClientRef(
+        pooler=via.pooler, pool=via.pool, pool_mode=via.pool_mode, client_id=c.id, addr=c.addr, port=c.port,
+        application=c.application, user=c.user, database=c.database, disconnect_refusal=via.kill_client_refusal,
     )
 
 

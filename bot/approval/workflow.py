@@ -164,6 +164,9 @@ class Workflow:
                 )
             if kind.refuses_idle_in_transaction and not runs_query(target.state):
                 return None, "cancel does nothing to a session that is not running a query: use Terminate"
+            refusal = kind.session_refusal(target) if kind.session_refusal is not None else None
+            if refusal:
+                return None, refusal
             offered = target.actions  # a session token may name the actions it was drawn with
             if offered is not None and action not in offered:
                 return None, f"`{action}` is not what this button was issued for"

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from psycopg.rows import dict_row
 
 from bot.config import Environment
+from bot.postgres import pgbouncer
 from bot.postgres.models import (
     CLIENT_BACKEND,
     Category,
@@ -71,6 +72,7 @@ def _session(row: Row, redact_queries: bool = False) -> Session:
         xact_start=row.get("xact_start"),
         state_change=row.get("state_change"),
         backend_type=row.get("backend_type") or CLIENT_BACKEND,
+        client_port=row.get("client_port"),
     )
 
 
@@ -85,7 +87,12 @@ def thresholds_for(environment: Environment, filters: Filters) -> dict[str, floa
     }
 
 
-def list_sessions(dbs: Databases, env: str, host: str = "primary", filters: Filters | None = None) -> Listing:
+def list_sessions(
+    dbs: Databases, env: str, host: str = "primary", filters: Filters | None = None,
+    poolers: tuple[pgbouncer.PoolerRead, ...] | None = None, annotate_all: bool = False,
+) -> Listing:
+    """``poolers``: the host's poolers as already read (else they are read here, beside the database);
+    ``annotate_all``: every session gets its pooler view, not only the first ``listing.max_sessions``."""
     filters = filters or Filters()
     environment = dbs.config.environments[env]
     thresholds = thresholds_for(environment, filters)
@@ -100,6 +107,8 @@ def list_sessions(dbs: Databases, env: str, host: str = "primary", filters: Filt
         "db": filters.database,
         "query_chars": max(environment.listing.query_chars * 2, 600),
     }
+    # beside the database read, each bounded
+    pooler_reads = pgbouncer.start_reads(dbs.config, env, host) if poolers is None else []
     with dbs.connection(env, host, op="list_sessions") as conn:
         started = time.monotonic()
         info = server_info(conn)
@@ -119,8 +128,15 @@ def list_sessions(dbs: Databases, env: str, host: str = "primary", filters: Filt
             else:
                 kept.append(r)
         rows = kept
-    sessions = sorted((_session(r, environment.redact_queries) for r in rows), key=lambda s: s.sort_key)
+    if poolers is None:
+        poolers = pgbouncer.collect(pooler_reads)
+    # idle pool members are counted per pool, not listed; the pooler's view is attached to the sessions
+    # a message draws (the first listing.max_sessions, or all of them with annotate_all)
+    listed = pgbouncer.without_pool_members((_session(r, environment.redact_queries) for r in rows), poolers)
+    sessions = pgbouncer.attach(sorted(listed, key=lambda s: s.sort_key), poolers,
+                                None if annotate_all else environment.listing.max_sessions)
     return Listing(
         env=env, host=host, server=info, sessions=tuple(sessions), filters=filters, thresholds=thresholds,
         read_at=datetime.now(UTC), read_ms=read_ms, out_of_connections=full, ignored=ignored,
+        poolers=tuple(p.note() for p in poolers),
     )

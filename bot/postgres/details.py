@@ -14,9 +14,10 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
-from bot.postgres import relnames
+from bot.postgres import pgbouncer, relnames
 from bot.postgres.locks import LockGraph, LockObject, LockRef, behind, blocker_levels, graph_from_rows
 from bot.postgres.models import AUTOVACUUM_WORKER, CLIENT_BACKEND, Session, cannot_signal_reason
+from bot.postgres.pooler_models import PoolerNote
 from bot.postgres.pools import Databases
 from bot.postgres.redact import redact
 from bot.postgres.sql import query
@@ -45,6 +46,7 @@ class Details:
     other_start: datetime | None = None  # the newcomer's backend_start when the pid was reused
     read_at: datetime | None = None
     graph: LockGraph | None = None
+    poolers: tuple[PoolerNote, ...] = ()  # the host's poolers as read with the session (issue 25)
 
 
 def _as_datetime(value: str | datetime) -> datetime:
@@ -67,6 +69,7 @@ def read_details(
 
     environment = dbs.config.environments[env]
     started = _as_datetime(backend_start)
+    pooler_reads = pgbouncer.start_reads(dbs.config, env, host)  # beside the database read, each bounded
     with dbs.connection(env, host, op="details") as conn:
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute(query("details_session"), {"pid": pid, "query_chars": QUERY_CHARS})
@@ -99,6 +102,10 @@ def read_details(
         "backend_xmin": row["backend_xmin"],
     }
     session = _session({**row, **flags})
+    poolers = pgbouncer.collect(pooler_reads)
+    via = pgbouncer.via_for(session, poolers)
+    if via is not None:
+        session = replace(session, via=via)
     return Details(
         env,
         host,
@@ -115,6 +122,7 @@ def read_details(
         cannot_signal=why_not_signal(row),
         read_at=row["read_at"],
         graph=graph,
+        poolers=tuple(p.note() for p in poolers if not p.ok),
     )
 
 

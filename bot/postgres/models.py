@@ -8,6 +8,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from bot.postgres.pooler_models import PooledVia, PoolerNote
+
 
 class Category(StrEnum):
     """Why a session needs attention, most urgent first (the order is the listing's rank)."""
@@ -133,6 +135,10 @@ class Session:
     query_start: datetime | None = None
     xact_start: datetime | None = None
     state_change: datetime | None = None
+    # the client's port as PostgreSQL sees it, and the pooler that opened this session with the client
+    # linked to it now (issue 25; None for a direct connection or without poolers configured)
+    client_port: int | None = None
+    via: PooledVia | None = None
     backend_type: str = CLIENT_BACKEND  # also "autovacuum worker": shown when it blocks others
 
     @property
@@ -227,6 +233,7 @@ class Listing:
     read_ms: float | None = None
     out_of_connections: bool = False
     ignored: int = 0  # sessions needing attention hidden by the environment's ``ignore`` rules
+    poolers: tuple[PoolerNote, ...] = ()  # the host's poolers: idle pool members per pool, or why unread
 
     def counts(self) -> dict[Category, int]:
         out = {c: 0 for c in Category}

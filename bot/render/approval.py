@@ -145,6 +145,15 @@ def target_lines(
         f"*state* {esc(t.state or '?')} · {esc(t.duration_what or 'for')} "
         f"{format_duration(t.duration_secs)} (when listed) · *backend started* {esc(t.backend_start)}",
     ]
+    if t.pooled is not None:
+        p = t.pooled
+        where_ = f"{p.addr}:{p.port}" if p.addr and p.port is not None else (p.addr or "local socket")
+        lines.append(
+            f":link: *via pooler* {code(p.pooler)} (pool {code(p.pool or '?')}, {esc(p.pool_mode or '?')} pooling) · "
+            f"*client linked when listed* {code(where_)} · *app* {code(p.application or '–')}"
+            + (f" · *client id* {p.client_id}" if p.client_id is not None else "")
+            + " (a Terminate of this server connection ends what that client does on it now)"
+        )
     when = listed_when(t, now, requested_at)
     if when:
         lines.append(when)

@@ -6,7 +6,7 @@ button may act on is decided on the server, never read from the payload.
 
 from __future__ import annotations
 
-from bot.approval.ids import CANCEL, TERMINATE, details_action_id, kill_action_id
+from bot.approval.ids import CANCEL, DISCONNECT_CLIENT, TERMINATE, details_action_id, kill_action_id
 from bot.postgres.models import Session
 from bot.render.common import actions, button, context, esc
 
@@ -48,6 +48,10 @@ def session_buttons(
     if session.runs_query:  # Cancel stops a running query; on an idle session it does nothing
         elements.append(button(f"Cancel {session.pid}", kill_action_id(CANCEL, token), token))
     elements.append(button(f"Terminate {session.pid}", kill_action_id(TERMINATE, token), token, style="danger"))
+    client = session.via.client if session.via is not None else None
+    if client is not None and client.id is not None and session.via is not None and not session.via.kill_client_refusal:
+        # PgBouncer 1.24+: the client linked to this server connection, not the connection (issue 25)
+        elements.append(button(f"Disconnect client {client.id}", kill_action_id(DISCONNECT_CLIENT, token), token))
     elements += details
     blocks = [actions(f"kill:{token}", *elements)]
     if session.is_idle_in_transaction:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from bot.approval.ids import CANCEL, DETAILS_CALLBACK, TERMINATE, modal_kill_action_id
+from bot.approval.ids import CANCEL, DETAILS_CALLBACK, DISCONNECT_CLIENT, TERMINATE, modal_kill_action_id
 from bot.durations import format_duration
 from bot.postgres.details import Details
 from bot.postgres.locks import LockRef
@@ -27,6 +27,7 @@ from bot.render.common import (
     section,
     slack_time,
 )
+from bot.render.pooler import details_pooler_section
 
 MAX_MODAL_BLOCKS = 100
 QUERY_BLOCKS = 4
@@ -157,6 +158,9 @@ def details_view(d: Details, kill_token: str | None, kill_disabled: str | None =
         f"db {code(r['datname']) if r.get('datname') else '–'}",
     ]
     blocks.append(section("*Client*\n" + " · ".join(client)))
+    pooled = details_pooler_section(s, d.poolers)
+    if pooled:
+        blocks.append(section(cut(pooled, SECTION_TEXT)))
     leader, workers = r.get("leader_pid"), list(r.get("worker_pids") or [])
     text = ""
     if leader is not None and leader != d.pid:
@@ -224,6 +228,10 @@ def details_view(d: Details, kill_token: str | None, kill_disabled: str | None =
         elements.append(
             button(f"Terminate {d.pid}", modal_kill_action_id(TERMINATE, kill_token), kill_token, style="danger")
         )
+        linked = s.via.client if s.via is not None else None
+        if linked is not None and linked.id is not None and s.via is not None and not s.via.kill_client_refusal:
+            elements.append(button(f"Disconnect client {linked.id}",
+                                   modal_kill_action_id(DISCONNECT_CLIENT, kill_token), kill_token))
         blocks.append(actions(f"dkill:{kill_token}", *elements))
         note = "Cancel and Terminate ask for approval, as in the listing."
         blocks.append(context(IDLE_TX_NOTE + " " + note if s.is_idle_in_transaction else note))

@@ -8,6 +8,7 @@ from bot.durations import format_duration
 from bot.postgres.models import Category, Listing, Session
 from bot.render.buttons import session_buttons
 from bot.render.common import MAX_BLOCKS, code, context, esc, fold_query, header, message, section, slack_time
+from bot.render.pooler import kill_client_line, pooler_notes_text, via_line
 
 EMOJI = {
     Category.BLOCKING: ":no_entry:",
@@ -47,6 +48,12 @@ def session_text(s: Session, query_chars: int = 300) -> str:
             f"client {code(s.client_addr) if s.client_addr else 'local socket'}",
         ]
         lines.append(" · ".join(who))
+    pooled = via_line(s)
+    if pooled:
+        lines.append(pooled)
+        why = kill_client_line(s.via)
+        if why:
+            lines.append(why)
     state = [f"state {esc(s.state or '?')}"]
     if s.wait_event_type:
         state.append(f"waits on {esc(s.wait_event_type)}/{esc(s.wait_event or '?')}")
@@ -75,6 +82,9 @@ def summary(listing: Listing) -> str:
     conns = f"{srv.client_connections} of {srv.max_connections} connections in use"
     read = f" · read in {listing.read_ms:.0f} ms" if listing.read_ms is not None else ""
     text = f"{found}\n{conns} · PostgreSQL {esc(srv.server_version.split()[0])}{read}"
+    pooled = pooler_notes_text(listing.poolers)
+    if pooled:
+        text += "\n" + pooled
     if listing.out_of_connections:
         who = f"`{esc(listing.env)}`" if listing.host == "primary" else f"`{esc(listing.env)}` standby `{esc(listing.host)}`"
         text = (

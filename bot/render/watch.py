@@ -42,6 +42,7 @@ from bot.watch.model import (
     IDLE_TX,
     LOCK_PILEUP,
     LONG_RUNNING,
+    POOL_WAITING,
     WAL_RECEIVER,
     XMIN_HORIZON,
 )
@@ -58,6 +59,7 @@ EMOJI = {
     XMIN_HORIZON: ":broom:",
     WAL_RECEIVER: ":satellite_antenna:",
     HOST_UNREACHABLE: ":rotating_light:",
+    POOL_WAITING: ":hourglass:",
 }
 TITLE = {
     LOCK_PILEUP: "Lock pile-up",
@@ -67,6 +69,7 @@ TITLE = {
     XMIN_HORIZON: "xmin horizon held back",
     WAL_RECEIVER: "WAL receiver not streaming",
     HOST_UNREACHABLE: "Unreachable",
+    POOL_WAITING: "Clients waiting in a pool",
 }
 
 
@@ -174,6 +177,9 @@ def _title(kind: str, env: str, host: str, facts: Mapping) -> str:
         return f"WAL receiver not streaming on {w}"
     if kind == HOST_UNREACHABLE:
         return f"Unreachable: {w}" + (" primary" if host == "primary" else "")
+    if kind == POOL_WAITING:
+        return (f"Clients waiting in a pool on {w}: {facts['waiting']} waiting, longest "
+                f"{format_duration(facts['longest_wait'])}")
     return f"{kind} on {w}"
 
 
@@ -222,6 +228,42 @@ def _pileup_blocks(f: Mapping, tokens: Mapping[int, str], kill_disabled: str | N
     elif not kill_disabled and not root.get("cannot_signal"):
         blocks.append(context("Terminate is offered only for a root idle in transaction; Cancel stops its current "
                               "query (it may still hold its locks until its transaction ends)."))
+    return blocks
+
+
+def _pool_waiting_line(f: Mapping) -> str:
+    """```app/appdb`: 37 clients waiting, longest 12s; the pool's 20 server connections are busy — oldest
+    transaction 14m (pid 4242, app `billing`, idle in transaction)``` (every server string escaped)."""
+    size = f.get("pool_size")
+    busy = int(f.get("servers_busy") or 0)
+    servers = (f"the pool's {_plural(busy, 'server connection')} {'is' if busy == 1 else 'are'} busy"
+               + (f" (pool size {size})" if size is not None and size != busy else ""))
+    text = (f"{code(f.get('pool') or '?')} (pooler {code(f.get('pooler') or '?')}): "
+            f"{_plural(int(f.get('waiting') or 0), 'client')} waiting, longest {format_duration(f.get('longest_wait'))}; "
+            f"{servers}")
+    holders = f.get("holders") or []
+    if holders:
+        h = holders[0]
+        age = h.get("xact_secs") if h.get("xact_secs") is not None else h.get("state_secs")
+        text += (f" — oldest transaction {format_duration(age)} (pid {h.get('pid')}, app "
+                 f"{code(h.get('application')) if h.get('application') else '–'}, {esc(h.get('state') or '?')})")
+    return text
+
+
+def _pool_waiting_blocks(f: Mapping, tokens: Mapping[int, str], kill_disabled: str | None, query_chars: int,
+                         details: Mapping[int, str]) -> list[dict]:
+    blocks: list[dict] = [section(f"{EMOJI[POOL_WAITING]} {_pool_waiting_line(f)}")]
+    holders = f.get("holders") or []
+    if holders:
+        blocks.append(context("The server sessions holding the pool, longest transaction first: Terminate ends the "
+                              "session and the transaction of the client linked to it now."))
+    for s in holders:
+        blocks.append(section(session_line(s, query_chars)))
+        blocks += _buttons(s, tokens.get(s["pid"]), kill_disabled, cancel=not _idle_tx(s), terminate=True,
+                           details_token=details.get(s["pid"]))
+    more = int(f.get("holders_total") or 0) - len(holders)
+    if more > 0:
+        blocks.append(context(f"{more} more not shown (longest transaction first)."))
     return blocks
 
 
@@ -344,6 +386,8 @@ def render_alert(
             + (f" (last message from the primary {format_duration(silent)} ago)" if silent is not None else "")
             + ": it receives no WAL, so it falls behind without ever showing replay lag. Check "
             "`primary_conninfo`, the replication slot and the primary's `pg_stat_replication`.")]
+    elif kind == POOL_WAITING:
+        body = _pool_waiting_blocks(facts, tokens, kill_disabled, query_chars, details)
     elif kind == HOST_UNREACHABLE:
         body = [section(f"{EMOJI[HOST_UNREACHABLE]} The bot cannot read this server: {esc(facts.get('reason') or '?')}"
                         f" ({_plural(int(facts.get('failures') or 0), 'check')} in a row). No session alert can fire "
@@ -379,6 +423,8 @@ def _summary(kind: str, f: Mapping) -> str:
         return f"status {esc(f.get('status') or 'not running')}"
     if kind == HOST_UNREACHABLE:
         return esc(f.get("reason") or "?")
+    if kind == POOL_WAITING:
+        return _pool_waiting_line(f)
     if kind == XMIN_HORIZON:
         o = f["oldest"]
         name = {"backend": lambda: f"pid {o['session']['pid']} (app {esc(o['session'].get('application') or '–')})",

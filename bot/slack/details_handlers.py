@@ -139,12 +139,13 @@ def _read_view(rt: Runtime, target: StoredTarget, user: str) -> dict:
 
 def modal_kill(rt: Runtime, body: dict, action: dict, client: Any) -> None:
     """Cancel/Terminate drawn in the Details modal: the same approval form, on the listing's channel."""
-    click = ids.parse_click(ids.MODAL_KILL_PREFIX, ids.SESSION_KINDS, action.get("action_id", ""), action.get("value"))
+    verbs = (*ids.SESSION_KINDS, ids.DISCONNECT_CLIENT)  # Disconnect client: a PgBouncer 1.24+ client (issue 25)
+    click = ids.parse_click(ids.MODAL_KILL_PREFIX, verbs, action.get("action_id", ""), action.get("value"))
     target = rt.store.get_target(click.token) if click else None
     channel = target.channel if target else None
     open_request_form(
         rt, {**body, "channel": {"id": channel}}, action, None, _Pusher(client), ids.MODAL_KILL_PREFIX,
-        verbs=ids.SESSION_KINDS,
+        verbs=verbs,
     )
 
 

@@ -47,7 +47,7 @@ from bot.render import watch as render
 from bot.slack import outbox as slack_outbox
 from bot.state.incidents import Incident
 from bot.state.lease import LeaderLease
-from bot.watch import rules
+from bot.watch import pool_rules, rules
 from bot.watch.incidents import LEASE_NAME, WatchIncidents
 from bot.watch.model import (
     CONNECTIONS,
@@ -162,6 +162,7 @@ class Watcher:
             "lock_pileup": w.lock_pileup is not None, "idle_in_tx": w.idle_in_transaction is not None,
             "long_running": w.long_running is not None, "connections": w.connections is not None,
             "xmin_horizon": w.xmin_horizon is not None, "wal_receiver": True, "host_unreachable": True,
+            "pool_waiting": w.pool_waiting is not None,
         }.get(kind, False)
 
     # --- one check ----------------------------------------------------------------------------------
@@ -197,6 +198,8 @@ class Watcher:
         with self._checking(env, host, "checking") as st:
             if st is None:
                 return  # the previous check of this host is still running
+            # the host's poolers (pool_waiting) are read beside the database, each bounded
+            pool_reads = pool_rules.start(self.rt.dbs, env, host, self.watches.get(env))
             try:
                 snap = self.reads.read(env, host)
             except DatabaseUnavailable as exc:
@@ -206,6 +209,7 @@ class Watcher:
                     self.on_failure(env, host, exc.reason, st)
                 return
             if self.is_leader():
+                snap = pool_rules.read_pools(self.rt.dbs, snap, pool_reads, self.watches.get(env))
                 self.on_snapshot(snap, st)
 
     def on_snapshot(self, snap: HostSnapshot, st: HostState) -> None:
@@ -215,6 +219,7 @@ class Watcher:
         # the sessions as they may be offered (protect): the access policy marks them, per environment
         snap = replace(snap, sessions=tuple(self.rt.policy.mark(snap.env, snap.sessions)))
         found = rules.conditions(snap, w, environment.ignore, max_bulk=environment.access.max_bulk, clock=st.clock)
+        found = pool_rules.without_pool_members(found, snap) + pool_rules.pool_waiting(snap, w, environment.ignore)
         self._move(snap, st, found, w)
 
     def _move(self, snap: HostSnapshot, st: HostState, found: list[rules.Condition], w: Watch,
