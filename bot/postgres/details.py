@@ -69,16 +69,16 @@ def read_details(
     started = _as_datetime(backend_start)
     with dbs.connection(env, host, op="details") as conn:
         with conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(query("details_session"), {"pid": pid, "query_chars": QUERY_CHARS})
+            cur.execute(query("details_session", conn), {"pid": pid, "query_chars": QUERY_CHARS})
             row = cur.fetchone()
             if row is None:
                 return Details(env, host, pid, "ended")
             if row["backend_start"] != started:
                 return Details(env, host, pid, "reused", other_start=row["backend_start"], read_at=row["read_at"])
-            cur.execute(query("details_locks"), {"pid": pid, "backend_start": started, "lock_limit": lock_limit})
+            cur.execute(query("details_locks", conn), {"pid": pid, "backend_start": started, "lock_limit": lock_limit})
             lock_rows = cur.fetchall()
             graph_rows: list[dict[str, Any]] = []
-            cur.execute(query("lock_forest"), {"query_chars": 600})
+            cur.execute(query("lock_forest", conn), {"query_chars": 600})
             graph_rows = cur.fetchall()
     if environment.redact_queries:
         row["query"] = redact(row["query"] or "")

@@ -325,6 +325,6 @@ def read_lock_graph(dbs: Databases, env: str, host: str = "primary", query_chars
     environment = dbs.config.environments[env]
     with dbs.connection(env, host, op="lock_forest") as conn:
         with conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(query("lock_forest"), {"query_chars": query_chars})
+            cur.execute(query("lock_forest", conn), {"query_chars": query_chars})
             rows = cur.fetchall()
     return graph_from_rows(env, host, rows, environment.redact_queries)
