@@ -19,7 +19,7 @@ from bot.postgres.locks import LockGraph, LockObject, LockRef, behind, blocker_l
 from bot.postgres.models import Session, cannot_signal_reason
 from bot.postgres.pools import Databases
 from bot.postgres.redact import redact
-from bot.postgres.sql import query
+from bot.postgres.sql import features, query
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,10 @@ def read_details(
             graph_rows: list[dict[str, Any]] = []
             cur.execute(query("lock_forest", conn), {"query_chars": 600})
             graph_rows = cur.fetchall()
+        from_query = not features(conn).lock_wait_start
     if environment.redact_queries:
         row["query"] = redact(row["query"] or "")
-    graph = graph_from_rows(env, host, graph_rows, environment.redact_queries)
+    graph = replace(graph_from_rows(env, host, graph_rows, environment.redact_queries), waits_from_query=from_query)
     locks = tuple(
         LockRef(r["mode"], r["granted"], LockObject.from_row(r) or LockObject(r["locktype"]), r["wait_secs"])
         for r in lock_rows
