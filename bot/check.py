@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bot.config import Config, ConfigError, Environment, load_config
-from bot.postgres.sql import Features
+from bot.postgres.sql import Features, features, query, unsupported, version_text
 from bot.render.common import visible
 from bot.secrets import safe_dsn, scrub
 
@@ -173,7 +173,6 @@ def check_host(env: str, host: str, dsn: str, environment: Environment, kill_all
 
     from bot.postgres.activity import server_info
     from bot.postgres.pools import connect_bounded, explain
-    from bot.postgres.sql import features, query, unsupported, version_text
 
     report = HostReport(env=env, host=host, role="primary" if host == "primary" else "standby", target=safe_dsn(dsn))
     ct, st = environment.timeouts.connect, environment.timeouts.statement

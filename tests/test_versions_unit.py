@@ -9,6 +9,7 @@ from importlib import resources
 
 import pytest
 
+from bot.check import FAIL, OK, HostReport, SlackReport, StateReport, render_text
 from bot.lagwatch.model import Unreachable
 from bot.postgres import sql as botsql
 from bot.postgres.pools import DatabaseUnavailable, UnsupportedServer
@@ -111,3 +112,25 @@ def test_what_each_version_enables(num, have):
     assert text.startswith("enables ")
     for name, present, since, _ in f.described():
         assert (f"{name} ({since}+)" in text) == (not present)
+
+
+def test_check_lists_each_servers_version_and_what_it_enables():
+    new = HostReport(env="prod", host="primary", server_version="16.14", server_version_num=160014,
+                     features={name: present for name, present, _, _ in botsql.features(160014).described()})
+    new.add(OK, "version", "PostgreSQL 16.14")
+    old = HostReport(env="prod", host="replica1", role="standby", server_version="13.23", server_version_num=130023,
+                     features={name: present for name, present, _, _ in botsql.features(130023).described()})
+    old.add(OK, "version", "PostgreSQL 13.23")
+    refused = HostReport(env="legacy", host="primary", server_version="12.22", server_version_num=120022)
+    refused.add(FAIL, "version", "PostgreSQL 12.22 is not supported (13 or newer): the bot does not use this server")
+    text = render_text("x.yml", [new, old, refused], StateReport(), SlackReport(), [], strict=False)
+    lines = text.split("\n")
+    assert "Versions:" in lines
+    assert ("  prod/primary: PostgreSQL 16.14: enables lock wait start, query_id, terminate with timeout, "
+            "reserved connections; not pg_signal_autovacuum_worker (18+)") in lines
+    assert ("  prod/replica1: PostgreSQL 13.23: enables none of the newer features; not lock wait start (14+), "
+            "query_id (14+), terminate with timeout (14+), reserved connections (16+), "
+            "pg_signal_autovacuum_worker (18+)") in lines
+    assert "  legacy/primary: PostgreSQL 12.22: not supported (13 or newer)" in lines
+    assert any("legacy/primary: version: PostgreSQL 12.22 is not supported (13 or newer)" in line for line in lines)
+    assert "unreachable" not in text

@@ -10,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bot.config import Config
+from bot.postgres.sql import unsupported_conn
+from bot.shell.localconfig import NO_POSTGRES
 
 DESCRIPTION = """\
 Chat with the bot in this terminal, without Slack: the same app and handlers as `serve`, with the
@@ -56,7 +58,6 @@ def check_local_postgres(config: Config) -> str | None:
     import psycopg
 
     from bot.postgres.pools import explain
-    from bot.postgres.sql import unsupported_conn
 
     env = config.environments["local"]
     try:
@@ -73,8 +74,6 @@ UNSUPPORTED = "it answered, but "  # check_local_postgres: the server is there a
 
 def local_refusal(dsn: str, reason: str) -> str:
     """What the terminal chat says when the built-in config's PostgreSQL cannot be used."""
-    from bot.shell.localconfig import NO_POSTGRES
-
     if reason.startswith(UNSUPPORTED):  # "PostgreSQL 12.22 is not supported (13 or newer)"
         return f"pgsessions shell: the PostgreSQL at {dsn}: {reason.removeprefix(UNSUPPORTED)}"
     return NO_POSTGRES.format(dsn=dsn, reason=reason)
