@@ -154,5 +154,9 @@ def unsupported(server_version_num: int, server_version: str | None = None) -> s
 
 
 def unsupported_conn(conn: Conn) -> str | None:
-    """:func:`unsupported` for the server behind ``conn`` (what it reported when the connection started)."""
-    return unsupported(conn.info.server_version, conn.info.parameter_status("server_version"))
+    """:func:`unsupported` for the server behind ``conn`` (what it reported when the connection started).
+    A version libpq does not know (0: a connection gone bad) refuses nothing: the next statement says why."""
+    version = conn.info.server_version
+    if not version:
+        return None
+    return unsupported(version, conn.info.parameter_status("server_version"))
