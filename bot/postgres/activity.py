@@ -26,7 +26,7 @@ from bot.session_rules import is_ignored
 
 def server_info(conn: Conn) -> ServerInfo:
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query("server_info"))
+        cur.execute(query("server_info", conn))
         row = cur.fetchone()
     assert row is not None  # the query always returns one row
     return ServerInfo(**row)
@@ -113,7 +113,7 @@ def list_sessions(
         started = time.monotonic()
         info = server_info(conn)
         with conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(query("sessions"), params)
+            cur.execute(query("sessions", conn), params)
             rows = cur.fetchall()
         read_ms = (time.monotonic() - started) * 1000
         full = bool(getattr(conn, "pgs_reserved", False))

@@ -66,18 +66,18 @@ class Connected:
 
 def database_info(conn: Conn, database: str) -> DatabaseInfo | None:
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query("clear_db_info"), {"database": database})
+        cur.execute(query("clear_db_info", conn), {"database": database})
         row = cur.fetchone()
     return DatabaseInfo(**row) if row else None
 
 
 def database_names(conn: Conn) -> list[str]:
-    return [r[0] for r in conn.execute(query("clear_db_names")).fetchall()]
+    return [r[0] for r in conn.execute(query("clear_db_names", conn)).fetchall()]
 
 
 def connected_to(conn: Conn, database: str) -> list[Connected]:
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query("clear_db_sessions"), {"database": database})
+        cur.execute(query("clear_db_sessions", conn), {"database": database})
         rows = cur.fetchall()
     return [
         Connected(
@@ -103,7 +103,7 @@ def connected_to(conn: Conn, database: str) -> list[Connected]:
 
 def database_state(conn: Conn, database: str) -> tuple[bool, int] | None:
     """``(allows connections, oid)`` of a database now, or None if it does not exist."""
-    row = conn.execute(query("clear_db_state"), {"database": database}).fetchone()
+    row = conn.execute(query("clear_db_state", conn), {"database": database}).fetchone()
     return (bool(row[0]), int(row[1])) if row else None
 
 
@@ -120,7 +120,7 @@ def state_changes(conn: Conn, pairs: list[tuple[int, datetime]]) -> dict[tuple[i
     if not pairs:
         return {}
     rows = conn.execute(
-        query("bulk_snapshot"), {"pids": [p for p, _ in pairs], "starts": [s for _, s in pairs]}
+        query("bulk_snapshot", conn), {"pids": [p for p, _ in pairs], "starts": [s for _, s in pairs]}
     ).fetchall()
     return {(r[0], r[1]): (r[2], r[3], r[4]) for r in rows}
 
@@ -150,7 +150,7 @@ def terminate_batch(
     """Re-check and signal ``[(pid, backend_start, state_change or None), ...]`` in one statement
     (``guard``: the protect rules, re-checked in it)."""
     rows = conn.execute(
-        query("bulk_terminate"),
+        query("bulk_terminate", conn),
         {
             "pids": [b[0] for b in batch],
             "starts": [b[1] for b in batch],
@@ -167,7 +167,7 @@ def still_present(conn: Conn, pairs: list[tuple[int, datetime]]) -> set[int]:
     if not pairs:
         return set()
     rows = conn.execute(
-        query("bulk_remaining"), {"pids": [p for p, _ in pairs], "starts": [s for _, s in pairs]}
+        query("bulk_remaining", conn), {"pids": [p for p, _ in pairs], "starts": [s for _, s in pairs]}
     ).fetchall()
     return {r[0] for r in rows}
 
@@ -175,7 +175,7 @@ def still_present(conn: Conn, pairs: list[tuple[int, datetime]]) -> set[int]:
 def arrivals(conn: Conn, database: str, pairs: list[tuple[int, datetime]]) -> int:
     """Client sessions on ``database`` outside the snapshot ``pairs`` (not the bot's own)."""
     row = conn.execute(
-        query("clear_db_arrivals"),
+        query("clear_db_arrivals", conn),
         {"database": database, "pids": [p for p, _ in pairs], "starts": [s for _, s in pairs]},
     ).fetchone()
     return int(row[0]) if row else 0

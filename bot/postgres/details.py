@@ -20,7 +20,7 @@ from bot.postgres.models import AUTOVACUUM_WORKER, CLIENT_BACKEND, Session, cann
 from bot.postgres.pooler_models import PoolerNote
 from bot.postgres.pools import Databases
 from bot.postgres.redact import redact
-from bot.postgres.sql import query
+from bot.postgres.sql import features, query
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +72,21 @@ def read_details(
     pooler_reads = pgbouncer.start_reads(dbs.config, env, host)  # beside the database read, each bounded
     with dbs.connection(env, host, op="details") as conn:
         with conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(query("details_session"), {"pid": pid, "query_chars": QUERY_CHARS})
+            cur.execute(query("details_session", conn), {"pid": pid, "query_chars": QUERY_CHARS})
             row = cur.fetchone()
             if row is None:
                 return Details(env, host, pid, "ended")
             if row["backend_start"] != started:
                 return Details(env, host, pid, "reused", other_start=row["backend_start"], read_at=row["read_at"])
-            cur.execute(query("details_locks"), {"pid": pid, "backend_start": started, "lock_limit": lock_limit})
+            cur.execute(query("details_locks", conn), {"pid": pid, "backend_start": started, "lock_limit": lock_limit})
             lock_rows = cur.fetchall()
             graph_rows: list[dict[str, Any]] = []
-            cur.execute(query("lock_forest"), {"query_chars": 600})
+            cur.execute(query("lock_forest", conn), {"query_chars": 600})
             graph_rows = cur.fetchall()
+        from_query = not features(conn).lock_wait_start
     if environment.redact_queries:
         row["query"] = redact(row["query"] or "")
-    graph = graph_from_rows(env, host, graph_rows, environment.redact_queries)
+    graph = replace(graph_from_rows(env, host, graph_rows, environment.redact_queries), waits_from_query=from_query)
     locks = tuple(
         LockRef(r["mode"], r["granted"], LockObject.from_row(r) or LockObject(r["locktype"]), r["wait_secs"])
         for r in lock_rows

@@ -16,7 +16,7 @@ REDACT_FALLBACK = "<query text hidden: redaction is not available>"
 def read_standby(conn: Conn) -> Row:
     """One row from ``lag_standby.sql``: replay position, receiver and startup-process state."""
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query("lag_standby"))
+        cur.execute(query("lag_standby", conn))
         row = cur.fetchone()
     assert row is not None
     return row
@@ -26,7 +26,7 @@ def read_culprit_rows(conn: Conn, startup_pid: int | None, suspect_secs: float, 
     """Sessions that may hold replay back, from ``lag_culprits.sql`` (flags: holds_lock, old_snapshot, is_suspect)."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            query("lag_culprits"),
+            query("lag_culprits", conn),
             {"startup_pid": startup_pid, "suspect_secs": float(suspect_secs), "query_chars": int(query_chars)},
         )
         return cur.fetchall()
@@ -35,7 +35,7 @@ def read_culprit_rows(conn: Conn, startup_pid: int | None, suspect_secs: float, 
 def read_replication(conn: Conn) -> list[Row]:
     """The primary's ``pg_stat_replication`` rows with their slots, from ``lag_replication.sql``."""
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query("lag_replication"))
+        cur.execute(query("lag_replication", conn))
         return cur.fetchall()
 
 

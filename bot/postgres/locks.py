@@ -21,7 +21,7 @@ from psycopg.rows import dict_row
 
 from bot.postgres.models import AUTOVACUUM_WORKER, CLIENT_BACKEND, Session
 from bot.postgres.pools import Databases
-from bot.postgres.sql import query
+from bot.postgres.sql import features, query
 
 DDL_MODE = "AccessExclusiveLock"
 
@@ -157,6 +157,8 @@ class LockGraph:
     holds_wanted: dict[int, tuple[LockRef, ...]] = field(default_factory=dict)
     backend_types: dict[int, str] = field(default_factory=dict)
     read_at: datetime | None = None
+    # the server has no pg_locks.waitstart (13): waits are timed from when the waiting query became active
+    waits_from_query: bool = False
 
 
 # ---- pure -------------------------------------------------------------------------------------------
@@ -326,6 +328,7 @@ def read_lock_graph(dbs: Databases, env: str, host: str = "primary", query_chars
     environment = dbs.config.environments[env]
     with dbs.connection(env, host, op="lock_forest") as conn:
         with conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(query("lock_forest"), {"query_chars": query_chars})
+            cur.execute(query("lock_forest", conn), {"query_chars": query_chars})
             rows = cur.fetchall()
-    return graph_from_rows(env, host, rows, environment.redact_queries)
+        from_query = not features(conn).lock_wait_start
+    return replace(graph_from_rows(env, host, rows, environment.redact_queries), waits_from_query=from_query)

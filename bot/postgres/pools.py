@@ -35,6 +35,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from bot.config import Config, Environment
 from bot.metrics import DB_QUERY_SECONDS, DB_UNAVAILABLE
 from bot.postgres.deadline import GuardedConnection, GuardedCursor, NotAnswering
+from bot.postgres.sql import unsupported_conn
 from bot.render.common import esc
 from bot.secrets import scrub
 
@@ -103,6 +104,20 @@ class DatabaseUnavailable(Exception):
         self.env, self.host, self.reason = env, host, reason
         self.plain = f"{describe_target(env, host).replace('`', '')} is unavailable: {reason}"
         super().__init__(f"{describe_target(env, host)} is unavailable: {esc(reason)}")
+
+
+class UnsupportedServer(DatabaseUnavailable):
+    """The server answers, but runs a PostgreSQL older than the bot supports (13): refused, never called
+    unreachable. ``reason`` is :func:`bot.postgres.sql.unsupported`'s sentence ("PostgreSQL 12.22 is not
+    supported (13 or newer)")."""
+
+    def __init__(self, env: str, host: str, reason: str):
+        super().__init__(env, host, reason)
+        self.plain = f"{describe_target(env, host).replace('`', '')}: {reason}"
+        self.args = (f"{describe_target(env, host)}: {esc(reason)}",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class OutOfConnections(DatabaseUnavailable):
@@ -297,6 +312,7 @@ class _Reserved:
     usage: tuple[int, int] | None = None  # (client connections, max_connections) at the last health check
     usage_at: float = 0.0
     last_error: str | None = None  # why the last attempt to open it failed (logged once per reason)
+    unsupported: str | None = None  # the server's version is refused (sql.unsupported): not kept open
 
 
 @dataclass
@@ -434,6 +450,14 @@ class Databases:
                 if self._stop.is_set():
                     _discard(conn)
                     return
+                refused = unsupported_conn(conn)
+                if refused is not None:
+                    _discard(conn)
+                    if refused != res.unsupported:  # said once, at start-up: the bot does not use this server
+                        log.error("%s/%s refused: %s", env, host, refused)
+                        res.unsupported = refused
+                    return
+                res.unsupported = None
                 conn.pgs_reserved = True
                 res.conn, res.last_error = conn, None
                 log.debug("reserved connection to %s/%s open", env, host)
@@ -512,6 +536,9 @@ class Databases:
         try:
             conn, kind = self._checkout(entry, env, host, started, deadline, timeouts)
             try:
+                refused = unsupported_conn(conn)  # what the server said when the connection started
+                if refused is not None:
+                    raise UnsupportedServer(env, host, refused)
                 yield conn
             except NotAnswering as exc:
                 entry.gate.mark_hung()

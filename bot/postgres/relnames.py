@@ -47,7 +47,7 @@ def _lookup(config: Config, env: str, host: str, database: str, oids: list[int])
     try:
         # bounded like every other call to a monitored server: a frozen backend costs a deadline
         with connect_bounded(dsn, ct, st) as conn:
-            rows = conn.execute(query("relation_names"), {"oids": oids}).fetchall()
+            rows = conn.execute(query("relation_names", conn), {"oids": oids}).fetchall()
     except psycopg.Error as exc:
         log.info("relation names in %s/%s database %r not readable: %s", env, host, database, type(exc).__name__)
         return None

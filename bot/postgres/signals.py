@@ -3,8 +3,10 @@
 The target is named by ``(pid, backend_start)`` and bound to what the approver saw (``query_start``,
 ``xact_start``, ``state_change``, see signal_cancel.sql / signal_terminate.sql): the re-check and the
 signal are one statement, so a pid that now belongs to another backend (pids are reused), a session
-that has ended, or one that has moved on to another query or transaction is never signalled. Terminate uses ``pg_terminate_backend(pid, timeout)`` and reports whether the backend is
-really gone; cancel reports whether the query actually stopped.
+that has ended, or one that has moved on to another query or transaction is never signalled. Terminate uses
+``pg_terminate_backend(pid, timeout)`` and reports whether the backend is really gone (PostgreSQL 13 has
+only ``pg_terminate_backend(pid)``: the bot then polls for the exit within the same deadline); cancel
+reports whether the query actually stopped.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from psycopg import errors as pgerrors
 
 from bot.postgres.models import AUTOVACUUM_WORKER
 from bot.postgres.pools import Databases, DatabaseUnavailable
-from bot.postgres.sql import Conn, query
+from bot.postgres.sql import Conn, features, query
 from bot.session_rules import OWN_STATE_REASON, SignalGuard, protection
 
 TERMINATE_WAIT_MS = 3000
@@ -108,7 +110,7 @@ def protected_detail(pid: int, guard: SignalGuard, kind: str, facts: Any) -> str
 
 
 def _why_gone(conn: Conn, pid: int, backend_start: datetime) -> str:
-    row = conn.execute(query("backend_by_pid"), {"pid": pid}).fetchone()
+    row = conn.execute(query("backend_by_pid", conn), {"pid": pid}).fetchone()
     if row is None:
         return "session already ended"
     _, now_start, backend_type, *_ = row
@@ -145,15 +147,16 @@ def signal(
     guarded = guard.params()
     try:
         with dbs.connection(env, host) as conn:
+            deadline = time.monotonic() + TERMINATE_WAIT_MS / 1000
             try:
                 if action == "cancel":
                     row = conn.execute(
-                        query("signal_cancel"),
+                        query("signal_cancel", conn),
                         {"pid": pid, "backend_start": started, "query_start": bound["query_start"], **guarded},
                     ).fetchone()
                 else:
                     row = conn.execute(
-                        query("signal_terminate"),
+                        query("signal_terminate", conn),
                         {"pid": pid, "backend_start": started, "timeout_ms": TERMINATE_WAIT_MS, **bound, **guarded},
                     ).fetchone()
             except pgerrors.InsufficientPrivilege as exc:
@@ -170,6 +173,8 @@ def signal(
                 return SignalResult("moved", moved_on(pid, action, bound["listed_state"], now, _again(env, host)))
             sent = bool(row[1])
             if action == "terminate":
+                if sent and not features(conn).terminate_waits:
+                    sent = _exited(conn, pid, started, deadline)  # PostgreSQL 13: the signal was only sent
                 if sent:
                     return SignalResult("done", f"backend {pid} terminated: the connection is gone", True)
                 return SignalResult(
@@ -185,11 +190,22 @@ def signal(
         return SignalResult("unavailable", f"nothing was signalled: {exc}")
 
 
+def _exited(conn: Conn, pid: int, started: datetime, deadline: float) -> bool:
+    """Whether the backend (pid, backend_start) exits by ``deadline`` (monotonic): what
+    ``pg_terminate_backend(pid, timeout)`` waits for, where only ``pg_terminate_backend(pid)`` exists."""
+    while True:
+        if conn.execute(query("backend_state", conn), {"pid": pid, "backend_start": started}).fetchone() is None:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
 def _after_cancel(conn: Conn, pid: int, started: datetime) -> SignalResult:
     deadline = time.monotonic() + CANCEL_WAIT_S
-    first = conn.execute(query("backend_state"), {"pid": pid, "backend_start": started}).fetchone()
+    first = conn.execute(query("backend_state", conn), {"pid": pid, "backend_start": started}).fetchone()
     while True:
-        row = conn.execute(query("backend_state"), {"pid": pid, "backend_start": started}).fetchone()
+        row = conn.execute(query("backend_state", conn), {"pid": pid, "backend_start": started}).fetchone()
         if row is None:
             return SignalResult("done", f"query of {pid} cancelled (the session then ended)", True)
         state, query_start = row

@@ -27,6 +27,7 @@ from bot.render.common import (
     section,
     slack_time,
 )
+from bot.render.locks import WAITS_FROM_QUERY
 from bot.render.pooler import details_pooler_section
 
 MAX_MODAL_BLOCKS = 100
@@ -185,6 +186,8 @@ def details_view(d: Details, kill_token: str | None, kill_disabled: str | None =
     # locks
     waiting = [lock_line(x) for x in d.locks if not x.granted]
     held = [lock_line(x) for x in d.locks if x.granted]
+    if waiting and d.graph is not None and d.graph.waits_from_query:
+        waiting.append(f"_{WAITS_FROM_QUERY}_")
     if d.locks_total:
         blocks.append(
             _lines_section(

@@ -363,8 +363,9 @@ def render_lag_listing(
     per_host: list[tuple[StandbyLag | Unreachable, dict]] = []
     for r in results:
         if isinstance(r, Unreachable):
-            line = f":electric_plug: *{esc(r.host)}* unreachable: {esc(r.reason)}"
-            summary.append(f"{r.host}: unreachable")
+            line = (f":no_entry: *{esc(r.host)}*: {esc(r.reason)}" if r.unsupported
+                    else f":electric_plug: *{esc(r.host)}* unreachable: {esc(r.reason)}")
+            summary.append(f"{r.host}: {'not supported' if r.unsupported else 'unreachable'}")
         else:
             line = _status_line(r, alert)
             detail = []

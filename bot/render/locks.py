@@ -100,6 +100,10 @@ def ddl_text(t: Tree) -> str:
     return "\n".join(parts)
 
 
+# said once under the lock tree and in Details when the server has no pg_locks.waitstart (PostgreSQL 13)
+WAITS_FROM_QUERY = "waits are timed from when each waiting query became active (PostgreSQL 13 has no lock wait start)"
+
+
 def render_locks(
     graph: LockGraph,
     forest: Sequence[Tree],
@@ -129,6 +133,7 @@ def render_locks(
         context(
             f"{n_wait} session{'s' if n_wait != 1 else ''} waiting, {len(forest)} root blocker"
             f"{'s' if len(forest) != 1 else ''}, worst first · read {slack_time(graph.read_at)}"
+            + (f" · {WAITS_FROM_QUERY}" if graph.waits_from_query else "")
         ),
     ]
     if replay:

@@ -10,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bot.config import Config
+from bot.postgres.sql import unsupported_conn
+from bot.shell.localconfig import NO_POSTGRES
 
 DESCRIPTION = """\
 Chat with the bot in this terminal, without Slack: the same app and handlers as `serve`, with the
@@ -52,7 +54,7 @@ def resolve_config(path: str | None) -> tuple[Config | None, str]:
 
 
 def check_local_postgres(config: Config) -> str | None:
-    """Why the built-in config's PostgreSQL cannot be used, or None."""
+    """Why the built-in config's PostgreSQL cannot be used, or None (see :func:`local_refusal`)."""
     import psycopg
 
     from bot.postgres.pools import explain
@@ -61,9 +63,20 @@ def check_local_postgres(config: Config) -> str | None:
     try:
         with psycopg.connect(env.dsn, connect_timeout=int(env.timeouts.connect), autocommit=True) as conn:
             conn.execute("SELECT 1")
+            refused = unsupported_conn(conn)
     except psycopg.Error as exc:
         return explain(exc, (env.timeouts.connect, env.timeouts.statement))
-    return None
+    return f"{UNSUPPORTED}{refused}" if refused else None
+
+
+UNSUPPORTED = "it answered, but "  # check_local_postgres: the server is there and too old
+
+
+def local_refusal(dsn: str, reason: str) -> str:
+    """What the terminal chat says when the built-in config's PostgreSQL cannot be used."""
+    if reason.startswith(UNSUPPORTED):  # "PostgreSQL 12.22 is not supported (13 or newer)"
+        return f"pgsessions shell: the PostgreSQL at {dsn}: {reason.removeprefix(UNSUPPORTED)}"
+    return NO_POSTGRES.format(dsn=dsn, reason=reason)
 
 
 def describe_hosts(rt) -> list[str]:
@@ -110,7 +123,7 @@ def run(args) -> int:
     from slack_sdk.errors import SlackApiError
 
     from bot.shell.console import Shell, text_stream
-    from bot.shell.localconfig import NO_POSTGRES, builtin_config, local_dsn
+    from bot.shell.localconfig import builtin_config, local_dsn
 
     config, origin = resolve_config(args.config)
     out = text_stream(sys.stdout)
@@ -119,7 +132,7 @@ def run(args) -> int:
         config = builtin_config()
         reason = check_local_postgres(config)
         if reason is not None:
-            print(NO_POSTGRES.format(dsn=repr(local_dsn()), reason=reason), file=sys.stderr)
+            print(local_refusal(repr(local_dsn()), reason), file=sys.stderr)
             return 2
         banner.append("(no config file: using the local PostgreSQL with libpq defaults; "
                       "--config FILE for your own)")

@@ -63,7 +63,7 @@ def read_pools(dbs: Databases, snap: HostSnapshot, pending: PendingReads, watch:
         try:
             with dbs.connection(snap.env, snap.host, op="watch_pool_holders") as conn:
                 with conn.cursor(row_factory=dict_row) as cur:
-                    cur.execute(query("pool_holders"), {"pids": pids, "query_chars": query_chars})
+                    cur.execute(query("pool_holders", conn), {"pids": pids, "query_chars": query_chars})
                     rows = cur.fetchall()
             holders = tuple(session_from_row(r, bool(r["bot_is_super"]), bool(r["bot_can_signal"])) for r in rows)
         except DatabaseUnavailable as exc:  # the alert still goes out, without the holders' details

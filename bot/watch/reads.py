@@ -28,7 +28,7 @@ from typing import Any
 from psycopg.rows import dict_row
 
 from bot.config import Environment
-from bot.postgres.pools import Databases, DatabaseUnavailable
+from bot.postgres.pools import Databases, DatabaseUnavailable, UnsupportedServer
 from bot.postgres.redact import redact
 from bot.postgres.sql import query
 from bot.watch import rules
@@ -76,7 +76,7 @@ def read_row(dbs: Databases, env: str, host: str, params: Params) -> dict:
     """One read of one host: one statement (see watch_host.sql)."""
     with dbs.connection(env, host, op="watch") as conn:
         with conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(query("watch_host"), params)
+            cur.execute(query("watch_host", conn), params)
             row = cur.fetchone()
     if row is None:  # the statement always returns one row
         raise DatabaseUnavailable(env, host, "the watch read returned nothing")
@@ -90,6 +90,7 @@ class _Read:
     row: dict | None = None
     taken_at: float = 0.0
     unavailable: str | None = None  # why the server could not be read
+    unsupported: bool = False  # ... because its PostgreSQL is too old (UnsupportedServer)
     failed: BaseException | None = None
 
 
@@ -159,6 +160,7 @@ class SharedReads:
                 r.taken_at = time.time()
             except DatabaseUnavailable as exc:
                 r.unavailable = exc.reason
+                r.unsupported = isinstance(exc, UnsupportedServer)
             except Exception as exc:
                 r.failed = exc
             finally:
@@ -166,7 +168,7 @@ class SharedReads:
         elif not r.done.wait(group.wait):
             raise DatabaseUnavailable(env, host, f"not answering within {group.wait:g}s (a shared read of it)")
         if r.unavailable is not None:
-            raise DatabaseUnavailable(env, host, r.unavailable)
+            raise (UnsupportedServer if r.unsupported else DatabaseUnavailable)(env, host, r.unavailable)
         if r.failed is not None:
             raise RuntimeError(f"the shared read of {env}/{host} failed") from r.failed
         assert r.row is not None

@@ -42,7 +42,7 @@ from bot.bulk.targets import STATE_LIKE, TERMINATE_BULK
 from bot.config import Environment, Watch
 from bot.lagwatch.model import ReceiverFacts
 from bot.metrics import CHECK_FAILURES
-from bot.postgres.pools import DatabaseUnavailable
+from bot.postgres.pools import DatabaseUnavailable, UnsupportedServer
 from bot.render import watch as render
 from bot.slack import outbox as slack_outbox
 from bot.state.incidents import Incident
@@ -97,6 +97,7 @@ class Watcher:
         # hosts with an open incident, read from the store when this instance becomes the leader and kept
         # while it leads (only the leader opens and resolves): a quiet host costs no state-store read
         self._open_hosts: set[tuple[str, str]] = set()
+        self._refused: set[tuple[str, str]] = set()  # hosts whose PostgreSQL is too old (logged once)
         self._lock = threading.Lock()
         self.update_every = rules.UPDATE_EVERY
         # completed checks per (env, host) while leader, and the last check's duration: for tests and bench
@@ -202,6 +203,13 @@ class Watcher:
             pool_reads = pool_rules.start(self.rt.dbs, env, host, self.watches.get(env))
             try:
                 snap = self.reads.read(env, host)
+            except UnsupportedServer as exc:
+                # answered, but too old: refused (said once per host), never an unreachable alert
+                CHECK_FAILURES.labels(env, host).inc()
+                if (env, host) not in self._refused:
+                    self._refused.add((env, host))
+                    log.error("watch: %s/%s not watched: %s", env, host, exc.reason)
+                return
             except DatabaseUnavailable as exc:
                 CHECK_FAILURES.labels(env, host).inc()
                 log.warning("watch: cannot check %s/%s: %s", env, host, exc.reason)

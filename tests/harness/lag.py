@@ -24,7 +24,7 @@ from datetime import datetime
 import psycopg
 from psycopg import sql as pgsql
 
-from tests.harness.pgcluster import ClusterPair, start_pair
+from tests.harness.pgcluster import APP_DB, ClusterPair, start_pair
 from tests.harness.waiting import wait_until
 
 READER = "app_user"  # the role of the standby sessions that hold replay back
@@ -36,14 +36,21 @@ class NoLagPair(Exception):
 
 
 @contextmanager
-def lag_cluster() -> Iterator[ClusterPair]:
-    """A managed primary + hot standby of the caller's own, whose replay can be held back."""
-    p = start_pair()
+def lag_cluster(bindir: str | None = None, tools_bindir: str | None = None) -> Iterator[ClusterPair]:
+    """A managed primary + hot standby of the caller's own, whose replay can be held back (from the server
+    binaries in ``bindir``, default the machine's: see :func:`start_pair`)."""
+    p = start_pair(bindir=bindir, tools_bindir=tools_bindir)
     try:
         if p.standby is None or p.external:
             raise NoLagPair("lag tests need a managed primary + standby")
         p.set_standby_delay("-1")
-        p.primary.sql(pgsql.SQL("GRANT pg_read_all_data TO {}").format(pgsql.Identifier(READER)))
+        if p.primary.connect().info.server_version >= 140000:
+            p.primary.sql(pgsql.SQL("GRANT pg_read_all_data TO {}").format(pgsql.Identifier(READER)))
+        else:  # no pg_read_all_data before 14: every table the tests create is readable by the reader
+            for db in ("postgres", APP_DB):
+                p.primary.sql(pgsql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT SELECT ON TABLES TO {}")
+                              .format(pgsql.Identifier(READER)), dbname=db)
+            p.wait_replayed()
         yield p
     finally:
         p.stop()

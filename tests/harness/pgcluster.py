@@ -10,6 +10,12 @@ Every cluster lives in its own directory under /tmp, listens only on 127.0.0.1 o
 keeps its unix socket inside its data directory, so the PostgreSQL server that may already run on
 port 5432 is never touched.  As root, initdb/pg_ctl/pg_basebackup run as the ``postgres`` OS user.
 
+Other major versions: ``start_pair(bindir=...)`` starts the pair from those server binaries (13-18:
+``tests/harness/pgversions.py`` fetches them); when that directory has no pg_basebackup, ``tools_bindir``
+(PostgreSQL 18's, which can copy every older server) takes the base backup. The standby's
+``primary_conninfo`` is written by us, never by ``pg_basebackup -R``: a newer pg_basebackup writes options
+an older walreceiver rejects (``sslnegotiation`` on 17+, more before 16).
+
 External mode: when ``PGSESSIONS_TEST_PRIMARY_DSN`` (and optionally ``PGSESSIONS_TEST_STANDBY_DSN``)
 is set, ``start_pair()`` wraps those servers instead of starting any; ``stop()`` then leaves them
 alone, and ``Node.stop()/start()`` raise ``ClusterError``.
@@ -572,11 +578,11 @@ def _init_primary(base: str, bindir: str) -> Node:
     return node
 
 
-def _init_standby(base: str, bindir: str, primary: Node) -> Node:
+def _init_standby(base: str, bindir: str, primary: Node, tools_bindir: str | None = None) -> Node:
     datadir = os.path.join(base, "standby")
     res = _run_pg(
         [
-            os.path.join(bindir, "pg_basebackup"),
+            os.path.join(tools_bindir or bindir, "pg_basebackup"),
             "-h",
             primary.host,
             "-p",
@@ -585,7 +591,6 @@ def _init_standby(base: str, bindir: str, primary: Node) -> Node:
             "postgres",
             "-D",
             datadir,
-            "-R",
             "-X",
             "stream",
             "-C",
@@ -611,6 +616,9 @@ def _init_standby(base: str, bindir: str, primary: Node) -> Node:
     os.makedirs(node.socket_dir, exist_ok=True)  # type: ignore[arg-type]
     with open(node.logfile, "w"):  # type: ignore[arg-type]
         pass
+    # what `pg_basebackup -R` would write, minus the options an older walreceiver rejects
+    with open(os.path.join(datadir, "standby.signal"), "w"):
+        pass
     _write_conf(
         node,
         {
@@ -618,14 +626,16 @@ def _init_standby(base: str, bindir: str, primary: Node) -> Node:
             "unix_socket_directories": node.socket_dir,
             "cluster_name": "pgsessions-standby",
             "hot_standby_feedback": False,
+            "primary_conninfo": f"host={primary.host} port={primary.port} user=postgres",
+            "primary_slot_name": _SLOT_NAME,
         },
     )
     _chown_tree(datadir)
     return node
 
 
-def _start_managed(standby: bool) -> ClusterPair:
-    bindir = find_bindir()
+def _start_managed(standby: bool, bindir: str | None = None, tools_bindir: str | None = None) -> ClusterPair:
+    bindir = bindir or find_bindir()
     base = tempfile.mkdtemp(prefix="pgsessions-pg-", dir="/tmp")
     if _as_root():
         uid, gid = _postgres_ids()
@@ -638,7 +648,7 @@ def _start_managed(standby: bool) -> ClusterPair:
         pair.primary.start()
         _create_objects(pair.primary)
         if standby:
-            pair.standby = _init_standby(base, bindir, pair.primary)
+            pair.standby = _init_standby(base, bindir, pair.primary, tools_bindir)
             pair.standby.start()
             pair.wait_streaming()
             pair.wait_replayed()
@@ -679,9 +689,15 @@ def _start_external(primary_dsn: str, standby_dsn: str | None, standby: bool) ->
     return pair
 
 
-def start_pair(standby: bool = True) -> ClusterPair:
-    """Start a primary (+ streaming hot standby) or wrap the external servers named in the environment."""
+def start_pair(standby: bool = True, bindir: str | None = None, tools_bindir: str | None = None) -> ClusterPair:
+    """Start a primary (+ streaming hot standby) or wrap the external servers named in the environment.
+
+    ``bindir``: the server binaries to start (default :func:`find_bindir`; a given one is never replaced by
+    external servers); ``tools_bindir``: where pg_basebackup is when ``bindir`` has none."""
     primary_dsn = os.environ.get(ENV_PRIMARY_DSN)
-    if primary_dsn:
+    if primary_dsn and bindir is None:
         return _start_external(primary_dsn, os.environ.get(ENV_STANDBY_DSN), standby)
-    return _start_managed(standby)
+    if standby and bindir and not os.path.exists(os.path.join(tools_bindir or bindir, "pg_basebackup")):
+        raise ClusterError(f"no pg_basebackup in {tools_bindir or bindir}: pass tools_bindir (PostgreSQL 18's "
+                           "pg_basebackup copies every older server)")
+    return _start_managed(standby, bindir, tools_bindir)
