@@ -54,7 +54,7 @@ from bot.approval.models import (
 )
 from bot.approval.policy import Authority, Policy
 from bot.approval.ports import DirectoryUnavailable, Execution, RequestEvents
-from bot.approval.targets import token_age_refusal
+from bot.approval.targets import ages, token_age_refusal
 from bot.config import Config
 from bot.metrics import KILL_REQUESTS
 from bot.postgres.models import runs_query
@@ -169,7 +169,7 @@ class Workflow:
         elif kind is None or kind.target_kind == "session" or action not in getattr(target, "actions", ()):
             # bulk and database targets name the actions their token was issued for
             return None, f"`{action}` is not what this button was issued for"
-        too_old = self._listing_too_old(stored)
+        too_old = self._listing_too_old(stored, action)
         if too_old:
             return None, too_old
         refusal = self.policy.may_request(stored.env, user, channel)
@@ -177,10 +177,10 @@ class Workflow:
             return None, refusal
         return stored, None
 
-    def _listing_too_old(self, stored: StoredTarget) -> str | None:
-        """A listing's (or bulk offer's) buttons work for ``access.request_ttl``; database tokens are
-        kept fresh by their own housekeeping."""
-        if stored.kind not in ("session", "bulk"):
+    def _listing_too_old(self, stored: StoredTarget, action: str) -> str | None:
+        """Every button that can lead to a signal works for ``access.request_ttl`` from the read it came
+        from (:func:`bot.approval.targets.ages`: all but *Allow connections again*)."""
+        if not ages(stored, action):
             return None
         environment = self.config.env(stored.env)
         if environment is None:

@@ -8,7 +8,15 @@ from datetime import UTC, datetime
 from psycopg.rows import dict_row
 
 from bot.config import Environment
-from bot.postgres.models import Category, Filters, Listing, ServerInfo, Session, cannot_signal_reason
+from bot.postgres.models import (
+    QUERY_RUNNING_STATES,
+    Category,
+    Filters,
+    Listing,
+    ServerInfo,
+    Session,
+    cannot_signal_reason,
+)
 from bot.postgres.pools import Databases
 from bot.postgres.redact import redact
 from bot.postgres.sql import Conn, Row, query
@@ -89,6 +97,7 @@ def list_sessions(dbs: Databases, env: str, host: str = "primary", filters: Filt
         "usr": filters.user,
         "db": filters.database,
         "query_chars": max(environment.listing.query_chars * 2, 600),
+        "running_states": list(QUERY_RUNNING_STATES),
     }
     with dbs.connection(env, host, op="list_sessions") as conn:
         started = time.monotonic()

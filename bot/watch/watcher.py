@@ -392,7 +392,10 @@ class Watcher:
         ]
         ident = ",".join(sorted(x["pid"].__str__() + "@" + str(x["backend_start"]) for x in sessions))
         prev = inc.payload.get("bulk") or {}
-        if prev.get("ident") == ident and prev.get("channel") == channel and prev.get("token"):
+        # the same sessions keep their token only while it still works at the next update (it ages like
+        # every button: access.request_ttl from the read it came from)
+        young = time.time() - float(prev.get("at") or 0) <= self.envs[inc.env].access.request_ttl / 2
+        if prev.get("ident") == ident and prev.get("channel") == channel and prev.get("token") and young:
             return prev["token"], sessions, prev
         payload = {
             "actions": [TERMINATE_BULK], "category": "idle", "state_like": STATE_LIKE["idle"],
@@ -400,7 +403,7 @@ class Watcher:
             "min_seconds": None, "listed_at": time.time(), "sessions": sessions, "source": f"watch:{inc.id}",
         }
         (token,) = self.rt.store.put_targets(inc.env, inc.host, channel, None, [BulkTarget.model_validate(payload)])
-        return token, sessions, {"ident": ident, "channel": channel, "token": token}
+        return token, sessions, {"ident": ident, "channel": channel, "token": token, "at": payload["listed_at"]}
 
     def _message(self, inc: Incident, cond: rules.Condition, channel: str | None) -> tuple[dict, dict]:
         environment = self.envs[inc.env]
