@@ -17,7 +17,6 @@ import threading
 import time
 from typing import Any
 
-import psycopg
 import pytest
 from psycopg import sql
 from sqlalchemy import text as sqltext
