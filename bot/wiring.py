@@ -19,6 +19,7 @@ from bot.slack import (
     lag_handlers,
     listing_handlers,
     nudges,
+    replays,
     watch_handlers,
 )
 from bot.slack.edge import Router
@@ -36,6 +37,7 @@ def register_features(app: App, rt: Runtime, router: Router) -> None:
     bulk_handlers.register(rt, router)  # clear-db, and the *Terminate these N* listing extra
     details_handlers.register(app, rt, router)  # the Details button and modal, `locks`
     events.register(app, rt, router)  # the Events API: mentions, retried events dropped
+    replays.register(app, rt)  # a replayed signed slash command or click does nothing
     nudges.register(app, rt, router)  # the requester's DM, the approvers' reminder
     home_handlers.register(app, rt, router)  # the App Home tab
     watch_handlers.register(app, rt, router)  # the session watch's jobs and its Acknowledge button

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
+import logging
 import struct
 import threading
 import time
@@ -440,3 +441,191 @@ def test_an_unbound_snapshot_is_refused_in_words_that_do_not_claim_it_moved_on()
     assert unbound_refusal("terminate", dated) is None
     exact = binding_params({"state": "idle", "state_change": "2026-01-01T00:00:00.000001+00:00"})
     assert unbound_refusal("terminate", exact) is None
+
+
+# --- §5: one submission, one request; a replayed signed request does nothing ------------------------
+
+
+class Records(logging.Handler):
+    """Log records of one logger, for waiting on what the bot says it did."""
+
+    def __init__(self, name: str):
+        super().__init__(logging.DEBUG)
+        self.logger = logging.getLogger(name)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> Records:
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self)
+
+    def count(self, needle: str) -> int:
+        return sum(1 for r in self.records if needle in r.getMessage())
+
+
+def open_form(bot, conns):
+    conn, app = conns.open("victim")
+    conn.execute("SELECT 1")
+    pid = conn.info.backend_pid
+    msg = post_listing(bot, f"test --app {app} --min 0s")
+    button = find_button(msg, f"Terminate {pid}")
+    bot.slack.block_action(button["action_id"], button["value"], user_id="U1", message=msg)
+    opened = wait_until(lambda: bot.fake.calls_for("views.open", ok=True), 10, "views.open")
+    view = opened[0].params["view"]
+    return (json.loads(view) if isinstance(view, str) else view), pid
+
+
+def test_a_failure_between_the_submission_marker_and_the_request_leaves_slacks_retry_served(bot, pg, conns):
+    """The first attempt fails while writing the request: nothing of it stays (no marker), so Slack's retry
+    of the same submission makes the request; one request in all."""
+    from sqlalchemy.exc import OperationalError
+
+    view, pid = open_form(bot, conns)
+    store = bot.rt.store
+    real = store.create_request
+    failures = []
+
+    def create_request(new, conn=None):
+        if not failures:
+            failures.append(1)
+            raise OperationalError("INSERT INTO pgs_requests ...", {}, Exception("database is locked"))
+        return real(new, conn=conn)
+
+    store.create_request = create_request
+    try:
+        first = bot.slack.view_submission("pgs_kill_request", private_metadata=view["private_metadata"],
+                                          state_values={"reason": {"reason": "runaway"}}, user_id="U1")
+        assert first.status == 200 and failures
+        assert not store.requests_in(tuple(RequestState)), "the failed attempt made no request"
+        again = bot.slack._send_payload(first.payload, {})  # Slack's retry of the same submission
+        assert again.status == 200 and "errors" not in (again.body or ""), again.body
+        wait_until(lambda: store.requests_in((RequestState.PENDING,)), 10, "the request made by the retry")
+        posted = wait_until(lambda: bot.fake.calls_for("chat.postMessage", ok=True)[1:], 10, "the request posted")
+        assert len(posted) == 1
+        assert len(store.requests_in(tuple(RequestState))) == 1
+        assert events_of(bot).count("terminate:requested") == 1
+    finally:
+        store.create_request = real
+    # and a third copy of the same submission changes nothing
+    third = bot.slack._send_payload(first.payload, {})
+    assert third.status == 200 and "errors" not in (third.body or "")
+    assert len(store.requests_in(tuple(RequestState))) == 1
+
+
+@pytest.mark.unit
+def test_the_submission_marker_is_written_with_the_request_or_not_at_all(tmp_path):
+    """Unit: a request write that fails rolls the marker back with it."""
+    from bot.approval.models import NewRequest, SessionTarget
+    from bot.state.store import StateStore
+
+    store = StateStore(f"sqlite:///{tmp_path / 's.db'}")
+    new = NewRequest(env="e", host="primary", action="terminate", target_token=None,
+                     target=SessionTarget(pid=1, backend_start="2026-01-01T00:00:00.000001+00:00"),
+                     requester="U1", reason=None, channel="C1", expires_at=time.time() + 60)
+    with pytest.raises(RuntimeError), store.tx() as c:
+        assert store.claim_once("sub-1", conn=c)
+        raise RuntimeError("the request write failed")
+    with store.tx() as c:
+        assert store.claim_once("sub-1", conn=c), "the marker of a failed attempt stayed"
+        store.create_request(new, conn=c)
+    with store.tx() as c:
+        assert not store.claim_once("sub-1", conn=c), "the same submission twice"
+    assert len(store.requests_in(tuple(RequestState))) == 1
+    store.close()
+
+
+def test_a_byte_identical_replay_of_a_signed_slash_command_does_nothing(bot, pg, conns):
+    conn, app = conns.open("listed")
+    conn.execute("SELECT 1")
+    fake = bot.fake
+    stamp = int(time.time())
+    with Records("bot.slack.replays") as seen:
+        first = bot.slack.slash(f"test --app {app} --min 0s", timestamp=stamp)
+        assert first.status == 200
+        wait_until(lambda: [c for c in fake.calls_for("chat.postMessage", ok=True) if app in json.dumps(c.params)],
+                   15, "the listing")
+        again = bot.slack.post(first.request_body, timestamp=stamp)  # the same bytes, the same signature
+        assert again.status == 200 and not again.body.strip(), again.body
+        wait_until(lambda: seen.count("replayed Slack request"), 10, "the replay dropped")
+    listings = [c for c in fake.calls_for("chat.postMessage") if app in json.dumps(c.params)]
+    assert len(listings) == 1, fake.summary()
+    # a new command with the same text (another request, signed anew) is served as usual
+    bot.slack.slash(f"test --app {app} --min 0s")
+    wait_until(lambda: len([c for c in fake.calls_for("chat.postMessage", ok=True)
+                            if app in json.dumps(c.params)]) == 2, 15, "the second listing")
+
+
+def test_a_byte_identical_replay_of_a_signed_click_does_nothing(bot, pg, conns):
+    conn, app = conns.open("clicked")
+    conn.execute("SELECT 1")
+    pid = conn.info.backend_pid
+    msg = post_listing(bot, f"test --app {app} --min 0s")
+    button = find_button(msg, f"Terminate {pid}")
+    stamp = int(time.time())
+    with Records("bot.slack.replays") as seen:
+        first = bot.slack.block_action(button["action_id"], button["value"], user_id="U1", message=msg,
+                                       timestamp=stamp)
+        assert first.status == 200
+        wait_until(lambda: bot.fake.calls_for("views.open"), 10, "the form opened")
+        again = bot.slack.post(first.request_body, timestamp=stamp)
+        assert again.status == 200
+        wait_until(lambda: seen.count("replayed Slack request"), 10, "the replay dropped")
+    assert len(bot.fake.calls_for("views.open")) == 1, bot.fake.summary()
+
+
+def test_a_replay_is_dropped_by_every_replica_sharing_the_state_store(pg, fake_slack, conns, tmp_path):
+    """Two bots on one state store: the copy sent to the other replica is dropped too."""
+    state = f"sqlite:///{tmp_path / 'shared.db'}"
+    fake_slack.usergroups = {"S0DBAS": ["U7", "U8"]}
+    a = BotUnderTest(cfg(pg), fake_slack, state=state).start()
+    b = BotUnderTest(cfg(pg), fake_slack, state=state).start()
+    try:
+        conn, app = conns.open("shared")
+        conn.execute("SELECT 1")
+        stamp = int(time.time())
+        with Records("bot.slack.replays") as seen:
+            first = a.slack.slash(f"test --app {app} --min 0s", timestamp=stamp)
+            assert first.status == 200
+            again = b.slack.post(first.request_body, timestamp=stamp)
+            assert again.status == 200 and not again.body.strip()
+            wait_until(lambda: seen.count("replayed Slack request"), 10, "the replay dropped by the other replica")
+        wait_until(lambda: [c for c in fake_slack.calls_for("chat.postMessage", ok=True)
+                            if app in json.dumps(c.params)], 15, "the listing")
+        assert len([c for c in fake_slack.calls_for("chat.postMessage") if app in json.dumps(c.params)]) == 1
+    finally:
+        b.close()
+        a.close()
+
+
+def test_a_socket_mode_envelope_delivered_twice_runs_once(pg, fake_slack, conns):
+    from tests.harness.slack_requests import socket_envelope
+    from tests.harness.socket_mode import FakeSocketMode
+
+    conn, app = conns.open("socket")
+    conn.execute("SELECT 1")
+    with FakeSocketMode() as sm:
+        fake_slack.app_token = "xapp-test-socket"
+        fake_slack.socket_mode_url = sm.url
+        bot = BotUnderTest(cfg(pg), fake_slack, app_token="xapp-test-socket").start()
+        try:
+            sm.wait_connected()
+            command = {"command": "/pgsessions", "text": f"test --app {app} --min 0s", "user_id": "U1",
+                       "user_name": "u1", "channel_id": "C1", "channel_name": "c1", "team_id": "T1",
+                       "team_domain": "testteam", "api_app_id": "A0PGSESS",
+                       "response_url": fake_slack.response_url("socket-cmd", channel="C1", message_ts=None),
+                       "trigger_id": f"{int(time.time() * 1000)}.1.abc"}
+            envelope = socket_envelope(command, kind="slash_commands")
+            with Records("bot.slack.replays") as seen:
+                sm.deliver(envelope)
+                wait_until(lambda: [c for c in fake_slack.calls_for("chat.postMessage", ok=True)
+                                    if app in json.dumps(c.params)], 15, "the listing")
+                sm.deliver(envelope)  # the same envelope again
+                wait_until(lambda: seen.count("delivered again"), 10, "the second delivery dropped")
+            assert len([c for c in fake_slack.calls_for("chat.postMessage") if app in json.dumps(c.params)]) == 1
+        finally:
+            bot.close()

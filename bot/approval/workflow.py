@@ -203,24 +203,26 @@ class Workflow:
             too_big = self.policy.request_too_big(stored.env, len(stored.target.sessions))
             if too_big:
                 return Result(False, too_big)
-        if once is not None and not self.store.claim_once(submission_key(once)):
-            log.info("a replayed request form submission was ignored")
-            return Result(True, "already requested", None)
         now = time.time()
-        request = self.store.create_request(
-            NewRequest(
-                env=stored.env,
-                host=stored.host,
-                action=action,
-                target_token=token,
-                target=stored.target.model_copy(update={"requested_in": channel}),
-                requester=user,
-                reason=reason or None,
-                channel=environment.access.approval_channel or channel,
-                expires_at=now + environment.access.request_ttl,
-            )
+        new = NewRequest(
+            env=stored.env,
+            host=stored.host,
+            action=action,
+            target_token=token,
+            target=stored.target.model_copy(update={"requested_in": channel}),
+            requester=user,
+            reason=reason or None,
+            channel=environment.access.approval_channel or channel,
+            expires_at=now + environment.access.request_ttl,
         )
-        audit_request(self.store, request, "requested", user)
+        # one submission, one request: the "seen this submission" marker, the request and its audit entry
+        # land in ONE transaction, so a failure in between leaves no marker and Slack's retry is served
+        with self.store.tx() as c:
+            if once is not None and not self.store.claim_once(submission_key(once), conn=c):
+                log.info("a replayed request form submission was ignored")
+                return Result(True, "already requested", None)
+            request = self.store.create_request(new, conn=c)
+            audit_request(self.store, request, "requested", user, conn=c)
         KILL_REQUESTS.labels(request.env, action, "pending", "requested").inc()
         return Result(True, "requested", request, changed=True)
 
