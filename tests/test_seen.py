@@ -629,3 +629,126 @@ def test_a_socket_mode_envelope_delivered_twice_runs_once(pg, fake_slack, conns)
             assert len([c for c in fake_slack.calls_for("chat.postMessage") if app in json.dumps(c.params)]) == 1
         finally:
             bot.close()
+
+
+# --- §7: an execution that outlives interrupted_after leaves one truth ------------------------------
+
+
+def test_an_execution_that_outlives_interrupted_after_is_not_taken_for_interrupted(pg, fake_slack, conns, tmp_path):
+    """Replica A acts on an approved Cancel that takes longer than interrupted_after (the query swallows
+    the cancel and ends a moment later); replica B's housekeeping runs meanwhile. A's heartbeat keeps
+    the request its own: the store and the message say the same, once."""
+    state = f"sqlite:///{tmp_path / 'shared.db'}"
+    fake_slack.usergroups = {"S0DBAS": ["U7", "U8"]}
+    a = BotUnderTest(cfg(pg), fake_slack, state=state).start()
+    b = BotUnderTest(cfg(pg), fake_slack, state=state).start()
+    try:
+        for bot_ in (a, b):
+            bot_.rt.workflow.interrupted_after = 0.4
+        conn, app = conns.open("slow")
+        pid = conn.info.backend_pid
+        slow = ("DO $$ BEGIN PERFORM pg_sleep(30); EXCEPTION WHEN query_canceled THEN PERFORM pg_sleep(1.5); "
+                "END $$ /* SLOW */")
+        conns.run(conn, slow)
+        wait_active(pg, pid, "SLOW")
+        msg = request_kill(a, "test", app, pid, "Cancel")
+        rid = request_row(a, msg).id
+        recovered: list = []
+        stop = threading.Event()
+
+        def housekeeping_of_b() -> None:
+            while not stop.is_set():
+                recovered.extend(b.rt.workflow.recover_interrupted())
+                stop.wait(0.05)
+
+        watcher = threading.Thread(target=housekeeping_of_b, daemon=True)
+        watcher.start()
+        try:
+            click(a, msg, "Approve", "U2")
+            wait_until(lambda: a.rt.store.get_request(rid).state in ("done", "failed"), 20, "the request finished")
+        finally:
+            stop.set()
+            watcher.join(5)
+        final = a.rt.store.get_request(rid)
+        assert recovered == [], "a living execution was taken for interrupted"
+        assert final.state == "done" and final.outcome.status == "done", final.outcome
+        shown = wait_state(a, msg, "*Done*")
+        assert "not retried" not in json.dumps(shown.blocks)
+        events = events_of(a)
+        assert "cancel:executed" in events and "cancel:interrupted" not in events
+    finally:
+        b.close()
+        a.close()
+
+
+def test_when_recovery_ends_a_request_first_the_execution_acts_on_nothing(bot, pg, conns):
+    """The request was ended as interrupted (its execution had stalled past interrupted_after) before the
+    execution got to act: it signals nothing, and the message shows what the store holds."""
+    conn, app = conns.open("stalled")
+    conn.execute("SELECT 1")
+    pid = conn.info.backend_pid
+    msg = request_kill(bot, "test", app, pid, "Terminate")
+    rid = request_row(bot, msg).id
+    wf = bot.rt.workflow
+    approved = wf.decide(rid, "U2", "approve")
+    assert approved.execute
+    with bot.rt.store.tx() as c:  # stalled: no update for longer than interrupted_after
+        c.execute(sqltext("UPDATE pgs_requests SET updated_at = updated_at - 1000 WHERE id = :id"), {"id": rid})
+    assert [r.id for r in wf.recover_interrupted()] == [rid]
+    done = wf.execute(approved.request)
+    assert done.request.state == "failed" and done.request.outcome.status == "interrupted"
+    assert bot.rt.store.get_request(rid).outcome.status == "interrupted"
+    assert alive(pg, pid), "an interrupted request was signalled after all"
+    bot.rt.messages.redraw(done.request)
+    shown = wait_state(bot, msg, "not retried")
+    assert "*Done*" not in json.dumps(shown.blocks)
+    assert "terminate:executed" not in events_of(bot)
+
+
+@pytest.mark.unit
+def test_the_final_state_is_written_once_whichever_path_gets_there_first(tmp_path):
+    """Unit: the execution's outcome and the recovery's 'interrupted' are conditional writes; the loser
+    writes nothing and the execution returns what the store holds."""
+    from dataclasses import replace
+
+    from bot.approval.workflow import Workflow
+    from tests.test_workflow_unit import World
+
+    world = World(tmp_path)
+    try:
+        req = world.request()
+        approved = world.wf.decide(req.id, "U2", "approve").request
+
+        def recovery_wins_meanwhile(ex, r):
+            # the heartbeat could not land (e.g. the store was cut off from this replica) and another
+            # replica's housekeeping ended the request while the signal was being sent
+            with world.store.tx() as c:
+                c.execute(sqltext("UPDATE pgs_requests SET updated_at = 0 WHERE id = :id"), {"id": r.id})
+            other = Workflow(world.config, world.store, None, world.policy, world.events, interrupted_after=60)
+            assert [x.id for x in other.recover_interrupted()] == [r.id]
+            return world.outcome
+
+        world.wf.actions = {**world.wf.actions, "terminate": replace(world.wf.actions["terminate"],
+                                                                     executor=recovery_wins_meanwhile)}
+        result = world.wf.execute(approved)
+        stored = world.store.get_request(req.id)
+        assert stored.state == "failed" and stored.outcome.status == "interrupted"
+        assert result.request.state == stored.state and result.request.outcome == stored.outcome, \
+            "the message would say something else than the store"
+        # and a recovery never overwrites an execution's outcome: a request already done stays done
+        req2 = world.request()
+        approved2 = world.wf.decide(req2.id, "U2", "approve").request
+        world.wf.actions = {**world.wf.actions, "terminate": replace(world.wf.actions["terminate"],
+                                                                     executor=lambda ex, r: world.outcome)}
+        assert world.wf.execute(approved2).request.state == "done"
+        assert world.wf.recover_interrupted(older_than=-1) == []
+        assert world.store.get_request(req2.id).state == "done"
+        # a recovery checks the age in the statement that ends the request: a heartbeat in between wins
+        req3 = world.request()
+        world.wf.decide(req3.id, "U2", "approve")
+        with world.store.tx() as c:
+            assert not world.store.transition(c, req3.id, RequestState.EXECUTING, RequestState.FAILED,
+                                              stale_before=time.time() - 60)
+        assert world.store.get_request(req3.id).state == "executing"
+    finally:
+        world.store.close()

@@ -377,11 +377,14 @@ class StateStore:
         outcome: Outcome | None = None,
         decided_at: float | None = None,
         decided_by: str | None = None,
+        stale_before: float | None = None,
     ) -> bool:
         """Move a request from ``expected`` to ``new``; False when another click got there first.
 
         ``outcome`` (when given) replaces the stored outcome and the real columns derived from it; a
-        transition to the same state only records progress or a changed outcome."""
+        transition to the same state only records progress or a changed outcome. ``stale_before``: only
+        if the request was last updated at or before then (an execution that is alive keeps updating it,
+        :meth:`touch_executing`, and so wins against the recovery of interrupted requests)."""
         exp = (expected,) if isinstance(expected, str) else expected  # a RequestState is a str
         values: dict[str, Any] = {"state": RequestState(new).value, "updated_at": time.time()}
         if outcome is not None:
@@ -391,11 +394,21 @@ class StateStore:
             values["decided_at"] = decided_at
         if decided_by is not None:
             values["decided_by"] = decided_by
-        res = conn.execute(
-            update(requests)
-            .where(requests.c.id == request_id, requests.c.state.in_([RequestState(e).value for e in exp]))
-            .values(**values)
-        )
+        where = [requests.c.id == request_id, requests.c.state.in_([RequestState(e).value for e in exp])]
+        if stale_before is not None:
+            where.append(requests.c.updated_at <= stale_before)
+        res = conn.execute(update(requests).where(*where).values(**values))
+        return int(res.rowcount) == 1
+
+    def touch_executing(self, request_id: str) -> bool:
+        """Say that the execution of this request is alive (``updated_at`` = now); False when the request
+        is not 'executing' any more (another path ended it: the caller must not act)."""
+        with self.tx() as c:
+            res = c.execute(
+                update(requests)
+                .where(requests.c.id == request_id, requests.c.state == RequestState.EXECUTING.value)
+                .values(updated_at=time.time())
+            )
         return int(res.rowcount) == 1
 
     def add_approval(self, conn: Connection, request_id: str, approver: str) -> bool:
