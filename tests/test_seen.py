@@ -240,6 +240,28 @@ def test_the_running_states_are_one_list_used_by_offering_and_by_the_statements(
     assert binding_key("terminate", "idle") == "state_change"
 
 
+@pytest.mark.unit
+def test_alerts_offer_cancel_only_where_a_query_runs():
+    """The session watch's lock-pileup root and its session rows use the same list as the listing: an
+    idle root (a session advisory lock) gets Terminate, a fast-path call gets Cancel."""
+    from bot.render.watch import render_alert
+    from bot.watch import rules
+    from bot.watch.rules import LOCK_PILEUP
+    from tests.test_watch_rules import s, snap, watch
+
+    def labels(root_state: str) -> list[str]:
+        pile = rules.lock_pileups(snap(s(1, state=root_state), *[s(10 + i, blocked_by=[1], wait_secs=1) for i in range(3)]),
+                                  watch(lock_pileup={"waiters": 2, "wait": "1h"}))[0]
+        msg = render_alert(LOCK_PILEUP, "prod", "primary", pile.facts, incident_id="i", opened_at=0, now=1,
+                           tokens={1: "tok1"})
+        return [e["text"]["text"] for b in msg["blocks"] if b["type"] == "actions" for e in b["elements"]]
+
+    assert labels("active") == ["Cancel 1", "Acknowledge"]
+    assert labels("fastpath function call") == ["Cancel 1", "Acknowledge"]
+    assert labels("idle") == ["Terminate 1", "Acknowledge"]
+    assert labels("idle in transaction") == ["Terminate 1", "Acknowledge"]
+
+
 # --- §3: every button ages the same way -----------------------------------------------------------
 
 CLEAR_DB = "seen_cleardb"

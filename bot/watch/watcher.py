@@ -41,6 +41,7 @@ from bot.bulk.targets import STATE_LIKE, TERMINATE_BULK
 from bot.config import Environment, Watch
 from bot.lagwatch.model import ReceiverFacts
 from bot.metrics import CHECK_FAILURES
+from bot.postgres.models import runs_query
 from bot.postgres.pools import DatabaseUnavailable
 from bot.render import watch as render
 from bot.slack import outbox as slack_outbox
@@ -339,10 +340,10 @@ class Watcher:
             elif not s.cannot_signal:
                 fresh.append(s)
         if fresh and cond.kind == LOCK_PILEUP:
-            # the root gets one button (Terminate when idle in transaction, else Cancel): its token says so
+            # the root gets one button (Cancel while a query runs, else Terminate): its token says so
             payloads = [
                 session_snapshot(s.as_session()).model_copy(
-                    update={"actions": ("terminate",) if s.is_idle_in_transaction else ("cancel",)}
+                    update={"actions": ("cancel",) if runs_query(s.state) else ("terminate",)}
                 )
                 for s in fresh
             ]
