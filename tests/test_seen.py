@@ -209,7 +209,9 @@ def test_cancel_of_a_fastpath_call_that_ended_cancels_nothing(bot, pg, conns):
         wait_until(lambda: activity(pg, fp.pid)[0] == "fastpath function call", 10, "the second call waits")
         click(bot, msg, "Approve", "U2")
         done = wait_state(bot, msg, "*Not done*")
-        assert "moved on from the query that was listed" in json.dumps(done.blocks)
+        text = json.dumps(done.blocks)
+        assert "moved on from the query that was listed" in text, text
+        assert "it is now in a fastpath function call that started" in text, text
         assert not fp.result.get("done"), "the second call was cancelled"
         assert "cancel:moved" in events_of(bot)
     finally:
@@ -361,6 +363,12 @@ def test_every_token_kind_ages_by_request_ttl_from_its_read():
     # the read it came from: a token re-stored later still ages from the read
     late = stored(SessionTarget(pid=1, listed_at=1000.0), created_at=1800.0)
     assert token_age_refusal(late, 900, now=1901.0) is not None
+    # names from a database or a person are data in the answer: nothing in them can format or mention
+    hostile = stored(DatabaseTarget(actions=(CLEAR_DB,), database="x` <!channel> *b* <https://e.example|y>",
+                                    listed_at=1000.0))
+    why = token_age_refusal(hostile, 900, now=5000.0)
+    assert why is not None and "<!channel>" not in why and "<https://" not in why
+    assert why.count("`") == 2, why
     # Allow connections again signals nobody and is kept fresh under a closed database's request
     assert not ages(stored(DatabaseTarget(actions=(ALLOW_CONNECTIONS,), database="shop")), ALLOW_CONNECTIONS)
 

@@ -30,6 +30,7 @@ from bot.approval.ports import Execution
 from bot.durations import format_duration
 from bot.postgres.models import Session
 from bot.postgres.signals import signal
+from bot.render.common import code
 from bot.state.store import StateStore
 
 
@@ -121,7 +122,8 @@ def read_at(stored: StoredTarget) -> float:
 
 
 def fresh_listing_command(stored: StoredTarget) -> str:
-    """The command whose answer has fresh buttons for what ``stored`` showed."""
+    """The command whose answer has fresh buttons for what ``stored`` showed (plain: names in it come
+    from a database or a person, so it is shown through ``code()``)."""
     host = stored.host or "primary"
     target = stored.target
     if isinstance(target, DatabaseTarget):
@@ -152,7 +154,7 @@ def token_age_refusal(stored: StoredTarget, request_ttl: float, now: float | Non
         return None
     return (
         f"this button is from a listing made {format_duration(age)} ago, longer than access.request_ttl "
-        f"({format_duration(request_ttl)}) allows: run `{fresh_listing_command(stored)}` for a fresh listing and click there"
+        f"({format_duration(request_ttl)}) allows: run {code(fresh_listing_command(stored))} for a fresh listing and click there"
     )
 
 

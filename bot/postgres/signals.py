@@ -109,8 +109,10 @@ def moved_on(pid: int, action: str, listed_state: str | None, now: Mapping[str, 
     An outcome detail is plain text (it is also the audit result and the requester's DM), escaped
     where it is drawn: no mrkdwn markers in it."""
     state = now.get("state") or "unknown"
-    if runs_query(state):
-        doing = f"{state}, running a query that started {_ago(now.get('query_secs'))}"
+    if state == "active":
+        doing = f"active, running a query that started {_ago(now.get('query_secs'))}"
+    elif runs_query(state):  # a fastpath function call: query_start is the previous query's
+        doing = f"in a {state} that started {_ago(now.get('state_secs'))}"
     elif str(state).startswith("idle in transaction"):
         doing = f"{state} in a transaction that started {_ago(now.get('xact_secs'))}"
     elif state == "idle":
