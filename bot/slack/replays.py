@@ -54,8 +54,8 @@ def replay_key(req: BoltRequest) -> str | None:
     copy has the same key, any other request another."""
     if req.mode != "http":
         return None
-    body = req.body or {}
-    if not (body.get("command") or body.get("type") in SERVED_ONCE):
+    body = req.body
+    if not isinstance(body, dict) or not (body.get("command") or body.get("type") in SERVED_ONCE):
         return None
     signature = _first(req.headers, "x-slack-signature")
     stamp = _first(req.headers, "x-slack-request-timestamp")
