@@ -18,8 +18,9 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from slack_bolt import App
 from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_bolt.request import BoltRequest
 from slack_bolt.response import BoltResponse
@@ -27,13 +28,9 @@ from slack_sdk.socket_mode.builtin import SocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 
+from bot.runtime import Runtime
 from bot.slack.events import EventDedupe
 from bot.state.store import DELIVERY_WINDOW
-
-if TYPE_CHECKING:
-    from slack_bolt import App
-
-    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
