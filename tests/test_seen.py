@@ -342,6 +342,29 @@ def test_an_old_terminate_these_n_button_is_refused(bot, pg, conns):
     assert alive(pg, conn.info.backend_pid)
 
 
+def test_an_old_alert_button_is_refused_with_the_listing_message(pg, fake_slack, conns):
+    """A session-watch alert's Cancel ages like a listing's: past access.request_ttl it opens no form."""
+    from tests.test_watch import config as watch_config
+    from tests.test_watch import wait_alert
+
+    fake_slack.usergroups = {"S0DBAS": ["U7"]}
+    conn, _app = conns.open("alerted")
+    pid = conn.info.backend_pid
+    conns.run(conn, "SELECT pg_sleep(60) /* ALERTED */")
+    wait_active(pg, pid, "ALERTED")
+    with BotUnderTest(watch_config(pg, long_running="1s"), fake_slack, scheduler=True) as bot:
+        msg = wait_alert(fake_slack, "Long-running queries on prod")
+        button = find_button(msg, f"Cancel {pid}")
+        assert button is not None, msg.blocks
+        age_token(bot, button["value"], bot.rt.config.environments["prod"].access.request_ttl + 5)
+        n_views = len(fake_slack.calls_for("views.open"))
+        bot.slack.block_action(button["action_id"], button["value"], user_id="U1", message=msg)
+        answer = answer_with(fake_slack, "for a fresh listing")
+        assert "access.request_ttl" in answer.text and "/pgsessions prod" in answer.text
+        assert len(fake_slack.calls_for("views.open")) == n_views
+        assert activity(pg, pid)[0] == "active"
+
+
 @pytest.mark.unit
 def test_every_token_kind_ages_by_request_ttl_from_its_read():
     from bot.approval.ids import ALLOW_CONNECTIONS, CLEAR_DB, CLEAR_DB_BLOCK, TERMINATE_BULK
