@@ -170,6 +170,10 @@ def signal(
         return SignalResult("refused", unbound)
     try:
         with dbs.connection(env, host) as conn:
+            # the seconds since the listing, measured just before the statement (not before waiting for a
+            # connection): the statement turns them into a moment on the server's clock
+            bound = binding_params(listed)
+            bound["bound_by"] = binding_key(action, bound["listed_state"])
             try:
                 if action == "cancel":
                     row = conn.execute(

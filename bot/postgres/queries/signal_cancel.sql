@@ -16,9 +16,9 @@
 -- Parameters: pid, backend_start, listed_state, bound_by, query_start, state_change, listed_secs_ago,
 -- running_states (text[]).
 WITH p AS (
-    -- the listing moment on this server's clock: now minus the seconds since the listing (measured by
-    -- the bot), so a difference between the bot's clock and the server's does not matter
-    SELECT now() - make_interval(secs => %(listed_secs_ago)s::float8) AS listed_before
+    -- the listing moment on this server's clock: this statement's start minus the seconds since the
+    -- listing (measured by the bot just before), so the bot's and the server's clocks need not agree
+    SELECT statement_timestamp() - make_interval(secs => %(listed_secs_ago)s::float8) AS listed_before
 ), checked AS (
     SELECT a.pid, a.state, a.query_start, a.xact_start, a.state_change,
            CASE
