@@ -65,6 +65,7 @@ def serve(args) -> int:
 
     from bot.runtime import Runtime, SlackSettings
     from bot.slack.app import build_app
+    from bot.slack.replays import Deliveries, OnceSocketModeHandler
     from bot.slack.server import HttpServer, metrics_address
 
     config = load_or_exit(args.config)
@@ -103,9 +104,7 @@ def serve(args) -> int:
         log.info("metrics on %s:%s/metrics (not on the main port)", metrics[0], http.metrics_port)
     socket_handler = None
     if settings.socket_mode:
-        from slack_bolt.adapter.socket_mode import SocketModeHandler
-
-        socket_handler = SocketModeHandler(app, settings.app_token)
+        socket_handler = OnceSocketModeHandler(app, settings.app_token, Deliveries(rt))
         socket_handler.connect()
         log.info("connected to Slack in Socket Mode; health and metrics on port %s", http.port)
     else:

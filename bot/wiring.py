@@ -20,6 +20,7 @@ from bot.slack import (
     listing_handlers,
     nudges,
     pool_handlers,
+    replays,
     watch_handlers,
 )
 from bot.slack.edge import Router
@@ -37,6 +38,7 @@ def register_features(app: App, rt: Runtime, router: Router) -> None:
     bulk_handlers.register(rt, router)  # clear-db, and the *Terminate these N* listing extra
     details_handlers.register(app, rt, router)  # the Details button and modal, `locks`
     events.register(app, rt, router)  # the Events API: mentions, retried events dropped
+    replays.register(app, rt)  # a replayed signed slash command or click does nothing
     nudges.register(app, rt, router)  # the requester's DM, the approvers' reminder
     home_handlers.register(app, rt, router)  # the App Home tab
     watch_handlers.register(app, rt, router)  # the session watch's jobs and its Acknowledge button

@@ -4,7 +4,8 @@
   store, expire pending requests past their TTL, end requests a stopped bot left 'executing' as
   interrupted, and have their messages redrawn;
 * every 30 s, :meth:`Housekeeping.bulk`: keep the messages of databases closed by the bot true;
-* every hour, :meth:`Housekeeping.purge_tokens`: forget button tokens older than a week;
+* every hour, :meth:`Housekeeping.purge_tokens`: forget button tokens older than a week, and the
+  claims of served Slack requests older than ``DELIVERY_WINDOW``;
 * every hour, :meth:`Housekeeping.purge_state`: retention (``state_retention``) of finished requests,
   audit entries and resolved incidents.
 """
@@ -18,6 +19,7 @@ from apscheduler.schedulers.base import BaseScheduler
 
 from bot.approval.workflow import Workflow
 from bot.bulk.execute import bulk_housekeeping
+from bot.state.store import DELIVERY_WINDOW
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ class Housekeeping:
         bulk_housekeeping(self.workflow.execution)
 
     def purge_tokens(self) -> int:
+        # replayed-request claims count for DELIVERY_WINDOW only (bot.slack.replays)
+        self.workflow.store.purge_deliveries(time.time() - DELIVERY_WINDOW)
         removed = self.workflow.store.purge_targets(time.time() - TOKEN_RETENTION)
         if removed:
             log.info("purged %d button tokens older than %d days", removed, TOKEN_RETENTION // 86400)

@@ -13,7 +13,10 @@ import time
 from collections.abc import Iterable
 
 from bot.approval.audit import audit_request
+from bot.approval.ids import ALLOW_CONNECTIONS
 from bot.approval.models import (
+    BulkTarget,
+    DatabaseTarget,
     DetailsTarget,
     OutcomeStatus,
     PooledClientRef,
@@ -28,6 +31,7 @@ from bot.approval.ports import Execution
 from bot.durations import format_duration
 from bot.postgres.models import Session
 from bot.postgres.signals import signal
+from bot.render.common import code
 from bot.state.store import StateStore
 
 
@@ -125,19 +129,48 @@ def listing_command(env: str, host: str = "primary") -> str:
     return f"/pgsessions {env}" + ("" if host == "primary" else f" {host}")
 
 
+def read_at(stored: StoredTarget) -> float:
+    """When the read behind a button token was made (epoch seconds): the snapshot's ``listed_at`` or
+    the token's issue time, whichever is earlier (a token is never younger than the read it came from)."""
+    created = float(stored.created_at or 0)
+    listed = getattr(stored.target, "listed_at", None)
+    return min(created, float(listed)) if listed is not None else created
+
+
+def fresh_listing_command(stored: StoredTarget) -> str:
+    """The command whose answer has fresh buttons for what ``stored`` showed (plain: names in it come
+    from a database or a person, so it is shown through ``code()``)."""
+    host = stored.host or "primary"
+    target = stored.target
+    if isinstance(target, DatabaseTarget):
+        return f"/pgsessions {stored.env} clear-db {target.database}"
+    if isinstance(target, BulkTarget) and target.filters:
+        return f"{listing_command(stored.env, host)} {target.filters}"
+    return listing_command(stored.env, host)
+
+
+def ages(stored: StoredTarget, action: str) -> bool:
+    """Does ``access.request_ttl`` bound this token? Every token that can lead to a signal: a session's
+    Cancel / Terminate (listing, lag culprit, lock root, Details, alerts), *Terminate these N* (app
+    sweep, connections alert) and clear-db's *Terminate all* / *Block new connections and terminate
+    all*. Only *Allow connections again* does not: it signals nobody, and it must keep working under a
+    request that closed a database for as long as the database stays closed (housekeeping re-issues it)."""
+    return not (isinstance(stored.target, DatabaseTarget) and action == ALLOW_CONNECTIONS)
+
+
 def token_age_refusal(stored: StoredTarget, request_ttl: float, now: float | None = None) -> str | None:
     """Why a button issued with ``stored`` is too old to act on, or None.
 
-    A listing is a photograph: after ``access.request_ttl`` its buttons stop working and the click is
-    answered with how to get a fresh one.
+    A listing is a photograph: after ``access.request_ttl`` from the read it came from its buttons stop
+    working and the click is answered with how to get a fresh one.
     """
     now = time.time() if now is None else now
-    age = now - float(stored.created_at or 0)
+    age = now - read_at(stored)
     if age <= request_ttl:
         return None
     return (
         f"this button is from a listing made {format_duration(age)} ago, longer than access.request_ttl "
-        f"({format_duration(request_ttl)}) allows: run `{listing_command(stored.env, stored.host or 'primary')}` for a fresh listing and click there"
+        f"({format_duration(request_ttl)}) allows: run {code(fresh_listing_command(stored))} for a fresh listing and click there"
     )
 
 
@@ -154,10 +187,25 @@ def reusable_token(stored: StoredTarget | None, s: Session, request_ttl: float, 
     if stored is None or not isinstance(stored.target, SessionTarget):
         return False
     now = time.time() if now is None else now
-    if now - float(stored.created_at or 0) > request_ttl / 2:
+    if now - read_at(stored) > request_ttl / 2:
         return False
     snap = session_snapshot(s, listed_at=0.0)
     return all(getattr(stored.target, k) == getattr(snap, k) for k in BINDING_KEYS)
+
+
+def listed_facts(store: StateStore, req: Request, s: SessionTarget) -> dict[str, object]:
+    """What a signal is bound to: the snapshot, with its listing time.
+
+    A request made by an earlier release has neither the exact timestamps nor ``listed_at``; its
+    button token (kept a week) says when the listing was made, which is what the signalling statement
+    needs to recognise the query, transaction or idle period that was listed (begun at or before the
+    listing, still going on)."""
+    facts: dict[str, object] = s.model_dump()
+    if facts.get("listed_at") is None and req.target_token:
+        stored = store.get_target(req.target_token)
+        if stored is not None:
+            facts["listed_at"] = stored.created_at
+    return facts
 
 
 def signal_session(ex: Execution, req: Request) -> SignalOutcome:
@@ -168,7 +216,8 @@ def signal_session(ex: Execution, req: Request) -> SignalOutcome:
         return SignalOutcome(status=OutcomeStatus.FAILED, detail="the request names no session")
     # protect is re-checked in the signalling statement: a session that became protected since is not signalled
     guard = ex.guard_for(req.env)  # the access policy's
-    res = signal(ex.dbs, req.env, req.host, req.action, s.pid, s.backend_start, listed=s.model_dump(), guard=guard)
+    res = signal(ex.dbs, req.env, req.host, req.action, s.pid, s.backend_start, listed=listed_facts(ex.store, req, s),
+                 guard=guard)
     outcome = SignalOutcome(status=OutcomeStatus(res.status), detail=res.detail, signalled=res.signalled)
     # every signal sent has an 'executed' entry (also a cancel/terminate that was sent but not yet
     # effective: not_done); a signal not sent is recorded by its reason (gone, moved, refused, …)

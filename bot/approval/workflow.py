@@ -54,7 +54,7 @@ from bot.approval.models import (
 )
 from bot.approval.policy import Authority, Policy
 from bot.approval.ports import DirectoryUnavailable, Execution, RequestEvents
-from bot.approval.targets import token_age_refusal
+from bot.approval.targets import ages, token_age_refusal
 from bot.config import Config
 from bot.metrics import KILL_REQUESTS
 from bot.postgres.models import runs_query
@@ -90,6 +90,33 @@ def failed_outcome(action: ActionKind | None, status: OutcomeStatus, detail: str
     if action is not None and action.target_kind == "session":
         return SignalOutcome(status=status, detail=detail)
     return BulkOutcome(status=status, detail=detail)
+
+
+class Heartbeat:
+    """While an execution runs, refresh its request's ``updated_at`` every ``every`` seconds, so that no
+    replica takes it for interrupted (:meth:`Workflow.recover_interrupted`). Stops by itself when the
+    request is no longer 'executing'; a failed refresh is only logged (the next one may land)."""
+
+    def __init__(self, store: StateStore, request_id: str, every: float):
+        self.store, self.request_id, self.every = store, request_id, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"pgs-heartbeat-{request_id}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                if not self.store.touch_executing(self.request_id):
+                    return
+            except Exception as exc:
+                log.warning("could not refresh executing request %s: %s", self.request_id, type(exc).__name__)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.every + 5.0)
 
 
 class Workflow:
@@ -128,6 +155,9 @@ class Workflow:
         # state writes that recorded something that already happened, waiting for the store (§3)
         self._unsaved: list[tuple[str, Callable[[], Any], str | None]] = []
         self._unsaved_lock = threading.Lock()
+        # requests this process is acting on now (never 'interrupted' by its own housekeeping)
+        self._running: set[str] = set()
+        self._running_lock = threading.Lock()
 
     @property
     def execution(self) -> Execution:
@@ -176,7 +206,7 @@ class Workflow:
         elif kind is None or kind.target_kind == "session" or action not in getattr(target, "actions", ()):
             # bulk and database targets name the actions their token was issued for
             return None, f"`{action}` is not what this button was issued for"
-        too_old = self._listing_too_old(stored)
+        too_old = self._listing_too_old(stored, action)
         if too_old:
             return None, too_old
         refusal = self.policy.may_request(stored.env, user, channel)
@@ -184,10 +214,10 @@ class Workflow:
             return None, refusal
         return stored, None
 
-    def _listing_too_old(self, stored: StoredTarget) -> str | None:
-        """A listing's (or bulk offer's) buttons work for ``access.request_ttl``; database tokens are
-        kept fresh by their own housekeeping."""
-        if stored.kind not in ("session", "bulk"):
+    def _listing_too_old(self, stored: StoredTarget, action: str) -> str | None:
+        """Every button that can lead to a signal works for ``access.request_ttl`` from the read it came
+        from (:func:`bot.approval.targets.ages`: all but *Allow connections again*)."""
+        if not ages(stored, action):
             return None
         environment = self.config.env(stored.env)
         if environment is None:
@@ -210,24 +240,26 @@ class Workflow:
             too_big = self.policy.request_too_big(stored.env, len(stored.target.sessions))
             if too_big:
                 return Result(False, too_big)
-        if once is not None and not self.store.claim_once(submission_key(once)):
-            log.info("a replayed request form submission was ignored")
-            return Result(True, "already requested", None)
         now = time.time()
-        request = self.store.create_request(
-            NewRequest(
-                env=stored.env,
-                host=stored.host,
-                action=action,
-                target_token=token,
-                target=stored.target.model_copy(update={"requested_in": channel}),
-                requester=user,
-                reason=reason or None,
-                channel=environment.access.approval_channel or channel,
-                expires_at=now + environment.access.request_ttl,
-            )
+        new = NewRequest(
+            env=stored.env,
+            host=stored.host,
+            action=action,
+            target_token=token,
+            target=stored.target.model_copy(update={"requested_in": channel}),
+            requester=user,
+            reason=reason or None,
+            channel=environment.access.approval_channel or channel,
+            expires_at=now + environment.access.request_ttl,
         )
-        audit_request(self.store, request, "requested", user)
+        # one submission, one request: the "seen this submission" marker, the request and its audit entry
+        # land in ONE transaction, so a failure in between leaves no marker and Slack's retry is served
+        with self.store.tx() as c:
+            if once is not None and not self.store.claim_once(submission_key(once), conn=c):
+                log.info("a replayed request form submission was ignored")
+                return Result(True, "already requested", None)
+            request = self.store.create_request(new, conn=c)
+            audit_request(self.store, request, "requested", user, conn=c)
         KILL_REQUESTS.labels(request.env, action, "pending", "requested").inc()
         return Result(True, "requested", request, changed=True)
 
@@ -339,6 +371,34 @@ class Workflow:
         return Result(True, state.value, done, changed=True)
 
     def execute(self, req: Request) -> Result:
+        """Act on an approved request, once: the request is claimed first (it must still be 'executing':
+        the recovery of interrupted requests may have ended it), kept alive while the executor runs
+        (:class:`Heartbeat`), and its outcome is written only if it is still 'executing' then. Whichever
+        of the two writes the final state, the message is drawn from what the store holds."""
+        try:
+            claimed = self.store.touch_executing(req.id)
+        except Exception as exc:  # the store is down: act, and keep the outcome until it lands (§3)
+            log.warning("could not claim request %s before acting (%s); acting", req.id, type(exc).__name__)
+            claimed = True
+        if not claimed:
+            ended = self.store.get_request(req.id) or req
+            log.warning("request %s was ended (%s) before it was acted on; nothing was done", req.id, ended.state)
+            return Result(True, ended.state.value, ended, changed=True)
+        with self._running_lock:
+            self._running.add(req.id)
+        try:
+            with Heartbeat(self.store, req.id, self.heartbeat_every):
+                return self._execute(req)
+        finally:
+            with self._running_lock:
+                self._running.discard(req.id)
+
+    @property
+    def heartbeat_every(self) -> float:
+        """How often an execution says it is alive: well within ``interrupted_after``."""
+        return max(0.05, self.interrupted_after / 4)
+
+    def _execute(self, req: Request) -> Result:
         kind = self.actions.get(req.action)
         outcome: Outcome
         try:
@@ -368,16 +428,25 @@ class Workflow:
         until it lands (:meth:`flush_unsaved`), and return the request as it really is now, so the message
         shows what happened (a signal that was sent is never reported as "nothing was changed")."""
 
+        won: list[bool] = []
+
         def write() -> None:
             with self.store.tx() as c:
-                self.store.transition(c, req.id, EXECUTING, final, outcome=outcome)
+                won.append(self.store.transition(c, req.id, EXECUTING, final, outcome=outcome))
 
-        self.durably(f"the outcome of request {req.id}", write, request_id=req.id)
+        landed = self.durably(f"the outcome of request {req.id}", write, request_id=req.id)
         try:
             stored = self.store.get_request(req.id)
         except Exception as exc:
             log.warning("could not read back request %s: %s", req.id, type(exc).__name__)
             stored = None
+        if landed and not any(won):
+            # another path (the recovery of interrupted requests) wrote this request's end first: that is
+            # the one truth, and the message shows it (what this execution did is in the audit log)
+            log.warning("request %s was ended as %s while it was being acted on (%s); its outcome was not "
+                        "written over", req.id, stored.state if stored else "?", outcome.status)
+            if stored is not None:
+                return stored
         if stored is not None and stored.state == final:
             return stored
         return req.model_copy(update={"state": final, "outcome": outcome, "updated_at": time.time()})
@@ -421,6 +490,10 @@ class Workflow:
             self._unsaved[:0] = left
         held = {rid for _w, _f, rid in left}
         return [rid for _w, _f, rid in pending if rid is not None and rid not in held]
+
+    def is_running(self, request_id: str) -> bool:
+        with self._running_lock:
+            return request_id in self._running
 
     def holds_unsaved(self, request_id: str) -> bool:
         with self._unsaved_lock:
@@ -472,8 +545,8 @@ class Workflow:
         out = []
         limit = time.time() - (self.interrupted_after if older_than is None else older_than)
         for req in self.store.requests_in((EXECUTING,)):
-            if req.updated_at > limit or self.holds_unsaved(req.id):
-                continue  # young, or its outcome is known here and waiting for the store
+            if req.updated_at > limit or self.holds_unsaved(req.id) or self.is_running(req.id):
+                continue  # young, acted on here now, or its outcome is known here and waiting for the store
             outcome = failed_outcome(
                 self.actions.get(req.action),
                 OutcomeStatus.INTERRUPTED,
@@ -481,7 +554,9 @@ class Workflow:
                 "Check the session and make a new request if it is still needed",
             )
             with self.store.tx() as c:
-                if self.store.transition(c, req.id, EXECUTING, RequestState.FAILED, outcome=outcome):
+                # only if still not updated since: an execution alive elsewhere keeps updating it and wins
+                if self.store.transition(c, req.id, EXECUTING, RequestState.FAILED, outcome=outcome,
+                                         stale_before=limit):
                     done = self._reread(c, req.id)
                     audit_request(self.store, done, "interrupted", None, conn=c, result=outcome.detail)
                     out.append(done)

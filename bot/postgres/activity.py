@@ -11,6 +11,7 @@ from bot.config import Environment
 from bot.postgres import pgbouncer
 from bot.postgres.models import (
     CLIENT_BACKEND,
+    QUERY_RUNNING_STATES,
     Category,
     Filters,
     Listing,
@@ -106,6 +107,7 @@ def list_sessions(
         "usr": filters.user,
         "db": filters.database,
         "query_chars": max(environment.listing.query_chars * 2, 600),
+        "running_states": list(QUERY_RUNNING_STATES),
     }
     # beside the database read, each bounded
     pooler_reads = pgbouncer.start_reads(dbs.config, env, host) if poolers is None else []

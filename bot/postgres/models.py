@@ -165,7 +165,7 @@ class Session:
     @property
     def duration(self) -> tuple[str, float | None]:
         """(what, seconds) that matters for this state: query time, idle-in-transaction time or idle time."""
-        if self.state == "active":
+        if runs_query(self.state):
             return "query", self.query_secs
         if self.is_idle_in_transaction:
             return "idle in transaction", self.state_secs

@@ -19,7 +19,7 @@ from typing import Any
 
 from psycopg import errors as pgerrors
 
-from bot.postgres.models import AUTOVACUUM_WORKER
+from bot.postgres.models import AUTOVACUUM_WORKER, QUERY_RUNNING_STATES, runs_query
 from bot.postgres.pools import Databases, DatabaseUnavailable
 from bot.postgres.sql import Conn, features, query
 from bot.session_rules import OWN_STATE_REASON, SignalGuard, protection
@@ -49,15 +49,51 @@ def _maybe_datetime(value: Any) -> datetime | None:
     return _as_datetime(value)
 
 
-def binding_params(listed: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The listed facts a signal is bound to (missing ones are NULL, and NULL never matches)."""
+def binding_params(listed: Mapping[str, Any] | None, now: float | None = None) -> dict[str, Any]:
+    """The listed facts a signal is bound to (missing ones are NULL, and NULL never matches).
+
+    ``listed_secs_ago``: seconds since the listing (``listed_at``, epoch seconds, as the bot measured
+    it), for a snapshot without the exact timestamps (a request made by an earlier release): the
+    statements then take what began at or before that moment and still goes on. ``running_states``:
+    the states in which a query runs (:data:`bot.postgres.models.QUERY_RUNNING_STATES`, the list that
+    also decides where Cancel is offered)."""
     listed = listed or {}
+    listed_at = listed.get("listed_at")
+    now = time.time() if now is None else now
     return {
         "listed_state": listed.get("state"),
         "query_start": _maybe_datetime(listed.get("query_start")),
         "xact_start": _maybe_datetime(listed.get("xact_start")),
         "state_change": _maybe_datetime(listed.get("state_change")),
+        "listed_secs_ago": max(0.0, now - float(listed_at)) if listed_at else None,
+        "running_states": list(QUERY_RUNNING_STATES),
     }
+
+
+def binding_key(action: str, listed_state: str | None) -> str:
+    """The listed timestamp a signal of ``action`` on a session listed in ``listed_state`` is bound to.
+
+    ``active``: the query (query_start). A Terminate of a session idle in transaction: the transaction
+    (xact_start). Anything else, a fastpath function call included (it leaves query_start at the
+    previous query's): the same state, unchanged since (state_change)."""
+    if listed_state == "active":
+        return "query_start"
+    if action == "terminate" and listed_state and listed_state.startswith("idle in transaction"):
+        return "xact_start"
+    return "state_change"
+
+
+def unbound_refusal(action: str, bound: Mapping[str, Any]) -> str | None:
+    """Why nothing can be checked: the snapshot has neither the exact timestamp nor the listing time.
+
+    Plain text (an outcome detail). Never "moved on": the bot does not know that it did."""
+    if bound[binding_key(action, bound["listed_state"])] is not None or bound["listed_secs_ago"] is not None:
+        return None
+    return (
+        "nothing was signalled: this request does not record when the session was listed nor what it was "
+        "doing then (it was made by an earlier release), so the bot cannot check that it is still the same "
+        "query or transaction. Make a new request from a fresh listing if it still needs stopping"
+    )
 
 
 def _again(env: str, host: str) -> str:
@@ -78,6 +114,8 @@ def moved_on(pid: int, action: str, listed_state: str | None, now: Mapping[str, 
     state = now.get("state") or "unknown"
     if state == "active":
         doing = f"active, running a query that started {_ago(now.get('query_secs'))}"
+    elif runs_query(state):  # a fastpath function call: query_start is the previous query's
+        doing = f"in a {state} that started {_ago(now.get('state_secs'))}"
     elif str(state).startswith("idle in transaction"):
         doing = f"{state} in a transaction that started {_ago(now.get('xact_secs'))}"
     elif state == "idle":
@@ -90,7 +128,7 @@ def moved_on(pid: int, action: str, listed_state: str | None, now: Mapping[str, 
         listed = "the transaction that was listed"
     elif listed_state == "idle":
         listed = "the idle session that was listed (it has been used since)"
-    elif listed_state == "active":
+    elif runs_query(listed_state):
         listed = "the query that was listed"
     else:
         listed = f"the session as listed ({listed_state or 'unknown state'})"
@@ -143,16 +181,24 @@ def signal(
     if action not in ("cancel", "terminate"):
         raise ValueError(action)
     bound = binding_params(listed)
+    bound["bound_by"] = binding_key(action, bound["listed_state"])
+    unbound = unbound_refusal(action, bound)
+    if unbound:
+        return SignalResult("refused", unbound)
     guard = guard or SignalGuard(dbs.config.protect_for(env))
     guarded = guard.params()
     try:
         with dbs.connection(env, host) as conn:
             deadline = time.monotonic() + TERMINATE_WAIT_MS / 1000
+            # the seconds since the listing, measured just before the statement (not before waiting for a
+            # connection): the statement turns them into a moment on the server's clock
+            bound = binding_params(listed)
+            bound["bound_by"] = binding_key(action, bound["listed_state"])
             try:
                 if action == "cancel":
                     row = conn.execute(
                         query("signal_cancel", conn),
-                        {"pid": pid, "backend_start": started, "query_start": bound["query_start"], **guarded},
+                        {"pid": pid, "backend_start": started, **bound, **guarded},
                     ).fetchone()
                 else:
                     row = conn.execute(
@@ -209,7 +255,7 @@ def _after_cancel(conn: Conn, pid: int, started: datetime) -> SignalResult:
         if row is None:
             return SignalResult("done", f"query of {pid} cancelled (the session then ended)", True)
         state, query_start = row
-        if state != "active" or (first is not None and query_start != first[1]):
+        if not runs_query(state) or (first is not None and query_start != first[1]):
             return SignalResult("done", f"query of {pid} cancelled; the session is now {state}", True)
         if time.monotonic() >= deadline:
             return SignalResult(

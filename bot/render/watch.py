@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from bot.durations import format_bytes, format_duration
-from bot.postgres.models import AUTOVACUUM_WORKER, is_wraparound_run
+from bot.postgres.models import AUTOVACUUM_WORKER, is_wraparound_run, runs_query
 from bot.render.bulk import bulk_action_id
 from bot.render.buttons import (
     AUTOVACUUM_NOTE,
@@ -155,10 +155,6 @@ def _buttons(s: Mapping, token: str | None, kill_disabled: str | None, *, cancel
     return [actions(f"kill:{token}", *elements)] if elements else []
 
 
-def _idle_tx(s: Mapping) -> bool:
-    return (s.get("state") or "").startswith("idle in transaction")
-
-
 def _title(kind: str, env: str, host: str, facts: Mapping) -> str:
     """Plain words (no server strings): the header and the start of the fallback text."""
     w = where(env, host)
@@ -218,14 +214,16 @@ def _pileup_blocks(f: Mapping, tokens: Mapping[int, str], kill_disabled: str | N
             f" on {code(w.get('wait_relation') or '?')} for {format_duration(w.get('wait_secs'))}"
             for w in waiters), 1900)))
     idle_tx = f.get("root_idle_in_transaction")
-    blocks += _buttons(root, tokens.get(root["pid"]), kill_disabled, cancel=not idle_tx, terminate=bool(idle_tx),
+    # Cancel only where a query runs (QUERY_RUNNING_STATES); a root that runs none gets Terminate
+    running = runs_query(root.get("state"))
+    blocks += _buttons(root, tokens.get(root["pid"]), kill_disabled, cancel=running, terminate=not running,
                        details_token=details.get(root["pid"]))
     if root.get("backend_type") == AUTOVACUUM_WORKER:
         if not kill_disabled and not root.get("cannot_signal"):
             blocks.append(context(AUTOVACUUM_NOTE))
     elif idle_tx:
         blocks.append(context(IDLE_TX_NOTE))
-    elif not kill_disabled and not root.get("cannot_signal"):
+    elif running and not kill_disabled and not root.get("cannot_signal"):
         blocks.append(context("Terminate is offered only for a root idle in transaction; Cancel stops its current "
                               "query (it may still hold its locks until its transaction ends)."))
     return blocks
@@ -259,7 +257,7 @@ def _pool_waiting_blocks(f: Mapping, tokens: Mapping[int, str], kill_disabled: s
                               "session and the transaction of the client linked to it now."))
     for s in holders:
         blocks.append(section(session_line(s, query_chars)))
-        blocks += _buttons(s, tokens.get(s["pid"]), kill_disabled, cancel=not _idle_tx(s), terminate=True,
+        blocks += _buttons(s, tokens.get(s["pid"]), kill_disabled, cancel=runs_query(s.get("state")), terminate=True,
                            details_token=details.get(s["pid"]))
     more = int(f.get("holders_total") or 0) - len(holders)
     if more > 0:
@@ -273,8 +271,7 @@ def _sessions_blocks(kind: str, f: Mapping, tokens: Mapping[int, str], kill_disa
     sessions = f.get("sessions") or []
     for s in sessions:
         blocks.append(section(session_line(s, query_chars)))
-        idle = _idle_tx(s)
-        blocks += _buttons(s, tokens.get(s["pid"]), kill_disabled, cancel=not idle, terminate=True,
+        blocks += _buttons(s, tokens.get(s["pid"]), kill_disabled, cancel=runs_query(s.get("state")), terminate=True,
                            details_token=details.get(s["pid"]))
     if f["count"] > len(sessions):
         blocks.append(context(f"{f['count'] - len(sessions)} more not shown (worst first)."))

@@ -74,6 +74,9 @@ PG_CONNECT_ARGS: dict[str, Any] = {
     "keepalives_count": 3,
 }
 PG_STATEMENT_TIMEOUT_MS = 5000
+# How long a signed Slack request (or a Socket Mode envelope) is remembered as served: Slack's signatures
+# are good for 5 minutes, a claim is kept a minute longer (bot.slack.replays)
+DELIVERY_WINDOW = 360.0
 
 
 def new_id(nbytes: int = 12) -> str:
@@ -258,21 +261,63 @@ class StateStore:
             target=TARGET.validate_python(payload),
         )
 
-    def claim_once(self, key: str) -> bool:
+    def claim_once(self, key: str, conn: Connection | None = None) -> bool:
         """Record that ``key`` (e.g. a modal submission) was acted on; False if it already was.
 
         Atomic on both backends (a primary-key insert), so a replayed or retried submission creates
-        nothing twice. Kept in pgs_targets (kind 'once') and purged with the button tokens.
+        nothing twice. Kept in pgs_targets (kind 'once') and purged with the button tokens. With
+        ``conn`` the marker is part of that transaction (a savepoint: a key already there answers
+        False and leaves the transaction usable), so it lands exactly when what it guards lands.
         """
+        row = {"token": key[:32], "kind": "once", "env": "-", "host": "-", "channel": None, "created_by": None,
+               "created_at": time.time(), "payload": "{}"}
+        if conn is not None:
+            try:
+                with conn.begin_nested():
+                    conn.execute(insert(targets).values(**row))
+            except IntegrityError:
+                return False
+            return True
         try:
             with self.tx() as c:
-                c.execute(insert(targets).values(
-                    token=key[:32], kind="once", env="-", host="-", channel=None, created_by=None,
-                    created_at=time.time(), payload="{}",
-                ))
+                c.execute(insert(targets).values(**row))
         except IntegrityError:
             return False
         return True
+
+    def claim_delivery(self, key: str, window: float, now: float | None = None) -> bool:
+        """True the first time ``key`` (a hash of one signed Slack request, or a Socket Mode envelope
+        id) is claimed within ``window`` seconds, by any replica sharing this store; False for a replay.
+
+        Kept in pgs_targets (kind 'replay'); a claim older than ``window`` no longer counts (Slack's
+        signature check refuses requests older than 5 minutes anyway) and is purged by
+        :meth:`purge_deliveries`."""
+        now = time.time() if now is None else now
+        token = key[:32]
+        with self.tx() as c:
+            seen = c.execute(
+                select(targets.c.created_at).where(targets.c.token == token, targets.c.kind == "replay")
+            ).first()
+            if seen is not None and float(seen[0]) > now - window:
+                return False
+            if seen is not None:
+                c.execute(delete(targets).where(targets.c.token == token, targets.c.kind == "replay"))
+            try:
+                with c.begin_nested():
+                    c.execute(insert(targets).values(
+                        token=token, kind="replay", env="-", host="-", channel=None, created_by=None,
+                        created_at=now, payload="{}",
+                    ))
+            except IntegrityError:  # another replica claimed it at the same moment
+                return False
+        return True
+
+    def purge_deliveries(self, older_than: float) -> int:
+        """Forget replay claims older than ``older_than`` (epoch seconds)."""
+        with self.tx() as c:
+            return int(c.execute(
+                delete(targets).where(targets.c.kind == "replay", targets.c.created_at < older_than)
+            ).rowcount)
 
     def purge_targets(self, older_than: float) -> int:
         with self.tx() as c:
@@ -280,7 +325,11 @@ class StateStore:
 
     # --- requests -----------------------------------------------------------------------------------
 
-    def create_request(self, new: NewRequest) -> Request:
+    def create_request(self, new: NewRequest, conn: Connection | None = None) -> Request:
+        """Store a new pending request (in ``conn``'s transaction when given, else in one of its own)."""
+        if conn is None:
+            with self.tx() as c:
+                return self.create_request(new, conn=c)
         now = time.time()
         row = {
             **new.model_dump(exclude={"target"}),
@@ -291,9 +340,8 @@ class StateStore:
             "target": new.target.model_dump_json(exclude_none=True),
             **outcome_columns(None),
         }
-        with self.tx() as c:
-            c.execute(insert(requests).values(**row))
-            created = self.get_request(row["id"], conn=c)
+        conn.execute(insert(requests).values(**row))
+        created = self.get_request(row["id"], conn=conn)
         assert created is not None
         return created
 
@@ -329,11 +377,14 @@ class StateStore:
         outcome: Outcome | None = None,
         decided_at: float | None = None,
         decided_by: str | None = None,
+        stale_before: float | None = None,
     ) -> bool:
         """Move a request from ``expected`` to ``new``; False when another click got there first.
 
         ``outcome`` (when given) replaces the stored outcome and the real columns derived from it; a
-        transition to the same state only records progress or a changed outcome."""
+        transition to the same state only records progress or a changed outcome. ``stale_before``: only
+        if the request was last updated at or before then (an execution that is alive keeps updating it,
+        :meth:`touch_executing`, and so wins against the recovery of interrupted requests)."""
         exp = (expected,) if isinstance(expected, str) else expected  # a RequestState is a str
         values: dict[str, Any] = {"state": RequestState(new).value, "updated_at": time.time()}
         if outcome is not None:
@@ -343,11 +394,21 @@ class StateStore:
             values["decided_at"] = decided_at
         if decided_by is not None:
             values["decided_by"] = decided_by
-        res = conn.execute(
-            update(requests)
-            .where(requests.c.id == request_id, requests.c.state.in_([RequestState(e).value for e in exp]))
-            .values(**values)
-        )
+        where = [requests.c.id == request_id, requests.c.state.in_([RequestState(e).value for e in exp])]
+        if stale_before is not None:
+            where.append(requests.c.updated_at <= stale_before)
+        res = conn.execute(update(requests).where(*where).values(**values))
+        return int(res.rowcount) == 1
+
+    def touch_executing(self, request_id: str) -> bool:
+        """Say that the execution of this request is alive (``updated_at`` = now); False when the request
+        is not 'executing' any more (another path ended it: the caller must not act)."""
+        with self.tx() as c:
+            res = c.execute(
+                update(requests)
+                .where(requests.c.id == request_id, requests.c.state == RequestState.EXECUTING.value)
+                .values(updated_at=time.time())
+            )
         return int(res.rowcount) == 1
 
     def add_approval(self, conn: Connection, request_id: str, approver: str) -> bool:

@@ -42,6 +42,7 @@ from bot.bulk.targets import STATE_LIKE, TERMINATE_BULK
 from bot.config import Environment, Watch
 from bot.lagwatch.model import ReceiverFacts
 from bot.metrics import CHECK_FAILURES
+from bot.postgres.models import runs_query
 from bot.postgres.pools import DatabaseUnavailable, UnsupportedServer
 from bot.render import watch as render
 from bot.slack import outbox as slack_outbox
@@ -349,10 +350,10 @@ class Watcher:
             elif not s.cannot_signal:
                 fresh.append(s)
         if fresh and cond.kind == LOCK_PILEUP:
-            # the root gets one button (Terminate when idle in transaction, else Cancel): its token says so
+            # the root gets one button (Cancel while a query runs, else Terminate): its token says so
             payloads = [
                 session_snapshot(s.as_session()).model_copy(
-                    update={"actions": ("terminate",) if s.is_idle_in_transaction else ("cancel",)}
+                    update={"actions": ("cancel",) if runs_query(s.state) else ("terminate",)}
                 )
                 for s in fresh
             ]
@@ -405,7 +406,10 @@ class Watcher:
             return None, [], {}
         ident = ",".join(sorted(x["pid"].__str__() + "@" + str(x["backend_start"]) for x in sessions))
         prev = inc.payload.get("bulk") or {}
-        if prev.get("ident") == ident and prev.get("channel") == channel and prev.get("token"):
+        # the same sessions keep their token only while it still works at the next update (it ages like
+        # every button: access.request_ttl from the read it came from)
+        young = time.time() - float(prev.get("at") or 0) <= self.envs[inc.env].access.request_ttl / 2
+        if prev.get("ident") == ident and prev.get("channel") == channel and prev.get("token") and young:
             return prev["token"], sessions, prev
         payload = {
             "actions": [TERMINATE_BULK], "category": "idle", "state_like": STATE_LIKE["idle"],
@@ -413,7 +417,7 @@ class Watcher:
             "min_seconds": None, "listed_at": time.time(), "sessions": sessions, "source": f"watch:{inc.id}",
         }
         (token,) = self.rt.store.put_targets(inc.env, inc.host, channel, None, [BulkTarget.model_validate(payload)])
-        return token, sessions, {"ident": ident, "channel": channel, "token": token}
+        return token, sessions, {"ident": ident, "channel": channel, "token": token, "at": payload["listed_at"]}
 
     def _message(self, inc: Incident, cond: rules.Condition, channel: str | None) -> tuple[dict, dict]:
         environment = self.envs[inc.env]

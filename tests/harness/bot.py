@@ -14,6 +14,7 @@ from typing import Any
 from bot.config import parse_config
 from bot.runtime import Runtime, SlackSettings
 from bot.slack.app import build_app
+from bot.slack.replays import Deliveries, OnceSocketModeHandler
 from bot.slack.server import HttpServer
 from tests.harness.slack_requests import SlackSender
 
@@ -64,9 +65,7 @@ class BotUnderTest:
         self.app = build_app(self.rt)
         self.http = HttpServer(self.rt, self.app, host="127.0.0.1", port=0, threads=16).start()
         if self.app_token:
-            from slack_bolt.adapter.socket_mode import SocketModeHandler
-
-            self.socket = SocketModeHandler(self.app, self.app_token)
+            self.socket = OnceSocketModeHandler(self.app, self.app_token, Deliveries(self.rt))
             self.socket.connect()
         if self.scheduler:
             self.rt.start_background()

@@ -78,8 +78,9 @@ flagged AS (
            behind.n AS blocking_total,  -- NULL unless a root blocker
            coalesce(behind.longest, direct_wait.longest) AS longest_wait_secs,
            cardinality(act.blocked_by) > 0 AND coalesce(act.query_secs, 0) >= %(blocked_min)s AS is_blocked,
-           act.backend_type = 'client backend' AND act.state = 'active' AND act.query_secs >= %(long_running)s
-               AS is_long_running,
+           -- a query runs: running_states, bound from bot.postgres.models.QUERY_RUNNING_STATES
+           act.backend_type = 'client backend' AND act.state = ANY(%(running_states)s::text[])
+               AND act.query_secs >= %(long_running)s AS is_long_running,
            act.backend_type = 'client backend' AND act.state LIKE 'idle in transaction%%'
                AND act.state_secs >= %(idle_in_transaction)s AS is_idle_tx,
            act.backend_type = 'client backend' AND act.state = 'idle' AND act.state_secs >= %(idle)s AS is_idle

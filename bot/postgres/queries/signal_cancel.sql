@@ -1,13 +1,21 @@
 -- Cancel the running query of one backend, re-checked in the same statement: the same pid AND the
--- same backend_start (pids are reused), still a client backend (or an autovacuum worker, never in a
--- run to prevent wraparound), never the bot's own connections, AND still running the query the
--- approver saw: still 'active' with the same query_start (a pooled backend runs many queries; a later
--- one is never cancelled by an approval of an earlier one; an autovacuum worker starts a new
--- query_start for each table it vacuums).
+-- same backend_start (pids are reused), still a client backend (or an autovacuum worker, never in a run
+-- to prevent wraparound), never the bot's own connections, AND
+-- still running the query the approver saw: in a state where a query runs (running_states, bound from
+-- bot.postgres.models.QUERY_RUNNING_STATES, the same list that decides where Cancel is offered), the
+-- state it was listed in, and the same start: query_start for 'active', state_change for a fastpath
+-- function call (which leaves query_start at the previous query's). Which one is bound_by, chosen by
+-- bot.postgres.signals.binding_key. A pooled backend runs many queries; a later one is never cancelled
+-- by an approval of an earlier one.
+--
+-- A request made by an earlier release has no query_start / state_change: then the query that runs now
+-- is the listed one exactly when it began at or before the listing (listed_before: listed_secs_ago
+-- seconds before now, on this server's clock) and still runs. A NULL never matches (fail closed).
 --
 -- No row: the backend is gone (or is not one the bot may touch). verdict 'moved': the backend is there
 -- but doing something else now (nothing is signalled; state/query_start/xact_start say what).
--- Parameters: pid, backend_start, query_start (timestamptz or NULL: NULL never matches).
+-- Parameters: pid, backend_start, listed_state, bound_by, query_start, state_change, listed_secs_ago,
+-- running_states (text[]).
 --
 -- protect (issue 23 §11), re-checked here so that a session that became protected after it was shown is
 -- never signalled: guarded.protected is 'own_state' (the bot's own state-store connection: own_user,
@@ -32,13 +40,26 @@ WITH guarded AS (
       LEFT JOIN pg_roles r ON r.oid = a.usesysid
      WHERE a.pid = %(pid)s AND a.backend_start = %(backend_start)s
 ),
-checked AS (
+p AS (
+    -- the listing moment on this server's clock: this statement's start minus the seconds since the
+    -- listing (measured by the bot just before), so the bot's and the server's clocks need not agree
+    SELECT statement_timestamp() - make_interval(secs => %(listed_secs_ago)s::float8) AS listed_before
+), checked AS (
     SELECT a.pid, a.state, a.query_start, a.xact_start, a.state_change,
            CASE
-               WHEN a.state = 'active' AND a.query_start = %(query_start)s::timestamptz THEN 'signal'
+               WHEN a.state = ANY(%(running_states)s::text[])
+                    AND a.state = %(listed_state)s::text
+                    AND CASE %(bound_by)s::text
+                            WHEN 'query_start'
+                                THEN a.query_start = %(query_start)s::timestamptz
+                                     OR (%(query_start)s::timestamptz IS NULL AND a.query_start <= p.listed_before)
+                            ELSE a.state_change = %(state_change)s::timestamptz
+                                 OR (%(state_change)s::timestamptz IS NULL AND a.state_change <= p.listed_before)
+                        END
+                   THEN 'signal'
                ELSE 'moved'
            END AS verdict
-      FROM pg_stat_activity a
+      FROM pg_stat_activity a CROSS JOIN p
      WHERE a.pid = %(pid)s
        AND a.backend_start = %(backend_start)s
        AND (a.backend_type = 'client backend'
