@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import or_, select
 
+from bot.logs import log_value
 from bot.secrets import scrub
 from bot.state.schema import audit, requests
 from bot.state.store import StateStore
@@ -148,7 +149,10 @@ def write_csv(rows: Iterable[dict], out) -> int:
 
 
 def log_audit(values: dict) -> None:
-    """Log one audit event as a structured line (``event: "audit"``); the query text stays out of logs."""
+    """Log one audit event as a structured line (``event: "audit"``); the query text stays out of logs.
+
+    In the text log every value is quoted (:func:`bot.logs.log_value`): an ``application_name`` such as
+    ``x result=executed actor=U0ADMIN`` stays one value and cannot forge fields."""
     try:
         rec = record(values)
         rec.pop("query", None)
@@ -157,7 +161,7 @@ def log_audit(values: dict) -> None:
         log.info(
             "audit %s %s",
             values.get("event"),
-            " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("event", "action")),
+            " ".join(f"{k}={log_value(v)}" for k, v in fields.items() if k not in ("event", "action")),
             extra={"event": "audit", "env": values.get("env"), "host": values.get("host"), "audit": fields},
         )
     except Exception:  # an audit log line must never break the audited action

@@ -87,7 +87,7 @@ def test_ddl_queue_is_named():
     msg = render_locks(graph, [t], details_tokens={p: f"tok{p}" for p in (10, 20, 30, 31)},
                        kill_tokens={10: "k10"})
     text = json.dumps(msg)
-    assert "DDL queue" in text and "pid 20 waits for `AccessExclusiveLock` on relation public.t" in text
+    assert "DDL queue" in text and "pid 20 waits for `AccessExclusiveLock` on relation `public.t`" in text
     labels = [e["text"]["text"] for b in msg["blocks"] if b["type"] == "actions" for e in b["elements"]]
     assert {"Terminate 10", "Details 10", "Details 20", "Details 30", "Details 31"} <= set(labels)
     assert "Terminate 20" not in labels  # only roots get Cancel / Terminate

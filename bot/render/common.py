@@ -90,7 +90,11 @@ def code(text: object) -> str:
 
 
 def mrkdwn(text: str, limit: int = SECTION_TEXT) -> dict:
-    return {"type": "mrkdwn", "text": cut(text, limit)}
+    """A mrkdwn text object with ``verbatim: true``: Slack turns no bare URL, ``#channel`` or ``@here`` in it
+    into a link or a mention (the bot's own ``<@U…>``, ``<#C…>`` and ``<!date…>`` markup still works).
+    Every mrkdwn object the bot draws is built here; an ``:emoji:`` is still drawn outside a code span,
+    so names from a database go in :func:`code` spans."""
+    return {"type": "mrkdwn", "text": cut(text, limit), "verbatim": True}
 
 
 def plain(text: str, limit: int) -> dict:
