@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot import visibility
-from bot.approval.models import Request, RequestState
+from bot.approval.models import Request, RequestState, with_queries_redacted
 from bot.approval.ports import ApproversLookup, DirectoryUnavailable, Principals, identity_refusal
 from bot.config import Access, Config
 
@@ -69,6 +69,12 @@ class Policy:
         """Whether ``user`` may see requests and audit entries of ``env`` in ``channel`` (the channel
         rule and ``access.viewers``)."""
         return self.may_see(env, channel) and self.viewer_refusal(env, user) is None
+
+    def shown(self, req: Request) -> Request:
+        """``req`` as it may be shown: with ``redact_queries`` on for its environment, its query texts
+        redacted now (also those stored before ``redact_queries`` was turned on)."""
+        environment = self.config.env(req.env)
+        return with_queries_redacted(req) if environment is not None and environment.redact_queries else req
 
     # --- offering buttons ---------------------------------------------------------------------------
 

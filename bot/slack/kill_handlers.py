@@ -112,7 +112,7 @@ def register(app: App, rt: Runtime, router: Router) -> None:
     def on_pending(rt_, cmd, body, respond):
         reqs = rt.store.requests_in((RequestState.PENDING, RequestState.EXECUTING))
         viewer = body.get("user_id") or ""
-        allowed = [r for r in reqs if rt.policy.may_view(r.env, viewer, body.get("channel_id"))]
+        allowed = [rt.policy.shown(r) for r in reqs if rt.policy.may_view(r.env, viewer, body.get("channel_id"))]
         respond(response_type="ephemeral", **pending_list(allowed, time.time()))
 
     @router.on(Audit)
