@@ -352,7 +352,14 @@ def test_bare_word_setting_values_are_redacted(sql, expected):
 
 @pytest.mark.unit
 def test_a_stored_request_is_redacted_when_shown():
-    from bot.approval.models import BulkTarget, Request, RequestState, SessionRef, SessionTarget, with_queries_redacted
+    from bot.approval.models import (
+        BulkTarget,
+        Request,
+        RequestState,
+        SessionRef,
+        SessionTarget,
+        with_queries_redacted,
+    )
 
     base = dict(id="r1", env="prod", host="primary", action="terminate", requester="U1", state=RequestState.PENDING,
                 created_at=1.0, expires_at=2.0, updated_at=1.0)
@@ -394,7 +401,7 @@ def test_a_request_stored_before_redact_queries_was_on_is_shown_redacted(pg, fak
     fake_slack.usergroups = {"S0DBAS": ["U7"]}
     state = f"sqlite:///{tmp_path / 'state.db'}"
     try:
-        conn.execute(f"SELECT '{secret}' AS x")  # noqa: S608
+        conn.execute(f"SELECT '{secret}' AS x")
         pid = conn.info.backend_pid
         with BotUnderTest({"environments": {"test": env_config(pg)}}, fake_slack, state=state) as bot:
             msg = request_kill(bot, "test", app, pid, "Terminate", user="U1")
