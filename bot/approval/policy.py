@@ -60,15 +60,34 @@ class Policy:
         Slack cannot say who is in a viewers user group (the rule is :mod:`bot.visibility`)."""
         return visibility.viewer_refusal(self.config, self.approvers, env, user)
 
-    def viewers_decidable_offline(self, env: str | None) -> bool:
-        """True when ``access.viewers`` of ``env`` names no user group (no Slack call needed to decide)."""
+    def viewers_decidable_offline(self, env: str | None, user: str | None = None) -> bool:
+        """True when deciding whether ``user`` may see ``env`` needs no Slack call: ``access.viewers`` names
+        no user group and (given a ``user``) who that person is (guest, other organisation) is cached."""
         access = self._access(env) if env is not None else None
-        return access is None or not any(p.startswith("S") for p in access.viewers)
+        if access is None:
+            return True
+        if any(p.startswith("S") for p in access.viewers):
+            return False
+        return user is None or not user or self.approvers.cached_user_facts(user) is not None
 
     def may_view(self, env: str | None, user: str, channel: str | None) -> bool:
         """Whether ``user`` may see requests and audit entries of ``env`` in ``channel`` (the channel
-        rule and ``access.viewers``)."""
-        return self.may_see(env, channel) and self.viewer_refusal(env, user) is None
+        rule, ``access.viewers``, and a full member of this workspace: :meth:`identity_view_refusal`)."""
+        return (self.may_see(env, channel) and self.viewer_refusal(env, user) is None
+                and self.identity_view_refusal(user, "requests or the audit") is None)
+
+    def identity_view_refusal(self, user: str | None, what: str) -> str | None:
+        """Why ``user`` may not see ``what`` (query texts, Details, requests, the audit), or None.
+
+        Viewing is gated like acting: guests and people from another organisation (or whose user record
+        names no team) never see them, whatever ``access.viewers`` says (its default ``["*"]`` means every
+        full member). Reads users.info (cached): call it outside a state transaction. Fails closed."""
+        if not user:
+            return f"only full members of this workspace may see {what}"
+        try:
+            return identity_refusal(self.approvers.user_facts(user), f"see {what}")
+        except DirectoryUnavailable as exc:
+            return str(exc)
 
     def shown(self, req: Request) -> Request:
         """``req`` as it may be shown: with ``redact_queries`` on for its environment, its query texts

@@ -8,6 +8,7 @@ updated with ``views.update`` when the read is done.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -21,6 +22,7 @@ from bot.approval.targets import issue_details_tokens, issue_session_tokens, ses
 from bot.commands import ShowLocks
 from bot.postgres.details import read_details
 from bot.postgres.locks import build_forest, read_lock_graph
+from bot.postgres.models import hide_query
 from bot.postgres.pools import DatabaseUnavailable
 from bot.render.details import details_view, loading_view, message_view
 from bot.render.locks import render_locks, shown_pids
@@ -50,7 +52,7 @@ def may_view(rt, env: str, user: str, channel: str | None) -> str | None:
     access = environment.access
     if access.channels and channel not in access.channels:
         return f"`{env}` can only be viewed in " + ", ".join(f"<#{c}>" for c in access.channels)
-    return viewer_refusal(rt, env, user)
+    return viewer_refusal(rt, env, user) or rt.policy.identity_view_refusal(user, "Details")
 
 
 def resolve_details_token(
@@ -153,6 +155,8 @@ def handle_locks(rt: Runtime, cmd: ShowLocks, body: dict, respond: Any) -> None:
         log.warning("locks %s/%s failed: %s", cmd.env, cmd.host, exc.reason)
         respond(response_type="ephemeral", text=f":warning: Could not read the locks: {exc}")
         return
+    if rt.policy.identity_view_refusal(user, "query texts"):  # a guest, another organisation: no query texts
+        graph = dataclasses.replace(graph, sessions={p: hide_query(s) for p, s in graph.sessions.items()})
     forest = build_forest(graph.waits)
     pids = [p for p in shown_pids(forest) if p in graph.sessions]
     disabled = rt.policy.signalling_off(cmd.env)

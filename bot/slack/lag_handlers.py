@@ -6,13 +6,15 @@ its jobs installed by :func:`bot.wiring.install_jobs`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
 from bot.approval.targets import issue_details_tokens, issue_session_tokens
 from bot.commands import ShowLag
 from bot.lagwatch.detect import measure_env
-from bot.lagwatch.model import StandbyLag, Unreachable
+from bot.lagwatch.model import Culprit, StandbyLag, Unreachable
+from bot.postgres.models import hide_query
 from bot.render.common import esc
 from bot.render.lag import MAX_CULPRITS_SHOWN, render_lag_listing
 from bot.slack.edge import Router, post_message
@@ -21,6 +23,13 @@ if TYPE_CHECKING:
     from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+
+def _without_queries(m: StandbyLag) -> StandbyLag:
+    def hide(cs: tuple[Culprit, ...]) -> tuple[Culprit, ...]:
+        return tuple(dataclasses.replace(c, session=hide_query(c.session)) for c in cs)
+
+    return dataclasses.replace(m, culprits=hide(m.culprits), suspects=hide(m.suspects))
 
 
 def handle_lag(rt: Runtime, cmd: ShowLag, body: dict, respond: Any) -> None:
@@ -40,6 +49,8 @@ def handle_lag(rt: Runtime, cmd: ShowLag, body: dict, respond: Any) -> None:
         log.warning("lag of %s: no standby answered", cmd.env)
         respond(response_type="ephemeral", text=f":warning: Could not read the lag of any standby of `{cmd.env}`:\n{reasons}")
         return
+    if rt.policy.identity_view_refusal(user, "query texts"):  # a guest, another organisation: no query texts
+        results = [_without_queries(r) if isinstance(r, StandbyLag) else r for r in results]
     disabled = rt.policy.signalling_off(cmd.env)
     tokens: dict[tuple[str, int], str] = {}
     if disabled is None:

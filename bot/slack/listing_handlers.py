@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from bot.approval.targets import issue_listing_tokens
 from bot.commands import ListSessions
 from bot.postgres.activity import list_sessions
-from bot.postgres.models import Listing
+from bot.postgres.models import Listing, hide_query
 from bot.postgres.pools import DatabaseUnavailable
 from bot.render.common import context
 from bot.render.listing import render_listing
@@ -40,6 +41,8 @@ def make_handle_list(extras: list[ListingExtra]):
             log.warning("listing %s/%s failed: %s", cmd.env, cmd.host, exc.reason)
             respond(response_type="ephemeral", text=f":warning: Could not list sessions: {exc}")
             return
+        if rt.policy.identity_view_refusal(user, "query texts"):  # a guest, another organisation: no query texts
+            listing = dataclasses.replace(listing, sessions=tuple(hide_query(s) for s in listing.sessions))
         limit = environment.listing.max_sessions
         disabled = rt.policy.signalling_off(cmd.env)
         tokens: dict[int, str] = {}

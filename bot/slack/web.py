@@ -65,12 +65,25 @@ class QuietRespond(Respond):
         return super().__call__(*args, **_quiet(kwargs))
 
 
+def quiet_copy(client: WebClient) -> QuietWebClient:
+    """``client`` (Bolt makes a plain WebClient per request) as a :class:`QuietWebClient`, same settings."""
+    return QuietWebClient(
+        token=client.token, base_url=client.base_url, timeout=client.timeout, ssl=client.ssl, proxy=client.proxy,
+        headers=client.headers, team_id=client.default_params.get("team_id"), logger=client.logger,
+        retry_handlers=list(client.retry_handlers) if client.retry_handlers is not None else None,
+    )
+
+
 def install_quiet_respond(app: Any) -> None:
-    """A Bolt middleware: every listener's ``respond`` is a :class:`QuietRespond`."""
+    """A Bolt middleware: every listener's ``client`` is a :class:`QuietWebClient` and its ``respond`` a
+    :class:`QuietRespond` (Bolt sets plain ones on every request's context before any middleware runs)."""
 
     @app.middleware
     def quiet_respond(context: Any, next: Any) -> Any:  # Bolt passes them by these names
-        if context.response_url and "respond" not in context:
+        client = context.get("client")
+        if isinstance(client, WebClient) and not isinstance(client, QuietWebClient):
+            context["client"] = quiet_copy(client)
+        if context.response_url and not isinstance(context.get("respond"), QuietRespond):  # Bolt's own is set
             context["respond"] = QuietRespond(response_url=context.response_url, proxy=context.client.proxy,
                                               ssl=context.client.ssl)
         return next()
