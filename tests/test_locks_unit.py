@@ -185,12 +185,15 @@ def test_may_view_follows_the_channel_and_viewers_when_configured():
     from types import SimpleNamespace
 
     from bot.approval.policy import Policy
+    from bot.approval.ports import UserFacts
     from bot.slack.details_handlers import may_view
 
     def rt(channels=None, viewers=("*",)):
         access = SimpleNamespace(channels=channels, viewers=list(viewers))
         envs = {"prod": SimpleNamespace(access=access)}
-        directory = SimpleNamespace(allowed=lambda user, principals: "*" in principals or user in principals)
+        directory = SimpleNamespace(allowed=lambda user, principals: "*" in principals or user in principals,
+                                    # a full member (issue 23 §13: guests and other organisations see no Details)
+                                    user_facts=lambda user: UserFacts(user, "T1", guest=False, external=False))
         config = SimpleNamespace(env=envs.get)
         return SimpleNamespace(config=config, directory=directory, policy=Policy(config, directory))
 

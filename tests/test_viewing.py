@@ -26,7 +26,7 @@ def test_guests_and_other_organisations_see_no_query_text_details_requests_or_au
     secret = "Zq9view" + uuid.uuid4().hex[:6]
     conn = pg.primary.connect(user="app_user", dbname="appdb", application_name=app)
     try:
-        conn.execute(f"SELECT '{secret}' AS x")  # noqa: S608 (test text)
+        conn.execute(f"SELECT '{secret}' AS x")
         pid = conn.info.backend_pid
         with BotUnderTest({"environments": {"test": env_config(pg)}}, fake_slack) as bot:
             # control: a full member sees the query text and may open Details
