@@ -131,7 +131,7 @@ def clear_db_message(
     own = [c for c in connected if c.is_bot]
     others = [c for c in connected if not c.is_client and not c.is_bot]
     n = len(clients)
-    blocks: list[dict] = [header(f"Connections to database {info.name} on {env}")]
+    blocks: list[dict] = [header(f"Connections to database {info.name} on {env}", emoji=False)]
     if n:
         users = len({c.user for c in clients})
         apps = len({c.application for c in clients})
@@ -375,7 +375,7 @@ def bulk_request_message(
     out = req.bulk_outcome
     n = len(t.sessions)
     db = t.database
-    blocks: list[dict] = [header(_headline(req))]
+    blocks: list[dict] = [header(_headline(req), emoji=False)]
     blocks.append(
         section(
             f"<@{req.requester}> asks to:\n" + "\n".join(_scope_lines(action, req.env, req.host, t))
