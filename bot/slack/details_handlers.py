@@ -155,16 +155,17 @@ def handle_locks(rt: Runtime, cmd: ShowLocks, body: dict, respond: Any) -> None:
         log.warning("locks %s/%s failed: %s", cmd.env, cmd.host, exc.reason)
         respond(response_type="ephemeral", text=f":warning: Could not read the locks: {exc}")
         return
-    if rt.policy.identity_view_refusal(user, "query texts"):  # a guest, another organisation: no query texts
-        graph = dataclasses.replace(graph, sessions={p: hide_query(s) for p, s in graph.sessions.items()})
     forest = build_forest(graph.waits)
     pids = [p for p in shown_pids(forest) if p in graph.sessions]
     disabled = rt.policy.signalling_off(cmd.env)
     roots = [graph.sessions[t.root] for t in forest if t.root in graph.sessions and t.root in pids]
     kill_tokens = {} if disabled else issue_session_tokens(rt.store, cmd.env, cmd.host, roots, channel, user)
     details_tokens = issue_details_tokens(rt.store, cmd.env, cmd.host, [graph.sessions[p] for p in pids], channel, user)
+    shown = graph  # the buttons' snapshots keep the texts (only who may see them is shown them)
+    if rt.policy.identity_view_refusal(user, "query texts"):  # a guest, another organisation: no query texts
+        shown = dataclasses.replace(graph, sessions={p: hide_query(s) for p, s in graph.sessions.items()})
     msg = render_locks(
-        graph, forest, kill_tokens=kill_tokens, details_tokens=details_tokens, kill_disabled=disabled,
+        shown, forest, kill_tokens=kill_tokens, details_tokens=details_tokens, kill_disabled=disabled,
         query_chars=min(environment.listing.query_chars, 300),
     )
     post_message(rt.client, channel, msg, respond)

@@ -49,8 +49,6 @@ def handle_lag(rt: Runtime, cmd: ShowLag, body: dict, respond: Any) -> None:
         log.warning("lag of %s: no standby answered", cmd.env)
         respond(response_type="ephemeral", text=f":warning: Could not read the lag of any standby of `{cmd.env}`:\n{reasons}")
         return
-    if rt.policy.identity_view_refusal(user, "query texts"):  # a guest, another organisation: no query texts
-        results = [_without_queries(r) if isinstance(r, StandbyLag) else r for r in results]
     disabled = rt.policy.signalling_off(cmd.env)
     tokens: dict[tuple[str, int], str] = {}
     if disabled is None:
@@ -65,9 +63,12 @@ def handle_lag(rt: Runtime, cmd: ShowLag, body: dict, respond: Any) -> None:
             sessions = [c.session for c in r.holding_back[:MAX_CULPRITS_SHOWN]]
             for pid, tok in issue_details_tokens(rt.store, cmd.env, r.host, sessions, channel, user).items():
                 details[(r.host, pid)] = tok
+    shown = results  # the buttons' snapshots keep the texts (only who may see them is shown them)
+    if rt.policy.identity_view_refusal(user, "query texts"):  # a guest, another organisation: no query texts
+        shown = [_without_queries(r) if isinstance(r, StandbyLag) else r for r in results]
     msg = render_lag_listing(
         cmd.env,
-        results,
+        shown,
         alert=environment.lag_alert,
         tokens=tokens,
         kill_disabled=disabled,

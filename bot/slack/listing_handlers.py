@@ -41,8 +41,6 @@ def make_handle_list(extras: list[ListingExtra]):
             log.warning("listing %s/%s failed: %s", cmd.env, cmd.host, exc.reason)
             respond(response_type="ephemeral", text=f":warning: Could not list sessions: {exc}")
             return
-        if rt.policy.identity_view_refusal(user, "query texts"):  # a guest, another organisation: no query texts
-            listing = dataclasses.replace(listing, sessions=tuple(hide_query(s) for s in listing.sessions))
         limit = environment.listing.max_sessions
         disabled = rt.policy.signalling_off(cmd.env)
         tokens: dict[int, str] = {}
@@ -59,8 +57,11 @@ def make_handle_list(extras: list[ListingExtra]):
             log.warning("listing %s/%s shown without buttons: the state store failed (%s)", cmd.env, cmd.host,
                         type(exc).__name__)
             tokens, details_tokens, extra_blocks = {}, {}, [context(STORE_DOWN)]
+        shown = listing  # the buttons' snapshots keep the texts (only who may see them is shown them)
+        if rt.policy.identity_view_refusal(user, "query texts"):  # a guest, another organisation: no query texts
+            shown = dataclasses.replace(listing, sessions=tuple(hide_query(s) for s in listing.sessions))
         msg = render_listing(
-            listing,
+            shown,
             max_sessions=limit,
             query_chars=environment.listing.query_chars,
             tokens=tokens,
