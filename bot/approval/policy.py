@@ -60,15 +60,10 @@ class Policy:
         Slack cannot say who is in a viewers user group (the rule is :mod:`bot.visibility`)."""
         return visibility.viewer_refusal(self.config, self.approvers, env, user)
 
-    def viewers_decidable_offline(self, env: str | None, user: str | None = None) -> bool:
-        """True when deciding whether ``user`` may see ``env`` needs no Slack call: ``access.viewers`` names
-        no user group and (given a ``user``) who that person is (guest, other organisation) is cached."""
+    def viewers_decidable_offline(self, env: str | None) -> bool:
+        """True when ``access.viewers`` of ``env`` names no user group (no Slack call needed to decide)."""
         access = self._access(env) if env is not None else None
-        if access is None:
-            return True
-        if any(p.startswith("S") for p in access.viewers):
-            return False
-        return user is None or not user or self.approvers.cached_user_facts(user) is not None
+        return access is None or not any(p.startswith("S") for p in access.viewers)
 
     def may_view(self, env: str | None, user: str, channel: str | None) -> bool:
         """Whether ``user`` may see requests and audit entries of ``env`` in ``channel`` (the channel
