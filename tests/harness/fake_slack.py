@@ -12,6 +12,12 @@ checks, OAuth scope checks against ``fake.scopes``, Block Kit limits (``invalid_
 ``errors`` and ``response_metadata.messages``), 429 + Retry-After fault injection, trigger_id expiry
 (3 s) and single use, and response_url semantics (5 uses, replace_original / delete_original /
 response_type).  Failed calls never change the stored state.
+
+Text that Slack would turn into a link, a mention or an emoji by itself (a bare URL, ``#channel`` or
+``@here`` in a mrkdwn object without ``verbatim: true`` or in a fallback ``text``; an ``:emoji:`` outside a
+code span anywhere, plain_text with ``emoji`` too) is recorded in ``fake.autolinks`` (``autolinked(...)``
+filters it), and a chat.postMessage / chat.postEphemeral / response_url post that does not say
+``unfurl_links: false`` and ``unfurl_media: false`` is a warning (``assert_clean`` fails on it).
 """
 
 from __future__ import annotations
