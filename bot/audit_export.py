@@ -13,12 +13,14 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import or_, select
 
+from bot.logs import log_value
+from bot.postgres.redact import redact
 from bot.secrets import scrub
 from bot.state.schema import audit, requests
 from bot.state.store import StateStore
@@ -96,8 +98,10 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def record(row: dict) -> dict[str, Any]:
-    """One exported audit record: every field of :data:`FIELDS`, strings scrubbed of known secrets."""
+def record(row: dict, redacted: Collection[str] = ()) -> dict[str, Any]:
+    """One exported audit record: every field of :data:`FIELDS`, strings scrubbed of known secrets; the
+    query text redacted when its environment is in ``redacted`` (``redact_queries``: also texts stored
+    before it was turned on)."""
     action, what = split_event(row.get("event"))
     out: dict[str, Any] = {
         "at": _iso(row.get("at")),
@@ -112,17 +116,17 @@ def record(row: dict) -> dict[str, Any]:
         "backend_start": row.get("backend_start"),
         "db_user": row.get("db_user"),
         "application": row.get("application"),
-        "query": row.get("query"),
+        "query": redact(row["query"]) if row.get("query") and row.get("env") in redacted else row.get("query"),
         "reason": row.get("reason"),
         "result": row.get("result"),
     }
     return {k: scrub(v) if isinstance(v, str) else v for k, v in out.items()}
 
 
-def write_jsonl(rows: Iterable[dict], out) -> int:
+def write_jsonl(rows: Iterable[dict], out, redacted: Collection[str] = ()) -> int:
     n = 0
     for row in rows:
-        out.write(json.dumps(record(row), ensure_ascii=False, default=str) + "\n")
+        out.write(json.dumps(record(row, redacted), ensure_ascii=False, default=str) + "\n")
         n += 1
     return n
 
@@ -134,12 +138,12 @@ def _csv_cell(value: Any) -> Any:
     return value
 
 
-def write_csv(rows: Iterable[dict], out) -> int:
+def write_csv(rows: Iterable[dict], out, redacted: Collection[str] = ()) -> int:
     writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
     writer.writeheader()
     n = 0
     for row in rows:
-        writer.writerow({k: _csv_cell(v) for k, v in record(row).items()})
+        writer.writerow({k: _csv_cell(v) for k, v in record(row, redacted).items()})
         n += 1
     return n
 
@@ -148,7 +152,10 @@ def write_csv(rows: Iterable[dict], out) -> int:
 
 
 def log_audit(values: dict) -> None:
-    """Log one audit event as a structured line (``event: "audit"``); the query text stays out of logs."""
+    """Log one audit event as a structured line (``event: "audit"``); the query text stays out of logs.
+
+    In the text log every value is quoted (:func:`bot.logs.log_value`): an ``application_name`` such as
+    ``x result=executed actor=U0ADMIN`` stays one value and cannot forge fields."""
     try:
         rec = record(values)
         rec.pop("query", None)
@@ -157,7 +164,7 @@ def log_audit(values: dict) -> None:
         log.info(
             "audit %s %s",
             values.get("event"),
-            " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("event", "action")),
+            " ".join(f"{k}={log_value(v)}" for k, v in fields.items() if k not in ("event", "action")),
             extra={"event": "audit", "env": values.get("env"), "host": values.get("host"), "audit": fields},
         )
     except Exception:  # an audit log line must never break the audited action
@@ -210,7 +217,8 @@ def run(args) -> int:
     finally:
         store.close()
     buf = io.StringIO()
-    (write_csv if args.format == "csv" else write_jsonl)(rows, buf)
+    redacted = {name for name, e in config.environments.items() if e.redact_queries}
+    (write_csv if args.format == "csv" else write_jsonl)(rows, buf, redacted)
     sys.stdout.write(buf.getvalue())
     sys.stdout.flush()
     return 0

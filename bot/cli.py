@@ -10,6 +10,7 @@ import sys
 import threading
 
 from bot.config import ConfigError, load_config
+from bot.secrets import SECRETS
 
 log = logging.getLogger("pgsessions")
 
@@ -66,7 +67,7 @@ def serve(args) -> int:
     from bot.runtime import Runtime, SlackSettings
     from bot.slack.app import build_app
     from bot.slack.replays import Deliveries, OnceSocketModeHandler
-    from bot.slack.server import HttpServer, metrics_address
+    from bot.slack.server import HttpServer, metrics_address, metrics_token
 
     config = load_or_exit(args.config)
     settings = SlackSettings.from_env()
@@ -90,7 +91,10 @@ def serve(args) -> int:
         print(f"pgsessions: {exc}", file=sys.stderr)
         rt.close()
         return 2
-    http = HttpServer(rt, app if not settings.socket_mode else None, host=args.host, port=args.port, metrics=metrics)
+    token = metrics_token()
+    SECRETS.add(token)  # never in a log line
+    http = HttpServer(rt, app if not settings.socket_mode else None, host=args.host, port=args.port, metrics=metrics,
+                      metrics_token=token)
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -100,13 +104,16 @@ def serve(args) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     http.start()
-    if metrics is not None:
+    if metrics is None:
+        log.info("metrics on the main port %s/metrics (METRICS_TOKEN required)", http.port)
+    elif http.metrics_port is not None:
         log.info("metrics on %s:%s/metrics (not on the main port)", metrics[0], http.metrics_port)
     socket_handler = None
     if settings.socket_mode:
         socket_handler = OnceSocketModeHandler(app, settings.app_token, Deliveries(rt))
         socket_handler.connect()
-        log.info("connected to Slack in Socket Mode; health and metrics on port %s", http.port)
+        log.info("connected to Slack in Socket Mode; health%s on port %s",
+                 " and metrics" if metrics is None else "", http.port)
     else:
         log.info("serving Slack over HTTP on %s:%s%s", args.host, http.port, "/slack/events")
     rt.start_background()

@@ -58,6 +58,26 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+def log_value(value: object) -> str:
+    """One value of a ``key=value`` text log field: a string always quoted (JSON string syntax: ``"``,
+    ``\\`` and controls escaped), so a value that holds spaces, ``=`` or quotes stays one value and can
+    never forge another field; numbers and booleans as they are."""
+    if isinstance(value, bool | int | float) or value is None:
+        return json.dumps(value)
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def _scrubbed(value: Any) -> Any:
+    """``value`` with every string in it (nested in dicts and lists too) scrubbed of known secrets."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: _scrubbed(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrubbed(v) for v in value]
+    return value
+
+
 def _one_line(text: str) -> str:
     return text.replace("\r", "").replace("\n", " \\n ")
 
@@ -73,7 +93,7 @@ class JsonFormatter(logging.Formatter):
         for key in _EXTRA_KEYS:
             value = getattr(record, key, None)
             if value is not None:
-                out[key] = scrub(value) if isinstance(value, str) else value
+                out[key] = _scrubbed(value)  # the audit fields (a dict) too
         if record.exc_info and record.exc_info[1] is not None:  # only when no ScrubFilter ran before us
             out["exc"] = scrub(self.formatException(record.exc_info))
         return json.dumps(out, ensure_ascii=False, default=str)
@@ -88,7 +108,8 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         rid = getattr(record, "request_id", None)
         record.rid = f" [req {rid}]" if rid else ""
-        extras = [f"{k}={getattr(record, k)}" for k in ("env", "host", "event") if getattr(record, k, None) is not None]
+        extras = [f"{k}={log_value(getattr(record, k))}" for k in ("env", "host", "event")
+                  if getattr(record, k, None) is not None]
         line = super().format(record)
         if extras:
             line = f"{line} ({scrub(' '.join(extras))})"

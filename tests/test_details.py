@@ -167,7 +167,7 @@ def test_idle_in_transaction_row_lock_holder(bot, sessions, pg):
     assert "state `idle in transaction`" in text
     held = pg.primary.sql("SELECT mode, locktype FROM pg_locks WHERE pid = %s AND granted", (pid,))
     assert ("RowShareLock", "relation") in held
-    assert "`RowShareLock` on relation public.t_details" in text
+    assert "`RowShareLock` on relation `public.t_details`" in text
     xid = pg.primary.sql("SELECT backend_xid::text FROM pg_stat_activity WHERE pid = %s", (pid,))[0][0]
     assert xid and f"backend_xid `{xid}`" in text and f"`ExclusiveLock` on transaction {xid}" in text
     labels = [e["text"]["text"] for b in view["blocks"] if b["type"] == "actions" for e in b["elements"]]
@@ -272,9 +272,9 @@ def test_ddl_queue_is_named_with_the_reader_as_root(bot, sessions, pg):
     tree = _tree(msg)
     assert tree[h] is None and tree[a] == h and all(tree[r] == a for r in readers)
     text = json.dumps(msg.blocks)
-    assert f"DDL queue*: pid {a} waits for `AccessExclusiveLock` on relation public.t_ddl" in text
+    assert f"DDL queue*: pid {a} waits for `AccessExclusiveLock` on relation `public.t_ddl`" in text
     assert "and 2 sessions queue behind that request" in text
-    assert "holds what others want: `AccessShareLock` on relation public.t_ddl" in text
+    assert "holds what others want: `AccessShareLock` on relation `public.t_ddl`" in text
 
 
 def test_advisory_lock_waiter(bot, sessions, pg):
@@ -465,7 +465,7 @@ def test_relation_of_another_database_is_named_in_the_sessions_own_database(bot,
     time.sleep(1.2)
     msg = post_listing(bot, "test idle-tx --app elsewhere_app")
     text = view_text(click_details(bot, msg, c.info.backend_pid))
-    assert "`AccessShareLock` on relation public.t_elsewhere" in text
+    assert "`AccessShareLock` on relation `public.t_elsewhere`" in text
 
 
 def test_standby_locks_show_replay_as_the_root_that_cannot_be_signalled(bot, sessions, pg):

@@ -4,6 +4,7 @@ query full of it; what reaches the (fake) Slack in a listing and in a lag alert'
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -111,3 +112,76 @@ def test_a_lag_alerts_life_shows_a_hostile_application_name_as_typed(pair):
                 pass
         pair.wait_replayed(timeout=15)
         fake.stop()
+
+
+# --- issue 23 §8: names that would link, mention or draw an emoji, on real sessions -----------------------
+
+LINKY_APP = "http://evil.example #general :fire: @here *b*"
+LINKY_REL = "t :fire: #general http://evil.example"
+LINKY_DB = "#general:fire:http://evil.example"  # one word: clear-db takes it as typed
+LINKY_TOKENS = ("evil.example", "#general", ":fire:", "@here")
+
+
+def test_no_name_from_a_database_links_mentions_or_draws_an_emoji(pg, fake_slack):
+    import threading
+    import uuid
+
+    from psycopg import sql as pgsql
+
+    from tests.harness.flows import find_button, post_listing
+    from tests.test_details import click_details
+
+    rel = f"{LINKY_REL} {uuid.uuid4().hex[:4]}"
+    db = f"{LINKY_DB}{uuid.uuid4().hex[:4]}"
+    pg.primary.sql(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(db)))
+    here = pg.primary.admin_dbname  # the bot's own database: the relation's name is readable there
+    pg.primary.sql(pgsql.SQL("CREATE TABLE {} (id int)").format(pgsql.Identifier(rel)))
+    pg.primary.sql(pgsql.SQL("GRANT SELECT ON {} TO app_user").format(pgsql.Identifier(rel)))
+    holder = pg.primary.connect(user="app_user", dbname=here, autocommit=False, application_name=LINKY_APP)
+    elsewhere = pg.primary.connect(user="app_user", dbname=db, application_name=LINKY_APP)
+    waiter = pg.primary.connect()
+    blocked = threading.Thread(target=lambda: _lock(waiter, rel), daemon=True)
+    try:
+        holder.execute(pgsql.SQL("SELECT count(*) FROM {}").format(pgsql.Identifier(rel))).fetchone()
+        elsewhere.execute("SELECT 1")
+        pid = holder.info.backend_pid
+        blocked.start()
+        wait_until(lambda: pg.primary.sql("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                          "AND pid = %s", (waiter.info.backend_pid,)), 10, "the waiter blocked")
+        with BotUnderTest({"environments": {"test": env_config(pg)}}, fake_slack) as bot:
+            listing = post_listing(bot, f"test --db {here} --min 0s")
+            assert find_button(listing, f"Details {pid}") is not None
+            details = click_details(bot, listing, pid)
+            shown = json.dumps(details, ensure_ascii=False).replace('\\"', '"')
+            assert LINKY_APP.split()[0] in shown and f'public."{rel}"' in shown  # the names are shown...
+            locks = post_listing(bot, "test locks")
+            assert f'relation `public."{rel}"`' in json.dumps(locks.blocks, ensure_ascii=False).replace('\\"', '"')
+            overview = post_listing(bot, f"test clear-db {db}")
+            assert "evil.example" in json.dumps(overview.blocks) + overview.text
+            bot.slack.app_home_opened("U1")
+            wait_until(lambda: fake_slack.home_views.get("U1"), 10, "the Home tab")
+            # ...and nothing of it would be drawn as a link, a mention or an emoji (the fake Slack's rules)
+            assert fake_slack.autolinks, "the fake records the bot's own emoji: the check is live"
+            bad = fake_slack.autolinked(*LINKY_TOKENS)
+            assert not bad, bad
+            for call in fake_slack.calls_for("chat.postMessage", ok=True):
+                assert call.params.get("unfurl_links") is False and call.params.get("unfurl_media") is False
+        fake_slack.assert_clean()
+    finally:
+        holder.close()
+        elsewhere.close()
+        pg.primary.sql("SELECT pg_cancel_backend(%s)", (waiter.info.backend_pid,))
+        blocked.join(10)
+        waiter.close()
+        pg.primary.sql(pgsql.SQL("DROP TABLE IF EXISTS {}").format(pgsql.Identifier(rel)))
+        pg.primary.sql(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(db)))
+
+
+def _lock(conn, rel: str) -> None:
+    from psycopg import sql as pgsql
+
+    try:
+        with conn.transaction():
+            conn.execute(pgsql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(pgsql.Identifier(rel)))
+    except Exception:  # cancelled at the end of the test
+        pass

@@ -14,6 +14,7 @@ bot's own words, and so that the markers at its ends are never inside a word.
 from __future__ import annotations
 
 import io
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -360,3 +361,149 @@ def test_the_terminal_chat_shows_the_literal_text_and_obeys_no_escape_sequence()
     assert "app `<!channel> *b* \u241b[2J\u241b[31mred`" in screen  # as typed, escapes shown, nothing obeyed
     assert "SELECT '<@U123>' /* \u02cbx\u02cb */ \u241b]0;title\u2407" in screen
     assert "\x1b" not in screen and "\x07" not in screen and "\r" not in screen
+
+
+# --- issue 23 §8: no name from a database becomes a link, a mention or an emoji ----------------------------
+
+
+def linky(field: str) -> str:
+    """A name a client or a database owner may choose: a bare URL, a channel, an emoji, @here, emphasis."""
+    return f"{MARK}{field} http://evil.example/{field} www.evil.example #general :fire: @here *bold* <!channel>{MARK}"
+
+
+LINKY = {k: linky(k) for k in ("user", "db", "app", "owner", "rel", "gid", "slot", "standby")}
+LINKY_TOKENS = ("evil.example", "#general", ":fire:", "@here")
+
+
+def mrkdwn_objects(obj) -> list[dict]:
+    if isinstance(obj, dict):
+        own = [obj] if obj.get("type") == "mrkdwn" else []
+        return own + [o for v in obj.values() if isinstance(v, dict | list) for o in mrkdwn_objects(v)]
+    if isinstance(obj, list):
+        return [o for v in obj for o in mrkdwn_objects(v)]
+    return []
+
+
+def assert_nothing_autolinks(payload: dict) -> None:
+    """Every mrkdwn object is verbatim, and nothing from the names above would be drawn as a link, a mention
+    or an emoji anywhere: blocks, fallback text, plain_text (the fake Slack's rules)."""
+    from tests.harness.fake_slack import _payload_autolinks
+
+    objects = mrkdwn_objects(payload.get("blocks") or payload)
+    assert objects and all(o.get("verbatim") is True for o in objects), [o for o in objects if not o.get("verbatim")]
+    found = [(ptr, kind, tok) for ptr, kind, tok in _payload_autolinks(payload)
+             if any(t in tok for t in LINKY_TOKENS)]
+    assert not found, found
+
+
+def test_listings_requests_and_bulk_jobs_draw_no_link_from_a_name():
+    h = {**LINKY, "host": "10.0.0.9", "why": None, "error": "ClientRead", "filters": "--app x", "reason": "slow"}
+    server = ServerInfo(150020, "15.20 (Debian)", 1200, 1006, False, 1, "pgsessions_bot", False, True, True)
+    sessions = (session(1, h, "SELECT 1"), session(2, h, "SELECT 2"))
+    msg = render_listing(Listing("prod", "primary", server, sessions, Filters(), {"idle": 60}), tokens={2: "t2"})
+    assert_nothing_autolinks(msg)
+
+    target = {"env": "prod", "host": "primary", "payload": target_payload(h, "SELECT 1")}
+    assert_nothing_autolinks(request_modal(target, "terminate", "tok", "C1", True))
+    req = {"id": "r1", "env": "prod", "host": "primary", "action": "terminate", "target": target["payload"],
+           "requester": "UREQ1", "reason": "slow", "state": "done", "created_at": 1.7e9, "expires_at": 1.7e9 + 900,
+           "decided_at": 1.7e9 + 5, "outcome": {"status": "done", "detail": "terminated"}, "updated_at": 1.7e9}
+    assert_nothing_autolinks(request_message(req, ["UAPPR1"], ["UAPPR1"], 1, ["UAPPR1"]))
+    base = {"env": "prod", "host": "primary", "requester": "UREQ1", "reason": "slow", "created_at": 100.0,
+            "expires_at": 1000.0}
+    assert_nothing_autolinks(pending_list([
+        {**base, "action": "terminate_bulk", "target": {"app": h["app"], "sessions": [{}, {}]}},
+        {**base, "action": "clear_db", "target": {"database": h["db"], "sessions": [{}]}},
+    ], 200.0))
+
+    info = DatabaseInfo(h["db"], 16384, False, True, -1, h["owner"], h["user"], False, False, "postgres", 1,
+                        "x", "5432", False, 0, 0)
+    overview = clear_db_message("prod", info, [connected(1, h), connected(2, h)], tokens={"clear_db": "t1"},
+                                block_why=block_refusal(info), terminate_why=None, allow_why=None)
+    assert_nothing_autolinks(overview)
+    refs = [{"pid": p, "backend_start": "x", "user": h["user"], "application": h["app"], "client_addr": "10.0.0.9",
+             "state": "idle"} for p in (1, 2)]
+    for action, tgt in (("terminate_bulk", {"app": h["app"], "category": "idle", "sessions": refs, "listed_at": 1.7e9}),
+                        ("clear_db_block", {"database": h["db"], "sessions": refs, "listed_at": 1.7e9})):
+        item = {"pid": 1, "user": h["user"], "application": h["app"], "result": "ended"}
+        breq = {"id": "r2", "env": "prod", "host": "primary", "action": action, "target": tgt, "requester": "UREQ1",
+                "reason": "slow", "state": "done", "created_at": 1.7e9, "expires_at": 1.7e9 + 900,
+                "decided_at": 1.7e9 + 5, "updated_at": 1.7e9 + 9,
+                "outcome": {"status": "done", "detail": "done", "problems": [item], "counts": {"ended": 1}}}
+        assert_nothing_autolinks(bulk_request_message(breq, ["UAPPR1"], ["UAPPR1"], 1, ["UAPPR1"]))
+
+
+def test_lag_alerts_draw_no_link_from_a_name():
+    h = {**LINKY, "host": "10.0.0.9", "error": "streaming", "why": "x"}
+    alert = LagAlert(channel="C0LAG", threshold=30, check_every=30, consecutive=2)
+    first = measurement(h, "SELECT 1")
+    assert_nothing_autolinks(render_lag_alert(first, alert, since=NOW, tokens={1000: "t0"}, reminder_every=900))
+    assert_nothing_autolinks(render_lag_listing("prod", [first], alert=alert, tokens={("replica1", 1000): "t0"}))
+
+
+def test_watch_alerts_reminders_and_resolutions_draw_no_link_from_a_name():
+    from bot.render.watch import render_alert, render_reminder, render_resolved
+    from bot.watch import rules
+    from bot.watch.model import Held
+    from tests.test_watch_rules import s, snap, watch
+
+    n = LINKY
+    w = watch(lock_pileup={"waiters": 1, "wait": "1h"}, idle_in_transaction="1s", long_running="1s",
+              connections="1%", xmin_horizon="1s")
+    sessions = [s(1, state="idle in transaction", app=n["app"], user=n["user"], db=n["db"], xact_secs=10, xmin_age=3,
+                  state_secs=10),
+                *[s(10 + i, blocked_by=[1], app=n["app"], user=n["user"], wait_mode="AccessExclusiveLock", wait_secs=3)
+                  for i in range(3)],
+                *[s(100 + i, app=n["app"], query_secs=100) for i in range(3)],
+                *[s(200 + i, state="idle", app=n["app"]) for i in range(40)]]
+    prepared = [{"gid": n["gid"], "owner": n["owner"], "database": n["db"], "xid_age": 9, "secs": 50.0}]
+    slots = [{"slot_name": n["slot"], "slot_type": "physical", "active": True, "xmin": "5", "catalog_xmin": None,
+              "xid_age": 8, "retained_bytes": 10.0}]
+    feedback = [{"application_name": n["standby"], "client_addr": "10.0.0.2", "xmin": "7", "xid_age": 7}]
+    found = rules.conditions(snap(*sessions, held=[Held(1, "RowExclusiveLock", "relation", n["rel"])],
+                                  prepared=prepared, slots=slots, feedback=feedback), w)
+    kinds = {c.kind for c in found}
+    assert {"lock_pileup", "idle_in_tx", "long_running", "connections", "xmin_horizon"} <= kinds, kinds
+    for c in found:
+        for msg in (
+            render_alert(c.kind, "prod", "primary", c.facts, incident_id="i1", opened_at=0.0, now=100.0),
+            render_reminder(c.kind, "prod", "primary", c.facts, opened_at=0.0, now=1000.0),
+            render_resolved(c.kind, "prod", "primary", c.facts, opened_at=0.0, resolved_at=100.0, done=[]),
+        ):
+            assert_nothing_autolinks(msg)
+    # the oldest xmin holder of each kind is named in the fallback text and the reminder: in a code span
+    for holder in ("prepared", "slot", "feedback"):
+        only = rules.conditions(snap(prepared=prepared if holder == "prepared" else (),
+                                     slots=slots if holder == "slot" else (),
+                                     feedback=feedback if holder == "feedback" else ()), w)
+        for c in only:
+            assert_nothing_autolinks(render_reminder(c.kind, "prod", "primary", c.facts, opened_at=0.0, now=1000.0))
+
+
+def test_locks_draw_no_link_from_a_relation_or_an_application_name():
+    from bot.postgres.locks import LockGraph, LockObject, LockRef, Waiter, build_forest
+    from bot.render.locks import render_locks
+
+    obj = LockObject("relation", relation=16384, rel_name=LINKY["rel"])
+    other_db = LockObject("relation", relation=99, lock_db=LINKY["db"])
+    waits = {20: Waiter(20, (10,), LockRef("AccessExclusiveLock", False, obj, 9.0)),
+             30: Waiter(30, (20,), LockRef("AccessShareLock", False, other_db, 3.0))}
+    h = {**LINKY, "host": "10.0.0.9", "why": None, "error": "ClientRead"}
+    graph = LockGraph("prod", "primary", {p: session(p, h, "SELECT 1") for p in (10, 20, 30)}, waits,
+                      holds_wanted={10: (LockRef("RowExclusiveLock", True, obj),)}, read_at=NOW)
+    msg = render_locks(graph, build_forest(waits), details_tokens={10: "d10", 20: "d20", 30: "d30"})
+    assert "`" + esc(LINKY["rel"], in_code=True) + "`" in json.dumps(msg, ensure_ascii=False).replace("\\\\", "\\")
+    assert_nothing_autolinks(msg)
+
+
+@pytest.mark.parametrize("text, kinds", [
+    ("see http://evil.example and #general :fire: @here", {"url", "channel", "emoji", "mention"}),
+    ("`http://evil.example #general :fire: @here` <https://x|y> <#C1>", set()),
+])
+def test_the_fake_slack_reports_what_would_autolink(text, kinds):
+    from tests.harness.fake_slack import _payload_autolinks, autolinks
+
+    assert {k for k, _ in autolinks(text)} == kinds
+    assert {k for k, _ in autolinks(text, verbatim=True)} == kinds & {"emoji"}
+    block = {"type": "section", "text": {"type": "mrkdwn", "text": text, "verbatim": True}}
+    assert {k for _, k, _ in _payload_autolinks({"text": "fallback", "blocks": [block]})} == kinds & {"emoji"}

@@ -8,6 +8,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+import uuid
 
 import pytest
 
@@ -124,10 +125,23 @@ def http_client(port: int) -> http.client.HTTPConnection:
 
 @pytest.mark.unit
 def test_metrics_address_from_the_environment():
-    assert metrics_address({}) is None
-    assert metrics_address({"METRICS_PORT": ""}) is None
-    assert metrics_address({"METRICS_PORT": "9102"}) == ("0.0.0.0", 9102)
+    # issue 23 §14: never on the public Slack port by default, a loopback listener of its own
+    assert metrics_address({}) == ("127.0.0.1", 9108)
+    assert metrics_address({"METRICS_PORT": ""}) == ("127.0.0.1", 9108)
+    assert metrics_address({"METRICS_PORT": "9102"}) == ("127.0.0.1", 9102)
     assert metrics_address({"METRICS_PORT": "9102", "METRICS_ADDR": "127.0.0.1"}) == ("127.0.0.1", 9102)
+    assert metrics_address({"METRICS_ADDR": "0.0.0.0"}) == ("0.0.0.0", 9108)
+    assert metrics_address({"METRICS_ADDR": "10.0.0.5:9200"}) == ("10.0.0.5", 9200)
+    assert metrics_address({"METRICS_ADDR": "[::1]:9200"}) == ("::1", 9200)
+    assert metrics_address({"METRICS_ADDR": "[::1]"}) == ("::1", 9108)
+    assert metrics_address({"METRICS_ADDR": "10.0.0.5:9200", "METRICS_PORT": "9300"}) == ("10.0.0.5", 9300)
+    # only with a token, and no address asked for, on the main port
+    assert metrics_address({"METRICS_TOKEN": "s3cret"}) is None
+    assert metrics_address({"METRICS_TOKEN": "s3cret", "METRICS_ADDR": "127.0.0.1:0"}) == ("127.0.0.1", 0)
+    with pytest.raises(ValueError, match="METRICS_ADDR='x:y' is not a port number"):
+        metrics_address({"METRICS_ADDR": "x:y"})
+    with pytest.raises(ValueError, match="names no address"):
+        metrics_address({"METRICS_ADDR": ":9108"})
     with pytest.raises(ValueError, match="METRICS_PORT='abc' is not a port number"):
         metrics_address({"METRICS_PORT": "abc"})
     with pytest.raises(ValueError, match="0-65535"):
@@ -152,5 +166,47 @@ def test_pgsessions_serve_moves_metrics_to_metrics_port(pg, fake_slack, tmp_path
             urllib.request.urlopen(bot.url + "/metrics", timeout=5)
         assert info.value.code == 404
         assert any(re.search(r"metrics on 127\.0\.0\.1:\d+/metrics", line) for line in bot.lines)
+    finally:
+        bot.stop()
+
+
+def test_pgsessions_serve_keeps_metrics_off_the_slack_port_by_default(pg, fake_slack, tmp_path):
+    """Issue 23 §14: without METRICS_* the Slack port answers 404 for /metrics; they are on 127.0.0.1:9108
+    (or, when another process holds that port, not served, and the log says so)."""
+    import re
+
+    from tests.harness.flows import ServeProcess, write_config
+
+    path = write_config(tmp_path / "pgsessions.yml", {"state": f"sqlite:///{tmp_path}/state.db",
+                                                      "environments": {"test": env_config(pg)}})
+    bot = ServeProcess(path, fake_slack, env={"METRICS_ADDR": ""}).start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(bot.url + "/metrics", timeout=5)
+        assert info.value.code == 404
+        assert any(re.search(r"metrics on 127\.0\.0\.1:9108/metrics|could not serve /metrics on 127\.0\.0\.1:9108", line)
+                   for line in bot.lines), bot.output()
+    finally:
+        bot.stop()
+
+
+def test_pgsessions_serve_with_metrics_token_serves_metrics_on_the_slack_port_to_the_token_only(
+        pg, fake_slack, tmp_path):
+    from tests.harness.flows import ServeProcess, write_config
+
+    token = "metrics-" + uuid.uuid4().hex
+    path = write_config(tmp_path / "pgsessions.yml", {"state": f"sqlite:///{tmp_path}/state.db",
+                                                      "environments": {"test": env_config(pg)}})
+    bot = ServeProcess(path, fake_slack, env={"METRICS_ADDR": "", "METRICS_TOKEN": token}).start()
+    try:
+        for auth in (None, "Bearer wrong", f"Basic {token}"):
+            req = urllib.request.Request(bot.url + "/metrics", headers={"Authorization": auth} if auth else {})
+            with pytest.raises(urllib.error.HTTPError) as info:
+                urllib.request.urlopen(req, timeout=5)
+            assert info.value.code == 401
+        req = urllib.request.Request(bot.url + "/metrics", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert r.status == 200 and b"pgsessions_build_info" in r.read()
+        assert token not in bot.output()
     finally:
         bot.stop()

@@ -87,7 +87,7 @@ def test_ddl_queue_is_named():
     msg = render_locks(graph, [t], details_tokens={p: f"tok{p}" for p in (10, 20, 30, 31)},
                        kill_tokens={10: "k10"})
     text = json.dumps(msg)
-    assert "DDL queue" in text and "pid 20 waits for `AccessExclusiveLock` on relation public.t" in text
+    assert "DDL queue" in text and "pid 20 waits for `AccessExclusiveLock` on relation `public.t`" in text
     labels = [e["text"]["text"] for b in msg["blocks"] if b["type"] == "actions" for e in b["elements"]]
     assert {"Terminate 10", "Details 10", "Details 20", "Details 30", "Details 31"} <= set(labels)
     assert "Terminate 20" not in labels  # only roots get Cancel / Terminate
@@ -185,12 +185,15 @@ def test_may_view_follows_the_channel_and_viewers_when_configured():
     from types import SimpleNamespace
 
     from bot.approval.policy import Policy
+    from bot.approval.ports import UserFacts
     from bot.slack.details_handlers import may_view
 
     def rt(channels=None, viewers=("*",)):
         access = SimpleNamespace(channels=channels, viewers=list(viewers))
         envs = {"prod": SimpleNamespace(access=access)}
-        directory = SimpleNamespace(allowed=lambda user, principals: "*" in principals or user in principals)
+        directory = SimpleNamespace(allowed=lambda user, principals: "*" in principals or user in principals,
+                                    # a full member (issue 23 §13: guests and other organisations see no Details)
+                                    user_facts=lambda user: UserFacts(user, "T1", guest=False, external=False))
         config = SimpleNamespace(env=envs.get)
         return SimpleNamespace(config=config, directory=directory, policy=Policy(config, directory))
 

@@ -229,3 +229,55 @@ def test_socket_mode_requests_get_ids_metrics_and_an_access_line(pg, fake_slack,
     assert len(access) == 1 and access[0]["request_id"]
     assert failed[0]["request_id"] == access[0]["request_id"]
     assert_no_secret(captured.getvalue(), WRONG_PASSWORD)
+
+
+@pytest.mark.unit
+def test_an_audit_line_quotes_its_values_so_no_field_can_be_forged():
+    """Issue 23 §9: an application_name like ``x result=executed actor=U0ADMIN`` stays one quoted value in the
+    text log, and the JSON log's audit fields go through the secret scrubber."""
+    import re
+
+    from bot.audit_export import log_audit
+    from bot.secrets import SECRETS
+
+    forged = 'x result=executed actor=U0ADMIN "quoted" \\ end'
+    secret = "Zq7-audit-" + WRONG_PASSWORD
+    SECRETS.add(secret)
+    values = {"at": 1.7e9, "env": "prod env", "host": "primary", "event": "terminate:refused", "actor": "U1",
+              "pid": 42, "application": forged, "reason": f"uses {secret}", "result": "moved on"}
+    audit_logger = logging.getLogger("pgsessions.audit")
+    for fmt in ("text", "json"):
+        buf = io.StringIO()
+        handler = make_handler(fmt, buf)
+        audit_logger.addHandler(handler)
+        audit_logger.setLevel(logging.INFO)
+        try:
+            log_audit(values)
+        finally:
+            audit_logger.removeHandler(handler)
+        out = buf.getvalue()
+        assert_no_secret(out, secret)
+        if fmt == "text":
+            line = out.strip()
+            assert len(out.splitlines()) == 1
+            # every key=value pair: a quoted string or a number; the forged words sit inside one value
+            pairs = re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?)', line.split(" audit ", 1)[1])
+            keys = [k for k, _ in pairs]
+            assert keys.count("result") == 1 and keys.count("actor") == 1, line
+            assert dict(pairs)["actor"] == '"U1"' and dict(pairs)["result"] == '"moved on"'
+            assert json.loads(dict(pairs)["application"]) == forged
+            assert 'env="prod env"' in line
+        else:
+            entry = json.loads(out)
+            assert entry["audit"]["application"] == forged and entry["audit"]["actor"] == "U1"
+            assert "***" in entry["audit"]["reason"]
+
+
+@pytest.mark.unit
+def test_json_extra_fields_are_scrubbed_however_deep(captured):
+    from bot.secrets import SECRETS
+
+    secret = "Zq7-deep-" + WRONG_PASSWORD
+    SECRETS.add(secret)
+    logging.getLogger("bot.test").info("audit", extra={"audit": {"reason": secret, "list": [secret]}})
+    assert_no_secret(captured.getvalue(), secret)

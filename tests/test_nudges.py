@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from bot.slack.nudges import notice_key
 from tests.harness.bot import BotUnderTest, env_config
 from tests.harness.flows import click, request_kill, wait_state
 from tests.harness.waiting import wait_until
@@ -81,4 +82,26 @@ def test_approvers_are_reminded_once_and_expiry_is_said_in_the_thread(pg, fake_s
         assert pg.primary.sql("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,))
         events = [e["event"] for e in bot.rt.store.audit_entries(env="test")]
         assert events.count("terminate:reminded") == 1 and "terminate:expired" in events
+        fake_slack.assert_clean()
+
+
+def test_a_restarted_bot_does_not_tell_the_requester_twice(pg, fake_slack, victim, tmp_path):
+    """Issue 23 §14: that the requester was told is kept in the state store, not in the process: after a
+    restart (or on another replica) a redraw of the same request sends no second DM."""
+    conn, app = victim
+    pid = conn.info.backend_pid
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    with BotUnderTest({"environments": {"test": env_config(pg)}}, fake_slack, state=state) as bot:
+        msg = request_kill(bot, "test", app, pid, "Terminate", user="U1", reason="slow")
+        click(bot, msg, "Deny", "U2")
+        wait_state(bot, msg, "*Denied*")
+        wait_until(lambda: dms(fake_slack, "U1"), 10, "a DM to U1")
+        bot.restart()
+        req = next(r for r in bot.rt.store.requests_by("U1") if r.message_ts == msg.ts)
+        updates = len(fake_slack.calls_for("chat.update", ok=True))
+        bot.rt.messages.redraw(req)  # what any later redraw of the request does (the hook runs after it)
+        wait_until(lambda: len(fake_slack.calls_for("chat.update", ok=True)) > updates, 10, "the redraw")
+        assert len(dms(fake_slack, "U1")) == 1, "the requester is told once"
+        # it is the state store that remembers (this test's processes share module state; replicas do not)
+        assert not bot.rt.store.claim_once(notice_key(req)), "the notice is claimed in the state store"
         fake_slack.assert_clean()

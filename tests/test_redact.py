@@ -325,3 +325,108 @@ def test_a_client_with_standard_conforming_strings_off_cannot_show_its_password(
         assert secret not in caplog.text
     finally:
         conn.close()
+
+
+# --- issue 23 §10: bare-word setting values; texts stored before redact_queries was on ----------------
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("sql, expected", [
+    ("SET app.token = secret10", "SET app.token = ?"),
+    ("set local app.token to secret10", "set local app.token to ?"),
+    ("SET SESSION x = on", "SET SESSION x = ?"),
+    ("ALTER ROLE bob SET app.key = word", "ALTER ROLE bob SET app.key = ?"),
+    ("ALTER ROLE bob IN DATABASE d SET search_path = a, \"B\"; SELECT 1", "ALTER ROLE bob IN DATABASE d SET search_path = ?, ?; SELECT ?"),
+    ("ALTER DATABASE d SET app.key TO word", "ALTER DATABASE d SET app.key TO ?"),
+    ("ALTER SYSTEM SET x = word", "ALTER SYSTEM SET x = ?"),
+    ("SET TIME ZONE Europe", "SET TIME ZONE ?"),
+    ("SET x = secret -- note", "SET x = ? -- ?"),
+    # not settings: column assignments and table options keep their names
+    ("UPDATE t SET a = b WHERE c = 1", "UPDATE t SET a = b WHERE c = ?"),
+    ("INSERT INTO t VALUES (1) ON CONFLICT (a) DO UPDATE SET b = excluded.b", "INSERT INTO t VALUES (?) ON CONFLICT (a) DO UPDATE SET b = excluded.b"),
+    ("ALTER TABLE t ALTER COLUMN c SET DEFAULT 5", "ALTER TABLE t ALTER COLUMN c SET DEFAULT ?"),
+    ("ALTER TABLE t SET (fillfactor = 70)", "ALTER TABLE t SET (fillfactor = ?)"),
+    ("SET ROLE app_owner", "SET ROLE app_owner"),
+])
+def test_bare_word_setting_values_are_redacted(sql, expected):
+    assert redact(sql) == expected
+    assert redact(expected) == expected  # idempotent: safe to redact again when shown
+
+
+@pytest.mark.unit
+def test_a_stored_request_is_redacted_when_shown():
+    from bot.approval.models import (
+        BulkTarget,
+        Request,
+        RequestState,
+        SessionRef,
+        SessionTarget,
+        with_queries_redacted,
+    )
+
+    base = dict(id="r1", env="prod", host="primary", action="terminate", requester="U1", state=RequestState.PENDING,
+                created_at=1.0, expires_at=2.0, updated_at=1.0)
+    req = Request(target=SessionTarget(pid=1, query="SET app.token = secret10; SELECT 'Zq9'"), **base)
+    shown = with_queries_redacted(req)
+    assert shown.session is not None and shown.session.query == "SET app.token = ?; SELECT ?"
+    bulk = Request(target=BulkTarget(sessions=(SessionRef(pid=1, query="SELECT 'Zq9'"), SessionRef(pid=2))),
+                   **{**base, "action": "terminate_bulk"})
+    assert [s.query for s in with_queries_redacted(bulk).sessions] == ["SELECT ?", None]
+
+
+@pytest.mark.unit
+def test_the_audit_export_redacts_texts_of_redacted_environments():
+    from bot.audit_export import record
+
+    row = {"at": 1.7e9, "env": "red", "event": "terminate:requested", "query": "SET app.token = secret10"}
+    assert record(row, {"red"})["query"] == "SET app.token = ?"
+    assert record(row, {"other"})["query"] == "SET app.token = secret10"
+
+
+def test_a_request_stored_before_redact_queries_was_on_is_shown_redacted(pg, fake_slack, tmp_path):
+    """A request made while redact_queries was off, then the bot restarted with it on: its message redrawn,
+    the Home tab and ``pgsessions audit`` show no literal."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    import yaml
+
+    from tests.harness.bot import BotUnderTest, env_config
+    from tests.harness.flows import click, request_kill, wait_state
+    from tests.harness.waiting import wait_until
+
+    app = "redact-late-" + uuid.uuid4().hex[:6]
+    secret = "Zq9" + uuid.uuid4().hex[:8]
+    conn = pg.primary.connect(user="app_user", dbname="appdb", application_name=app)
+    fake_slack.usergroups = {"S0DBAS": ["U7"]}
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    try:
+        conn.execute(f"SELECT '{secret}' AS x")
+        pid = conn.info.backend_pid
+        with BotUnderTest({"environments": {"test": env_config(pg)}}, fake_slack, state=state) as bot:
+            msg = request_kill(bot, "test", app, pid, "Terminate", user="U1")
+            assert secret in json.dumps(fake_slack.messages[(msg.channel, msg.ts)].blocks)  # control: off shows it
+        config = {"environments": {"test": env_config(pg, redact_queries=True)}}
+        with BotUnderTest(config, fake_slack, state=state) as bot:
+            click(bot, msg, "Deny", "U7")
+            denied = wait_state(bot, msg, "Denied")
+            assert secret not in json.dumps(denied.blocks) + denied.text
+            assert "SELECT ? AS x" in json.dumps(denied.blocks)
+            bot.slack.app_home_opened("U1")
+            home = wait_until(lambda: fake_slack.home_views.get("U1"), 10, "the Home tab")
+            assert secret not in json.dumps(home.view)
+            path = tmp_path / "pgsessions.yml"
+            path.write_text(yaml.safe_dump(bot.config_dict))
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "PGSESSIONS_"))}
+            out = subprocess.run([sys.executable, "-m", "bot.cli", "audit", "--config", str(path)],
+                                 capture_output=True, text=True, timeout=60, env=env)
+            assert out.returncode == 0, out.stderr
+            records = [json.loads(line) for line in out.stdout.splitlines()]
+            assert any(r["query"] == "SELECT ? AS x" for r in records), records
+            assert secret not in out.stdout
+        fake_slack.assert_clean()
+    finally:
+        conn.close()

@@ -379,7 +379,7 @@ def test_clear_db_message_with_every_button():
     tokens = {"clear_db": "tA", "clear_db_block": "tB", "allow_connections": "tC"}
     msg = valid_message(clear_db_message("prod", dbinfo(prepared_xacts=1, logical_slots=2, conn_limit=20),
                                          conns, tokens=tokens, block_why=None, terminate_why=None))
-    assert msg["text"] == "3 sessions connected to appdb on prod"
+    assert msg["text"] == "3 sessions connected to `appdb` on prod"
     assert labels(msg) == ["Terminate all 3", "Block new connections and terminate all 3", "Allow connections again"]
     assert [b["action_id"] for b in buttons(msg)] == [
         "pgs_bulk:clear_db:tA", "pgs_bulk:clear_db_block:tB", "pgs_bulk:allow_connections:tC"]
@@ -397,7 +397,7 @@ def test_clear_db_message_empty_closed_database_and_reasons_not_offered():
     msg = valid_message(clear_db_message(
         "prod", dbinfo(allow_connections=False, is_template=True), [], tokens={"clear_db_block": "tB"},
         block_why=None, terminate_why="no session to terminate", allow_why="the bot's role does not own `appdb`"))
-    assert msg["text"] == "0 sessions connected to appdb on prod (the database does not allow new connections)"
+    assert msg["text"] == "0 sessions connected to `appdb` on prod (the database does not allow new connections)"
     assert labels(msg) == ["Block new connections"]
     text = body(msg)
     assert "*No client session* is connected to this database." in text
@@ -425,7 +425,7 @@ def test_bulk_offer():
     refused = bulk_offer_blocks(category="idle", app="web", token="t", sessions=[sess()] * 3, drawn=3,
                                 refusal="more than max_bulk (2)")
     assert body(refused) == body([{"type": "context", "elements": [{"type": "mrkdwn", "text":
-        ":no_entry_sign: *Terminate these 3* is not offered: more than max_bulk (2)."}]}])
+        ":no_entry_sign: *Terminate these 3* is not offered: more than max_bulk (2).", "verbatim": True}]}])
     blocks = bulk_offer_blocks(category="idle-tx", app="web", token="tok", sessions=[sess()] * 5, drawn=3,
                                unsignalable=2, filters="idle-tx --app web")
     assert validate_message_blocks(blocks) == []
@@ -468,7 +468,7 @@ def test_bulk_request_pending():
     assert msg["blocks"][0]["text"]["text"] == "Block new connections to appdb and terminate all 12 on prod"
     assert labels(msg) == ["Approve", "Deny", "Withdraw"]
     assert "*Size:* 12 sessions (snapshot taken <!date^" in body(msg)
-    assert msg["text"] == "Block new connections to appdb and terminate all 12 on prod (requested by <@U1>): pending"
+    assert msg["text"] == "Block new connections to `appdb` and terminate all 12 on prod (requested by <@U1>): pending"
 
 
 def test_bulk_request_executing_shows_progress():
@@ -523,7 +523,8 @@ def test_bulk_request_done_then_reopened_or_dropped():
 def test_bulk_request_headlines(action, headline):
     msg = valid_message(bulk_request_message(bulk_request(action=action), [], [], 1, ["U2"]))
     assert msg["blocks"][0]["text"]["text"] == headline
-    assert msg["text"].startswith(headline)
+    # the fallback text shows the name from the database in a code span (issue 23 §8)
+    assert msg["text"].startswith(headline.replace(" web ", " `web` ").replace(" appdb ", " `appdb` "))
 
 
 def test_bulk_request_with_many_sessions_stays_within_limits():

@@ -31,6 +31,7 @@ from tests.harness.slack_requests import SlackSender
 
 BOT_TOKEN = "xoxb-replica-7f3k2-TOKENSECRET"
 PORT_LINE = re.compile(r"serving Slack over HTTP on [^ ]*:(\d+)/slack/events")
+METRICS_LINE = re.compile(r"metrics on [^ ]*:(\d+)/metrics")
 
 
 def pgsessions_exe() -> str:
@@ -52,6 +53,7 @@ class ServeProcess:
         self.lines: list[str] = []
         self.stdout_lines: list[str] = []
         self.port: int | None = None
+        self.metrics_port: int | None = None  # /metrics: a loopback listener of its own (METRICS_ADDR)
         self.proc: subprocess.Popen | None = None
         self._cond = threading.Condition()
 
@@ -63,6 +65,9 @@ class ServeProcess:
                 m = PORT_LINE.search(line)
                 if m and self.port is None:
                     self.port = int(m.group(1))
+                m = METRICS_LINE.search(line)
+                if m and self.metrics_port is None:
+                    self.metrics_port = int(m.group(1))
                 self._cond.notify_all()
 
     def start(self, timeout: float = 30) -> ServeProcess:
@@ -72,6 +77,7 @@ class ServeProcess:
             SLACK_SIGNING_SECRET=SIGNING_SECRET,
             SLACK_API_URL=self.fake.api_url,
             PYTHONUNBUFFERED="1",
+            METRICS_ADDR="127.0.0.1:0",  # a free loopback port: two replicas on one machine
         )
         env.update(self.extra_env)
         self.proc = subprocess.Popen(
@@ -103,9 +109,10 @@ class ServeProcess:
     def sender(self) -> SlackSender:
         return SlackSender(self.url, SIGNING_SECRET, fake=self.fake)
 
-    def get(self, path: str) -> tuple[int, str, str]:
+    def get(self, path: str, port: int | None = None) -> tuple[int, str, str]:
+        url = self.url if port is None else f"http://127.0.0.1:{port}"
         try:
-            with urllib.request.urlopen(self.url + path, timeout=5) as resp:  # local URL
+            with urllib.request.urlopen(url + path, timeout=5) as resp:  # local URL
                 return resp.status, resp.headers.get("Content-Type", ""), resp.read().decode()
         except urllib.error.HTTPError as err:
             return err.code, err.headers.get("Content-Type", ""), err.read().decode()
@@ -181,7 +188,8 @@ def test_two_processes_share_one_state_store(replicas, pg):
         for proc in (a, b):
             status, _, body = proc.get("/healthz")
             assert (status, body) == (200, "ok\n")
-            status, ctype, metrics = proc.get("/metrics")
+            # /metrics: on the replica's own loopback listener, not on the Slack port (issue 23 §14)
+            status, ctype, metrics = proc.get("/metrics", port=proc.metrics_port)
             assert status == 200 and ctype.startswith("text/plain")
             assert "pgsessions_commands_total" in metrics
 
@@ -240,9 +248,12 @@ def test_two_processes_share_one_state_store(replicas, pg):
         assert state is not None and state[0] in ("done", "executing", "failed")
         assert "terminate:requested" in events
 
-        # /metrics on each process counts the commands it served itself
+        # /metrics on each process counts the commands it served itself (on its own loopback listener,
+        # not on the port Slack reaches: issue 23 §14)
         for proc in (a, b):
-            _, _, metrics = proc.get("/metrics")
+            assert proc.get("/metrics")[0] == 404
+            assert proc.metrics_port is not None, proc.lines
+            _, _, metrics = proc.get("/metrics", port=proc.metrics_port)
             assert re.search(r'pgsessions_commands_total\{command="list_sessions",outcome="ok"\} 1\.0', metrics), proc.name
     finally:
         victim.close()

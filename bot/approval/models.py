@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from bot.approval.ids import SESSION_KINDS, TERMINATE_BULK
+from bot.postgres.redact import redact
 
 
 class Frozen(BaseModel):
@@ -353,3 +354,18 @@ def request_from_dict(data: Mapping[str, Any]) -> Request:
     d["target"] = with_kind(d["target"], target_kind_of(action))
     d["outcome"] = with_kind(d["outcome"], outcome_kind_of(action)) if d.get("outcome") else None
     return Request.model_validate(d)
+
+
+def with_queries_redacted(req: Request) -> Request:
+    """``req`` with every query text in its target redacted (:func:`bot.postgres.redact.redact`, idempotent):
+    how a request of an environment with ``redact_queries`` is shown, also when it was stored before
+    ``redact_queries`` was turned on."""
+    t = req.target
+    if isinstance(t, SessionSnapshot):
+        if not t.query:
+            return req
+        return req.model_copy(update={"target": t.model_copy(update={"query": redact(t.query)})})
+    if not any(s.query for s in t.sessions):
+        return req
+    sessions = tuple(s.model_copy(update={"query": redact(s.query)}) if s.query else s for s in t.sessions)
+    return req.model_copy(update={"target": t.model_copy(update={"sessions": sessions})})

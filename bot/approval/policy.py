@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from bot import session_rules, visibility
-from bot.approval.models import Request, RequestState, SessionTarget
+from bot.approval.models import Request, RequestState, SessionTarget, with_queries_redacted
 from bot.approval.ports import ApproversLookup, DirectoryUnavailable, Principals, identity_refusal
 from bot.config import Access, Config, Protect
 from bot.session_rules import Markable, OwnConnection, S, SessionFacts, SignalGuard
@@ -88,8 +88,28 @@ class Policy:
 
     def may_view(self, env: str | None, user: str, channel: str | None) -> bool:
         """Whether ``user`` may see requests and audit entries of ``env`` in ``channel`` (the channel
-        rule and ``access.viewers``)."""
-        return self.may_see(env, channel) and self.viewer_refusal(env, user) is None
+        rule, ``access.viewers``, and a full member of this workspace: :meth:`identity_view_refusal`)."""
+        return (self.may_see(env, channel) and self.viewer_refusal(env, user) is None
+                and self.identity_view_refusal(user, "requests or the audit") is None)
+
+    def identity_view_refusal(self, user: str | None, what: str) -> str | None:
+        """Why ``user`` may not see ``what`` (query texts, Details, requests, the audit), or None.
+
+        Viewing is gated like acting: guests and people from another organisation (or whose user record
+        names no team) never see them, whatever ``access.viewers`` says (its default ``["*"]`` means every
+        full member). Reads users.info (cached): call it outside a state transaction. Fails closed."""
+        if not user:
+            return f"only full members of this workspace may see {what}"
+        try:
+            return identity_refusal(self.approvers.user_facts(user), f"see {what}")
+        except DirectoryUnavailable as exc:
+            return str(exc)
+
+    def shown(self, req: Request) -> Request:
+        """``req`` as it may be shown: with ``redact_queries`` on for its environment, its query texts
+        redacted now (also those stored before ``redact_queries`` was turned on)."""
+        environment = self.config.env(req.env)
+        return with_queries_redacted(req) if environment is not None and environment.redact_queries else req
 
     # --- which sessions: ignore and protect (the matching is bot.session_rules) -----------------------
 

@@ -12,7 +12,7 @@ session whose lock the ALTER waits for: the root to act on.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -50,25 +50,27 @@ class LockObject:
             return None
         return cls(**{f: row.get(prefix + f) for f in cls.__slots__})  # type: ignore[arg-type]
 
-    def relation_words(self) -> str:
+    def relation_words(self, name: Callable[[str], str] = str) -> str:
         if self.rel_name:
-            return f"relation {self.rel_name}"
+            return f"relation {name(self.rel_name)}"
         if self.relation is None:
             return "a relation"
-        db = f" in database {self.lock_db}" if self.lock_db else ""
+        db = f" in database {name(self.lock_db)}" if self.lock_db else ""
         return f"relation {self.relation}{db} (name not readable from the bot's database)"
 
-    def describe(self) -> str:
-        """The object in words (plain text from the server: the renderer escapes it)."""
+    def describe(self, name: Callable[[str], str] = str) -> str:
+        """The object in words. ``name`` draws each name from the server (relation, database): a renderer
+        passes ``bot.render.common.code``, and then escapes nothing else (the other words are the bot's,
+        numbers and lock types)."""
         t = self.locktype
         if t == "relation":
-            return self.relation_words()
+            return self.relation_words(name)
         if t == "extend":
-            return f"extending {self.relation_words()}"
+            return f"extending {self.relation_words(name)}"
         if t == "page":
-            return f"page {self.page} of {self.relation_words()}"
+            return f"page {self.page} of {self.relation_words(name)}"
         if t == "tuple":
-            return f"row ({self.page},{self.tuple}) of {self.relation_words()}"
+            return f"row ({self.page},{self.tuple}) of {self.relation_words(name)}"
         if t == "transactionid":
             return f"transaction {self.transactionid}"
         if t == "virtualxid":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -176,6 +177,14 @@ class Session:
     @property
     def sort_key(self) -> tuple[int, int, float]:
         return (self.category.rank, -self.blocking_count, -(self.duration[1] or 0.0))
+
+
+QUERY_HIDDEN = "query text not shown: only full members of this workspace see query texts"
+
+
+def hide_query(s: Session) -> Session:
+    """``s`` without its query text (for a guest or a person from another organisation)."""
+    return dataclasses.replace(s, query=QUERY_HIDDEN) if s.query else s
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,16 @@ server reads them) and rebuilds the text with:
 * string, bit, hex, unicode-escape and numeric literals -> ``?`` (``'it''s'``, ``E'\\n'``,
   ``$tag$...$tag$``, ``B'01'``, ``X'1F'``, ``U&'...'``, ``42``, ``1e10``, ``.5``, ``0x1F``, ``1_000``);
 * comments -> ``/* ? */`` or ``-- ?`` (people paste ids and e-mail addresses into comments);
+* the value of a configuration setting -> ``?`` whatever it is written as, bare words too:
+  ``SET app.token = secret10``, ``SET LOCAL x TO word``, ``ALTER ROLE r SET x = word``,
+  ``ALTER SYSTEM SET …``, ``SET TIME ZONE word`` (a ``SET`` that is not part of an ``UPDATE``, up to the
+  end of the statement; ``UPDATE t SET a = b`` shows its column names);
 * everything else (keywords, identifiers -- also ``"Quoted"`` ones --, operators, ``$1`` parameters,
   whitespace) unchanged.
+
+It is idempotent (a redacted text redacts to itself), so texts can be redacted again when shown:
+:func:`redact` is applied when a request or an audit entry is shown too, for texts stored before
+``redact_queries`` was turned on.
 
 ``standard_conforming_strings`` is a per-session setting that pg_stat_activity does not show. With it
 ``off`` a backslash escapes the next character in a plain ``'...'`` string too, so ``'pa\\'ss'`` is ONE
@@ -130,17 +138,64 @@ def _check_both_readings(text: str, tok: Any) -> None:
         raise Ambiguous("the text reads differently with standard_conforming_strings off")
 
 
+_SEMICOLON = "ASCII_59"
+_SETTING_NAME = frozenset({"IDENT", "ASCII_46"})  # a (dotted) name: app.token
+_ASSIGN = frozenset({"ASCII_61", "TO"})  # = or TO
+_KEEP_IN_VALUE = frozenset({"ASCII_44"})  # the commas of a list value
+
+
+def _setting_values(tokens: list[Any]) -> set[int]:
+    """Indices of the tokens that write the value of a configuration setting (``SET name = value``,
+    ``SET name TO value``, ``SET TIME ZONE value``, also after ``ALTER ROLE|DATABASE|SYSTEM|FUNCTION …``),
+    to the end of the statement: a bare word (``secret10``) is a value as much as ``'secret10'``."""
+    hide: set[int] = set()
+    in_update = False
+    i = 0
+    while i < len(tokens):
+        name = tokens[i].name
+        if name == _SEMICOLON:
+            in_update = False
+        elif name == "UPDATE":  # UPDATE … SET, ON CONFLICT DO UPDATE SET, MERGE … UPDATE SET: columns
+            in_update = True
+        elif name == "SET" and not in_update:
+            j = i + 1
+            if j < len(tokens) and tokens[j].name in ("SESSION", "LOCAL"):
+                j += 1
+            start = None
+            if j + 1 < len(tokens) and tokens[j].name == "TIME" and tokens[j + 1].name == "ZONE":
+                start = j + 2
+            else:
+                k = j
+                while k < len(tokens) and (tokens[k].name in _SETTING_NAME or (
+                        tokens[k].kind != "NO_KEYWORD" and tokens[k].name not in _ASSIGN)):
+                    k += 1
+                if k > j and k < len(tokens) and tokens[k].name in _ASSIGN:
+                    start = k + 1
+            if start is not None:
+                k = start
+                while k < len(tokens) and tokens[k].name != _SEMICOLON:
+                    if tokens[k].name not in _KEEP_IN_VALUE:
+                        hide.add(k)
+                    k += 1
+                i = k
+                continue
+        i += 1
+    return hide
+
+
 def _rebuild(text: str, tokens: Iterable[Any]) -> str:
     out: list[str] = []
     pos = 0
-    for tok in tokens:
+    tokens = list(tokens)
+    values = _setting_values(tokens)
+    for n, tok in enumerate(tokens):
         start, end = tok.start, tok.end + 1
         if start < pos or end > len(text):  # offsets we do not understand: refuse rather than guess
             raise ValueError("token offsets out of range")
         _check_both_readings(text, tok)
         gap = text[pos:start]
         out.append(gap if not gap or gap.isspace() else " ")
-        if tok.name in LITERAL_TOKENS:
+        if tok.name in LITERAL_TOKENS or (n in values and tok.name not in _COMMENTS):
             out.append(PLACEHOLDER)
         elif tok.name in _COMMENTS:
             out.append(_COMMENTS[tok.name])

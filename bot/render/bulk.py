@@ -135,7 +135,7 @@ def clear_db_message(
     own = [c for c in connected if c.is_bot]
     others = [c for c in connected if not c.is_client and not c.is_bot]
     n = len(clients)
-    blocks: list[dict] = [header(f"Connections to database {info.name} on {env}")]
+    blocks: list[dict] = [header(f"Connections to database {info.name} on {env}", emoji=False)]
     if n:
         users = len({c.user for c in clients})
         apps = len({c.application for c in clients})
@@ -225,7 +225,7 @@ def clear_db_message(
         explain.append(f"{names} {'is' if len(labels) == 1 else 'are'} not offered: {why}.")
     if explain:
         blocks.append(context(*explain))
-    text = f"{_plural(n, 'session')} connected to {esc(info.name)} on {env}" + (
+    text = f"{_plural(n, 'session')} connected to {code(info.name)} on {env}" + (
         "" if info.allow_connections else " (the database does not allow new connections)"
     )
     return message(text, blocks[:MAX_BLOCKS])
@@ -347,8 +347,9 @@ def bulk_modal(stored: StoredTarget, kind: ActionKind, token: str, channel: str 
 
 
 def _headline(req: Request, *, mrkdwn: bool = False) -> str:
-    """For a header (plain_text: nothing is parsed) or, with ``mrkdwn``, for a fallback text (escaped)."""
-    q = esc if mrkdwn else str
+    """For a header (plain_text: no markup is parsed) or, with ``mrkdwn``, for a fallback text (names in
+    code spans: in a fallback text nothing else stops a URL from linking or ``:x:`` from being an emoji)."""
+    q = code if mrkdwn else str
     t = req.target
     n = len(req.sessions)
     action, env = req.action, header_where(req.env, req.host)
@@ -388,7 +389,7 @@ def bulk_request_message(
     out = req.bulk_outcome
     n = len(t.sessions)
     db = t.database
-    blocks: list[dict] = [header(_headline(req))]
+    blocks: list[dict] = [header(_headline(req), emoji=False)]
     blocks.append(
         section(
             f"<@{req.requester}> asks to:\n" + "\n".join(_scope_lines(action, req.env, req.host, t))

@@ -90,12 +90,17 @@ def code(text: object) -> str:
 
 
 def mrkdwn(text: str, limit: int = SECTION_TEXT) -> dict:
-    return {"type": "mrkdwn", "text": cut(text, limit)}
+    """A mrkdwn text object with ``verbatim: true``: Slack turns no bare URL, ``#channel`` or ``@here`` in it
+    into a link or a mention (the bot's own ``<@U…>``, ``<#C…>`` and ``<!date…>`` markup still works).
+    Every mrkdwn object the bot draws is built here; an ``:emoji:`` is still drawn outside a code span,
+    so names from a database go in :func:`code` spans."""
+    return {"type": "mrkdwn", "text": cut(text, limit), "verbatim": True}
 
 
-def plain(text: str, limit: int) -> dict:
-    """A plain_text object: Slack parses no mentions, links or formatting in it; controls are made visible."""
-    return {"type": "plain_text", "text": cut(visible(text), limit), "emoji": True}
+def plain(text: str, limit: int, *, emoji: bool = True) -> dict:
+    """A plain_text object: Slack parses no mentions, links or formatting in it; controls are made visible.
+    ``emoji=False`` for text that holds a name from a database: an ``:x:`` in it is not drawn as an emoji."""
+    return {"type": "plain_text", "text": cut(visible(text), limit), "emoji": emoji}
 
 
 def section(text: str, **extra) -> dict:
@@ -106,8 +111,9 @@ def context(*texts: str) -> dict:
     return {"type": "context", "elements": [mrkdwn(t, CONTEXT_TEXT) for t in texts if t][:10]}
 
 
-def header(text: str) -> dict:
-    return {"type": "header", "text": plain(text, HEADER_TEXT)}
+def header(text: str, *, emoji: bool = True) -> dict:
+    """A header; ``emoji=False`` when it holds a name from a database (see :func:`plain`)."""
+    return {"type": "header", "text": plain(text, HEADER_TEXT, emoji=emoji)}
 
 
 def divider() -> dict:

@@ -79,7 +79,7 @@ def when(ts: datetime | None, secs: float | None) -> str:
 def lock_line(ref: LockRef) -> str:
     mark = "held" if ref.granted else "*waiting*"
     waited = f" for {format_duration(ref.wait_secs)}" if not ref.granted and ref.wait_secs is not None else ""
-    return f"• {mark}{waited}: {code(ref.mode)} on {esc(ref.obj.describe())}"
+    return f"• {mark}{waited}: {code(ref.mode)} on {ref.obj.describe(code)}"
 
 
 def _lines_section(title: str, lines: list[str], total: int | None = None) -> dict:

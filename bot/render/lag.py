@@ -124,7 +124,7 @@ def culprit_text(c: Culprit, query_chars: int = 300) -> str:
     if s.xact_secs is not None:
         state += f" · transaction open {format_duration(s.xact_secs)}"
     icon = {"lock": ":lock:", "snapshot": ":camera_with_flash:"}.get(c.kind, ":mag:")
-    lines = [" · ".join(who), state, f"{icon} {esc(c.why)}"]
+    lines = [" · ".join(who), state, f"{icon} {code(c.why)}"]  # the why names relations: a code span
     if s.query:
         lines.append(f"{code(fold_query(s.query, query_chars))}")
     return "\n".join(lines)

@@ -57,7 +57,7 @@ def root_text(graph: LockGraph, t: Tree, query_chars: int) -> str:
     held = graph.holds_wanted.get(t.root, ())
     if held:
         lines.append(
-            "holds what others want: " + "; ".join(f"{code(h.mode)} on {esc(h.obj.describe())}" for h in held[:5])
+            "holds what others want: " + "; ".join(f"{code(h.mode)} on {h.obj.describe(code)}" for h in held[:5])
             + (f" and {len(held) - 5} more" if len(held) > 5 else "")
         )
     lw = f" · longest wait *{format_duration(t.longest_wait)}*" if t.longest_wait is not None else ""
@@ -71,7 +71,7 @@ def waiter_line(graph: LockGraph, depth: int, pid: int) -> str:
     line = "\u2003" * (depth - 1) + "↳ " + who(s, pid)
     if w is not None and w.wants is not None:
         waited = f" {format_duration(w.wait_secs)}" if w.wait_secs is not None else ""
-        line += f" · waits{waited} for {code(w.wants.mode)} on {esc(w.wants.obj.describe())}"
+        line += f" · waits{waited} for {code(w.wants.mode)} on {w.wants.obj.describe(code)}"
     if s is not None and s.query:
         line += f" · {code(fold_query(s.query, QUERY_CHARS))}"
     return line
@@ -93,7 +93,7 @@ def ddl_text(t: Tree) -> str:
     parts = []
     for q in t.ddl_queues:
         parts.append(
-            f":construction: *DDL queue*: pid {q.pid} waits for {code(q.wants.mode)} on {esc(q.wants.obj.describe())} "
+            f":construction: *DDL queue*: pid {q.pid} waits for {code(q.wants.mode)} on {q.wants.obj.describe(code)} "
             f"behind pid {t.root}, and {q.behind} session{'s' if q.behind != 1 else ''} queue behind that request "
             "(ordinary queries wait for the ALTER, which waits for the root)"
         )

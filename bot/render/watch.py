@@ -404,18 +404,19 @@ def render_alert(
 
 
 def _summary(kind: str, f: Mapping) -> str:
-    """The fallback text's details (escaped)."""
+    """The fallback text's details (escaped; names from the database in code spans: in a fallback text
+    or a reminder nothing else stops a URL from linking or ``:x:`` from becoming an emoji)."""
     if kind == LOCK_PILEUP:
         r = f["root"]
         if r.get("backend_type") == AUTOVACUUM_WORKER:
-            return (f"root blocker pid {r['pid']} ({esc(r.get('query') or 'autovacuum worker')}); "
+            return (f"root blocker pid {r['pid']} ({code(r.get('query') or 'autovacuum worker')}); "
                     f"longest wait {format_duration(f.get('longest_wait'))}")
-        return (f"root blocker pid {r['pid']} (user {esc(r.get('user') or '?')}, app {esc(r.get('application') or '–')}, "
+        return (f"root blocker pid {r['pid']} (user {code(r.get('user') or '?')}, app {code(r.get('application'))}, "
                 f"{esc(r.get('state') or '?')}); longest wait {format_duration(f.get('longest_wait'))}")
     if kind in (IDLE_TX, LONG_RUNNING):
-        return ", ".join(f"pid {s['pid']} (app {esc(s.get('application') or '–')})" for s in (f.get("sessions") or [])[:5])
+        return ", ".join(f"pid {s['pid']} (app {code(s.get('application'))})" for s in (f.get("sessions") or [])[:5])
     if kind == CONNECTIONS:
-        return "most connections: " + ", ".join(f"{esc(k or '–')} {v}" for k, v in f["by_app"][:3])
+        return "most connections: " + ", ".join(f"{code(k)} {v}" for k, v in f["by_app"][:3])
     if kind == WAL_RECEIVER:
         return f"status {esc(f.get('status') or 'not running')}"
     if kind == HOST_UNREACHABLE:
@@ -424,10 +425,10 @@ def _summary(kind: str, f: Mapping) -> str:
         return _pool_waiting_line(f)
     if kind == XMIN_HORIZON:
         o = f["oldest"]
-        name = {"backend": lambda: f"pid {o['session']['pid']} (app {esc(o['session'].get('application') or '–')})",
-                "prepared": lambda: f"gid {esc(o.get('gid'))}",
-                "slot": lambda: f"slot {esc(o.get('slot_name'))}",
-                "feedback": lambda: f"standby {esc(o.get('application'))}"}.get(o["type"], lambda: "?")()
+        name = {"backend": lambda: f"pid {o['session']['pid']} (app {code(o['session'].get('application'))})",
+                "prepared": lambda: f"gid {code(o.get('gid'))}",
+                "slot": lambda: f"slot {code(o.get('slot_name'))}",
+                "feedback": lambda: f"standby {code(o.get('application'))}"}.get(o["type"], lambda: "?")()
         return f"{name}, {o.get('xid_age')} transactions behind"
     return ""
 

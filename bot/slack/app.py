@@ -21,6 +21,7 @@ from bot.runtime import Runtime
 from bot.slack import dispatch
 from bot.slack.edge import Router
 from bot.slack.guards import install_workspace_guard
+from bot.slack.web import install_quiet_respond
 from bot.wiring import install_jobs, register_features
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def build_app(rt: Runtime, router: Router | None = None) -> App:
         logger=logging.getLogger("pgsessions.bolt"),
     )
     install_workspace_guard(app, rt)
+    install_quiet_respond(app)
     router = router or Router()
     register_features(app, rt, router)
     install_jobs(rt)

@@ -8,6 +8,7 @@ updated with ``views.update`` when the read is done.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -22,6 +23,7 @@ from bot.approval.targets import issue_details_tokens, issue_session_tokens, ses
 from bot.commands import ShowLocks
 from bot.postgres.details import read_details
 from bot.postgres.locks import build_forest, read_lock_graph
+from bot.postgres.models import hide_query
 from bot.postgres.pools import DatabaseUnavailable
 from bot.render.common import MAX_BLOCKS, context
 from bot.render.details import details_view, loading_view, message_view
@@ -52,7 +54,7 @@ def may_view(rt, env: str, user: str, channel: str | None) -> str | None:
     access = environment.access
     if access.channels and channel not in access.channels:
         return f"`{env}` can only be viewed in " + ", ".join(f"<#{c}>" for c in access.channels)
-    return viewer_refusal(rt, env, user)
+    return viewer_refusal(rt, env, user) or rt.policy.identity_view_refusal(user, "Details")
 
 
 def resolve_details_token(
@@ -168,8 +170,11 @@ def handle_locks(rt: Runtime, cmd: ShowLocks, body: dict, respond: Any) -> None:
     roots = [graph.sessions[t.root] for t in forest if t.root in graph.sessions and t.root in pids]
     kill_tokens = {} if disabled else issue_session_tokens(rt.store, cmd.env, cmd.host, roots, channel, user)
     details_tokens = issue_details_tokens(rt.store, cmd.env, cmd.host, [graph.sessions[p] for p in pids], channel, user)
+    shown = graph  # the buttons' snapshots keep the texts (only who may see them is shown them)
+    if rt.policy.identity_view_refusal(user, "query texts"):  # a guest, another organisation: no query texts
+        shown = dataclasses.replace(graph, sessions={p: hide_query(s) for p, s in graph.sessions.items()})
     msg = render_locks(
-        graph, forest, kill_tokens=kill_tokens, details_tokens=details_tokens, kill_disabled=disabled,
+        shown, forest, kill_tokens=kill_tokens, details_tokens=details_tokens, kill_disabled=disabled,
         query_chars=min(environment.listing.query_chars, 300),
     )
     ignored = sum(1 for p in pids if rt.policy.ignored(cmd.env, graph.sessions[p]))

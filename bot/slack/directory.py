@@ -111,7 +111,8 @@ class Directory:
             ) from None
         team = user.get("team_id")
         home = self.home_team()
-        external = bool(user.get("is_stranger")) or bool(home and team and team != home)
+        # a record without a team is nobody's member here: external, never internal
+        external = bool(user.get("is_stranger")) or not team or bool(home and team != home)
         facts = UserFacts(
             user_id=user_id,
             team_id=team,

@@ -67,7 +67,8 @@ def _answer_elsewhere(body: dict, text: str) -> None:
         try:
             from slack_sdk.webhook import WebhookClient
 
-            WebhookClient(url, timeout=5).send(text=text, response_type="ephemeral", replace_original=False)
+            WebhookClient(url, timeout=5).send(text=text, response_type="ephemeral", replace_original=False,
+                                               unfurl_links=False, unfurl_media=False)
         except Exception as exc:  # the refusal stands; only the notice is lost
             log.warning("could not tell the user about a refused request: %s", type(exc).__name__)
 

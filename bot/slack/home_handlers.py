@@ -113,12 +113,12 @@ def waiting_for(rt, user: str) -> list[Request]:
             continue
         if user in rt.store.approvers_of(req.id):
             continue
-        out.append(req)
+        out.append(rt.policy.shown(req))
     return out
 
 
 def my_requests(rt, user: str, limit: int = 15) -> list[Request]:
-    return rt.store.requests_by(user, limit)
+    return [rt.policy.shown(r) for r in rt.store.requests_by(user, limit)]
 
 
 def build_home(rt, user: str, notice: str | None = None) -> dict:

@@ -110,9 +110,13 @@ def register(app: App, rt: Runtime, router: Router) -> None:
 
     @router.on(Pending)
     def on_pending(rt_, cmd, body, respond):
-        reqs = rt.store.requests_in((RequestState.PENDING, RequestState.EXECUTING))
         viewer = body.get("user_id") or ""
-        allowed = [r for r in reqs if rt.policy.may_view(r.env, viewer, body.get("channel_id"))]
+        refusal = rt.policy.identity_view_refusal(viewer, "requests")
+        if refusal:
+            respond(response_type="ephemeral", text=f":no_entry_sign: Not possible: {refusal}.")
+            return
+        reqs = rt.store.requests_in((RequestState.PENDING, RequestState.EXECUTING))
+        allowed = [rt.policy.shown(r) for r in reqs if rt.policy.may_view(r.env, viewer, body.get("channel_id"))]
         respond(response_type="ephemeral", **pending_list(allowed, time.time()))
 
     @router.on(Audit)
@@ -120,6 +124,10 @@ def register(app: App, rt: Runtime, router: Router) -> None:
         since = time.time() - cmd.since if cmd.since is not None else None
         offset = (cmd.page - 1) * cmd.limit
         viewer = body.get("user_id") or ""
+        refusal = rt.policy.identity_view_refusal(viewer, "the audit")
+        if refusal:
+            respond(response_type="ephemeral", text=f":no_entry_sign: Not possible: {refusal}.")
+            return
 
         def visible(env: str | None) -> bool:
             return rt.policy.may_view(env, viewer, body.get("channel_id"))

@@ -6,13 +6,15 @@ its jobs installed by :func:`bot.wiring.install_jobs`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
 from bot.approval.targets import issue_details_tokens, issue_session_tokens
 from bot.commands import ShowLag
 from bot.lagwatch.detect import mark_culprits, measure_env
-from bot.lagwatch.model import StandbyLag, Unreachable
+from bot.lagwatch.model import Culprit, StandbyLag, Unreachable
+from bot.postgres.models import hide_query
 from bot.render.common import esc
 from bot.render.lag import MAX_CULPRITS_SHOWN, render_lag_listing
 from bot.slack.edge import Router, post_message
@@ -21,6 +23,13 @@ if TYPE_CHECKING:
     from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+
+def _without_queries(m: StandbyLag) -> StandbyLag:
+    def hide(cs: tuple[Culprit, ...]) -> tuple[Culprit, ...]:
+        return tuple(dataclasses.replace(c, session=hide_query(c.session)) for c in cs)
+
+    return dataclasses.replace(m, culprits=hide(m.culprits), suspects=hide(m.suspects))
 
 
 def handle_lag(rt: Runtime, cmd: ShowLag, body: dict, respond: Any) -> None:
@@ -57,9 +66,12 @@ def handle_lag(rt: Runtime, cmd: ShowLag, body: dict, respond: Any) -> None:
             sessions = [c.session for c in r.holding_back[:MAX_CULPRITS_SHOWN]]
             for pid, tok in issue_details_tokens(rt.store, cmd.env, r.host, sessions, channel, user).items():
                 details[(r.host, pid)] = tok
+    shown = results  # the buttons' snapshots keep the texts (only who may see them is shown them)
+    if rt.policy.identity_view_refusal(user, "query texts"):  # a guest, another organisation: no query texts
+        shown = [_without_queries(r) if isinstance(r, StandbyLag) else r for r in results]
     msg = render_lag_listing(
         cmd.env,
-        results,
+        shown,
         alert=environment.lag_alert,
         tokens=tokens,
         kill_disabled=disabled,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -11,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from bot.approval.targets import issue_listing_tokens
 from bot.commands import ListSessions
 from bot.postgres.activity import list_sessions
-from bot.postgres.models import Listing
+from bot.postgres.models import Listing, hide_query
 from bot.postgres.pools import DatabaseUnavailable
 from bot.render.common import context
 from bot.render.listing import render_listing
@@ -59,8 +60,11 @@ def make_handle_list(extras: list[ListingExtra]):
             log.warning("listing %s/%s shown without buttons: the state store failed (%s)", cmd.env, cmd.host,
                         type(exc).__name__)
             tokens, details_tokens, extra_blocks = {}, {}, [context(STORE_DOWN)]
+        shown = listing  # the buttons' snapshots keep the texts (only who may see them is shown them)
+        if rt.policy.identity_view_refusal(user, "query texts"):  # a guest, another organisation: no query texts
+            shown = dataclasses.replace(listing, sessions=tuple(hide_query(s) for s in listing.sessions))
         msg = render_listing(
-            listing,
+            shown,
             max_sessions=limit,
             query_chars=environment.listing.query_chars,
             tokens=tokens,

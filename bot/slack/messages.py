@@ -12,7 +12,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot.approval.actions import ACTIONS, ActionKind
-from bot.approval.models import Request, RequestState
+from bot.approval.models import Request, RequestState, with_queries_redacted
 from bot.config import Config
 from bot.render.approval import still_can_approve
 from bot.render.common import context
@@ -56,6 +56,8 @@ class RequestMessages:
             approvals, dropped = self.count_approvals(req, approvals)
         if environment:  # name only who can still approve
             cfg_approvers = still_can_approve(cfg_approvers, approvals, req.requester, environment.access.self_approval)
+        if environment is not None and environment.redact_queries:  # also texts stored before it was on
+            req = with_queries_redacted(req)
         kind = self.actions[req.action]
         msg = kind.renderer(req, kind, approvals, required, cfg_approvers)
         if dropped and req.state == RequestState.PENDING and len(msg["blocks"]) < 50:

@@ -10,7 +10,9 @@
 * An expired request also says so in its thread (the message itself already says so in place).
 
 :func:`after_redraw` is called whenever a request's message is redrawn (the one place every state
-change passes); it acts on final states, once per request and state in this process.
+change passes); it acts on final states, once per request: that it did is claimed in the state store
+(``StateStore.claim_once``, key ``dm:<request id>``) before the Slack calls, so neither a restart nor a
+second replica DMs twice. When the store cannot be asked, nothing is sent (a lost nudge, never two).
 """
 
 from __future__ import annotations
@@ -22,14 +24,11 @@ from slack_sdk.errors import SlackApiError
 
 from bot.approval.models import Request, RequestState
 from bot.render.nudges import expired_note, outcome_dm, reminder
-from bot.slack.events import EventDedupe
 
 log = logging.getLogger(__name__)
 
 NOTIFY_STATES = (RequestState.DONE, RequestState.FAILED, RequestState.DENIED, RequestState.EXPIRED)
 REMIND_EVERY = 5.0  # seconds between checks for due reminders
-
-_notified = EventDedupe(ttl=7 * 86400, max_size=20000)
 
 
 def _call(rt, what: str, method: str, **kwargs):
@@ -51,11 +50,17 @@ def permalink(rt, channel: str | None, ts: str | None) -> str | None:
     return f"https://slack.com/archives/{channel}/p{ts.replace('.', '')}"
 
 
+def notice_key(req: Request) -> str:
+    """The state-store key that says the requester was told about ``req``'s outcome."""
+    return f"dm:{req.id}"
+
+
 def after_redraw(rt, req: Request) -> None:
     """Tell the requester about a final outcome, and note an expiry in the request's thread."""
     try:
         state = req.state
-        if state not in NOTIFY_STATES or not _notified.first_time(f"{req.id}:{state}"):
+        # a final state is final: one DM per request, claimed across restarts and replicas
+        if state not in NOTIFY_STATES or not rt.store.claim_once(notice_key(req)):
             return
         if state == RequestState.EXPIRED and req.channel and req.message_ts:
             _call(rt, "note the expiry in the thread", "chat_postMessage", channel=req.channel,

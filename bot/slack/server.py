@@ -1,10 +1,12 @@
-"""HTTP serving: Slack's requests on ``POST /slack/events``, ``GET /healthz`` and ``GET /metrics``.
+"""HTTP serving: Slack's requests on ``POST /slack/events``, ``GET /healthz`` and ``GET /metrics``
+(``/metrics`` on a loopback listener of its own by default, see :func:`metrics_address`).
 
 Served by waitress (a production WSGI server, multi-threaded) rather than Bolt's development server.
 """
 
 from __future__ import annotations
 
+import hmac
 import io
 import json
 import logging
@@ -122,7 +124,16 @@ def _verifier(rt: Runtime):
     return verify
 
 
-def make_wsgi(rt: Runtime, app: App | None, serve_metrics: bool = True):
+def _authorized(environ: Mapping[str, object], token: str | None) -> bool:
+    if token is None:
+        return True
+    sent = str(environ.get("HTTP_AUTHORIZATION") or "")
+    return hmac.compare_digest(sent.encode(), f"Bearer {token}".encode())
+
+
+def make_wsgi(rt: Runtime, app: App | None, serve_metrics: bool = True, metrics_token: str | None = None):
+    """The main port's WSGI app; ``serve_metrics``: /metrics is served here too (with ``metrics_token``,
+    only to requests that carry ``Authorization: Bearer <token>``)."""
     if app is not None:
         instrument_bolt(app)
     slack = _instrumented(SlackRequestHandler(app, path=EVENTS_PATH), _verifier(rt)) if app is not None else None
@@ -137,6 +148,10 @@ def make_wsgi(rt: Runtime, app: App | None, serve_metrics: bool = True):
             start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
             return [body]
         if path == "/metrics" and metrics_app is not None:
+            if not _authorized(environ, metrics_token):
+                start_response("401 Unauthorized", [("Content-Type", "text/plain"),
+                                                    ("WWW-Authenticate", 'Bearer realm="metrics"')])
+                return [b"unauthorized\n"]
             return metrics_app(environ, start_response)
         if path == EVENTS_PATH and slack is not None:
             if method != "POST":
@@ -162,19 +177,60 @@ def connection_limit() -> int:
     return max(100, min(2000, soft - 200))
 
 
-def metrics_address(environ: Mapping[str, str] | None = None) -> tuple[str, int] | None:
-    """``(METRICS_ADDR, METRICS_PORT)`` when /metrics is to be served on a listener of its own, else None."""
-    env = os.environ if environ is None else environ
-    port = (env.get("METRICS_PORT") or "").strip()
-    if not port:
-        return None
+DEFAULT_METRICS_HOST = "127.0.0.1"
+DEFAULT_METRICS_PORT = 9108
+
+
+def _port(value: str, name: str, given: str | None = None) -> int:
+    """``value`` as a port; errors name the variable as it was set (``given``, else ``value``)."""
+    shown = f"{name}={given if given is not None else repr(value)}"
+    example = "METRICS_ADDR=127.0.0.1:9108" if name == "METRICS_ADDR" else "METRICS_PORT=9102"
     try:
-        number = int(port)
+        number = int(value)
     except ValueError:
-        raise ValueError(f"METRICS_PORT={port!r} is not a port number: use e.g. METRICS_PORT=9102") from None
+        raise ValueError(f"{shown} is not a port number: use e.g. {example}") from None
     if not 0 <= number <= 65535:
-        raise ValueError(f"METRICS_PORT={port!r} is not a port number (0-65535)")
-    return (env.get("METRICS_ADDR") or "0.0.0.0").strip(), number
+        raise ValueError(f"{shown} is not a port number (0-65535)")
+    return number
+
+
+def metrics_address(environ: Mapping[str, str] | None = None) -> tuple[str, int] | None:
+    """Where ``/metrics`` is served: a listener of its own, ``(host, port)``, or None for the main port.
+
+    Never on the main (Slack's, public) port by default: ``METRICS_ADDR`` (``host``, ``host:port`` or
+    ``[v6]:port``; default ``127.0.0.1:9108``, loopback only) and ``METRICS_PORT`` (the port, overrides
+    the one in ``METRICS_ADDR``). Only with ``METRICS_TOKEN`` set and neither of them is it served on the
+    main port, to requests that carry ``Authorization: Bearer <METRICS_TOKEN>``."""
+    env = os.environ if environ is None else environ
+    addr = (env.get("METRICS_ADDR") or "").strip()
+    port = (env.get("METRICS_PORT") or "").strip()
+    if not addr and not port and metrics_token(env):
+        return None
+    host, number = DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT
+    if addr:
+        if addr.startswith("["):  # [::1]:9108 or [::1]
+            inside, _, rest = addr[1:].partition("]")
+            host = inside
+            if rest.startswith(":"):
+                number = _port(rest[1:], "METRICS_ADDR", repr(addr))
+            elif rest:
+                raise ValueError(f"METRICS_ADDR={addr!r}: write an IPv6 address as [::1]:9108")
+        elif addr.count(":") == 1:
+            host, _, p = addr.partition(":")
+            number = _port(p, "METRICS_ADDR", repr(addr))
+        else:
+            host = addr
+        if not host:
+            raise ValueError(f"METRICS_ADDR={addr!r} names no address: use e.g. METRICS_ADDR=127.0.0.1:9108")
+    if port:
+        number = _port(port, "METRICS_PORT")
+    return host, number
+
+
+def metrics_token(environ: Mapping[str, str] | None = None) -> str | None:
+    """``METRICS_TOKEN``: the bearer token ``/metrics`` requires on the main port (None: not served there)."""
+    env = os.environ if environ is None else environ
+    return (env.get("METRICS_TOKEN") or "").strip() or None
 
 
 class HttpServer:
@@ -187,16 +243,22 @@ class HttpServer:
 
     def __init__(self, rt: Runtime, app: App | None, host: str = "0.0.0.0", port: int = 3000, threads: int = 16,
                  metrics: tuple[str, int] | None = None, channel_timeout: int = CHANNEL_TIMEOUT,
-                 cleanup_interval: int = CLEANUP_INTERVAL):
+                 cleanup_interval: int = CLEANUP_INTERVAL, metrics_token: str | None = None):
         self.metrics_server = None
+        self.metrics_error: str | None = None
         if metrics is not None:
             from prometheus_client import start_http_server
 
             from bot.metrics import REGISTRY
 
-            self.metrics_server, _ = start_http_server(metrics[1], addr=metrics[0], registry=REGISTRY)
+            try:
+                self.metrics_server, _ = start_http_server(metrics[1], addr=metrics[0], registry=REGISTRY)
+            except OSError as exc:  # in use, or no such address: the bot serves Slack anyway, without /metrics
+                self.metrics_error = f"{exc.strerror or exc}"
+                log.warning("could not serve /metrics on %s:%s (%s): set METRICS_ADDR to a free address; "
+                            "/metrics is not served", metrics[0], metrics[1], self.metrics_error)
         self.server = create_server(
-            make_wsgi(rt, app, serve_metrics=metrics is None), host=host, port=port, threads=threads, ident="pgsessions", clear_untrusted_proxy_headers=True,
+            make_wsgi(rt, app, serve_metrics=metrics is None, metrics_token=metrics_token), host=host, port=port, threads=threads, ident="pgsessions", clear_untrusted_proxy_headers=True,
             asyncore_use_poll=True,  # select() fails on file descriptors above 1024
             max_request_body_size=MAX_SLACK_BODY,
             channel_timeout=channel_timeout,

@@ -12,6 +12,12 @@ checks, OAuth scope checks against ``fake.scopes``, Block Kit limits (``invalid_
 ``errors`` and ``response_metadata.messages``), 429 + Retry-After fault injection, trigger_id expiry
 (3 s) and single use, and response_url semantics (5 uses, replace_original / delete_original /
 response_type).  Failed calls never change the stored state.
+
+Text that Slack would turn into a link, a mention or an emoji by itself (a bare URL, ``#channel`` or
+``@here`` in a mrkdwn object without ``verbatim: true`` or in a fallback ``text``; an ``:emoji:`` outside a
+code span anywhere, plain_text with ``emoji`` too) is recorded in ``fake.autolinks`` (``autolinked(...)``
+filters it), and a chat.postMessage / chat.postEphemeral / response_url post that does not say
+``unfurl_links: false`` and ``unfurl_media: false`` is a warning (``assert_clean`` fails on it).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ __all__ = [
     "StoredMessage",
     "StoredView",
     "Violation",
+    "autolinks",
     "validate_home_view",
     "validate_message_blocks",
     "validate_view",
@@ -131,6 +138,8 @@ class _Checker:
         self.max_len(text, limit, ptr + "/text")
         if kind == "mrkdwn" and "emoji" in obj:
             self.err("emoji is only valid for plain_text", ptr + "/emoji")
+        if "verbatim" in obj and (kind != "mrkdwn" or not isinstance(obj["verbatim"], bool)):
+            self.err("verbatim is only valid for mrkdwn, as a boolean", ptr + "/verbatim")
 
     def ident(self, obj: dict, key: str, ptr: str, seen: dict[str, str] | None) -> None:
         value = obj.get(key)
@@ -350,6 +359,65 @@ def validate_home_view(view: Any, pointer: str = "/view") -> list[str]:
 
 # --------------------------------------------------------------------------------------------------
 # recorded things
+
+
+# --------------------------------------------------------------------------------------------------
+# What Slack would turn into a link, a mention or an emoji on its own (no <...> markup needed)
+
+_CODE_SPAN = re.compile(r"```.*?```|`[^`\n]*`", re.DOTALL)
+_MARKUP = re.compile(r"<[^<>]*>")  # the sender's explicit links and mentions: what it asked for
+_AUTO = {
+    "url": re.compile(r"(?i)\b(?:https?://|www\.)[^\s<>`|]+"),
+    "channel": re.compile(r"(?<![\w&#/])#[\w-]+"),
+    "mention": re.compile(r"(?i)(?<![\w])@(?:here|channel|everyone)\b"),
+    "emoji": re.compile(r"(?i):[a-z0-9_+'-]+:"),
+}
+
+
+def autolinks(text: str, *, verbatim: bool = False, mrkdwn: bool = True) -> list[tuple[str, str]]:
+    """``(kind, token)`` for everything in ``text`` that Slack would draw as a link, a mention or an emoji
+    by itself: outside code spans and the sender's own ``<…>`` markup, an ``:emoji:`` always (plain_text
+    with ``emoji`` too), a bare URL, ``#channel`` or ``@here`` unless the mrkdwn object is ``verbatim``."""
+    rest = _MARKUP.sub(" ", _CODE_SPAN.sub(" ", text)) if mrkdwn else text
+    kinds = ("emoji",) if verbatim else ("url", "channel", "mention", "emoji")
+    return [(kind, m.group(0)) for kind in kinds for m in _AUTO[kind].finditer(rest)]
+
+
+def _payload_autolinks(payload: Any, ptr: str = "") -> list[tuple[str, str, str]]:
+    """``(json pointer, kind, token)`` for every text object of a payload and its fallback ``text``."""
+    out: list[tuple[str, str, str]] = []
+
+    def walk(obj: Any, at: str) -> None:
+        if isinstance(obj, dict):
+            kind, text = obj.get("type"), obj.get("text")
+            if kind == "mrkdwn" and isinstance(text, str):
+                out.extend((at, k, t) for k, t in autolinks(text, verbatim=obj.get("verbatim") is True))
+            elif kind == "plain_text" and isinstance(text, str) and obj.get("emoji", True) is not False:
+                out.extend((at, k, t) for k, t in autolinks(text, verbatim=True, mrkdwn=False))
+            for key, value in obj.items():
+                if isinstance(value, dict | list):
+                    walk(value, f"{at}/{key}")
+        elif isinstance(obj, list):
+            for i, value in enumerate(obj):
+                walk(value, f"{at}/{i}")
+
+    if isinstance(payload, dict):
+        if isinstance(payload.get("text"), str):  # the fallback text: Slack links URLs in it, draws emoji
+            out.extend((f"{ptr}/text", k, t) for k, t in autolinks(payload["text"]))
+        for key in ("blocks", "view", "attachments"):
+            if key in payload:
+                walk(payload[key], f"{ptr}/{key}")
+    return out
+
+
+@dataclass
+class Autolink:
+    """Something in a payload Slack would draw as a link, a mention or an emoji by itself."""
+
+    where: str  # API method or "response_url:<name>"
+    pointer: str
+    kind: str  # url / channel / mention / emoji
+    token: str
 
 
 def _lower_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -646,6 +714,7 @@ class FakeSlack:
         self.responses: list[ResponsePost] = []
         self.violations: list[Violation] = []
         self.warnings: list[Violation] = []
+        self.autolinks: list[Autolink] = []  # every auto-formatted token in what the bot posted
         self._faults: dict[str, list[_Fault]] = {}
         self._delays: dict[str, float] = {}
         self._response_urls: dict[str, _ResponseUrl] = {}
@@ -856,6 +925,11 @@ class FakeSlack:
                     )
                 self._cond.wait(remaining)
 
+    def autolinked(self, *needles: str) -> list[Autolink]:
+        """The recorded auto-links, mentions and emoji whose token contains one of ``needles``."""
+        with self._cond:
+            return [a for a in self.autolinks if any(n.lower() in a.token.lower() for n in needles)]
+
     def assert_clean(self) -> None:
         """Fail if the bot broke a Block Kit rule or left out a text fallback."""
         with self._cond:
@@ -1055,7 +1129,20 @@ class FakeSlack:
         info = self.channels[channel]
         return {"name": info} if isinstance(info, str) else dict(info)
 
+    def _record_autolinks(self, where: str, payload: dict) -> None:
+        self.autolinks.extend(Autolink(where, p, k, t) for p, k, t in _payload_autolinks(payload))
+
+    def _check_unfurl(self, where: str, payload: dict) -> None:
+        """A post must say ``unfurl_links: false`` and ``unfurl_media: false`` (a URL from data must never
+        become a preview card); a warning, so :meth:`assert_clean` fails on it."""
+        missing = [k for k in ("unfurl_links", "unfurl_media") if k not in payload or _truthy(payload[k])]
+        if missing:
+            self._violation(where, [f"unfurl_not_disabled: {', '.join(missing)} not false"], payload, warning=True)
+
     def _check_message_payload(self, method: str, params: dict, *, require_content: bool = True) -> None:
+        self._record_autolinks(method, params)
+        if method in ("chat.postMessage", "chat.postEphemeral"):
+            self._check_unfurl(method, params)
         text, blocks, attachments = params.get("text"), params.get("blocks"), params.get("attachments")
         if require_content and not text and not blocks and not attachments:
             raise _ApiError("no_text")
@@ -1192,6 +1279,7 @@ class FakeSlack:
                 "invalid_arguments", response_metadata={"messages": ["[ERROR] missing required field: view"]}
             )
         errors = validate_view(view)
+        self._record_autolinks(method, {"view": view})
         if errors:
             self._violation(method, errors, params)
             raise _ApiError(
@@ -1407,6 +1495,8 @@ class FakeSlack:
         text, blocks = body.get("text"), body.get("blocks")
         where = f"response_url:{name}"
         if not delete:
+            self._record_autolinks(where, body)
+            self._check_unfurl(where, body)
             if not text and not blocks and not body.get("attachments"):
                 return 400, "no_text"
             if blocks:

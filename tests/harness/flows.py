@@ -26,6 +26,7 @@ from tests.harness.waiting import wait_until
 __all__ = ["wait_until"]  # re-exported: callers import it from here too
 
 PORT_LINE = re.compile(r"serving Slack over HTTP on [^ ]*:(\d+)/slack/events")
+METRICS_LINE = re.compile(r"metrics on [^ ]*:(\d+)/metrics")
 
 
 def alive(node, pid: int) -> bool:
@@ -150,6 +151,7 @@ class ServeProcess:
         self.token = token
         self.lines: list[str] = []
         self.port: int | None = None
+        self.metrics_port: int | None = None  # /metrics: a loopback listener of its own (METRICS_ADDR)
         self.proc: subprocess.Popen | None = None
         self._cond = threading.Condition()
 
@@ -160,13 +162,18 @@ class ServeProcess:
                 m = PORT_LINE.search(raw)
                 if m and self.port is None:
                     self.port = int(m.group(1))
+                m = METRICS_LINE.search(raw)
+                if m and self.metrics_port is None:
+                    self.metrics_port = int(m.group(1))
                 self._cond.notify_all()
 
     def start(self, timeout: float = 30) -> ServeProcess:
-        self.port = None
+        self.port = self.metrics_port = None
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "PGSESSIONS_", "PG"))}
+        # /metrics on a free loopback port (the default 127.0.0.1:9108 may be taken by another test's bot)
         env.update(SLACK_BOT_TOKEN=self.token, SLACK_SIGNING_SECRET=SIGNING_SECRET,
-                   SLACK_API_URL=self.fake.api_url, PYTHONUNBUFFERED="1", **self.extra_env)
+                   SLACK_API_URL=self.fake.api_url, PYTHONUNBUFFERED="1", METRICS_ADDR="127.0.0.1:0")
+        env.update(self.extra_env)
         self.proc = subprocess.Popen(
             [pgsessions_exe(), "serve", "--config", str(self.config_path), "--host", "127.0.0.1", "--port", "0",
              "--log-format", "text"],
