@@ -30,6 +30,7 @@ from psycopg import sql as pgsql
 from bot.check import run_checks
 from bot.config import parse_config
 from bot.postgres import sql as botsql
+from bot.postgres.models import QUERY_RUNNING_STATES
 from tests.harness import pgversions
 from tests.harness.autovacuum import ddl_queue_behind_autovacuum, eager_autovacuum
 from tests.harness.bot import BotUnderTest, env_config
@@ -197,6 +198,9 @@ PARAMS = {
     "query_start": None, "xact_start": None, "state_change": None, "timeout_ms": 100,
     "pids": [2_000_000_000], "starts": [datetime(2000, 1, 1, tzinfo=UTC)], "state_changes": [None],
     "state_like": "idle", "startup_pid": None, "suspect_secs": 1.0, "oids": [1259],
+    "protect_superusers": True, "protect_roles": ["nobody"], "protect_apps": ["nothing"], "protect_dbs": ["none"],
+    "own_user": None, "own_db": None, "own_app": None, "running_states": list(QUERY_RUNNING_STATES),
+    "bound_by": "query_start", "listed_secs_ago": 1.0,
 }
 
 
@@ -208,6 +212,10 @@ def statement_names() -> list[str]:
 def test_every_statement_runs_on_primary_and_standby_as_the_bot_role(vpair):
     names = statement_names()
     assert len(names) >= 20, names
+    # a statement that gains a parameter needs a value here (else it fails below as "parameter missing")
+    queries = resources.files("bot.postgres").joinpath("queries")
+    used = {p for f in queries.iterdir() if f.name.endswith(".sql") for p in re.findall(r"%\((\w+)\)s", f.read_text())}
+    assert used <= PARAMS.keys(), f"PARAMS lacks {sorted(used - PARAMS.keys())}"
     for node in (vpair.primary, vpair.standby):
         with node.connect(user=BOT_ROLE, dbname=APP_DB) as conn:
             for name in names:
