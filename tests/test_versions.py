@@ -8,7 +8,12 @@ the machine's one version). One primary + hot standby per version, shared by the
 the binaries ``tests/harness/pgversions.py`` finds or fetches. On each version: every statement of
 ``bot/postgres/queries/`` (primary and standby, as the bot's role), a listing, locks with a three-level
 chain, Details, an approved Cancel and Terminate bound to what was seen (and one whose session moved on),
-a lag alert naming its standby culprit, a lock pile-up alert, and ``pgsessions check``.
+a lag alert naming its standby culprit, a lock pile-up alert, and ``pgsessions check``. Least privilege: a
+role with only ``pg_read_all_stats`` + ``pg_signal_backend`` sees every query, signals another user's
+session with approval, is refused (in words, naming the provider for ``rdsadmin``) a superuser's, and
+``check`` finds it sufficient. Last, with autovacuum made eager (``tests/harness/autovacuum.py``): an
+autovacuum worker blocking a DDL queue is the lock tree's root, and a role that may signal it (granted
+``pg_signal_autovacuum_worker`` on 18, a superuser before) Cancels it with approval.
 """
 
 from __future__ import annotations
