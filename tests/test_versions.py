@@ -13,7 +13,7 @@ role with only ``pg_read_all_stats`` + ``pg_signal_backend`` sees every query, s
 session with approval, is refused (in words, naming the provider for ``rdsadmin``) a superuser's, and
 ``check`` finds it sufficient. Last, with autovacuum made eager (``tests/harness/autovacuum.py``): an
 autovacuum worker blocking a DDL queue is the lock tree's root, and a role that may signal it (granted
-``pg_signal_autovacuum_worker`` on 18, a superuser before) Cancels it with approval.
+``pg_signal_autovacuum_worker`` on 18, a superuser before) Cancels it with approval; the pile-up alert names it as its root.
 """
 
 from __future__ import annotations
@@ -530,13 +530,15 @@ def test_autovacuum_blocking_a_ddl_queue_is_the_root_and_cancelled_where_the_rol
     superuser before) lets the queue through."""
     v = vpair
     actor = LEAST_AV if v.major >= 18 else "postgres"
-    cfg = config(v, user=LEAST)
+    watch = {"channel": WATCH_CHANNEL, "check_every": "1s", "consecutive": 2, "remind_every": "1h",
+             "lock_pileup": {"waiters": 2, "wait": "1h"}}
+    cfg = config(v, user=LEAST, watch=watch)
     cfg["environments"]["va"] = config(v, user=actor)["environments"]["v"]
     with eager_autovacuum(v.primary):
         q = ddl_queue_behind_autovacuum(v.primary, APP_DB, APP_ROLE)
         try:
             av = q.worker
-            with BotUnderTest(cfg, fake) as bot:
+            with BotUnderTest(cfg, fake, scheduler=True) as bot:
                 msg = post_listing(bot, "v locks")
                 tree = _tree(msg)
                 assert tree.get(av, 0) is None and tree.get(q.alter) == av and tree.get(q.reader) == q.alter, \
@@ -552,6 +554,18 @@ def test_autovacuum_blocking_a_ddl_queue_is_the_root_and_cancelled_where_the_rol
                     assert "superuser" in body and "PostgreSQL 18" in body
                 else:
                     assert "lacks" in body
+                view = click_details(bot, msg, av)
+                assert "autovacuum worker" in view and f"Cancel {av}" not in view, view[:2000]
+
+                # the pile-up alert names the worker as its root, says what it is and why there is no button
+                alert = wait_until(lambda: next((m for m in fake.messages_in(WATCH_CHANNEL) if not m.thread_ts
+                                                 and "Lock pile-up" in m.text), None),
+                                   ALERT_WITHIN, f"a pile-up alert\n{fake.summary()}")
+                text = json.dumps(alert.blocks, ensure_ascii=False)
+                assert f"waiting behind pid {av}" in alert.text and "autovacuum: VACUUM" in alert.text, alert.text
+                assert "*autovacuum worker* (not a client session)" in text and "DDL queue" in text, text[:3000]
+                assert f"pid {av} cannot be signalled from chat: cancelling an autovacuum worker needs" in text
+                assert f"Cancel {av}" not in labels(alert) and f"Terminate {av}" not in labels(alert)
 
                 msg = post_listing(bot, "va locks")
                 assert _tree(msg).get(av, 0) is None
