@@ -156,6 +156,13 @@ class LockPileup(_Model):
     wait: Duration = 60.0
 
 
+class Wraparound(_Model):
+    """``watch.wraparound``: transaction ID wraparound; an alert when a database's ``age(datfrozenxid)`` or
+    ``mxid_age(datminmxid)`` reaches ``threshold`` transactions (PostgreSQL stops at about 2.1 billion)."""
+
+    threshold: int = Field(default=1_000_000_000, ge=1, le=2_000_000_000)
+
+
 class Watch(_Model):
     """``environments.<env>.watch``: session alerts (issue 14); each kind is off when absent."""
 
@@ -168,6 +175,7 @@ class Watch(_Model):
     long_running: Duration | None = None
     connections: Percent | None = None
     xmin_horizon: Duration | None = None
+    wraparound: Wraparound | None = None
 
     @field_validator("check_every")
     @classmethod

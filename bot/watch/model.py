@@ -16,7 +16,8 @@ CONNECTIONS = "connections"
 XMIN_HORIZON = "xmin_horizon"
 WAL_RECEIVER = "wal_receiver"  # a standby that does not stream (never "behind", so no lag alert)
 HOST_UNREACHABLE = "host_unreachable"  # a primary (or a standby no lag watcher checks) that cannot be read
-KINDS = (LOCK_PILEUP, IDLE_TX, LONG_RUNNING, CONNECTIONS, XMIN_HORIZON, WAL_RECEIVER, HOST_UNREACHABLE)
+WRAPAROUND = "wraparound"  # transaction ID wraparound nears (bot.watch.wraparound)
+KINDS = (LOCK_PILEUP, IDLE_TX, LONG_RUNNING, CONNECTIONS, XMIN_HORIZON, WAL_RECEIVER, HOST_UNREACHABLE, WRAPAROUND)
 
 
 def _dt(value: Any) -> datetime | None:

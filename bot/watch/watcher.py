@@ -42,17 +42,19 @@ from bot.config import Environment, Watch
 from bot.lagwatch.model import ReceiverFacts
 from bot.metrics import CHECK_FAILURES
 from bot.postgres.pools import DatabaseUnavailable
+from bot.postgres.redact import redact
 from bot.render import watch as render
 from bot.slack import outbox as slack_outbox
 from bot.state.incidents import Incident
 from bot.state.lease import LeaderLease
-from bot.watch import rules
+from bot.watch import rules, wraparound
 from bot.watch.incidents import LEASE_NAME, WatchIncidents
 from bot.watch.model import (
     CONNECTIONS,
     HOST_UNREACHABLE,
     LOCK_PILEUP,
     WAL_RECEIVER,
+    WRAPAROUND,
     HostSnapshot,
     iso,
 )
@@ -167,6 +169,7 @@ class Watcher:
             "lock_pileup": w.lock_pileup is not None, "idle_in_tx": w.idle_in_transaction is not None,
             "long_running": w.long_running is not None, "connections": w.connections is not None,
             "xmin_horizon": w.xmin_horizon is not None, "wal_receiver": True, "host_unreachable": True,
+            "wraparound": w.wraparound is not None,
         }.get(kind, False)
 
     # --- one check ----------------------------------------------------------------------------------
@@ -210,20 +213,39 @@ class Watcher:
                 if self.is_leader() and rules.alerts_unreachable(self.envs[env], host):
                     self.on_failure(env, host, exc.reason, st)
                 return
+            extra, unknown = self._wraparound(env, host)
             if self.is_leader():
-                self.on_snapshot(snap, st)
+                self.on_snapshot(snap, st, extra, unknown)
 
-    def on_snapshot(self, snap: HostSnapshot, st: HostState) -> None:
+    def _wraparound(self, env: str, host: str) -> tuple[list[rules.Condition], tuple[str, ...]]:
+        """The wraparound detector's conditions (the primary only, when ``watch.wraparound`` is set), and
+        the kinds this check knows nothing about (its read failed: their incidents neither move nor resolve)."""
+        w = self.watches[env]
+        if w.wraparound is None or host != "primary":
+            return [], ()
+        environment = self.envs[env]
+        try:
+            reading = wraparound.read(self.rt.dbs, env, host, w.wraparound.threshold, time.time(),
+                                      query_chars=environment.listing.query_chars,
+                                      redact=redact if environment.redact_queries else None)
+        except DatabaseUnavailable as exc:
+            CHECK_FAILURES.labels(env, host).inc()
+            log.warning("watch: cannot read the wraparound counters of %s/%s: %s", env, host, exc.reason)
+            return [], (WRAPAROUND,)
+        return wraparound.conditions(reading, w, environment.ignore), ()
+
+    def on_snapshot(self, snap: HostSnapshot, st: HostState, extra: list[rules.Condition] | None = None,
+                    unknown: tuple[str, ...] = ()) -> None:
         environment = self.envs[snap.env]
         w = self.watches[snap.env]
         st.failures = 0
         found = rules.conditions(snap, w, environment.ignore, max_bulk=environment.access.max_bulk, clock=st.clock)
-        self._move(snap, st, found, w)
+        self._move(snap, st, found + list(extra or ()), w, unknown=unknown)
 
     def _move(self, snap: HostSnapshot, st: HostState, found: list[rules.Condition], w: Watch,
-              kinds: tuple[str, ...] | None = None) -> None:
+              kinds: tuple[str, ...] | None = None, unknown: tuple[str, ...] = ()) -> None:
         """Count the checks in a row, then open, update, remind and resolve this host's incidents (only
-        those of ``kinds`` when given) by what was found."""
+        those of ``kinds`` when given, none of ``unknown``: not read this time) by what was found."""
         streaks = st.streaks.advance(found)
         key = (snap.env, snap.host)
         if not found and key not in self._open_hosts:
@@ -231,6 +253,8 @@ class Watcher:
         open_incs = self.incidents.open_list(snap.env, snap.host)
         if kinds is not None:
             open_incs = [i for i in open_incs if i.kind in kinds]
+        if unknown:
+            open_incs = [i for i in open_incs if i.kind not in unknown]
         views = [self._view(i) for i in open_incs]
         by_id = {i.id: i for i in open_incs}
         now = time.time()
