@@ -11,6 +11,7 @@ import pytest
 from bot.config import ConfigError, IgnoreRule, Watch, parse_config
 from bot.render.watch import render_alert, render_reminder, render_resolved
 from bot.watch import rules, wraparound
+from bot.watch.detectors import DETECTORS
 from bot.watch.model import WRAPAROUND
 from tests.harness.fake_slack import validate_message_blocks
 
@@ -172,3 +173,11 @@ def test_signalling_off_offers_no_terminate_and_says_why():
                        tokens={}, kill_disabled="signalling is turned off for `prod` (access.allow_kill: false)")
     labels = [el["text"]["text"] for b in msg["blocks"] if b["type"] == "actions" for el in b["elements"]]
     assert labels == ["Acknowledge"] and "allow_kill" in json.dumps(msg["blocks"])
+
+
+def test_the_watch_runs_it_as_a_detector_on_the_primary_only_when_configured():
+    from_registry = [d for d in DETECTORS if d.kind == WRAPAROUND]
+    assert from_registry == [wraparound.DETECTOR]
+    d = wraparound.DETECTOR
+    assert d.configured(watch()) and d.reads(watch(), "primary") and not d.reads(watch(), "replica1")
+    assert not d.configured(Watch(channel="C1")) and not d.reads(Watch(channel="C1"), "primary")

@@ -2,10 +2,9 @@
 
 Jobs (added by :func:`install`; they run once the scheduler starts):
 
-* ``watch:lease``: take or renew the watch's leader lease (``watch``, :class:`bot.state.lease.LeaderLease`)
-  every ``check_every / 2`` of the smallest ``check_every``, TTL 1.5 × that. Only the holder checks:
-  with several replicas on one PostgreSQL state store exactly one posts, and another takes over within
-  two intervals.
+* the leader lease and the Slack outbox deliverer are the alerts' one shell (:class:`bot.alerts.AlertShell`,
+  shared with the lag watcher). Only the holder checks: with several replicas on one PostgreSQL state
+  store exactly one posts, and another takes over within two intervals.
 * ``watch:check:<env>:<host>``: one read of the host (``watch_host.sql``: one statement, one
   ``pg_stat_activity`` read for every kind), the rules, then each decision: open (post), update (edit
   in place, at most once a minute), remind (in the thread, until acknowledged), resolve (edit to
@@ -14,12 +13,12 @@ Jobs (added by :func:`install`; they run once the scheduler starts):
   incident stays open; the lag watcher reports unreachable standbys).
 * No job reads the standbys of an environment with only ``lag_alert``: the lag watcher reads them, and
   after each of its checks hands what it saw of the WAL receiver to :meth:`Watcher.on_standby_receiver`
-  (wired in :func:`bot.wiring.install_jobs`), which moves their WAL_RECEIVER incident the same way.
+  (given to it by the composition root, :class:`bot.runtime.Runtime`), which moves their WAL_RECEIVER
+  incident the same way.
 
-* ``watch:outbox``: the leader delivers the durable Slack outbox (:mod:`bot.slack.outbox`) every 2 s.
-  Every post, edit and thread reply of the watch goes through it: when Slack's Web API fails for
-  minutes, alerts and their resolutions are kept and land in order when it answers again. (The lag
-  watcher's leader delivers the same outbox; a row is claimed before it is sent, so none goes twice.)
+Every post, edit and thread reply of the watch goes through the shell's durable Slack outbox
+(:mod:`bot.slack.outbox`): when Slack's Web API fails for minutes, alerts and their resolutions are
+kept and land in order when it answers again.
 
 Incidents live in the state store (``pgs_incidents``, kinds from :mod:`bot.watch.model`): a restart
 neither repeats nor forgets one. Consecutive-check counts are in memory and start again after a restart.
@@ -35,26 +34,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
+from bot.alerts import AlertShell
+from bot.approval import tokens
 from bot.approval.models import BulkTarget
-from bot.approval.targets import issue_details_tokens, issue_session_tokens, reusable_token, session_snapshot
 from bot.bulk.targets import STATE_LIKE, TERMINATE_BULK
 from bot.config import Environment, Watch
 from bot.lagwatch.model import ReceiverFacts
 from bot.metrics import CHECK_FAILURES
+from bot.postgres.models import Session
 from bot.postgres.pools import DatabaseUnavailable
-from bot.postgres.redact import redact
 from bot.render import watch as render
 from bot.slack import outbox as slack_outbox
 from bot.state.incidents import Incident
-from bot.state.lease import LeaderLease
-from bot.watch import rules, wraparound
-from bot.watch.incidents import LEASE_NAME, WatchIncidents
+from bot.watch import rules
+from bot.watch.detectors import DETECTORS
+from bot.watch.incidents import WatchIncidents
 from bot.watch.model import (
     CONNECTIONS,
     HOST_UNREACHABLE,
     LOCK_PILEUP,
     WAL_RECEIVER,
-    WRAPAROUND,
     HostSnapshot,
     iso,
 )
@@ -80,7 +79,7 @@ class HostState:
 
 
 class Watcher:
-    def __init__(self, rt):
+    def __init__(self, rt, shell: AlertShell):
         self.rt = rt
         # environments with ``watch``, and those with only ``lag_alert`` (their host alerts: WAL receiver,
         # unreachable primary)
@@ -90,14 +89,12 @@ class Watcher:
             if w is not None:
                 self.watches[n] = w
         self.envs: dict[str, Environment] = {n: rt.config.environments[n] for n in self.watches}
-        self.min_every = min((w.check_every for w in self.watches.values()), default=30.0)
-        # gaining it: what is open is read first, then checks may run (a check skips the store for a quiet host)
-        # with a lag watcher, this instance leads only where it leads: one instance runs every alert, and the
-        # lag watcher's WAL receiver readings (on_standby_receiver) always reach a leading watch
-        lagwatch = getattr(rt, "lagwatch", None)
-        self.lease = LeaderLease(rt.store, LEASE_NAME, rt.instance_id, self.min_every, label="watch",
-                                 duty="the session checks", on_gain=self._on_leadership,
-                                 only_while=lagwatch.is_leader if lagwatch is not None else None)
+        # one lease for every alert (the lag watcher's too); gaining it: what is open is read first, then
+        # checks may run (a check skips the store for a quiet host)
+        self.shell = shell
+        self.lease = shell.lease
+        if self.envs:
+            shell.on_gain(self._on_leadership)
         self.holder = self.lease.holder
         self.incidents = WatchIncidents(rt.store, self.holder)
         self._hosts: dict[tuple[str, str], HostState] = {}
@@ -109,20 +106,20 @@ class Watcher:
         # completed checks per (env, host) while leader, and the last check's duration: for tests and bench
         self.checks: dict[tuple[str, str], int] = {}
         self.last_check_secs: dict[tuple[str, str], float] = {}
-        # every Slack call of the watch goes through the durable outbox (Slack may be down for minutes)
-        self.outbox = slack_outbox.Outbox(rt.store, lambda: rt.client, may_send=self.is_leader)
+        # every Slack call of the watch goes through the one durable outbox (Slack may be down for minutes)
+        self.outbox = shell.outbox
         self.slack = slack_outbox.IncidentOutbox(self.outbox, self.incidents, lambda: self.lease.stopped)
         # one read per server per check, shared by the environments that reach it alike
         self.reads = SharedReads(rt.dbs, self.envs, self.hosts)
+        self.installed = False
 
     # --- wiring -------------------------------------------------------------------------------------
 
     def install(self) -> None:
+        self.installed = True
         sched = self.rt.scheduler
         now = datetime.now(UTC)
-        self.lease.install(sched, "watch:lease", "watch leader lease")
-        sched.add_job(self.outbox.deliver, "interval", seconds=slack_outbox.DELIVER_EVERY, id="watch:outbox",
-                      name="watch Slack outbox", replace_existing=True)
+        self.shell.install(sched)
         for env in self.envs:
             every = self.watches[env].check_every
             for host in self.hosts(env):
@@ -169,8 +166,7 @@ class Watcher:
             "lock_pileup": w.lock_pileup is not None, "idle_in_tx": w.idle_in_transaction is not None,
             "long_running": w.long_running is not None, "connections": w.connections is not None,
             "xmin_horizon": w.xmin_horizon is not None, "wal_receiver": True, "host_unreachable": True,
-            "wraparound": w.wraparound is not None,
-        }.get(kind, False)
+        }.get(kind, False) or any(d.kind == kind and d.configured(w) for d in DETECTORS)
 
     # --- one check ----------------------------------------------------------------------------------
 
@@ -213,26 +209,26 @@ class Watcher:
                 if self.is_leader() and rules.alerts_unreachable(self.envs[env], host):
                     self.on_failure(env, host, exc.reason, st)
                 return
-            extra, unknown = self._wraparound(env, host)
+            extra, unknown = self._detect(env, host)
             if self.is_leader():
                 self.on_snapshot(snap, st, extra, unknown)
 
-    def _wraparound(self, env: str, host: str) -> tuple[list[rules.Condition], tuple[str, ...]]:
-        """The wraparound detector's conditions (the primary only, when ``watch.wraparound`` is set), and
-        the kinds this check knows nothing about (its read failed: their incidents neither move nor resolve)."""
+    def _detect(self, env: str, host: str) -> tuple[list[rules.Condition], tuple[str, ...]]:
+        """The conditions of the detectors that read this host (:data:`bot.watch.detectors.DETECTORS`), and
+        the kinds this check knows nothing about (their read failed: their incidents neither move nor resolve)."""
         w = self.watches[env]
-        if w.wraparound is None or host != "primary":
-            return [], ()
-        environment = self.envs[env]
-        try:
-            reading = wraparound.read(self.rt.dbs, env, host, w.wraparound.threshold, time.time(),
-                                      query_chars=environment.listing.query_chars,
-                                      redact=redact if environment.redact_queries else None)
-        except DatabaseUnavailable as exc:
-            CHECK_FAILURES.labels(env, host).inc()
-            log.warning("watch: cannot read the wraparound counters of %s/%s: %s", env, host, exc.reason)
-            return [], (WRAPAROUND,)
-        return wraparound.conditions(reading, w, environment.ignore), ()
+        found: list[rules.Condition] = []
+        unknown: list[str] = []
+        for detector in DETECTORS:
+            if not detector.reads(w, host):
+                continue
+            try:
+                found += detector.detect(self.rt.dbs, env, host, self.envs[env], w)
+            except DatabaseUnavailable as exc:
+                CHECK_FAILURES.labels(env, host).inc()
+                log.warning("watch: cannot read %s of %s/%s: %s", detector.kind, env, host, exc.reason)
+                unknown.append(detector.kind)
+        return found, tuple(unknown)
 
     def on_snapshot(self, snap: HostSnapshot, st: HostState, extra: list[rules.Condition] | None = None,
                     unknown: tuple[str, ...] = ()) -> None:
@@ -345,61 +341,10 @@ class Watcher:
 
     # --- tokens -------------------------------------------------------------------------------------
 
-    def _tokens(self, inc: Incident, cond: rules.Condition, channel: str) -> tuple[dict[int, str], dict]:
-        """Session button tokens, reusing those issued before for the same (pid, backend_start) only while
-        they stay valid until the next update (young enough for ``access.request_ttl``, and the session
-        still doing what the token's snapshot says: :func:`bot.approval.targets.reusable_token`)."""
-        known: dict = dict(inc.payload.get("tokens") or {})
-        environment = self.envs[inc.env]
-        if kill_disabled_reason(environment, inc.env):
-            return {}, known
-        out: dict[int, str] = {}
-        fresh = []
-        for s in cond.sessions:
-            tok = known.get(s.key)
-            if (tok and known.get(f"channel:{s.key}") == channel and not s.cannot_signal
-                    and reusable_token(self.rt.store.get_target(tok), s.as_session(), environment.access.request_ttl)):
-                out[s.pid] = tok
-            elif not s.cannot_signal:
-                fresh.append(s)
-        if fresh and cond.kind == LOCK_PILEUP:
-            # the root gets one button (Terminate when idle in transaction, else Cancel): its token says so
-            payloads = [
-                session_snapshot(s.as_session()).model_copy(
-                    update={"actions": ("terminate",) if s.is_idle_in_transaction else ("cancel",)}
-                )
-                for s in fresh
-            ]
-            tokens = self.rt.store.put_targets(inc.env, inc.host, channel, None, list(payloads))
-            issued = {s.pid: t for s, t in zip(fresh, tokens, strict=True)}
-        elif fresh:
-            issued = issue_session_tokens(self.rt.store, inc.env, inc.host, [s.as_session() for s in fresh], channel, None)
-        else:
-            issued = {}
-        for s in fresh:
-            if s.pid in issued:
-                out[s.pid] = issued[s.pid]
-                known[s.key] = issued[s.pid]
-                known[f"channel:{s.key}"] = channel
-        return out, known
-
-    def _details_tokens(self, inc: Incident, cond: rules.Condition, channel: str, known: dict) -> dict[int, str]:
-        """Details buttons for every session the alert shows (read-only: no approval, viewers only),
-        reused from earlier updates of the same alert (kept in ``known`` by channel and session)."""
-        out: dict[int, str] = {}
-        fresh = []
-        for s in cond.sessions:
-            tok = known.get(f"details:{channel}:{s.key}")
-            if tok:
-                out[s.pid] = tok
-            elif s.backend_start is not None:
-                fresh.append(s)
-        if fresh:
-            issued = issue_details_tokens(self.rt.store, inc.env, inc.host, [s.as_session() for s in fresh], channel, None)
-            for s in fresh:
-                if s.pid in issued:
-                    out[s.pid] = known[f"details:{channel}:{s.key}"] = issued[s.pid]
-        return out
+    @staticmethod
+    def _root_actions(s: Session) -> tuple[str, ...]:
+        """A pile-up's root gets one button (Terminate when idle in transaction, else Cancel): its token says so."""
+        return ("terminate",) if s.is_idle_in_transaction else ("cancel",)
 
     def _bulk(self, inc: Incident, cond: rules.Condition, channel: str) -> tuple[str | None, list[dict], dict]:
         """The connections alert's *Terminate these N*: a bulk target covering exactly the idle sessions shown."""
@@ -415,27 +360,32 @@ class Watcher:
             for s in cond.bulk
         ]
         ident = ",".join(sorted(x["pid"].__str__() + "@" + str(x["backend_start"]) for x in sessions))
-        prev = inc.payload.get("bulk") or {}
-        if prev.get("ident") == ident and prev.get("channel") == channel and prev.get("token"):
-            return prev["token"], sessions, prev
         payload = {
             "actions": [TERMINATE_BULK], "category": "idle", "state_like": STATE_LIKE["idle"],
             "filters": f"idle --app {cond.bulk_app}", "app": cond.bulk_app, "user": None, "database": None,
             "min_seconds": None, "listed_at": time.time(), "sessions": sessions, "source": f"watch:{inc.id}",
         }
-        (token,) = self.rt.store.put_targets(inc.env, inc.host, channel, None, [BulkTarget.model_validate(payload)])
-        return token, sessions, {"ident": ident, "channel": channel, "token": token}
+        token, kept = tokens.reissue_bulk(self.rt.store, inc.env, inc.host, channel, BulkTarget.model_validate(payload),
+                                          ident, inc.payload.get("bulk"))
+        return token, sessions, kept
 
     def _message(self, inc: Incident, cond: rules.Condition, channel: str | None) -> tuple[dict, dict]:
         environment = self.envs[inc.env]
         w = self.watches[inc.env]
-        tokens, known = self._tokens(inc, cond, channel) if channel else ({}, dict(inc.payload.get("tokens") or {}))
-        details = self._details_tokens(inc, cond, channel, known) if channel else {}
+        known: tokens.Memory = dict(inc.payload.get("tokens") or {})
+        drawn = tokens.Tokens()
+        if channel:
+            # reused while valid until the next update (bot.approval.tokens.reissue), else issued afresh
+            shown = [(s.key, s.as_session()) for s in cond.sessions if s.backend_start is not None]
+            drawn, known = tokens.reissue(
+                self.rt.store, inc.env, inc.host, channel, shown, known,
+                request_ttl=environment.access.request_ttl, kill=kill_disabled_reason(environment, inc.env) is None,
+                actions=self._root_actions if cond.kind == LOCK_PILEUP else None)
         bulk_token, bulk_sessions, bulk = self._bulk(inc, cond, channel) if channel else (None, [], {})
         ack = inc.payload.get("ack")
         msg = render.render_alert(
             inc.kind, inc.env, inc.host, cond.facts, incident_id=inc.id, opened_at=inc.opened_at, now=time.time(),
-            tokens=tokens, details_tokens=details, bulk_token=bulk_token, bulk_sessions=bulk_sessions,
+            tokens=drawn.kill, details_tokens=drawn.details, bulk_token=bulk_token, bulk_sessions=bulk_sessions,
             kill_disabled=kill_disabled_reason(environment, inc.env), ack=ack,
             query_chars=environment.listing.query_chars, remind_every=w.remind_every,
         )
@@ -558,12 +508,7 @@ class Watcher:
 
 def install(rt) -> Watcher | None:
     """Add the watch jobs to ``rt.scheduler`` (once); None when no environment has ``watch`` or ``lag_alert``."""
-    existing = rt.watch
-    if existing is not None:
-        return existing
-    watcher = Watcher(rt)
-    if not watcher.envs:
-        return None
-    watcher.install()
-    rt.watch = watcher
+    watcher: Watcher | None = rt.watch
+    if watcher is not None and not watcher.installed:
+        watcher.install()
     return watcher

@@ -9,6 +9,8 @@ transaction, a replication slot, a standby's ``hot_standby_feedback``.
 
 * :func:`read` — one statement (``queries/wraparound.sql``) on the primary; a quiet check reads
   ``pg_database`` only, the holders travel only while a database is over the threshold.
+* :data:`DETECTOR` — how the watch runs it (:mod:`bot.watch.detectors`): on the primary, when
+  ``watch.wraparound`` is set.
 * :func:`conditions` — pure: the reading and the configuration in, the condition out (kind
   :data:`~bot.watch.model.WRAPAROUND`, one per host). Its lifecycle (consecutive checks, edits,
   reminders, Acknowledge, resolution) is the watch's shared rules (:func:`bot.watch.rules.decide`).
@@ -16,14 +18,16 @@ transaction, a replication slot, a standby's ``hot_standby_feedback``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from psycopg.rows import dict_row
 
-from bot.config import IgnoreRule, Watch
+from bot.config import Environment, IgnoreRule, Watch
 from bot.postgres.pools import Databases, DatabaseUnavailable
+from bot.postgres.redact import redact
 from bot.postgres.sql import query
 from bot.watch.model import WRAPAROUND, HostSnapshot, session_from_row
 from bot.watch.rules import MAX_SHOWN, Condition, horizon_holders
@@ -112,3 +116,25 @@ def conditions(reading: WraparoundReading, watch: Watch, ignore: Sequence[Ignore
         "holders": holders[:MAX_SHOWN],
     }
     return [Condition(WRAPAROUND, "", facts, tuple(sessions))]
+
+
+class WraparoundDetector:
+    """The detector the watch runs (:class:`bot.watch.detectors.Detector`)."""
+
+    kind = WRAPAROUND
+
+    def configured(self, watch: Watch) -> bool:
+        return watch.wraparound is not None
+
+    def reads(self, watch: Watch, host: str) -> bool:
+        return watch.wraparound is not None and host == "primary"  # a standby mirrors its primary's counters
+
+    def detect(self, dbs: Databases, env: str, host: str, environment: Environment, watch: Watch) -> list[Condition]:
+        assert watch.wraparound is not None
+        reading = read(dbs, env, host, watch.wraparound.threshold, time.time(),
+                       query_chars=environment.listing.query_chars,
+                       redact=redact if environment.redact_queries else None)
+        return conditions(reading, watch, environment.ignore)
+
+
+DETECTOR = WraparoundDetector()
