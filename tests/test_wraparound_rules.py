@@ -181,3 +181,13 @@ def test_the_watch_runs_it_as_a_detector_on_the_primary_only_when_configured():
     d = wraparound.DETECTOR
     assert d.configured(watch()) and d.reads(watch(), "primary") and not d.reads(watch(), "replica1")
     assert not d.configured(Watch(channel="C1")) and not d.reads(Watch(channel="C1"), "primary")
+
+
+def test_slots_and_feedback_carry_no_time_so_their_age_counts_from_when_the_detector_first_saw_them():
+    slot = {"slot_name": "s1", "slot_type": "logical", "active": False, "xmin": None, "catalog_xmin": "700",
+            "xid_age": 2000, "retained_bytes": 1.0}
+    clock = rules.HorizonClock()
+    for at in (1000.0, 1300.0):
+        r = wraparound.reading_from_row("prod", "primary", at, row([("appdb", 5000, 0)], slots=[slot]))
+        (cond,) = wraparound.conditions(r, watch(1000), clock=clock)
+    assert [(h["type"], h["secs"]) for h in cond.facts["holders"]] == [("slot", 300.0)]

@@ -48,6 +48,8 @@ from bot.render import lag as render
 from bot.slack import outbox as slack_outbox
 from bot.state.incidents import Incident, Incidents
 from bot.state.store import StateStore
+from bot.watch import rules as watch_rules
+from bot.watch.incidents import view
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +71,6 @@ def _iso(dt: datetime | None) -> str | None:
 
 def _parse_iso(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
-
-
-def _ack_to_draw(inc: Incident) -> bool:
-    """Someone acknowledged the alert (a click, written beside the leader) and it does not say so yet: it
-    is edited at once (not after ``update_every``) to show who took it, and its reminders stop."""
-    return bool(inc.payload.get("ack")) and not inc.payload.get("ack_drawn") and inc.message_ts is not None
 
 
 class LagWatcher:
@@ -345,15 +341,15 @@ class LagWatcher:
         payload = rules.lag_payload(inc.payload, m)
         if inc.message_ts is None and not self.slack.adopt_post(inc):
             # the first post waits in the outbox (Slack down), or failed for good: post again at most once a minute
-            if not self.slack.post_waiting(inc) and rules.due(inc.last_update_at, self.update_every, now):
+            if not self.slack.post_waiting(inc) and self._follow_up(inc, alert, now).due:
                 inc.payload = payload
                 self._post_alert(inc, m, alert)
             else:
                 self.incidents.save(inc, payload=payload)
             return
-        acked = _ack_to_draw(inc)
-        if acked or rules.due(inc.last_update_at, self.update_every, now):
-            inc.payload = payload = {**payload, "ack_drawn": True} if acked else payload
+        then = self._follow_up(inc, alert, now)
+        if then.edit:
+            inc.payload = payload = {**payload, "ack_drawn": True} if then.ack_to_draw else payload
             msg, known = self._alert_message(inc, m, alert, inc.channel)
             if self.slack.call("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg) is not None:
                 self.incidents.save(inc, last_update_at=now, payload={**payload, "tokens": known})
@@ -361,7 +357,7 @@ class LagWatcher:
                 self.incidents.save(inc, last_update_at=now, payload=payload)
         elif payload != inc.payload:
             self.incidents.save(inc, payload=payload)
-        if not inc.payload.get("ack") and rules.due(inc.last_reminder_at or inc.opened_at, alert.remind_every, now):
+        if self._follow_up(inc, alert, now).remind:  # after the writes above: an Acknowledge they found counts
             msg = render.render_lag_reminder(m, opened_at=_utc(inc.opened_at), now=_utc(now))
             if self.slack.call("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
                 self.incidents.save(inc, last_reminder_at=now)
@@ -459,15 +455,16 @@ class LagWatcher:
     ) -> None:
         if inc.message_ts is None and not self.slack.adopt_post(inc):
             # the first post waits in the outbox (Slack down), or failed for good: post again at most once a minute
-            if not self.slack.post_waiting(inc) and rules.due(inc.last_update_at, self.update_every, now):
+            if not self.slack.post_waiting(inc) and self._follow_up(inc, alert, now).due:
                 self._post_unreachable(inc, reason, st, alert)
             return
-        acked = _ack_to_draw(inc)
-        if acked or (changed and rules.due(inc.last_update_at, self.update_every, now)):
-            if acked:
+        then = self._follow_up(inc, alert, now)
+        # an unchanged error is not edited again (only a new one, or a new Acknowledge)
+        if then.ack_to_draw or (changed and then.due):
+            if then.ack_to_draw:
                 inc.payload = {**inc.payload, "ack_drawn": True}
             self._post_unreachable(inc, reason, st, alert)
-        if not inc.payload.get("ack") and rules.due(inc.last_reminder_at or inc.opened_at, alert.remind_every, now):
+        if self._follow_up(inc, alert, now).remind:
             since = _parse_iso(inc.payload.get("since")) or _utc(inc.opened_at)
             msg = render.render_unreachable_reminder(inc.env, inc.host, reason, since=since, now=_utc(now))
             if self.slack.call("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
@@ -514,6 +511,12 @@ class LagWatcher:
             self._set_open_gauge()
 
     # --- helpers ------------------------------------------------------------------------------------
+
+    def _follow_up(self, inc: Incident, alert: LagAlert, now: float) -> watch_rules.FollowUp:
+        """When an open incident is edited and reminded: the rules every alert shares. An Acknowledge (a
+        click, written beside the leader) is drawn at once, and stops the reminders."""
+        return watch_rules.follow_up(view(inc), now=now, remind_every=alert.remind_every,
+                                     update_every=self.update_every)
 
     def _set_open_gauge(self) -> None:
         try:

@@ -17,6 +17,17 @@ from bot.state.lease import ALERTS_LEASE
 from bot.state.schema import incidents
 from bot.state.store import new_id
 from bot.watch.model import KINDS
+from bot.watch.rules import OpenIncident
+
+
+def view(inc: Incident) -> OpenIncident:
+    """What the pure rules know of an open incident (any kind: the lag watcher's too)."""
+    ack = inc.payload.get("ack") or {}
+    return OpenIncident(
+        id=inc.id, kind=inc.kind, key=inc.payload.get("key", ""), opened_at=inc.opened_at,
+        last_update_at=inc.last_update_at, last_reminder_at=inc.last_reminder_at,
+        posted=bool(inc.message_ts), acked_by=ack.get("by"), ack_drawn=bool(inc.payload.get("ack_drawn")),
+    )
 
 
 class WatchIncidents(Incidents):

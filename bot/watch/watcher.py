@@ -47,8 +47,8 @@ from bot.render import watch as render
 from bot.slack import outbox as slack_outbox
 from bot.state.incidents import Incident
 from bot.watch import rules
-from bot.watch.detectors import DETECTORS
-from bot.watch.incidents import WatchIncidents
+from bot.watch.detectors import DETECTORS, Detector
+from bot.watch.incidents import WatchIncidents, view
 from bot.watch.model import (
     CONNECTIONS,
     HOST_UNREACHABLE,
@@ -89,6 +89,9 @@ class Watcher:
             if w is not None:
                 self.watches[n] = w
         self.envs: dict[str, Environment] = {n: rt.config.environments[n] for n in self.watches}
+        # the detectors beyond the shared read each environment turns on (bot.watch.detectors)
+        self.detectors: dict[str, list[Detector]] = {
+            n: [d for d in DETECTORS if d.configured(w)] for n, w in self.watches.items()}
         # one lease for every alert (the lag watcher's too); gaining it: what is open is read first, then
         # checks may run (a check skips the store for a quiet host)
         self.shell = shell
@@ -219,7 +222,7 @@ class Watcher:
         w = self.watches[env]
         found: list[rules.Condition] = []
         unknown: list[str] = []
-        for detector in DETECTORS:
+        for detector in self.detectors[env]:
             if not detector.reads(w, host):
                 continue
             try:
@@ -251,7 +254,7 @@ class Watcher:
             open_incs = [i for i in open_incs if i.kind in kinds]
         if unknown:
             open_incs = [i for i in open_incs if i.kind not in unknown]
-        views = [self._view(i) for i in open_incs]
+        views = [view(i) for i in open_incs]
         by_id = {i.id: i for i in open_incs}
         now = time.time()
         decisions = rules.decide(found, streaks, views, now=now, consecutive=w.consecutive,
@@ -318,7 +321,7 @@ class Watcher:
         by_id = {i.id: i for i in open_incs}
         snap = HostSnapshot(env=env, host=host, taken_at=time.time(), in_recovery=False, max_connections=0,
                             superuser_reserved=0, client_connections=0, sessions=())
-        for d in rules.decide([cond], streaks, [self._view(i) for i in open_incs], now=time.time(),
+        for d in rules.decide([cond], streaks, [view(i) for i in open_incs], now=time.time(),
                               consecutive=w.consecutive, remind_every=w.remind_every, update_every=self.update_every):
             inc = by_id.get(d.incident.id) if d.incident else None
             if d.action == "open":
@@ -329,15 +332,6 @@ class Watcher:
                 self._remind(inc, cond, time.time())
         with self._lock:
             self._open_hosts.add((env, host))
-
-    @staticmethod
-    def _view(inc: Incident) -> rules.OpenIncident:
-        ack = inc.payload.get("ack") or {}
-        return rules.OpenIncident(
-            id=inc.id, kind=inc.kind, key=inc.payload.get("key", ""), opened_at=inc.opened_at,
-            last_update_at=inc.last_update_at, last_reminder_at=inc.last_reminder_at,
-            posted=bool(inc.message_ts), acked_by=ack.get("by"), ack_drawn=bool(inc.payload.get("ack_drawn")),
-        )
 
     # --- tokens -------------------------------------------------------------------------------------
 

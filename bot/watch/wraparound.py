@@ -30,7 +30,7 @@ from bot.postgres.pools import Databases, DatabaseUnavailable
 from bot.postgres.redact import redact
 from bot.postgres.sql import query
 from bot.watch.model import WRAPAROUND, HostSnapshot, session_from_row
-from bot.watch.rules import MAX_SHOWN, Condition, horizon_holders
+from bot.watch.rules import MAX_SHOWN, Condition, HorizonClock, horizon_holders
 
 HOLDER_SESSIONS = 5  # sessions read as holders at most (oldest first)
 MAX_DATABASES = 10  # databases listed in one alert
@@ -89,9 +89,11 @@ def read(dbs: Databases, env: str, host: str, threshold: int, taken_at: float, *
     return reading_from_row(env, host, taken_at, row, redact)
 
 
-def conditions(reading: WraparoundReading, watch: Watch, ignore: Sequence[IgnoreRule] = ()) -> list[Condition]:
+def conditions(reading: WraparoundReading, watch: Watch, ignore: Sequence[IgnoreRule] = (),
+               clock: HorizonClock | None = None) -> list[Condition]:
     """The wraparound condition of one host now: every database at or over the threshold (oldest first),
-    and the holders of the horizon (oldest transaction first; ``ignore`` hides sessions as everywhere).
+    and the holders of the horizon (oldest transaction first; ``ignore`` hides sessions as everywhere;
+    ``clock``: since when slots and standby feedback have been seen, as for the xmin horizon).
     A standby mirrors its primary's counters: only the primary alerts."""
     cfg = watch.wraparound
     if cfg is None or reading.holders.in_recovery:
@@ -99,7 +101,7 @@ def conditions(reading: WraparoundReading, watch: Watch, ignore: Sequence[Ignore
     over = sorted((d for d in reading.databases if d.age >= cfg.threshold), key=lambda d: (-d.age, d.name))
     if not over:
         return []
-    holders = sorted(horizon_holders(reading.holders, ignore), key=lambda h: -(h["xid_age"] or 0))
+    holders = sorted(horizon_holders(reading.holders, ignore, clock), key=lambda h: -(h["xid_age"] or 0))
     by_key = {s.key: s for s in reading.holders.sessions}
     sessions = []
     for h in holders[:MAX_SHOWN]:
@@ -123,6 +125,11 @@ class WraparoundDetector:
 
     kind = WRAPAROUND
 
+    def __init__(self) -> None:
+        # since when each slot / standby feedback xmin has been seen, per (environment, host): they carry
+        # no time of their own (each host's checks run one at a time)
+        self.clocks: dict[tuple[str, str], HorizonClock] = {}
+
     def configured(self, watch: Watch) -> bool:
         return watch.wraparound is not None
 
@@ -134,7 +141,7 @@ class WraparoundDetector:
         reading = read(dbs, env, host, watch.wraparound.threshold, time.time(),
                        query_chars=environment.listing.query_chars,
                        redact=redact if environment.redact_queries else None)
-        return conditions(reading, watch, environment.ignore)
+        return conditions(reading, watch, environment.ignore, self.clocks.setdefault((env, host), HorizonClock()))
 
 
 DETECTOR = WraparoundDetector()
