@@ -94,9 +94,8 @@ class Runtime:
         self.housekeeping = Housekeeping(self.workflow)
         # every alert runs under one shell: one leader lease, one Slack outbox deliverer
         self.alerts = AlertShell(self.config, self.store, lambda: self.client, self.instance_id)
-        # the session watch (bot/watch), when an environment has `watch` or `lag_alert` (host alerts); its jobs
-        # are installed by watch_handlers.register
-        watch = Watcher(self, self.alerts)
+        # the session watch (bot/watch), when an environment has `watch` or `lag_alert` (host alerts)
+        watch = Watcher(self.config, self.store, self.dbs, self.scheduler, self.alerts)
         self.watch: Watcher | None = watch if watch.envs else None
         # the lag watcher, None when no environment has a lag_alert with standbys; each of its checks of a
         # standby hands the WAL receiver's state to the session watch's WAL-receiver alert

@@ -34,18 +34,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
+from apscheduler.schedulers.base import BaseScheduler
+
 from bot.alerts import AlertShell
 from bot.approval import tokens
 from bot.approval.models import BulkTarget
 from bot.bulk.targets import STATE_LIKE, TERMINATE_BULK
-from bot.config import Environment, Watch
+from bot.config import Config, Environment, Watch
 from bot.lagwatch.model import ReceiverFacts
 from bot.metrics import CHECK_FAILURES
 from bot.postgres.models import Session
-from bot.postgres.pools import DatabaseUnavailable
+from bot.postgres.pools import Databases, DatabaseUnavailable
 from bot.render import watch as render
 from bot.slack import outbox as slack_outbox
 from bot.state.incidents import Incident
+from bot.state.store import StateStore
 from bot.watch import rules
 from bot.watch.detectors import DETECTORS, Detector
 from bot.watch.incidents import WatchIncidents, view
@@ -79,16 +82,17 @@ class HostState:
 
 
 class Watcher:
-    def __init__(self, rt, shell: AlertShell):
-        self.rt = rt
+    def __init__(self, config: Config, store: StateStore, dbs: Databases, scheduler: BaseScheduler,
+                 shell: AlertShell):
+        self.config, self.store, self.dbs, self.scheduler = config, store, dbs, scheduler
         # environments with ``watch``, and those with only ``lag_alert`` (their host alerts: WAL receiver,
         # unreachable primary)
         self.watches: dict[str, Watch] = {}
-        for n, e in rt.config.environments.items():
+        for n, e in config.environments.items():
             w = rules.effective_watch(e)
             if w is not None:
                 self.watches[n] = w
-        self.envs: dict[str, Environment] = {n: rt.config.environments[n] for n in self.watches}
+        self.envs: dict[str, Environment] = {n: config.environments[n] for n in self.watches}
         # the detectors beyond the shared read each environment turns on (bot.watch.detectors)
         self.detectors: dict[str, list[Detector]] = {
             n: [d for d in DETECTORS if d.configured(w)] for n, w in self.watches.items()}
@@ -99,7 +103,7 @@ class Watcher:
         if self.envs:
             shell.on_gain(self._on_leadership)
         self.holder = self.lease.holder
-        self.incidents = WatchIncidents(rt.store, self.holder)
+        self.incidents = WatchIncidents(store, self.holder)
         self._hosts: dict[tuple[str, str], HostState] = {}
         # hosts with an open incident, read from the store when this instance becomes the leader and kept
         # while it leads (only the leader opens and resolves): a quiet host costs no state-store read
@@ -113,14 +117,12 @@ class Watcher:
         self.outbox = shell.outbox
         self.slack = slack_outbox.IncidentOutbox(self.outbox, self.incidents, lambda: self.lease.stopped)
         # one read per server per check, shared by the environments that reach it alike
-        self.reads = SharedReads(rt.dbs, self.envs, self.hosts)
-        self.installed = False
+        self.reads = SharedReads(dbs, self.envs, self.hosts)
 
     # --- wiring -------------------------------------------------------------------------------------
 
     def install(self) -> None:
-        self.installed = True
-        sched = self.rt.scheduler
+        sched = self.scheduler
         now = datetime.now(UTC)
         self.shell.install(sched)
         for env in self.envs:
@@ -226,7 +228,7 @@ class Watcher:
             if not detector.reads(w, host):
                 continue
             try:
-                found += detector.detect(self.rt.dbs, env, host, self.envs[env], w)
+                found += detector.detect(self.dbs, env, host, self.envs[env], w)
             except DatabaseUnavailable as exc:
                 CHECK_FAILURES.labels(env, host).inc()
                 log.warning("watch: cannot read %s of %s/%s: %s", detector.kind, env, host, exc.reason)
@@ -359,7 +361,7 @@ class Watcher:
             "filters": f"idle --app {cond.bulk_app}", "app": cond.bulk_app, "user": None, "database": None,
             "min_seconds": None, "listed_at": time.time(), "sessions": sessions, "source": f"watch:{inc.id}",
         }
-        token, kept = tokens.reissue_bulk(self.rt.store, inc.env, inc.host, channel, BulkTarget.model_validate(payload),
+        token, kept = tokens.reissue_bulk(self.store, inc.env, inc.host, channel, BulkTarget.model_validate(payload),
                                           ident, inc.payload.get("bulk"))
         return token, sessions, kept
 
@@ -372,7 +374,7 @@ class Watcher:
             # reused while valid until the next update (bot.approval.tokens.reissue), else issued afresh
             shown = [(s.key, s.as_session()) for s in cond.sessions if s.backend_start is not None]
             drawn, known = tokens.reissue(
-                self.rt.store, inc.env, inc.host, channel, shown, known,
+                self.store, inc.env, inc.host, channel, shown, known,
                 request_ttl=environment.access.request_ttl, kill=kill_disabled_reason(environment, inc.env) is None,
                 actions=self._root_actions if cond.kind == LOCK_PILEUP else None)
         bulk_token, bulk_sessions, bulk = self._bulk(inc, cond, channel) if channel else (None, [], {})
@@ -454,7 +456,7 @@ class Watcher:
     def what_was_done(self, inc: Incident) -> list[str]:
         """Signals sent through the bot on this host while the incident was open, from the audit log."""
         try:
-            entries = self.rt.store.audit_entries(env=inc.env, limit=1000)
+            entries = self.store.audit_entries(env=inc.env, limit=1000)
         except Exception:
             log.exception("watch: could not read the audit log")
             return []
@@ -471,7 +473,7 @@ class Watcher:
                 return ""
             if request_id not in approvers_cache:
                 try:
-                    related = self.rt.store.audit_entries(request_id=request_id, limit=50)
+                    related = self.store.audit_entries(request_id=request_id, limit=50)
                 except Exception:
                     related = []
                 approvers_cache[request_id] = [r["actor"] for r in related
@@ -498,11 +500,3 @@ class Watcher:
         if inc.kind == LOCK_PILEUP and not lines:
             lines.append(f"root blocker pid {root.get('pid')} let go without a signal from the bot")
         return lines
-
-
-def install(rt) -> Watcher | None:
-    """Add the watch jobs to ``rt.scheduler`` (once); None when no environment has ``watch`` or ``lag_alert``."""
-    watcher: Watcher | None = rt.watch
-    if watcher is not None and not watcher.installed:
-        watcher.install()
-    return watcher
