@@ -165,6 +165,13 @@ def _pool_waiting(v: Any) -> Any:
     return v
 
 
+class Wraparound(_Model):
+    """``watch.wraparound``: transaction ID wraparound; an alert when a database's ``age(datfrozenxid)`` or
+    ``mxid_age(datminmxid)`` reaches ``threshold`` transactions (PostgreSQL stops at about 2.1 billion)."""
+
+    threshold: int = Field(default=1_000_000_000, ge=1, le=2_000_000_000)
+
+
 class Watch(_Model):
     """``environments.<env>.watch``: session alerts (issue 14); each kind is off when absent."""
 
@@ -179,6 +186,7 @@ class Watch(_Model):
     xmin_horizon: Duration | None = None
     # clients waiting in a PgBouncer pool (issue 25): the longest wait that alerts (``true``: 5s)
     pool_waiting: Annotated[Duration | None, BeforeValidator(_pool_waiting)] = None
+    wraparound: Wraparound | None = None
 
     @field_validator("check_every")
     @classmethod

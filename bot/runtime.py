@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from apscheduler.executors.pool import ThreadPoolExecutor as APSThreadPool
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from bot.alerts import AlertShell
 from bot.approval.housekeeping import Housekeeping
 from bot.approval.policy import Policy
 from bot.approval.workflow import Workflow
@@ -30,10 +31,10 @@ from bot.slack.directory import Directory
 from bot.slack.messages import RequestMessages
 from bot.slack.web import make_web_client, normalize_api_url
 from bot.state.store import StateStore
+from bot.watch.watcher import Watcher
 
 if TYPE_CHECKING:
     from bot.slack.events import EventDedupe
-    from bot.watch.watcher import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -92,18 +93,20 @@ class Runtime:
         self.workflow = Workflow(self.config, self.store, self.dbs, self.policy, self.messages)
         self.messages.count_approvals = self.workflow.counted_approvals
         self.housekeeping = Housekeeping(self.workflow)
-        watcher = LagWatcher(
-            self.config, self.store, self.dbs, self.client, self.scheduler, self.policy, self.instance_id
-        )
-        # None when no environment has a lag_alert with standbys
-        self.lagwatch: LagWatcher | None = watcher if watcher.envs else None
+        # every alert runs under one shell: one leader lease, one Slack outbox deliverer
+        self.alerts = AlertShell(self.config, self.store, lambda: self.client, self.instance_id)
+        # the session watch (bot/watch), when an environment has `watch` or `lag_alert` (host alerts)
+        watch = Watcher(self.config, self.store, self.dbs, self.scheduler, self.alerts, self.policy)
+        self.watch: Watcher | None = watch if watch.envs else None
+        # the lag watcher, None when no environment has a lag_alert with standbys; each of its checks of a
+        # standby hands the WAL receiver's state to the session watch's WAL-receiver alert
+        lagwatch = LagWatcher(self.config, self.store, self.dbs, self.client, self.scheduler, self.policy,
+                              self.alerts, receiver=self.watch.on_standby_receiver if self.watch else None)
+        self.lagwatch: LagWatcher | None = lagwatch if lagwatch.envs else None
         # set by features as they are registered (bot/wiring.py)
         self.home_refresh: Callable[[str, str | None], None] | None = None  # republish a user's Home tab
         self.event_dedupe: EventDedupe | None = None  # Events API retries seen in this process
         self.remind_due: Callable[[], int] | None = None  # remind approvers of half-expired requests now
-        # the session watch (bot/watch), when an environment has `watch` or `lag_alert` (host alerts); built
-        # by watch_handlers.register, and fed the lag watcher's WAL receiver facts by wiring.install_jobs
-        self.watch: Watcher | None = None
 
     def start_background(self) -> None:
         if not self.scheduler.running:

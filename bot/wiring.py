@@ -48,9 +48,7 @@ def register_features(app: App, rt: Runtime, router: Router) -> None:
 def install_jobs(rt: Runtime) -> None:
     """Add the periodic jobs to ``rt.scheduler`` (they run once it is started)."""
     rt.housekeeping.install(rt.scheduler)
+    if rt.watch is not None:
+        rt.watch.install()
     if rt.lagwatch is not None:
-        if rt.watch is not None:  # built by watch_handlers.register (register_features, before this)
-            # the standbys of an environment with only lag_alert are read by the lag watcher alone: each
-            # of its checks hands the WAL receiver's state to the session watch's WAL-receiver alert
-            rt.lagwatch.receiver_sink = rt.watch.on_standby_receiver
         rt.lagwatch.install()

@@ -160,21 +160,3 @@ def test_the_scheduler_shutdown_stops_and_releases(store):
         sched.shutdown(wait=True)
     assert ls.stopped and not ls.is_leader()
     assert row(store, "lagwatch") is None
-
-
-def test_the_watch_leads_only_where_the_lag_watcher_leads_and_follows_it_to_another_instance(store):
-    lag_a, lag_b = lease(store, Calls()), lease(store, Calls())
-    watch_a = lease(store, Calls(), name="watch", only_while=lag_a.is_leader)
-    watch_b = lease(store, Calls(), name="watch", only_while=lag_b.is_leader)
-    lag_a.renew()
-    watch_b.renew()  # b runs no lag checks: it does not take the watch either, though nobody holds it
-    assert not watch_b.is_leader() and row(store, "watch") is None
-    watch_a.renew()
-    assert watch_a.is_leader() and row(store, "watch")["holder"] == watch_a.holder
-    lag_a.stop()  # the lag checks move to b ...
-    lag_b.renew()
-    assert lag_b.is_leader()
-    watch_a.renew()  # ... and a hands the watch over at its next renewal instead of keeping it
-    assert not watch_a.is_leader() and row(store, "watch") is None
-    watch_b.renew()
-    assert watch_b.is_leader() and row(store, "watch")["holder"] == watch_b.holder

@@ -1,4 +1,6 @@
-"""Button tokens for sessions, and what Cancel / Terminate do once approved.
+"""Session snapshots behind button tokens, and what Cancel / Terminate do once approved.
+
+Tokens are issued and reused in one place, :mod:`bot.approval.tokens`, from the snapshots made here.
 
 A listing stores a snapshot of every session it offers buttons for (pid, backend_start at full
 microsecond precision, who/what it was, and the query_start / xact_start / state_change a signal is
@@ -10,21 +12,18 @@ after it was issued (:func:`token_age_refusal`); a living lag alert issues fresh
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 
 from bot.approval.audit import audit_request
 from bot.approval.ids import ALLOW_CONNECTIONS
 from bot.approval.models import (
     BulkTarget,
     DatabaseTarget,
-    DetailsTarget,
     OutcomeStatus,
     PooledClientRef,
     Request,
     SessionTarget,
     SignalOutcome,
     StoredTarget,
-    Target,
     iso,
 )
 from bot.approval.ports import Execution
@@ -76,52 +75,6 @@ def pooled_ref(s: Session) -> PooledClientRef | None:
         pooler=via.pooler, pool=via.pool, pool_mode=via.pool_mode, client_id=c.id, addr=c.addr, port=c.port,
         application=c.application, user=c.user, database=c.database, disconnect_refusal=via.kill_client_refusal,
     )
-
-
-def issue_session_tokens(
-    store: StateStore, env: str, host: str, sessions: Iterable[Session], channel: str | None, user: str | None
-) -> dict[int, str]:
-    """Store a snapshot for every signalable session and return ``{pid: token}``."""
-    chosen = [s for s in sessions if not s.cannot_signal]
-    tokens = store.put_targets(env, host, channel, user, [session_snapshot(s) for s in chosen])
-    return {s.pid: t for s, t in zip(chosen, tokens, strict=True)}
-
-
-def issue_details_tokens(
-    store: StateStore, env: str, host: str, sessions: Iterable[Session], channel: str | None, user: str | None
-) -> dict[int, str]:
-    """Tokens for the Details button of every session shown (signalable or not); kind ``details``.
-
-    A details token only lets its holder read the session it names (pid + backend_start); the kill
-    workflow refuses it for Cancel/Terminate (it is not a ``session`` target)."""
-    chosen = list({s.pid: s for s in sessions}.values())
-    snapshots = [DetailsTarget(**session_snapshot(s).model_dump(exclude={"kind"})) for s in chosen]
-    tokens = store.put_targets(env, host, channel, user, list(snapshots))
-    return {s.pid: t for s, t in zip(chosen, tokens, strict=True)}
-
-
-def issue_listing_tokens(
-    store: StateStore,
-    env: str,
-    host: str,
-    sessions: Iterable[Session],
-    channel: str | None,
-    user: str | None,
-    *,
-    kill: bool = True,
-) -> tuple[dict[int, str], dict[int, str]]:
-    """Cancel/Terminate tokens (signalable sessions, when ``kill``) and Details tokens (every session
-    shown) in one state-store write: ``({pid: kill token}, {pid: details token})``."""
-    shown = list({s.pid: s for s in sessions}.values())
-    snaps = {s.pid: session_snapshot(s) for s in shown}
-    signalable = [s for s in shown if kill and not s.cannot_signal]
-    targets_: list[Target] = [snaps[s.pid] for s in signalable]
-    targets_ += [DetailsTarget(**snaps[s.pid].model_dump(exclude={"kind"})) for s in shown]
-    tokens = store.put_targets(env, host, channel, user, targets_)
-    n = len(signalable)
-    kill_tokens = {s.pid: t for s, t in zip(signalable, tokens[:n], strict=True)}
-    details_tokens = {s.pid: t for s, t in zip(shown, tokens[n:], strict=True)}
-    return kill_tokens, details_tokens
 
 
 def listing_command(env: str, host: str = "primary") -> str:

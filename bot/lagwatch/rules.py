@@ -8,7 +8,8 @@ Per standby:
 
 * lag: a check counts as a breach when it is over the threshold (time and ``min_bytes``) *and* the WAL
   received at the previous check is still not replayed; ``consecutive`` breaches in a row open an
-  incident; while open it is edited at most every ``update_every`` and reminded every ``remind_every``;
+  incident; while open it is edited at most every ``update_every`` and reminded every ``remind_every``
+  (:func:`bot.watch.rules.follow_up`, the timing every alert shares);
   the first check under the threshold resolves it (with a note when the standby was promoted).
 * unreachable: ``consecutive`` failed checks open an incident; the first successful check resolves it.
 """
@@ -22,6 +23,7 @@ from typing import Any
 
 from bot.config import LagAlert
 from bot.lagwatch.model import StandbyLag, lsn_to_int
+from bot.watch.rules import due as due  # edit / remind timing is bot.watch.rules' (every kind's)
 
 LAG = "lag"
 UNREACHABLE = "unreachable"
@@ -93,11 +95,6 @@ def on_failure(st: HostState, reason: str, now: float, alert: LagAlert, open_kin
     if UNREACHABLE not in open_kinds:
         return [Action(Act.OPEN_UNREACHABLE)] if st.failures >= alert.consecutive else []
     return [Action(Act.CONTINUE_UNREACHABLE, reason_changed=changed)]
-
-
-def due(last: float | None, every: float, now: float) -> bool:
-    """Whether ``every`` seconds have passed since ``last`` (never done: due)."""
-    return now - (last or 0.0) >= every
 
 
 def _iso(dt: datetime | None) -> str | None:

@@ -3,11 +3,10 @@
 Built by the runtime (``rt.lagwatch``, None when no environment has ``lag_alert``); its jobs are added
 by :meth:`LagWatcher.install` and run once ``rt.start_background()`` starts the scheduler:
 
-* ``lagwatch:lease``: take or renew the leader lease ``lagwatch`` (:class:`bot.state.lease.LeaderLease`)
-  every ``check_every / 2`` (of the smallest ``check_every``) with a TTL of 1.5 × that interval. Only
-  the holder runs checks, so with several replicas on one PostgreSQL state store exactly one posts, and
-  another takes over within two check intervals after the leader dies (at once when it stops cleanly
-  and releases the lease).
+* the leader lease and the Slack outbox deliverer are the alerts' one shell (:class:`bot.alerts.AlertShell`,
+  shared with the session watch): only the holder runs checks, so with several replicas on one
+  PostgreSQL state store exactly one posts, and another takes over within two check intervals after the
+  leader dies (at once when it stops cleanly and releases the lease).
 * ``lagwatch:primary:<env>``: the primary's ``pg_stat_replication`` (a second view of the lag),
   cached for the standby checks so that a slow primary never delays them.
 * ``lagwatch:check:<env>:<standby>``: measure one standby and move its incidents along. Every host
@@ -16,7 +15,9 @@ by :meth:`LagWatcher.install` and run once ``rt.start_background()`` starts the 
 
 The incident rules (when a lag or unreachable incident opens, continues, resolves) are the pure
 state machine in :mod:`bot.lagwatch.rules`; this module is its shell: the schedule, the leader lease,
-the incidents' records (:mod:`bot.state.incidents`) and the Slack messages.
+the incidents' records (:mod:`bot.state.incidents`) and the Slack messages. After every check of a
+standby, what it saw of the WAL receiver goes to ``receiver`` (given at construction: the session
+watch's WAL-receiver alert, :meth:`bot.watch.watcher.Watcher.on_standby_receiver`).
 """
 
 from __future__ import annotations
@@ -32,25 +33,26 @@ from typing import overload
 from apscheduler.schedulers.base import BaseScheduler
 from slack_sdk import WebClient
 
+from bot.alerts import LEASE_NAME, AlertShell
+from bot.approval import tokens
 from bot.approval.policy import Policy
-from bot.approval.targets import issue_details_tokens, issue_session_tokens, reusable_token
 from bot.config import Config, Environment, LagAlert
 from bot.durations import format_duration
 from bot.lagwatch import rules
 from bot.lagwatch.detect import mark_culprits, measure_standby, primary_views
-from bot.lagwatch.model import Culprit, PrimaryView, ReceiverFacts, StandbyLag
+from bot.lagwatch.model import PrimaryView, ReceiverFacts, StandbyLag
 from bot.lagwatch.rules import LAG, UNREACHABLE, Act, HostState
 from bot.metrics import CHECK_FAILURES, OPEN_INCIDENTS, REPLAY_LAG_BYTES, REPLAY_LAG_SECONDS
 from bot.postgres.pools import Databases, DatabaseUnavailable, UnsupportedServer
 from bot.render import lag as render
 from bot.slack import outbox as slack_outbox
 from bot.state.incidents import Incident, Incidents
-from bot.state.lease import LeaderLease
 from bot.state.store import StateStore
+from bot.watch import rules as watch_rules
+from bot.watch.incidents import view
 
 log = logging.getLogger(__name__)
 
-LEASE_NAME = "lagwatch"
 UPDATE_EVERY = 60.0  # seconds between in-place edits of an open alert
 CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
 
@@ -71,12 +73,6 @@ def _parse_iso(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
-def _ack_to_draw(inc: Incident) -> bool:
-    """Someone acknowledged the alert (a click, written beside the leader) and it does not say so yet: it
-    is edited at once (not after ``update_every``) to show who took it, and its reminders stop."""
-    return bool(inc.payload.get("ack")) and not inc.payload.get("ack_drawn") and inc.message_ts is not None
-
-
 class LagWatcher:
     def __init__(
         self,
@@ -86,19 +82,19 @@ class LagWatcher:
         client: WebClient,
         scheduler: BaseScheduler,
         policy: Policy,
-        instance_id: str,
+        shell: AlertShell,
+        receiver: Callable[[str, str, ReceiverFacts | None], None] | None = None,
     ):
         self.config, self.store, self.dbs, self.client, self.scheduler = config, store, dbs, client, scheduler
         self.policy = policy
         self.envs: dict[str, Environment] = {
             name: env for name, env in config.environments.items() if env.lag_alert is not None and env.standbys
         }
-        self.min_every = min((self._alert(env).check_every for env in self.envs), default=30.0)
-        # gaining it: leading at once, so the edits of _on_leadership may go out at once
-        self.lease = LeaderLease(
-            store, LEASE_NAME, instance_id, self.min_every, label="lag watch", duty="the standby checks",
-            on_gain=self._on_leadership, on_follow=self._on_follow, leads_during_gain=True,
-        )
+        self.shell = shell
+        self.lease = shell.lease  # one lease for every alert
+        if self.envs:
+            shell.on_gain(self._on_leadership)
+            shell.on_follow(self._on_follow)
         self.holder = self.lease.holder
         self.incidents = Incidents(store, LEASE_NAME, self.holder)
         self._hosts: dict[tuple[str, str], HostState] = {}
@@ -106,20 +102,20 @@ class LagWatcher:
         self._primary: dict[str, tuple[float, list[PrimaryView]]] = {}
         self._lock = threading.Lock()
         # after every check of a standby, what it saw of the WAL receiver (None: the standby could not be
-        # read); bot.wiring sets it to the session watch's WAL-receiver alert (Watcher.on_standby_receiver),
-        # so a standby is read once per check and its unreachable alert keeps this watcher's reason
-        self.receiver_sink: Callable[[str, str, ReceiverFacts | None], None] | None = None
+        # read), to the session watch's WAL-receiver alert (Watcher.on_standby_receiver): a standby is read
+        # once per check and its unreachable alert keeps this watcher's reason
+        self.receiver = receiver
         # completed checks per (env, standby) while leader: for health views and tests
         self.checks: dict[tuple[str, str], int] = {}
         self.update_every = UPDATE_EVERY
-        # every Slack call of the watcher goes through the durable outbox (Slack may be down for minutes)
-        self.outbox = slack_outbox.Outbox(store, lambda: client, may_send=self.is_leader)
+        # every Slack call of the watcher goes through the one durable outbox (Slack may be down for minutes)
+        self.outbox = shell.outbox
         self.slack = slack_outbox.IncidentOutbox(self.outbox, self.incidents, lambda: self.lease.stopped)
 
     # --- wiring -------------------------------------------------------------------------------------
 
     def jobs(self) -> list[str]:
-        ids = ["lagwatch:lease", "lagwatch:outbox"]
+        ids = ["alerts:lease", "alerts:outbox"]
         for env, e in self.envs.items():
             ids.append(f"lagwatch:primary:{env}")
             ids += [f"lagwatch:check:{env}:{h}" for h in e.standbys]
@@ -128,11 +124,7 @@ class LagWatcher:
     def install(self) -> None:
         sched = self.scheduler
         now = datetime.now(UTC)
-        self.lease.install(sched, "lagwatch:lease", "lag watch leader lease")
-        sched.add_job(
-            self.outbox.deliver, "interval", seconds=slack_outbox.DELIVER_EVERY, id="lagwatch:outbox",
-            name="lag watch Slack outbox", replace_existing=True,
-        )
+        self.shell.install(sched)
         for env, e in self.envs.items():
             every = self._alert(env).check_every
             first = now + timedelta(seconds=min(1.0, every))
@@ -270,9 +262,8 @@ class LagWatcher:
     def _hand_receiver(self, env: str, host: str, facts: ReceiverFacts | None) -> None:
         """What this check saw of the standby's WAL receiver (None: it could not read the standby), to
         the receiver sink when one is wired (the session watch's WAL-receiver alert)."""
-        sink = self.receiver_sink
-        if sink is not None:
-            sink(env, host, facts)
+        if self.receiver is not None:
+            self.receiver(env, host, facts)
 
     # --- a successful check -------------------------------------------------------------------------
 
@@ -293,67 +284,25 @@ class LagWatcher:
             elif action.act is Act.RESOLVE_LAG:
                 self._resolve_lag(open_[LAG], m, note=action.note)
 
-    def _tokens(self, inc: Incident, m: StandbyLag, channel: str) -> tuple[dict[int, str], dict]:
-        """Button tokens for the sessions shown, reusing those issued for the same (pid, backend_start)
-        while they are young and the session still does what their snapshot says (else fresh ones)."""
-        environment = self.envs[m.env]
-        if self.policy.signalling_off(m.env):
-            return {}, {}
-        known: dict = dict(inc.payload.get("tokens") or {})
-        shown = list(m.holding_back[: render.MAX_CULPRITS_SHOWN])
-        tokens: dict[int, str] = {}
-        fresh: list[Culprit] = []
-        for c in shown:
-            tok = known.get(c.key)
-            if (
-                tok
-                and known.get(f"channel:{c.key}") == channel
-                and reusable_token(self.store.get_target(tok), c.session, environment.access.request_ttl)
-            ):
-                tokens[c.session.pid] = tok
-            else:
-                fresh.append(c)
-        if fresh:
-            issued = issue_session_tokens(self.store, m.env, m.host, [c.session for c in fresh], channel, None)
-            for c in fresh:
-                if c.session.pid in issued:
-                    tokens[c.session.pid] = issued[c.session.pid]
-                    known[c.key] = issued[c.session.pid]
-                    known[f"channel:{c.key}"] = channel
-        return tokens, known
-
-    def _details_tokens(self, m: StandbyLag, channel: str, known: dict) -> dict[int, str]:
-        """Details tokens for the sessions shown (signalable or not), reused across updates; kept in ``known``."""
-        out: dict[int, str] = {}
-        fresh: list[Culprit] = []
-        for c in m.holding_back[: render.MAX_CULPRITS_SHOWN]:
-            tok = known.get(f"details:{c.key}")
-            target = self.store.get_target(tok) if tok else None
-            if tok and target is not None and target.channel == channel:
-                out[c.session.pid] = tok
-            else:
-                fresh.append(c)
-        if fresh:
-            issued = issue_details_tokens(self.store, m.env, m.host, [c.session for c in fresh], channel, None)
-            for c in fresh:
-                out[c.session.pid] = known[f"details:{c.key}"] = issued[c.session.pid]
-        return out
-
     def _alert_message(self, inc: Incident, m: StandbyLag, alert: LagAlert, channel: str | None) -> tuple[dict, dict]:
         environment = self.envs[m.env]
-        tokens, known = self._tokens(inc, m, channel) if channel else ({}, dict(inc.payload.get("tokens") or {}))
-        if channel and not known:  # signalling is off: keep the Details tokens issued earlier
-            known = {k: v for k, v in (inc.payload.get("tokens") or {}).items() if k.startswith("details:")}
-        details = self._details_tokens(m, channel, known) if channel else {}
+        known: tokens.Memory = dict(inc.payload.get("tokens") or {})
+        drawn = tokens.Tokens()
+        if channel:
+            # reused while valid until the next update (bot.approval.tokens.reissue), else issued afresh
+            shown = [(c.key, c.session) for c in m.holding_back[: render.MAX_CULPRITS_SHOWN]]
+            drawn, known = tokens.reissue(self.store, m.env, m.host, channel, shown, known,
+                                          request_ttl=environment.access.request_ttl,
+                                          kill=self.policy.signalling_off(m.env) is None)
         msg = render.render_lag_alert(
             m,
             alert,
             since=_parse_iso(inc.payload.get("since")) or m.since,
-            tokens=tokens,
+            tokens=drawn.kill,
             kill_disabled=self.policy.signalling_off(m.env),
             query_chars=environment.listing.query_chars,
             reminder_every=alert.remind_every,
-            details_tokens=details,
+            details_tokens=drawn.details,
             incident_id=inc.id,
             ack=inc.payload.get("ack"),
         )
@@ -398,15 +347,15 @@ class LagWatcher:
         payload = rules.lag_payload(inc.payload, m)
         if inc.message_ts is None and not self.slack.adopt_post(inc):
             # the first post waits in the outbox (Slack down), or failed for good: post again at most once a minute
-            if not self.slack.post_waiting(inc) and rules.due(inc.last_update_at, self.update_every, now):
+            if not self.slack.post_waiting(inc) and self._follow_up(inc, alert, now).due:
                 inc.payload = payload
                 self._post_alert(inc, m, alert)
             else:
                 self.incidents.save(inc, payload=payload)
             return
-        acked = _ack_to_draw(inc)
-        if acked or rules.due(inc.last_update_at, self.update_every, now):
-            inc.payload = payload = {**payload, "ack_drawn": True} if acked else payload
+        then = self._follow_up(inc, alert, now)
+        if then.edit:
+            inc.payload = payload = {**payload, "ack_drawn": True} if then.ack_to_draw else payload
             msg, known = self._alert_message(inc, m, alert, inc.channel)
             if self.slack.call("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg) is not None:
                 self.incidents.save(inc, last_update_at=now, payload={**payload, "tokens": known})
@@ -414,7 +363,7 @@ class LagWatcher:
                 self.incidents.save(inc, last_update_at=now, payload=payload)
         elif payload != inc.payload:
             self.incidents.save(inc, payload=payload)
-        if not inc.payload.get("ack") and rules.due(inc.last_reminder_at or inc.opened_at, alert.remind_every, now):
+        if self._follow_up(inc, alert, now).remind:  # after the writes above: an Acknowledge they found counts
             msg = render.render_lag_reminder(m, opened_at=_utc(inc.opened_at), now=_utc(now))
             if self.slack.call("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
                 self.incidents.save(inc, last_reminder_at=now)
@@ -512,15 +461,16 @@ class LagWatcher:
     ) -> None:
         if inc.message_ts is None and not self.slack.adopt_post(inc):
             # the first post waits in the outbox (Slack down), or failed for good: post again at most once a minute
-            if not self.slack.post_waiting(inc) and rules.due(inc.last_update_at, self.update_every, now):
+            if not self.slack.post_waiting(inc) and self._follow_up(inc, alert, now).due:
                 self._post_unreachable(inc, reason, st, alert)
             return
-        acked = _ack_to_draw(inc)
-        if acked or (changed and rules.due(inc.last_update_at, self.update_every, now)):
-            if acked:
+        then = self._follow_up(inc, alert, now)
+        # an unchanged error is not edited again (only a new one, or a new Acknowledge)
+        if then.ack_to_draw or (changed and then.due):
+            if then.ack_to_draw:
                 inc.payload = {**inc.payload, "ack_drawn": True}
             self._post_unreachable(inc, reason, st, alert)
-        if not inc.payload.get("ack") and rules.due(inc.last_reminder_at or inc.opened_at, alert.remind_every, now):
+        if self._follow_up(inc, alert, now).remind:
             since = _parse_iso(inc.payload.get("since")) or _utc(inc.opened_at)
             msg = render.render_unreachable_reminder(inc.env, inc.host, reason, since=since, now=_utc(now))
             if self.slack.call("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
@@ -567,6 +517,12 @@ class LagWatcher:
             self._set_open_gauge()
 
     # --- helpers ------------------------------------------------------------------------------------
+
+    def _follow_up(self, inc: Incident, alert: LagAlert, now: float) -> watch_rules.FollowUp:
+        """When an open incident is edited and reminded: the rules every alert shares. An Acknowledge (a
+        click, written beside the leader) is drawn at once, and stops the reminders."""
+        return watch_rules.follow_up(view(inc), now=now, remind_every=alert.remind_every,
+                                     update_every=self.update_every)
 
     def _set_open_gauge(self) -> None:
         try:

@@ -44,6 +44,7 @@ from bot.watch.model import (
     LONG_RUNNING,
     POOL_WAITING,
     WAL_RECEIVER,
+    WRAPAROUND,
     XMIN_HORIZON,
 )
 
@@ -60,6 +61,7 @@ EMOJI = {
     WAL_RECEIVER: ":satellite_antenna:",
     HOST_UNREACHABLE: ":rotating_light:",
     POOL_WAITING: ":hourglass:",
+    WRAPAROUND: ":cyclone:",
 }
 TITLE = {
     LOCK_PILEUP: "Lock pile-up",
@@ -70,6 +72,7 @@ TITLE = {
     WAL_RECEIVER: "WAL receiver not streaming",
     HOST_UNREACHABLE: "Unreachable",
     POOL_WAITING: "Clients waiting in a pool",
+    WRAPAROUND: "Transaction ID wraparound",
 }
 
 
@@ -176,6 +179,10 @@ def _title(kind: str, env: str, host: str, facts: Mapping) -> str:
     if kind == POOL_WAITING:
         return (f"Clients waiting in a pool on {w}: {facts['waiting']} waiting, longest "
                 f"{format_duration(facts['longest_wait'])}")
+    if kind == WRAPAROUND:
+        return (f"Transaction ID wraparound on {w}: the oldest database is "
+                f"{max(facts['worst']['xid_age'], facts['worst']['mxid_age']):,} transactions old "
+                f"({_plural(facts['count'], 'database')} over {facts['threshold']:,})")
     return f"{kind} on {w}"
 
 
@@ -348,6 +355,29 @@ def _xmin_blocks(f: Mapping, tokens: Mapping[int, str], kill_disabled: str | Non
     return blocks
 
 
+def _wraparound_blocks(f: Mapping, tokens: Mapping[int, str], kill_disabled: str | None, query_chars: int,
+                       details: Mapping[int, str]) -> list[dict]:
+    dbs = "\n".join(
+        f"db {code(d.get('name'))} · age(datfrozenxid) *{d['xid_age']:,}* · mxid_age(datminmxid) *{d['mxid_age']:,}*"
+        for d in f.get("databases") or [])
+    more = f"\n{f['count'] - len(f.get('databases') or [])} more not shown." if f["count"] > len(f.get("databases") or []) else ""
+    blocks = [section(cut(
+        f"{EMOJI[WRAPAROUND]} PostgreSQL stops taking writes in a database whose oldest unfrozen transaction ID "
+        f"or multixact nears {f['limit']:,}, until VACUUM freezes it. Over {f['threshold']:,}:\n{dbs}{more}", 2900))]
+    holders = f.get("holders") or []
+    if not holders:
+        blocks.append(context("Nothing holds the horizon back now: VACUUM (FREEZE) the databases listed, or let "
+                              "autovacuum's anti-wraparound vacuum finish (see `pg_stat_progress_vacuum`)."))
+        return blocks
+    blocks.append(section("VACUUM cannot freeze past the oldest of these (oldest transaction first):"))
+    for h in holders:
+        blocks.append(section(cut(_holder_line(h, query_chars), 2900)))
+        if h["type"] == "backend" and h.get("backend_type") == "client backend":
+            blocks += _buttons(h["session"], tokens.get(h["session"]["pid"]), kill_disabled, cancel=False, terminate=True,
+                               details_token=details.get(h["session"]["pid"]))
+    return blocks
+
+
 def render_alert(
     kind: str,
     env: str,
@@ -389,6 +419,8 @@ def render_alert(
         body = [section(f"{EMOJI[HOST_UNREACHABLE]} The bot cannot read this server: {esc(facts.get('reason') or '?')}"
                         f" ({_plural(int(facts.get('failures') or 0), 'check')} in a row). No session alert can fire "
                         "for it until it answers.")]
+    elif kind == WRAPAROUND:
+        body = _wraparound_blocks(facts, tokens, kill_disabled, query_chars, details)
     else:
         body = _xmin_blocks(facts, tokens, kill_disabled, query_chars, details)
     tail = [acknowledge_block(incident_id, ack)]
@@ -430,7 +462,27 @@ def _summary(kind: str, f: Mapping) -> str:
                 "slot": lambda: f"slot {code(o.get('slot_name'))}",
                 "feedback": lambda: f"standby {code(o.get('application'))}"}.get(o["type"], lambda: "?")()
         return f"{name}, {o.get('xid_age')} transactions behind"
+    if kind == WRAPAROUND:
+        d = f["worst"]
+        text = (f"db {esc(d.get('name'))} age(datfrozenxid) {d['xid_age']:,}, "
+                f"mxid_age(datminmxid) {d['mxid_age']:,}")
+        holders = f.get("holders") or []
+        return text + (f"; held back by {_holder_name(holders[0])}" if holders else "")
     return ""
+
+
+def _holder_name(h: Mapping) -> str:
+    """A horizon holder in a few escaped words."""
+    t = h["type"]
+    if t == "backend":
+        return f"pid {h['session']['pid']} (app {esc(h['session'].get('application') or '–')})"
+    if t == "prepared":
+        return f"prepared transaction {esc(h.get('gid'))}"
+    if t == "slot":
+        return f"replication slot {esc(h.get('slot_name'))}"
+    if t == "feedback":
+        return f"standby {esc(h.get('application'))}"
+    return "?"
 
 
 def render_reminder(kind: str, env: str, host: str, facts: Mapping, *, opened_at: float, now: float) -> dict:

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from slack_sdk.errors import SlackApiError
 
 from bot.approval import ids
+from bot.approval import tokens as button_tokens
 from bot.approval.models import StoredTarget
-from bot.approval.targets import issue_details_tokens, issue_session_tokens, session_snapshot
 from bot.commands import ShowLocks
 from bot.postgres.details import read_details
 from bot.postgres.locks import build_forest, read_lock_graph
@@ -135,7 +135,8 @@ def _read_view(rt: Runtime, target: StoredTarget, user: str) -> dict:
     disabled = rt.policy.signalling_off(env)
     kill_token = None
     if d.status == "ok" and d.session is not None and not disabled and not d.cannot_signal:
-        kill_token = rt.store.put_targets(env, host, target.channel, user, [session_snapshot(d.session)])[0]
+        kill_token = button_tokens.issue(rt.store, env, host, target.channel, user, [d.session],
+                                         details=False).kill.get(d.session.pid)
     return details_view(d, kill_token, disabled)
 
 
@@ -168,8 +169,9 @@ def handle_locks(rt: Runtime, cmd: ShowLocks, body: dict, respond: Any) -> None:
     pids = [p for p in shown_pids(forest) if p in graph.sessions]
     disabled = rt.policy.signalling_off(cmd.env)
     roots = [graph.sessions[t.root] for t in forest if t.root in graph.sessions and t.root in pids]
-    kill_tokens = {} if disabled else issue_session_tokens(rt.store, cmd.env, cmd.host, roots, channel, user)
-    details_tokens = issue_details_tokens(rt.store, cmd.env, cmd.host, [graph.sessions[p] for p in pids], channel, user)
+    issued = button_tokens.issue(rt.store, cmd.env, cmd.host, channel, user, [*roots, *(graph.sessions[p] for p in pids)],
+                                 kill=set() if disabled else {s.pid for s in roots}, details={*pids})
+    kill_tokens, details_tokens = issued.kill, issued.details
     shown = graph  # the buttons' snapshots keep the texts (only who may see them is shown them)
     if rt.policy.identity_view_refusal(user, "query texts"):  # a guest, another organisation: no query texts
         shown = dataclasses.replace(graph, sessions={p: hide_query(s) for p, s in graph.sessions.items()})

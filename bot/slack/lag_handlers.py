@@ -10,7 +10,7 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
-from bot.approval.targets import issue_details_tokens, issue_session_tokens
+from bot.approval import tokens as button_tokens
 from bot.commands import ShowLag
 from bot.lagwatch.detect import mark_culprits, measure_env
 from bot.lagwatch.model import Culprit, StandbyLag, Unreachable
@@ -54,18 +54,13 @@ def handle_lag(rt: Runtime, cmd: ShowLag, body: dict, respond: Any) -> None:
         return
     disabled = rt.policy.signalling_off(cmd.env)
     tokens: dict[tuple[str, int], str] = {}
-    if disabled is None:
-        for r in results:
-            if isinstance(r, StandbyLag) and r.behind and r.holding_back:
-                sessions = [c.session for c in r.holding_back[:MAX_CULPRITS_SHOWN]]
-                for pid, tok in issue_session_tokens(rt.store, cmd.env, r.host, sessions, channel, user).items():
-                    tokens[(r.host, pid)] = tok
     details: dict[tuple[str, int], str] = {}
     for r in results:
         if isinstance(r, StandbyLag) and r.behind and r.holding_back:
             sessions = [c.session for c in r.holding_back[:MAX_CULPRITS_SHOWN]]
-            for pid, tok in issue_details_tokens(rt.store, cmd.env, r.host, sessions, channel, user).items():
-                details[(r.host, pid)] = tok
+            issued = button_tokens.issue(rt.store, cmd.env, r.host, channel, user, sessions, kill=disabled is None)
+            tokens.update({(r.host, pid): tok for pid, tok in issued.kill.items()})
+            details.update({(r.host, pid): tok for pid, tok in issued.details.items()})
     shown = results  # the buttons' snapshots keep the texts (only who may see them is shown them)
     if rt.policy.identity_view_refusal(user, "query texts"):  # a guest, another organisation: no query texts
         shown = [_without_queries(r) if isinstance(r, StandbyLag) else r for r in results]

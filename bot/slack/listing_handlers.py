@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot.approval.targets import issue_listing_tokens
+from bot.approval import tokens as button_tokens
 from bot.commands import ListSessions
 from bot.postgres.activity import list_sessions
 from bot.postgres.models import Listing, hide_query
@@ -50,9 +50,9 @@ def make_handle_list(extras: list[ListingExtra]):
         details_tokens: dict[int, str] = {}
         extra_blocks: list[dict] = []
         try:
-            tokens, details_tokens = issue_listing_tokens(
-                rt.store, cmd.env, cmd.host, listing.sessions[:limit], channel, user, kill=disabled is None
-            )
+            issued = button_tokens.issue(rt.store, cmd.env, cmd.host, channel, user, listing.sessions[:limit],
+                                         kill=disabled is None)
+            tokens, details_tokens = issued.kill, issued.details
             for extra in extras:
                 extra_blocks += extra(rt, cmd, listing, body)
         except SQLAlchemyError as exc:

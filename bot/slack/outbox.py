@@ -7,15 +7,15 @@ then delivered, per key (the incident id), in the order it was queued.
 * :meth:`Outbox.send` queues one call and, when nothing older waits for that key and Slack is not
   known to be failing, delivers it at once (the caller gets Slack's answer, as before the outbox).
   Otherwise the call waits for :meth:`Outbox.deliver`, a scheduler job every ``DELIVER_EVERY`` s run
-  by the lag watcher's leader and by the session watch's leader (see the claim below).
+  by the alerts' leader (``alerts:outbox``, :class:`bot.alerts.AlertShell`; see the claim below).
 * An ``update`` or ``thread_reply`` queued before its message was posted targets that post's ts, found
   at delivery time. Consecutive pending edits of one message collapse to the newest (Slack only needs
   the latest state; :func:`plan`).
 * Retry with backoff on 5xx, connection errors, timeouts and unknown errors; 429 pauses every delivery
   for ``Retry-After``. A call is given up (state ``failed``, one log line) only on errors that can never
   succeed: :data:`PERMANENT_ERRORS`.
-* Used by the lag watcher and the session watch (keys are incident ids). Each delivers with its own
-  leader's job (``lagwatch:outbox``, ``watch:outbox``), so two deliverers may run at once: a row is
+* Used by the lag watcher and the session watch (keys are incident ids), delivered by the one leader's
+  job; across a handover, or with an Acknowledge note sent at once, two deliverers may run at once: a row is
   *claimed* before it is sent, by one conditional UPDATE (still pending, same ``attempts`` as read, not
   claimed by someone else), and only the deliverer whose UPDATE changed the row sends it. A key whose
   oldest row is claimed or backing off waits whole, so its order holds across deliverers.

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot.approval.targets import issue_listing_tokens
+from bot.approval import tokens as button_tokens
 from bot.commands import ShowPools
 from bot.postgres.pooler_view import read_pool_view
 from bot.postgres.pools import DatabaseUnavailable
@@ -45,8 +45,8 @@ def handle_pools(rt: Runtime, cmd: ShowPools, body: dict, respond: Any) -> None:
     details_tokens: dict[int, str] = {}
     if holders:
         try:
-            tokens, details_tokens = issue_listing_tokens(rt.store, cmd.env, cmd.host, holders, channel, user,
-                                                          kill=disabled is None)
+            issued = button_tokens.issue(rt.store, cmd.env, cmd.host, channel, user, holders, kill=disabled is None)
+            tokens, details_tokens = issued.kill, issued.details
         except SQLAlchemyError as exc:
             log.warning("pool %s/%s shown without buttons: the state store failed (%s)", cmd.env, cmd.host,
                         type(exc).__name__)

@@ -1,4 +1,4 @@
-"""Slack edge of the session watch (issue 14): installs its jobs and serves the Acknowledge button.
+"""Slack edge of the session watch (issue 14): the Acknowledge button of every alert.
 
 The alerts' Cancel / Terminate and *Terminate these N* buttons are the listing's (``pgs_kill:`` and
 ``pgs_bulk:``), served by the kill and bulk handlers through the approval workflow.
@@ -14,7 +14,6 @@ from bot.slack.edge import guarded
 from bot.slack.edge import tell as tell_user
 from bot.slack.outbox import THREAD_REPLY, Outbox
 from bot.watch.incidents import WatchIncidents
-from bot.watch.watcher import install
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +58,6 @@ def _may_view(rt, incident_id: str, channel: str | None) -> bool:
 
 
 def register(app, rt, router) -> None:
-    install(rt)
-
     @app.action(ANY_WATCH_ACTION)
     def on_watch_click(ack, body, action, respond):
         ack()

@@ -1,7 +1,7 @@
 """The leader lease of the scheduled checks: with several replicas on one state store, one runs them.
 
-Each watcher holds one :class:`LeaderLease` under its own name (the lag watcher ``lagwatch``, the
-session watch ``watch``; rows in ``pgs_leases`` through :meth:`StateStore.acquire_lease`):
+Every alert runs under one :class:`LeaderLease` (:data:`ALERTS_LEASE`, held by
+:class:`bot.alerts.AlertShell`; rows in ``pgs_leases`` through :meth:`StateStore.acquire_lease`):
 
 * :meth:`LeaderLease.renew` (a scheduler job every ``every / 2``, where ``every`` is the watcher's
   smallest ``check_every``) takes or renews the lease with a TTL of 1.5 × ``every``. While it is held,
@@ -35,6 +35,10 @@ from bot.state.store import StateStore
 
 log = logging.getLogger(__name__)
 
+# the one lease every alert runs under (bot.alerts.AlertShell); named as the lag watcher's lease was, so
+# that during a rolling upgrade an older replica and a newer one exclude each other
+ALERTS_LEASE = "lagwatch"
+
 
 def _nothing() -> None:
     return None
@@ -53,14 +57,11 @@ class LeaderLease:
         on_gain: Callable[[], None] = _nothing,
         on_follow: Callable[[], None] = _nothing,
         leads_during_gain: bool = False,
-        only_while: Callable[[], bool] | None = None,
     ):
         """``label`` starts every log line ("lag watch"), ``duty`` says what the leader runs ("the standby
         checks"). ``on_gain`` runs before :meth:`is_leader` turns true (checks wait for what it prepares),
         or, with ``leads_during_gain``, once it is true (Slack calls it makes through the outbox may go
-        out at once). ``only_while``: take the lease only while this is true, and hand it over when it
-        turns false (the session watch leads only where the lag watcher leads, so that one instance runs
-        every alert and the lag watcher's readings reach a leading watch)."""
+        out at once)."""
         self.store = store
         self.name = name
         # Runtime.instance_id can repeat between two runtimes of one process: add our own randomness
@@ -72,7 +73,6 @@ class LeaderLease:
         self.on_gain = on_gain
         self.on_follow = on_follow
         self.leads_during_gain = leads_during_gain
-        self.only_while = only_while
         self._valid_until = 0.0
         self._stopped = threading.Event()
 
@@ -100,14 +100,6 @@ class LeaderLease:
             return
         started = time.monotonic()
         was = self.is_leader()
-        if self.only_while is not None and not self.only_while():
-            self._valid_until = 0.0
-            if was:
-                log.info("%s: handing %s over (this instance no longer leads the checks it goes with)",
-                         self.label, self.duty)
-                self._release()
-            self.on_follow()
-            return
         try:
             held = self.store.acquire_lease(self.name, self.holder, self.ttl)
         except Exception as exc:  # state store down: keep what we had until it runs out

@@ -1,6 +1,6 @@
 """Session-watch incidents in the shared incidents table (``pgs_incidents``) with their own ``kind`` values.
 
-Fenced by the watch's own leader lease like :class:`bot.state.incidents.Incidents` (which also keeps
+Fenced by the alerts' leader lease (:data:`bot.alerts.LEASE_NAME`) like :class:`bot.state.incidents.Incidents` (which also keeps
 an Acknowledge, ``payload["ack"]``, through the leader's writes). The difference: several incidents of
 one kind may be open on one host (a pile-up per root blocker), told apart by ``payload["key"]``.
 """
@@ -13,16 +13,26 @@ import time
 from sqlalchemy import insert, select
 
 from bot.state.incidents import Incident, Incidents
+from bot.state.lease import ALERTS_LEASE
 from bot.state.schema import incidents
 from bot.state.store import new_id
 from bot.watch.model import KINDS
+from bot.watch.rules import OpenIncident
 
-LEASE_NAME = "watch"
+
+def view(inc: Incident) -> OpenIncident:
+    """What the pure rules know of an open incident (any kind: the lag watcher's too)."""
+    ack = inc.payload.get("ack") or {}
+    return OpenIncident(
+        id=inc.id, kind=inc.kind, key=inc.payload.get("key", ""), opened_at=inc.opened_at,
+        last_update_at=inc.last_update_at, last_reminder_at=inc.last_reminder_at,
+        posted=bool(inc.message_ts), acked_by=ack.get("by"), ack_drawn=bool(inc.payload.get("ack_drawn")),
+    )
 
 
 class WatchIncidents(Incidents):
-    def __init__(self, store, holder: str):
-        super().__init__(store, LEASE_NAME, holder)
+    def __init__(self, store, holder: str, lease_name: str = ALERTS_LEASE):
+        super().__init__(store, lease_name, holder)
 
     def open_list(self, env: str | None = None, host: str | None = None) -> list[Incident]:
         stmt = select(incidents).where(incidents.c.open.is_(True), incidents.c.kind.in_(KINDS))

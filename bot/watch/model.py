@@ -17,7 +17,9 @@ XMIN_HORIZON = "xmin_horizon"
 WAL_RECEIVER = "wal_receiver"  # a standby that does not stream (never "behind", so no lag alert)
 HOST_UNREACHABLE = "host_unreachable"  # a primary (or a standby no lag watcher checks) that cannot be read
 POOL_WAITING = "pool_waiting"  # clients waiting in a PgBouncer pool (issue 25, bot/watch/pool_rules.py)
-KINDS = (LOCK_PILEUP, IDLE_TX, LONG_RUNNING, CONNECTIONS, XMIN_HORIZON, WAL_RECEIVER, HOST_UNREACHABLE, POOL_WAITING)
+WRAPAROUND = "wraparound"  # transaction ID wraparound nears (bot.watch.wraparound)
+KINDS = (LOCK_PILEUP, IDLE_TX, LONG_RUNNING, CONNECTIONS, XMIN_HORIZON, WAL_RECEIVER, HOST_UNREACHABLE, POOL_WAITING,
+         WRAPAROUND)
 
 
 def _dt(value: Any) -> datetime | None:

@@ -7,6 +7,9 @@
 * :func:`decide` compares what is true now with the incidents that are open and says what to do:
   open, update (at most once a minute, or at once after an Acknowledge), remind (every
   ``remind_every``, never once acknowledged), resolve (at the first check without the condition).
+  :func:`follow_up` is the edit / remind timing of one open incident, every kind's (the lag watcher's
+  lag and unreachable incidents too: :mod:`bot.lagwatch.rules` says whether they open, continue or
+  resolve, this says when a continuing one is edited and reminded).
 
 No clock, no database, no Slack here: every input is an argument, so the rules have unit tests.
 """
@@ -356,6 +359,35 @@ class OpenIncident:
         return (self.kind, self.key)
 
 
+def due(last: float | None, every: float, now: float) -> bool:
+    """Whether ``every`` seconds have passed since ``last`` (never done: due)."""
+    return now - (last or 0.0) >= every
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """What an open incident whose condition still holds needs now (every kind, the lag watcher's too)."""
+
+    due: bool  # ``update_every`` has passed since the last edit (or the last try at the first post)
+    ack_to_draw: bool  # acknowledged by a click, and its posted message does not say so yet
+    remind: bool  # posted, not acknowledged, and ``remind_every`` has passed since the last reminder
+
+    @property
+    def edit(self) -> bool:
+        """Edit in place at most once a minute, or at once to show a new Acknowledge."""
+        return self.due or self.ack_to_draw
+
+
+def follow_up(inc: OpenIncident, *, now: float, remind_every: float, update_every: float = UPDATE_EVERY) -> FollowUp:
+    """Not posted yet (the first post failed): ``due`` says when to try again; posted: edit at most once a
+    minute or at once for a new Acknowledge, and remind every ``remind_every`` until acknowledged."""
+    return FollowUp(
+        due=due(inc.last_update_at, update_every, now),
+        ack_to_draw=bool(inc.posted and inc.acked_by and not inc.ack_drawn),
+        remind=bool(inc.posted and not inc.acked_by and due(inc.last_reminder_at or inc.opened_at, remind_every, now)),
+    )
+
+
 @dataclass(frozen=True)
 class Decision:
     action: str  # open | update | remind | resolve
@@ -383,13 +415,10 @@ def decide(
         if cond is None:
             out.append(Decision("resolve", inc.kind, inc.key, None, inc))
             continue
-        last = inc.last_update_at or 0.0
-        # not posted yet (the first post failed): try again at most once a minute; posted: edit at most
-        # once a minute, or at once to show a new Acknowledge
-        due = now - last >= update_every
-        if due or (inc.posted and inc.acked_by and not inc.ack_drawn):
+        then = follow_up(inc, now=now, remind_every=remind_every, update_every=update_every)
+        if then.edit:
             out.append(Decision("update", inc.kind, inc.key, cond, inc))
-        if inc.posted and not inc.acked_by and now - (inc.last_reminder_at or inc.opened_at) >= remind_every:
+        if then.remind:
             out.append(Decision("remind", inc.kind, inc.key, cond, inc))
     for cond in found:
         if cond.ident not in opened and streaks.get(cond.ident, 0) >= consecutive:

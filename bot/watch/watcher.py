@@ -2,10 +2,9 @@
 
 Jobs (added by :func:`install`; they run once the scheduler starts):
 
-* ``watch:lease``: take or renew the watch's leader lease (``watch``, :class:`bot.state.lease.LeaderLease`)
-  every ``check_every / 2`` of the smallest ``check_every``, TTL 1.5 × that. Only the holder checks:
-  with several replicas on one PostgreSQL state store exactly one posts, and another takes over within
-  two intervals.
+* the leader lease and the Slack outbox deliverer are the alerts' one shell (:class:`bot.alerts.AlertShell`,
+  shared with the lag watcher). Only the holder checks: with several replicas on one PostgreSQL state
+  store exactly one posts, and another takes over within two intervals.
 * ``watch:check:<env>:<host>``: one read of the host (``watch_host.sql``: one statement, one
   ``pg_stat_activity`` read for every kind), the rules, then each decision: open (post), update (edit
   in place, at most once a minute), remind (in the thread, until acknowledged), resolve (edit to
@@ -14,12 +13,12 @@ Jobs (added by :func:`install`; they run once the scheduler starts):
   incident stays open; the lag watcher reports unreachable standbys).
 * No job reads the standbys of an environment with only ``lag_alert``: the lag watcher reads them, and
   after each of its checks hands what it saw of the WAL receiver to :meth:`Watcher.on_standby_receiver`
-  (wired in :func:`bot.wiring.install_jobs`), which moves their WAL_RECEIVER incident the same way.
+  (given to it by the composition root, :class:`bot.runtime.Runtime`), which moves their WAL_RECEIVER
+  incident the same way.
 
-* ``watch:outbox``: the leader delivers the durable Slack outbox (:mod:`bot.slack.outbox`) every 2 s.
-  Every post, edit and thread reply of the watch goes through it: when Slack's Web API fails for
-  minutes, alerts and their resolutions are kept and land in order when it answers again. (The lag
-  watcher's leader delivers the same outbox; a row is claimed before it is sent, so none goes twice.)
+Every post, edit and thread reply of the watch goes through the shell's durable Slack outbox
+(:mod:`bot.slack.outbox`): when Slack's Web API fails for minutes, alerts and their resolutions are
+kept and land in order when it answers again.
 
 Incidents live in the state store (``pgs_incidents``, kinds from :mod:`bot.watch.model`): a restart
 neither repeats nor forgets one. Consecutive-check counts are in memory and start again after a restart.
@@ -36,20 +35,25 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from apscheduler.schedulers.base import BaseScheduler
+
+from bot.alerts import AlertShell
+from bot.approval import tokens
 from bot.approval.models import BulkTarget
-from bot.approval.targets import issue_details_tokens, issue_session_tokens, reusable_token, session_snapshot
+from bot.approval.policy import Policy
 from bot.bulk.targets import STATE_LIKE, TERMINATE_BULK
-from bot.config import Environment, Watch
+from bot.config import Config, Environment, Watch
 from bot.lagwatch.model import ReceiverFacts
 from bot.metrics import CHECK_FAILURES
-from bot.postgres.models import runs_query
-from bot.postgres.pools import DatabaseUnavailable, UnsupportedServer
+from bot.postgres.models import Session, runs_query
+from bot.postgres.pools import Databases, DatabaseUnavailable, UnsupportedServer
 from bot.render import watch as render
 from bot.slack import outbox as slack_outbox
 from bot.state.incidents import Incident
-from bot.state.lease import LeaderLease
+from bot.state.store import StateStore
 from bot.watch import pool_rules, rules
-from bot.watch.incidents import LEASE_NAME, WatchIncidents
+from bot.watch.detectors import DETECTORS, Detector
+from bot.watch.incidents import WatchIncidents, view
 from bot.watch.model import (
     CONNECTIONS,
     HOST_UNREACHABLE,
@@ -74,26 +78,30 @@ class HostState:
 
 
 class Watcher:
-    def __init__(self, rt):
-        self.rt = rt
+    def __init__(self, config: Config, store: StateStore, dbs: Databases, scheduler: BaseScheduler,
+                 shell: AlertShell, policy: Policy):
+        self.config, self.store, self.dbs, self.scheduler = config, store, dbs, scheduler
+        # what may be offered (protect:, allow_kill): the access policy answers, on every path
+        self.policy = policy
         # environments with ``watch``, and those with only ``lag_alert`` (their host alerts: WAL receiver,
         # unreachable primary)
         self.watches: dict[str, Watch] = {}
-        for n, e in rt.config.environments.items():
+        for n, e in config.environments.items():
             w = rules.effective_watch(e)
             if w is not None:
                 self.watches[n] = w
-        self.envs: dict[str, Environment] = {n: rt.config.environments[n] for n in self.watches}
-        self.min_every = min((w.check_every for w in self.watches.values()), default=30.0)
-        # gaining it: what is open is read first, then checks may run (a check skips the store for a quiet host)
-        # with a lag watcher, this instance leads only where it leads: one instance runs every alert, and the
-        # lag watcher's WAL receiver readings (on_standby_receiver) always reach a leading watch
-        lagwatch = getattr(rt, "lagwatch", None)
-        self.lease = LeaderLease(rt.store, LEASE_NAME, rt.instance_id, self.min_every, label="watch",
-                                 duty="the session checks", on_gain=self._on_leadership,
-                                 only_while=lagwatch.is_leader if lagwatch is not None else None)
+        self.envs: dict[str, Environment] = {n: config.environments[n] for n in self.watches}
+        # the detectors beyond the shared read each environment turns on (bot.watch.detectors)
+        self.detectors: dict[str, list[Detector]] = {
+            n: [d for d in DETECTORS if d.configured(w)] for n, w in self.watches.items()}
+        # one lease for every alert (the lag watcher's too); gaining it: what is open is read first, then
+        # checks may run (a check skips the store for a quiet host)
+        self.shell = shell
+        self.lease = shell.lease
+        if self.envs:
+            shell.on_gain(self._on_leadership)
         self.holder = self.lease.holder
-        self.incidents = WatchIncidents(rt.store, self.holder)
+        self.incidents = WatchIncidents(store, self.holder)
         self._hosts: dict[tuple[str, str], HostState] = {}
         # hosts with an open incident, read from the store when this instance becomes the leader and kept
         # while it leads (only the leader opens and resolves): a quiet host costs no state-store read
@@ -104,20 +112,18 @@ class Watcher:
         # completed checks per (env, host) while leader, and the last check's duration: for tests and bench
         self.checks: dict[tuple[str, str], int] = {}
         self.last_check_secs: dict[tuple[str, str], float] = {}
-        # every Slack call of the watch goes through the durable outbox (Slack may be down for minutes)
-        self.outbox = slack_outbox.Outbox(rt.store, lambda: rt.client, may_send=self.is_leader)
+        # every Slack call of the watch goes through the one durable outbox (Slack may be down for minutes)
+        self.outbox = shell.outbox
         self.slack = slack_outbox.IncidentOutbox(self.outbox, self.incidents, lambda: self.lease.stopped)
         # one read per server per check, shared by the environments that reach it alike
-        self.reads = SharedReads(rt.dbs, self.envs, self.hosts)
+        self.reads = SharedReads(dbs, self.envs, self.hosts)
 
     # --- wiring -------------------------------------------------------------------------------------
 
     def install(self) -> None:
-        sched = self.rt.scheduler
+        sched = self.scheduler
         now = datetime.now(UTC)
-        self.lease.install(sched, "watch:lease", "watch leader lease")
-        sched.add_job(self.outbox.deliver, "interval", seconds=slack_outbox.DELIVER_EVERY, id="watch:outbox",
-                      name="watch Slack outbox", replace_existing=True)
+        self.shell.install(sched)
         for env in self.envs:
             every = self.watches[env].check_every
             for host in self.hosts(env):
@@ -165,7 +171,7 @@ class Watcher:
             "long_running": w.long_running is not None, "connections": w.connections is not None,
             "xmin_horizon": w.xmin_horizon is not None, "wal_receiver": True, "host_unreachable": True,
             "pool_waiting": w.pool_waiting is not None,
-        }.get(kind, False)
+        }.get(kind, False) or any(d.kind == kind and d.configured(w) for d in DETECTORS)
 
     # --- one check ----------------------------------------------------------------------------------
 
@@ -201,7 +207,7 @@ class Watcher:
             if st is None:
                 return  # the previous check of this host is still running
             # the host's poolers (pool_waiting) are read beside the database, each bounded
-            pool_reads = pool_rules.start(self.rt.dbs, env, host, self.watches.get(env))
+            pool_reads = pool_rules.start(self.dbs, env, host, self.watches.get(env))
             try:
                 snap = self.reads.read(env, host)
             except UnsupportedServer as exc:
@@ -217,24 +223,43 @@ class Watcher:
                 if self.is_leader() and rules.alerts_unreachable(self.envs[env], host):
                     self.on_failure(env, host, exc.reason, st)
                 return
+            extra, unknown = self._detect(env, host)
             if self.is_leader():
-                snap = pool_rules.read_pools(self.rt.dbs, snap, pool_reads, self.watches.get(env))
-                self.on_snapshot(snap, st)
+                snap = pool_rules.read_pools(self.dbs, snap, pool_reads, self.watches.get(env))
+                self.on_snapshot(snap, st, extra, unknown)
 
-    def on_snapshot(self, snap: HostSnapshot, st: HostState) -> None:
+    def _detect(self, env: str, host: str) -> tuple[list[rules.Condition], tuple[str, ...]]:
+        """The conditions of the detectors that read this host (:data:`bot.watch.detectors.DETECTORS`), and
+        the kinds this check knows nothing about (their read failed: their incidents neither move nor resolve)."""
+        w = self.watches[env]
+        found: list[rules.Condition] = []
+        unknown: list[str] = []
+        for detector in self.detectors[env]:
+            if not detector.reads(w, host):
+                continue
+            try:
+                found += detector.detect(self.dbs, env, host, self.envs[env], w)
+            except DatabaseUnavailable as exc:
+                CHECK_FAILURES.labels(env, host).inc()
+                log.warning("watch: cannot read %s of %s/%s: %s", detector.kind, env, host, exc.reason)
+                unknown.append(detector.kind)
+        return found, tuple(unknown)
+
+    def on_snapshot(self, snap: HostSnapshot, st: HostState, extra: list[rules.Condition] | None = None,
+                    unknown: tuple[str, ...] = ()) -> None:
         environment = self.envs[snap.env]
         w = self.watches[snap.env]
         st.failures = 0
         # the sessions as they may be offered (protect): the access policy marks them, per environment
-        snap = replace(snap, sessions=tuple(self.rt.policy.mark(snap.env, snap.sessions)))
+        snap = replace(snap, sessions=tuple(self.policy.mark(snap.env, snap.sessions)))
         found = rules.conditions(snap, w, environment.ignore, max_bulk=environment.access.max_bulk, clock=st.clock)
         found = pool_rules.without_pool_members(found, snap) + pool_rules.pool_waiting(snap, w, environment.ignore)
-        self._move(snap, st, found, w)
+        self._move(snap, st, found + list(extra or ()), w, unknown=unknown)
 
     def _move(self, snap: HostSnapshot, st: HostState, found: list[rules.Condition], w: Watch,
-              kinds: tuple[str, ...] | None = None) -> None:
+              kinds: tuple[str, ...] | None = None, unknown: tuple[str, ...] = ()) -> None:
         """Count the checks in a row, then open, update, remind and resolve this host's incidents (only
-        those of ``kinds`` when given) by what was found."""
+        those of ``kinds`` when given, none of ``unknown``: not read this time) by what was found."""
         streaks = st.streaks.advance(found)
         key = (snap.env, snap.host)
         if not found and key not in self._open_hosts:
@@ -242,7 +267,9 @@ class Watcher:
         open_incs = self.incidents.open_list(snap.env, snap.host)
         if kinds is not None:
             open_incs = [i for i in open_incs if i.kind in kinds]
-        views = [self._view(i) for i in open_incs]
+        if unknown:
+            open_incs = [i for i in open_incs if i.kind not in unknown]
+        views = [view(i) for i in open_incs]
         by_id = {i.id: i for i in open_incs}
         now = time.time()
         decisions = rules.decide(found, streaks, views, now=now, consecutive=w.consecutive,
@@ -309,7 +336,7 @@ class Watcher:
         by_id = {i.id: i for i in open_incs}
         snap = HostSnapshot(env=env, host=host, taken_at=time.time(), in_recovery=False, max_connections=0,
                             superuser_reserved=0, client_connections=0, sessions=())
-        for d in rules.decide([cond], streaks, [self._view(i) for i in open_incs], now=time.time(),
+        for d in rules.decide([cond], streaks, [view(i) for i in open_incs], now=time.time(),
                               consecutive=w.consecutive, remind_every=w.remind_every, update_every=self.update_every):
             inc = by_id.get(d.incident.id) if d.incident else None
             if d.action == "open":
@@ -321,76 +348,16 @@ class Watcher:
         with self._lock:
             self._open_hosts.add((env, host))
 
-    @staticmethod
-    def _view(inc: Incident) -> rules.OpenIncident:
-        ack = inc.payload.get("ack") or {}
-        return rules.OpenIncident(
-            id=inc.id, kind=inc.kind, key=inc.payload.get("key", ""), opened_at=inc.opened_at,
-            last_update_at=inc.last_update_at, last_reminder_at=inc.last_reminder_at,
-            posted=bool(inc.message_ts), acked_by=ack.get("by"), ack_drawn=bool(inc.payload.get("ack_drawn")),
-        )
-
     # --- tokens -------------------------------------------------------------------------------------
 
-    def _tokens(self, inc: Incident, cond: rules.Condition, channel: str) -> tuple[dict[int, str], dict]:
-        """Session button tokens, reusing those issued before for the same (pid, backend_start) only while
-        they stay valid until the next update (young enough for ``access.request_ttl``, and the session
-        still doing what the token's snapshot says: :func:`bot.approval.targets.reusable_token`)."""
-        known: dict = dict(inc.payload.get("tokens") or {})
-        environment = self.envs[inc.env]
-        if self.rt.policy.signalling_off(inc.env):
-            return {}, known
-        out: dict[int, str] = {}
-        fresh = []
-        for s in cond.sessions:
-            tok = known.get(s.key)
-            if (tok and known.get(f"channel:{s.key}") == channel and not s.cannot_signal
-                    and reusable_token(self.rt.store.get_target(tok), s.as_session(), environment.access.request_ttl)):
-                out[s.pid] = tok
-            elif not s.cannot_signal:
-                fresh.append(s)
-        if fresh and cond.kind == LOCK_PILEUP:
-            # the root gets one button (Cancel while a query runs, else Terminate): its token says so
-            payloads = [
-                session_snapshot(s.as_session()).model_copy(
-                    update={"actions": ("cancel",) if runs_query(s.state) else ("terminate",)}
-                )
-                for s in fresh
-            ]
-            tokens = self.rt.store.put_targets(inc.env, inc.host, channel, None, list(payloads))
-            issued = {s.pid: t for s, t in zip(fresh, tokens, strict=True)}
-        elif fresh:
-            issued = issue_session_tokens(self.rt.store, inc.env, inc.host, [s.as_session() for s in fresh], channel, None)
-        else:
-            issued = {}
-        for s in fresh:
-            if s.pid in issued:
-                out[s.pid] = issued[s.pid]
-                known[s.key] = issued[s.pid]
-                known[f"channel:{s.key}"] = channel
-        return out, known
-
-    def _details_tokens(self, inc: Incident, cond: rules.Condition, channel: str, known: dict) -> dict[int, str]:
-        """Details buttons for every session the alert shows (read-only: no approval, viewers only),
-        reused from earlier updates of the same alert (kept in ``known`` by channel and session)."""
-        out: dict[int, str] = {}
-        fresh = []
-        for s in cond.sessions:
-            tok = known.get(f"details:{channel}:{s.key}")
-            if tok:
-                out[s.pid] = tok
-            elif s.backend_start is not None:
-                fresh.append(s)
-        if fresh:
-            issued = issue_details_tokens(self.rt.store, inc.env, inc.host, [s.as_session() for s in fresh], channel, None)
-            for s in fresh:
-                if s.pid in issued:
-                    out[s.pid] = known[f"details:{channel}:{s.key}"] = issued[s.pid]
-        return out
+    @staticmethod
+    def _root_actions(s: Session) -> tuple[str, ...]:
+        """A pile-up's root gets one button (Cancel while a query runs, else Terminate): its token says so."""
+        return ("cancel",) if runs_query(s.state) else ("terminate",)
 
     def _bulk(self, inc: Incident, cond: rules.Condition, channel: str) -> tuple[str | None, list[dict], dict]:
         """The connections alert's *Terminate these N*: a bulk target covering exactly the idle sessions shown."""
-        if cond.kind != CONNECTIONS or not cond.bulk or self.rt.policy.signalling_off(inc.env):
+        if cond.kind != CONNECTIONS or not cond.bulk or self.policy.signalling_off(inc.env):
             return None, [], {}
         sessions = [
             {
@@ -400,36 +367,41 @@ class Watcher:
                 "state_secs": s.state_secs, "cannot_signal": s.cannot_signal,
             }
             for s in cond.bulk
-            if not self.rt.policy.protected(inc.env, s)  # protect: never offered, so never in the snapshot
+            if not self.policy.protected(inc.env, s)  # protect: never offered, so never in the snapshot
         ]
         if not sessions:
             return None, [], {}
         ident = ",".join(sorted(x["pid"].__str__() + "@" + str(x["backend_start"]) for x in sessions))
-        prev = inc.payload.get("bulk") or {}
-        # the same sessions keep their token only while it still works at the next update (it ages like
-        # every button: access.request_ttl from the read it came from)
-        young = time.time() - float(prev.get("at") or 0) <= self.envs[inc.env].access.request_ttl / 2
-        if prev.get("ident") == ident and prev.get("channel") == channel and prev.get("token") and young:
-            return prev["token"], sessions, prev
         payload = {
             "actions": [TERMINATE_BULK], "category": "idle", "state_like": STATE_LIKE["idle"],
             "filters": f"idle --app {cond.bulk_app}", "app": cond.bulk_app, "user": None, "database": None,
             "min_seconds": None, "listed_at": time.time(), "sessions": sessions, "source": f"watch:{inc.id}",
         }
-        (token,) = self.rt.store.put_targets(inc.env, inc.host, channel, None, [BulkTarget.model_validate(payload)])
-        return token, sessions, {"ident": ident, "channel": channel, "token": token, "at": payload["listed_at"]}
+        # the same sessions keep their token only while it still works at the next update (it ages like
+        # every button: access.request_ttl from the read it came from)
+        token, kept = tokens.reissue_bulk(self.store, inc.env, inc.host, channel, BulkTarget.model_validate(payload),
+                                          ident, inc.payload.get("bulk"),
+                                          max_age=self.envs[inc.env].access.request_ttl / 2)
+        return token, sessions, kept
 
     def _message(self, inc: Incident, cond: rules.Condition, channel: str | None) -> tuple[dict, dict]:
         environment = self.envs[inc.env]
         w = self.watches[inc.env]
-        tokens, known = self._tokens(inc, cond, channel) if channel else ({}, dict(inc.payload.get("tokens") or {}))
-        details = self._details_tokens(inc, cond, channel, known) if channel else {}
+        known: tokens.Memory = dict(inc.payload.get("tokens") or {})
+        drawn = tokens.Tokens()
+        if channel:
+            # reused while valid until the next update (bot.approval.tokens.reissue), else issued afresh
+            shown = [(s.key, s.as_session()) for s in cond.sessions if s.backend_start is not None]
+            drawn, known = tokens.reissue(
+                self.store, inc.env, inc.host, channel, shown, known,
+                request_ttl=environment.access.request_ttl, kill=self.policy.signalling_off(inc.env) is None,
+                actions=self._root_actions if cond.kind == LOCK_PILEUP else None)
         bulk_token, bulk_sessions, bulk = self._bulk(inc, cond, channel) if channel else (None, [], {})
         ack = inc.payload.get("ack")
         msg = render.render_alert(
             inc.kind, inc.env, inc.host, cond.facts, incident_id=inc.id, opened_at=inc.opened_at, now=time.time(),
-            tokens=tokens, details_tokens=details, bulk_token=bulk_token, bulk_sessions=bulk_sessions,
-            kill_disabled=self.rt.policy.signalling_off(inc.env), ack=ack,
+            tokens=drawn.kill, details_tokens=drawn.details, bulk_token=bulk_token, bulk_sessions=bulk_sessions,
+            kill_disabled=self.policy.signalling_off(inc.env), ack=ack,
             query_chars=environment.listing.query_chars, remind_every=w.remind_every,
         )
         payload = {**inc.payload, "facts": cond.facts, "tokens": known, "bulk": bulk or inc.payload.get("bulk"),
@@ -503,7 +475,7 @@ class Watcher:
     def what_was_done(self, inc: Incident) -> list[str]:
         """Signals sent through the bot on this host while the incident was open, from the audit log."""
         try:
-            entries = self.rt.store.audit_entries(env=inc.env, limit=1000)
+            entries = self.store.audit_entries(env=inc.env, limit=1000)
         except Exception:
             log.exception("watch: could not read the audit log")
             return []
@@ -520,7 +492,7 @@ class Watcher:
                 return ""
             if request_id not in approvers_cache:
                 try:
-                    related = self.rt.store.audit_entries(request_id=request_id, limit=50)
+                    related = self.store.audit_entries(request_id=request_id, limit=50)
                 except Exception:
                     related = []
                 approvers_cache[request_id] = [r["actor"] for r in related
@@ -547,16 +519,3 @@ class Watcher:
         if inc.kind == LOCK_PILEUP and not lines:
             lines.append(f"root blocker pid {root.get('pid')} let go without a signal from the bot")
         return lines
-
-
-def install(rt) -> Watcher | None:
-    """Add the watch jobs to ``rt.scheduler`` (once); None when no environment has ``watch`` or ``lag_alert``."""
-    existing = rt.watch
-    if existing is not None:
-        return existing
-    watcher = Watcher(rt)
-    if not watcher.envs:
-        return None
-    watcher.install()
-    rt.watch = watcher
-    return watcher

@@ -1,0 +1,89 @@
+"""The one shell every alert runs under: one leader lease and one Slack outbox deliverer.
+
+Built once by the composition root (:class:`bot.runtime.Runtime`, ``rt.alerts``); its jobs are installed
+by the first watcher that has something to check (an environment with ``lag_alert`` or ``watch``). The
+lag watcher (:mod:`bot.lagwatch.watcher`) and the session watch (:mod:`bot.watch.watcher`) run their
+checks under it instead of each holding its own:
+
+* ``alerts:lease``: take or renew the leader lease every ``check_every / 2`` of the smallest
+  ``check_every`` of any alert (TTL 1.5 × that; :class:`bot.state.lease.LeaderLease`). Only the holder
+  checks, opens, edits and resolves; every incident write is fenced by the same row
+  (:class:`bot.state.incidents.Incidents` with :data:`LEASE_NAME`). With several replicas on one
+  PostgreSQL state store exactly one instance runs every alert, and another takes over within two
+  intervals. The row is named ``lagwatch``, the name the lag watcher's lease had: during a rolling
+  upgrade an older replica (whose session watch leads only where its lag watcher leads) and a newer one
+  exclude each other.
+* ``alerts:outbox``: the leader delivers the durable Slack outbox (:mod:`bot.slack.outbox`) every 2 s;
+  every post, edit and thread reply of every alert goes through that one :class:`Outbox`.
+
+``on_gain`` / ``on_follow`` hooks of the watchers run in the order they were added: what is open is
+read before this instance leads (checks wait for it); an edit made meanwhile waits in the outbox.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bot.config import Config
+from bot.slack.outbox import DELIVER_EVERY, Outbox
+from bot.state.lease import ALERTS_LEASE, LeaderLease
+from bot.state.store import StateStore
+
+LEASE_NAME = ALERTS_LEASE
+
+
+def alert_intervals(config: Config) -> list[float]:
+    """The ``check_every`` of every alert configured (lag alerts of environments with standbys, watches)."""
+    out = []
+    for e in config.environments.values():
+        if e.lag_alert is not None:
+            out.append(e.lag_alert.check_every)
+        if e.watch is not None:
+            out.append(e.watch.check_every)
+    return out
+
+
+class AlertShell:
+    def __init__(self, config: Config, store: StateStore, client: Callable[[], Any], instance_id: str):
+        self.every = min(alert_intervals(config), default=30.0)
+        self._gain: list[Callable[[], None]] = []
+        self._follow: list[Callable[[], None]] = []
+        self.lease = LeaderLease(store, LEASE_NAME, instance_id, self.every, label="alerts",
+                                 duty="the alert checks", on_gain=self._on_gain, on_follow=self._on_follow)
+        self.holder = self.lease.holder
+        self.outbox = Outbox(store, client, may_send=self.lease.is_leader)
+        self._installed = False
+
+    def on_gain(self, hook: Callable[[], None]) -> None:
+        self._gain.append(hook)
+
+    def on_follow(self, hook: Callable[[], None]) -> None:
+        self._follow.append(hook)
+
+    def _on_gain(self) -> None:
+        for hook in self._gain:
+            hook()
+
+    def _on_follow(self) -> None:
+        for hook in self._follow:
+            hook()
+
+    def is_leader(self) -> bool:
+        return self.lease.is_leader()
+
+    @property
+    def stopped(self) -> bool:
+        return self.lease.stopped
+
+    def install(self, scheduler: Any) -> None:
+        """The lease and outbox jobs (once, whichever watcher installs first)."""
+        if self._installed:
+            return
+        self._installed = True
+        self.lease.install(scheduler, "alerts:lease", "alerts leader lease")
+        scheduler.add_job(self.outbox.deliver, "interval", seconds=DELIVER_EVERY, id="alerts:outbox",
+                          name="alerts Slack outbox", replace_existing=True)
+
+    def stop(self) -> None:
+        self.lease.stop()
