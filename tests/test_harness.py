@@ -112,6 +112,10 @@ def _section(text: str, block_id: str | None = None) -> dict:
     return block
 
 
+# every post of the bot turns unfurling off (the fake warns otherwise): these posts do too
+QUIET = {"unfurl_links": False, "unfurl_media": False}
+
+
 def test_fake_records_post_and_update_from_webclient(fake_slack) -> None:
     client = WebClient(base_url=fake_slack.api_url, token="xoxb-test")
     assert client.auth_test()["user_id"] == "UBOT"
@@ -130,7 +134,7 @@ def test_fake_records_post_and_update_from_webclient(fake_slack) -> None:
             ],
         },
     ]
-    posted = client.chat_postMessage(channel="C1", text="3 sessions", blocks=blocks)
+    posted = client.chat_postMessage(channel="C1", text="3 sessions", blocks=blocks, **QUIET)
     call = fake_slack.wait_for("chat.postMessage")
     assert call.ok and call.content_type.startswith("application/json")
     assert call.headers["authorization"] == "Bearer xoxb-test"
@@ -144,7 +148,7 @@ def test_fake_records_post_and_update_from_webclient(fake_slack) -> None:
     assert [v["text"] for v in stored.versions] == ["3 sessions", "done"]
     fake_slack.assert_clean()
 
-    second = client.chat_postMessage(channel="C1", text="again")
+    second = client.chat_postMessage(channel="C1", text="again", **QUIET)
     assert float(second["ts"]) > float(posted["ts"])
     with pytest.raises(SlackApiError) as err:
         client.chat_update(channel="C1", ts="1.000000", text="x")
@@ -181,13 +185,13 @@ def test_fake_checks_tokens_scopes_and_unknown_methods(fake_slack) -> None:
 def test_fake_enforces_block_kit_limits(fake_slack) -> None:
     client = WebClient(base_url=fake_slack.api_url, token="xoxb-test")
     with pytest.raises(SlackApiError) as err:
-        client.chat_postMessage(channel="C1", text="many", blocks=[_section(f"row {i}") for i in range(51)])
+        client.chat_postMessage(channel="C1", text="many", blocks=[_section(f"row {i}") for i in range(51)], **QUIET)
     assert err.value.response["error"] == "invalid_blocks"
     assert err.value.response["errors"]
     assert not fake_slack.messages
     assert fake_slack.violations and fake_slack.violations[0].where == "chat.postMessage"
 
-    client.chat_postMessage(channel="C1", text="fifty", blocks=[_section(f"row {i}") for i in range(50)])
+    client.chat_postMessage(channel="C1", text="fifty", blocks=[_section(f"row {i}") for i in range(50)], **QUIET)
     assert len(fake_slack.messages) == 1
 
     button = {"type": "button", "action_id": "dup", "text": {"type": "plain_text", "text": "Go"}}
@@ -198,7 +202,7 @@ def test_fake_enforces_block_kit_limits(fake_slack) -> None:
         {"type": "actions", "elements": [button, dict(button, value="v" * 2001)]},
     ]
     with pytest.raises(SlackApiError) as err:
-        client.chat_postMessage(channel="C1", text="bad", blocks=bad)
+        client.chat_postMessage(channel="C1", text="bad", blocks=bad, **QUIET)
     errors = " ".join(err.value.response["errors"])
     for needle in (
         "/blocks/0/text/text",
@@ -211,7 +215,7 @@ def test_fake_enforces_block_kit_limits(fake_slack) -> None:
         assert needle in errors, needle
 
     with pytest.warns(UserWarning, match="text"):  # slack_sdk warns too
-        client.chat_postMessage(channel="C1", blocks=[_section("no fallback")])
+        client.chat_postMessage(channel="C1", blocks=[_section("no fallback")], **QUIET)
     assert fake_slack.warnings and "missing_text" in fake_slack.warnings[0].errors[0]
 
     with pytest.raises(SlackApiError) as err:
