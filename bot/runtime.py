@@ -23,6 +23,7 @@ from bot.approval.housekeeping import Housekeeping
 from bot.approval.policy import Policy
 from bot.approval.workflow import Workflow
 from bot.config import Config
+from bot.fleet.shards import Shards
 from bot.lagwatch.watcher import LagWatcher
 from bot.postgres.pools import Databases
 from bot.secrets import SECRETS
@@ -92,8 +93,12 @@ class Runtime:
         self.workflow = Workflow(self.config, self.store, self.dbs, self.policy, self.messages)
         self.messages.count_approvals = self.workflow.counted_approvals
         self.housekeeping = Housekeeping(self.workflow)
+        # which environments this replica checks: with a PostgreSQL state store they are sharded across the
+        # live replicas by lease (bot/fleet/); with SQLite this one replica checks them all
+        self.shards = Shards.for_config(self.config, self.store)
         watcher = LagWatcher(
-            self.config, self.store, self.dbs, self.client, self.scheduler, self.policy, self.instance_id
+            self.config, self.store, self.dbs, self.client, self.scheduler, self.policy, self.instance_id,
+            self.shards,
         )
         # None when no environment has a lag_alert with standbys
         self.lagwatch: LagWatcher | None = watcher if watcher.envs else None

@@ -48,6 +48,7 @@ def register_features(app: App, rt: Runtime, router: Router) -> None:
 def install_jobs(rt: Runtime) -> None:
     """Add the periodic jobs to ``rt.scheduler`` (they run once it is started)."""
     rt.housekeeping.install(rt.scheduler)
+    rt.shards.install(rt.scheduler)  # fleet mode: the heartbeat and the environment leases
     if rt.lagwatch is not None:
         if rt.watch is not None:  # built by watch_handlers.register (register_features, before this)
             # the standbys of an environment with only lag_alert are read by the lag watcher alone: each

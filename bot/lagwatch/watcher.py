@@ -36,6 +36,7 @@ from bot.approval.policy import Policy
 from bot.approval.targets import issue_details_tokens, issue_session_tokens, reusable_token
 from bot.config import Config, Environment, LagAlert
 from bot.durations import format_duration
+from bot.fleet.shards import FleetLease, Shards
 from bot.lagwatch import rules
 from bot.lagwatch.detect import mark_culprits, measure_standby, primary_views
 from bot.lagwatch.model import Culprit, PrimaryView, ReceiverFacts, StandbyLag
@@ -87,6 +88,7 @@ class LagWatcher:
         scheduler: BaseScheduler,
         policy: Policy,
         instance_id: str,
+        shards: Shards | None = None,
     ):
         self.config, self.store, self.dbs, self.client, self.scheduler = config, store, dbs, client, scheduler
         self.policy = policy
@@ -94,13 +96,18 @@ class LagWatcher:
             name: env for name, env in config.environments.items() if env.lag_alert is not None and env.standbys
         }
         self.min_every = min((self._alert(env).check_every for env in self.envs), default=30.0)
+        # which environments this replica checks (fleet mode: those whose lease it holds; else all)
+        self.shards = shards if shards is not None else Shards.solo()
         # gaining it: leading at once, so the edits of _on_leadership may go out at once
-        self.lease = LeaderLease(
-            store, LEASE_NAME, instance_id, self.min_every, label="lag watch", duty="the standby checks",
-            on_gain=self._on_leadership, on_follow=self._on_follow, leads_during_gain=True,
+        self.lease: LeaderLease | FleetLease = (
+            FleetLease(self.shards) if self.shards.fleet else LeaderLease(
+                store, LEASE_NAME, instance_id, self.min_every, label="lag watch", duty="the standby checks",
+                on_gain=self._on_leadership, on_follow=self._on_follow, leads_during_gain=True,
+            )
         )
         self.holder = self.lease.holder
-        self.incidents = Incidents(store, LEASE_NAME, self.holder)
+        self.incidents = Incidents(store, LEASE_NAME, self.holder, self.shards)
+        self.shards.on_gain(self._on_gain_env)
         self._hosts: dict[tuple[str, str], HostState] = {}
         self._host_locks: dict[tuple[str, str], threading.Lock] = {}
         self._primary: dict[str, tuple[float, list[PrimaryView]]] = {}
@@ -113,7 +120,7 @@ class LagWatcher:
         self.checks: dict[tuple[str, str], int] = {}
         self.update_every = UPDATE_EVERY
         # every Slack call of the watcher goes through the durable outbox (Slack may be down for minutes)
-        self.outbox = slack_outbox.Outbox(store, lambda: client, may_send=self.is_leader)
+        self.outbox = slack_outbox.Outbox(store, lambda: client, may_send=self.is_leader, shards=self.shards)
         self.slack = slack_outbox.IncidentOutbox(self.outbox, self.incidents, lambda: self.lease.stopped)
 
     # --- wiring -------------------------------------------------------------------------------------
@@ -162,6 +169,22 @@ class LagWatcher:
             self._hosts.clear()
         OPEN_INCIDENTS.set(0)
 
+    def _on_gain_env(self, env: str) -> None:
+        """Fleet mode: this replica takes ``env`` over. Its counts start again (the incidents themselves are
+        in the store and continue: same message, same thread), and its standbys are checked at once."""
+        with self._lock:
+            for key in [k for k in self._hosts if k[0] == env]:
+                del self._hosts[key]
+            self._primary.pop(env, None)
+        e = self.envs.get(env)
+        if e is None:
+            return
+        now = datetime.now(UTC)
+        for job_id in [f"lagwatch:primary:{env}", *(f"lagwatch:check:{env}:{h}" for h in e.standbys)]:
+            job = self.scheduler.get_job(job_id)
+            if job is not None:
+                job.modify(next_run_time=now)
+
     def _on_leadership(self) -> None:
         with self._lock:
             self._hosts.clear()
@@ -201,7 +224,7 @@ class LagWatcher:
         return alert
 
     def check_primary(self, env: str) -> None:
-        if not self.is_leader():
+        if not self.is_leader() or not self.shards.owns(env):
             return
         try:
             views = primary_views(self.dbs, env)
@@ -224,13 +247,13 @@ class LagWatcher:
 
     def check_standby(self, env: str, host: str) -> None:
         """One scheduled check of one standby."""
-        if not self.is_leader():
+        if not self.is_leader() or not self.shards.owns(env):
             return
         st, lock = self._state(env, host)
         if not lock.acquire(blocking=False):
             return  # the previous check of this host is still running
+        started = time.monotonic()
         try:
-            started = time.monotonic()
             try:
                 # the culprits as they may be offered (protect): the access policy marks them
                 m = mark_culprits(measure_standby(self.dbs, env, host, self._fresh_primary(env)),
@@ -265,6 +288,7 @@ class LagWatcher:
             log.exception("lag watch: checking %s/%s failed", env, host)
         finally:
             self.checks[(env, host)] = self.checks.get((env, host), 0) + 1
+            self.shards.checked(env, started, time.monotonic() - started)
             lock.release()
 
     def _hand_receiver(self, env: str, host: str, facts: ReceiverFacts | None) -> None:
@@ -462,7 +486,7 @@ class LagWatcher:
 
     def _resolve_lag(self, inc: Incident, m: StandbyLag | None, note: str | None = None) -> None:
         payload = rules.resolved_payload(inc.payload, m)
-        if not self.incidents.holds_lease():
+        if not self.incidents.holds_lease(inc.env):
             return
         done = self.what_was_done(inc)
         if note:
@@ -554,7 +578,7 @@ class LagWatcher:
                             last_reminder_at=now, payload=payload)
 
     def _resolve_unreachable(self, inc: Incident) -> None:
-        if not self.incidents.holds_lease():
+        if not self.incidents.holds_lease(inc.env):
             return
         since = _parse_iso(inc.payload.get("since")) or _utc(inc.opened_at)
         msg = render.render_unreachable_resolved(

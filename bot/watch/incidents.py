@@ -12,7 +12,7 @@ import time
 
 from sqlalchemy import insert, select
 
-from bot.state.incidents import Incident, Incidents
+from bot.state.incidents import Fence, Incident, Incidents
 from bot.state.schema import incidents
 from bot.state.store import new_id
 from bot.watch.model import KINDS
@@ -21,8 +21,8 @@ LEASE_NAME = "watch"
 
 
 class WatchIncidents(Incidents):
-    def __init__(self, store, holder: str):
-        super().__init__(store, LEASE_NAME, holder)
+    def __init__(self, store, holder: str, shards: Fence | None = None):
+        super().__init__(store, LEASE_NAME, holder, shards)
 
     def open_list(self, env: str | None = None, host: str | None = None) -> list[Incident]:
         stmt = select(incidents).where(incidents.c.open.is_(True), incidents.c.kind.in_(KINDS))
@@ -43,7 +43,7 @@ class WatchIncidents(Incidents):
             "last_reminder_at": None, "payload": json.dumps({**payload, "key": key}, default=str),
         }
         with self.store.tx() as c:
-            if not self._holds_lease(c):
+            if not self._holds_lease(c, env):
                 return None
             same = c.execute(
                 select(incidents.c.payload).where(

@@ -40,6 +40,7 @@ from bot.approval.models import BulkTarget
 from bot.approval.targets import issue_details_tokens, issue_session_tokens, reusable_token, session_snapshot
 from bot.bulk.targets import STATE_LIKE, TERMINATE_BULK
 from bot.config import Environment, Watch
+from bot.fleet.shards import FleetLease, Shards
 from bot.lagwatch.model import ReceiverFacts
 from bot.metrics import CHECK_FAILURES
 from bot.postgres.models import runs_query
@@ -89,11 +90,18 @@ class Watcher:
         # with a lag watcher, this instance leads only where it leads: one instance runs every alert, and the
         # lag watcher's WAL receiver readings (on_standby_receiver) always reach a leading watch
         lagwatch = getattr(rt, "lagwatch", None)
-        self.lease = LeaderLease(rt.store, LEASE_NAME, rt.instance_id, self.min_every, label="watch",
-                                 duty="the session checks", on_gain=self._on_leadership,
-                                 only_while=lagwatch.is_leader if lagwatch is not None else None)
+        # which environments this replica checks (fleet mode: those whose lease it holds; else all)
+        shards = getattr(rt, "shards", None)
+        self.shards: Shards = shards if shards is not None else Shards.solo()
+        self.lease: LeaderLease | FleetLease = (
+            FleetLease(self.shards) if self.shards.fleet else
+            LeaderLease(rt.store, LEASE_NAME, rt.instance_id, self.min_every, label="watch",
+                        duty="the session checks", on_gain=self._on_leadership,
+                        only_while=lagwatch.is_leader if lagwatch is not None else None)
+        )
         self.holder = self.lease.holder
-        self.incidents = WatchIncidents(rt.store, self.holder)
+        self.incidents = WatchIncidents(rt.store, self.holder, self.shards)
+        self.shards.on_gain(self._on_gain_env)
         self._hosts: dict[tuple[str, str], HostState] = {}
         # hosts with an open incident, read from the store when this instance becomes the leader and kept
         # while it leads (only the leader opens and resolves): a quiet host costs no state-store read
@@ -105,7 +113,7 @@ class Watcher:
         self.checks: dict[tuple[str, str], int] = {}
         self.last_check_secs: dict[tuple[str, str], float] = {}
         # every Slack call of the watch goes through the durable outbox (Slack may be down for minutes)
-        self.outbox = slack_outbox.Outbox(rt.store, lambda: rt.client, may_send=self.is_leader)
+        self.outbox = slack_outbox.Outbox(rt.store, lambda: rt.client, may_send=self.is_leader, shards=self.shards)
         self.slack = slack_outbox.IncidentOutbox(self.outbox, self.incidents, lambda: self.lease.stopped)
         # one read per server per check, shared by the environments that reach it alike
         self.reads = SharedReads(rt.dbs, self.envs, self.hosts)
@@ -132,6 +140,23 @@ class Watcher:
 
     def is_leader(self) -> bool:
         return self.lease.is_leader()
+
+    def _on_gain_env(self, env: str) -> None:
+        """Fleet mode: this replica takes ``env`` over. Its counts start again; its hosts are read against
+        the store at their next check (an incident another replica opened continues here: same message,
+        same thread), and they are checked at once."""
+        if env not in self.envs:
+            return
+        hosts = self.hosts(env)
+        with self._lock:
+            for host in self.envs[env].hosts():
+                self._hosts.pop((env, host), None)
+                self._open_hosts.add((env, host))
+        now = datetime.now(UTC)
+        for host in hosts:
+            job = self.rt.scheduler.get_job(f"watch:check:{env}:{host}")
+            if job is not None:
+                job.modify(next_run_time=now)
 
     def _on_leadership(self) -> None:
         """Before this instance leads: close what is no longer watched, then learn which hosts have an
@@ -174,7 +199,7 @@ class Watcher:
             return self._hosts.setdefault((env, host), HostState())
 
     @contextmanager
-    def _checking(self, env: str, host: str, doing: str) -> Iterator[HostState | None]:
+    def _checking(self, env: str, host: str, doing: str, count: bool = False) -> Iterator[HostState | None]:
         """One check of a host: its state, or None when the previous check of it still runs. Counted in
         ``checks`` / ``last_check_secs``; an error is logged and counted as a check failure (not when
         the bot is shutting down under it)."""
@@ -192,12 +217,14 @@ class Watcher:
         finally:
             self.checks[(env, host)] = self.checks.get((env, host), 0) + 1
             self.last_check_secs[(env, host)] = time.monotonic() - started
+            if count:
+                self.shards.checked(env, started, self.last_check_secs[(env, host)])
             st.lock.release()
 
     def check(self, env: str, host: str) -> None:
-        if not self.is_leader():
+        if not self.is_leader() or not self.shards.owns(env):
             return
-        with self._checking(env, host, "checking") as st:
+        with self._checking(env, host, "checking", count=True) as st:
             if st is None:
                 return  # the previous check of this host is still running
             # the host's poolers (pool_waiting) are read beside the database, each bounded
@@ -273,7 +300,7 @@ class Watcher:
         Only the watch's leader acts (its lease fences the incidents)."""
         if env not in self.envs or host in self.hosts(env) or host not in self.envs[env].hosts():
             return  # read by this watch itself, or not a standby of a watched environment
-        if not self.is_leader():
+        if not self.is_leader() or not self.shards.owns(env):
             return
         with self._checking(env, host, "acting on the WAL receiver of") as st:
             if st is None:
@@ -489,7 +516,7 @@ class Watcher:
             self.incidents.save(inc, last_reminder_at=now)
 
     def _resolve(self, inc: Incident) -> None:
-        if not self.incidents.holds_lease():
+        if not self.incidents.holds_lease(inc.env):
             return
         done = self.what_was_done(inc)
         now = time.time()
