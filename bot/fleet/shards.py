@@ -132,6 +132,12 @@ class Shards:
             return True
         return not self._stopped.is_set() and env in self._owned and time.monotonic() < self._valid_until
 
+    def owns_any(self) -> bool:
+        """This replica owns at least one environment now (always, for the one replica of a SQLite store)."""
+        if not self.fleet:
+            return True
+        return not self._stopped.is_set() and bool(self._owned) and time.monotonic() < self._valid_until
+
     def alive(self) -> bool:
         """Fleet mode: this replica has joined and is not stopping (the watchers' "leader" test)."""
         return self._joined and not self._stopped.is_set()
@@ -292,8 +298,9 @@ def _few(envs: list[str], n: int = 10) -> str:
 
 class FleetLease:
     """What a watcher asks of its leader lease, answered by the fleet: with environments sharded every
-    replica "leads" the environments it owns (:meth:`Shards.owns`), so the watcher's lease is the
-    replica's membership. Same surface as :class:`bot.state.lease.LeaderLease` as the watchers use it."""
+    replica "leads" the environments it owns (:meth:`Shards.owns`, asked where each check starts), and
+    :meth:`is_leader` says it owns at least one. Same surface as :class:`bot.state.lease.LeaderLease`
+    as the watchers use it."""
 
     def __init__(self, shards: Shards):
         self.shards = shards
@@ -308,7 +315,7 @@ class FleetLease:
         return self.shards.stopped
 
     def is_leader(self) -> bool:
-        return self.shards.alive()
+        return self.shards.owns_any()
 
     def stop(self) -> None:
         self.shards.stop()
