@@ -26,6 +26,7 @@ import psycopg
 import pytest
 from psycopg import sql as pgsql
 
+from bot.check import check_state
 from bot.fleet.assign import owner
 from tests.harness.bot import env_config
 from tests.harness.fake_slack import FakeSlack
@@ -253,6 +254,19 @@ def test_three_replicas_share_thirty_environments_and_hand_incidents_over_withou
             assert sample(text, "pgsessions_fleet_checks_per_second") > 0
             assert "pgsessions_fleet_cycle_seconds " in text
             assert 'pgsessions_fleet_lease_handovers_total{direction="gained"}' in text
+
+        # --- `pgsessions check` and the Home tab say which replica watches what ---------------------------
+        labels = {rid: label for label, rid in state.live().items()}
+        report = check_state(state_url, ENVS)
+        assert report.unwatched == []
+        assert {r["replica"]: set(r["watches"]) for r in report.replicas} == {
+            labels[rid]: {e for e, h in held.items() if h == rid} for rid in ids}
+        assert any(f.check == "replicas" and "3 replica(s) share" in f.message for f in report.findings)
+        n = len(fake.calls_for("views.publish", ok=True))
+        assert procs[0].slack.app_home_opened("U1").status == 200
+        published = wait_until(lambda: fake.calls_for("views.publish", ok=True)[n:], WAIT, "the Home tab")
+        view = json.dumps(published[0].params["view"])
+        assert f"checked by replica `{labels[held[ALERT_ENV]]}`" in view, view[:3000]
 
         # --- a lag alert and a pile-up alert open on the owner of their environment ----------------------
         first = ids[held[ALERT_ENV]]

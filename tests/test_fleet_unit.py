@@ -11,11 +11,13 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 
+from bot.check import OK, SlackReport, StateReport, _fleet, render_text
 from bot.config import parse_config
 from bot.fleet import assign
 from bot.fleet.assign import Lease
 from bot.fleet.shards import Shards, watched_envs
 from bot.metrics import REGISTRY
+from bot.render.home import EnvStatus, HostStatus, _env_block
 from bot.slack import outbox as ob
 from bot.slack.web import make_web_client
 from bot.state.incidents import Incidents
@@ -274,3 +276,33 @@ def test_outbox_claims_are_fenced_by_the_environment_lease(store):
         assert box_b.deliver() == 1
         assert len(fake.calls_for("chat.update", ok=True)) == 1
         assert len(fake.calls_for("chat.postMessage", ok=True)) == 1
+
+
+# --- who watches what: the Home tab and `check` ------------------------------------------------------
+
+
+def test_the_home_tab_says_which_replica_checks_an_environment_and_nothing_with_one_replica():
+    hosts = (HostStatus("primary", connections=5, max_connections=100),)
+    fleet_text = _env_block(EnvStatus("prod", hosts, watched_by="db-bot-1:4242"))["text"]["text"]
+    assert "checked by replica `db-bot-1:4242`" in fleet_text
+    handing = _env_block(EnvStatus("prod", hosts, watched_by=""))["text"]["text"]
+    assert "no replica checks it right now" in handing
+    solo = _env_block(EnvStatus("prod", hosts))["text"]["text"]
+    assert "replica" not in solo
+    hostile = _env_block(EnvStatus("prod", hosts, watched_by="<!channel>`x`"))["text"]["text"]
+    assert "<!channel>" not in hostile
+
+
+def test_check_lists_the_replicas_and_what_each_watches(store):
+    a, b = fleet(store, 2, lease=5.0)
+    tick_all([a, b])
+    report = StateReport(target="postgresql statehost")
+    _fleet(report, store, [*ENVS, "nobody"])
+    assert {r["replica"]: set(r["watches"]) for r in report.replicas} == {a.label: set(a.owned()),
+                                                                        b.label: set(b.owned())}
+    assert report.unwatched == ["nobody"]
+    assert any(f.check == "watched" and "nobody" in f.message for f in report.findings)
+    assert any(f.level == OK and "2 replica(s) share" in f.message for f in report.findings)
+    text = render_text("cfg.yml", [], report, SlackReport(), [], strict=False)
+    assert "Replicas (who watches what):" in text and f"  {a.label} (heartbeat" in text
+    assert "nobody now: nobody" in text
