@@ -14,6 +14,10 @@ by :meth:`LagWatcher.install` and run once ``rt.start_background()`` starts the 
   has its own job and the scheduler a thread per host, and every connection and query is bounded by
   the environment's timeouts: an unreachable or hanging host delays nobody else.
 
+With a PostgreSQL state store the fleet (:mod:`bot.fleet`) replaces the leader lease: every replica runs
+the checks of the environments it owns (``self.shards.owns(env)``, asked where each check starts), and
+incidents and outbox claims are fenced by the environment's lease at this replica's generation.
+
 The incident rules (when a lag or unreachable incident opens, continues, resolves) are the pure
 state machine in :mod:`bot.lagwatch.rules`; this module is its shell: the schedule, the leader lease,
 the incidents' records (:mod:`bot.state.incidents`) and the Slack messages.

@@ -21,6 +21,10 @@ Jobs (added by :func:`install`; they run once the scheduler starts):
   minutes, alerts and their resolutions are kept and land in order when it answers again. (The lag
   watcher's leader delivers the same outbox; a row is claimed before it is sent, so none goes twice.)
 
+With a PostgreSQL state store the fleet (:mod:`bot.fleet`) replaces the leader lease: every replica runs
+the checks of the environments it owns (``self.shards.owns(env)``, asked where each check starts), and
+incidents and outbox claims are fenced by the environment's lease at this replica's generation.
+
 Incidents live in the state store (``pgs_incidents``, kinds from :mod:`bot.watch.model`): a restart
 neither repeats nor forgets one. Consecutive-check counts are in memory and start again after a restart.
 """
