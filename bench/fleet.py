@@ -1,7 +1,11 @@
 """Fleet benchmark for `make bench` (issue 26): the gap in checks when a replica is SIGKILLed among three,
 and the duplicate posts it causes. Run alone with ``python -m bench.fleet``.
 
-Three real ``pgsessions serve`` processes share one PostgreSQL state store and ``N_ENVS`` environments
+*Join*: two real ``pgsessions serve`` processes share the environments; a third starts, and the time from
+its first heartbeat to every environment held by its rendezvous owner is measured (goal ≤ 2 ×
+check_every).
+
+*Kill*: the three real ``pgsessions serve`` processes share one PostgreSQL state store and ``N_ENVS`` environments
 (all on the bench's primary under distinct names, check_every 1 s, the default ``fleet.lease``: 0.75 ×
 check_every). One environment has a lock pile-up alert open, posted by the replica that owns it. That
 replica is SIGKILLed. Every replica's ``pgsessions_fleet_checks_total{env}`` is polled every
@@ -26,6 +30,7 @@ from tempfile import mkdtemp
 import psycopg
 from psycopg import sql as pgsql
 
+from bot.fleet.assign import owner
 from tests.harness.bot import env_config
 from tests.harness.fake_slack import FakeSlack
 from tests.harness.flows import ServeProcess, write_config
@@ -51,6 +56,28 @@ def holders(dsn: str) -> dict[str, str]:
         return {r[0]: r[1] for r in c.execute(
             "SELECT l.env, r.label FROM pgs_env_leases l JOIN pgs_replicas r ON r.id = l.holder "
             "WHERE l.expires_at >= extract(epoch FROM now())")}
+
+
+def joined(dsn: str) -> float | None:
+    """The monotonic time at which a third replica has registered, else None (polled every POLL)."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        n = c.execute("SELECT count(*) FROM pgs_replicas").fetchone()
+    if n is not None and n[0] >= 3:
+        return time.monotonic()
+    time.sleep(POLL)
+    return None
+
+
+def shares_settled(dsn: str, n: int) -> float | None:
+    """The monotonic time at which ``n`` live replicas hold every environment's lease as rendezvous says."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        live = [r[0] for r in c.execute("SELECT id FROM pgs_replicas")]
+        held = {r[0]: r[1] for r in c.execute(
+            "SELECT env, holder FROM pgs_env_leases WHERE expires_at >= extract(epoch FROM now())")}
+    if len(live) == n and len(held) == N_ENVS and all(held[e] == owner(e, live) for e in held):
+        return time.monotonic()
+    time.sleep(POLL)
+    return None
 
 
 def pileup(pair: ClusterPair) -> tuple[psycopg.Connection, list[psycopg.Connection]]:
@@ -98,7 +125,19 @@ def run(record: Callable[..., None], ms: Callable[[float], str]) -> None:
         cfg = {"state": f"postgresql://postgres@{pair.primary.host}:{pair.primary.port}/{name}",
                "environments": envs}
         path = write_config(tmp / "pgsessions.yml", cfg)
-        procs = [ServeProcess(path, fake).start() for _ in range(3)]
+        procs = [ServeProcess(path, fake).start() for _ in range(2)]
+        wait_until(lambda: len(set(holders(state_dsn).values())) == 2 and len(holders(state_dsn)) == N_ENVS, 60,
+                   "two replicas sharing the environments")
+        # a third joins: from its first heartbeat to holding its whole share
+        third = ServeProcess(path, fake)
+        third_started = threading.Thread(target=third.start, daemon=True)
+        third_started.start()
+        seen = wait_until(lambda: joined(state_dsn), 60, "the third replica's first heartbeat")
+        settled = wait_until(lambda: shares_settled(state_dsn, 3), 60, "the shares rebalanced")
+        third_started.join(60)
+        procs.append(third)
+        record("rebalance when a replica joins two (first heartbeat to every share held by its owner)",
+               ms(settled - seen), goal=f"<= {ms(2 * EVERY)}", ok=settled - seen <= 2 * EVERY + 2 * POLL)
         by_label = {}
         wait_until(lambda: len(set(holders(state_dsn).values())) == 3 and len(holders(state_dsn)) == N_ENVS, 60,
                    "three replicas sharing the environments")
