@@ -246,6 +246,9 @@ def main() -> int:
 
         watch.run(record, ms)
         poolers_bench.run(record, ms)  # a listing with 1000 server sessions behind PgBouncer (issue 25)
+        from bench import fleet
+
+        fleet.run(record, ms)  # a replica SIGKILLed among three: the gap in checks, duplicate posts (issue 26)
         after_rss = vmrss_kib(bot.pid)
         record(f"bot VmRSS, {N_ENVS} environments, idle", f"{idle_rss / 1024:.1f} MiB")
         record("bot VmRSS after the runs above", f"{after_rss / 1024:.1f} MiB")

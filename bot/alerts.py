@@ -16,6 +16,11 @@ checks under it instead of each holding its own:
 * ``alerts:outbox``: the leader delivers the durable Slack outbox (:mod:`bot.slack.outbox`) every 2 s;
   every post, edit and thread reply of every alert goes through that one :class:`Outbox`.
 
+With a PostgreSQL state store the fleet (:mod:`bot.fleet`) replaces the leader lease: every replica runs
+the checks of the environments it owns (``shards.owns(env)``, asked where each check starts; the lease is a
+:class:`bot.fleet.shards.FleetLease`), and incidents and outbox claims are fenced by the environment's
+lease at this replica's generation. With SQLite one replica checks everything under the leader lease.
+
 ``on_gain`` / ``on_follow`` hooks of the watchers run in the order they were added: what is open is
 read before this instance leads (checks wait for it); an edit made meanwhile waits in the outbox.
 """
@@ -26,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bot.config import Config
+from bot.fleet.shards import FleetLease, Shards
 from bot.slack.outbox import DELIVER_EVERY, Outbox
 from bot.state.lease import ALERTS_LEASE, LeaderLease
 from bot.state.store import StateStore
@@ -45,14 +51,19 @@ def alert_intervals(config: Config) -> list[float]:
 
 
 class AlertShell:
-    def __init__(self, config: Config, store: StateStore, client: Callable[[], Any], instance_id: str):
+    def __init__(self, config: Config, store: StateStore, client: Callable[[], Any], instance_id: str,
+                 shards: Shards | None = None):
         self.every = min(alert_intervals(config), default=30.0)
         self._gain: list[Callable[[], None]] = []
         self._follow: list[Callable[[], None]] = []
-        self.lease = LeaderLease(store, LEASE_NAME, instance_id, self.every, label="alerts",
-                                 duty="the alert checks", on_gain=self._on_gain, on_follow=self._on_follow)
+        # which environments this replica checks (fleet mode: those whose lease it holds; else all)
+        self.shards = shards if shards is not None else Shards.solo()
+        self.lease: LeaderLease | FleetLease = (
+            FleetLease(self.shards) if self.shards.fleet else
+            LeaderLease(store, LEASE_NAME, instance_id, self.every, label="alerts",
+                        duty="the alert checks", on_gain=self._on_gain, on_follow=self._on_follow))
         self.holder = self.lease.holder
-        self.outbox = Outbox(store, client, may_send=self.lease.is_leader)
+        self.outbox = Outbox(store, client, may_send=self.lease.is_leader, shards=self.shards)
         self._installed = False
 
     def on_gain(self, hook: Callable[[], None]) -> None:

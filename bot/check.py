@@ -35,12 +35,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bot.config import Config, ConfigError, Environment, Pooler, load_config
+from bot.fleet.shards import watched_envs
 from bot.postgres import pgbouncer
 from bot.postgres.pooler_models import KILL_CLIENT_SINCE
 from bot.postgres.pooler_models import version_text as pooler_version_text
 from bot.postgres.sql import Features, features, query, unsupported, version_text
 from bot.render.common import visible
 from bot.secrets import safe_dsn, scrub
+from bot.state.shards import ShardStore
 
 REQUIRED_SCOPES = ("commands", "chat:write", "chat:write.public", "users:read", "usergroups:read")
 # Scopes of the features around the core (manifest.yml); without them the core still works (a warning).
@@ -109,6 +111,10 @@ class HostReport(Part):
 class StateReport(Part):
     target: str = ""
     ms: float | None = None
+    # the fleet (PostgreSQL state store): every registered replica (label host:pid, seconds since its
+    # heartbeat, the environments whose checks it runs now), and the watched environments nobody runs now
+    replicas: list[dict[str, Any]] | None = None
+    unwatched: list[str] | None = None
 
 
 @dataclass
@@ -335,7 +341,33 @@ def _describe_state(url: str) -> str:
     return f"postgresql {safe_dsn(url)}"
 
 
-def check_state(url: str) -> StateReport:
+def _fleet(report: StateReport, store: Any, watched: list[str]) -> None:
+    """Which replica watches what (bot/fleet/): the replicas registered in the state store and the
+    environment leases that run now."""
+    gateway = ShardStore(store)
+    now = time.time()
+    by_holder: dict[str, list[str]] = {}
+    for env, label in gateway.watchers(now).items():
+        by_holder.setdefault(label, []).append(env)
+    report.replicas = [
+        {"replica": r.label, "seen_secs_ago": round(max(0.0, now - r.seen_at), 1),
+         "watches": sorted(by_holder.get(r.label, []))}
+        for r in gateway.replicas()
+    ]
+    held = {e for envs in by_holder.values() for e in envs}
+    report.unwatched = sorted(e for e in watched if e not in held)
+    live = [r for r in report.replicas if r["watches"]]
+    if not report.replicas:
+        report.add(OK, "replicas", "no replica is running on this state store now")
+    else:
+        report.add(OK, "replicas", f"{len(live)} replica(s) share the watched environments: "
+                   + "; ".join(f"{r['replica']} watches {len(r['watches'])}" for r in live))
+    if report.replicas and report.unwatched:
+        report.add(WARN, "watched", f"{len(report.unwatched)} watched environment(s) have no replica checking "
+                   f"them now: {', '.join(report.unwatched[:10])}")
+
+
+def check_state(url: str, watched: list[str] | None = None) -> StateReport:
     from bot.state.store import StateStore
 
     report = StateReport(target=_describe_state(url))
@@ -344,6 +376,11 @@ def check_state(url: str) -> StateReport:
     try:
         store = StateStore(url)
         store.check_writable()
+        if not store.is_sqlite:
+            try:
+                _fleet(report, store, watched or [])
+            except Exception as exc:  # a store of another release: say it, do not fail the check
+                report.add(WARN, "replicas", f"could not read the replicas: {type(exc).__name__}")
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         report.add(FAIL, "writable", f"the state store is not usable: {scrub(first)[:300]}")
@@ -549,7 +586,8 @@ def run_checks(config: Config, environ: dict[str, str], envs: list[str] | None =
                         role="primary" if host == "primary" else "standby", target=safe_dsn(dsn)),
             ))
     n_hosts = len(tasks)
-    tasks.append((lambda: check_state(config.state), 30.0,
+    watched = sorted(watched_envs(config))
+    tasks.append((lambda: check_state(config.state, watched), 30.0,
                   _failed(StateReport, "writable", target=_describe_state(config.state))))
     if slack:
         tasks.append((lambda: check_slack(environ), 30.0, _failed(SlackReport, "auth.test")))
@@ -696,6 +734,14 @@ def render_text(path: str, hosts: list[HostReport], state: StateReport, slack: S
     if versions:
         lines += ["", "Versions:", *versions]
     lines.append("")
+    if state.replicas:
+        lines += ["Replicas (who watches what):"]
+        for rep in state.replicas:
+            watches = ", ".join(rep["watches"]) if rep["watches"] else "nothing"
+            lines.append(f"  {visible(rep['replica'])} (heartbeat {rep['seen_secs_ago']:g}s ago): {watches}")
+        if state.unwatched:
+            lines.append(f"  nobody now: {', '.join(state.unwatched)}")
+        lines.append("")
     lines += _table([
         ["STATE STORE", _label(state.status), state.target],
         ["SLACK", _label(slack.status),

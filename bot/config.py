@@ -358,12 +358,31 @@ class SlackWorkspace(_Model):
         return v
 
 
+class Fleet(_Model):
+    # With a PostgreSQL state store, replicas share the environments: each environment's checks run on one
+    # live replica at a time, under a lease of this length (renewed every lease / 4). A replica that dies
+    # has its environments taken over within 1.25 x lease; None: 0.75 x the smallest check_every, so the
+    # gap in an environment's checks stays within two check intervals (bot/fleet/).
+    lease: Duration | None = None
+
+    @field_validator("lease")
+    @classmethod
+    def _lease(cls, v: float | None) -> float | None:
+        if v is not None and not 0.5 <= v <= 3600:
+            raise ValueError(
+                "fleet.lease must be between 0.5s and 1h: use about 0.75 x the smallest check_every (e.g. 20s)"
+            )
+        return v
+
+
 class Config(_Model):
     state: str = "sqlite:///pgsessions-state.db"
     # Finished requests (with their approvals), audit entries and resolved incidents older than this are
     # purged hourly; open requests and incidents never are.
     state_retention: Duration = 90 * 86400.0
     slack: SlackWorkspace = SlackWorkspace()
+    # how replicas on a PostgreSQL state store share the environments (bot/fleet/)
+    fleet: Fleet = Fleet()
     # sessions no path may signal, unless an environment's own ``protect`` says otherwise (key by key)
     protect: Protect = Protect()
     environments: dict[str, Environment]

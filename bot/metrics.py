@@ -63,6 +63,33 @@ SLACK_OUTBOX = Counter(
     ["op", "outcome"],
     registry=REGISTRY,
 )
+# The fleet (bot/fleet/): what this replica checks. With the SQLite state store the one replica owns all.
+FLEET_OWNED = Gauge(
+    "pgsessions_fleet_environments_owned", "Environments whose checks this replica runs now", registry=REGISTRY
+)
+FLEET_REPLICAS = Gauge(
+    "pgsessions_fleet_replicas", "Live replicas on the state store, as this replica saw at its last heartbeat",
+    registry=REGISTRY,
+)
+FLEET_CHECKS = Counter(
+    "pgsessions_fleet_checks_total", "Scheduled checks run by this replica, per environment", ["env"],
+    registry=REGISTRY,
+)
+FLEET_CHECKS_PER_SECOND = Gauge(
+    "pgsessions_fleet_checks_per_second", "Scheduled checks this replica ran per second (over the last interval)",
+    registry=REGISTRY,
+)
+FLEET_CYCLE_SECONDS = Gauge(
+    "pgsessions_fleet_cycle_seconds",
+    "Time this replica took for its last round of checks (first start to last end of one check interval's burst)",
+    registry=REGISTRY,
+)
+FLEET_HANDOVERS = Counter(
+    "pgsessions_fleet_lease_handovers_total",
+    "Environment leases that changed hands at this replica: gained, released (handed over) or lost (taken)",
+    ["direction"],
+    registry=REGISTRY,
+)
 BUILD_INFO = Info("pgsessions_build", "Version of the running bot", registry=REGISTRY)
 
 

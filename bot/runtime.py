@@ -24,6 +24,7 @@ from bot.approval.housekeeping import Housekeeping
 from bot.approval.policy import Policy
 from bot.approval.workflow import Workflow
 from bot.config import Config
+from bot.fleet.shards import Shards
 from bot.lagwatch.watcher import LagWatcher
 from bot.postgres.pools import Databases
 from bot.secrets import SECRETS
@@ -94,7 +95,10 @@ class Runtime:
         self.messages.count_approvals = self.workflow.counted_approvals
         self.housekeeping = Housekeeping(self.workflow)
         # every alert runs under one shell: one leader lease, one Slack outbox deliverer
-        self.alerts = AlertShell(self.config, self.store, lambda: self.client, self.instance_id)
+        # which environments this replica checks: with a PostgreSQL state store they are sharded across the
+        # live replicas by lease (bot/fleet/); with SQLite this one replica checks them all
+        self.shards = Shards.for_config(self.config, self.store)
+        self.alerts = AlertShell(self.config, self.store, lambda: self.client, self.instance_id, self.shards)
         # the session watch (bot/watch), when an environment has `watch` or `lag_alert` (host alerts)
         watch = Watcher(self.config, self.store, self.dbs, self.scheduler, self.alerts, self.policy)
         self.watch: Watcher | None = watch if watch.envs else None

@@ -48,6 +48,7 @@ def register_features(app: App, rt: Runtime, router: Router) -> None:
 def install_jobs(rt: Runtime) -> None:
     """Add the periodic jobs to ``rt.scheduler`` (they run once it is started)."""
     rt.housekeeping.install(rt.scheduler)
+    rt.shards.install(rt.scheduler)  # fleet mode: the heartbeat and the environment leases
     if rt.watch is not None:
         rt.watch.install()
     if rt.lagwatch is not None:

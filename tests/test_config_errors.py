@@ -43,6 +43,8 @@ CASES = {
                                                   "channels_default_env.C0123", "use one of prod or remove the line"),
     # State
     "state_retention under a day": (top(state_retention="1h"), "state_retention", "at least 1d"),
+    # The fleet
+    "fleet lease too short": (top(fleet={"lease": "0.1s"}), "fleet.lease", "0.75 x the smallest check_every"),
     # Timeouts
     "connect timeout too small": (env(timeouts={"connect": "0.5s"}), "environments.prod.timeouts.connect", "at least 1s"),
     "statement timeout zero": (env(timeouts={"statement": "0s"}), "environments.prod.timeouts.statement", "more than 0s"),
@@ -195,6 +197,6 @@ def test_every_validator_has_a_case():
     source = inspect.getsource(config)
     validators = len(re.findall(r"@(?:field|model)_validator\(", source))
     raises = len(re.findall(r"raise (?:ValueError|ConfigError)\(", source))
-    # 21 validators with 26 ValueErrors between them (each has a case above), plus 6 ConfigErrors: the
+    # 22 validators with 27 ValueErrors between them (each has a case above), plus 6 ConfigErrors: the
     # unset ${VAR}, a non-mapping, the wrapped validation errors, and the file missing / broken / empty
-    assert (validators, raises) == (21, 32), (validators, raises)
+    assert (validators, raises) == (22, 33), (validators, raises)

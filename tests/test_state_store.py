@@ -289,7 +289,7 @@ def test_revision_0003_adds_the_slack_outbox_to_a_0002_database(state_at_0002):
     url, _ = state_at_0002
     store = StateStore(url)
     try:
-        assert store.schema_revisions == ("0002", "0003")
+        assert store.schema_revisions == ("0002", migrate.head())
         with store.read() as c:
             assert "pgs_outbox" in inspect(c).get_table_names()
             assert c.execute(text("SELECT count(*) FROM pgs_incidents")).scalar_one() == 1

@@ -96,7 +96,10 @@ class LagWatcher:
             shell.on_gain(self._on_leadership)
             shell.on_follow(self._on_follow)
         self.holder = self.lease.holder
-        self.incidents = Incidents(store, LEASE_NAME, self.holder)
+        # which environments this replica checks (fleet mode: those whose lease it holds; else all)
+        self.shards = shell.shards
+        self.incidents = Incidents(store, LEASE_NAME, self.holder, self.shards)
+        self.shards.on_gain(self._on_gain_env)
         self._hosts: dict[tuple[str, str], HostState] = {}
         self._host_locks: dict[tuple[str, str], threading.Lock] = {}
         self._primary: dict[str, tuple[float, list[PrimaryView]]] = {}
@@ -154,6 +157,22 @@ class LagWatcher:
             self._hosts.clear()
         OPEN_INCIDENTS.set(0)
 
+    def _on_gain_env(self, env: str) -> None:
+        """Fleet mode: this replica takes ``env`` over. Its counts start again (the incidents themselves are
+        in the store and continue: same message, same thread), and its standbys are checked at once."""
+        with self._lock:
+            for key in [k for k in self._hosts if k[0] == env]:
+                del self._hosts[key]
+            self._primary.pop(env, None)
+        e = self.envs.get(env)
+        if e is None:
+            return
+        now = datetime.now(UTC)
+        for job_id in [f"lagwatch:primary:{env}", *(f"lagwatch:check:{env}:{h}" for h in e.standbys)]:
+            job = self.scheduler.get_job(job_id)
+            if job is not None:
+                job.modify(next_run_time=now)
+
     def _on_leadership(self) -> None:
         with self._lock:
             self._hosts.clear()
@@ -193,7 +212,7 @@ class LagWatcher:
         return alert
 
     def check_primary(self, env: str) -> None:
-        if not self.is_leader():
+        if not self.is_leader() or not self.shards.owns(env):
             return
         try:
             views = primary_views(self.dbs, env)
@@ -216,13 +235,13 @@ class LagWatcher:
 
     def check_standby(self, env: str, host: str) -> None:
         """One scheduled check of one standby."""
-        if not self.is_leader():
+        if not self.is_leader() or not self.shards.owns(env):
             return
         st, lock = self._state(env, host)
         if not lock.acquire(blocking=False):
             return  # the previous check of this host is still running
+        started = time.monotonic()
         try:
-            started = time.monotonic()
             try:
                 # the culprits as they may be offered (protect): the access policy marks them
                 m = mark_culprits(measure_standby(self.dbs, env, host, self._fresh_primary(env)),
@@ -257,6 +276,7 @@ class LagWatcher:
             log.exception("lag watch: checking %s/%s failed", env, host)
         finally:
             self.checks[(env, host)] = self.checks.get((env, host), 0) + 1
+            self.shards.checked(env, started, time.monotonic() - started)
             lock.release()
 
     def _hand_receiver(self, env: str, host: str, facts: ReceiverFacts | None) -> None:
@@ -411,7 +431,7 @@ class LagWatcher:
 
     def _resolve_lag(self, inc: Incident, m: StandbyLag | None, note: str | None = None) -> None:
         payload = rules.resolved_payload(inc.payload, m)
-        if not self.incidents.holds_lease():
+        if not self.incidents.holds_lease(inc.env):
             return
         done = self.what_was_done(inc)
         if note:
@@ -504,7 +524,7 @@ class LagWatcher:
                             last_reminder_at=now, payload=payload)
 
     def _resolve_unreachable(self, inc: Incident) -> None:
-        if not self.incidents.holds_lease():
+        if not self.incidents.holds_lease(inc.env):
             return
         since = _parse_iso(inc.payload.get("since")) or _utc(inc.opened_at)
         msg = render.render_unreachable_resolved(

@@ -16,7 +16,7 @@ from bot.approval.ids import HOME_REFRESH, decide_action_id
 from bot.approval.models import Request
 from bot.durations import format_bytes, format_duration
 from bot.render.approval import action_verb, target_summary, where
-from bot.render.common import actions, button, context, cut, divider, esc, header, section, slack_time
+from bot.render.common import actions, button, code, context, cut, divider, esc, header, section, slack_time
 
 MAX_HOME_BLOCKS = 100
 REFRESH_ACTION = HOME_REFRESH
@@ -51,6 +51,9 @@ class EnvStatus:
     env: str
     hosts: tuple[HostStatus, ...]
     incidents: tuple[tuple[str, str, str | None], ...] = ()  # (host, kind, link)
+    # several replicas on a PostgreSQL state store (bot/fleet/): the one that runs this environment's checks
+    # now ("" when none does); None with one replica (nothing is said)
+    watched_by: str | None = None
 
 
 def _dt(ts: float | None) -> datetime | None:
@@ -115,6 +118,9 @@ def _host_line(h: HostStatus) -> str:
 
 def _env_block(e: EnvStatus) -> dict:
     lines = [f"*`{esc(e.env)}`*"] + [f"• {_host_line(h)}" for h in e.hosts]
+    if e.watched_by is not None:
+        lines.append(f"• checked by replica {code(e.watched_by)}" if e.watched_by
+                     else "• :warning: no replica checks it right now (handing over)")
     for host, kind, link in e.incidents:
         label = f"open {esc(kind)} incident on {esc(host)}"
         lines.append(f"• :rotating_light: <{link}|{label}>" if link else f"• :rotating_light: {label}")

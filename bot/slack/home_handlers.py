@@ -24,6 +24,7 @@ from bot.postgres.models import Category, Filters
 from bot.postgres.pools import DatabaseUnavailable
 from bot.render.home import REFRESH_ACTION, EnvStatus, HostStatus, home_view, message_link
 from bot.state.incidents import open_incidents
+from bot.state.shards import ShardStore
 from bot.visibility import may_view
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,18 @@ def _open_incidents(rt) -> dict[str, list[tuple[str, str, str | None]]]:
     return out
 
 
+def _watchers(rt) -> dict[str, str] | None:
+    """Several replicas (bot/fleet/): env -> the replica checking it now; None with one replica."""
+    shards = getattr(rt, "shards", None)
+    if shards is None or not shards.fleet:
+        return None
+    try:
+        return ShardStore(rt.store).watchers()
+    except Exception as exc:  # the state store is down: say nothing about it here
+        log.warning("home: reading who watches what failed: %s", type(exc).__name__)
+        return None
+
+
 def environments(rt, user: str) -> list[EnvStatus]:
     """The status of every environment ``user`` may see, hosts read concurrently within their deadlines."""
     visible = [e for e in rt.config.environments if may_view(rt.config, rt.directory, user, e)]
@@ -84,6 +97,8 @@ def environments(rt, user: str) -> list[EnvStatus]:
             futures[(env, host)] = _pool.submit(_host_status, rt, env, host)
     done, _ = wait(futures.values(), timeout=deadline)
     open_incidents = _open_incidents(rt)
+    watchers = _watchers(rt)
+    watched = set(rt.shards.envs) if watchers is not None else set()
     out = []
     for env in visible:
         hosts = []
@@ -94,7 +109,8 @@ def environments(rt, user: str) -> list[EnvStatus]:
             else:
                 hosts.append(HostStatus(host=host, error=f"did not answer within {deadline:g}s",
                                         is_standby=host != "primary"))
-        out.append(EnvStatus(env, tuple(hosts), tuple(open_incidents.get(env, ()))))
+        by = watchers.get(env, "") if watchers is not None and env in watched else None
+        out.append(EnvStatus(env, tuple(hosts), tuple(open_incidents.get(env, ())), watched_by=by))
     return out
 
 

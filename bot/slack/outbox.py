@@ -40,13 +40,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from slack_sdk.errors import SlackApiError
 from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.sql.elements import ColumnElement
 
 from bot.metrics import SLACK_OUTBOX, SLACK_OUTBOX_PENDING
 from bot.state.incidents import Incident, Incidents
+from bot.state.schema import incidents as incidents_table
 from bot.state.schema import outbox as table
 
 log = logging.getLogger(__name__)
@@ -125,12 +127,27 @@ class Sent:
     response: dict | None = None
 
 
+class Shard(Protocol):
+    """The fleet's per-environment ownership (:class:`bot.fleet.shards.Shards`)."""
+
+    @property
+    def fleet(self) -> bool: ...
+
+    def owns(self, env: str) -> bool: ...
+
+    def held_clause(self, env: str) -> ColumnElement[bool] | None: ...
+
+
 class Outbox:
-    def __init__(self, store, client, *, may_send: Callable[[], bool] = lambda: True):
-        """``client``: a slack_sdk WebClient, or a function returning the current one."""
+    def __init__(self, store, client, *, may_send: Callable[[], bool] = lambda: True, shards: Shard | None = None):
+        """``client``: a slack_sdk WebClient, or a function returning the current one. ``shards`` (fleet
+        mode): this deliverer sends only the rows of the environments this replica owns, and its claim
+        holds only while the environment's lease is this replica's at its generation (fenced)."""
         self.store = store
         self._client = client
         self.may_send = may_send
+        self.shards = shards if shards is not None and shards.fleet else None
+        self._envs: dict[str, str | None] = {}  # key (incident id) -> its environment
         self._lock = threading.Lock()  # one pass at a time here; other deliverers are kept off by _claim
         self._paused_until = 0.0  # Slack asked us to wait (429) or is failing
         self._last_prune = 0.0
@@ -209,6 +226,8 @@ class Outbox:
                 now = time.time()
                 if now < self._paused_until:
                     break
+                if not self._mine(head.key):
+                    continue  # another replica's environment: it delivers
                 if (replaced[0] if replaced else head).next_at > now:
                     continue  # this key waits for its backoff or another deliverer; other keys may go
                 if replaced:
@@ -293,14 +312,38 @@ class Outbox:
         read, not claimed or backing off). The attempt is recorded before the call: a crash after it
         leaves a trace (attempts > 0) and the row is tried again after ``CLAIM_SECS``."""
         now = time.time()
+        fence = self._fence(item.key)
+        if fence is False:
+            return False
         with self.store.tx() as c:
-            res = c.execute(
-                update(table)
-                .where(table.c.id == item.id, table.c.state == PENDING, table.c.attempts == item.attempts,
-                       table.c.next_at <= now)
-                .values(attempts=table.c.attempts + 1, next_at=now + CLAIM_SECS)
-            )
+            stmt = update(table).where(table.c.id == item.id, table.c.state == PENDING,
+                                       table.c.attempts == item.attempts, table.c.next_at <= now)
+            if fence is not True:
+                stmt = stmt.where(fence)
+            res = c.execute(stmt.values(attempts=table.c.attempts + 1, next_at=now + CLAIM_SECS))
         return res.rowcount == 1
+
+    def _env_of(self, key: str) -> str | None:
+        if key not in self._envs:
+            with self.store.read() as c:
+                self._envs[key] = c.execute(select(incidents_table.c.env)
+                                            .where(incidents_table.c.id == key)).scalar_one_or_none()
+        return self._envs[key]
+
+    def _mine(self, key: str) -> bool:
+        """Fleet mode: the key's environment is this replica's (else another replica delivers it)."""
+        if self.shards is None:
+            return True
+        env = self._env_of(key)
+        return env is not None and self.shards.owns(env)
+
+    def _fence(self, key: str) -> ColumnElement[bool] | bool:
+        """True: no fence (one replica); False: not this replica's to send; else the claim's condition."""
+        if self.shards is None:
+            return True
+        env = self._env_of(key)
+        clause = self.shards.held_clause(env) if env is not None else None
+        return clause if clause is not None else False
 
     def _supersede(self, items: list[Item], now: float) -> list[Item]:
         """Mark older edits replaced by a newer one, unless another deliverer claimed them meanwhile."""

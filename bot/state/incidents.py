@@ -4,7 +4,8 @@ An incident is one Slack message: it is opened once, edited while it lasts and r
 one incident per (environment, host, kind) is open (the session watch keys several per kind:
 :mod:`bot.watch.incidents`). An Acknowledge (``payload["ack"]``) is written by whoever clicks and kept
 by every later write of the leader. Every write checks, in the same transaction,
-that this bot still holds the leader lease (``FOR UPDATE`` on the lease row on PostgreSQL, which
+that this bot still holds the leader lease (in fleet mode: the environment's lease at this replica's
+generation, :class:`Fence`) (``FOR UPDATE`` on the lease row on PostgreSQL, which
 serialises with :meth:`StateStore.acquire_lease`; SQLite write transactions are exclusive anyway),
 so a replica that lost the lease while a check was in flight cannot open a duplicate.
 """
@@ -15,7 +16,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
@@ -56,24 +57,39 @@ def open_incidents(store: StateStore) -> list[Incident]:
     return [Incident.from_row(r) for r in rows]
 
 
+class Fence(Protocol):
+    """The fleet's per-environment fence (:class:`bot.fleet.shards.Shards`): with environments sharded
+    across replicas, an incident is written only by the replica holding its environment's lease at the
+    generation it took it with."""
+
+    @property
+    def fleet(self) -> bool: ...
+
+    def fence(self, c: Connection, env: str) -> bool: ...
+
+
 class Incidents:
-    def __init__(self, store: StateStore, lease_name: str, holder: str):
+    def __init__(self, store: StateStore, lease_name: str, holder: str, shards: Fence | None = None):
         self.store = store
         self.lease_name = lease_name
         self.holder = holder
+        # fleet mode: every write is fenced by the environment's lease instead of the leader lease
+        self.shards = shards if shards is not None and shards.fleet else None
 
     # --- fencing ------------------------------------------------------------------------------------
 
-    def _holds_lease(self, c: Connection) -> bool:
+    def _holds_lease(self, c: Connection, env: str | None = None) -> bool:
+        if self.shards is not None:
+            return env is not None and self.shards.fence(c, env)
         stmt = select(leases).where(leases.c.name == self.lease_name)
         if not self.store.is_sqlite:
             stmt = stmt.with_for_update()
         row = c.execute(stmt).mappings().first()
         return row is not None and row["holder"] == self.holder and row["expires_at"] >= time.time()
 
-    def holds_lease(self) -> bool:
+    def holds_lease(self, env: str | None = None) -> bool:
         with self.store.tx() as c:
-            return self._holds_lease(c)
+            return self._holds_lease(c, env)
 
     # --- reads --------------------------------------------------------------------------------------
 
@@ -123,7 +139,7 @@ class Incidents:
             "payload": json.dumps(payload, default=str),
         }
         with self.store.tx() as c:
-            if not self._holds_lease(c):
+            if not self._holds_lease(c, env):
                 return None
             exists = c.execute(
                 select(incidents.c.id).where(
@@ -145,7 +161,7 @@ class Incidents:
         by the leader) is kept: the leader's writes never overwrite it."""
         payload = values.pop("payload", None)
         with self.store.tx() as c:
-            if not self._holds_lease(c):
+            if not self._holds_lease(c, inc.env):
                 return False
             if payload is not None:
                 payload = dict(payload)

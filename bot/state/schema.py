@@ -147,6 +147,31 @@ outbox = Table(
 )
 
 
+# The fleet (0004; bot/fleet/, bot/state/shards.py): the replicas and their heartbeat, and which replica
+# checks each environment. ``generation`` goes up at every change of an environment's holder: writes of
+# incidents and outbox claims check it, so a replica that lost an environment never writes for it.
+replicas = Table(
+    "pgs_replicas",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("label", String(128), nullable=False),  # host:pid, what `check` and the Home tab show
+    Column("started_at", Float, nullable=False),
+    Column("seen_at", Float, nullable=False),  # the heartbeat
+    Column("owned", Integer, nullable=False, server_default="0"),  # environments it held at its last beat
+)
+
+env_leases = Table(
+    "pgs_env_leases",
+    metadata,
+    Column("env", String(64), primary_key=True),
+    Column("holder", String(128), nullable=False),  # pgs_replicas.id
+    Column("generation", Integer, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("taken_at", Float, nullable=False),
+    Index("ix_pgs_env_leases_holder", "holder"),
+)
+
+
 def outcome_columns(outcome: dict[str, Any] | None) -> dict[str, Any]:
     """The real columns derived from a request's outcome; written wherever the outcome is written."""
     if not isinstance(outcome, dict):

@@ -74,6 +74,10 @@ PG_CONNECT_ARGS: dict[str, Any] = {
     "keepalives_count": 3,
 }
 PG_STATEMENT_TIMEOUT_MS = 5000
+# A replica paused (SIGSTOP, a VM freeze) inside a state transaction would hold its row locks (a lease
+# row: bot/fleet/) until it resumes; the server ends such a session after this long idle in it. The
+# bot's transactions never wait on anything but the state store itself.
+PG_IDLE_IN_TRANSACTION_MS = 15000
 # How long a signed Slack request (or a Socket Mode envelope) is remembered as served: Slack's signatures
 # are good for 5 minutes, a claim is kept a minute longer (bot.slack.replays)
 DELIVERY_WINDOW = 360.0
@@ -116,7 +120,8 @@ def _pg_connect_args(url: str) -> dict[str, Any]:
     query = make_url(url).query
     args = {k: v for k, v in PG_CONNECT_ARGS.items() if k not in query}
     args["application_name"] = query.get("application_name", "pgsessions-state")
-    timeout = f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS}"
+    timeout = (f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS} "
+               f"-c idle_in_transaction_session_timeout={PG_IDLE_IN_TRANSACTION_MS}")
     given = query.get("options")
     if isinstance(given, tuple):
         given = " ".join(given)

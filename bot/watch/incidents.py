@@ -12,7 +12,7 @@ import time
 
 from sqlalchemy import insert, select
 
-from bot.state.incidents import Incident, Incidents
+from bot.state.incidents import Fence, Incident, Incidents
 from bot.state.lease import ALERTS_LEASE
 from bot.state.schema import incidents
 from bot.state.store import new_id
@@ -31,8 +31,8 @@ def view(inc: Incident) -> OpenIncident:
 
 
 class WatchIncidents(Incidents):
-    def __init__(self, store, holder: str, lease_name: str = ALERTS_LEASE):
-        super().__init__(store, lease_name, holder)
+    def __init__(self, store, holder: str, lease_name: str = ALERTS_LEASE, shards: Fence | None = None):
+        super().__init__(store, lease_name, holder, shards)
 
     def open_list(self, env: str | None = None, host: str | None = None) -> list[Incident]:
         stmt = select(incidents).where(incidents.c.open.is_(True), incidents.c.kind.in_(KINDS))
@@ -53,7 +53,7 @@ class WatchIncidents(Incidents):
             "last_reminder_at": None, "payload": json.dumps({**payload, "key": key}, default=str),
         }
         with self.store.tx() as c:
-            if not self._holds_lease(c):
+            if not self._holds_lease(c, env):
                 return None
             same = c.execute(
                 select(incidents.c.payload).where(

@@ -101,7 +101,10 @@ class Watcher:
         if self.envs:
             shell.on_gain(self._on_leadership)
         self.holder = self.lease.holder
-        self.incidents = WatchIncidents(store, self.holder)
+        # which environments this replica checks (fleet mode: those whose lease it holds; else all)
+        self.shards = shell.shards
+        self.incidents = WatchIncidents(store, self.holder, shards=self.shards)
+        self.shards.on_gain(self._on_gain_env)
         self._hosts: dict[tuple[str, str], HostState] = {}
         # hosts with an open incident, read from the store when this instance becomes the leader and kept
         # while it leads (only the leader opens and resolves): a quiet host costs no state-store read
@@ -138,6 +141,23 @@ class Watcher:
 
     def is_leader(self) -> bool:
         return self.lease.is_leader()
+
+    def _on_gain_env(self, env: str) -> None:
+        """Fleet mode: this replica takes ``env`` over. Its counts start again; its hosts are read against
+        the store at their next check (an incident another replica opened continues here: same message,
+        same thread), and they are checked at once."""
+        if env not in self.envs:
+            return
+        hosts = self.hosts(env)
+        with self._lock:
+            for host in self.envs[env].hosts():
+                self._hosts.pop((env, host), None)
+                self._open_hosts.add((env, host))
+        now = datetime.now(UTC)
+        for host in hosts:
+            job = self.scheduler.get_job(f"watch:check:{env}:{host}")
+            if job is not None:
+                job.modify(next_run_time=now)
 
     def _on_leadership(self) -> None:
         """Before this instance leads: close what is no longer watched, then learn which hosts have an
@@ -180,7 +200,7 @@ class Watcher:
             return self._hosts.setdefault((env, host), HostState())
 
     @contextmanager
-    def _checking(self, env: str, host: str, doing: str) -> Iterator[HostState | None]:
+    def _checking(self, env: str, host: str, doing: str, count: bool = False) -> Iterator[HostState | None]:
         """One check of a host: its state, or None when the previous check of it still runs. Counted in
         ``checks`` / ``last_check_secs``; an error is logged and counted as a check failure (not when
         the bot is shutting down under it)."""
@@ -198,12 +218,14 @@ class Watcher:
         finally:
             self.checks[(env, host)] = self.checks.get((env, host), 0) + 1
             self.last_check_secs[(env, host)] = time.monotonic() - started
+            if count:
+                self.shards.checked(env, started, self.last_check_secs[(env, host)])
             st.lock.release()
 
     def check(self, env: str, host: str) -> None:
-        if not self.is_leader():
+        if not self.is_leader() or not self.shards.owns(env):
             return
-        with self._checking(env, host, "checking") as st:
+        with self._checking(env, host, "checking", count=True) as st:
             if st is None:
                 return  # the previous check of this host is still running
             # the host's poolers (pool_waiting) are read beside the database, each bounded
@@ -300,7 +322,7 @@ class Watcher:
         Only the watch's leader acts (its lease fences the incidents)."""
         if env not in self.envs or host in self.hosts(env) or host not in self.envs[env].hosts():
             return  # read by this watch itself, or not a standby of a watched environment
-        if not self.is_leader():
+        if not self.is_leader() or not self.shards.owns(env):
             return
         with self._checking(env, host, "acting on the WAL receiver of") as st:
             if st is None:
@@ -461,7 +483,7 @@ class Watcher:
             self.incidents.save(inc, last_reminder_at=now)
 
     def _resolve(self, inc: Incident) -> None:
-        if not self.incidents.holds_lease():
+        if not self.incidents.holds_lease(inc.env):
             return
         done = self.what_was_done(inc)
         now = time.time()

@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import parse_config
+from bot.fleet.assign import owner
 from bot.runtime import Runtime, SlackSettings
 from bot.slack.app import build_app
 from bot.slack.replays import Deliveries, OnceSocketModeHandler
 from bot.slack.server import HttpServer
 from tests.harness.slack_requests import SlackSender
+from tests.harness.waiting import wait_until
 
 SIGNING_SECRET = "test-signing-secret-0123456789"
 BOT_TOKEN = "xoxb-test"
@@ -117,3 +119,19 @@ class BotUnderTest:
                 return calls[before].params
             time.sleep(0.02)
         raise AssertionError(f"no message posted for {text!r}; responses: {self.fake.responses[-3:]}")
+
+
+def fleet_leader(bots: list[BotUnderTest], env: str = "prod") -> tuple[BotUnderTest, list[BotUnderTest]]:
+    """With a PostgreSQL state store the environments are sharded across the bots (bot/fleet/): once every
+    bot has joined and the shares have settled, (the bot that checks ``env``, the others)."""
+    def settled():
+        shards = [b.rt.shards for b in bots]
+        if not all(s.alive() for s in shards):
+            return None
+        want = owner(env, [s.id for s in shards])
+        holders = [b for b in bots if b.rt.shards.owns(env)]
+        if len(holders) == 1 and holders[0].rt.shards.id == want:
+            return holders[0], [b for b in bots if b is not holders[0]]
+        return None
+
+    return wait_until(settled, 10, f"one bot checks {env} once the fleet has settled")

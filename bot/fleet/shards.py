@@ -1,0 +1,321 @@
+"""Which environments this replica checks: :class:`Shards`, the one predicate the watchers consult.
+
+With a PostgreSQL state store (``fleet`` mode) every replica registers with a heartbeat
+(``pgs_replicas``) and holds a lease per environment it checks (``pgs_env_leases``, through
+:class:`bot.state.shards.ShardStore`). :meth:`Shards.tick`, a scheduler job every ``lease / 4``:
+
+1. beats (``seen_at``) and reads the live replicas (seen within ``lease``) and the lease table;
+2. computes its share by rendezvous hashing over the live replicas (:mod:`bot.fleet.assign`): every
+   replica computes the same owners, so one replica joining or leaving moves only its share;
+3. releases what it holds and no longer should (it stops checking them first), renews what it holds,
+   and takes what it should own once its lease is free or has run out (a new generation).
+
+:meth:`Shards.owns` is true for an environment from a successful renewal or take until 0.8 × lease after
+the tick began, so this replica stops before another may take over. A replica killed with SIGKILL stops
+beating: its leases run out and the others take its environments within ``1.25 × lease``. A replica
+that stops cleanly hands everything over at once (:meth:`stop`).
+
+When the state store cannot be reached, the replica keeps checking the environments it owned (nobody
+else can take them meanwhile through that store) and says so once in the log.
+
+Fencing: :meth:`fence` (inside an incident write's transaction) and :meth:`held_clause` (in an outbox
+claim's conditional UPDATE) check the environment's lease row holds this replica at the generation this
+replica took it with, so a replica that lost an environment (a pause, a partition) never writes an
+incident or sends an outbox row for it after another took over.
+
+With the SQLite state store there is one replica: :meth:`Shards.solo` owns every environment and the
+watchers keep their leader leases, as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
+
+from bot.config import Config
+from bot.fleet.assign import plan
+from bot.metrics import (
+    FLEET_CHECKS,
+    FLEET_CHECKS_PER_SECOND,
+    FLEET_CYCLE_SECONDS,
+    FLEET_HANDOVERS,
+    FLEET_OWNED,
+    FLEET_REPLICAS,
+)
+from bot.state.shards import ShardStore
+from bot.state.store import StateStore
+
+log = logging.getLogger(__name__)
+
+LEASE_PER_CHECK_EVERY = 0.75  # the default lease: 0.75 x the smallest check_every
+VALID_FOR = 0.8  # owns() holds until this share of the lease after a tick began
+
+
+def watched_envs(config: Config) -> dict[str, float]:
+    """The environments with scheduled checks and their smallest ``check_every``."""
+    out: dict[str, float] = {}
+    for name, e in config.environments.items():
+        everies = [a.check_every for a in (e.watch, e.lag_alert) if a is not None]
+        if everies:
+            out[name] = min(everies)
+    return out
+
+
+def replica_label() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Shards:
+    def __init__(self, store: StateStore | None, envs: dict[str, float], *, lease: float | None = None,
+                 label: str | None = None):
+        """``store`` None: the one replica (SQLite), owning every environment. ``envs``: the watched
+        environments and their check interval."""
+        self.store = store
+        self.gateway = ShardStore(store) if store is not None else None
+        self.envs = sorted(envs)
+        self.every = min(envs.values(), default=30.0)
+        self.ttl = lease if lease is not None else max(0.5, LEASE_PER_CHECK_EVERY * self.every)
+        self.tick_every = self.ttl / 4
+        self.label = label or replica_label()
+        self.id = f"{self.label}:{secrets.token_hex(3)}"
+        self._owned: dict[str, int] = {}  # env -> generation
+        self._valid_until = 0.0
+        self._joined = False
+        self._store_down = False
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._on_gain: list[Callable[[str], None]] = []
+        # checks per second and cycle time
+        self._checks = 0
+        self._rate_at = time.monotonic()
+        self._rate_checks = 0
+        self._round_start: float | None = None
+        self._round_end = 0.0
+        if self.fleet:
+            FLEET_OWNED.set(0)
+        else:
+            FLEET_OWNED.set(len(self.envs))
+            FLEET_REPLICAS.set(1)
+
+    @classmethod
+    def for_config(cls, config: Config, store: StateStore) -> Shards:
+        """Fleet mode on a PostgreSQL state store, else the one replica."""
+        envs = watched_envs(config)
+        if store.is_sqlite:
+            return cls(None, envs)
+        return cls(store, envs, lease=config.fleet.lease)
+
+    @classmethod
+    def solo(cls, envs: dict[str, float] | None = None) -> Shards:
+        return cls(None, envs or {})
+
+    @property
+    def fleet(self) -> bool:
+        return self.gateway is not None
+
+    # --- what the watchers ask ----------------------------------------------------------------------
+
+    def owns(self, env: str) -> bool:
+        """This replica runs ``env``'s checks now (always, for the one replica of a SQLite store)."""
+        if not self.fleet:
+            return True
+        return not self._stopped.is_set() and env in self._owned and time.monotonic() < self._valid_until
+
+    def owns_any(self) -> bool:
+        """This replica owns at least one environment now (always, for the one replica of a SQLite store)."""
+        if not self.fleet:
+            return True
+        return not self._stopped.is_set() and bool(self._owned) and time.monotonic() < self._valid_until
+
+    def alive(self) -> bool:
+        """Fleet mode: this replica has joined and is not stopping (the watchers' "leader" test)."""
+        return self._joined and not self._stopped.is_set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    def generation(self, env: str) -> int | None:
+        """The generation of this replica's lease on ``env``, while it owns it."""
+        if not self.owns(env):
+            return None
+        return self._owned.get(env)
+
+    def owned(self) -> list[str]:
+        return sorted(e for e in self._owned if self.owns(e))
+
+    def on_gain(self, callback: Callable[[str], None]) -> None:
+        """``callback(env)`` runs when this replica takes an environment, before :meth:`owns` turns true."""
+        self._on_gain.append(callback)
+
+    def fence(self, c: Connection, env: str) -> bool:
+        """In an incident write's transaction: this replica still holds ``env`` at its generation."""
+        gen = self.generation(env)
+        if gen is None or self.gateway is None:
+            return False
+        return self.gateway.holds(c, env, self.id, gen)
+
+    def held_clause(self, env: str) -> ColumnElement[bool] | None:
+        """For an outbox claim's conditional UPDATE; None when this replica does not own ``env``."""
+        gen = self.generation(env)
+        if gen is None or self.gateway is None:
+            return None
+        return self.gateway.held_clause(env, self.id, gen, time.time())
+
+    # --- metrics ------------------------------------------------------------------------------------
+
+    def checked(self, env: str, started: float, secs: float) -> None:
+        """One scheduled check of ``env`` ran (``started``: its monotonic start)."""
+        FLEET_CHECKS.labels(env).inc()
+        with self._lock:
+            self._checks += 1
+            end = started + secs
+            if self._round_start is None or started - self._round_start > self.every / 2:
+                if self._round_start is not None:
+                    FLEET_CYCLE_SECONDS.set(max(0.0, self._round_end - self._round_start))
+                self._round_start, self._round_end = started, end
+            else:
+                self._round_end = max(self._round_end, end)
+
+    def _rate(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            span = now - self._rate_at
+            if span < self.every:
+                return
+            FLEET_CHECKS_PER_SECOND.set((self._checks - self._rate_checks) / span)
+            self._rate_at, self._rate_checks = now, self._checks
+
+    # --- the job ------------------------------------------------------------------------------------
+
+    def install(self, scheduler: Any) -> None:
+        """Tick every ``lease / 4`` from now on (fleet mode); stop and hand over on the scheduler's shutdown."""
+        if not self.fleet:
+            scheduler.add_job(self._rate, "interval", seconds=max(1.0, self.every), id="fleet:rate",
+                              name="fleet metrics", replace_existing=True)
+            return
+        scheduler.add_job(self.tick, "interval", seconds=self.tick_every, id="fleet:tick",
+                          name="fleet heartbeat and environment leases", next_run_time=datetime.now(UTC),
+                          replace_existing=True)
+        scheduler.add_listener(self._on_shutdown, EVENT_SCHEDULER_SHUTDOWN)
+
+    def _on_shutdown(self, _event: object) -> None:
+        self.stop()
+
+    def tick(self) -> None:
+        """Beat, then release, renew and take environment leases (the scheduler job)."""
+        gw = self.gateway
+        if gw is None or self._stopped.is_set():
+            return
+        started = time.monotonic()
+        now = time.time()
+        try:
+            live = gw.beat(self.id, self.label, len(self._owned), self.ttl, now)
+            p = plan(self.id, self.envs, live, gw.leases(), now)
+            if p.release:
+                with self._lock:  # stop checking them before the store says they are free
+                    for env in p.release:
+                        self._owned.pop(env, None)
+                gw.release(self.id, p.release)
+            held = gw.renew(self.id, p.renew, self.ttl, now)
+            held.update(gw.take(self.id, p.take, self.ttl, now))
+        except Exception as exc:
+            if self._stopped.is_set():
+                return
+            if not self._store_down:
+                log.warning("fleet: the state store cannot be reached (%s): this replica keeps checking the %d "
+                            "environments it owned", type(exc).__name__, len(self._owned))
+            self._store_down = True
+            with self._lock:
+                if self._owned:
+                    self._valid_until = started + VALID_FOR * self.ttl
+            self._rate()
+            return
+        if self._store_down:
+            log.info("fleet: the state store answers again")
+            self._store_down = False
+        if self._stopped.is_set():
+            return
+        with self._lock:
+            before = dict(self._owned)
+        gained = sorted(e for e, g in held.items() if before.get(e) != g)
+        lost = sorted(e for e in before if e not in held and e not in p.release)
+        with self._lock:
+            self._owned = {e: g for e, g in held.items() if e not in gained}
+            self._valid_until = started + VALID_FOR * self.ttl
+            self._joined = True
+        for env in gained:
+            for cb in self._on_gain:
+                try:
+                    cb(env)
+                except Exception:
+                    log.exception("fleet: preparing %s failed", env)
+        with self._lock:
+            self._owned.update({e: held[e] for e in gained})
+        if gained:
+            FLEET_HANDOVERS.labels("gained").inc(len(gained))
+            log.info("fleet: %s now checks %d environment(s): %s", self.id, len(gained), _few(gained))
+        if p.release:
+            FLEET_HANDOVERS.labels("released").inc(len(p.release))
+            log.info("fleet: %s handed over %d environment(s): %s", self.id, len(p.release), _few(sorted(p.release)))
+        if lost:
+            FLEET_HANDOVERS.labels("lost").inc(len(lost))
+            log.warning("fleet: %s lost %d environment(s) to another replica: %s", self.id, len(lost), _few(lost))
+        FLEET_OWNED.set(len(self._owned))
+        FLEET_REPLICAS.set(len(set(live) | {self.id}))
+        self._rate()
+
+    def stop(self) -> None:
+        """Stop checking and hand every environment over at once."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        with self._lock:
+            self._owned = {}
+            self._valid_until = 0.0
+        FLEET_OWNED.set(0)
+        if self.gateway is not None and self._joined:
+            try:
+                self.gateway.leave(self.id)
+            except Exception as exc:  # the leases run out by themselves
+                log.warning("fleet: could not hand the environments over: %s", type(exc).__name__)
+
+
+def _few(envs: list[str], n: int = 10) -> str:
+    return ", ".join(envs[:n]) + (f" and {len(envs) - n} more" if len(envs) > n else "")
+
+
+class FleetLease:
+    """What a watcher asks of its leader lease, answered by the fleet: with environments sharded every
+    replica "leads" the environments it owns (:meth:`Shards.owns`, asked where each check starts), and
+    :meth:`is_leader` says it owns at least one. Same surface as :class:`bot.state.lease.LeaderLease`
+    as the watchers use it."""
+
+    def __init__(self, shards: Shards):
+        self.shards = shards
+        self.holder = shards.id
+
+    def install(self, scheduler: Any, job_id: str, job_name: str) -> None:
+        """Nothing to renew: the fleet's tick (installed once by the runtime) is the heartbeat."""
+        return None
+
+    @property
+    def stopped(self) -> bool:
+        return self.shards.stopped
+
+    def is_leader(self) -> bool:
+        return self.shards.owns_any()
+
+    def stop(self) -> None:
+        self.shards.stop()
