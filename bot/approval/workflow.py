@@ -85,6 +85,11 @@ class Result:
     tell: bool = False  # ok, but the clicker should read the message (approvals no longer counted)
 
 
+# the audit result when an outcome that waited in memory replaces "interrupted"
+KEPT_OUTCOME_NOTE = ("the outcome waited in memory while the state store was down; "
+                     "it replaces the 'interrupted' written meanwhile")
+
+
 def failed_outcome(action: ActionKind | None, status: OutcomeStatus, detail: str) -> Outcome:
     """An outcome of the action's kind that says only ``status`` and ``detail``."""
     if action is not None and action.target_kind == "session":
@@ -429,12 +434,25 @@ class Workflow:
         shows what happened (a signal that was sent is never reported as "nothing was changed")."""
 
         won: list[bool] = []
+        kept: list[bool] = []  # the write waited in memory for the state store (it was down)
 
         def write() -> None:
             with self.store.tx() as c:
-                won.append(self.store.transition(c, req.id, EXECUTING, final, outcome=outcome))
+                ok = self.store.transition(c, req.id, EXECUTING, final, outcome=outcome)
+                if not ok and kept:
+                    # the signal was sent while the store was down, and another replica's recovery took the
+                    # request for interrupted meanwhile: the outcome kept in memory is what happened, and
+                    # it replaces "interrupted, not retried" (issue 23 §6)
+                    ok = self.store.transition(c, req.id, RequestState.FAILED, final, outcome=outcome,
+                                               outcome_status=OutcomeStatus.INTERRUPTED.value)
+                    if ok:
+                        audit_request(self.store, req.model_copy(update={"outcome": outcome}), "outcome_kept",
+                                      None, conn=c, result=KEPT_OUTCOME_NOTE)
+                won.append(ok)
 
         landed = self.durably(f"the outcome of request {req.id}", write, request_id=req.id)
+        if not landed:
+            kept.append(True)
         try:
             stored = self.store.get_request(req.id)
         except Exception as exc:

@@ -340,6 +340,17 @@ class LagWatcher:
         return out
 
     def _alert_message(self, inc: Incident, m: StandbyLag, alert: LagAlert, channel: str | None) -> tuple[dict, dict]:
+        """The alert with its buttons; without them while the state store does not answer (no token can
+        be issued: the alert itself still goes out)."""
+        if channel is not None and not self.incidents.health.degraded:
+            try:
+                return self._alert_message_in(inc, m, alert, channel)
+            except Exception as exc:
+                if not self.incidents.health.note(exc):
+                    raise
+        return self._alert_message_in(inc, m, alert, None)
+
+    def _alert_message_in(self, inc: Incident, m: StandbyLag, alert: LagAlert, channel: str | None) -> tuple[dict, dict]:
         environment = self.envs[m.env]
         tokens, known = self._tokens(inc, m, channel) if channel else ({}, dict(inc.payload.get("tokens") or {}))
         if channel and not known:  # signalling is off: keep the Details tokens issued earlier
