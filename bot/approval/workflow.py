@@ -160,6 +160,7 @@ class Workflow:
         # state writes that recorded something that already happened, waiting for the store (§3)
         self._unsaved: list[tuple[str, Callable[[], Any], str | None]] = []
         self._unsaved_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         # requests this process is acting on now (never 'interrupted' by its own housekeeping)
         self._running: set[str] = set()
         self._running_lock = threading.Lock()
@@ -486,28 +487,35 @@ class Workflow:
         return False
 
     def flush_unsaved(self) -> list[str]:
-        """Retry the writes kept in memory, in order; returns the ids of requests whose writes all landed."""
-        with self._unsaved_lock:
-            pending, self._unsaved = self._unsaved, []
-        left: list[tuple[str, Callable[[], Any], str | None]] = []
-        blocked: set[str | None] = set()
-        for item in pending:
-            what, write, rid = item
-            if rid is not None and rid in blocked:  # keep one request's writes in order
-                left.append(item)
-                continue
-            try:
-                write()
-                log.info("recorded %s after all", what)
-            except Exception as exc:
-                log.warning("still could not record %s (%s)", what, type(exc).__name__)
-                left.append(item)
-                if rid is not None:
-                    blocked.add(rid)
-        with self._unsaved_lock:
-            self._unsaved[:0] = left
-        held = {rid for _w, _f, rid in left}
-        return [rid for _w, _f, rid in pending if rid is not None and rid not in held]
+        """Retry the writes kept in memory, in order; returns the ids of requests whose writes all landed.
+
+        A write stays in memory (:meth:`holds_unsaved`) until it has landed, so the recovery of
+        interrupted requests never takes its request meanwhile; one flush runs at a time."""
+        if not self._flush_lock.acquire(blocking=False):
+            return []
+        try:
+            with self._unsaved_lock:
+                pending = list(self._unsaved)
+            done: list[tuple[str, Callable[[], Any], str | None]] = []
+            blocked: set[str | None] = set()
+            for item in pending:
+                what, write, rid = item
+                if rid is not None and rid in blocked:  # keep one request's writes in order
+                    continue
+                try:
+                    write()
+                    log.info("recorded %s after all", what)
+                    done.append(item)
+                except Exception as exc:
+                    log.warning("still could not record %s (%s)", what, type(exc).__name__)
+                    if rid is not None:
+                        blocked.add(rid)
+            with self._unsaved_lock:
+                self._unsaved = [i for i in self._unsaved if not any(i is d for d in done)]
+                held = {rid for _w, _f, rid in self._unsaved}
+            return list(dict.fromkeys(rid for _w, _f, rid in done if rid is not None and rid not in held))
+        finally:
+            self._flush_lock.release()
 
     def is_running(self, request_id: str) -> bool:
         with self._running_lock:
