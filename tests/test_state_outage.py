@@ -57,6 +57,7 @@ def config(pg) -> dict:
         pg,
         watch={"channel": CHANNEL, "check_every": "1s", "consecutive": 2, "remind_every": "1h",
                "idle_in_transaction": "1s"},
+        lag_alert={"channel": CHANNEL, "threshold": "1h", "check_every": "1s"},
         timeouts={"connect": "2s", "statement": "3s"},
     )}}
 
@@ -97,6 +98,13 @@ def test_an_incident_while_the_store_is_down_is_alerted_and_resolved_on_the_same
                               f"the store-down alert\n{fake_slack.summary()}")
             time.sleep(3)  # the leader keeps leading past the lease's TTL (1.5 × check_every)
             assert bot.rt.watch.is_leader() and bot.rt.watch.lease.through_outage
+            lag = bot.rt.lagwatch
+            assert lag is not None and lag.is_leader() and lag.lease.through_outage
+            checked = lag.checks.get(("prod", "replica1"), 0)
+            wait_until(lambda: lag.checks.get(("prod", "replica1"), 0) >= checked + 2, 15,
+                       "the standby checked while the store is down")
+            assert REGISTRY.get_sample_value("pgsessions_replay_lag_seconds",
+                                             {"env": "prod", "standby": "replica1"}) is not None, "the lag gauge"
 
             holder = pg.primary.connect(user="app_user", dbname="appdb", autocommit=False, application_name=HOSTILE)
             holder.execute("CREATE TEMP TABLE t_outage (x int)")  # a transaction left open: idle in transaction
