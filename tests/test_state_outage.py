@@ -134,6 +134,7 @@ def test_an_incident_while_the_store_is_down_is_alerted_and_resolved_on_the_same
             assert store_sql(store_pg, "SELECT open FROM pgs_incidents WHERE kind = 'idle_in_tx'") == [(False,)]
             assert len(top_posts(fake_slack, STORE_DOWN)) == 1
             assert not fake_slack.calls_for("chat.postMessage", ok=False)
+            fake_slack.assert_clean()
         finally:
             if holder is not None:
                 holder.close()
