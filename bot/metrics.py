@@ -90,6 +90,11 @@ FLEET_HANDOVERS = Counter(
     ["direction"],
     registry=REGISTRY,
 )
+STATE_STORE_UP = Gauge(
+    "pgsessions_state_store_up",
+    "1 while the bot's state store answers and nothing waits in memory for it, else 0 (bot.state.health)",
+    registry=REGISTRY,
+)
 BUILD_INFO = Info("pgsessions_build", "Version of the running bot", registry=REGISTRY)
 
 

@@ -31,6 +31,7 @@ from bot.secrets import SECRETS
 from bot.slack.directory import Directory
 from bot.slack.messages import RequestMessages
 from bot.slack.web import make_web_client, normalize_api_url
+from bot.state.health import StoreHealth
 from bot.state.store import StateStore
 from bot.watch.watcher import Watcher
 
@@ -80,6 +81,8 @@ class Runtime:
         # one connection per monitored host, open from start-up, for when a server has no slot left
         self.dbs.keep_reserved()
         self.store = StateStore(self.config.state)
+        # whether the store answers (bot.state.health): probed by a job (bot.wiring), said by /healthz
+        self.health = StoreHealth.of(self.store)
         self.client = make_web_client(self.slack.bot_token, self.slack.api_url)
         self.directory = Directory(self.client, team_id=self.config.slack.team_id)
         n_hosts = sum(len(e.hosts()) for e in self.config.environments.values())
@@ -94,6 +97,8 @@ class Runtime:
         self.workflow = Workflow(self.config, self.store, self.dbs, self.policy, self.messages)
         self.messages.count_approvals = self.workflow.counted_approvals
         self.housekeeping = Housekeeping(self.workflow)
+        # the first thing written when the store answers again: outcomes of signals sent meanwhile
+        self.health.on_catch_up("the outcomes kept in memory", self.housekeeping.catch_up)
         # every alert runs under one shell: one leader lease, one Slack outbox deliverer
         # which environments this replica checks: with a PostgreSQL state store they are sharded across the
         # live replicas by lease (bot/fleet/); with SQLite this one replica checks them all

@@ -21,6 +21,7 @@ from bot.slack import (
     nudges,
     pool_handlers,
     replays,
+    store_alert,
     watch_handlers,
 )
 from bot.slack.edge import Router
@@ -48,6 +49,14 @@ def register_features(app: App, rt: Runtime, router: Router) -> None:
 def install_jobs(rt: Runtime) -> None:
     """Add the periodic jobs to ``rt.scheduler`` (they run once it is started)."""
     rt.housekeeping.install(rt.scheduler)
+    # the state store's health (issue 23 §6): probed every 2 s; one alert while it does not answer
+    rt.health.install(rt.scheduler)
+    channel = store_alert.alert_channel(rt.config)
+    if channel is not None:
+        def leads() -> bool:
+            return any(w is not None and w.is_leader() for w in (rt.lagwatch, rt.watch))
+        alert = store_alert.StoreDownAlert(rt.health, lambda: rt.client, channel, leads, rt.instance_id)
+        rt.health.on_probe(alert.on_probe)
     rt.shards.install(rt.scheduler)  # fleet mode: the heartbeat and the environment leases
     if rt.watch is not None:
         rt.watch.install()

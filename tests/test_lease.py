@@ -117,22 +117,49 @@ def test_on_gain_runs_before_or_while_leading(store, leads_during_gain):
     assert ls.is_leader()
 
 
-def test_a_state_store_that_cannot_be_reached_keeps_what_was_held_until_it_runs_out(store, monkeypatch):
+def test_an_error_that_is_no_outage_keeps_what_was_held_until_it_runs_out(store, monkeypatch):
     calls = Calls()
     ls = lease(store, calls, every=0.2)
     ls.renew()
     assert ls.is_leader()
 
-    def down(*_a, **_k):
-        raise ConnectionError("state store down")
+    def broken(*_a, **_k):
+        raise RuntimeError("a bug, not an outage")
 
-    monkeypatch.setattr(store, "acquire_lease", down)
+    monkeypatch.setattr(store, "acquire_lease", broken)
     ls.renew()
     assert ls.is_leader(), "one failed renewal changes nothing"
     time.sleep(0.3)
     ls.renew()
     assert not ls.is_leader(), "but the lease runs out"
+    assert not ls.through_outage
     assert calls.followed == 0
+
+
+def test_the_leader_keeps_leading_while_the_state_store_cannot_be_reached(store, monkeypatch):
+    """Issue 23 §6: the replica that led goes on checking through an outage (not only until the lease
+    would run out); a follower stays a follower; when the store answers the lease decides again."""
+    ca, cb = Calls(), Calls()
+    a, b = lease(store, ca, every=0.2), lease(store, cb, every=0.2)
+    a.renew()
+    b.renew()
+    assert a.is_leader() and not b.is_leader()
+
+    def down(*_a, **_k):
+        raise ConnectionError("state store down")
+
+    monkeypatch.setattr(store, "acquire_lease", down)
+    for _ in range(3):
+        a.renew()
+        b.renew()
+        time.sleep(0.15)
+    assert a.is_leader() and a.through_outage, "the leader leads through the outage, past the lease's TTL"
+    assert not b.is_leader() and not b.through_outage, "a follower does not start leading"
+    monkeypatch.undo()
+    b.renew()  # the store is back and the lease row ran out: b renews first and takes it
+    a.renew()
+    assert b.is_leader() and not a.is_leader() and not a.through_outage
+    assert ca.followed == 1, "the old leader follows at its first renewal after the outage"
 
 
 def test_the_two_watchers_leases_are_independent_rows(store):

@@ -32,12 +32,26 @@ class Housekeeping:
     def __init__(self, workflow: Workflow):
         self.workflow = workflow
 
-    def requests(self) -> None:
+    def catch_up(self) -> None:
+        """The state store answers again (a catch-up hook of :class:`bot.state.health.StoreHealth`): the
+        outcomes and audit entries that waited in memory are written first, before another replica's
+        housekeeping may take their requests for interrupted. Never raises: what cannot be written yet
+        stays in memory for :meth:`requests`."""
+        try:
+            self._flush()
+        except Exception as exc:
+            log.warning("could not write what waited in memory yet: %s", type(exc).__name__)
+
+    def _flush(self) -> None:
         wf = self.workflow
         for rid in wf.flush_unsaved():  # outcomes that waited in memory for the state store
             fresh = wf.store.get_request(rid)
             if fresh is not None:
                 wf.events.changed(fresh)
+
+    def requests(self) -> None:
+        wf = self.workflow
+        self._flush()
         for req in wf.expire_due():
             wf.events.changed(req)
         for req in wf.recover_interrupted():

@@ -85,6 +85,11 @@ class Result:
     tell: bool = False  # ok, but the clicker should read the message (approvals no longer counted)
 
 
+# the audit result when an outcome that waited in memory replaces "interrupted"
+KEPT_OUTCOME_NOTE = ("the outcome waited in memory while the state store was down; "
+                     "it replaces the 'interrupted' written meanwhile")
+
+
 def failed_outcome(action: ActionKind | None, status: OutcomeStatus, detail: str) -> Outcome:
     """An outcome of the action's kind that says only ``status`` and ``detail``."""
     if action is not None and action.target_kind == "session":
@@ -155,6 +160,7 @@ class Workflow:
         # state writes that recorded something that already happened, waiting for the store (§3)
         self._unsaved: list[tuple[str, Callable[[], Any], str | None]] = []
         self._unsaved_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         # requests this process is acting on now (never 'interrupted' by its own housekeeping)
         self._running: set[str] = set()
         self._running_lock = threading.Lock()
@@ -429,12 +435,25 @@ class Workflow:
         shows what happened (a signal that was sent is never reported as "nothing was changed")."""
 
         won: list[bool] = []
+        kept: list[bool] = []  # the write waited in memory for the state store (it was down)
 
         def write() -> None:
             with self.store.tx() as c:
-                won.append(self.store.transition(c, req.id, EXECUTING, final, outcome=outcome))
+                ok = self.store.transition(c, req.id, EXECUTING, final, outcome=outcome)
+                if not ok and kept:
+                    # the signal was sent while the store was down, and another replica's recovery took the
+                    # request for interrupted meanwhile: the outcome kept in memory is what happened, and
+                    # it replaces "interrupted, not retried" (issue 23 §6)
+                    ok = self.store.transition(c, req.id, RequestState.FAILED, final, outcome=outcome,
+                                               outcome_status=OutcomeStatus.INTERRUPTED.value)
+                    if ok:
+                        audit_request(self.store, req.model_copy(update={"outcome": outcome}), "outcome_kept",
+                                      None, conn=c, result=KEPT_OUTCOME_NOTE)
+                won.append(ok)
 
         landed = self.durably(f"the outcome of request {req.id}", write, request_id=req.id)
+        if not landed:
+            kept.append(True)
         try:
             stored = self.store.get_request(req.id)
         except Exception as exc:
@@ -468,28 +487,35 @@ class Workflow:
         return False
 
     def flush_unsaved(self) -> list[str]:
-        """Retry the writes kept in memory, in order; returns the ids of requests whose writes all landed."""
-        with self._unsaved_lock:
-            pending, self._unsaved = self._unsaved, []
-        left: list[tuple[str, Callable[[], Any], str | None]] = []
-        blocked: set[str | None] = set()
-        for item in pending:
-            what, write, rid = item
-            if rid is not None and rid in blocked:  # keep one request's writes in order
-                left.append(item)
-                continue
-            try:
-                write()
-                log.info("recorded %s after all", what)
-            except Exception as exc:
-                log.warning("still could not record %s (%s)", what, type(exc).__name__)
-                left.append(item)
-                if rid is not None:
-                    blocked.add(rid)
-        with self._unsaved_lock:
-            self._unsaved[:0] = left
-        held = {rid for _w, _f, rid in left}
-        return [rid for _w, _f, rid in pending if rid is not None and rid not in held]
+        """Retry the writes kept in memory, in order; returns the ids of requests whose writes all landed.
+
+        A write stays in memory (:meth:`holds_unsaved`) until it has landed, so the recovery of
+        interrupted requests never takes its request meanwhile; one flush runs at a time."""
+        if not self._flush_lock.acquire(blocking=False):
+            return []
+        try:
+            with self._unsaved_lock:
+                pending = list(self._unsaved)
+            done: list[tuple[str, Callable[[], Any], str | None]] = []
+            blocked: set[str | None] = set()
+            for item in pending:
+                what, write, rid = item
+                if rid is not None and rid in blocked:  # keep one request's writes in order
+                    continue
+                try:
+                    write()
+                    log.info("recorded %s after all", what)
+                    done.append(item)
+                except Exception as exc:
+                    log.warning("still could not record %s (%s)", what, type(exc).__name__)
+                    if rid is not None:
+                        blocked.add(rid)
+            with self._unsaved_lock:
+                self._unsaved = [i for i in self._unsaved if not any(i is d for d in done)]
+                held = {rid for _w, _f, rid in self._unsaved}
+            return list(dict.fromkeys(rid for _w, _f, rid in done if rid is not None and rid not in held))
+        finally:
+            self._flush_lock.release()
 
     def is_running(self, request_id: str) -> bool:
         with self._running_lock:

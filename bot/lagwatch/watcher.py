@@ -305,6 +305,17 @@ class LagWatcher:
                 self._resolve_lag(open_[LAG], m, note=action.note)
 
     def _alert_message(self, inc: Incident, m: StandbyLag, alert: LagAlert, channel: str | None) -> tuple[dict, dict]:
+        """The alert with its buttons; without them while the state store does not answer (no token can
+        be issued: the alert itself still goes out)."""
+        if channel is not None and not self.incidents.health.degraded:
+            try:
+                return self._alert_message_in(inc, m, alert, channel)
+            except Exception as exc:
+                if not self.incidents.health.note(exc):
+                    raise
+        return self._alert_message_in(inc, m, alert, None)
+
+    def _alert_message_in(self, inc: Incident, m: StandbyLag, alert: LagAlert, channel: str | None) -> tuple[dict, dict]:
         environment = self.envs[m.env]
         known: tokens.Memory = dict(inc.payload.get("tokens") or {})
         drawn = tokens.Tokens()

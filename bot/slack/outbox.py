@@ -14,8 +14,8 @@ then delivered, per key (the incident id), in the order it was queued.
 * Retry with backoff on 5xx, connection errors, timeouts and unknown errors; 429 pauses every delivery
   for ``Retry-After``. A call is given up (state ``failed``, one log line) only on errors that can never
   succeed: :data:`PERMANENT_ERRORS`.
-* Used by the lag watcher and the session watch (keys are incident ids), delivered by the one leader's
-  job; across a handover, or with an Acknowledge note sent at once, two deliverers may run at once: a row is
+* Used by the lag watcher and the session watch (keys are incident ids). Each delivers with its own
+  leader's job (``lagwatch:outbox``, ``watch:outbox``), so two deliverers may run at once: a row is
   *claimed* before it is sent, by one conditional UPDATE (still pending, same ``attempts`` as read, not
   claimed by someone else), and only the deliverer whose UPDATE changed the row sends it. A key whose
   oldest row is claimed or backing off waits whole, so its order holds across deliverers.
@@ -27,6 +27,13 @@ then delivered, per key (the incident id), in the order it was queued.
 * :class:`IncidentOutbox` is how both watchers talk to Slack about an incident through the outbox:
   one call (an answer at once, or kept for later), adopting a post the outbox delivered later (its
   channel and ts saved on the incident), and the final edit of a resolution.
+
+**While the state store does not answer** (issue 23 §6, :mod:`bot.state.health`) the calls are kept in
+this process's memory instead, in the same order per key, and delivered from there (by :meth:`Outbox.send`
+at once, then by the same ``deliver`` jobs); every alert posted or edited meanwhile carries the line
+:data:`bot.render.store.OUTAGE_NOTE`. When the store answers again, the calls kept in memory are written
+to ``pgs_outbox`` as they are (a delivered post with its ts, so later edits and the resolution find it;
+calls still waiting as pending) before anything else reads it (a catch-up hook of the health monitor).
 
 Metrics: ``pgsessions_slack_outbox_pending`` (backlog) and ``pgsessions_slack_outbox_total`` (by op and
 outcome: delivered, retried, failed, superseded).
@@ -47,6 +54,8 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from bot.metrics import SLACK_OUTBOX, SLACK_OUTBOX_PENDING
+from bot.render.store import render_duplicate_note, with_outage_note
+from bot.state.health import StoreHealth
 from bot.state.incidents import Incident, Incidents
 from bot.state.schema import incidents as incidents_table
 from bot.state.schema import outbox as table
@@ -127,6 +136,17 @@ class Sent:
     response: dict | None = None
 
 
+@dataclass
+class Kept:
+    """A call kept in memory while the state store does not answer (``item.id`` is negative)."""
+
+    item: Item
+    state: str = PENDING
+    error: str | None = None
+    created_at: float = 0.0
+    delivered_at: float | None = None
+
+
 class Shard(Protocol):
     """The fleet's per-environment ownership (:class:`bot.fleet.shards.Shards`)."""
 
@@ -151,6 +171,11 @@ class Outbox:
         self._lock = threading.Lock()  # one pass at a time here; other deliverers are kept off by _claim
         self._paused_until = 0.0  # Slack asked us to wait (429) or is failing
         self._last_prune = 0.0
+        self.health = StoreHealth.of(store)
+        self._kept: list[Kept] = []  # calls kept in memory while the store does not answer, in order
+        self._kept_lock = threading.Lock()
+        self._kept_seq = 0
+        self.health.on_catch_up("the Slack calls kept in memory", self.write_kept)
 
     @property
     def client(self):
@@ -159,7 +184,10 @@ class Outbox:
     # --- queueing -----------------------------------------------------------------------------------
 
     def send(self, op: str, key: str, channel: str, msg: dict, ts: str | None = None) -> Sent:
-        """Queue one call (durably); deliver it at once when it is the first waiting for its key."""
+        """Queue one call (durably); deliver it at once when it is the first waiting for its key. While
+        the state store does not answer, the call is kept in memory instead."""
+        if self.health.degraded:
+            return self._send_kept(op, key, channel, msg, ts)
         now = time.time()
         row = {"key": key, "op": op, "channel": channel, "ts": ts, "payload": json.dumps(msg),
                "state": PENDING, "created_at": now, "attempts": 0, "next_at": 0.0}
@@ -167,6 +195,8 @@ class Outbox:
             with self.store.tx() as c:
                 new_id = c.execute(insert(table).values(**row)).inserted_primary_key[0]
         except Exception as exc:
+            if self.health.note(exc):
+                return self._send_kept(op, key, channel, msg, ts)
             log.warning("slack outbox: could not keep a %s for %s: %s", op, key, type(exc).__name__)
             return Sent(kept=False)
         self._set_gauge()
@@ -184,6 +214,128 @@ class Outbox:
             self._lock.release()
             self._set_gauge()
 
+    # --- kept in memory while the state store does not answer ---------------------------------------
+
+    def _send_kept(self, op: str, key: str, channel: str, msg: dict, ts: str | None) -> Sent:
+        with self._kept_lock:
+            self._kept_seq -= 1
+            kept = Kept(Item(id=self._kept_seq, key=key, op=op, channel=channel, ts=ts, payload=msg, attempts=0,
+                             next_at=0.0), created_at=time.time())
+            first = not any(k.item.key == key and k.state == PENDING for k in self._kept)
+            self._kept.append(kept)
+        if not first or time.time() < self._paused_until or not self.may_send():
+            return Sent(kept=True)
+        if not self._lock.acquire(blocking=False):
+            return Sent(kept=True)
+        try:
+            return Sent(kept=True, response=self._attempt_kept(kept))
+        finally:
+            self._lock.release()
+
+    def _kept_post(self, key: str) -> Kept | None:
+        with self._kept_lock:
+            posts = [k for k in self._kept if k.item.key == key and k.item.op == POST]
+        return posts[-1] if posts else None
+
+    def kept_in_memory(self, key: str) -> bool:
+        """Some call of ``key`` is kept in memory (the store did not answer when it was made)."""
+        with self._kept_lock:
+            return any(k.item.key == key for k in self._kept)
+
+    def _attempt_kept(self, kept: Kept) -> dict | None:
+        """Send one call kept in memory (the caller holds the lock)."""
+        item = kept.item
+        channel, ts = item.channel, item.ts
+        if item.op != POST and ts is None:
+            post = self._kept_post(item.key)
+            if post is not None and post.state == PENDING:
+                return None  # its post waits: keep the order
+            if post is None or post.state != DELIVERED or not post.item.ts:
+                kept.state, kept.error = FAILED, "no message to edit or reply to (its post failed)"
+                SLACK_OUTBOX.labels(item.op, FAILED).inc()
+                return None
+            channel, ts = post.item.channel, post.item.ts
+        item.attempts += 1
+        try:
+            if item.op == POST:
+                resp = self.client.chat_postMessage(channel=channel, **item.payload)
+            elif item.op == UPDATE:
+                resp = self.client.chat_update(channel=channel, ts=ts, **item.payload)
+            else:
+                resp = self.client.chat_postMessage(channel=channel, thread_ts=ts, **item.payload)
+        except SlackApiError as exc:
+            error = str(exc.response.get("error") or f"http_{exc.response.status_code}")
+            if error in PERMANENT_ERRORS:
+                kept.state, kept.error = FAILED, error
+                SLACK_OUTBOX.labels(item.op, FAILED).inc()
+                log.warning("slack outbox: %s for %s given up: Slack says %s", item.op, item.key, error)
+                return None
+            wait = backoff(item.attempts)
+            if exc.response.status_code == 429:
+                try:
+                    wait = max(1.0, float(exc.response.headers.get("Retry-After", wait)))
+                except (TypeError, ValueError):
+                    pass
+            self._retry_kept(kept, error, wait)
+            return None
+        except Exception as exc:
+            self._retry_kept(kept, type(exc).__name__, backoff(item.attempts))
+            return None
+        data = resp.data if hasattr(resp, "data") else dict(resp)
+        kept.state, kept.error, kept.delivered_at = DELIVERED, None, time.time()
+        if item.op == POST:
+            item.ts, item.channel = data.get("ts"), data.get("channel") or channel
+        SLACK_OUTBOX.labels(item.op, DELIVERED).inc()
+        return data
+
+    def _retry_kept(self, kept: Kept, error: str, wait: float) -> None:
+        now = time.time()
+        self._paused_until = max(self._paused_until, now + wait)
+        kept.item.next_at, kept.error = now + wait, error[:200]
+        SLACK_OUTBOX.labels(kept.item.op, "retried").inc()
+        log.warning("slack outbox: %s for %s failed (%s, attempt %d, kept in memory): trying again in %.0fs",
+                    kept.item.op, kept.item.key, error, kept.item.attempts, wait)
+
+    def _deliver_kept(self) -> int:
+        """One pass over the calls kept in memory (the caller holds the lock): per key, its oldest
+        pending call, in order."""
+        landed = 0
+        with self._kept_lock:
+            waiting = [k for k in self._kept if k.state == PENDING]
+        heads: dict[str, Kept] = {}
+        for k in waiting:
+            heads.setdefault(k.item.key, k)
+        for kept in heads.values():
+            now = time.time()
+            if now < self._paused_until or not self.may_send():
+                break
+            if kept.item.next_at > now:
+                continue
+            if self._attempt_kept(kept) is not None:
+                landed += 1
+        return landed
+
+    def write_kept(self) -> None:
+        """The store answers again (a catch-up hook): write the calls kept in memory to ``pgs_outbox`` as
+        they are, in order; raises when it cannot (tried again at the next probe)."""
+        with self._lock, self._kept_lock:
+            kept = list(self._kept)
+            if not kept:
+                return
+            with self.store.tx() as c:
+                for k in kept:
+                    it = k.item
+                    c.execute(insert(table).values(
+                        key=it.key, op=it.op, channel=it.channel, ts=it.ts, payload=json.dumps(it.payload),
+                        state=k.state, created_at=k.created_at, attempts=it.attempts,
+                        next_at=it.next_at if k.state == PENDING else 0.0, delivered_at=k.delivered_at,
+                        last_error=k.error,
+                    ))
+            written = {id(k) for k in kept}
+            self._kept = [k for k in self._kept if id(k) not in written]
+        log.info("slack outbox: %d calls kept in memory while the state store was down are in the outbox now",
+                 len(kept))
+
     # --- reads --------------------------------------------------------------------------------------
 
     def _pending(self, key: str | None = None) -> list[Item]:
@@ -195,14 +347,22 @@ class Outbox:
 
     def post_state(self, key: str) -> tuple[str | None, str | None, str | None]:
         """(state, channel, ts) of the newest post of ``key``; (None, None, None) when there is none."""
+        post = self._kept_post(key)
+        if post is not None:
+            return post.state, post.item.channel, post.item.ts
         stmt = select(table.c.state, table.c.channel, table.c.ts).where(table.c.key == key, table.c.op == POST)
         with self.store.engine.connect() as c:
             row = c.execute(stmt.order_by(table.c.id.desc()).limit(1)).first()
         return (row[0], row[1], row[2]) if row is not None else (None, None, None)
 
     def pending_count(self) -> int:
+        with self._kept_lock:
+            kept = sum(1 for k in self._kept if k.state == PENDING)
+        if self.health.degraded:
+            return kept
         with self.store.engine.connect() as c:
-            return int(c.execute(select(func.count()).select_from(table).where(table.c.state == PENDING)).scalar_one())
+            stored = int(c.execute(select(func.count()).select_from(table).where(table.c.state == PENDING)).scalar_one())
+        return stored + kept
 
     def _set_gauge(self) -> None:
         try:
@@ -221,6 +381,9 @@ class Outbox:
             return 0
         landed = 0
         try:
+            landed += self._deliver_kept()
+            if self.health.degraded:
+                return landed
             self._prune()
             for head, replaced in plan(self._pending()):
                 now = time.time()
@@ -393,6 +556,16 @@ class IncidentOutbox:
         self.outbox = outbox
         self.incidents = incidents
         self.stopped = stopped
+        incidents.memory.on_duplicate.append(self._tell_duplicate)
+
+    def _tell_duplicate(self, inc: Incident) -> None:
+        """An alert this process posted while the store was down turned out to duplicate another
+        replica's (:meth:`bot.state.incidents.OutageMemory.reconcile`): its message says so."""
+        if self.stopped() or not self.outbox.kept_in_memory(inc.id):
+            return
+        state, channel, ts = self.outbox.post_state(inc.id)
+        if state in (DELIVERED, PENDING):
+            self.outbox.send(UPDATE, inc.id, channel or inc.channel or "", render_duplicate_note(), ts=ts)
 
     def call(self, method: str, inc: Incident, **kwargs: Any) -> dict[str, Any] | None:
         """One Web API call (``chat_postMessage``, ``chat_update``; a post with ``thread_ts`` is a thread
@@ -408,6 +581,8 @@ class IncidentOutbox:
             op, ts = THREAD_REPLY, kwargs.pop("thread_ts")
         else:
             op, ts = POST, None
+        if op != THREAD_REPLY and self.outbox.health.degraded:
+            kwargs = with_outage_note(kwargs)  # another replica may alert on the same thing meanwhile
         sent = self.outbox.send(op, inc.id, channel or "", kwargs, ts=ts)
         if sent.response is None and sent.kept and op != POST:
             return {}  # an edit or a reminder kept in the outbox is done for the watcher: it lands in order
@@ -438,4 +613,6 @@ class IncidentOutbox:
             return False
         if not (inc.message_ts or self.adopt_post(inc) or self.post_waiting(inc)):
             return True  # never posted, or its post failed for good: nothing to edit
+        if self.outbox.health.degraded:
+            msg = with_outage_note(msg)
         return self.outbox.send(UPDATE, inc.id, inc.channel or "", msg, ts=inc.message_ts).kept

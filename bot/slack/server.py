@@ -144,7 +144,11 @@ def make_wsgi(rt: Runtime, app: App | None, serve_metrics: bool = True, metrics_
         method = environ.get("REQUEST_METHOD", "GET")
         if path == "/healthz" and method in ("GET", "HEAD"):
             ok = rt.ready.is_set()
-            body = b"ok\n" if ok else b"starting\n"
+            # the state store's health is said, never failed on: a liveness probe that fails restarts the
+            # pod and loses what waits in memory for the store (docs/operating.md, "State store down")
+            health = getattr(rt, "health", None)
+            store = f"{health.status_line()}\n".encode() if health is not None else b""
+            body = (b"ok\n" if ok else b"starting\n") + store
             start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
             return [body]
         if path == "/metrics" and metrics_app is not None:

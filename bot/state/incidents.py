@@ -4,25 +4,46 @@ An incident is one Slack message: it is opened once, edited while it lasts and r
 one incident per (environment, host, kind) is open (the session watch keys several per kind:
 :mod:`bot.watch.incidents`). An Acknowledge (``payload["ack"]``) is written by whoever clicks and kept
 by every later write of the leader. Every write checks, in the same transaction,
-that this bot still holds the leader lease (in fleet mode: the environment's lease at this replica's
-generation, :class:`Fence`) (``FOR UPDATE`` on the lease row on PostgreSQL, which
+that this bot still holds the leader lease (``FOR UPDATE`` on the lease row on PostgreSQL, which
 serialises with :meth:`StateStore.acquire_lease`; SQLite write transactions are exclusive anyway),
 so a replica that lost the lease while a check was in flight cannot open a duplicate.
+
+**While the state store does not answer** (issue 23 §6, :mod:`bot.state.health`) the gateway works on
+memory (:class:`OutageMemory`, one per store): the open incidents as last read (a snapshot after every
+probe that found the store up, and every write of this process), and every incident opened, edited or
+resolved meanwhile, with the channel and ts of what was posted. Writes in memory are not fenced (the
+instance leads through the outage: :attr:`bot.state.lease.LeaderLease.through_outage`). When the store
+answers again, :meth:`OutageMemory.reconcile` writes them before anything reads the store again: an
+incident opened during the outage is inserted with its message's ts (later edits and the resolution go
+to that message, no second post), one that changed is updated (an Acknowledge clicked meanwhile is kept),
+and one that another replica opened for the same thing meanwhile is recorded closed as a duplicate
+(:data:`DUPLICATE`: its message is told so by the watcher's outbox hook).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
+from bot.state.health import StoreHealth
 from bot.state.schema import incidents, leases
 from bot.state.store import StateStore, new_id
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# payload["closed"] of an incident opened during an outage while another replica had the same one open
+DUPLICATE = "duplicate: another replica alerted on the same thing while the state store was down"
 
 # kinds (bot.lagwatch.rules): "lag" | "unreachable"
 
@@ -57,6 +78,160 @@ def open_incidents(store: StateStore) -> list[Incident]:
     return [Incident.from_row(r) for r in rows]
 
 
+def _row(inc: Incident) -> dict[str, Any]:
+    return {
+        "id": inc.id, "env": inc.env, "host": inc.host, "kind": inc.kind, "open": inc.open,
+        "opened_at": inc.opened_at, "resolved_at": inc.resolved_at, "channel": inc.channel,
+        "message_ts": inc.message_ts, "last_update_at": inc.last_update_at,
+        "last_reminder_at": inc.last_reminder_at, "payload": json.dumps(inc.payload, default=str),
+    }
+
+
+def _copy(inc: Incident) -> Incident:
+    return replace(inc, payload=json.loads(json.dumps(inc.payload, default=str)))
+
+
+_MEMORIES: weakref.WeakKeyDictionary[StateStore, OutageMemory] = weakref.WeakKeyDictionary()
+_MEMORIES_LOCK = threading.Lock()
+
+
+class OutageMemory:
+    """The incidents of one state store as this process knows them, for while the store does not answer."""
+
+    def __init__(self, store: StateStore):
+        self.store = store
+        self._lock = threading.Lock()
+        self.open: dict[str, Incident] = {}  # id -> the open incident as last read or written
+        self.changed: dict[str, Incident] = {}  # id -> written during the outage, in order
+        self.created: set[str] = set()  # ids opened during the outage
+        self.duplicates: list[Incident] = []  # opened during the outage, recorded closed as duplicates
+        # told of every incident that reconcile() closed as a duplicate (its message says so)
+        self.on_duplicate: list[Callable[[Incident], None]] = []
+
+    @classmethod
+    def of(cls, store: StateStore) -> OutageMemory:
+        with _MEMORIES_LOCK:
+            mem = _MEMORIES.get(store)
+            if mem is None:
+                mem = _MEMORIES[store] = cls(store)
+                health = StoreHealth.of(store)
+                health.while_up(mem.snapshot)
+                health.on_catch_up("the incidents", mem.reconcile)
+            return mem
+
+    # --- while the store answers --------------------------------------------------------------------
+
+    def snapshot(self) -> None:
+        """Read every open incident (after a probe that found the store up)."""
+        found = {i.id: i for i in open_incidents(self.store)}
+        with self._lock:
+            if not self.changed:
+                self.open = found
+
+    def remember(self, inc: Incident) -> None:
+        """A write of this process that landed in the store."""
+        with self._lock:
+            if inc.open:
+                self.open[inc.id] = _copy(inc)
+            else:
+                self.open.pop(inc.id, None)
+
+    # --- while it does not --------------------------------------------------------------------------
+
+    def open_where(self, pred: Callable[[Incident], bool]) -> list[Incident]:
+        with self._lock:
+            return sorted((_copy(i) for i in self.open.values() if pred(i)), key=lambda i: i.opened_at)
+
+    def get(self, incident_id: str) -> Incident | None:
+        with self._lock:
+            inc = self.open.get(incident_id) or self.changed.get(incident_id)
+            return _copy(inc) if inc is not None else None
+
+    def create(self, inc: Incident, same: Callable[[Incident], bool]) -> Incident | None:
+        with self._lock:
+            if any(same(i) for i in self.open.values()):
+                return None
+            self.open[inc.id] = _copy(inc)
+            self.changed[inc.id] = _copy(inc)
+            self.created.add(inc.id)
+        return inc
+
+    def save(self, inc: Incident, values: dict[str, Any]) -> bool:
+        with self._lock:
+            held = self.open.get(inc.id)
+            if held is None:
+                return False
+            for k, v in values.items():
+                setattr(held, k, v)
+            if not held.open:
+                self.open.pop(inc.id, None)
+            self.changed.pop(inc.id, None)
+            self.changed[inc.id] = _copy(held)  # keep the order of the latest change
+        for k, v in values.items():
+            setattr(inc, k, v)
+        return True
+
+    # --- when it answers again ----------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        """Write what changed during the outage (the catch-up hook); raises when the store fails again
+        (what is left is tried at the next probe). Not fenced by a lease: this is what was posted."""
+        with self._lock:
+            pending = list(self.changed.values())
+        for inc in pending:
+            duplicate = self._write(inc)
+            with self._lock:
+                if self.changed.get(inc.id) == inc:
+                    del self.changed[inc.id]
+                self.created.discard(inc.id)
+                if duplicate:
+                    self.open.pop(inc.id, None)
+            if duplicate:
+                log.warning("incidents: %s on %s/%s was also alerted by another replica while the state "
+                            "store was down; recorded as a duplicate", inc.kind, inc.env, inc.host)
+                for fn in self.on_duplicate:
+                    try:
+                        fn(inc)
+                    except Exception:
+                        log.exception("incidents: telling a duplicate alert failed")
+        with self._lock:
+            if self.changed:
+                raise RuntimeError("incidents changed while they were being written")
+        self.snapshot()
+
+    def _write(self, inc: Incident) -> bool:
+        """Write one incident; True when it was recorded closed as a duplicate."""
+        with self.store.tx() as c:
+            stmt = select(incidents).where(incidents.c.id == inc.id)
+            if not self.store.is_sqlite:
+                stmt = stmt.with_for_update()
+            row = c.execute(stmt).mappings().first()
+            if row is None:
+                same = [
+                    Incident.from_row(r)
+                    for r in c.execute(select(incidents).where(
+                        incidents.c.env == inc.env, incidents.c.host == inc.host, incidents.c.kind == inc.kind,
+                        incidents.c.open.is_(True),
+                    )).mappings()
+                ]
+                if inc.open and any(i.payload.get("key", "") == inc.payload.get("key", "") for i in same):
+                    closed = replace(inc, open=False, resolved_at=time.time(),
+                                     payload={**inc.payload, "closed": DUPLICATE})
+                    c.execute(insert(incidents).values(**_row(closed)))
+                    return True
+                c.execute(insert(incidents).values(**_row(inc)))
+                return False
+            stored = Incident.from_row(row)
+            values = _row(inc)
+            del values["id"]
+            if stored.payload.get("ack") and not inc.payload.get("ack"):
+                values["payload"] = json.dumps({**inc.payload, "ack": stored.payload["ack"]}, default=str)
+            if not stored.open:
+                return False  # resolved by someone else meanwhile: that stands
+            c.execute(update(incidents).where(incidents.c.id == inc.id).values(**values))
+        return False
+
+
 class Fence(Protocol):
     """The fleet's per-environment fence (:class:`bot.fleet.shards.Shards`): with environments sharded
     across replicas, an incident is written only by the replica holding its environment's lease at the
@@ -75,6 +250,19 @@ class Incidents:
         self.holder = holder
         # fleet mode: every write is fenced by the environment's lease instead of the leader lease
         self.shards = shards if shards is not None and shards.fleet else None
+        self.health = StoreHealth.of(store)
+        self.memory = OutageMemory.of(store)
+
+    def _either(self, stored: Callable[[], T], in_memory: Callable[[OutageMemory], T]) -> T:
+        """``stored()`` while the store answers; ``in_memory(memory)`` while it does not (also when
+        ``stored`` meets the outage)."""
+        if not self.health.degraded:
+            try:
+                return stored()
+            except Exception as exc:
+                if not self.health.note(exc):
+                    raise
+        return in_memory(self.memory)
 
     # --- fencing ------------------------------------------------------------------------------------
 
@@ -88,42 +276,61 @@ class Incidents:
         return row is not None and row["holder"] == self.holder and row["expires_at"] >= time.time()
 
     def holds_lease(self, env: str | None = None) -> bool:
-        with self.store.tx() as c:
-            return self._holds_lease(c, env)
+        """True while this bot holds the lease; while the store does not answer, the instance that led
+        goes on (its in-memory leadership decided to run the check)."""
+        def stored() -> bool:
+            with self.store.tx() as c:
+                return self._holds_lease(c, env)
+        return self._either(stored, lambda _m: True)
 
     # --- reads --------------------------------------------------------------------------------------
 
     def open_for(self, env: str, host: str) -> dict[str, Incident]:
         """The open incidents of one standby by kind."""
-        stmt = select(incidents).where(incidents.c.env == env, incidents.c.host == host, incidents.c.open.is_(True))
-        with self.store.engine.connect() as c:
-            rows = c.execute(stmt.order_by(incidents.c.opened_at)).mappings().all()
+        def stored() -> list[Incident]:
+            stmt = select(incidents).where(incidents.c.env == env, incidents.c.host == host,
+                                           incidents.c.open.is_(True))
+            with self.store.engine.connect() as c:
+                rows = c.execute(stmt.order_by(incidents.c.opened_at)).mappings().all()
+            return [Incident.from_row(r) for r in rows]
+        found = self._either(stored, lambda m: m.open_where(lambda i: i.env == env and i.host == host))
         out: dict[str, Incident] = {}
-        for r in rows:
-            out.setdefault(r["kind"], Incident.from_row(r))
+        for inc in found:
+            out.setdefault(inc.kind, inc)
         return out
 
     def all_open(self) -> list[Incident]:
-        return open_incidents(self.store)
+        return self._either(lambda: open_incidents(self.store), lambda m: m.open_where(lambda _i: True))
 
     def get(self, incident_id: str) -> Incident | None:
-        with self.store.engine.connect() as c:
-            row = c.execute(select(incidents).where(incidents.c.id == incident_id)).mappings().first()
-        return Incident.from_row(row) if row is not None else None
+        def stored() -> Incident | None:
+            with self.store.engine.connect() as c:
+                row = c.execute(select(incidents).where(incidents.c.id == incident_id)).mappings().first()
+            return Incident.from_row(row) if row is not None else None
+        return self._either(stored, lambda m: m.get(incident_id))
 
     def count_open(self) -> int:
-        with self.store.engine.connect() as c:
-            return int(
-                c.execute(select(func.count()).select_from(incidents).where(
-                    incidents.c.open.is_(True), incidents.c.kind.in_(("lag", "unreachable"))  # not bot.watch's kinds
-                )).scalar_one()
-            )
+        def stored() -> int:
+            with self.store.engine.connect() as c:
+                return int(
+                    c.execute(select(func.count()).select_from(incidents).where(
+                        incidents.c.open.is_(True), incidents.c.kind.in_(("lag", "unreachable"))  # not bot.watch's kinds
+                    )).scalar_one()
+                )
+        return self._either(stored, lambda m: len(m.open_where(lambda i: i.kind in ("lag", "unreachable"))))
 
     # --- writes (fenced) ----------------------------------------------------------------------------
 
     def create(self, env: str, host: str, kind: str, channel: str, payload: dict[str, Any]) -> Incident | None:
         """Open an incident; None when this bot is not the leader or one is already open."""
+        return self._create(env, host, kind, channel, payload, key=None)
+
+    def _create(self, env: str, host: str, kind: str, channel: str, payload: dict[str, Any],
+                key: str | None) -> Incident | None:
+        """Open an incident (one per env, host, kind; with ``key``, one per env, host, kind and key)."""
         now = time.time()
+        if key is not None:
+            payload = {**payload, "key": key}
         row = {
             "id": new_id(12),
             "env": env,
@@ -138,21 +345,31 @@ class Incidents:
             "last_reminder_at": None,
             "payload": json.dumps(payload, default=str),
         }
-        with self.store.tx() as c:
-            if not self._holds_lease(c, env):
-                return None
-            exists = c.execute(
-                select(incidents.c.id).where(
-                    incidents.c.env == env,
-                    incidents.c.host == host,
-                    incidents.c.kind == kind,
-                    incidents.c.open.is_(True),
-                )
-            ).first()
-            if exists:
-                return None
-            c.execute(insert(incidents).values(**row))
-        return Incident.from_row({**row, "payload": row["payload"]})
+        inc = Incident.from_row(row)
+
+        def same(other: Incident) -> bool:
+            return (other.env, other.host, other.kind) == (env, host, kind) and other.open and (
+                key is None or other.payload.get("key", "") == key)
+
+        def stored() -> Incident | None:
+            with self.store.tx() as c:
+                if not self._holds_lease(c, env):
+                    return None
+                rows = c.execute(
+                    select(incidents).where(
+                        incidents.c.env == env,
+                        incidents.c.host == host,
+                        incidents.c.kind == kind,
+                        incidents.c.open.is_(True),
+                    )
+                ).mappings().all()
+                if any(same(Incident.from_row(r)) for r in rows):
+                    return None
+                c.execute(insert(incidents).values(**row))
+            self.memory.remember(inc)
+            return inc
+
+        return self._either(stored, lambda m: m.create(inc, same))
 
     def save(self, inc: Incident, **values: Any) -> bool:
         """Update an open incident's columns (``payload`` as a dict); False if not leader or closed.
@@ -160,25 +377,37 @@ class Incidents:
         An Acknowledge recorded meanwhile by a click (``payload["ack"]``, written by whoever clicked, not
         by the leader) is kept: the leader's writes never overwrite it."""
         payload = values.pop("payload", None)
-        with self.store.tx() as c:
-            if not self._holds_lease(c, inc.env):
-                return False
+
+        def stored() -> bool:
+            vals = dict(values)
+            with self.store.tx() as c:
+                if not self._holds_lease(c, inc.env):
+                    return False
+                if payload is not None:
+                    p = dict(payload)
+                    if not p.get("ack"):
+                        row = c.execute(select(incidents.c.payload).where(incidents.c.id == inc.id)).first()
+                        held = json.loads(row[0] or "{}") if row else {}
+                        if held.get("ack"):
+                            p["ack"] = held["ack"]
+                    vals["payload"] = json.dumps(p, default=str)
+                res = c.execute(
+                    update(incidents).where(incidents.c.id == inc.id, incidents.c.open.is_(True)).values(**vals)
+                )
+                ok = int(res.rowcount) == 1
+            if ok:
+                for k, v in vals.items():
+                    setattr(inc, k, json.loads(v) if k == "payload" else v)
+                self.memory.remember(inc)
+            return ok
+
+        def in_memory(m: OutageMemory) -> bool:
+            vals = dict(values)
             if payload is not None:
-                payload = dict(payload)
-                if not payload.get("ack"):
-                    row = c.execute(select(incidents.c.payload).where(incidents.c.id == inc.id)).first()
-                    stored = json.loads(row[0] or "{}") if row else {}
-                    if stored.get("ack"):
-                        payload["ack"] = stored["ack"]
-                values["payload"] = json.dumps(payload, default=str)
-            res = c.execute(
-                update(incidents).where(incidents.c.id == inc.id, incidents.c.open.is_(True)).values(**values)
-            )
-            ok = int(res.rowcount) == 1
-        if ok:
-            for k, v in values.items():
-                setattr(inc, k, json.loads(v) if k == "payload" else v)
-        return ok
+                vals["payload"] = json.loads(json.dumps(payload, default=str))
+            return m.save(inc, vals)
+
+        return self._either(stored, in_memory)
 
     def acknowledge(self, incident_id: str, user: str) -> tuple[Incident | None, str | None]:
         """Record who took an open incident (any kind: it stops the reminders); (incident, None), or

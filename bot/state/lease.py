@@ -11,8 +11,14 @@ Every alert runs under one :class:`LeaderLease` (:data:`ALERTS_LEASE`, held by
 * :meth:`LeaderLease.stop` (also on the scheduler's shutdown) stops leading and releases the lease,
   so another replica takes it at its next renewal.
 * ``on_gain`` runs when this instance becomes the leader, ``on_follow`` at every renewal that finds
-  another holder. A state store that cannot be reached changes nothing: what was held is kept until it
-  runs out.
+  another holder.
+* **The state store does not answer** (issue 23 §6, :mod:`bot.state.health`): an instance that was
+  leading when a renewal failed with an outage error *keeps leading* for as long as the store stays
+  unreachable (:attr:`LeaderLease.through_outage`): its checks and alerts go on from memory. Another
+  replica that also led, or believes it did, may do the same: duplicate alerts are better than none,
+  and every alert posted meanwhile says it may come from more than one replica. An instance that was
+  not leading stays a follower. When the store answers again the next renewal decides as usual (the
+  lease row ran out meanwhile: the first replica to renew takes it, the other one follows).
 
 The incidents a leader writes are fenced by the same row in the state store
 (:class:`bot.state.incidents.Incidents`): the in-memory :meth:`~LeaderLease.is_leader` only decides
@@ -31,6 +37,7 @@ from typing import Any
 
 from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
 
+from bot.state.health import StoreHealth, is_outage
 from bot.state.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -74,7 +81,9 @@ class LeaderLease:
         self.on_follow = on_follow
         self.leads_during_gain = leads_during_gain
         self._valid_until = 0.0
+        self._through_outage = False
         self._stopped = threading.Event()
+        self.health = StoreHealth.of(store)
 
     def install(self, scheduler: Any, job_id: str, job_name: str) -> None:
         """Renew every ``every / 2`` from now on; stop (and release) when the scheduler shuts down."""
@@ -92,7 +101,14 @@ class LeaderLease:
         return self._stopped.is_set()
 
     def is_leader(self) -> bool:
-        return not self._stopped.is_set() and time.monotonic() < self._valid_until
+        if self._stopped.is_set():
+            return False
+        return self._through_outage or time.monotonic() < self._valid_until
+
+    @property
+    def through_outage(self) -> bool:
+        """Leading because the state store stopped answering while this instance led."""
+        return self._through_outage and not self._stopped.is_set()
 
     def renew(self) -> None:
         """Take or renew the lease (the scheduler job)."""
@@ -102,9 +118,20 @@ class LeaderLease:
         was = self.is_leader()
         try:
             held = self.store.acquire_lease(self.name, self.holder, self.ttl)
-        except Exception as exc:  # state store down: keep what we had until it runs out
-            log.warning("%s: could not renew the leader lease: %s", self.label, type(exc).__name__)
+        except Exception as exc:
+            if is_outage(exc):
+                self.health.note(exc)
+                if was and not self._through_outage:
+                    # the store is unreachable: the leader goes on (duplicates are better than silence)
+                    self._through_outage = True
+                    log.warning("%s: the state store is not answering; this instance keeps running %s "
+                                "until it is back (another replica may run them too)", self.label, self.duty)
+            else:  # keep what we had until it runs out
+                log.warning("%s: could not renew the leader lease: %s", self.label, type(exc).__name__)
             return
+        if self._through_outage:
+            self._through_outage = False
+            log.info("%s: the state store answers again; leading by the lease again", self.label)
         if self._stopped.is_set():
             return
         if held:
@@ -129,6 +156,7 @@ class LeaderLease:
         was = self.is_leader()
         self._stopped.set()
         self._valid_until = 0.0
+        self._through_outage = False
         if was:
             self._release()
 

@@ -383,13 +383,15 @@ class StateStore:
         decided_at: float | None = None,
         decided_by: str | None = None,
         stale_before: float | None = None,
+        outcome_status: str | None = None,
     ) -> bool:
         """Move a request from ``expected`` to ``new``; False when another click got there first.
 
         ``outcome`` (when given) replaces the stored outcome and the real columns derived from it; a
         transition to the same state only records progress or a changed outcome. ``stale_before``: only
         if the request was last updated at or before then (an execution that is alive keeps updating it,
-        :meth:`touch_executing`, and so wins against the recovery of interrupted requests)."""
+        :meth:`touch_executing`, and so wins against the recovery of interrupted requests). ``outcome_status``:
+        only if the stored outcome has this status (an outcome kept in memory replaces "interrupted")."""
         exp = (expected,) if isinstance(expected, str) else expected  # a RequestState is a str
         values: dict[str, Any] = {"state": RequestState(new).value, "updated_at": time.time()}
         if outcome is not None:
@@ -402,6 +404,8 @@ class StateStore:
         where = [requests.c.id == request_id, requests.c.state.in_([RequestState(e).value for e in exp])]
         if stale_before is not None:
             where.append(requests.c.updated_at <= stale_before)
+        if outcome_status is not None:
+            where.append(requests.c.outcome_status == outcome_status)
         res = conn.execute(update(requests).where(*where).values(**values))
         return int(res.rowcount) == 1
 

@@ -7,15 +7,11 @@ one kind may be open on one host (a pile-up per root blocker), told apart by ``p
 
 from __future__ import annotations
 
-import json
-import time
-
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from bot.state.incidents import Fence, Incident, Incidents
 from bot.state.lease import ALERTS_LEASE
 from bot.state.schema import incidents
-from bot.state.store import new_id
 from bot.watch.model import KINDS
 from bot.watch.rules import OpenIncident
 
@@ -35,33 +31,21 @@ class WatchIncidents(Incidents):
         super().__init__(store, lease_name, holder, shards)
 
     def open_list(self, env: str | None = None, host: str | None = None) -> list[Incident]:
-        stmt = select(incidents).where(incidents.c.open.is_(True), incidents.c.kind.in_(KINDS))
-        if env is not None:
-            stmt = stmt.where(incidents.c.env == env)
-        if host is not None:
-            stmt = stmt.where(incidents.c.host == host)
-        with self.store.read() as c:
-            rows = c.execute(stmt.order_by(incidents.c.opened_at)).mappings().all()
-        return [Incident.from_row(r) for r in rows]
+        def stored() -> list[Incident]:
+            stmt = select(incidents).where(incidents.c.open.is_(True), incidents.c.kind.in_(KINDS))
+            if env is not None:
+                stmt = stmt.where(incidents.c.env == env)
+            if host is not None:
+                stmt = stmt.where(incidents.c.host == host)
+            with self.store.read() as c:
+                rows = c.execute(stmt.order_by(incidents.c.opened_at)).mappings().all()
+            return [Incident.from_row(r) for r in rows]
+
+        def wanted(i: Incident) -> bool:
+            return i.kind in KINDS and env in (None, i.env) and host in (None, i.host)
+
+        return self._either(stored, lambda m: m.open_where(wanted))
 
     def create_keyed(self, env: str, host: str, kind: str, key: str, channel: str, payload: dict) -> Incident | None:
         """Open an incident; None when this bot is not the leader or the same one is already open."""
-        now = time.time()
-        row = {
-            "id": new_id(12), "env": env, "host": host, "kind": kind, "open": True, "opened_at": now,
-            "resolved_at": None, "channel": channel, "message_ts": None, "last_update_at": None,
-            "last_reminder_at": None, "payload": json.dumps({**payload, "key": key}, default=str),
-        }
-        with self.store.tx() as c:
-            if not self._holds_lease(c, env):
-                return None
-            same = c.execute(
-                select(incidents.c.payload).where(
-                    incidents.c.env == env, incidents.c.host == host, incidents.c.kind == kind,
-                    incidents.c.open.is_(True),
-                )
-            ).all()
-            if any(json.loads(r[0] or "{}").get("key", "") == key for r in same):
-                return None
-            c.execute(insert(incidents).values(**row))
-        return Incident.from_row(row)
+        return self._create(env, host, kind, channel, payload, key=key)

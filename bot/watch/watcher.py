@@ -407,6 +407,17 @@ class Watcher:
         return token, sessions, kept
 
     def _message(self, inc: Incident, cond: rules.Condition, channel: str | None) -> tuple[dict, dict]:
+        """The alert with its buttons; without them while the state store does not answer (no token can
+        be issued: the alert itself still goes out)."""
+        if channel is not None and not self.incidents.health.degraded:
+            try:
+                return self._message_in(inc, cond, channel)
+            except Exception as exc:
+                if not self.incidents.health.note(exc):
+                    raise
+        return self._message_in(inc, cond, None)
+
+    def _message_in(self, inc: Incident, cond: rules.Condition, channel: str | None) -> tuple[dict, dict]:
         environment = self.envs[inc.env]
         w = self.watches[inc.env]
         known: tokens.Memory = dict(inc.payload.get("tokens") or {})
