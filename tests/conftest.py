@@ -6,12 +6,21 @@ follow below them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from tests.harness.fake_slack import FakeSlack
 from tests.harness.pgcluster import ClusterPair, start_pair
+
+# CI (CI=true) runs the property tests on a fixed sequence of examples: a failure there is the same at
+# every run and can be replayed; locally every run draws new examples (and keeps failing ones in
+# .hypothesis/), which is where new counterexamples are found.
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
