@@ -34,13 +34,22 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import psycopg
+from psycopg.rows import dict_row
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
 from bot.config import Config, ConfigError, Environment, Pooler, load_config
 from bot.postgres import pgbouncer
+from bot.postgres.activity import server_info
 from bot.postgres.pooler_models import KILL_CLIENT_SINCE
 from bot.postgres.pooler_models import version_text as pooler_version_text
+from bot.postgres.pools import connect_bounded, explain
 from bot.postgres.sql import Features, features, query, unsupported, version_text
 from bot.render.common import visible
+from bot.runtime import SlackSettings
 from bot.secrets import safe_dsn, scrub
+from bot.state.store import StateStore
 
 REQUIRED_SCOPES = ("commands", "chat:write", "chat:write.public", "users:read", "usergroups:read")
 # Scopes of the features around the core (manifest.yml); without them the core still works (a warning).
@@ -175,12 +184,6 @@ def _reserved_slots(report: HostReport, info, extra: dict) -> None:
 
 
 def check_host(env: str, host: str, dsn: str, environment: Environment, kill_allowed: bool) -> HostReport:
-    import psycopg
-    from psycopg.rows import dict_row
-
-    from bot.postgres.activity import server_info
-    from bot.postgres.pools import connect_bounded, explain
-
     report = HostReport(env=env, host=host, role="primary" if host == "primary" else "standby", target=safe_dsn(dsn))
     ct, st = environment.timeouts.connect, environment.timeouts.statement
     started = time.monotonic()
@@ -336,8 +339,6 @@ def _describe_state(url: str) -> str:
 
 
 def check_state(url: str) -> StateReport:
-    from bot.state.store import StateStore
-
     report = StateReport(target=_describe_state(url))
     started = time.monotonic()
     store = None
@@ -371,11 +372,6 @@ def _header(headers: Any, name: str) -> str | None:
 
 
 def check_slack(environ: dict[str, str]) -> SlackReport:
-    from slack_sdk import WebClient
-    from slack_sdk.errors import SlackApiError
-
-    from bot.runtime import SlackSettings
-
     settings = SlackSettings.from_env(environ)
     report = SlackReport(api_url=settings.api_url)
     if not settings.bot_token:
@@ -607,10 +603,6 @@ def open_access_warnings(name: str, environment: Environment) -> list[Finding]:
 def shared_channel_warnings(config: Config, environ: dict[str, str], envs: list[str] | None) -> list[Finding]:
     """``redact_queries: false`` with a channel in ``access.channels`` shared with another organisation
     (or workspace): query texts (and any literal in them) reach people outside. Asks conversations.info."""
-    from slack_sdk import WebClient
-
-    from bot.runtime import SlackSettings
-
     settings = SlackSettings.from_env(environ)
     todo = [(n, e) for n, e in config.environments.items()
             if (not envs or n in envs) and not e.redact_queries and e.access.channels]

@@ -23,6 +23,7 @@ from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from typing import Any
 
+from bot.metrics import ACK_SECONDS, SLACK_REQUESTS
 from bot.secrets import ScrubFilter, scrub
 
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("pgsessions_request_id", default=None)
@@ -178,7 +179,6 @@ def instrument_bolt(app) -> None:
     def dispatch_with_request_id(req):
         if REQUEST_ID.get() is not None:  # over HTTP the WSGI layer already did all of this
             return dispatch(req)
-        from bot.metrics import ACK_SECONDS, SLACK_REQUESTS
 
         kind = kind_of_body(req.body)
         started = time.monotonic()

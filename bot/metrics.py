@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -68,8 +70,6 @@ BUILD_INFO = Info("pgsessions_build", "Version of the running bot", registry=REG
 
 def _version() -> str:
     try:
-        from importlib.metadata import version
-
         return version("pgsessions")
     except Exception:  # pragma: no cover - not installed as a distribution
         return "unknown"

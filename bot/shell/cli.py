@@ -9,9 +9,16 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg
+from slack_bolt.error import BoltError
+from slack_sdk.errors import SlackApiError
+
+from bot.cli_common import load_or_exit
 from bot.config import Config
+from bot.postgres.pools import DatabaseUnavailable, explain
 from bot.postgres.sql import unsupported_conn
-from bot.shell.localconfig import NO_POSTGRES
+from bot.shell.console import Shell, text_stream
+from bot.shell.localconfig import NO_POSTGRES, builtin_config, local_dsn
 
 DESCRIPTION = """\
 Chat with the bot in this terminal, without Slack: the same app and handlers as `serve`, with the
@@ -41,8 +48,6 @@ def add_parser(subparsers, common) -> None:
 
 def resolve_config(path: str | None) -> tuple[Config | None, str]:
     """(config, where it came from); (None, "built-in") when the built-in local config is to be used."""
-    from bot.cli import load_or_exit
-
     if path:
         return load_or_exit(path), path
     env_path = os.environ.get("PGSESSIONS_CONFIG")
@@ -55,10 +60,6 @@ def resolve_config(path: str | None) -> tuple[Config | None, str]:
 
 def check_local_postgres(config: Config) -> str | None:
     """Why the built-in config's PostgreSQL cannot be used, or None (see :func:`local_refusal`)."""
-    import psycopg
-
-    from bot.postgres.pools import explain
-
     env = config.environments["local"]
     try:
         with psycopg.connect(env.dsn, connect_timeout=int(env.timeouts.connect), autocommit=True) as conn:
@@ -81,8 +82,6 @@ def local_refusal(dsn: str, reason: str) -> str:
 
 def describe_hosts(rt) -> list[str]:
     """One line per configured server: its version and the role the bot uses, or why it is unavailable."""
-    from bot.postgres.pools import DatabaseUnavailable
-
     targets = [(env, host) for env, e in rt.config.environments.items() for host in e.hosts()]
 
     def probe(target: tuple[str, str]) -> str:
@@ -119,12 +118,6 @@ def _interrupt_on(*signals: int) -> None:
 
 
 def run(args) -> int:
-    from slack_bolt.error import BoltError
-    from slack_sdk.errors import SlackApiError
-
-    from bot.shell.console import Shell, text_stream
-    from bot.shell.localconfig import builtin_config, local_dsn
-
     config, origin = resolve_config(args.config)
     out = text_stream(sys.stdout)
     banner: list[str] = []

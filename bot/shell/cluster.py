@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import pwd
 import re
 import shutil
 import socket
@@ -63,7 +64,6 @@ def _as_root() -> bool:
 def _chown(path: str) -> None:
     if not _as_root():
         return
-    import pwd
 
     pw = pwd.getpwnam("postgres")
     for root, _dirs, files in os.walk(path):

@@ -11,6 +11,11 @@ the bot to finish answering before it reads the next one, and exits 0 at the end
 
 from __future__ import annotations
 
+try:
+    import readline
+except ImportError:  # pragma: no cover - Windows
+    readline = None  # type: ignore[assignment]
+
 import contextlib
 import functools
 import io
@@ -26,13 +31,17 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 from bot.config import Config
+from bot.durations import DurationError, parse_duration
+from bot.logs import instrument_bolt
 from bot.render.common import visible
+from bot.runtime import Runtime, SlackSettings
 from bot.shell.activity import Activity, TrackedExecutor
 from bot.shell.localconfig import channel_name, channel_names
 from bot.shell.mrkdwn import Names, can_print_emoji
 from bot.shell.payloads import Driver, response_json
 from bot.shell.render import BlockRenderer, find_element
 from bot.shell.webapi import Message, View, Workspace
+from bot.slack.app import build_app
 
 if TYPE_CHECKING:
     from slack_bolt import App
@@ -81,12 +90,7 @@ class Terminal:
         self._prompt: str | None = None
         self._readline: Any = None
         if interactive:
-            try:
-                import readline
-
-                self._readline = readline
-            except ImportError:  # pragma: no cover - Windows
-                self._readline = None
+            self._readline = readline
 
     def write(self, lines: list[str]) -> None:
         # nothing reaches the terminal raw: a control character in a database string (ESC[ ..., a
@@ -207,9 +211,6 @@ class Shell:
         return out
 
     def start(self) -> Shell:
-        from bot.runtime import Runtime, SlackSettings
-        from bot.slack.app import build_app
-
         self.ws.start()
         signing_secret = secrets.token_hex(16)
         settings = SlackSettings(bot_token=BOT_TOKEN, signing_secret=signing_secret, app_token=None,
@@ -228,8 +229,6 @@ class Shell:
 
     def _track_listeners(self, app) -> None:
         with contextlib.suppress(ImportError):
-            from bot.logs import instrument_bolt
-
             instrument_bolt(app)
         runner = app.listener_runner
         runner.listener_executor = TrackedExecutor(runner.listener_executor, self.activity)
@@ -691,8 +690,6 @@ class Shell:
         self.say(f"{self.names.group(gid)}: " + (", ".join(self.who(m) for m in members) or "nobody"))
 
     def _seconds(self, word: str) -> float | None:
-        from bot.durations import DurationError, parse_duration
-
         try:
             return float(parse_duration(word))
         except (DurationError, ValueError, TypeError):

@@ -19,7 +19,11 @@ import time
 import psycopg
 import yaml
 
+from bot.config import load_config
+from bot.logs import setup_logging
+from bot.shell.cli import _interrupt_on
 from bot.shell.cluster import ClusterError, Pair, start_pair
+from bot.shell.console import Shell, text_stream
 from bot.shell.localconfig import APPROVER_ID, APPROVER_NAME, YOU_ID, channel_name, local_user_name
 
 ALERT_CHANNEL = "C0ALERTS"
@@ -169,11 +173,6 @@ def banner(pair: Pair, config_path: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bot.config import load_config
-    from bot.logs import setup_logging
-    from bot.shell.cli import _interrupt_on
-    from bot.shell.console import Shell, text_stream
-
     parser = argparse.ArgumentParser(prog="python -m bot.shell.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--log-level", default="ERROR", help="the bot's log lines on stderr (default ERROR)")
     parser.add_argument("--wait", dest="settle_limit", type=float, default=15.0,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 _CODE = re.compile(r"```.*?```|`[^`\n]*`", re.DOTALL)
 _TOKEN = re.compile(r"<([^<>\n]+)>")
@@ -110,8 +111,6 @@ def _token(inner: str, names: Names) -> str:
             return unescape(label)
         parts = target.split("^")
         try:
-            from datetime import UTC, datetime
-
             return datetime.fromtimestamp(int(parts[1]), UTC).strftime("%Y-%m-%d %H:%M UTC")
         except (IndexError, ValueError, OverflowError):
             return target

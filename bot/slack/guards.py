@@ -17,6 +17,7 @@ import threading
 from typing import Any
 
 from slack_bolt import BoltResponse
+from slack_sdk.webhook import WebhookClient
 
 from bot.approval import ids
 
@@ -65,8 +66,6 @@ def _answer_elsewhere(body: dict, text: str) -> None:
 
     def post() -> None:
         try:
-            from slack_sdk.webhook import WebhookClient
-
             WebhookClient(url, timeout=5).send(text=text, response_type="ephemeral", replace_original=False,
                                                unfurl_links=False, unfurl_media=False)
         except Exception as exc:  # the refusal stands; only the notice is lost

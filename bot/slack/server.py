@@ -18,13 +18,14 @@ import time
 from collections.abc import Mapping
 from urllib.parse import parse_qs
 
+from prometheus_client import start_http_server
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk.signature import SignatureVerifier
 from waitress.server import create_server
 
 from bot.logs import instrument_bolt, new_request_id, request_context
-from bot.metrics import ACK_SECONDS, SLACK_REQUESTS, wsgi_app
+from bot.metrics import ACK_SECONDS, REGISTRY, SLACK_REQUESTS, wsgi_app
 from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -247,10 +248,6 @@ class HttpServer:
         self.metrics_server = None
         self.metrics_error: str | None = None
         if metrics is not None:
-            from prometheus_client import start_http_server
-
-            from bot.metrics import REGISTRY
-
             try:
                 self.metrics_server, _ = start_http_server(metrics[1], addr=metrics[0], registry=REGISTRY)
             except OSError as exc:  # in use, or no such address: the bot serves Slack anyway, without /metrics

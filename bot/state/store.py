@@ -44,6 +44,7 @@ from bot.approval.models import (
     request_from_dict,
     with_kind,
 )
+from bot.state import audit as audit_records
 from bot.state import migrate
 from bot.state.schema import (  # noqa: F401 - re-exported: the tables are imported from here
     approvals,
@@ -599,52 +600,20 @@ class StateStore:
             ).rowcount
         return removed
 
-    # --- audit --------------------------------------------------------------------------------------
+    # --- audit (the statements: bot.state.audit) ----------------------------------------------------
 
     def add_audit(self, conn: Connection | None = None, **values: Any) -> None:
-        from bot.audit_export import log_audit  # one structured log line per audit event
-
-        values.setdefault("at", time.time())
-        log_audit(values)
         if conn is not None:
-            conn.execute(insert(audit).values(**values))
+            audit_records.add(conn, values)
             return
         with self.tx() as c:
-            c.execute(insert(audit).values(**values))
+            audit_records.add(c, values)
 
     def add_audit_many(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        from bot.audit_export import log_audit
-
-        now = time.time()
-        rows = [{"at": now, **r} for r in rows]
-        for r in rows:
-            log_audit(r)
         with self.tx() as c:
-            c.execute(insert(audit), rows)
-
-    @staticmethod
-    def _audit_where(
-        env: str | None, since: float | None, actor: str | None, action: str | None,
-        envs: Collection[str | None] | None = None, request_id: str | None = None,
-    ) -> list[Any]:
-        """The conditions of an audit query (the entries and their counts select the same ones)."""
-        where: list[Any] = []
-        if env is not None:
-            where.append(audit.c.env == env)
-        if envs is not None:
-            named = audit.c.env.in_([e for e in envs if e is not None])
-            where.append(or_(named, audit.c.env.is_(None)) if None in envs else named)
-        if request_id is not None:
-            where.append(audit.c.request_id == request_id)
-        if since is not None:
-            where.append(audit.c.at >= since)
-        if actor is not None:
-            where.append(audit.c.actor == actor)
-        if action is not None:
-            where.append(audit.c.event.like(f"{action}:%"))
-        return where
+            audit_records.add_many(c, rows)
 
     def audit_entries(
         self,
@@ -658,25 +627,31 @@ class StateStore:
         offset: int = 0,
         envs: Collection[str | None] | None = None,
     ) -> list[dict[str, Any]]:
-        """The newest entries first. ``envs``: only entries of these environments (None among them: entries
-        of no environment), so that a page of a viewer's audit is full of entries the viewer may see."""
-        stmt = (select(audit).where(*self._audit_where(env, since, actor, action, envs, request_id))
-                .order_by(audit.c.id.desc()).limit(limit).offset(offset))
+        """The newest entries first (:func:`bot.state.audit.entries`)."""
         with self.read() as c:
-            return [dict(r) for r in c.execute(stmt).mappings()]
+            return audit_records.entries(c, env, limit, request_id, since=since, actor=actor, action=action,
+                                         offset=offset, envs=envs)
 
     def audit_counts(
         self, env: str | None = None, *, since: float | None = None, actor: str | None = None,
         action: str | None = None,
     ) -> dict[str | None, int]:
         """How many audit entries match, per environment (so hidden environments can be left out)."""
-        stmt = select(audit.c.env, func.count()).where(*self._audit_where(env, since, actor, action)).group_by(audit.c.env)
         with self.read() as c:
-            return {e: int(n) for e, n in c.execute(stmt)}
+            return audit_records.counts(c, env, since=since, actor=actor, action=action)
 
     def audit_count(self) -> int:
         with self.read() as c:
-            return int(c.execute(select(func.count()).select_from(audit)).scalar_one())
+            return audit_records.count(c)
+
+    def audit_export(
+        self, *, env: str | None = None, since: float | None = None, user: str | None = None,
+        action: str | None = None, limit: int | None = None, now: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Audit rows with their request's requester (:func:`bot.state.audit.export_rows`)."""
+        with self.read() as c:
+            return audit_records.export_rows(c, env=env, since=since, user=user, action=action, limit=limit,
+                                             now=now)
 
     # --- leader lease -------------------------------------------------------------------------------
 
