@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
+from bot.approval.actions import ACTIONS, ActionKind
 from bot.approval.ids import REQUEST_CALLBACK, decide_action_id
 from bot.approval.models import (
     BulkTarget,
@@ -32,9 +32,6 @@ from bot.render.common import (
     section,
     slack_time,
 )
-
-if TYPE_CHECKING:
-    from bot.approval.actions import ActionKind
 
 # what an audit event's outcome part means, in words (events are stored as ``action:outcome``)
 EVENT_WORDS = {
@@ -63,16 +60,12 @@ EVENT_WORDS = {
 def action_label(action: str) -> str:
     """'Clear database' for ``clear_db``: the words a user reads for an action kind (its label in the
     table of actions)."""
-    from bot.approval.actions import ACTIONS  # the table imports the renderers: looked up at call time
-
     kind = ACTIONS.get(action)
     return kind.label if kind is not None else action.replace("_", " ").capitalize()
 
 
 def action_verb(action: str) -> str:
     """'terminate every session of' for ``clear_db``: the verb phrase of an action kind."""
-    from bot.approval.actions import ACTIONS  # the table imports the renderers: looked up at call time
-
     kind = ACTIONS.get(action)
     return kind.verb if kind is not None else action
 

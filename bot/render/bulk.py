@@ -7,8 +7,8 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
+from bot.approval.actions import ActionKind
 from bot.approval.ids import (
     ALLOW_CONNECTIONS,
     CLEAR_DB,
@@ -46,9 +46,6 @@ from bot.render.common import (
     section,
     slack_time,
 )
-
-if TYPE_CHECKING:
-    from bot.approval.actions import ActionKind
 
 MAX_GROUP_LINES = 25
 

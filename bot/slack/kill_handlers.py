@@ -18,6 +18,7 @@ from bot.approval import ids
 from bot.approval.actions import kinds_with_prefix
 from bot.approval.models import Request, RequestState
 from bot.commands import Audit, Pending
+from bot.render.actions import DRAWINGS
 from bot.render.approval import audit_list, pending_list
 from bot.slack.edge import Router, channel_of, guarded, tell
 
@@ -168,7 +169,7 @@ def open_request_form(
         return
     environment = rt.config.environments[stored.env]
     kind = rt.workflow.actions[click.verb]
-    view = kind.modal(stored, kind, click.token, channel, environment.access.require_reason)
+    view = DRAWINGS[click.verb].modal(stored, kind, click.token, channel, environment.access.require_reason)
     try:
         client.views_open(trigger_id=body.get("trigger_id"), view=view)
     except SlackApiError as exc:
