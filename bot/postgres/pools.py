@@ -36,7 +36,6 @@ from bot.config import Config, Environment
 from bot.metrics import DB_QUERY_SECONDS, DB_UNAVAILABLE
 from bot.postgres.deadline import GuardedConnection, GuardedCursor, NotAnswering
 from bot.postgres.sql import unsupported_conn
-from bot.render.common import esc
 from bot.secrets import scrub
 
 log = logging.getLogger(__name__)
@@ -96,14 +95,17 @@ def connect_bounded(
 class DatabaseUnavailable(Exception):
     """The server could not be reached or did not answer in time.
 
-    ``str()`` is safe to show: mrkdwn in which ``reason`` (plain text, may quote the server) is escaped.
-    :attr:`plain` is the same sentence as plain text, for a text that is escaped when it is drawn (an
-    outcome's detail): quoting ``str()`` there would escape it twice (``&amp;amp;``)."""
+    Carries plain text and facts only (``env``, ``host``, ``reason``: may quote the server): ``str()`` and
+    :attr:`plain` are the sentence as plain text (logs, an outcome's detail, escaped where it is drawn);
+    the Slack text is drawn by :func:`bot.render.errors.unavailable`, which escapes ``reason``."""
 
     def __init__(self, env: str, host: str, reason: str):
         self.env, self.host, self.reason = env, host, reason
-        self.plain = f"{describe_target(env, host).replace('`', '')} is unavailable: {reason}"
-        super().__init__(f"{describe_target(env, host)} is unavailable: {esc(reason)}")
+        self.plain = f"{describe_target(env, host)} is unavailable: {reason}"
+        super().__init__(self.plain)
+
+    def __str__(self) -> str:
+        return self.plain
 
 
 class UnsupportedServer(DatabaseUnavailable):
@@ -113,35 +115,28 @@ class UnsupportedServer(DatabaseUnavailable):
 
     def __init__(self, env: str, host: str, reason: str):
         super().__init__(env, host, reason)
-        self.plain = f"{describe_target(env, host).replace('`', '')}: {reason}"
-        self.args = (f"{describe_target(env, host)}: {esc(reason)}",)
-
-    def __str__(self) -> str:
-        return str(self.args[0])
+        self.plain = f"{describe_target(env, host)}: {reason}"
+        self.args = (self.plain,)
 
 
 class OutOfConnections(DatabaseUnavailable):
-    """The server refused a new connection for lack of slots, and the reserved connection could not serve."""
+    """The server refused a new connection for lack of slots, and the reserved connection could not serve.
+    ``usage``: (used, total) when known; ``why``: why the reserved connection could not serve (the bot's
+    own words)."""
 
     def __init__(self, env: str, host: str, usage: tuple[int, int] | None, why: str | None = None):
-        self.usage = usage
-        text = out_of_connections_text(env, host, usage)
-        reason = text.split(" is ", 1)[1]
-        super().__init__(env, host, reason)
-        self.args = (f"{text}{f' ({why})' if why else ''}",)
-        self.plain = str(self.args[0]).replace("`", "")
-
-    def __str__(self) -> str:
-        return str(self.args[0])
+        self.usage, self.why = usage, why
+        super().__init__(env, host, out_of_connections_reason(usage))
+        self.plain = f"{describe_who(env, host)} is {self.reason}{f' ({why})' if why else ''}"
+        self.args = (self.plain,)
 
 
-def out_of_connections_text(env: str, host: str, usage: tuple[int, int] | None) -> str:
-    """``"`prod` is out of connections: 137 of 137 in use"`` (a standby is named too)."""
-    who = f"`{env}`" if host == "primary" else f"`{env}` standby `{host}`"
+def out_of_connections_reason(usage: tuple[int, int] | None) -> str:
+    """``"out of connections: 137 of 137 in use"``."""
     if usage is None:
-        return f"{who} is out of connections: every connection slot is taken"
+        return "out of connections: every connection slot is taken"
     used, total = usage
-    return f"{who} is out of connections: {used} of {total} in use"
+    return f"out of connections: {used} of {total} in use"
 
 
 _UNAVAILABLE_SEEN: contextvars.ContextVar[list[DatabaseUnavailable] | None] = contextvars.ContextVar(
@@ -161,7 +156,14 @@ def watch_unavailable() -> Iterator[list[DatabaseUnavailable]]:
 
 
 def describe_target(env: str, host: str) -> str:
-    return f"`{env}` (primary)" if host == "primary" else f"`{env}` standby `{host}`"
+    """``prod (primary)``, ``prod standby replica1`` (plain text: :mod:`bot.render.errors` draws the names
+    in code spans)."""
+    return f"{env} (primary)" if host == "primary" else f"{env} standby {host}"
+
+
+def describe_who(env: str, host: str) -> str:
+    """``prod``, ``prod standby replica1``: the subject of "is out of connections"."""
+    return env if host == "primary" else f"{env} standby {host}"
 
 
 def is_out_of_slots(exc: BaseException | None) -> bool:

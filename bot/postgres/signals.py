@@ -232,7 +232,7 @@ def signal(
                 return SignalResult("gone", "session already ended")
             return _after_cancel(conn, pid, started)
     except DatabaseUnavailable as exc:
-        return SignalResult("unavailable", f"nothing was signalled: {exc}")
+        return SignalResult("unavailable", f"nothing was signalled: {exc.plain}")
 
 
 def _exited(conn: Conn, pid: int, started: datetime, deadline: float) -> bool:

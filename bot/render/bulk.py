@@ -3,6 +3,7 @@ the request modal and the approval message in its every state (with progress and
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -30,6 +31,7 @@ from bot.approval.models import (
 from bot.bulk.tally import RESULT_WORDS
 from bot.bulk.targets import STATE_WORDS
 from bot.durations import format_duration
+from bot.phrase import Phrase
 from bot.postgres.bulk import Connected, DatabaseInfo
 from bot.render.approval import STATE_LINE, decision_footer, header_where, where
 from bot.render.common import (
@@ -42,6 +44,7 @@ from bot.render.common import (
     esc,
     header,
     message,
+    phrase,
     plain,
     section,
     slack_time,
@@ -107,6 +110,13 @@ def database_state_line(name: str, allow: bool | None) -> str:
     )
 
 
+def unknown_database(name: str, names: Iterable[str]) -> str:
+    """There is no database ``name``: the closest names (mrkdwn)."""
+    guess = difflib.get_close_matches(name, list(names), n=3)
+    hint = (" Did you mean " + " or ".join(code(g) for g in guess) + "?") if guess else ""
+    return f"There is no database {code(name)} on this server.{hint}"
+
+
 # --- clear-db overview ----------------------------------------------------------------------------
 
 
@@ -116,9 +126,9 @@ def clear_db_message(
     connected: list[Connected],
     *,
     tokens: Mapping[str, str],
-    block_why: str | None,
-    terminate_why: str | None,
-    allow_why: str | None = None,
+    block_why: Phrase | str | None,
+    terminate_why: Phrase | str | None,
+    allow_why: Phrase | str | None = None,
     ignored: int = 0,
 ) -> dict:
     """Who is connected to a database and the buttons that may empty it.
@@ -126,8 +136,8 @@ def clear_db_message(
     ``ignored``: how many of the client sessions the environment's ``ignore`` rules match (they are
     included: clear-db empties the database, and says so).
 
-    ``tokens`` maps each offered action to its token; ``*_why`` say why an action is not offered (mrkdwn
-    written by the bot, with every database name in it already escaped)."""
+    ``tokens`` maps each offered action to its token; ``*_why`` say why an action is not offered (a
+    :class:`~bot.phrase.Phrase`, whose names are escaped here, or the bot's own mrkdwn)."""
     clients = [c for c in connected if c.is_client and not c.is_bot]
     own = [c for c in connected if c.is_bot]
     others = [c for c in connected if not c.is_client and not c.is_bot]
@@ -216,7 +226,7 @@ def clear_db_message(
         ("Allow connections again", allow_why if not info.allow_connections else None),
     ):
         if why:
-            missing.setdefault(why, []).append(f"*{label}*")
+            missing.setdefault(phrase(why), []).append(f"*{label}*")
     for why, labels in missing.items():
         names = labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
         explain.append(f"{names} {'is' if len(labels) == 1 else 'are'} not offered: {why}.")

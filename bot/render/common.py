@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
+from bot.phrase import Phrase
+
 MAX_BLOCKS = 50
 SECTION_TEXT = 3000
 FIELD_TEXT = 2000
@@ -87,6 +89,14 @@ def fold_query(query: str, limit: int) -> str:
 def code(text: object) -> str:
     """``text`` (data) as an inline code span: exactly as typed, nothing in it can format or link."""
     return f"`{esc(text, in_code=True)}`" if text not in (None, "") else "–"
+
+
+def phrase(p: Phrase | str) -> str:
+    """A :class:`~bot.phrase.Phrase` as mrkdwn: every name in it as a :func:`code` span. A ``str`` is the
+    bot's own mrkdwn already (a policy refusal) and is returned as it is."""
+    if isinstance(p, str):
+        return p
+    return p.template.format(**{k: code(v) for k, v in p.names})
 
 
 def mrkdwn(text: str, limit: int = SECTION_TEXT) -> dict:

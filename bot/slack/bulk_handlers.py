@@ -20,14 +20,14 @@ from bot.bulk.targets import (
     offer_for_listing,
     state_identity,
     terminable,
-    unknown_database,
 )
 from bot.commands import ClearDb, ListSessions
 from bot.postgres.bulk import connected_to, database_info, database_names
 from bot.postgres.models import Listing
 from bot.postgres.pools import DatabaseUnavailable
-from bot.render.bulk import bulk_offer_blocks, clear_db_message
-from bot.render.common import code, context
+from bot.render.bulk import bulk_offer_blocks, clear_db_message, unknown_database
+from bot.render.common import code, context, phrase
+from bot.render.errors import unavailable
 from bot.slack.edge import Router, post_message
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def handle_clear_db(rt: Runtime, cmd: ClearDb, body: dict, respond) -> None:
             connected = connected_to(conn, cmd.database)
     except DatabaseUnavailable as exc:
         log.warning("clear-db overview %s/%s failed: %s", cmd.env, cmd.host, exc.reason)
-        respond(response_type="ephemeral", text=f":warning: Could not read who is connected to {code(cmd.database)}: {exc}")
+        respond(response_type="ephemeral", text=f":warning: Could not read who is connected to {code(cmd.database)}: {unavailable(exc)}")
         return
     try:
         state_id = state_identity(rt.store)
@@ -62,7 +62,7 @@ def handle_clear_db(rt: Runtime, cmd: ClearDb, body: dict, respond) -> None:
         return
     refusal = database_refusal(rt.config, cmd.env, info, state_id)
     if refusal:
-        respond(response_type="ephemeral", text=f":no_entry_sign: clear-db refuses {code(info.name)}: {refusal}.")
+        respond(response_type="ephemeral", text=f":no_entry_sign: clear-db refuses {code(info.name)}: {phrase(refusal)}.")
         return
     # as they may be offered (protect: the access policy marks them; they stay in, reported as such)
     connected = rt.policy.mark(cmd.env, connected)
@@ -98,7 +98,7 @@ def listing_offer(rt: Runtime, cmd: ListSessions, listing: Listing, body: dict) 
             rt.dbs, rt.store, rt.policy, listing, cmd.filters, body.get("channel_id"), body.get("user_id")
         )
     except DatabaseUnavailable as exc:
-        return [context(f":warning: *Terminate these N* is not offered: {exc}")]
+        return [context(f":warning: *Terminate these N* is not offered: {unavailable(exc)}")]
     except Exception:  # the listing itself must still be posted
         log.exception("preparing Terminate these N failed")
         return [context(":warning: *Terminate these N* is not offered: the bot failed while preparing it (see logs).")]

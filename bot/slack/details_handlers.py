@@ -27,6 +27,7 @@ from bot.postgres.models import hide_query
 from bot.postgres.pools import DatabaseUnavailable
 from bot.render.common import MAX_BLOCKS, context
 from bot.render.details import details_view, loading_view, message_view
+from bot.render.errors import unavailable
 from bot.render.locks import render_locks, shown_pids
 from bot.slack.edge import Router, channel_of, guarded, post_message, tell
 from bot.slack.guards import viewer_refusal
@@ -126,7 +127,7 @@ def _read_view(rt: Runtime, target: StoredTarget, user: str) -> dict:
     try:
         d = read_details(rt.dbs, env, host, pid, getattr(snap, "backend_start", None) or "")
     except DatabaseUnavailable as exc:
-        return message_view(pid, f":warning: Could not read pid {pid}: {exc}")
+        return message_view(pid, f":warning: Could not read pid {pid}: {unavailable(exc)}")
     except Exception:
         log.exception("reading details of pid %s on %s/%s failed", pid, env, host)
         return message_view(pid, ":x: Something went wrong while reading this session; nothing was changed.")
@@ -158,7 +159,7 @@ def handle_locks(rt: Runtime, cmd: ShowLocks, body: dict, respond: Any) -> None:
         graph = read_lock_graph(rt.dbs, cmd.env, cmd.host, max(environment.listing.query_chars, 200))
     except DatabaseUnavailable as exc:
         log.warning("locks %s/%s failed: %s", cmd.env, cmd.host, exc.reason)
-        respond(response_type="ephemeral", text=f":warning: Could not read the locks: {exc}")
+        respond(response_type="ephemeral", text=f":warning: Could not read the locks: {unavailable(exc)}")
         return
     # every session of the trees is drawn, ignored or not (a lock tree without one of its links would
     # misstate who waits for whom); protect marks what may not be offered a signal

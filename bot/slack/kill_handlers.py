@@ -20,6 +20,7 @@ from bot.approval.models import Request, RequestState
 from bot.commands import Audit, Pending
 from bot.render.actions import DRAWINGS
 from bot.render.approval import audit_list, pending_list
+from bot.render.common import phrase
 from bot.slack.edge import Router, channel_of, guarded, tell
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ def register(app: App, rt: Runtime, router: Router) -> None:
         once = f"{view.get('id')}:{view.get('hash') or ''}:{user}" if view.get("id") else None
         result = wf.submit(token, kind, user, channel, reason, once=once)
         if not result.ok:
-            ack(response_action="errors", errors={"reason": f"Not possible: {result.message}."})
+            ack(response_action="errors", errors={"reason": f"Not possible: {phrase(result.message)}."})
             return
         ack()
         if result.request is None:  # a replay: the first submission already posted the request
@@ -114,7 +115,7 @@ def register(app: App, rt: Runtime, router: Router) -> None:
         viewer = body.get("user_id") or ""
         refusal = rt.policy.identity_view_refusal(viewer, "requests")
         if refusal:
-            respond(response_type="ephemeral", text=f":no_entry_sign: Not possible: {refusal}.")
+            respond(response_type="ephemeral", text=f":no_entry_sign: Not possible: {phrase(refusal or 'refused')}.")
             return
         reqs = rt.store.requests_in((RequestState.PENDING, RequestState.EXECUTING))
         allowed = [rt.policy.shown(r) for r in reqs if rt.policy.may_view(r.env, viewer, body.get("channel_id"))]
@@ -200,6 +201,6 @@ def _decide(rt: Runtime, request_id: str, user: str, verdict: str, channel: str 
         done = wf.execute(result.request)
         rt.messages.redraw(done.request or result.request)
     if not result.ok:
-        tell(rt.client, respond, channel, user, f":no_entry_sign: {result.message}")
+        tell(rt.client, respond, channel, user, f":no_entry_sign: {phrase(result.message)}")
     elif result.tell:
-        tell(rt.client, respond, channel, user, f":information_source: {result.message}")
+        tell(rt.client, respond, channel, user, f":information_source: {phrase(result.message)}")

@@ -15,6 +15,7 @@ from bot.postgres.activity import list_sessions
 from bot.postgres.models import Listing, hide_query
 from bot.postgres.pools import DatabaseUnavailable
 from bot.render.common import context
+from bot.render.errors import unavailable
 from bot.render.listing import render_listing
 from bot.slack.edge import ListingExtra, Router, post_message
 
@@ -42,7 +43,7 @@ def make_handle_list(extras: list[ListingExtra]):
             listing: Listing = replace(read, sessions=tuple(rt.policy.mark(cmd.env, read.sessions)))
         except DatabaseUnavailable as exc:
             log.warning("listing %s/%s failed: %s", cmd.env, cmd.host, exc.reason)
-            respond(response_type="ephemeral", text=f":warning: Could not list sessions: {exc}")
+            respond(response_type="ephemeral", text=f":warning: Could not list sessions: {unavailable(exc)}")
             return
         limit = environment.listing.max_sessions
         disabled = rt.policy.signalling_off(cmd.env)

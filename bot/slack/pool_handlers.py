@@ -12,6 +12,7 @@ from bot.approval.targets import issue_listing_tokens
 from bot.commands import ShowPools
 from bot.postgres.pooler_view import read_pool_view
 from bot.postgres.pools import DatabaseUnavailable
+from bot.render.errors import unavailable
 from bot.render.pools import render_pools
 from bot.slack.edge import Router, post_message
 
@@ -37,7 +38,7 @@ def handle_pools(rt: Runtime, cmd: ShowPools, body: dict, respond: Any) -> None:
         view = read_pool_view(rt.dbs, cmd.env, cmd.host)
     except DatabaseUnavailable as exc:
         log.warning("pool %s/%s failed: %s", cmd.env, cmd.host, exc.reason)
-        respond(response_type="ephemeral", text=f":warning: Could not read the sessions holding the pools: {exc}")
+        respond(response_type="ephemeral", text=f":warning: Could not read the sessions holding the pools: {unavailable(exc)}")
         return
     disabled = rt.policy.signalling_off(cmd.env)
     holders = [s for row in view.pools for s in row.holders]
