@@ -28,7 +28,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
+
+from slack_bolt import App
 
 from bot.config import Config
 from bot.durations import DurationError, parse_duration
@@ -42,11 +44,6 @@ from bot.shell.payloads import Driver, response_json
 from bot.shell.render import BlockRenderer, find_element
 from bot.shell.webapi import Message, View, Workspace
 from bot.slack.app import build_app
-
-if TYPE_CHECKING:
-    from slack_bolt import App
-
-    from bot.runtime import Runtime
 
 BOT_TOKEN = "xoxb-pgsessions-terminal"  # only the local Web API accepts it
 DEFAULT_CHANNEL = "C0SHELL"

@@ -10,7 +10,6 @@ A bulk button opens a modal that submits through the same callback as a session'
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from bot.approval.ids import ALLOW_CONNECTIONS, CLEAR_DB, CLEAR_DB_BLOCK
 from bot.bulk.targets import (
@@ -28,10 +27,8 @@ from bot.postgres.pools import DatabaseUnavailable
 from bot.render.bulk import bulk_offer_blocks, clear_db_message, unknown_database
 from bot.render.common import code, context, phrase
 from bot.render.errors import unavailable
+from bot.runtime import Runtime
 from bot.slack.edge import Router, post_message
-
-if TYPE_CHECKING:
-    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

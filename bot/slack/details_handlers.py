@@ -13,8 +13,9 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from slack_bolt import App
 from slack_sdk.errors import SlackApiError
 
 from bot.approval import ids
@@ -29,14 +30,10 @@ from bot.render.common import MAX_BLOCKS, context
 from bot.render.details import details_view, loading_view, message_view
 from bot.render.errors import unavailable
 from bot.render.locks import render_locks, shown_pids
+from bot.runtime import Runtime
 from bot.slack.edge import Router, channel_of, guarded, post_message, tell
 from bot.slack.guards import viewer_refusal
 from bot.slack.kill_handlers import open_request_form
-
-if TYPE_CHECKING:
-    from slack_bolt import App
-
-    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

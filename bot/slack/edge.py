@@ -9,14 +9,13 @@ import functools
 import logging
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-if TYPE_CHECKING:
-    from bot.postgres.models import Listing
-    from bot.runtime import Runtime
+from bot.postgres.models import Listing
+from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

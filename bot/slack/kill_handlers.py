@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from slack_bolt import App
 from slack_sdk.errors import SlackApiError
 
 from bot.approval import ids
@@ -21,12 +22,8 @@ from bot.commands import Audit, Pending
 from bot.render.actions import DRAWINGS
 from bot.render.approval import audit_list, pending_list
 from bot.render.common import phrase
+from bot.runtime import Runtime
 from bot.slack.edge import Router, channel_of, guarded, tell
-
-if TYPE_CHECKING:
-    from slack_bolt import App
-
-    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -17,10 +17,8 @@ from bot.postgres.pools import DatabaseUnavailable
 from bot.render.common import context
 from bot.render.errors import unavailable
 from bot.render.listing import render_listing
+from bot.runtime import Runtime
 from bot.slack.edge import ListingExtra, Router, post_message
-
-if TYPE_CHECKING:
-    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

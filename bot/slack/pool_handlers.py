@@ -4,7 +4,7 @@ the pools whose clients wait (Details / Terminate as in a listing)."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -14,10 +14,8 @@ from bot.postgres.pooler_view import read_pool_view
 from bot.postgres.pools import DatabaseUnavailable
 from bot.render.errors import unavailable
 from bot.render.pools import render_pools
+from bot.runtime import Runtime
 from bot.slack.edge import Router, post_message
-
-if TYPE_CHECKING:
-    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 
 from bot.runtime import Runtime
-from bot.slack.events import EventDedupe
+from bot.slack.dedupe import EventDedupe
 from bot.state.store import DELIVERY_WINDOW
 
 log = logging.getLogger(__name__)
