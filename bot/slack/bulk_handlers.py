@@ -27,13 +27,13 @@ from bot.postgres.pools import DatabaseUnavailable
 from bot.render.bulk import bulk_offer_blocks, clear_db_message, unknown_database
 from bot.render.common import code, context, phrase
 from bot.render.errors import unavailable
-from bot.runtime import Runtime
+from bot.slack.context import Context
 from bot.slack.edge import Router, post_message
 
 log = logging.getLogger(__name__)
 
 
-def handle_clear_db(rt: Runtime, cmd: ClearDb, body: dict, respond) -> None:
+def handle_clear_db(rt: Context, cmd: ClearDb, body: dict, respond) -> None:
     channel = body.get("channel_id")
     user = body.get("user_id")
     try:
@@ -86,7 +86,7 @@ def handle_clear_db(rt: Runtime, cmd: ClearDb, body: dict, respond) -> None:
     post_message(rt.client, channel, msg, respond)
 
 
-def listing_offer(rt: Runtime, cmd: ListSessions, listing: Listing, body: dict) -> list[dict]:
+def listing_offer(rt: Context, cmd: ListSessions, listing: Listing, body: dict) -> list[dict]:
     """*Terminate these N* under an ``idle`` / ``idle-tx`` listing filtered with ``--app``."""
     if rt.policy.signalling_off(cmd.env):
         return []
@@ -115,7 +115,7 @@ def listing_offer(rt: Runtime, cmd: ListSessions, listing: Listing, body: dict) 
     )
 
 
-def register(rt: Runtime, router: Router) -> None:
+def register(rt: Context, router: Router) -> None:
     router.on(ClearDb)(handle_clear_db)
     router.listing_extras.append(listing_offer)
 

@@ -30,7 +30,7 @@ from bot.render.common import MAX_BLOCKS, context
 from bot.render.details import details_view, loading_view, message_view
 from bot.render.errors import unavailable
 from bot.render.locks import render_locks, shown_pids
-from bot.runtime import Runtime
+from bot.slack.context import Context
 from bot.slack.edge import Router, channel_of, guarded, post_message, tell
 from bot.slack.guards import viewer_refusal
 from bot.slack.kill_handlers import open_request_form
@@ -56,7 +56,7 @@ def may_view(rt, env: str, user: str, channel: str | None) -> str | None:
 
 
 def resolve_details_token(
-    rt: Runtime, token: str, user: str, channel: str | None
+    rt: Context, token: str, user: str, channel: str | None
 ) -> tuple[StoredTarget | None, str | None]:
     stored = rt.store.get_target(token)
     if stored is None or stored.kind not in ("details", "session"):
@@ -118,7 +118,7 @@ def show_details(rt, body: dict, action: dict, client, respond=None) -> None:
         log.warning("views.update for details failed: %s", exc.response.get("error"))
 
 
-def _read_view(rt: Runtime, target: StoredTarget, user: str) -> dict:
+def _read_view(rt: Context, target: StoredTarget, user: str) -> dict:
     env, host, snap = target.env, target.host, target.target
     pid = int(getattr(snap, "pid", 0))
     try:
@@ -137,7 +137,7 @@ def _read_view(rt: Runtime, target: StoredTarget, user: str) -> dict:
     return details_view(d, kill_token, disabled)
 
 
-def modal_kill(rt: Runtime, body: dict, action: dict, client: Any) -> None:
+def modal_kill(rt: Context, body: dict, action: dict, client: Any) -> None:
     """Cancel/Terminate drawn in the Details modal: the same approval form, on the listing's channel."""
     verbs = (*ids.SESSION_KINDS, ids.DISCONNECT_CLIENT)  # Disconnect client: a PgBouncer 1.24+ client (issue 25)
     click = ids.parse_click(ids.MODAL_KILL_PREFIX, verbs, action.get("action_id", ""), action.get("value"))
@@ -149,7 +149,7 @@ def modal_kill(rt: Runtime, body: dict, action: dict, client: Any) -> None:
     )
 
 
-def handle_locks(rt: Runtime, cmd: ShowLocks, body: dict, respond: Any) -> None:
+def handle_locks(rt: Context, cmd: ShowLocks, body: dict, respond: Any) -> None:
     environment = rt.config.environments[cmd.env]
     channel, user = body.get("channel_id"), body.get("user_id")
     try:
@@ -184,7 +184,7 @@ def handle_locks(rt: Runtime, cmd: ShowLocks, body: dict, respond: Any) -> None:
     post_message(rt.client, channel, msg, respond)
 
 
-def register(app: App, rt: Runtime, router: Router) -> None:
+def register(app: App, rt: Context, router: Router) -> None:
     router.on(ShowLocks)(handle_locks)
 
     @app.action(ids.ANY_DETAILS)

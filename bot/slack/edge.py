@@ -15,13 +15,13 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot.postgres.models import Listing
-from bot.runtime import Runtime
+from bot.slack.context import Context
 
 log = logging.getLogger(__name__)
 
-CommandHandler = Callable[["Runtime", Any, dict, Callable[..., Any]], None]
+CommandHandler = Callable[["Context", Any, dict, Callable[..., Any]], None]
 # blocks a feature adds under a session listing (e.g. the bulk *Terminate these N*)
-ListingExtra = Callable[["Runtime", Any, "Listing", dict], list[dict]]
+ListingExtra = Callable[["Context", Any, "Listing", dict], list[dict]]
 
 
 class Router:

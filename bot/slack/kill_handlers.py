@@ -22,7 +22,7 @@ from bot.commands import Audit, Pending
 from bot.render.actions import DRAWINGS
 from bot.render.approval import audit_list, pending_list
 from bot.render.common import phrase
-from bot.runtime import Runtime
+from bot.slack.context import Context
 from bot.slack.edge import Router, channel_of, guarded, tell
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def audit_command(cmd: Audit, body: dict) -> str:
     return " ".join(words)
 
 
-def register(app: App, rt: Runtime, router: Router) -> None:
+def register(app: App, rt: Context, router: Router) -> None:
     wf = rt.workflow
 
     @app.action(ids.ANY_KILL)
@@ -147,7 +147,7 @@ def register(app: App, rt: Runtime, router: Router) -> None:
 
 
 def open_request_form(
-    rt: Runtime, body: dict, action: dict, respond: Any, client: Any, prefix: str,
+    rt: Context, body: dict, action: dict, respond: Any, client: Any, prefix: str,
     verbs: tuple[str, ...] | None = None,
 ) -> None:
     """A Cancel/Terminate/bulk button was clicked: resolve its token on the server and open the form.
@@ -175,7 +175,7 @@ def open_request_form(
         tell(rt.client, respond, channel, user, ":warning: Slack did not open the request form in time; please click again.")
 
 
-def _post_request(rt: Runtime, req: Request, user: str, respond: Any = None) -> None:
+def _post_request(rt: Context, req: Request, user: str, respond: Any = None) -> None:
     msg = rt.messages.render(req)
     try:
         resp = rt.client.chat_postMessage(channel=req.channel or "", **msg)
@@ -188,7 +188,7 @@ def _post_request(rt: Runtime, req: Request, user: str, respond: Any = None) -> 
     rt.store.set_message(req.id, resp["channel"], resp["ts"])
 
 
-def _decide(rt: Runtime, request_id: str, user: str, verdict: str, channel: str | None, respond: Any = None) -> None:
+def _decide(rt: Context, request_id: str, user: str, verdict: str, channel: str | None, respond: Any = None) -> None:
     wf = rt.workflow
     result = wf.decide(request_id, user, verdict)
     # the shared message first: it is the record everyone sees; the personal notice is best effort

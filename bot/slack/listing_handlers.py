@@ -17,7 +17,7 @@ from bot.postgres.pools import DatabaseUnavailable
 from bot.render.common import context
 from bot.render.errors import unavailable
 from bot.render.listing import render_listing
-from bot.runtime import Runtime
+from bot.slack.context import Context
 from bot.slack.edge import ListingExtra, Router, post_message
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ STORE_DOWN = (
 def make_handle_list(extras: list[ListingExtra]):
     """The listing handler; ``extras`` add blocks under a listing (e.g. the bulk 'Terminate these N')."""
 
-    def handle_list(rt: Runtime, cmd: ListSessions, body: dict, respond: Any) -> None:
+    def handle_list(rt: Context, cmd: ListSessions, body: dict, respond: Any) -> None:
         environment = rt.config.environments[cmd.env]
         channel = body.get("channel_id")
         user = body.get("user_id")
@@ -76,5 +76,5 @@ def make_handle_list(extras: list[ListingExtra]):
     return handle_list
 
 
-def register(rt: Runtime, router: Router) -> None:
+def register(rt: Context, router: Router) -> None:
     router.on(ListSessions)(make_handle_list(router.listing_extras))

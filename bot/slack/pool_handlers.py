@@ -14,7 +14,7 @@ from bot.postgres.pooler_view import read_pool_view
 from bot.postgres.pools import DatabaseUnavailable
 from bot.render.errors import unavailable
 from bot.render.pools import render_pools
-from bot.runtime import Runtime
+from bot.slack.context import Context
 from bot.slack.edge import Router, post_message
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ def no_poolers(env: str, host: str) -> str:
             "(`dsn: host=… dbname=pgbouncer user=…`" + ("" if host == "primary" else f", `host: {host}`") + ").")
 
 
-def handle_pools(rt: Runtime, cmd: ShowPools, body: dict, respond: Any) -> None:
+def handle_pools(rt: Context, cmd: ShowPools, body: dict, respond: Any) -> None:
     environment = rt.config.environments[cmd.env]
     channel, user = body.get("channel_id"), body.get("user_id")
     if not any(p.host == cmd.host for p in environment.poolers.values()):
@@ -54,5 +54,5 @@ def handle_pools(rt: Runtime, cmd: ShowPools, body: dict, respond: Any) -> None:
     post_message(rt.client, channel, msg, respond)
 
 
-def register(rt: Runtime, router: Router) -> None:
+def register(rt: Context, router: Router) -> None:
     router.on(ShowPools)(handle_pools)

@@ -26,7 +26,7 @@ from waitress.server import create_server
 
 from bot.logs import instrument_bolt, new_request_id, request_context
 from bot.metrics import ACK_SECONDS, REGISTRY, SLACK_REQUESTS, wsgi_app
-from bot.runtime import Runtime
+from bot.slack.context import Context
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def _instrumented(slack, verify=None):
     return handle
 
 
-def _verifier(rt: Runtime):
+def _verifier(rt: Context):
     checker = SignatureVerifier(rt.slack.signing_secret or "")
 
     def verify(body: bytes, environ) -> bool:
@@ -132,7 +132,7 @@ def _authorized(environ: Mapping[str, object], token: str | None) -> bool:
     return hmac.compare_digest(sent.encode(), f"Bearer {token}".encode())
 
 
-def make_wsgi(rt: Runtime, app: App | None, serve_metrics: bool = True, metrics_token: str | None = None):
+def make_wsgi(rt: Context, app: App | None, serve_metrics: bool = True, metrics_token: str | None = None):
     """The main port's WSGI app; ``serve_metrics``: /metrics is served here too (with ``metrics_token``,
     only to requests that carry ``Authorization: Bearer <token>``)."""
     if app is not None:
@@ -242,7 +242,7 @@ class HttpServer:
     high enough that a flood of idle sockets does not lock Slack or the health check out.
     """
 
-    def __init__(self, rt: Runtime, app: App | None, host: str = "0.0.0.0", port: int = 3000, threads: int = 16,
+    def __init__(self, rt: Context, app: App | None, host: str = "0.0.0.0", port: int = 3000, threads: int = 16,
                  metrics: tuple[str, int] | None = None, channel_timeout: int = CHANNEL_TIMEOUT,
                  cleanup_interval: int = CLEANUP_INTERVAL, metrics_token: str | None = None):
         self.metrics_server = None
