@@ -8,14 +8,15 @@ never writes.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
 import sys
-from collections.abc import Collection, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any, TextIO
 
-from bot.cli_common import load_or_exit
+from bot.cli_common import Subparsers, load_or_exit
 from bot.durations import DurationError, parse_duration
 from bot.postgres.redact import redact
 from bot.secrets import scrub
@@ -54,7 +55,7 @@ def record(row: Mapping[str, Any], redacted: Collection[str] = ()) -> dict[str, 
     return out
 
 
-def write_jsonl(rows: Iterable[dict], out, redacted: Collection[str] = ()) -> int:
+def write_jsonl(rows: Iterable[dict[str, Any]], out: TextIO, redacted: Collection[str] = ()) -> int:
     n = 0
     for row in rows:
         out.write(json.dumps(record(row, redacted), ensure_ascii=False, default=str) + "\n")
@@ -69,7 +70,7 @@ def _csv_cell(value: Any) -> Any:
     return value
 
 
-def write_csv(rows: Iterable[dict], out, redacted: Collection[str] = ()) -> int:
+def write_csv(rows: Iterable[dict[str, Any]], out: TextIO, redacted: Collection[str] = ()) -> int:
     writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
     writer.writeheader()
     n = 0
@@ -82,7 +83,7 @@ def write_csv(rows: Iterable[dict], out, redacted: Collection[str] = ()) -> int:
 # --- the CLI ----------------------------------------------------------------------------------------
 
 
-def add_parser(sub, common) -> None:
+def add_parser(sub: Subparsers, common: Callable[[argparse.ArgumentParser], None]) -> None:
     p = sub.add_parser(
         "audit",
         help="print the audit trail (requests, decisions, outcomes) as JSON lines or CSV",
@@ -97,7 +98,7 @@ def add_parser(sub, common) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     config = load_or_exit(args.config)
     if args.env is not None and config.env(args.env) is None:
         known = ", ".join(config.environments)

@@ -39,9 +39,11 @@ from psycopg.rows import dict_row
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from bot.cli_common import Subparsers
 from bot.config import Config, ConfigError, Environment, Pooler, load_config
 from bot.postgres import pgbouncer
 from bot.postgres.activity import server_info
+from bot.postgres.models import ServerInfo
 from bot.postgres.pooler_models import KILL_CLIENT_SINCE
 from bot.postgres.pooler_models import version_text as pooler_version_text
 from bot.postgres.pools import connect_bounded, explain
@@ -132,7 +134,7 @@ class SlackReport(Part):
 # --- hosts ----------------------------------------------------------------------------------------
 
 
-def _platform(extra: dict) -> str:
+def _platform(extra: dict[str, Any]) -> str:
     if extra.get("has_rds_roles"):
         return "RDS/Aurora"
     if extra.get("has_cloudsql_roles"):
@@ -152,7 +154,7 @@ def _grant_hint(report: HostReport, role: str) -> str:
     return f"GRANT {role} TO {who};{by}"
 
 
-def _reserved_slots(report: HostReport, info, extra: dict) -> None:
+def _reserved_slots(report: HostReport, info: ServerInfo, extra: dict[str, Any]) -> None:
     """Can the bot's role still connect once every ordinary slot is taken? (see docs/operating.md)"""
     who = info.bot_user
     su = extra.get("superuser_reserved_connections") or 0
@@ -367,7 +369,8 @@ def check_state(url: str) -> StateReport:
 def _header(headers: Any, name: str) -> str | None:
     for k, v in dict(headers or {}).items():
         if str(k).lower() == name:
-            return v[0] if isinstance(v, list | tuple) else v
+            value = v[0] if isinstance(v, list | tuple) else v
+            return str(value) if value is not None else None
     return None
 
 
@@ -520,9 +523,9 @@ def _run_all(tasks: list[tuple[Callable[[], Part], float, Callable[[str], Part]]
     return [r for r in results if r is not None]
 
 
-def _failed(report_cls, check: str, **kw):
+def _failed(report_cls: Callable[..., Part], check: str, **kw: Any) -> Callable[[str], Part]:
     def make(message: str) -> Part:
-        r = report_cls(**kw)
+        r: Part = report_cls(**kw)
         r.add(FAIL, check, message)
         return r
 
@@ -715,7 +718,7 @@ def render_text(path: str, hosts: list[HostReport], state: StateReport, slack: S
 
 def render_json(path: str, hosts: list[HostReport], state: StateReport, slack: SlackReport,
                 extra: list[Finding], ok: bool) -> str:
-    def part(p: Part) -> dict:
+    def part(p: Part) -> dict[str, Any]:
         d = asdict(p)
         d["status"] = p.status
         return d
@@ -772,7 +775,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def add_parser(subparsers, common) -> None:
+def add_parser(subparsers: Subparsers, common: Callable[[argparse.ArgumentParser], None]) -> None:
     p = subparsers.add_parser(
         "check",
         help="check the config, every database, the state store and the Slack token; exit 1 if not ready",

@@ -103,7 +103,7 @@ def serve(args: argparse.Namespace) -> int:
     socket_handler = None
     if settings.socket_mode:
         socket_handler = OnceSocketModeHandler(app, settings.app_token, Deliveries(rt))
-        socket_handler.connect()
+        socket_handler.connect()  # type: ignore[no-untyped-call]  # Bolt leaves it unannotated
         log.info("connected to Slack in Socket Mode; health%s on port %s",
                  " and metrics" if metrics is None else "", http.port)
     else:
@@ -113,7 +113,7 @@ def serve(args: argparse.Namespace) -> int:
     stop.wait()
     rt.ready.clear()
     if socket_handler is not None:
-        socket_handler.close()
+        socket_handler.close()  # type: ignore[no-untyped-call]
     http.stop()
     rt.close()
     return 0

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
+from typing import TypeAlias
 
 from bot.config import Config, ConfigError, load_config
 
@@ -23,3 +25,9 @@ def load_or_exit(path: str) -> Config:
     except ConfigError as exc:
         print(f"pgsessions: configuration error in {path}:\n{exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+# what ``add_subparsers()`` returns (a string: argparse's class is not subscriptable at run time)
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+# how a subcommand module adds its parser: add_parser(subparsers, common_options)
+AddParser = Callable[[Subparsers, Callable[[argparse.ArgumentParser], None]], None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from importlib.metadata import version
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
@@ -78,5 +79,5 @@ def _version() -> str:
 BUILD_INFO.info({"version": _version()})
 
 
-def wsgi_app():
+def wsgi_app() -> Callable[..., Iterable[bytes]]:
     return make_wsgi_app(REGISTRY)

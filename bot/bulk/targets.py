@@ -13,7 +13,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from bot.approval.ids import ALLOW_CONNECTIONS, CLEAR_DB, CLEAR_DB_BLOCK, TERMINATE_BULK
+from bot.approval.ids import ALLOW_CONNECTIONS, CLEAR_DB, CLEAR_DB_BLOCK
+from bot.approval.ids import (
+    TERMINATE_BULK as TERMINATE_BULK,  # re-exported: bot.watch.watcher (off-limits) imports it here
+)
 from bot.approval.models import BulkTarget, DatabaseTarget, Request, SessionRef, iso
 from bot.approval.policy import Policy
 from bot.config import Config

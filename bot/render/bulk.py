@@ -8,6 +8,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from bot.approval.actions import ActionKind
 from bot.approval.ids import (
@@ -130,7 +131,7 @@ def clear_db_message(
     terminate_why: Phrase | str | None,
     allow_why: Phrase | str | None = None,
     ignored: int = 0,
-) -> dict:
+) -> dict[str, Any]:
     """Who is connected to a database and the buttons that may empty it.
 
     ``ignored``: how many of the client sessions the environment's ``ignore`` rules match (they are
@@ -142,7 +143,7 @@ def clear_db_message(
     own = [c for c in connected if c.is_bot]
     others = [c for c in connected if not c.is_client and not c.is_bot]
     n = len(clients)
-    blocks: list[dict] = [header(f"Connections to database {info.name} on {env}", emoji=False)]
+    blocks: list[dict[str, Any]] = [header(f"Connections to database {info.name} on {env}", emoji=False)]
     if n:
         users = len({c.user for c in clients})
         apps = len({c.application for c in clients})
@@ -238,7 +239,7 @@ def clear_db_message(
     return message(text, blocks[:MAX_BLOCKS])
 
 
-def clear_db_refused(text: str) -> dict:
+def clear_db_refused(text: str) -> dict[str, Any]:
     return message(text, [section(f":no_entry_sign: {text}")])
 
 
@@ -248,7 +249,7 @@ def clear_db_refused(text: str) -> dict:
 def bulk_offer_blocks(
     *, category: str, app: str, token: str | None, sessions: list[SessionRef], drawn: int,
     refusal: str | None = None, unsignalable: int = 0, filters: str = "", protected: int = 0,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     n = len(sessions)
     what = STATE_WORDS.get(category, category)
     left_out = (f"{_plural(protected, 'listed session is', 'listed sessions are')} protected (`protect`) and "
@@ -313,7 +314,7 @@ def _scope_lines(action: str, env: str, host: str, t: BulkTarget | DatabaseTarge
     return [f"*{esc(action)}* on {where(env, host)}"]
 
 
-def bulk_modal(stored: StoredTarget, kind: ActionKind, token: str, channel: str | None, require_reason: bool) -> dict:
+def bulk_modal(stored: StoredTarget, kind: ActionKind, token: str, channel: str | None, require_reason: bool) -> dict[str, Any]:
     """The modal a bulk button opens; submitted through the same callback as a session's request."""
     t = stored.target
     assert isinstance(t, (BulkTarget, DatabaseTarget))
@@ -388,7 +389,7 @@ def _item_lines(items: tuple[ItemResult, ...], limit: int = 10) -> str:
 
 def bulk_request_message(
     req: Request, kind: ActionKind, approvals: list[str], required: int, cfg_approvers: list[str]
-) -> dict:
+) -> dict[str, Any]:
     t = req.target
     assert isinstance(t, (BulkTarget, DatabaseTarget))
     state = req.state
@@ -396,7 +397,7 @@ def bulk_request_message(
     out = req.bulk_outcome
     n = len(t.sessions)
     db = t.database
-    blocks: list[dict] = [header(_headline(req), emoji=False)]
+    blocks: list[dict[str, Any]] = [header(_headline(req), emoji=False)]
     blocks.append(
         section(
             f"<@{req.requester}> asks to:\n" + "\n".join(_scope_lines(action, req.env, req.host, t))

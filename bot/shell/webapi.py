@@ -41,8 +41,8 @@ class Message:
     channel: str
     ts: str
     text: str
-    blocks: list[dict] | None
-    attachments: list[dict] | None = None
+    blocks: list[dict[str, Any]] | None
+    attachments: list[dict[str, Any]] | None = None
     thread_ts: str | None = None
     ephemeral_to: str | None = None  # the one user who sees it
     source: str = "chat.postMessage"
@@ -63,7 +63,7 @@ class Message:
             d["thread_ts"] = self.thread_ts
         return d
 
-    def content(self) -> tuple:
+    def content(self) -> tuple[str, str, str]:
         return (self.text, json.dumps(self.blocks, sort_keys=True), json.dumps(self.attachments, sort_keys=True))
 
 
@@ -279,7 +279,7 @@ class Workspace:
         self.views: dict[str, View] = {}
         self._response_urls: dict[str, ResponseUrl] = {}
         self._triggers: dict[str, tuple[float, str]] = {}  # id -> (issued, user)
-        self.calls: list[tuple[str, dict, dict]] = []  # (method, params, answer): the last few hundred
+        self.calls: list[tuple[str, dict[str, Any], dict[str, Any]]] = []  # (method, params, answer): the last few hundred
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -329,8 +329,8 @@ class Workspace:
         return f"{self.url}/response/{token}"
 
     def add_message(
-        self, channel: str, text: str, blocks: list | None, *, ephemeral_to: str | None = None, source: str = "ack",
-        attachments: list | None = None,
+        self, channel: str, text: str, blocks: list[dict[str, Any]] | None, *, ephemeral_to: str | None = None, source: str = "ack",
+        attachments: list[dict[str, Any]] | None = None,
     ) -> Message:
         """A message that did not come through the Web API (e.g. an ack body Slack shows)."""
         with self._lock:
@@ -357,7 +357,7 @@ class Workspace:
             if v is not None:
                 v.closed = True
 
-    def replace_view(self, view_id: str, new: dict, push: bool = False) -> View:
+    def replace_view(self, view_id: str, new: dict[str, Any], push: bool = False) -> View:
         """A view_submission answered with response_action update / push."""
         with self._lock:
             old = self.views[view_id]
@@ -380,7 +380,7 @@ class Workspace:
         return f"V{next(self._ids):09d}"
 
     def _new_message(
-        self, channel: str, text: str, blocks: list | None, attachments: list | None, thread_ts: str | None,
+        self, channel: str, text: str, blocks: list[dict[str, Any]] | None, attachments: list[dict[str, Any]] | None, thread_ts: str | None,
         ephemeral_to: str | None, source: str,
     ) -> Message:
         msg = Message(
@@ -392,7 +392,7 @@ class Workspace:
             self._by_ts[(channel, msg.ts)] = msg.no
         return msg
 
-    def _full_view(self, view: dict, vid: str, root: str, previous: str | None) -> dict:
+    def _full_view(self, view: dict[str, Any], vid: str, root: str, previous: str | None) -> dict[str, Any]:
         full = copy.deepcopy(view)
         full.update(
             id=vid, team_id=TEAM_ID, state={"values": {}}, hash=f"{time.time():.6f}.{secrets.token_hex(4)}",
@@ -413,7 +413,7 @@ class Workspace:
             return "D" + channel[1:]
         return channel
 
-    def _check_message(self, method: str, params: dict, require_content: bool = True) -> None:
+    def _check_message(self, method: str, params: dict[str, Any], require_content: bool = True) -> None:
         text, blocks, attachments = params.get("text"), params.get("blocks"), params.get("attachments")
         if require_content and not text and not blocks and not attachments:
             raise ApiError("no_text")
@@ -468,7 +468,7 @@ class Workspace:
                     raise ApiError("invalid_blocks_format" if key == "blocks" else "invalid_arguments") from None
         return params, is_json
 
-    def _api(self, method: str, query: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict]:
+    def _api(self, method: str, query: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, Any]]:
         params: dict[str, Any] = {}
         try:
             params, is_json = self._parse(query, headers, raw)
@@ -484,7 +484,7 @@ class Workspace:
                 raise ApiError("not_authed")
             if token != self.token:
                 raise ApiError("invalid_auth")
-            answer: dict = {"ok": True, **handler(params)}
+            answer: dict[str, Any] = {"ok": True, **handler(params)}
         except ApiError as exc:
             answer = exc.body
         with self._lock:
@@ -494,16 +494,16 @@ class Workspace:
 
     # --- methods ------------------------------------------------------------------------------------
 
-    def _m_api_test(self, params: dict) -> dict:
+    def _m_api_test(self, params: dict[str, Any]) -> dict[str, Any]:
         return {}
 
-    def _m_auth_test(self, params: dict) -> dict:
+    def _m_auth_test(self, params: dict[str, Any]) -> dict[str, Any]:
         return {
             "url": "http://127.0.0.1/", "team": "terminal", "user": "pgsessions", "team_id": TEAM_ID,
             "user_id": BOT_USER_ID, "bot_id": BOT_ID, "is_enterprise_install": False,
         }
 
-    def _m_chat_postMessage(self, params: dict) -> dict:
+    def _m_chat_postMessage(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(params.get("channel"))
         self._check_message("chat.postMessage", params)
         with self._lock:
@@ -515,7 +515,7 @@ class Workspace:
         self.activity.event()
         return {"channel": channel, "ts": msg.ts, "message": msg.payload()}
 
-    def _m_chat_update(self, params: dict) -> dict:
+    def _m_chat_update(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(params.get("channel"))
         ts = str(params.get("ts") or "")
         with self._lock:
@@ -540,7 +540,7 @@ class Workspace:
             self.activity.event()
         return {"channel": channel, "ts": ts, "text": msg.text, "message": msg.payload()}
 
-    def _m_chat_postEphemeral(self, params: dict) -> dict:
+    def _m_chat_postEphemeral(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(params.get("channel"))
         user = str(params.get("user") or "")
         if not user:
@@ -555,7 +555,7 @@ class Workspace:
         self.activity.event()
         return {"message_ts": msg.ts}
 
-    def _m_chat_delete(self, params: dict) -> dict:
+    def _m_chat_delete(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(params.get("channel"))
         ts = str(params.get("ts") or "")
         with self._lock:
@@ -568,7 +568,7 @@ class Workspace:
         self.activity.event()
         return {"channel": channel, "ts": ts}
 
-    def _m_chat_getPermalink(self, params: dict) -> dict:
+    def _m_chat_getPermalink(self, params: dict[str, Any]) -> dict[str, Any]:
         channel, ts = str(params.get("channel") or ""), str(params.get("message_ts") or "")
         with self._lock:
             no = self._by_ts.get((channel, ts))
@@ -576,7 +576,7 @@ class Workspace:
             raise ApiError("message_not_found")
         return {"channel": channel, "permalink": f"{self.url}/archives/{channel}/p{ts.replace('.', '')}"}
 
-    def _open(self, params: dict, method: str) -> dict:
+    def _open(self, params: dict[str, Any], method: str) -> dict[str, Any]:
         tid = str(params.get("trigger_id") or "")
         view = params.get("view")
         with self._lock:
@@ -600,13 +600,13 @@ class Workspace:
         self.activity.event()
         return {"view": copy.deepcopy(v.view)}
 
-    def _m_views_open(self, params: dict) -> dict:
+    def _m_views_open(self, params: dict[str, Any]) -> dict[str, Any]:
         return self._open(params, "views.open")
 
-    def _m_views_push(self, params: dict) -> dict:
+    def _m_views_push(self, params: dict[str, Any]) -> dict[str, Any]:
         return self._open(params, "views.push")
 
-    def _m_views_update(self, params: dict) -> dict:
+    def _m_views_update(self, params: dict[str, Any]) -> dict[str, Any]:
         view_id, external_id = params.get("view_id"), params.get("external_id")
         with self._lock:
             v = self.views.get(str(view_id)) if view_id else None
@@ -625,14 +625,14 @@ class Workspace:
         self.activity.event()
         return {"view": copy.deepcopy(v.view)}
 
-    def _m_usergroups_users_list(self, params: dict) -> dict:
+    def _m_usergroups_users_list(self, params: dict[str, Any]) -> dict[str, Any]:
         group = str(params.get("usergroup") or "")
         with self._lock:
             if group not in self.groups:
                 raise ApiError("no_such_subteam")
             return {"users": list(self.groups[group])}
 
-    def _m_users_info(self, params: dict) -> dict:
+    def _m_users_info(self, params: dict[str, Any]) -> dict[str, Any]:
         uid = str(params.get("user") or "")
         if not uid:
             raise ApiError("user_not_found")
@@ -645,7 +645,7 @@ class Workspace:
             }
         }
 
-    def _m_conversations_info(self, params: dict) -> dict:
+    def _m_conversations_info(self, params: dict[str, Any]) -> dict[str, Any]:
         cid = str(params.get("channel") or "")
         if not cid:
             raise ApiError("channel_not_found")

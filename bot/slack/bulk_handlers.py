@@ -10,6 +10,8 @@ A bulk button opens a modal that submits through the same callback as a session'
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from bot.approval.ids import ALLOW_CONNECTIONS, CLEAR_DB, CLEAR_DB_BLOCK
 from bot.bulk.targets import (
@@ -33,7 +35,7 @@ from bot.slack.edge import Router, post_message
 log = logging.getLogger(__name__)
 
 
-def handle_clear_db(rt: Context, cmd: ClearDb, body: dict, respond) -> None:
+def handle_clear_db(rt: Context, cmd: ClearDb, body: dict[str, Any], respond: Callable[..., Any]) -> None:
     channel = body.get("channel_id")
     user = body.get("user_id")
     try:
@@ -86,7 +88,7 @@ def handle_clear_db(rt: Context, cmd: ClearDb, body: dict, respond) -> None:
     post_message(rt.client, channel, msg, respond)
 
 
-def listing_offer(rt: Context, cmd: ListSessions, listing: Listing, body: dict) -> list[dict]:
+def listing_offer(rt: Context, cmd: ListSessions, listing: Listing, body: dict[str, Any]) -> list[dict[str, Any]]:
     """*Terminate these N* under an ``idle`` / ``idle-tx`` listing filtered with ``--app``."""
     if rt.policy.signalling_off(cmd.env):
         return []

@@ -26,8 +26,9 @@ from bot.slack.context import Context
 from bot.slack.edge import Router, guarded
 
 
-def env_of(cmd: Command) -> Any:
-    return getattr(cmd, "env", None)
+def env_of(cmd: Command) -> str | None:
+    env = getattr(cmd, "env", None)
+    return env if isinstance(env, str) else None
 
 
 def command_name(cmd: Command) -> str:
@@ -87,7 +88,7 @@ def prepare(rt: Context, router: Router, text: str, channel_id: str | None) -> A
     return Ready(text, cmd, name, handler, progress(cmd) if progress else None)
 
 
-def execute(rt: Context, ready: Ready, body: dict, respond: Any, doing: str, *, viewer_later: str | None = None) -> None:
+def execute(rt: Context, ready: Ready, body: dict[str, Any], respond: Any, doing: str, *, viewer_later: str | None = None) -> None:
     """Run the handler; ``viewer_later``: the user whose ``access.viewers`` check was left for now (it
     needs a user group read from Slack, which must not delay an acknowledgement)."""
     failed: list[bool] = []

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
-from slack_bolt import App
+from slack_bolt import Ack, App
+from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot.approval import ids
@@ -30,7 +32,7 @@ log = logging.getLogger(__name__)
 NOT_OURS = ":no_entry_sign: That button is not one the bot drew; nothing was done."
 
 
-def audit_command(cmd: Audit, body: dict) -> str:
+def audit_command(cmd: Audit, body: dict[str, Any]) -> str:
     """The command that shows the page after ``cmd``'s (same filters as typed)."""
     words = ["/pgsessions audit"]
     if cmd.env:
@@ -53,17 +55,17 @@ def register(app: App, rt: Context, router: Router) -> None:
     wf = rt.workflow
 
     @app.action(ids.ANY_KILL)
-    def on_kill_click(ack, body, action, respond, client):
+    def on_kill_click(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Callable[..., Any], client: WebClient) -> None:
         ack()
         open_request_form(rt, body, action, respond, client, ids.KILL_PREFIX)
 
     @app.action(ids.ANY_BULK)
-    def on_bulk_click(ack, body, action, respond, client):
+    def on_bulk_click(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Callable[..., Any], client: WebClient) -> None:
         ack()
         open_request_form(rt, body, action, respond, client, ids.BULK_PREFIX)
 
     @app.view(ids.REQUEST_CALLBACK)
-    def on_submit(ack, body, view):
+    def on_submit(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
         user = (body.get("user") or {}).get("id", "")
         try:
             meta = json.loads(view.get("private_metadata") or "{}")
@@ -87,11 +89,11 @@ def register(app: App, rt: Context, router: Router) -> None:
         guarded("posting the approval request")(_post_request)(rt, result.request, user, respond=None)
 
     @app.view_closed(ids.REQUEST_CALLBACK)
-    def on_closed(ack):
+    def on_closed(ack: Ack) -> None:
         ack()
 
     @app.action(ids.ANY_DECIDE)
-    def on_decide(ack, body, action, respond):
+    def on_decide(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Callable[..., Any]) -> None:
         ack()
         user = (body.get("user") or {}).get("id", "")
         channel = channel_of(body)
@@ -108,7 +110,7 @@ def register(app: App, rt: Context, router: Router) -> None:
             home(user, notes[-1] if notes else None)
 
     @router.on(Pending)
-    def on_pending(rt_, cmd, body, respond):
+    def on_pending(rt_: Context, cmd: Pending, body: dict[str, Any], respond: Callable[..., Any]) -> None:
         viewer = body.get("user_id") or ""
         refusal = rt.policy.identity_view_refusal(viewer, "requests")
         if refusal:
@@ -119,7 +121,7 @@ def register(app: App, rt: Context, router: Router) -> None:
         respond(response_type="ephemeral", **pending_list(allowed, time.time()))
 
     @router.on(Audit)
-    def on_audit(rt_, cmd: Audit, body, respond):
+    def on_audit(rt_: Context, cmd: Audit, body: dict[str, Any], respond: Callable[..., Any]) -> None:
         since = time.time() - cmd.since if cmd.since is not None else None
         offset = (cmd.page - 1) * cmd.limit
         viewer = body.get("user_id") or ""
@@ -147,7 +149,7 @@ def register(app: App, rt: Context, router: Router) -> None:
 
 
 def open_request_form(
-    rt: Context, body: dict, action: dict, respond: Any, client: Any, prefix: str,
+    rt: Context, body: dict[str, Any], action: dict[str, Any], respond: Any, client: Any, prefix: str,
     verbs: tuple[str, ...] | None = None,
 ) -> None:
     """A Cancel/Terminate/bulk button was clicked: resolve its token on the server and open the form.

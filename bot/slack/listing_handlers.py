@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -18,7 +19,7 @@ from bot.render.common import context
 from bot.render.errors import unavailable
 from bot.render.listing import render_listing
 from bot.slack.context import Context
-from bot.slack.edge import ListingExtra, Router, post_message
+from bot.slack.edge import CommandHandler, ListingExtra, Router, post_message
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,10 @@ STORE_DOWN = (
 )
 
 
-def make_handle_list(extras: list[ListingExtra]):
+def make_handle_list(extras: list[ListingExtra]) -> CommandHandler:
     """The listing handler; ``extras`` add blocks under a listing (e.g. the bulk 'Terminate these N')."""
 
-    def handle_list(rt: Context, cmd: ListSessions, body: dict, respond: Any) -> None:
+    def handle_list(rt: Context, cmd: ListSessions, body: dict[str, Any], respond: Callable[..., Any]) -> None:
         environment = rt.config.environments[cmd.env]
         channel = body.get("channel_id")
         user = body.get("user_id")
@@ -47,7 +48,7 @@ def make_handle_list(extras: list[ListingExtra]):
         disabled = rt.policy.signalling_off(cmd.env)
         tokens: dict[int, str] = {}
         details_tokens: dict[int, str] = {}
-        extra_blocks: list[dict] = []
+        extra_blocks: list[dict[str, Any]] = []
         try:
             tokens, details_tokens = issue_listing_tokens(
                 rt.store, cmd.env, cmd.host, listing.sessions[:limit], channel, user, kill=disabled is None

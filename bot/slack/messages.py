@@ -7,6 +7,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -45,7 +46,7 @@ class RequestMessages:
         # called after every redraw (the one place every state change passes): the nudges feature
         self.after_redraw: Callable[[Request], None] | None = None
 
-    def render(self, req: Request) -> dict:
+    def render(self, req: Request) -> dict[str, Any]:
         environment = self.config.env(req.env)
         cfg_approvers = environment.access.approvers if environment else []
         required = environment.access.approvals_required if environment else 1

@@ -26,7 +26,7 @@ def no_poolers(env: str, host: str) -> str:
             "(`dsn: host=… dbname=pgbouncer user=…`" + ("" if host == "primary" else f", `host: {host}`") + ").")
 
 
-def handle_pools(rt: Context, cmd: ShowPools, body: dict, respond: Any) -> None:
+def handle_pools(rt: Context, cmd: ShowPools, body: dict[str, Any], respond: Any) -> None:
     environment = rt.config.environments[cmd.env]
     channel, user = body.get("channel_id"), body.get("user_id")
     if not any(p.host == cmd.host for p in environment.poolers.values()):
