@@ -3,7 +3,7 @@ here (the domain's errors carry plain text only)."""
 
 from __future__ import annotations
 
-from bot.postgres.pools import DatabaseUnavailable, OutOfConnections, UnsupportedServer
+from bot.postgres.errors import DatabaseUnavailable, OutOfConnections, UnsupportedServer
 from bot.render.common import code, esc
 
 
