@@ -38,7 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("domain", ("bot.approval", "bot.bulk", "bot.watch", "bot.lagwatch", "bot.visibility")),
     ("render", ("bot.render",)),
     ("edge", ("bot.slack",)),
-    ("top", ("bot.runtime", "bot.wiring", "bot.slack.app", "bot.cli", "bot.cli_common", "bot.check", "bot.shell",
+    ("top", ("bot.runtime", "bot.wiring", "bot.slack.app", "bot.cli", "bot.cli_common", "bot.check", "bot.check_report", "bot.shell",
              "bot.audit_export", "bot.__main__", "bot")),
 ]
 
