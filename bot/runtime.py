@@ -2,8 +2,8 @@
 
 Config, database pools, state store, Slack client, scheduler; the access policy, the approval workflow
 (with its ports: the approvers lookup and the request-changed sink, both Slack), its housekeeping and
-the lag watcher. Handlers receive a :class:`Runtime` and call the domain through its parts; nothing
-else holds global state. Which Slack handlers and jobs exist is :mod:`bot.wiring`.
+the lag watcher. Slack handlers receive it as a :class:`bot.slack.context.Context` (the services they
+use, typed) and call the domain through its parts; nothing else holds global state. Which Slack handlers and jobs exist is :mod:`bot.wiring`.
 """
 
 from __future__ import annotations
