@@ -29,3 +29,12 @@ class Phrase:
     def plain(self) -> str:
         """The sentence as plain text, each name in backticks as typed (escaped where it is drawn)."""
         return self.template.format(**{k: f"`{v}`" for k, v in self.names})
+
+    def __str__(self) -> str:
+        # never put a Phrase into a text as it is (its names would be unescaped, or its repr shown):
+        # bot.render.common.phrase draws it, .plain is its plain text
+        raise TypeError("a Phrase is drawn by bot.render.common.phrase (or read as .plain), never str()")
+
+    def __format__(self, spec: str) -> str:  # f"{phrase}" fails the same way
+        return self.__str__()
+

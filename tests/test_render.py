@@ -226,3 +226,19 @@ def test_every_action_kind_has_its_drawing():
     assert set(DRAWINGS) == set(ACTIONS)
     for name, kind in ACTIONS.items():
         assert DRAWINGS[name] is (SESSION_REQUEST if kind.target_kind == "session" else BULK_REQUEST), name
+
+
+def test_a_phrase_is_drawn_with_its_names_escaped_and_never_put_into_a_text_as_it_is():
+    """Domain refusals carry names from a database apart from the words (bot/phrase.py); bot/render/ escapes
+    them in code spans, and a Phrase put into an f-string by mistake fails loudly instead of leaking."""
+    from bot.phrase import Phrase
+    from bot.render.common import phrase
+
+    p = Phrase.of("{name} is a template database", name="x` <!channel>")
+    assert phrase(p) == "`xˋ &lt;!channel&gt;` is a template database"
+    assert p.plain == "`x` <!channel>` is a template database"  # plain text: escaped where it is drawn
+    assert phrase("the bot's own words") == "the bot's own words"
+    with pytest.raises(TypeError):
+        f"{p}"
+    with pytest.raises(TypeError):
+        str(p)

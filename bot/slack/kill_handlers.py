@@ -114,7 +114,7 @@ def register(app: App, rt: Context, router: Router) -> None:
         viewer = body.get("user_id") or ""
         refusal = rt.policy.identity_view_refusal(viewer, "requests")
         if refusal:
-            respond(response_type="ephemeral", text=f":no_entry_sign: Not possible: {phrase(refusal or 'refused')}.")
+            respond(response_type="ephemeral", text=f":no_entry_sign: Not possible: {refusal}.")
             return
         reqs = rt.store.requests_in((RequestState.PENDING, RequestState.EXECUTING))
         allowed = [rt.policy.shown(r) for r in reqs if rt.policy.may_view(r.env, viewer, body.get("channel_id"))]
@@ -165,7 +165,7 @@ def open_request_form(
         return
     stored, refusal = rt.workflow.target_for(click.token, click.verb, user, channel)
     if stored is None:
-        tell(rt.client, respond, channel, user, f":no_entry_sign: Not possible: {refusal}.")
+        tell(rt.client, respond, channel, user, f":no_entry_sign: Not possible: {phrase(refusal or 'refused')}.")
         return
     environment = rt.config.environments[stored.env]
     kind = rt.workflow.actions[click.verb]
