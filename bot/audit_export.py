@@ -2,62 +2,32 @@
 reads behind ``/pgsessions audit <env> --user/--since/--action``, and one structured log line per
 audit event (``event: "audit"``) for log pipelines.
 
-Reads the ``pgs_audit`` table of the state store; never writes.
+Reads the ``pgs_audit`` table through the state store (every statement is in :mod:`bot.state.audit`);
+never writes.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
-import logging
 import sys
-import time
-from collections.abc import Collection, Iterable
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any, TextIO
 
-from sqlalchemy import or_, select
-
-from bot.logs import log_value
+from bot.cli_common import Subparsers, load_or_exit
+from bot.durations import DurationError, parse_duration
 from bot.postgres.redact import redact
 from bot.secrets import scrub
-from bot.state.schema import audit, requests
-from bot.state.store import StateStore
-
-log = logging.getLogger("pgsessions.audit")
-
-# Columns of an exported audit record, in this order (the CSV header).
-FIELDS = (
-    "at",
-    "env",
-    "host",
-    "request_id",
-    "action",
-    "event",
-    "actor",
-    "requester",
-    "pid",
-    "backend_start",
-    "db_user",
-    "application",
-    "query",
-    "reason",
-    "result",
+from bot.state.audit import (  # noqa: F401 - re-exported: the audit record and its log line
+    FIELDS,
+    action_matches,
+    fields,
+    log_audit,
+    split_event,
 )
-
-
-def split_event(event: str | None) -> tuple[str | None, str]:
-    """``terminate:approved`` -> (``terminate``, ``approved``)."""
-    if not event:
-        return None, ""
-    action, sep, what = event.partition(":")
-    return (action, what) if sep else (None, event)
-
-
-def action_matches(event: str | None, action: str) -> bool:
-    act, _ = split_event(event)
-    return act == action
+from bot.state.store import StateStore
 
 
 def query_audit(
@@ -69,61 +39,23 @@ def query_audit(
     action: str | None = None,
     limit: int | None = None,
     now: float | None = None,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Audit rows (newest first when ``limit`` is given, else oldest first), each with the request's
     requester joined in. ``since``: seconds back from ``now``; ``user``: the actor or the requester."""
-    now = time.time() if now is None else now
-    stmt = select(audit, requests.c.requester).select_from(
-        audit.outerjoin(requests, requests.c.id == audit.c.request_id)
-    )
-    if env is not None:
-        stmt = stmt.where(audit.c.env == env)
-    if since is not None:
-        stmt = stmt.where(audit.c.at >= now - since)
-    if user is not None:
-        stmt = stmt.where(or_(audit.c.actor == user, requests.c.requester == user))
-    if action is not None:
-        stmt = stmt.where(audit.c.event.like(f"{action}:%"))
-    if limit is not None:
-        stmt = stmt.order_by(audit.c.id.desc()).limit(limit)
-    else:
-        stmt = stmt.order_by(audit.c.id)
-    with store.engine.connect() as c:
-        return [dict(r) for r in c.execute(stmt).mappings()]
+    return store.audit_export(env=env, since=since, user=user, action=action, limit=limit, now=now)
 
 
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def record(row: dict, redacted: Collection[str] = ()) -> dict[str, Any]:
+def record(row: Mapping[str, Any], redacted: Collection[str] = ()) -> dict[str, Any]:
     """One exported audit record: every field of :data:`FIELDS`, strings scrubbed of known secrets; the
     query text redacted when its environment is in ``redacted`` (``redact_queries``: also texts stored
     before it was turned on)."""
-    action, what = split_event(row.get("event"))
-    out: dict[str, Any] = {
-        "at": _iso(row.get("at")),
-        "env": row.get("env"),
-        "host": row.get("host"),
-        "request_id": row.get("request_id"),
-        "action": action,
-        "event": what,
-        "actor": row.get("actor"),
-        "requester": row.get("requester"),
-        "pid": row.get("pid"),
-        "backend_start": row.get("backend_start"),
-        "db_user": row.get("db_user"),
-        "application": row.get("application"),
-        "query": redact(row["query"]) if row.get("query") and row.get("env") in redacted else row.get("query"),
-        "reason": row.get("reason"),
-        "result": row.get("result"),
-    }
-    return {k: scrub(v) if isinstance(v, str) else v for k, v in out.items()}
+    out = fields(row)
+    if out["query"] and row.get("env") in redacted:
+        out["query"] = scrub(redact(out["query"]))
+    return out
 
 
-def write_jsonl(rows: Iterable[dict], out, redacted: Collection[str] = ()) -> int:
+def write_jsonl(rows: Iterable[dict[str, Any]], out: TextIO, redacted: Collection[str] = ()) -> int:
     n = 0
     for row in rows:
         out.write(json.dumps(record(row, redacted), ensure_ascii=False, default=str) + "\n")
@@ -138,7 +70,7 @@ def _csv_cell(value: Any) -> Any:
     return value
 
 
-def write_csv(rows: Iterable[dict], out, redacted: Collection[str] = ()) -> int:
+def write_csv(rows: Iterable[dict[str, Any]], out: TextIO, redacted: Collection[str] = ()) -> int:
     writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
     writer.writeheader()
     n = 0
@@ -148,33 +80,10 @@ def write_csv(rows: Iterable[dict], out, redacted: Collection[str] = ()) -> int:
     return n
 
 
-# --- one log line per audit event -------------------------------------------------------------------
-
-
-def log_audit(values: dict) -> None:
-    """Log one audit event as a structured line (``event: "audit"``); the query text stays out of logs.
-
-    In the text log every value is quoted (:func:`bot.logs.log_value`): an ``application_name`` such as
-    ``x result=executed actor=U0ADMIN`` stays one value and cannot forge fields."""
-    try:
-        rec = record(values)
-        rec.pop("query", None)
-        rec.pop("requester", None)
-        fields = {k: v for k, v in rec.items() if v is not None}
-        log.info(
-            "audit %s %s",
-            values.get("event"),
-            " ".join(f"{k}={log_value(v)}" for k, v in fields.items() if k not in ("event", "action")),
-            extra={"event": "audit", "env": values.get("env"), "host": values.get("host"), "audit": fields},
-        )
-    except Exception:  # an audit log line must never break the audited action
-        log.warning("could not log an audit event", exc_info=False)
-
-
 # --- the CLI ----------------------------------------------------------------------------------------
 
 
-def add_parser(sub, common) -> None:
+def add_parser(sub: Subparsers, common: Callable[[argparse.ArgumentParser], None]) -> None:
     p = sub.add_parser(
         "audit",
         help="print the audit trail (requests, decisions, outcomes) as JSON lines or CSV",
@@ -189,10 +98,7 @@ def add_parser(sub, common) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from bot.cli import load_or_exit
-    from bot.durations import DurationError, parse_duration
-
+def run(args: argparse.Namespace) -> int:
     config = load_or_exit(args.config)
     if args.env is not None and config.env(args.env) is None:
         known = ", ".join(config.environments)

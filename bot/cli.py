@@ -8,9 +8,24 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
+from types import FrameType
 
-from bot.config import ConfigError, load_config
+from slack_bolt.error import BoltError
+from slack_sdk.errors import SlackApiError
+
+from bot.audit_export import add_parser as audit_export_parser
+from bot.check import add_parser as check_parser
+from bot.cli_common import common_options, load_or_exit
+from bot.logs import instrument_bolt, setup_logging
+from bot.runtime import Runtime, SlackSettings
 from bot.secrets import SECRETS
+from bot.shell.cli import add_parser as shell_parser
+from bot.slack.app import build_app
+from bot.slack.replays import Deliveries, OnceSocketModeHandler
+from bot.slack.server import HttpServer, metrics_address, metrics_token
+
+__all__ = ["build_parser", "load_or_exit", "main", "serve"]
 
 log = logging.getLogger("pgsessions")
 
@@ -24,11 +39,7 @@ or
 Create the app from manifest.yml first (see README.md, "Create the Slack app")."""
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", default=os.environ.get("PGSESSIONS_CONFIG", "pgsessions.yml"),
-                   help="YAML config file (default: $PGSESSIONS_CONFIG or ./pgsessions.yml)")
-    p.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("LOG_FORMAT", "text"))
-    p.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+_common = common_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,32 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _extra_commands():
-    """The subcommands other modules add (``shell``, ``check``), listed here explicitly."""
-    from bot.audit_export import add_parser as audit_export_parser
-    from bot.check import add_parser as check_parser
-    from bot.shell.cli import add_parser as shell_parser
+AddParser = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]", Callable[[argparse.ArgumentParser], None]], None]
 
+
+def _extra_commands() -> list[AddParser]:
+    """The subcommands other modules add (``shell``, ``check``, ``audit``), listed here explicitly."""
     return [shell_parser, check_parser, audit_export_parser]
 
 
-def load_or_exit(path: str):
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        print(f"pgsessions: configuration error in {path}:\n{exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def serve(args) -> int:
-    from slack_bolt.error import BoltError
-    from slack_sdk.errors import SlackApiError
-
-    from bot.runtime import Runtime, SlackSettings
-    from bot.slack.app import build_app
-    from bot.slack.replays import Deliveries, OnceSocketModeHandler
-    from bot.slack.server import HttpServer, metrics_address, metrics_token
-
+def serve(args: argparse.Namespace) -> int:
     config = load_or_exit(args.config)
     settings = SlackSettings.from_env()
     if not settings.bot_token or not (settings.app_token or settings.signing_secret):
@@ -82,8 +76,6 @@ def serve(args) -> int:
         print(f"pgsessions: Slack did not accept SLACK_BOT_TOKEN ({detail}) at {settings.api_url}", file=sys.stderr)
         rt.close()
         return 2
-    from bot.logs import instrument_bolt
-
     instrument_bolt(app)  # request ids and ack metrics in Socket Mode too (over HTTP make_wsgi does it as well)
     try:
         metrics = metrics_address()
@@ -97,7 +89,7 @@ def serve(args) -> int:
                       metrics_token=token)
     stop = threading.Event()
 
-    def on_signal(signum, _frame):
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("received signal %s, shutting down", signum)
         stop.set()
 
@@ -111,7 +103,7 @@ def serve(args) -> int:
     socket_handler = None
     if settings.socket_mode:
         socket_handler = OnceSocketModeHandler(app, settings.app_token, Deliveries(rt))
-        socket_handler.connect()
+        socket_handler.connect()  # type: ignore[no-untyped-call]  # Bolt leaves it unannotated
         log.info("connected to Slack in Socket Mode; health%s on port %s",
                  " and metrics" if metrics is None else "", http.port)
     else:
@@ -121,21 +113,20 @@ def serve(args) -> int:
     stop.wait()
     rt.ready.clear()
     if socket_handler is not None:
-        socket_handler.close()
+        socket_handler.close()  # type: ignore[no-untyped-call]
     http.stop()
     rt.close()
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bot.logs import setup_logging
-
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_format, args.log_level)
     if args.cmd == "serve":
         return serve(args)
-    return args.func(args)
+    result: int = args.func(args)
+    return result
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -473,8 +474,6 @@ class Config(_Model):
 
 
 def _check_dsn(dsn: str) -> None:
-    from psycopg.conninfo import conninfo_to_dict
-
     try:
         params = conninfo_to_dict(dsn)
     except Exception:

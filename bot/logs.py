@@ -21,8 +21,11 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TextIO
 
+from slack_bolt import App, BoltRequest, BoltResponse
+
+from bot.metrics import ACK_SECONDS, SLACK_REQUESTS
 from bot.secrets import ScrubFilter, scrub
 
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("pgsessions_request_id", default=None)
@@ -116,7 +119,7 @@ class TextFormatter(logging.Formatter):
         return _one_line(line)
 
 
-def make_handler(fmt: str = "text", stream=None) -> logging.Handler:
+def make_handler(fmt: str = "text", stream: TextIO | None = None) -> logging.Handler:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(RequestIdFilter())
     handler.addFilter(ScrubFilter())
@@ -124,7 +127,7 @@ def make_handler(fmt: str = "text", stream=None) -> logging.Handler:
     return handler
 
 
-def setup_logging(fmt: str = "text", level: str = "INFO", stream=None) -> None:
+def setup_logging(fmt: str = "text", level: str = "INFO", stream: TextIO | None = None) -> None:
     handler = make_handler(fmt, stream)
     root = logging.getLogger()
     for h in list(root.handlers):
@@ -148,7 +151,7 @@ class ContextExecutor(Executor):
     def __init__(self, inner: Executor):
         self.inner = inner
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         ctx = contextvars.copy_context()
         return self.inner.submit(ctx.run, fn, *args, **kwargs)
 
@@ -156,7 +159,7 @@ class ContextExecutor(Executor):
         self.inner.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
-def instrument_bolt(app) -> None:
+def instrument_bolt(app: App) -> None:
     """Make Bolt's listener threads inherit the request id, and give Socket Mode requests one too.
 
     Idempotent. Over HTTP the WSGI layer (bot/slack/server.py) sets the id before Bolt sees the
@@ -175,10 +178,9 @@ def instrument_bolt(app) -> None:
     # context while the listener is started: wrap dispatch(), which Socket Mode calls for every request
     dispatch = app.dispatch
 
-    def dispatch_with_request_id(req):
+    def dispatch_with_request_id(req: BoltRequest) -> BoltResponse:
         if REQUEST_ID.get() is not None:  # over HTTP the WSGI layer already did all of this
             return dispatch(req)
-        from bot.metrics import ACK_SECONDS, SLACK_REQUESTS
 
         kind = kind_of_body(req.body)
         started = time.monotonic()
@@ -195,8 +197,8 @@ def instrument_bolt(app) -> None:
                            "duration_ms": round(elapsed * 1000, 1)},
                 )
 
-    app.dispatch = dispatch_with_request_id
-    app._pgs_instrumented = True
+    setattr(app, "dispatch", dispatch_with_request_id)  # noqa: B010 - mypy: a method is not assignable
+    setattr(app, "_pgs_instrumented", True)  # noqa: B010
 
 
 def kind_of_body(body: Any) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from importlib.metadata import version
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -100,8 +103,6 @@ BUILD_INFO = Info("pgsessions_build", "Version of the running bot", registry=REG
 
 def _version() -> str:
     try:
-        from importlib.metadata import version
-
         return version("pgsessions")
     except Exception:  # pragma: no cover - not installed as a distribution
         return "unknown"
@@ -110,5 +111,5 @@ def _version() -> str:
 BUILD_INFO.info({"version": _version()})
 
 
-def wsgi_app():
+def wsgi_app() -> Callable[..., Iterable[bytes]]:
     return make_wsgi_app(REGISTRY)

@@ -2,8 +2,8 @@
 
 Config, database pools, state store, Slack client, scheduler; the access policy, the approval workflow
 (with its ports: the approvers lookup and the request-changed sink, both Slack), its housekeeping and
-the lag watcher. Handlers receive a :class:`Runtime` and call the domain through its parts; nothing
-else holds global state. Which Slack handlers and jobs exist is :mod:`bot.wiring`.
+the lag watcher. Slack handlers receive it as a :class:`bot.slack.context.Context` (the services they
+use, typed) and call the domain through its parts; nothing else holds global state. Which Slack handlers and jobs exist is :mod:`bot.wiring`.
 """
 
 from __future__ import annotations
@@ -27,43 +27,21 @@ from bot.config import Config
 from bot.fleet.shards import Shards
 from bot.lagwatch.watcher import LagWatcher
 from bot.postgres.pools import Databases
-from bot.secrets import SECRETS
+from bot.slack.dedupe import EventDedupe
 from bot.slack.directory import Directory
 from bot.slack.messages import RequestMessages
-from bot.slack.web import make_web_client, normalize_api_url
+from bot.slack.settings import SlackSettings
+from bot.slack.web import make_web_client
 from bot.state.health import StoreHealth
 from bot.state.store import StateStore
 from bot.watch.watcher import Watcher
 
-if TYPE_CHECKING:
-    from bot.slack.events import EventDedupe
+if TYPE_CHECKING:  # off-limits while the alert engine is rewritten (tests/test_imports.py ALLOWED)
+    from bot.watch.watcher import Watcher
+
+__all__ = ["Runtime", "SlackSettings"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SlackSettings:
-    bot_token: str | None
-    signing_secret: str | None
-    app_token: str | None
-    api_url: str
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> SlackSettings:
-        env = os.environ if environ is None else environ
-        s = cls(
-            bot_token=env.get("SLACK_BOT_TOKEN") or None,
-            signing_secret=env.get("SLACK_SIGNING_SECRET") or None,
-            app_token=env.get("SLACK_APP_TOKEN") or None,
-            api_url=normalize_api_url(env.get("SLACK_API_URL")),
-        )
-        for secret in (s.bot_token, s.signing_secret, s.app_token):
-            SECRETS.add(secret)
-        return s
-
-    @property
-    def socket_mode(self) -> bool:
-        return bool(self.app_token)
 
 
 @dataclass

@@ -11,6 +11,8 @@ import logging
 import re
 import threading
 
+from psycopg.conninfo import conninfo_to_dict
+
 
 class _SecretSet:
     def __init__(self) -> None:
@@ -52,8 +54,6 @@ def scrub(text: str) -> str:
 
 
 def dsn_password(dsn: str) -> str | None:
-    from psycopg.conninfo import conninfo_to_dict
-
     try:
         pw = conninfo_to_dict(dsn).get("password")
     except Exception:
@@ -63,8 +63,6 @@ def dsn_password(dsn: str) -> str | None:
 
 def safe_dsn(dsn: str) -> str:
     """host:port/dbname user — for display; never the password."""
-    from psycopg.conninfo import conninfo_to_dict
-
     try:
         p = conninfo_to_dict(dsn)
     except Exception:

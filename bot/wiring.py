@@ -8,8 +8,9 @@ The parts themselves (policy, workflow, request messages, housekeeping, lag watc
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from slack_bolt import App
 
+from bot.runtime import Runtime
 from bot.slack import (
     bulk_handlers,
     details_handlers,
@@ -25,11 +26,6 @@ from bot.slack import (
     watch_handlers,
 )
 from bot.slack.edge import Router
-
-if TYPE_CHECKING:
-    from slack_bolt import App
-
-    from bot.runtime import Runtime
 
 
 def register_features(app: App, rt: Runtime, router: Router) -> None:

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.bulk.targets import block_refusal, unknown_database
+from bot.bulk.targets import block_refusal
 from bot.config import LagAlert
 from bot.lagwatch.detect import pick_culprits
 from bot.lagwatch.model import Reason, StandbyLag, Unreachable
@@ -31,7 +31,7 @@ from bot.lagwatch.watcher import LagWatcher
 from bot.postgres.bulk import Connected, DatabaseInfo
 from bot.postgres.models import Category, Filters, Listing, ServerInfo, Session
 from bot.render.approval import audit_list
-from bot.render.bulk import clear_db_message
+from bot.render.bulk import clear_db_message, unknown_database
 from bot.render.common import esc, fold_query
 from bot.render.lag import (
     render_lag_alert,

@@ -19,6 +19,7 @@ from bot.postgres.pools import (
     tcp_params,
 )
 from bot.render.common import esc
+from bot.render.errors import unavailable
 
 pytestmark = pytest.mark.unit
 
@@ -74,10 +75,12 @@ def test_watchdog_runs_only_overdue_actions():
 
 
 def test_out_of_connections_is_said_in_those_words():
-    assert str(OutOfConnections("prod", "primary", (137, 137))) == "`prod` is out of connections: 137 of 137 in use"
+    assert unavailable(OutOfConnections("prod", "primary", (137, 137))) == "`prod` is out of connections: 137 of 137 in use"
     exc = OutOfConnections("prod", "r1", None, "the bot's reserved connection is busy")
-    assert str(exc) == ("`prod` standby `r1` is out of connections: every connection slot is taken "
-                        "(the bot's reserved connection is busy)")
+    assert unavailable(exc) == ("`prod` standby `r1` is out of connections: every connection slot is taken "
+                                "(the bot's reserved connection is busy)")
+    assert str(exc) == exc.plain == ("prod standby r1 is out of connections: every connection slot is taken "
+                                     "(the bot's reserved connection is busy)")
     assert exc.env == "prod" and exc.host == "r1"
 
 
@@ -99,7 +102,9 @@ def test_tcp_parameters_bound_a_silent_peer():
 def test_an_unavailable_server_quoted_in_an_outcome_detail_is_escaped_once_when_drawn():
     exc = DatabaseUnavailable("prod", "replica1", 'could not connect: "a & b" <x>')
     assert exc.plain == 'prod standby replica1 is unavailable: could not connect: "a & b" <x>'
-    assert "&amp;" in str(exc) and "&lt;x&gt;" in str(exc)  # the mrkdwn form, for a message as it is
+    assert str(exc) == exc.plain  # the domain carries plain text
+    shown = unavailable(exc)  # the mrkdwn form, for a message as it is (escaped in bot/render/ only)
+    assert shown == "`prod` standby `replica1` is unavailable: could not connect: \"a &amp; b\" &lt;x&gt;"
     drawn = esc(f"nothing was done: {exc.plain}")
     assert "a &amp; b" in drawn and "&amp;amp;" not in drawn and "&lt;x&gt;" in drawn
     full = OutOfConnections("prod", "primary", (137, 137), "the bot's reserved connection is busy")

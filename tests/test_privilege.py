@@ -419,7 +419,7 @@ def test_autovacuum_blocking_a_ddl_queue_is_the_root_and_an_approved_cancel_stop
         assert "autovacuum worker" in body and "autovacuum: VACUUM" in body and f"public.{pileup.table}" in body, body[:3000]
         assert "to prevent wraparound" not in body
         assert f"DDL queue*: pid {pileup.alter} waits for `AccessExclusiveLock`" in body
-        assert "`ShareUpdateExclusiveLock` on relation public." + pileup.table in body
+        assert "`ShareUpdateExclusiveLock` on relation `public." + pileup.table + "`" in body  # names in code spans
         # a worker is only ever cancelled
         assert f"Cancel {av}" in labels(msg) and f"Terminate {av}" not in labels(msg)
 

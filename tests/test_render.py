@@ -10,6 +10,7 @@ import pytest
 from bot.approval.actions import ACTIONS
 from bot.approval.models import SessionTarget, StoredTarget, request_from_dict
 from bot.postgres.models import Category, Filters, Listing, ServerInfo, Session
+from bot.render.actions import BULK_REQUEST, DRAWINGS, SESSION_REQUEST
 from bot.render.approval import request_message, request_modal, still_can_approve
 from bot.render.listing import render_listing
 from tests.dict_compat import request_message as dict_request_message
@@ -217,3 +218,27 @@ def test_clear_db_while_approving_never_says_not_known():
     assert "is not known" not in body
     running = {**req, "outcome": {"status": "running", "allow_connections": True, "progress": {"total": 1, "handled": 0}}}
     assert "`appdb` allows new connections" in json.dumps(bulk_request_message(running, ["U2"], ["U2"], 1, ["U2"]))
+
+
+def test_every_action_kind_has_its_drawing():
+    """The domain's table of actions and the Slack side's drawings are keyed by the same names: a kind
+    without a message and a form could be requested but never drawn."""
+    assert set(DRAWINGS) == set(ACTIONS)
+    for name, kind in ACTIONS.items():
+        assert DRAWINGS[name] is (SESSION_REQUEST if kind.target_kind == "session" else BULK_REQUEST), name
+
+
+def test_a_phrase_is_drawn_with_its_names_escaped_and_never_put_into_a_text_as_it_is():
+    """Domain refusals carry names from a database apart from the words (bot/phrase.py); bot/render/ escapes
+    them in code spans, and a Phrase put into an f-string by mistake fails loudly instead of leaking."""
+    from bot.phrase import Phrase
+    from bot.render.common import phrase
+
+    p = Phrase.of("{name} is a template database", name="x` <!channel>")
+    assert phrase(p) == "`xˋ &lt;!channel&gt;` is a template database"
+    assert p.plain == "`x` <!channel>` is a template database"  # plain text: escaped where it is drawn
+    assert phrase("the bot's own words") == "the bot's own words"
+    with pytest.raises(TypeError):
+        f"{p}"
+    with pytest.raises(TypeError):
+        str(p)

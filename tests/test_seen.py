@@ -370,6 +370,7 @@ def test_every_token_kind_ages_by_request_ttl_from_its_read():
     from bot.approval.ids import ALLOW_CONNECTIONS, CLEAR_DB, CLEAR_DB_BLOCK, TERMINATE_BULK
     from bot.approval.models import BulkTarget, DatabaseTarget, SessionTarget, StoredTarget
     from bot.approval.targets import ages, token_age_refusal
+    from bot.render.common import phrase
 
     def stored(target, created_at=1000.0):
         return StoredTarget(token="t", env="prod", host="primary", created_at=created_at, target=target)
@@ -381,16 +382,20 @@ def test_every_token_kind_ages_by_request_ttl_from_its_read():
                              (db, CLEAR_DB, "/pgsessions prod clear-db shop`"), (db, CLEAR_DB_BLOCK, "clear-db shop`")):
         assert ages(s, action)
         assert token_age_refusal(s, 900, now=1900.0) is None
-        why = token_age_refusal(s, 900, now=1901.0)
-        assert why is not None and again in why and "access.request_ttl" in why, why
+        refusal = token_age_refusal(s, 900, now=1901.0)
+        assert refusal is not None
+        why = phrase(refusal)
+        assert again in why and "access.request_ttl" in why, why
     # the read it came from: a token re-stored later still ages from the read
     late = stored(SessionTarget(pid=1, listed_at=1000.0), created_at=1800.0)
     assert token_age_refusal(late, 900, now=1901.0) is not None
     # names from a database or a person are data in the answer: nothing in them can format or mention
     hostile = stored(DatabaseTarget(actions=(CLEAR_DB,), database="x` <!channel> *b* <https://e.example|y>",
                                     listed_at=1000.0))
-    why = token_age_refusal(hostile, 900, now=5000.0)
-    assert why is not None and "<!channel>" not in why and "<https://" not in why
+    refusal = token_age_refusal(hostile, 900, now=5000.0)
+    assert refusal is not None
+    why = phrase(refusal)
+    assert "<!channel>" not in why and "<https://" not in why
     assert why.count("`") == 2, why
     # Allow connections again signals nobody and is kept fresh under a closed database's request
     assert not ages(stored(DatabaseTarget(actions=(ALLOW_CONNECTIONS,), database="shop")), ALLOW_CONNECTIONS)

@@ -13,6 +13,7 @@ from bot.check import FAIL, OK, HostReport, SlackReport, StateReport, render_tex
 from bot.lagwatch.model import Unreachable
 from bot.postgres import sql as botsql
 from bot.postgres.pools import DatabaseUnavailable, UnsupportedServer
+from bot.render.errors import unavailable
 from bot.render.lag import render_lag_listing
 
 pytestmark = pytest.mark.unit
@@ -31,11 +32,11 @@ def test_servers_older_than_13_are_refused_in_the_words_of_the_issue():
 def test_a_refused_server_is_never_called_unavailable_or_unreachable():
     exc = UnsupportedServer("prod", "primary", botsql.unsupported(120022, "12.22"))
     assert isinstance(exc, DatabaseUnavailable)  # every handler that answers for a failed read answers for it
-    assert str(exc) == "`prod` (primary): PostgreSQL 12.22 is not supported (13 or newer)"
-    assert exc.plain == "prod (primary): PostgreSQL 12.22 is not supported (13 or newer)"
+    assert unavailable(exc) == "`prod` (primary): PostgreSQL 12.22 is not supported (13 or newer)"
+    assert str(exc) == exc.plain == "prod (primary): PostgreSQL 12.22 is not supported (13 or newer)"
     standby = UnsupportedServer("prod", "replica1", botsql.unsupported(120022, "12.22"))
-    assert str(standby) == "`prod` standby `replica1`: PostgreSQL 12.22 is not supported (13 or newer)"
-    for text in (str(exc), exc.plain, str(standby)):
+    assert unavailable(standby) == "`prod` standby `replica1`: PostgreSQL 12.22 is not supported (13 or newer)"
+    for text in (unavailable(exc), exc.plain, unavailable(standby)):
         assert "unavailable" not in text and "unreachable" not in text.lower()
 
 

@@ -1,34 +1,28 @@
 """The table of actions: every kind of request the bot can act on, declared in one place.
 
 Each :class:`ActionKind` says what its buttons act on (the target type), what it is called (labels
-in messages, the request modal's title), what it does once approved (its executor) and how its
-request is drawn (the approval message and the modal). The action ids and callback ids are in
-:mod:`bot.approval.ids`; who may be offered, request and approve is :mod:`bot.approval.policy`.
+in messages, the request modal's title) and what it does once approved (its executor). How its
+request is drawn (the approval message and the modal) is the Slack side's: :data:`bot.render.actions.DRAWINGS`,
+keyed by the same names. The action ids and callback ids are in :mod:`bot.approval.ids`; who may be
+offered, request and approve is :mod:`bot.approval.policy`.
 
-A new kind of action is one more entry in :data:`ACTIONS` (and its executor and renderers).
+A new kind of action is one more entry in :data:`ACTIONS` (its executor) and in ``DRAWINGS``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from bot.approval import ids
-from bot.approval.models import Outcome, Request, SessionTarget, StoredTarget, TargetKind
+from bot.approval.models import Outcome, Request, SessionTarget, TargetKind
 from bot.approval.pooler_actions import disconnect_client, disconnect_refusal
 from bot.approval.ports import Execution
 from bot.approval.targets import signal_session
 from bot.bulk.execute import run_allow_connections, run_clear_db, run_terminate_bulk
-from bot.render.approval import request_message, request_modal
-from bot.render.bulk import bulk_modal, bulk_request_message
 
 # executor(execution, request) -> outcome: acts on an approved request (never raises on purpose)
 Executor = Callable[[Execution, Request], Outcome]
-# renderer(request, kind, approvals so far, approvals required, configured approvers) -> message
-Renderer = Callable[[Request, "ActionKind", list[str], int, list[str]], dict[str, Any]]
-# modal(stored target, kind, token, channel, reason required) -> the request form
-Modal = Callable[[StoredTarget, "ActionKind", str, "str | None", bool], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -40,8 +34,6 @@ class ActionKind:
     verb: str  # "terminate" in "<@U1> asks to *terminate* pid 4211"
     title: str  # the modal's title (at most 24 characters)
     executor: Executor
-    renderer: Renderer
-    modal: Modal
     # Cancel does nothing to a session idle in transaction: refused, and the button is not drawn
     refuses_idle_in_transaction: bool = False
     # why a session target cannot have this action (mrkdwn), checked when a button is clicked
@@ -53,33 +45,33 @@ ACTIONS: Mapping[str, ActionKind] = {
     for a in (
         ActionKind(
             ids.CANCEL, "session", ids.KILL_PREFIX, "Cancel", "cancel the query of", "Cancel session",
-            signal_session, request_message, request_modal, refuses_idle_in_transaction=True,
+            signal_session, refuses_idle_in_transaction=True,
         ),
         ActionKind(
             ids.TERMINATE, "session", ids.KILL_PREFIX, "Terminate", "terminate", "Terminate session",
-            signal_session, request_message, request_modal,
+            signal_session,
         ),
         ActionKind(
             ids.DISCONNECT_CLIENT, "session", ids.KILL_PREFIX, "Disconnect client",
             "disconnect the PgBouncer client linked to", "Disconnect client", disconnect_client,
-            request_message, request_modal, session_refusal=disconnect_refusal,
+            session_refusal=disconnect_refusal,
         ),
         ActionKind(
             ids.TERMINATE_BULK, "bulk", ids.BULK_PREFIX, "Terminate sessions", "terminate these sessions",
-            "Terminate sessions", run_terminate_bulk, bulk_request_message, bulk_modal,
+            "Terminate sessions", run_terminate_bulk,
         ),
         ActionKind(
             ids.CLEAR_DB, "database", ids.BULK_PREFIX, "Clear database", "terminate every session of",
-            "Terminate all", run_clear_db, bulk_request_message, bulk_modal,
+            "Terminate all", run_clear_db,
         ),
         ActionKind(
             ids.CLEAR_DB_BLOCK, "database", ids.BULK_PREFIX, "Block + clear db",
             "block new connections to and terminate every session of", "Block + terminate all",
-            run_clear_db, bulk_request_message, bulk_modal,
+            run_clear_db,
         ),
         ActionKind(
             ids.ALLOW_CONNECTIONS, "database", ids.BULK_PREFIX, "Allow connections", "allow new connections to",
-            "Allow connections", run_allow_connections, bulk_request_message, bulk_modal,
+            "Allow connections", run_allow_connections,
         ),
     )
 }

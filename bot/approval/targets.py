@@ -28,9 +28,9 @@ from bot.approval.models import (
 )
 from bot.approval.ports import Execution
 from bot.durations import format_duration
+from bot.phrase import Phrase
 from bot.postgres.models import Session
 from bot.postgres.signals import signal
-from bot.render.common import code
 from bot.state.store import StateStore
 
 
@@ -111,7 +111,7 @@ def ages(stored: StoredTarget, action: str) -> bool:
     return not (isinstance(stored.target, DatabaseTarget) and action == ALLOW_CONNECTIONS)
 
 
-def token_age_refusal(stored: StoredTarget, request_ttl: float, now: float | None = None) -> str | None:
+def token_age_refusal(stored: StoredTarget, request_ttl: float, now: float | None = None) -> Phrase | None:
     """Why a button issued with ``stored`` is too old to act on, or None.
 
     A listing is a photograph: after ``access.request_ttl`` from the read it came from its buttons stop
@@ -121,9 +121,10 @@ def token_age_refusal(stored: StoredTarget, request_ttl: float, now: float | Non
     age = now - read_at(stored)
     if age <= request_ttl:
         return None
-    return (
+    return Phrase.of(
         f"this button is from a listing made {format_duration(age)} ago, longer than access.request_ttl "
-        f"({format_duration(request_ttl)}) allows: run {code(fresh_listing_command(stored))} for a fresh listing and click there"
+        f"({format_duration(request_ttl)}) allows: run {{command}} for a fresh listing and click there",
+        command=fresh_listing_command(stored),
     )
 
 

@@ -57,6 +57,7 @@ from bot.approval.ports import DirectoryUnavailable, Execution, RequestEvents
 from bot.approval.targets import ages, token_age_refusal
 from bot.config import Config
 from bot.metrics import KILL_REQUESTS
+from bot.phrase import Phrase
 from bot.postgres.models import runs_query
 from bot.postgres.pools import Databases
 from bot.state.store import StateStore
@@ -78,7 +79,7 @@ class Result:
     """What happened to a decision: ``ok`` False means refused, with ``message`` saying why."""
 
     ok: bool
-    message: str
+    message: str | Phrase  # the bot's mrkdwn, or a Phrase (names from a database: drawn by bot/render/)
     request: Request | None = None
     changed: bool = False  # the request's message must be redrawn
     execute: bool = False  # approved and now 'executing': call Workflow.execute
@@ -181,8 +182,9 @@ class Workflow:
 
     def target_for(
         self, token: str, action: str, user: str, channel: str | None
-    ) -> tuple[StoredTarget | None, str | None]:
-        """Resolve a button token to its stored target; (target, None) or (None, why not)."""
+    ) -> tuple[StoredTarget | None, str | Phrase | None]:
+        """Resolve a button token to its stored target; (target, None) or (None, why not: the bot's mrkdwn,
+        or a :class:`~bot.phrase.Phrase` with names in it, drawn by ``bot.render.common.phrase``)."""
         stored = self.store.get_target(token)
         if stored is None or stored.kind == "details":
             return None, "this button is not known to the bot (it may be from an old or forged message)"
@@ -220,7 +222,7 @@ class Workflow:
             return None, refusal
         return stored, None
 
-    def _listing_too_old(self, stored: StoredTarget, action: str) -> str | None:
+    def _listing_too_old(self, stored: StoredTarget, action: str) -> Phrase | None:
         """Every button that can lead to a signal works for ``access.request_ttl`` from the read it came
         from (:func:`bot.approval.targets.ages`: all but *Allow connections again*)."""
         if not ages(stored, action):

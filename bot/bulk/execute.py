@@ -306,7 +306,7 @@ def run_clear_db(ex: Execution, req: Request) -> BulkOutcome:
                               "since the listing", **notes)
             refusal = database_refusal(ex.config, req.env, info, state_id)
             if refusal:
-                return finish(tally, started, failed, f"nothing was done: {refusal}", **notes)
+                return finish(tally, started, failed, f"nothing was done: {refusal.plain}", **notes)
             notes["was_closed"] = not info.allow_connections
             # read before acting, so that the message says what the database allows while it runs
             notes["allow_connections"] = info.allow_connections
@@ -314,7 +314,7 @@ def run_clear_db(ex: Execution, req: Request) -> BulkOutcome:
             if block:
                 why = block_refusal(info)
                 if why:
-                    return finish(tally, started, failed, f"nothing was done: {why}", **notes)
+                    return finish(tally, started, failed, f"nothing was done: {why.plain}", **notes)
                 try:
                     set_allow_connections(conn, db, False)
                 except psycopg.Error as exc:

@@ -8,20 +8,22 @@ stores, with the button's random token, the actions the token was issued for (``
 
 from __future__ import annotations
 
-import difflib
 import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from bot.approval.ids import ALLOW_CONNECTIONS, CLEAR_DB, CLEAR_DB_BLOCK, TERMINATE_BULK
+from bot.approval.ids import ALLOW_CONNECTIONS, CLEAR_DB, CLEAR_DB_BLOCK
+from bot.approval.ids import (
+    TERMINATE_BULK as TERMINATE_BULK,  # re-exported: bot.watch.watcher (off-limits) imports it here
+)
 from bot.approval.models import BulkTarget, DatabaseTarget, Request, SessionRef, iso
 from bot.approval.policy import Policy
 from bot.config import Config
+from bot.phrase import Phrase
 from bot.postgres.bulk import Connected, DatabaseInfo, state_changes
 from bot.postgres.models import Filters, Listing, Session
 from bot.postgres.pools import Databases
-from bot.render.common import code
 from bot.state.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -46,69 +48,74 @@ def is_state_database(info: DatabaseInfo, state_id: tuple[str, str, str] | None)
     return state_id is not None and (info.postmaster_start, info.port, info.name) == state_id
 
 
-def database_refusal(config: Config, env: str, info: DatabaseInfo, state_id: tuple[str, str, str] | None) -> str | None:
-    """Why clear-db must not act on this database at all, or None (mrkdwn; the names in it are escaped).
+def database_refusal(
+    config: Config, env: str, info: DatabaseInfo, state_id: tuple[str, str, str] | None
+) -> Phrase | None:
+    """Why clear-db must not act on this database at all, or None (a :class:`~bot.phrase.Phrase`: the
+    names in it are drawn, escaped, by ``bot/render/``).
 
     The bot's state database and templates are always refused; ``postgres`` unless ``clear_db.allow``
     lists it (see docs/operating.md)."""
     allow = config.environments[env].clear_db.allow
     name = info.name
     if info.in_recovery:
-        return f"the `{env}` DSN points at a server in recovery (a standby): clear-db acts on the primary only"
+        return Phrase.of("the {env} DSN points at a server in recovery (a standby): clear-db acts on the primary only",
+                         env=env)
     if is_state_database(info, state_id):
-        return (
-            f"{code(name)} is the bot's own state database (config `state:`): terminating its connections would "
-            "cut the bot off from its requests and audit log in the middle of acting, so clear-db never acts on it"
+        return Phrase.of(
+            "{name} is the bot's own state database (config `state:`): terminating its connections would "
+            "cut the bot off from its requests and audit log in the middle of acting, so clear-db never acts on it",
+            name=name,
         )
     if info.is_template:
-        return (
-            f"{code(name)} is a template database (CREATE DATABASE copies it): clear-db never acts on templates, "
-            "whatever `clear_db.allow` says; use psql for the rare case that needs it"
+        return Phrase.of(
+            "{name} is a template database (CREATE DATABASE copies it): clear-db never acts on templates, "
+            "whatever `clear_db.allow` says; use psql for the rare case that needs it",
+            name=name,
         )
     if name == "postgres" and name not in allow:
-        return (
+        return Phrase.of(
             "`postgres` is the maintenance database that tools, monitoring and often the bot itself connect to: "
-            f"clear-db refuses it unless it is listed in `environments.{env}.clear_db.allow`"
+            "clear-db refuses it unless it is listed in `environments.{env}.clear_db.allow`",
+            env=env,
         )
     return None
 
 
-def block_refusal(info: DatabaseInfo) -> str | None:
-    """Why *Block new connections* cannot work for this database, or None (mrkdwn, names escaped)."""
+def block_refusal(info: DatabaseInfo) -> Phrase | None:
+    """Why *Block new connections* cannot work for this database, or None."""
     if info.name == info.bot_database:
-        return (
-            f"the bot itself connects to {code(info.name)} (its DSN): once closed, the bot could not open a new "
-            "connection to allow connections again"
+        return Phrase.of(
+            "the bot itself connects to {name} (its DSN): once closed, the bot could not open a new "
+            "connection to allow connections again",
+            name=info.name,
         )
     if not info.bot_can_alter:
-        return (
-            f"the bot's role {code(info.bot_user)} does not own {code(info.name)} (owner {code(info.owner)}) and is not a "
+        return Phrase.of(
+            "the bot's role {user} does not own {name} (owner {owner}) and is not a "
             "superuser, so PostgreSQL would refuse `ALTER DATABASE … WITH ALLOW_CONNECTIONS false`; make the "
-            f"bot's role the owner of {code(info.name)} (or a member of {code(info.owner)}) to offer it"
+            "bot's role the owner of {name} (or a member of {owner}) to offer it",
+            user=info.bot_user, name=info.name, owner=info.owner,
         )
     return None
 
 
 def database_offers(
     policy: Policy, env: str, info: DatabaseInfo, sessions: list[Connected]
-) -> tuple[str | None, str | None, str | None]:
+) -> tuple[Phrase | None, Phrase | None, Phrase | None]:
     """Why each clear-db button is not offered, or None: (*Terminate all*, *Block new connections and
     terminate all*, *Allow connections again*)."""
-    off = policy.signalling_off(env)
-    too_many = policy.too_many(env, len(sessions))
-    terminate_why = off or ("no client session is connected" if not sessions else None) or too_many
+    off_text = policy.signalling_off(env)
+    off = Phrase.words(off_text) if off_text else None
+    too_many_text = policy.too_many(env, len(sessions))
+    too_many = Phrase.words(too_many_text) if too_many_text else None
+    terminate_why = off or (Phrase.words("no client session is connected") if not sessions else None) or too_many
     block_why = off or block_refusal(info) or too_many
     allow_why = off or (
-        None if info.bot_can_alter else f"the bot's role {code(info.bot_user)} does not own {code(info.name)} and is not a superuser"
+        None if info.bot_can_alter else Phrase.of("the bot's role {user} does not own {name} and is not a superuser",
+                                                  user=info.bot_user, name=info.name)
     )
     return terminate_why, block_why, allow_why
-
-
-def unknown_database(name: str, names: Iterable[str]) -> str:
-    names = list(names)
-    guess = difflib.get_close_matches(name, names, n=3)
-    hint = (" Did you mean " + " or ".join(code(g) for g in guess) + "?") if guess else ""
-    return f"There is no database {code(name)} on this server.{hint}"
 
 
 # --- snapshots ------------------------------------------------------------------------------------

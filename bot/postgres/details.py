@@ -15,6 +15,7 @@ from typing import Any
 from psycopg.rows import dict_row
 
 from bot.postgres import pgbouncer, relnames
+from bot.postgres.activity import _session
 from bot.postgres.locks import LockGraph, LockObject, LockRef, behind, blocker_levels, graph_from_rows
 from bot.postgres.models import AUTOVACUUM_WORKER, CLIENT_BACKEND, Session, cannot_signal_reason
 from bot.postgres.pooler_models import PoolerNote
@@ -65,8 +66,6 @@ def why_not_signal(row: dict[str, Any]) -> str | None:
 def read_details(
     dbs: Databases, env: str, host: str, pid: int, backend_start: str | datetime, lock_limit: int = LOCK_LIMIT
 ) -> Details:
-    from bot.postgres.activity import _session
-
     environment = dbs.config.environments[env]
     started = _as_datetime(backend_start)
     pooler_reads = pgbouncer.start_reads(dbs.config, env, host)  # beside the database read, each bounded

@@ -8,9 +8,8 @@ from __future__ import annotations
 from psycopg.rows import dict_row
 
 from bot.postgres.models import Category, Session, cannot_signal_reason
+from bot.postgres.redact import redact
 from bot.postgres.sql import Conn, Row, query
-
-REDACT_FALLBACK = "<query text hidden: redaction is not available>"
 
 
 def read_standby(conn: Conn) -> Row:
@@ -42,10 +41,6 @@ def read_replication(conn: Conn) -> list[Row]:
 def _query_text(text: str, redact_queries: bool) -> str:
     if not redact_queries or not text:
         return text
-    try:
-        from bot.postgres.redact import redact
-    except ImportError:  # pragma: no cover - the redaction module ships with the bot
-        return REDACT_FALLBACK
     return redact(text)
 
 

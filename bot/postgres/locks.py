@@ -19,6 +19,7 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
+from bot.postgres.activity import _session
 from bot.postgres.models import AUTOVACUUM_WORKER, CLIENT_BACKEND, Session
 from bot.postgres.pools import Databases
 from bot.postgres.sql import features, query
@@ -294,8 +295,6 @@ def _lock_ref(d: Mapping[str, Any], granted: bool = True) -> LockRef:
 
 
 def graph_from_rows(env: str, host: str, rows: list[dict[str, Any]], redact_queries: bool = False) -> LockGraph:
-    from bot.postgres.activity import _session
-
     sessions: dict[int, Session] = {}
     waits: dict[int, Waiter] = {}
     holds: dict[int, tuple[LockRef, ...]] = {}

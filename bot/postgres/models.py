@@ -9,6 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from bot.durations import format_duration
 from bot.postgres.pooler_models import PooledVia, PoolerNote
 
 
@@ -219,8 +220,6 @@ class Filters:
     def describe(self) -> str:
         parts = sorted(self.categories)
         if self.min_seconds is not None:
-            from bot.durations import format_duration
-
             parts.append(f"--min {format_duration(self.min_seconds)}")
         for flag, value in (("--app", self.app), ("--user", self.user), ("--db", self.database)):
             if value is not None:

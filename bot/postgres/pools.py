@@ -13,12 +13,12 @@ hang), and waiting for a turn is bounded: a hung host can hold a few threads for
 every thread. When the server refuses a new connection for lack of slots, the reserved connection serves
 the call (listings, signals, bulk clean-ups), so a full server can still be listed and cleaned up.
 
-Failures become :class:`DatabaseUnavailable` with a message a person understands and no secret in it.
+Failures become :class:`~bot.postgres.errors.DatabaseUnavailable` (:mod:`bot.postgres.errors`) with a
+message a person understands and no secret in it.
 """
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import math
 import threading
@@ -29,15 +29,22 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 import psycopg
-from psycopg import errors as pgerrors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from bot.config import Config, Environment
 from bot.metrics import DB_QUERY_SECONDS, DB_UNAVAILABLE
 from bot.postgres.deadline import GuardedConnection, GuardedCursor, NotAnswering
+from bot.postgres.errors import _UNAVAILABLE_SEEN
+
+# the errors of a call to a monitored server, re-exported: callers catch them from here
+from bot.postgres.errors import DatabaseUnavailable as DatabaseUnavailable
+from bot.postgres.errors import OutOfConnections as OutOfConnections
+from bot.postgres.errors import UnsupportedServer as UnsupportedServer
+from bot.postgres.errors import describe_target as describe_target
+from bot.postgres.errors import explain as explain
+from bot.postgres.errors import is_out_of_slots as is_out_of_slots
+from bot.postgres.errors import watch_unavailable as watch_unavailable
 from bot.postgres.sql import unsupported_conn
-from bot.render.common import esc
-from bot.secrets import scrub
 
 log = logging.getLogger(__name__)
 
@@ -91,124 +98,6 @@ def connect_bounded(
     )
     conn.pgs_limit = statement_timeout + DEADLINE_MARGIN
     return conn
-
-
-class DatabaseUnavailable(Exception):
-    """The server could not be reached or did not answer in time.
-
-    ``str()`` is safe to show: mrkdwn in which ``reason`` (plain text, may quote the server) is escaped.
-    :attr:`plain` is the same sentence as plain text, for a text that is escaped when it is drawn (an
-    outcome's detail): quoting ``str()`` there would escape it twice (``&amp;amp;``)."""
-
-    def __init__(self, env: str, host: str, reason: str):
-        self.env, self.host, self.reason = env, host, reason
-        self.plain = f"{describe_target(env, host).replace('`', '')} is unavailable: {reason}"
-        super().__init__(f"{describe_target(env, host)} is unavailable: {esc(reason)}")
-
-
-class UnsupportedServer(DatabaseUnavailable):
-    """The server answers, but runs a PostgreSQL older than the bot supports (13): refused, never called
-    unreachable. ``reason`` is :func:`bot.postgres.sql.unsupported`'s sentence ("PostgreSQL 12.22 is not
-    supported (13 or newer)")."""
-
-    def __init__(self, env: str, host: str, reason: str):
-        super().__init__(env, host, reason)
-        self.plain = f"{describe_target(env, host).replace('`', '')}: {reason}"
-        self.args = (f"{describe_target(env, host)}: {esc(reason)}",)
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-class OutOfConnections(DatabaseUnavailable):
-    """The server refused a new connection for lack of slots, and the reserved connection could not serve."""
-
-    def __init__(self, env: str, host: str, usage: tuple[int, int] | None, why: str | None = None):
-        self.usage = usage
-        text = out_of_connections_text(env, host, usage)
-        reason = text.split(" is ", 1)[1]
-        super().__init__(env, host, reason)
-        self.args = (f"{text}{f' ({why})' if why else ''}",)
-        self.plain = str(self.args[0]).replace("`", "")
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-def out_of_connections_text(env: str, host: str, usage: tuple[int, int] | None) -> str:
-    """``"`prod` is out of connections: 137 of 137 in use"`` (a standby is named too)."""
-    who = f"`{env}`" if host == "primary" else f"`{env}` standby `{host}`"
-    if usage is None:
-        return f"{who} is out of connections: every connection slot is taken"
-    used, total = usage
-    return f"{who} is out of connections: {used} of {total} in use"
-
-
-_UNAVAILABLE_SEEN: contextvars.ContextVar[list[DatabaseUnavailable] | None] = contextvars.ContextVar(
-    "pgsessions_unavailable_seen", default=None
-)
-
-
-@contextmanager
-def watch_unavailable() -> Iterator[list[DatabaseUnavailable]]:
-    """Collect the DatabaseUnavailable errors raised in this context, even those a handler caught."""
-    seen: list[DatabaseUnavailable] = []
-    token = _UNAVAILABLE_SEEN.set(seen)
-    try:
-        yield seen
-    finally:
-        _UNAVAILABLE_SEEN.reset(token)
-
-
-def describe_target(env: str, host: str) -> str:
-    return f"`{env}` (primary)" if host == "primary" else f"`{env}` standby `{host}`"
-
-
-def is_out_of_slots(exc: BaseException | None) -> bool:
-    """True for PostgreSQL's refusals for lack of connection slots (SQLSTATE 53300)."""
-    if exc is None:
-        return False
-    if isinstance(exc, pgerrors.TooManyConnections):
-        return True
-    low = str(exc).lower()
-    return "too many clients already" in low or "remaining connection slots are reserved" in low
-
-
-def explain(exc: BaseException, timeouts: tuple[float, float] | None = None) -> str:
-    """A short, secret-free reason for a connection or query failure."""
-    connect_t, statement_t = timeouts or (None, None)
-    if isinstance(exc, NotAnswering):
-        return f"not answering within {exc.seconds:g}s (the query was cancelled and its connection closed)"
-    if isinstance(exc, pgerrors.QueryCanceled):
-        if statement_t:
-            return f"the query did not finish within the {statement_t:g}s statement timeout"
-        return "the query was cancelled"
-    if isinstance(exc, pgerrors.InsufficientPrivilege):
-        return f"permission denied ({scrub(str(exc).splitlines()[0])})"
-    if isinstance(exc, pgerrors.AdminShutdown | pgerrors.CrashShutdown):
-        return "the server is shutting down or restarted"
-    if is_out_of_slots(exc):
-        return "out of connections: the server refused a new connection (every slot is taken)"
-    text = str(exc).strip()
-    low = text.lower()
-    if "timeout expired" in low or "timed out" in low:
-        return f"no answer within the {connect_t:g}s connect timeout" if connect_t else "connection timed out"
-    if "connection refused" in low:
-        return "connection refused (is the server running and listening there?)"
-    if "password authentication failed" in low or "no password supplied" in low:
-        return "password authentication failed (check the password in the DSN's ${VAR})"
-    if "does not exist" in low and "database" in low:
-        return "the database in the DSN does not exist"
-    if "does not exist" in low and "role" in low:
-        return "the role in the DSN does not exist"
-    if "could not translate host name" in low or "name or service not known" in low:
-        return "the host name does not resolve"
-    if "no pg_hba.conf entry" in low:
-        return "the server refuses this connection (no pg_hba.conf entry for the bot)"
-    if "server closed the connection" in low or "connection is closed" in low or "consuming input failed" in low:
-        return "the connection was lost"
-    first = text.splitlines()[0] if text else type(exc).__name__
-    return scrub(first)[:200]
 
 
 class _ErrorSlot:

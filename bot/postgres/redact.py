@@ -38,6 +38,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from pglast.parser import ParseError, scan
+
 log = logging.getLogger(__name__)
 
 PLACEHOLDER = "?"
@@ -51,8 +53,6 @@ _MAX_ROUNDS = 1000
 
 
 def _scan(text: str) -> list[Any]:
-    from pglast.parser import scan
-
     return list(scan(text))
 
 
@@ -228,8 +228,6 @@ def redact(sql: str | None) -> str:
 
 
 def _redact(sql: str) -> str:
-    from pglast.parser import ParseError
-
     out: list[str] = []
     rest = sql
     for _ in range(_MAX_ROUNDS):

@@ -19,6 +19,7 @@ from typing import Any
 
 from psycopg import errors as pgerrors
 
+from bot.durations import format_duration
 from bot.postgres.models import AUTOVACUUM_WORKER, QUERY_RUNNING_STATES, runs_query
 from bot.postgres.pools import Databases, DatabaseUnavailable
 from bot.postgres.sql import Conn, features, query
@@ -101,8 +102,6 @@ def _again(env: str, host: str) -> str:
 
 
 def _ago(secs: float | None) -> str:
-    from bot.durations import format_duration
-
     return f"{format_duration(secs)} ago" if secs is not None else "at an unknown time"
 
 
@@ -233,7 +232,7 @@ def signal(
                 return SignalResult("gone", "session already ended")
             return _after_cancel(conn, pid, started)
     except DatabaseUnavailable as exc:
-        return SignalResult("unavailable", f"nothing was signalled: {exc}")
+        return SignalResult("unavailable", f"nothing was signalled: {exc.plain}")
 
 
 def _exited(conn: Conn, pid: int, started: datetime, deadline: float) -> bool:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import Any
 
+from bot.approval.actions import ACTIONS, ActionKind
 from bot.approval.ids import REQUEST_CALLBACK, decide_action_id
 from bot.approval.models import (
     BulkTarget,
@@ -32,9 +33,6 @@ from bot.render.common import (
     section,
     slack_time,
 )
-
-if TYPE_CHECKING:
-    from bot.approval.actions import ActionKind
 
 # what an audit event's outcome part means, in words (events are stored as ``action:outcome``)
 EVENT_WORDS = {
@@ -63,16 +61,12 @@ EVENT_WORDS = {
 def action_label(action: str) -> str:
     """'Clear database' for ``clear_db``: the words a user reads for an action kind (its label in the
     table of actions)."""
-    from bot.approval.actions import ACTIONS  # the table imports the renderers: looked up at call time
-
     kind = ACTIONS.get(action)
     return kind.label if kind is not None else action.replace("_", " ").capitalize()
 
 
 def action_verb(action: str) -> str:
     """'terminate every session of' for ``clear_db``: the verb phrase of an action kind."""
-    from bot.approval.actions import ACTIONS  # the table imports the renderers: looked up at call time
-
     kind = ACTIONS.get(action)
     return kind.verb if kind is not None else action
 
@@ -164,7 +158,7 @@ def target_lines(
 
 def request_modal(
     stored: StoredTarget, kind: ActionKind, token: str, channel: str | None, require_reason: bool
-) -> dict:
+) -> dict[str, Any]:
     """The modal a Cancel/Terminate click opens. Its submit button says *Request*."""
     verb = kind.verb
     t = stored.target
@@ -207,7 +201,7 @@ def still_can_approve(cfg_approvers: list[str], approvals: list[str], requester:
 
 def decision_footer(
     req: Request, approvals: list[str], required: int, cfg_approvers: list[str], finished: str | None = None
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Where the Approve / Deny / Withdraw buttons are drawn, for every kind of request.
 
     Pending: when it was asked, when it expires, who must decide, and the buttons. Decided: the times only.
@@ -236,7 +230,7 @@ def decision_footer(
 
 def request_message(
     req: Request, kind: ActionKind, approvals: list[str], required: int, cfg_approvers: list[str]
-) -> dict:
+) -> dict[str, Any]:
     label, verb = kind.label, kind.verb
     t = req.target
     assert isinstance(t, SessionTarget)
@@ -279,7 +273,7 @@ def target_summary(t: Target) -> str:
     return f"{n} sessions"
 
 
-def pending_list(reqs: list[Request], now: float) -> dict:
+def pending_list(reqs: list[Request], now: float) -> dict[str, Any]:
     if not reqs:
         return message("No open requests.", [section(":white_check_mark: No open kill requests.")])
     blocks = [header(f"Open requests ({len(reqs)})")]
@@ -298,8 +292,8 @@ def pending_list(reqs: list[Request], now: float) -> dict:
 
 
 def audit_list(
-    entries: list[dict], env: str | None, *, more: int = 0, next_page: str | None = None, filtered: bool = False
-) -> dict:
+    entries: list[dict[str, Any]], env: str | None, *, more: int = 0, next_page: str | None = None, filtered: bool = False
+) -> dict[str, Any]:
     """The audit entries, newest first. ``more``: how many older entries match but are not shown, and
     ``next_page`` the command that shows the next ones; ``filtered``: a time window, a person or a page
     was asked for."""

@@ -3,12 +3,14 @@ the request modal and the approval message in its every state (with progress and
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import Any
 
+from bot.approval.actions import ActionKind
 from bot.approval.ids import (
     ALLOW_CONNECTIONS,
     CLEAR_DB,
@@ -30,6 +32,7 @@ from bot.approval.models import (
 from bot.bulk.tally import RESULT_WORDS
 from bot.bulk.targets import STATE_WORDS
 from bot.durations import format_duration
+from bot.phrase import Phrase
 from bot.postgres.bulk import Connected, DatabaseInfo
 from bot.render.approval import STATE_LINE, decision_footer, header_where, where
 from bot.render.common import (
@@ -42,13 +45,11 @@ from bot.render.common import (
     esc,
     header,
     message,
+    phrase,
     plain,
     section,
     slack_time,
 )
-
-if TYPE_CHECKING:
-    from bot.approval.actions import ActionKind
 
 MAX_GROUP_LINES = 25
 
@@ -110,6 +111,13 @@ def database_state_line(name: str, allow: bool | None) -> str:
     )
 
 
+def unknown_database(name: str, names: Iterable[str]) -> str:
+    """There is no database ``name``: the closest names (mrkdwn)."""
+    guess = difflib.get_close_matches(name, list(names), n=3)
+    hint = (" Did you mean " + " or ".join(code(g) for g in guess) + "?") if guess else ""
+    return f"There is no database {code(name)} on this server.{hint}"
+
+
 # --- clear-db overview ----------------------------------------------------------------------------
 
 
@@ -119,23 +127,23 @@ def clear_db_message(
     connected: list[Connected],
     *,
     tokens: Mapping[str, str],
-    block_why: str | None,
-    terminate_why: str | None,
-    allow_why: str | None = None,
+    block_why: Phrase | str | None,
+    terminate_why: Phrase | str | None,
+    allow_why: Phrase | str | None = None,
     ignored: int = 0,
-) -> dict:
+) -> dict[str, Any]:
     """Who is connected to a database and the buttons that may empty it.
 
     ``ignored``: how many of the client sessions the environment's ``ignore`` rules match (they are
     included: clear-db empties the database, and says so).
 
-    ``tokens`` maps each offered action to its token; ``*_why`` say why an action is not offered (mrkdwn
-    written by the bot, with every database name in it already escaped)."""
+    ``tokens`` maps each offered action to its token; ``*_why`` say why an action is not offered (a
+    :class:`~bot.phrase.Phrase`, whose names are escaped here, or the bot's own mrkdwn)."""
     clients = [c for c in connected if c.is_client and not c.is_bot]
     own = [c for c in connected if c.is_bot]
     others = [c for c in connected if not c.is_client and not c.is_bot]
     n = len(clients)
-    blocks: list[dict] = [header(f"Connections to database {info.name} on {env}", emoji=False)]
+    blocks: list[dict[str, Any]] = [header(f"Connections to database {info.name} on {env}", emoji=False)]
     if n:
         users = len({c.user for c in clients})
         apps = len({c.application for c in clients})
@@ -219,7 +227,7 @@ def clear_db_message(
         ("Allow connections again", allow_why if not info.allow_connections else None),
     ):
         if why:
-            missing.setdefault(why, []).append(f"*{label}*")
+            missing.setdefault(phrase(why), []).append(f"*{label}*")
     for why, labels in missing.items():
         names = labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
         explain.append(f"{names} {'is' if len(labels) == 1 else 'are'} not offered: {why}.")
@@ -231,7 +239,7 @@ def clear_db_message(
     return message(text, blocks[:MAX_BLOCKS])
 
 
-def clear_db_refused(text: str) -> dict:
+def clear_db_refused(text: str) -> dict[str, Any]:
     return message(text, [section(f":no_entry_sign: {text}")])
 
 
@@ -241,7 +249,7 @@ def clear_db_refused(text: str) -> dict:
 def bulk_offer_blocks(
     *, category: str, app: str, token: str | None, sessions: list[SessionRef], drawn: int,
     refusal: str | None = None, unsignalable: int = 0, filters: str = "", protected: int = 0,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     n = len(sessions)
     what = STATE_WORDS.get(category, category)
     left_out = (f"{_plural(protected, 'listed session is', 'listed sessions are')} protected (`protect`) and "
@@ -306,7 +314,7 @@ def _scope_lines(action: str, env: str, host: str, t: BulkTarget | DatabaseTarge
     return [f"*{esc(action)}* on {where(env, host)}"]
 
 
-def bulk_modal(stored: StoredTarget, kind: ActionKind, token: str, channel: str | None, require_reason: bool) -> dict:
+def bulk_modal(stored: StoredTarget, kind: ActionKind, token: str, channel: str | None, require_reason: bool) -> dict[str, Any]:
     """The modal a bulk button opens; submitted through the same callback as a session's request."""
     t = stored.target
     assert isinstance(t, (BulkTarget, DatabaseTarget))
@@ -381,7 +389,7 @@ def _item_lines(items: tuple[ItemResult, ...], limit: int = 10) -> str:
 
 def bulk_request_message(
     req: Request, kind: ActionKind, approvals: list[str], required: int, cfg_approvers: list[str]
-) -> dict:
+) -> dict[str, Any]:
     t = req.target
     assert isinstance(t, (BulkTarget, DatabaseTarget))
     state = req.state
@@ -389,7 +397,7 @@ def bulk_request_message(
     out = req.bulk_outcome
     n = len(t.sessions)
     db = t.database
-    blocks: list[dict] = [header(_headline(req), emoji=False)]
+    blocks: list[dict[str, Any]] = [header(_headline(req), emoji=False)]
     blocks.append(
         section(
             f"<@{req.requester}> asks to:\n" + "\n".join(_scope_lines(action, req.env, req.host, t))

@@ -6,6 +6,8 @@ button may act on is decided on the server, never read from the payload.
 
 from __future__ import annotations
 
+from typing import Any
+
 from bot.approval.ids import CANCEL, DISCONNECT_CLIENT, TERMINATE, details_action_id, kill_action_id
 from bot.postgres.models import Session
 from bot.render.common import actions, button, context, esc
@@ -21,14 +23,14 @@ AUTOVACUUM_NOTE = (
 )
 
 
-def details_button(pid: int, token: str) -> dict:
+def details_button(pid: int, token: str) -> dict[str, Any]:
     """Details needs no approval: it opens a modal with the session read at the click."""
     return button(f"Details {pid}", details_action_id(token), token)
 
 
 def session_buttons(
     session: Session, token: str | None, disabled_reason: str | None = None, details_token: str | None = None
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """The blocks under a session: its buttons, or a line saying why it cannot be signalled.
 
     ``details_token`` adds the Details button (also on sessions that cannot be signalled)."""

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from typing import Any
+
+from bot.phrase import Phrase
 
 MAX_BLOCKS = 50
 SECTION_TEXT = 3000
@@ -89,7 +92,15 @@ def code(text: object) -> str:
     return f"`{esc(text, in_code=True)}`" if text not in (None, "") else "–"
 
 
-def mrkdwn(text: str, limit: int = SECTION_TEXT) -> dict:
+def phrase(p: Phrase | str) -> str:
+    """A :class:`~bot.phrase.Phrase` as mrkdwn: every name in it as a :func:`code` span. A ``str`` is the
+    bot's own mrkdwn already (a policy refusal) and is returned as it is."""
+    if isinstance(p, str):
+        return p
+    return p.template.format(**{k: code(v) for k, v in p.names})
+
+
+def mrkdwn(text: str, limit: int = SECTION_TEXT) -> dict[str, Any]:
     """A mrkdwn text object with ``verbatim: true``: Slack turns no bare URL, ``#channel`` or ``@here`` in it
     into a link or a mention (the bot's own ``<@U…>``, ``<#C…>`` and ``<!date…>`` markup still works).
     Every mrkdwn object the bot draws is built here; an ``:emoji:`` is still drawn outside a code span,
@@ -97,30 +108,30 @@ def mrkdwn(text: str, limit: int = SECTION_TEXT) -> dict:
     return {"type": "mrkdwn", "text": cut(text, limit), "verbatim": True}
 
 
-def plain(text: str, limit: int, *, emoji: bool = True) -> dict:
+def plain(text: str, limit: int, *, emoji: bool = True) -> dict[str, Any]:
     """A plain_text object: Slack parses no mentions, links or formatting in it; controls are made visible.
     ``emoji=False`` for text that holds a name from a database: an ``:x:`` in it is not drawn as an emoji."""
     return {"type": "plain_text", "text": cut(visible(text), limit), "emoji": emoji}
 
 
-def section(text: str, **extra) -> dict:
+def section(text: str, **extra: Any) -> dict[str, Any]:
     return {"type": "section", "text": mrkdwn(text), **extra}
 
 
-def context(*texts: str) -> dict:
+def context(*texts: str) -> dict[str, Any]:
     return {"type": "context", "elements": [mrkdwn(t, CONTEXT_TEXT) for t in texts if t][:10]}
 
 
-def header(text: str, *, emoji: bool = True) -> dict:
+def header(text: str, *, emoji: bool = True) -> dict[str, Any]:
     """A header; ``emoji=False`` when it holds a name from a database (see :func:`plain`)."""
     return {"type": "header", "text": plain(text, HEADER_TEXT, emoji=emoji)}
 
 
-def divider() -> dict:
+def divider() -> dict[str, Any]:
     return {"type": "divider"}
 
 
-def button(text: str, action_id: str, value: str, style: str | None = None, confirm: dict | None = None) -> dict:
+def button(text: str, action_id: str, value: str, style: str | None = None, confirm: dict[str, Any] | None = None) -> dict[str, Any]:
     b = {"type": "button", "text": plain(text, BUTTON_TEXT), "action_id": action_id[:255], "value": value[:2000]}
     if style:
         b["style"] = style
@@ -129,7 +140,7 @@ def button(text: str, action_id: str, value: str, style: str | None = None, conf
     return b
 
 
-def actions(block_id: str | None, *elements: dict) -> dict:
+def actions(block_id: str | None, *elements: dict[str, Any]) -> dict[str, Any]:
     block = {"type": "actions", "elements": list(elements)[:25]}
     if block_id:
         block["block_id"] = block_id[:255]
@@ -147,7 +158,7 @@ def slack_time(when: datetime | None) -> str:
     return f"<!date^{epoch}^{{date_short_pretty}} {{time_secs}}|{fallback}>"
 
 
-def message(text: str, blocks: list[dict]) -> dict:
+def message(text: str, blocks: list[dict[str, Any]]) -> dict[str, Any]:
     """A chat message payload: blocks within limits, always with a plain fallback text."""
     if len(blocks) > MAX_BLOCKS:
         raise ValueError(f"{len(blocks)} blocks: a message holds at most {MAX_BLOCKS}")

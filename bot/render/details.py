@@ -7,6 +7,7 @@ shown in code blocks cut to Slack's 3000 characters per text, in as many blocks 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from bot.approval.ids import CANCEL, DETAILS_CALLBACK, DISCONNECT_CLIENT, TERMINATE, modal_kill_action_id
 from bot.durations import format_duration
@@ -40,7 +41,7 @@ def where(env: str, host: str) -> str:
     return f"{code(env)}" if host == "primary" else f"{code(env)} / {code(host)} (standby)"
 
 
-def _view(title: str, blocks: list[dict]) -> dict:
+def _view(title: str, blocks: list[dict[str, Any]]) -> dict[str, Any]:
     if len(blocks) > MAX_MODAL_BLOCKS:
         blocks = blocks[: MAX_MODAL_BLOCKS - 1] + [context("(cut: a modal holds at most 100 blocks)")]
     return {
@@ -52,11 +53,11 @@ def _view(title: str, blocks: list[dict]) -> dict:
     }
 
 
-def loading_view(pid: int, env: str, host: str) -> dict:
+def loading_view(pid: int, env: str, host: str) -> dict[str, Any]:
     return _view(f"Session {pid}", [section(f":hourglass_flowing_sand: Reading pid {pid} on {where(env, host)}…")])
 
 
-def message_view(pid: int, text: str) -> dict:
+def message_view(pid: int, text: str) -> dict[str, Any]:
     return _view(f"Session {pid}", [section(text)])
 
 
@@ -82,7 +83,7 @@ def lock_line(ref: LockRef) -> str:
     return f"• {mark}{waited}: {code(ref.mode)} on {ref.obj.describe(code)}"
 
 
-def _lines_section(title: str, lines: list[str], total: int | None = None) -> dict:
+def _lines_section(title: str, lines: list[str], total: int | None = None) -> dict[str, Any]:
     total = len(lines) if total is None else total
     body = f"*{title}*"
     used = len(body)
@@ -106,7 +107,7 @@ def pid_word(d: Details, pid: int) -> str:
     return f"pid {pid}{app} ({esc(s.state or '?')})"
 
 
-def details_view(d: Details, kill_token: str | None, kill_disabled: str | None = None) -> dict:
+def details_view(d: Details, kill_token: str | None, kill_disabled: str | None = None) -> dict[str, Any]:
     """The modal for a session read at the click (or what happened to it)."""
     if d.status == "ended":
         return message_view(d.pid, f":white_check_mark: pid {d.pid} on {where(d.env, d.host)} has ended: nothing to show.")
@@ -119,7 +120,7 @@ def details_view(d: Details, kill_token: str | None, kill_disabled: str | None =
     r = d.row
     s = d.session
     assert s is not None
-    blocks: list[dict] = []
+    blocks: list[dict[str, Any]] = []
     state = r.get("state") or "?"
     aborted = " — the transaction is *aborted*: it can only roll back" if "(aborted)" in state else ""
     blocks.append(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from bot.approval.ids import HOME_REFRESH, decide_action_id
 from bot.approval.models import Request
@@ -75,7 +76,7 @@ def _verb(req: Request) -> str:
     return action_verb(req.action)
 
 
-def _waiting_blocks(req: Request, now: float) -> list[dict]:
+def _waiting_blocks(req: Request, now: float) -> list[dict[str, Any]]:
     rid = req.id
     text = (
         f"*{esc(_verb(req))}* {target_summary(req.target)} on {where(req.env, req.host)}\n"
@@ -116,7 +117,7 @@ def _host_line(h: HostStatus) -> str:
     return f"{name}: " + " · ".join(parts)
 
 
-def _env_block(e: EnvStatus) -> dict:
+def _env_block(e: EnvStatus) -> dict[str, Any]:
     lines = [f"*`{esc(e.env)}`*"] + [f"• {_host_line(h)}" for h in e.hosts]
     if e.watched_by is not None:
         lines.append(f"• checked by replica {code(e.watched_by)}" if e.watched_by
@@ -134,9 +135,9 @@ def home_view(
     envs: list[EnvStatus],
     now: float,
     notice: str | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """``notice``: the bot's answer to this person's last click on the tab (already Slack text)."""
-    blocks: list[dict] = [
+    blocks: list[dict[str, Any]] = [
         header("pgsessions"),
         actions("home-top", button("Refresh", REFRESH_ACTION, "refresh")),
         context(f"For <@{user}> · updated {slack_time(_dt(now))}"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from bot.config import LagAlert
 from bot.durations import format_bytes, format_duration
@@ -13,16 +14,16 @@ from bot.lagwatch.model import Culprit, Reason, StandbyLag, Unreachable
 from bot.render.buttons import session_buttons
 from bot.render.common import (
     MAX_BLOCKS,
-    code,
     context,
     cut,
     esc,
     fold_query,
     header,
     message,
-    section,
-    slack_time,
 )
+from bot.render.common import code as code
+from bot.render.common import section as section
+from bot.render.common import slack_time as slack_time
 from bot.render.watch import acknowledge_block
 
 MAX_CULPRITS_SHOWN = 10
@@ -138,9 +139,9 @@ def _culprit_blocks(
     query_chars: int,
     buttons: bool = True,
     details_tokens: Mapping[int, str] | None = None,
-) -> tuple[list[dict], int]:
+) -> tuple[list[dict[str, Any]], int]:
     """Blocks for as many culprits as fit in ``budget`` (keeping one for the 'more' note)."""
-    blocks: list[dict] = []
+    blocks: list[dict[str, Any]] = []
     shown = 0
     for c in list(culprits)[:MAX_CULPRITS_SHOWN]:
         part = [section(culprit_text(c, query_chars))]
@@ -189,8 +190,8 @@ def render_lag_alert(
     reminder_every: float | None = None,
     details_tokens: Mapping[int, str] | None = None,
     incident_id: str | None = None,
-    ack: Mapping | None = None,
-) -> dict:
+    ack: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The alert (and its in-place updates) for a standby whose replay lag is over the threshold.
 
     With ``incident_id``, the alert carries the Acknowledge button (or says who acknowledged it)."""
@@ -228,7 +229,7 @@ def render_lag_alert(
     return message(text, blocks)
 
 
-def render_lag_reminder(m: StandbyLag, *, opened_at: datetime, now: datetime) -> dict:
+def render_lag_reminder(m: StandbyLag, *, opened_at: datetime, now: datetime) -> dict[str, Any]:
     """A reminder in the alert's thread while the incident lasts (no buttons: they are in the alert)."""
     pids = ", ".join(f"pid {c.session.pid}" for c in m.holding_back[:MAX_CULPRITS_SHOWN])
     who = ""
@@ -261,8 +262,8 @@ def render_lag_resolved(
     reasons: Sequence[str],
     done: Sequence[str],
     last: StandbyLag | None = None,
-    ack: Mapping | None = None,
-) -> dict:
+    ack: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The alert edited once lag is back under the threshold: how long, how bad, why, what was done."""
     start = since or opened_at
     lasted = format_duration((resolved_at - start).total_seconds())
@@ -293,8 +294,8 @@ def render_lag_resolved(
 
 def render_unreachable_alert(
     env: str, host: str, reason: str, *, since: datetime, failures: int, check_every: float, now: datetime,
-    incident_id: str | None = None, ack: Mapping | None = None,
-) -> dict:
+    incident_id: str | None = None, ack: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     blocks = [
         header(f":electric_plug: Standby unreachable: {target(env, host)}"),
         section(
@@ -308,7 +309,7 @@ def render_unreachable_alert(
     return message(f"Standby unreachable: {target(env, host)}: {esc(reason)}", blocks)
 
 
-def render_unreachable_reminder(env: str, host: str, reason: str, *, since: datetime, now: datetime) -> dict:
+def render_unreachable_reminder(env: str, host: str, reason: str, *, since: datetime, now: datetime) -> dict[str, Any]:
     text = (
         f":bell: Still cannot reach {target(env, host)} ({esc(reason)}); failing for "
         f"{format_duration((now - since).total_seconds())}. Acknowledge the alert to stop these reminders."
@@ -317,7 +318,7 @@ def render_unreachable_reminder(env: str, host: str, reason: str, *, since: date
 
 
 def render_unreachable_resolved(env: str, host: str, reason: str, *, since: datetime, resolved_at: datetime,
-                                ack: Mapping | None = None) -> dict:
+                                ack: Mapping[str, Any] | None = None) -> dict[str, Any]:
     lasted = format_duration((resolved_at - since).total_seconds())
     blocks = [
         header(f":white_check_mark: Resolved: standby {target(env, host)} is reachable again"),
@@ -354,13 +355,13 @@ def render_lag_listing(
     query_chars: int = 300,
     primary_error: str | None = None,
     details_tokens: Mapping[tuple[str, int], str] | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """``/pgsessions <env> lag``: every standby's lag, why it is behind and who holds it back."""
     tokens = tokens or {}
-    blocks: list[dict] = [header(f"Replication lag on {env}")]
+    blocks: list[dict[str, Any]] = [header(f"Replication lag on {env}")]
     summary: list[str] = []
     # first pass: one section per standby (always shown), then culprits while blocks remain
-    per_host: list[tuple[StandbyLag | Unreachable, dict]] = []
+    per_host: list[tuple[StandbyLag | Unreachable, dict[str, Any]]] = []
     for r in results:
         if isinstance(r, Unreachable):
             line = (f":no_entry: *{esc(r.host)}*: {esc(r.reason)}" if r.unsupported

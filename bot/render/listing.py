@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from bot.durations import format_duration
 from bot.postgres.models import Category, Listing, Session
@@ -113,13 +114,13 @@ def render_listing(
     query_chars: int = 300,
     tokens: Mapping[int, str] | None = None,
     kill_disabled: str | None = None,
-    extra_blocks: list[dict] | None = None,
+    extra_blocks: list[dict[str, Any]] | None = None,
     details_tokens: Mapping[int, str] | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """The whole message. ``tokens`` maps pid to the button token issued for it (no buttons without)."""
     tokens = tokens or {}
     extra_blocks = extra_blocks or []
-    blocks: list[dict] = [
+    blocks: list[dict[str, Any]] = [
         header(f"Sessions on {where(listing)}"),
         section(summary(listing)),
         context(thresholds_line(listing)),
@@ -151,5 +152,5 @@ def render_listing(
     return message(text, blocks)
 
 
-def render_error(text: str) -> dict:
+def render_error(text: str) -> dict[str, Any]:
     return message(text, [section(f":warning: {text}")])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from bot.durations import format_duration
 from bot.postgres.locks import LockGraph, Tree
@@ -115,7 +116,7 @@ def render_locks(
     max_roots: int = MAX_ROOTS,
     per_root: int = PER_ROOT,
     max_lines: int = MAX_LINES,
-) -> dict:
+) -> dict[str, Any]:
     kill_tokens = kill_tokens or {}
     details_tokens = details_tokens or {}
     title = f"Lock waits on {where(graph.env, graph.host)}"
@@ -128,7 +129,7 @@ def render_locks(
             return message(text, [section(":warning: " + esc(text) + "\n" + replay),
                                   context(f"Read {slack_time(graph.read_at)}")])
         return message(text, [section(":white_check_mark: " + esc(text)), context(f"Read {slack_time(graph.read_at)}")])
-    blocks: list[dict] = [
+    blocks: list[dict[str, Any]] = [
         header(title),
         context(
             f"{n_wait} session{'s' if n_wait != 1 else ''} waiting, {len(forest)} root blocker"

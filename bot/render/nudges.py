@@ -4,6 +4,7 @@ expiry note in the request's thread. Pure."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from bot.approval.models import Request
 from bot.durations import format_duration
@@ -19,7 +20,7 @@ def _people(ids: str | None) -> str:
     return ", ".join(f"<@{p}>" for p in (ids or "").split(",") if p and "<" not in p) or "an approver"
 
 
-def outcome_dm(req: Request, link: str | None) -> dict:
+def outcome_dm(req: Request, link: str | None) -> dict[str, Any]:
     """The requester's direct message when their request was acted on, denied or expired."""
     state = req.state
     what = _what(req)
@@ -44,7 +45,7 @@ def outcome_dm(req: Request, link: str | None) -> dict:
     return message(cut(fallback.replace("*", ""), 3000), blocks)
 
 
-def reminder(req: Request, waiting_for: list[str]) -> dict:
+def reminder(req: Request, waiting_for: list[str]) -> dict[str, Any]:
     """The approvers' one reminder, in the request's thread, at half of its time to live."""
     who = ", ".join(mention(p) for p in waiting_for) or "approvers"
     expires = slack_time(datetime.fromtimestamp(req.expires_at, UTC))
@@ -55,7 +56,7 @@ def reminder(req: Request, waiting_for: list[str]) -> dict:
     return message(text, [section(text)])
 
 
-def expired_note(req: Request) -> dict:
+def expired_note(req: Request) -> dict[str, Any]:
     ttl = format_duration(req.expires_at - req.created_at)
     text = f":alarm_clock: This request expired: nobody approved it within {ttl}. Nothing was done."
     return message(text, [section(text)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from bot.durations import format_duration
 from bot.postgres.pooler_view import PoolRow, PoolView
@@ -37,10 +38,10 @@ def render_pools(
     details_tokens: Mapping[int, str] | None = None,
     kill_disabled: str | None = None,
     query_chars: int = 300,
-) -> dict:
+) -> dict[str, Any]:
     """The pools worst first; under each pool whose clients wait, the sessions holding it."""
     title = view.env if view.host == "primary" else f"{view.env} / {view.host} (standby)"
-    blocks: list[dict] = [header(f"Pools on {title}")]
+    blocks: list[dict[str, Any]] = [header(f"Pools on {title}")]
     waiting = [r for r in view.pools if r.stat.cl_waiting]
     summary = (f":rotating_light: {len(waiting)} pool{'s' if len(waiting) != 1 else ''} with clients waiting"
                if waiting else ":white_check_mark: No client waits for a server connection.")

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
+from bot.approval.ids import CANCEL, TERMINATE, bulk_action_id, kill_action_id
 from bot.durations import format_bytes, format_duration
 from bot.postgres.models import AUTOVACUUM_WORKER, is_wraparound_run, runs_query
-from bot.render.bulk import bulk_action_id
 from bot.render.buttons import (
     AUTOVACUUM_NOTE,
-    CANCEL,
     IDLE_TX_NOTE,
-    TERMINATE,
     details_button,
-    kill_action_id,
 )
 from bot.render.common import (
     MAX_BLOCKS,
@@ -80,7 +78,7 @@ def ack_action_id(incident_id: str) -> str:
     return f"{ACK_PREFIX}:{ACK}:{incident_id}"
 
 
-def acknowledge_block(incident_id: str, ack: Mapping | None) -> dict:
+def acknowledge_block(incident_id: str, ack: Mapping[str, Any] | None) -> dict[str, Any]:
     """The Acknowledge button of an open alert (any alert: session, host or lag), or who took it."""
     if ack:
         return context(f":eyes: Acknowledged by <@{ack['by']}> {slack_time(_utc(ack.get('at')))}: no more reminders.")
@@ -99,7 +97,7 @@ def _plural(n: int, one: str, many: str | None = None) -> str:
     return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
-def autovacuum_line(s: Mapping, query_chars: int) -> str:
+def autovacuum_line(s: Mapping[str, Any], query_chars: int) -> str:
     """An autovacuum worker (facts dict): what it is, not a client session's who-and-where."""
     wraparound = is_wraparound_run(s.get("query"))
     lines = [
@@ -112,7 +110,7 @@ def autovacuum_line(s: Mapping, query_chars: int) -> str:
     return "\n".join(lines)
 
 
-def session_line(s: Mapping, query_chars: int, what: str | None = None) -> str:
+def session_line(s: Mapping[str, Any], query_chars: int, what: str | None = None) -> str:
     """One session (facts dict) in mrkdwn; every server string escaped."""
     if what is None and s.get("backend_type") == AUTOVACUUM_WORKER:
         return autovacuum_line(s, query_chars)
@@ -138,8 +136,8 @@ def session_line(s: Mapping, query_chars: int, what: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def _buttons(s: Mapping, token: str | None, kill_disabled: str | None, *, cancel: bool, terminate: bool,
-             details_token: str | None = None) -> list[dict]:
+def _buttons(s: Mapping[str, Any], token: str | None, kill_disabled: str | None, *, cancel: bool, terminate: bool,
+             details_token: str | None = None) -> list[dict[str, Any]]:
     """Cancel / Terminate as offered, and Details (also on a session that cannot be signalled)."""
     pid = s.get("pid")
     details = [details_button(int(pid), details_token)] if details_token and pid is not None else []
@@ -158,7 +156,7 @@ def _buttons(s: Mapping, token: str | None, kill_disabled: str | None, *, cancel
     return [actions(f"kill:{token}", *elements)] if elements else []
 
 
-def _title(kind: str, env: str, host: str, facts: Mapping) -> str:
+def _title(kind: str, env: str, host: str, facts: Mapping[str, Any]) -> str:
     """Plain words (no server strings): the header and the start of the fallback text."""
     w = where(env, host)
     if kind == LOCK_PILEUP:
@@ -190,8 +188,8 @@ HOLDER_WORD = {"backend": "session", "prepared": "prepared transaction", "slot":
                "feedback": "standby (hot_standby_feedback)"}
 
 
-def _pileup_blocks(f: Mapping, tokens: Mapping[int, str], kill_disabled: str | None, query_chars: int,
-                   details: Mapping[int, str]) -> list[dict]:
+def _pileup_blocks(f: Mapping[str, Any], tokens: Mapping[int, str], kill_disabled: str | None, query_chars: int,
+                   details: Mapping[int, str]) -> list[dict[str, Any]]:
     root = f["root"]
     held = ", ".join(f"{esc(h['mode'])} on {code(h['relation']) if h.get('relation') else 'a non-relation lock'}"
                      for h in f.get("held") or []) or "(the lock it holds could not be read)"
@@ -236,7 +234,7 @@ def _pileup_blocks(f: Mapping, tokens: Mapping[int, str], kill_disabled: str | N
     return blocks
 
 
-def _pool_waiting_line(f: Mapping) -> str:
+def _pool_waiting_line(f: Mapping[str, Any]) -> str:
     """```app/appdb`: 37 clients waiting, longest 12s; the pool's 20 server connections are busy — oldest
     transaction 14m (pid 4242, app `billing`, idle in transaction)``` (every server string escaped)."""
     size = f.get("pool_size")
@@ -255,9 +253,9 @@ def _pool_waiting_line(f: Mapping) -> str:
     return text
 
 
-def _pool_waiting_blocks(f: Mapping, tokens: Mapping[int, str], kill_disabled: str | None, query_chars: int,
-                         details: Mapping[int, str]) -> list[dict]:
-    blocks: list[dict] = [section(f"{EMOJI[POOL_WAITING]} {_pool_waiting_line(f)}")]
+def _pool_waiting_blocks(f: Mapping[str, Any], tokens: Mapping[int, str], kill_disabled: str | None, query_chars: int,
+                         details: Mapping[int, str]) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = [section(f"{EMOJI[POOL_WAITING]} {_pool_waiting_line(f)}")]
     holders = f.get("holders") or []
     if holders:
         blocks.append(context("The server sessions holding the pool, longest transaction first: Terminate ends the "
@@ -272,9 +270,9 @@ def _pool_waiting_blocks(f: Mapping, tokens: Mapping[int, str], kill_disabled: s
     return blocks
 
 
-def _sessions_blocks(kind: str, f: Mapping, tokens: Mapping[int, str], kill_disabled: str | None,
-                     query_chars: int, details: Mapping[int, str]) -> list[dict]:
-    blocks: list[dict] = []
+def _sessions_blocks(kind: str, f: Mapping[str, Any], tokens: Mapping[int, str], kill_disabled: str | None,
+                     query_chars: int, details: Mapping[int, str]) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
     sessions = f.get("sessions") or []
     for s in sessions:
         blocks.append(section(session_line(s, query_chars)))
@@ -287,12 +285,12 @@ def _sessions_blocks(kind: str, f: Mapping, tokens: Mapping[int, str], kill_disa
     return blocks
 
 
-def _counts(pairs: Sequence) -> str:
+def _counts(pairs: Sequence[tuple[str | None, int]]) -> str:
     return ", ".join(f"{code(k) if k else '–'} {v}" for k, v in pairs) or "–"
 
 
-def _connections_blocks(f: Mapping, bulk_token: str | None, bulk_sessions: Sequence[Mapping],
-                        kill_disabled: str | None) -> list[dict]:
+def _connections_blocks(f: Mapping[str, Any], bulk_token: str | None, bulk_sessions: Sequence[Mapping[str, Any]],
+                        kill_disabled: str | None) -> list[dict[str, Any]]:
     blocks = [
         section(
             f"{EMOJI[CONNECTIONS]} *{f['used']}* client connections of *{f['usable']}* usable "
@@ -321,7 +319,7 @@ def _connections_blocks(f: Mapping, bulk_token: str | None, bulk_sessions: Seque
     return blocks
 
 
-def _holder_line(h: Mapping, query_chars: int) -> str:
+def _holder_line(h: Mapping[str, Any], query_chars: int) -> str:
     behind = f"{h['xid_age']} transactions behind" if h.get("xid_age") is not None else "transactions behind unknown"
     t = h["type"]
     if t == "backend":
@@ -343,8 +341,8 @@ def _holder_line(h: Mapping, query_chars: int) -> str:
     return esc(str(h))
 
 
-def _xmin_blocks(f: Mapping, tokens: Mapping[int, str], kill_disabled: str | None, query_chars: int,
-                 details: Mapping[int, str]) -> list[dict]:
+def _xmin_blocks(f: Mapping[str, Any], tokens: Mapping[int, str], kill_disabled: str | None, query_chars: int,
+                 details: Mapping[int, str]) -> list[dict[str, Any]]:
     blocks = [section(f"{EMOJI[XMIN_HORIZON]} Vacuum cannot remove rows newer than the oldest of these "
                       f"(held longer than {format_duration(f['threshold'])}):")]
     for h in f.get("holders") or []:
@@ -355,8 +353,8 @@ def _xmin_blocks(f: Mapping, tokens: Mapping[int, str], kill_disabled: str | Non
     return blocks
 
 
-def _wraparound_blocks(f: Mapping, tokens: Mapping[int, str], kill_disabled: str | None, query_chars: int,
-                       details: Mapping[int, str]) -> list[dict]:
+def _wraparound_blocks(f: Mapping[str, Any], tokens: Mapping[int, str], kill_disabled: str | None, query_chars: int,
+                       details: Mapping[int, str]) -> list[dict[str, Any]]:
     dbs = "\n".join(
         f"db {code(d.get('name'))} · age(datfrozenxid) *{d['xid_age']:,}* · mxid_age(datminmxid) *{d['mxid_age']:,}*"
         for d in f.get("databases") or [])
@@ -382,7 +380,7 @@ def render_alert(
     kind: str,
     env: str,
     host: str,
-    facts: Mapping,
+    facts: Mapping[str, Any],
     *,
     incident_id: str,
     opened_at: float,
@@ -390,16 +388,16 @@ def render_alert(
     tokens: Mapping[int, str] | None = None,
     details_tokens: Mapping[int, str] | None = None,
     bulk_token: str | None = None,
-    bulk_sessions: Sequence[Mapping] = (),
+    bulk_sessions: Sequence[Mapping[str, Any]] = (),
     kill_disabled: str | None = None,
-    ack: Mapping | None = None,
+    ack: Mapping[str, Any] | None = None,
     query_chars: int = 300,
     remind_every: float = 900.0,
-) -> dict:
+) -> dict[str, Any]:
     tokens = tokens or {}
     details = details_tokens or {}
     title = _title(kind, env, host, facts)
-    blocks: list[dict] = [header(title)]
+    blocks: list[dict[str, Any]] = [header(title)]
     if kind == LOCK_PILEUP:
         body = _pileup_blocks(facts, tokens, kill_disabled, query_chars, details)
     elif kind in (IDLE_TX, LONG_RUNNING):
@@ -435,7 +433,7 @@ def render_alert(
     return message(f"{EMOJI.get(kind, '')} {title}: {_summary(kind, facts)}", blocks)
 
 
-def _summary(kind: str, f: Mapping) -> str:
+def _summary(kind: str, f: Mapping[str, Any]) -> str:
     """The fallback text's details (escaped; names from the database in code spans: in a fallback text
     or a reminder nothing else stops a URL from linking or ``:x:`` from becoming an emoji)."""
     if kind == LOCK_PILEUP:
@@ -471,7 +469,7 @@ def _summary(kind: str, f: Mapping) -> str:
     return ""
 
 
-def _holder_name(h: Mapping) -> str:
+def _holder_name(h: Mapping[str, Any]) -> str:
     """A horizon holder in a few escaped words."""
     t = h["type"]
     if t == "backend":
@@ -485,7 +483,7 @@ def _holder_name(h: Mapping) -> str:
     return "?"
 
 
-def render_reminder(kind: str, env: str, host: str, facts: Mapping, *, opened_at: float, now: float) -> dict:
+def render_reminder(kind: str, env: str, host: str, facts: Mapping[str, Any], *, opened_at: float, now: float) -> dict[str, Any]:
     text = (f":bell: Still open after {format_duration(now - opened_at)}: {_title(kind, env, host, facts)}: "
             f"{_summary(kind, facts)}. Acknowledge the alert to stop these reminders.")
     return message(text, [section(text)])
@@ -495,13 +493,13 @@ def render_resolved(
     kind: str,
     env: str,
     host: str,
-    facts: Mapping,
+    facts: Mapping[str, Any],
     *,
     opened_at: float,
     resolved_at: float,
     done: Sequence[str],
-    ack: Mapping | None = None,
-) -> dict:
+    ack: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     title = _title(kind, env, host, facts) if facts else f"{TITLE.get(kind, kind)} on {where(env, host)}"
     head = f"Resolved: {TITLE.get(kind, kind)} on {where(env, host)}"
     lines = [
@@ -516,6 +514,6 @@ def render_resolved(
     return message(text, [section(cut("\n".join(lines), 2900))])
 
 
-def render_closed(kind: str, env: str, host: str, why: str) -> dict:
+def render_closed(kind: str, env: str, host: str, why: str) -> dict[str, Any]:
     text = f"Closed: {TITLE.get(kind, kind)} on {where(env, host)}: {why}."
     return message(text, [section(f":information_source: {text}")])

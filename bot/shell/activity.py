@@ -82,7 +82,7 @@ class TrackedExecutor(Executor):
         self.inner = inner
         self.activity = activity
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         self.activity.begin()
         try:
             future = self.inner.submit(fn, *args, **kwargs)

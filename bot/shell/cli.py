@@ -6,12 +6,22 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import FrameType
 
+import psycopg
+from slack_bolt.error import BoltError
+from slack_sdk.errors import SlackApiError
+
+from bot.cli_common import Subparsers, load_or_exit
 from bot.config import Config
+from bot.postgres.pools import DatabaseUnavailable, explain
 from bot.postgres.sql import unsupported_conn
-from bot.shell.localconfig import NO_POSTGRES
+from bot.runtime import Runtime
+from bot.shell.console import Shell, text_stream
+from bot.shell.localconfig import NO_POSTGRES, builtin_config, local_dsn
 
 DESCRIPTION = """\
 Chat with the bot in this terminal, without Slack: the same app and handlers as `serve`, with the
@@ -20,7 +30,7 @@ built-in config for the local PostgreSQL (libpq defaults) with two people, you a
 Commands can come from a script on standard input: pgsessions shell < script.txt"""
 
 
-def add_parser(subparsers, common) -> None:
+def add_parser(subparsers: Subparsers, common: Callable[[argparse.ArgumentParser], None]) -> None:
     p = subparsers.add_parser(
         "shell", help="chat with the bot in this terminal (no Slack needed)", description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -41,8 +51,6 @@ def add_parser(subparsers, common) -> None:
 
 def resolve_config(path: str | None) -> tuple[Config | None, str]:
     """(config, where it came from); (None, "built-in") when the built-in local config is to be used."""
-    from bot.cli import load_or_exit
-
     if path:
         return load_or_exit(path), path
     env_path = os.environ.get("PGSESSIONS_CONFIG")
@@ -55,10 +63,6 @@ def resolve_config(path: str | None) -> tuple[Config | None, str]:
 
 def check_local_postgres(config: Config) -> str | None:
     """Why the built-in config's PostgreSQL cannot be used, or None (see :func:`local_refusal`)."""
-    import psycopg
-
-    from bot.postgres.pools import explain
-
     env = config.environments["local"]
     try:
         with psycopg.connect(env.dsn, connect_timeout=int(env.timeouts.connect), autocommit=True) as conn:
@@ -79,10 +83,8 @@ def local_refusal(dsn: str, reason: str) -> str:
     return NO_POSTGRES.format(dsn=dsn, reason=reason)
 
 
-def describe_hosts(rt) -> list[str]:
+def describe_hosts(rt: Runtime) -> list[str]:
     """One line per configured server: its version and the role the bot uses, or why it is unavailable."""
-    from bot.postgres.pools import DatabaseUnavailable
-
     targets = [(env, host) for env, e in rt.config.environments.items() for host in e.hosts()]
 
     def probe(target: tuple[str, str]) -> str:
@@ -96,6 +98,8 @@ def describe_hosts(rt) -> list[str]:
             return f"! {env} {host}: {exc.reason}"
         except Exception as exc:  # only a startup hint
             return f"! {env} {host}: {type(exc).__name__}"
+        if row is None:
+            return f"! {env} {host}: no answer"
         version, user, standby = row
         role = "standby" if standby else "primary"
         warn = "" if (host == "primary") != bool(standby) else f" (but it is a {role})"
@@ -108,7 +112,7 @@ def describe_hosts(rt) -> list[str]:
 
 
 def _interrupt_on(*signals: int) -> None:
-    def handler(signum, frame):
+    def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     for s in signals:
@@ -118,13 +122,7 @@ def _interrupt_on(*signals: int) -> None:
             pass
 
 
-def run(args) -> int:
-    from slack_bolt.error import BoltError
-    from slack_sdk.errors import SlackApiError
-
-    from bot.shell.console import Shell, text_stream
-    from bot.shell.localconfig import builtin_config, local_dsn
-
+def run(args: argparse.Namespace) -> int:
     config, origin = resolve_config(args.config)
     out = text_stream(sys.stdout)
     banner: list[str] = []
@@ -149,7 +147,7 @@ def run(args) -> int:
         except (BoltError, SlackApiError) as exc:
             print(f"pgsessions shell: the bot did not start: {exc}", file=sys.stderr)
             return 2
-        hosts = describe_hosts(shell.rt)
+        hosts = describe_hosts(shell.rt) if shell.rt is not None else []
         if hosts:
             banner = ["Servers:", *hosts, *banner]
         shell.banner = banner

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import glob
 import os
+import pwd
 import re
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import make_conninfo
@@ -53,7 +56,8 @@ def bindir() -> str:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _as_root() -> bool:
@@ -63,7 +67,6 @@ def _as_root() -> bool:
 def _chown(path: str) -> None:
     if not _as_root():
         return
-    import pwd
 
     pw = pwd.getpwnam("postgres")
     for root, _dirs, files in os.walk(path):
@@ -72,7 +75,7 @@ def _chown(path: str) -> None:
             os.chown(os.path.join(root, name), pw.pw_uid, pw.pw_gid)
 
 
-def run_tool(args: list[str], cwd: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_tool(args: list[str], cwd: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """A PostgreSQL program, as the postgres OS user when we are root, without our PG* variables."""
     if _as_root():
         if shutil.which("runuser") is None:
@@ -110,11 +113,12 @@ class Server:
                              **extra)
 
     def connect(self, user: str = "postgres", dbname: str = "postgres", autocommit: bool = True,
-                application_name: str | None = None) -> psycopg.Connection:
+                application_name: str | None = None) -> psycopg.Connection[tuple[Any, ...]]:
         extra = {"application_name": application_name} if application_name else {}
         return psycopg.connect(self.dsn(user, dbname, **extra), autocommit=autocommit)
 
-    def sql(self, query: str, params=None, user: str = "postgres", dbname: str = "postgres") -> list[tuple]:
+    def sql(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None, user: str = "postgres",
+            dbname: str = "postgres") -> list[tuple[Any, ...]]:
         with self.connect(user, dbname) as conn:
             cur = conn.execute(query, params)
             return cur.fetchall() if cur.description else []

@@ -11,6 +11,11 @@ the bot to finish answering before it reads the next one, and exits 0 at the end
 
 from __future__ import annotations
 
+try:
+    import readline
+except ImportError:  # pragma: no cover - Windows
+    readline = None  # type: ignore[assignment]
+
 import contextlib
 import functools
 import io
@@ -23,21 +28,22 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
+
+from slack_bolt import App
 
 from bot.config import Config
+from bot.durations import DurationError, parse_duration
+from bot.logs import instrument_bolt
 from bot.render.common import visible
+from bot.runtime import Runtime, SlackSettings
 from bot.shell.activity import Activity, TrackedExecutor
 from bot.shell.localconfig import channel_name, channel_names
 from bot.shell.mrkdwn import Names, can_print_emoji
 from bot.shell.payloads import Driver, response_json
 from bot.shell.render import BlockRenderer, find_element
 from bot.shell.webapi import Message, View, Workspace
-
-if TYPE_CHECKING:
-    from slack_bolt import App
-
-    from bot.runtime import Runtime
+from bot.slack.app import build_app
 
 BOT_TOKEN = "xoxb-pgsessions-terminal"  # only the local Web API accepts it
 DEFAULT_CHANNEL = "C0SHELL"
@@ -81,12 +87,7 @@ class Terminal:
         self._prompt: str | None = None
         self._readline: Any = None
         if interactive:
-            try:
-                import readline
-
-                self._readline = readline
-            except ImportError:  # pragma: no cover - Windows
-                self._readline = None
+            self._readline = readline
 
     def write(self, lines: list[str]) -> None:
         # nothing reaches the terminal raw: a control character in a database string (ESC[ ..., a
@@ -139,7 +140,7 @@ class Shell:
         quiet: float = 0.3,
         banner: list[str] | None = None,
     ) -> None:
-        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if state is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="pgsessions-shell-")
             state = f"sqlite:///{os.path.join(self._tmp.name, 'state.db')}"
@@ -207,9 +208,6 @@ class Shell:
         return out
 
     def start(self) -> Shell:
-        from bot.runtime import Runtime, SlackSettings
-        from bot.slack.app import build_app
-
         self.ws.start()
         signing_secret = secrets.token_hex(16)
         settings = SlackSettings(bot_token=BOT_TOKEN, signing_secret=signing_secret, app_token=None,
@@ -226,10 +224,8 @@ class Shell:
             raise
         return self
 
-    def _track_listeners(self, app) -> None:
+    def _track_listeners(self, app: App) -> None:
         with contextlib.suppress(ImportError):
-            from bot.logs import instrument_bolt
-
             instrument_bolt(app)
         runner = app.listener_runner
         runner.listener_executor = TrackedExecutor(runner.listener_executor, self.activity)
@@ -287,8 +283,8 @@ class Shell:
     def say(self, *lines: str) -> None:
         self.term.write(list(lines))
 
-    def _numberer(self, container: str, key: int | str) -> Callable[[dict, str | None], int | None]:
-        def number(element: dict, block_id: str | None) -> int | None:
+    def _numberer(self, container: str, key: int | str) -> Callable[[dict[str, Any], str | None], int | None]:
+        def number(element: dict[str, Any], block_id: str | None) -> int | None:
             aid = element.get("action_id")
             if not aid:
                 return None
@@ -486,7 +482,7 @@ class Shell:
                 return n, None
         return None, f"No button labelled `{what}` is on screen."
 
-    def _element(self, ref: ButtonRef) -> tuple[str | None, dict | None]:
+    def _element(self, ref: ButtonRef) -> tuple[str | None, dict[str, Any] | None]:
         if ref.container == "msg":
             msg = self.ws.message(int(ref.key))
             if msg is None or msg.deleted:
@@ -554,7 +550,7 @@ class Shell:
             self.notice(f"the bot answered the click with HTTP {resp.status} (Slack shows a warning sign)")
         self.settle()
 
-    def _confirm(self, confirm: dict) -> bool:
+    def _confirm(self, confirm: dict[str, Any]) -> bool:
         r = BlockRenderer(self.names)
         lines = [f"? {r.text(confirm.get('title'))}", *("  " + x for x in r.text(confirm.get("text")).split("\n"))]
         self.say(*lines)
@@ -570,7 +566,7 @@ class Shell:
             if a in ("n", "no", "", no.lower()):
                 return False
 
-    def _choose(self, element: dict) -> dict | None:
+    def _choose(self, element: dict[str, Any]) -> dict[str, Any] | None:
         """What a select / overflow / checkboxes / picker click sends; {} for a button; None if abandoned."""
         kind = str(element.get("type") or "")
         if kind in ("button", "workflow_button"):
@@ -597,7 +593,7 @@ class Shell:
             value = self._resolve_user(value) or value
         return {keys.get(kind, "value"): value}
 
-    def _pick(self, options: list[dict], r: BlockRenderer, many: bool) -> list[dict] | None:
+    def _pick(self, options: list[dict[str, Any]], r: BlockRenderer, many: bool) -> list[dict[str, Any]] | None:
         if not options:
             self.say("(nothing to choose from)")
             return None
@@ -691,8 +687,6 @@ class Shell:
         self.say(f"{self.names.group(gid)}: " + (", ".join(self.who(m) for m in members) or "nobody"))
 
     def _seconds(self, word: str) -> float | None:
-        from bot.durations import DurationError, parse_duration
-
         try:
             return float(parse_duration(word))
         except (DurationError, ValueError, TypeError):
@@ -760,7 +754,7 @@ class Shell:
     def fill_in(self, view: View) -> None:
         """Ask for each input of a form, then submit or close it, as often as the bot asks for fixes."""
         assert self.driver is not None
-        values: dict[str, dict[str, dict]] = {}
+        values: dict[str, dict[str, dict[str, Any]]] = {}
         errors: dict[str, str] = {}
         while not view.closed:
             if view.user != self.user:
@@ -850,7 +844,7 @@ class Shell:
                 return "close"
             self.say(f"(answer `{submit.lower() if submit else close.lower()}`{' or `' + close.lower() + '`' if submit else ''})")
 
-    def _ask_input(self, block: dict, r: BlockRenderer, previous: dict | None, error: str | None) -> dict | None:
+    def _ask_input(self, block: dict[str, Any], r: BlockRenderer, previous: dict[str, Any] | None, error: str | None) -> dict[str, Any] | None:
         """The state value of one input block ({} when left empty), or None to close the form."""
         el = block.get("element") or {}
         kind = el.get("type")
@@ -858,7 +852,7 @@ class Shell:
         optional = bool(block.get("optional"))
         prev_value = None
         if previous:
-            inner: dict = next(iter(previous.values()), {})
+            inner: dict[str, Any] = next(iter(previous.values()), {})
             prev_value = inner.get("value")
         if kind in ("static_select", "radio_buttons", "checkboxes", "multi_static_select"):
             options = list(el.get("options") or [])

@@ -15,11 +15,17 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 import yaml
 
-from bot.shell.cluster import ClusterError, Pair, start_pair
+from bot.config import load_config
+from bot.logs import setup_logging
+from bot.shell.cli import _interrupt_on
+from bot.shell.cluster import ClusterError, Pair, Server, start_pair
+from bot.shell.console import Shell, text_stream
 from bot.shell.localconfig import APPROVER_ID, APPROVER_NAME, YOU_ID, channel_name, local_user_name
 
 ALERT_CHANNEL = "C0ALERTS"
@@ -61,13 +67,13 @@ class Trouble:
         self.stopping = threading.Event()
         self.started = time.monotonic()
 
-    def _conn(self, server, app: str, autocommit: bool = True) -> psycopg.Connection:
+    def _conn(self, server: Server, app: str, autocommit: bool = True) -> psycopg.Connection[tuple[Any, ...]]:
         conn = server.connect(user="app_user", dbname="appdb", autocommit=autocommit, application_name=app)
         self.conns.append(conn)
         return conn
 
     def _background(self, conn: psycopg.Connection, sql: str) -> None:
-        def run():
+        def run() -> None:
             with contextlib.suppress(psycopg.Error):
                 conn.execute(sql)
 
@@ -75,7 +81,7 @@ class Trouble:
         t.start()
         self.threads.append(t)
 
-    def _wait(self, server, sql: str, params, what: str, timeout: float = 10) -> None:
+    def _wait(self, server: Server, sql: str, params: Sequence[Any] | None, what: str, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
         while not server.sql(sql, params):
             if time.monotonic() > deadline:
@@ -132,7 +138,7 @@ class Trouble:
                 conn.close()
 
 
-def config_for(pair: Pair) -> dict:
+def config_for(pair: Pair) -> dict[str, Any]:
     assert pair.standby is not None
     return {
         "environments": {
@@ -169,11 +175,6 @@ def banner(pair: Pair, config_path: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bot.config import load_config
-    from bot.logs import setup_logging
-    from bot.shell.cli import _interrupt_on
-    from bot.shell.console import Shell, text_stream
-
     parser = argparse.ArgumentParser(prog="python -m bot.shell.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--log-level", default="ERROR", help="the bot's log lines on stderr (default ERROR)")
     parser.add_argument("--wait", dest="settle_limit", type=float, default=15.0,

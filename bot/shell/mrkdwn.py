@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
 _CODE = re.compile(r"```.*?```|`[^`\n]*`", re.DOTALL)
 _TOKEN = re.compile(r"<([^<>\n]+)>")
@@ -110,8 +112,6 @@ def _token(inner: str, names: Names) -> str:
             return unescape(label)
         parts = target.split("^")
         try:
-            from datetime import UTC, datetime
-
             return datetime.fromtimestamp(int(parts[1]), UTC).strftime("%Y-%m-%d %H:%M UTC")
         except (IndexError, ValueError, OverflowError):
             return target
@@ -164,7 +164,7 @@ def to_text(text: str | None, names: Names | None = None) -> str:
     return re.sub("\ue002(\\d+)\ue003", lambda m: codes[int(m.group(1))], text)
 
 
-def plain_text(obj: dict | str | None, names: Names | None = None) -> str:
+def plain_text(obj: dict[str, Any] | str | None, names: Names | None = None) -> str:
     """A Block Kit text object (plain_text or mrkdwn) as plain text."""
     if obj is None:
         return ""

@@ -87,17 +87,17 @@ class Driver:
     def block_action(
         self,
         user: str,
-        element: dict,
+        element: dict[str, Any],
         block_id: str | None,
         trigger_id: str,
         *,
         channel: str | None = None,
         channel_name: str | None = None,
-        message: dict | None = None,
+        message: dict[str, Any] | None = None,
         ephemeral: bool = False,
         response_url: str | None = None,
-        view: dict | None = None,
-        selection: dict | None = None,
+        view: dict[str, Any] | None = None,
+        selection: dict[str, Any] | None = None,
     ) -> BoltResponse:
         """A click on ``element`` in a message (``message`` / ``channel``) or in a form (``view``).
 
@@ -142,7 +142,7 @@ class Driver:
             payload["response_url"] = response_url
         return self._payload(payload)
 
-    def view_submission(self, user: str, view: dict, trigger_id: str) -> BoltResponse:
+    def view_submission(self, user: str, view: dict[str, Any], trigger_id: str) -> BoltResponse:
         payload = {
             "type": "view_submission",
             "team": self._team(),
@@ -157,7 +157,7 @@ class Driver:
         }
         return self._payload(payload)
 
-    def view_closed(self, user: str, view: dict) -> BoltResponse:
+    def view_closed(self, user: str, view: dict[str, Any]) -> BoltResponse:
         payload = {
             "type": "view_closed",
             "team": self._team(),
@@ -172,7 +172,7 @@ class Driver:
         return self._payload(payload)
 
 
-def response_json(resp: BoltResponse) -> dict | None:
+def response_json(resp: BoltResponse) -> dict[str, Any] | None:
     """The ack body as JSON (None when empty or not JSON)."""
     body = resp.body
     if not body:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 from bot.shell.mrkdwn import Names, plain_text, to_text
 
@@ -20,10 +21,10 @@ SELECTS = {
 TEXT_INPUTS = {"plain_text_input", "number_input", "email_text_input", "url_text_input", "rich_text_input"}
 _LABEL_ONLY = re.compile(r"^\*[^*\n]+\*:?$")
 
-Numberer = Callable[[dict, "str | None"], "int | None"]
+Numberer = Callable[[dict[str, Any], "str | None"], "int | None"]
 
 
-def _no_numbers(element: dict, block_id: str | None) -> int | None:
+def _no_numbers(element: dict[str, Any], block_id: str | None) -> int | None:
     return None
 
 
@@ -34,7 +35,7 @@ class BlockRenderer:
 
     # --- text ---------------------------------------------------------------------------------------
 
-    def text(self, obj: dict | str | None) -> str:
+    def text(self, obj: dict[str, Any] | str | None) -> str:
         return plain_text(obj, self.names)
 
     def mrkdwn(self, text: str | None) -> str:
@@ -42,22 +43,22 @@ class BlockRenderer:
 
     # --- elements -----------------------------------------------------------------------------------
 
-    def _tag(self, element: dict, block_id: str | None) -> str:
+    def _tag(self, element: dict[str, Any], block_id: str | None) -> str:
         n = self.number(element, block_id)
         return f"[{n}] " if n is not None else "[ ] "
 
-    def _options(self, element: dict) -> list[dict]:
+    def _options(self, element: dict[str, Any]) -> list[dict[str, Any]]:
         opts = list(element.get("options") or [])
         for group in element.get("option_groups") or []:
             opts += list(group.get("options") or [])
         return opts
 
-    def _selected(self, element: dict) -> list[dict]:
+    def _selected(self, element: dict[str, Any]) -> list[dict[str, Any]]:
         if element.get("initial_option"):
             return [element["initial_option"]]
         return list(element.get("initial_options") or [])
 
-    def element(self, el: dict, block_id: str | None = None) -> str:
+    def element(self, el: dict[str, Any], block_id: str | None = None) -> str:
         """One element on one line (buttons and other interactive ones carry their number)."""
         kind = el.get("type")
         if kind in ("plain_text", "mrkdwn"):
@@ -111,7 +112,7 @@ class BlockRenderer:
 
     # --- blocks -------------------------------------------------------------------------------------
 
-    def _field(self, f: dict) -> list[str]:
+    def _field(self, f: dict[str, Any]) -> list[str]:
         raw = str(f.get("text") or "")
         lines = raw.split("\n")
         if f.get("type") == "mrkdwn" and len(lines) > 1 and _LABEL_ONLY.match(lines[0].strip()):
@@ -121,7 +122,7 @@ class BlockRenderer:
         text = self.text(f).split("\n")
         return ["- " + text[0], *("  " + x for x in text[1:])]
 
-    def block(self, b: dict) -> list[str]:
+    def block(self, b: dict[str, Any]) -> list[str]:
         kind = b.get("type")
         bid = b.get("block_id")
         if kind == "header":
@@ -162,14 +163,14 @@ class BlockRenderer:
             return [f"[video: {self.text(b.get('title'))}] {b.get('video_url') or ''}".rstrip()]
         return [f"[{kind} block]"]
 
-    def blocks(self, blocks: list[dict] | None) -> list[str]:
+    def blocks(self, blocks: list[dict[str, Any]] | None) -> list[str]:
         out: list[str] = []
         for b in blocks or []:
             if isinstance(b, dict):
                 out += self.block(b)
         return out
 
-    def message(self, text: str | None, blocks: list[dict] | None, attachments: list[dict] | None = None) -> list[str]:
+    def message(self, text: str | None, blocks: list[dict[str, Any]] | None, attachments: list[dict[str, Any]] | None = None) -> list[str]:
         """A message as Slack shows it: the blocks when there are any (the text is then only the
         notification fallback), else the text; attachments under it, marked with '| '."""
         out = self.blocks(blocks) if blocks else self.mrkdwn(text or "").split("\n")
@@ -177,7 +178,7 @@ class BlockRenderer:
             out += ["| " + line for line in self.attachment(a)]
         return out
 
-    def attachment(self, a: dict) -> list[str]:
+    def attachment(self, a: dict[str, Any]) -> list[str]:
         out: list[str] = []
         for key in ("pretext", "author_name", "title"):
             if a.get(key):
@@ -191,7 +192,7 @@ class BlockRenderer:
             out.append("> " + self.mrkdwn(a["footer"]))
         return out or [self.mrkdwn(a.get("fallback") or "")]
 
-    def view(self, view: dict) -> list[str]:
+    def view(self, view: dict[str, Any]) -> list[str]:
         """A modal: its title, blocks (inputs described) and its submit / close buttons."""
         out = [f"== {self.text(view.get('title')) or 'Modal'} (a form) =="]
         out += self.blocks(view.get("blocks"))
@@ -203,10 +204,10 @@ class BlockRenderer:
         return out
 
 
-def rich_text_lines(block: dict, names: Names | None = None) -> list[str]:
+def rich_text_lines(block: dict[str, Any], names: Names | None = None) -> list[str]:
     names = names or Names()
 
-    def inline(elements: list[dict]) -> str:
+    def inline(elements: list[dict[str, Any]]) -> str:
         parts = []
         for e in elements or []:
             kind = e.get("type")
@@ -251,9 +252,9 @@ def rich_text_lines(block: dict, names: Names | None = None) -> list[str]:
     return out
 
 
-def interactive_elements(blocks: list[dict] | None) -> list[tuple[str | None, dict]]:
+def interactive_elements(blocks: list[dict[str, Any]] | None) -> list[tuple[str | None, dict[str, Any]]]:
     """(block_id, element) of every element a person can act on, in reading order."""
-    out: list[tuple[str | None, dict]] = []
+    out: list[tuple[str | None, dict[str, Any]]] = []
     for b in blocks or []:
         if not isinstance(b, dict):
             continue
@@ -266,7 +267,7 @@ def interactive_elements(blocks: list[dict] | None) -> list[tuple[str | None, di
     return out
 
 
-def find_element(blocks: list[dict] | None, action_id: str) -> tuple[str | None, dict | None]:
+def find_element(blocks: list[dict[str, Any]] | None, action_id: str) -> tuple[str | None, dict[str, Any] | None]:
     for bid, el in interactive_elements(blocks):
         if el.get("action_id") == action_id:
             return bid, el

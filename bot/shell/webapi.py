@@ -16,236 +16,27 @@ import json
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from bot.shell.activity import Activity
+from bot.shell.blockkit import block_problems, view_problems
+from bot.shell.records import APP_ID as APP_ID  # re-exported: the local workspace's ids
+from bot.shell.records import BOT_ID as BOT_ID
+from bot.shell.records import BOT_USER_ID as BOT_USER_ID
+from bot.shell.records import TEAM_ID as TEAM_ID
+from bot.shell.records import (
+    ApiError as ApiError,  # re-exported: the workspace's records are imported from here
+)
+from bot.shell.records import Listener, ResponseUrl, _Silent
+from bot.shell.records import Message as Message
+from bot.shell.records import View as View
 
-TEAM_ID = "T0LOCAL"
-BOT_USER_ID = "U0PGSBOT"
-BOT_ID = "B0PGSBOT"
-APP_ID = "A0PGSESS"
 TRIGGER_TTL = 3.0
 RESPONSE_URL_USES = 5
 RESPONSE_URL_TTL = 1800.0
 _JSON_FIELDS = ("blocks", "attachments", "view", "metadata")
-
-
-@dataclass
-class Message:
-    """A message as it stands now; ``no`` is the number the terminal shows (``#3``)."""
-
-    no: int
-    channel: str
-    ts: str
-    text: str
-    blocks: list[dict] | None
-    attachments: list[dict] | None = None
-    thread_ts: str | None = None
-    ephemeral_to: str | None = None  # the one user who sees it
-    source: str = "chat.postMessage"
-    deleted: bool = False
-    version: int = 1
-
-    def payload(self) -> dict[str, Any]:
-        """The message as Slack puts it in a block_actions payload."""
-        d: dict[str, Any] = {
-            "type": "message", "user": BOT_USER_ID, "bot_id": BOT_ID, "text": self.text, "ts": self.ts,
-            "team": TEAM_ID,
-        }
-        if self.blocks is not None:
-            d["blocks"] = copy.deepcopy(self.blocks)
-        if self.attachments is not None:
-            d["attachments"] = copy.deepcopy(self.attachments)
-        if self.thread_ts:
-            d["thread_ts"] = self.thread_ts
-        return d
-
-    def content(self) -> tuple:
-        return (self.text, json.dumps(self.blocks, sort_keys=True), json.dumps(self.attachments, sort_keys=True))
-
-
-@dataclass
-class View:
-    id: str
-    view: dict[str, Any]  # as Slack returns it (id, hash, state, ...)
-    user: str
-    root_id: str
-    previous_id: str | None = None
-    closed: bool = False
-
-
-@dataclass
-class ResponseUrl:
-    token: str
-    channel: str | None
-    user: str
-    message_no: int | None  # the message replace_original / delete_original act on
-    created: float = field(default_factory=time.time)
-    uses: int = 0
-
-
-class Listener(Protocol):
-    def posted(self, msg: Message) -> None: ...
-    def edited(self, msg: Message) -> None: ...
-    def deleted(self, msg: Message) -> None: ...
-    def view_opened(self, view: View) -> None: ...
-    def view_updated(self, view: View) -> None: ...
-    def notice(self, text: str) -> None: ...
-
-
-class _Silent:
-    def posted(self, msg: Message) -> None:
-        pass
-
-    def edited(self, msg: Message) -> None:
-        pass
-
-    def deleted(self, msg: Message) -> None:
-        pass
-
-    def view_opened(self, view: View) -> None:
-        pass
-
-    def view_updated(self, view: View) -> None:
-        pass
-
-    def notice(self, text: str) -> None:
-        pass
-
-
-class ApiError(Exception):
-    def __init__(self, error: str, **extra: Any):
-        super().__init__(error)
-        self.body = {"ok": False, "error": error, **extra}
-
-
-# --- Block Kit limits (the ones a bot hits in practice; Slack answers invalid_blocks) ----------------
-
-_BLOCK_TYPES = {"section", "header", "divider", "actions", "context", "input", "image", "rich_text", "file", "video"}
-
-
-def block_problems(blocks: Any, surface: str = "message") -> list[str]:
-    """Why Slack would reject these blocks ([] when it would not)."""
-    if blocks is None:
-        return []
-    if not isinstance(blocks, list):
-        return ["blocks must be an array"]
-    errs: list[str] = []
-    limit = 100 if surface == "modal" else 50
-    if len(blocks) > limit:
-        errs.append(f"{len(blocks)} blocks: no more than {limit} allowed in a {surface}")
-    action_ids: set[str] = set()
-    block_ids: set[str] = set()
-
-    def text(obj: Any, where: str, max_len: int, plain_only: bool = False) -> None:
-        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-            errs.append(f"{where}: must be a text object")
-            return
-        if obj.get("type") not in ("plain_text", "mrkdwn") or (plain_only and obj.get("type") != "plain_text"):
-            errs.append(f"{where}: must be {'plain_text' if plain_only else 'plain_text or mrkdwn'}")
-        if not obj["text"]:
-            errs.append(f"{where}: must be more than 0 characters")
-        if len(obj["text"]) > max_len:
-            errs.append(f"{where}: {len(obj['text'])} characters, must be at most {max_len}")
-
-    def element(el: Any, where: str) -> None:
-        if not isinstance(el, dict):
-            errs.append(f"{where}: must be an object")
-            return
-        aid = el.get("action_id")
-        if aid is not None:
-            if not isinstance(aid, str) or not aid or len(aid) > 255:
-                errs.append(f"{where}/action_id: must be 1-255 characters")
-            elif aid in action_ids:
-                errs.append(f"{where}/action_id: duplicate action_id {aid!r}")
-            else:
-                action_ids.add(aid)
-        if el.get("type") == "button":
-            text(el.get("text"), where + "/text", 75, plain_only=True)
-            if isinstance(el.get("value"), str) and len(el["value"]) > 2000:
-                errs.append(f"{where}/value: more than 2000 characters")
-            if el.get("style") not in (None, "primary", "danger"):
-                errs.append(f"{where}/style: must be primary or danger")
-
-    for i, b in enumerate(blocks):
-        where = f"/blocks/{i}"
-        if not isinstance(b, dict) or b.get("type") not in _BLOCK_TYPES:
-            errs.append(f"{where}: unsupported block {b.get('type') if isinstance(b, dict) else b!r}")
-            continue
-        bid = b.get("block_id")
-        if bid is not None:
-            if not isinstance(bid, str) or not bid or len(bid) > 255:
-                errs.append(f"{where}/block_id: must be 1-255 characters")
-            elif bid in block_ids:
-                errs.append(f"{where}/block_id: duplicate block_id {bid!r}")
-            else:
-                block_ids.add(bid)
-        kind = b["type"]
-        if kind == "header":
-            text(b.get("text"), where + "/text", 150, plain_only=True)
-        elif kind == "section":
-            if b.get("text") is None and not b.get("fields"):
-                errs.append(f"{where}: must provide either text or fields")
-            if b.get("text") is not None:
-                text(b["text"], where + "/text", 3000)
-            fields = b.get("fields") or []
-            if len(fields) > 10:
-                errs.append(f"{where}/fields: no more than 10 items allowed")
-            for j, f in enumerate(fields):
-                text(f, f"{where}/fields/{j}", 2000)
-            if b.get("accessory") is not None:
-                element(b["accessory"], where + "/accessory")
-        elif kind in ("actions", "context"):
-            els = b.get("elements")
-            most = 25 if kind == "actions" else 10
-            if not isinstance(els, list) or not els:
-                errs.append(f"{where}/elements: must provide at least 1 item")
-                continue
-            if len(els) > most:
-                errs.append(f"{where}/elements: no more than {most} items allowed")
-            for j, el in enumerate(els):
-                if kind == "context" and isinstance(el, dict) and el.get("type") in ("plain_text", "mrkdwn"):
-                    text(el, f"{where}/elements/{j}", 3000)
-                else:
-                    element(el, f"{where}/elements/{j}")
-        elif kind == "input":
-            text(b.get("label"), where + "/label", 2000, plain_only=True)
-            if not isinstance(b.get("element"), dict):
-                errs.append(f"{where}/element: must provide an object")
-            else:
-                element(b["element"], where + "/element")
-    return errs
-
-
-def view_problems(view: Any) -> list[str]:
-    if not isinstance(view, dict):
-        return ["view must be an object"]
-    errs: list[str] = []
-    if view.get("type") != "modal":
-        errs.append("/view/type: must be modal")
-    for key, limit in (("title", 24), ("submit", 24), ("close", 24)):
-        obj = view.get(key)
-        if obj is None:
-            if key == "title":
-                errs.append("/view/title: required")
-            continue
-        if not isinstance(obj, dict) or obj.get("type") != "plain_text" or not obj.get("text"):
-            errs.append(f"/view/{key}: must be plain_text")
-        elif len(obj["text"]) > limit:
-            errs.append(f"/view/{key}: {len(obj['text'])} characters, must be at most {limit}")
-    if len(str(view.get("private_metadata") or "")) > 3000:
-        errs.append("/view/private_metadata: more than 3000 characters")
-    blocks = view.get("blocks")
-    if not isinstance(blocks, list):
-        errs.append("/view/blocks: must provide an array")
-    else:
-        errs += ["/view" + e for e in block_problems(blocks, "modal")]
-        if view.get("submit") is None and any(isinstance(b, dict) and b.get("type") == "input" for b in blocks):
-            errs.append("/view/submit: must provide submit when using input blocks")
-    return errs
 
 
 # --- the workspace ------------------------------------------------------------------------------------
@@ -279,7 +70,7 @@ class Workspace:
         self.views: dict[str, View] = {}
         self._response_urls: dict[str, ResponseUrl] = {}
         self._triggers: dict[str, tuple[float, str]] = {}  # id -> (issued, user)
-        self.calls: list[tuple[str, dict, dict]] = []  # (method, params, answer): the last few hundred
+        self.calls: list[tuple[str, dict[str, Any], dict[str, Any]]] = []  # (method, params, answer): the last few hundred
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -329,8 +120,8 @@ class Workspace:
         return f"{self.url}/response/{token}"
 
     def add_message(
-        self, channel: str, text: str, blocks: list | None, *, ephemeral_to: str | None = None, source: str = "ack",
-        attachments: list | None = None,
+        self, channel: str, text: str, blocks: list[dict[str, Any]] | None, *, ephemeral_to: str | None = None, source: str = "ack",
+        attachments: list[dict[str, Any]] | None = None,
     ) -> Message:
         """A message that did not come through the Web API (e.g. an ack body Slack shows)."""
         with self._lock:
@@ -357,7 +148,7 @@ class Workspace:
             if v is not None:
                 v.closed = True
 
-    def replace_view(self, view_id: str, new: dict, push: bool = False) -> View:
+    def replace_view(self, view_id: str, new: dict[str, Any], push: bool = False) -> View:
         """A view_submission answered with response_action update / push."""
         with self._lock:
             old = self.views[view_id]
@@ -380,7 +171,7 @@ class Workspace:
         return f"V{next(self._ids):09d}"
 
     def _new_message(
-        self, channel: str, text: str, blocks: list | None, attachments: list | None, thread_ts: str | None,
+        self, channel: str, text: str, blocks: list[dict[str, Any]] | None, attachments: list[dict[str, Any]] | None, thread_ts: str | None,
         ephemeral_to: str | None, source: str,
     ) -> Message:
         msg = Message(
@@ -392,7 +183,7 @@ class Workspace:
             self._by_ts[(channel, msg.ts)] = msg.no
         return msg
 
-    def _full_view(self, view: dict, vid: str, root: str, previous: str | None) -> dict:
+    def _full_view(self, view: dict[str, Any], vid: str, root: str, previous: str | None) -> dict[str, Any]:
         full = copy.deepcopy(view)
         full.update(
             id=vid, team_id=TEAM_ID, state={"values": {}}, hash=f"{time.time():.6f}.{secrets.token_hex(4)}",
@@ -413,7 +204,7 @@ class Workspace:
             return "D" + channel[1:]
         return channel
 
-    def _check_message(self, method: str, params: dict, require_content: bool = True) -> None:
+    def _check_message(self, method: str, params: dict[str, Any], require_content: bool = True) -> None:
         text, blocks, attachments = params.get("text"), params.get("blocks"), params.get("attachments")
         if require_content and not text and not blocks and not attachments:
             raise ApiError("no_text")
@@ -468,7 +259,7 @@ class Workspace:
                     raise ApiError("invalid_blocks_format" if key == "blocks" else "invalid_arguments") from None
         return params, is_json
 
-    def _api(self, method: str, query: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict]:
+    def _api(self, method: str, query: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, Any]]:
         params: dict[str, Any] = {}
         try:
             params, is_json = self._parse(query, headers, raw)
@@ -484,7 +275,7 @@ class Workspace:
                 raise ApiError("not_authed")
             if token != self.token:
                 raise ApiError("invalid_auth")
-            answer: dict = {"ok": True, **handler(params)}
+            answer: dict[str, Any] = {"ok": True, **handler(params)}
         except ApiError as exc:
             answer = exc.body
         with self._lock:
@@ -494,16 +285,16 @@ class Workspace:
 
     # --- methods ------------------------------------------------------------------------------------
 
-    def _m_api_test(self, params: dict) -> dict:
+    def _m_api_test(self, params: dict[str, Any]) -> dict[str, Any]:
         return {}
 
-    def _m_auth_test(self, params: dict) -> dict:
+    def _m_auth_test(self, params: dict[str, Any]) -> dict[str, Any]:
         return {
             "url": "http://127.0.0.1/", "team": "terminal", "user": "pgsessions", "team_id": TEAM_ID,
             "user_id": BOT_USER_ID, "bot_id": BOT_ID, "is_enterprise_install": False,
         }
 
-    def _m_chat_postMessage(self, params: dict) -> dict:
+    def _m_chat_postMessage(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(params.get("channel"))
         self._check_message("chat.postMessage", params)
         with self._lock:
@@ -515,7 +306,7 @@ class Workspace:
         self.activity.event()
         return {"channel": channel, "ts": msg.ts, "message": msg.payload()}
 
-    def _m_chat_update(self, params: dict) -> dict:
+    def _m_chat_update(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(params.get("channel"))
         ts = str(params.get("ts") or "")
         with self._lock:
@@ -540,7 +331,7 @@ class Workspace:
             self.activity.event()
         return {"channel": channel, "ts": ts, "text": msg.text, "message": msg.payload()}
 
-    def _m_chat_postEphemeral(self, params: dict) -> dict:
+    def _m_chat_postEphemeral(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(params.get("channel"))
         user = str(params.get("user") or "")
         if not user:
@@ -555,7 +346,7 @@ class Workspace:
         self.activity.event()
         return {"message_ts": msg.ts}
 
-    def _m_chat_delete(self, params: dict) -> dict:
+    def _m_chat_delete(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(params.get("channel"))
         ts = str(params.get("ts") or "")
         with self._lock:
@@ -568,7 +359,7 @@ class Workspace:
         self.activity.event()
         return {"channel": channel, "ts": ts}
 
-    def _m_chat_getPermalink(self, params: dict) -> dict:
+    def _m_chat_getPermalink(self, params: dict[str, Any]) -> dict[str, Any]:
         channel, ts = str(params.get("channel") or ""), str(params.get("message_ts") or "")
         with self._lock:
             no = self._by_ts.get((channel, ts))
@@ -576,7 +367,7 @@ class Workspace:
             raise ApiError("message_not_found")
         return {"channel": channel, "permalink": f"{self.url}/archives/{channel}/p{ts.replace('.', '')}"}
 
-    def _open(self, params: dict, method: str) -> dict:
+    def _open(self, params: dict[str, Any], method: str) -> dict[str, Any]:
         tid = str(params.get("trigger_id") or "")
         view = params.get("view")
         with self._lock:
@@ -600,13 +391,13 @@ class Workspace:
         self.activity.event()
         return {"view": copy.deepcopy(v.view)}
 
-    def _m_views_open(self, params: dict) -> dict:
+    def _m_views_open(self, params: dict[str, Any]) -> dict[str, Any]:
         return self._open(params, "views.open")
 
-    def _m_views_push(self, params: dict) -> dict:
+    def _m_views_push(self, params: dict[str, Any]) -> dict[str, Any]:
         return self._open(params, "views.push")
 
-    def _m_views_update(self, params: dict) -> dict:
+    def _m_views_update(self, params: dict[str, Any]) -> dict[str, Any]:
         view_id, external_id = params.get("view_id"), params.get("external_id")
         with self._lock:
             v = self.views.get(str(view_id)) if view_id else None
@@ -625,14 +416,14 @@ class Workspace:
         self.activity.event()
         return {"view": copy.deepcopy(v.view)}
 
-    def _m_usergroups_users_list(self, params: dict) -> dict:
+    def _m_usergroups_users_list(self, params: dict[str, Any]) -> dict[str, Any]:
         group = str(params.get("usergroup") or "")
         with self._lock:
             if group not in self.groups:
                 raise ApiError("no_such_subteam")
             return {"users": list(self.groups[group])}
 
-    def _m_users_info(self, params: dict) -> dict:
+    def _m_users_info(self, params: dict[str, Any]) -> dict[str, Any]:
         uid = str(params.get("user") or "")
         if not uid:
             raise ApiError("user_not_found")
@@ -645,7 +436,7 @@ class Workspace:
             }
         }
 
-    def _m_conversations_info(self, params: dict) -> dict:
+    def _m_conversations_info(self, params: dict[str, Any]) -> dict[str, Any]:
         cid = str(params.get("channel") or "")
         if not cid:
             raise ApiError("channel_not_found")

@@ -12,9 +12,11 @@ reference that matches the log line.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-from slack_bolt import App
+from slack_bolt import Ack, App, BoltResponse
 from slack_bolt.error import BoltError, BoltUnhandledRequestError
 
 from bot.runtime import Runtime
@@ -52,7 +54,7 @@ def build_app(rt: Runtime, router: Router | None = None) -> App:
     install_jobs(rt)
 
     @app.command("/pgsessions")
-    def on_command(ack, command, respond, body):
+    def on_command(ack: Ack, command: dict[str, Any], respond: Callable[..., Any], body: dict[str, Any]) -> None:
         step = dispatch.prepare(rt, router, command.get("text") or "", command.get("channel_id"))
         if isinstance(step, dispatch.Answer):
             ack(response_type="ephemeral", text=step.text)
@@ -75,7 +77,7 @@ def build_app(rt: Runtime, router: Router | None = None) -> App:
                          viewer_later=viewer if later else None)
 
     @app.error
-    def on_error(error, body, logger, response):
+    def on_error(error: Exception, body: dict[str, Any], logger: logging.Logger, response: BoltResponse | None) -> None:
         if isinstance(error, BoltUnhandledRequestError):
             logger.warning("no listener for a Slack request (type %r); answered 200", (body or {}).get("type"))
             if response is not None:

@@ -10,7 +10,8 @@ A bulk button opens a modal that submits through the same callback as a session'
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any
 
 from bot.approval.ids import ALLOW_CONNECTIONS, CLEAR_DB, CLEAR_DB_BLOCK
 from bot.bulk.targets import (
@@ -20,23 +21,21 @@ from bot.bulk.targets import (
     offer_for_listing,
     state_identity,
     terminable,
-    unknown_database,
 )
 from bot.commands import ClearDb, ListSessions
 from bot.postgres.bulk import connected_to, database_info, database_names
 from bot.postgres.models import Listing
 from bot.postgres.pools import DatabaseUnavailable
-from bot.render.bulk import bulk_offer_blocks, clear_db_message
-from bot.render.common import code, context
+from bot.render.bulk import bulk_offer_blocks, clear_db_message, unknown_database
+from bot.render.common import code, context, phrase
+from bot.render.errors import unavailable
+from bot.slack.context import Context
 from bot.slack.edge import Router, post_message
-
-if TYPE_CHECKING:
-    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 
-def handle_clear_db(rt: Runtime, cmd: ClearDb, body: dict, respond) -> None:
+def handle_clear_db(rt: Context, cmd: ClearDb, body: dict[str, Any], respond: Callable[..., Any]) -> None:
     channel = body.get("channel_id")
     user = body.get("user_id")
     try:
@@ -48,7 +47,7 @@ def handle_clear_db(rt: Runtime, cmd: ClearDb, body: dict, respond) -> None:
             connected = connected_to(conn, cmd.database)
     except DatabaseUnavailable as exc:
         log.warning("clear-db overview %s/%s failed: %s", cmd.env, cmd.host, exc.reason)
-        respond(response_type="ephemeral", text=f":warning: Could not read who is connected to {code(cmd.database)}: {exc}")
+        respond(response_type="ephemeral", text=f":warning: Could not read who is connected to {code(cmd.database)}: {unavailable(exc)}")
         return
     try:
         state_id = state_identity(rt.store)
@@ -62,7 +61,7 @@ def handle_clear_db(rt: Runtime, cmd: ClearDb, body: dict, respond) -> None:
         return
     refusal = database_refusal(rt.config, cmd.env, info, state_id)
     if refusal:
-        respond(response_type="ephemeral", text=f":no_entry_sign: clear-db refuses {code(info.name)}: {refusal}.")
+        respond(response_type="ephemeral", text=f":no_entry_sign: clear-db refuses {code(info.name)}: {phrase(refusal)}.")
         return
     # as they may be offered (protect: the access policy marks them; they stay in, reported as such)
     connected = rt.policy.mark(cmd.env, connected)
@@ -89,7 +88,7 @@ def handle_clear_db(rt: Runtime, cmd: ClearDb, body: dict, respond) -> None:
     post_message(rt.client, channel, msg, respond)
 
 
-def listing_offer(rt: Runtime, cmd: ListSessions, listing: Listing, body: dict) -> list[dict]:
+def listing_offer(rt: Context, cmd: ListSessions, listing: Listing, body: dict[str, Any]) -> list[dict[str, Any]]:
     """*Terminate these N* under an ``idle`` / ``idle-tx`` listing filtered with ``--app``."""
     if rt.policy.signalling_off(cmd.env):
         return []
@@ -98,7 +97,7 @@ def listing_offer(rt: Runtime, cmd: ListSessions, listing: Listing, body: dict) 
             rt.dbs, rt.store, rt.policy, listing, cmd.filters, body.get("channel_id"), body.get("user_id")
         )
     except DatabaseUnavailable as exc:
-        return [context(f":warning: *Terminate these N* is not offered: {exc}")]
+        return [context(f":warning: *Terminate these N* is not offered: {unavailable(exc)}")]
     except Exception:  # the listing itself must still be posted
         log.exception("preparing Terminate these N failed")
         return [context(":warning: *Terminate these N* is not offered: the bot failed while preparing it (see logs).")]
@@ -118,7 +117,7 @@ def listing_offer(rt: Runtime, cmd: ListSessions, listing: Listing, body: dict) 
     )
 
 
-def register(rt: Runtime, router: Router) -> None:
+def register(rt: Context, router: Router) -> None:
     router.on(ClearDb)(handle_clear_db)
     router.listing_extras.append(listing_offer)
 

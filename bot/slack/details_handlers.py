@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from slack_bolt import Ack, App
+from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
+from slack_sdk.web import SlackResponse
 
 from bot.approval import ids
 from bot.approval import tokens as button_tokens
@@ -27,15 +31,12 @@ from bot.postgres.models import hide_query
 from bot.postgres.pools import DatabaseUnavailable
 from bot.render.common import MAX_BLOCKS, context
 from bot.render.details import details_view, loading_view, message_view
+from bot.render.errors import unavailable
 from bot.render.locks import render_locks, shown_pids
+from bot.slack.context import Context
 from bot.slack.edge import Router, channel_of, guarded, post_message, tell
 from bot.slack.guards import viewer_refusal
 from bot.slack.kill_handlers import open_request_form
-
-if TYPE_CHECKING:
-    from slack_bolt import App
-
-    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ FAST_READ = 0.5  # seconds: beyond this the "Reading…" modal opens first (view
 _reads = ThreadPoolExecutor(max_workers=32, thread_name_prefix="pgs-details")  # as many as listeners
 
 
-def may_view(rt, env: str, user: str, channel: str | None) -> str | None:
+def may_view(rt: Context, env: str, user: str, channel: str | None) -> str | None:
     """Why ``user`` may not view sessions of ``env`` from ``channel`` (None: they may).
 
     Whoever may use the environment's channel and is in ``access.viewers`` (the rule itself is
@@ -58,7 +59,7 @@ def may_view(rt, env: str, user: str, channel: str | None) -> str | None:
 
 
 def resolve_details_token(
-    rt: Runtime, token: str, user: str, channel: str | None
+    rt: Context, token: str, user: str, channel: str | None
 ) -> tuple[StoredTarget | None, str | None]:
     stored = rt.store.get_target(token)
     if stored is None or stored.kind not in ("details", "session"):
@@ -74,14 +75,14 @@ def resolve_details_token(
 class _Pusher:
     """Opens the request form on top of the Details modal (a modal's trigger_id needs views.push)."""
 
-    def __init__(self, client):
+    def __init__(self, client: WebClient):
         self.client = client
 
-    def views_open(self, trigger_id, view):
+    def views_open(self, trigger_id: str, view: dict[str, Any]) -> SlackResponse:
         return self.client.views_push(trigger_id=trigger_id, view=view)
 
 
-def show_details(rt, body: dict, action: dict, client, respond=None) -> None:
+def show_details(rt: Context, body: dict[str, Any], action: dict[str, Any], client: WebClient, respond: Callable[..., Any] | None = None) -> None:
     user = (body.get("user") or {}).get("id", "")
     channel = channel_of(body)
     token = ids.parse_details_click(action.get("action_id", ""), action.get("value"))
@@ -120,13 +121,13 @@ def show_details(rt, body: dict, action: dict, client, respond=None) -> None:
         log.warning("views.update for details failed: %s", exc.response.get("error"))
 
 
-def _read_view(rt: Runtime, target: StoredTarget, user: str) -> dict:
+def _read_view(rt: Context, target: StoredTarget, user: str) -> dict[str, Any]:
     env, host, snap = target.env, target.host, target.target
     pid = int(getattr(snap, "pid", 0))
     try:
         d = read_details(rt.dbs, env, host, pid, getattr(snap, "backend_start", None) or "")
     except DatabaseUnavailable as exc:
-        return message_view(pid, f":warning: Could not read pid {pid}: {exc}")
+        return message_view(pid, f":warning: Could not read pid {pid}: {unavailable(exc)}")
     except Exception:
         log.exception("reading details of pid %s on %s/%s failed", pid, env, host)
         return message_view(pid, ":x: Something went wrong while reading this session; nothing was changed.")
@@ -140,7 +141,7 @@ def _read_view(rt: Runtime, target: StoredTarget, user: str) -> dict:
     return details_view(d, kill_token, disabled)
 
 
-def modal_kill(rt: Runtime, body: dict, action: dict, client: Any) -> None:
+def modal_kill(rt: Context, body: dict[str, Any], action: dict[str, Any], client: Any) -> None:
     """Cancel/Terminate drawn in the Details modal: the same approval form, on the listing's channel."""
     verbs = (*ids.SESSION_KINDS, ids.DISCONNECT_CLIENT)  # Disconnect client: a PgBouncer 1.24+ client (issue 25)
     click = ids.parse_click(ids.MODAL_KILL_PREFIX, verbs, action.get("action_id", ""), action.get("value"))
@@ -152,14 +153,14 @@ def modal_kill(rt: Runtime, body: dict, action: dict, client: Any) -> None:
     )
 
 
-def handle_locks(rt: Runtime, cmd: ShowLocks, body: dict, respond: Any) -> None:
+def handle_locks(rt: Context, cmd: ShowLocks, body: dict[str, Any], respond: Any) -> None:
     environment = rt.config.environments[cmd.env]
     channel, user = body.get("channel_id"), body.get("user_id")
     try:
         graph = read_lock_graph(rt.dbs, cmd.env, cmd.host, max(environment.listing.query_chars, 200))
     except DatabaseUnavailable as exc:
         log.warning("locks %s/%s failed: %s", cmd.env, cmd.host, exc.reason)
-        respond(response_type="ephemeral", text=f":warning: Could not read the locks: {exc}")
+        respond(response_type="ephemeral", text=f":warning: Could not read the locks: {unavailable(exc)}")
         return
     # every session of the trees is drawn, ignored or not (a lock tree without one of its links would
     # misstate who waits for whom); protect marks what may not be offered a signal
@@ -188,20 +189,20 @@ def handle_locks(rt: Runtime, cmd: ShowLocks, body: dict, respond: Any) -> None:
     post_message(rt.client, channel, msg, respond)
 
 
-def register(app: App, rt: Runtime, router: Router) -> None:
+def register(app: App, rt: Context, router: Router) -> None:
     router.on(ShowLocks)(handle_locks)
 
     @app.action(ids.ANY_DETAILS)
-    def on_details(ack, body, action, client, respond):
+    def on_details(ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient, respond: Callable[..., Any]) -> None:
         ack()
         guarded("showing the session's details")(show_details)(rt, body, action, client, respond=respond)
 
     @app.action(ids.ANY_MODAL_KILL)
-    def on_modal_kill(ack, body, action, client):
+    def on_modal_kill(ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient) -> None:
         ack()
         guarded("opening the request form")(modal_kill)(rt, body, action, client)
 
     @app.view_closed(ids.DETAILS_CALLBACK)
-    def on_closed(ack):
+    def on_closed(ack: Ack) -> None:
         ack()
 

@@ -22,12 +22,13 @@ from bot.channel_defaults import apply_channel_default
 from bot.commands import USAGE, Command, CommandError, Help, known_envs, parse
 from bot.metrics import COMMANDS
 from bot.postgres.pools import DatabaseUnavailable, watch_unavailable
-from bot.runtime import Runtime
+from bot.slack.context import Context
 from bot.slack.edge import Router, guarded
 
 
-def env_of(cmd: Command) -> Any:
-    return getattr(cmd, "env", None)
+def env_of(cmd: Command) -> str | None:
+    env = getattr(cmd, "env", None)
+    return env if isinstance(env, str) else None
 
 
 def command_name(cmd: Command) -> str:
@@ -35,7 +36,7 @@ def command_name(cmd: Command) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", type(cmd).__name__).lower()
 
 
-def help_text(rt: Runtime) -> str:
+def help_text(rt: Context) -> str:
     return f"{USAGE}\n\n*Environments:* {known_envs(rt.config)}"
 
 
@@ -67,7 +68,7 @@ class Ready:
         return env_of(self.cmd)
 
 
-def prepare(rt: Runtime, router: Router, text: str, channel_id: str | None) -> Answer | Ready:
+def prepare(rt: Context, router: Router, text: str, channel_id: str | None) -> Answer | Ready:
     text = apply_channel_default(text, rt.config, channel_id)
     try:
         cmd = parse(text, rt.config)
@@ -87,7 +88,7 @@ def prepare(rt: Runtime, router: Router, text: str, channel_id: str | None) -> A
     return Ready(text, cmd, name, handler, progress(cmd) if progress else None)
 
 
-def execute(rt: Runtime, ready: Ready, body: dict, respond: Any, doing: str, *, viewer_later: str | None = None) -> None:
+def execute(rt: Context, ready: Ready, body: dict[str, Any], respond: Any, doing: str, *, viewer_later: str | None = None) -> None:
     """Run the handler; ``viewer_later``: the user whose ``access.viewers`` check was left for now (it
     needs a user group read from Slack, which must not delay an acknowledgement)."""
     failed: list[bool] = []

@@ -9,20 +9,19 @@ import functools
 import logging
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-if TYPE_CHECKING:
-    from bot.postgres.models import Listing
-    from bot.runtime import Runtime
+from bot.postgres.models import Listing
+from bot.slack.context import Context
 
 log = logging.getLogger(__name__)
 
-CommandHandler = Callable[["Runtime", Any, dict, Callable[..., Any]], None]
+CommandHandler = Callable[[Context, Any, dict[str, Any], Callable[..., Any]], None]
 # blocks a feature adds under a session listing (e.g. the bulk *Terminate these N*)
-ListingExtra = Callable[["Runtime", Any, "Listing", dict], list[dict]]
+ListingExtra = Callable[[Context, Any, Listing, dict[str, Any]], list[dict[str, Any]]]
 
 
 class Router:
@@ -75,7 +74,7 @@ def guarded(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return deco
 
 
-def post_message(client: WebClient, channel: str | None, msg: dict, respond: Any = None) -> tuple[str, str] | None:
+def post_message(client: WebClient, channel: str | None, msg: dict[str, Any], respond: Any = None) -> tuple[str, str] | None:
     """chat.postMessage; where the bot cannot post (private channel, DM) fall back to response_url."""
     thread_ts = getattr(respond, "thread_ts", None)  # an answer to a mention goes into its thread
     if thread_ts:
@@ -108,5 +107,5 @@ def tell(client: WebClient, respond: Any, channel: str | None, user: str, text: 
             log.warning("could not answer %s: %s", user, type(exc).__name__)
 
 
-def channel_of(body: dict) -> str | None:
+def channel_of(body: dict[str, Any]) -> str | None:
     return (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")

@@ -16,47 +16,22 @@ from __future__ import annotations
 import html
 import logging
 import re
-import threading
-import time
-from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
+from slack_bolt import Ack, App, BoltContext, BoltRequest
 from slack_bolt.response import BoltResponse
+from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot.slack import dispatch
+from bot.slack.context import Context
+from bot.slack.dedupe import DEDUPE_MAX, DEDUPE_TTL, EventDedupe
+from bot.slack.edge import Router
+
+__all__ = ["DEDUPE_MAX", "DEDUPE_TTL", "EventDedupe", "mention_text", "register", "run_command"]
 
 log = logging.getLogger(__name__)
-
-DEDUPE_TTL = 3600.0  # Slack retries within minutes; an hour is ample
-DEDUPE_MAX = 10000
-
-
-class EventDedupe:
-    """A bounded map of recently seen event ids with a time to live."""
-
-    def __init__(self, ttl: float = DEDUPE_TTL, max_size: int = DEDUPE_MAX):
-        self.ttl = ttl
-        self.max_size = max_size
-        self._seen: OrderedDict[str, float] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def first_time(self, event_id: str, now: float | None = None) -> bool:
-        """True the first time ``event_id`` is seen within the TTL (and remembers it)."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            while self._seen:
-                oldest, at = next(iter(self._seen.items()))
-                if at > now - self.ttl and len(self._seen) < self.max_size:
-                    break
-                self._seen.pop(oldest)
-            if event_id in self._seen:
-                return False
-            self._seen[event_id] = now
-            return True
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
 
 class ThreadResponder:
     """A ``respond`` for answers to a mention: ephemeral answers to the person, the rest in the thread.
@@ -64,15 +39,15 @@ class ThreadResponder:
     ``thread_ts`` is read by :func:`bot.slack.app.post_message`, so listings go into the thread too.
     """
 
-    def __init__(self, client, channel: str, user: str, thread_ts: str):
+    def __init__(self, client: WebClient, channel: str, user: str, thread_ts: str):
         self.client = client
         self.channel = channel
         self.user = user
         self.thread_ts = thread_ts
 
-    def __call__(self, text: str | None = None, blocks: list | None = None, response_type: str | None = None,
+    def __call__(self, text: str | None = None, blocks: list[dict[str, Any]] | None = None, response_type: str | None = None,
                  replace_original: bool | None = None, delete_original: bool | None = None, **_: object) -> None:
-        msg: dict = {"text": text or " "}
+        msg: dict[str, Any] = {"text": text or " "}
         if blocks:
             msg["blocks"] = blocks
         try:
@@ -94,7 +69,7 @@ def mention_text(text: str, bot_user_id: str | None) -> str:
     return html.unescape(text).strip()
 
 
-def run_command(rt, router, text: str, channel: str, user: str, respond, extra: dict | None = None) -> None:
+def run_command(rt: Context, router: Router, text: str, channel: str, user: str, respond: Callable[..., Any], extra: dict[str, Any] | None = None) -> None:
     """Serve one command text for ``user`` in ``channel`` with the slash command's rules; answers via ``respond``."""
     step = dispatch.prepare(rt, router, text, channel)
     if isinstance(step, dispatch.Answer):
@@ -112,7 +87,7 @@ def run_command(rt, router, text: str, channel: str, user: str, respond, extra: 
     dispatch.execute(rt, step, body, respond, f"running `@pgsessions {step.text}`")
 
 
-def _first_everywhere(rt, event_id: str) -> bool:
+def _first_everywhere(rt: Context, event_id: str) -> bool:
     """True unless another replica (sharing the state store) already took this event. When the store
     cannot be asked, this replica's own memory decides (the event is processed, not lost)."""
     try:
@@ -122,15 +97,15 @@ def _first_everywhere(rt, event_id: str) -> bool:
         return True
 
 
-def register(app, rt, router) -> None:
+def register(app: App, rt: Context, router: Router) -> None:
     dedupe = EventDedupe()
     rt.event_dedupe = dedupe
 
-    def drop_repeated_events(req, resp, next):  # Bolt passes these by name
+    def drop_repeated_events(req: BoltRequest, resp: BoltResponse, next: Callable[[], BoltResponse]) -> BoltResponse | None:  # Bolt passes these by name
         body = req.body or {}
         event_id = body.get("event_id") if body.get("type") == "event_callback" else None
         if event_id and not (dedupe.first_time(str(event_id)) and _first_everywhere(rt, str(event_id))):
-            retry = req.headers.get("x-slack-retry-num") or [body.get("retry_attempt")]
+            retry = req.headers.get("x-slack-retry-num") or [str(body.get("retry_attempt"))]
             log.info("event %s seen before (Slack retry %s): acknowledged, not processed again",
                      event_id, (retry or ["?"])[0], extra={"event": "slack_event_retry"})
             return BoltResponse(status=200, body="")
@@ -139,7 +114,7 @@ def register(app, rt, router) -> None:
     app.use(drop_repeated_events)
 
     @app.event("app_mention")
-    def on_mention(ack, event, context, client):
+    def on_mention(ack: Ack, event: dict[str, Any], context: BoltContext, client: WebClient) -> None:
         ack()
         bot_user = context.get("bot_user_id")
         user = event.get("user")
@@ -149,6 +124,6 @@ def register(app, rt, router) -> None:
         if not channel:
             return
         thread_ts = event.get("thread_ts") or event.get("ts")
-        respond = ThreadResponder(client, channel, user, thread_ts)
+        respond = ThreadResponder(client, channel, user, str(thread_ts))
         text = mention_text(event.get("text") or "", bot_user)
         run_command(rt, router, text, channel, user, respond, {"thread_ts": thread_ts})

@@ -14,11 +14,14 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from slack_bolt import BoltResponse
+from slack_bolt import App, BoltResponse
+from slack_sdk.webhook import WebhookClient
 
 from bot.approval import ids
+from bot.slack.context import Context
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +29,7 @@ log = logging.getLogger(__name__)
 ACTING_PREFIXES = ids.ACTING_PREFIXES
 
 
-def payload_teams(body: dict) -> tuple[str | None, str | None]:
+def payload_teams(body: dict[str, Any]) -> tuple[str | None, str | None]:
     """(the workspace the request came from, the team of the user who sent it), as far as known."""
     team = (body.get("team") or {}).get("id") if isinstance(body.get("team"), dict) else None
     team = team or body.get("team_id")
@@ -34,7 +37,7 @@ def payload_teams(body: dict) -> tuple[str | None, str | None]:
     return team, (user or {}).get("team_id")
 
 
-def _is_acting(body: dict) -> bool:
+def _is_acting(body: dict[str, Any]) -> bool:
     kind = body.get("type")
     if kind == "view_submission":
         return True
@@ -43,7 +46,7 @@ def _is_acting(body: dict) -> bool:
     return False
 
 
-def workspace_refusal(configured_team: str | None, body: dict) -> str | None:
+def workspace_refusal(configured_team: str | None, body: dict[str, Any]) -> str | None:
     """Why this request may not be served (another workspace / organisation), or None."""
     team, user_team = payload_teams(body)
     if configured_team:
@@ -57,7 +60,7 @@ def workspace_refusal(configured_team: str | None, body: dict) -> str | None:
     return None
 
 
-def _answer_elsewhere(body: dict, text: str) -> None:
+def _answer_elsewhere(body: dict[str, Any], text: str) -> None:
     """Tell the person through the interaction's response_url (best effort, off the ack path)."""
     url = body.get("response_url")
     if not url:
@@ -65,8 +68,6 @@ def _answer_elsewhere(body: dict, text: str) -> None:
 
     def post() -> None:
         try:
-            from slack_sdk.webhook import WebhookClient
-
             WebhookClient(url, timeout=5).send(text=text, response_type="ephemeral", replace_original=False,
                                                unfurl_links=False, unfurl_media=False)
         except Exception as exc:  # the refusal stands; only the notice is lost
@@ -75,7 +76,7 @@ def _answer_elsewhere(body: dict, text: str) -> None:
     threading.Thread(target=post, name="pgs-refusal", daemon=True).start()
 
 
-def refusal_response(body: dict, text: str) -> BoltResponse:
+def refusal_response(body: dict[str, Any], text: str) -> BoltResponse:
     """The HTTP answer for a refused request, in the form Slack shows for its kind."""
     kind = body.get("type")
     if kind == "view_submission":
@@ -89,9 +90,8 @@ def refusal_response(body: dict, text: str) -> BoltResponse:
     return BoltResponse(status=200, body=json.dumps(payload), headers={"content-type": "application/json"})
 
 
-def install_workspace_guard(app: Any, rt: Any) -> None:
-    @app.middleware
-    def workspace_guard(body, next):  # Bolt passes it by this name
+def install_workspace_guard(app: App, rt: Context) -> None:
+    def workspace_guard(body: dict[str, Any], next: Callable[[], BoltResponse]) -> BoltResponse:  # Bolt passes it by this name
         refusal = workspace_refusal(rt.config.slack.team_id, body or {})
         if refusal is None:
             return next()
@@ -99,16 +99,18 @@ def install_workspace_guard(app: Any, rt: Any) -> None:
         log.warning("refused a Slack request from team %s (user team %s): %s", team, user_team, refusal)
         return refusal_response(body or {}, refusal)
 
+    app.middleware(workspace_guard)
 
-def viewer_refusal(rt: Any, env: str | None, user: str) -> str | None:
+
+def viewer_refusal(rt: Context, env: str | None, user: str) -> str | None:
     """Why ``user`` may not see ``env``'s sessions (access.viewers), or None (the access policy decides)."""
     return rt.policy.viewer_refusal(env, user)
 
 
-def viewers_decidable_offline(rt: Any, env: str | None) -> bool:
+def viewers_decidable_offline(rt: Context, env: str | None) -> bool:
     """True when ``access.viewers`` of ``env`` names no user group (no Slack call needed to decide)."""
     return bool(rt.policy.viewers_decidable_offline(env))
 
 
-def may_view(rt: Any, env: str, user: str) -> bool:
+def may_view(rt: Context, env: str, user: str) -> bool:
     return rt.policy.viewer_refusal(env, user) is None

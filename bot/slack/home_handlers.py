@@ -14,7 +14,9 @@ import logging
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any
 
+from slack_bolt import Ack, App
 from slack_sdk.errors import SlackApiError
 
 from bot.approval.models import Request, RequestState
@@ -23,6 +25,8 @@ from bot.postgres.lag import read_standby
 from bot.postgres.models import Category, Filters
 from bot.postgres.pools import DatabaseUnavailable
 from bot.render.home import REFRESH_ACTION, EnvStatus, HostStatus, home_view, message_link
+from bot.slack.context import Context
+from bot.slack.edge import Router
 from bot.state.incidents import open_incidents
 from bot.state.shards import ShardStore
 from bot.visibility import may_view
@@ -33,7 +37,7 @@ HOME_READERS = 8  # hosts read at the same time, for all Home tabs together
 _pool = ThreadPoolExecutor(max_workers=HOME_READERS, thread_name_prefix="pgs-home")
 
 
-def _host_status(rt, env: str, host: str) -> HostStatus:
+def _host_status(rt: Context, env: str, host: str) -> HostStatus:
     is_standby = host != "primary"
     try:
         listing = list_sessions(rt.dbs, env, host, Filters())
@@ -62,14 +66,14 @@ def _host_status(rt, env: str, host: str) -> HostStatus:
         return HostStatus(host=host, error=f"could not be read ({type(exc).__name__})", is_standby=is_standby)
 
 
-def _open_incidents(rt) -> dict[str, list[tuple[str, str, str | None]]]:
+def _open_incidents(rt: Context) -> dict[str, list[tuple[str, str, str | None]]]:
     out: dict[str, list[tuple[str, str, str | None]]] = {}
     for inc in open_incidents(rt.store):
         out.setdefault(inc.env, []).append((inc.host, inc.kind, message_link(inc.channel, inc.message_ts)))
     return out
 
 
-def _watchers(rt) -> dict[str, str] | None:
+def _watchers(rt: Context) -> dict[str, str] | None:
     """Several replicas (bot/fleet/): env -> the replica checking it now; None with one replica."""
     shards = getattr(rt, "shards", None)
     if shards is None or not shards.fleet:
@@ -81,7 +85,7 @@ def _watchers(rt) -> dict[str, str] | None:
         return None
 
 
-def environments(rt, user: str) -> list[EnvStatus]:
+def environments(rt: Context, user: str) -> list[EnvStatus]:
     """The status of every environment ``user`` may see, hosts read concurrently within their deadlines."""
     visible = [e for e in rt.config.environments if may_view(rt.config, rt.directory, user, e)]
     if not visible:
@@ -114,7 +118,7 @@ def environments(rt, user: str) -> list[EnvStatus]:
     return out
 
 
-def waiting_for(rt, user: str) -> list[Request]:
+def waiting_for(rt: Context, user: str) -> list[Request]:
     """Pending requests ``user`` may decide: an approver of the environment, not the requester (unless
     self-approval), and not one who already approved. The buttons re-check all of it."""
     out = []
@@ -133,16 +137,16 @@ def waiting_for(rt, user: str) -> list[Request]:
     return out
 
 
-def my_requests(rt, user: str, limit: int = 15) -> list[Request]:
+def my_requests(rt: Context, user: str, limit: int = 15) -> list[Request]:
     return [rt.policy.shown(r) for r in rt.store.requests_by(user, limit)]
 
 
-def build_home(rt, user: str, notice: str | None = None) -> dict:
+def build_home(rt: Context, user: str, notice: str | None = None) -> dict[str, Any]:
     return home_view(user, waiting_for(rt, user), my_requests(rt, user), environments(rt, user), time.time(),
                      notice=notice)
 
 
-def publish_home(rt, user: str, notice: str | None = None) -> None:
+def publish_home(rt: Context, user: str, notice: str | None = None) -> None:
     """Build and publish ``user``'s Home tab; ``notice``: the answer to their last click, shown on top."""
     if not user:
         return
@@ -159,17 +163,17 @@ def publish_home(rt, user: str, notice: str | None = None) -> None:
         log.warning("views.publish for %s failed: %s", user, type(exc).__name__)
 
 
-def register(app, rt, router) -> None:
+def register(app: App, rt: Context, router: Router) -> None:
     rt.home_refresh = lambda user, notice=None: publish_home(rt, user, notice)
 
     @app.event("app_home_opened")
-    def on_home_opened(ack, event):
+    def on_home_opened(ack: Ack, event: dict[str, Any]) -> None:
         ack()
         if event.get("tab", "home") != "home":
             return
         publish_home(rt, event.get("user") or "")
 
     @app.action(REFRESH_ACTION)
-    def on_refresh(ack, body):
+    def on_refresh(ack: Ack, body: dict[str, Any]) -> None:
         ack()
         publish_home(rt, (body.get("user") or {}).get("id", ""))

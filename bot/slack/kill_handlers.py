@@ -10,28 +10,29 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
+from slack_bolt import Ack, App
+from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot.approval import ids
 from bot.approval.actions import kinds_with_prefix
 from bot.approval.models import Request, RequestState
 from bot.commands import Audit, Pending
+from bot.render.actions import DRAWINGS
 from bot.render.approval import audit_list, pending_list
+from bot.render.common import phrase
+from bot.slack.context import Context
 from bot.slack.edge import Router, channel_of, guarded, tell
-
-if TYPE_CHECKING:
-    from slack_bolt import App
-
-    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 NOT_OURS = ":no_entry_sign: That button is not one the bot drew; nothing was done."
 
 
-def audit_command(cmd: Audit, body: dict) -> str:
+def audit_command(cmd: Audit, body: dict[str, Any]) -> str:
     """The command that shows the page after ``cmd``'s (same filters as typed)."""
     words = ["/pgsessions audit"]
     if cmd.env:
@@ -50,21 +51,21 @@ def audit_command(cmd: Audit, body: dict) -> str:
     return " ".join(words)
 
 
-def register(app: App, rt: Runtime, router: Router) -> None:
+def register(app: App, rt: Context, router: Router) -> None:
     wf = rt.workflow
 
     @app.action(ids.ANY_KILL)
-    def on_kill_click(ack, body, action, respond, client):
+    def on_kill_click(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Callable[..., Any], client: WebClient) -> None:
         ack()
         open_request_form(rt, body, action, respond, client, ids.KILL_PREFIX)
 
     @app.action(ids.ANY_BULK)
-    def on_bulk_click(ack, body, action, respond, client):
+    def on_bulk_click(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Callable[..., Any], client: WebClient) -> None:
         ack()
         open_request_form(rt, body, action, respond, client, ids.BULK_PREFIX)
 
     @app.view(ids.REQUEST_CALLBACK)
-    def on_submit(ack, body, view):
+    def on_submit(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
         user = (body.get("user") or {}).get("id", "")
         try:
             meta = json.loads(view.get("private_metadata") or "{}")
@@ -78,7 +79,7 @@ def register(app: App, rt: Runtime, router: Router) -> None:
         once = f"{view.get('id')}:{view.get('hash') or ''}:{user}" if view.get("id") else None
         result = wf.submit(token, kind, user, channel, reason, once=once)
         if not result.ok:
-            ack(response_action="errors", errors={"reason": f"Not possible: {result.message}."})
+            ack(response_action="errors", errors={"reason": f"Not possible: {phrase(result.message)}."})
             return
         ack()
         if result.request is None:  # a replay: the first submission already posted the request
@@ -88,11 +89,11 @@ def register(app: App, rt: Runtime, router: Router) -> None:
         guarded("posting the approval request")(_post_request)(rt, result.request, user, respond=None)
 
     @app.view_closed(ids.REQUEST_CALLBACK)
-    def on_closed(ack):
+    def on_closed(ack: Ack) -> None:
         ack()
 
     @app.action(ids.ANY_DECIDE)
-    def on_decide(ack, body, action, respond):
+    def on_decide(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Callable[..., Any]) -> None:
         ack()
         user = (body.get("user") or {}).get("id", "")
         channel = channel_of(body)
@@ -109,7 +110,7 @@ def register(app: App, rt: Runtime, router: Router) -> None:
             home(user, notes[-1] if notes else None)
 
     @router.on(Pending)
-    def on_pending(rt_, cmd, body, respond):
+    def on_pending(rt_: Context, cmd: Pending, body: dict[str, Any], respond: Callable[..., Any]) -> None:
         viewer = body.get("user_id") or ""
         refusal = rt.policy.identity_view_refusal(viewer, "requests")
         if refusal:
@@ -120,7 +121,7 @@ def register(app: App, rt: Runtime, router: Router) -> None:
         respond(response_type="ephemeral", **pending_list(allowed, time.time()))
 
     @router.on(Audit)
-    def on_audit(rt_, cmd: Audit, body, respond):
+    def on_audit(rt_: Context, cmd: Audit, body: dict[str, Any], respond: Callable[..., Any]) -> None:
         since = time.time() - cmd.since if cmd.since is not None else None
         offset = (cmd.page - 1) * cmd.limit
         viewer = body.get("user_id") or ""
@@ -148,7 +149,7 @@ def register(app: App, rt: Runtime, router: Router) -> None:
 
 
 def open_request_form(
-    rt: Runtime, body: dict, action: dict, respond: Any, client: Any, prefix: str,
+    rt: Context, body: dict[str, Any], action: dict[str, Any], respond: Any, client: Any, prefix: str,
     verbs: tuple[str, ...] | None = None,
 ) -> None:
     """A Cancel/Terminate/bulk button was clicked: resolve its token on the server and open the form.
@@ -164,11 +165,11 @@ def open_request_form(
         return
     stored, refusal = rt.workflow.target_for(click.token, click.verb, user, channel)
     if stored is None:
-        tell(rt.client, respond, channel, user, f":no_entry_sign: Not possible: {refusal}.")
+        tell(rt.client, respond, channel, user, f":no_entry_sign: Not possible: {phrase(refusal or 'refused')}.")
         return
     environment = rt.config.environments[stored.env]
     kind = rt.workflow.actions[click.verb]
-    view = kind.modal(stored, kind, click.token, channel, environment.access.require_reason)
+    view = DRAWINGS[click.verb].modal(stored, kind, click.token, channel, environment.access.require_reason)
     try:
         client.views_open(trigger_id=body.get("trigger_id"), view=view)
     except SlackApiError as exc:
@@ -176,7 +177,7 @@ def open_request_form(
         tell(rt.client, respond, channel, user, ":warning: Slack did not open the request form in time; please click again.")
 
 
-def _post_request(rt: Runtime, req: Request, user: str, respond: Any = None) -> None:
+def _post_request(rt: Context, req: Request, user: str, respond: Any = None) -> None:
     msg = rt.messages.render(req)
     try:
         resp = rt.client.chat_postMessage(channel=req.channel or "", **msg)
@@ -189,7 +190,7 @@ def _post_request(rt: Runtime, req: Request, user: str, respond: Any = None) -> 
     rt.store.set_message(req.id, resp["channel"], resp["ts"])
 
 
-def _decide(rt: Runtime, request_id: str, user: str, verdict: str, channel: str | None, respond: Any = None) -> None:
+def _decide(rt: Context, request_id: str, user: str, verdict: str, channel: str | None, respond: Any = None) -> None:
     wf = rt.workflow
     result = wf.decide(request_id, user, verdict)
     # the shared message first: it is the record everyone sees; the personal notice is best effort
@@ -199,6 +200,6 @@ def _decide(rt: Runtime, request_id: str, user: str, verdict: str, channel: str 
         done = wf.execute(result.request)
         rt.messages.redraw(done.request or result.request)
     if not result.ok:
-        tell(rt.client, respond, channel, user, f":no_entry_sign: {result.message}")
+        tell(rt.client, respond, channel, user, f":no_entry_sign: {phrase(result.message)}")
     elif result.tell:
-        tell(rt.client, respond, channel, user, f":information_source: {result.message}")
+        tell(rt.client, respond, channel, user, f":information_source: {phrase(result.message)}")

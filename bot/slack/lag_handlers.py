@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bot.approval import tokens as button_tokens
 from bot.commands import ShowLag
@@ -17,10 +17,8 @@ from bot.lagwatch.model import Culprit, StandbyLag, Unreachable
 from bot.postgres.models import hide_query
 from bot.render.common import esc
 from bot.render.lag import MAX_CULPRITS_SHOWN, render_lag_listing
+from bot.slack.context import Context
 from bot.slack.edge import Router, post_message
-
-if TYPE_CHECKING:
-    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +30,7 @@ def _without_queries(m: StandbyLag) -> StandbyLag:
     return dataclasses.replace(m, culprits=hide(m.culprits), suspects=hide(m.suspects))
 
 
-def handle_lag(rt: Runtime, cmd: ShowLag, body: dict, respond: Any) -> None:
+def handle_lag(rt: Context, cmd: ShowLag, body: dict, respond: Any) -> None:
     environment = rt.config.environments[cmd.env]
     if not environment.standbys:
         respond(
@@ -77,5 +75,5 @@ def handle_lag(rt: Runtime, cmd: ShowLag, body: dict, respond: Any) -> None:
     post_message(rt.client, channel, msg, respond)
 
 
-def register(rt: Runtime, router: Router) -> None:
+def register(rt: Context, router: Router) -> None:
     router.on(ShowLag)(handle_lag)

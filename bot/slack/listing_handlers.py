@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -15,11 +16,10 @@ from bot.postgres.activity import list_sessions
 from bot.postgres.models import Listing, hide_query
 from bot.postgres.pools import DatabaseUnavailable
 from bot.render.common import context
+from bot.render.errors import unavailable
 from bot.render.listing import render_listing
-from bot.slack.edge import ListingExtra, Router, post_message
-
-if TYPE_CHECKING:
-    from bot.runtime import Runtime
+from bot.slack.context import Context
+from bot.slack.edge import CommandHandler, ListingExtra, Router, post_message
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,10 @@ STORE_DOWN = (
 )
 
 
-def make_handle_list(extras: list[ListingExtra]):
+def make_handle_list(extras: list[ListingExtra]) -> CommandHandler:
     """The listing handler; ``extras`` add blocks under a listing (e.g. the bulk 'Terminate these N')."""
 
-    def handle_list(rt: Runtime, cmd: ListSessions, body: dict, respond: Any) -> None:
+    def handle_list(rt: Context, cmd: ListSessions, body: dict[str, Any], respond: Callable[..., Any]) -> None:
         environment = rt.config.environments[cmd.env]
         channel = body.get("channel_id")
         user = body.get("user_id")
@@ -42,13 +42,13 @@ def make_handle_list(extras: list[ListingExtra]):
             listing: Listing = replace(read, sessions=tuple(rt.policy.mark(cmd.env, read.sessions)))
         except DatabaseUnavailable as exc:
             log.warning("listing %s/%s failed: %s", cmd.env, cmd.host, exc.reason)
-            respond(response_type="ephemeral", text=f":warning: Could not list sessions: {exc}")
+            respond(response_type="ephemeral", text=f":warning: Could not list sessions: {unavailable(exc)}")
             return
         limit = environment.listing.max_sessions
         disabled = rt.policy.signalling_off(cmd.env)
         tokens: dict[int, str] = {}
         details_tokens: dict[int, str] = {}
-        extra_blocks: list[dict] = []
+        extra_blocks: list[dict[str, Any]] = []
         try:
             issued = button_tokens.issue(rt.store, cmd.env, cmd.host, channel, user, listing.sessions[:limit],
                                          kill=disabled is None)
@@ -77,5 +77,5 @@ def make_handle_list(extras: list[ListingExtra]):
     return handle_list
 
 
-def register(rt: Runtime, router: Router) -> None:
+def register(rt: Context, router: Router) -> None:
     router.on(ListSessions)(make_handle_list(router.listing_extras))

@@ -7,6 +7,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -14,6 +15,7 @@ from slack_sdk.errors import SlackApiError
 from bot.approval.actions import ACTIONS, ActionKind
 from bot.approval.models import Request, RequestState, with_queries_redacted
 from bot.config import Config
+from bot.render.actions import DRAWINGS, Drawing
 from bot.render.approval import still_can_approve
 from bot.render.common import context
 from bot.state.store import StateStore
@@ -31,18 +33,20 @@ def _rank(state: RequestState) -> int:
 
 class RequestMessages:
     def __init__(
-        self, client: WebClient, store: StateStore, config: Config, actions: Mapping[str, ActionKind] = ACTIONS
+        self, client: WebClient, store: StateStore, config: Config, actions: Mapping[str, ActionKind] = ACTIONS,
+        drawings: Mapping[str, Drawing] = DRAWINGS,
     ):
         self.client = client
         self.store = store
         self.config = config
         self.actions = actions
+        self.drawings = drawings
         # (counted, no longer counted) approvals of a pending request: the workflow's, set once it exists
         self.count_approvals: Callable[[Request, list[str]], tuple[list[str], list[str]]] | None = None
         # called after every redraw (the one place every state change passes): the nudges feature
         self.after_redraw: Callable[[Request], None] | None = None
 
-    def render(self, req: Request) -> dict:
+    def render(self, req: Request) -> dict[str, Any]:
         environment = self.config.env(req.env)
         cfg_approvers = environment.access.approvers if environment else []
         required = environment.access.approvals_required if environment else 1
@@ -59,7 +63,7 @@ class RequestMessages:
         if environment is not None and environment.redact_queries:  # also texts stored before it was on
             req = with_queries_redacted(req)
         kind = self.actions[req.action]
-        msg = kind.renderer(req, kind, approvals, required, cfg_approvers)
+        msg = self.drawings[req.action].message(req, kind, approvals, required, cfg_approvers)
         if dropped and req.state == RequestState.PENDING and len(msg["blocks"]) < 50:
             msg["blocks"].insert(-2, context(
                 "No longer counted (not approvers any more): " + ", ".join(f"<@{a}>" for a in dropped)

@@ -19,11 +19,16 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
+from slack_bolt import App
 from slack_sdk.errors import SlackApiError
+from slack_sdk.web import SlackResponse
 
 from bot.approval.models import Request, RequestState
 from bot.render.nudges import expired_note, outcome_dm, reminder
+from bot.slack.context import Context
+from bot.slack.edge import Router
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +36,10 @@ NOTIFY_STATES = (RequestState.DONE, RequestState.FAILED, RequestState.DENIED, Re
 REMIND_EVERY = 5.0  # seconds between checks for due reminders
 
 
-def _call(rt, what: str, method: str, **kwargs):
+def _call(rt: Context, what: str, method: str, **kwargs: Any) -> SlackResponse | None:
     try:
-        return getattr(rt.client, method)(**kwargs)
+        response: SlackResponse = getattr(rt.client, method)(**kwargs)
+        return response
     except SlackApiError as exc:
         log.warning("could not %s: %s", what, exc.response.get("error"))
     except Exception as exc:  # Slack unreachable after retries: a nudge is best effort
@@ -41,7 +47,7 @@ def _call(rt, what: str, method: str, **kwargs):
     return None
 
 
-def permalink(rt, channel: str | None, ts: str | None) -> str | None:
+def permalink(rt: Context, channel: str | None, ts: str | None) -> str | None:
     if not channel or not ts:
         return None
     resp = _call(rt, "get a permalink", "chat_getPermalink", channel=channel, message_ts=ts)
@@ -55,7 +61,7 @@ def notice_key(req: Request) -> str:
     return f"dm:{req.id}"
 
 
-def after_redraw(rt, req: Request) -> None:
+def after_redraw(rt: Context, req: Request) -> None:
     """Tell the requester about a final outcome, and note an expiry in the request's thread."""
     try:
         state = req.state
@@ -75,7 +81,7 @@ def after_redraw(rt, req: Request) -> None:
 # --- the approvers' reminder ----------------------------------------------------------------------
 
 
-def remind_due(rt, now: float | None = None) -> int:
+def remind_due(rt: Context, now: float | None = None) -> int:
     """Remind the approvers of every pending request past half of its time to live; returns how many."""
     now = time.time() if now is None else now
     sent = 0
@@ -96,7 +102,7 @@ def remind_due(rt, now: float | None = None) -> int:
     return sent
 
 
-def register(app, rt, router) -> None:
+def register(app: App, rt: Context, router: Router) -> None:
     rt.scheduler.add_job(
         lambda: remind_due(rt), "interval", seconds=REMIND_EVERY, id="pgs-request-reminders", replace_existing=True
     )

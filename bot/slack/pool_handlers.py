@@ -4,7 +4,7 @@ the pools whose clients wait (Details / Terminate as in a listing)."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -12,11 +12,10 @@ from bot.approval import tokens as button_tokens
 from bot.commands import ShowPools
 from bot.postgres.pooler_view import read_pool_view
 from bot.postgres.pools import DatabaseUnavailable
+from bot.render.errors import unavailable
 from bot.render.pools import render_pools
+from bot.slack.context import Context
 from bot.slack.edge import Router, post_message
-
-if TYPE_CHECKING:
-    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +26,7 @@ def no_poolers(env: str, host: str) -> str:
             "(`dsn: host=… dbname=pgbouncer user=…`" + ("" if host == "primary" else f", `host: {host}`") + ").")
 
 
-def handle_pools(rt: Runtime, cmd: ShowPools, body: dict, respond: Any) -> None:
+def handle_pools(rt: Context, cmd: ShowPools, body: dict[str, Any], respond: Any) -> None:
     environment = rt.config.environments[cmd.env]
     channel, user = body.get("channel_id"), body.get("user_id")
     if not any(p.host == cmd.host for p in environment.poolers.values()):
@@ -37,7 +36,7 @@ def handle_pools(rt: Runtime, cmd: ShowPools, body: dict, respond: Any) -> None:
         view = read_pool_view(rt.dbs, cmd.env, cmd.host)
     except DatabaseUnavailable as exc:
         log.warning("pool %s/%s failed: %s", cmd.env, cmd.host, exc.reason)
-        respond(response_type="ephemeral", text=f":warning: Could not read the sessions holding the pools: {exc}")
+        respond(response_type="ephemeral", text=f":warning: Could not read the sessions holding the pools: {unavailable(exc)}")
         return
     disabled = rt.policy.signalling_off(cmd.env)
     holders = [s for row in view.pools for s in row.holders]
@@ -55,5 +54,5 @@ def handle_pools(rt: Runtime, cmd: ShowPools, body: dict, respond: Any) -> None:
     post_message(rt.client, channel, msg, respond)
 
 
-def register(rt: Runtime, router: Router) -> None:
+def register(rt: Context, router: Router) -> None:
     router.on(ShowPools)(handle_pools)

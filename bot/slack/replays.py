@@ -28,8 +28,8 @@ from slack_sdk.socket_mode.builtin import SocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 
-from bot.runtime import Runtime
-from bot.slack.events import EventDedupe
+from bot.slack.context import Context
+from bot.slack.dedupe import EventDedupe
 from bot.state.store import DELIVERY_WINDOW
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def envelope_key(envelope_id: str) -> str:
 class Deliveries:
     """Which requests were served already: this replica's memory, then the state store (all replicas)."""
 
-    def __init__(self, rt: Runtime, window: float = REPLAY_WINDOW):
+    def __init__(self, rt: Context, window: float = REPLAY_WINDOW):
         self.rt = rt
         self.window = window
         self.local = EventDedupe(ttl=window)
@@ -82,7 +82,7 @@ class Deliveries:
             return True
 
 
-def register(app: App, rt: Runtime) -> Deliveries:
+def register(app: App, rt: Context) -> Deliveries:
     """Install the middleware that drops replayed slash commands and clicks (after Bolt's signature check)."""
     deliveries = Deliveries(rt)
 

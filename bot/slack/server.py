@@ -15,17 +15,20 @@ import resource
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
 from urllib.parse import parse_qs
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
+from prometheus_client import start_http_server
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk.signature import SignatureVerifier
 from waitress.server import create_server
 
 from bot.logs import instrument_bolt, new_request_id, request_context
-from bot.metrics import ACK_SECONDS, SLACK_REQUESTS, wsgi_app
-from bot.runtime import Runtime
+from bot.metrics import ACK_SECONDS, REGISTRY, SLACK_REQUESTS, wsgi_app
+from bot.slack.context import Context
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +59,15 @@ def _kind(body: bytes) -> str:
     return "other"
 
 
-def _instrumented(slack, verify=None):
+OptExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
+# (body, environ) -> the request carries a valid Slack signature
+Verifier = Callable[[bytes, WSGIEnvironment], bool]
+
+
+def _instrumented(slack: WSGIApplication, verify: Verifier | None = None) -> WSGIApplication:
     """Around Bolt's WSGI handler: a request id for the logs, the ack latency and count for /metrics."""
 
-    def handle(environ, start_response):
+    def handle(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         started = time.monotonic()
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -80,7 +88,7 @@ def _instrumented(slack, verify=None):
         status_seen = ["000"]
         rid = new_request_id(environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP"))
 
-        def start(status, headers, exc_info=None):
+        def start(status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None) -> Callable[[bytes], object]:
             status_seen[0] = status.split(" ", 1)[0]
             return start_response(status, [*headers, ("X-Request-Id", rid)], exc_info)
 
@@ -110,10 +118,10 @@ def _instrumented(slack, verify=None):
     return handle
 
 
-def _verifier(rt: Runtime):
+def _verifier(rt: Context) -> Verifier:
     checker = SignatureVerifier(rt.slack.signing_secret or "")
 
-    def verify(body: bytes, environ) -> bool:
+    def verify(body: bytes, environ: WSGIEnvironment) -> bool:
         try:
             return bool(rt.slack.signing_secret) and checker.is_valid(
                 body, environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP", ""), environ.get("HTTP_X_SLACK_SIGNATURE", "")
@@ -131,7 +139,9 @@ def _authorized(environ: Mapping[str, object], token: str | None) -> bool:
     return hmac.compare_digest(sent.encode(), f"Bearer {token}".encode())
 
 
-def make_wsgi(rt: Runtime, app: App | None, serve_metrics: bool = True, metrics_token: str | None = None):
+def make_wsgi(
+    rt: Context, app: App | None, serve_metrics: bool = True, metrics_token: str | None = None
+) -> WSGIApplication:
     """The main port's WSGI app; ``serve_metrics``: /metrics is served here too (with ``metrics_token``,
     only to requests that carry ``Authorization: Bearer <token>``)."""
     if app is not None:
@@ -139,7 +149,7 @@ def make_wsgi(rt: Runtime, app: App | None, serve_metrics: bool = True, metrics_
     slack = _instrumented(SlackRequestHandler(app, path=EVENTS_PATH), _verifier(rt)) if app is not None else None
     metrics_app = wsgi_app() if serve_metrics else None
 
-    def wsgi(environ, start_response):
+    def wsgi(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
         if path == "/healthz" and method in ("GET", "HEAD"):
@@ -245,16 +255,12 @@ class HttpServer:
     high enough that a flood of idle sockets does not lock Slack or the health check out.
     """
 
-    def __init__(self, rt: Runtime, app: App | None, host: str = "0.0.0.0", port: int = 3000, threads: int = 16,
+    def __init__(self, rt: Context, app: App | None, host: str = "0.0.0.0", port: int = 3000, threads: int = 16,
                  metrics: tuple[str, int] | None = None, channel_timeout: int = CHANNEL_TIMEOUT,
                  cleanup_interval: int = CLEANUP_INTERVAL, metrics_token: str | None = None):
         self.metrics_server = None
         self.metrics_error: str | None = None
         if metrics is not None:
-            from prometheus_client import start_http_server
-
-            from bot.metrics import REGISTRY
-
             try:
                 self.metrics_server, _ = start_http_server(metrics[1], addr=metrics[0], registry=REGISTRY)
             except OSError as exc:  # in use, or no such address: the bot serves Slack anyway, without /metrics

@@ -7,8 +7,10 @@ Every post says ``unfurl_links: false`` and ``unfurl_media: false`` (:class:`Qui
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
+from slack_bolt import App, BoltContext, BoltResponse
 from slack_bolt.context.respond import Respond
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import (
@@ -16,6 +18,7 @@ from slack_sdk.http_retry.builtin_handlers import (
     RateLimitErrorRetryHandler,
     ServerErrorRetryHandler,
 )
+from slack_sdk.http_retry.handler import RetryHandler
 from slack_sdk.web import SlackResponse
 from slack_sdk.webhook import WebhookResponse
 
@@ -29,7 +32,7 @@ def normalize_api_url(url: str | None) -> str:
     return url if url.endswith("/") else url + "/"
 
 
-def retry_handlers() -> list:
+def retry_handlers() -> list[RetryHandler]:
     return [
         ConnectionErrorRetryHandler(max_retry_count=2),
         RateLimitErrorRetryHandler(max_retry_count=5),
@@ -74,12 +77,11 @@ def quiet_copy(client: WebClient) -> QuietWebClient:
     )
 
 
-def install_quiet_respond(app: Any) -> None:
+def install_quiet_respond(app: App) -> None:
     """A Bolt middleware: every listener's ``client`` is a :class:`QuietWebClient` and its ``respond`` a
     :class:`QuietRespond` (Bolt sets plain ones on every request's context before any middleware runs)."""
 
-    @app.middleware
-    def quiet_respond(context: Any, next: Any) -> Any:  # Bolt passes them by these names
+    def quiet_respond(context: BoltContext, next: Callable[[], BoltResponse]) -> BoltResponse:  # Bolt passes them by these names
         client = context.get("client")
         if isinstance(client, WebClient) and not isinstance(client, QuietWebClient):
             context["client"] = quiet_copy(client)
@@ -87,6 +89,8 @@ def install_quiet_respond(app: Any) -> None:
             context["respond"] = QuietRespond(response_url=context.response_url, proxy=context.client.proxy,
                                               ssl=context.client.ssl)
         return next()
+
+    app.middleware(quiet_respond)
 
 
 def make_web_client(token: str | None, api_url: str | None) -> WebClient:

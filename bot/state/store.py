@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import secrets as pysecrets
 import time
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -20,16 +18,14 @@ from typing import Any
 
 from sqlalchemy import (
     and_,
-    create_engine,
     delete,
-    event,
     func,
     insert,
     or_,
     select,
     update,
 )
-from sqlalchemy.engine import Connection, Engine, RowMapping, make_url
+from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from bot.approval.models import (
@@ -44,7 +40,11 @@ from bot.approval.models import (
     request_from_dict,
     with_kind,
 )
+from bot.state import audit as audit_records
 from bot.state import migrate
+from bot.state.engine import _pg_connect_args as _pg_connect_args  # re-exported for the tests
+from bot.state.engine import create_state_engine
+from bot.state.engine import new_id as new_id  # re-exported: bot.state.incidents, bot.watch.incidents
 from bot.state.schema import (  # noqa: F401 - re-exported: the tables are imported from here
     approvals,
     audit,
@@ -63,135 +63,16 @@ DERIVED_COLUMNS = tuple(outcome_columns(None))
 # Requests in these states are finished: retention may purge them (never an open one).
 FINISHED_STATES = ("done", "failed", "denied", "withdrawn", "expired")
 
-# Bounds on every PostgreSQL state connection (libpq keywords), so that a hung or unreachable state
-# server costs bounded time; a value given in the state URL wins.
-PG_CONNECT_ARGS: dict[str, Any] = {
-    "connect_timeout": 5,
-    "tcp_user_timeout": 10_000,  # ms without an ACK before the kernel drops the connection
-    "keepalives": 1,
-    "keepalives_idle": 10,
-    "keepalives_interval": 5,
-    "keepalives_count": 3,
-}
-PG_STATEMENT_TIMEOUT_MS = 5000
-# A replica paused (SIGSTOP, a VM freeze) inside a state transaction would hold its row locks (a lease
-# row: bot/fleet/) until it resumes; the server ends such a session after this long idle in it. The
-# bot's transactions never wait on anything but the state store itself.
-PG_IDLE_IN_TRANSACTION_MS = 15000
 # How long a signed Slack request (or a Socket Mode envelope) is remembered as served: Slack's signatures
 # are good for 5 minutes, a claim is kept a minute longer (bot.slack.replays)
 DELIVERY_WINDOW = 360.0
-
-
-def new_id(nbytes: int = 12) -> str:
-    return pysecrets.token_urlsafe(nbytes)
-
-
-def _engine_url(url: str) -> str:
-    if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://") :]
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return url
-
-
-def _sqlite_path(url: str) -> str | None:
-    """The file behind a ``sqlite:///`` URL; None for an in-memory database."""
-    db = make_url(url).database
-    if not db or db == ":memory:" or db.startswith("file:"):
-        return None
-    return db
-
-
-def _create_private_file(path: str) -> None:
-    """Create the SQLite file readable only by its owner before SQLite does (with the umask's mode).
-
-    SQLite gives the -wal and -shm files the permissions of the database file.
-    """
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
-    os.close(fd)
-    os.chmod(path, 0o600)  # whatever the umask
-
-
-def _pg_connect_args(url: str) -> dict[str, Any]:
-    query = make_url(url).query
-    args = {k: v for k, v in PG_CONNECT_ARGS.items() if k not in query}
-    args["application_name"] = query.get("application_name", "pgsessions-state")
-    timeout = (f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS} "
-               f"-c idle_in_transaction_session_timeout={PG_IDLE_IN_TRANSACTION_MS}")
-    given = query.get("options")
-    if isinstance(given, tuple):
-        given = " ".join(given)
-    if given and "statement_timeout" in given:
-        args["options"] = given
-    else:
-        args["options"] = f"{given} {timeout}" if given else timeout
-    return args
-
-
-def _server_message_only(ctx: Any) -> None:
-    """Keep only the server's primary message in a state error: its DETAIL/HINT/CONTEXT lines can quote
-    the row (``Key (token)=(...) already exists``, ``Failing row contains (...)``), i.e. the values that
-    ``hide_parameters`` keeps out of the SQLAlchemy message. The fields stay readable in ``orig.diag``."""
-    orig = ctx.original_exception
-    diag = getattr(orig, "diag", None)
-    primary = getattr(diag, "message_primary", None)
-    if not primary or not orig.args or str(orig.args[0]) == primary:
-        return
-    orig.args = (primary,)
-    exc = ctx.sqlalchemy_exception
-    if exc is not None and exc.args:
-        exc.args = (f"({orig.__class__.__module__}.{orig.__class__.__name__}) {primary}",) + tuple(exc.args[1:])
 
 
 class StateStore:
     def __init__(self, url: str):
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        if self.is_sqlite:
-            path = _sqlite_path(url)
-            if path is not None:
-                _create_private_file(path)
-            engine = create_engine(
-                url,
-                connect_args={"check_same_thread": False, "timeout": 30},
-                pool_pre_ping=False,
-                hide_parameters=True,
-            )
-
-            @event.listens_for(engine, "connect")
-            def _on_connect(dbapi_conn: Any, _record: Any) -> None:  # pragma: no cover - wiring
-                dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
-                cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute("PRAGMA synchronous=NORMAL")
-                cur.execute("PRAGMA busy_timeout=30000")
-                cur.close()
-
-            @event.listens_for(engine, "begin")
-            def _on_begin(conn: Connection) -> None:  # pragma: no cover - wiring
-                # Writers serialise at BEGIN (no deadlock upgrading a read lock); readers take no lock:
-                # in WAL mode a deferred read transaction never waits for a writer.
-                if conn.get_execution_options().get("pgs_write"):
-                    conn.exec_driver_sql("BEGIN IMMEDIATE")
-                else:
-                    conn.exec_driver_sql("BEGIN")
-
-        else:
-            engine = create_engine(
-                _engine_url(url),
-                pool_pre_ping=True,
-                pool_size=5,
-                max_overflow=10,
-                pool_timeout=10,
-                hide_parameters=True,
-                connect_args=_pg_connect_args(url),
-            )
-
-        event.listen(engine, "handle_error", _server_message_only)
+        engine = create_state_engine(url)
         # Plain engine.connect() reads (deferred BEGIN on SQLite); tx() writes (BEGIN IMMEDIATE).
         self.engine: Engine = engine
         self._writer: Engine = engine.execution_options(pgs_write=True)
@@ -608,52 +489,20 @@ class StateStore:
             ).rowcount
         return removed
 
-    # --- audit --------------------------------------------------------------------------------------
+    # --- audit (the statements: bot.state.audit) ----------------------------------------------------
 
     def add_audit(self, conn: Connection | None = None, **values: Any) -> None:
-        from bot.audit_export import log_audit  # one structured log line per audit event
-
-        values.setdefault("at", time.time())
-        log_audit(values)
         if conn is not None:
-            conn.execute(insert(audit).values(**values))
+            audit_records.add(conn, values)
             return
         with self.tx() as c:
-            c.execute(insert(audit).values(**values))
+            audit_records.add(c, values)
 
     def add_audit_many(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        from bot.audit_export import log_audit
-
-        now = time.time()
-        rows = [{"at": now, **r} for r in rows]
-        for r in rows:
-            log_audit(r)
         with self.tx() as c:
-            c.execute(insert(audit), rows)
-
-    @staticmethod
-    def _audit_where(
-        env: str | None, since: float | None, actor: str | None, action: str | None,
-        envs: Collection[str | None] | None = None, request_id: str | None = None,
-    ) -> list[Any]:
-        """The conditions of an audit query (the entries and their counts select the same ones)."""
-        where: list[Any] = []
-        if env is not None:
-            where.append(audit.c.env == env)
-        if envs is not None:
-            named = audit.c.env.in_([e for e in envs if e is not None])
-            where.append(or_(named, audit.c.env.is_(None)) if None in envs else named)
-        if request_id is not None:
-            where.append(audit.c.request_id == request_id)
-        if since is not None:
-            where.append(audit.c.at >= since)
-        if actor is not None:
-            where.append(audit.c.actor == actor)
-        if action is not None:
-            where.append(audit.c.event.like(f"{action}:%"))
-        return where
+            audit_records.add_many(c, rows)
 
     def audit_entries(
         self,
@@ -667,25 +516,31 @@ class StateStore:
         offset: int = 0,
         envs: Collection[str | None] | None = None,
     ) -> list[dict[str, Any]]:
-        """The newest entries first. ``envs``: only entries of these environments (None among them: entries
-        of no environment), so that a page of a viewer's audit is full of entries the viewer may see."""
-        stmt = (select(audit).where(*self._audit_where(env, since, actor, action, envs, request_id))
-                .order_by(audit.c.id.desc()).limit(limit).offset(offset))
+        """The newest entries first (:func:`bot.state.audit.entries`)."""
         with self.read() as c:
-            return [dict(r) for r in c.execute(stmt).mappings()]
+            return audit_records.entries(c, env, limit, request_id, since=since, actor=actor, action=action,
+                                         offset=offset, envs=envs)
 
     def audit_counts(
         self, env: str | None = None, *, since: float | None = None, actor: str | None = None,
         action: str | None = None,
     ) -> dict[str | None, int]:
         """How many audit entries match, per environment (so hidden environments can be left out)."""
-        stmt = select(audit.c.env, func.count()).where(*self._audit_where(env, since, actor, action)).group_by(audit.c.env)
         with self.read() as c:
-            return {e: int(n) for e, n in c.execute(stmt)}
+            return audit_records.counts(c, env, since=since, actor=actor, action=action)
 
     def audit_count(self) -> int:
         with self.read() as c:
-            return int(c.execute(select(func.count()).select_from(audit)).scalar_one())
+            return audit_records.count(c)
+
+    def audit_export(
+        self, *, env: str | None = None, since: float | None = None, user: str | None = None,
+        action: str | None = None, limit: int | None = None, now: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Audit rows with their request's requester (:func:`bot.state.audit.export_rows`)."""
+        with self.read() as c:
+            return audit_records.export_rows(c, env=env, since=since, user=user, action=action, limit=limit,
+                                             now=now)
 
     # --- leader lease -------------------------------------------------------------------------------
 
