@@ -50,9 +50,10 @@ def bot(request, pg, fake_slack, pg_state_url):
     if state:
         # a clean state store per test
         with psycopg.connect(pg_state_url, autocommit=True) as c:
-            for t in ("pgs_targets", "pgs_requests", "pgs_approvals", "pgs_audit", "pgs_incidents", "pgs_leases",
-                      "pgs_outbox", "pgs_alembic_version"):
-                c.execute(f"DROP TABLE IF EXISTS {t}")
+            # every table of the state store, whichever migrations made them (the next test upgrades from none)
+            tables = [r[0] for r in c.execute(r"SELECT tablename FROM pg_tables WHERE tablename LIKE 'pgs\_%'")]
+            for t in tables:
+                c.execute(psycopg.sql.SQL("DROP TABLE IF EXISTS {}").format(psycopg.sql.Identifier(t)))
     fake_slack.usergroups = {"S0DBAS": ["U7", "U8"]}
     b = BotUnderTest(cfg(pg), fake_slack, state=state).start()
     yield b
