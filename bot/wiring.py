@@ -38,7 +38,7 @@ def register_features(app: App, rt: Runtime, router: Router) -> None:
     replays.register(app, rt)  # a replayed signed slash command or click does nothing
     nudges.register(app, rt, router)  # the requester's DM, the approvers' reminder
     home_handlers.register(app, rt, router)  # the App Home tab
-    watch_handlers.register(app, rt, router)  # the session watch's jobs and its Acknowledge button
+    watch_handlers.register(app, rt, router)  # every alert's Acknowledge button
     pool_handlers.register(rt, router)  # `/pgsessions <env> pool` (PgBouncer, issue 25)
 
 

@@ -14,8 +14,9 @@ then delivered, per key (the incident id), in the order it was queued.
 * Retry with backoff on 5xx, connection errors, timeouts and unknown errors; 429 pauses every delivery
   for ``Retry-After``. A call is given up (state ``failed``, one log line) only on errors that can never
   succeed: :data:`PERMANENT_ERRORS`.
-* Used by the lag watcher and the session watch (keys are incident ids). Each delivers with its own
-  leader's job (``lagwatch:outbox``, ``watch:outbox``), so two deliverers may run at once: a row is
+* Used by the lag watcher and the session watch (keys are incident ids), delivered by the one alert
+  shell's job (``alerts:outbox``); across a handover, or with an Acknowledge note sent at once, two
+  deliverers may run at once: a row is
   *claimed* before it is sent, by one conditional UPDATE (still pending, same ``attempts`` as read, not
   claimed by someone else), and only the deliverer whose UPDATE changed the row sends it. A key whose
   oldest row is claimed or backing off waits whole, so its order holds across deliverers.
