@@ -292,7 +292,8 @@ def test_healthz(bot):
     import urllib.request
 
     with urllib.request.urlopen(bot.url + "/healthz", timeout=5) as r:
-        assert r.status == 200 and r.read() == b"ok\n"
+        # the first line is the liveness answer; the second says whether the state store answers (issue 23 §6)
+        assert r.status == 200 and r.read() == b"ok\nstate store: up\n"
 
 
 def test_a_thousand_connections_render_within_slacks_limits(pg, fake_slack):
