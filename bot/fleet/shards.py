@@ -213,6 +213,11 @@ class Shards:
     def _on_shutdown(self, _event: object) -> None:
         self.stop()
 
+    @property
+    def store_down(self) -> bool:
+        """The last tick could not reach the state store (the environments owned are kept meanwhile)."""
+        return self._store_down
+
     def tick(self) -> None:
         """Beat, then release, renew and take environment leases (the scheduler job)."""
         gw = self.gateway
@@ -316,6 +321,12 @@ class FleetLease:
 
     def is_leader(self) -> bool:
         return self.shards.owns_any()
+
+    @property
+    def through_outage(self) -> bool:
+        """Leading through a state-store outage: the environments this replica owned are still checked
+        (as :attr:`bot.state.lease.LeaderLease.through_outage` for one leader)."""
+        return self.shards.store_down and self.shards.owns_any()
 
     def stop(self) -> None:
         self.shards.stop()
