@@ -187,7 +187,7 @@ def test_two_processes_share_one_state_store(replicas, pg):
         assert a.port != b.port
         for proc in (a, b):
             status, _, body = proc.get("/healthz")
-            assert (status, body) == (200, "ok\n")
+            assert (status, body) == (200, "ok\nstate store: up\n")  # and whether the state store answers
             # /metrics: on the replica's own loopback listener, not on the Slack port (issue 23 §14)
             status, ctype, metrics = proc.get("/metrics", port=proc.metrics_port)
             assert status == 200 and ctype.startswith("text/plain")
