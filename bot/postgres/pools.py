@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import select
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 import psycopg
+from prometheus_client import Histogram
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from bot.config import Config, Environment
@@ -136,6 +139,21 @@ def _configure(conn: GuardedConnection, statement_timeout: float) -> None:
     )
 
 
+def _quiet(conn: psycopg.Connection) -> bool:
+    """Whether an idle pooled connection looks usable without a round trip: open, outside a transaction,
+    and nothing arrived on its socket since it was last used (a server that ends a backend, restarts or
+    shuts down sends an error and closes the socket first, which makes it readable). A zero-timeout
+    poll, so no deadline applies; a backend that froze is cut by the statement's own deadline."""
+    try:
+        if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
+            return False
+        poller = select.poll()  # not select.select: a fleet's descriptors pass 1024
+        poller.register(conn.pgconn.socket, select.POLLIN | select.POLLPRI)
+        return not poller.poll(0)
+    except (OSError, ValueError, psycopg.Error):
+        return False
+
+
 def _discard(conn: psycopg.Connection) -> None:
     try:
         conn.close()
@@ -241,6 +259,7 @@ class Databases:
         self._keepers: list[threading.Thread] = []
         # one reserved connection per server (environments that reach it alike share it)
         self._reserved_of: dict[tuple[str, float, float], _Reserved] = {}
+        self._timers: dict[tuple[str, str, str], Histogram] = {}
 
     def _environment(self, env: str) -> Environment:
         environment = self.config.env(env)
@@ -405,7 +424,16 @@ class Databases:
                 seen.append(exc)
             raise
         finally:
-            DB_QUERY_SECONDS.labels(env, host, op).observe(time.monotonic() - started)
+            self._timer(env, host, op).observe(time.monotonic() - started)
+
+    def _timer(self, env: str, host: str, op: str) -> Histogram:
+        """The ``pgsessions_db_query_seconds`` child of one (env, host, op), looked up once (``labels()``
+        costs a lock and a tuple of strings per call)."""
+        key = (env, host, op)
+        child = self._timers.get(key)
+        if child is None:
+            child = self._timers[key] = DB_QUERY_SECONDS.labels(env, host, op)
+        return child
 
     @contextmanager
     def _connection(self, env: str, host: str) -> Iterator[psycopg.Connection]:
@@ -490,7 +518,14 @@ class Databases:
                             entry.gate.mark_hung()
                         raise DatabaseUnavailable(env, host, reason) from None
                 continue
-            # a bounded liveness check (the pool's own check would wait on a frozen backend forever)
+            if _quiet(conn):
+                # nothing came from the server since the last use: no round trip (a check's whole CPU
+                # budget is a millisecond); a backend that froze meanwhile is cut at the statement's deadline
+                conn.pgs_limit = entry.limit
+                entry.gate.mark_answering()
+                return conn, "pool"
+            # the server said something (an error, the end of the backend): a bounded liveness check (the
+            # pool's own check would wait on a frozen backend forever)
             conn.pgs_limit = min(CHECK_LIMIT, entry.limit)
             try:
                 conn.execute("")
