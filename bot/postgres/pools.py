@@ -61,6 +61,7 @@ SUSPECT_FOR = 30.0  # seconds a host that overran a deadline gets only one call 
 SUSPECT_WAIT = 0.2  # seconds a call waits for its turn on such a host
 PROBE_EVERY = 2.0  # seconds between attempts at a new connection while a server is out of slots
 RESERVED_CHECK_EVERY = 5.0  # seconds between health checks of the reserved connections
+KEEPER_SHARE = 25  # servers whose reserved connections one keeper thread tends in turn
 
 
 def tcp_params(connect_timeout: float, statement_timeout: float) -> dict[str, int]:
@@ -312,7 +313,9 @@ class Databases:
     def keep_reserved(self) -> None:
         """Open one reserved connection per configured server now (in the background) and keep it open.
 
-        Environments whose host has the same connection string and timeouts share it (one keeper each)."""
+        Environments whose host has the same connection string and timeouts share it. A keeper thread
+        tends up to :data:`KEEPER_SHARE` servers in turn (each tending is bounded by the connect timeout
+        and :data:`CHECK_LIMIT`): a fleet of 2000 hosts costs 80 threads, not 2000."""
         with self._lock:
             if self._keepers or self._closed:
                 return
@@ -320,19 +323,24 @@ class Databases:
             for env, e in self.config.environments.items():
                 for host in e.hosts():
                     servers.setdefault(self.server_key(env, host), (env, host))
-            for env, host in servers.values():
-                t = threading.Thread(target=self._keep, args=(env, host), name=f"pgs-reserved-{env}/{host}",
-                                     daemon=True)
-                self._keepers.append(t)
+            todo = list(servers.values())
+            n = math.ceil(len(todo) / KEEPER_SHARE)
+            for i in range(n):
+                share = todo[i::n]
+                name = f"pgs-reserved-{share[0][0]}/{share[0][1]}" + (f"+{len(share) - 1}" if len(share) > 1 else "")
+                self._keepers.append(threading.Thread(target=self._keep, args=(share,), name=name, daemon=True))
         for t in self._keepers:
             t.start()
 
-    def _keep(self, env: str, host: str) -> None:
+    def _keep(self, share: list[tuple[str, str]]) -> None:
         while not self._stop.is_set():
-            try:
-                self._tend(self._pool(env, host), env, host)
-            except Exception:  # the keeper must outlive any failure
-                log.exception("reserved connection to %s/%s: unexpected error", env, host)
+            for env, host in share:
+                if self._stop.is_set():
+                    return
+                try:
+                    self._tend(self._pool(env, host), env, host)
+                except Exception:  # the keeper must outlive any failure
+                    log.exception("reserved connection to %s/%s: unexpected error", env, host)
             self._stop.wait(RESERVED_CHECK_EVERY)
 
     def _tend(self, entry: _Pool, env: str, host: str) -> None:
