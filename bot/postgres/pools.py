@@ -526,11 +526,11 @@ class Databases:
                             entry.gate.mark_hung()
                         raise DatabaseUnavailable(env, host, reason) from None
                 continue
-            if _quiet(conn):
+            if not entry.gate.suspect() and _quiet(conn):
                 # nothing came from the server since the last use: no round trip (a check's whole CPU
-                # budget is a millisecond); a backend that froze meanwhile is cut at the statement's deadline
+                # budget is a millisecond); a backend that froze meanwhile is cut at the statement's deadline.
+                # A host suspected of hanging still gets the bounded round trip: only an answer clears it
                 conn.pgs_limit = entry.limit
-                entry.gate.mark_answering()
                 return conn, "pool"
             # the server said something (an error, the end of the backend): a bounded liveness check (the
             # pool's own check would wait on a frozen backend forever)
