@@ -249,6 +249,10 @@ def main() -> int:
         from bench import fleet
 
         fleet.run(record, ms)  # a replica SIGKILLed among three: the gap in checks, duplicate posts (issue 26)
+        from bench import checkcpu, fleet1000
+
+        checkcpu.run(record, ms)  # bot CPU per check against bare SELECT 1 through the same pools (issue 26)
+        fleet1000.run(record, ms)  # 1000 environments x 2 hosts, a DSN each, through PgBouncer (issue 26)
         after_rss = vmrss_kib(bot.pid)
         record(f"bot VmRSS, {N_ENVS} environments, idle", f"{idle_rss / 1024:.1f} MiB")
         record("bot VmRSS after the runs above", f"{after_rss / 1024:.1f} MiB")

@@ -43,6 +43,8 @@ __all__ = ["Runtime", "SlackSettings"]
 
 log = logging.getLogger(__name__)
 
+MAX_CHECK_THREADS = 256  # the scheduler's threads at most (a thread per host below that)
+
 
 @dataclass
 class Runtime:
@@ -65,7 +67,10 @@ class Runtime:
         self.directory = Directory(self.client, team_id=self.config.slack.team_id)
         n_hosts = sum(len(e.hosts()) for e in self.config.environments.values())
         self.scheduler = BackgroundScheduler(
-            executors={"default": APSThreadPool(max_workers=max(8, n_hosts + 4))},
+            # a thread per host up to 256: a check holds one for a bounded time (a hung host's at most its
+            # timeouts); 2000 threads for a fleet of 2000 hosts spent the cores switching between them and
+            # the cycle never ended (bench/fleet1000.py, issue 26)
+            executors={"default": APSThreadPool(max_workers=max(8, min(n_hosts + 4, MAX_CHECK_THREADS)))},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
             timezone="UTC",
         )

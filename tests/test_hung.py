@@ -19,7 +19,9 @@ from contextlib import contextmanager
 import psycopg
 import pytest
 
+from bot.config import parse_config
 from bot.postgres.deadline import GuardedConnection, GuardedCursor, NotAnswering
+from bot.postgres.pools import Databases, _quiet
 from tests.harness.bot import BotUnderTest, env_config
 from tests.harness.pgcluster import ClusterPair, start_pair
 
@@ -123,6 +125,35 @@ def test_a_statement_that_answers_in_time_is_untouched(pair):
         assert not conn.pgs_overrun
     finally:
         conn.close()
+
+
+def test_a_quiet_connection_needs_no_round_trip_and_one_whose_backend_ended_is_noticed(pair):
+    """The pool hands out an idle connection without a liveness round trip only while nothing arrived on
+    its socket: the end of its backend (FATAL, then the socket closed) is seen without asking."""
+    conn = guarded_connect(pair.primary, 2.0)
+    try:
+        conn.execute("SELECT 1")
+        assert _quiet(conn)
+        pair.primary.sql("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        wait_until("the end of the backend on the socket", lambda: not _quiet(conn), 5)
+    finally:
+        conn.close()
+
+
+def test_a_pooled_connection_whose_backend_ended_is_replaced_without_a_failed_call(pair):
+    dbs = Databases(parse_config(config(pair), environ={}))
+    try:
+        with dbs.connection("prod") as c:
+            first = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+        with dbs.connection("prod") as c:  # a quiet connection: the same one again
+            assert c.execute("SELECT pg_backend_pid()").fetchone()[0] == first
+        pair.primary.sql("SELECT pg_terminate_backend(%s)", (first,))
+        wait_until("the backend gone", lambda: not pair.primary.sql(
+            "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (first,)), 5)
+        with dbs.connection("prod") as c:
+            assert c.execute("SELECT pg_backend_pid()").fetchone()[0] != first
+    finally:
+        dbs.close()
 
 
 def config(pair, **extra) -> dict:

@@ -702,3 +702,25 @@ def test_a_protected_culprit_is_named_but_offered_no_signal(pair, fake):
         assert [b["text"]["text"] for b in action_buttons(msg)] == [f"Details {pid}", "Acknowledge"]
         holder.close()
         wait_resolved(fake, msg, timeout=20)
+
+
+def test_a_quiet_standby_costs_no_state_store_read_per_check(pair, fake):
+    """Issue 26: a standby with nothing open, known since this replica took the lease, is checked without
+    reading its incidents from the state store every time (a per-check read was a fifth of a check's CPU)."""
+    with BotUnderTest(config(pair), fake, scheduler=True) as bot:
+        lw = bot.rt.lagwatch
+        assert lw is not None
+        key = ("prod", "replica1")
+        wait_until(lambda: lw.checks.get(key, 0) >= 1, 20, "the first check")
+        reads: list[tuple[str, str]] = []
+        real = lw.incidents.open_for
+
+        def counted(env: str, host: str):
+            reads.append((env, host))
+            return real(env, host)
+
+        lw.incidents.open_for = counted  # type: ignore[method-assign]
+        start = lw.checks.get(key, 0)
+        wait_until(lambda: lw.checks.get(key, 0) >= start + 4, 20, "four more checks")
+        assert len(reads) <= 1, reads
+        assert not lw.incidents.all_open()

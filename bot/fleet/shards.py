@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
+from prometheus_client import Counter
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -94,6 +95,7 @@ class Shards:
         self._joined = False
         self._store_down = False
         self._lock = threading.Lock()
+        self._counted: dict[str, Counter] = {}  # FLEET_CHECKS' child per environment, looked up once
         self._stopped = threading.Event()
         self._on_gain: list[Callable[[str], None]] = []
         # checks per second and cycle time
@@ -177,7 +179,10 @@ class Shards:
 
     def checked(self, env: str, started: float, secs: float) -> None:
         """One scheduled check of ``env`` ran (``started``: its monotonic start)."""
-        FLEET_CHECKS.labels(env).inc()
+        counter = self._counted.get(env)
+        if counter is None:
+            counter = self._counted[env] = FLEET_CHECKS.labels(env)
+        counter.inc()
         with self._lock:
             self._checks += 1
             end = started + secs

@@ -56,6 +56,9 @@ class HostState:
     first_failure_at: float | None = None
     last_receive: int | None = None
     last_error: str | None = None
+    # nothing open in the store for this standby, known since this state began (it starts again when
+    # this replica gains the lease or the environment): a quiet check skips the store (issue 26)
+    quiet: bool = False
 
 
 def on_measurement(st: HostState, m: StandbyLag, alert: LagAlert, open_kinds: set[str]) -> list[Action]:

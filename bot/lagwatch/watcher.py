@@ -293,8 +293,10 @@ class LagWatcher:
         REPLAY_LAG_BYTES.labels(m.env, m.host).set(m.lag_bytes)
         if st.failures:
             log.info("lag watch: %s/%s answers again", m.env, m.host)
-        open_ = self.incidents.open_for(m.env, m.host)
-        for action in rules.on_measurement(st, m, alert, set(open_)):
+        open_ = {} if st.quiet else self.incidents.open_for(m.env, m.host)
+        actions = rules.on_measurement(st, m, alert, set(open_))
+        st.quiet = not open_ and not actions
+        for action in actions:
             if action.act is Act.RESOLVE_UNREACHABLE:
                 self._resolve_unreachable(open_[UNREACHABLE])
             elif action.act is Act.OPEN_LAG:
@@ -471,6 +473,7 @@ class LagWatcher:
 
     def _on_failure(self, env: str, host: str, st: HostState, reason: str) -> None:
         alert = self._alert(env)
+        st.quiet = False
         CHECK_FAILURES.labels(env, host).inc()
         for gauge in (REPLAY_LAG_SECONDS, REPLAY_LAG_BYTES):
             try:

@@ -65,7 +65,10 @@ class Watchdog:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="pgs-deadlines", daemon=True)
                 self._thread.start()
-            self._cv.notify()
+            if self._heap[0] is item:
+                # only a deadline sooner than every other one changes when the thread must wake (it
+                # sleeps until the first): a statement a millisecond long wakes nobody
+                self._cv.notify()
         return item
 
     def disarm(self, item: _Armed) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import select
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 import psycopg
+from prometheus_client import Histogram
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from bot.config import Config, Environment
@@ -58,6 +61,7 @@ SUSPECT_FOR = 30.0  # seconds a host that overran a deadline gets only one call 
 SUSPECT_WAIT = 0.2  # seconds a call waits for its turn on such a host
 PROBE_EVERY = 2.0  # seconds between attempts at a new connection while a server is out of slots
 RESERVED_CHECK_EVERY = 5.0  # seconds between health checks of the reserved connections
+KEEPER_SHARE = 25  # servers whose reserved connections one keeper thread tends in turn
 
 
 def tcp_params(connect_timeout: float, statement_timeout: float) -> dict[str, int]:
@@ -134,6 +138,21 @@ def _configure(conn: GuardedConnection, statement_timeout: float) -> None:
         "set_config('idle_in_transaction_session_timeout', %s, false)",
         (ms, ms, "60s"),
     )
+
+
+def _quiet(conn: psycopg.Connection) -> bool:
+    """Whether an idle pooled connection looks usable without a round trip: open, outside a transaction,
+    and nothing arrived on its socket since it was last used (a server that ends a backend, restarts or
+    shuts down sends an error and closes the socket first, which makes it readable). A zero-timeout
+    poll, so no deadline applies; a backend that froze is cut by the statement's own deadline."""
+    try:
+        if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
+            return False
+        poller = select.poll()  # not select.select: a fleet's descriptors pass 1024
+        poller.register(conn.pgconn.socket, select.POLLIN | select.POLLPRI)
+        return not poller.poll(0)
+    except (OSError, ValueError, psycopg.Error):
+        return False
 
 
 def _discard(conn: psycopg.Connection) -> None:
@@ -241,6 +260,7 @@ class Databases:
         self._keepers: list[threading.Thread] = []
         # one reserved connection per server (environments that reach it alike share it)
         self._reserved_of: dict[tuple[str, float, float], _Reserved] = {}
+        self._timers: dict[tuple[str, str, str], Histogram] = {}
 
     def _environment(self, env: str) -> Environment:
         environment = self.config.env(env)
@@ -293,7 +313,9 @@ class Databases:
     def keep_reserved(self) -> None:
         """Open one reserved connection per configured server now (in the background) and keep it open.
 
-        Environments whose host has the same connection string and timeouts share it (one keeper each)."""
+        Environments whose host has the same connection string and timeouts share it. A keeper thread
+        tends up to :data:`KEEPER_SHARE` servers in turn (each tending is bounded by the connect timeout
+        and :data:`CHECK_LIMIT`): a fleet of 2000 hosts costs 80 threads, not 2000."""
         with self._lock:
             if self._keepers or self._closed:
                 return
@@ -301,19 +323,24 @@ class Databases:
             for env, e in self.config.environments.items():
                 for host in e.hosts():
                     servers.setdefault(self.server_key(env, host), (env, host))
-            for env, host in servers.values():
-                t = threading.Thread(target=self._keep, args=(env, host), name=f"pgs-reserved-{env}/{host}",
-                                     daemon=True)
-                self._keepers.append(t)
+            todo = list(servers.values())
+            n = math.ceil(len(todo) / KEEPER_SHARE)
+            for i in range(n):
+                share = todo[i::n]
+                name = f"pgs-reserved-{share[0][0]}/{share[0][1]}" + (f"+{len(share) - 1}" if len(share) > 1 else "")
+                self._keepers.append(threading.Thread(target=self._keep, args=(share,), name=name, daemon=True))
         for t in self._keepers:
             t.start()
 
-    def _keep(self, env: str, host: str) -> None:
+    def _keep(self, share: list[tuple[str, str]]) -> None:
         while not self._stop.is_set():
-            try:
-                self._tend(self._pool(env, host), env, host)
-            except Exception:  # the keeper must outlive any failure
-                log.exception("reserved connection to %s/%s: unexpected error", env, host)
+            for env, host in share:
+                if self._stop.is_set():
+                    return
+                try:
+                    self._tend(self._pool(env, host), env, host)
+                except Exception:  # the keeper must outlive any failure
+                    log.exception("reserved connection to %s/%s: unexpected error", env, host)
             self._stop.wait(RESERVED_CHECK_EVERY)
 
     def _tend(self, entry: _Pool, env: str, host: str) -> None:
@@ -405,7 +432,16 @@ class Databases:
                 seen.append(exc)
             raise
         finally:
-            DB_QUERY_SECONDS.labels(env, host, op).observe(time.monotonic() - started)
+            self._timer(env, host, op).observe(time.monotonic() - started)
+
+    def _timer(self, env: str, host: str, op: str) -> Histogram:
+        """The ``pgsessions_db_query_seconds`` child of one (env, host, op), looked up once (``labels()``
+        costs a lock and a tuple of strings per call)."""
+        key = (env, host, op)
+        child = self._timers.get(key)
+        if child is None:
+            child = self._timers[key] = DB_QUERY_SECONDS.labels(env, host, op)
+        return child
 
     @contextmanager
     def _connection(self, env: str, host: str) -> Iterator[psycopg.Connection]:
@@ -490,7 +526,14 @@ class Databases:
                             entry.gate.mark_hung()
                         raise DatabaseUnavailable(env, host, reason) from None
                 continue
-            # a bounded liveness check (the pool's own check would wait on a frozen backend forever)
+            if not entry.gate.suspect() and _quiet(conn):
+                # nothing came from the server since the last use: no round trip (a check's whole CPU
+                # budget is a millisecond); a backend that froze meanwhile is cut at the statement's deadline.
+                # A host suspected of hanging still gets the bounded round trip: only an answer clears it
+                conn.pgs_limit = entry.limit
+                return conn, "pool"
+            # the server said something (an error, the end of the backend): a bounded liveness check (the
+            # pool's own check would wait on a frozen backend forever)
             conn.pgs_limit = min(CHECK_LIMIT, entry.limit)
             try:
                 conn.execute("")

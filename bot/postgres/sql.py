@@ -20,6 +20,7 @@ from importlib import resources
 from typing import Any, TypeAlias
 
 import psycopg
+from psycopg import _queries as psycopg_queries
 
 # a connection to a monitored server (rows as tuples unless a cursor asks for dicts)
 Conn: TypeAlias = psycopg.Connection[Any]
@@ -27,6 +28,14 @@ Conn: TypeAlias = psycopg.Connection[Any]
 Row: TypeAlias = dict[str, Any]
 
 MIN_SERVER_VERSION = 130000  # the oldest PostgreSQL the bot supports (13)
+
+# psycopg parses a statement's %(name)s placeholders once per text and caches the result, but only for
+# texts up to 4 KiB (psycopg._queries.MAX_CACHED_STATEMENT_LENGTH). The watch's statements run on every
+# check of every host and are longer (watch_host.sql: 10 KiB): parsing them again each time was a tenth
+# of a check's CPU (issue 26). The texts are this package's own, a bounded set (the cache keeps 128).
+MAX_STATEMENT_CHARS = 32 * 1024
+if getattr(psycopg_queries, "MAX_CACHED_STATEMENT_LENGTH", MAX_STATEMENT_CHARS) < MAX_STATEMENT_CHARS:
+    psycopg_queries.MAX_CACHED_STATEMENT_LENGTH = MAX_STATEMENT_CHARS
 _OVERRIDE = re.compile(r"^(?P<name>[a-z0-9_]+)\.pre(?P<bound>\d{6})\.sql$")
 
 
