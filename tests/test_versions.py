@@ -206,6 +206,7 @@ PARAMS = {
     "protect_superusers": True, "protect_roles": ["nobody"], "protect_apps": ["nothing"], "protect_dbs": ["none"],
     "own_user": None, "own_db": None, "own_app": None, "running_states": list(QUERY_RUNNING_STATES),
     "bound_by": "query_start", "listed_secs_ago": 1.0,
+    "threshold": 1, "holders": 5,  # wraparound.sql: every database over 1, so its holders are read too
 }
 
 
