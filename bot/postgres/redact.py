@@ -83,9 +83,10 @@ def _continues_at(text: str, i: int) -> int | None:
     return j if newline and j < len(text) and text[j] == "'" else None
 
 
-def _end_without_standard_strings(text: str, start: int) -> int | None:
+def _end_without_standard_strings(text: str, start: int, *, first_segment: bool = False) -> int | None:
     """Index of the quote that ends the plain string opening at ``start`` when backslashes escape
-    (standard_conforming_strings = off), or None when it runs past the end of ``text``."""
+    (standard_conforming_strings = off), or None when it runs past the end of ``text``. With
+    ``first_segment``, the quote that closes its first segment (continuations not followed)."""
     i = start + 1
     while i < len(text):
         c = text[i]
@@ -95,27 +96,10 @@ def _end_without_standard_strings(text: str, start: int) -> int | None:
             if text.startswith("''", i):
                 i += 2
                 continue
-            nxt = _continues_at(text, i + 1)
+            nxt = None if first_segment else _continues_at(text, i + 1)
             if nxt is None:
                 return i
             i = nxt + 1
-        else:
-            i += 1
-    return None
-
-
-def _end_escaped(body: str, start: int) -> int | None:
-    """Index of the quote that closes the first segment of the escape string opening at ``start``."""
-    i = start + 1
-    while i < len(body):
-        c = body[i]
-        if c == "\\":
-            i += 2
-        elif c == "'":
-            if body.startswith("''", i):
-                i += 2
-                continue
-            return i
         else:
             i += 1
     return None
@@ -129,7 +113,7 @@ def _check_both_readings(text: str, tok: Any) -> None:
     ends the literal where the other sees an identifier, so none of it is shown."""
     body = text[tok.start : tok.end + 1]
     if tok.name == "SCONST" and body[:1] in "eE" and "\\" in body:
-        first_end = _end_escaped(body, 1)
+        first_end = _end_without_standard_strings(body, 1, first_segment=True)
         if first_end is not None and "\\" in body[first_end + 1 :]:
             raise Ambiguous("an escape string continues with a segment that holds a backslash")
     if tok.name != "SCONST" or text[tok.start] != "'" or "\\" not in body:
