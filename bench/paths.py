@@ -28,6 +28,8 @@ function runs in a thread (and in the threads that thread starts meanwhile):
 from __future__ import annotations
 
 import argparse
+import dis
+import functools
 import sys
 import threading
 import time
@@ -35,7 +37,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any
 
 from psycopg import sql as pgsql
@@ -57,6 +59,13 @@ ALERT_CHANNEL = "C0PATHSALERT"
 GOAL = 8
 
 
+@functools.cache
+def first_resume(code: CodeType) -> int:
+    """Where a generator's body starts: its frame stands there when it is entered the first time, further on
+    when it is resumed (CPython 3.11+: the RESUME instruction)."""
+    return next((i.offset for i in dis.get_instructions(code) if i.opname == "RESUME"), 0)
+
+
 def rel(path: str) -> str:
     return "bot/" + path[len(BOT_DIR):]
 
@@ -72,17 +81,14 @@ class Record:
     state_before_acting: int | None = None  # frozen at the first call into ACTS_IN
     hops: list[tuple[str, str, str]] = field(default_factory=list)  # (from file, to file, function)
     done: bool = False
-    _resumable: set[int] = field(default_factory=set)
 
     def note(self, frame: FrameType) -> None:
         code = frame.f_code
         path = code.co_filename
         if code.co_name in NOT_CALLS:
             return
-        if code.co_flags & GENERATOR_FLAGS:
-            if id(frame) in self._resumable:
-                return  # a generator resumed (a context manager's exit): not a new call
-            self._resumable.add(id(frame))
+        if code.co_flags & GENERATOR_FLAGS and frame.f_lasti > first_resume(code):
+            return  # a generator resumed (a context manager's exit): not a new call
         self.calls += 1
         self.files[path] += 1
         caller = frame.f_back
