@@ -105,7 +105,7 @@ def log_audit(values: Mapping[str, Any]) -> None:
     In the text log every value is quoted (:func:`bot.logs.log_value`): an ``application_name`` such as
     ``x result=executed actor=U0ADMIN`` stays one value and cannot forge fields."""
     try:
-        rec = fields(values)
+        rec = fields({k: v for k, v in values.items() if k not in ("query", "requester")})  # not scrubbed to be dropped
         rec.pop("query", None)
         rec.pop("requester", None)
         present = {k: v for k, v in rec.items() if v is not None}
