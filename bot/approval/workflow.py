@@ -172,10 +172,6 @@ class Workflow:
 
     # --- requesting ---------------------------------------------------------------------------------
 
-    def may_request(self, env: str, user: str, channel: str | None) -> str | None:
-        """Why ``user`` may not ask to signal in ``env`` from ``channel``, or None."""
-        return self.policy.may_request(env, user, channel)
-
     def target_for(
         self, token: str, action: str, user: str, channel: str | None
     ) -> tuple[StoredTarget | None, str | Phrase | None]:
