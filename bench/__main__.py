@@ -253,6 +253,9 @@ def main() -> int:
 
         checkcpu.run(record, ms)  # bot CPU per check against bare SELECT 1 through the same pools (issue 26)
         fleet1000.run(record, ms)  # 1000 environments x 2 hosts, a DSN each, through PgBouncer (issue 26)
+        from bench import paths
+
+        paths.run(record, ms)  # files, calls and state entries of one Approve click and one alert (issue 22)
         after_rss = vmrss_kib(bot.pid)
         record(f"bot VmRSS, {N_ENVS} environments, idle", f"{idle_rss / 1024:.1f} MiB")
         record("bot VmRSS after the runs above", f"{after_rss / 1024:.1f} MiB")

@@ -78,7 +78,7 @@ class Runtime:
         self.policy.own()  # read once now: the state store answers at start (it was just migrated)
         self.messages = RequestMessages(self.client, self.store, self.config)
         self.workflow = Workflow(self.config, self.store, self.dbs, self.policy, self.messages)
-        self.messages.count_approvals = self.workflow.counted_approvals
+        self.messages.count_approvals = self.policy.counted_approvals
         self.housekeeping = Housekeeping(self.workflow)
         # the first thing written when the store answers again: outcomes of signals sent meanwhile
         self.health.on_catch_up("the outcomes kept in memory", self.housekeeping.catch_up)

@@ -219,6 +219,41 @@ def test_approve_moves_to_executing_then_execute_records_the_outcome(world):
     assert "terminate:approved" in events
 
 
+def test_an_approval_enters_the_state_store_only_as_it_must(world, monkeypatch):
+    """The click that completes a request (issue 22): one read of the request with its approvals before the
+    transaction (Slack is asked between them), then one transaction that locks the request, records the
+    approval with its audit line and moves the request (the row it returns is the request: no re-read);
+    acting claims the request and writes the outcome once, which again returns the request."""
+    req = world.request()
+    entered: list[str] = []  # calls into the store from outside it
+    depth = [0]
+
+    def counted(name, method):
+        def call(*a, **kw):
+            if not depth[0]:
+                entered.append(name)
+            depth[0] += 1
+            try:
+                return method(*a, **kw)
+            finally:
+                depth[0] -= 1
+        return call
+
+    for name in ("request_with_approvals", "get_request", "approvers_of", "read", "approve", "add_approval",
+                 "audit_request", "add_audit", "transition", "touch_executing", "own_connection", "claim_once"):
+        if hasattr(world.store, name):
+            monkeypatch.setattr(world.store, name, counted(name, getattr(world.store, name)))
+    tx = world.store.tx
+    monkeypatch.setattr(world.store, "tx", lambda: (depth[0] or entered.append("tx"), tx())[1])  # a context manager
+    result = world.wf.decide(req.id, "U2", "approve")
+    assert result.execute and result.request.state is RequestState.EXECUTING
+    assert entered == ["request_with_approvals", "tx", "get_request", "approve", "transition"]
+    entered.clear()
+    done = world.wf.execute(result.request)
+    assert done.request.state is RequestState.DONE and done.request.outcome == world.outcome
+    assert entered == ["touch_executing", "tx", "transition"]
+
+
 def test_a_failed_or_raising_executor_ends_the_request_failed(world):
     world.outcome = SignalOutcome(status=OutcomeStatus.GONE, detail="session already ended")
     req = world.request()

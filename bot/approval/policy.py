@@ -46,13 +46,15 @@ class Policy:
         self._own: OwnConnection | None = None
 
     def own(self) -> OwnConnection | None:
-        """How the bot's own state-store connections look (None: SQLite, or not known yet)."""
-        if self._own is None and self._own_state is not None:
+        """How the bot's own state-store connections look (None: SQLite, or not known yet). Read once: a
+        store that answered None (SQLite) is not asked again."""
+        if self._own_state is not None:
             try:
                 found = self._own_state()
             except Exception as exc:  # the store is down: known at the next call
                 log.warning("could not read how the state store's connections look: %s", type(exc).__name__)
                 return None
+            self._own_state = None
             if found is not None:
                 self._own = OwnConnection(*found)
         return self._own
@@ -268,9 +270,11 @@ class Policy:
         return facts is not None and identity_refusal(facts, "approve") is None
 
     def counted_approvals(
-        self, req: Request, recorded: list[str], known: list[str]
+        self, req: Request, recorded: list[str], known: list[str] | None = None
     ) -> tuple[list[str], list[str]]:
-        """(approvals that count now, approvals that no longer do), for drawing a pending request.
+        """(approvals that count now, approvals that no longer do), for drawing a pending request;
+        ``known``: the people whose identity Slack is asked about besides the requester (by default the
+        recorded approvers themselves).
 
         Outside any transaction (it may ask Slack); when Slack cannot be asked, every recorded approval
         is shown as recorded (the decision itself never counts on stale data)."""
@@ -278,7 +282,7 @@ class Policy:
         if req.state != RequestState.PENDING or access is None or not recorded:
             return recorded, []
         try:
-            authority = self.authority(req, req.requester, known)
+            authority = self.authority(req, req.requester, recorded if known is None else known)
         except DirectoryUnavailable:
             return recorded, []
         counted = [a for a in recorded if self.counts(a, req, access.self_approval, authority)]

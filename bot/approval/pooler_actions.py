@@ -9,7 +9,6 @@ client is gone.
 
 from __future__ import annotations
 
-from bot.approval.audit import audit_request
 from bot.approval.models import OutcomeStatus, Request, SessionTarget, SignalOutcome
 from bot.approval.ports import Execution
 from bot.postgres import pgbouncer
@@ -56,5 +55,5 @@ def disconnect_client(ex: Execution, req: Request) -> SignalOutcome:
     if ex.audit_durably is not None:
         ex.audit_durably(done, event, None, outcome.detail)
     else:
-        audit_request(ex.store, done, event, None, result=outcome.detail)
+        ex.store.audit_request(done, event, None, result=outcome.detail)
     return outcome

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 
-from bot.approval.audit import audit_request
 from bot.approval.ids import ALLOW_CONNECTIONS
 from bot.approval.models import (
     BulkTarget,
@@ -180,5 +179,5 @@ def signal_session(ex: Execution, req: Request) -> SignalOutcome:
     if ex.audit_durably is not None:
         ex.audit_durably(done, event, None, res.detail)
     else:
-        audit_request(ex.store, done, event, None, result=res.detail)
+        ex.store.audit_request(done, event, None, result=res.detail)
     return outcome

@@ -37,7 +37,6 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from bot.approval.actions import ACTIONS, ActionKind
-from bot.approval.audit import audit_request
 from bot.approval.models import (
     BulkOutcome,
     BulkTarget,
@@ -168,17 +167,10 @@ class Workflow:
 
     @property
     def execution(self) -> Execution:
-        return Execution(self.config, self.store, self.dbs, self.events, self._audit_for_executor, self.durably,
+        return Execution(self.config, self.store, self.dbs, self.events, self.audit_durably, self.durably,
                          guard=self.policy.guard)
 
-    def _audit_for_executor(self, req: Request, event: str, actor: str | None, result: str | None) -> None:
-        self.audit_durably(req, event, actor, result=result)
-
     # --- requesting ---------------------------------------------------------------------------------
-
-    def may_request(self, env: str, user: str, channel: str | None) -> str | None:
-        """Why ``user`` may not ask to signal in ``env`` from ``channel``, or None."""
-        return self.policy.may_request(env, user, channel)
 
     def target_for(
         self, token: str, action: str, user: str, channel: str | None
@@ -267,7 +259,7 @@ class Workflow:
                 log.info("a replayed request form submission was ignored")
                 return Result(True, "already requested", None)
             request = self.store.create_request(new, conn=c)
-            audit_request(self.store, request, "requested", user, conn=c)
+            self.store.audit_request(request, "requested", user, conn=c)
         KILL_REQUESTS.labels(request.env, action, "pending", "requested").inc()
         return Result(True, "requested", request, changed=True)
 
@@ -286,10 +278,10 @@ class Workflow:
         # Slack answer must not stall every other click. The transaction below only reads the result.
         authority: Authority | None = None
         if v is not Verdict.WITHDRAW:
-            pre = self.store.get_request(request_id)
+            pre, approved = self.store.request_with_approvals(request_id)
             if pre is not None and pre.state == PENDING and self.config.env(pre.env) is not None:
                 try:
-                    authority = self._resolve_authority(pre, user)
+                    authority = self.policy.authority(pre, user, approved)
                 except DirectoryUnavailable as exc:
                     return Result(False, f"{exc}. Nothing was changed")
         with self.store.tx() as c:
@@ -307,9 +299,8 @@ class Workflow:
             # 2. it has not expired
             now = time.time()
             if req.expires_at <= now:
-                self.store.transition(c, request_id, PENDING, RequestState.EXPIRED, decided_at=now)
-                expired = self._reread(c, request_id)
-                audit_request(self.store, expired, "expired", None, conn=c)
+                expired = self.store.transition(c, request_id, PENDING, RequestState.EXPIRED, decided_at=now) or req
+                self.store.audit_request(expired, "expired", None, conn=c)
                 KILL_REQUESTS.labels(req.env, req.action, "expired", "expired").inc()
                 return Result(False, "this request has expired; nothing was changed", expired, changed=True)
             if v is Verdict.WITHDRAW:
@@ -336,10 +327,9 @@ class Workflow:
             refusal = self.policy.request_refusal(req, authority)
             if refusal:
                 return Result(False, f"{refusal}; nothing was changed", req)
-            if not self.store.add_approval(c, request_id, user):
+            recorded = self.store.approve(c, req, user)  # with its audit line
+            if recorded is None:
                 return Result(False, "you have already approved this request; it needs another approver")
-            recorded = self.store.approvers_of(request_id, conn=c)
-            audit_request(self.store, req, "approved", user, conn=c)
             # 7. enough approvals: only people who are approvers NOW count (re-evaluated at every
             # approval), the requester only with self_approval (and once: approvals are unique per person)
             counted = [a for a in recorded if self.policy.counts(a, req, access.self_approval, authority)]
@@ -352,29 +342,25 @@ class Workflow:
                 return Result(
                     True,
                     f"approval {len(counted)} of {access.approvals_required} recorded{note}",
-                    self._reread(c, request_id),
+                    req,  # its row is as read: an approval is a row of its own
                     changed=True,
                     tell=bool(dropped),
                 )
             # decided_by holds the approval that completed the request (one id: fits the column whatever
             # approvals_required is); every approver is in the approvals table
-            if not self.store.transition(c, request_id, PENDING, EXECUTING, decided_at=now, decided_by=user):
+            to_execute = self.store.transition(c, request_id, PENDING, EXECUTING, decided_at=now, decided_by=user)
+            if to_execute is None:
                 return Result(False, "another approval got there first; nothing was changed")
-            to_execute = self._reread(c, request_id)
         # The caller sends the signal with execute(), outside the row lock (it can take seconds) and after
         # redrawing the message as "acting now"; the state is 'executing' until then.
         return Result(True, "approved", to_execute, changed=True, execute=True)
 
-    def _reread(self, c: Connection, request_id: str) -> Request:
-        req = self.store.get_request(request_id, conn=c)
-        assert req is not None  # read inside the transaction that changed it
-        return req
-
     def _close(self, c: Connection, req: Request, state: RequestState, user: str, now: float) -> Result:
-        """Deny or withdraw a pending request."""
-        self.store.transition(c, req.id, PENDING, state, decided_at=now, decided_by=user)
-        done = self._reread(c, req.id)
-        audit_request(self.store, done, state.value, user, conn=c)
+        """Deny or withdraw a pending request (its row is locked: the transition cannot miss)."""
+        done = self.store.transition(c, req.id, PENDING, state, decided_at=now, decided_by=user)
+        if done is None:
+            return Result(False, "another decision got there first; nothing was changed")
+        self.store.audit_request(done, state.value, user, conn=c)
         KILL_REQUESTS.labels(req.env, req.action, state.value, state.value).inc()
         return Result(True, state.value, done, changed=True)
 
@@ -410,7 +396,7 @@ class Workflow:
         kind = self.actions.get(req.action)
         outcome: Outcome
         try:
-            refusal = self._refusal_before_acting(req)
+            refusal = self.policy.refusal_before_acting(req)
             if refusal:
                 outcome = failed_outcome(kind, OutcomeStatus.REFUSED, f"nothing was signalled: {refusal}")
                 self.audit_durably(req.model_copy(update={"outcome": outcome}), "refused", None,
@@ -436,24 +422,27 @@ class Workflow:
         until it lands (:meth:`flush_unsaved`), and return the request as it really is now, so the message
         shows what happened (a signal that was sent is never reported as "nothing was changed")."""
 
-        won: list[bool] = []
+        won: list[Request] = []  # the request as the write that landed left it
         kept: list[bool] = []  # the write waited in memory for the state store (it was down)
 
         def write() -> None:
             with self.store.tx() as c:
-                ok = self.store.transition(c, req.id, EXECUTING, final, outcome=outcome)
-                if not ok and kept:
+                moved = self.store.transition(c, req.id, EXECUTING, final, outcome=outcome)
+                if moved is None and kept:
                     # the signal was sent while the store was down, and another replica's recovery took the
                     # request for interrupted meanwhile: the outcome kept in memory is what happened, and
                     # it replaces "interrupted, not retried" (issue 23 §6)
-                    ok = self.store.transition(c, req.id, RequestState.FAILED, final, outcome=outcome,
-                                               outcome_status=OutcomeStatus.INTERRUPTED.value)
-                    if ok:
-                        audit_request(self.store, req.model_copy(update={"outcome": outcome}), "outcome_kept",
-                                      None, conn=c, result=KEPT_OUTCOME_NOTE)
-                won.append(ok)
+                    moved = self.store.transition(c, req.id, RequestState.FAILED, final, outcome=outcome,
+                                                  outcome_status=OutcomeStatus.INTERRUPTED.value)
+                    if moved is not None:
+                        self.store.audit_request(req.model_copy(update={"outcome": outcome}), "outcome_kept",
+                                                 None, conn=c, result=KEPT_OUTCOME_NOTE)
+            if moved is not None:  # committed
+                won.append(moved)
 
         landed = self.durably(f"the outcome of request {req.id}", write, request_id=req.id)
+        if won:
+            return won[-1]
         if not landed:
             kept.append(True)
         try:
@@ -461,7 +450,7 @@ class Workflow:
         except Exception as exc:
             log.warning("could not read back request %s: %s", req.id, type(exc).__name__)
             stored = None
-        if landed and not any(won):
+        if landed:
             # another path (the recovery of interrupted requests) wrote this request's end first: that is
             # the one truth, and the message shows it (what this execution did is in the audit log)
             log.warning("request %s was ended as %s while it was being acted on (%s); its outcome was not "
@@ -531,23 +520,11 @@ class Workflow:
         """An audit entry for something that happened (a signal sent): retried, never lost, never raises."""
         self.durably(
             f"audit entry {req.action}:{event} of request {req.id}",
-            lambda: audit_request(self.store, req, event, actor, result=result),
+            lambda: self.store.audit_request(req, event, actor, result=result),
             request_id=req.id,
         )
 
     # --- authority (issue 12 §2): the access policy decides, on what Slack said ----------------------
-
-    def _resolve_authority(self, req: Request, user: str) -> Authority:
-        """Everything a decision on ``req`` needs from Slack, read before the transaction."""
-        return self.policy.authority(req, user, self.store.approvers_of(req.id))
-
-    def counted_approvals(self, req: Request, recorded: list[str]) -> tuple[list[str], list[str]]:
-        """(approvals that count now, approvals that no longer do), for drawing a pending request."""
-        return self.policy.counted_approvals(req, recorded, self.store.approvers_of(req.id))
-
-    def _refusal_before_acting(self, req: Request) -> str | None:
-        """The last check, just before the signal (outside any transaction, so Slack may be asked)."""
-        return self.policy.refusal_before_acting(req)
 
     # --- housekeeping -------------------------------------------------------------------------------
 
@@ -557,9 +534,9 @@ class Workflow:
         now = time.time()
         for req in self.store.due_for_expiry(now):
             with self.store.tx() as c:
-                if self.store.transition(c, req.id, PENDING, RequestState.EXPIRED, decided_at=now):
-                    expired = self._reread(c, req.id)
-                    audit_request(self.store, expired, "expired", None, conn=c)
+                expired = self.store.transition(c, req.id, PENDING, RequestState.EXPIRED, decided_at=now)
+                if expired is not None:
+                    self.store.audit_request(expired, "expired", None, conn=c)
                     out.append(expired)
                     KILL_REQUESTS.labels(req.env, req.action, "expired", "expired").inc()
         return out
@@ -583,9 +560,9 @@ class Workflow:
             )
             with self.store.tx() as c:
                 # only if still not updated since: an execution alive elsewhere keeps updating it and wins
-                if self.store.transition(c, req.id, EXECUTING, RequestState.FAILED, outcome=outcome,
-                                         stale_before=limit):
-                    done = self._reread(c, req.id)
-                    audit_request(self.store, done, "interrupted", None, conn=c, result=outcome.detail)
+                done = self.store.transition(c, req.id, EXECUTING, RequestState.FAILED, outcome=outcome,
+                                             stale_before=limit)
+                if done is not None:
+                    self.store.audit_request(done, "interrupted", None, conn=c, result=outcome.detail)
                     out.append(done)
         return out

@@ -84,9 +84,7 @@ def register(app: App, rt: Context, router: Router) -> None:
         ack()
         if result.request is None:  # a replay: the first submission already posted the request
             return
-        if result.request is None:  # a replay: the first submission already posted the request
-            return
-        guarded("posting the approval request")(_post_request)(rt, result.request, user, respond=None)
+        _post_request(rt, result.request, user, respond=None)
 
     @app.view_closed(ids.REQUEST_CALLBACK)
     def on_closed(ack: Ack) -> None:
@@ -105,7 +103,7 @@ def register(app: App, rt: Context, router: Router) -> None:
         notes: list[str] = []
         if home is not None:  # decided from the Home tab: a refusal is shown on top of it, republished as it is now
             respond = lambda **kw: notes.append(str(kw.get("text") or ""))  # noqa: E731
-        guarded("deciding the request")(_decide)(rt, click.token, user, click.verb, channel, respond=respond)
+        _decide(rt, click.token, user, click.verb, channel, respond=respond)
         if home is not None:
             home(user, notes[-1] if notes else None)
 
@@ -177,6 +175,7 @@ def open_request_form(
         tell(rt.client, respond, channel, user, ":warning: Slack did not open the request form in time; please click again.")
 
 
+@guarded("posting the approval request")
 def _post_request(rt: Context, req: Request, user: str, respond: Any = None) -> None:
     msg = rt.messages.render(req)
     try:
@@ -190,12 +189,13 @@ def _post_request(rt: Context, req: Request, user: str, respond: Any = None) -> 
     rt.store.set_message(req.id, resp["channel"], resp["ts"])
 
 
+@guarded("deciding the request")
 def _decide(rt: Context, request_id: str, user: str, verdict: str, channel: str | None, respond: Any = None) -> None:
     wf = rt.workflow
     result = wf.decide(request_id, user, verdict)
     # the shared message first: it is the record everyone sees; the personal notice is best effort
     if result.changed and result.request is not None:
-        rt.messages.redraw(rt.store.get_request(result.request.id) or result.request)
+        rt.messages.redraw(result.request)  # it draws the request as stored now
     if result.execute and result.request is not None:
         done = wf.execute(result.request)
         rt.messages.redraw(done.request or result.request)

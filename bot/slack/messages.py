@@ -46,15 +46,17 @@ class RequestMessages:
         # called after every redraw (the one place every state change passes): the nudges feature
         self.after_redraw: Callable[[Request], None] | None = None
 
-    def render(self, req: Request) -> dict[str, Any]:
+    def render(self, req: Request, approvals: list[str] | None = None) -> dict[str, Any]:
+        """The request's message; ``approvals``: who approved it, when the caller has just read it."""
         environment = self.config.env(req.env)
         cfg_approvers = environment.access.approvers if environment else []
         required = environment.access.approvals_required if environment else 1
-        try:
-            approvals = self.store.approvers_of(req.id)
-        except Exception as exc:  # the state store is down: still draw what happened (the outcome is in memory)
-            log.warning("could not read the approvals of %s: %s", req.id, type(exc).__name__)
-            approvals = [req.decided_by] if req.decided_by else []
+        if approvals is None:
+            try:
+                approvals = self.store.approvers_of(req.id)
+            except Exception as exc:  # the state store is down: still draw what happened (the outcome is in memory)
+                log.warning("could not read the approvals of %s: %s", req.id, type(exc).__name__)
+                approvals = [req.decided_by] if req.decided_by else []
         dropped: list[str] = []
         if self.count_approvals is not None:  # only approvals by people who are approvers now count (§2)
             approvals, dropped = self.count_approvals(req, approvals)
@@ -70,17 +72,17 @@ class RequestMessages:
             ))
         return msg
 
-    def _latest(self, req: Request) -> Request:
-        """The newest known version of ``req``: the store's, unless the caller holds a later state (an
-        outcome still waiting in memory for an unreachable store)."""
+    def _latest(self, req: Request) -> tuple[Request, list[str] | None]:
+        """The newest known version of ``req`` (the store's, unless the caller holds a later state: an
+        outcome still waiting in memory for an unreachable store) and who approved it, in one read."""
         try:
-            stored = self.store.get_request(req.id)
+            stored, approvals = self.store.request_with_approvals(req.id)
         except Exception as exc:  # the store is down: draw what the caller knows
             log.warning("could not re-read request %s before redrawing: %s", req.id, type(exc).__name__)
-            return req
+            return req, None
         if stored is None:
-            return req
-        return stored if _rank(stored.state) >= _rank(req.state) else req
+            return req, None
+        return (stored if _rank(stored.state) >= _rank(req.state) else req), approvals
 
     def redraw(self, req: Request) -> None:
         """Edit the approval message in place to show the request's current state.
@@ -93,9 +95,10 @@ class RequestMessages:
         with _REDRAW_GUARD:
             lock = _REDRAW_LOCKS.setdefault(req.id, threading.Lock())
         with lock:
-            req = self._latest(req)
+            req, approvals = self._latest(req)
             try:
-                self.client.chat_update(channel=req.channel or "", ts=req.message_ts or "", **self.render(req))
+                self.client.chat_update(channel=req.channel or "", ts=req.message_ts or "",
+                                        **self.render(req, approvals))
             except SlackApiError as exc:
                 log.warning("could not update request %s message: %s", req.id, exc.response.get("error"))
             except Exception as exc:  # Slack unreachable after retries: the state is safe in the store

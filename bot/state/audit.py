@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, insert, or_, select
 from sqlalchemy.engine import Connection
 
+from bot.approval.models import Request
 from bot.logs import log_value
 from bot.secrets import scrub
 from bot.state.schema import audit, requests
@@ -39,6 +40,20 @@ FIELDS = (
     "reason",
     "result",
 )
+
+
+def request_values(req: Request, event: str, actor: str | None, result: str | None = None) -> dict[str, Any]:
+    """The audit row of a request event (``<action>:<event>``): what the request acted on, and its
+    outcome's detail unless ``result`` says otherwise."""
+    s = req.session
+    if result is None and req.outcome is not None:
+        result = req.outcome.detail
+    return {
+        "env": req.env, "host": req.host, "request_id": req.id, "event": f"{req.action}:{event}", "actor": actor,
+        "pid": s.pid if s else None, "backend_start": s.backend_start if s else None,
+        "db_user": s.user if s else None, "application": s.application if s else None,
+        "query": s.query if s else None, "reason": req.reason, "result": result,
+    }
 
 
 def split_event(event: str | None) -> tuple[str | None, str]:
@@ -90,7 +105,7 @@ def log_audit(values: Mapping[str, Any]) -> None:
     In the text log every value is quoted (:func:`bot.logs.log_value`): an ``application_name`` such as
     ``x result=executed actor=U0ADMIN`` stays one value and cannot forge fields."""
     try:
-        rec = fields(values)
+        rec = fields({k: v for k, v in values.items() if k not in ("query", "requester")})  # not scrubbed to be dropped
         rec.pop("query", None)
         rec.pop("requester", None)
         present = {k: v for k, v in rec.items() if v is not None}

@@ -265,8 +265,9 @@ class StateStore:
         decided_by: str | None = None,
         stale_before: float | None = None,
         outcome_status: str | None = None,
-    ) -> bool:
-        """Move a request from ``expected`` to ``new``; False when another click got there first.
+    ) -> Request | None:
+        """Move a request from ``expected`` to ``new``: the request as stored now (``UPDATE … RETURNING``),
+        or None when another click got there first.
 
         ``outcome`` (when given) replaces the stored outcome and the real columns derived from it; a
         transition to the same state only records progress or a changed outcome. ``stale_before``: only
@@ -287,8 +288,8 @@ class StateStore:
             where.append(requests.c.updated_at <= stale_before)
         if outcome_status is not None:
             where.append(requests.c.outcome_status == outcome_status)
-        res = conn.execute(update(requests).where(*where).values(**values))
-        return int(res.rowcount) == 1
+        row = conn.execute(update(requests).where(*where).values(**values).returning(*requests.c)).mappings().first()
+        return self._decode(row) if row is not None else None
 
     def touch_executing(self, request_id: str) -> bool:
         """Say that the execution of this request is alive (``updated_at`` = now); False when the request
@@ -300,6 +301,14 @@ class StateStore:
                 .values(updated_at=time.time())
             )
         return int(res.rowcount) == 1
+
+    def approve(self, conn: Connection, req: Request, approver: str) -> list[str] | None:
+        """Record ``approver``'s approval of ``req`` with its audit line: who has approved it now (oldest
+        first), or None when ``approver`` already had (nothing is written)."""
+        if not self.add_approval(conn, req.id, approver):
+            return None
+        self.audit_request(req, "approved", approver, conn=conn)
+        return self.approvers_of(req.id, conn=conn)
 
     def add_approval(self, conn: Connection, request_id: str, approver: str) -> bool:
         """Record one approval; False if this approver already approved."""
@@ -321,6 +330,11 @@ class StateStore:
             return [r[0] for r in conn.execute(stmt)]
         with self.read() as c:
             return [r[0] for r in c.execute(stmt)]
+
+    def request_with_approvals(self, request_id: str) -> tuple[Request | None, list[str]]:
+        """A request and who approved it (oldest first), in one read."""
+        with self.read() as c:
+            return self.get_request(request_id, conn=c), self.approvers_of(request_id, conn=c)
 
     def requests_in(self, states: tuple[RequestState, ...], env: str | None = None) -> list[Request]:
         stmt = (
@@ -497,6 +511,11 @@ class StateStore:
             return
         with self.tx() as c:
             audit_records.add(c, values)
+
+    def audit_request(self, req: Request, event: str, actor: str | None, conn: Connection | None = None,
+                      result: str | None = None) -> None:
+        """One audit line for a request event (``<action>:<event>``), with what the request acted on."""
+        self.add_audit(conn, **audit_records.request_values(req, event, actor, result))
 
     def add_audit_many(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
