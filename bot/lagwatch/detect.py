@@ -90,7 +90,6 @@ def pick_culprits(
                 culprit_session(r, holding_back=True, redact_queries=redact_queries),
                 "snapshot",
                 _snapshot_why(r),
-                r.get("xmin_age"),
             )
             for r in snap
         ]
@@ -112,7 +111,6 @@ def pick_culprits(
             culprit_session(r, holding_back=False, redact_queries=redact_queries),
             "suspect",
             _suspect_why(r),
-            r.get("xmin_age"),
         )
         for r in suspects[:MAX_CULPRITS]
     )
