@@ -4,6 +4,7 @@ keeps of one."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,18 +66,19 @@ class HostSnapshot:
     client_connections: int
     sessions: tuple[Session, ...]
     held: tuple[Held, ...] = ()
-    prepared: tuple[dict, ...] = ()
-    slots: tuple[dict, ...] = ()
-    feedback: tuple[dict, ...] = ()
+    prepared: tuple[dict[str, Any], ...] = ()
+    slots: tuple[dict[str, Any], ...] = ()
+    feedback: tuple[dict[str, Any], ...] = ()
     # client connections by application / user / state (top 5 each), read only while the share is crossed;
     # None: count them from ``sessions`` (then every client session must be in it)
-    breakdown: dict | None = None
+    breakdown: dict[str, Any] | None = None
     receiver_status: str | None = None  # pg_stat_wal_receiver.status on a standby (None: no receiver)
     receiver_silent_secs: float | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def session_from_row(row: dict, bot_is_super: bool, bot_can_signal: bool, redact=None,
+def session_from_row(row: Mapping[str, Any], bot_is_super: bool, bot_can_signal: bool,
+                     redact: Callable[[str], str] | None = None,
                      bot_can_signal_autovacuum: bool | None = None) -> Session:
     """A session of the watch's statements (``watch_host.sql``, ``pool_holders.sql``, ``wraparound.sql``):
     the bot's own facts come once per statement, not on every row."""
@@ -89,7 +91,8 @@ def session_from_row(row: dict, bot_is_super: bool, bot_can_signal: bool, redact
                             signal_facts=facts)
 
 
-def snapshot_from_row(env: str, host: str, taken_at: float, row: dict, redact=None) -> HostSnapshot:
+def snapshot_from_row(env: str, host: str, taken_at: float, row: dict[str, Any],
+                      redact: Callable[[str], str] | None = None) -> HostSnapshot:
     sup, sig = bool(row["bot_is_super"]), bool(row["bot_can_signal"])
     av = row.get("bot_can_signal_autovacuum")
     return HostSnapshot(

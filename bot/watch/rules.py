@@ -17,8 +17,9 @@ No clock, no database, no Slack here: every input is an argument, so the rules h
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from bot import session_rules
 from bot.config import Environment, IgnoreRule, Watch
@@ -57,7 +58,7 @@ class Condition:
 
     kind: str
     key: str
-    facts: dict
+    facts: dict[str, Any]
     sessions: tuple[Session, ...] = ()  # offered with buttons, worst first
     bulk: tuple[Session, ...] = ()  # connections: the idle sessions a *Terminate these N* covers
     bulk_app: str | None = None
@@ -135,7 +136,8 @@ def lock_pileups(snap: HostSnapshot, watch: Watch, ignore: Sequence[IgnoreRule] 
     return out
 
 
-def _client_offenders(snap, ignore, pred) -> list[Session]:
+def _client_offenders(snap: HostSnapshot, ignore: Sequence[IgnoreRule],
+                      pred: Callable[[Session], bool]) -> list[Session]:
     return [s for s in snap.sessions if s.is_client and s.backend_start is not None and pred(s)
             and not ignored_session(ignore, s)]
 
@@ -217,11 +219,11 @@ class HorizonClock:
 
 
 def horizon_holders(snap: HostSnapshot, ignore: Sequence[IgnoreRule] = (), clock: HorizonClock | None = None,
-                    ) -> list[dict]:
+                    ) -> list[dict[str, Any]]:
     """Every holder of the xmin horizon on this host, oldest first (by time held, then transactions behind)."""
     clock = clock if clock is not None else HorizonClock()
     now = snap.taken_at
-    holders: list[dict] = []
+    holders: list[dict[str, Any]] = []
     for s in snap.sessions:
         if s.horizon_age is None or s.backend_start is None or s.is_autovacuum or ignored_session(ignore, s):
             continue  # (a VACUUM's own xmin holds back no other vacuum)
