@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -140,13 +141,11 @@ def test_parse_locks_commands():
     assert "locks" in parse.__globals__["USAGE"]
 
 
-def _details(**row):
-    base = dict(state="active", query="SELECT 1", backend_type="client backend", application_name=HOSTILE,
-                usename=HOSTILE, datname=HOSTILE, client_addr="10.0.0.1", client_hostname=HOSTILE, client_port=5,
-                wait_event_type="Lock", wait_event="transactionid", backend_start=NOW, read_at=NOW)
-    base.update(row)
-    s = session(1, app=HOSTILE)
-    return Details("prod", "primary", 1, "ok", row=base, session=s, read_at=NOW,
+def _details(**shown):
+    s = replace(session(1, app=HOSTILE), backend_type="client backend", user=HOSTILE, database=HOSTILE,
+                client_addr="10.0.0.1", client_hostname=HOSTILE, client_port=5, wait_event_type="Lock",
+                wait_event="transactionid", **shown)
+    return Details("prod", "primary", 1, "ok", session=s, read_at=NOW,
                    locks=(LockRef("ExclusiveLock", True, LockObject("relation", rel_name=HOSTILE)),), locks_total=1)
 
 
@@ -208,8 +207,8 @@ def test_may_view_follows_the_channel_and_viewers_when_configured():
 def test_replay_waiting_for_a_lock_on_a_standby_is_said():
     startup = session(99, app="", query="")
     startup = Session(**{**{f: getattr(startup, f) for f in Session.__slots__},
-                         "wait_event_type": "Lock", "wait_event": "relation", "state": None})
-    graph = LockGraph("prod", "replica1", {99: startup}, {}, backend_types={99: "startup"}, read_at=NOW)
+                         "wait_event_type": "Lock", "wait_event": "relation", "state": None, "backend_type": "startup"})
+    graph = LockGraph("prod", "replica1", {99: startup}, {}, read_at=NOW)
     msg = render_locks(graph, build_forest(graph.waits))
     assert msg["text"] == "No session waits for a lock on prod / replica1 (standby), but replay does."
     assert "/pgsessions prod lag" in json.dumps(msg)

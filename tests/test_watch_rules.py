@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bot.config import IgnoreRule, Watch, parse_config
+from bot.postgres.models import Session
 from bot.render.watch import render_alert, render_reminder, render_resolved
 from bot.watch import rules
 from bot.watch.model import (
@@ -20,7 +21,7 @@ from bot.watch.model import (
     XMIN_HORIZON,
     Held,
     HostSnapshot,
-    WatchSession,
+    watch_categories,
 )
 from bot.watch.reads import union_params
 from tests.harness.fake_slack import validate_message_blocks
@@ -33,13 +34,13 @@ HOSTILE = "<!channel> *x* `y` <https://e.example|z> \x1b[31m\u202e"
 
 def s(pid: int, *, state="active", app="web", user="u", db="d", query="SELECT 1", blocked_by=(), wait_mode=None,
       wait_secs=None, query_secs=1.0, state_secs=1.0, xact_secs=None, xmin_age=None, backend_type="client backend",
-      cannot_signal=None) -> WatchSession:
-    return WatchSession(
+      cannot_signal=None) -> Session:
+    return Session(
         pid=pid, backend_start=T0 + timedelta(seconds=pid), backend_type=backend_type, user=user, database=db,
         application=app, client_addr="10.0.0.1", state=state, wait_event_type="Lock" if blocked_by else None,
         wait_event="relation" if blocked_by else None, query=query, blocked_by=tuple(blocked_by), wait_mode=wait_mode,
         wait_relation="t" if blocked_by else None, wait_secs=wait_secs, query_secs=query_secs, xact_secs=xact_secs,
-        state_secs=state_secs, xmin_age=xmin_age, cannot_signal=cannot_signal,
+        state_secs=state_secs, xmin_age=xmin_age, cannot_signal=cannot_signal, categories=watch_categories(state),
     )
 
 

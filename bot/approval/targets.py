@@ -34,7 +34,9 @@ from bot.state.store import StateStore
 
 
 def session_snapshot(s: Session, listed_at: float | None = None) -> SessionTarget:
-    """What the approver will see and what a signal is bound to.
+    """What the approver will see and what a signal is bound to: the one way a
+    :class:`~bot.postgres.models.Session` (of a listing, Details, the lock tree, a lag culprit or a watch
+    alert) becomes the snapshot a Cancel / Terminate token stores (a Details token copies it).
 
     Besides ``(pid, backend_start)`` it keeps ``query_start``, ``xact_start`` and ``state_change``
     exactly: a cancel or terminate acts only while the session is still doing what was listed

@@ -248,10 +248,10 @@ def offer_for_listing(
             protected=left_out,
         )
     with dbs.connection(env, host, op="bulk_snapshot") as conn:
-        exact = state_changes(conn, [(s.pid, s.backend_start) for s in chosen])
+        exact = state_changes(conn, [(s.pid, s.started) for s in chosen])
     sessions = []
     for s in chosen:
-        now = exact.get((s.pid, s.backend_start))
+        now = exact.get((s.pid, s.started))
         state_change = None
         used = True
         if now is not None:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 from bot.durations import format_duration
 from bot.lagwatch.model import Culprit, PrimaryView, Reason, StandbyLag, Unreachable
@@ -42,7 +43,7 @@ def classify(wait_event_type: str | None, wait_event: str | None, paused: bool, 
     return Reason.UNKNOWN
 
 
-def _lock_why(row: dict) -> str:
+def _lock_why(row: dict[str, Any]) -> str:
     objects = row.get("lock_objects") or "an object"
     return (
         f"holds {row.get('lock_modes') or 'a lock'} on {objects}; replay needs "
@@ -50,7 +51,7 @@ def _lock_why(row: dict) -> str:
     )
 
 
-def _snapshot_why(row: dict) -> str:
+def _snapshot_why(row: dict[str, Any]) -> str:
     behind = row.get("xmin_behind")
     older = ""
     if behind is not None and behind > 0:
@@ -58,7 +59,7 @@ def _snapshot_why(row: dict) -> str:
     return f"its snapshot (xmin {row.get('backend_xmin')}{older}) may still see rows that replay must remove"
 
 
-def _suspect_why(row: dict) -> str:
+def _suspect_why(row: dict[str, Any]) -> str:
     parts = []
     if row.get("holds_lock"):
         parts.append(_lock_why(row))
@@ -71,7 +72,7 @@ def _suspect_why(row: dict) -> str:
 
 
 def pick_culprits(
-    reason: Reason, rows: Iterable[dict], redact_queries: bool = False
+    reason: Reason, rows: Iterable[dict[str, Any]], redact_queries: bool = False
 ) -> tuple[tuple[Culprit, ...], tuple[Culprit, ...]]:
     """(direct culprits, suspects) for a reason: lock holders for a lock conflict, old snapshots for a
     snapshot conflict; every flagged row is a suspect when no direct culprit is found."""
@@ -90,7 +91,6 @@ def pick_culprits(
                 culprit_session(r, holding_back=True, redact_queries=redact_queries),
                 "snapshot",
                 _snapshot_why(r),
-                r.get("xmin_age"),
             )
             for r in snap
         ]
@@ -112,7 +112,6 @@ def pick_culprits(
             culprit_session(r, holding_back=False, redact_queries=redact_queries),
             "suspect",
             _suspect_why(r),
-            r.get("xmin_age"),
         )
         for r in suspects[:MAX_CULPRITS]
     )
@@ -193,7 +192,7 @@ def measure_standby(
     environment = dbs.config.environments[env]
     alert = environment.lag_alert
     suspect_secs = alert.threshold if alert is not None else environment.thresholds.long_running
-    culprit_rows: list[dict] = []
+    culprit_rows: list[dict[str, Any]] = []
     with dbs.connection(env, host) as conn:
         row = read_standby(conn)
         in_recovery = bool(row["in_recovery"])

@@ -44,17 +44,17 @@ def lsn_to_int(lsn: str | None) -> int | None:
 
 @dataclass(frozen=True, slots=True)
 class Culprit:
-    """A standby session that holds replay back (or, for ``kind == 'suspect'``, may)."""
+    """A standby session that holds replay back (or, for ``kind == 'suspect'``, may): the one
+    :class:`~bot.postgres.models.Session` (its ``xmin_age`` too) and why it is named."""
 
     session: Session
     kind: str  # lock | snapshot | suspect
     why: str
-    xmin_age: int | None = None
 
     @property
     def key(self) -> str:
         """Identity across checks: pids are reused, (pid, backend_start) are not."""
-        return f"{self.session.pid}@{self.session.backend_start.isoformat(timespec='microseconds')}"
+        return self.session.key
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from typing import Any
 
 from bot.config import LagAlert
 from bot.lagwatch.model import StandbyLag, lsn_to_int
+from bot.postgres.models import iso
 from bot.watch.rules import due as due  # edit / remind timing is bot.watch.rules' (every kind's)
 
 LAG = "lag"
@@ -129,7 +130,7 @@ def lag_payload(payload: dict[str, Any], m: StandbyLag) -> dict[str, Any]:
             c.key,
             {
                 "pid": c.session.pid,
-                "backend_start": c.session.backend_start.isoformat(timespec="microseconds"),
+                "backend_start": iso(c.session.backend_start),
                 "user": c.session.user,
                 "application": c.session.application,
                 "kind": c.kind,

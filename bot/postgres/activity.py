@@ -10,14 +10,12 @@ from psycopg.rows import dict_row
 from bot.config import Environment
 from bot.postgres import pgbouncer
 from bot.postgres.models import (
-    CLIENT_BACKEND,
     QUERY_RUNNING_STATES,
     Category,
     Filters,
     Listing,
     ServerInfo,
     Session,
-    cannot_signal_reason,
 )
 from bot.postgres.pools import Databases
 from bot.postgres.redact import redact
@@ -34,6 +32,8 @@ def server_info(conn: Conn) -> ServerInfo:
 
 
 def _session(row: Row, redact_queries: bool = False) -> Session:
+    """A row of ``sessions.sql`` (or ``lock_forest.sql``, ``details_session.sql`` with the same flags) as a
+    :class:`Session`, with the listing's categories."""
     cats = []
     if row["blocking_count"] > 0:
         cats.append(Category.BLOCKING)
@@ -47,34 +47,7 @@ def _session(row: Row, redact_queries: bool = False) -> Session:
         cats.append(Category.IDLE)
     if not cats:  # shown only as the blocker of a filtered waiter
         cats.append(Category.BLOCKED if row["blocked_by"] else Category.BLOCKING)
-    return Session(
-        pid=row["pid"],
-        backend_start=row["backend_start"],
-        user=row["usename"],
-        database=row["datname"],
-        application=row["application_name"] or "",
-        client_addr=row["client_addr"],
-        state=row["state"],
-        wait_event_type=row["wait_event_type"],
-        wait_event=row["wait_event"],
-        query=redact(row["query"] or "") if redact_queries else (row["query"] or ""),
-        blocked_by=tuple(row["blocked_by"] or ()),
-        blocking_count=row["blocking_count"],
-        categories=tuple(cats),
-        query_secs=row["query_secs"],
-        xact_secs=row["xact_secs"],
-        state_secs=row["state_secs"],
-        is_superuser=row["is_superuser"],
-        cannot_signal=cannot_signal_reason(row),
-        backend_xmin=row["backend_xmin"],
-        blocking_total=row.get("blocking_total"),
-        longest_wait_secs=row.get("longest_wait_secs"),
-        query_start=row.get("query_start"),
-        xact_start=row.get("xact_start"),
-        state_change=row.get("state_change"),
-        backend_type=row.get("backend_type") or CLIENT_BACKEND,
-        client_port=row.get("client_port"),
-    )
+    return Session.from_row(row, cats, redact=redact if redact_queries else None)
 
 
 def thresholds_for(environment: Environment, filters: Filters) -> dict[str, float]:

@@ -8,7 +8,7 @@ such, never shown as if it were the session clicked.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -35,8 +35,9 @@ class Details:
     host: str
     pid: int
     status: str  # ok | ended | reused
-    row: dict[str, Any] = field(default_factory=dict)
-    session: Session | None = None
+    session: Session | None = None  # the one Session, whole (its xids, query_id, client host name, times)
+    leader_pid: int | None = None  # a parallel query: the leader's pid (its own for the leader)
+    worker_pids: tuple[int, ...] = ()  # and the workers of that leader
     locks: tuple[LockRef, ...] = ()
     locks_total: int = 0
     blocker_levels: tuple[tuple[int, ...], ...] = ()
@@ -99,7 +100,6 @@ def read_details(
         "is_long_running": row["state"] == "active",
         "is_idle_tx": bool(row["state"] and row["state"].startswith("idle in transaction")),
         "is_idle": row["state"] == "idle",
-        "backend_xmin": row["backend_xmin"],
     }
     session = _session({**row, **flags})
     poolers = pgbouncer.collect(pooler_reads)
@@ -111,8 +111,9 @@ def read_details(
         host,
         pid,
         "ok",
-        row=row,
         session=session,
+        leader_pid=row["leader_pid"],
+        worker_pids=tuple(row["worker_pids"] or ()),
         locks=locks,
         locks_total=lock_rows[0]["total"] if lock_rows else 0,
         blocker_levels=tuple(blocker_levels(graph.waits, pid)),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from psycopg.rows import dict_row
 
-from bot.postgres.models import Category, Session, cannot_signal_reason
+from bot.postgres.models import Category, Session
 from bot.postgres.redact import redact
 from bot.postgres.sql import Conn, Row, query
 
@@ -38,12 +38,6 @@ def read_replication(conn: Conn) -> list[Row]:
         return cur.fetchall()
 
 
-def _query_text(text: str, redact_queries: bool) -> str:
-    if not redact_queries or not text:
-        return text
-    return redact(text)
-
-
 def culprit_session(row: Row, *, holding_back: bool, redact_queries: bool = False) -> Session:
     """A culprit/suspect row as a :class:`Session` (what the buttons and their tokens are made from)."""
     idle_tx = bool(row["state"] and str(row["state"]).startswith("idle in transaction"))
@@ -56,27 +50,6 @@ def culprit_session(row: Row, *, holding_back: bool, redact_queries: bool = Fals
         cats.append(Category.LONG_RUNNING)
     if not cats:
         cats.append(Category.IDLE if row["state"] == "idle" else Category.LONG_RUNNING)
-    return Session(
-        pid=row["pid"],
-        backend_start=row["backend_start"],
-        user=row["usename"],
-        database=row["datname"],
-        application=row["application_name"] or "",
-        client_addr=row["client_addr"],
-        state=row["state"],
-        wait_event_type=row["wait_event_type"],
-        wait_event=row["wait_event"],
-        query=_query_text(row["query"] or "", redact_queries),
-        blocked_by=(),
-        blocking_count=1 if holding_back else 0,
-        categories=tuple(cats),
-        query_secs=row["query_secs"],
-        xact_secs=row["xact_secs"],
-        state_secs=row["state_secs"],
-        is_superuser=bool(row["is_superuser"]),
-        cannot_signal=cannot_signal_reason(row),
-        backend_xmin=row["backend_xmin"],
-        query_start=row.get("query_start"),
-        xact_start=row.get("xact_start"),
-        state_change=row.get("state_change"),
-    )
+    # a culprit blocks replay, not a session: blocked_by stays empty
+    return Session.from_row({**row, "blocked_by": ()}, cats, blocking_count=1 if holding_back else 0,
+                            redact=redact if redact_queries else None)

@@ -158,7 +158,6 @@ class LockGraph:
     sessions: dict[int, Session]
     waits: dict[int, Waiter]
     holds_wanted: dict[int, tuple[LockRef, ...]] = field(default_factory=dict)
-    backend_types: dict[int, str] = field(default_factory=dict)
     read_at: datetime | None = None
     # the server has no pg_locks.waitstart (13): waits are timed from when the waiting query became active
     waits_from_query: bool = False
@@ -298,7 +297,6 @@ def graph_from_rows(env: str, host: str, rows: list[dict[str, Any]], redact_quer
     sessions: dict[int, Session] = {}
     waits: dict[int, Waiter] = {}
     holds: dict[int, tuple[LockRef, ...]] = {}
-    types: dict[int, str] = {}
     read_at = None
     for row in rows:
         pid = row["pid"]
@@ -311,7 +309,6 @@ def graph_from_rows(env: str, host: str, rows: list[dict[str, Any]], redact_quer
                 + (" (replay on the standby)" if kind == "startup" else "")
             )
         sessions[pid] = session
-        types[pid] = kind
         read_at = row.get("read_at") or read_at
         if row["blocked_by"]:
             obj = LockObject.from_row(row, "want_")
@@ -322,7 +319,7 @@ def graph_from_rows(env: str, host: str, rows: list[dict[str, Any]], redact_quer
             raw = json.loads(raw)
         if raw:
             holds[pid] = tuple(_lock_ref(d) for d in raw)
-    return LockGraph(env, host, sessions, waits, holds, types, read_at or datetime.now(UTC))
+    return LockGraph(env, host, sessions, waits, holds, read_at or datetime.now(UTC))
 
 
 def read_lock_graph(dbs: Databases, env: str, host: str = "primary", query_chars: int = 600) -> LockGraph:

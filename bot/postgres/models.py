@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -109,10 +109,30 @@ def runs_query(state: str | None) -> bool:
     return state in QUERY_RUNNING_STATES
 
 
+def iso(when: datetime | None) -> str | None:
+    """Full microsecond precision: a millisecond-rounded backend_start never matches."""
+    return when.isoformat(timespec="microseconds") if when is not None else None
+
+
+def _datetime(value: Any) -> datetime | None:
+    """A timestamp as psycopg returns it, or as ISO text (the watch's statements return JSON)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
+
+
 @dataclass(frozen=True, slots=True)
 class Session:
+    """One backend as a statement on ``pg_stat_activity`` read it: THE session type of the bot.
+
+    The listing, Details, the lock tree, the lag watcher's culprits and every watch alert hold this one
+    type, built by :meth:`from_row` (the columns a statement does not return stay at their defaults);
+    a button token stores the snapshot :func:`bot.approval.targets.session_snapshot` makes of it."""
+
     pid: int
-    backend_start: datetime
+    # None only for a backend the bot's role may not read (pg_read_all_stats): the watch still sees it
+    # as the blocker of a lock waiter, and offers no button for it
+    backend_start: datetime | None
     user: str | None
     database: str | None
     application: str
@@ -121,12 +141,12 @@ class Session:
     wait_event_type: str | None
     wait_event: str | None
     query: str
-    blocked_by: tuple[int, ...]
-    blocking_count: int
-    categories: tuple[Category, ...]
-    query_secs: float | None
-    xact_secs: float | None
-    state_secs: float | None
+    blocked_by: tuple[int, ...] = ()
+    blocking_count: int = 0
+    categories: tuple[Category, ...] = ()  # why it needs attention, most urgent first (never empty once read)
+    query_secs: float | None = None
+    xact_secs: float | None = None
+    state_secs: float | None = None
     is_superuser: bool = False
     cannot_signal: str | None = None
     backend_xmin: str | None = None
@@ -141,7 +161,105 @@ class Session:
     # linked to it now (issue 25; None for a direct connection or without poolers configured)
     client_port: int | None = None
     via: PooledVia | None = None
-    backend_type: str = CLIENT_BACKEND  # also "autovacuum worker": shown when it blocks others
+    # "client backend", "autovacuum worker" (shown when it blocks others), any other process in the lock
+    # tree and Details; None: not readable by the bot's role
+    backend_type: str | None = CLIENT_BACKEND
+    # the lock it waits for (the watch's pile-ups): mode, lock type, relation name, for how long
+    wait_mode: str | None = None
+    wait_locktype: str | None = None
+    wait_relation: str | None = None
+    wait_secs: float | None = None
+    # transaction ids: its own (backend_xid) and its snapshot's (backend_xmin), and their ages in
+    # transactions (the xmin horizon, wraparound, the lag watcher's snapshot conflicts, Details)
+    backend_xid: str | None = None
+    xid_age: int | None = None
+    xmin_age: int | None = None
+    # Details only: what the one-session read adds
+    query_id: int | None = None
+    client_hostname: str | None = None
+    backend_secs: float | None = None
+
+    @classmethod
+    def from_row(
+        cls,
+        row: Mapping[str, Any],
+        categories: Iterable[Category] = (),
+        *,
+        blocking_count: int | None = None,
+        redact: Callable[[str], str] | None = None,
+        signal_facts: Mapping[str, Any] | None = None,
+    ) -> Session:
+        """The one way a row of a statement on ``pg_stat_activity`` becomes a :class:`Session`.
+
+        Columns keep ``pg_stat_activity``'s names (``usename``, ``datname``, ``application_name``, ...);
+        one the statement does not return keeps the field's default; timestamps may be ISO text.
+        ``categories`` are the reader's (each read has its own rule); ``blocking_count`` overrides the
+        row's; ``redact`` is applied to the query text shown (``cannot_signal`` is decided on the text as
+        read); ``signal_facts`` adds the bot's facts :func:`cannot_signal_reason` needs when the statement
+        returns them once, not on every row."""
+        facts = {**row, **signal_facts} if signal_facts else row
+        query = row.get("query") or ""
+        return cls(
+            pid=int(row["pid"]),
+            backend_start=_datetime(row.get("backend_start")),
+            user=row.get("usename"),
+            database=row.get("datname"),
+            application=row.get("application_name") or "",
+            client_addr=row.get("client_addr"),
+            state=row.get("state"),
+            wait_event_type=row.get("wait_event_type"),
+            wait_event=row.get("wait_event"),
+            query=redact(query) if redact is not None else query,
+            blocked_by=tuple(int(p) for p in row.get("blocked_by") or ()),
+            blocking_count=int(row.get("blocking_count") or 0) if blocking_count is None else blocking_count,
+            categories=tuple(categories),
+            query_secs=row.get("query_secs"),
+            xact_secs=row.get("xact_secs"),
+            state_secs=row.get("state_secs"),
+            is_superuser=bool(facts.get("is_superuser")),
+            cannot_signal=cannot_signal_reason(facts),
+            backend_xmin=row.get("backend_xmin"),
+            blocking_total=row.get("blocking_total"),
+            longest_wait_secs=row.get("longest_wait_secs"),
+            query_start=_datetime(row.get("query_start")),
+            xact_start=_datetime(row.get("xact_start")),
+            state_change=_datetime(row.get("state_change")),
+            client_port=row.get("client_port"),
+            backend_type=row.get("backend_type"),
+            wait_mode=row.get("wait_mode"),
+            wait_locktype=row.get("wait_locktype"),
+            wait_relation=row.get("wait_relation"),
+            wait_secs=row.get("wait_secs"),
+            backend_xid=row.get("backend_xid"),
+            xid_age=row.get("xid_age"),
+            xmin_age=row.get("xmin_age"),
+            query_id=row.get("query_id"),
+            client_hostname=row.get("client_hostname"),
+            backend_secs=row.get("backend_secs"),
+        )
+
+    @property
+    def started(self) -> datetime:
+        """``backend_start`` where a read guarantees one (every read but the watch's lock blockers and
+        the lock tree's server processes); a session without one raises."""
+        if self.backend_start is None:
+            raise ValueError(f"session {self.pid} has no backend_start")
+        return self.backend_start
+
+    @property
+    def key(self) -> str:
+        """Identity across reads: pids are reused, (pid, backend_start) are not."""
+        return f"{self.pid}@{iso(self.backend_start)}"
+
+    @property
+    def is_client(self) -> bool:
+        return self.backend_type == CLIENT_BACKEND
+
+    @property
+    def horizon_age(self) -> int | None:
+        """How many transactions old the oldest of its xid and snapshot is (what holds the horizon back)."""
+        ages = [a for a in (self.xmin_age, self.xid_age) if a is not None]
+        return max(ages) if ages else None
 
     @property
     def is_autovacuum(self) -> bool:

@@ -117,53 +117,52 @@ def details_view(d: Details, kill_token: str | None, kill_disabled: str | None =
             f":warning: The session you clicked has ended: pid {d.pid} on {where(d.env, d.host)} now belongs to "
             f"another backend (started {slack_time(d.other_start)}). It is not shown here; list the sessions again.",
         )
-    r = d.row
     s = d.session
     assert s is not None
     blocks: list[dict[str, Any]] = []
-    state = r.get("state") or "?"
+    state = s.state or "?"
     aborted = " — the transaction is *aborted*: it can only roll back" if "(aborted)" in state else ""
     blocks.append(
         section(
-            f"*pid {d.pid}* on {where(d.env, d.host)} · {esc(r.get('backend_type') or '?')}\n"
+            f"*pid {d.pid}* on {where(d.env, d.host)} · {esc(s.backend_type or '?')}\n"
             f"state {code(state)}{aborted}"
         )
     )
     blocks.append(context(f"Read {slack_time(d.read_at)}"))
     # query
-    chunks, lost = _code_chunks(r.get("query") or "")
-    qid = r.get("query_id")
+    chunks, lost = _code_chunks(s.query)
+    qid = s.query_id
     blocks.append(section("*Query*" + (f" · query_id `{qid}`" if qid is not None else "")))
     blocks += [section(c) for c in chunks]
     if lost:
         blocks.append(context(f"{lost} more characters not shown (Slack's limit)."))
     # times
     times = [
-        f"backend start {when(r.get('backend_start'), r.get('backend_secs'))}",
-        f"transaction start {when(r.get('xact_start'), r.get('xact_secs'))}",
-        f"query start {when(r.get('query_start'), r.get('query_secs'))}",
-        f"state change {when(r.get('state_change'), r.get('state_secs'))}",
+        f"backend start {when(s.backend_start, s.backend_secs)}",
+        f"transaction start {when(s.xact_start, s.xact_secs)}",
+        f"query start {when(s.query_start, s.query_secs)}",
+        f"state change {when(s.state_change, s.state_secs)}",
     ]
     blocks.append(section("*Times*\n" + "\n".join(times)))
     # wait
-    if r.get("wait_event_type"):
-        ev = f"{esc(r['wait_event_type'])}/{esc(r.get('wait_event') or '?')}"
-        m = meaning(r.get("wait_event_type"), r.get("wait_event"))
+    if s.wait_event_type:
+        ev = f"{esc(s.wait_event_type)}/{esc(s.wait_event or '?')}"
+        m = meaning(s.wait_event_type, s.wait_event)
         blocks.append(section(f"*Waits on* `{ev}`" + (f": {m}" if m else "")))
     # client
     client = [
-        f"address {code(r['client_addr']) if r.get('client_addr') else 'local socket'}",
-        f"host {code(r['client_hostname']) if r.get('client_hostname') else '–'}",
-        f"port {r['client_port'] if r.get('client_port') is not None else '–'}",
-        f"app {code(r['application_name']) if r.get('application_name') else '–'}",
-        f"user {code(r['usename']) if r.get('usename') else '–'}",
-        f"db {code(r['datname']) if r.get('datname') else '–'}",
+        f"address {code(s.client_addr) if s.client_addr else 'local socket'}",
+        f"host {code(s.client_hostname) if s.client_hostname else '–'}",
+        f"port {s.client_port if s.client_port is not None else '–'}",
+        f"app {code(s.application) if s.application else '–'}",
+        f"user {code(s.user) if s.user else '–'}",
+        f"db {code(s.database) if s.database else '–'}",
     ]
     blocks.append(section("*Client*\n" + " · ".join(client)))
     pooled = details_pooler_section(s, d.poolers)
     if pooled:
         blocks.append(section(cut(pooled, SECTION_TEXT)))
-    leader, workers = r.get("leader_pid"), list(r.get("worker_pids") or [])
+    leader, workers = d.leader_pid, list(d.worker_pids)
     text = ""
     if leader is not None and leader != d.pid:
         others = [p for p in workers if p != d.pid]
@@ -176,11 +175,11 @@ def details_view(d: Details, kill_token: str | None, kill_disabled: str | None =
         blocks.append(section(cut(text, SECTION_TEXT)))
     # xid / xmin
     xs = []
-    if r.get("backend_xid"):
-        xs.append(f"backend_xid {code(r['backend_xid'])} ({r.get('xid_age')} transactions old)")
-    if r.get("backend_xmin"):
+    if s.backend_xid:
+        xs.append(f"backend_xid {code(s.backend_xid)} ({s.xid_age} transactions old)")
+    if s.backend_xmin:
         xs.append(
-            f"backend_xmin {code(r['backend_xmin'])} ({r.get('xmin_age')} transactions old): vacuum cannot remove rows "
+            f"backend_xmin {code(s.backend_xmin)} ({s.xmin_age} transactions old): vacuum cannot remove rows "
             "deleted after it"
         )
     blocks.append(section("*Transaction ids*\n" + ("\n".join(xs) if xs else "no xid and no snapshot held")))

@@ -80,9 +80,8 @@ def waiter_line(graph: LockGraph, depth: int, pid: int) -> str:
 
 def replay_note(graph: LockGraph) -> str:
     """On a standby: the startup process waiting for a lock (pg_blocking_pids() names nobody for it)."""
-    for pid, kind in graph.backend_types.items():
-        s = graph.sessions.get(pid)
-        if kind == "startup" and s is not None and s.wait_event_type == "Lock":
+    for pid, s in graph.sessions.items():
+        if s.backend_type == "startup" and s.wait_event_type == "Lock":
             return (
                 f"Replay (the startup process, pid {pid}) waits for a lock ({esc(s.wait_event or '?')}): "
                 f"`/pgsessions {esc(graph.env)} lag` names the standby session that holds it."

@@ -21,10 +21,11 @@ from psycopg.rows import dict_row
 
 from bot.config import IgnoreRule, Watch
 from bot.postgres import pgbouncer
+from bot.postgres.models import Session
 from bot.postgres.pgbouncer import PendingReads, PoolerRead
 from bot.postgres.pools import Databases, DatabaseUnavailable
 from bot.postgres.sql import query
-from bot.watch.model import CONNECTIONS, POOL_WAITING, HostSnapshot, WatchSession, session_from_row
+from bot.watch.model import CONNECTIONS, POOL_WAITING, HostSnapshot, session_facts, session_from_row
 from bot.watch.rules import MAX_SHOWN, Condition, ignored_session
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def read_pools(dbs: Databases, snap: HostSnapshot, pending: PendingReads, watch:
     reads = pgbouncer.collect(pending)
     over = _over(reads, watch.pool_waiting) if watch.pool_waiting is not None else []
     pids = sorted({s.pid for r, user, db in over for s in r.servers if s.link and s.user == user and s.database == db})
-    holders: tuple[WatchSession, ...] = ()
+    holders: tuple[Session, ...] = ()
     if pids:
         try:
             with dbs.connection(snap.env, snap.host, op="watch_pool_holders") as conn:
@@ -89,7 +90,7 @@ def pool_waiting(snap: HostSnapshot, watch: Watch, ignore: Sequence[IgnoreRule] 
             "pooler": read.name, "pool": pool.name, "waiting": pool.cl_waiting, "longest_wait": pool.maxwait_secs,
             "active": pool.cl_active, "servers_active": pool.sv_active, "servers_busy": len(busy),
             "pool_size": pool.pool_size, "pool_mode": pool.pool_mode, "threshold": threshold,
-            "holders": [{**h.facts(), "xact_secs": h.xact_secs} for h in shown],
+            "holders": [{**session_facts(h), "xact_secs": h.xact_secs} for h in shown],
             "holders_total": len(holders),
         }
         out.append(Condition(POOL_WAITING, f"{read.name}:{pool.name}", facts, tuple(shown)))

@@ -72,7 +72,7 @@ def union_params(each: Iterable[Params]) -> Params:
     }
 
 
-def read_row(dbs: Databases, env: str, host: str, params: Params) -> dict:
+def read_row(dbs: Databases, env: str, host: str, params: Params) -> dict[str, Any]:
     """One read of one host: one statement (see watch_host.sql)."""
     with dbs.connection(env, host, op="watch") as conn:
         with conn.cursor(row_factory=dict_row) as cur:
@@ -87,7 +87,7 @@ def read_row(dbs: Databases, env: str, host: str, params: Params) -> dict:
 class _Read:
     started: float
     done: threading.Event = field(default_factory=threading.Event)
-    row: dict | None = None
+    row: dict[str, Any] | None = None
     taken_at: float = 0.0
     unavailable: str | None = None  # why the server could not be read
     unsupported: bool = False  # ... because its PostgreSQL is too old (UnsupportedServer)

@@ -17,11 +17,13 @@ No clock, no database, no Slack here: every input is an argument, so the rules h
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from bot import session_rules
 from bot.config import Environment, IgnoreRule, Watch
+from bot.postgres.models import Session
 from bot.session_rules import is_ignored, rule_matches  # noqa: F401 - re-exported
 from bot.watch.model import (
     CONNECTIONS,
@@ -32,7 +34,7 @@ from bot.watch.model import (
     WAL_RECEIVER,
     XMIN_HORIZON,
     HostSnapshot,
-    WatchSession,
+    session_facts,
 )
 
 UPDATE_EVERY = 60.0  # an open alert is edited in place at most once a minute
@@ -43,7 +45,7 @@ TOP = 5  # entries of each connections breakdown
 # --- ignore (the one matching is bot.session_rules) -------------------------------------------------
 
 
-def ignored_session(rules: Sequence[IgnoreRule], s: WatchSession) -> bool:
+def ignored_session(rules: Sequence[IgnoreRule], s: Session) -> bool:
     return session_rules.ignored(rules, s)
 
 
@@ -56,9 +58,9 @@ class Condition:
 
     kind: str
     key: str
-    facts: dict
-    sessions: tuple[WatchSession, ...] = ()  # offered with buttons, worst first
-    bulk: tuple[WatchSession, ...] = ()  # connections: the idle sessions a *Terminate these N* covers
+    facts: dict[str, Any]
+    sessions: tuple[Session, ...] = ()  # offered with buttons, worst first
+    bulk: tuple[Session, ...] = ()  # connections: the idle sessions a *Terminate these N* covers
     bulk_app: str | None = None
 
     @property
@@ -93,7 +95,7 @@ def lock_pileups(snap: HostSnapshot, watch: Watch, ignore: Sequence[IgnoreRule] 
         return []
     by_pid = {s.pid: s for s in snap.sessions}
     graph = {s.pid: s.blocked_by for s in snap.sessions if s.blocked_by}
-    behind: dict[int, list[WatchSession]] = {}
+    behind: dict[int, list[Session]] = {}
     for s in snap.sessions:
         if not s.blocked_by:
             continue
@@ -115,18 +117,18 @@ def lock_pileups(snap: HostSnapshot, watch: Watch, ignore: Sequence[IgnoreRule] 
             if w.wait_mode == "AccessExclusiveLock":
                 queued = sum(1 for x in waiters if w.pid in x.blocked_by or w.pid in _reach(x.pid, graph))
                 if queued:
-                    ddl = {**w.facts(), "queued": queued}
+                    ddl = {**session_facts(w), "queued": queued}
                     break
         worst = sorted(waiters, key=lambda w: -(w.wait_secs or 0.0))[:5]
         facts = {
-            "root": root.facts(),
+            "root": session_facts(root),
             "root_idle_in_transaction": root.is_idle_in_transaction,
             "held": [{"mode": m, "relation": r} for m, r in held],
             "direct": len(direct),
             "total": len(waiters),
             "longest_wait": longest,
             "ddl": ddl,
-            "waiters": [w.facts() for w in worst],
+            "waiters": [session_facts(w) for w in worst],
             "threshold": {"waiters": cfg.waiters, "wait": cfg.wait},
         }
         out.append(Condition(LOCK_PILEUP, root.key, facts, (root,)))
@@ -134,7 +136,8 @@ def lock_pileups(snap: HostSnapshot, watch: Watch, ignore: Sequence[IgnoreRule] 
     return out
 
 
-def _client_offenders(snap, ignore, pred) -> list[WatchSession]:
+def _client_offenders(snap: HostSnapshot, ignore: Sequence[IgnoreRule],
+                      pred: Callable[[Session], bool]) -> list[Session]:
     return [s for s in snap.sessions if s.is_client and s.backend_start is not None and pred(s)
             and not ignored_session(ignore, s)]
 
@@ -148,7 +151,7 @@ def idle_in_transaction(snap: HostSnapshot, watch: Watch, ignore: Sequence[Ignor
         return []
     found.sort(key=lambda s: -(s.state_secs or 0))
     facts = {"count": len(found), "threshold": limit, "worst_secs": found[0].state_secs,
-             "sessions": [s.facts() for s in found[:MAX_SHOWN]]}
+             "sessions": [session_facts(s) for s in found[:MAX_SHOWN]]}
     return [Condition(IDLE_TX, "", facts, tuple(found[:MAX_SHOWN]))]
 
 
@@ -161,7 +164,7 @@ def long_running(snap: HostSnapshot, watch: Watch, ignore: Sequence[IgnoreRule] 
         return []
     found.sort(key=lambda s: -(s.query_secs or 0))
     facts = {"count": len(found), "threshold": limit, "worst_secs": found[0].query_secs,
-             "sessions": [s.facts() for s in found[:MAX_SHOWN]]}
+             "sessions": [session_facts(s) for s in found[:MAX_SHOWN]]}
     return [Condition(LONG_RUNNING, "", facts, tuple(found[:MAX_SHOWN]))]
 
 
@@ -185,7 +188,7 @@ def connections(snap: HostSnapshot, watch: Watch, ignore: Sequence[IgnoreRule] =
     idle = [s for s in clients if s.state == "idle" and s.backend_start is not None and not ignored_session(ignore, s)]
     idle_by_app = Counter(s.application or "" for s in idle)
     bulk_app: str | None = None
-    bulk: tuple[WatchSession, ...] = ()
+    bulk: tuple[Session, ...] = ()
     if idle_by_app:
         bulk_app = sorted(idle_by_app.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
         chosen = sorted((s for s in idle if (s.application or "") == bulk_app), key=lambda s: -(s.state_secs or 0))
@@ -216,17 +219,17 @@ class HorizonClock:
 
 
 def horizon_holders(snap: HostSnapshot, ignore: Sequence[IgnoreRule] = (), clock: HorizonClock | None = None,
-                    ) -> list[dict]:
+                    ) -> list[dict[str, Any]]:
     """Every holder of the xmin horizon on this host, oldest first (by time held, then transactions behind)."""
     clock = clock if clock is not None else HorizonClock()
     now = snap.taken_at
-    holders: list[dict] = []
+    holders: list[dict[str, Any]] = []
     for s in snap.sessions:
         if s.horizon_age is None or s.backend_start is None or s.is_autovacuum or ignored_session(ignore, s):
             continue  # (a VACUUM's own xmin holds back no other vacuum)
         secs = s.xact_secs if s.xact_secs is not None else s.query_secs
         holders.append({"type": "backend", "secs": secs or 0.0, "xid_age": s.horizon_age, "key": s.key,
-                        "session": s.facts(), "backend_type": s.backend_type})
+                        "session": session_facts(s), "backend_type": s.backend_type})
     # a standby lists the primary's prepared transactions too (replayed): they are the primary's alert
     for p in () if snap.in_recovery else snap.prepared:
         holders.append({"type": "prepared", "secs": p.get("secs") or 0.0, "xid_age": p.get("xid_age"),

@@ -424,7 +424,7 @@ class Watcher:
         drawn = tokens.Tokens()
         if channel:
             # reused while valid until the next update (bot.approval.tokens.reissue), else issued afresh
-            shown = [(s.key, s.as_session()) for s in cond.sessions if s.backend_start is not None]
+            shown = [(s.key, s) for s in cond.sessions if s.backend_start is not None]
             drawn, known = tokens.reissue(
                 self.store, inc.env, inc.host, channel, shown, known,
                 request_ttl=environment.access.request_ttl, kill=self.policy.signalling_off(inc.env) is None,

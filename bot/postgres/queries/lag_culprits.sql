@@ -57,7 +57,7 @@ snap AS (
     SELECT xid(pg_snapshot_xmin(pg_current_snapshot())) AS xmin
 ),
 act AS (
-    SELECT a.pid, a.backend_start, a.usename, a.usesysid, a.datname, a.application_name,
+    SELECT a.pid, a.backend_start, a.backend_type, a.usename, a.usesysid, a.datname, a.application_name,
            host(a.client_addr) AS client_addr, a.state, a.wait_event_type, a.wait_event,
            a.backend_xmin,
            left(a.query, %(query_chars)s) AS query,
@@ -87,7 +87,7 @@ flagged AS (
       CROSS JOIN snap
       LEFT JOIN lock_holders lh ON lh.pid = act.pid
 )
-SELECT f.pid, f.backend_start, f.usename, f.datname, f.application_name, f.client_addr,
+SELECT f.pid, f.backend_start, f.backend_type, f.usename, f.datname, f.application_name, f.client_addr,
        f.state, f.wait_event_type, f.wait_event, f.query,
        f.query_secs, f.xact_secs, f.state_secs, f.backend_xmin::text AS backend_xmin,
        f.query_start, f.xact_start, f.state_change,
