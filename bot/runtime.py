@@ -30,6 +30,7 @@ from bot.postgres.pools import Databases
 from bot.slack.dedupe import EventDedupe
 from bot.slack.directory import Directory
 from bot.slack.messages import RequestMessages
+from bot.slack.outbox import outbox_for
 from bot.slack.settings import SlackSettings
 from bot.slack.web import make_web_client
 from bot.state.health import StoreHealth
@@ -86,7 +87,8 @@ class Runtime:
         # which environments this replica checks: with a PostgreSQL state store they are sharded across the
         # live replicas by lease (bot/fleet/); with SQLite this one replica checks them all
         self.shards = Shards.for_config(self.config, self.store)
-        self.alerts = AlertShell(self.config, self.store, lambda: self.client, self.instance_id, self.shards)
+        self.alerts = AlertShell(self.config, self.store, outbox_for(self.store, lambda: self.client), self.instance_id,
+                                 self.shards)
         # the session watch (bot/watch), when an environment has `watch` or `lag_alert` (host alerts)
         watch = Watcher(self.config, self.store, self.dbs, self.scheduler, self.alerts, self.policy)
         self.watch: Watcher | None = watch if watch.envs else None

@@ -46,7 +46,7 @@ from bot.render.listing import render_listing
 from bot.shell.console import Terminal
 from bot.shell.mrkdwn import to_text
 from bot.shell.render import BlockRenderer
-from bot.state.incidents import Incident
+from bot.state.incidents import Incident, payload_from_json
 from tests.dict_compat import (
     bulk_modal,
     bulk_offer_blocks,
@@ -270,8 +270,8 @@ def test_a_lag_alerts_whole_life_shows_hostile_names_as_typed(h, query):
                 "backend_start": "x", "request_id": None, "db_user": h["user"]}]
     fake = SimpleNamespace(store=SimpleNamespace(audit_entries=lambda **kw: entries))
     inc = Incident("i1", "prod", "replica1", "lag", True, NOW.timestamp() - 300, None, "C0LAG", "1.1", None, None,
-                   {"seen": {"1001@y": {"pid": 1001, "backend_start": "y", "kind": "lock", "user": h["db"],
-                                        "application": h["app"]}}})
+                   payload_from_json("lag", {"seen": {"1001@y": {"pid": 1001, "backend_start": "y", "kind": "lock",
+                                                                 "user": h["db"], "application": h["app"]}}}))
     done = LagWatcher.what_was_done(fake, inc)
     resolved = render_lag_resolved(
         "prod", "replica1", opened_at=NOW - timedelta(minutes=5), resolved_at=NOW, since=None, peak_secs=300,
