@@ -27,6 +27,8 @@ from bot.config import Config
 from bot.fleet.shards import Shards
 from bot.lagwatch.watcher import LagWatcher
 from bot.postgres.pools import Databases
+from bot.render import lag as render_lag
+from bot.render import watch as render_watch
 from bot.slack.dedupe import EventDedupe
 from bot.slack.directory import Directory
 from bot.slack.messages import RequestMessages
@@ -90,12 +92,12 @@ class Runtime:
         self.alerts = AlertShell(self.config, self.store, outbox_for(self.store, lambda: self.client), self.instance_id,
                                  self.shards)
         # the session watch (bot/watch), when an environment has `watch` or `lag_alert` (host alerts)
-        watch = Watcher(self.config, self.store, self.dbs, self.scheduler, self.alerts, self.policy)
+        watch = Watcher(self.config, self.store, self.dbs, self.scheduler, self.alerts, self.policy, render_watch)
         self.watch: Watcher | None = watch if watch.envs else None
         # the lag watcher, None when no environment has a lag_alert with standbys; each of its checks of a
         # standby hands the WAL receiver's state to the session watch's WAL-receiver alert
         lagwatch = LagWatcher(self.config, self.store, self.dbs, self.client, self.scheduler, self.policy,
-                              self.alerts, receiver=self.watch.on_standby_receiver if self.watch else None)
+                              self.alerts, render_lag, receiver=self.watch.on_standby_receiver if self.watch else None)
         self.lagwatch: LagWatcher | None = lagwatch if lagwatch.envs else None
         # set by features as they are registered (bot/wiring.py)
         self.home_refresh: Callable[[str, str | None], None] | None = None  # republish a user's Home tab

@@ -49,12 +49,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 
 # The modules other work is rewriting right now (issue 22 §1-4: one alert engine, per-environment leases,
 # store-down behaviour). Their known exceptions are listed here, each with why; empty this list as they land.
-ALLOWED_UPWARD: set[tuple[str, str]] = {
-    # the watchers' shells draw their alerts themselves (the engine moves the drawing to the edge); they
-    # post through the port the alerts' shell hands them (bot.alerts.IncidentMessages), built by the runtime
-    ("bot.watch.watcher", "bot.render"), ("bot.watch.watcher", "bot.render.watch"),
-    ("bot.lagwatch.watcher", "bot.render"), ("bot.lagwatch.watcher", "bot.render.lag"),
-}
+ALLOWED_UPWARD: set[tuple[str, str]] = set()
 ALLOWED_DEFERRED: set[tuple[str, str]] = {
     # rt.watch is built by watch_handlers.register (the engine moves the watcher's construction here)
     ("bot.runtime", "bot.watch.watcher"),

@@ -26,9 +26,9 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, overload
+from typing import Any, Protocol, overload
 
 from apscheduler.schedulers.base import BaseScheduler
 from slack_sdk import WebClient
@@ -44,7 +44,6 @@ from bot.lagwatch.model import PrimaryView, ReceiverFacts, StandbyLag
 from bot.lagwatch.rules import LAG, UNREACHABLE, Act, HostState
 from bot.metrics import CHECK_FAILURES, OPEN_INCIDENTS, REPLAY_LAG_BYTES, REPLAY_LAG_SECONDS
 from bot.postgres.pools import Databases, DatabaseUnavailable, UnsupportedServer
-from bot.render import lag as render
 from bot.state.incidents import Incident, Incidents
 from bot.state.store import StateStore
 from bot.watch import rules as watch_rules
@@ -73,6 +72,46 @@ def _parse_iso(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
+class Drawing(Protocol):
+    """How lag alerts are drawn (:mod:`bot.render.lag`, given by the composition root): every text from a
+    database is escaped there (``code``), never here."""
+
+    @property
+    def MAX_CULPRITS_SHOWN(self) -> int: ...
+
+    def code(self, text: object) -> str: ...
+
+    def slack_time(self, when: datetime | None) -> str: ...
+
+    def section(self, text: str, **extra: Any) -> dict[str, Any]: ...
+
+    def render_lag_alert(
+        self, m: StandbyLag, alert: LagAlert, *, since: datetime | None, tokens: Mapping[int, str] | None = None,
+        kill_disabled: str | None = None, query_chars: int = 300, reminder_every: float | None = None,
+        details_tokens: Mapping[int, str] | None = None, incident_id: str | None = None,
+        ack: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]: ...
+
+    def render_lag_reminder(self, m: StandbyLag, *, opened_at: datetime, now: datetime) -> dict[str, Any]: ...
+
+    def render_lag_resolved(
+        self, env: str, host: str, *, opened_at: datetime, resolved_at: datetime, since: datetime | None,
+        peak_secs: float | None, peak_bytes: int | None, reasons: Sequence[str], done: Sequence[str],
+        last: StandbyLag | None = None, ack: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]: ...
+
+    def render_unreachable_alert(
+        self, env: str, host: str, reason: str, *, since: datetime, failures: int, check_every: float,
+        now: datetime, incident_id: str | None = None, ack: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]: ...
+
+    def render_unreachable_reminder(self, env: str, host: str, reason: str, *, since: datetime,
+                                    now: datetime) -> dict[str, Any]: ...
+
+    def render_unreachable_resolved(self, env: str, host: str, reason: str, *, since: datetime,
+                                    resolved_at: datetime, ack: Mapping[str, Any] | None = None) -> dict[str, Any]: ...
+
+
 class LagWatcher:
     def __init__(
         self,
@@ -83,9 +122,11 @@ class LagWatcher:
         scheduler: BaseScheduler,
         policy: Policy,
         shell: AlertShell,
+        drawing: Drawing,
         receiver: Callable[[str, str, ReceiverFacts | None], None] | None = None,
     ):
         self.config, self.store, self.dbs, self.client, self.scheduler = config, store, dbs, client, scheduler
+        self.render = drawing  # how alerts are drawn (bot.render.lag)
         self.policy = policy
         self.envs: dict[str, Environment] = {
             name: env for name, env in config.environments.items() if env.lag_alert is not None and env.standbys
@@ -197,7 +238,7 @@ class LagWatcher:
                 "from the configuration)."
             )
             self.slack.call("chat_update", inc, channel=inc.channel, ts=inc.message_ts, text=text,
-                        blocks=[render.section(f":information_source: {text}")])
+                        blocks=[self.render.section(f":information_source: {text}")])
 
     # --- jobs ---------------------------------------------------------------------------------------
 
@@ -325,11 +366,11 @@ class LagWatcher:
         drawn = tokens.Tokens()
         if channel:
             # reused while valid until the next update (bot.approval.tokens.reissue), else issued afresh
-            shown = [(c.key, c.session) for c in m.holding_back[: render.MAX_CULPRITS_SHOWN]]
+            shown = [(c.key, c.session) for c in m.holding_back[: self.render.MAX_CULPRITS_SHOWN]]
             drawn, known = tokens.reissue(self.store, m.env, m.host, channel, shown, known,
                                           request_ttl=environment.access.request_ttl,
                                           kill=self.policy.signalling_off(m.env) is None)
-        msg = render.render_lag_alert(
+        msg = self.render.render_lag_alert(
             m,
             alert,
             since=_parse_iso(inc.payload.facts_as(LagFacts).since) or m.since,
@@ -398,7 +439,7 @@ class LagWatcher:
         elif payload != inc.payload:
             self.incidents.save(inc, payload=payload)
         if self._follow_up(inc, alert, now).remind:  # after the writes above: an Acknowledge they found counts
-            msg = render.render_lag_reminder(m, opened_at=_utc(inc.opened_at), now=_utc(now))
+            msg = self.render.render_lag_reminder(m, opened_at=_utc(inc.opened_at), now=_utc(now))
             if self.slack.call("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
                 self.incidents.save(inc, last_reminder_at=now)
 
@@ -430,14 +471,14 @@ class LagWatcher:
                 if approved:
                     people.append("approved by " + ", ".join(f"<@{a}>" for a in approved))
             who = f" ({'; '.join(people)})" if people else ""
-            user = f" · user {render.code(e['db_user'])}" if e.get("db_user") else ""
-            lines.append(f"pid {e.get('pid')} {verb} through the bot at {render.slack_time(_utc(e['at']))}{who}{user}")
+            user = f" · user {self.render.code(e['db_user'])}" if e.get("db_user") else ""
+            lines.append(f"pid {e.get('pid')} {verb} through the bot at {self.render.slack_time(_utc(e['at']))}{who}{user}")
             signalled.add(f"{e.get('pid')}@{e.get('backend_start')}")
         for key, s in inc.payload.seen.items():
             if key in signalled or s.key in signalled:
                 continue
             label = "held replay back" if s.kind in ("lock", "snapshot") else "was a suspect"
-            who = ", ".join(render.code(x) for x in (s.user, s.application) if x)
+            who = ", ".join(self.render.code(x) for x in (s.user, s.application) if x)
             lines.append(
                 f"pid {s.pid}{f' ({who})' if who else ''} {label}; it let go without a signal from the bot"
             )
@@ -452,7 +493,7 @@ class LagWatcher:
         if note:
             done = [note, *done]
         now = datetime.now(UTC)
-        msg = render.render_lag_resolved(
+        msg = self.render.render_lag_resolved(
             inc.env,
             inc.host,
             opened_at=_utc(inc.opened_at),
@@ -508,7 +549,7 @@ class LagWatcher:
             self._post_unreachable(inc, reason, st, alert)
         if self._follow_up(inc, alert, now).remind:
             since = _parse_iso(inc.payload.facts_as(UnreachableFacts).since) or _utc(inc.opened_at)
-            msg = render.render_unreachable_reminder(inc.env, inc.host, reason, since=since, now=_utc(now))
+            msg = self.render.render_unreachable_reminder(inc.env, inc.host, reason, since=since, now=_utc(now))
             if self.slack.call("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
                 self.incidents.save(inc, last_reminder_at=now)
 
@@ -525,7 +566,7 @@ class LagWatcher:
         now = time.time()
         facts = inc.payload.facts_as(UnreachableFacts)
         since = _parse_iso(facts.since) or _utc(inc.opened_at)
-        msg = render.render_unreachable_alert(
+        msg = self.render.render_unreachable_alert(
             inc.env, inc.host, reason, since=since, failures=st.failures,
             check_every=alert.check_every, now=_utc(now), incident_id=inc.id, ack=inc.payload.ack_json(),
         )
@@ -546,7 +587,7 @@ class LagWatcher:
             return
         facts = inc.payload.facts_as(UnreachableFacts)
         since = _parse_iso(facts.since) or _utc(inc.opened_at)
-        msg = render.render_unreachable_resolved(
+        msg = self.render.render_unreachable_resolved(
             inc.env, inc.host, facts.reason or "unknown", since=since,
             resolved_at=datetime.now(UTC), ack=inc.payload.ack_json(),
         )

@@ -30,11 +30,11 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from apscheduler.schedulers.base import BaseScheduler
 
@@ -48,7 +48,6 @@ from bot.lagwatch.model import ReceiverFacts
 from bot.metrics import CHECK_FAILURES
 from bot.postgres.models import Session, runs_query
 from bot.postgres.pools import Databases, DatabaseUnavailable, UnsupportedServer
-from bot.render import watch as render
 from bot.state.incidents import Incident
 from bot.state.store import StateStore
 from bot.watch import pool_rules, rules
@@ -70,6 +69,28 @@ log = logging.getLogger(__name__)
 CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
 
 
+class Drawing(Protocol):
+    """How the watch's alerts are drawn (:mod:`bot.render.watch`, given by the composition root): the
+    domain never draws nor escapes."""
+
+    def render_alert(
+        self, kind: str, env: str, host: str, facts: Mapping[str, Any], *, incident_id: str, opened_at: float,
+        now: float, tokens: Mapping[int, str] | None = None, details_tokens: Mapping[int, str] | None = None,
+        bulk_token: str | None = None, bulk_sessions: Sequence[Mapping[str, Any]] = (),
+        kill_disabled: str | None = None, ack: Mapping[str, Any] | None = None, query_chars: int = 300,
+        remind_every: float = 900.0,
+    ) -> dict[str, Any]: ...
+
+    def render_reminder(self, kind: str, env: str, host: str, facts: Mapping[str, Any], *, opened_at: float,
+                        now: float) -> dict[str, Any]: ...
+
+    def render_resolved(self, kind: str, env: str, host: str, facts: Mapping[str, Any], *, opened_at: float,
+                        resolved_at: float, done: Sequence[str],
+                        ack: Mapping[str, Any] | None = None) -> dict[str, Any]: ...
+
+    def render_closed(self, kind: str, env: str, host: str, why: str) -> dict[str, Any]: ...
+
+
 class HostState:
     def __init__(self) -> None:
         self.streaks = rules.Streaks()
@@ -80,8 +101,9 @@ class HostState:
 
 class Watcher:
     def __init__(self, config: Config, store: StateStore, dbs: Databases, scheduler: BaseScheduler,
-                 shell: AlertShell, policy: Policy):
+                 shell: AlertShell, policy: Policy, drawing: Drawing):
         self.config, self.store, self.dbs, self.scheduler = config, store, dbs, scheduler
+        self.render = drawing  # how alerts are drawn (bot.render.watch)
         # what may be offered (protect:, allow_kill): the access policy answers, on every path
         self.policy = policy
         # environments with ``watch``, and those with only ``lag_alert`` (their host alerts: WAL receiver,
@@ -180,7 +202,7 @@ class Watcher:
                 if e is not None and inc.host in e.hosts() and self._kind_on(self.watches[inc.env], inc.kind):
                     continue
                 if self.incidents.resolve(inc, inc.payload.with_(closed="not watched any more")) and inc.message_ts:
-                    msg = render.render_closed(inc.kind, inc.env, inc.host, "no longer watched (removed from the configuration)")
+                    msg = self.render.render_closed(inc.kind, inc.env, inc.host, "no longer watched (removed from the configuration)")
                     self.slack.call("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg)
         except Exception:
             log.exception("watch: could not read open incidents")
@@ -435,7 +457,7 @@ class Watcher:
                 actions=self._root_actions if cond.kind == LOCK_PILEUP else None)
         bulk_token, bulk_sessions, bulk = self._bulk(inc, cond, channel) if channel else (None, [], {})
         ack = inc.payload.ack_json()
-        msg = render.render_alert(
+        msg = self.render.render_alert(
             inc.kind, inc.env, inc.host, cond.facts, incident_id=inc.id, opened_at=inc.opened_at, now=time.time(),
             tokens=drawn.kill, details_tokens=drawn.details, bulk_token=bulk_token, bulk_sessions=bulk_sessions,
             kill_disabled=self.policy.signalling_off(inc.env), ack=ack,
@@ -492,7 +514,7 @@ class Watcher:
             self.incidents.save(inc, last_update_at=now)
 
     def _remind(self, inc: Incident, cond: rules.Condition, now: float) -> None:
-        msg = render.render_reminder(inc.kind, inc.env, inc.host, cond.facts, opened_at=inc.opened_at, now=now)
+        msg = self.render.render_reminder(inc.kind, inc.env, inc.host, cond.facts, opened_at=inc.opened_at, now=now)
         if self.slack.call("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
             self.incidents.save(inc, last_reminder_at=now)
 
@@ -501,7 +523,7 @@ class Watcher:
             return
         done = self.what_was_done(inc)
         now = time.time()
-        msg = render.render_resolved(inc.kind, inc.env, inc.host, facts_json(inc.payload.facts),
+        msg = self.render.render_resolved(inc.kind, inc.env, inc.host, facts_json(inc.payload.facts),
                                      opened_at=inc.opened_at, resolved_at=now, done=done, ack=inc.payload.ack_json())
         if not self.slack.edit_landed(inc, msg):
             return  # stays open: the next check (condition still clear) edits it again
