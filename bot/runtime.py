@@ -14,7 +14,6 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from apscheduler.executors.pool import ThreadPoolExecutor as APSThreadPool
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -38,9 +37,6 @@ from bot.slack.web import make_web_client
 from bot.state.health import StoreHealth
 from bot.state.store import StateStore
 from bot.watch.watcher import Watcher
-
-if TYPE_CHECKING:  # off-limits while the alert engine is rewritten (tests/test_imports.py ALLOWED)
-    from bot.watch.watcher import Watcher
 
 __all__ = ["Runtime", "SlackSettings"]
 

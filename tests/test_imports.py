@@ -50,10 +50,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 # The modules other work is rewriting right now (issue 22 §1-4: one alert engine, per-environment leases,
 # store-down behaviour). Their known exceptions are listed here, each with why; empty this list as they land.
 ALLOWED_UPWARD: set[tuple[str, str]] = set()
-ALLOWED_DEFERRED: set[tuple[str, str]] = {
-    # rt.watch is built by watch_handlers.register (the engine moves the watcher's construction here)
-    ("bot.runtime", "bot.watch.watcher"),
-}
+ALLOWED_DEFERRED: set[tuple[str, str]] = set()
 
 
 def module_name(path: Path) -> str:
