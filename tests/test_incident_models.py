@@ -27,6 +27,9 @@ from bot.watch.incident_models import (
     XminHorizonFacts,
     facts_of,
 )
+from tests import test_pgbouncer_unit as pgb
+from tests import test_watch_rules as wr
+from tests import test_wraparound_rules as wa
 
 pytestmark = pytest.mark.unit
 
@@ -144,3 +147,32 @@ def test_the_gateway_keeps_an_acknowledge_through_the_leaders_writes(tmp_path: A
     assert isinstance(again, Incident) and again.payload.ack is not None and again.payload.ack.by == "U7"
     assert again.payload.facts_as(LockPileupFacts).total == 3
     assert Incidents(store, "alerts", "x").acknowledge(inc.id, "U8")[1] == "<@U7> already acknowledged this alert"
+
+
+def _rules_conditions() -> list[Any]:
+    """What the rules find, kind by kind, on the inputs their own tests use (hostile names included)."""
+    found = list(wr.rendered_conditions())
+    sessions = [wa.session_row(11, xmin_age=1200), wa.session_row(12, xid_age=4000)]
+    prepared = [{"gid": "g1", "owner": "o", "database": "appdb", "xid_age": 3000, "secs": 50.0}]
+    slots = [{"slot_name": "s1", "slot_type": "logical", "active": False, "xmin": None, "catalog_xmin": "700",
+              "xid_age": 2000, "retained_bytes": 1.0}]
+    feedback = [{"application_name": "standby1", "client_addr": "10.0.0.2", "xmin": "800", "xid_age": 1500}]
+    found += wa.wraparound.conditions(wa.reading([("appdb", 9500, 0)], sessions, prepared=prepared, slots=slots,
+                                                 feedback=feedback), wa.watch(1000))
+    watch = pgb.parse_config({"environments": {"prod": {"dsn": "host=x", "watch": {"channel": "C1",
+                                                                                   "pool_waiting": True}}}},
+                             environ={}).environments["prod"].watch
+    holder = pgb.session_from_row(pgb.holder_row(101, "app", 840.0), False, True)
+    found += pgb.pool_waiting(pgb.snapshot(pgb.read(waiting=37, maxwait=12), (holder,)), watch)
+    return found
+
+
+def test_the_facts_every_rule_finds_fit_their_kinds_model_and_are_stored_as_before() -> None:
+    found = _rules_conditions()
+    kinds = {c.kind for c in found}
+    assert kinds == set(TYPED) - {"lag", "unreachable"}, "every session-watch kind is covered"
+    for c in found:
+        facts = facts_of(c.kind, c.facts)
+        assert type(facts) is TYPED[c.kind], f"{c.kind}: its facts fell back to untyped"
+        stored = json.loads(payload_json(c.kind, IncidentPayload(facts=facts)))["facts"]
+        assert stored == json.loads(json.dumps(c.facts, default=str)), f"{c.kind}: stored as before"
