@@ -26,9 +26,9 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, overload
+from typing import Any, overload
 
 from apscheduler.schedulers.base import BaseScheduler
 from slack_sdk import WebClient
@@ -40,6 +40,7 @@ from bot.config import Config, Environment, LagAlert
 from bot.durations import format_duration
 from bot.lagwatch import rules
 from bot.lagwatch.detect import mark_culprits, measure_standby, primary_views
+from bot.lagwatch.drawing import Drawing
 from bot.lagwatch.model import PrimaryView, ReceiverFacts, StandbyLag
 from bot.lagwatch.rules import LAG, UNREACHABLE, Act, HostState
 from bot.metrics import CHECK_FAILURES, OPEN_INCIDENTS, REPLAY_LAG_BYTES, REPLAY_LAG_SECONDS
@@ -70,46 +71,6 @@ def _iso(dt: datetime | None) -> str | None:
 
 def _parse_iso(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
-
-
-class Drawing(Protocol):
-    """How lag alerts are drawn (:mod:`bot.render.lag`, given by the composition root): every text from a
-    database is escaped there (``code``), never here."""
-
-    @property
-    def MAX_CULPRITS_SHOWN(self) -> int: ...
-
-    def code(self, text: object) -> str: ...
-
-    def slack_time(self, when: datetime | None) -> str: ...
-
-    def section(self, text: str, **extra: Any) -> dict[str, Any]: ...
-
-    def render_lag_alert(
-        self, m: StandbyLag, alert: LagAlert, *, since: datetime | None, tokens: Mapping[int, str] | None = None,
-        kill_disabled: str | None = None, query_chars: int = 300, reminder_every: float | None = None,
-        details_tokens: Mapping[int, str] | None = None, incident_id: str | None = None,
-        ack: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]: ...
-
-    def render_lag_reminder(self, m: StandbyLag, *, opened_at: datetime, now: datetime) -> dict[str, Any]: ...
-
-    def render_lag_resolved(
-        self, env: str, host: str, *, opened_at: datetime, resolved_at: datetime, since: datetime | None,
-        peak_secs: float | None, peak_bytes: int | None, reasons: Sequence[str], done: Sequence[str],
-        last: StandbyLag | None = None, ack: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]: ...
-
-    def render_unreachable_alert(
-        self, env: str, host: str, reason: str, *, since: datetime, failures: int, check_every: float,
-        now: datetime, incident_id: str | None = None, ack: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]: ...
-
-    def render_unreachable_reminder(self, env: str, host: str, reason: str, *, since: datetime,
-                                    now: datetime) -> dict[str, Any]: ...
-
-    def render_unreachable_resolved(self, env: str, host: str, reason: str, *, since: datetime,
-                                    resolved_at: datetime, ack: Mapping[str, Any] | None = None) -> dict[str, Any]: ...
 
 
 class LagWatcher:

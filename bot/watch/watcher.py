@@ -30,11 +30,11 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from apscheduler.schedulers.base import BaseScheduler
 
@@ -52,6 +52,7 @@ from bot.state.incidents import Incident
 from bot.state.store import StateStore
 from bot.watch import pool_rules, rules
 from bot.watch.detectors import DETECTORS, Detector
+from bot.watch.drawing import Drawing
 from bot.watch.incident_models import IncidentPayload, LockPileupFacts, Seen, facts_json, facts_of
 from bot.watch.incidents import WatchIncidents, view
 from bot.watch.model import (
@@ -67,28 +68,6 @@ from bot.watch.reads import SharedReads
 log = logging.getLogger(__name__)
 
 CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
-
-
-class Drawing(Protocol):
-    """How the watch's alerts are drawn (:mod:`bot.render.watch`, given by the composition root): the
-    domain never draws nor escapes."""
-
-    def render_alert(
-        self, kind: str, env: str, host: str, facts: Mapping[str, Any], *, incident_id: str, opened_at: float,
-        now: float, tokens: Mapping[int, str] | None = None, details_tokens: Mapping[int, str] | None = None,
-        bulk_token: str | None = None, bulk_sessions: Sequence[Mapping[str, Any]] = (),
-        kill_disabled: str | None = None, ack: Mapping[str, Any] | None = None, query_chars: int = 300,
-        remind_every: float = 900.0,
-    ) -> dict[str, Any]: ...
-
-    def render_reminder(self, kind: str, env: str, host: str, facts: Mapping[str, Any], *, opened_at: float,
-                        now: float) -> dict[str, Any]: ...
-
-    def render_resolved(self, kind: str, env: str, host: str, facts: Mapping[str, Any], *, opened_at: float,
-                        resolved_at: float, done: Sequence[str],
-                        ack: Mapping[str, Any] | None = None) -> dict[str, Any]: ...
-
-    def render_closed(self, kind: str, env: str, host: str, why: str) -> dict[str, Any]: ...
 
 
 class HostState:
