@@ -41,7 +41,7 @@ from sqlalchemy.engine import Connection, RowMapping
 from bot.state.health import StoreHealth
 from bot.state.schema import incidents, leases
 from bot.state.store import StateStore, new_id
-from bot.watch.incident_models import LAG, UNREACHABLE, Ack, IncidentPayload, facts_json, facts_of
+from bot.watch.incident_models import LAG, UNREACHABLE, Ack, IncidentPayload, facts_from_json, facts_json
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def payload_from_json(kind: str, data: Mapping[str, Any]) -> IncidentPayload:
             fits[k] = v
         payload = IncidentPayload.model_validate({**extra, **fits})
     if raw is not None:
-        payload = payload.with_(facts=facts_of(kind, raw))
+        payload = payload.with_(facts=facts_from_json(kind, raw))
     return payload
 
 

@@ -254,7 +254,11 @@ def facts_of(kind: str, data: Mapping[str, Any]) -> Facts:
     """The typed facts of a ``kind`` from what the rules (or the stored JSON) say. Values are taken as JSON
     would keep them (a datetime or an address becomes its text), as they were always stored. Facts that do
     not fit their kind's model (written by another release) are kept as they are, untyped."""
-    plain = json.loads(json.dumps(dict(data), default=str))
+    return facts_from_json(kind, json.loads(json.dumps(dict(data), default=str)))
+
+
+def facts_from_json(kind: str, plain: Mapping[str, Any]) -> Facts:
+    """:func:`facts_of` for facts that are JSON already (as the state store reads them)."""
     cls = FACTS.get(kind, Facts)
     try:
         return cls.model_validate(plain)
