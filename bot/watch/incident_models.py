@@ -139,8 +139,8 @@ class LagFacts(Facts):
     """A standby whose replay lags (the lag watcher's ``lag``): since when, the worst seen, every reason."""
 
     since: str | None = None
-    peak_secs: Num = 0
-    peak_bytes: int = 0
+    peak_secs: Num | None = None
+    peak_bytes: int | None = None
     reasons: tuple[str, ...] = ()
     last: LagLast | None = None
 
