@@ -14,7 +14,9 @@ checks under it instead of each holding its own:
   upgrade an older replica (whose session watch leads only where its lag watcher leads) and a newer one
   exclude each other.
 * ``alerts:outbox``: the leader delivers the durable Slack outbox (:mod:`bot.slack.outbox`) every 2 s;
-  every post, edit and thread reply of every alert goes through that one :class:`Outbox`.
+  every post, edit and thread reply of every alert goes through that one outbox. The shell does not
+  know Slack: the composition root hands it a factory of the outbox (a :class:`Deliverer`), and each
+  watcher talks to Slack about its incidents through the port it gets from it (:class:`IncidentMessages`).
 
 With a PostgreSQL state store the fleet (:mod:`bot.fleet`) replaces the leader lease: every replica runs
 the checks of the environments it owns (``shards.owns(env)``, asked where each check starts; the lease is a
@@ -28,15 +30,59 @@ read before this instance leads (checks wait for it); an edit made meanwhile wai
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from bot.config import Config
 from bot.fleet.shards import FleetLease, Shards
-from bot.slack.outbox import DELIVER_EVERY, Outbox
+from bot.state.incidents import Incident, Incidents
 from bot.state.lease import ALERTS_LEASE, LeaderLease
 from bot.state.store import StateStore
 
 LEASE_NAME = ALERTS_LEASE
+DELIVER_EVERY = 2.0  # seconds between the outbox's delivery passes (job ``alerts:outbox``)
+
+
+class IncidentMessages(Protocol):
+    """How a watcher talks to Slack about its incidents (:class:`bot.slack.outbox.IncidentOutbox`)."""
+
+    def call(self, method: str, inc: Incident, **kwargs: Any) -> dict[str, Any] | None:
+        """One Web API call (``chat_postMessage``, ``chat_update``; a post with ``thread_ts`` is a thread
+        reply): Slack's answer when it landed at once, ``{}`` for an edit or reply kept for later, None
+        for a post not delivered yet."""
+        ...
+
+    def adopt_post(self, inc: Incident) -> bool:
+        """The incident's first post was delivered later: its channel and ts are saved on ``inc``."""
+        ...
+
+    def post_waiting(self, inc: Incident) -> bool:
+        """The incident's first post still waits to be delivered."""
+        ...
+
+    def edit_landed(self, inc: Incident, msg: dict[str, Any]) -> bool:
+        """The final edit of the incident's message is kept (or there is no message to edit)."""
+        ...
+
+
+class Deliverer(Protocol):
+    """The durable Slack outbox every alert posts through (:class:`bot.slack.outbox.Outbox`)."""
+
+    @property
+    def may_send(self) -> Callable[[], bool]: ...
+
+    def deliver(self) -> int:
+        """One delivery pass; how many calls landed."""
+        ...
+
+    def pending_count(self) -> int: ...
+
+    def for_incidents(self, incidents: Incidents, stopped: Callable[[], bool]) -> IncidentMessages:
+        """The port a watcher sends its incidents' messages through."""
+        ...
+
+
+# builds the outbox: sending while ``may_send()`` (this instance leads), in fleet mode only what it owns
+OutboxFactory = Callable[[Callable[[], bool], Shards], Deliverer]
 
 
 def alert_intervals(config: Config) -> list[float]:
@@ -51,7 +97,7 @@ def alert_intervals(config: Config) -> list[float]:
 
 
 class AlertShell:
-    def __init__(self, config: Config, store: StateStore, client: Callable[[], Any], instance_id: str,
+    def __init__(self, config: Config, store: StateStore, outbox: OutboxFactory, instance_id: str,
                  shards: Shards | None = None):
         self.every = min(alert_intervals(config), default=30.0)
         self._gain: list[Callable[[], None]] = []
@@ -63,7 +109,7 @@ class AlertShell:
             LeaderLease(store, LEASE_NAME, instance_id, self.every, label="alerts",
                         duty="the alert checks", on_gain=self._on_gain, on_follow=self._on_follow))
         self.holder = self.lease.holder
-        self.outbox = Outbox(store, client, may_send=self.lease.is_leader, shards=self.shards)
+        self.outbox = outbox(self.lease.is_leader, self.shards)
         self._installed = False
 
     def on_gain(self, hook: Callable[[], None]) -> None:

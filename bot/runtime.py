@@ -14,7 +14,6 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from apscheduler.executors.pool import ThreadPoolExecutor as APSThreadPool
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -27,17 +26,17 @@ from bot.config import Config
 from bot.fleet.shards import Shards
 from bot.lagwatch.watcher import LagWatcher
 from bot.postgres.pools import Databases
+from bot.render import lag as render_lag
+from bot.render import watch as render_watch
 from bot.slack.dedupe import EventDedupe
 from bot.slack.directory import Directory
 from bot.slack.messages import RequestMessages
+from bot.slack.outbox import outbox_for
 from bot.slack.settings import SlackSettings
 from bot.slack.web import make_web_client
 from bot.state.health import StoreHealth
 from bot.state.store import StateStore
 from bot.watch.watcher import Watcher
-
-if TYPE_CHECKING:  # off-limits while the alert engine is rewritten (tests/test_imports.py ALLOWED)
-    from bot.watch.watcher import Watcher
 
 __all__ = ["Runtime", "SlackSettings"]
 
@@ -86,14 +85,15 @@ class Runtime:
         # which environments this replica checks: with a PostgreSQL state store they are sharded across the
         # live replicas by lease (bot/fleet/); with SQLite this one replica checks them all
         self.shards = Shards.for_config(self.config, self.store)
-        self.alerts = AlertShell(self.config, self.store, lambda: self.client, self.instance_id, self.shards)
+        self.alerts = AlertShell(self.config, self.store, outbox_for(self.store, lambda: self.client), self.instance_id,
+                                 self.shards)
         # the session watch (bot/watch), when an environment has `watch` or `lag_alert` (host alerts)
-        watch = Watcher(self.config, self.store, self.dbs, self.scheduler, self.alerts, self.policy)
+        watch = Watcher(self.config, self.store, self.dbs, self.scheduler, self.alerts, self.policy, render_watch)
         self.watch: Watcher | None = watch if watch.envs else None
         # the lag watcher, None when no environment has a lag_alert with standbys; each of its checks of a
         # standby hands the WAL receiver's state to the session watch's WAL-receiver alert
         lagwatch = LagWatcher(self.config, self.store, self.dbs, self.client, self.scheduler, self.policy,
-                              self.alerts, receiver=self.watch.on_standby_receiver if self.watch else None)
+                              self.alerts, render_lag, receiver=self.watch.on_standby_receiver if self.watch else None)
         self.lagwatch: LagWatcher | None = lagwatch if lagwatch.envs else None
         # set by features as they are registered (bot/wiring.py)
         self.home_refresh: Callable[[str, str | None], None] | None = None  # republish a user's Home tab

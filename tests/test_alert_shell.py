@@ -15,6 +15,7 @@ from bot.approval import tokens
 from bot.approval.models import DetailsTarget, SessionTarget
 from bot.config import parse_config
 from bot.postgres.models import Category, Session
+from bot.slack.outbox import outbox_for
 from bot.state.incidents import Incidents
 from bot.state.schema import targets
 from bot.state.store import StateStore
@@ -54,7 +55,7 @@ def test_one_lease_and_one_outbox_for_every_alert_with_hooks_in_order(store):
         "b": {"dsn": "host=y", "standbys": {"r1": "host=z"}, "lag_alert": {"channel": "C2", "check_every": "5s"}},
         "c": {"dsn": "host=w"}}})
     assert sorted(alert_intervals(cfg)) == [5.0, 20.0]
-    shell = AlertShell(cfg, store, lambda: None, "host:1")
+    shell = AlertShell(cfg, store, outbox_for(store, lambda: None), "host:1")
     assert shell.every == 5.0 and shell.lease.ttl == 7.5 and shell.lease.name == LEASE_NAME
     seen: list[str] = []
     shell.on_gain(lambda: seen.append("watch"))
@@ -64,7 +65,7 @@ def test_one_lease_and_one_outbox_for_every_alert_with_hooks_in_order(store):
     assert shell.outbox.may_send()  # the outbox sends while this instance leads, and only then
     # every incident write is fenced by that one row
     assert Incidents(store, LEASE_NAME, shell.holder).holds_lease()
-    other = AlertShell(cfg, store, lambda: None, "host:2")
+    other = AlertShell(cfg, store, outbox_for(store, lambda: None), "host:2")
     other.lease.renew()
     assert not other.is_leader() and not other.outbox.may_send()
     shell.stop()
@@ -84,7 +85,7 @@ def test_the_jobs_are_installed_once_whichever_watcher_comes_first(store):
             pass
 
     cfg = parse_config({"environments": {"a": {"dsn": "host=x", "watch": {"channel": "C1"}}}})
-    shell, sched = AlertShell(cfg, store, lambda: None, "host:1"), Sched()
+    shell, sched = AlertShell(cfg, store, outbox_for(store, lambda: None), "host:1"), Sched()
     shell.install(sched)
     shell.install(sched)
     assert sched.ids == ["alerts:lease", "alerts:outbox"]

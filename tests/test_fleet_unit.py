@@ -20,7 +20,7 @@ from bot.metrics import REGISTRY
 from bot.render.home import EnvStatus, HostStatus, _env_block
 from bot.slack import outbox as ob
 from bot.slack.web import make_web_client
-from bot.state.incidents import Incidents
+from bot.state.incidents import Incidents, payload_from_json
 from bot.state.schema import env_leases
 from bot.state.store import StateStore
 from tests.harness.fake_slack import FakeSlack
@@ -206,15 +206,15 @@ def test_incident_writes_are_fenced_by_the_environment_lease(store):
     assert a.owns("solo")
     ia = Incidents(store, "watch", a.id, a)
     ib = Incidents(store, "watch", b.id, b)
-    inc = ia.create("solo", "primary", "lock_pileup", "C0ALERTS1", {"n": 1})
+    inc = ia.create("solo", "primary", "lock_pileup", "C0ALERTS1", payload_from_json("lock_pileup", {"n": 1}))
     assert inc is not None
     assert ia.save(inc, message_ts="1.1", channel="C0ALERTS1")
-    assert ib.create("solo", "primary", "long_running", "C0ALERTS1", {}) is None  # b does not own it
+    assert ib.create("solo", "primary", "long_running", "C0ALERTS1") is None  # b does not own it
     # a pauses past its lease (it does not tick); b, alone live now, takes it over
     wait_until(lambda: b.tick() or b.owns("solo"), timeout=10, what="b takes the environment over")
     assert generation(store, "solo") == 2
     # a resumes: nothing it writes lands (its clock says it stopped owning; the store says b holds it)
-    assert not a.owns("solo") and not ia.save(inc, payload={"n": 2})
+    assert not a.owns("solo") and not ia.save(inc, payload=payload_from_json("lock_pileup", {"n": 2}))
     assert not ia.holds_lease("solo")
     # even if its clock were wrong, the generation in the store fences it
     with store.tx() as c:
@@ -222,7 +222,7 @@ def test_incident_writes_are_fenced_by_the_environment_lease(store):
     # b continues the same incident: same message
     same = ib.open_for("solo", "primary")["lock_pileup"]
     assert same.id == inc.id and same.message_ts == "1.1"
-    assert ib.save(same, payload={"n": 3}) and ib.resolve(same)
+    assert ib.save(same, payload=payload_from_json("lock_pileup", {"n": 3})) and ib.resolve(same)
     # the one replica (SQLite) and the leader lease: Incidents without a fleet fences by the leader lease
     assert Incidents(store, "watch", "h", Shards.solo()).shards is None
 
@@ -246,7 +246,7 @@ def test_a_state_store_that_cannot_be_reached_keeps_what_was_owned(store, monkey
 def test_outbox_claims_are_fenced_by_the_environment_lease(store):
     a, b = fleet(store, 2, lease=0.6, envs=["solo"])
     a.tick()
-    inc = Incidents(store, "watch", a.id, a).create("solo", "primary", "lock_pileup", "C0ALERTS1", {})
+    inc = Incidents(store, "watch", a.id, a).create("solo", "primary", "lock_pileup", "C0ALERTS1")
     assert inc is not None
     with FakeSlack(token="xoxb-test") as fake:
         client = make_web_client("xoxb-test", fake.api_url)

@@ -30,6 +30,7 @@ from bot.lagwatch.model import Reason, StandbyLag, Unreachable
 from bot.lagwatch.watcher import LagWatcher
 from bot.postgres.bulk import Connected, DatabaseInfo
 from bot.postgres.models import Category, Filters, Listing, ServerInfo, Session
+from bot.render import lag as render_lag
 from bot.render.approval import audit_list
 from bot.render.bulk import clear_db_message, unknown_database
 from bot.render.common import esc, fold_query
@@ -46,7 +47,7 @@ from bot.render.listing import render_listing
 from bot.shell.console import Terminal
 from bot.shell.mrkdwn import to_text
 from bot.shell.render import BlockRenderer
-from bot.state.incidents import Incident
+from bot.state.incidents import Incident, payload_from_json
 from tests.dict_compat import (
     bulk_modal,
     bulk_offer_blocks,
@@ -268,10 +269,10 @@ def test_a_lag_alerts_whole_life_shows_hostile_names_as_typed(h, query):
     # the "what was done" lines come from the audit and the culprits seen, as the watcher writes them
     entries = [{"at": NOW.timestamp(), "host": "replica1", "event": "terminate:executed", "pid": 1000,
                 "backend_start": "x", "request_id": None, "db_user": h["user"]}]
-    fake = SimpleNamespace(store=SimpleNamespace(audit_entries=lambda **kw: entries))
+    fake = SimpleNamespace(store=SimpleNamespace(audit_entries=lambda **kw: entries), render=render_lag)
     inc = Incident("i1", "prod", "replica1", "lag", True, NOW.timestamp() - 300, None, "C0LAG", "1.1", None, None,
-                   {"seen": {"1001@y": {"pid": 1001, "backend_start": "y", "kind": "lock", "user": h["db"],
-                                        "application": h["app"]}}})
+                   payload_from_json("lag", {"seen": {"1001@y": {"pid": 1001, "backend_start": "y", "kind": "lock",
+                                                                 "user": h["db"], "application": h["app"]}}}))
     done = LagWatcher.what_was_done(fake, inc)
     resolved = render_lag_resolved(
         "prod", "replica1", opened_at=NOW - timedelta(minutes=5), resolved_at=NOW, since=None, peak_secs=300,

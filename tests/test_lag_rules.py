@@ -10,6 +10,7 @@ from bot.config import LagAlert
 from bot.lagwatch import rules
 from bot.lagwatch.model import Reason, StandbyLag
 from bot.lagwatch.rules import LAG, PROMOTED_NOTE, UNREACHABLE, Act, Action, HostState
+from bot.watch.incident_models import IncidentPayload, LagFacts
 
 pytestmark = pytest.mark.unit
 
@@ -102,20 +103,24 @@ def test_due():
 
 
 def test_the_incident_record_keeps_peaks_the_earliest_since_and_every_reason():
-    first = rules.lag_payload({}, m(age=120.0, lag_bytes=500))
-    assert first["peak_secs"] == 120.0 and first["peak_bytes"] == 500 and first["reasons"] == [Reason.LOCK.label]
-    since = datetime.fromisoformat(first["since"])
+    first = rules.lag_payload(IncidentPayload(), m(age=120.0, lag_bytes=500))
+    first_f = first.facts_as(LagFacts)
+    assert first_f.peak_secs == 120.0 and first_f.peak_bytes == 500 and list(first_f.reasons) == [Reason.LOCK.label]
+    assert first_f.since is not None
+    since = datetime.fromisoformat(first_f.since)
     assert since == NOW - timedelta(seconds=120)
     later = rules.lag_payload(first, m(age=60.0, lag_bytes=100, reason=Reason.SNAPSHOT, at=NOW + timedelta(seconds=30)))
-    assert later["peak_secs"] == 120.0 and later["peak_bytes"] == 500
-    assert later["since"] == first["since"], "a later, shorter lag must not move the start"
-    assert later["reasons"] == [Reason.LOCK.label, Reason.SNAPSHOT.label]
-    assert later["last"]["lag_bytes"] == 100
+    later_f = later.facts_as(LagFacts)
+    assert later_f.peak_secs == 120.0 and later_f.peak_bytes == 500
+    assert later_f.since == first_f.since, "a later, shorter lag must not move the start"
+    assert list(later_f.reasons) == [Reason.LOCK.label, Reason.SNAPSHOT.label]
+    assert later_f.last is not None and later_f.last.lag_bytes == 100
 
 
 def test_resolving_keeps_history():
-    open_ = rules.lag_payload({}, m(reason=Reason.LOCK))
+    open_ = rules.lag_payload(IncidentPayload(), m(reason=Reason.LOCK))
     resolved = rules.resolved_payload(open_, m(**CAUGHT_UP))
-    assert resolved["reasons"] == open_["reasons"] and resolved["peak_secs"] == open_["peak_secs"]
-    assert resolved["last"]["lag_bytes"] == 0
+    open_f, resolved_f = open_.facts_as(LagFacts), resolved.facts_as(LagFacts)
+    assert resolved_f.reasons == open_f.reasons and resolved_f.peak_secs == open_f.peak_secs
+    assert resolved_f.last is not None and resolved_f.last.lag_bytes == 0
     assert rules.resolved_payload(open_, None) is open_

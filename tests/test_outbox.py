@@ -12,6 +12,7 @@ import pytest
 from bot.metrics import REGISTRY
 from bot.slack import outbox as ob
 from bot.slack.web import make_web_client
+from bot.state.schema import outbox as outbox_table
 from bot.state.store import StateStore
 from tests.harness.fake_slack import FakeSlack
 
@@ -90,7 +91,7 @@ def drain(box: ob.Outbox, rounds: int = 20) -> None:
             return
         box._paused_until = 0.0
         with box.store.tx() as c:
-            c.execute(ob.table.update().values(next_at=0.0))
+            c.execute(outbox_table.update().values(next_at=0.0))
         box.deliver()
     assert not box.pending_count(), "still pending"
 

@@ -17,7 +17,7 @@ from bot.metrics import REGISTRY
 from bot.render.store import OUTAGE_NOTE, render_store_back, render_store_down, with_outage_note
 from bot.slack.outbox import DELIVERED, PENDING, IncidentOutbox, Outbox
 from bot.state.health import StoreHealth, is_outage
-from bot.state.incidents import DUPLICATE, Incidents
+from bot.state.incidents import DUPLICATE, Incidents, payload_from_json
 from bot.state.schema import incidents, outbox
 from bot.state.store import StateStore
 
@@ -96,17 +96,17 @@ def test_health_goes_down_on_an_outage_and_up_only_after_every_catch_up_landed(s
 
 def test_an_incident_opened_during_the_outage_is_inserted_with_its_post_when_the_store_returns(store):
     inc_gw = leader(store)
-    before = inc_gw.create("prod", "primary", "idle_in_tx", "C0ALERTS", {"app": HOSTILE})
+    before = inc_gw.create("prod", "primary", "idle_in_tx", "C0ALERTS", payload_from_json("idle_in_tx", {"app": HOSTILE}))
     assert before is not None
     StoreHealth.of(store).note(outage())
     # while the store is down: the open incident is known from memory, a new one opens there
     assert [i.id for i in inc_gw.all_open()] == [before.id]
-    new = inc_gw.create("prod", "replica1", "lag", "C0ALERTS", {"since": "x"})
+    new = inc_gw.create("prod", "replica1", "lag", "C0ALERTS", payload_from_json("lag", {"since": "x"}))
     assert new is not None
-    assert inc_gw.create("prod", "replica1", "lag", "C0ALERTS", {}) is None, "one per env, host and kind"
+    assert inc_gw.create("prod", "replica1", "lag", "C0ALERTS") is None, "one per env, host and kind"
     assert inc_gw.holds_lease(), "the leader goes on through the outage"
     assert inc_gw.save(new, channel="C0ALERTS", message_ts="1700000000.000001")
-    assert inc_gw.resolve(before, {"done": ["cleared"]})
+    assert inc_gw.resolve(before, payload_from_json("idle_in_tx", {"done": ["cleared"]}))
     assert [r["id"] for r in rows(store)] == [before.id], "nothing reached the store meanwhile"
     assert StoreHealth.of(store).probe()
     by_id = {r["id"]: r for r in rows(store)}
@@ -123,7 +123,7 @@ def test_an_incident_another_replica_opened_meanwhile_makes_ours_a_duplicate_and
     box = Outbox(store, client)
     slack = IncidentOutbox(box, ours, lambda: False)
     StoreHealth.of(store).note(outage())
-    inc = ours.create("prod", "primary", "host_unreachable", "C0ALERTS", {})
+    inc = ours.create("prod", "primary", "host_unreachable", "C0ALERTS")
     assert inc is not None
     resp = slack.call("chat_postMessage", inc, channel="C0ALERTS", text="unreachable", blocks=[])
     assert resp is not None and resp["ts"]

@@ -19,15 +19,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
 
 from bot.config import LagAlert
 from bot.lagwatch.model import StandbyLag, lsn_to_int
 from bot.postgres.models import iso
+from bot.watch.incident_models import LAG as LAG
+from bot.watch.incident_models import UNREACHABLE as UNREACHABLE
+from bot.watch.incident_models import IncidentPayload, LagFacts, LagLast, Seen
 from bot.watch.rules import due as due  # edit / remind timing is bot.watch.rules' (every kind's)
-
-LAG = "lag"
-UNREACHABLE = "unreachable"
 
 PROMOTED_NOTE = "the standby is no longer in recovery: it was promoted or is not a standby"
 
@@ -109,45 +108,33 @@ def _parse_iso(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
-def lag_payload(payload: dict[str, Any], m: StandbyLag) -> dict[str, Any]:
+def lag_payload(payload: IncidentPayload, m: StandbyLag) -> IncidentPayload:
     """An open lag incident's record after one more measurement: the peaks, the earliest ``since``, every
     reason seen, every session seen holding replay back, and the last measurement."""
-    p = dict(payload)
-    secs = m.lag_secs or 0.0
-    p["peak_secs"] = max(float(p.get("peak_secs") or 0.0), secs)
-    p["peak_bytes"] = max(int(p.get("peak_bytes") or 0), m.lag_bytes)
+    f = payload.facts_as(LagFacts)
     since = m.since
-    known = _parse_iso(p.get("since"))
-    if since is not None and (known is None or since < known):
-        p["since"] = _iso(since)
-    reasons = list(p.get("reasons") or [])
-    if m.reason.label not in reasons:
-        reasons.append(m.reason.label)
-    p["reasons"] = reasons
-    seen = dict(p.get("seen") or {})
+    known = _parse_iso(f.since)
+    reasons = f.reasons if m.reason.label in f.reasons else (*f.reasons, m.reason.label)
+    facts = f.model_copy(update={
+        "peak_secs": max(float(f.peak_secs or 0.0), m.lag_secs or 0.0),
+        "peak_bytes": max(int(f.peak_bytes or 0), m.lag_bytes),
+        "reasons": reasons,
+        "last": LagLast(lag_secs=m.lag_secs, lag_bytes=m.lag_bytes, reason=m.reason.value, at=_iso(m.measured_at)),
+        **({"since": _iso(since)} if since is not None and (known is None or since < known) else {}),
+    })
+    seen = dict(payload.seen)
     for c in m.holding_back:
-        seen.setdefault(
-            c.key,
-            {
-                "pid": c.session.pid,
-                "backend_start": iso(c.session.backend_start),
-                "user": c.session.user,
-                "application": c.session.application,
-                "kind": c.kind,
-            },
-        )
-    p["seen"] = seen
-    p["last"] = {"lag_secs": m.lag_secs, "lag_bytes": m.lag_bytes, "reason": m.reason.value,
-                 "at": _iso(m.measured_at)}
-    return p
+        seen.setdefault(c.key, Seen(pid=c.session.pid, backend_start=iso(c.session.backend_start),
+                                    user=c.session.user, application=c.session.application, kind=c.kind))
+    return payload.with_(facts=facts, seen=seen)
 
 
-def resolved_payload(payload: dict[str, Any], m: StandbyLag | None) -> dict[str, Any]:
+def resolved_payload(payload: IncidentPayload, m: StandbyLag | None) -> IncidentPayload:
     """The record of a lag incident as it resolves: what is true now must not rewrite history (the worst
     and the reasons seen stay)."""
     if m is None:
         return payload
     p = lag_payload(payload, m)
-    p["reasons"] = payload.get("reasons") or p["reasons"]
-    p["seen"] = payload.get("seen") or {}
-    return p
+    before = payload.facts_as(LagFacts)
+    facts = p.facts_as(LagFacts)
+    return p.with_(facts=facts.model_copy(update={"reasons": before.reasons or facts.reasons}), seen=payload.seen)

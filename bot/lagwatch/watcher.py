@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import overload
+from typing import Any, overload
 
 from apscheduler.schedulers.base import BaseScheduler
 from slack_sdk import WebClient
@@ -40,15 +40,15 @@ from bot.config import Config, Environment, LagAlert
 from bot.durations import format_duration
 from bot.lagwatch import rules
 from bot.lagwatch.detect import mark_culprits, measure_standby, primary_views
+from bot.lagwatch.drawing import Drawing
 from bot.lagwatch.model import PrimaryView, ReceiverFacts, StandbyLag
 from bot.lagwatch.rules import LAG, UNREACHABLE, Act, HostState
 from bot.metrics import CHECK_FAILURES, OPEN_INCIDENTS, REPLAY_LAG_BYTES, REPLAY_LAG_SECONDS
 from bot.postgres.pools import Databases, DatabaseUnavailable, UnsupportedServer
-from bot.render import lag as render
-from bot.slack import outbox as slack_outbox
 from bot.state.incidents import Incident, Incidents
 from bot.state.store import StateStore
 from bot.watch import rules as watch_rules
+from bot.watch.incident_models import IncidentPayload, LagFacts, UnreachableFacts
 from bot.watch.incidents import view
 
 log = logging.getLogger(__name__)
@@ -83,9 +83,11 @@ class LagWatcher:
         scheduler: BaseScheduler,
         policy: Policy,
         shell: AlertShell,
+        drawing: Drawing,
         receiver: Callable[[str, str, ReceiverFacts | None], None] | None = None,
     ):
         self.config, self.store, self.dbs, self.client, self.scheduler = config, store, dbs, client, scheduler
+        self.render = drawing  # how alerts are drawn (bot.render.lag)
         self.policy = policy
         self.envs: dict[str, Environment] = {
             name: env for name, env in config.environments.items() if env.lag_alert is not None and env.standbys
@@ -113,7 +115,7 @@ class LagWatcher:
         self.update_every = UPDATE_EVERY
         # every Slack call of the watcher goes through the one durable outbox (Slack may be down for minutes)
         self.outbox = shell.outbox
-        self.slack = slack_outbox.IncidentOutbox(self.outbox, self.incidents, lambda: self.lease.stopped)
+        self.slack = shell.outbox.for_incidents(self.incidents, lambda: self.lease.stopped)
 
     # --- wiring -------------------------------------------------------------------------------------
 
@@ -189,7 +191,7 @@ class LagWatcher:
 
     def _close_unwatched(self, inc: Incident) -> None:
         """An incident for a standby that is no longer configured: say so instead of leaving it open."""
-        if not self.incidents.resolve(inc, {**inc.payload, "closed": "not watched any more"}):
+        if not self.incidents.resolve(inc, inc.payload.with_(closed="not watched any more")):
             return
         if inc.channel and inc.message_ts:
             text = (
@@ -197,7 +199,7 @@ class LagWatcher:
                 "from the configuration)."
             )
             self.slack.call("chat_update", inc, channel=inc.channel, ts=inc.message_ts, text=text,
-                        blocks=[render.section(f":information_source: {text}")])
+                        blocks=[self.render.section(f":information_source: {text}")])
 
     # --- jobs ---------------------------------------------------------------------------------------
 
@@ -306,7 +308,8 @@ class LagWatcher:
             elif action.act is Act.RESOLVE_LAG:
                 self._resolve_lag(open_[LAG], m, note=action.note)
 
-    def _alert_message(self, inc: Incident, m: StandbyLag, alert: LagAlert, channel: str | None) -> tuple[dict, dict]:
+    def _alert_message(self, inc: Incident, m: StandbyLag, alert: LagAlert,
+                       channel: str | None) -> tuple[dict[str, Any], tokens.Memory]:
         """The alert with its buttons; without them while the state store does not answer (no token can
         be issued: the alert itself still goes out)."""
         if channel is not None and not self.incidents.health.degraded:
@@ -317,27 +320,28 @@ class LagWatcher:
                     raise
         return self._alert_message_in(inc, m, alert, None)
 
-    def _alert_message_in(self, inc: Incident, m: StandbyLag, alert: LagAlert, channel: str | None) -> tuple[dict, dict]:
+    def _alert_message_in(self, inc: Incident, m: StandbyLag, alert: LagAlert,
+                          channel: str | None) -> tuple[dict[str, Any], tokens.Memory]:
         environment = self.envs[m.env]
-        known: tokens.Memory = dict(inc.payload.get("tokens") or {})
+        known: tokens.Memory = dict(inc.payload.tokens)
         drawn = tokens.Tokens()
         if channel:
             # reused while valid until the next update (bot.approval.tokens.reissue), else issued afresh
-            shown = [(c.key, c.session) for c in m.holding_back[: render.MAX_CULPRITS_SHOWN]]
+            shown = [(c.key, c.session) for c in m.holding_back[: self.render.MAX_CULPRITS_SHOWN]]
             drawn, known = tokens.reissue(self.store, m.env, m.host, channel, shown, known,
                                           request_ttl=environment.access.request_ttl,
                                           kill=self.policy.signalling_off(m.env) is None)
-        msg = render.render_lag_alert(
+        msg = self.render.render_lag_alert(
             m,
             alert,
-            since=_parse_iso(inc.payload.get("since")) or m.since,
+            since=_parse_iso(inc.payload.facts_as(LagFacts).since) or m.since,
             tokens=drawn.kill,
             kill_disabled=self.policy.signalling_off(m.env),
             query_chars=environment.listing.query_chars,
             reminder_every=alert.remind_every,
             details_tokens=drawn.details,
             incident_id=inc.id,
-            ack=inc.payload.get("ack"),
+            ack=inc.payload.ack_json(),
         )
         return msg, known
 
@@ -354,16 +358,15 @@ class LagWatcher:
         if resp is None:
             self.incidents.save(inc, last_update_at=now)
             return
-        extra = {"payload": {**inc.payload, "tokens": known}} if by_id else {}
         self.incidents.save(inc, channel=resp["channel"], message_ts=resp["ts"], last_update_at=now,
-                            last_reminder_at=now, **extra)
+                            last_reminder_at=now, payload=inc.payload.with_(tokens=known) if by_id else None)
         if not by_id and m.holding_back:
             msg, known = self._alert_message(inc, m, alert, resp["channel"])
             if self.slack.call("chat_update", inc, channel=resp["channel"], ts=resp["ts"], **msg) is not None:
-                self.incidents.save(inc, payload={**inc.payload, "tokens": known})
+                self.incidents.save(inc, payload=inc.payload.with_(tokens=known))
 
     def _open_lag(self, m: StandbyLag, alert: LagAlert) -> None:
-        payload = rules.lag_payload({}, m)
+        payload = rules.lag_payload(IncidentPayload(), m)
         inc = self.incidents.create(m.env, m.host, LAG, alert.channel, payload)
         if inc is None:
             return
@@ -388,22 +391,22 @@ class LagWatcher:
             return
         then = self._follow_up(inc, alert, now)
         if then.edit:
-            inc.payload = payload = {**payload, "ack_drawn": True} if then.ack_to_draw else payload
+            inc.payload = payload = payload.with_(ack_drawn=True) if then.ack_to_draw else payload
             msg, known = self._alert_message(inc, m, alert, inc.channel)
             if self.slack.call("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg) is not None:
-                self.incidents.save(inc, last_update_at=now, payload={**payload, "tokens": known})
+                self.incidents.save(inc, last_update_at=now, payload=payload.with_(tokens=known))
             else:
                 self.incidents.save(inc, last_update_at=now, payload=payload)
         elif payload != inc.payload:
             self.incidents.save(inc, payload=payload)
         if self._follow_up(inc, alert, now).remind:  # after the writes above: an Acknowledge they found counts
-            msg = render.render_lag_reminder(m, opened_at=_utc(inc.opened_at), now=_utc(now))
+            msg = self.render.render_lag_reminder(m, opened_at=_utc(inc.opened_at), now=_utc(now))
             if self.slack.call("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
                 self.incidents.save(inc, last_reminder_at=now)
 
     def what_was_done(self, inc: Incident) -> list[str]:
         """Kills executed through the bot on this standby since the lag began, and culprits that left."""
-        start = min(inc.opened_at, (_parse_iso(inc.payload.get("since")) or _utc(inc.opened_at)).timestamp())
+        start = min(inc.opened_at, (_parse_iso(inc.payload.facts_as(LagFacts).since) or _utc(inc.opened_at)).timestamp())
         lines: list[str] = []
         signalled: set[str] = set()
         try:
@@ -429,43 +432,44 @@ class LagWatcher:
                 if approved:
                     people.append("approved by " + ", ".join(f"<@{a}>" for a in approved))
             who = f" ({'; '.join(people)})" if people else ""
-            user = f" · user {render.code(e['db_user'])}" if e.get("db_user") else ""
-            lines.append(f"pid {e.get('pid')} {verb} through the bot at {render.slack_time(_utc(e['at']))}{who}{user}")
+            user = f" · user {self.render.code(e['db_user'])}" if e.get("db_user") else ""
+            lines.append(f"pid {e.get('pid')} {verb} through the bot at {self.render.slack_time(_utc(e['at']))}{who}{user}")
             signalled.add(f"{e.get('pid')}@{e.get('backend_start')}")
-        for key, s in (inc.payload.get("seen") or {}).items():
-            if key in signalled or f"{s.get('pid')}@{s.get('backend_start')}" in signalled:
+        for key, s in inc.payload.seen.items():
+            if key in signalled or s.key in signalled:
                 continue
-            label = "held replay back" if s.get("kind") in ("lock", "snapshot") else "was a suspect"
-            who = ", ".join(render.code(x) for x in (s.get("user"), s.get("application")) if x)
+            label = "held replay back" if s.kind in ("lock", "snapshot") else "was a suspect"
+            who = ", ".join(self.render.code(x) for x in (s.user, s.application) if x)
             lines.append(
-                f"pid {s.get('pid')}{f' ({who})' if who else ''} {label}; it let go without a signal from the bot"
+                f"pid {s.pid}{f' ({who})' if who else ''} {label}; it let go without a signal from the bot"
             )
         return lines
 
     def _resolve_lag(self, inc: Incident, m: StandbyLag | None, note: str | None = None) -> None:
         payload = rules.resolved_payload(inc.payload, m)
+        facts = payload.facts_as(LagFacts)
         if not self.incidents.holds_lease(inc.env):
             return
         done = self.what_was_done(inc)
         if note:
             done = [note, *done]
         now = datetime.now(UTC)
-        msg = render.render_lag_resolved(
+        msg = self.render.render_lag_resolved(
             inc.env,
             inc.host,
             opened_at=_utc(inc.opened_at),
             resolved_at=now,
-            since=_parse_iso(payload.get("since")),
-            peak_secs=payload.get("peak_secs"),
-            peak_bytes=payload.get("peak_bytes"),
-            reasons=[r for r in payload.get("reasons") or [] if r != "caught up"],
+            since=_parse_iso(facts.since),
+            peak_secs=facts.peak_secs,
+            peak_bytes=facts.peak_bytes,
+            reasons=[r for r in facts.reasons if r != "caught up"],
             done=done,
             last=m,
-            ack=inc.payload.get("ack"),
+            ack=inc.payload.ack_json(),
         )
         if not self.slack.edit_landed(inc, msg):
             return  # the incident stays open: the next check (still caught up) edits it again
-        if self.incidents.resolve(inc, {**payload, "done": done}):
+        if self.incidents.resolve(inc, payload.with_(done=tuple(done))):
             log.info("lag watch: %s/%s caught up; incident resolved", inc.env, inc.host)
             self._set_open_gauge()
 
@@ -502,17 +506,18 @@ class LagWatcher:
         # an unchanged error is not edited again (only a new one, or a new Acknowledge)
         if then.ack_to_draw or (changed and then.due):
             if then.ack_to_draw:
-                inc.payload = {**inc.payload, "ack_drawn": True}
+                inc.payload = inc.payload.with_(ack_drawn=True)
             self._post_unreachable(inc, reason, st, alert)
         if self._follow_up(inc, alert, now).remind:
-            since = _parse_iso(inc.payload.get("since")) or _utc(inc.opened_at)
-            msg = render.render_unreachable_reminder(inc.env, inc.host, reason, since=since, now=_utc(now))
+            since = _parse_iso(inc.payload.facts_as(UnreachableFacts).since) or _utc(inc.opened_at)
+            msg = self.render.render_unreachable_reminder(inc.env, inc.host, reason, since=since, now=_utc(now))
             if self.slack.call("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
                 self.incidents.save(inc, last_reminder_at=now)
 
     def _open_unreachable(self, env: str, host: str, st: HostState, reason: str, alert: LagAlert) -> None:
         since = _utc(st.first_failure_at or time.time())
-        inc = self.incidents.create(env, host, UNREACHABLE, alert.channel, {"since": _iso(since), "reason": reason})
+        inc = self.incidents.create(env, host, UNREACHABLE, alert.channel,
+                                    IncidentPayload(facts=UnreachableFacts(since=_iso(since), reason=reason)))
         if inc is None:
             return
         self._set_open_gauge()
@@ -520,12 +525,13 @@ class LagWatcher:
 
     def _post_unreachable(self, inc: Incident, reason: str, st: HostState, alert: LagAlert) -> None:
         now = time.time()
-        since = _parse_iso(inc.payload.get("since")) or _utc(inc.opened_at)
-        msg = render.render_unreachable_alert(
+        facts = inc.payload.facts_as(UnreachableFacts)
+        since = _parse_iso(facts.since) or _utc(inc.opened_at)
+        msg = self.render.render_unreachable_alert(
             inc.env, inc.host, reason, since=since, failures=st.failures,
-            check_every=alert.check_every, now=_utc(now), incident_id=inc.id, ack=inc.payload.get("ack"),
+            check_every=alert.check_every, now=_utc(now), incident_id=inc.id, ack=inc.payload.ack_json(),
         )
-        payload = {**inc.payload, "reason": reason}
+        payload = inc.payload.with_(facts=facts.model_copy(update={"reason": reason}))
         if inc.message_ts and inc.channel:
             resp = self.slack.call("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg)
             self.incidents.save(inc, last_update_at=now, payload=payload)
@@ -540,10 +546,11 @@ class LagWatcher:
     def _resolve_unreachable(self, inc: Incident) -> None:
         if not self.incidents.holds_lease(inc.env):
             return
-        since = _parse_iso(inc.payload.get("since")) or _utc(inc.opened_at)
-        msg = render.render_unreachable_resolved(
-            inc.env, inc.host, inc.payload.get("reason") or "unknown", since=since,
-            resolved_at=datetime.now(UTC), ack=inc.payload.get("ack"),
+        facts = inc.payload.facts_as(UnreachableFacts)
+        since = _parse_iso(facts.since) or _utc(inc.opened_at)
+        msg = self.render.render_unreachable_resolved(
+            inc.env, inc.host, facts.reason or "unknown", since=since,
+            resolved_at=datetime.now(UTC), ack=inc.payload.ack_json(),
         )
         if not self.slack.edit_landed(inc, msg):
             return  # stays open: the next successful check edits it again

@@ -30,7 +30,7 @@ def _without_queries(m: StandbyLag) -> StandbyLag:
     return dataclasses.replace(m, culprits=hide(m.culprits), suspects=hide(m.suspects))
 
 
-def handle_lag(rt: Context, cmd: ShowLag, body: dict, respond: Any) -> None:
+def handle_lag(rt: Context, cmd: ShowLag, body: dict[str, Any], respond: Any) -> None:
     environment = rt.config.environments[cmd.env]
     if not environment.standbys:
         respond(

@@ -36,13 +36,15 @@ at once, then by the same ``deliver`` jobs); every alert posted or edited meanwh
 to ``pgs_outbox`` as they are (a delivered post with its ts, so later edits and the resolution find it;
 calls still waiting as pending) before anything else reads it (a catch-up hook of the health monitor).
 
+Every statement on ``pgs_outbox`` is in :mod:`bot.state.outbox` (:class:`~bot.state.outbox.OutboxRows`);
+this module decides what is sent, when, and what Slack's answers mean.
+
 Metrics: ``pgsessions_slack_outbox_pending`` (backlog) and ``pgsessions_slack_outbox_total`` (by op and
 outcome: delivered, retried, failed, superseded).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -50,28 +52,34 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
-from sqlalchemy import delete, func, insert, select, update
+from slack_sdk.web import SlackResponse
 from sqlalchemy.sql.elements import ColumnElement
 
+from bot.alerts import DELIVER_EVERY as DELIVER_EVERY
+from bot.alerts import IncidentMessages
 from bot.metrics import SLACK_OUTBOX, SLACK_OUTBOX_PENDING
 from bot.render.store import render_duplicate_note, with_outage_note
 from bot.state.health import StoreHealth
 from bot.state.incidents import Incident, Incidents
-from bot.state.schema import incidents as incidents_table
-from bot.state.schema import outbox as table
+from bot.state.outbox import CLAIM_SECS as CLAIM_SECS
+from bot.state.outbox import DELIVERED as DELIVERED
+from bot.state.outbox import FAILED as FAILED
+from bot.state.outbox import KEEP_DONE_FOR as KEEP_DONE_FOR
+from bot.state.outbox import PENDING as PENDING
+from bot.state.outbox import POST as POST
+from bot.state.outbox import SUPERSEDED as SUPERSEDED
+from bot.state.outbox import THREAD_REPLY as THREAD_REPLY
+from bot.state.outbox import UPDATE as UPDATE
+from bot.state.outbox import Item as Item
+from bot.state.outbox import Kept as Kept
+from bot.state.outbox import OutboxRows
+from bot.state.store import StateStore
 
 log = logging.getLogger(__name__)
 
-POST, UPDATE, THREAD_REPLY = "post", "update", "thread_reply"
-PENDING, DELIVERED, SUPERSEDED, FAILED = "pending", "delivered", "superseded", "failed"
-DELIVER_EVERY = 2.0
 MAX_BACKOFF = 30.0  # Slack back: everything waiting lands within this
-# A deliverer claims a row before sending it (attempts + 1, next_at pushed this far): another deliverer
-# (the other watcher's job, another replica) skips it meanwhile. Longer than one Web API call with the
-# client's own retries; if the claimer dies mid-call, the row is tried again after this.
-CLAIM_SECS = 120.0
-KEEP_DONE_FOR = 7 * 86400.0  # delivered/failed rows are kept a week (a post's ts is looked up by key)
 
 # Errors after which the same call can never succeed: give it up instead of retrying forever.
 PERMANENT_ERRORS = frozenset({
@@ -82,23 +90,6 @@ PERMANENT_ERRORS = frozenset({
     "cannot_reply_to_message", "thread_locked", "team_access_not_granted", "duplicate_channel_not_found",
     "channel_is_archived",
 })
-
-
-@dataclass
-class Item:
-    id: int
-    key: str
-    op: str
-    channel: str
-    ts: str | None
-    payload: dict
-    attempts: int
-    next_at: float
-
-    @classmethod
-    def from_row(cls, row) -> Item:
-        return cls(id=row["id"], key=row["key"], op=row["op"], channel=row["channel"], ts=row["ts"],
-                   payload=json.loads(row["payload"]), attempts=row["attempts"], next_at=row["next_at"])
 
 
 def plan(items: Iterable[Item]) -> list[tuple[Item, list[Item]]]:
@@ -134,18 +125,7 @@ class Sent:
     ``response`` Slack's answer when it was delivered at once."""
 
     kept: bool
-    response: dict | None = None
-
-
-@dataclass
-class Kept:
-    """A call kept in memory while the state store does not answer (``item.id`` is negative)."""
-
-    item: Item
-    state: str = PENDING
-    error: str | None = None
-    created_at: float = 0.0
-    delivered_at: float | None = None
+    response: dict[str, Any] | None = None
 
 
 class Shard(Protocol):
@@ -160,11 +140,13 @@ class Shard(Protocol):
 
 
 class Outbox:
-    def __init__(self, store, client, *, may_send: Callable[[], bool] = lambda: True, shards: Shard | None = None):
+    def __init__(self, store: StateStore, client: WebClient | Callable[[], WebClient], *,
+                 may_send: Callable[[], bool] = lambda: True, shards: Shard | None = None):
         """``client``: a slack_sdk WebClient, or a function returning the current one. ``shards`` (fleet
         mode): this deliverer sends only the rows of the environments this replica owns, and its claim
         holds only while the environment's lease is this replica's at its generation (fenced)."""
         self.store = store
+        self.rows = OutboxRows(store)
         self._client = client
         self.may_send = may_send
         self.shards = shards if shards is not None and shards.fleet else None
@@ -179,22 +161,22 @@ class Outbox:
         self.health.on_catch_up("the Slack calls kept in memory", self.write_kept)
 
     @property
-    def client(self):
+    def client(self) -> WebClient:
         return self._client() if callable(self._client) else self._client
+
+    def for_incidents(self, incidents: Incidents, stopped: Callable[[], bool]) -> IncidentMessages:
+        """How one watcher sends its incidents' messages through this outbox."""
+        return IncidentOutbox(self, incidents, stopped)
 
     # --- queueing -----------------------------------------------------------------------------------
 
-    def send(self, op: str, key: str, channel: str, msg: dict, ts: str | None = None) -> Sent:
+    def send(self, op: str, key: str, channel: str, msg: dict[str, Any], ts: str | None = None) -> Sent:
         """Queue one call (durably); deliver it at once when it is the first waiting for its key. While
         the state store does not answer, the call is kept in memory instead."""
         if self.health.degraded:
             return self._send_kept(op, key, channel, msg, ts)
-        now = time.time()
-        row = {"key": key, "op": op, "channel": channel, "ts": ts, "payload": json.dumps(msg),
-               "state": PENDING, "created_at": now, "attempts": 0, "next_at": 0.0}
         try:
-            with self.store.tx() as c:
-                new_id = c.execute(insert(table).values(**row)).inserted_primary_key[0]
+            new_id = self.rows.add(op, key, channel, msg, ts, time.time())
         except Exception as exc:
             if self.health.note(exc):
                 return self._send_kept(op, key, channel, msg, ts)
@@ -217,7 +199,7 @@ class Outbox:
 
     # --- kept in memory while the state store does not answer ---------------------------------------
 
-    def _send_kept(self, op: str, key: str, channel: str, msg: dict, ts: str | None) -> Sent:
+    def _send_kept(self, op: str, key: str, channel: str, msg: dict[str, Any], ts: str | None) -> Sent:
         with self._kept_lock:
             self._kept_seq -= 1
             kept = Kept(Item(id=self._kept_seq, key=key, op=op, channel=channel, ts=ts, payload=msg, attempts=0,
@@ -243,7 +225,7 @@ class Outbox:
         with self._kept_lock:
             return any(k.item.key == key for k in self._kept)
 
-    def _attempt_kept(self, kept: Kept) -> dict | None:
+    def _attempt_kept(self, kept: Kept) -> dict[str, Any] | None:
         """Send one call kept in memory (the caller holds the lock)."""
         item = kept.item
         channel, ts = item.channel, item.ts
@@ -261,7 +243,7 @@ class Outbox:
             if item.op == POST:
                 resp = self.client.chat_postMessage(channel=channel, **item.payload)
             elif item.op == UPDATE:
-                resp = self.client.chat_update(channel=channel, ts=ts, **item.payload)
+                resp = self.client.chat_update(channel=channel, ts=ts or "", **item.payload)
             else:
                 resp = self.client.chat_postMessage(channel=channel, thread_ts=ts, **item.payload)
         except SlackApiError as exc:
@@ -282,7 +264,7 @@ class Outbox:
         except Exception as exc:
             self._retry_kept(kept, type(exc).__name__, backoff(item.attempts))
             return None
-        data = resp.data if hasattr(resp, "data") else dict(resp)
+        data = _data(resp)
         kept.state, kept.error, kept.delivered_at = DELIVERED, None, time.time()
         if item.op == POST:
             item.ts, item.channel = data.get("ts"), data.get("channel") or channel
@@ -323,15 +305,7 @@ class Outbox:
             kept = list(self._kept)
             if not kept:
                 return
-            with self.store.tx() as c:
-                for k in kept:
-                    it = k.item
-                    c.execute(insert(table).values(
-                        key=it.key, op=it.op, channel=it.channel, ts=it.ts, payload=json.dumps(it.payload),
-                        state=k.state, created_at=k.created_at, attempts=it.attempts,
-                        next_at=it.next_at if k.state == PENDING else 0.0, delivered_at=k.delivered_at,
-                        last_error=k.error,
-                    ))
+            self.rows.write_kept(kept)
             written = {id(k) for k in kept}
             self._kept = [k for k in self._kept if id(k) not in written]
         log.info("slack outbox: %d calls kept in memory while the state store was down are in the outbox now",
@@ -340,30 +314,21 @@ class Outbox:
     # --- reads --------------------------------------------------------------------------------------
 
     def _pending(self, key: str | None = None) -> list[Item]:
-        stmt = select(table).where(table.c.state == PENDING)
-        if key is not None:
-            stmt = stmt.where(table.c.key == key)
-        with self.store.engine.connect() as c:
-            return [Item.from_row(r) for r in c.execute(stmt.order_by(table.c.id)).mappings()]
+        return self.rows.pending(key)
 
     def post_state(self, key: str) -> tuple[str | None, str | None, str | None]:
         """(state, channel, ts) of the newest post of ``key``; (None, None, None) when there is none."""
         post = self._kept_post(key)
         if post is not None:
             return post.state, post.item.channel, post.item.ts
-        stmt = select(table.c.state, table.c.channel, table.c.ts).where(table.c.key == key, table.c.op == POST)
-        with self.store.engine.connect() as c:
-            row = c.execute(stmt.order_by(table.c.id.desc()).limit(1)).first()
-        return (row[0], row[1], row[2]) if row is not None else (None, None, None)
+        return self.rows.post_state(key)
 
     def pending_count(self) -> int:
         with self._kept_lock:
             kept = sum(1 for k in self._kept if k.state == PENDING)
         if self.health.degraded:
             return kept
-        with self.store.engine.connect() as c:
-            stored = int(c.execute(select(func.count()).select_from(table).where(table.c.state == PENDING)).scalar_one())
-        return stored + kept
+        return self.rows.pending_count() + kept
 
     def _set_gauge(self) -> None:
         try:
@@ -424,7 +389,7 @@ class Outbox:
             return channel or item.channel, ts
         return item.channel, None
 
-    def _attempt(self, item: Item) -> dict | None:
+    def _attempt(self, item: Item) -> dict[str, Any] | None:
         """Send one call (the caller holds the lock); Slack's answer when it landed, else None (also when
         another deliverer claimed it first)."""
         if not self._claim(item):
@@ -441,7 +406,7 @@ class Outbox:
             if item.op == POST:
                 resp = self.client.chat_postMessage(channel=channel, **msg)
             elif item.op == UPDATE:
-                resp = self.client.chat_update(channel=channel, ts=ts, **msg)
+                resp = self.client.chat_update(channel=channel, ts=ts or "", **msg)
             else:
                 resp = self.client.chat_postMessage(channel=channel, thread_ts=ts, **msg)
         except SlackApiError as exc:
@@ -462,12 +427,8 @@ class Outbox:
         except Exception as exc:
             self._retry(item, type(exc).__name__, backoff(item.attempts))
             return None
-        data = resp.data if hasattr(resp, "data") else dict(resp)
-        with self.store.tx() as c:
-            values = {"state": DELIVERED, "delivered_at": time.time(), "last_error": None}
-            if item.op == POST:
-                values.update(ts=data.get("ts"), channel=data.get("channel") or channel)
-            c.execute(update(table).where(table.c.id == item.id).values(**values))
+        data = _data(resp)
+        self.rows.delivered(item, time.time(), channel=data.get("channel") or channel, ts=data.get("ts"))
         SLACK_OUTBOX.labels(item.op, DELIVERED).inc()
         return data
 
@@ -475,23 +436,14 @@ class Outbox:
         """Take ``item`` for this deliverer: one conditional UPDATE (still pending, not tried since it was
         read, not claimed or backing off). The attempt is recorded before the call: a crash after it
         leaves a trace (attempts > 0) and the row is tried again after ``CLAIM_SECS``."""
-        now = time.time()
         fence = self._fence(item.key)
         if fence is False:
             return False
-        with self.store.tx() as c:
-            stmt = update(table).where(table.c.id == item.id, table.c.state == PENDING,
-                                       table.c.attempts == item.attempts, table.c.next_at <= now)
-            if fence is not True:
-                stmt = stmt.where(fence)
-            res = c.execute(stmt.values(attempts=table.c.attempts + 1, next_at=now + CLAIM_SECS))
-        return res.rowcount == 1
+        return self.rows.claim(item, time.time(), None if fence is True else fence)
 
     def _env_of(self, key: str) -> str | None:
         if key not in self._envs:
-            with self.store.read() as c:
-                self._envs[key] = c.execute(select(incidents_table.c.env)
-                                            .where(incidents_table.c.id == key)).scalar_one_or_none()
+            self._envs[key] = self.rows.env_of(key)
         return self._envs[key]
 
     def _mine(self, key: str) -> bool:
@@ -511,40 +463,39 @@ class Outbox:
 
     def _supersede(self, items: list[Item], now: float) -> list[Item]:
         """Mark older edits replaced by a newer one, unless another deliverer claimed them meanwhile."""
-        done = []
-        with self.store.tx() as c:
-            for it in items:
-                res = c.execute(
-                    update(table)
-                    .where(table.c.id == it.id, table.c.state == PENDING, table.c.attempts == it.attempts,
-                           table.c.next_at <= now)
-                    .values(state=SUPERSEDED, delivered_at=now, last_error=None)
-                )
-                if res.rowcount == 1:
-                    done.append(it)
-        return done
+        return self.rows.supersede(items, now)
 
     def _retry(self, item: Item, error: str, wait: float) -> None:
         now = time.time()
         self._paused_until = max(self._paused_until, now + wait)
-        with self.store.tx() as c:
-            c.execute(update(table).where(table.c.id == item.id).values(next_at=now + wait, last_error=error[:200]))
+        self.rows.retry_at(item, now + wait, error)
         SLACK_OUTBOX.labels(item.op, "retried").inc()
         log.warning("slack outbox: %s for %s failed (%s, attempt %d): trying again in %.0fs",
                     item.op, item.key, error, item.attempts, wait)
 
     def _finish(self, items: list[Item], state: str, error: str | None) -> None:
-        with self.store.tx() as c:
-            c.execute(update(table).where(table.c.id.in_([i.id for i in items]))
-                      .values(state=state, delivered_at=time.time(), last_error=error))
+        self.rows.finish(items, state, error, time.time())
 
     def _prune(self) -> None:
         now = time.time()
         if now - self._last_prune < 3600:
             return
         self._last_prune = now
-        with self.store.tx() as c:
-            c.execute(delete(table).where(table.c.state != PENDING, table.c.created_at < now - KEEP_DONE_FOR))
+        self.rows.prune(now)
+
+
+def outbox_for(store: StateStore, client: WebClient | Callable[[], WebClient],
+               ) -> Callable[[Callable[[], bool], Shard], Outbox]:
+    """The alerts' outbox factory (:data:`bot.alerts.OutboxFactory`), given by the composition root."""
+    return lambda may_send, shards: Outbox(store, client, may_send=may_send, shards=shards)
+
+
+def _data(resp: SlackResponse | dict[str, Any]) -> dict[str, Any]:
+    """Slack's answer as a dict (a WebClient's SlackResponse, or a plain dict)."""
+    if isinstance(resp, SlackResponse):
+        data = resp.data
+        return dict(data) if isinstance(data, dict) else {}
+    return dict(resp)
 
 
 class IncidentOutbox:
@@ -598,7 +549,7 @@ class IncidentOutbox:
             return False
         if state != DELIVERED or not ts:
             return False
-        return self.incidents.save(inc, channel=channel, message_ts=ts, last_reminder_at=time.time())
+        return bool(self.incidents.save(inc, channel=channel, message_ts=ts, last_reminder_at=time.time()))
 
     def post_waiting(self, inc: Incident) -> bool:
         """The incident's first post is still waiting in the outbox (Slack down)."""

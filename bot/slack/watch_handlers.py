@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
+from typing import Any
+
+from slack_bolt import Ack, App
 
 from bot.render.watch import ACK, ACK_PREFIX
-from bot.slack.edge import guarded
+from bot.slack.context import Context
+from bot.slack.edge import Router, guarded
 from bot.slack.edge import tell as tell_user
 from bot.slack.outbox import THREAD_REPLY, Outbox
 from bot.watch.incidents import WatchIncidents
@@ -18,7 +23,7 @@ from bot.watch.incidents import WatchIncidents
 log = logging.getLogger(__name__)
 
 
-def tell(rt, respond, channel, user, text) -> None:
+def tell(rt: Context, respond: Callable[..., Any] | None, channel: str | None, user: str, text: str) -> None:
     tell_user(rt.client, respond, channel, user, text)
 
 ACK_ACTION = re.compile(rf"^{ACK_PREFIX}:{ACK}:([A-Za-z0-9_-]{{1,64}})$")
@@ -26,7 +31,8 @@ ANY_WATCH_ACTION = re.compile(rf"^{ACK_PREFIX}:")
 SLACK_USER = re.compile(r"^[UW][A-Z0-9]{1,30}$")
 
 
-def acknowledge(rt, incident_id: str, user: str, channel: str | None, respond) -> None:
+def acknowledge(rt: Context, incident_id: str, user: str, channel: str | None,
+                respond: Callable[..., Any] | None) -> None:
     incidents = WatchIncidents(rt.store, "acknowledge")
     inc, why = incidents.acknowledge(incident_id, user) if _may_view(rt, incident_id, channel) else (None, None)
     if why is not None:
@@ -45,7 +51,7 @@ def acknowledge(rt, incident_id: str, user: str, channel: str | None, respond) -
         )
 
 
-def _may_view(rt, incident_id: str, channel: str | None) -> bool:
+def _may_view(rt: Context, incident_id: str, channel: str | None) -> bool:
     """Anyone who may view the environment: its ``access.channels`` (when set) include this channel."""
     inc = WatchIncidents(rt.store, "acknowledge").get(incident_id)
     if inc is None:
@@ -57,9 +63,9 @@ def _may_view(rt, incident_id: str, channel: str | None) -> bool:
     return not allowed or channel in allowed
 
 
-def register(app, rt, router) -> None:
+def register(app: App, rt: Context, router: Router) -> None:
     @app.action(ANY_WATCH_ACTION)
-    def on_watch_click(ack, body, action, respond):
+    def on_watch_click(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Callable[..., Any]) -> None:
         ack()
         user = (body.get("user") or {}).get("id", "")
         channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")

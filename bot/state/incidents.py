@@ -2,8 +2,11 @@
 
 An incident is one Slack message: it is opened once, edited while it lasts and resolved once. At most
 one incident per (environment, host, kind) is open (the session watch keys several per kind:
-:mod:`bot.watch.incidents`). An Acknowledge (``payload["ack"]``) is written by whoever clicks and kept
-by every later write of the leader. Every write checks, in the same transaction,
+:mod:`bot.watch.incidents`). What an incident keeps besides its columns is a typed
+:class:`bot.watch.incident_models.IncidentPayload`, converted to and from the stored JSON here and only
+here (:func:`payload_from_json`, :func:`payload_json`: the JSON shape of the previous release, read and
+written as it was). An Acknowledge (``ack``) is written by whoever clicks and kept by every later write
+of the leader. Every write checks, in the same transaction,
 that this bot still holds the leader lease (``FOR UPDATE`` on the lease row on PostgreSQL, which
 serialises with :meth:`StateStore.acquire_lease`; SQLite write transactions are exclusive anyway),
 so a replica that lost the lease while a check was in flight cannot open a duplicate.
@@ -31,21 +34,64 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
+from pydantic import ValidationError
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
 from bot.state.health import StoreHealth
 from bot.state.schema import incidents, leases
 from bot.state.store import StateStore, new_id
+from bot.watch.incident_models import LAG, UNREACHABLE, Ack, IncidentPayload, facts_from_json, facts_json
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# payload["closed"] of an incident opened during an outage while another replica had the same one open
+# the ``closed`` mark of an incident opened during an outage while another replica had the same one open
 DUPLICATE = "duplicate: another replica alerted on the same thing while the state store was down"
 
-# kinds (bot.lagwatch.rules): "lag" | "unreachable"
+# the lag watcher's kinds: their facts are stored at the top of the payload (as release 0.1 wrote them);
+# the session watch's kinds keep theirs under "facts"
+FLAT_KINDS = (LAG, UNREACHABLE)
+# the payload's own fields (the rest of a flat kind's payload are its facts)
+PAYLOAD_KEYS = frozenset(IncidentPayload.model_fields) - {"facts"}
+
+
+def payload_from_json(kind: str, data: Mapping[str, Any]) -> IncidentPayload:
+    """The typed payload of an incident of ``kind`` from its stored JSON (any release's: fields this
+    release does not know are kept, a field that does not fit is dropped with a warning)."""
+    own = {k: v for k, v in data.items() if k in PAYLOAD_KEYS}
+    if kind in FLAT_KINDS:
+        raw: Mapping[str, Any] | None = {k: v for k, v in data.items() if k not in PAYLOAD_KEYS}
+        extra: dict[str, Any] = {}
+    else:
+        raw = (data.get("facts") or {}) if "facts" in data else None
+        extra = {k: v for k, v in data.items() if k not in PAYLOAD_KEYS and k != "facts"}
+    try:
+        payload = IncidentPayload.model_validate({**extra, **own})
+    except ValidationError as exc:
+        log.warning("incidents: a stored %s payload does not fit (%d errors): reading what fits",
+                    kind, exc.error_count())
+        fits: dict[str, Any] = {}
+        for k, v in own.items():
+            try:
+                IncidentPayload.model_validate({k: v})
+            except ValidationError:
+                continue
+            fits[k] = v
+        payload = IncidentPayload.model_validate({**extra, **fits})
+    if raw is not None:
+        payload = payload.with_(facts=facts_from_json(kind, raw))
+    return payload
+
+
+def payload_json(kind: str, payload: IncidentPayload) -> str:
+    """The stored JSON of a payload: exactly the fields it was given, in the previous release's shape."""
+    out = payload.model_dump(mode="json", exclude_unset=True, exclude={"facts"})
+    if "facts" in payload.model_fields_set:
+        facts = facts_json(payload.facts)
+        out = {**facts, **out} if kind in FLAT_KINDS else {**out, "facts": facts}
+    return json.dumps(out, default=str)
 
 
 @dataclass
@@ -61,14 +107,17 @@ class Incident:
     message_ts: str | None
     last_update_at: float | None
     last_reminder_at: float | None
-    payload: dict[str, Any] = field(default_factory=dict)
+    payload: IncidentPayload = field(default_factory=IncidentPayload)
 
     @classmethod
     def from_row(cls, row: RowMapping | Mapping[str, Any]) -> Incident:
-        data = dict(row)
-        data["payload"] = json.loads(data.get("payload") or "{}")
-        data["open"] = bool(data["open"])
-        return cls(**data)
+        return cls(
+            id=str(row["id"]), env=str(row["env"]), host=str(row["host"]), kind=str(row["kind"]),
+            open=bool(row["open"]), opened_at=float(row["opened_at"]), resolved_at=row["resolved_at"],
+            channel=row["channel"], message_ts=row["message_ts"], last_update_at=row["last_update_at"],
+            last_reminder_at=row["last_reminder_at"],
+            payload=payload_from_json(str(row["kind"]), json.loads(row["payload"] or "{}")),
+        )
 
 
 def open_incidents(store: StateStore) -> list[Incident]:
@@ -83,12 +132,12 @@ def _row(inc: Incident) -> dict[str, Any]:
         "id": inc.id, "env": inc.env, "host": inc.host, "kind": inc.kind, "open": inc.open,
         "opened_at": inc.opened_at, "resolved_at": inc.resolved_at, "channel": inc.channel,
         "message_ts": inc.message_ts, "last_update_at": inc.last_update_at,
-        "last_reminder_at": inc.last_reminder_at, "payload": json.dumps(inc.payload, default=str),
+        "last_reminder_at": inc.last_reminder_at, "payload": payload_json(inc.kind, inc.payload),
     }
 
 
 def _copy(inc: Incident) -> Incident:
-    return replace(inc, payload=json.loads(json.dumps(inc.payload, default=str)))
+    return replace(inc)  # the payload is frozen: sharing it is safe
 
 
 _MEMORIES: weakref.WeakKeyDictionary[StateStore, OutageMemory] = weakref.WeakKeyDictionary()
@@ -214,9 +263,9 @@ class OutageMemory:
                         incidents.c.open.is_(True),
                     )).mappings()
                 ]
-                if inc.open and any(i.payload.get("key", "") == inc.payload.get("key", "") for i in same):
+                if inc.open and any(i.payload.key == inc.payload.key for i in same):
                     closed = replace(inc, open=False, resolved_at=time.time(),
-                                     payload={**inc.payload, "closed": DUPLICATE})
+                                     payload=inc.payload.with_(closed=DUPLICATE))
                     c.execute(insert(incidents).values(**_row(closed)))
                     return True
                 c.execute(insert(incidents).values(**_row(inc)))
@@ -224,8 +273,8 @@ class OutageMemory:
             stored = Incident.from_row(row)
             values = _row(inc)
             del values["id"]
-            if stored.payload.get("ack") and not inc.payload.get("ack"):
-                values["payload"] = json.dumps({**inc.payload, "ack": stored.payload["ack"]}, default=str)
+            if stored.payload.ack is not None and inc.payload.ack is None:
+                values["payload"] = payload_json(inc.kind, inc.payload.with_(ack=stored.payload.ack))
             if not stored.open:
                 return False  # resolved by someone else meanwhile: that stands
             c.execute(update(incidents).where(incidents.c.id == inc.id).values(**values))
@@ -299,6 +348,23 @@ class Incidents:
             out.setdefault(inc.kind, inc)
         return out
 
+    def open_of(self, kinds: tuple[str, ...], env: str | None = None, host: str | None = None) -> list[Incident]:
+        """The open incidents of ``kinds`` (of one environment, one host), oldest first."""
+        def stored() -> list[Incident]:
+            stmt = select(incidents).where(incidents.c.open.is_(True), incidents.c.kind.in_(kinds))
+            if env is not None:
+                stmt = stmt.where(incidents.c.env == env)
+            if host is not None:
+                stmt = stmt.where(incidents.c.host == host)
+            with self.store.read() as c:
+                rows = c.execute(stmt.order_by(incidents.c.opened_at)).mappings().all()
+            return [Incident.from_row(r) for r in rows]
+
+        def wanted(i: Incident) -> bool:
+            return i.kind in kinds and env in (None, i.env) and host in (None, i.host)
+
+        return self._either(stored, lambda m: m.open_where(wanted))
+
     def all_open(self) -> list[Incident]:
         return self._either(lambda: open_incidents(self.store), lambda m: m.open_where(lambda _i: True))
 
@@ -314,42 +380,31 @@ class Incidents:
             with self.store.engine.connect() as c:
                 return int(
                     c.execute(select(func.count()).select_from(incidents).where(
-                        incidents.c.open.is_(True), incidents.c.kind.in_(("lag", "unreachable"))  # not bot.watch's kinds
+                        incidents.c.open.is_(True), incidents.c.kind.in_(FLAT_KINDS)  # not bot.watch's kinds
                     )).scalar_one()
                 )
-        return self._either(stored, lambda m: len(m.open_where(lambda i: i.kind in ("lag", "unreachable"))))
+        return self._either(stored, lambda m: len(m.open_where(lambda i: i.kind in FLAT_KINDS)))
 
     # --- writes (fenced) ----------------------------------------------------------------------------
 
-    def create(self, env: str, host: str, kind: str, channel: str, payload: dict[str, Any]) -> Incident | None:
+    def create(self, env: str, host: str, kind: str, channel: str,
+               payload: IncidentPayload | None = None) -> Incident | None:
         """Open an incident; None when this bot is not the leader or one is already open."""
-        return self._create(env, host, kind, channel, payload, key=None)
+        return self._create(env, host, kind, channel, payload or IncidentPayload(), key=None)
 
-    def _create(self, env: str, host: str, kind: str, channel: str, payload: dict[str, Any],
+    def _create(self, env: str, host: str, kind: str, channel: str, payload: IncidentPayload,
                 key: str | None) -> Incident | None:
         """Open an incident (one per env, host, kind; with ``key``, one per env, host, kind and key)."""
-        now = time.time()
         if key is not None:
-            payload = {**payload, "key": key}
-        row = {
-            "id": new_id(12),
-            "env": env,
-            "host": host,
-            "kind": kind,
-            "open": True,
-            "opened_at": now,
-            "resolved_at": None,
-            "channel": channel,
-            "message_ts": None,
-            "last_update_at": None,
-            "last_reminder_at": None,
-            "payload": json.dumps(payload, default=str),
-        }
-        inc = Incident.from_row(row)
+            payload = payload.with_(key=key)
+        inc = Incident(id=new_id(12), env=env, host=host, kind=kind, open=True, opened_at=time.time(),
+                       resolved_at=None, channel=channel, message_ts=None, last_update_at=None,
+                       last_reminder_at=None, payload=payload)
+        row = _row(inc)
 
         def same(other: Incident) -> bool:
             return (other.env, other.host, other.kind) == (env, host, kind) and other.open and (
-                key is None or other.payload.get("key", "") == key)
+                key is None or other.payload.key == key)
 
         def stored() -> Incident | None:
             with self.store.tx() as c:
@@ -371,40 +426,39 @@ class Incidents:
 
         return self._either(stored, lambda m: m.create(inc, same))
 
-    def save(self, inc: Incident, **values: Any) -> bool:
-        """Update an open incident's columns (``payload`` as a dict); False if not leader or closed.
+    def save(self, inc: Incident, *, payload: IncidentPayload | None = None, **values: Any) -> bool:
+        """Update an open incident's columns and its payload; False if not leader or closed.
 
-        An Acknowledge recorded meanwhile by a click (``payload["ack"]``, written by whoever clicked, not
-        by the leader) is kept: the leader's writes never overwrite it."""
-        payload = values.pop("payload", None)
+        An Acknowledge recorded meanwhile by a click (``ack``, written by whoever clicked, not by the
+        leader) is kept: the leader's writes never overwrite it."""
 
         def stored() -> bool:
             vals = dict(values)
+            p = payload
             with self.store.tx() as c:
                 if not self._holds_lease(c, inc.env):
                     return False
-                if payload is not None:
-                    p = dict(payload)
-                    if not p.get("ack"):
+                if p is not None:
+                    if p.ack is None:
                         row = c.execute(select(incidents.c.payload).where(incidents.c.id == inc.id)).first()
-                        held = json.loads(row[0] or "{}") if row else {}
-                        if held.get("ack"):
-                            p["ack"] = held["ack"]
-                    vals["payload"] = json.dumps(p, default=str)
+                        held = payload_from_json(inc.kind, json.loads(row[0] or "{}")) if row else None
+                        if held is not None and held.ack is not None:
+                            p = p.with_(ack=held.ack)
+                    vals["payload"] = payload_json(inc.kind, p)
                 res = c.execute(
                     update(incidents).where(incidents.c.id == inc.id, incidents.c.open.is_(True)).values(**vals)
                 )
                 ok = int(res.rowcount) == 1
             if ok:
                 for k, v in vals.items():
-                    setattr(inc, k, json.loads(v) if k == "payload" else v)
+                    setattr(inc, k, p if k == "payload" else v)
                 self.memory.remember(inc)
             return ok
 
         def in_memory(m: OutageMemory) -> bool:
-            vals = dict(values)
+            vals: dict[str, Any] = dict(values)
             if payload is not None:
-                vals["payload"] = json.loads(json.dumps(payload, default=str))
+                vals["payload"] = payload
             return m.save(inc, vals)
 
         return self._either(stored, in_memory)
@@ -422,17 +476,14 @@ class Incidents:
             inc = Incident.from_row(row)
             if not inc.open:
                 return inc, "this alert is already resolved"
-            ack = inc.payload.get("ack")
-            if ack:
-                return inc, f"<@{ack['by']}> already acknowledged this alert"
-            inc.payload["ack"] = {"by": user, "at": time.time()}
+            ack = inc.payload.ack
+            if ack is not None:
+                return inc, f"<@{ack.by}> already acknowledged this alert"
+            inc.payload = inc.payload.with_(ack=Ack(by=user, at=time.time()))
             c.execute(update(incidents).where(incidents.c.id == incident_id)
-                      .values(payload=json.dumps(inc.payload, default=str)))
+                      .values(payload=payload_json(inc.kind, inc.payload)))
         return inc, None
 
-    def resolve(self, inc: Incident, payload: dict[str, Any] | None = None) -> bool:
+    def resolve(self, inc: Incident, payload: IncidentPayload | None = None) -> bool:
         """Close an incident exactly once; False if another check (or replica) already did."""
-        values: dict[str, Any] = {"open": False, "resolved_at": time.time()}
-        if payload is not None:
-            values["payload"] = payload
-        return self.save(inc, **values)
+        return self.save(inc, payload=payload, open=False, resolved_at=time.time())

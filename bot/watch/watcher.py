@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from apscheduler.schedulers.base import BaseScheduler
 
@@ -47,12 +48,12 @@ from bot.lagwatch.model import ReceiverFacts
 from bot.metrics import CHECK_FAILURES
 from bot.postgres.models import Session, runs_query
 from bot.postgres.pools import Databases, DatabaseUnavailable, UnsupportedServer
-from bot.render import watch as render
-from bot.slack import outbox as slack_outbox
 from bot.state.incidents import Incident
 from bot.state.store import StateStore
 from bot.watch import pool_rules, rules
 from bot.watch.detectors import DETECTORS, Detector
+from bot.watch.drawing import Drawing
+from bot.watch.incident_models import IncidentPayload, LockPileupFacts, Seen, facts_json, facts_of
 from bot.watch.incidents import WatchIncidents, view
 from bot.watch.model import (
     CONNECTIONS,
@@ -79,8 +80,9 @@ class HostState:
 
 class Watcher:
     def __init__(self, config: Config, store: StateStore, dbs: Databases, scheduler: BaseScheduler,
-                 shell: AlertShell, policy: Policy):
+                 shell: AlertShell, policy: Policy, drawing: Drawing):
         self.config, self.store, self.dbs, self.scheduler = config, store, dbs, scheduler
+        self.render = drawing  # how alerts are drawn (bot.render.watch)
         # what may be offered (protect:, allow_kill): the access policy answers, on every path
         self.policy = policy
         # environments with ``watch``, and those with only ``lag_alert`` (their host alerts: WAL receiver,
@@ -117,7 +119,7 @@ class Watcher:
         self.last_check_secs: dict[tuple[str, str], float] = {}
         # every Slack call of the watch goes through the one durable outbox (Slack may be down for minutes)
         self.outbox = shell.outbox
-        self.slack = slack_outbox.IncidentOutbox(self.outbox, self.incidents, lambda: self.lease.stopped)
+        self.slack = shell.outbox.for_incidents(self.incidents, lambda: self.lease.stopped)
         # one read per server per check, shared by the environments that reach it alike
         self.reads = SharedReads(dbs, self.envs, self.hosts)
 
@@ -178,8 +180,8 @@ class Watcher:
                 e = self.envs.get(inc.env)
                 if e is not None and inc.host in e.hosts() and self._kind_on(self.watches[inc.env], inc.kind):
                     continue
-                if self.incidents.resolve(inc, {**inc.payload, "closed": "not watched any more"}) and inc.message_ts:
-                    msg = render.render_closed(inc.kind, inc.env, inc.host, "no longer watched (removed from the configuration)")
+                if self.incidents.resolve(inc, inc.payload.with_(closed="not watched any more")) and inc.message_ts:
+                    msg = self.render.render_closed(inc.kind, inc.env, inc.host, "no longer watched (removed from the configuration)")
                     self.slack.call("chat_update", inc, channel=inc.channel, ts=inc.message_ts, **msg)
         except Exception:
             log.exception("watch: could not read open incidents")
@@ -377,7 +379,8 @@ class Watcher:
         """A pile-up's root gets one button (Cancel while a query runs, else Terminate): its token says so."""
         return ("cancel",) if runs_query(s.state) else ("terminate",)
 
-    def _bulk(self, inc: Incident, cond: rules.Condition, channel: str) -> tuple[str | None, list[dict], dict]:
+    def _bulk(self, inc: Incident, cond: rules.Condition,
+              channel: str) -> tuple[str | None, list[dict[str, Any]], dict[str, str]]:
         """The connections alert's *Terminate these N*: a bulk target covering exactly the idle sessions shown."""
         if cond.kind != CONNECTIONS or not cond.bulk or self.policy.signalling_off(inc.env):
             return None, [], {}
@@ -402,11 +405,12 @@ class Watcher:
         # the same sessions keep their token only while it still works at the next update (it ages like
         # every button: access.request_ttl from the read it came from)
         token, kept = tokens.reissue_bulk(self.store, inc.env, inc.host, channel, BulkTarget.model_validate(payload),
-                                          ident, inc.payload.get("bulk"),
+                                          ident, inc.payload.bulk,
                                           max_age=self.envs[inc.env].access.request_ttl / 2)
         return token, sessions, kept
 
-    def _message(self, inc: Incident, cond: rules.Condition, channel: str | None) -> tuple[dict, dict]:
+    def _message(self, inc: Incident, cond: rules.Condition,
+                 channel: str | None) -> tuple[dict[str, Any], IncidentPayload]:
         """The alert with its buttons; without them while the state store does not answer (no token can
         be issued: the alert itself still goes out)."""
         if channel is not None and not self.incidents.health.degraded:
@@ -417,10 +421,11 @@ class Watcher:
                     raise
         return self._message_in(inc, cond, None)
 
-    def _message_in(self, inc: Incident, cond: rules.Condition, channel: str | None) -> tuple[dict, dict]:
+    def _message_in(self, inc: Incident, cond: rules.Condition,
+                    channel: str | None) -> tuple[dict[str, Any], IncidentPayload]:
         environment = self.envs[inc.env]
         w = self.watches[inc.env]
-        known: tokens.Memory = dict(inc.payload.get("tokens") or {})
+        known: tokens.Memory = dict(inc.payload.tokens)
         drawn = tokens.Tokens()
         if channel:
             # reused while valid until the next update (bot.approval.tokens.reissue), else issued afresh
@@ -430,27 +435,26 @@ class Watcher:
                 request_ttl=environment.access.request_ttl, kill=self.policy.signalling_off(inc.env) is None,
                 actions=self._root_actions if cond.kind == LOCK_PILEUP else None)
         bulk_token, bulk_sessions, bulk = self._bulk(inc, cond, channel) if channel else (None, [], {})
-        ack = inc.payload.get("ack")
-        msg = render.render_alert(
+        ack = inc.payload.ack_json()
+        msg = self.render.render_alert(
             inc.kind, inc.env, inc.host, cond.facts, incident_id=inc.id, opened_at=inc.opened_at, now=time.time(),
             tokens=drawn.kill, details_tokens=drawn.details, bulk_token=bulk_token, bulk_sessions=bulk_sessions,
             kill_disabled=self.policy.signalling_off(inc.env), ack=ack,
             query_chars=environment.listing.query_chars, remind_every=w.remind_every,
         )
-        payload = {**inc.payload, "facts": cond.facts, "tokens": known, "bulk": bulk or inc.payload.get("bulk"),
-                   "ack_drawn": bool(ack)}
-        seen = dict(inc.payload.get("seen") or {})
+        seen = dict(inc.payload.seen)
         for s in cond.sessions:
-            seen.setdefault(s.key, {"pid": s.pid, "backend_start": iso(s.backend_start), "user": s.user,
-                                    "application": s.application})
-        payload["seen"] = seen
+            seen.setdefault(s.key, Seen(pid=s.pid, backend_start=iso(s.backend_start), user=s.user,
+                                        application=s.application))
+        payload = inc.payload.with_(facts=facts_of(inc.kind, cond.facts), tokens=known,
+                                    bulk=bulk or inc.payload.bulk, ack_drawn=ack is not None, seen=seen)
         return msg, payload
 
     # --- decisions ----------------------------------------------------------------------------------
 
     def _open(self, snap: HostSnapshot, cond: rules.Condition, w: Watch) -> None:
         inc = self.incidents.create_keyed(snap.env, snap.host, cond.kind, cond.key, self._channel(snap.env, cond.kind),
-                                          {"facts": cond.facts})
+                                          IncidentPayload(facts=facts_of(cond.kind, cond.facts)))
         if inc is None:
             return
         log.warning("watch: %s on %s/%s opened (%s)", cond.kind, snap.env, snap.host, cond.key or "-")
@@ -489,7 +493,7 @@ class Watcher:
             self.incidents.save(inc, last_update_at=now)
 
     def _remind(self, inc: Incident, cond: rules.Condition, now: float) -> None:
-        msg = render.render_reminder(inc.kind, inc.env, inc.host, cond.facts, opened_at=inc.opened_at, now=now)
+        msg = self.render.render_reminder(inc.kind, inc.env, inc.host, cond.facts, opened_at=inc.opened_at, now=now)
         if self.slack.call("chat_postMessage", inc, channel=inc.channel, thread_ts=inc.message_ts, **msg) is not None:
             self.incidents.save(inc, last_reminder_at=now)
 
@@ -498,11 +502,11 @@ class Watcher:
             return
         done = self.what_was_done(inc)
         now = time.time()
-        msg = render.render_resolved(inc.kind, inc.env, inc.host, inc.payload.get("facts") or {},
-                                     opened_at=inc.opened_at, resolved_at=now, done=done, ack=inc.payload.get("ack"))
+        msg = self.render.render_resolved(inc.kind, inc.env, inc.host, facts_json(inc.payload.facts),
+                                     opened_at=inc.opened_at, resolved_at=now, done=done, ack=inc.payload.ack_json())
         if not self.slack.edit_landed(inc, msg):
             return  # stays open: the next check (condition still clear) edits it again
-        if self.incidents.resolve(inc, {**inc.payload, "done": done}):
+        if self.incidents.resolve(inc, inc.payload.with_(done=tuple(done))):
             log.info("watch: %s on %s/%s resolved", inc.kind, inc.env, inc.host)
 
     def what_was_done(self, inc: Incident) -> list[str]:
@@ -512,10 +516,9 @@ class Watcher:
         except Exception:
             log.exception("watch: could not read the audit log")
             return []
-        facts = inc.payload.get("facts") or {}
-        root = facts.get("root") or {}
-        root_key = f"{root.get('pid')}@{root.get('backend_start')}" if root else None
-        seen = inc.payload.get("seen") or {}
+        root = inc.payload.facts_as(LockPileupFacts).root
+        root_key = root.key if root is not None else None
+        seen = inc.payload.seen
         bulk_pids: dict[str, list[int]] = {}
         lines: list[str] = []
         approvers_cache: dict[str, list[str]] = {}
@@ -550,5 +553,5 @@ class Watcher:
         for request_id, pids in bulk_pids.items():
             lines.append(f"{len(pids)} idle sessions terminated{approvers(request_id)}")
         if inc.kind == LOCK_PILEUP and not lines:
-            lines.append(f"root blocker pid {root.get('pid')} let go without a signal from the bot")
+            lines.append(f"root blocker pid {root.pid if root is not None else None} let go without a signal from the bot")
         return lines
