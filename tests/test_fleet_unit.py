@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 
-from bot.check import OK, SlackReport, StateReport, _fleet, render_text
+from bot.check import OK, SlackReport, StateReport, render_text
+from bot.check_services import _fleet
 from bot.config import parse_config
 from bot.fleet import assign
 from bot.fleet.assign import Lease

@@ -44,9 +44,9 @@ from bot.render.lag import (
     render_unreachable_resolved,
 )
 from bot.render.listing import render_listing
-from bot.shell.console import Terminal
 from bot.shell.mrkdwn import to_text
 from bot.shell.render import BlockRenderer
+from bot.shell.terminal import Terminal
 from bot.state.incidents import Incident, payload_from_json
 from tests.dict_compat import (
     bulk_modal,
