@@ -685,17 +685,19 @@ def test_progress_is_throttled_and_refreshes_updated_at(tmp_path):
 def test_big_snapshots_render_within_slacks_limits():
     from datetime import UTC, datetime
 
-    from bot.postgres.bulk import Connected, DatabaseInfo
+    from bot.postgres.bulk import DatabaseInfo
+    from bot.postgres.models import Session
     from bot.render.bulk import bulk_modal, bulk_request_message, clear_db_message
     from tests.harness.fake_slack import validate_message_blocks, validate_view
 
     start = datetime(2026, 1, 1, tzinfo=UTC)
     connected = [
-        Connected(pid=1000 + i, backend_start=start, backend_type="client backend", user=f"user_{i % 40}",
-                  application=f"service-with-a-long-name-{i % 300}" + "x" * 60, client_addr=f"10.0.{i % 250}.{i % 7}",
-                  state=("idle", "active", "idle in transaction")[i % 3], in_transaction=i % 3 != 0,
-                  conn_secs=100.0 + i, state_secs=5.0, is_bot=False, is_superuser=i % 97 == 0,
-                  cannot_signal="superuser session (the bot's role is not a superuser)" if i % 97 == 0 else None)
+        Session(pid=1000 + i, backend_start=start, backend_type="client backend", user=f"user_{i % 40}",
+                database="d" * 63, application=f"service-with-a-long-name-{i % 300}" + "x" * 60,
+                client_addr=f"10.0.{i % 250}.{i % 7}", state=("idle", "active", "idle in transaction")[i % 3],
+                wait_event_type=None, wait_event=None, query="", xact_start=start if i % 3 != 0 else None,
+                backend_secs=100.0 + i, state_secs=5.0, is_bot=False, is_superuser=i % 97 == 0,
+                cannot_signal="superuser session (the bot's role is not a superuser)" if i % 97 == 0 else None)
         for i in range(600)
     ]
     info = DatabaseInfo(name="d" * 63, oid=1, is_template=False, allow_connections=False, conn_limit=-1, owner="o",
