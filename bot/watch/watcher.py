@@ -42,6 +42,7 @@ from bot.alerts import AlertShell
 from bot.approval import tokens
 from bot.approval.models import BulkTarget
 from bot.approval.policy import Policy
+from bot.approval.targets import session_ref
 from bot.bulk.targets import STATE_LIKE, TERMINATE_BULK
 from bot.config import Config, Environment, Watch
 from bot.lagwatch.model import ReceiverFacts
@@ -382,12 +383,7 @@ class Watcher:
         if cond.kind != CONNECTIONS or not cond.bulk or self.policy.signalling_off(inc.env):
             return None, [], {}
         sessions = [
-            {
-                "pid": s.pid, "backend_start": iso(s.backend_start), "state_change": iso(s.state_change),
-                "changed_after_listing": False, "user": s.user, "database": s.database,
-                "application": s.application, "client_addr": s.client_addr, "state": s.state,
-                "state_secs": s.state_secs, "cannot_signal": s.cannot_signal,
-            }
+            session_ref(s, state_change=s.state_change).model_dump()
             for s in cond.bulk
             if not self.policy.protected(inc.env, s)  # protect: never offered, so never in the snapshot
         ]
