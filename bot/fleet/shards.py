@@ -122,6 +122,11 @@ class Shards:
         self._sweep_at = 0.0  # monotonic time of the last look
         self._sweep_again = False  # an environment's lease was still held by someone: look at the next tick
         self.sweep_every = SWEEP_EVERY
+        # the hooks post to Slack: once installed they run on a thread of their own, never in the tick
+        # (a slow Slack must not hold up the lease renewals); driven by hand (tests), in the tick
+        self._sweep_in_thread = False
+        self._sweep_pending: set[str] = set()
+        self._sweep_running = False
         # checks per second and cycle time
         self._checks = 0
         self._rate_at = time.monotonic()
@@ -250,6 +255,7 @@ class Shards:
 
     def install(self, scheduler: Any) -> None:
         """Tick every ``lease / 4`` from now on (fleet mode); stop and hand over on the scheduler's shutdown."""
+        self._sweep_in_thread = True
         if not self.fleet:
             scheduler.add_job(self._rate, "interval", seconds=max(1.0, self.every), id="fleet:rate",
                               name="fleet metrics", replace_existing=True)
@@ -341,7 +347,7 @@ class Shards:
         if lost:
             FLEET_HANDOVERS.labels("lost").inc(len(lost))
             log.warning("fleet: %s lost %d environment(s) to another replica: %s", self.id, len(lost), _few(lost))
-        FLEET_OWNED.set(len(self._owned))
+        FLEET_OWNED.set(len(self._owned) - len(swept))
         FLEET_REPLICAS.set(len(set(live) | {self.id}))
         self._rate()
 
@@ -358,10 +364,15 @@ class Shards:
         if not due:
             return set(), set(), None
         self._sweep_at = started
-        open_envs = {i.env for i in open_incidents(self.store)} if self.store is not None else set()
-        busy: set[str] = set()
-        for cb in self._on_busy:
-            busy |= cb()
+        try:
+            open_envs = {i.env for i in open_incidents(self.store)} if self.store is not None else set()
+            busy: set[str] = set()
+            for cb in self._on_busy:
+                busy |= cb()
+        except Exception as exc:  # the leases are renewed all the same; the sweep is tried at the next tick
+            log.warning("fleet: could not look for what is no longer watched: %s", type(exc).__name__)
+            self._sweep_again = True
+            return set(self._swept), set(), None
         keep, take, again = set(), set(), False
         for env in (open_envs | busy) - self._configured:
             lease = leases.get(env)
@@ -375,8 +386,31 @@ class Shards:
         return keep, take, open_envs
 
     def _sweep(self, envs: frozenset[str]) -> None:
-        if not envs:
+        """Run the close-unwatched hooks for ``envs``: on the sweep thread once installed (one at a time,
+        what comes meanwhile joins the next round), else here."""
+        if not envs or not self._on_sweep:
             return
+        if not self._sweep_in_thread:
+            self._close_unwatched(envs)
+            return
+        with self._lock:
+            self._sweep_pending |= envs
+            if self._sweep_running:
+                return
+            self._sweep_running = True
+        threading.Thread(target=self._sweep_rounds, name="fleet-sweep", daemon=True).start()
+
+    def _sweep_rounds(self) -> None:
+        while True:
+            with self._lock:
+                envs = frozenset(self._sweep_pending)
+                self._sweep_pending = set()
+                if not envs or self._stopped.is_set():
+                    self._sweep_running = False
+                    return
+            self._close_unwatched(envs)
+
+    def _close_unwatched(self, envs: frozenset[str]) -> None:
         for cb in self._on_sweep:
             try:
                 cb(envs)
