@@ -5,8 +5,8 @@ replicas, so each environment has exactly one wanted owner; when a replica joins
 environments whose wanted owner changes move (about ``1 / replicas`` of them), and the others stay.
 
 :func:`plan` turns what a replica wants and what the lease table says into what it does at one tick:
-renew what it holds and wants, take what it wants that is free or expired, release what it holds (its
-lease still running) and no longer wants, and leave alone what another live holder still has (it releases it at its own tick).
+renew what it holds and wants, take what it wants that is free or expired, release what it holds and
+no longer wants, and leave alone what another live holder still has (it releases it at its own tick).
 """
 
 from __future__ import annotations
@@ -75,7 +75,5 @@ def plan(me: str, envs: Iterable[str], live: Iterable[str], leases: Mapping[str,
             renew.add(env)
         else:
             waiting.add(env)
-    # a lease already released (or run out) is not released again at every tick: an environment removed
-    # from the configuration keeps its last holder's row forever
-    release = {e for e, lease in leases.items() if lease.holder == me and lease.expires_at >= now and e not in wanted}
+    release = {e for e, lease in leases.items() if lease.holder == me and e not in wanted}
     return Plan(frozenset(renew), frozenset(take), frozenset(release), frozenset(waiting))

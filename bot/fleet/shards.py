@@ -286,7 +286,10 @@ class Shards:
             p = plan(self.id, self.envs, live, leases, now)
             sweeper = owner(SWEEP_KEY, set(live) | {self.id}) == self.id
             keep, sweep_take, open_envs = self._sweep_plan(sweeper, leases, now, started)
-            release = p.release - keep
+            # a lease released earlier (or run out) that this replica does not think it owns is not
+            # released again: a removed environment keeps its last holder's row for good
+            stale = {e for e in p.release if leases[e].expires_at < now and e not in self._owned}
+            release = p.release - keep - stale
             if release:
                 with self._lock:  # stop checking them before the store says they are free
                     for env in release:
