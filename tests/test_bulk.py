@@ -22,6 +22,10 @@ from bot.approval.models import (
     StoredTarget,
     request_from_dict,
 )
+from bot.approval.targets import session_ref
+from bot.bulk.targets import terminable
+from bot.postgres.bulk import connected_to
+from bot.postgres.models import Session, iso
 from bot.state.store import StateStore
 from tests.harness.bot import BotUnderTest, env_config
 from tests.harness.waiting import wait_until
@@ -279,6 +283,33 @@ def test_clear_db_overview_groups_sessions_and_offers_both_requests(bot, pg, ses
     assert action_ids(msg)[0].startswith("pgs_bulk:clear_db:")
     assert "Terminate all 4" in text and "Block new connections and terminate all 4" in text
     assert bulk_button(msg, "clear_db_block")
+
+
+def test_clear_db_reads_each_backend_as_the_one_session_type(pg, dbs, sessions):
+    """clear-db's read is Session.from_row on pg_stat_activity's names (issue 22 §1): who, how long it is
+    connected, whether it is in a transaction, the bot's own connection; its snapshot (session_ref) names
+    each session by (pid, backend_start) and binds no state_change (clear-db terminates whatever it does)."""
+    idle = sessions.open(DB_OWNED, "read-idle")
+    idle.execute("SELECT 1")
+    tx = sessions.open(DB_OWNED, "read-tx")
+    tx.execute("BEGIN")
+    tx.execute("SELECT txid_current()")
+    with pg.primary.connect(user="pgsessions_bot", dbname=DB_OWNED, application_name="pgsessions-test") as own:
+        read = connected_to(own, DB_OWNED)
+        own_pid = own.info.backend_pid
+    by_pid = {s.pid: s for s in read}
+    assert all(type(s) is Session for s in read)
+    i, t, me = by_pid[idle.info.backend_pid], by_pid[tx.info.backend_pid], by_pid[own_pid]
+    assert (i.user, i.database, i.application, i.state, i.is_client, i.is_bot) == (
+        "app_user", DB_OWNED, "read-idle", "idle", True, False)
+    assert (i.xact_start, t.xact_start is not None, t.state) == (None, True, "idle in transaction")
+    assert i.backend_secs is not None and i.backend_secs >= 0 and i.cannot_signal is None
+    assert me.is_bot and t.query == "SELECT txid_current()"  # read for the ignore rules only
+    assert {i.pid, t.pid} <= {s.pid for s in terminable(read)} and own_pid not in {s.pid for s in terminable(read)}
+    ref = session_ref(t)
+    assert (ref.pid, ref.backend_start, ref.state_change, ref.in_transaction, ref.database, ref.query) == (
+        t.pid, iso(t.backend_start), None, True, DB_OWNED, None)
+    assert session_ref(i).in_transaction is False
 
 
 def test_blocking_is_refused_up_front_without_ownership_and_terminate_all_reports_what_it_cannot(bot, pg, sessions):
@@ -685,17 +716,18 @@ def test_progress_is_throttled_and_refreshes_updated_at(tmp_path):
 def test_big_snapshots_render_within_slacks_limits():
     from datetime import UTC, datetime
 
-    from bot.postgres.bulk import Connected, DatabaseInfo
+    from bot.postgres.bulk import DatabaseInfo
     from bot.render.bulk import bulk_modal, bulk_request_message, clear_db_message
     from tests.harness.fake_slack import validate_message_blocks, validate_view
 
     start = datetime(2026, 1, 1, tzinfo=UTC)
     connected = [
-        Connected(pid=1000 + i, backend_start=start, backend_type="client backend", user=f"user_{i % 40}",
-                  application=f"service-with-a-long-name-{i % 300}" + "x" * 60, client_addr=f"10.0.{i % 250}.{i % 7}",
-                  state=("idle", "active", "idle in transaction")[i % 3], in_transaction=i % 3 != 0,
-                  conn_secs=100.0 + i, state_secs=5.0, is_bot=False, is_superuser=i % 97 == 0,
-                  cannot_signal="superuser session (the bot's role is not a superuser)" if i % 97 == 0 else None)
+        Session(pid=1000 + i, backend_start=start, backend_type="client backend", user=f"user_{i % 40}",
+                database="d" * 63, application=f"service-with-a-long-name-{i % 300}" + "x" * 60,
+                client_addr=f"10.0.{i % 250}.{i % 7}", state=("idle", "active", "idle in transaction")[i % 3],
+                wait_event_type=None, wait_event=None, query="", xact_start=start if i % 3 != 0 else None,
+                backend_secs=100.0 + i, state_secs=5.0, is_bot=False, is_superuser=i % 97 == 0,
+                cannot_signal="superuser session (the bot's role is not a superuser)" if i % 97 == 0 else None)
         for i in range(600)
     ]
     info = DatabaseInfo(name="d" * 63, oid=1, is_template=False, allow_connections=False, conn_limit=-1, owner="o",

@@ -15,7 +15,8 @@ from sqlalchemy import select
 
 from bot.alerts import LEASE_NAME, AlertShell
 from bot.approval.policy import Policy
-from bot.check import OK, SlackReport, StateReport, _fleet, render_text
+from bot.check import OK, SlackReport, StateReport, render_text
+from bot.check_services import _fleet
 from bot.config import Config, parse_config
 from bot.fleet import assign
 from bot.fleet.assign import Lease

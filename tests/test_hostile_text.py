@@ -28,7 +28,7 @@ from bot.config import LagAlert
 from bot.lagwatch.detect import pick_culprits
 from bot.lagwatch.model import Reason, StandbyLag, Unreachable
 from bot.lagwatch.watcher import LagWatcher
-from bot.postgres.bulk import Connected, DatabaseInfo
+from bot.postgres.bulk import DatabaseInfo
 from bot.postgres.models import Category, Filters, Listing, ServerInfo, Session
 from bot.render import lag as render_lag
 from bot.render.approval import audit_list
@@ -44,9 +44,9 @@ from bot.render.lag import (
     render_unreachable_resolved,
 )
 from bot.render.listing import render_listing
-from bot.shell.console import Terminal
 from bot.shell.mrkdwn import to_text
 from bot.shell.render import BlockRenderer
+from bot.shell.terminal import Terminal
 from bot.state.incidents import Incident, payload_from_json
 from tests.dict_compat import (
     bulk_modal,
@@ -294,9 +294,12 @@ def test_a_lag_alerts_whole_life_shows_hostile_names_as_typed(h, query):
         assert_terminal_inert(msg)
 
 
-def connected(pid: int, h: dict) -> Connected:
-    return Connected(pid, NOW - timedelta(hours=1), "client backend", h["user"], h["app"], h["host"], "idle", False,
-                     3600.0, 3600.0, False, False, h["why"] if pid % 2 else None)
+def connected(pid: int, h: dict) -> Session:
+    """A session as clear-db reads it (bot.postgres.bulk.connected_to)."""
+    return Session(pid=pid, backend_start=NOW - timedelta(hours=1), backend_type="client backend", user=h["user"],
+                   database=None, application=h["app"], client_addr=h["host"], state="idle", wait_event_type=None,
+                   wait_event=None, query="", xact_start=None, backend_secs=3600.0, state_secs=3600.0, is_bot=False,
+                   is_superuser=False, cannot_signal=h["why"] if pid % 2 else None)
 
 
 @SETTINGS

@@ -43,7 +43,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                 "bot.fleet.shards")),
     ("render", ("bot.render",)),
     ("edge", ("bot.slack",)),
-    ("top", ("bot.runtime", "bot.wiring", "bot.slack.app", "bot.cli", "bot.cli_common", "bot.check", "bot.check_report", "bot.shell",
+    ("top", ("bot.runtime", "bot.wiring", "bot.slack.app", "bot.cli", "bot.cli_common", "bot.check", "bot.check_report",
+             "bot.check_servers", "bot.check_services", "bot.shell",
              "bot.audit_export", "bot.__main__", "bot")),
 ]
 

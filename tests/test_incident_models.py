@@ -12,6 +12,7 @@ import pytest
 from bot.state.incidents import Incident, Incidents, payload_from_json, payload_json
 from bot.state.store import StateStore
 from bot.watch.incident_models import (
+    UNREACHABLE_KINDS,
     Ack,
     ConnectionsFacts,
     Facts,
@@ -19,6 +20,7 @@ from bot.watch.incident_models import (
     IncidentPayload,
     LagFacts,
     LockPileupFacts,
+    Origin,
     PoolWaitingFacts,
     SessionsFacts,
     UnreachableFacts,
@@ -26,6 +28,7 @@ from bot.watch.incident_models import (
     WraparoundFacts,
     XminHorizonFacts,
     facts_of,
+    unreachable_origin,
 )
 from tests import test_pgbouncer_unit as pgb
 from tests import test_watch_rules as wr
@@ -176,3 +179,22 @@ def test_the_facts_every_rule_finds_fit_their_kinds_model_and_are_stored_as_befo
         assert type(facts) is TYPED[c.kind], f"{c.kind}: its facts fell back to untyped"
         stored = json.loads(payload_json(c.kind, IncidentPayload(facts=facts)))["facts"]
         assert stored == json.loads(json.dumps(c.facts, default=str)), f"{c.kind}: stored as before"
+
+
+def test_the_host_that_cannot_be_read_is_one_kind_whose_origin_is_its_stored_name() -> None:
+    """One facts model for both watchers' unreachable incidents; the origin comes from the stored kind (the
+    name each watcher always wrote, so old and new replicas recognise each other's rows) and is never stored."""
+    standby = payload_from_json("unreachable", OLD_ROWS["unreachable"]).facts
+    host = payload_from_json("host_unreachable", OLD_ROWS["host_unreachable"]).facts
+    assert type(standby) is type(host) is UnreachableFacts
+    assert isinstance(standby, UnreachableFacts) and isinstance(host, UnreachableFacts)
+    assert (standby.origin, host.origin) == (Origin.STANDBY, Origin.HOST)
+    assert {o: UNREACHABLE_KINDS[o] for o in Origin} == {Origin.STANDBY: "unreachable", Origin.HOST: "host_unreachable"}
+    assert [unreachable_origin(k) for k in ("unreachable", "host_unreachable", "lag")] == [
+        Origin.STANDBY, Origin.HOST, None]
+    made = UnreachableFacts(origin=Origin.STANDBY, since="2026-01-01T00:00:00+00:00", reason="refused")
+    assert "origin" not in payload_json("unreachable", IncidentPayload(facts=made))
+    assert payload_from_json("unreachable", json.loads(payload_json("unreachable", IncidentPayload(facts=made)))
+                             ).facts == made
+    assert facts_of("host_unreachable", {"reason": "x", "failures": 2}) == UnreachableFacts(
+        origin=Origin.HOST, reason="x", failures=2)

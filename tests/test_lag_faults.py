@@ -153,7 +153,9 @@ def test_standby_goes_away_mid_checks_other_env_keeps_being_checked_and_it_recov
                           15, "reachable again\n" + fake.summary())
         assert done.text.startswith("Resolved")
         assert len(alerts(fake, "Standby unreachable")) == 1
-        assert not w.incidents.all_open()
+        # the incident closes right after its resolution edit lands (the close follows the edit by design)
+        closed = wait_until(lambda: not w.incidents.all_open(), 10, "the incident recorded resolved")
+        assert closed
         pair.wait_streaming()
         fake.assert_clean()
 

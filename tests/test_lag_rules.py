@@ -124,3 +124,15 @@ def test_resolving_keeps_history():
     assert resolved_f.reasons == open_f.reasons and resolved_f.peak_secs == open_f.peak_secs
     assert resolved_f.last is not None and resolved_f.last.lag_bytes == 0
     assert rules.resolved_payload(open_, None) is open_
+
+
+def test_the_lag_lifecycle_runs_on_the_shared_rules():
+    """The lag watcher's counts are the shared Streaks (breaches of the lag, failures to read under the one
+    unreachable kind), so a failed check breaks a run of breaches and a check that answers breaks the failures."""
+    st = HostState()
+    rules.on_measurement(st, m(), ALERT, set())
+    assert st.streaks.counts == {(LAG, ""): 1}
+    rules.on_failure(st, "timeout", 1.0, ALERT, set())
+    assert st.streaks.counts == {(UNREACHABLE, ""): 1}
+    rules.on_measurement(st, m(), ALERT, set())
+    assert st.streaks.counts == {(LAG, ""): 1} and st.first_failure_at is None

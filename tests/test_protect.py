@@ -17,7 +17,8 @@ import psycopg
 import pytest
 from psycopg import sql as pgsql
 
-from bot.approval.models import SessionTarget, iso
+from bot.approval.models import SessionTarget
+from bot.postgres.models import iso
 from tests.harness.bot import BotUnderTest, env_config
 from tests.harness.flows import click, find_button, post_listing, request_kill, wait_state, wait_until
 

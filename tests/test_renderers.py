@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bot.postgres.bulk import Connected, DatabaseInfo
+from bot.postgres.bulk import DatabaseInfo
 from bot.postgres.models import Category, Filters, Listing, ServerInfo, Session
 from bot.render.approval import audit_list
 from bot.render.bulk import clear_db_message, clear_db_refused, database_state_line, state_counts
@@ -365,12 +365,14 @@ def dbinfo(**kw) -> DatabaseInfo:
     return DatabaseInfo(**base)
 
 
-def connected(pid: int, **kw) -> Connected:
-    base = dict(pid=pid, backend_start=NOW, backend_type="client backend", user="app", application="web",
-                client_addr="10.0.0.1", state="idle", in_transaction=False, conn_secs=600.0, state_secs=60.0,
-                is_bot=False, is_superuser=False, cannot_signal=None)
+def connected(pid: int, **kw) -> Session:
+    """A session as clear-db reads it (bot.postgres.bulk.connected_to)."""
+    base = dict(pid=pid, backend_start=NOW, backend_type="client backend", user="app", database="appdb",
+                application="web", client_addr="10.0.0.1", state="idle", wait_event_type=None, wait_event=None,
+                query="", xact_start=None, backend_secs=600.0, state_secs=60.0, is_bot=False, is_superuser=False,
+                cannot_signal=None)
     base.update(kw)
-    return Connected(**base)
+    return Session(**base)
 
 
 def test_clear_db_message_with_every_button():

@@ -6,11 +6,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bot.approval.targets import session_snapshot
+from bot.approval.models import DetailsTarget, SessionRef, SessionTarget
+from bot.approval.targets import session_ref, session_snapshot
 from bot.lagwatch.detect import pick_culprits
 from bot.lagwatch.model import Reason
 from bot.postgres.activity import _session
-from bot.postgres.models import AUTOVACUUM_WORKER, CLIENT_BACKEND, Category, Session
+from bot.postgres.models import AUTOVACUUM_WORKER, CLIENT_BACKEND, Category, Session, iso
 from bot.watch.model import session_facts, session_from_row
 
 pytestmark = pytest.mark.unit
@@ -83,3 +84,44 @@ def test_what_an_incident_keeps_of_a_session():
         "wait_mode": "AccessExclusiveLock", "wait_relation": "t", "cannot_signal": None,
         "backend_type": CLIENT_BACKEND,
     }
+
+
+def test_every_stored_snapshot_of_a_session_is_built_by_one_function():
+    """session_ref is the one way a Session becomes a stored SessionRef: the bulk snapshots (a listing's and
+    the watch's Terminate these N, clear-db) are it, and a Cancel / Terminate or Details snapshot is it plus
+    what a button adds; the two button snapshots differ only in their kind."""
+    listed = _session(listing_row())
+    watched = session_from_row(as_json(row()), False, True)
+    T1 = T0.replace(second=9)
+    refs = [session_ref(s, state_change=T1, changed_after_listing=True) for s in (listed, watched)]
+    assert refs[0] == refs[1]
+    assert refs[0] == SessionRef(
+        pid=42, backend_start=iso(T0), state_change=iso(T1), changed_after_listing=True, user="app",
+        database="shop", application="web", client_addr="10.0.0.1", state="idle in transaction", state_secs=4.0,
+        cannot_signal=None, in_transaction=True)
+    assert refs[0].query is None  # a bulk snapshot keeps no query text (clear-db reads it unredacted)
+    # clear-db binds no state: its terminate acts whatever the session does after the listing
+    assert session_ref(listed).state_change is None
+    kill = session_snapshot(listed, 0.0)
+    details = session_snapshot(listed, 0.0, kind=DetailsTarget)
+    assert (type(kill), type(details)) == (SessionTarget, DetailsTarget)
+    assert kill.model_dump(exclude={"kind"}) == details.model_dump(exclude={"kind"})
+    ref_part = kill.model_dump(include=set(SessionRef.model_fields) - {"query", "query_start", "xact_start"})
+    assert ref_part == session_ref(listed, state_change=listed.state_change).model_dump(
+        exclude={"query", "query_start", "xact_start"})
+    assert (kill.query, kill.query_start, kill.xact_start) == ("UPDATE t SET x = 1", iso(T0), iso(T0))
+
+
+def test_clear_db_reads_the_one_session_type():
+    """A row of clear_db_sessions.sql (pg_stat_activity's names) is a Session: the bot's own connection,
+    how long it is connected, whether it is in a transaction (what its snapshot keeps)."""
+    r = {"pid": 7, "backend_start": T0, "backend_type": CLIENT_BACKEND, "usename": "app", "datname": "shop",
+         "application_name": "pgsessions", "client_addr": None, "state": "idle", "query": "SELECT 1",
+         "xact_start": None, "backend_secs": 600.0, "state_secs": 60.0, "is_bot": True, "is_superuser": False,
+         "bot_is_super": False, "bot_can_signal": True, "bot_has_privs": True}
+    own = Session.from_row(r)
+    assert (own.is_bot, own.is_client, own.backend_secs, own.database, own.cannot_signal) == (
+        True, True, 600.0, "shop", None)
+    assert session_ref(own).in_transaction is False
+    assert session_ref(Session.from_row({**r, "xact_start": T0})).in_transaction is True
+    assert Session.from_row({**r, "is_bot": False}).is_bot is False

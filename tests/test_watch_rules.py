@@ -11,6 +11,7 @@ from bot.config import IgnoreRule, Watch, parse_config
 from bot.postgres.models import Session
 from bot.render.watch import render_alert, render_reminder, render_resolved
 from bot.watch import rules
+from bot.watch.incident_models import Origin
 from bot.watch.model import (
     CONNECTIONS,
     HOST_UNREACHABLE,
@@ -294,6 +295,38 @@ def test_resolve_at_the_first_check_without_it_and_a_new_root_is_a_new_incident(
     new = cond(LOCK_PILEUP, "2@b")
     got = actions_of(rules.decide([new], {new.ident: 2}, [old], now=100.0, consecutive=2, remind_every=900.0))
     assert got == [("resolve", LOCK_PILEUP, "1@a"), ("open", LOCK_PILEUP, "2@b")]
+
+
+def test_moves_are_every_kinds_lifecycle_before_timing():
+    a, b = cond(), cond(LOCK_PILEUP, "2@b")
+    got = rules.moves([a, b], {a.ident: 5, b.ident: 2}, [(LOCK_PILEUP, "1@a"), a.ident], consecutive=2)
+    assert [(m.action, m.kind, m.key) for m in got] == [
+        ("resolve", LOCK_PILEUP, "1@a"), ("continue", IDLE_TX, ""), ("open", LOCK_PILEUP, "2@b")]
+    assert got[1].condition is a and got[0].condition is None
+    assert rules.moves([b], {b.ident: 1}, [], consecutive=2) == []
+
+
+def test_the_host_that_cannot_be_read_is_one_rule_for_both_watchers():
+    """cannot_read counts the failed checks in a row (every other run breaks) for either origin; the
+    condition's kind is the name its origin is stored under."""
+    for origin, kind in ((Origin.HOST, HOST_UNREACHABLE), (Origin.STANDBY, "unreachable")):
+        st = rules.Streaks()
+        st.advance([cond()])
+        c1, counts = rules.cannot_read(st, "timeout", origin)
+        assert (c1.kind, c1.facts, counts) == (kind, {"reason": "timeout", "failures": 1}, {(kind, ""): 1})
+        c2, counts = rules.cannot_read(st, "refused", origin)
+        assert c2.facts == {"reason": "refused", "failures": 2} and counts == {(kind, ""): 2}
+        assert [m.action for m in rules.moves([c2], counts, [], consecutive=2)] == ["open"]
+        # the first check that reads the host resolves it
+        assert [m.action for m in rules.moves([], st.advance([]), [c2.ident], consecutive=2)] == ["resolve"]
+    assert rules.unreachable("x", 3) == rules.unreachable("x", 3, Origin.HOST)
+    cfg = parse_config({"environments": {
+        "lagonly": {"dsn": "host=x", "standbys": {"r1": "host=y"}, "lag_alert": {"channel": "C0LAG"}},
+        "watchonly": {"dsn": "host=x", "standbys": {"r1": "host=y"}, "watch": {"channel": "C0W"}}}})
+    envs = cfg.environments
+    assert rules.unreachable_origin(envs["lagonly"], "r1") is Origin.STANDBY
+    assert rules.unreachable_origin(envs["lagonly"], "primary") is Origin.HOST
+    assert rules.unreachable_origin(envs["watchonly"], "r1") is Origin.HOST
 
 
 # --- rendering ------------------------------------------------------------------------------------

@@ -50,11 +50,6 @@ class Verdict(StrEnum):
     WITHDRAW = "withdraw"
 
 
-def iso(when: datetime | None) -> str | None:
-    """Full microsecond precision: a millisecond-rounded backend_start never matches."""
-    return when.isoformat(timespec="microseconds") if when is not None else None
-
-
 def as_datetime(value: str | datetime | None) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value

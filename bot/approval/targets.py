@@ -12,6 +12,8 @@ after it was issued (:func:`token_age_refusal`); a living lag alert issues fresh
 from __future__ import annotations
 
 import time
+from datetime import datetime
+from typing import TypeVar, overload
 
 from bot.approval.ids import ALLOW_CONNECTIONS
 from bot.approval.models import (
@@ -20,41 +22,73 @@ from bot.approval.models import (
     OutcomeStatus,
     PooledClientRef,
     Request,
+    SessionRef,
+    SessionSnapshot,
     SessionTarget,
     SignalOutcome,
     StoredTarget,
-    iso,
 )
 from bot.approval.ports import Execution
 from bot.durations import format_duration
 from bot.phrase import Phrase
-from bot.postgres.models import Session
+from bot.postgres.models import Session, iso
 from bot.postgres.signals import signal
 from bot.state.store import StateStore
 
 
-def session_snapshot(s: Session, listed_at: float | None = None) -> SessionTarget:
+def session_ref(s: Session, *, state_change: datetime | None = None, changed_after_listing: bool = False) -> SessionRef:
+    """The one way a :class:`~bot.postgres.models.Session` becomes a stored
+    :class:`~bot.approval.models.SessionRef`: the session named by ``(pid, backend_start)`` at full
+    microsecond precision, and who and what it was when read. The bulk snapshots are these (*Terminate
+    these N* under a listing and under the watch's connections alert, clear-db's *Terminate all*); a
+    button's snapshot (:func:`session_snapshot`) is built on it. It keeps no query text (a bulk
+    snapshot never shows one; clear-db reads it unredacted, only for the ignore rules).
+
+    ``state_change`` is what a bulk terminate binds the session to (it is skipped if its state changed
+    since): None binds nothing, as clear-db does (it empties a database whatever its sessions do).
+    ``changed_after_listing``: the session was seen in use between the listing and the snapshot (it is
+    never terminated).
+    """
+    return SessionRef(
+        pid=s.pid,
+        backend_start=iso(s.backend_start),
+        state_change=iso(state_change),
+        changed_after_listing=changed_after_listing,
+        user=s.user,
+        database=s.database,
+        application=s.application,
+        client_addr=s.client_addr,
+        state=s.state,
+        state_secs=s.state_secs,
+        cannot_signal=s.cannot_signal,
+        in_transaction=s.xact_start is not None,
+    )
+
+
+Snapshot = TypeVar("Snapshot", bound=SessionSnapshot)
+
+
+@overload
+def session_snapshot(s: Session, listed_at: float | None = None) -> SessionTarget: ...
+@overload
+def session_snapshot(s: Session, listed_at: float | None = None, *, kind: type[Snapshot]) -> Snapshot: ...
+def session_snapshot(s: Session, listed_at: float | None = None, *,
+                     kind: type[SessionSnapshot] = SessionTarget) -> SessionSnapshot:
     """What the approver will see and what a signal is bound to: the one way a
     :class:`~bot.postgres.models.Session` (of a listing, Details, the lock tree, a lag culprit or a watch
-    alert) becomes the snapshot a Cancel / Terminate token stores (a Details token copies it).
+    alert) becomes the snapshot a Cancel / Terminate token (``kind`` :class:`SessionTarget`) or a Details
+    token (:class:`~bot.approval.models.DetailsTarget`) stores: :func:`session_ref` and what a button adds.
 
     Besides ``(pid, backend_start)`` it keeps ``query_start``, ``xact_start`` and ``state_change``
     exactly: a cancel or terminate acts only while the session is still doing what was listed
     (bot.postgres.signals). ``listed_at`` (epoch seconds) is shown on the request and approval.
     """
     what, secs = s.duration
-    return SessionTarget(
-        pid=s.pid,
-        backend_start=iso(s.backend_start),
+    return kind(**dict(
+        session_ref(s, state_change=s.state_change),
         query_start=iso(s.query_start),
         xact_start=iso(s.xact_start),
-        state_change=iso(s.state_change),
         listed_at=time.time() if listed_at is None else listed_at,
-        user=s.user,
-        database=s.database,
-        application=s.application,
-        client_addr=s.client_addr,
-        state=s.state,
         query=s.query,
         categories=tuple(c.value for c in s.categories),
         duration_what=what,
@@ -63,7 +97,7 @@ def session_snapshot(s: Session, listed_at: float | None = None) -> SessionTarge
         # an autovacuum worker is only ever cancelled (stopping the process is not the bot's to do)
         actions=("cancel",) if s.is_autovacuum else None,
         pooled=pooled_ref(s),
-    )
+    ))
 
 
 def pooled_ref(s: Session) -> PooledClientRef | None:

@@ -56,14 +56,14 @@ def issue(
     signalled gets one too). ``actions``: what a session's Cancel / Terminate token may ask for (default
     both)."""
     shown = list({s.pid: s for s in sessions}.values())
-    snaps = {s.pid: session_snapshot(s) for s in shown}
     signalable = [s for s in shown if _chosen(kill, s.pid) and not s.cannot_signal]
     readable = [s for s in shown if _chosen(details, s.pid)]
-    targets: list[Target] = [
-        snaps[s.pid].model_copy(update={"actions": actions(s)}) if actions is not None else snaps[s.pid]
-        for s in signalable
-    ]
-    targets += [DetailsTarget(**snaps[s.pid].model_dump(exclude={"kind"})) for s in readable]
+    now = time.time()  # one read: a session's Cancel / Terminate and Details snapshots say the same
+    targets: list[Target] = []
+    for s in signalable:
+        snap = session_snapshot(s, now)
+        targets.append(snap.model_copy(update={"actions": actions(s)}) if actions is not None else snap)
+    targets += [session_snapshot(s, now, kind=DetailsTarget) for s in readable]
     tokens = store.put_targets(env, host, channel, user, targets)
     n = len(signalable)
     return Tokens(kill={s.pid: t for s, t in zip(signalable, tokens[:n], strict=True)},

@@ -17,11 +17,12 @@ from bot.approval.ids import ALLOW_CONNECTIONS, CLEAR_DB, CLEAR_DB_BLOCK
 from bot.approval.ids import (
     TERMINATE_BULK as TERMINATE_BULK,  # re-exported: bot.watch.watcher (off-limits) imports it here
 )
-from bot.approval.models import BulkTarget, DatabaseTarget, Request, SessionRef, iso
+from bot.approval.models import BulkTarget, DatabaseTarget, Request, SessionRef
 from bot.approval.policy import Policy
+from bot.approval.targets import session_ref
 from bot.config import Config
 from bot.phrase import Phrase
-from bot.postgres.bulk import Connected, DatabaseInfo, state_changes
+from bot.postgres.bulk import DatabaseInfo, state_changes
 from bot.postgres.models import Filters, Listing, Session
 from bot.postgres.pools import Databases
 from bot.state.store import StateStore
@@ -101,7 +102,7 @@ def block_refusal(info: DatabaseInfo) -> Phrase | None:
 
 
 def database_offers(
-    policy: Policy, env: str, info: DatabaseInfo, sessions: list[Connected]
+    policy: Policy, env: str, info: DatabaseInfo, sessions: list[Session]
 ) -> tuple[Phrase | None, Phrase | None, Phrase | None]:
     """Why each clear-db button is not offered, or None: (*Terminate all*, *Block new connections and
     terminate all*, *Allow connections again*)."""
@@ -121,20 +122,7 @@ def database_offers(
 # --- snapshots ------------------------------------------------------------------------------------
 
 
-def connected_snapshot(c: Connected) -> SessionRef:
-    return SessionRef(
-        pid=c.pid,
-        backend_start=iso(c.backend_start),
-        user=c.user,
-        application=c.application,
-        client_addr=c.client_addr,
-        state=c.state,
-        in_transaction=c.in_transaction,
-        cannot_signal=c.cannot_signal,
-    )
-
-
-def terminable(connected: Iterable[Connected]) -> list[Connected]:
+def terminable(connected: Iterable[Session]) -> list[Session]:
     """The client sessions a clear-db covers: every client backend but the bot's own connections.
 
     Those the bot's role cannot signal stay in (they are reported as such: the database is not empty)."""
@@ -148,7 +136,7 @@ def issue_database_tokens(
     channel: str | None,
     user: str | None,
     info: DatabaseInfo,
-    sessions: list[Connected],
+    sessions: list[Session],
     offer_terminate: bool,
     offer_block: bool,
     offer_allow: bool,
@@ -159,7 +147,8 @@ def issue_database_tokens(
     acts = ([CLEAR_DB] if offer_terminate else []) + ([CLEAR_DB_BLOCK] if offer_block else [])
     if acts:
         target = common.model_copy(
-            update={"actions": tuple(acts), "sessions": tuple(connected_snapshot(c) for c in sessions)}
+            # no state_change: clear-db terminates every session of the snapshot whatever it does since
+            update={"actions": tuple(acts), "sessions": tuple(session_ref(c) for c in sessions)}
         )
         (token,) = store.put_targets(env, host, channel, user, [target])
         for a in acts:
@@ -259,20 +248,7 @@ def offer_for_listing(
             # unchanged since the listing: same state, and idle at least as long as the listing saw
             if state == s.state and (s.state_secs is None or secs + 0.001 >= s.state_secs):
                 state_change, used = changed, False
-        snap = SessionRef(
-            pid=s.pid,
-            backend_start=iso(s.backend_start),
-            state_change=iso(state_change),
-            changed_after_listing=used,
-            user=s.user,
-            database=s.database,
-            application=s.application,
-            client_addr=s.client_addr,
-            state=s.state,
-            state_secs=s.state_secs,
-            cannot_signal=s.cannot_signal,
-        )
-        sessions.append(snap)
+        sessions.append(session_ref(s, state_change=state_change, changed_after_listing=used))
     target = BulkTarget(
         actions=(TERMINATE_BULK,),
         category=category,

@@ -1,17 +1,21 @@
-"""The lag watcher's incident rules as a pure state machine: measurements in, actions out.
+"""The lag watcher's incident rules, pure: measurements in, actions out, on the lifecycle every alert shares.
 
 No database, no Slack, no clock of its own (``now`` is passed in): :class:`bot.lagwatch.watcher.LagWatcher`
 is the shell that measures on schedule, feeds :func:`on_measurement` / :func:`on_failure`, and carries
 out the :class:`Action` s they return (store the incident, post or edit the Slack message).
 
-Per standby:
+Both are thin adapters over the session watch's rules (:mod:`bot.watch.rules`): the checks in a row are
+its :class:`~bot.watch.rules.Streaks`, open / continue / resolve its :func:`~bot.watch.rules.moves` (the
+core of ``decide``), and when a continuing incident is edited and reminded its ``follow_up`` (asked by
+the shell). Per standby:
 
 * lag: a check counts as a breach when it is over the threshold (time and ``min_bytes``) *and* the WAL
   received at the previous check is still not replayed; ``consecutive`` breaches in a row open an
-  incident; while open it is edited at most every ``update_every`` and reminded every ``remind_every``
-  (:func:`bot.watch.rules.follow_up`, the timing every alert shares);
-  the first check under the threshold resolves it (with a note when the standby was promoted).
-* unreachable: ``consecutive`` failed checks open an incident; the first successful check resolves it.
+  incident; while open, a check over the threshold continues it and the first check under the threshold
+  resolves it (with a note when the standby was promoted).
+* unreachable: the one "host cannot be read" kind (:func:`bot.watch.rules.cannot_read`, origin
+  :attr:`~bot.watch.incident_models.Origin.STANDBY`): ``consecutive`` failed checks open an incident;
+  the first successful check resolves it.
 """
 
 from __future__ import annotations
@@ -25,10 +29,14 @@ from bot.lagwatch.model import StandbyLag, lsn_to_int
 from bot.postgres.models import iso
 from bot.watch.incident_models import LAG as LAG
 from bot.watch.incident_models import UNREACHABLE as UNREACHABLE
-from bot.watch.incident_models import IncidentPayload, LagFacts, LagLast, Seen
+from bot.watch.incident_models import IncidentPayload, LagFacts, LagLast, Origin, Seen
+from bot.watch.rules import Condition, Streaks, cannot_read, moves
 from bot.watch.rules import due as due  # edit / remind timing is bot.watch.rules' (every kind's)
 
 PROMOTED_NOTE = "the standby is no longer in recovery: it was promoted or is not a standby"
+
+# the lag condition of one standby (its facts are the incident's record: lag_payload)
+LAGGING = Condition(LAG, "", {})
 
 
 class Act(StrEnum):
@@ -40,6 +48,14 @@ class Act(StrEnum):
     RESOLVE_UNREACHABLE = "resolve_unreachable"
 
 
+# a move of the shared lifecycle (bot.watch.rules.moves) on a kind of this watcher -> what the shell does
+ACTS: dict[tuple[str, str], Act] = {
+    (LAG, "open"): Act.OPEN_LAG, (LAG, "continue"): Act.CONTINUE_LAG, (LAG, "resolve"): Act.RESOLVE_LAG,
+    (UNREACHABLE, "open"): Act.OPEN_UNREACHABLE, (UNREACHABLE, "continue"): Act.CONTINUE_UNREACHABLE,
+    (UNREACHABLE, "resolve"): Act.RESOLVE_UNREACHABLE,
+}
+
+
 @dataclass(frozen=True)
 class Action:
     act: Act
@@ -47,57 +63,69 @@ class Action:
     reason_changed: bool = False  # CONTINUE_UNREACHABLE: the error differs from the previous check's
 
 
-@dataclass
 class HostState:
-    """What the leader remembers between checks of one standby (lost on restart, on purpose)."""
+    """What the leader remembers between checks of one standby (lost on restart, on purpose): the checks
+    in a row (:class:`~bot.watch.rules.Streaks`: breaches of the lag, failures to read), and what the
+    next check compares with."""
 
-    breaches: int = 0
-    failures: int = 0
-    first_failure_at: float | None = None
-    last_receive: int | None = None
-    last_error: str | None = None
-    # nothing open in the store for this standby, known since this state began (it starts again when
-    # this replica gains the lease or the environment): a quiet check skips the store (issue 26)
-    quiet: bool = False
+    def __init__(self, breaches: int = 0, failures: int = 0, first_failure_at: float | None = None,
+                 last_receive: int | None = None, last_error: str | None = None, quiet: bool = False):
+        self.streaks = Streaks({ident: n for ident, n in (((LAG, ""), breaches), ((UNREACHABLE, ""), failures)) if n})
+        self.first_failure_at = first_failure_at
+        self.last_receive = last_receive
+        self.last_error = last_error
+        # nothing open in the store for this standby, known since this state began (it starts again when
+        # this replica gains the lease or the environment): a quiet check skips the store (issue 26)
+        self.quiet = quiet
+
+    @property
+    def breaches(self) -> int:
+        """Checks in a row over the threshold with the WAL received before still not replayed."""
+        return self.streaks.counts.get((LAG, ""), 0)
+
+    @property
+    def failures(self) -> int:
+        """Checks in a row that could not read the standby."""
+        return self.streaks.counts.get((UNREACHABLE, ""), 0)
+
+
+def _open(open_kinds: set[str]) -> list[tuple[str, str]]:
+    """The open incidents of a standby as the lifecycle takes them (the unreachable one moves first)."""
+    return [(kind, "") for kind in (UNREACHABLE, LAG) if kind in open_kinds]
 
 
 def on_measurement(st: HostState, m: StandbyLag, alert: LagAlert, open_kinds: set[str]) -> list[Action]:
     """A successful check: update ``st`` and say what to do with the standby's incidents."""
-    st.failures, st.first_failure_at = 0, None
     above = m.above(alert)
     # The same check must not count twice for WAL that replays promptly: a breach needs the WAL that
     # had been received at the previous check to be still unreplayed now.
     replay = lsn_to_int(m.replay_lsn)
     stuck = st.last_receive is None or replay is None or replay < st.last_receive
-    st.breaches = st.breaches + 1 if (above and stuck) else 0
     st.last_receive = lsn_to_int(m.receive_lsn)
-
+    st.first_failure_at = None
+    # what holds now (an open lag continues while over the threshold); what counts towards opening one
+    holding = [LAGGING] if above else []
+    counts = st.streaks.advance(holding if stuck else [])  # a read that answered ends the failures too
     actions: list[Action] = []
-    if UNREACHABLE in open_kinds:
-        actions.append(Action(Act.RESOLVE_UNREACHABLE))
-    if LAG not in open_kinds:
-        if st.breaches >= alert.consecutive:
-            actions.append(Action(Act.OPEN_LAG))
-    elif above:
-        actions.append(Action(Act.CONTINUE_LAG))
-    elif not m.in_recovery:
-        actions.append(Action(Act.RESOLVE_LAG, note=PROMOTED_NOTE))
-    else:
-        actions.append(Action(Act.RESOLVE_LAG))
+    for move in moves(holding, counts, _open(open_kinds), consecutive=alert.consecutive):
+        act = ACTS[(move.kind, move.action)]
+        note = PROMOTED_NOTE if act is Act.RESOLVE_LAG and not m.in_recovery else None
+        actions.append(Action(act, note=note))
     return actions
 
 
 def on_failure(st: HostState, reason: str, now: float, alert: LagAlert, open_kinds: set[str]) -> list[Action]:
-    """A failed check: update ``st`` and say what to do with the standby's unreachable incident."""
-    if st.failures == 0:
+    """A failed check: update ``st`` and say what to do with the standby's unreachable incident (the lag
+    incident neither continues nor resolves: nothing is known of it)."""
+    cond, counts = cannot_read(st.streaks, reason, Origin.STANDBY)  # the lag's run of breaches ends here
+    if st.failures == 1:
         st.first_failure_at = now
-    st.failures += 1
-    st.breaches, st.last_receive = 0, None
+    st.last_receive = None
     changed = reason != st.last_error
     st.last_error = reason
-    if UNREACHABLE not in open_kinds:
-        return [Action(Act.OPEN_UNREACHABLE)] if st.failures >= alert.consecutive else []
-    return [Action(Act.CONTINUE_UNREACHABLE, reason_changed=changed)]
+    open_ = [ident for ident in _open(open_kinds) if ident == cond.ident]
+    return [Action(ACTS[(move.kind, move.action)], reason_changed=changed and move.action == "continue")
+            for move in moves([cond], counts, open_, consecutive=alert.consecutive)]
 
 
 def _iso(dt: datetime | None) -> str | None:

@@ -13,8 +13,11 @@ by :meth:`LagWatcher.install` and run once ``rt.start_background()`` starts the 
   has its own job and the scheduler a thread per host, and every connection and query is bounded by
   the environment's timeouts: an unreachable or hanging host delays nobody else.
 
-The incident rules (when a lag or unreachable incident opens, continues, resolves) are the pure
-state machine in :mod:`bot.lagwatch.rules`; this module is its shell: the schedule, the leader lease,
+The incident rules (when a lag or unreachable incident opens, continues, resolves) are
+:mod:`bot.lagwatch.rules`, thin adapters over the lifecycle every alert shares (:mod:`bot.watch.rules`:
+``Streaks``, ``moves``, and ``follow_up`` for when a continuing one is edited and reminded; the
+unreachable standby is the one "host cannot be read" kind, ``cannot_read``, of origin ``STANDBY``); this
+module is their shell: the schedule, the leader lease,
 the incidents' records (:mod:`bot.state.incidents`) and the Slack messages. After every check of a
 standby, what it saw of the WAL receiver goes to ``receiver`` (given at construction: the session
 watch's WAL-receiver alert, :meth:`bot.watch.watcher.Watcher.on_standby_receiver`).
@@ -48,7 +51,7 @@ from bot.postgres.pools import Databases, DatabaseUnavailable, UnsupportedServer
 from bot.state.incidents import Incident, Incidents
 from bot.state.store import StateStore
 from bot.watch import rules as watch_rules
-from bot.watch.incident_models import IncidentPayload, LagFacts, UnreachableFacts
+from bot.watch.incident_models import IncidentPayload, LagFacts, Origin, UnreachableFacts
 from bot.watch.incidents import view
 
 log = logging.getLogger(__name__)
@@ -529,8 +532,8 @@ class LagWatcher:
 
     def _open_unreachable(self, env: str, host: str, st: HostState, reason: str, alert: LagAlert) -> None:
         since = _utc(st.first_failure_at or time.time())
-        inc = self.incidents.create(env, host, UNREACHABLE, alert.channel,
-                                    IncidentPayload(facts=UnreachableFacts(since=_iso(since), reason=reason)))
+        facts = UnreachableFacts(origin=Origin.STANDBY, since=_iso(since), reason=reason)
+        inc = self.incidents.create(env, host, UNREACHABLE, alert.channel, IncidentPayload(facts=facts))
         if inc is None:
             return
         self._set_open_gauge()

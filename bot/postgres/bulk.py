@@ -14,7 +14,7 @@ from datetime import datetime
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from bot.postgres.models import cannot_signal_reason
+from bot.postgres.models import Session
 from bot.postgres.sql import Conn, query
 from bot.session_rules import SignalGuard
 
@@ -39,31 +39,6 @@ class DatabaseInfo:
     logical_slots: int
 
 
-@dataclass(frozen=True, slots=True)
-class Connected:
-    """One backend connected to a database."""
-
-    pid: int
-    backend_start: datetime
-    backend_type: str
-    user: str | None
-    application: str
-    client_addr: str | None
-    state: str | None
-    in_transaction: bool
-    conn_secs: float | None
-    state_secs: float | None
-    is_bot: bool
-    is_superuser: bool
-    cannot_signal: str | None
-    database: str | None = None
-    query: str = ""  # (first 1000 characters) only for matching the ignore rules: never shown
-
-    @property
-    def is_client(self) -> bool:
-        return self.backend_type == "client backend"
-
-
 def database_info(conn: Conn, database: str) -> DatabaseInfo | None:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query("clear_db_info", conn), {"database": database})
@@ -75,30 +50,14 @@ def database_names(conn: Conn) -> list[str]:
     return [r[0] for r in conn.execute(query("clear_db_names", conn)).fetchall()]
 
 
-def connected_to(conn: Conn, database: str) -> list[Connected]:
+def connected_to(conn: Conn, database: str) -> list[Session]:
+    """Every backend connected to ``database``, oldest first, as :class:`~bot.postgres.models.Session`
+    (``is_bot``: one of the bot's own connections; ``backend_secs``: how long it is connected;
+    ``query``: the first 1000 characters, only for matching the ignore rules, never shown)."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query("clear_db_sessions", conn), {"database": database})
         rows = cur.fetchall()
-    return [
-        Connected(
-            pid=r["pid"],
-            backend_start=r["backend_start"],
-            backend_type=r["backend_type"] or "",
-            user=r["usename"],
-            application=r["application_name"] or "",
-            client_addr=r["client_addr"],
-            state=r["state"],
-            in_transaction=bool(r["in_transaction"]),
-            conn_secs=r["conn_secs"],
-            state_secs=r["state_secs"],
-            is_bot=bool(r["is_bot"]),
-            is_superuser=bool(r["is_superuser"]),
-            cannot_signal=cannot_signal_reason(r),
-            database=database,
-            query=r.get("query") or "",
-        )
-        for r in rows
-    ]
+    return [Session.from_row(r) for r in rows]
 
 
 def database_state(conn: Conn, database: str) -> tuple[bool, int] | None:

@@ -174,10 +174,12 @@ class Session:
     backend_xid: str | None = None
     xid_age: int | None = None
     xmin_age: int | None = None
-    # Details only: what the one-session read adds
+    # Details only: what the one-session read adds (backend_secs: clear-db's too, how long it is connected)
     query_id: int | None = None
     client_hostname: str | None = None
     backend_secs: float | None = None
+    # one of the bot's own connections (clear-db never terminates them; Details offers no button)
+    is_bot: bool = False
 
     @classmethod
     def from_row(
@@ -236,6 +238,7 @@ class Session:
             query_id=row.get("query_id"),
             client_hostname=row.get("client_hostname"),
             backend_secs=row.get("backend_secs"),
+            is_bot=bool(row.get("is_bot")),
         )
 
     @property

@@ -29,11 +29,13 @@ from bot.approval.models import (
     SessionRef,
     StoredTarget,
 )
+from bot.approval.targets import session_ref
 from bot.bulk.tally import RESULT_WORDS
 from bot.bulk.targets import STATE_WORDS
 from bot.durations import format_duration
 from bot.phrase import Phrase
-from bot.postgres.bulk import Connected, DatabaseInfo
+from bot.postgres.bulk import DatabaseInfo
+from bot.postgres.models import Session
 from bot.render.approval import STATE_LINE, decision_footer, header_where, where
 from bot.render.common import (
     MAX_BLOCKS,
@@ -96,10 +98,6 @@ def group_lines(sessions: Iterable[SessionRef], limit: int = MAX_GROUP_LINES, ch
     return lines
 
 
-def _connected_ref(c: Connected) -> SessionRef:
-    return SessionRef(pid=c.pid, user=c.user, application=c.application, client_addr=c.client_addr, state=c.state)
-
-
 def database_state_line(name: str, allow: bool | None) -> str:
     if allow is None:
         return f":grey_question: whether {code(name)} allows new connections is not known"
@@ -124,7 +122,7 @@ def unknown_database(name: str, names: Iterable[str]) -> str:
 def clear_db_message(
     env: str,
     info: DatabaseInfo,
-    connected: list[Connected],
+    connected: list[Session],
     *,
     tokens: Mapping[str, str],
     block_why: Phrase | str | None,
@@ -148,7 +146,7 @@ def clear_db_message(
         users = len({c.user for c in clients})
         apps = len({c.application for c in clients})
         addrs = len({c.client_addr or "local" for c in clients})
-        oldest = max((c.conn_secs or 0.0) for c in clients)
+        oldest = max((c.backend_secs or 0.0) for c in clients)
         first = (
             f"*{_plural(n, 'session')}* connected ({state_counts(c.state for c in clients)}) · "
             f"{_plural(users, 'user')}, {_plural(apps, 'application')}, {_plural(addrs, 'client address', 'client addresses')}"
@@ -161,7 +159,7 @@ def clear_db_message(
     facts.append(f"owner {code(info.owner)} · {limit}" + (" · template database" if info.is_template else ""))
     blocks.append(section("\n".join(facts)))
     if clients:
-        blocks.append(section("*By user and application*\n" + "\n".join(group_lines(_connected_ref(c) for c in clients))))
+        blocks.append(section("*By user and application*\n" + "\n".join(group_lines(session_ref(c) for c in clients))))
     notes = []
     busy = [c for c in clients if c.state and c.state != "idle"]
     if busy:
@@ -184,7 +182,7 @@ def clear_db_message(
             + ". They will be reported, and the database will not be empty."
         )
     if others or info.prepared_xacts or info.logical_slots:
-        parts = [f"{v} {k}" for k, v in Counter(c.backend_type for c in others).items()]
+        parts = [f"{v} {k}" for k, v in Counter(c.backend_type or "" for c in others).items()]
         if info.prepared_xacts:
             parts.append(_plural(info.prepared_xacts, "prepared transaction"))
         if info.logical_slots:

@@ -20,8 +20,9 @@ from bot.config import Config
 from bot.postgres.pools import DatabaseUnavailable, explain
 from bot.postgres.sql import unsupported_conn
 from bot.runtime import Runtime
-from bot.shell.console import Shell, text_stream
+from bot.shell.console import Shell
 from bot.shell.localconfig import NO_POSTGRES, builtin_config, local_dsn
+from bot.shell.terminal import text_stream
 
 DESCRIPTION = """\
 Chat with the bot in this terminal, without Slack: the same app and handlers as `serve`, with the

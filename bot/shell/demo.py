@@ -25,8 +25,9 @@ from bot.config import load_config
 from bot.logs import setup_logging
 from bot.shell.cli import _interrupt_on
 from bot.shell.cluster import ClusterError, Pair, Server, start_pair
-from bot.shell.console import Shell, text_stream
+from bot.shell.console import Shell
 from bot.shell.localconfig import APPROVER_ID, APPROVER_NAME, YOU_ID, channel_name, local_user_name
+from bot.shell.terminal import text_stream
 
 ALERT_CHANNEL = "C0ALERTS"
 POOL_SIZE = 8

@@ -9,7 +9,7 @@ brackets where the terminal cannot print them (``Names.emoji = "word"``); other 
 
 Strings from a database reach this module already escaped by :func:`bot.render.common.esc` (so no
 ``<...>`` token, emphasis marker or code span can come from them); the terminal itself shows every
-control character as a visible sign (``bot.shell.console.Terminal.write``), so an ``ESC[`` sequence in
+control character as a visible sign (``bot.shell.terminal.Terminal.write``), so an ``ESC[`` sequence in
 an application_name is printed, not obeyed.
 """
 

@@ -135,3 +135,25 @@ def create_state_engine(url: str) -> Engine:
 
     event.listen(engine, "handle_error", _server_message_only)
     return engine
+
+
+class StoreClosed(RuntimeError):
+    """The state store was closed (the bot is stopping): nothing may open a connection to it again."""
+
+    def __init__(self) -> None:
+        super().__init__("the state store is closed: the bot is stopping")
+
+
+class ClosingGate:
+    """Refuses every new connection of ``engine`` once shut. A job still running when the bot stops (the
+    scheduler does not wait for a hung host) must not open the store again after it was closed: on SQLite
+    that recreates its files under a directory being removed. Every connection, the gateways' plain
+    ``engine.connect()`` included, passes here."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.shut = False
+        event.listen(engine, "do_connect", self._refuse_when_shut)
+
+    def _refuse_when_shut(self, *_args: object) -> None:
+        if self.shut:
+            raise StoreClosed()

@@ -5,7 +5,12 @@ one incident per (environment, host, kind) is open (the session watch keys sever
 :mod:`bot.watch.incidents`). What an incident keeps besides its columns is a typed
 :class:`bot.watch.incident_models.IncidentPayload`, converted to and from the stored JSON here and only
 here (:func:`payload_from_json`, :func:`payload_json`: the JSON shape of the previous release, read and
-written as it was). An Acknowledge (``ack``) is written by whoever clicks and kept by every later write
+written as it was). The host that cannot be read is one kind in the code
+(:class:`~bot.watch.incident_models.UnreachableFacts` with its ``origin``); the ``kind`` column keeps the
+name each origin always had (``unreachable``: a standby the lag watcher checks; ``host_unreachable``: a
+host the session watch checks), the origin is read from it here and never stored in the payload, so
+replicas of the previous release and of this one recognise each other's rows during a rolling upgrade.
+An Acknowledge (``ack``) is written by whoever clicks and kept by every later write
 of the leader. Every write checks, in the same transaction,
 that this bot still holds the leader lease (``FOR UPDATE`` on the lease row on PostgreSQL, which
 serialises with :meth:`StateStore.acquire_lease`; SQLite write transactions are exclusive anyway),
@@ -41,7 +46,15 @@ from sqlalchemy.engine import Connection, RowMapping
 from bot.state.health import StoreHealth
 from bot.state.schema import incidents, leases
 from bot.state.store import StateStore, new_id
-from bot.watch.incident_models import LAG, UNREACHABLE, Ack, IncidentPayload, facts_from_json, facts_json
+from bot.watch.incident_models import (
+    LAG,
+    UNREACHABLE_KINDS,
+    Ack,
+    IncidentPayload,
+    Origin,
+    facts_from_json,
+    facts_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +63,17 @@ T = TypeVar("T")
 # the ``closed`` mark of an incident opened during an outage while another replica had the same one open
 DUPLICATE = "duplicate: another replica alerted on the same thing while the state store was down"
 
-# the lag watcher's kinds: their facts are stored at the top of the payload (as release 0.1 wrote them);
-# the session watch's kinds keep theirs under "facts"
-FLAT_KINDS = (LAG, UNREACHABLE)
+# the lag watcher's kinds (its lag, and the unreachable kind of origin STANDBY): their facts are stored at
+# the top of the payload (as release 0.1 wrote them); the session watch's kinds keep theirs under "facts"
+FLAT_KINDS = (LAG, UNREACHABLE_KINDS[Origin.STANDBY])
 # the payload's own fields (the rest of a flat kind's payload are its facts)
 PAYLOAD_KEYS = frozenset(IncidentPayload.model_fields) - {"facts"}
 
 
 def payload_from_json(kind: str, data: Mapping[str, Any]) -> IncidentPayload:
     """The typed payload of an incident of ``kind`` from its stored JSON (any release's: fields this
-    release does not know are kept, a field that does not fit is dropped with a warning)."""
+    release does not know are kept, a field that does not fit is dropped with a warning). The facts of the
+    unreachable kind learn their origin from the stored ``kind`` (:func:`facts_from_json`)."""
     own = {k: v for k, v in data.items() if k in PAYLOAD_KEYS}
     if kind in FLAT_KINDS:
         raw: Mapping[str, Any] | None = {k: v for k, v in data.items() if k not in PAYLOAD_KEYS}

@@ -42,8 +42,8 @@ from bot.approval.models import (
 )
 from bot.state import audit as audit_records
 from bot.state import migrate
+from bot.state.engine import ClosingGate, create_state_engine
 from bot.state.engine import _pg_connect_args as _pg_connect_args  # re-exported for the tests
-from bot.state.engine import create_state_engine
 from bot.state.engine import new_id as new_id  # re-exported: bot.state.incidents, bot.watch.incidents
 from bot.state.schema import (  # noqa: F401 - re-exported: the tables are imported from here
     approvals,
@@ -80,8 +80,10 @@ class StateStore:
         with self._writer.begin() as conn:
             self.schema_revisions = migrate.upgrade(conn)
         self.backfill_outcome_columns()
+        self._gate = ClosingGate(engine)
 
     def close(self) -> None:
+        self._gate.shut = True  # a job still running finds it closed instead of opening it again
         self.engine.dispose()
 
     @contextmanager

@@ -6,9 +6,11 @@ An incident row (``pgs_incidents``) has columns (kind, env, host, when it opened
 
 * ``key``: what tells incidents of one kind on one host apart (a pile-up's root, a pool), "" for most;
 * ``facts``: typed per kind (:data:`FACTS`): the lag watcher's lag (:class:`LagFacts`: since, peaks,
-  reasons, last measurement) and unreachable standby (:class:`UnreachableFacts`), and each session-watch
-  kind (lock pile-up, idle in transaction, long running, connections, xmin horizon, WAL receiver,
-  unreachable host, pool waiting, wraparound);
+  reasons, last measurement), each session-watch kind (lock pile-up, idle in transaction, long running,
+  connections, xmin horizon, WAL receiver, pool waiting, wraparound), and the one kind both watchers
+  share, the host that cannot be read (:class:`UnreachableFacts`, with its :class:`Origin`: a standby
+  the lag watcher checks, or a host the session watch checks; stored under each origin's old kind name,
+  :data:`UNREACHABLE_KINDS`);
 * ``ack``: who acknowledged it (:class:`Ack`, written by whoever clicks, kept by every later write of the
   leader) and ``ack_drawn``: whether its message says so yet;
 * ``tokens`` / ``bulk``: the reissue memory of :mod:`bot.approval.tokens` (the buttons an alert reuses);
@@ -27,17 +29,37 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, SerializeAsAny, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
 
 log = logging.getLogger(__name__)
 
 Num = int | float  # kept as given: an int stays an int, so a text drawn from stored facts reads the same
 
-# the lag watcher's kinds (bot.lagwatch.rules); the session watch's are in bot.watch.model
+# the lag watcher's lag kind (bot.lagwatch.rules); the session watch's kinds are in bot.watch.model
 LAG = "lag"
-UNREACHABLE = "unreachable"
+
+
+class Origin(StrEnum):
+    """Who found that a host cannot be read: the one "unreachable" kind, checked by either watcher."""
+
+    STANDBY = "standby"  # a standby the lag watcher checks (bot.lagwatch)
+    HOST = "host"  # a host the session watch checks: a primary, or a standby no lag watcher checks (bot.watch)
+
+
+# The one "host cannot be read" kind keeps, per origin, the kind name its watcher always stored in
+# ``pgs_incidents.kind``, so that replicas of the previous release and of this one keep recognising each
+# other's rows during a rolling upgrade (and each watcher's alert texts stay its own).
+UNREACHABLE_KINDS: dict[Origin, str] = {Origin.STANDBY: "unreachable", Origin.HOST: "host_unreachable"}
+UNREACHABLE = UNREACHABLE_KINDS[Origin.STANDBY]
+HOST_UNREACHABLE = UNREACHABLE_KINDS[Origin.HOST]
+
+
+def unreachable_origin(kind: str) -> Origin | None:
+    """The origin of an incident of the "unreachable" kind stored as ``kind`` (None: another kind)."""
+    return next((o for o, k in UNREACHABLE_KINDS.items() if k == kind), None)
 
 
 class Frozen(BaseModel):
@@ -146,17 +168,19 @@ class LagFacts(Facts):
 
 
 class UnreachableFacts(Facts):
-    """A standby the lag watcher cannot read (``unreachable``): since when, and the last error."""
+    """A host that cannot be read, the one kind both watchers share: the last error, and since when (the
+    lag watcher's) or how many checks in a row (the session watch's). ``origin`` says whose it is; it is
+    never written to the JSON (the stored kind name says it: :data:`UNREACHABLE_KINDS`) and is set from
+    that name where facts are read (:func:`facts_from_json`)."""
 
+    origin: Origin = Field(default=Origin.STANDBY, exclude=True)
     since: str | None = None
     reason: str | None = None
-
-
-class HostUnreachableFacts(Facts):
-    """A host the session watch cannot read (``host_unreachable``)."""
-
-    reason: str | None = None
     failures: int = 0
+
+
+# the name the session watch's unreachable facts had: the same one model
+HostUnreachableFacts = UnreachableFacts
 
 
 class LockPileupFacts(Facts):
@@ -235,8 +259,7 @@ class WraparoundFacts(Facts):
 # not import another's constants only to spell the same strings)
 FACTS: dict[str, type[Facts]] = {
     LAG: LagFacts,
-    UNREACHABLE: UnreachableFacts,
-    "host_unreachable": HostUnreachableFacts,
+    **{kind: UnreachableFacts for kind in UNREACHABLE_KINDS.values()},
     "lock_pileup": LockPileupFacts,
     "idle_in_tx": SessionsFacts,
     "long_running": SessionsFacts,
@@ -260,8 +283,11 @@ def facts_of(kind: str, data: Mapping[str, Any]) -> Facts:
 def facts_from_json(kind: str, plain: Mapping[str, Any]) -> Facts:
     """:func:`facts_of` for facts that are JSON already (as the state store reads them)."""
     cls = FACTS.get(kind, Facts)
+    origin = unreachable_origin(kind)
+    # the one unreachable kind: whose it is, from the name it is stored under (never itself stored)
+    typed = {**plain, "origin": origin} if origin is not None else plain
     try:
-        return cls.model_validate(plain)
+        return cls.model_validate(typed)
     except ValidationError as exc:
         log.warning("incidents: the facts of a %s incident do not fit its model (%d errors): kept as stored",
                     kind, exc.error_count())

@@ -10,6 +10,7 @@ from typing import Any
 
 from bot.postgres.models import Category, Session
 from bot.postgres.models import iso as iso  # the watcher's
+from bot.watch.incident_models import HOST_UNREACHABLE as HOST_UNREACHABLE  # the watch's unreachable
 
 # incident kinds (the state store's ``kind`` column holds at most 16 characters)
 LOCK_PILEUP = "lock_pileup"
@@ -18,7 +19,8 @@ LONG_RUNNING = "long_running"
 CONNECTIONS = "connections"
 XMIN_HORIZON = "xmin_horizon"
 WAL_RECEIVER = "wal_receiver"  # a standby that does not stream (never "behind", so no lag alert)
-HOST_UNREACHABLE = "host_unreachable"  # a primary (or a standby no lag watcher checks) that cannot be read
+# HOST_UNREACHABLE: a primary (or a standby no lag watcher checks) that cannot be read: the one unreachable
+# kind both watchers share, stored under this name when the session watch found it (bot.watch.incident_models)
 POOL_WAITING = "pool_waiting"  # clients waiting in a PgBouncer pool (issue 25, bot/watch/pool_rules.py)
 WRAPAROUND = "wraparound"  # transaction ID wraparound nears (bot.watch.wraparound)
 KINDS = (LOCK_PILEUP, IDLE_TX, LONG_RUNNING, CONNECTIONS, XMIN_HORIZON, WAL_RECEIVER, HOST_UNREACHABLE, POOL_WAITING,

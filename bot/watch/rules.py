@@ -4,12 +4,15 @@
   over its threshold right now (kind, key, facts, the sessions to offer buttons for).
 * :class:`Streaks` counts checks in a row per (host, kind, key): an incident opens after
   ``consecutive`` of them.
-* :func:`decide` compares what is true now with the incidents that are open and says what to do:
-  open, update (at most once a minute, or at once after an Acknowledge), remind (every
-  ``remind_every``, never once acknowledged), resolve (at the first check without the condition).
-  :func:`follow_up` is the edit / remind timing of one open incident, every kind's (the lag watcher's
-  lag and unreachable incidents too: :mod:`bot.lagwatch.rules` says whether they open, continue or
-  resolve, this says when a continuing one is edited and reminded).
+* :func:`moves` is every kind's lifecycle (the lag watcher's too): what is true now against what is
+  open says open (after ``consecutive`` checks in a row), continue (still true) or resolve (the first
+  check without it). :func:`decide` is :func:`moves` with the timing of a continuing incident,
+  :func:`follow_up`: update (at most once a minute, or at once after an Acknowledge), remind (every
+  ``remind_every``, never once acknowledged). :mod:`bot.lagwatch.rules` runs its lag and unreachable
+  incidents on :class:`Streaks` and :func:`moves`, its shell on :func:`follow_up`.
+* The host that cannot be read is one kind for both watchers (:func:`cannot_read`: the failed check
+  counted, every other run broken; :func:`unreachable_origin`: which watcher reports a host), stored
+  under each origin's name (:data:`bot.watch.incident_models.UNREACHABLE_KINDS`).
 
 No clock, no database, no Slack here: every input is an argument, so the rules have unit tests.
 """
@@ -17,7 +20,7 @@ No clock, no database, no Slack here: every input is an argument, so the rules h
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,9 +28,9 @@ from bot import session_rules
 from bot.config import Environment, IgnoreRule, Watch
 from bot.postgres.models import Session
 from bot.session_rules import is_ignored, rule_matches  # noqa: F401 - re-exported
+from bot.watch.incident_models import UNREACHABLE_KINDS, Origin
 from bot.watch.model import (
     CONNECTIONS,
-    HOST_UNREACHABLE,
     IDLE_TX,
     LOCK_PILEUP,
     LONG_RUNNING,
@@ -282,8 +285,9 @@ def wal_receiver(snap: HostSnapshot) -> list[Condition]:
     return [Condition(WAL_RECEIVER, "", facts)]
 
 
-def unreachable(reason: str, failures: int) -> Condition:
-    return Condition(HOST_UNREACHABLE, "", {"reason": reason, "failures": failures})
+def unreachable(reason: str, failures: int, origin: Origin = Origin.HOST) -> Condition:
+    """The host cannot be read (the one kind both watchers share; its name is its origin's)."""
+    return Condition(UNREACHABLE_KINDS[origin], "", {"reason": reason, "failures": failures})
 
 
 def effective_watch(environment: Environment) -> Watch | None:
@@ -306,9 +310,15 @@ def host_alert_channel(environment: Environment) -> str:
     return environment.watch.channel
 
 
+def unreachable_origin(environment: Environment, host: str) -> Origin:
+    """Which watcher reports that ``host`` cannot be read: the lag watcher for a standby it checks, the
+    session watch for the primary and for a standby no lag watcher checks (one alert per host)."""
+    return Origin.HOST if host == "primary" or environment.lag_alert is None else Origin.STANDBY
+
+
 def alerts_unreachable(environment: Environment, host: str) -> bool:
-    """The primary always; a standby only when no lag watcher checks it (it has its own unreachable alert)."""
-    return host == "primary" or environment.lag_alert is None
+    """The primary always; a standby only when no lag watcher checks it (the lag watcher reports it)."""
+    return unreachable_origin(environment, host) is Origin.HOST
 
 
 def conditions(snap: HostSnapshot, watch: Watch, ignore: Sequence[IgnoreRule] = (), *, max_bulk: int = 500,
@@ -338,6 +348,14 @@ class Streaks:
         now = {c.ident for c in found}
         self.counts = {ident: self.counts.get(ident, 0) + 1 for ident in now}
         return dict(self.counts)
+
+
+def cannot_read(streaks: Streaks, reason: str, origin: Origin = Origin.HOST) -> tuple[Condition, dict[tuple[str, str], int]]:
+    """A failed check of a host, for either watcher: the one unreachable condition with the checks in a row
+    that failed (this one included), counted; every other condition's run is broken (nothing else is known)."""
+    failures = streaks.counts.get((UNREACHABLE_KINDS[origin], ""), 0) + 1
+    cond = unreachable(reason, failures, origin)
+    return cond, streaks.advance([cond])
 
 
 # --- decisions ------------------------------------------------------------------------------------
@@ -392,6 +410,31 @@ def follow_up(inc: OpenIncident, *, now: float, remind_every: float, update_ever
 
 
 @dataclass(frozen=True)
+class Move:
+    """One step of an incident's lifecycle, before any timing: ``open`` (true ``consecutive`` checks in a
+    row, nothing open), ``continue`` (open and still true: ``condition`` is what is true now), ``resolve``
+    (open, and not true at this check)."""
+
+    action: str  # open | continue | resolve
+    kind: str
+    key: str
+    condition: Condition | None = None
+
+
+def moves(found: Sequence[Condition], streaks: Mapping[tuple[str, str], int],
+          open_: Sequence[tuple[str, str]], *, consecutive: int) -> list[Move]:
+    """Every kind's lifecycle: one move per open (kind, key) of ``open_``, in its order (continue or
+    resolve), then the opens, in the order of ``found``."""
+    by_ident = {c.ident: c for c in found}
+    out = [Move("resolve" if by_ident.get(ident) is None else "continue", *ident, by_ident.get(ident))
+           for ident in open_]
+    opened = set(open_)
+    out += [Move("open", c.kind, c.key, c) for c in found
+            if c.ident not in opened and streaks.get(c.ident, 0) >= consecutive]
+    return out
+
+
+@dataclass(frozen=True)
 class Decision:
     action: str  # open | update | remind | resolve
     kind: str
@@ -410,20 +453,17 @@ def decide(
     remind_every: float,
     update_every: float = UPDATE_EVERY,
 ) -> list[Decision]:
+    """:func:`moves`, a continuing incident edited and reminded as :func:`follow_up` says."""
     out: list[Decision] = []
-    by_ident = {c.ident: c for c in found}
-    opened = {i.ident: i for i in open_}
-    for inc in open_:
-        cond = by_ident.get(inc.ident)
-        if cond is None:
+    steps = moves(found, streaks, [i.ident for i in open_], consecutive=consecutive)
+    for inc, step in zip(open_, steps, strict=False):  # one move per open incident, in order
+        if step.action == "resolve":
             out.append(Decision("resolve", inc.kind, inc.key, None, inc))
             continue
         then = follow_up(inc, now=now, remind_every=remind_every, update_every=update_every)
         if then.edit:
-            out.append(Decision("update", inc.kind, inc.key, cond, inc))
+            out.append(Decision("update", inc.kind, inc.key, step.condition, inc))
         if then.remind:
-            out.append(Decision("remind", inc.kind, inc.key, cond, inc))
-    for cond in found:
-        if cond.ident not in opened and streaks.get(cond.ident, 0) >= consecutive:
-            out.append(Decision("open", cond.kind, cond.key, cond))
+            out.append(Decision("remind", inc.kind, inc.key, step.condition, inc))
+    out += [Decision("open", step.kind, step.key, step.condition) for step in steps[len(open_):]]
     return out

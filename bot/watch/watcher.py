@@ -53,7 +53,7 @@ from bot.state.store import StateStore
 from bot.watch import pool_rules, rules
 from bot.watch.detectors import DETECTORS, Detector
 from bot.watch.drawing import Drawing
-from bot.watch.incident_models import IncidentPayload, LockPileupFacts, Seen, facts_json, facts_of
+from bot.watch.incident_models import IncidentPayload, LockPileupFacts, Origin, Seen, facts_json, facts_of
 from bot.watch.incidents import WatchIncidents, view
 from bot.watch.model import (
     CONNECTIONS,
@@ -74,7 +74,6 @@ class HostState:
     def __init__(self) -> None:
         self.streaks = rules.Streaks()
         self.clock = rules.HorizonClock()
-        self.failures = 0
         self.lock = threading.Lock()
 
 
@@ -277,7 +276,6 @@ class Watcher:
                     unknown: tuple[str, ...] = ()) -> None:
         environment = self.envs[snap.env]
         w = self.watches[snap.env]
-        st.failures = 0
         # the sessions as they may be offered (protect): the access policy marks them, per environment
         snap = replace(snap, sessions=tuple(self.policy.mark(snap.env, snap.sessions)))
         found = rules.conditions(snap, w, environment.ignore, max_bulk=environment.access.max_bulk, clock=st.clock)
@@ -355,12 +353,11 @@ class Watcher:
         return self.watches[env].channel
 
     def on_failure(self, env: str, host: str, reason: str, st: HostState) -> None:
-        """A failed read: only the unreachable incident moves (nothing else is known, nothing resolves)."""
+        """A failed read: only the unreachable incident moves (nothing else is known, nothing resolves). The
+        rule is the lag watcher's too (:func:`bot.watch.rules.cannot_read`, here of origin ``HOST``)."""
         w = self.watches[env]
-        st.failures += 1
-        cond = rules.unreachable(reason, st.failures)
-        streaks = st.streaks.advance([cond])
-        open_incs = [i for i in self.incidents.open_list(env, host) if i.kind == HOST_UNREACHABLE]
+        cond, streaks = rules.cannot_read(st.streaks, reason, Origin.HOST)
+        open_incs = [i for i in self.incidents.open_list(env, host) if i.kind == cond.kind]
         by_id = {i.id: i for i in open_incs}
         snap = HostSnapshot(env=env, host=host, taken_at=time.time(), in_recovery=False, max_connections=0,
                             superuser_reserved=0, client_connections=0, sessions=())

@@ -6,6 +6,7 @@
 -- bot_is_super / bot_can_signal / bot_has_privs feed bot.postgres.models.cannot_signal_reason, which
 -- mirrors the checks pg_terminate_backend() makes, so that a batch never raises "must be a superuser
 -- to terminate superuser process".
+-- Columns keep pg_stat_activity's names: each row becomes a bot.postgres.models.Session (Session.from_row).
 --
 -- Parameters: database (text).
 WITH me AS (
@@ -16,12 +17,13 @@ SELECT a.pid,
        a.backend_start,
        a.backend_type,
        a.usename,
+       a.datname,
        a.application_name,
        host(a.client_addr)                                   AS client_addr,
        a.state,
        left(a.query, 1000)                                   AS query,  -- for the ignore rules' query patterns
-       a.xact_start IS NOT NULL                              AS in_transaction,
-       extract(epoch FROM now() - a.backend_start)::float8   AS conn_secs,
+       a.xact_start,                                         -- in a transaction: not NULL
+       extract(epoch FROM now() - a.backend_start)::float8   AS backend_secs,
        extract(epoch FROM now() - a.state_change)::float8    AS state_secs,
        (a.pid = pg_backend_pid()
         OR (a.usename = current_user AND a.application_name LIKE 'pgsessions%%')) AS is_bot,
