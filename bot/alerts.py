@@ -22,6 +22,10 @@ With a PostgreSQL state store the fleet (:mod:`bot.fleet`) replaces the leader l
 the checks of the environments it owns (``shards.owns(env)``, asked where each check starts; the lease is a
 :class:`bot.fleet.shards.FleetLease`), and incidents and outbox claims are fenced by the environment's
 lease at this replica's generation. With SQLite one replica checks everything under the leader lease.
+What is no longer watched (a kind, host or environment removed from the configuration) is closed by the
+watchers' close-unwatched: with the leader lease from ``on_gain``; in fleet mode from the fleet's
+``on_sweep`` hooks (the environments a replica takes, and those no replica has any more, taken by the one
+sweeper, :class:`bot.fleet.shards.Shards`), which keeps such an environment while its calls wait here.
 
 ``on_gain`` / ``on_follow`` hooks of the watchers run in the order they were added: what is open is
 read before this instance leads (checks wait for it); an edit made meanwhile waits in the outbox.
@@ -76,6 +80,10 @@ class Deliverer(Protocol):
 
     def pending_count(self) -> int: ...
 
+    def pending_envs(self) -> set[str]:
+        """The environments of the calls still waiting to be delivered."""
+        ...
+
     def for_incidents(self, incidents: Incidents, stopped: Callable[[], bool]) -> IncidentMessages:
         """The port a watcher sends its incidents' messages through."""
         ...
@@ -110,6 +118,8 @@ class AlertShell:
                         duty="the alert checks", on_gain=self._on_gain, on_follow=self._on_follow))
         self.holder = self.lease.holder
         self.outbox = outbox(self.lease.is_leader, self.shards)
+        if self.shards.fleet:  # the sweeper keeps a removed environment until its calls are delivered
+            self.shards.on_busy(self.outbox.pending_envs)
         self._installed = False
 
     def on_gain(self, hook: Callable[[], None]) -> None:

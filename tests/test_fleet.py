@@ -1,6 +1,9 @@
 """The fleet end to end (issue 26): three real ``pgsessions serve`` processes on one PostgreSQL state
 store share 30 environments (all on the test primary under distinct names).
 
+(The ``serve`` processes import the ``bot`` the ``pgsessions`` script finds: from a worktree, run with
+``PYTHONPATH`` set to it.)
+
 - Each environment is checked by exactly one replica per cycle (their ``/metrics``), the one holding
   its lease, and the shares are the rendezvous shares over the live replicas.
 - A lag alert and a lock pile-up alert open on the replica that owns their environment; that replica is
@@ -28,6 +31,7 @@ from psycopg import sql as pgsql
 
 from bot.check import check_state
 from bot.fleet.assign import owner
+from bot.slack.web import make_web_client
 from tests.harness.bot import env_config
 from tests.harness.fake_slack import FakeSlack
 from tests.harness.flows import ServeProcess, alive, find_button, write_config
@@ -348,3 +352,60 @@ def test_three_replicas_share_thirty_environments_and_hand_incidents_over_withou
             p.stop()
         for p in procs:
             assert "Traceback" not in p.output(), p.output()
+
+
+def test_incidents_of_a_removed_environment_are_closed_once_by_one_of_the_replicas_left(pair, fake, tmp_path):
+    """An environment with an open incident is removed from the configuration while its replica dies:
+    one of the two replicas of the new configuration closes it, saying so in its message, once."""
+    state_url, state_dsn = state_database(pair)
+    state = State(state_dsn)
+    kept = {"watch": {"channel": WATCH_CHANNEL, "check_every": "1s", "long_running": "1h"}}
+    envs = {}
+    for name in ("keep0", "keep1", "gone"):
+        envs[name] = env_config(pair, timeouts={"connect": "2s", "statement": "3s"}, **kept)
+        envs[name].pop("standbys", None)
+    old_path = write_config(tmp_path / "old.yml", {"state": state_url, "fleet": {"lease": f"{LEASE:g}s"},
+                                                    "environments": envs})
+    new_path = write_config(tmp_path / "new.yml", {"state": state_url, "fleet": {"lease": f"{LEASE:g}s"},
+                                                    "environments": {k: v for k, v in envs.items() if k != "gone"}})
+    old = ServeProcess(old_path, fake)
+    procs: list[ServeProcess] = [old]
+    try:
+        old.start()
+        old_id = replica_id(state, old)
+        wait_until(lambda: {e for e, (h, _) in state.holders().items() if h == old_id} == set(envs), WAIT,
+                   "the old replica holds the three environments")
+        # an incident of "gone" open with its message (as the old replica would have posted it)
+        ts = make_web_client("xoxb-test", fake.api_url).chat_postMessage(
+            channel=WATCH_CHANNEL, text="Long-running query on gone / primary")["ts"]
+        with psycopg.connect(state_dsn, autocommit=True) as c:
+            c.execute("INSERT INTO pgs_incidents (id, env, host, kind, open, opened_at, channel, message_ts, payload) "
+                      "VALUES ('gone0000incident', 'gone', 'primary', 'long_running', true, "
+                      "extract(epoch FROM now()), %s, %s, '{}')", (WATCH_CHANNEL, ts))
+        old.kill()  # SIGKILL: its leases run out by themselves
+        procs = [ServeProcess(new_path, fake) for _ in range(2)]
+        for p in procs:
+            p.start()
+        wait_until(lambda: state.rows("SELECT 1 FROM pgs_incidents WHERE id = 'gone0000incident' AND NOT open"),
+                   WAIT, "the removed environment's incident closed\n" + fake.summary())
+        edited = wait_until(lambda: [c for c in fake.calls_for("chat.update", ok=True) if c.params["ts"] == ts],
+                            WAIT, "its message says so")
+        assert "no longer watched (removed from the configuration)" in str(edited[0].params.get("text")), edited[0].params
+        # nobody holds "gone" once it is done, and nothing is sent again
+        wait_until(lambda: "gone" not in state.holders(), WAIT, "the sweeper hands it back")
+        wait_until(lambda: sorted(state.holders()) == ["keep0", "keep1"], WAIT, "the two share what is left")
+        base = sum(env_checks_of(p, ["keep0", "keep1"])[e] for p in procs for e in ("keep0", "keep1"))
+        wait_until(lambda: sum(env_checks_of(p, ["keep0", "keep1"])[e] for p in procs for e in ("keep0", "keep1"))
+                   >= base + 6, WAIT, "a few more cycles of both replicas")
+        assert len([c for c in fake.calls_for("chat.update") if c.params["ts"] == ts]) == 1, fake.summary()
+        assert not state.rows("SELECT 1 FROM pgs_incidents WHERE open")
+    finally:
+        for p in procs:
+            p.stop()
+        for p in procs:
+            assert "Traceback" not in p.output(), p.output()
+
+
+def env_checks_of(proc: ServeProcess, envs: list[str]) -> dict[str, float]:
+    text = metrics(proc)
+    return {e: sample(text, "pgsessions_fleet_checks_total", f'{{env="{e}"}}') for e in envs}

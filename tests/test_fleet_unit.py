@@ -4,26 +4,35 @@ hand (no scheduler; expiry is real time on a short lease)."""
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import select
 
+from bot.alerts import LEASE_NAME, AlertShell
+from bot.approval.policy import Policy
 from bot.check import OK, SlackReport, StateReport, render_text
 from bot.check_services import _fleet
-from bot.config import parse_config
+from bot.config import Config, parse_config
 from bot.fleet import assign
 from bot.fleet.assign import Lease
-from bot.fleet.shards import Shards, watched_envs
+from bot.fleet.shards import SWEEP_KEY, Shards, watched_envs
+from bot.lagwatch.watcher import LagWatcher
 from bot.metrics import REGISTRY
+from bot.postgres.pools import Databases
+from bot.render import lag as render_lag
+from bot.render import watch as render_watch
 from bot.render.home import EnvStatus, HostStatus, _env_block
 from bot.slack import outbox as ob
 from bot.slack.web import make_web_client
-from bot.state.incidents import Incidents, payload_from_json
+from bot.state.incidents import Incidents, open_incidents, payload_from_json
 from bot.state.schema import env_leases
 from bot.state.store import StateStore
+from bot.watch.watcher import Watcher
 from tests.harness.fake_slack import FakeSlack
 from tests.harness.waiting import wait_until
 
@@ -277,6 +286,154 @@ def test_outbox_claims_are_fenced_by_the_environment_lease(store):
         assert box_b.deliver() == 1
         assert len(fake.calls_for("chat.update", ok=True)) == 1
         assert len(fake.calls_for("chat.postMessage", ok=True)) == 1
+
+
+# --- what is no longer watched: closed by exactly one replica ----------------------------------------
+
+
+class NoDirectory:
+    """The approvers' lookup: never asked when incidents are closed."""
+
+    def resolve(self, principals):
+        raise AssertionError("not asked")
+
+    def allowed(self, user_id, principals):
+        raise AssertionError("not asked")
+
+    def user_facts(self, user_id):
+        raise AssertionError("not asked")
+
+    def cached_user_facts(self, user_id):
+        return None
+
+
+def alerts_config(envs: dict[str, dict]) -> Config:
+    return parse_config({"environments": envs}, environ={})
+
+
+def watchers(store: StateStore, cfg: Config, shards: Shards, client) -> tuple[AlertShell, Watcher, LagWatcher]:
+    """The real alert shell and both watchers of one replica, on a scheduler never started (no check runs:
+    only what a tick of ``shards`` does)."""
+    shell = AlertShell(cfg, store, ob.outbox_for(store, lambda: client), shards.id, shards)
+    sched = BackgroundScheduler()
+    dbs = Databases(cfg)
+    policy = Policy(cfg, NoDirectory())
+    watch = Watcher(cfg, store, dbs, sched, shell, policy, render_watch)
+    lag = LagWatcher(cfg, store, dbs, client, sched, policy, shell, render_lag, receiver=watch.on_standby_receiver)
+    return shell, watch, lag
+
+
+OLD = {  # the configuration before: "gone" is watched, "keep" has a standby r2 too
+    "keep": {"dsn": "host=k", "standbys": {"r1": "host=k1", "r2": "host=k2"},
+             "watch": {"channel": "C0WATCH01", "check_every": "1s"},
+             "lag_alert": {"channel": "C0LAG0001", "check_every": "1s"}},
+    "gone": {"dsn": "host=g", "standbys": {"r1": "host=g1"},
+             "watch": {"channel": "C0WATCH01", "check_every": "1s"},
+             "lag_alert": {"channel": "C0LAG0001", "check_every": "1s"}},
+}
+NEW = {  # after: "gone" removed, and "keep"'s standby r2
+    "keep": {"dsn": "host=k", "standbys": {"r1": "host=k1"},
+             "watch": {"channel": "C0WATCH01", "check_every": "1s"},
+             "lag_alert": {"channel": "C0LAG0001", "check_every": "1s"}},
+}
+
+
+def test_incidents_of_what_was_removed_are_closed_once_by_one_replica_and_never_while_another_holds_them(store):
+    old_cfg, new_cfg = alerts_config(OLD), alerts_config(NEW)
+    with FakeSlack(token="xoxb-test") as fake:
+        client = make_web_client("xoxb-test", fake.api_url)
+        # a replica of the old configuration checks both environments and opens four incidents
+        old = Shards(store, watched_envs(old_cfg), lease=0.6, label="old:1")
+        old_shell, _, _ = watchers(store, old_cfg, old, client)
+        old.tick()
+        assert old.owned() == ["gone", "keep"]
+        inc = Incidents(store, LEASE_NAME, old.id, old)
+        opened = {}
+        for env, host, kind, channel in [("gone", "primary", "lock_pileup", "C0WATCH01"),
+                                         ("gone", "r1", "lag", "C0LAG0001"),
+                                         ("keep", "r2", "lag", "C0LAG0001"),
+                                         ("keep", "r1", "lag", "C0LAG0001")]:
+            i = inc.create(env, host, kind, channel)
+            assert i is not None
+            sent = old_shell.outbox.send(ob.POST, i.id, channel, {"text": f"alert {env}/{host}"})
+            assert sent.response is not None
+            assert inc.save(i, channel=sent.response["channel"], message_ts=sent.response["ts"])
+            opened[(env, host, kind)] = i.id
+        # a replica of the new configuration joins while the old one still runs (a rolling change):
+        # it must not close what the old one holds, even though its configuration does not watch it
+        new1 = Shards(store, watched_envs(new_cfg), lease=0.6, label="new:1")
+        while assign.owner(SWEEP_KEY, [old.id, new1.id]) != new1.id:  # make it the sweeper of the two
+            new1.id = f"{new1.label}:{secrets.token_hex(3)}"
+        watchers(store, new_cfg, new1, client)
+        new1.tick()
+        assert new1.sweeper and "gone" not in new1.owned() and not new1.swept()
+        assert len(open_incidents(store)) == 4
+        assert not fake.calls_for("chat.update")
+        # the old replica dies (SIGKILL: it never ticks again); two replicas of the new configuration remain
+        new2 = Shards(store, watched_envs(new_cfg), lease=0.6, label="new:2")
+        watchers(store, new_cfg, new2, client)
+        survivors = [new1, new2]
+        for s in survivors:  # as the runtime does: the closes (Slack calls) leave the tick for a thread
+            s.install(BackgroundScheduler())  # never started: the ticks are still driven here
+
+        def settled() -> bool:
+            tick_all(survivors, rounds=1)
+            return ({i.id for i in open_incidents(store)} == {opened[("keep", "r1", "lag")]}
+                    and len(fake.calls_for("chat.update")) >= 3)
+
+        wait_until(settled, timeout=10, what="the survivors close what is no longer watched")
+        # exactly one replica swept "gone": the rendezvous owner of the sweep key among the live ones
+        sweeper = assign.owner(SWEEP_KEY, [s.id for s in survivors])
+        assert [s.id for s in survivors if s.sweeper] == [sweeper]
+        assert generation(store, "gone") == 2  # taken from the dead replica at a new generation
+        # "keep"/r2 (a standby removed from a watched environment) was closed by whoever took "keep"
+        updates = fake.calls_for("chat.update", ok=True)
+        assert len(updates) == 3 and len({u.params["ts"] for u in updates}) == 3
+        texts = sorted(str(u.params.get("text", "")) + str(u.params.get("blocks", "")) for u in updates)
+        assert all("no longer watched" in t for t in texts), texts
+        # once closed and delivered, the sweeper hands "gone" back: nobody holds it, nothing is sent again
+        tick_all(survivors, rounds=2)
+        assert all("gone" not in s.owned() for s in survivors) and not any(s.swept() for s in survivors)
+        assert "gone" not in survivors[0].gateway.watchers()
+        with store.read() as c:  # released by the sweeper: free at once (the row stays, its generation too)
+            row = c.execute(select(env_leases).where(env_leases.c.env == "gone")).mappings().one()
+        assert row["holder"] == sweeper and row["expires_at"] == 0.0 and row["generation"] == 2
+        assert len(fake.calls_for("chat.update")) == 3
+        assert len(fake.calls_for("chat.postMessage")) == 4
+        for s in survivors:
+            s.stop()
+
+
+def test_the_sweeper_keeps_a_removed_environment_until_its_close_lands_in_slack(store):
+    old_cfg, new_cfg = alerts_config(OLD), alerts_config(NEW)
+    with FakeSlack(token="xoxb-test") as fake:
+        client = make_web_client("xoxb-test", fake.api_url)
+        old = Shards(store, watched_envs(old_cfg), lease=0.4, label="old:1")
+        old_shell, _, _ = watchers(store, old_cfg, old, client)
+        old.tick()
+        i = Incidents(store, LEASE_NAME, old.id, old).create("gone", "primary", "lock_pileup", "C0WATCH01")
+        assert i is not None
+        sent = old_shell.outbox.send(ob.POST, i.id, "C0WATCH01", {"text": "alert"})
+        assert Incidents(store, LEASE_NAME, old.id, old).save(i, channel=sent.response["channel"],
+                                                              message_ts=sent.response["ts"])
+        old.stop()  # a clean stop: its leases are free at once
+        new = Shards(store, watched_envs(new_cfg), lease=0.4, label="new:1")
+        shell, _, _ = watchers(store, new_cfg, new, client)
+        fake.fail_next("chat.update", error="internal_error")
+        new.tick()
+        assert not open_incidents(store)  # closed at once, fenced by the lease it took
+        assert new.swept() == ["gone"] and new.owns("gone")
+        assert shell.outbox.pending_envs() == {"gone"}  # its edit waits (Slack failed)
+        new.tick()
+        assert new.swept() == ["gone"]  # kept while its edit waits
+        wait_until(lambda: new.tick() or shell.outbox.deliver() > 0, timeout=10, what="the edit lands once Slack answers")
+        assert shell.outbox.pending_envs() == set()
+        new.tick()
+        assert new.swept() == [] and not new.owns("gone")
+        assert len(fake.calls_for("chat.update", ok=True)) == 1
+        new.stop()
+
+
 
 
 # --- who watches what: the Home tab and `check` ------------------------------------------------------

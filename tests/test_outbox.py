@@ -9,9 +9,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from bot.fleet.shards import Shards
 from bot.metrics import REGISTRY
 from bot.slack import outbox as ob
 from bot.slack.web import make_web_client
+from bot.state.incidents import Incidents
 from bot.state.schema import outbox as outbox_table
 from bot.state.store import StateStore
 from tests.harness.fake_slack import FakeSlack
@@ -190,3 +192,36 @@ def test_two_deliverers_on_one_store_never_send_a_row_twice_and_keep_each_keys_o
     top = [m for m in fake.messages_in(CHANNEL) if not m.thread_ts]
     assert len(top) == len(keys) and all(m.text.endswith("resolved") for m in top)
     fake.assert_clean()
+
+
+@pytest.mark.unit
+def test_the_key_to_environment_cache_is_bounded_least_recently_used_first_and_right_after_eviction(fake, store):
+    """Fleet mode: the deliverer asks which environment a key (incident id) is of; what it remembers of
+    that stays bounded however many incidents come and go."""
+    envs = ["e0", "e1", "e2"]
+    sh = Shards(store, {e: 1.0 for e in envs}, lease=30.0, label="host:1")
+    sh.tick()
+    assert sh.owned() == envs
+    incidents = Incidents(store, "alerts", sh.id, sh)
+    made = [incidents.create(envs[n % 3], f"h{n}", "lock_pileup", CHANNEL) for n in range(12)]
+    assert all(made)
+    box = ob.Outbox(store, make_web_client("xoxb-test", fake.api_url), shards=sh)
+    assert box.env_cache_size == ob.ENV_CACHE and 1000 <= ob.ENV_CACHE <= 100_000
+    box.env_cache_size = 5
+    for inc in made:
+        assert box._env_of(inc.id) == inc.env
+    assert list(box._envs) == [inc.id for inc in made[-5:]]  # the five most recent
+    assert box._env_of(made[7].id) == made[7].env  # used again: kept over the others
+    assert box._env_of(made[0].id) == "e0"  # dropped earlier: read again, still right
+    assert len(box._envs) == 5 and made[7].id in box._envs and made[8].id not in box._envs
+    # delivering every incident's post keeps it bounded
+    for inc in made:
+        assert box.send(ob.POST, inc.id, CHANNEL, {"text": f"alert {inc.id}"}).response is not None
+    drain(box)
+    assert len(box._envs) == 5
+    assert len(fake.calls_for("chat.postMessage", ok=True)) == 12
+    assert box.pending_envs() == set()
+    fake.fail_next("chat.update", error="internal_error")
+    box.send(ob.UPDATE, made[2].id, CHANNEL, {"text": "edit"}, ts="1.2")  # Slack fails: it waits
+    assert box.pending_envs() == {made[2].env}
+    sh.stop()

@@ -23,8 +23,20 @@ claim's conditional UPDATE) check the environment's lease row holds this replica
 replica took it with, so a replica that lost an environment (a pause, a partition) never writes an
 incident or sends an outbox row for it after another took over.
 
+Closing what is no longer watched (:meth:`on_sweep` hooks: the watchers' close-unwatched). A replica that
+takes environments runs them for those (a host or kind removed from the configuration). An environment
+removed from the configuration has no owner any more, so one live replica, the *sweeper* (the rendezvous
+owner of :data:`SWEEP_KEY` among the live replicas), looks for them when it becomes the sweeper and then
+every :data:`SWEEP_EVERY` s: an environment with open incidents (or calls still waiting in the outbox,
+:meth:`on_busy`) that is not in its configuration and whose lease has run out or never existed is *taken*
+(a new generation, as any take), its incidents closed through the hooks (fenced like every incident write)
+and its lease kept while the outbox still has calls of it to deliver, then released. An environment whose
+lease another live replica holds (it still has it configured, in a rolling configuration change) is left
+alone. Two replicas that both believe they sweep (a membership change) cannot both close: the
+environment's lease admits one.
+
 With the SQLite state store there is one replica: :meth:`Shards.solo` owns every environment and the
-watchers keep their leader leases, as before.
+watchers keep their leader leases, as before (the alert shell's ``on_gain`` closes what is not watched).
 """
 
 from __future__ import annotations
@@ -45,7 +57,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from bot.config import Config
-from bot.fleet.assign import plan
+from bot.fleet.assign import Lease, owner, plan
 from bot.metrics import (
     FLEET_CHECKS,
     FLEET_CHECKS_PER_SECOND,
@@ -54,6 +66,7 @@ from bot.metrics import (
     FLEET_OWNED,
     FLEET_REPLICAS,
 )
+from bot.state.incidents import open_incidents
 from bot.state.shards import ShardStore
 from bot.state.store import StateStore
 
@@ -61,6 +74,8 @@ log = logging.getLogger(__name__)
 
 LEASE_PER_CHECK_EVERY = 0.75  # the default lease: 0.75 x the smallest check_every
 VALID_FOR = 0.8  # owns() holds until this share of the lease after a tick began
+SWEEP_KEY = "\x00fleet:sweep"  # a pseudo-environment (no configured name has a NUL): its owner sweeps
+SWEEP_EVERY = 60.0  # seconds between the sweeper's looks for environments nobody watches any more
 
 
 def watched_envs(config: Config) -> dict[str, float]:
@@ -98,6 +113,20 @@ class Shards:
         self._counted: dict[str, Counter] = {}  # FLEET_CHECKS' child per environment, looked up once
         self._stopped = threading.Event()
         self._on_gain: list[Callable[[str], None]] = []
+        # closing what is no longer watched: hooks(envs), the outbox's environments with calls waiting
+        self._on_sweep: list[Callable[[frozenset[str]], None]] = []
+        self._on_busy: list[Callable[[], set[str]]] = []
+        self._configured = frozenset(self.envs)
+        self._swept: set[str] = set()  # environments not configured here, held to close their incidents
+        self._sweeper = False  # this replica was the sweeper at its last tick
+        self._sweep_at = 0.0  # monotonic time of the last look
+        self._sweep_again = False  # an environment's lease was still held by someone: look at the next tick
+        self.sweep_every = SWEEP_EVERY
+        # the hooks post to Slack: once installed they run on a thread of their own, never in the tick
+        # (a slow Slack must not hold up the lease renewals); driven by hand (tests), in the tick
+        self._sweep_in_thread = False
+        self._sweep_pending: set[str] = set()
+        self._sweep_running = False
         # checks per second and cycle time
         self._checks = 0
         self._rate_at = time.monotonic()
@@ -161,6 +190,26 @@ class Shards:
         """``callback(env)`` runs when this replica takes an environment, before :meth:`owns` turns true."""
         self._on_gain.append(callback)
 
+    def on_sweep(self, callback: Callable[[frozenset[str]], None]) -> None:
+        """``callback(envs)`` closes the open incidents of ``envs`` this replica's configuration does not
+        watch (a kind, a host, the whole environment), with their leases held (fleet mode): the
+        environments this replica just took, and those the sweeper took because no replica has them."""
+        self._on_sweep.append(callback)
+
+    def on_busy(self, callback: Callable[[], set[str]]) -> None:
+        """``callback()``: the environments with calls still waiting to be delivered (the outbox); the
+        sweeper keeps an environment it took until they are."""
+        self._on_busy.append(callback)
+
+    @property
+    def sweeper(self) -> bool:
+        """Fleet mode: this replica closes what the environments nobody watches any more left open."""
+        return self._sweeper and not self._stopped.is_set()
+
+    def swept(self) -> list[str]:
+        """The environments not configured here that this replica holds to close what they left open."""
+        return sorted(self._swept)
+
     def fence(self, c: Connection, env: str) -> bool:
         """In an incident write's transaction: this replica still holds ``env`` at its generation."""
         gen = self.generation(env)
@@ -206,6 +255,7 @@ class Shards:
 
     def install(self, scheduler: Any) -> None:
         """Tick every ``lease / 4`` from now on (fleet mode); stop and hand over on the scheduler's shutdown."""
+        self._sweep_in_thread = True
         if not self.fleet:
             scheduler.add_job(self._rate, "interval", seconds=max(1.0, self.every), id="fleet:rate",
                               name="fleet metrics", replace_existing=True)
@@ -232,14 +282,21 @@ class Shards:
         now = time.time()
         try:
             live = gw.beat(self.id, self.label, len(self._owned), self.ttl, now)
-            p = plan(self.id, self.envs, live, gw.leases(), now)
-            if p.release:
+            leases = gw.leases()
+            p = plan(self.id, self.envs, live, leases, now)
+            sweeper = owner(SWEEP_KEY, set(live) | {self.id}) == self.id
+            keep, sweep_take, open_envs = self._sweep_plan(sweeper, leases, now, started)
+            # a lease released earlier (or run out) that this replica does not think it owns is not
+            # released again: a removed environment keeps its last holder's row for good
+            stale = {e for e in p.release if leases[e].expires_at < now and e not in self._owned}
+            release = p.release - keep - stale
+            if release:
                 with self._lock:  # stop checking them before the store says they are free
-                    for env in p.release:
+                    for env in release:
                         self._owned.pop(env, None)
-                gw.release(self.id, p.release)
-            held = gw.renew(self.id, p.renew, self.ttl, now)
-            held.update(gw.take(self.id, p.take, self.ttl, now))
+                gw.release(self.id, release)
+            held = gw.renew(self.id, p.renew | keep, self.ttl, now)
+            held.update(gw.take(self.id, p.take | sweep_take, self.ttl, now))
         except Exception as exc:
             if self._stopped.is_set():
                 return
@@ -257,14 +314,17 @@ class Shards:
             self._store_down = False
         if self._stopped.is_set():
             return
+        swept = {e for e in held if e not in self._configured}
         with self._lock:
             before = dict(self._owned)
-        gained = sorted(e for e, g in held.items() if before.get(e) != g)
-        lost = sorted(e for e in before if e not in held and e not in p.release)
+        gained = sorted(e for e, g in held.items() if before.get(e) != g and e not in swept)
+        lost = sorted(e for e in before if e not in held and e not in release)
         with self._lock:
             self._owned = {e: g for e, g in held.items() if e not in gained}
             self._valid_until = started + VALID_FOR * self.ttl
             self._joined = True
+            self._swept = swept
+            self._sweeper = sweeper
         for env in gained:
             for cb in self._on_gain:
                 try:
@@ -273,18 +333,92 @@ class Shards:
                     log.exception("fleet: preparing %s failed", env)
         with self._lock:
             self._owned.update({e: held[e] for e in gained})
+        # close what is not watched: in the environments just taken (a host or kind removed), and in those
+        # the sweeper holds (the environment removed); with their leases held, so fenced
+        self._sweep(frozenset(gained) | (swept & open_envs if open_envs is not None else swept))
+        if swept - before.keys():
+            log.info("fleet: %s closes what %d environment(s) no replica watches left open: %s", self.id,
+                     len(swept - before.keys()), _few(sorted(swept - before.keys())))
         if gained:
             FLEET_HANDOVERS.labels("gained").inc(len(gained))
             log.info("fleet: %s now checks %d environment(s): %s", self.id, len(gained), _few(gained))
-        if p.release:
-            FLEET_HANDOVERS.labels("released").inc(len(p.release))
-            log.info("fleet: %s handed over %d environment(s): %s", self.id, len(p.release), _few(sorted(p.release)))
+        handed = release - self._configured
+        if release - handed:
+            FLEET_HANDOVERS.labels("released").inc(len(release - handed))
+            log.info("fleet: %s handed over %d environment(s): %s", self.id, len(release - handed),
+                     _few(sorted(release - handed)))
         if lost:
             FLEET_HANDOVERS.labels("lost").inc(len(lost))
             log.warning("fleet: %s lost %d environment(s) to another replica: %s", self.id, len(lost), _few(lost))
-        FLEET_OWNED.set(len(self._owned))
+        FLEET_OWNED.set(len(self._owned) - len(swept))
         FLEET_REPLICAS.set(len(set(live) | {self.id}))
         self._rate()
+
+    def _sweep_plan(self, sweeper: bool, leases: dict[str, Lease], now: float,
+                    started: float) -> tuple[set[str], set[str], set[str] | None]:
+        """The sweeper's share of a tick: (environments it keeps holding, those it takes, the environments
+        with open incidents, None when it did not look). Not the sweeper: nothing (what it held is
+        released with the rest of what it does not want)."""
+        if not sweeper:
+            self._sweep_again = False
+            return set(), set(), None
+        due = (not self._sweeper or self._sweep_again or bool(self._swept)
+               or started - self._sweep_at >= self.sweep_every)
+        if not due:
+            return set(), set(), None
+        self._sweep_at = started
+        try:
+            open_envs = {i.env for i in open_incidents(self.store)} if self.store is not None else set()
+            busy: set[str] = set()
+            for cb in self._on_busy:
+                busy |= cb()
+        except Exception as exc:  # the leases are renewed all the same; the sweep is tried at the next tick
+            log.warning("fleet: could not look for what is no longer watched: %s", type(exc).__name__)
+            self._sweep_again = True
+            return set(self._swept), set(), None
+        keep, take, again = set(), set(), False
+        for env in (open_envs | busy) - self._configured:
+            lease = leases.get(env)
+            if lease is None or lease.expires_at < now:
+                take.add(env)  # nobody holds it (a take is conditional: a replica that was faster wins)
+            elif lease.holder == self.id:
+                keep.add(env)
+            else:
+                again = True  # another replica still holds it: it has it configured, or it swept it
+        self._sweep_again = again
+        return keep, take, open_envs
+
+    def _sweep(self, envs: frozenset[str]) -> None:
+        """Run the close-unwatched hooks for ``envs``: on the sweep thread once installed (one at a time,
+        what comes meanwhile joins the next round), else here."""
+        if not envs or not self._on_sweep:
+            return
+        if not self._sweep_in_thread:
+            self._close_unwatched(envs)
+            return
+        with self._lock:
+            self._sweep_pending |= envs
+            if self._sweep_running:
+                return
+            self._sweep_running = True
+        threading.Thread(target=self._sweep_rounds, name="fleet-sweep", daemon=True).start()
+
+    def _sweep_rounds(self) -> None:
+        while True:
+            with self._lock:
+                envs = frozenset(self._sweep_pending)
+                self._sweep_pending = set()
+                if not envs or self._stopped.is_set():
+                    self._sweep_running = False
+                    return
+            self._close_unwatched(envs)
+
+    def _close_unwatched(self, envs: frozenset[str]) -> None:
+        for cb in self._on_sweep:
+            try:
+                cb(envs)
+            except Exception:
+                log.exception("fleet: closing what is no longer watched failed")
 
     def stop(self) -> None:
         """Stop checking and hand every environment over at once."""
@@ -293,6 +427,7 @@ class Shards:
         self._stopped.set()
         with self._lock:
             self._owned = {}
+            self._swept = set()
             self._valid_until = 0.0
         FLEET_OWNED.set(0)
         if self.gateway is not None and self._joined:

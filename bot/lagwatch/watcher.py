@@ -29,7 +29,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 
@@ -105,6 +105,7 @@ class LagWatcher:
         self.shards = shell.shards
         self.incidents = Incidents(store, LEASE_NAME, self.holder, self.shards)
         self.shards.on_gain(self._on_gain_env)
+        self.shards.on_sweep(self._close_unwatched_of)  # fleet mode: what its taken environments no longer watch
         self._hosts: dict[tuple[str, str], HostState] = {}
         self._host_locks: dict[tuple[str, str], threading.Lock] = {}
         self._primary: dict[str, tuple[float, list[PrimaryView]]] = {}
@@ -189,6 +190,18 @@ class LagWatcher:
                 if env is None or inc.host not in env.standbys:
                     self._close_unwatched(inc)
             OPEN_INCIDENTS.set(self.incidents.count_open())
+        except Exception:
+            log.exception("lag watch: could not read open incidents")
+
+    def _close_unwatched_of(self, envs: Collection[str]) -> None:
+        """Fleet mode: the lag incidents of ``envs`` (whose leases this replica just took or swept) whose
+        standby or lag_alert is no longer configured are closed."""
+        try:
+            for inc in self.incidents.all_open():
+                if inc.env in envs and inc.kind in (LAG, UNREACHABLE):
+                    env = self.envs.get(inc.env)
+                    if env is None or inc.host not in env.standbys:
+                        self._close_unwatched(inc)
         except Exception:
             log.exception("lag watch: could not read open incidents")
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -80,6 +81,7 @@ from bot.state.store import StateStore
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0  # Slack back: everything waiting lands within this
+ENV_CACHE = 4096  # keys (incident ids) whose environment is remembered; the least recently used go first
 
 # Errors after which the same call can never succeed: give it up instead of retrying forever.
 PERMANENT_ERRORS = frozenset({
@@ -150,7 +152,10 @@ class Outbox:
         self._client = client
         self.may_send = may_send
         self.shards = shards if shards is not None and shards.fleet else None
-        self._envs: dict[str, str | None] = {}  # key (incident id) -> its environment
+        # key (incident id) -> its environment (it never changes), the ``env_cache_size`` most recently used
+        self._envs: OrderedDict[str, str | None] = OrderedDict()
+        self._envs_lock = threading.Lock()
+        self.env_cache_size = ENV_CACHE
         self._lock = threading.Lock()  # one pass at a time here; other deliverers are kept off by _claim
         self._paused_until = 0.0  # Slack asked us to wait (429) or is failing
         self._last_prune = 0.0
@@ -442,9 +447,23 @@ class Outbox:
         return self.rows.claim(item, time.time(), None if fence is True else fence)
 
     def _env_of(self, key: str) -> str | None:
-        if key not in self._envs:
-            self._envs[key] = self.rows.env_of(key)
-        return self._envs[key]
+        with self._envs_lock:
+            if key in self._envs:
+                self._envs.move_to_end(key)
+                return self._envs[key]
+        env = self.rows.env_of(key)  # outside the lock: a read of the store
+        with self._envs_lock:
+            self._envs[key] = env
+            self._envs.move_to_end(key)
+            while len(self._envs) > self.env_cache_size:
+                self._envs.popitem(last=False)
+        return env
+
+    def pending_envs(self) -> set[str]:
+        """The environments of the calls still waiting in ``pgs_outbox`` (fleet mode: the sweeper keeps an
+        environment no replica watches any more until they are delivered)."""
+        envs = {self._env_of(key) for key in {it.key for it in self._pending()}}
+        return {e for e in envs if e is not None}
 
     def _mine(self, key: str) -> bool:
         """Fleet mode: the key's environment is this replica's (else another replica delivers it)."""

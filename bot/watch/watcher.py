@@ -30,7 +30,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -107,6 +107,7 @@ class Watcher:
         self.shards = shell.shards
         self.incidents = WatchIncidents(store, self.holder, shards=self.shards)
         self.shards.on_gain(self._on_gain_env)
+        self.shards.on_sweep(self._close_unwatched)  # fleet mode: what its taken environments no longer watch
         self._hosts: dict[tuple[str, str], HostState] = {}
         # hosts with an open incident, read from the store when this instance becomes the leader and kept
         # while it leads (only the leader opens and resolves): a quiet host costs no state-store read
@@ -173,10 +174,13 @@ class Watcher:
             self._hosts.clear()
             self._open_hosts = hosts
 
-    def _close_unwatched(self) -> None:
-        """Incidents of a kind, host or environment no longer watched: say so instead of leaving them open."""
+    def _close_unwatched(self, envs: Collection[str] | None = None) -> None:
+        """Incidents of a kind, host or environment no longer watched: say so instead of leaving them open.
+        ``envs``: only theirs (fleet mode: the environments whose leases this replica just took or swept)."""
         try:
             for inc in self.incidents.open_list():
+                if envs is not None and inc.env not in envs:
+                    continue
                 e = self.envs.get(inc.env)
                 if e is not None and inc.host in e.hosts() and self._kind_on(self.watches[inc.env], inc.kind):
                     continue
