@@ -184,6 +184,29 @@ def test_a_replica_that_joins_gets_its_share_after_the_others_release_it(store):
     assert released == released_before + len(newcomer.owned())
 
 
+def test_an_environment_is_handed_over_only_once_the_check_running_on_it_has_ended(store):
+    """Exactly one replica checks an environment at a time: a replica that should release an environment
+    whose check is still running keeps its lease until the check ends, so the newcomer cannot take it."""
+    first = fleet(store, 1)
+    tick_all(first)
+    newcomer = Shards(store, {e: 1.0 for e in ENVS}, lease=1.0, label="host9:999")
+    newcomer.tick()
+    share = {e for e in ENVS if assign.owner(e, [first[0].id, newcomer.id]) == newcomer.id}
+    busy, free = sorted(share)[0], sorted(share)[1:]
+    assert first[0].begin(busy)  # a check of it starts now
+    first[0].tick()  # sees the newcomer: releases its share, but not what is being checked
+    assert not first[0].owns(busy) and not first[0].begin(busy)  # no new check of it starts
+    newcomer.tick()
+    assert set(newcomer.owned()) == set(free)
+    assert busy not in newcomer.owned() and not newcomer.begin(busy)
+    first[0].end(busy)  # the check ends
+    first[0].tick()  # released now
+    newcomer.tick()
+    assert set(newcomer.owned()) == share and newcomer.begin(busy)
+    newcomer.end(busy)
+    assert first[0].begin(sorted(set(ENVS) - share)[0])  # what it keeps, it still checks
+
+
 def test_a_clean_stop_hands_over_at_once(store):
     shards = fleet(store, 3)
     tick_all(shards)

@@ -110,6 +110,10 @@ class Shards:
         self._joined = False
         self._store_down = False
         self._lock = threading.Lock()
+        # checks running now per environment (begin / end): an environment is released only once its
+        # checks have ended, so two replicas never check it at the same time
+        self._running: dict[str, int] = {}
+        self._idle = threading.Condition(self._lock)
         self._counted: dict[str, Counter] = {}  # FLEET_CHECKS' child per environment, looked up once
         self._stopped = threading.Event()
         self._on_gain: list[Callable[[str], None]] = []
@@ -162,6 +166,29 @@ class Shards:
         if not self.fleet:
             return True
         return not self._stopped.is_set() and env in self._owned and time.monotonic() < self._valid_until
+
+    def begin(self, env: str) -> bool:
+        """Where a check of ``env`` starts: true (and counted as running until :meth:`end`) when this
+        replica owns it now. A release waits for the checks that began (a quarter of the lease at most)."""
+        if not self.fleet:
+            return True
+        with self._lock:
+            if not self.owns(env):
+                return False
+            self._running[env] = self._running.get(env, 0) + 1
+            return True
+
+    def end(self, env: str) -> None:
+        """Where a check that :meth:`begin` let start ends."""
+        if not self.fleet:
+            return
+        with self._lock:
+            left = self._running.get(env, 0) - 1
+            if left > 0:
+                self._running[env] = left
+            else:
+                self._running.pop(env, None)
+                self._idle.notify_all()
 
     def owns_any(self) -> bool:
         """This replica owns at least one environment now (always, for the one replica of a SQLite store)."""
@@ -294,7 +321,12 @@ class Shards:
                 with self._lock:  # stop checking them before the store says they are free
                     for env in release:
                         self._owned.pop(env, None)
-                gw.release(self.id, release)
+                    # and let the checks that began end first; one still running past the wait keeps its
+                    # lease until the next tick (nobody may check the environment meanwhile)
+                    self._idle.wait_for(lambda: not self._running.keys() & release, self.ttl / 4)
+                    free = release - self._running.keys()
+                if free:
+                    gw.release(self.id, free)
             held = gw.renew(self.id, p.renew | keep, self.ttl, now)
             held.update(gw.take(self.id, p.take | sweep_take, self.ttl, now))
         except Exception as exc:
@@ -429,6 +461,7 @@ class Shards:
             self._owned = {}
             self._swept = set()
             self._valid_until = 0.0
+            self._idle.wait_for(lambda: not self._running, self.ttl / 4)  # the checks that began end first
         FLEET_OWNED.set(0)
         if self.gateway is not None and self._joined:
             try:

@@ -230,8 +230,14 @@ class LagWatcher:
         return alert
 
     def check_primary(self, env: str) -> None:
-        if not self.is_leader() or not self.shards.owns(env):
+        if not self.is_leader() or not self.shards.begin(env):
             return
+        try:
+            self._read_primary(env)
+        finally:
+            self.shards.end(env)
+
+    def _read_primary(self, env: str) -> None:
         try:
             views = primary_views(self.dbs, env)
         except DatabaseUnavailable as exc:
@@ -253,10 +259,11 @@ class LagWatcher:
 
     def check_standby(self, env: str, host: str) -> None:
         """One scheduled check of one standby."""
-        if not self.is_leader() or not self.shards.owns(env):
+        if not self.is_leader() or not self.shards.begin(env):
             return
         st, lock = self._state(env, host)
         if not lock.acquire(blocking=False):
+            self.shards.end(env)
             return  # the previous check of this host is still running
         started = time.monotonic()
         try:
@@ -296,6 +303,7 @@ class LagWatcher:
             self.checks[(env, host)] = self.checks.get((env, host), 0) + 1
             self.shards.checked(env, started, time.monotonic() - started)
             lock.release()
+            self.shards.end(env)
 
     def _hand_receiver(self, env: str, host: str, facts: ReceiverFacts | None) -> None:
         """What this check saw of the standby's WAL receiver (None: it could not read the standby), to

@@ -206,12 +206,16 @@ class Watcher:
             return self._hosts.setdefault((env, host), HostState())
 
     @contextmanager
-    def _checking(self, env: str, host: str, doing: str, count: bool = False) -> Iterator[HostState | None]:
+    def _checking(self, env: str, host: str, doing: str, count: bool = False,
+                  begun: bool = False) -> Iterator[HostState | None]:
         """One check of a host: its state, or None when the previous check of it still runs. Counted in
         ``checks`` / ``last_check_secs``; an error is logged and counted as a check failure (not when
-        the bot is shutting down under it)."""
+        the bot is shutting down under it). ``begun``: the check was let start by ``shards.begin``, and
+        ends with this block."""
         st = self._state(env, host)
         if not st.lock.acquire(blocking=False):
+            if begun:
+                self.shards.end(env)
             yield None
             return
         started = time.monotonic()
@@ -227,11 +231,13 @@ class Watcher:
             if count:
                 self.shards.checked(env, started, self.last_check_secs[(env, host)])
             st.lock.release()
+            if begun:
+                self.shards.end(env)
 
     def check(self, env: str, host: str) -> None:
-        if not self.is_leader() or not self.shards.owns(env):
+        if not self.is_leader() or not self.shards.begin(env):
             return
-        with self._checking(env, host, "checking", count=True) as st:
+        with self._checking(env, host, "checking", count=True, begun=True) as st:
             if st is None:
                 return  # the previous check of this host is still running
             # the host's poolers (pool_waiting) are read beside the database, each bounded
