@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import socket
 import threading
 import time
@@ -169,3 +170,5 @@ class GuardedConnection(psycopg.Connection[Any]):
     pgs_limit: float | None = None
     pgs_overrun: bool = False
     pgs_reserved: bool = False  # the connection kept for when the server has no slot left
+    pgs_idle_since: float = 0.0  # when it was last handed back (bot.postgres.pools)
+    pgs_expires: float = math.inf  # when it is replaced instead of handed out again (bot.postgres.pools)
