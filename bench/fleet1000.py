@@ -24,7 +24,7 @@ import os
 import statistics
 import time
 
-from bench.watch import one_cycle, vmrss_kib
+from bench.watch import vmrss_kib
 from tests.harness.bot import BotUnderTest, env_config
 from tests.harness.fake_slack import FakeSlack
 from tests.harness.pgbouncer import Bouncer, PgBouncerMissing, start_pgbouncer
@@ -51,6 +51,42 @@ def config(pair: ClusterPair, primary: Bouncer, standby: Bouncer, n: int) -> dic
         env["standbys"] = {"replica1": standby.dsn(user="pgsessions_bot", dbname="postgres") + own}
         envs[f"f{i:04d}"] = env
     return {"environments": envs}
+
+
+def one_cycle(bot: BotUnderTest, keys: list[tuple[str, str]], timeout: float) -> float:
+    """Seconds from the instant the watch checks of ``keys`` are scheduled to the last of them done.
+
+    ``bench.watch.one_cycle`` scans every key every 5 ms: for 2000 keys that scan took a quarter of the
+    interpreter's time during the cycle it measured (py-spy), slowing the checks it timed. Here the bench
+    thread sums the counters (one C loop) every 5 ms, and once the sum says every check may be done scans
+    only the keys still not done."""
+    w = bot.rt.watch
+    assert w is not None
+    jobs = [bot.rt.scheduler.get_job(f"watch:check:{e}:{h}") for e, h in keys]
+    times = sorted({j.next_run_time.timestamp() for j in jobs})
+    if len(times) != 1:
+        raise RuntimeError(f"the check jobs are not scheduled together: {times[:3]}…")
+    scheduled = times[0]
+    # checks of the cycle before that end before this one is due are not this cycle's (when a cycle
+    # overruns the interval, the scheduler dispatches the next one for the keys it had finished)
+    while time.time() < scheduled:
+        time.sleep(0.005)
+    base = {k: w.checks.get(k, 0) for k in keys}
+    target = sum(base.values()) + len(keys)
+    remaining: list[tuple[str, str]] | None = None  # the keys not yet checked, once the sum says few are left
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = time.time()
+        if remaining is None and sum(w.checks.values()) >= target:
+            remaining = list(keys)
+        if remaining is not None:
+            remaining = [k for k in remaining if w.checks.get(k, 0) <= base[k]]
+            if not remaining:
+                return now - scheduled
+        time.sleep(0.005)
+    missing = sorted(k for k, n in base.items() if w.checks.get(k, 0) <= n)
+    raise RuntimeError(f"{len(missing)} checks not finished: {missing[:5]} (leader: {w.is_leader()}; "
+                       f"their last check took {[round(w.last_check_secs.get(k, -1), 2) for k in missing[:5]]} s)")
 
 
 def measure(pair: ClusterPair, primary: Bouncer, standby: Bouncer, fake: FakeSlack, n: int = N_ENVS,

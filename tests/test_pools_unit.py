@@ -74,6 +74,27 @@ def test_watchdog_runs_only_overdue_actions():
     assert fired == ["late"]
 
 
+def test_a_late_disarm_waits_until_the_action_has_finished():
+    dog = Watchdog()
+    started, finished = threading.Event(), []
+
+    def slow() -> None:
+        started.set()
+        time.sleep(0.3)
+        finished.append("done")
+
+    item = dog.arm(0.01, slow)
+    assert started.wait(2)
+    t0 = time.monotonic()
+    assert dog.disarm(item) is False, "the action ran"
+    assert finished == ["done"], "disarm returned before the action had finished"
+    assert time.monotonic() - t0 >= 0.2
+    # a deadline armed while a late disarm waits still fires on time
+    fired = threading.Event()
+    dog.arm(0.05, fired.set)
+    assert fired.wait(1)
+
+
 def test_out_of_connections_is_said_in_those_words():
     assert unavailable(OutOfConnections("prod", "primary", (137, 137))) == "`prod` is out of connections: 137 of 137 in use"
     exc = OutOfConnections("prod", "r1", None, "the bot's reserved connection is busy")

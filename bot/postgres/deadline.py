@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import socket
 import threading
 import time
@@ -35,37 +36,38 @@ class NotAnswering(psycopg.OperationalError):
 
 
 class _Armed:
-    __slots__ = ("deadline", "seq", "action", "state", "done")
+    __slots__ = ("action", "state")
 
-    def __init__(self, deadline: float, seq: int, action: Callable[[], None]):
-        self.deadline, self.seq, self.action = deadline, seq, action
-        self.state = "armed"  # armed -> fired -> done, or armed -> disarmed
-        self.done = threading.Event()
-
-    def __lt__(self, other: _Armed) -> bool:
-        return (self.deadline, self.seq) < (other.deadline, other.seq)
+    def __init__(self, action: Callable[[], None]):
+        self.action = action
+        self.state = "armed"  # armed -> fired -> done, or armed -> disarmed (changed under the watchdog's lock)
 
 
 class Watchdog:
     """One daemon thread that runs an action when a deadline passes, unless disarmed first.
 
-    Each action runs in a thread of its own, so that one slow abort never delays another.
+    Each action runs in a thread of its own, so that one slow abort never delays another. A deadline
+    costs a small object and a heap entry, no lock or event of its own (one per statement: a fleet's
+    thousands of statements per second); the rare caller that must wait for a fired action waits on the
+    watchdog's one condition.
     """
 
     def __init__(self) -> None:
-        self._heap: list[_Armed] = []
-        self._cv = threading.Condition()
+        self._heap: list[tuple[float, int, _Armed]] = []  # (deadline, seq, item): compared in C
+        lock = threading.Lock()
+        self._cv = threading.Condition(lock)  # the watchdog thread waits on it for the next deadline
+        self._fired = threading.Condition(lock)  # a disarm that came too late waits on it for the action
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
 
     def arm(self, seconds: float, action: Callable[[], None]) -> _Armed:
-        item = _Armed(time.monotonic() + seconds, next(self._seq), action)
+        item = _Armed(action)
         with self._cv:
-            heapq.heappush(self._heap, item)
+            heapq.heappush(self._heap, (time.monotonic() + seconds, next(self._seq), item))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="pgs-deadlines", daemon=True)
                 self._thread.start()
-            if self._heap[0] is item:
+            if self._heap[0][2] is item:
                 # only a deadline sooner than every other one changes when the thread must wake (it
                 # sleeps until the first): a statement a millisecond long wakes nobody
                 self._cv.notify()
@@ -77,33 +79,34 @@ class Watchdog:
             if item.state == "armed":
                 item.state = "disarmed"
                 return True
-        item.done.wait()
+            while item.state != "done":
+                self._fired.wait()
         return False
 
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._heap or self._heap[0].deadline > time.monotonic():
-                    if self._heap and self._heap[0].state != "armed":
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    if self._heap and self._heap[0][2].state != "armed":
                         heapq.heappop(self._heap)
                         continue
-                    timeout = self._heap[0].deadline - time.monotonic() if self._heap else None
+                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
                     self._cv.wait(timeout)
-                item = heapq.heappop(self._heap)
+                item = heapq.heappop(self._heap)[2]
                 if item.state != "armed":
                     continue
                 item.state = "fired"
             threading.Thread(target=self._fire, args=(item,), name="pgs-deadline-abort", daemon=True).start()
 
-    @staticmethod
-    def _fire(item: _Armed) -> None:
+    def _fire(self, item: _Armed) -> None:
         try:
             item.action()
         except Exception:  # an abort must never take the watchdog down
             log.exception("aborting an overdue statement failed")
         finally:
-            item.state = "done"
-            item.done.set()
+            with self._fired:
+                item.state = "done"
+                self._fired.notify_all()
 
 
 WATCHDOG = Watchdog()
@@ -169,3 +172,5 @@ class GuardedConnection(psycopg.Connection[Any]):
     pgs_limit: float | None = None
     pgs_overrun: bool = False
     pgs_reserved: bool = False  # the connection kept for when the server has no slot left
+    pgs_idle_since: float = 0.0  # when it was last handed back (bot.postgres.pools)
+    pgs_expires: float = math.inf  # when it is replaced instead of handed out again (bot.postgres.pools)

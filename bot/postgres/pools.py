@@ -1,12 +1,17 @@
-"""Connections to the monitored servers: one psycopg_pool per (environment, host), plus one reserved
-connection per server that the bot keeps open from start-up (environments whose host has the same
-connection string and timeouts share it: :meth:`Databases.server_key`).
+"""Connections to the monitored servers: at most a few connections per (environment, host), held by a
+:class:`_Host` without a thread of its own, plus one reserved connection per server kept open from
+start-up (:mod:`bot.postgres.reserved`; environments whose host has the same connection string and
+timeouts share it: :meth:`Databases.server_key`).
 
-Every connection is bounded: ``connect_timeout`` for the TCP and start-up exchange, ``statement_timeout``
-for every query on the server, a client-side deadline for every statement (statement timeout plus a
-small margin, :mod:`bot.postgres.deadline`) for a server that stops answering altogether, and libpq's
-``tcp_user_timeout`` and keepalives for a network that silently drops packets. The bot's connections
-carry ``application_name='pgsessions'`` so that the listing can leave them out.
+Every connection is bounded (:mod:`bot.postgres.connect`): ``connect_timeout`` for the TCP and start-up
+exchange, ``statement_timeout`` on the server, a client-side deadline for every statement
+(:mod:`bot.postgres.deadline`), libpq's ``tcp_user_timeout`` and keepalives. A call takes the idle
+connection used last, handed out without a round trip while its socket is quiet (a bounded liveness
+round trip when the server sent something, or while the host is suspected of hanging); with none idle,
+the call opens one itself, bounded by the connect timeout. Idle connections are closed after
+:data:`MAX_IDLE` s unused (one sweeper thread for every host) and replaced after :data:`MAX_LIFETIME` s.
+(psycopg_pool's ``ConnectionPool`` runs a scheduler and at least one worker thread per pool: 4000
+threads and 84 MiB for a fleet of 2000 hosts, for connections opened on a caller's demand anyway.)
 
 At most :data:`HOST_CONCURRENCY` calls run against one host at a time (one while the host is known to
 hang), and waiting for a turn is bounded: a hung host can hold a few threads for a bounded time, never
@@ -20,23 +25,28 @@ message a person understands and no secret in it.
 from __future__ import annotations
 
 import logging
-import math
-import select
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Self
 
 import psycopg
 from prometheus_client import Histogram
 from psycopg.pq import TransactionStatus
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 from bot.config import Config, Environment
 from bot.metrics import DB_QUERY_SECONDS, DB_UNAVAILABLE
-from bot.postgres.deadline import GuardedConnection, GuardedCursor, NotAnswering
+
+# how a connection is opened and judged, re-exported: callers import them from here
+from bot.postgres.connect import APPLICATION_NAME as APPLICATION_NAME
+from bot.postgres.connect import CHECK_LIMIT as CHECK_LIMIT
+from bot.postgres.connect import DEADLINE_MARGIN as DEADLINE_MARGIN
+from bot.postgres.connect import connect_bounded as connect_bounded
+from bot.postgres.connect import connect_kwargs as connect_kwargs
+from bot.postgres.connect import discard, open_configured, quiet
+from bot.postgres.connect import tcp_params as tcp_params
+from bot.postgres.deadline import GuardedConnection, NotAnswering
 from bot.postgres.errors import _UNAVAILABLE_SEEN
 
 # the errors of a call to a monitored server, re-exported: callers catch them from here
@@ -47,119 +57,24 @@ from bot.postgres.errors import describe_target as describe_target
 from bot.postgres.errors import explain as explain
 from bot.postgres.errors import is_out_of_slots as is_out_of_slots
 from bot.postgres.errors import watch_unavailable as watch_unavailable
+from bot.postgres.reserved import KEEPER_SHARE as KEEPER_SHARE
+from bot.postgres.reserved import RESERVED_CHECK_EVERY as RESERVED_CHECK_EVERY
+from bot.postgres.reserved import Keepers, Reserved
 from bot.postgres.sql import unsupported_conn
+
+_quiet = quiet  # the name tests/test_hung.py knows
 
 log = logging.getLogger(__name__)
 
-APPLICATION_NAME = "pgsessions"
-
-DEADLINE_MARGIN = 0.4  # seconds a statement may run past statement_timeout before the bot cuts it
-CHECK_LIMIT = 2.0  # seconds (at most statement + margin) for the liveness check of a pooled connection
-HOST_CONCURRENCY = 3  # calls at once against one host
+HOST_CONCURRENCY = 3  # calls at once against one host (so at most 3 connections of it in use)
 HOST_WAITING = 29  # calls that may wait for a turn on one host (a burst of listings); more are refused at once
 SUSPECT_FOR = 30.0  # seconds a host that overran a deadline gets only one call at a time
 SUSPECT_WAIT = 0.2  # seconds a call waits for its turn on such a host
 PROBE_EVERY = 2.0  # seconds between attempts at a new connection while a server is out of slots
-RESERVED_CHECK_EVERY = 5.0  # seconds between health checks of the reserved connections
-KEEPER_SHARE = 25  # servers whose reserved connections one keeper thread tends in turn
-
-
-def tcp_params(connect_timeout: float, statement_timeout: float) -> dict[str, int]:
-    """libpq parameters that bound a TCP connection whose peer stops answering (ignored on unix sockets)."""
-    return {
-        "keepalives": 1,
-        "keepalives_idle": 10,
-        "keepalives_interval": 5,
-        "keepalives_count": 3,
-        # unacknowledged data may wait this long before the kernel gives up on the connection
-        "tcp_user_timeout": int(max(10.0, connect_timeout + statement_timeout + 2) * 1000),
-    }
-
-
-def connect_kwargs(
-    connect_timeout: float, statement_timeout: float, application_name: str = APPLICATION_NAME
-) -> dict[str, Any]:
-    """Keyword arguments of every connection the bot opens to a monitored server."""
-    return {
-        "connect_timeout": max(2, math.ceil(connect_timeout)),
-        "application_name": application_name,
-        "autocommit": True,
-        "cursor_factory": GuardedCursor,
-        **tcp_params(connect_timeout, statement_timeout),
-    }
-
-
-def connect_bounded(
-    dsn: str, connect_timeout: float, statement_timeout: float, *, application_name: str = APPLICATION_NAME,
-    **kwargs: Any,
-) -> GuardedConnection:
-    """A connection of its own to a monitored server, bounded like the pooled ones: ``connect_timeout``,
-    libpq's TCP bounds (:func:`tcp_params`) and a client-side deadline of ``statement_timeout`` plus
-    :data:`DEADLINE_MARGIN` on every statement (:class:`GuardedCursor`). For the short-lived connections
-    outside the pools (relation names in another database, ``pgsessions check``)."""
-    conn = GuardedConnection.connect(
-        dsn, **connect_kwargs(connect_timeout, statement_timeout, application_name), **kwargs
-    )
-    conn.pgs_limit = statement_timeout + DEADLINE_MARGIN
-    return conn
-
-
-class _ErrorSlot:
-    def __init__(self) -> None:
-        self.error: BaseException | None = None
-        self.at = 0.0
-
-    def record(self, exc: BaseException) -> None:
-        self.error, self.at = exc, time.monotonic()
-
-
-def _recording_connection(slot: _ErrorSlot) -> type[GuardedConnection]:
-    """A Connection class that remembers why the pool's last attempt failed (the pool only says 'timeout')."""
-
-    class RecordingConnection(GuardedConnection):
-        @classmethod
-        def connect(cls, *args: Any, **kwargs: Any) -> Self:
-            try:
-                return super().connect(*args, **kwargs)
-            except BaseException as exc:
-                slot.record(exc)
-                raise
-
-    return RecordingConnection
-
-
-def _configure(conn: GuardedConnection, statement_timeout: float) -> None:
-    conn.autocommit = True
-    conn.pgs_limit = statement_timeout + DEADLINE_MARGIN
-    ms = f"{int(statement_timeout * 1000)}ms"
-    conn.execute(
-        "SELECT set_config('statement_timeout', %s, false), "
-        "set_config('lock_timeout', %s, false), "
-        "set_config('idle_in_transaction_session_timeout', %s, false)",
-        (ms, ms, "60s"),
-    )
-
-
-def _quiet(conn: psycopg.Connection) -> bool:
-    """Whether an idle pooled connection looks usable without a round trip: open, outside a transaction,
-    and nothing arrived on its socket since it was last used (a server that ends a backend, restarts or
-    shuts down sends an error and closes the socket first, which makes it readable). A zero-timeout
-    poll, so no deadline applies; a backend that froze is cut by the statement's own deadline."""
-    try:
-        if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
-            return False
-        poller = select.poll()  # not select.select: a fleet's descriptors pass 1024
-        poller.register(conn.pgconn.socket, select.POLLIN | select.POLLPRI)
-        return not poller.poll(0)
-    except (OSError, ValueError, psycopg.Error):
-        return False
-
-
-def _discard(conn: psycopg.Connection) -> None:
-    try:
-        conn.close()
-    except Exception:  # it is being thrown away
-        pass
+FULL_FOR = 300.0  # seconds a refusal for lack of slots sends calls to the reserved connection between probes
+MAX_IDLE = 300.0  # seconds an idle connection is kept unused before it is closed
+MAX_LIFETIME = 3600.0  # seconds after which a connection is replaced when it is handed back
+SWEEP_EVERY = 30.0  # seconds between sweeps of the idle connections
 
 
 class _Gate:
@@ -211,27 +126,19 @@ class _Gate:
                 self._cv.notify_all()
 
 
-@dataclass
-class _Reserved:
-    """The connection kept open for when the server has no slot left (used by one call at a time)."""
+@dataclass(eq=False)
+class _Host:
+    """The connections of one (environment, host): the idle ones, most recently used last. No thread of
+    its own: a call opens a connection when none is idle (the gate bounds how many are in use)."""
 
-    conn: GuardedConnection | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    usage: tuple[int, int] | None = None  # (client connections, max_connections) at the last health check
-    usage_at: float = 0.0
-    last_error: str | None = None  # why the last attempt to open it failed (logged once per reason)
-    unsupported: str | None = None  # the server's version is refused (sql.unsupported): not kept open
-
-
-@dataclass
-class _Pool:
-    pool: ConnectionPool[GuardedConnection]
-    slot: _ErrorSlot
+    dsn: str
     connect_timeout: float
     statement_timeout: float
-    dsn: str
+    reserved: Reserved
     gate: _Gate = field(default_factory=lambda: _Gate(HOST_CONCURRENCY))
-    reserved: _Reserved = field(default_factory=_Reserved)
+    idle: list[GuardedConnection] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    closed: bool = False
     full_at: float = 0.0  # when the server last refused a connection for lack of slots
     probe_at: float = 0.0  # when the bot last tried a connection of its own while the server was full
 
@@ -239,27 +146,59 @@ class _Pool:
     def limit(self) -> float:
         return self.statement_timeout + DEADLINE_MARGIN
 
+    @property
+    def timeouts(self) -> tuple[float, float]:
+        return self.connect_timeout, self.statement_timeout
 
-USAGE_SQL = (
-    "SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int, "
-    "current_setting('max_connections')::int"
-)
+    def take(self) -> GuardedConnection | None:
+        with self.lock:
+            return self.idle.pop() if self.idle else None
+
+    def give_back(self, conn: GuardedConnection) -> None:
+        now = time.monotonic()
+        if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE or now >= conn.pgs_expires:
+            discard(conn)  # cut, broken, left in a transaction or old: the next call opens a fresh one
+            return
+        conn.pgs_limit = self.limit
+        conn.pgs_idle_since = now
+        with self.lock:
+            if not self.closed:
+                self.idle.append(conn)
+                return
+        discard(conn)
+
+    def sweep(self, now: float) -> None:
+        """Close the connections idle for longer than :data:`MAX_IDLE` (the oldest-used come first)."""
+        with self.lock:
+            n = 0
+            while n < len(self.idle) and now - self.idle[n].pgs_idle_since >= MAX_IDLE:
+                n += 1
+            stale, self.idle[:n] = self.idle[:n], []
+        for conn in stale:
+            discard(conn)
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            conns, self.idle = self.idle, []
+        for conn in conns:
+            discard(conn)
 
 
 class Databases:
-    """Pools for every (environment, host) of the config, opened lazily; reserved connections once
-    :meth:`keep_reserved` has been called."""
+    """The connections to every (environment, host) of the config, opened on demand; reserved connections
+    once :meth:`keep_reserved` has been called."""
 
-    def __init__(self, config: Config, max_size: int = 4):
+    def __init__(self, config: Config):
         self.config = config
-        self.max_size = max_size
-        self._pools: dict[tuple[str, str], _Pool] = {}
+        self._pools: dict[tuple[str, str], _Host] = {}
         self._lock = threading.Lock()
         self._closed = False
         self._stop = threading.Event()
-        self._keepers: list[threading.Thread] = []
+        self._keepers = Keepers(self._stop)
+        self._sweeper: threading.Thread | None = None
         # one reserved connection per server (environments that reach it alike share it)
-        self._reserved_of: dict[tuple[str, float, float], _Reserved] = {}
+        self._reserved_of: dict[tuple[str, float, float], Reserved] = {}
         self._timers: dict[tuple[str, str, str], Histogram] = {}
 
     def _environment(self, env: str) -> Environment:
@@ -274,11 +213,19 @@ class Databases:
         environment = self._environment(env)
         return environment.hosts()[host], environment.timeouts.connect, environment.timeouts.statement
 
-    def _connect_kwargs(self, ct: float, st: float) -> dict[str, Any]:
-        return connect_kwargs(ct, st)
+    def _reserved_for(self, env: str, host: str) -> Reserved:
+        """The reserved connection of the server of (env, host) (its lock held by the caller)."""
+        key = self.server_key(env, host)
+        res = self._reserved_of.get(key)
+        if res is None:
+            res = self._reserved_of[key] = Reserved(*key, label=f"{env}/{host}")
+        return res
 
-    def _pool(self, env: str, host: str) -> _Pool:
+    def _pool(self, env: str, host: str) -> _Host:
         key = (env, host)
+        entry = self._pools.get(key)  # no lock on the way every call takes
+        if entry is not None:
+            return entry
         with self._lock:
             entry = self._pools.get(key)
             if entry is not None:
@@ -287,110 +234,34 @@ class Databases:
                 raise DatabaseUnavailable(env, host, "the bot is shutting down")
             environment = self._environment(env)
             dsn = environment.hosts()[host]
-            ct, st = environment.timeouts.connect, environment.timeouts.statement
-            slot = _ErrorSlot()
-            pool = ConnectionPool(
-                dsn,
-                connection_class=_recording_connection(slot),
-                kwargs=self._connect_kwargs(ct, st),
-                min_size=0,
-                max_size=self.max_size,
-                configure=lambda conn: _configure(conn, st),
-                check=None,  # checked in _checkout, with a bounded deadline
-                name=f"{env}/{host}",
-                timeout=ct + 1,
-                max_idle=300,
-                reconnect_timeout=max(60.0, ct * 4),
-                num_workers=1,  # it opens at most max_size connections; three threads per host were idle
-                open=True,
-            )
-            entry = _Pool(pool, slot, ct, st, dsn, reserved=self._reserved_of.setdefault((dsn, ct, st), _Reserved()))
+            entry = _Host(dsn, environment.timeouts.connect, environment.timeouts.statement,
+                          self._reserved_for(env, host))
             self._pools[key] = entry
+            if self._sweeper is None:
+                self._sweeper = threading.Thread(target=self._sweep, name="pgs-idle-sweeper", daemon=True)
+                self._sweeper.start()
             return entry
 
-    # --- the reserved connection per host ------------------------------------------------------------
+    def _sweep(self) -> None:
+        while not self._stop.wait(SWEEP_EVERY):
+            now = time.monotonic()
+            for entry in list(self._pools.values()):
+                entry.sweep(now)
+
+    # --- the reserved connection per server ----------------------------------------------------------
 
     def keep_reserved(self) -> None:
-        """Open one reserved connection per configured server now (in the background) and keep it open.
-
-        Environments whose host has the same connection string and timeouts share it. A keeper thread
-        tends up to :data:`KEEPER_SHARE` servers in turn (each tending is bounded by the connect timeout
-        and :data:`CHECK_LIMIT`): a fleet of 2000 hosts costs 80 threads, not 2000."""
+        """Open one reserved connection per configured server now (in the background) and keep it open
+        (:mod:`bot.postgres.reserved`: a keeper thread per :data:`KEEPER_SHARE` servers)."""
         with self._lock:
-            if self._keepers or self._closed:
+            if self._keepers.started or self._closed:
                 return
-            servers: dict[tuple[str, float, float], tuple[str, str]] = {}
+            servers: dict[int, Reserved] = {}
             for env, e in self.config.environments.items():
                 for host in e.hosts():
-                    servers.setdefault(self.server_key(env, host), (env, host))
-            todo = list(servers.values())
-            n = math.ceil(len(todo) / KEEPER_SHARE)
-            for i in range(n):
-                share = todo[i::n]
-                name = f"pgs-reserved-{share[0][0]}/{share[0][1]}" + (f"+{len(share) - 1}" if len(share) > 1 else "")
-                self._keepers.append(threading.Thread(target=self._keep, args=(share,), name=name, daemon=True))
-        for t in self._keepers:
-            t.start()
-
-    def _keep(self, share: list[tuple[str, str]]) -> None:
-        while not self._stop.is_set():
-            for env, host in share:
-                if self._stop.is_set():
-                    return
-                try:
-                    self._tend(self._pool(env, host), env, host)
-                except Exception:  # the keeper must outlive any failure
-                    log.exception("reserved connection to %s/%s: unexpected error", env, host)
-            self._stop.wait(RESERVED_CHECK_EVERY)
-
-    def _tend(self, entry: _Pool, env: str, host: str) -> None:
-        res = entry.reserved
-        if not res.lock.acquire(blocking=False):
-            return  # in use: it works
-        try:
-            conn = res.conn
-            if conn is not None and (conn.closed or conn.pgs_overrun):
-                _discard(conn)
-                res.conn = conn = None
-            if conn is None:
-                try:
-                    conn = GuardedConnection.connect(entry.dsn, **self._connect_kwargs(entry.connect_timeout,
-                                                                                       entry.statement_timeout))
-                    _configure(conn, entry.statement_timeout)
-                except psycopg.Error as exc:
-                    reason = explain(exc, (entry.connect_timeout, entry.statement_timeout))
-                    if reason != res.last_error:  # once per reason, not every few seconds
-                        log.info("reserved connection to %s/%s not open: %s", env, host, reason)
-                        res.last_error = reason
-                    return
-                if self._stop.is_set():
-                    _discard(conn)
-                    return
-                refused = unsupported_conn(conn)
-                if refused is not None:
-                    _discard(conn)
-                    if refused != res.unsupported:  # said once, at start-up: the bot does not use this server
-                        log.error("%s/%s refused: %s", env, host, refused)
-                        res.unsupported = refused
-                    return
-                res.unsupported = None
-                conn.pgs_reserved = True
-                res.conn, res.last_error = conn, None
-                log.debug("reserved connection to %s/%s open", env, host)
-            conn.pgs_limit = min(CHECK_LIMIT, entry.limit)
-            try:
-                row = conn.execute(USAGE_SQL).fetchone()
-                if row:
-                    res.usage, res.usage_at = (int(row[0]), int(row[1])), time.monotonic()
-            except psycopg.Error as exc:
-                log.info("reserved connection to %s/%s lost: %s", env, host, explain(exc))
-                _discard(conn)
-                res.conn = None
-            finally:
-                if res.conn is not None:
-                    res.conn.pgs_limit = entry.limit
-        finally:
-            res.lock.release()
+                    res = self._reserved_for(env, host)
+                    servers.setdefault(id(res), res)
+            self._keepers.start(list(servers.values()))
 
     def max_blocked_threads(self) -> int:
         """How many threads calls to monitored servers can hold at most (running plus waiting for a turn):
@@ -400,8 +271,7 @@ class Databases:
 
     def usage(self, env: str, host: str = "primary") -> tuple[int, int] | None:
         """(client connections, max_connections) as last read through the reserved connection."""
-        res = self._pool(env, host).reserved
-        return res.usage if res.usage_at and time.monotonic() - res.usage_at < 60 else None
+        return self._pool(env, host).reserved.fresh_usage()
 
     def out_of_connections(self, env: str, host: str = "primary", within: float = 60.0) -> bool:
         """Whether the server refused the bot a new connection for lack of slots in the last ``within`` s."""
@@ -410,20 +280,20 @@ class Databases:
 
     def reserved_open(self, env: str, host: str = "primary") -> bool:
         res = self._reserved_of.get(self.server_key(env, host))
-        return res is not None and res.conn is not None and not res.conn.closed
+        return res is not None and res.is_open()
 
     # --- handing out connections ----------------------------------------------------------------------
 
     @contextmanager
     def connection(self, env: str, host: str = "primary", op: str = "query") -> Iterator[psycopg.Connection]:
-        """A pooled autocommit connection; raises DatabaseUnavailable with a clear reason.
+        """An autocommit connection to the host; raises DatabaseUnavailable with a clear reason.
 
         The time from asking for the connection to handing it back is observed in
         ``pgsessions_db_query_seconds{env,host,op}``; failures count in ``pgsessions_db_unavailable_total``.
         """
         started = time.monotonic()
         try:
-            with self._connection(env, host) as conn:
+            with self._connection(env, host, started) as conn:
                 yield conn
         except DatabaseUnavailable as exc:
             DB_UNAVAILABLE.labels(env, host).inc()
@@ -444,10 +314,8 @@ class Databases:
         return child
 
     @contextmanager
-    def _connection(self, env: str, host: str) -> Iterator[psycopg.Connection]:
+    def _connection(self, env: str, host: str, started: float) -> Iterator[psycopg.Connection]:
         entry = self._pool(env, host)
-        timeouts = (entry.connect_timeout, entry.statement_timeout)
-        started = time.monotonic()
         deadline = started + entry.connect_timeout + 0.5
         if not entry.gate.enter(deadline - started):
             if entry.gate.suspect():
@@ -456,10 +324,10 @@ class Databases:
                 )
             raise DatabaseUnavailable(env, host, f"busy: {entry.gate.limit} requests to it are running and "
                                       f"{HOST_WAITING} waiting; try again in a moment")
-        # a call that waited for its turn still gets a moment to take a connection (not a false 'hung')
+        # a call that waited for its turn still gets a moment for the reserved connection
         deadline = max(deadline, time.monotonic() + 1.0)
         try:
-            conn, kind = self._checkout(entry, env, host, started, deadline, timeouts)
+            conn, reserved = self._checkout(entry, env, host, deadline)
             try:
                 refused = unsupported_conn(conn)  # what the server said when the connection started
                 if refused is not None:
@@ -467,142 +335,120 @@ class Databases:
                 yield conn
             except NotAnswering as exc:
                 entry.gate.mark_hung()
-                raise DatabaseUnavailable(env, host, explain(exc, timeouts)) from None
+                raise DatabaseUnavailable(env, host, explain(exc, entry.timeouts)) from None
             except psycopg.Error as exc:
-                raise DatabaseUnavailable(env, host, explain(exc, timeouts)) from None
+                raise DatabaseUnavailable(env, host, explain(exc, entry.timeouts)) from None
             finally:
-                self._checkin(entry, conn, kind)
+                self._checkin(entry, conn, reserved)
         finally:
             entry.gate.leave()
 
-    def _checkin(self, entry: _Pool, conn: GuardedConnection, kind: str) -> None:
-        overrun = bool(getattr(conn, "pgs_overrun", False))
+    def _checkin(self, entry: _Host, conn: GuardedConnection, reserved: bool) -> None:
+        overrun = conn.pgs_overrun
         if overrun:
             entry.gate.mark_hung()
-        if kind == "direct":
-            _discard(conn)
-            return
-        if kind == "reserved":
+        if reserved:
+            res = entry.reserved
             if overrun or conn.closed:
-                _discard(conn)
-                entry.reserved.conn = None  # the keeper opens a new one
-            entry.reserved.lock.release()
+                discard(conn)
+                res.conn = None  # the keeper opens a new one
+            else:
+                conn.pgs_limit = res.limit
+            res.lock.release()
             return
         if overrun:
-            _discard(conn)  # never hand a cut connection out again
-        elif not conn.closed:
-            conn.pgs_limit = entry.limit
-        entry.pool.putconn(conn)
+            discard(conn)  # never hand a cut connection out again
+            return
+        entry.give_back(conn)
 
-    def _checkout(
-        self, entry: _Pool, env: str, host: str, started: float, deadline: float, timeouts: tuple[float, float]
-    ) -> tuple[GuardedConnection, str]:
-        """A connection and where it came from: ``pool``, ``reserved`` or ``direct`` (closed after use)."""
+    def _checkout(self, entry: _Host, env: str, host: str, deadline: float) -> tuple[GuardedConnection, bool]:
+        """A connection, and whether it is the server's reserved one."""
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                err = entry.slot.error if entry.slot.at >= started - 0.1 else None
-                if is_out_of_slots(err):
-                    return self._reserved(entry, env, host, started, deadline)
-                reason = explain(err, timeouts) if err else f"no connection within {entry.connect_timeout:g}s"
-                entry.gate.mark_hung()  # no answer in time: one call at a time until it answers again
-                raise DatabaseUnavailable(env, host, reason)
-            if entry.full_at and time.monotonic() - entry.full_at < 300 and not entry.pool.get_stats().get(
-                "pool_available", 0
-            ):
-                # refused for lack of slots a moment ago and nothing idle in the pool: do not wait for it
-                return self._direct_or_reserved(entry, env, host, started, deadline, timeouts)
-            try:
-                conn = entry.pool.getconn(timeout=min(0.25, remaining))
-            except PoolTimeout:
-                if is_out_of_slots(entry.slot.error) and entry.slot.at >= time.monotonic() - 300:
-                    # the pool backs off after refusals; slots may have been freed since: ask once ourselves
-                    return self._direct_or_reserved(entry, env, host, started, deadline, timeouts)
-                # fail fast once an attempt made on our behalf has failed for a reason other than time
-                if entry.slot.at >= started and entry.slot.error is not None:
-                    reason = explain(entry.slot.error, timeouts)
-                    if "connect timeout" not in reason or time.monotonic() >= started + entry.connect_timeout:
-                        if "connect timeout" in reason:
-                            entry.gate.mark_hung()
-                        raise DatabaseUnavailable(env, host, reason) from None
-                continue
-            if not entry.gate.suspect() and _quiet(conn):
+            conn = entry.take()
+            if conn is None:
+                return self._open(entry, env, host, deadline)
+            if not entry.gate.suspect() and quiet(conn):
                 # nothing came from the server since the last use: no round trip (a check's whole CPU
                 # budget is a millisecond); a backend that froze meanwhile is cut at the statement's deadline.
                 # A host suspected of hanging still gets the bounded round trip: only an answer clears it
                 conn.pgs_limit = entry.limit
-                return conn, "pool"
-            # the server said something (an error, the end of the backend): a bounded liveness check (the
-            # pool's own check would wait on a frozen backend forever)
+                return conn, False
+            # the server said something (an error, the end of the backend): a bounded liveness check
             conn.pgs_limit = min(CHECK_LIMIT, entry.limit)
             try:
                 conn.execute("")
             except NotAnswering as exc:
-                _discard(conn)
-                entry.pool.putconn(conn)
+                discard(conn)
                 entry.gate.mark_hung()
-                raise DatabaseUnavailable(env, host, explain(exc, timeouts)) from None
+                raise DatabaseUnavailable(env, host, explain(exc, entry.timeouts)) from None
             except psycopg.Error:
-                _discard(conn)  # broken (server restarted, connection dropped): try another one
-                entry.pool.putconn(conn)
+                discard(conn)  # broken (server restarted, connection dropped): try another one
                 continue
             conn.pgs_limit = entry.limit
             entry.gate.mark_answering()
-            return conn, "pool"
+            return conn, False
 
-    def _direct_or_reserved(
-        self, entry: _Pool, env: str, host: str, started: float, deadline: float, timeouts: tuple[float, float]
-    ) -> tuple[GuardedConnection, str]:
-        """A connection of its own for this call (closed after it), or the reserved one if the server is full.
-
-        A refused attempt costs the server a fork, so while it is full it is asked at most every
-        ``PROBE_EVERY`` s whether a slot is free again."""
+    def _open(self, entry: _Host, env: str, host: str, deadline: float) -> tuple[GuardedConnection, bool]:
+        """No idle connection: open one in this call (bounded by the connect timeout), or take the reserved
+        one if the server is out of slots. A refused attempt costs the server a fork, so while it is full
+        it is asked at most every :data:`PROBE_EVERY` s whether a slot is free again."""
         now = time.monotonic()
-        if entry.full_at and now - entry.probe_at < PROBE_EVERY:
-            return self._reserved(entry, env, host, started, deadline)
-        entry.probe_at = now
+        if entry.full_at and now - entry.full_at < FULL_FOR:
+            if now - entry.probe_at < PROBE_EVERY:
+                return self._reserved(entry, env, host, deadline)
+            entry.probe_at = now
         try:
-            conn = GuardedConnection.connect(entry.dsn, **self._connect_kwargs(*timeouts))
-            _configure(conn, entry.statement_timeout)
+            conn = open_configured(entry.dsn, *entry.timeouts)
+        except NotAnswering as exc:
+            entry.gate.mark_hung()
+            raise DatabaseUnavailable(env, host, explain(exc, entry.timeouts)) from None
         except psycopg.Error as exc:
             if is_out_of_slots(exc):
-                entry.slot.record(exc)
-                return self._reserved(entry, env, host, started, deadline)
-            raise DatabaseUnavailable(env, host, explain(exc, timeouts)) from None
+                return self._reserved(entry, env, host, deadline)
+            reason = explain(exc, entry.timeouts)
+            if "connect timeout" in reason:
+                entry.gate.mark_hung()  # no answer in time: one call at a time until it answers again
+            raise DatabaseUnavailable(env, host, reason) from None
         entry.full_at = 0.0  # a slot was free
-        conn.pgs_limit = entry.limit
-        return conn, "direct"
+        conn.pgs_expires = now + MAX_LIFETIME
+        if entry.gate.suspect():
+            entry.gate.mark_answering()  # it answered the start-up exchange and a statement
+        return conn, False
 
-    def _reserved(
-        self, entry: _Pool, env: str, host: str, started: float, deadline: float
-    ) -> tuple[GuardedConnection, str]:
-        """The server has no slot for a new connection: serve the call on the reserved connection."""
-        entry.full_at = time.monotonic()
+    def _reserved(self, entry: _Host, env: str, host: str, deadline: float) -> tuple[GuardedConnection, bool]:
+        """The server has no slot for a new connection: serve the call on the reserved connection (the slot
+        usage read through it first, unless it is recent)."""
         res = entry.reserved
-        wait = max(0.0, deadline - time.monotonic())
-        if not res.lock.acquire(timeout=wait):
-            raise OutOfConnections(env, host, self.usage(env, host), "the bot's reserved connection is busy")
+        entry.full_at = res.full_at = time.monotonic()
+        if not res.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise OutOfConnections(env, host, res.fresh_usage(), "the bot's reserved connection is busy")
         conn = res.conn
         if conn is None or conn.closed:
             res.lock.release()
-            raise OutOfConnections(env, host, self.usage(env, host),
-                                   "the bot's reserved connection to it is not open")
-        conn.pgs_limit = entry.limit
+            raise OutOfConnections(env, host, res.fresh_usage(), "the bot's reserved connection to it is not open")
+        if time.monotonic() - res.usage_at >= RESERVED_CHECK_EVERY:
+            try:
+                res.read_usage(conn)
+            except BaseException as exc:
+                discard(conn)
+                res.conn = None  # the keeper opens a new one
+                res.lock.release()
+                if isinstance(exc, NotAnswering):
+                    entry.gate.mark_hung()
+                if isinstance(exc, psycopg.Error):
+                    raise DatabaseUnavailable(env, host, explain(exc, entry.timeouts)) from None
+                raise
+        conn.pgs_limit = res.limit
         log.info("%s/%s refused a new connection for lack of slots: using the reserved connection", env, host)
-        return conn, "reserved"
+        return conn, True
 
     def close(self) -> None:
         self._stop.set()
         with self._lock:
             self._closed = True
-            pools, self._pools = list(self._pools.values()), {}
-        for entry in pools:
-            entry.pool.close(timeout=1)
-            res = entry.reserved
-            if res.lock.acquire(timeout=1):
-                try:
-                    if res.conn is not None:
-                        _discard(res.conn)
-                        res.conn = None
-                finally:
-                    res.lock.release()
+            hosts, self._pools = list(self._pools.values()), {}
+            reserved = list(self._reserved_of.values())
+        for entry in hosts:
+            entry.close()
+        for res in reserved:
+            res.close()
