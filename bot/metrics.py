@@ -2,12 +2,74 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
 from importlib.metadata import version
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
+from prometheus_client import values as prometheus_values
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+
+class _Cell:
+    """A bucket count or the sum of one :class:`LeanHistogram` child: a float under the child's one lock
+    (prometheus_client's ``MutexValue`` has a lock and a ``__dict__`` of its own per bucket)."""
+
+    __slots__ = ("_value", "_exemplar", "_lock")
+
+    def __init__(self, lock: threading.Lock):
+        self._value = 0.0
+        self._exemplar: Any = None
+        self._lock = lock
+
+    def inc(self, amount: float) -> None:
+        with self._lock:
+            self._value += amount
+
+    def set(self, value: float, timestamp: float | None = None) -> None:
+        with self._lock:
+            self._value = value
+
+    def set_exemplar(self, exemplar: Any) -> None:
+        with self._lock:
+            self._exemplar = exemplar
+
+    def get(self) -> float:
+        with self._lock:
+            return self._value
+
+    def get_exemplar(self) -> Any:
+        with self._lock:
+            return self._exemplar
+
+
+_BOUNDS: dict[tuple[float, ...], list[float]] = {}  # one list of upper bounds per bucket layout
+
+
+class LeanHistogram(Histogram):
+    """A ``Histogram`` whose children cost a fifth of the memory, with the same samples and exposition.
+
+    A child per (environment, host, operation) is thousands in a fleet: prometheus_client's cost 3.3 KiB
+    each (a ``MutexValue`` with a lock and a ``__dict__`` per bucket, and a list of the bounds per child),
+    13 MiB for 2000 hosts (issue 26). Here the buckets and the sum of a child share one lock and are
+    ``__slots__`` cells, and the children share one list of bounds. In prometheus_client's multiprocess
+    mode (``PROMETHEUS_MULTIPROC_DIR``), whose values live in files, it is the plain ``Histogram``."""
+
+    def _prepare_buckets(self, source_buckets: Sequence[float | str]) -> None:
+        super()._prepare_buckets(source_buckets)
+        self._upper_bounds = _BOUNDS.setdefault(tuple(self._upper_bounds), self._upper_bounds)
+
+    def _metric_init(self) -> None:
+        if prometheus_values.ValueClass is not prometheus_values.MutexValue:
+            super()._metric_init()
+            return
+        lock = threading.Lock()
+        self._created = time.time()
+        self._sum = _Cell(lock)
+        self._buckets = [_Cell(lock) for _ in self._upper_bounds]
 
 COMMANDS = Counter(
     "pgsessions_commands_total", "Slash commands by command name and outcome", ["command", "outcome"], registry=REGISTRY
@@ -19,7 +81,7 @@ ACK_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 3, 5),
     registry=REGISTRY,
 )
-DB_QUERY_SECONDS = Histogram(
+DB_QUERY_SECONDS = LeanHistogram(
     "pgsessions_db_query_seconds",
     "Latency of the bot's database work by environment, host and operation",
     ["env", "host", "op"],
