@@ -80,6 +80,8 @@ SWEEP_EVERY = 30.0  # seconds between sweeps of the idle connections
 class _Gate:
     """Bounds the calls in flight against one host; a host that overran a deadline gets one at a time."""
 
+    __slots__ = ("limit", "inflight", "waiting", "suspect_until", "_lock", "_cv")
+
     def __init__(self, limit: int):
         self.limit = limit
         self.inflight = 0
@@ -133,7 +135,7 @@ class _Gate:
                     self._cv.notify_all()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # no __dict__: one per host of a fleet (issue 26)
 class _Host:
     """The connections of one (environment, host): the idle ones, most recently used last. No thread of
     its own: a call opens a connection when none is idle (the gate bounds how many are in use)."""
