@@ -2,12 +2,85 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
 from importlib.metadata import version
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
+from prometheus_client import metrics as prometheus_metrics
+from prometheus_client import values as prometheus_values
+from prometheus_client.samples import Exemplar, Sample
+from prometheus_client.utils import floatToGoString
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+# prometheus_client's helpers have no annotations: typed here once
+_go_string: Callable[[float], str] = floatToGoString
+_check_exemplar: Callable[[dict[str, str]], None] = getattr(prometheus_metrics, "_validate_exemplar")  # noqa: B009
+
+_BOUNDS: dict[tuple[float, ...], list[float]] = {}  # one list of upper bounds per bucket layout
+
+
+class LeanHistogram(Histogram):
+    """A ``Histogram`` whose children cost a third of the memory, with the same samples and exposition.
+
+    A child per (environment, host, operation) is thousands in a fleet: prometheus_client's cost 3.3 KiB
+    each (a ``MutexValue`` with a lock and a ``__dict__`` of its own per bucket, and a list of the bounds
+    per child), 13 MiB for 2000 hosts (issue 26). Here a child keeps its bucket counts in one list of
+    floats and its sum beside it, under one lock, and the children share one list of bounds. In
+    prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``), whose values live in files,
+    it is the plain ``Histogram``."""
+
+    _lean = False
+
+    def _prepare_buckets(self, source_buckets: Sequence[float | str]) -> None:
+        super()._prepare_buckets(source_buckets)
+        self._upper_bounds = _BOUNDS.setdefault(tuple(self._upper_bounds), self._upper_bounds)
+
+    def _metric_init(self) -> None:
+        if prometheus_values.ValueClass is not prometheus_values.MutexValue:
+            super()._metric_init()
+            return
+        self._lean = True
+        self._created = time.time()
+        self._cells_lock = threading.Lock()
+        self._counts = [0.0] * len(self._upper_bounds)
+        self._total = 0.0
+        self._exemplars: dict[int, Exemplar] | None = None
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        if not self._lean:
+            super().observe(amount, exemplar)
+            return
+        with self._cells_lock:  # a child: always observable (observe on the parent is super()'s, which refuses)
+            self._total += amount
+            for i, bound in enumerate(self._upper_bounds):
+                if amount <= bound:
+                    self._counts[i] += 1
+                    if exemplar:
+                        _check_exemplar(exemplar)
+                        if self._exemplars is None:
+                            self._exemplars = {}
+                        self._exemplars[i] = Exemplar(exemplar, amount, time.time())
+                    break
+
+    def _child_samples(self) -> Iterable[Sample]:
+        if not self._lean:
+            return super()._child_samples()
+        with self._cells_lock:
+            counts, total, exemplars = list(self._counts), self._total, dict(self._exemplars or {})
+        samples = []
+        acc = 0.0
+        for i, bound in enumerate(self._upper_bounds):
+            acc += counts[i]
+            samples.append(Sample("_bucket", {"le": _go_string(bound)}, acc, None, exemplars.get(i)))
+        samples.append(Sample("_count", {}, acc, None, None))
+        if self._upper_bounds[0] >= 0:
+            samples.append(Sample("_sum", {}, total, None, None))
+        if prometheus_metrics._use_created:
+            samples.append(Sample("_created", {}, self._created, None, None))
+        return tuple(samples)
 
 COMMANDS = Counter(
     "pgsessions_commands_total", "Slash commands by command name and outcome", ["command", "outcome"], registry=REGISTRY
@@ -19,7 +92,7 @@ ACK_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 3, 5),
     registry=REGISTRY,
 )
-DB_QUERY_SECONDS = Histogram(
+DB_QUERY_SECONDS = LeanHistogram(
     "pgsessions_db_query_seconds",
     "Latency of the bot's database work by environment, host and operation",
     ["env", "host", "op"],

@@ -19,13 +19,13 @@ from bot.postgres.models import (
 )
 from bot.postgres.pools import Databases
 from bot.postgres.redact import redact
-from bot.postgres.sql import Conn, Row, query
+from bot.postgres.sql import Conn, Row, query, statement
 from bot.session_rules import is_ignored
 
 
 def server_info(conn: Conn) -> ServerInfo:
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query("server_info", conn))
+        cur.execute(statement("server_info", conn))
         row = cur.fetchone()
     assert row is not None  # the query always returns one row
     return ServerInfo(**row)

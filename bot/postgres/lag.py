@@ -9,13 +9,13 @@ from psycopg.rows import dict_row
 
 from bot.postgres.models import Category, Session
 from bot.postgres.redact import redact
-from bot.postgres.sql import Conn, Row, query
+from bot.postgres.sql import Conn, Row, query, statement
 
 
 def read_standby(conn: Conn) -> Row:
     """One row from ``lag_standby.sql``: replay position, receiver and startup-process state."""
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query("lag_standby", conn))
+        cur.execute(statement("lag_standby", conn))
         row = cur.fetchone()
     assert row is not None
     return row
@@ -34,7 +34,7 @@ def read_culprit_rows(conn: Conn, startup_pid: int | None, suspect_secs: float, 
 def read_replication(conn: Conn) -> list[Row]:
     """The primary's ``pg_stat_replication`` rows with their slots, from ``lag_replication.sql``."""
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query("lag_replication", conn))
+        cur.execute(statement("lag_replication", conn))
         return cur.fetchall()
 
 

@@ -40,7 +40,7 @@ USAGE_SQL = (
 )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # no __dict__: one per host of a fleet (issue 26)
 class Reserved:
     """The connection kept open for one server (used by one call at a time, under :attr:`lock`)."""
 

@@ -83,6 +83,10 @@ def read_row(dbs: Databases, env: str, host: str, params: Params) -> dict[str, A
     return row
 
 
+_DONE = threading.Event()  # what a finished read's ``done`` becomes: set, and one for all
+_DONE.set()
+
+
 @dataclass
 class _Read:
     started: float
@@ -165,6 +169,7 @@ class SharedReads:
                 r.failed = exc
             finally:
                 r.done.set()
+                r.done = _DONE  # the last read of every server is kept: not its Event too (0.9 KiB, issue 26)
         elif not r.done.wait(group.wait):
             raise DatabaseUnavailable(env, host, f"not answering within {group.wait:g}s (a shared read of it)")
         if r.unavailable is not None:
