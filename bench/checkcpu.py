@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 
+from bench.standalone import run_alone
 from tests.harness.bot import BotUnderTest, env_config
 from tests.harness.fake_slack import FakeSlack
 from tests.harness.pgcluster import ClusterPair, start_pair
@@ -123,16 +124,5 @@ def run(record, ms) -> None:
         pair.stop()
 
 
-def _standalone() -> None:
-    def record(name, value, baseline="", ratio="", goal="", ok=None):
-        print(f"| {name} | {value} | {baseline} | {ratio} | {goal} | {'' if ok is None else ('PASS' if ok else 'MISS')} |",
-              flush=True)
-
-    def ms(x: float) -> str:
-        return f"{x * 1000:.0f} ms" if abs(x) < 10 else f"{x:.1f} s"
-
-    run(record, ms)
-
-
 if __name__ == "__main__":
-    _standalone()
+    run_alone(run)

@@ -24,6 +24,7 @@ import os
 import statistics
 import time
 
+from bench.standalone import run_alone
 from bench.watch import vmrss_kib
 from tests.harness.bot import BotUnderTest, env_config
 from tests.harness.fake_slack import FakeSlack
@@ -171,16 +172,5 @@ def run(record, ms) -> None:
            goal=f"<= {RSS_GOAL_MIB:g} MiB", ok=r["rss"] / 1024 <= RSS_GOAL_MIB)
 
 
-def _standalone() -> None:
-    def record(name, value, baseline="", ratio="", goal="", ok=None):
-        print(f"| {name} | {value} | {baseline} | {ratio} | {goal} | {'' if ok is None else ('PASS' if ok else 'MISS')} |",
-              flush=True)
-
-    def ms(x: float) -> str:
-        return f"{x * 1000:.0f} ms" if abs(x) < 10 else f"{x:.1f} s"
-
-    run(record, ms)
-
-
 if __name__ == "__main__":
-    _standalone()
+    run_alone(run)

@@ -28,6 +28,7 @@ from datetime import datetime
 
 from psycopg import sql as pgsql
 
+from bench.standalone import run_alone
 from tests.harness.bot import BotUnderTest, env_config
 from tests.harness.fake_slack import FakeSlack
 from tests.harness.lag import NoLagPair, SilentServer, hold_replay, lag_cluster, replay_stopped_at
@@ -236,15 +237,8 @@ def run(record, ms) -> None:
 
 
 def _standalone() -> None:
-    def record(name, value, baseline="", ratio="", goal="", ok=None):
-        print(f"| {name} | {value} | {baseline} | {ratio} | {goal} | {'' if ok is None else ('PASS' if ok else 'MISS')} |",
-              flush=True)
-
-    def ms(x: float) -> str:
-        return f"{x * 1000:.0f} ms" if abs(x) < 10 else f"{x:.1f} s"
-
     threading.current_thread().name = "bench-lag"
-    run(record, ms)
+    run_alone(run)
 
 
 if __name__ == "__main__":

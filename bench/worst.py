@@ -26,6 +26,7 @@ import psycopg
 
 from bench.lag import SilentServer
 from bench.minimal import MinimalApp
+from bench.standalone import run_alone
 from tests.harness.bot import SIGNING_SECRET, BotUnderTest, env_config
 from tests.harness.fake_slack import FakeSlack
 from tests.harness.flows import ServeProcess, write_config
@@ -351,16 +352,5 @@ def run(record: Callable, ms: Callable) -> None:
     overloaded_primary(record, ms)
 
 
-def _standalone() -> None:
-    def record(name, value, baseline="", ratio="", goal="", ok=None):
-        print(f"| {name} | {value} | {baseline} | {ratio} | {goal} | {'' if ok is None else ('PASS' if ok else 'MISS')} |",
-              flush=True)
-
-    def ms(x: float) -> str:
-        return f"{x * 1000:.0f} ms" if abs(x) < 10 else f"{x:.1f} s"
-
-    run(record, ms)
-
-
 if __name__ == "__main__":
-    _standalone()
+    run_alone(run)
